@@ -1,0 +1,48 @@
+"""The Python API: one function per command, each taking that command's config.
+
+    from tunesmith import SFTConfig, sft
+    result = sft(SFTConfig(model="smollm2-135m-instruct", dataset=["prd-assistant"]))
+
+The CLI and the web UI call exactly these functions. Heavy libraries load inside them, not at import.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tunesmith.config import DataCheckConfig, ExportConfig, InferConfig, PTConfig, SFTConfig
+
+
+def sft(cfg: SFTConfig, callbacks: list[Any] | None = None):
+    """Supervised fine-tuning. Returns a RunResult (run_dir, final_dir, losses)."""
+    from tunesmith.train.sft import sft as run
+
+    return run(cfg, callbacks=callbacks)
+
+
+def pt(cfg: PTConfig, callbacks: list[Any] | None = None):
+    """Continued pretraining on raw text."""
+    from tunesmith.train.pt import pt as run
+
+    return run(cfg, callbacks=callbacks)
+
+
+def infer(cfg: InferConfig):
+    """Batch answers to a JSONL when cfg.dataset is set (returns the output path), else a terminal chat."""
+    from tunesmith.infer.cli_chat import infer as run
+
+    return run(cfg)
+
+
+def export(cfg: ExportConfig):
+    """Merge an adapter into its base and write a plain HF folder. Returns the folder."""
+    from tunesmith.export.merge import export as run
+
+    return run(cfg)
+
+
+def data_check(cfg: DataCheckConfig):
+    """Validate datasets and print a summary. Returns the report."""
+    from tunesmith.data.check import check as run
+
+    return run(cfg)

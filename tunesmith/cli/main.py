@@ -1,0 +1,81 @@
+"""`tunesmith <command>`: parse flags and -c file into the command's config, call one api function.
+
+Parsing happens once, in this process (no re-exec), so `--help` and every typo answer fast."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from tunesmith import api
+from tunesmith.config import DataCheckConfig, ExportConfig, InferConfig, PTConfig, SFTConfig, help_text, load
+from tunesmith.errors import ConfigError, TunesmithError
+
+COMMANDS = {
+    "sft": (SFTConfig, api.sft, "supervised fine-tuning (lora, qlora, dora, full)"),
+    "pt": (PTConfig, api.pt, "continued pretraining on raw text"),
+    "infer": (InferConfig, api.infer, "chat in the terminal, or answer a dataset into JSONL"),
+    "export": (ExportConfig, api.export, "merge a LoRA adapter into its base model"),
+    "data": (DataCheckConfig, api.data_check, "data check FILE: validate a dataset and summarise it"),
+}
+
+
+def usage() -> str:
+    rows = ["usage: tunesmith <command> [-c config.yaml] [--option value ...]", "", "commands:"]
+    rows += [f"  {name:8} {about}" for name, (_, _, about) in COMMANDS.items()]
+    rows += ["", "`tunesmith <command> --help` lists every option with its default."]
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        import difflib
+
+        near = difflib.get_close_matches(name, COMMANDS, n=1)
+        print(f"error: unknown command {name!r}" + (f"; did you mean {near[0]}?" if near else "") + "\n\n" + usage(),
+              file=sys.stderr)
+        return 2
+    cfg_cls, run, _ = COMMANDS[name]
+    if "-h" in rest or "--help" in rest:
+        print(help_text(cfg_cls, f"tunesmith {name}"))
+        return 0
+    try:
+        cfg = load(cfg_cls, rest)
+        run(cfg)
+    except TunesmithError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - turn known library failures into advice, re-raise the rest
+        advice = _advice(err)
+        if advice is None:
+            raise
+        print(f"error: {advice}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _advice(err: Exception) -> str | None:
+    text = f"{type(err).__name__}: {err}"
+    if "out of memory" in text.lower() or type(err).__name__ == "OutOfMemoryError":
+        return (f"out of memory ({text.splitlines()[0][:200]}). Lower --batch-size (raise --grad-accum to keep the "
+                "same effective batch), lower --max-length, turn on --gradient-checkpointing, or use --method qlora.")
+    return None
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

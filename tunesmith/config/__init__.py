@@ -1,0 +1,18 @@
+"""Configuration: one validated model per command, filled by YAML, flags and Python alike. Imports no torch."""
+
+from tunesmith.config.commands import (
+    DEFAULT_MODEL,
+    DataCheckConfig,
+    ExportConfig,
+    InferConfig,
+    PTConfig,
+    SFTConfig,
+    TrainConfig,
+)
+from tunesmith.config.load import help_text, load, read_yaml, validate
+from tunesmith.config.sections import GenerationCfg, LoraCfg
+
+__all__ = [
+    "DEFAULT_MODEL", "DataCheckConfig", "ExportConfig", "GenerationCfg", "InferConfig", "LoraCfg", "PTConfig",
+    "SFTConfig", "TrainConfig", "help_text", "load", "read_yaml", "validate",
+]

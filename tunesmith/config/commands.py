@@ -1,0 +1,117 @@
+"""One validated config per command. The CLI flags, the YAML file and the Python API all fill these classes.
+
+YAML keys are the field names; flags are the same names with dashes (`--output-dir`), underscores accepted too.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from tunesmith.config.sections import Device, Dtype, GenerationCfg, LoraCfg, Section
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+class TrainConfig(Section):
+    """The common keys of every training command (sft, pt; rlhf later)."""
+
+    model: str = Field(DEFAULT_MODEL, description="Hub id, local folder, or registry name (tunesmith models).")
+    adapters: str | None = Field(None, description="Start from this adapter folder (e.g. runs/NAME/final).")
+    dataset: list[str] = Field(..., min_length=1, description="Files, folders, registry names or hub ids; name#N samples N rows.")
+    val_dataset: list[str] = Field(default_factory=list, description="Held-out data for eval loss.")
+    val_split: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction of dataset held out for eval loss when val_dataset is empty.")
+    method: Literal["lora", "qlora", "dora", "full"] = Field("lora", description="lora | qlora (4-bit NF4) | dora | full.")
+    lora: LoraCfg = Field(default_factory=LoraCfg, description="Adapter settings (lora, qlora, dora).")
+    max_length: int = Field(2048, ge=8, description="Longest training sequence in tokens.")
+    packing: bool = Field(False, description="Concatenate samples up to max_length; they do not attend to each other.")
+    epochs: float = Field(3.0, gt=0, description="Passes over the data.")
+    max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1 = run all epochs).")
+    batch_size: int = Field(4, ge=1, description="Samples per device per step.")
+    grad_accum: int = Field(1, ge=1, description="Steps whose gradients add up before an update.")
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate (2e-4 suits LoRA, 1e-5 full).")
+    lr_scheduler: str = Field("cosine", description="transformers scheduler name: cosine, linear, constant...")
+    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0, description="Share of steps spent warming up the learning rate.")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward: less memory, ~30% slower.")
+    save_steps: int = Field(100, ge=1, description="Write a checkpoint every N steps.")
+    save_total_limit: int | None = Field(3, description="Keep at most N checkpoints (None = all).")
+    logging_steps: int = Field(5, ge=1, description="Log metrics every N steps.")
+    eval_steps: int | None = Field(None, description="Evaluate every N steps (default: save_steps).")
+    seed: int = Field(42, description="Seed for data order, initialisation and sampling.")
+    output_dir: str | None = Field(None, description="Run folder (default runs/<command>-<time>).")
+    resume: bool | str = Field(False, description="true = continue from the last complete checkpoint; or a checkpoint path.")
+    overwrite: bool = Field(False, description="Start over in an output_dir that already holds a run.")
+    skip_bad_rows: bool = Field(False, description="Skip rows that fail the data check (counted) instead of stopping.")
+    system: str | None = Field(None, description="System prompt added to conversations that have none.")
+    dtype: Dtype = Field("auto", description="auto = bfloat16 on GPUs that support it, else float32.")
+    device: Device = Field("auto", description="auto = cuda, then mps, then cpu.")
+    report_to: list[str] = Field(default_factory=lambda: ["tensorboard"], description="tensorboard, wandb, mlflow, or none.")
+
+    command: ClassVar[str] = "train"
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        if self.method == "full" and self.adapters:
+            raise ValueError("adapters: cannot continue an adapter with method: full; drop --adapters or use lora")
+        return self
+
+
+class SFTConfig(TrainConfig):
+    """Supervised fine-tuning on conversations. Run: tunesmith sft -c sft.yaml"""
+
+    loss_on: Literal["assistant", "last", "all"] = Field(
+        "assistant", description="assistant = every assistant turn; last = the final one; all = every token."
+    )
+    model_name: str = Field("Tunesmith Assistant", description="Fills {{name}} in the self-cognition dataset.")
+    model_author: str = Field("the tunesmith community", description="Fills {{author}} in the self-cognition dataset.")
+    command: ClassVar[str] = "sft"
+
+
+class PTConfig(TrainConfig):
+    """Continued pretraining on raw text (`text` column). Run: tunesmith pt -c pt.yaml"""
+
+    packing: bool = Field(True, description="Concatenate texts into max_length blocks (usual for pretraining).")
+    learning_rate: float = Field(1e-4, gt=0, description="Peak learning rate.")
+    command: ClassVar[str] = "pt"
+
+
+class InferConfig(Section):
+    """Chat in the terminal, or answer a dataset into JSONL. Run: tunesmith infer --adapters runs/NAME/final"""
+
+    model: str | None = Field(None, description="Model to load (default: the adapter run's base, else the embedded model).")
+    adapters: str | None = Field(None, description="Adapter folder of a run (runs/NAME/final); base and template come from it.")
+    dataset: list[str] = Field(default_factory=list, description="Answer these prompts instead of chatting.")
+    output: str | None = Field(None, description="JSONL file for batch answers (default: <first dataset>.answers.jsonl).")
+    batch_size: int = Field(8, ge=1, description="Prompts generated together in batch mode.")
+    generation: GenerationCfg = Field(default_factory=GenerationCfg, description="Generation settings.")
+    system: str | None = Field(None, description="System prompt (default: the one the model was trained with).")
+    skip_bad_rows: bool = Field(False, description="Skip rows that fail the data check instead of stopping.")
+    dtype: Dtype = Field("auto", description="auto = bfloat16 on GPUs that support it, else float32.")
+    device: Device = Field("auto", description="auto = cuda, then mps, then cpu.")
+    command: ClassVar[str] = "infer"
+
+
+class ExportConfig(Section):
+    """Merge an adapter into its base and write a plain HF folder. Run: tunesmith export --adapters X --merge-lora"""
+
+    adapters: str = Field(..., description="Adapter folder of a run (runs/NAME/final).")
+    model: str | None = Field(None, description="Base model (default: the one the adapter run recorded).")
+    merge_lora: bool = Field(True, description="Fold the adapter into the base weights.")
+    output: str | None = Field(None, description="Folder to write (default: <run>/merged).")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Dtype of the written weights.")
+    verify: bool = Field(True, description="Check that merged logits equal adapter logits before writing.")
+    command: ClassVar[str] = "export"
+
+
+class DataCheckConfig(Section):
+    """Validate datasets and summarise them. Run: tunesmith data check FILE [--model M]"""
+
+    action: Literal["check"] = Field("check", description="What to do with the data (check).")
+    dataset: list[str] = Field(..., min_length=1, description="Files, folders, registry names or hub ids.")
+    model: str | None = Field(None, description="Tokenize with this model for token length stats.")
+    max_length: int | None = Field(None, description="Report rows longer than this many tokens (needs --model).")
+    kind: Literal["auto", "sft", "pt"] = Field("auto", description="What the data is for; auto = from the columns.")
+    command: ClassVar[str] = "data"
+    positional: ClassVar[tuple[str, ...]] = ("action", "dataset")

@@ -1,0 +1,309 @@
+"""Fill a command's config from `-c file.yaml` and flags: the file first, flags override it.
+
+    cfg = load(SFTConfig, ["-c", "sft.yaml", "--learning-rate", "1e-4", "--lora.rank", "8"])
+
+Keys in the file are field names; flags are the same names with dashes or underscores; nested sections are
+written `--lora.rank 8` (or `lora: {rank: 8}` in YAML). Peers' spellings (cutoff_len, lora_r...) are accepted with a
+one-line note naming ours. Unknown keys fail with the nearest valid name.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from tunesmith.errors import ConfigError
+
+log = logging.getLogger("tunesmith")
+C = TypeVar("C", bound=BaseModel)
+
+# Peers' names for our keys (LLaMA-Factory, axolotl, ms-swift, HF Trainer).
+ALIASES = {
+    "lora_r": "lora.rank",
+    "lora_rank": "lora.rank",
+    "lora_alpha": "lora.alpha",
+    "lora_dropout": "lora.dropout",
+    "lora_target": "lora.targets",
+    "lora_target_modules": "lora.targets",
+    "target_modules": "lora.targets",
+    "cutoff_len": "max_length",
+    "sequence_len": "max_length",
+    "max_seq_length": "max_length",
+    "max_seq_len": "max_length",
+    "model_name_or_path": "model",
+    "base_model": "model",
+    "adapter_name_or_path": "adapters",
+    "per_device_train_batch_size": "batch_size",
+    "micro_batch_size": "batch_size",
+    "gradient_accumulation_steps": "grad_accum",
+    "num_train_epochs": "epochs",
+    "num_epochs": "epochs",
+    "datasets": "dataset",
+    "finetuning_type": "method",
+    "train_type": "method",
+    "tuner_type": "method",
+    "resume_from_checkpoint": "resume",
+    "max_new_tokens": "generation.max_tokens",
+}
+
+
+def load(cls: type[C], argv: list[str] | None = None, path: str | Path | None = None) -> C:
+    """Build `cls` from an optional YAML file and CLI-style flags."""
+    argv = list(argv or [])
+    file_values: dict[str, Any] = {}
+    lines: dict[str, int] = {}
+    config_path, flags, positionals = _split_argv(argv)
+    config_path = config_path or (str(path) if path else None)
+    if config_path:
+        file_values, lines = read_yaml(config_path)
+    flag_values = _parse_flags(cls, flags, positionals)
+    values = _normalise(cls, file_values, source=config_path, lines=lines)
+    _deep_update(values, _normalise(cls, flag_values, source=None, lines={}))
+    return validate(cls, values, source=config_path, lines=lines)
+
+
+def validate(cls: type[C], values: dict[str, Any], source: str | None = None, lines: dict[str, int] | None = None) -> C:
+    """Validate and turn pydantic's report into one line per problem: `file:line: key: problem`."""
+    try:
+        return cls.model_validate(values)
+    except ValidationError as err:
+        problems = []
+        for e in err.errors():
+            key = ".".join(str(p) for p in e["loc"]) or "config"
+            where = _where(source, (lines or {}).get(key) or (lines or {}).get(key.split(".")[0]))
+            given = f" (got {e['input']!r})" if e["type"] != "missing" and not isinstance(e["input"], dict) else ""
+            msg = e["msg"].removeprefix("Value error, ")
+            problems.append(f"{where}{key}: {msg}{given}")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None
+
+
+def read_yaml(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
+    """The file's mapping plus the line of every key (dotted for nested ones), for error messages."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: config file not found")
+    text = path.read_text(encoding="utf-8")
+    try:
+        values = yaml.safe_load(text) or {}
+        node = yaml.compose(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f"{mark.line + 1}:" if mark else ""
+        raise ConfigError(f"{path}:{line} not valid YAML: {getattr(err, 'problem', err)}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values at the top level")
+    lines: dict[str, int] = {}
+    _key_lines(node, "", lines)
+    return values, lines
+
+
+def _key_lines(node: Any, prefix: str, out: dict[str, int]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = f"{prefix}{key_node.value}"
+            out[key] = key_node.start_mark.line + 1
+            _key_lines(value_node, key + ".", out)
+
+
+def _where(source: str | None, line: int | None) -> str:
+    if not source:
+        return ""
+    return f"{source}:{line}: " if line else f"{source}: "
+
+
+# -----------------------------------------------------------------------------
+# Flags
+
+
+def _split_argv(argv: list[str]) -> tuple[str | None, list[str], list[str]]:
+    config_path, flags, positionals = None, [], []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("-c", "--config"):
+            if i + 1 >= len(argv):
+                raise ConfigError(f"{arg} needs a file name")
+            config_path = argv[i + 1]
+            i += 2
+            continue
+        if arg.startswith("--config="):
+            config_path = arg.split("=", 1)[1]
+        elif arg.startswith("-") and not _is_number(arg) or flags:
+            flags.append(arg)
+        else:
+            positionals.append(arg)
+        i += 1
+    return config_path, flags, positionals
+
+
+def _parse_flags(cls: type[BaseModel], flags: list[str], positionals: list[str]) -> dict[str, Any]:
+    """`--key value`, `--key=value`, `--flag` (true), `--no-flag`, `--list a b c`, `--section.key value`."""
+    values: dict[str, Any] = {}
+    order = list(getattr(cls, "positional", ()))
+    for i, value in enumerate(positionals):
+        if i < len(order) - 1:
+            values[order[i]] = value
+        elif order:
+            values.setdefault(order[-1], []).append(value)
+        else:
+            raise ConfigError(f"unexpected argument {value!r}; options are written --name value (see --help)")
+    i = 0
+    while i < len(flags):
+        arg = flags[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"unexpected argument {arg!r}; options are written --name value (see --help)")
+        name, _, inline = arg[2:].partition("=")
+        key = name.replace("-", "_")
+        i += 1
+        args: list[str] = [inline] if inline else []
+        while not inline and i < len(flags) and not (flags[i].startswith("--") and not _is_number(flags[i])):
+            args.append(flags[i])
+            i += 1
+        if not args:
+            if key.startswith("no_") and _field_kind(cls, key[3:]) == "bool":
+                values[key[3:]] = False
+            else:
+                values[key] = True
+        elif len(args) == 1 and _field_kind(cls, key) != "list":
+            values[key] = _scalar(args[0])
+        else:
+            values[key] = [_scalar(a) for a in args]
+    return values
+
+
+def _scalar(text: str) -> Any:
+    """Read a flag value the way YAML would (true, null, 8, [a, b]), but keep text that YAML can't read."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return text if isinstance(value, dict) else value
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+# -----------------------------------------------------------------------------
+# Keys: aliases, nesting, unknown names
+
+
+def _normalise(cls: type[BaseModel], flat: dict[str, Any], source: str | None, lines: dict[str, int]) -> dict[str, Any]:
+    """Map aliases and dotted keys onto the config's tree; fail on unknown keys with the nearest valid one."""
+    out: dict[str, Any] = {}
+    for raw_key, value in flat.items():
+        key = str(raw_key).replace("-", "_")
+        if key in ALIASES and _resolves(cls, ALIASES[key]):
+            log.info("note: %s is called %s in tunesmith", key, ALIASES[key])
+            key = ALIASES[key]
+        parts = key.split(".")
+        if isinstance(value, dict) and _section_class(cls, parts[0]):
+            nested = _normalise(_section_class(cls, parts[0]), value, source, {
+                k.split(".", 1)[1]: v for k, v in lines.items() if k.startswith(parts[0] + ".")
+            })
+            _deep_update(out, {parts[0]: nested})
+            continue
+        _check_known(cls, parts, raw_key, source, lines)
+        target = out
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+        target[parts[-1]] = value
+    return out
+
+
+def _check_known(cls: type[BaseModel], parts: list[str], raw_key: str, source: str | None, lines: dict[str, int]) -> None:
+    model: type[BaseModel] | None = cls
+    for depth, part in enumerate(parts):
+        fields = model.model_fields if model else {}
+        if part not in fields:
+            valid = _all_keys(model) if model else []
+            prefix = ".".join(parts[:depth])
+            candidates = [f"{prefix}.{k}" if prefix else k for k in valid]
+            valid_names = candidates + [a for a in ALIASES if _resolves(cls, ALIASES[a])]
+            nearest = difflib.get_close_matches(".".join(parts), valid_names, n=1, cutoff=0.5)
+            hint = f"; did you mean {'--' + nearest[0].replace('_', '-') if source is None else nearest[0]}?" if nearest else ""
+            shown = f"--{raw_key}" if source is None else str(raw_key)
+            raise ConfigError(f"{_where(source, lines.get(str(raw_key)))}unknown option {shown}{hint} (see --help)")
+        model = _section_class(model, part)
+
+
+def _all_keys(model: type[BaseModel]) -> list[str]:
+    keys = []
+    for name in model.model_fields:
+        section = _section_class(model, name)
+        keys.extend([name] + ([f"{name}.{k}" for k in _all_keys(section)] if section else []))
+    return keys
+
+
+def _resolves(cls: type[BaseModel], dotted: str) -> bool:
+    model: type[BaseModel] | None = cls
+    for part in dotted.split("."):
+        if model is None or part not in model.model_fields:
+            return False
+        model = _section_class(model, part)
+    return True
+
+
+def _section_class(model: type[BaseModel] | None, name: str) -> type[BaseModel] | None:
+    if model is None or name not in model.model_fields:
+        return None
+    ann = model.model_fields[name].annotation
+    return ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+
+
+def _field_kind(cls: type[BaseModel], dotted: str) -> str:
+    model: type[BaseModel] | None = cls
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        model = _section_class(model, part)
+    if model is None or parts[-1] not in model.model_fields:
+        return "unknown"
+    ann = model.model_fields[parts[-1]].annotation
+    args = typing.get_args(ann) if isinstance(ann, types.UnionType) or typing.get_origin(ann) is typing.Union else (ann,)
+    if any(typing.get_origin(a) is list for a in args):
+        return "list"
+    if bool in args:
+        return "bool"
+    return "scalar"
+
+
+def _deep_update(base: dict[str, Any], new: dict[str, Any]) -> None:
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_update(base[key], value)
+        else:
+            base[key] = value
+
+
+# -----------------------------------------------------------------------------
+# --help
+
+
+def help_text(cls: type[BaseModel], prog: str) -> str:
+    doc = (cls.__doc__ or "").strip()
+    rows = [f"usage: {prog} [-c config.yaml] [--option value ...]", "", doc, "", "options (YAML keys are the same names with underscores):"]
+    rows.append(f"  {'-c, --config FILE':34} YAML file with any of the options below; flags override it")
+    for key, field in _help_fields(cls):
+        default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
+        rows.append(f"  {'--' + key.replace('_', '-'):34} {field.description or ''} [default: {default}]")
+    return "\n".join(rows)
+
+
+def _help_fields(cls: type[BaseModel], prefix: str = ""):
+    for name, field in cls.model_fields.items():
+        section = _section_class(cls, name)
+        if section:
+            yield from _help_fields(section, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", field

@@ -1,0 +1,214 @@
+"""Detect a row's format from its columns and normalise it, reporting every problem as `file:line: field: problem`.
+
+Formats: OpenAI `messages`; ShareGPT `conversations` (from/value); Alpaca `instruction`/`input`/`output`
+(+ `system`, `history`); `prompt`/`response` and the usual aliases; `text` for pretraining.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tunesmith.data.rows import Conversation, Problem, RawRow, Text
+
+ROLES = {"system", "user", "assistant", "tool"}
+SHAREGPT_ROLES = {
+    "system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+    "bot": "assistant", "model": "assistant", "function_call": "assistant", "observation": "tool", "tool": "tool",
+    "function": "tool",
+}
+PROMPT_KEYS = ("prompt", "query", "question", "input")
+RESPONSE_KEYS = ("response", "answer", "output", "completion")
+TEXT_KEYS = ("text", "content")
+
+
+def detect(data: dict[str, Any]) -> str | None:
+    keys = set(data)
+    if "messages" in keys:
+        return "messages"
+    if "conversations" in keys:
+        return "sharegpt"
+    if "instruction" in keys and "output" in keys:
+        return "alpaca"
+    if any(k in keys for k in PROMPT_KEYS) and any(k in keys for k in RESPONSE_KEYS):
+        return "prompt-response"
+    if any(k in keys for k in TEXT_KEYS):
+        return "text"
+    return None
+
+
+def normalise(row: RawRow, kind: str, problems: list[Problem]) -> Conversation | Text | None:
+    """kind: "sft" (needs conversations), "pt" (needs text), "prompts" (conversations whose last turn is the
+    user's, for infer), or "auto". Appends to `problems` and returns None for a bad row."""
+    bad = _Reporter(row, problems)
+    if not isinstance(row.data, dict):
+        return bad("row", f"expected a JSON object, got {type(row.data).__name__}")
+    fmt = detect(row.data)
+    if fmt is None:
+        cols = ", ".join(sorted(row.data)) or "none"
+        return bad("columns", f"format not recognised from columns ({cols}); expected messages, conversations, "
+                              "instruction/output, prompt/response or text")
+    if fmt == "text":
+        key = next(k for k in TEXT_KEYS if k in row.data)
+        value = row.data[key]
+        if not isinstance(value, str):
+            return bad(key, f"expected a string, got {type(value).__name__}")
+        if not value.strip():
+            return bad(key, "empty text")
+        if kind in ("sft", "prompts"):
+            return bad(key, f"a plain-text row cannot be used for {kind}; use `tunesmith pt` for raw text")
+        return Text(value, row.source, row.line)
+    if kind == "pt":
+        return bad("text", f"continued pretraining needs a text column; this row is in {fmt} format")
+    messages = {"messages": _from_messages, "sharegpt": _from_sharegpt, "alpaca": _from_alpaca,
+                "prompt-response": _from_prompt_response}[fmt](row.data, bad)
+    if messages is None:
+        return None
+    if not _check_messages(messages, kind, fmt, bad):
+        return None
+    extra = {k: v for k, v in row.data.items() if k not in ("messages", "conversations", "system", "tools")}
+    conv = Conversation(messages, row.source, row.line, fmt, extra)
+    if isinstance(row.data.get("tools"), list):
+        conv.extra["tools"] = row.data["tools"]
+    return conv
+
+
+class _Reporter:
+    def __init__(self, row: RawRow, problems: list[Problem]):
+        self.row, self.problems = row, problems
+
+    def __call__(self, field: str, problem: str) -> None:
+        self.problems.append(Problem(self.row.source, self.row.line, field, problem))
+        return None
+
+
+def _content(value: Any) -> str | None:
+    """Strings, or OpenAI content parts [{"type": "text", "text": ...}] joined."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in value):
+        return "".join(str(p.get("text", "")) for p in value)
+    return None
+
+
+def _from_messages(data: dict, bad: _Reporter) -> list[dict] | None:
+    raw = data["messages"]
+    if not isinstance(raw, list):
+        return bad("messages", f"expected a list of messages, got {type(raw).__name__}")
+    out = []
+    for i, m in enumerate(raw):
+        if not isinstance(m, dict):
+            return bad(f"messages[{i}]", f"expected an object with role and content, got {type(m).__name__}")
+        role = m.get("role")
+        if role not in ROLES:
+            return bad(f"messages[{i}].role", f"unknown role {role!r}; expected one of {', '.join(sorted(ROLES))}")
+        content = _content(m.get("content") if m.get("content") is not None else "")
+        if content is None:
+            return bad(f"messages[{i}].content", f"expected a string, got {type(m.get('content')).__name__}")
+        msg: dict[str, Any] = {"role": role, "content": content}
+        for key in ("tool_calls", "name", "tool_call_id"):
+            if m.get(key) is not None:
+                msg[key] = m[key]
+        if "loss" in m:
+            if not isinstance(m["loss"], bool):
+                return bad(f"messages[{i}].loss", f"expected true or false, got {m['loss']!r}")
+            msg["loss"] = m["loss"]
+        out.append(msg)
+    return out
+
+
+def _from_sharegpt(data: dict, bad: _Reporter) -> list[dict] | None:
+    raw = data["conversations"]
+    if not isinstance(raw, list):
+        return bad("conversations", f"expected a list of turns, got {type(raw).__name__}")
+    out = []
+    if isinstance(data.get("system"), str) and data["system"]:
+        out.append({"role": "system", "content": data["system"]})
+    for i, turn in enumerate(raw):
+        if not isinstance(turn, dict):
+            return bad(f"conversations[{i}]", f"expected an object with from and value, got {type(turn).__name__}")
+        who = turn.get("from", turn.get("role"))
+        if who not in SHAREGPT_ROLES:
+            return bad(f"conversations[{i}].from", f"unknown role {who!r}; expected one of {', '.join(sorted(SHAREGPT_ROLES))}")
+        value = _content(turn.get("value", turn.get("content")))
+        if value is None:
+            return bad(f"conversations[{i}].value", f"expected a string, got {type(turn.get('value')).__name__}")
+        out.append({"role": SHAREGPT_ROLES[who], "content": value})
+    return out
+
+
+def _from_alpaca(data: dict, bad: _Reporter) -> list[dict] | None:
+    for key in ("instruction", "input", "output", "system"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            return bad(key, f"expected a string, got {type(data[key]).__name__}")
+    out = []
+    if data.get("system"):
+        out.append({"role": "system", "content": data["system"]})
+    history = data.get("history") or []
+    if not isinstance(history, list) or not all(isinstance(h, list) and len(h) == 2 for h in history):
+        return bad("history", "expected a list of [question, answer] pairs")
+    for q, a in history:
+        out += [{"role": "user", "content": str(q)}, {"role": "assistant", "content": str(a)}]
+    prompt = data["instruction"] + (("\n\n" + data["input"]) if data.get("input") else "")
+    out += [{"role": "user", "content": prompt}, {"role": "assistant", "content": data["output"]}]
+    return out
+
+
+def _from_prompt_response(data: dict, bad: _Reporter) -> list[dict] | None:
+    p_key = next(k for k in PROMPT_KEYS if k in data)
+    r_key = next(k for k in RESPONSE_KEYS if k in data)
+    prompt, response = data[p_key], data[r_key]
+    out = []
+    if isinstance(data.get("system"), str) and data["system"]:
+        out.append({"role": "system", "content": data["system"]})
+    if isinstance(prompt, list):  # conversational prompt/completion (TRL style)
+        fake = {"messages": prompt + (response if isinstance(response, list) else [])}
+        msgs = _from_messages(fake, bad)
+        if msgs is None:
+            return None
+        out += msgs
+        if not isinstance(response, list):
+            if not isinstance(response, str):
+                return bad(r_key, f"expected a string or a list of messages, got {type(response).__name__}")
+            out.append({"role": "assistant", "content": response})
+        return out
+    if not isinstance(prompt, str):
+        return bad(p_key, f"expected a string, got {type(prompt).__name__}")
+    if not isinstance(response, str):
+        return bad(r_key, f"expected a string, got {type(response).__name__}")
+    return out + [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+
+
+def _check_messages(messages: list[dict], kind: str, fmt: str, bad: _Reporter) -> bool:
+    field = "messages" if fmt == "messages" else {"sharegpt": "conversations"}.get(fmt, "output")
+    body = [m for m in messages if m["role"] != "system"]
+    if not body:
+        bad(field, "no user or assistant turn")
+        return False
+    if body[0]["role"] != "user":
+        bad(f"{field}[{messages.index(body[0])}].role", "the first turn after the system prompt must be the user's")
+        return False
+    for i, m in enumerate(messages):
+        if m["role"] == "system" and i != 0:
+            bad(f"{field}[{i}].role", "a system message may only come first")
+            return False
+        if m["role"] == "user" and not m["content"].strip():
+            bad(f"{field}[{i}].content" if fmt in ("messages", "sharegpt") else _prompt_field(fmt), "empty user turn")
+            return False
+    if kind == "prompts":
+        if body[-1]["role"] == "assistant":  # answer the conversation up to its last user turn
+            del messages[len(messages) - 1]
+        return True
+    assistants = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    if not assistants:
+        bad(field, "no assistant turn to learn from")
+        return False
+    for i in assistants:
+        if not messages[i]["content"].strip() and not messages[i].get("tool_calls"):
+            where = f"{field}[{i}].content" if fmt in ("messages", "sharegpt") else field
+            bad(where, "empty assistant turn (the model would learn to answer nothing)")
+            return False
+    return True
+
+
+def _prompt_field(fmt: str) -> str:
+    return "instruction" if fmt == "alpaca" else "prompt"

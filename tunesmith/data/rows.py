@@ -1,0 +1,47 @@
+"""The row types every later stage sees, and the problem report that names file, line and field."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Problem:
+    source: str
+    line: int | str
+    field: str
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.line}: {self.field}: {self.problem}"
+
+
+@dataclass
+class RawRow:
+    """One record as read from a file, with where it came from."""
+
+    source: str
+    line: int | str  # 1-based line for JSONL/CSV, row index for JSON/Parquet/hub datasets
+    data: Any
+
+
+@dataclass
+class Conversation:
+    """Chat messages ({role, content, [loss], [tool_calls]}), normalised from any supported format."""
+
+    messages: list[dict[str, Any]]
+    source: str = ""
+    line: int | str = 0
+    format: str = "messages"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Text:
+    """Raw text for continued pretraining."""
+
+    text: str
+    source: str = ""
+    line: int | str = 0
+    format: str = "text"

@@ -1,0 +1,50 @@
+"""The only place that talks to the model hub. Offline, a hub id fails at once with what to do, never a hang."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from tunesmith.errors import ModelNotFoundError
+
+HUB_HOST = "huggingface.co"
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    try:
+        with socket.create_connection((HUB_HOST, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def cached_snapshot(repo_id: str, kind: str = "model") -> str | None:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(repo_id, repo_type=kind, local_files_only=True)
+    except Exception:  # not cached (huggingface_hub raises several types for this)
+        return None
+
+
+def require_hub_or_cache(repo_id: str, kind: str = "model") -> None:
+    if cached_snapshot(repo_id, kind) or hub_reachable():
+        return
+    raise ModelNotFoundError(
+        f"{kind} {repo_id!r} is not a local folder, not a tunesmith registry name, not in the hub cache, and the hub "
+        f"cannot be reached from here. Run `tunesmith download {repo_id}` on a machine with internet access (or "
+        f"copy the folder here and pass its path). Registry names: `tunesmith models`."
+    )
+
+
+def download(repo_id: str, kind: str = "model") -> str:
+    """Fetch a model or dataset snapshot (with progress) or return the cached one."""
+    cached = cached_snapshot(repo_id, kind)
+    if cached:
+        return cached
+    require_hub_or_cache(repo_id, kind)
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(repo_id, repo_type=kind)

@@ -1,0 +1,1 @@
+"""Model registry, loading, quantization and adapters."""

@@ -1,0 +1,100 @@
+"""Resolve a model name to a folder, pick device and dtype, load weights (4-bit for QLoRA), attach adapters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tunesmith.errors import HardwareError, ModelNotFoundError
+from tunesmith.models.registry import MODELS
+
+
+def resolve(model: str) -> Path:
+    """A local folder, a registry name, or a hub id (from the cache, or downloaded when online)."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelNotFoundError(f"{path}: folder has no config.json; is it a Hugging Face model folder?")
+        return path
+    if model in MODELS:
+        entry = MODELS[model]
+        if entry.hub_id is None:
+            from tunesmith.models.embedded import prepared_folder
+
+            return prepared_folder(model)
+        model = entry.hub_id
+    if model.startswith((".", "/", "~")) or model.count("/") != 1:
+        known = ", ".join(MODELS)
+        raise ModelNotFoundError(f"model {model!r}: no such folder, registry name or hub id (org/name). Registry: {known}")
+    from tunesmith.hub import download
+
+    return Path(download(model, kind="model"))
+
+
+def pick_device(preference: str = "auto") -> str:
+    import torch
+
+    if preference == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise HardwareError("device: cuda was asked for but no CUDA GPU is visible; use --device auto or cpu")
+    if preference == "mps" and not torch.backends.mps.is_available():
+        raise HardwareError("device: mps was asked for but Apple MPS is not available; use --device auto or cpu")
+    return preference
+
+
+def pick_dtype(preference: str, device: str) -> Any:
+    import torch
+
+    if preference != "auto":
+        return getattr(torch, preference)
+    if device == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32  # CPU and MPS: float32 is the safe choice for training small models
+
+
+def load_tokenizer(folder: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def load_model(folder: Path, dtype: Any, device: str, quantize_4bit: bool = False) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if quantize_4bit:
+        kwargs["quantization_config"] = _nf4_config(dtype)
+        kwargs["device_map"] = {"": 0} if device == "cuda" else {"": device}
+    model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    return model if quantize_4bit else model.to(device)
+
+
+def _nf4_config(dtype: Any) -> Any:
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise HardwareError("method: qlora needs bitsandbytes: pip install 'tunesmith[qlora]'") from None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=dtype)
+
+
+def lora_config(lora: Any, method: str) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.targets,
+        use_dora=method == "dora", use_rslora=lora.rslora, task_type="CAUSAL_LM",
+    )
+
+
+def attach_adapters(model: Any, folder: str | Path, trainable: bool) -> Any:
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(folder), is_trainable=trainable)

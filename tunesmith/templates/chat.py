@@ -1,0 +1,163 @@
+"""The only code that turns messages into token ids, for training, inference and serving alike.
+
+    template = Template(tokenizer)
+    ids, labels = template.render(messages)        # sft: labels are -100 outside what is trained
+    prompt_ids = template.render_prompt(messages)  # infer, deploy, eval: ends with the assistant header
+
+How it works, for any chat template (no `{% generation %}` markers needed): the model's own template renders the
+text; for each assistant turn i we render messages[:i] with the generation prompt and messages[:i+1] without it.
+The text between the two is exactly that turn's answer plus its end-of-turn token. The text is tokenized in
+segments cut at those points, so (1) the loss mask is exact, and (2) the inference prompt, rendered the same way,
+is a token-for-token prefix of the training ids: what was trained is what is served.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunesmith.errors import TemplateError
+
+IGNORE = -100
+TEMPLATE_FILE = "tunesmith_template.json"
+# For tokenizers that ship no chat template (base models): role headers and the tokenizer's own EOS as end of turn.
+FALLBACK_TEMPLATE = (
+    "{% for m in messages %}{{ '### ' + m['role'] + ':\n' + m['content'] }}"
+    "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}{{ '\n\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '### assistant:\n' }}{% endif %}"
+)
+PROBE = [{"role": "user", "content": "Probe question?"}, {"role": "assistant", "content": "Probe answer."}]
+
+
+@dataclass
+class Segment:
+    text: str
+    trained: bool
+
+
+class Template:
+    def __init__(self, tokenizer: Any, default_system: str | None = None):
+        self.tokenizer = tokenizer
+        self.default_system = default_system
+        if not getattr(tokenizer, "chat_template", None):
+            tokenizer.chat_template = FALLBACK_TEMPLATE
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.end_of_turn = self._probe_end_of_turn()
+        self.stop_token_ids = self._stop_ids()
+
+    # -------------------------------------------------------------------------
+    # Rendering
+
+    def render(self, messages: list[dict], loss_on: str = "assistant", tools: list | None = None) -> tuple[list[int], list[int]]:
+        """Ids of the whole conversation and labels: the ids where trained, -100 elsewhere.
+
+        loss_on: "assistant" (every assistant turn unless it says "loss": false), "last" (the final assistant
+        turn), "all" (every token)."""
+        ids: list[int] = []
+        labels: list[int] = []
+        for seg in self.segments(messages, add_generation_prompt=False, loss_on=loss_on, tools=tools):
+            seg_ids = self._encode(seg.text)
+            ids += seg_ids
+            labels += seg_ids if seg.trained else [IGNORE] * len(seg_ids)
+        return ids, labels
+
+    def render_prompt(self, messages: list[dict], tools: list | None = None) -> list[int]:
+        """Ids that ask the model for the next assistant turn."""
+        segs = self.segments(messages, add_generation_prompt=True, loss_on="assistant", tools=tools)
+        return [i for seg in segs for i in self._encode(seg.text)]
+
+    def render_text(self, messages: list[dict], add_generation_prompt: bool = False, tools: list | None = None) -> str:
+        return self._apply(self._with_system(messages), add_generation_prompt, tools)
+
+    def segments(self, messages: list[dict], add_generation_prompt: bool, loss_on: str, tools: list | None = None) -> list[Segment]:
+        msgs = self._with_system(messages)
+        full = self._apply(msgs, add_generation_prompt, tools)
+        if loss_on == "all":
+            return [Segment(full, True)]
+        assistants = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
+        if loss_on == "last":  # one cut point: also exact for templates that rewrite earlier turns
+            assistants = assistants[-1:]
+        out: list[Segment] = []
+        cursor = 0
+        for i in assistants:
+            before = self._apply(msgs[:i], True, tools)
+            through = self._apply(msgs[: i + 1], False, tools)
+            if not (through.startswith(before) and full.startswith(through) and len(before) >= cursor):
+                raise TemplateError(
+                    f"the chat template of {self._name()} renders earlier turns differently once later turns follow "
+                    "(for example it drops reasoning from past answers), so per-turn loss masks cannot be exact. "
+                    "Set loss_on: last, or train on single-turn rows."
+                )
+            answer = through[len(before):]
+            kept = answer.rstrip(" \n")  # the newline after the end-of-turn token is template layout, not output
+            trained = loss_on == "last" or msgs[i].get("loss", True)
+            out += [Segment(full[cursor: len(before)], False), Segment(kept, bool(trained))]
+            cursor = len(before) + len(kept)
+        out.append(Segment(full[cursor:], False))
+        return [s for s in out if s.text]
+
+    def _with_system(self, messages: list[dict]) -> list[dict]:
+        msgs = [dict(m) for m in messages]
+        if self.default_system and (not msgs or msgs[0]["role"] != "system"):
+            msgs.insert(0, {"role": "system", "content": self.default_system})
+        return msgs
+
+    def _apply(self, messages: list[dict], add_generation_prompt: bool, tools: list | None) -> str:
+        clean = [{k: v for k, v in m.items() if k != "loss"} for m in messages]
+        kwargs = {"tools": tools} if tools else {}
+        try:
+            return self.tokenizer.apply_chat_template(clean, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs)
+        except Exception as err:  # jinja raises TemplateError/TypeError with the template's own message
+            raise TemplateError(f"the chat template of {self._name()} failed: {err}") from None
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    # -------------------------------------------------------------------------
+    # End of turn: what the model must learn to emit, and what stops generation
+
+    def _probe_end_of_turn(self) -> str:
+        msgs = self._with_system(PROBE)
+        before = self._apply(msgs[:-1], True, None)
+        through = self._apply(msgs, False, None)
+        answer = through[len(before):].rstrip(" \n")
+        content = PROBE[-1]["content"]
+        if not through.startswith(before) or content not in answer:
+            raise TemplateError(f"the chat template of {self._name()} does not render an assistant answer after its generation prompt")
+        end = answer[answer.index(content) + len(content):]
+        if not end.strip():
+            raise TemplateError(
+                f"the chat template of {self._name()} puts no end-of-turn token after an assistant answer, so a tuned "
+                "model would never learn to stop. Use a template that ends turns with the EOS token."
+            )
+        return end
+
+    def _stop_ids(self) -> list[int]:
+        ids = [i for i in self._encode(self.end_of_turn) if i in set(self.tokenizer.all_special_ids)]
+        eos = self.tokenizer.eos_token_id
+        return sorted(set(ids + ([eos] if eos is not None else [])))
+
+    def _name(self) -> str:
+        return getattr(self.tokenizer, "name_or_path", "") or "this model"
+
+    # -------------------------------------------------------------------------
+    # Saved beside the weights: infer, deploy and export read it, never re-guess
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        self.tokenizer.save_pretrained(folder)
+        info = {"default_system": self.default_system, "end_of_turn": self.end_of_turn, "stop_token_ids": self.stop_token_ids}
+        (folder / TEMPLATE_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "Template":
+        from transformers import AutoTokenizer
+
+        folder = Path(folder)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        info_path = folder / TEMPLATE_FILE
+        info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.exists() else {}
+        return cls(tokenizer, default_system=info.get("default_system"))

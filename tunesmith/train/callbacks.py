@@ -1,0 +1,151 @@
+"""What a run writes while it trains: metrics.jsonl, a console line per log, loss.png, checkpoint manifests.
+
+Composed into TRL's trainers through `callbacks=`, never by subclassing them."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+MANIFEST = "tunesmith_manifest.json"
+
+
+def peak_memory_gb() -> float:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+
+
+class MetricsLog(TrainerCallback):
+    """One JSON object per logging step: step/total, loss, learning rate, grad norm, tokens/s, peak memory,
+    elapsed and ETA. Also prints it as one line, under the progress bar."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / "metrics.jsonl"
+        self.start = time.time()
+        self.last_time, self.last_tokens = self.start, 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = self.last_time = time.time()
+        self.last_tokens = state.num_input_tokens_seen or 0
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or not state.is_world_process_zero:
+            return
+        now = time.time()
+        tokens = state.num_input_tokens_seen or 0
+        rate = (tokens - self.last_tokens) / max(now - self.last_time, 1e-9)
+        self.last_time, self.last_tokens = now, tokens
+        elapsed = now - self.start
+        done = max(state.global_step, 1)
+        record = {"step": state.global_step, "total_steps": state.max_steps, "epoch": round(state.epoch or 0, 4)}
+        record |= {k: (round(v, 6) if isinstance(v, float) else v) for k, v in logs.items()}
+        record |= {"tokens_per_s": round(rate, 1), "peak_mem_gb": round(peak_memory_gb(), 3),
+                   "elapsed_s": round(elapsed, 1), "eta_s": round(elapsed / done * (state.max_steps - state.global_step), 1)}
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if "loss" in logs or "eval_loss" in logs:
+            from tqdm.auto import tqdm
+
+            tqdm.write(_line(record), file=sys.stderr)
+
+
+def _line(r: dict) -> str:
+    parts = [f"step {r['step']}/{r['total_steps']}"]
+    for key, label, fmt in [("loss", "loss", ".4f"), ("eval_loss", "eval_loss", ".4f"), ("learning_rate", "lr", ".2e"),
+                            ("grad_norm", "grad_norm", ".3f"), ("tokens_per_s", "tok/s", ".0f"),
+                            ("peak_mem_gb", "peak_mem", ".2f")]:
+        if isinstance(r.get(key), (int, float)):
+            parts.append(f"{label} {r[key]:{fmt}}" + (" GB" if key == "peak_mem_gb" else ""))
+    parts.append(f"elapsed {r['elapsed_s']:.0f}s eta {r['eta_s']:.0f}s")
+    return " | ".join(parts)
+
+
+class ProgressBar(TrainerCallback):
+    """One progress bar over optimizer steps (continuing from the resumed step)."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="training", unit="step",
+                        disable=not state.is_world_process_zero, dynamic_ncols=True)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.bar.update(state.global_step - self.bar.n)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.bar.close()
+
+
+class CheckpointManifest(TrainerCallback):
+    """HF's Trainer writes checkpoint-N/ in place; a run killed mid-write leaves a partial folder. After the
+    Trainer finishes a checkpoint we write a manifest (file names and sizes) by atomic rename: a checkpoint counts
+    as complete only with a manifest that matches its files, and resume picks the newest complete one."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if folder.is_dir():
+            write_manifest(folder, state.global_step)
+
+
+def write_manifest(folder: Path, step: int) -> None:
+    files = {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    tmp = folder / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps({"step": step, "files": files}, indent=1))
+    os.replace(tmp, folder / MANIFEST)
+
+
+def is_complete(folder: Path) -> bool:
+    path = folder / MANIFEST
+    if not path.exists():
+        return False
+    files = json.loads(path.read_text()).get("files", {})
+    return all((folder / name).is_file() and (folder / name).stat().st_size == size for name, size in files.items())
+
+
+class LossPlot(TrainerCallback):
+    """loss.png (train and eval loss against step) at the end of training."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            plot_loss(self.run_dir)
+
+
+def plot_loss(run_dir: Path) -> Path | None:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key in ("loss", "eval_loss"):
+        points = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+        if points:
+            ax.plot(*zip(*points), marker="o" if key == "eval_loss" else None, label=key)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(run_dir.name)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out = run_dir / "loss.png"
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

@@ -1,0 +1,77 @@
+"""Model and TRL arguments for a training run, from the config. Shared by sft.py and pt.py (and rlhf later)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tunesmith.errors import HardwareError
+from tunesmith.models import load as models
+from tunesmith.models.runs import read_run_output
+
+
+def load_trainable(cfg: Any) -> tuple[Any, Any, Path, str, Any]:
+    """(model with adapters attached or full weights trainable, tokenizer, base folder, device, dtype)."""
+    device = models.pick_device(cfg.device)
+    dtype = models.pick_dtype(cfg.dtype, device)
+    base_name = cfg.model
+    if cfg.adapters and "model" not in cfg.model_fields_set:  # continue a run: its recorded base, unless overridden
+        base_name = read_run_output(cfg.adapters).base_model
+    folder = models.resolve(base_name)
+    if cfg.method == "qlora" and device == "mps":
+        raise HardwareError("method: qlora needs CUDA or CPU (bitsandbytes has no MPS kernels); use method: lora")
+    model = models.load_model(folder, dtype=dtype, device=device, quantize_4bit=cfg.method == "qlora")
+    tokenizer = models.load_tokenizer(Path(cfg.adapters) if cfg.adapters else folder)
+    if cfg.method == "full":
+        return model, tokenizer, folder, device, dtype
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if cfg.method == "qlora":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    if cfg.adapters:
+        model = models.attach_adapters(model, cfg.adapters, trainable=True)
+    else:
+        model = get_peft_model(model, models.lora_config(cfg.lora, cfg.method))
+    return model, tokenizer, folder, device, dtype
+
+
+def trl_args(cfg: Any, run_dir: Path, device: str, dtype: Any, has_eval: bool, **extra: Any) -> Any:
+    """TRL's SFTConfig from ours. Every value TRL sees is here, in one place."""
+    import torch
+    from trl import SFTConfig as TRLSFTConfig
+
+    report_to = [r for r in cfg.report_to if r != "none"] or "none"
+    return TRLSFTConfig(
+        output_dir=str(run_dir),
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,  # a float in [0, 1) is a ratio of total steps
+        weight_decay=cfg.weight_decay,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        use_cpu=device == "cpu",
+        max_length=cfg.max_length,
+        packing=cfg.packing,
+        logging_steps=cfg.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=cfg.eval_steps or cfg.save_steps,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to=report_to,
+        run_name=run_dir.name,
+        include_num_input_tokens_seen="non_padding",
+        disable_tqdm=True,  # our ProgressBar shows one bar plus one line per log
+        dataset_kwargs={},
+        **extra,
+    )

@@ -1,0 +1,98 @@
+"""Rows -> token ids + labels, cached by content hash so a second run starts at once.
+
+The cache key covers the rows, the tokenizer's vocabulary and chat template, the system prompt and loss_on; the
+cache holds every row's ids before any length filter, so changing max_length reuses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from tunesmith.data.rows import Conversation, Problem, Text
+from tunesmith.paths import cache_dir
+from tunesmith.templates import Template
+
+
+def tokenize_sft(rows: list[Conversation], template: Template, loss_on: str, max_length: int) -> tuple[Any, list[Problem]]:
+    """A datasets.Dataset with input_ids and labels; rows over max_length or with nothing to learn are problems."""
+    key = _key("sft", [[r.messages, r.extra.get("tools")] for r in rows], template, loss_on)
+
+    def build() -> dict[str, list]:
+        ids, labels = [], []
+        for row in _progress(rows, "Tokenizing"):
+            i, l = template.render(row.messages, loss_on=loss_on, tools=row.extra.get("tools"))
+            ids.append(i)
+            labels.append(l)
+        return {"input_ids": ids, "labels": labels}
+
+    table = _cached(key, build)
+    problems, keep = [], []
+    for n, row in enumerate(rows):
+        length = len(table["input_ids"][n])
+        if length > max_length:
+            problems.append(Problem(row.source, row.line, "messages",
+                                    f"{length} tokens > max_length {max_length}; raise max_length or shorten the row"))
+        elif all(label == -100 for label in table["labels"][n]):
+            problems.append(Problem(row.source, row.line, "messages", "no trained tokens (every turn has loss: false)"))
+        else:
+            keep.append(n)
+    import datasets
+
+    ds = datasets.Dataset.from_dict({k: [table[k][n] for n in keep] for k in ("input_ids", "labels")})
+    return ds, problems
+
+
+def tokenize_pt(rows: list[Text], template: Template, max_length: int) -> Any:
+    """Raw text + EOS, cut into max_length blocks (nothing is dropped; packing then fills the batches)."""
+    tok = template.tokenizer
+    key = _key("pt", [r.text for r in rows], template, "all")
+
+    def build() -> dict[str, list]:
+        eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
+        return {"input_ids": [tok(r.text, add_special_tokens=False)["input_ids"] + eos for r in _progress(rows, "Tokenizing")]}
+
+    table = _cached(key, build)
+    blocks = [ids[i: i + max_length] for ids in table["input_ids"] for i in range(0, len(ids), max_length)]
+    import datasets
+
+    return datasets.Dataset.from_dict({"input_ids": blocks, "labels": blocks})
+
+
+def _key(kind: str, payload: Any, template: Template, loss_on: str) -> str:
+    tok = template.tokenizer
+    h = hashlib.sha256()
+    h.update(json.dumps([kind, loss_on, template.default_system, tok.chat_template], ensure_ascii=False).encode())
+    backend = getattr(tok, "backend_tokenizer", None)
+    h.update((backend.to_str() if backend is not None else json.dumps(tok.get_vocab(), sort_keys=True)).encode())
+    h.update(json.dumps(payload, ensure_ascii=False, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:24]
+
+
+def _cached(key: str, build) -> dict[str, list]:
+    folder = cache_dir() / "tokenized"
+    path = folder / f"{key}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    table = build()
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+    with os.fdopen(fd, "w") as f:
+        json.dump(table, f)
+    os.replace(tmp, path)  # atomic: a killed run never leaves a half-written cache entry
+    return table
+
+
+def _progress(items: list, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, disable=len(items) < 2000, leave=False)
+
+
+def clear_cache() -> None:
+    shutil.rmtree(cache_dir() / "tokenized", ignore_errors=True)
