@@ -112,6 +112,6 @@ class DataCheckConfig(Section):
     dataset: list[str] = Field(..., min_length=1, description="Files, folders, registry names or hub ids.")
     model: str | None = Field(None, description="Tokenize with this model for token length stats.")
     max_length: int | None = Field(None, description="Report rows longer than this many tokens (needs --model).")
-    kind: Literal["auto", "sft", "pt"] = Field("auto", description="What the data is for; auto = from the columns.")
+    kind: Literal["sft", "pt", "prompts"] = Field("sft", description="What the data is for: sft, pt (raw text), prompts (for infer).")
     command: ClassVar[str] = "data"
     positional: ClassVar[tuple[str, ...]] = ("action", "dataset")

@@ -200,7 +200,7 @@ def _check_messages(messages: list[dict], kind: str, fmt: str, bad: _Reporter) -
         return True
     assistants = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
     if not assistants:
-        bad(field, "no assistant turn to learn from")
+        bad(field, "no assistant turn to learn from (prompts for infer? check them with --kind prompts)")
         return False
     for i in assistants:
         if not messages[i]["content"].strip() and not messages[i].get("tool_calls"):

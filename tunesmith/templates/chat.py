@@ -66,26 +66,34 @@ class Template:
 
     def render_prompt(self, messages: list[dict], tools: list | None = None) -> list[int]:
         """Ids that ask the model for the next assistant turn."""
-        segs = self.segments(messages, add_generation_prompt=True, loss_on="assistant", tools=tools)
+        segs = self.segments(messages, add_generation_prompt=True, loss_on="assistant", tools=tools, prompt_only=True)
         return [i for seg in segs for i in self._encode(seg.text)]
 
     def render_text(self, messages: list[dict], add_generation_prompt: bool = False, tools: list | None = None) -> str:
         return self._apply(self._with_system(messages), add_generation_prompt, tools)
 
-    def segments(self, messages: list[dict], add_generation_prompt: bool, loss_on: str, tools: list | None = None) -> list[Segment]:
+    def segments(self, messages: list[dict], add_generation_prompt: bool, loss_on: str, tools: list | None = None,
+                 prompt_only: bool = False) -> list[Segment]:
+        """The rendered text cut at every assistant turn, each piece marked trained or not.
+
+        Cuts are the same for training and for prompts, so their token ids agree. A template that renders an
+        earlier turn differently once later turns follow (Qwen3 drops past reasoning) gets no cut at that turn:
+        fine when it is not trained (loss_on: last, or a prompt), an error when it would be."""
         msgs = self._with_system(messages)
         full = self._apply(msgs, add_generation_prompt, tools)
-        if loss_on == "all":
+        if loss_on == "all" and not prompt_only:
             return [Segment(full, True)]
         assistants = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
-        if loss_on == "last":  # one cut point: also exact for templates that rewrite earlier turns
-            assistants = assistants[-1:]
+        last = assistants[-1] if assistants else None
         out: list[Segment] = []
         cursor = 0
         for i in assistants:
+            wanted = not prompt_only and (i == last if loss_on == "last" else msgs[i].get("loss", True))
             before = self._apply(msgs[:i], True, tools)
             through = self._apply(msgs[: i + 1], False, tools)
             if not (through.startswith(before) and full.startswith(through) and len(before) >= cursor):
+                if not wanted:
+                    continue
                 raise TemplateError(
                     f"the chat template of {self._name()} renders earlier turns differently once later turns follow "
                     "(for example it drops reasoning from past answers), so per-turn loss masks cannot be exact. "
@@ -93,8 +101,7 @@ class Template:
                 )
             answer = through[len(before):]
             kept = answer.rstrip(" \n")  # the newline after the end-of-turn token is template layout, not output
-            trained = loss_on == "last" or msgs[i].get("loss", True)
-            out += [Segment(full[cursor: len(before)], False), Segment(kept, bool(trained))]
+            out += [Segment(full[cursor: len(before)], False), Segment(kept, bool(wanted))]
             cursor = len(before) + len(kept)
         out.append(Segment(full[cursor:], False))
         return [s for s in out if s.text]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ def trl_args(cfg: Any, run_dir: Path, device: str, dtype: Any, has_eval: bool, *
     from trl import SFTConfig as TRLSFTConfig
 
     report_to = [r for r in cfg.report_to if r != "none"] or "none"
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tb")  # transformers 5 reads it from the environment
     return TRLSFTConfig(
         output_dir=str(run_dir),
         num_train_epochs=cfg.epochs,
@@ -75,3 +77,10 @@ def trl_args(cfg: Any, run_dir: Path, device: str, dtype: Any, has_eval: bool, *
         dataset_kwargs={},
         **extra,
     )
+
+
+def quiet_default_printer(trainer: Any) -> None:
+    """With its tqdm off, the Trainer prints every log dict; our MetricsLog prints one line per log instead."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)

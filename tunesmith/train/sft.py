@@ -15,7 +15,7 @@ from tunesmith.errors import DataError
 from tunesmith.templates import Template
 from tunesmith.train import run as runs
 from tunesmith.train.callbacks import CheckpointManifest, LossPlot, MetricsLog, ProgressBar
-from tunesmith.train.setup import load_trainable, trl_args
+from tunesmith.train.setup import load_trainable, quiet_default_printer, trl_args
 from tunesmith.train.tokenize import tokenize_sft
 
 
@@ -57,6 +57,7 @@ def sft(cfg: SFTConfig, callbacks: list[Any] | None = None) -> runs.RunResult:
         processing_class=tokenizer,
         callbacks=[MetricsLog(run_dir), ProgressBar(), CheckpointManifest(), LossPlot(run_dir), *(callbacks or [])],
     )
+    quiet_default_printer(trainer)
     trainer.train(resume_from_checkpoint=resume_from)
     final = runs.save_final(trainer, template, run_dir)
     log_file.close()

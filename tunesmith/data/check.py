@@ -1,0 +1,74 @@
+"""`tunesmith data check FILE`: validate every row and summarise the data.
+
+Prints rows, formats detected, bad rows as `file:line: field: problem`, and, with --model, token length
+statistics rendered by that model's chat template (exactly what training would see). Exits non-zero on bad rows."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+
+from tunesmith.config import DataCheckConfig
+from tunesmith.data.load import describe_problems, load_rows
+from tunesmith.data.rows import Conversation, Problem
+from tunesmith.errors import DataError
+
+
+@dataclass
+class CheckReport:
+    rows: int
+    formats: dict[str, int]
+    problems: list[Problem]
+    token_lengths: list[int] = field(default_factory=list)
+    trained_tokens: int = 0
+
+
+def check(cfg: DataCheckConfig) -> CheckReport:
+    data = load_rows(cfg.dataset, kind=cfg.kind, seed=0)
+    report = CheckReport(len(data.rows), data.formats, list(data.problems))
+    if cfg.model and data.rows:
+        _token_stats(cfg, data.rows, report)
+    _print(cfg, report)
+    if report.problems:
+        raise DataError(describe_problems(report.problems))
+    return report
+
+
+def _token_stats(cfg: DataCheckConfig, rows: list, report: CheckReport) -> None:
+    from tunesmith.models.load import load_tokenizer, resolve
+    from tunesmith.templates import Template
+
+    template = Template(load_tokenizer(resolve(cfg.model)))
+    for row in rows:
+        if isinstance(row, Conversation):
+            ids, labels = template.render(row.messages, tools=row.extra.get("tools"))
+            report.trained_tokens += sum(1 for x in labels if x != -100)
+        else:
+            ids = template.tokenizer(row.text, add_special_tokens=False)["input_ids"]
+        report.token_lengths.append(len(ids))
+        if cfg.max_length and len(ids) > cfg.max_length:
+            report.problems.append(Problem(row.source, row.line, "messages" if isinstance(row, Conversation) else "text",
+                                           f"{len(ids)} tokens > max_length {cfg.max_length}"))
+
+
+def _print(cfg: DataCheckConfig, report: CheckReport) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=True)
+    table = Table(title=f"data check: {', '.join(cfg.dataset)}", show_header=False)
+    table.add_row("good rows", str(report.rows))
+    table.add_row("bad rows", f"[red]{len(report.problems)}[/red]" if report.problems else "0")
+    table.add_row("formats", ", ".join(f"{k}: {v}" for k, v in sorted(report.formats.items())) or "-")
+    lengths = sorted(report.token_lengths)
+    if lengths:
+        p95 = lengths[min(len(lengths) - 1, int(0.95 * len(lengths)))]
+        table.add_row(f"tokens ({cfg.model})", f"min {lengths[0]}, mean {statistics.mean(lengths):.0f}, median "
+                      f"{statistics.median(lengths):.0f}, p95 {p95}, max {lengths[-1]}, total {sum(lengths)}")
+        if report.trained_tokens:
+            table.add_row("trained tokens", f"{report.trained_tokens} ({report.trained_tokens / sum(lengths):.0%} of all)")
+    elif not cfg.model:
+        table.add_row("tokens", "pass --model NAME for token lengths")
+    console.print(table)
+    for p in report.problems[:50]:
+        console.print(f"[red]{p}[/red]", highlight=False)
