@@ -199,7 +199,8 @@ def _is_number(text: str) -> bool:
 # Keys: aliases, nesting, unknown names
 
 
-def _normalise(cls: type[BaseModel], flat: dict[str, Any], source: str | None, lines: dict[str, int]) -> dict[str, Any]:
+def _normalise(cls: type[BaseModel], flat: dict[str, Any], source: str | None, lines: dict[str, int],
+               prefix: str = "") -> dict[str, Any]:
     """Map aliases and dotted keys onto the config's tree; fail on unknown keys with the nearest valid one."""
     out: dict[str, Any] = {}
     for raw_key, value in flat.items():
@@ -211,10 +212,10 @@ def _normalise(cls: type[BaseModel], flat: dict[str, Any], source: str | None, l
         if isinstance(value, dict) and _section_class(cls, parts[0]):
             nested = _normalise(_section_class(cls, parts[0]), value, source, {
                 k.split(".", 1)[1]: v for k, v in lines.items() if k.startswith(parts[0] + ".")
-            })
+            }, prefix=f"{prefix}{parts[0]}.")
             _deep_update(out, {parts[0]: nested})
             continue
-        _check_known(cls, parts, raw_key, source, lines)
+        _check_known(cls, parts, raw_key, source, lines, prefix)
         target = out
         for part in parts[:-1]:
             target = target.setdefault(part, {})
@@ -222,18 +223,20 @@ def _normalise(cls: type[BaseModel], flat: dict[str, Any], source: str | None, l
     return out
 
 
-def _check_known(cls: type[BaseModel], parts: list[str], raw_key: str, source: str | None, lines: dict[str, int]) -> None:
+def _check_known(cls: type[BaseModel], parts: list[str], raw_key: str, source: str | None, lines: dict[str, int],
+                 prefix: str = "") -> None:
     model: type[BaseModel] | None = cls
     for depth, part in enumerate(parts):
         fields = model.model_fields if model else {}
         if part not in fields:
             valid = _all_keys(model) if model else []
-            prefix = ".".join(parts[:depth])
-            candidates = [f"{prefix}.{k}" if prefix else k for k in valid]
-            valid_names = candidates + [a for a in ALIASES if _resolves(cls, ALIASES[a])]
+            parent = ".".join(parts[:depth])
+            candidates = [f"{parent}.{k}" if parent else k for k in valid]
+            valid_names = candidates + ([a for a in ALIASES if _resolves(cls, ALIASES[a])] if not prefix else [])
             nearest = difflib.get_close_matches(".".join(parts), valid_names, n=1, cutoff=0.5)
-            hint = f"; did you mean {'--' + nearest[0].replace('_', '-') if source is None else nearest[0]}?" if nearest else ""
-            shown = f"--{raw_key}" if source is None else str(raw_key)
+            near = prefix + nearest[0] if nearest else ""
+            hint = f"; did you mean {'--' + near.replace('_', '-') if source is None else near}?" if nearest else ""
+            shown = f"--{str(raw_key).replace('_', '-')}" if source is None else str(raw_key)
             raise ConfigError(f"{_where(source, lines.get(str(raw_key)))}unknown option {shown}{hint} (see --help)")
         model = _section_class(model, part)
 

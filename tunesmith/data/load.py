@@ -54,9 +54,15 @@ def load_rows(specs: list[str], kind: str, seed: int = 42, substitutions: dict[s
             if item is not None:
                 out.rows.append(item)
                 out.formats[item.format] = out.formats.get(item.format, 0) + 1
+    out.problems.sort(key=_position)
     if not out.rows and not out.problems:
         raise DataError(f"{', '.join(specs)}: no rows found")
     return out
+
+
+def _position(p: Problem) -> tuple[str, int]:
+    line = p.line if isinstance(p.line, int) else int("".join(c for c in str(p.line) if c.isdigit()) or 0)
+    return p.source, line
 
 
 def _split_count(spec: str) -> tuple[str, int | None]:

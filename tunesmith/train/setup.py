@@ -13,6 +13,9 @@ from tunesmith.models.runs import read_run_output
 
 def load_trainable(cfg: Any) -> tuple[Any, Any, Path, str, Any]:
     """(model with adapters attached or full weights trainable, tokenizer, base folder, device, dtype)."""
+    from transformers import set_seed
+
+    set_seed(cfg.seed)  # before the adapters are initialised: the same seed gives the same run
     device = models.pick_device(cfg.device)
     dtype = models.pick_dtype(cfg.dtype, device)
     base_name = cfg.model

@@ -1,0 +1,69 @@
+"""Config: YAML, flags and Python fill the same model; flags override the file; unknown keys name the nearest."""
+
+import pytest
+
+from tunesmith.config import SFTConfig, help_text, load
+from tunesmith.errors import ConfigError
+
+YAML = """\
+model: smollm2-135m-instruct
+dataset: [data/a.jsonl]
+lora: {rank: 8, alpha: 16}
+learning_rate: 1e-3
+max_length: 512
+"""
+
+
+def test_yaml_flags_and_python_build_the_same_config(tmp_path):
+    path = tmp_path / "sft.yaml"
+    path.write_text(YAML)
+    from_file = load(SFTConfig, ["-c", str(path)])
+    from_flags = load(SFTConfig, ["--model", "smollm2-135m-instruct", "--dataset", "data/a.jsonl", "--lora.rank", "8",
+                                  "--lora.alpha", "16", "--learning-rate", "1e-3", "--max_length", "512"])
+    from_python = SFTConfig(model="smollm2-135m-instruct", dataset=["data/a.jsonl"], lora={"rank": 8, "alpha": 16},
+                            learning_rate=1e-3, max_length=512)
+    assert from_file == from_flags == from_python
+    assert from_file.learning_rate == 1e-3  # YAML 1.1 reads 1e-3 as a string; it still becomes a float
+
+
+def test_flags_override_the_file(tmp_path):
+    path = tmp_path / "sft.yaml"
+    path.write_text(YAML)
+    cfg = load(SFTConfig, ["-c", str(path), "--lora.rank", "4", "--packing", "--no-packing", "--epochs", "1"])
+    assert (cfg.lora.rank, cfg.lora.alpha, cfg.packing, cfg.epochs) == (4, 16, False, 1.0)
+
+
+def test_peer_aliases_map_to_our_keys():
+    cfg = load(SFTConfig, ["--dataset", "x", "--lora_r", "4", "--cutoff_len", "256", "--num_train_epochs", "2",
+                           "--per_device_train_batch_size", "3", "--model_name_or_path", "m"])
+    assert (cfg.lora.rank, cfg.max_length, cfg.epochs, cfg.batch_size, cfg.model) == (4, 256, 2.0, 3, "m")
+
+
+def test_unknown_flag_names_the_nearest_valid_one():
+    with pytest.raises(ConfigError, match=r"unknown option --learning-rte; did you mean --learning-rate\?"):
+        load(SFTConfig, ["--dataset", "x", "--learning-rte", "1e-4"])
+
+
+def test_unknown_yaml_key_names_file_line_and_nearest(tmp_path):
+    path = tmp_path / "sft.yaml"
+    path.write_text(YAML + "lora_rnak: 4\n")
+    with pytest.raises(ConfigError, match=r"sft.yaml:6: unknown option lora_rnak; did you mean lora_rank\?"):
+        load(SFTConfig, ["-c", str(path)])
+    path.write_text(YAML.replace("rank: 8", "rnak: 8"))
+    with pytest.raises(ConfigError, match=r"sft.yaml:3: unknown option rnak; did you mean lora.rank\?"):
+        load(SFTConfig, ["-c", str(path)])
+
+
+def test_bad_value_names_file_line_and_field(tmp_path):
+    path = tmp_path / "sft.yaml"
+    path.write_text(YAML.replace("max_length: 512", "max_length: lots"))
+    with pytest.raises(ConfigError, match=r"sft.yaml:5: max_length: .*integer.*'lots'"):
+        load(SFTConfig, ["-c", str(path)])
+
+
+def test_help_lists_every_option_with_its_default():
+    text = help_text(SFTConfig, "tunesmith sft")
+    for name in ["--model", "--dataset", "--lora.rank", "--max-length", "--learning-rate", "--output-dir", "--resume",
+                 "--skip-bad-rows", "--loss-on", "--packing"]:
+        assert name in text
+    assert "[default: 16]" in text and "[default: 'lora']" in text

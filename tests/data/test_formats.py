@@ -1,0 +1,98 @@
+"""Formats detected from the columns, bad rows reported as file:line: field: problem, #N sampling, registry."""
+
+import json
+
+import pytest
+
+from tunesmith.data.load import load_rows
+from tunesmith.errors import DataError
+
+ROWS = [
+    {"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"}]},
+    {"conversations": [{"from": "human", "value": "q2"}, {"from": "gpt", "value": "a2"}], "system": "S2"},
+    {"instruction": "do", "input": "this", "output": "a3"},
+    {"prompt": "q4", "response": "a4"},
+    {"question": "q5", "answer": "a5"},
+    {"prompt": [{"role": "user", "content": "q6"}], "completion": [{"role": "assistant", "content": "a6"}]},
+]
+
+
+def write_jsonl(path, rows, raw_lines=()):
+    lines = [json.dumps(r, ensure_ascii=False) for r in rows] + list(raw_lines)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_every_format_becomes_the_same_conversation_shape(tmp_path):
+    data = load_rows([str(write_jsonl(tmp_path / "d.jsonl", ROWS))], kind="sft")
+    assert not data.problems
+    got = [[(m["role"], m["content"]) for m in r.messages] for r in data.rows]
+    assert got[0] == [("system", "S"), ("user", "q1"), ("assistant", "a1")]
+    assert got[1] == [("system", "S2"), ("user", "q2"), ("assistant", "a2")]
+    assert got[2] == [("user", "do\n\nthis"), ("assistant", "a3")]
+    assert got[3] == [("user", "q4"), ("assistant", "a4")]
+    assert got[4] == [("user", "q5"), ("assistant", "a5")]
+    assert got[5] == [("user", "q6"), ("assistant", "a6")]
+    assert data.formats == {"messages": 1, "sharegpt": 1, "alpaca": 1, "prompt-response": 3}
+
+
+def test_csv_parquet_and_json_files(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "d.csv").write_text("instruction,input,output\nsay hi,,hi\n", encoding="utf-8")
+    pq.write_table(pa.Table.from_pylist([{"prompt": "p", "response": "r"}]), tmp_path / "d.parquet")
+    (tmp_path / "d.json").write_text(json.dumps([{"text": "raw text"}]), encoding="utf-8")
+    assert len(load_rows([str(tmp_path / "d.csv"), str(tmp_path / "d.parquet")], kind="sft").rows) == 2
+    assert load_rows([str(tmp_path / "d.json")], kind="pt").rows[0].text == "raw text"
+
+
+def test_bad_rows_are_reported_with_file_line_and_field(tmp_path):
+    path = write_jsonl(tmp_path / "bad.jsonl", [
+        {"messages": [{"role": "user", "content": "ok"}, {"role": "assistant", "content": "fine"}]},
+        {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "  "}]},
+        {"messages": [{"role": "robot", "content": "q"}]},
+        {"messages": [{"role": "user", "content": ["not", "text"]}]},
+        {"messages": [{"role": "user", "content": "no answer"}]},
+        {"unrelated": 1},
+    ], raw_lines=["{broken json"])
+    data = load_rows([str(path)], kind="sft")
+    found = [str(p) for p in data.problems]
+    assert found == [
+        f"{path}:2: messages[1].content: empty assistant turn (the model would learn to answer nothing)",
+        f"{path}:3: messages[0].role: unknown role 'robot'; expected one of assistant, system, tool, user",
+        f"{path}:4: messages[0].content: expected a string, got list",
+        f"{path}:5: messages: no assistant turn to learn from (prompts for infer? check them with --kind prompts)",
+        f"{path}:6: columns: format not recognised from columns (unrelated); expected messages, conversations, "
+        "instruction/output, prompt/response or text",
+        f"{path}:7: json: not valid JSON (Expecting property name enclosed in double quotes at column 2)",
+    ]
+    assert len(data.rows) == 1
+    with pytest.raises(DataError, match="6 bad row"):
+        data.raise_if_bad(skip_bad_rows=False)
+    assert data.raise_if_bad(skip_bad_rows=True) == 6
+
+
+def test_sampling_with_hash_count_is_seeded(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": f"q{i}", "response": f"a{i}"} for i in range(10)])
+    a = load_rows([f"{path}#4"], kind="sft", seed=1)
+    b = load_rows([f"{path}#4"], kind="sft", seed=1)
+    assert len(a.rows) == 4 and [r.line for r in a.rows] == [r.line for r in b.rows]
+    assert len(load_rows([f"{path}#25"], kind="sft").rows) == 25  # more than the file: repeats it
+
+
+def test_registry_ships_prd_and_self_cognition_with_name_substitution():
+    prd = load_rows(["prd-assistant"], kind="sft")
+    assert len(prd.rows) >= 200 and not prd.problems
+    langs = {any("\u4e00" <= c <= "\u9fff" for c in r.messages[0]["content"]) for r in prd.rows}
+    assert langs == {True, False}  # Chinese and English
+    me = load_rows(["self-cognition#5"], kind="sft", substitutions={"name": "PRD-Bot", "author": "Acme"})
+    answers = " ".join(r.messages[-1]["content"] for r in me.rows)
+    assert "PRD-Bot" in answers and "{{" not in answers
+
+
+def test_missing_file_and_unknown_name_say_what_is_wrong():
+    with pytest.raises(DataError, match="nope.jsonl: file not found"):
+        load_rows(["nope.jsonl"], kind="sft")
+    with pytest.raises(DataError, match="Registry names: .*prd-assistant"):
+        load_rows(["no-such-dataset"], kind="sft")

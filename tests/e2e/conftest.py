@@ -1,0 +1,43 @@
+"""Shared fixtures for end-to-end tests: a tiny random model, a learnable toy dataset, the console script."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tiny import make_tiny_model
+
+TUNESMITH = shutil.which("tunesmith", path=str(Path(sys.executable).parent)) or "tunesmith"
+WORDS = ["apple", "river", "stone", "cloud", "maple", "tiger", "amber", "frost", "lemon", "orbit", "pearl", "quartz"]
+
+
+def run_cli(*args, cwd=None, env=None, check=True, stdin=None, timeout=600):
+    full_env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+    proc = subprocess.run([TUNESMITH, *map(str, args)], cwd=cwd, env=full_env, capture_output=True, text=True,
+                          input=stdin, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"tunesmith {' '.join(map(str, args))} exited {proc.returncode}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def read_metrics(run_dir):
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def toy_data(tmp_path_factory):
+    """A mapping a tiny model can learn in a few dozen steps: 'code for X' -> 'CODE X OK'."""
+    path = tmp_path_factory.mktemp("data") / "toy.jsonl"
+    rows = [{"messages": [{"role": "user", "content": f"code for {w}"}, {"role": "assistant", "content": f"CODE {w} OK"}]}
+            for w in WORDS]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path

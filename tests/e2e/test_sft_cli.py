@@ -1,0 +1,158 @@
+"""`tunesmith sft` and `pt` through the real console script, on a tiny random model."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from conftest import TUNESMITH, read_metrics, run_cli
+
+FINAL_ADAPTER = {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                 "chat_template.jinja", "tunesmith_template.json", "config.yaml"}
+
+
+def test_sft_lora_writes_the_run_folder_and_loss_goes_down(tiny_model, toy_data, tmp_path):
+    run = tmp_path / "runs" / "lora"
+    run_cli("sft", "--model", tiny_model, "--dataset", f"{toy_data}#48", "--max-steps", "24", "--batch-size", "4",
+            "--learning-rate", "3e-2", "--save-steps", "12", "--logging-steps", "2", "--output-dir", run)
+    assert {"config.yaml", "metrics.jsonl", "loss.png", "train.log", "final", "checkpoint-12", "checkpoint-24", "tb"} <= {
+        p.name for p in run.iterdir()}
+    assert FINAL_ADAPTER <= {p.name for p in (run / "final").iterdir()}
+    assert (run / "checkpoint-12" / "tunesmith_manifest.json").exists()
+    assert {"optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"} <= {p.name for p in (run / "checkpoint-12").iterdir()}
+    metrics = [m for m in read_metrics(run) if "loss" in m]
+    for key in ("step", "total_steps", "loss", "learning_rate", "grad_norm", "tokens_per_s", "peak_mem_gb", "elapsed_s", "eta_s"):
+        assert key in metrics[-1]
+    assert metrics[-1]["total_steps"] == 24
+    assert metrics[-1]["loss"] < metrics[0]["loss"] - 0.4  # LoRA on a random model: slow, but clearly learning
+
+    # The adapter loads with plain peft, and training moved it away from its zero-initialised start.
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), run / "final")
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora_b and all(p.abs().sum() > 0 for p in lora_b)
+
+
+@pytest.mark.parametrize("method", ["qlora", "dora", "full"])
+def test_sft_methods_train_and_save(method, tiny_model, toy_data, tmp_path):
+    run = tmp_path / method
+    run_cli("sft", "--model", tiny_model, "--dataset", toy_data, "--method", method, "--max-steps", "3",
+            "--batch-size", "4", "--output-dir", run, "--report-to", "none")
+    names = {p.name for p in (run / "final").iterdir()}
+    if method == "full":
+        assert {"model.safetensors", "config.json", "tunesmith_template.json"} <= names
+    else:
+        assert FINAL_ADAPTER <= names
+        adapter = json.loads((run / "final" / "adapter_config.json").read_text())
+        assert adapter["use_dora"] == (method == "dora")
+    assert len([m for m in read_metrics(run) if "loss" in m]) >= 1
+
+
+def test_pt_trains_on_raw_text(tiny_model, tmp_path):
+    data = tmp_path / "corpus.jsonl"
+    data.write_text("\n".join(json.dumps({"text": f"The {w} is a word. " * 20}) for w in ["alpha", "beta", "gamma", "delta"]))
+    run = tmp_path / "pt"
+    run_cli("pt", "--model", tiny_model, "--dataset", data, "--max-length", "64", "--max-steps", "10", "--batch-size", "2",
+            "--learning-rate", "5e-3", "--logging-steps", "1", "--output-dir", run, "--report-to", "none")
+    losses = [m["loss"] for m in read_metrics(run) if "loss" in m]
+    assert losses[-1] < losses[0]
+    assert (run / "final" / "adapter_model.safetensors").exists()
+
+
+KILLER = textwrap.dedent("""
+    import os, signal, sys
+    from transformers import TrainerCallback
+    from tunesmith import SFTConfig, config, sft
+
+    class KillAt(TrainerCallback):  # a crash mid-run: SIGKILL, no cleanup, no final save
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 5:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    sft(config.load(SFTConfig, sys.argv[1:]), callbacks=[KillAt()])
+""")
+
+
+def test_resume_after_a_kill_gives_the_same_final_loss(tiny_model, toy_data, tmp_path):
+    args = ["--model", str(tiny_model), "--dataset", f"{toy_data}#40", "--max-steps", "8", "--batch-size", "4",
+            "--save-steps", "2", "--logging-steps", "1", "--learning-rate", "5e-3", "--report-to", "none"]
+    straight = tmp_path / "straight"
+    run_cli("sft", *args, "--output-dir", straight)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.run([sys.executable, "-c", KILLER, *args, "--output-dir", str(killed)], capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert not (killed / "final").exists()
+    (killed / "checkpoint-6").mkdir()  # a checkpoint the kill interrupted mid-write: no manifest
+    resumed = run_cli("sft", *args, "--output-dir", killed, "--resume")
+    assert "checkpoint-6 is incomplete" in resumed.stderr
+
+    first = [m for m in read_metrics(straight) if "loss" in m]
+    second = [m for m in read_metrics(killed) if "loss" in m]
+    assert second[-1]["step"] == first[-1]["step"] == 8
+    assert [m["step"] for m in second] == [1, 2, 3, 4, 5, 6, 7, 8]  # killed before step 5 was logged; resumed at 4
+    assert second[-1]["loss"] == pytest.approx(first[-1]["loss"], abs=1e-4)
+
+
+def test_bad_rows_stop_the_run_before_training_unless_skipped(tiny_model, toy_data, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(toy_data.read_text() + '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": ""}]}\n')
+    proc = run_cli("sft", "--model", tiny_model, "--dataset", bad, "--max-steps", "1", "--output-dir", tmp_path / "r1", check=False)
+    assert proc.returncode == 1
+    assert f"{bad}:13: messages[1].content: empty assistant turn" in proc.stderr
+    assert not (tmp_path / "r1" / "final").exists()
+    ok = run_cli("sft", "--model", tiny_model, "--dataset", bad, "--max-steps", "1", "--output-dir", tmp_path / "r2",
+                 "--skip-bad-rows", "--report-to", "none")
+    assert (tmp_path / "r2" / "final").exists()
+    import yaml
+
+    assert yaml.safe_load((tmp_path / "r2" / "config.yaml").read_text())["_resolved"]["skipped_rows"] == 1
+
+
+def test_an_existing_run_is_never_overwritten_silently(tiny_model, toy_data, tmp_path):
+    run = tmp_path / "run"
+    args = ["sft", "--model", tiny_model, "--dataset", toy_data, "--max-steps", "1", "--output-dir", run, "--report-to", "none"]
+    run_cli(*args)
+    again = run_cli(*args, check=False)
+    assert again.returncode == 2 and "already holds a run; pass --resume" in again.stderr
+    run_cli(*args, "--overwrite")
+
+
+def test_yaml_flags_and_python_api_resolve_the_same_config(tiny_model, toy_data, tmp_path):
+    import yaml
+
+    from tunesmith import SFTConfig, sft
+
+    common = {"model": str(tiny_model), "dataset": [str(toy_data)], "max_steps": 1, "report_to": ["none"]}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({**common, "output_dir": str(tmp_path / "a")}))
+    run_cli("sft", "-c", tmp_path / "c.yaml")
+    run_cli("sft", "--model", tiny_model, "--dataset", toy_data, "--max-steps", "1", "--report-to", "none",
+            "--output-dir", tmp_path / "b")
+    sft(SFTConfig(**common, output_dir=str(tmp_path / "c")))
+    resolved = []
+    for name in "abc":
+        cfg = yaml.safe_load((tmp_path / name / "config.yaml").read_text())
+        cfg.pop("output_dir"), cfg.pop("_resolved")
+        resolved.append(cfg)
+    assert resolved[0] == resolved[1] == resolved[2]
+
+
+def test_cli_help_and_unknown_flags():
+    proc = run_cli("sft", "--help")
+    assert "--learning-rate" in proc.stdout and "[default: 0.0002]" in proc.stdout
+    bad = run_cli("sft", "--dataset", "x", "--lerning-rate", "1", check=False)
+    assert bad.returncode == 2 and "did you mean --learning-rate?" in bad.stderr
+
+
+def test_an_uncached_hub_model_offline_fails_at_once_with_what_to_do(toy_data, tmp_path):
+    proc = run_cli("sft", "--model", "some-org/not-cached-model", "--dataset", toy_data, "--output-dir", tmp_path / "r",
+                   env={"HF_HUB_OFFLINE": "1"}, check=False, timeout=60)
+    assert proc.returncode == 1
+    assert "not in the hub cache" in proc.stderr and "tunesmith download some-org/not-cached-model" in proc.stderr
+    assert "Traceback" not in proc.stderr
