@@ -46,7 +46,9 @@ class Engine:
             base_folder = models.resolve(model or run.base_model) if run.is_adapter else run.folder
             net = models.load_model(base_folder, dtype=torch_dtype, device=device)
             if run.is_adapter:
-                net = models.attach_adapters(net, run.folder, trainable=False)
+                # One adapter: fold it into the weights (exact up to float rounding), so every token costs what the
+                # base model costs instead of running the LoRA branches beside each layer.
+                net = models.attach_adapters(net, run.folder, trainable=False).merge_and_unload()
             template = Template.load(run.folder)
             name = run.folder.parent.name if run.folder.name == "final" else run.folder.name
         else:

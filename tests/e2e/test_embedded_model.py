@@ -1,0 +1,34 @@
+"""End to end on the embedded SmolLM2-135M-Instruct (the real default model, converted from its GGUF once)."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import read_metrics, run_cli
+
+
+@pytest.mark.slow
+def test_short_lora_run_on_smollm2_lowers_loss_and_loads_with_plain_peft(tmp_path):
+    # Four short identity answers, seen again each step: the loss must fall within a few steps.
+    run = tmp_path / "smol"
+    run_cli("sft", "--dataset", "self-cognition#4", "--model-name", "Quill", "--model-author", "the docs team",
+            "--max-steps", "6", "--batch-size", "4", "--learning-rate", "2e-3", "--logging-steps", "1",
+            "--max-length", "256", "--output-dir", run, "--report-to", "none")
+    losses = [m["loss"] for m in read_metrics(run) if "loss" in m]
+    assert len(losses) == 6 and losses[-1] < 0.8 * losses[0]
+    config = json.loads((run / "final" / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA"
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunesmith.models.embedded import prepared_folder
+
+    base = AutoModelForCausalLM.from_pretrained(prepared_folder(), dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, run / "final")
+    tokenizer = AutoTokenizer.from_pretrained(run / "final")
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "Who are you?"}], add_generation_prompt=True,
+                                        return_tensors="pt", return_dict=True)
+    out = model.generate(**ids, max_new_tokens=12, do_sample=False)
+    assert out.shape[1] > ids["input_ids"].shape[1]
