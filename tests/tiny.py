@@ -3,6 +3,7 @@ embedded SmolLM2 tokenizer (49k vocab, ChatML template), so tests run on CPU in 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -12,7 +13,8 @@ def make_tiny_model(folder: Path, family: str = "llama", seed: int = 0) -> Path:
 
     from tunesmith.models.embedded import prepared_folder
 
-    tokenizer = AutoTokenizer.from_pretrained(prepared_folder())
+    # TUNESMITH_TEST_TOKENIZER: a folder with the SmolLM2 tokenizer files, for machines without the embedded model.
+    tokenizer = AutoTokenizer.from_pretrained(os.environ.get("TUNESMITH_TEST_TOKENIZER") or prepared_folder())
     common = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=2048,
                   bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tunesmith.config import DataCheckConfig, ExportConfig, InferConfig, PTConfig, SFTConfig
+from tunesmith.config import DataCheckConfig, DownloadConfig, ExportConfig, InferConfig, PTConfig, SFTConfig
 
 
 def sft(cfg: SFTConfig, callbacks: list[Any] | None = None):
@@ -46,3 +46,19 @@ def data_check(cfg: DataCheckConfig):
     from tunesmith.data.check import check as run
 
     return run(cfg)
+
+
+def download(cfg: DownloadConfig) -> str:
+    """Fetch a hub model or dataset (or find it in the cache). Returns the local folder."""
+    from tunesmith.data.registry import REGISTRY
+    from tunesmith.hub import download as fetch
+    from tunesmith.models.registry import MODELS
+
+    repo, kind = cfg.repo, cfg.kind
+    if repo in MODELS and MODELS[repo].hub_id:
+        repo = MODELS[repo].hub_id
+    elif repo in REGISTRY and REGISTRY[repo].hub_id:
+        repo, kind = REGISTRY[repo].hub_id, "dataset"
+    folder = fetch(repo, kind=kind)
+    print(folder)
+    return folder

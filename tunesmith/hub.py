@@ -35,7 +35,7 @@ def require_hub_or_cache(repo_id: str, kind: str = "model") -> None:
     raise ModelNotFoundError(
         f"{kind} {repo_id!r} is not a local folder, not a tunesmith registry name, not in the hub cache, and the hub "
         f"cannot be reached from here. Run `tunesmith download {repo_id}` on a machine with internet access (or "
-        f"copy the folder here and pass its path). Registry names: `tunesmith models`."
+        f"copy the folder here and pass its path)."
     )
 
 

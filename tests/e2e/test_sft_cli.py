@@ -156,3 +156,8 @@ def test_an_uncached_hub_model_offline_fails_at_once_with_what_to_do(toy_data, t
     assert proc.returncode == 1
     assert "not in the hub cache" in proc.stderr and "tunesmith download some-org/not-cached-model" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_download_offline_fails_at_once_with_what_to_do():
+    proc = run_cli("download", "some-org/not-cached-model", env={"HF_HUB_OFFLINE": "1"}, check=False, timeout=60)
+    assert proc.returncode == 1 and "cannot be reached" in proc.stderr and "Traceback" not in proc.stderr

@@ -9,7 +9,7 @@ import os
 import sys
 
 from tunesmith import api
-from tunesmith.config import DataCheckConfig, ExportConfig, InferConfig, PTConfig, SFTConfig, help_text, load
+from tunesmith.config import DataCheckConfig, DownloadConfig, ExportConfig, InferConfig, PTConfig, SFTConfig, help_text, load
 from tunesmith.errors import ConfigError, TunesmithError
 
 COMMANDS = {
@@ -18,6 +18,7 @@ COMMANDS = {
     "infer": (InferConfig, api.infer, "chat in the terminal, or answer a dataset into JSONL"),
     "export": (ExportConfig, api.export, "merge a LoRA adapter into its base model"),
     "data": (DataCheckConfig, api.data_check, "data check FILE: validate a dataset and summarise it"),
+    "download": (DownloadConfig, api.download, "fetch a model or dataset from the Hugging Face hub"),
 }
 
 

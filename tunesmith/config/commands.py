@@ -115,3 +115,12 @@ class DataCheckConfig(Section):
     kind: Literal["sft", "pt", "prompts"] = Field("sft", description="What the data is for: sft, pt (raw text), prompts (for infer).")
     command: ClassVar[str] = "data"
     positional: ClassVar[tuple[str, ...]] = ("action", "dataset")
+
+
+class DownloadConfig(Section):
+    """Fetch a model or dataset from the Hugging Face hub into its cache. Run: tunesmith download Qwen/Qwen2.5-0.5B-Instruct"""
+
+    repo: str = Field(..., description="Hub id (org/name) or a registry name.")
+    kind: Literal["model", "dataset"] = Field("model", description="What the id names.")
+    command: ClassVar[str] = "download"
+    positional: ClassVar[tuple[str, ...]] = ("repo",)

@@ -148,9 +148,9 @@ def _parse_flags(cls: type[BaseModel], flags: list[str], positionals: list[str])
     values: dict[str, Any] = {}
     order = list(getattr(cls, "positional", ()))
     for i, value in enumerate(positionals):
-        if i < len(order) - 1:
+        if i < len(order) - 1 or (i == len(order) - 1 and _field_kind(cls, order[-1]) != "list"):
             values[order[i]] = value
-        elif order:
+        elif order and _field_kind(cls, order[-1]) == "list":
             values.setdefault(order[-1], []).append(value)
         else:
             raise ConfigError(f"unexpected argument {value!r}; options are written --name value (see --help)")

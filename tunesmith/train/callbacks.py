@@ -5,6 +5,7 @@ Composed into TRL's trainers through `callbacks=`, never by subclassing them."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import resource
 import sys
@@ -128,8 +129,11 @@ def plot_loss(run_dir: Path) -> Path | None:
     path = run_dir / "metrics.jsonl"
     if not path.exists():
         return None
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:  # a pinned dependency; only a hand-made environment lacks it
+        logging.getLogger("tunesmith").warning("matplotlib is not installed: no loss.png (pip install matplotlib)")
+        return None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
