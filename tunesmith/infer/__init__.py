@@ -1,0 +1,52 @@
+"""Inference: one Engine interface (types.py) and its backends, shared by infer, deploy, eval and RL rollouts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tunesmith.errors import TunesmithError
+from tunesmith.infer.types import (
+    Choice,
+    Completion,
+    Delta,
+    Engine,
+    EngineError,
+    GenerationRequest,
+    SamplingParams,
+    TokenLogprob,
+    UnknownModelError,
+)
+
+BACKENDS = {
+    "transformers": ("tunesmith.infer.transformers_engine", "TransformersEngine", None),
+    "vllm": ("tunesmith.infer.vllm_engine", "VLLMEngine", "vllm"),
+    "sglang": (None, None, "sglang"),
+    "lmdeploy": (None, None, "lmdeploy"),
+}
+
+
+class BackendUnavailable(TunesmithError):
+    exit_code = 2
+
+
+def load_engine(backend: str = "transformers", model: str | None = None, adapters: dict[str, str] | None = None,
+                device: str = "auto", dtype: str = "auto", system: str | None = None, **options: Any) -> Engine:
+    """Load a model (and named adapters) behind the Engine interface with the chosen backend."""
+    import importlib
+    import importlib.util
+
+    if backend not in BACKENDS:
+        raise BackendUnavailable(f"backend: {backend!r} is not one of {', '.join(BACKENDS)}")
+    module, cls, package = BACKENDS[backend]
+    if package and importlib.util.find_spec(package) is None:
+        raise BackendUnavailable(f"backend: {backend} is not installed here; install it (pip install {package}) or "
+                                 "use --backend transformers")
+    if module is None:
+        raise BackendUnavailable(f"backend: {backend} is installed but tunesmith has no {backend} backend yet; "
+                                 "use --backend transformers or vllm")
+    engine_cls = getattr(importlib.import_module(module), cls)
+    return engine_cls.load(model=model, adapters=adapters, device=device, dtype=dtype, system=system, **options)
+
+
+__all__ = ["BACKENDS", "BackendUnavailable", "Choice", "Completion", "Delta", "Engine", "EngineError",
+           "GenerationRequest", "SamplingParams", "TokenLogprob", "UnknownModelError", "load_engine"]

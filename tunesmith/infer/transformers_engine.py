@@ -1,0 +1,238 @@
+"""transformers backend: continuous batching (transformers' paged-KV ContinuousBatchingManager), one per served model.
+
+Departures from plain `generate`, and why:
+- Requests join and leave a running batch at every decode step, so many concurrent requests share the model.
+- The manager samples or argmaxes for all requests alike. We run it in sampling mode and send greedy requests
+  (temperature 0) at a vanishing temperature: the probabilities become one-hot, so sampling returns the argmax.
+- Requests asking for `logprobs` / `top_logprobs` or a `seed` take a serialised `generate()` path instead, which
+  reports the model's own distribution and reseeds per request. Correct, but one at a time.
+- Each named adapter is merged into its own copy of the base (exact in float32): memory grows with the number of
+  adapters, every token costs what the base costs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from tunesmith.config import DEFAULT_MODEL
+from tunesmith.infer.types import (
+    Delta,
+    Engine,
+    EngineError,
+    GenerationRequest,
+    SamplingParams,
+    TokenLogprob,
+    UnknownModelError,
+)
+from tunesmith.models import load as models
+from tunesmith.models.runs import read_run_output
+from tunesmith.templates import Template
+
+GREEDY_TEMPERATURE = 1e-6
+
+
+@dataclass
+class Served:
+    name: str
+    model: Any
+    template: Template
+    manager: Any = None
+
+
+class TransformersEngine(Engine):
+    def __init__(self, served: list[Served], max_batch_tokens: int | None = None):
+        self.served = {s.name: s for s in served}
+        self.default = served[0].name
+        self.max_batch_tokens = max_batch_tokens
+        self.exact_lock = threading.Lock()  # the serialised generate() path
+        self.start_lock = threading.Lock()
+
+    @classmethod
+    def load(cls, model: str | None = None, adapters: dict[str, str] | None = None, device: str = "auto",
+             dtype: str = "auto", system: str | None = None, **options: Any) -> "TransformersEngine":
+        device = models.pick_device(device)
+        torch_dtype = models.pick_dtype(dtype, device)
+        served: list[Served] = []
+        for name, folder in (adapters or {}).items():
+            run = read_run_output(folder)
+            if run.is_adapter:
+                base = models.load_model(models.resolve(model or run.base_model), dtype=torch_dtype, device=device)
+                net = models.attach_adapters(base, run.folder, trainable=False).merge_and_unload()
+            else:
+                net = models.load_model(run.folder, dtype=torch_dtype, device=device)
+            served.append(Served(name, net.eval(), Template.load(run.folder)))
+        if not served or model:
+            folder = models.resolve(model or DEFAULT_MODEL)
+            net = models.load_model(folder, dtype=torch_dtype, device=device)
+            served.append(Served(Path(model or DEFAULT_MODEL).name, net.eval(), Template.load(folder)))
+        if system is not None:
+            for s in served:
+                s.template.default_system = system
+        return cls(served, **options)
+
+    # -------------------------------------------------------------------------
+    # Interface
+
+    def model_names(self) -> list[str]:
+        return list(self.served)
+
+    def template_for(self, model: str | None) -> Template:
+        return self._served(model).template
+
+    def count_prompt_tokens(self, request: GenerationRequest) -> int:
+        return len(self._prompt_ids(self._served(request.model), request))
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        served = self._served(request.model)
+        prompt = self._prompt_ids(served, request)
+        p = request.params
+        if p.logprobs or p.top_logprobs or (p.seed is not None and p.temperature > 0):
+            async for delta in self._stream_exact(served, prompt, p):
+                yield delta
+            return
+        async for delta in self._stream_batched(served, prompt, p):
+            yield delta
+
+    async def close(self) -> None:
+        for s in self.served.values():
+            if s.manager is not None:
+                s.manager.stop(block=True, timeout=30)
+                s.manager = None
+
+    # -------------------------------------------------------------------------
+    # Continuous batching
+
+    async def _stream_batched(self, served: Served, prompt: list[int], p: SamplingParams) -> AsyncIterator[Delta]:
+        manager = self._manager(served)
+        queue: asyncio.Queue = asyncio.Queue()
+        ids = [f"{uuid.uuid4().hex}-{i}" for i in range(p.n)]
+        index = {rid: i for i, rid in enumerate(ids)}
+        for rid in ids:
+            manager.register_result_handler(rid, queue.put_nowait)
+        temperature = p.temperature if p.temperature > 0 else GREEDY_TEMPERATURE
+        for rid in ids:
+            added = manager.add_request(prompt, request_id=rid, max_new_tokens=p.max_tokens, streaming=True,
+                                        eos_token_id=served.template.stop_token_ids, temperature=float(temperature),
+                                        top_p=float(p.top_p))
+            if added is None:
+                raise EngineError("the generation loop is not accepting requests (stopping or failed)")
+        decoders = {rid: _Decoder(served.template, p.stop) for rid in ids}
+        open_ids = set(ids)
+        try:
+            while open_ids:
+                out = await queue.get()
+                rid = out.request_id
+                if rid not in open_ids:
+                    continue
+                if out.error:
+                    raise EngineError(f"generation failed: {out.error}")
+                decoder = decoders[rid]
+                text, stopped = decoder.update(out.generated_tokens)
+                finished = out.is_finished() or stopped
+                reason = decoder.finish_reason(p.max_tokens) if finished else None
+                if finished:
+                    open_ids.discard(rid)
+                    if stopped and not out.is_finished():
+                        manager.cancel_request(rid)
+                if text or finished:
+                    yield Delta(index[rid], text, reason, prompt_tokens=len(prompt), completion_tokens=decoder.count)
+        finally:  # the client went away or an error: free the batch slots
+            for rid in open_ids:
+                manager.cancel_request(rid)
+
+    def _manager(self, served: Served) -> Any:
+        with self.start_lock:
+            if served.manager is None:
+                from transformers import ContinuousBatchingConfig, GenerationConfig
+
+                # Sampling mode with both processors present, so each request can set its own temperature/top_p.
+                gen = GenerationConfig(do_sample=True, temperature=0.7, top_p=0.9, max_new_tokens=256,
+                                       eos_token_id=served.template.stop_token_ids,
+                                       pad_token_id=served.template.tokenizer.pad_token_id)
+                cb = ContinuousBatchingConfig(per_request_processors=True, max_batch_tokens=self.max_batch_tokens)
+                served.manager = served.model.init_continuous_batching(generation_config=gen, continuous_batching_config=cb)
+                served.manager.start()
+            return served.manager
+
+    # -------------------------------------------------------------------------
+    # Exact path: logprobs and seeds
+
+    async def _stream_exact(self, served: Served, prompt: list[int], p: SamplingParams) -> AsyncIterator[Delta]:
+        for i in range(p.n):
+            tokens, logprobs = await asyncio.to_thread(self._generate_exact, served, prompt, p, i)
+            decoder = _Decoder(served.template, p.stop)
+            text, _ = decoder.update(tokens)
+            kept = logprobs[: decoder.count] if p.logprobs or p.top_logprobs else []
+            yield Delta(i, text, decoder.finish_reason(p.max_tokens), kept, len(prompt), decoder.count)
+
+    def _generate_exact(self, served: Served, prompt: list[int], p: SamplingParams, choice: int):
+        import torch
+
+        tok = served.template.tokenizer
+        ids = torch.tensor([prompt], device=served.model.device)
+        sample = p.temperature > 0
+        with self.exact_lock, torch.inference_mode():
+            if p.seed is not None:
+                torch.manual_seed(p.seed + choice)
+            out = served.model.generate(
+                input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=p.max_tokens, do_sample=sample,
+                temperature=p.temperature if sample else None, top_p=p.top_p if sample else None, top_k=None,
+                eos_token_id=served.template.stop_token_ids, pad_token_id=tok.pad_token_id,
+                output_scores=True, output_logits=True, return_dict_in_generate=True)
+        new = out.sequences[0, len(prompt):].tolist()
+        logprobs = []
+        for step, token in enumerate(new):
+            dist = torch.log_softmax(out.logits[step][0].float(), dim=-1)
+            top = torch.topk(dist, max(p.top_logprobs, 1))
+            logprobs.append(TokenLogprob(tok.decode([token]), dist[token].item(),
+                                         [(tok.decode([t]), v) for v, t in zip(top.values.tolist(), top.indices.tolist())][: p.top_logprobs]))
+        return new, logprobs
+
+    # -------------------------------------------------------------------------
+
+    def _served(self, model: str | None) -> Served:
+        if model is None or model == self.default:
+            return self.served[self.default]
+        if model not in self.served:
+            raise UnknownModelError(f"model {model!r} is not served here; available: {', '.join(self.served)}")
+        return self.served[model]
+
+    def _prompt_ids(self, served: Served, request: GenerationRequest) -> list[int]:
+        if request.messages is not None:
+            return served.template.render_prompt(request.messages, tools=request.tools)
+        return served.template.tokenizer(request.prompt or "")["input_ids"]
+
+
+class _Decoder:
+    """Turns a growing list of generated ids into new text: cuts at the end-of-turn token and at stop strings,
+    and holds back a trailing partial UTF-8 character."""
+
+    def __init__(self, template: Template, stops: list[str]):
+        self.tokenizer, self.stop_ids = template.tokenizer, set(template.stop_token_ids)
+        self.stops = [s for s in stops if s]
+        self.emitted, self.count, self.ended_by = "", 0, None
+
+    def update(self, tokens: list[int]) -> tuple[str, bool]:
+        kept = list(tokens)
+        for i, t in enumerate(kept):
+            if t in self.stop_ids:
+                kept, self.ended_by = kept[:i], "eos"
+                break
+        self.count = len(kept) + (1 if self.ended_by == "eos" else 0)
+        text = self.tokenizer.decode(kept, skip_special_tokens=True)
+        cut = min((text.find(s) for s in self.stops if s in text), default=-1)
+        if cut >= 0:
+            text, self.ended_by = text[:cut], "stop"
+        elif text.endswith("\ufffd") and self.ended_by is None:
+            text = text[:-1]  # half a multi-byte character: wait for the next token
+        new = text[len(self.emitted):] if text.startswith(self.emitted) else ""
+        self.emitted = text if text.startswith(self.emitted) else self.emitted
+        return new, self.ended_by == "stop"
+
+    def finish_reason(self, max_tokens: int) -> str:
+        return "stop" if self.ended_by is not None or self.count < max_tokens else "length"

@@ -1,0 +1,148 @@
+"""What every inference backend takes and yields. `serve/`, `eval/` and RL rollouts speak only these types.
+
+    engine = load_engine("transformers", model="smollm2-135m-instruct", adapters={"prd": "runs/prd/final"})
+    async for delta in engine.stream(GenerationRequest(messages=[...], model="prd", params=SamplingParams(n=2))):
+        ...  # Delta(index=choice, text=new text, finish_reason=None until the choice ends)
+    completion = await engine.generate(request)     # the same, collected
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Iterator
+
+
+class EngineError(Exception):
+    """Generation failed inside the backend (not the caller's fault). The server answers 500 and keeps serving."""
+
+
+class UnknownModelError(Exception):
+    """The request named a model or adapter this engine does not serve (the server answers 404)."""
+
+
+@dataclass
+class SamplingParams:
+    """OpenAI's names. temperature 0 = greedy."""
+
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    n: int = 1
+    logprobs: bool = False
+    top_logprobs: int = 0
+
+
+@dataclass
+class GenerationRequest:
+    messages: list[dict] | None = None  # chat: rendered by the served model's Template (the one it was trained with)
+    prompt: str | None = None  # plain completion: the text is tokenized as is
+    tools: list[dict] | None = None  # OpenAI tool definitions, rendered by the chat template
+    model: str | None = None  # a served model or adapter name; None = the default
+    params: SamplingParams = field(default_factory=SamplingParams)
+
+
+@dataclass
+class TokenLogprob:
+    token: str
+    logprob: float
+    top: list[tuple[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class Delta:
+    """One streamed piece of one choice."""
+
+    index: int
+    text: str
+    finish_reason: str | None = None  # None while generating; then "stop" or "length"
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0  # so far, for this choice
+
+
+@dataclass
+class Choice:
+    index: int
+    text: str
+    finish_reason: str
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    completion_tokens: int = 0
+
+
+@dataclass
+class Completion:
+    choices: list[Choice]
+    prompt_tokens: int
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(c.completion_tokens for c in self.choices)
+
+
+class Engine(ABC):
+    """A loaded model (plus named adapters) that answers GenerationRequests."""
+
+    @abstractmethod
+    def model_names(self) -> list[str]:
+        """Names a request's `model` may take; the first is the default."""
+
+    @abstractmethod
+    def count_prompt_tokens(self, request: GenerationRequest) -> int:
+        """Prompt length in tokens, as the model will see it (for limits, before generating)."""
+
+    @abstractmethod
+    def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        """Yield Deltas of all n choices, interleaved, each choice ending with a finish_reason."""
+
+    async def generate(self, request: GenerationRequest) -> Completion:
+        texts: dict[int, list[str]] = {}
+        finals: dict[int, Delta] = {}
+        logprobs: dict[int, list[TokenLogprob]] = {}
+        prompt_tokens = 0
+        async for delta in self.stream(request):
+            texts.setdefault(delta.index, []).append(delta.text)
+            logprobs.setdefault(delta.index, []).extend(delta.logprobs)
+            prompt_tokens = max(prompt_tokens, delta.prompt_tokens)
+            if delta.finish_reason is not None:
+                finals[delta.index] = delta
+        choices = [Choice(i, "".join(texts[i]), finals[i].finish_reason, logprobs[i], finals[i].completion_tokens)
+                   for i in sorted(finals)]
+        return Completion(choices, prompt_tokens)
+
+    async def close(self) -> None:
+        """Stop background work; finish what is running."""
+
+    # -------------------------------------------------------------------------
+    # Synchronous forms, for `tunesmith infer` and scripts: the same code path as the server.
+
+    def chat(self, requests: list[list[dict]], params: SamplingParams, model: str | None = None) -> list[Completion]:
+        """Answer several conversations at once (they share the running batch)."""
+
+        async def run() -> list[Completion]:
+            return await asyncio.gather(*[self.generate(GenerationRequest(messages=m, model=model, params=params))
+                                          for m in requests])
+
+        return asyncio.run(run())
+
+    def stream_text(self, messages: list[dict], params: SamplingParams, model: str | None = None) -> Iterator[str]:
+        """Yield the text of one answer as it is generated."""
+        loop = asyncio.new_event_loop()
+        deltas = self.stream(GenerationRequest(messages=messages, model=model, params=params))
+        try:
+            while True:
+                try:
+                    delta = loop.run_until_complete(deltas.__anext__())
+                except StopAsyncIteration:
+                    return
+                if delta.index == 0:
+                    yield delta.text
+        finally:
+            loop.run_until_complete(deltas.aclose())
+            loop.close()
+
+    def shutdown(self) -> None:
+        asyncio.run(self.close())
