@@ -161,3 +161,13 @@ def test_an_uncached_hub_model_offline_fails_at_once_with_what_to_do(toy_data, t
 def test_download_offline_fails_at_once_with_what_to_do():
     proc = run_cli("download", "some-org/not-cached-model", env={"HF_HUB_OFFLINE": "1"}, check=False, timeout=60)
     assert proc.returncode == 1 and "cannot be reached" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_packing_eval_split_and_checkpointing_together(tiny_model, toy_data, tmp_path):
+    run = tmp_path / "packed"
+    run_cli("sft", "--model", tiny_model, "--dataset", f"{toy_data}#48", "--packing", "--max-length", "128",
+            "--val-split", "0.25", "--gradient-checkpointing", "--max-steps", "4", "--eval-steps", "2",
+            "--batch-size", "2", "--logging-steps", "1", "--output-dir", run, "--report-to", "none")
+    metrics = read_metrics(run)
+    assert any("eval_loss" in m for m in metrics)
+    assert (run / "final" / "adapter_model.safetensors").exists()
