@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tunesmith.config import DataCheckConfig, DownloadConfig, ExportConfig, InferConfig, PTConfig, SFTConfig
+from tunesmith.config import DataCheckConfig, DeployConfig, DownloadConfig, ExportConfig, InferConfig, PTConfig, SFTConfig
 
 
 def sft(cfg: SFTConfig, callbacks: list[Any] | None = None):
@@ -32,6 +32,13 @@ def infer(cfg: InferConfig):
     from tunesmith.infer.cli_chat import infer as run
 
     return run(cfg)
+
+
+def deploy(cfg: DeployConfig) -> None:
+    """Serve the model and adapters over an OpenAI-compatible HTTP API until SIGTERM or Ctrl-C."""
+    from tunesmith.serve.app import run
+
+    run(cfg)
 
 
 def export(cfg: ExportConfig):

@@ -9,13 +9,14 @@ import os
 import sys
 
 from tunesmith import api
-from tunesmith.config import DataCheckConfig, DownloadConfig, ExportConfig, InferConfig, PTConfig, SFTConfig, help_text, load
+from tunesmith.config import DataCheckConfig, DeployConfig, DownloadConfig, ExportConfig, InferConfig, PTConfig, SFTConfig, help_text, load
 from tunesmith.errors import ConfigError, TunesmithError
 
 COMMANDS = {
     "sft": (SFTConfig, api.sft, "supervised fine-tuning (lora, qlora, dora, full)"),
     "pt": (PTConfig, api.pt, "continued pretraining on raw text"),
     "infer": (InferConfig, api.infer, "chat in the terminal, or answer a dataset into JSONL"),
+    "deploy": (DeployConfig, api.deploy, "serve models and adapters over an OpenAI-compatible API"),
     "export": (ExportConfig, api.export, "merge a LoRA adapter into its base model"),
     "data": (DataCheckConfig, api.data_check, "data check FILE: validate a dataset and summarise it"),
     "download": (DownloadConfig, api.download, "fetch a model or dataset from the Hugging Face hub"),

@@ -3,6 +3,7 @@
 from tunesmith.config.commands import (
     DEFAULT_MODEL,
     DataCheckConfig,
+    DeployConfig,
     DownloadConfig,
     ExportConfig,
     InferConfig,
@@ -14,6 +15,6 @@ from tunesmith.config.load import help_text, load, read_yaml, validate
 from tunesmith.config.sections import GenerationCfg, LoraCfg
 
 __all__ = [
-    "DEFAULT_MODEL", "DataCheckConfig", "DownloadConfig", "ExportConfig", "GenerationCfg", "InferConfig", "LoraCfg", "PTConfig",
+    "DEFAULT_MODEL", "DataCheckConfig", "DeployConfig", "DownloadConfig", "ExportConfig", "GenerationCfg", "InferConfig", "LoraCfg", "PTConfig",
     "SFTConfig", "TrainConfig", "help_text", "load", "read_yaml", "validate",
 ]

@@ -94,6 +94,27 @@ class InferConfig(Section):
     command: ClassVar[str] = "infer"
 
 
+class DeployConfig(Section):
+    """Serve models and adapters over an OpenAI-compatible HTTP API. Run: tunesmith deploy --adapters runs/NAME/final"""
+
+    model: str | None = Field(None, description="Base model (default: the adapter runs' base, else the embedded model).")
+    adapters: list[str] = Field(default_factory=list, description="Adapters to serve, chosen by the request's model: NAME=PATH, or a PATH named after its run folder.")
+    backend: Literal["transformers", "vllm", "sglang", "lmdeploy"] = Field("transformers", description="Inference backend.")
+    host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0 = every interface).")
+    port: int = Field(8000, ge=0, le=65535, description="Port to listen on.")
+    api_key: str | None = Field(None, description="Require `Authorization: Bearer KEY` on /v1 routes (default: open).")
+    served_model_name: str | None = Field(None, description="Name the default model is served under (default: its folder or run name).")
+    max_concurrent: int = Field(64, ge=1, description="Requests generating at once; more are answered 429 with Retry-After.")
+    max_prompt_tokens: int | None = Field(None, ge=1, description="Reject longer prompts with 400 (default: no limit).")
+    max_tokens_limit: int = Field(4096, ge=1, description="Largest max_tokens a request may ask for.")
+    max_body_bytes: int = Field(2_000_000, ge=1, description="Largest request body; larger ones are answered 413.")
+    generation: GenerationCfg = Field(default_factory=GenerationCfg, description="Defaults for what a request leaves out.")
+    system: str | None = Field(None, description="System prompt (default: the one the model was trained with).")
+    dtype: Dtype = Field("auto", description="auto = bfloat16 on GPUs that support it, else float32.")
+    device: Device = Field("auto", description="auto = cuda, then mps, then cpu.")
+    command: ClassVar[str] = "deploy"
+
+
 class ExportConfig(Section):
     """Merge an adapter into its base and write a plain HF folder. Run: tunesmith export --adapters X --merge-lora"""
 

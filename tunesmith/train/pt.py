@@ -10,8 +10,7 @@ from tunesmith.config import PTConfig
 from tunesmith.data.load import load_rows
 from tunesmith.templates import Template
 from tunesmith.train import run as runs
-from tunesmith.train.callbacks import CheckpointManifest, LossPlot, MetricsLog, ProgressBar
-from tunesmith.train.setup import load_trainable, quiet_default_printer, trl_args
+from tunesmith.train.setup import load_tokenizer_first, load_trainable, run_trainer
 from tunesmith.train.tokenize import tokenize_pt
 
 
@@ -24,7 +23,7 @@ def pt(cfg: PTConfig, callbacks: list[Any] | None = None) -> runs.RunResult:
     val = load_rows(cfg.val_dataset, kind="pt", seed=cfg.seed) if cfg.val_dataset else None
     skipped = data.raise_if_bad(cfg.skip_bad_rows) + (val.raise_if_bad(cfg.skip_bad_rows) if val else 0)
 
-    model, tokenizer, base_folder, device, dtype = load_trainable(cfg)
+    tokenizer, base_folder = load_tokenizer_first(cfg)
     template = Template(tokenizer, default_system=cfg.system)
     train_ds = tokenize_pt(data.rows, template, cfg.max_length)
     eval_ds = tokenize_pt(val.rows, template, cfg.max_length) if val else None
@@ -32,20 +31,10 @@ def pt(cfg: PTConfig, callbacks: list[Any] | None = None) -> runs.RunResult:
         split = train_ds.train_test_split(test_size=cfg.val_split, seed=cfg.seed)
         train_ds, eval_ds = split["train"], split["test"]
 
+    model, device, dtype = load_trainable(cfg, base_folder)
     runs.save_config(cfg, run_dir, base_model_folder=str(base_folder), device=device, dtype=str(dtype),
                      train_blocks=len(train_ds), skipped_rows=skipped)
-    from trl import SFTTrainer
-
-    trainer = SFTTrainer(
-        model=model,
-        args=trl_args(cfg, run_dir, device, dtype, has_eval=eval_ds is not None),
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
-        processing_class=tokenizer,
-        callbacks=[MetricsLog(run_dir), ProgressBar(), CheckpointManifest(), LossPlot(run_dir), *(callbacks or [])],
-    )
-    quiet_default_printer(trainer)
-    trainer.train(resume_from_checkpoint=resume_from)
+    trainer = run_trainer(cfg, run_dir, model, tokenizer, train_ds, eval_ds, device, dtype, resume_from, callbacks)
     final = runs.save_final(trainer, template, run_dir)
     log_file.close()
     return runs.result_from(trainer, run_dir, final, skipped)

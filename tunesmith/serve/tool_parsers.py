@@ -1,0 +1,154 @@
+"""Find tool calls in an answer's text, in the formats chat templates teach their models.
+
+    calls = parse_tool_calls(text, tool_names={"get_weather"})   # None: plain text
+    calls.content, calls.calls[0].name, calls.calls[0].arguments  # arguments: JSON text, as OpenAI returns it
+
+- hermes (Qwen2.5, Qwen3, Hermes, many fine-tunes): `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`,
+  one block per call; text before the first block is the message content.
+- llama3_json (Llama 3.1 to 3.3): the whole answer is a JSON object `{"name": ..., "parameters": {...}}` (several
+  joined by `;`), optionally after `<|python_tag|>`. A bare JSON object is also a plausible plain answer, so it
+  counts as a call only when its name is one of the request's tools.
+
+A parser is a plain function registered by name; parse_tool_calls tries them in order. While streaming,
+`call_start(text)` says from where the text may be a call, so serving.py holds that part back until the end.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable
+
+
+@dataclass
+class ParsedCall:
+    name: str
+    arguments: str  # JSON text
+    id: str = field(default_factory=lambda: f"call_{uuid.uuid4().hex[:24]}")
+
+
+@dataclass
+class ParsedAnswer:
+    content: str | None  # text outside the calls; None when there is none
+    calls: list[ParsedCall]
+
+
+Parser = Callable[[str, set[str]], "ParsedAnswer | None"]
+Start = Callable[[str], "int | None"]
+TOOL_PARSERS: dict[str, tuple[Parser, Start]] = {}
+
+
+def register_tool_parser(name: str, start: Start) -> Callable[[Parser], Parser]:
+    def add(fn: Parser) -> Parser:
+        TOOL_PARSERS[name] = (fn, start)
+        return fn
+
+    return add
+
+
+def parse_tool_calls(text: str, tool_names: set[str]) -> ParsedAnswer | None:
+    """The calls in `text` by the first parser that finds any, or None when the answer is plain text."""
+    for parse, _ in TOOL_PARSERS.values():
+        found = parse(text, tool_names)
+        if found is not None and found.calls:
+            return found
+    return None
+
+
+def call_start(text: str) -> int | None:
+    """Where a tool call may begin in a partial answer (None: all of it is plain text so far)."""
+    starts = [s for _, start in TOOL_PARSERS.values() if (s := start(text)) is not None]
+    return min(starts, default=None)
+
+
+def _arguments(value: object) -> str | None:
+    """OpenAI returns arguments as JSON text; models write an object (or, sometimes, already a JSON string)."""
+    if isinstance(value, dict):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, str):
+        try:
+            return value if isinstance(json.loads(value), dict) else None
+        except json.JSONDecodeError:
+            return None
+    return None
+
+
+def _call(obj: object, names: set[str] | None) -> ParsedCall | None:
+    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+        return None
+    if names is not None and obj["name"] not in names:
+        return None
+    args = _arguments(obj.get("arguments", obj.get("parameters", {})))
+    return ParsedCall(obj["name"], args) if args is not None else None
+
+
+def _partial_suffix(text: str, marker: str) -> int | None:
+    """Index where `text` ends with the first characters of `marker` (a tag still arriving), else None."""
+    for k in range(min(len(marker) - 1, len(text)), 0, -1):
+        if text.endswith(marker[:k]):
+            return len(text) - k
+    return None
+
+
+# -----------------------------------------------------------------------------
+# Hermes / Qwen: <tool_call>{...}</tool_call>
+
+HERMES_OPEN, HERMES_CLOSE = "<tool_call>", "</tool_call>"
+HERMES_BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
+
+
+def _hermes_start(text: str) -> int | None:
+    at = text.find(HERMES_OPEN)
+    return at if at >= 0 else _partial_suffix(text, HERMES_OPEN)
+
+
+@register_tool_parser("hermes", _hermes_start)
+def parse_hermes(text: str, tool_names: set[str]) -> ParsedAnswer | None:
+    at = text.find(HERMES_OPEN)
+    if at < 0:
+        return None
+    calls = []
+    for body in HERMES_BLOCK.findall(text[at:]):
+        try:
+            call = _call(json.loads(body), None)  # tagged: the model meant a call, whatever the name
+        except json.JSONDecodeError:
+            return None  # a broken call is returned as text, for the client to see
+        if call is None:
+            return None
+        calls.append(call)
+    content = text[:at].strip()
+    return ParsedAnswer(content or None, calls)
+
+
+# -----------------------------------------------------------------------------
+# Llama 3: the whole answer is {"name": ..., "parameters": {...}}, maybe after <|python_tag|>
+
+PYTHON_TAG = "<|python_tag|>"
+
+
+def _llama_start(text: str) -> int | None:
+    body = text.lstrip()
+    if not body or body.startswith(("{", PYTHON_TAG)) or PYTHON_TAG.startswith(body):
+        return 0  # nothing but whitespace yet, or it opens like a call: wait and see
+    return None
+
+
+@register_tool_parser("llama3_json", _llama_start)
+def parse_llama3_json(text: str, tool_names: set[str]) -> ParsedAnswer | None:
+    body = text.strip().removeprefix(PYTHON_TAG).strip()
+    if not body.startswith("{"):
+        return None
+    decoder, calls, pos = json.JSONDecoder(), [], 0
+    while pos < len(body):
+        try:
+            obj, pos = decoder.raw_decode(body, pos)
+        except json.JSONDecodeError:
+            return None
+        call = _call(obj, tool_names)
+        if call is None:
+            return None
+        calls.append(call)
+        pos = len(body) - len(body[pos:].lstrip().removeprefix(";").lstrip())
+    return ParsedAnswer(None, calls)
