@@ -1,0 +1,184 @@
+"""Load-test OpenAI-compatible endpoints with concurrent streaming chat requests, side by side.
+
+    python bench/serve.py --model smollm2-135m-instruct --servers tunesmith transformers naive \\
+        --concurrency 1 8 32 64 --max-tokens 256 --prompt-tokens 212 --out results.md
+    python bench/serve.py --url http://127.0.0.1:8000 --concurrency 8      # an endpoint that is already running
+
+Per server and concurrency level: requests/s, output tokens/s, p50/p99 latency and time to first token; then the
+ratios of tunesmith to each peer. Output tokens are counted from the streamed text with the model's tokenizer, the
+same way for every server. Each server is started, warmed up with one request, measured, and stopped in turn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+PORTS = {"tunesmith": 8101, "naive": 8102, "transformers": 8103, "vllm": 8104}
+
+
+@dataclass
+class Sample:
+    latency: float
+    ttft: float
+    tokens: int
+
+
+def launch(name: str, folder: str, model_name: str) -> tuple[subprocess.Popen, str]:
+    port = PORTS[name]
+    bin_dir = Path(sys.executable).parent
+    if name == "tunesmith":
+        cmd = [str(bin_dir / "tunesmith"), "deploy", "--model", folder, "--port", str(port), "--max-concurrent", "256"]
+    elif name == "naive":
+        cmd = [sys.executable, str(HERE / "naive_server.py"), folder, "--port", str(port)]
+    elif name == "transformers":
+        cmd = [shutil.which("transformers", path=str(bin_dir)) or "transformers", "serve", folder,
+               "--continuous-batching", "--port", str(port), "--host", "127.0.0.1"]
+    elif name == "vllm":  # in the vLLM venv (scripts/vllm-env.sh); ENVIRONMENT.md: its console script is broken
+        vpy = os.environ.get("VLLM_PYTHON", ".venv-vllm/bin/python")
+        cmd = [vpy, "-m", "vllm.entrypoints.openai.api_server", "--model", folder, "--port", str(port),
+               "--served-model-name", model_name, "--gpu-memory-utilization", "0.3"]
+    else:
+        raise SystemExit(f"unknown server {name}")
+    log = open(f"/tmp/bench-{name}.log", "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def wait_ready(url: str, proc: subprocess.Popen | None, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"server at {url} exited with {proc.returncode}; see /tmp/bench-*.log")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise SystemExit(f"server at {url} not ready after {timeout:.0f} s")
+
+
+async def one_request(client: httpx.AsyncClient, url: str, model: str, prompt: str, max_tokens: int, tokenizer) -> Sample:
+    import json
+
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+            "temperature": 0, "stream": True}
+    start = time.perf_counter()
+    ttft, text = None, []
+    async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as resp:
+        resp.raise_for_status()
+        async for line in resp.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            for choice in json.loads(line[6:]).get("choices", []):
+                piece = (choice.get("delta") or {}).get("content") or ""
+                if piece:
+                    ttft = ttft or time.perf_counter() - start
+                    text.append(piece)
+    end = time.perf_counter()
+    tokens = len(tokenizer("".join(text), add_special_tokens=False)["input_ids"])
+    return Sample(end - start, ttft if ttft is not None else end - start, tokens)
+
+
+async def level(url: str, model: str, prompt: str, max_tokens: int, concurrency: int, rounds: int, tokenizer) -> dict:
+    limits = httpx.Limits(max_connections=concurrency + 4)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(3600), limits=limits) as client:
+        start = time.perf_counter()
+        samples = await asyncio.gather(*[one_request(client, url, model, prompt, max_tokens, tokenizer)
+                                         for _ in range(concurrency * rounds)])
+        wall = time.perf_counter() - start
+    lat = sorted(s.latency for s in samples)
+    ttft = sorted(s.ttft for s in samples)
+    p99 = lambda xs: xs[min(len(xs) - 1, int(round(0.99 * (len(xs) - 1))))]  # noqa: E731
+    return {"requests_per_s": len(samples) / wall, "output_tok_per_s": sum(s.tokens for s in samples) / wall,
+            "p50_latency": statistics.median(lat), "p99_latency": p99(lat), "p50_ttft": statistics.median(ttft),
+            "p99_ttft": p99(ttft), "mean_tokens": statistics.mean(s.tokens for s in samples)}
+
+
+def make_prompt(tokenizer, n_tokens: int) -> str:
+    words = ("Write a detailed product requirements document for a feature that lets volunteers sign up for "
+             "disaster-response shifts, with matching by skills, distance and availability. ").split()
+    text, i = "", 0
+    while len(tokenizer(text, add_special_tokens=False)["input_ids"]) < n_tokens:
+        text += words[i % len(words)] + " "
+        i += 1
+    return text.strip()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m-instruct", help="registry name or folder")
+    parser.add_argument("--servers", nargs="+", default=["tunesmith", "transformers", "naive"])
+    parser.add_argument("--url", help="measure this running endpoint instead of launching servers")
+    parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 32, 64])
+    parser.add_argument("--rounds", type=int, default=2, help="requests per stream at each level")
+    parser.add_argument("--max-tokens", type=int, default=256)
+    parser.add_argument("--prompt-tokens", type=int, default=212)
+    parser.add_argument("--out", help="append the markdown table to this file")
+    args = parser.parse_args()
+
+    from transformers import AutoTokenizer
+
+    from tunesmith.models.load import resolve
+
+    folder = str(resolve(args.model))
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    prompt = make_prompt(tokenizer, args.prompt_tokens)
+    targets = [("endpoint", args.url)] if args.url else [(s, None) for s in args.servers]
+    results: dict[str, dict[int, dict]] = {}
+    for name, url in targets:
+        proc = None
+        if url is None:
+            proc, url = launch(name, folder, Path(folder).name)
+        try:
+            wait_ready(url, proc)
+            served = Path(folder).name if name != "transformers" else folder
+            asyncio.run(level(url, served, prompt, 8, 1, 1, tokenizer))  # warm-up
+            results[name] = {}
+            for c in args.concurrency:
+                results[name][c] = asyncio.run(level(url, served, prompt, args.max_tokens, c, args.rounds, tokenizer))
+                r = results[name][c]
+                print(f"{name:12} c={c:<3} {r['output_tok_per_s']:8.1f} tok/s  {r['requests_per_s']:6.2f} req/s  "
+                      f"p50/p99 latency {r['p50_latency']:.2f}/{r['p99_latency']:.2f} s  "
+                      f"p50/p99 TTFT {r['p50_ttft']:.2f}/{r['p99_ttft']:.2f} s  ({r['mean_tokens']:.0f} tok/answer)",
+                      flush=True)
+        finally:
+            if proc is not None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=60)
+    table = render(results, args)
+    print("\n" + table)
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write(table + "\n")
+
+
+def render(results: dict, args) -> str:
+    rows = [f"model {args.model}, prompt ~{args.prompt_tokens} tokens, max_tokens {args.max_tokens}, greedy, streaming",
+            "", "| server | streams | output tok/s | req/s | p50 / p99 latency (s) | p50 / p99 TTFT (s) | tunesmith / this |",
+            "|---|---|---|---|---|---|---|"]
+    ours = results.get("tunesmith", {})
+    for name, levels in results.items():
+        for c, r in levels.items():
+            ratio = (f"{ours[c]['output_tok_per_s'] / r['output_tok_per_s']:.2f}x"
+                     if name != "tunesmith" and c in ours and r["output_tok_per_s"] else "")
+            rows.append(f"| {name} | {c} | {r['output_tok_per_s']:.1f} | {r['requests_per_s']:.2f} | "
+                        f"{r['p50_latency']:.2f} / {r['p99_latency']:.2f} | {r['p50_ttft']:.2f} / {r['p99_ttft']:.2f} | {ratio} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    main()
