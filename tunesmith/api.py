@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tunesmith.config.rlhf import RLHFConfig
 from tunesmith.config import DataCheckConfig, DeployConfig, DownloadConfig, ExportConfig, InferConfig, PTConfig, SFTConfig
 
 
@@ -23,6 +24,13 @@ def sft(cfg: SFTConfig, callbacks: list[Any] | None = None):
 def pt(cfg: PTConfig, callbacks: list[Any] | None = None):
     """Continued pretraining on raw text."""
     from tunesmith.train.pt import pt as run
+
+    return run(cfg, callbacks=callbacks)
+
+
+def rlhf(cfg: RLHFConfig, callbacks: list[Any] | None = None):
+    """Preference alignment (--method dpo) on top of a base model or an SFT run."""
+    from tunesmith.train.rlhf import rlhf as run
 
     return run(cfg, callbacks=callbacks)
 

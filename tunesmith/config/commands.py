@@ -51,10 +51,15 @@ class TrainConfig(Section):
 
     command: ClassVar[str] = "train"
 
+    @property
+    def weights(self) -> str:
+        """How the weights train: lora, qlora, dora or full (rlhf names this `tuner`, its `method` is the algorithm)."""
+        return self.method
+
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
-        if self.method == "full" and self.adapters:
-            raise ValueError("adapters: cannot continue an adapter with method: full; drop --adapters or use lora")
+        if self.weights == "full" and self.adapters:
+            raise ValueError("adapters: cannot continue an adapter with full weights; drop --adapters or use lora")
         return self
 
 
@@ -98,7 +103,8 @@ class DeployConfig(Section):
     """Serve models and adapters over an OpenAI-compatible HTTP API. Run: tunesmith deploy --adapters runs/NAME/final"""
 
     model: str | None = Field(None, description="Base model (default: the adapter runs' base, else the embedded model).")
-    adapters: list[str] = Field(default_factory=list, description="Adapters to serve, chosen by the request's model: NAME=PATH, or a PATH named after its run folder.")
+    adapters: list[str] = Field(default_factory=list, description=(
+        "Adapters to serve, picked by the request's model: NAME=PATH, or PATH (named after its run folder)."))
     backend: Literal["transformers", "vllm", "sglang", "lmdeploy"] = Field("transformers", description="Inference backend.")
     host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0 = every interface).")
     port: int = Field(8000, ge=0, le=65535, description="Port to listen on.")

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunesmith.data import formats, readers
+from tunesmith.data.preference import normalise_preference
 from tunesmith.data.registry import REGISTRY
-from tunesmith.data.rows import Conversation, Problem, RawRow, Text
+from tunesmith.data.rows import Conversation, Preference, Problem, RawRow, Text
 from tunesmith.errors import DataError
 
 MAX_SHOWN = 20
@@ -21,7 +22,7 @@ MAX_SHOWN = 20
 
 @dataclass
 class LoadedData:
-    rows: list[Conversation | Text] = field(default_factory=list)
+    rows: list[Conversation | Text | Preference] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     formats: dict[str, int] = field(default_factory=dict)
 
@@ -50,7 +51,8 @@ def load_rows(specs: list[str], kind: str, seed: int = 42, substitutions: dict[s
         for row in raw:
             if substitutions:
                 row = RawRow(row.source, row.line, _substitute(row.data, substitutions))
-            item = formats.normalise(row, kind, out.problems)
+            item = (normalise_preference(row, out.problems) if kind == "preference"
+                    else formats.normalise(row, kind, out.problems))
             if item is not None:
                 out.rows.append(item)
                 out.formats[item.format] = out.formats.get(item.format, 0) + 1

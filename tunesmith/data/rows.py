@@ -45,3 +45,15 @@ class Text:
     source: str = ""
     line: int | str = 0
     format: str = "text"
+
+
+@dataclass
+class Preference:
+    """A prompt (messages ending with the user's turn) with a better and a worse assistant answer."""
+
+    prompt: list[dict[str, Any]]
+    chosen: str
+    rejected: str
+    source: str = ""
+    line: int | str = 0
+    format: str = "preference"

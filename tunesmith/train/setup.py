@@ -28,30 +28,30 @@ def load_trainable(cfg: Any, folder: Path) -> tuple[Any, str, Any]:
     """(model with adapters attached or full weights trainable, device, dtype)."""
     device = models.pick_device(cfg.device)
     dtype = models.pick_dtype(cfg.dtype, device)
-    if cfg.method == "qlora" and device == "mps":
+    if cfg.weights == "qlora" and device == "mps":
         raise HardwareError("method: qlora needs CUDA or CPU (bitsandbytes has no MPS kernels); use method: lora")
-    model = models.load_model(folder, dtype=dtype, device=device, quantize_4bit=cfg.method == "qlora")
-    if cfg.method == "full":
+    model = models.load_model(folder, dtype=dtype, device=device, quantize_4bit=cfg.weights == "qlora")
+    if cfg.weights == "full":
         return model, device, dtype
     from peft import get_peft_model, prepare_model_for_kbit_training
 
-    if cfg.method == "qlora":
+    if cfg.weights == "qlora":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     if cfg.adapters:
         model = models.attach_adapters(model, cfg.adapters, trainable=True)
     else:
-        model = get_peft_model(model, models.lora_config(cfg.lora, cfg.method))
+        model = get_peft_model(model, models.lora_config(cfg.lora, cfg.weights))
     return model, device, dtype
 
 
-def trl_args(cfg: Any, run_dir: Path, device: str, dtype: Any, has_eval: bool, **extra: Any) -> Any:
-    """TRL's SFTConfig from ours. Every value TRL sees is here, in one place."""
+def common_args(cfg: Any, run_dir: Path, device: str, dtype: Any, has_eval: bool) -> dict[str, Any]:
+    """The TrainingArguments every TRL trainer shares, from our config. Every value TRL sees is here or in the
+    trainer-specific extras beside it."""
     import torch
-    from trl import SFTConfig as TRLSFTConfig
 
     report_to = [r for r in cfg.report_to if r != "none"] or "none"
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tb")  # transformers 5 reads it from the environment
-    return TRLSFTConfig(
+    return dict(
         output_dir=str(run_dir),
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
@@ -68,7 +68,6 @@ def trl_args(cfg: Any, run_dir: Path, device: str, dtype: Any, has_eval: bool, *
         fp16=dtype == torch.float16,
         use_cpu=device == "cpu",
         max_length=cfg.max_length,
-        packing=cfg.packing,
         logging_steps=cfg.logging_steps,
         logging_first_step=True,
         save_strategy="steps",
@@ -82,9 +81,13 @@ def trl_args(cfg: Any, run_dir: Path, device: str, dtype: Any, has_eval: bool, *
         run_name=run_dir.name,
         include_num_input_tokens_seen="non_padding",
         disable_tqdm=True,  # our ProgressBar shows one bar plus one line per log
-        dataset_kwargs={},
-        **extra,
     )
+
+
+def trl_args(cfg: Any, run_dir: Path, device: str, dtype: Any, has_eval: bool) -> Any:
+    from trl import SFTConfig as TRLSFTConfig
+
+    return TRLSFTConfig(**common_args(cfg, run_dir, device, dtype, has_eval), packing=cfg.packing, dataset_kwargs={})
 
 
 def run_trainer(cfg: Any, run_dir: Path, model: Any, tokenizer: Any, train_ds: Any, eval_ds: Any, device: str,

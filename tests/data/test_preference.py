@@ -1,0 +1,44 @@
+"""Preference rows in the shapes users have."""
+
+import json
+
+from tunesmith.data.load import load_rows
+
+
+def test_preference_shapes_normalise_to_prompt_chosen_rejected(tmp_path):
+    rows = [
+        {"prompt": "q1", "chosen": "good", "rejected": "bad"},
+        {"prompt": [{"role": "user", "content": "q2"}], "chosen": [{"role": "assistant", "content": "good"}],
+         "rejected": [{"role": "assistant", "content": "bad"}]},
+        {"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "q3"},
+                      {"role": "assistant", "content": "good"}], "rejected_response": "bad"},
+        {"conversations": [{"from": "human", "value": "q4"}], "chosen": {"from": "gpt", "value": "good"},
+         "rejected": {"from": "gpt", "value": "bad"}},
+        {"instruction": "q5", "input": "ctx", "chosen": "good", "rejected": "bad", "system": "S5"},
+    ]
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    data = load_rows([str(path)], kind="preference")
+    assert not data.problems
+    assert [(r.prompt, r.chosen, r.rejected) for r in data.rows] == [
+        ([{"role": "user", "content": "q1"}], "good", "bad"),
+        ([{"role": "user", "content": "q2"}], "good", "bad"),
+        ([{"role": "system", "content": "S"}, {"role": "user", "content": "q3"}], "good", "bad"),
+        ([{"role": "user", "content": "q4"}], "good", "bad"),
+        ([{"role": "system", "content": "S5"}, {"role": "user", "content": "q5\n\nctx"}], "good", "bad"),
+    ]
+
+
+def test_bad_preference_rows_name_file_line_and_field(tmp_path):
+    rows = [{"prompt": "q", "chosen": "same", "rejected": "same"}, {"prompt": "q", "chosen": "", "rejected": "x"},
+            {"chosen": "a", "rejected": "b"}, {"prompt": "q", "chosen": 3, "rejected": "b"}, {"prompt": "q"}]
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    found = [str(p) for p in load_rows([str(path)], kind="preference").problems]
+    assert found == [
+        f"{path}:1: rejected: identical to chosen: the pair teaches nothing",
+        f"{path}:2: chosen: empty chosen answer",
+        f"{path}:3: prompt: missing: expected prompt (or question, query, instruction)",
+        f"{path}:4: chosen: expected a string, a message or a list of messages, got int",
+        f"{path}:5: columns: not a preference row (prompt); expected prompt/chosen/rejected or messages + rejected_response",
+    ]

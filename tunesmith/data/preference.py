@@ -1,0 +1,91 @@
+"""Preference rows in the shapes users have, normalised to Preference(prompt messages, chosen, rejected).
+
+- `prompt` / `chosen` / `rejected`: strings, or message lists (TRL's conversational form); prompt aliases
+  `question`, `query`, `instruction` (+ `input`), optional `system`
+- `messages` (ending with the chosen assistant turn) + `rejected_response`
+- ShareGPT `conversations` + `chosen` / `rejected` as {"from": "gpt", "value": ...} (LLaMA-Factory's layout)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tunesmith.data.formats import SHAREGPT_ROLES, _content, _from_messages, _Reporter
+from tunesmith.data.rows import Preference, Problem, RawRow
+
+PROMPT_KEYS = ("prompt", "question", "query", "instruction")
+
+
+def normalise_preference(row: RawRow, problems: list[Problem]) -> Preference | None:
+    bad = _Reporter(row, problems)
+    data = row.data
+    if not isinstance(data, dict):
+        return bad("row", f"expected a JSON object, got {type(data).__name__}")
+    if "messages" in data and "rejected_response" in data:
+        msgs = _from_messages({"messages": data["messages"]}, bad)
+        if msgs is None:
+            return None
+        if not msgs or msgs[-1]["role"] != "assistant":
+            return bad("messages", "the last message must be the chosen assistant answer")
+        chosen, prompt = msgs[-1]["content"], msgs[:-1]
+        rejected = _answer(data["rejected_response"], "rejected_response", bad)
+    elif "chosen" in data and "rejected" in data:
+        prompt = _prompt(data, bad)
+        if prompt is None:
+            return None
+        chosen = _answer(data["chosen"], "chosen", bad)
+        rejected = _answer(data["rejected"], "rejected", bad)
+    else:
+        cols = ", ".join(sorted(data)) or "none"
+        return bad("columns", f"not a preference row ({cols}); expected prompt/chosen/rejected or "
+                              "messages + rejected_response")
+    if chosen is None or rejected is None:
+        return None
+    if not prompt or prompt[-1]["role"] != "user":
+        return bad("prompt", "the prompt must end with a user turn")
+    for key, text in (("chosen", chosen), ("rejected", rejected)):
+        if not text.strip():
+            return bad(key, f"empty {key} answer")
+    if chosen == rejected:
+        return bad("rejected", "identical to chosen: the pair teaches nothing")
+    return Preference(prompt, chosen, rejected, row.source, row.line)
+
+
+def _prompt(data: dict, bad: _Reporter) -> list[dict] | None:
+    system = [{"role": "system", "content": data["system"]}] if isinstance(data.get("system"), str) and data["system"] else []
+    if "conversations" in data:
+        turns = data["conversations"]
+        if not isinstance(turns, list):
+            return bad("conversations", f"expected a list of turns, got {type(turns).__name__}")
+        out = []
+        for i, t in enumerate(turns):
+            who = t.get("from", t.get("role")) if isinstance(t, dict) else None
+            text = _content(t.get("value", t.get("content"))) if isinstance(t, dict) else None
+            if who not in SHAREGPT_ROLES or text is None:
+                return bad(f"conversations[{i}]", "expected {from, value} with a known role and string value")
+            out.append({"role": SHAREGPT_ROLES[who], "content": text})
+        return system + out
+    key = next((k for k in PROMPT_KEYS if k in data), None)
+    if key is None:
+        return bad("prompt", "missing: expected prompt (or question, query, instruction)")
+    value = data[key]
+    if isinstance(value, list):
+        msgs = _from_messages({"messages": value}, bad)
+        return None if msgs is None else system + msgs
+    if not isinstance(value, str):
+        return bad(key, f"expected a string or a list of messages, got {type(value).__name__}")
+    if key == "instruction" and isinstance(data.get("input"), str) and data["input"]:
+        value = value + "\n\n" + data["input"]
+    return system + [{"role": "user", "content": value}]
+
+
+def _answer(value: Any, key: str, bad: _Reporter) -> str | None:
+    """A string, a message list ending with the assistant's answer, or a {from/role, value/content} turn."""
+    if isinstance(value, list) and value and isinstance(value[-1], dict):
+        value = value[-1]
+    if isinstance(value, dict):
+        value = value.get("content", value.get("value"))
+    text = _content(value)
+    if text is None:
+        return bad(key, f"expected a string, a message or a list of messages, got {type(value).__name__}")
+    return text

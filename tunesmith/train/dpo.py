@@ -1,0 +1,102 @@
+"""DPO on preference pairs: the policy learns to prefer `chosen` over `rejected` relative to a reference model.
+Run: tunesmith rlhf --method dpo -c examples/prd-assistant/dpo.yaml
+
+The reference is the base model with the adapter switched off (peft), so no second copy is loaded when training
+LoRA. Prompt and answers are rendered by our Template, as in SFT, so the pairs are scored on exactly the tokens the
+served model sees; TRL's DPOTrainer does the rest (losses by `loss_type`, beta, metrics such as rewards/margins).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from trl import DPOTrainer
+
+from tunesmith.config.rlhf import RLHFConfig
+from tunesmith.data.load import load_rows
+from tunesmith.data.rows import Preference, Problem
+from tunesmith.errors import DataError
+from tunesmith.templates import IGNORE, Template
+from tunesmith.train import run as runs
+from tunesmith.train.callbacks import CheckpointManifest, LossPlot, MetricsLog, ProgressBar
+from tunesmith.train.setup import common_args, load_tokenizer_first, load_trainable
+
+
+def dpo(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> runs.RunResult:
+    run_dir = runs.run_dir_for(cfg)
+    log_file = runs.log_to_file(run_dir)
+    resume_from = runs.checkpoint_to_resume(cfg, run_dir)
+
+    data = load_rows(cfg.dataset, kind="preference", seed=cfg.seed)
+    val = load_rows(cfg.val_dataset, kind="preference", seed=cfg.seed) if cfg.val_dataset else None
+    tokenizer, base_folder = load_tokenizer_first(cfg)
+    template = Template(tokenizer, default_system=cfg.system)
+    train_ds = tokenize_pairs(data.rows, template, cfg.max_length, data.problems)
+    skipped = data.raise_if_bad(cfg.skip_bad_rows)
+    eval_ds = None
+    if val is not None:
+        eval_ds = tokenize_pairs(val.rows, template, cfg.max_length, val.problems)
+        skipped += val.raise_if_bad(cfg.skip_bad_rows)
+    elif cfg.val_split > 0:
+        split = train_ds.train_test_split(test_size=cfg.val_split, seed=cfg.seed)
+        train_ds, eval_ds = split["train"], split["test"]
+    if len(train_ds) == 0:
+        raise DataError(f"{', '.join(cfg.dataset)}: no preference pairs left to train on")
+
+    model, device, dtype = load_trainable(cfg, base_folder)
+    runs.save_config(cfg, run_dir, base_model_folder=str(base_folder), device=device, dtype=str(dtype),
+                     train_pairs=len(train_ds), skipped_rows=skipped)
+    trainer = RenderedDPOTrainer(
+        model=model,
+        args=dpo_args(cfg, run_dir, device, dtype, has_eval=eval_ds is not None),
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        callbacks=[MetricsLog(run_dir), ProgressBar(), CheckpointManifest(), LossPlot(run_dir), *(callbacks or [])],
+    )
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.train(resume_from_checkpoint=resume_from)
+    final = runs.save_final(trainer, template, run_dir)
+    log_file.close()
+    return runs.result_from(trainer, run_dir, final, skipped)
+
+
+def tokenize_pairs(rows: list[Preference], template: Template, max_length: int, problems: list[Problem]) -> Any:
+    """prompt_ids / chosen_ids / rejected_ids, each answer ending with the end-of-turn token (what TRL's collator
+    takes). Pairs longer than max_length are problems, like SFT rows."""
+    import datasets
+
+    table: dict[str, list] = {"prompt_ids": [], "chosen_ids": [], "rejected_ids": []}
+    for row in rows:
+        prompt = template.render_prompt(row.prompt)
+        answers = [_answer_ids(template, row.prompt, text, len(prompt)) for text in (row.chosen, row.rejected)]
+        longest = len(prompt) + max(len(a) for a in answers)
+        if longest > max_length:
+            problems.append(Problem(row.source, row.line, "chosen/rejected",
+                                    f"{longest} tokens > max_length {max_length}; raise max_length or shorten the row"))
+            continue
+        table["prompt_ids"].append(prompt)
+        table["chosen_ids"].append(answers[0])
+        table["rejected_ids"].append(answers[1])
+    return datasets.Dataset.from_dict(table)
+
+
+def _answer_ids(template: Template, prompt: list[dict], answer: str, prompt_len: int) -> list[int]:
+    ids, labels = template.render(prompt + [{"role": "assistant", "content": answer}], loss_on="last")
+    return [i for i, label in zip(ids[prompt_len:], labels[prompt_len:]) if label != IGNORE]
+
+
+class RenderedDPOTrainer(DPOTrainer):
+    """TRL's DPOTrainer re-tokenizes text with the chat template; ours arrives already rendered by Template (the
+    renderer training and serving share), so dataset preparation only drops over-long pairs."""
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        return dataset
+
+
+def dpo_args(cfg: RLHFConfig, run_dir, device: str, dtype: Any, has_eval: bool) -> Any:
+    from trl import DPOConfig
+
+    return DPOConfig(**common_args(cfg, run_dir, device, dtype, has_eval), beta=cfg.beta, loss_type=list(cfg.loss_type))
