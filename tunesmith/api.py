@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from tunesmith.config.rlhf import RLHFConfig
+from tunesmith.config import PlanConfig
 from tunesmith.config import DataCheckConfig, DeployConfig, DownloadConfig, ExportConfig, InferConfig, PTConfig, SFTConfig
 
 
@@ -18,6 +19,7 @@ def sft(cfg: SFTConfig, callbacks: list[Any] | None = None):
     """Supervised fine-tuning. Returns a RunResult (run_dir, final_dir, losses)."""
     from tunesmith.train.sft import sft as run
 
+    check_memory(cfg)
     return run(cfg, callbacks=callbacks)
 
 
@@ -25,13 +27,51 @@ def pt(cfg: PTConfig, callbacks: list[Any] | None = None):
     """Continued pretraining on raw text."""
     from tunesmith.train.pt import pt as run
 
+    check_memory(cfg)
     return run(cfg, callbacks=callbacks)
+
+
+def check_memory(cfg: Any) -> None:
+    """Before a training run: the plan's estimate for exactly these settings against this machine's memory. Warns
+    when it will not fit; refuses with --strict-memory. Never blocks a run the estimator cannot judge."""
+    import logging
+
+    from tunesmith.errors import HardwareError
+    from tunesmith.plan.estimate import GIB, Setup, estimate_training
+    from tunesmith.plan.hardware import probe
+    from tunesmith.plan.model_shape import load_shape
+
+    log = logging.getLogger("tunesmith")
+    hw = probe()
+    device = "cuda" if hw.gpus else "mps" if hw.mps else "cpu"
+    try:
+        shape = load_shape(cfg.model)
+        setup = Setup(method=cfg.weights, dtype="bfloat16" if hw.gpus and all(g.bf16 for g in hw.gpus) else "float32",
+                      lora_rank=cfg.lora.rank, lora_targets=cfg.lora.targets if isinstance(cfg.lora.targets, str)
+                      else tuple(cfg.lora.targets), lora_dropout=cfg.lora.dropout, seq=cfg.max_length,
+                      micro_batch=cfg.batch_size, grad_accum=cfg.grad_accum, checkpointing=cfg.gradient_checkpointing,
+                      packing=getattr(cfg, "packing", False), device=device)
+        needed = estimate_training(shape, setup).total / GIB
+    except Exception as err:  # noqa: BLE001 - an unknown architecture must not stop training
+        log.info("memory plan skipped (%s)", err)
+        return
+    have = hw.memory_gib()
+    if needed <= have:
+        log.info("memory plan: about %.1f of %.1f GiB at the peak", needed, have)
+        return
+    advice = (f"memory plan: this run needs about {needed:.1f} GiB at the peak but {have:.1f} GiB is available. "
+              f"See `tunesmith plan --model {cfg.model} --method {cfg.weights} --max-length {cfg.max_length}` for "
+              "settings that fit (smaller --batch-size with more --grad-accum, --gradient-checkpointing, qlora).")
+    if cfg.strict_memory:
+        raise HardwareError(advice + " Refusing to start (--strict-memory).")
+    log.warning("%s Starting anyway; pass --strict-memory to refuse.", advice)
 
 
 def rlhf(cfg: RLHFConfig, callbacks: list[Any] | None = None):
     """Preference alignment (--method dpo) on top of a base model or an SFT run."""
     from tunesmith.train.rlhf import rlhf as run
 
+    check_memory(cfg)
     return run(cfg, callbacks=callbacks)
 
 
@@ -59,6 +99,14 @@ def export(cfg: ExportConfig):
 def data_check(cfg: DataCheckConfig):
     """Validate datasets and print a summary. Returns the report."""
     from tunesmith.data.check import check as run
+
+    return run(cfg)
+
+
+def plan(cfg: PlanConfig) -> dict:
+    """Estimate peak memory from the model's config.json (never its weights), pick settings that fit, print the plan.
+    Returns it as a dict (fits, recommended settings, breakdown in GiB)."""
+    from tunesmith.plan.run import plan as run
 
     return run(cfg)
 

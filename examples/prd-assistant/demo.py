@@ -39,6 +39,7 @@ def main() -> None:
     step("Answer the same prompts with the tuned adapter", "infer", "--adapters", str(RUN / "final"),
          "--dataset", str(PROMPTS), "--output", str(answers_tuned), "--batch-size", "12", "--generation.max-tokens", "200")
     report(answers_base, answers_tuned, time.time() - start)
+    serve_and_ask(answers_tuned)
 
 
 def step(title: str, *args: str) -> None:
@@ -76,6 +77,38 @@ def report(base_path: Path, tuned_path: Path, elapsed: float) -> None:
     print(f"\nTuned adapter: {RUN / 'final'}   loss curve: {RUN / 'loss.png'}   demo took {elapsed / 60:.1f} min")
     print(f"Chat with it:  tunesmith infer --adapters {RUN.relative_to(ROOT) / 'final'}")
     (RUN / "demo_result.json").write_text(json.dumps({"base": scores["base"], "tuned": scores["tuned"]}))
+
+
+def serve_and_ask(answers_tuned: Path, port: int = 8765) -> None:
+    """Serve the tuned adapter behind the OpenAI API and ask it the first held-out prompt with the official SDK."""
+    import signal
+    import urllib.request
+
+    from openai import OpenAI
+
+    args = ["deploy", "--adapters", f"prd-assistant={RUN / 'final'}", "--port", str(port)]
+    print(f"\n=== Serve the tuned adapter behind an OpenAI-compatible API\n$ tunesmith {shlex.join(args)}", flush=True)
+    server = subprocess.Popen([TUNESMITH, *args], cwd=ROOT)
+    try:
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                if server.poll() is not None:
+                    raise SystemExit("tunesmith deploy exited early")
+                time.sleep(1)
+        first = json.loads(answers_tuned.read_text(encoding="utf-8").splitlines()[0])
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="not-needed")
+        reply = client.chat.completions.create(model="prd-assistant", messages=first["messages"], max_tokens=200,
+                                               temperature=0)
+        text = reply.choices[0].message.content
+        print(f"\nopenai SDK -> {reply.model}: {text[:400]}{'...' if len(text) > 400 else ''}")
+        print(f"usage: {reply.usage.prompt_tokens} prompt + {reply.usage.completion_tokens} completion tokens; "
+              f"identical to `tunesmith infer`'s answer: {'yes' if text == first['response'] else 'no'}")
+    finally:
+        server.send_signal(signal.SIGTERM)  # graceful: finishes running requests, then exits 0
+        server.wait(timeout=60)
 
 
 if __name__ == "__main__":

@@ -171,3 +171,12 @@ def test_packing_eval_split_and_checkpointing_together(tiny_model, toy_data, tmp
     metrics = read_metrics(run)
     assert any("eval_loss" in m for m in metrics)
     assert (run / "final" / "adapter_model.safetensors").exists()
+
+
+def test_a_run_the_plan_says_will_not_fit_warns_or_refuses(toy_data, tmp_path):
+    # SmolLM2 full fine-tuning at 8 x 32k tokens needs far more than this machine has (the plan reads config only).
+    args = ["sft", "--dataset", toy_data, "--method", "full", "--max-length", "32768", "--batch-size", "8",
+            "--output-dir", tmp_path / "r", "--report-to", "none"]
+    refused = run_cli(*args, "--strict-memory", check=False, timeout=120)
+    assert refused.returncode == 1 and "memory plan: this run needs about" in refused.stderr
+    assert "Refusing to start (--strict-memory)" in refused.stderr and not (tmp_path / "r" / "final").exists()

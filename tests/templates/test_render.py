@@ -113,3 +113,19 @@ def test_save_and_load_keep_template_and_system(tmp_path):
     again = Template.load(tmp_path)
     assert again.default_system == "Be brief."
     assert again.render(CONV) == template.render(CONV)
+
+
+def test_tool_call_arguments_render_the_same_as_string_or_object():
+    tok = qwen_tokenizer()
+    tok.chat_template = (  # renders arguments with tojson, as Qwen2.5's and Llama 3's templates do
+        "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] }}"
+        "{% for c in m.get('tool_calls') or [] %}<tool_call>{{ c.function.arguments | tojson }}</tool_call>{% endfor %}"
+        "{{ '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+    template = Template(tok)
+    call = {"name": "get_weather", "arguments": {"city": "Paris"}}
+    as_object = [{"role": "user", "content": "weather?"},
+                 {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": call}]}]
+    as_string = [as_object[0], {"role": "assistant", "content": "", "tool_calls": [
+        {"type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]}]
+    assert template.render_text(as_object) == template.render_text(as_string)
+    assert '<tool_call>{"city": "Paris"}</tool_call>' in template.render_text(as_string)

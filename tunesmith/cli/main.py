@@ -9,6 +9,7 @@ import os
 import sys
 
 from tunesmith import api
+from tunesmith.config import PlanConfig
 from tunesmith.config import DataCheckConfig, DeployConfig, DownloadConfig, ExportConfig, InferConfig, PTConfig, SFTConfig, help_text, load
 from tunesmith.config.rlhf import RLHFConfig
 from tunesmith.errors import TunesmithError
@@ -21,6 +22,7 @@ COMMANDS = {
     "deploy": (DeployConfig, api.deploy, "serve models and adapters over an OpenAI-compatible API"),
     "export": (ExportConfig, api.export, "merge a LoRA adapter into its base model"),
     "data": (DataCheckConfig, api.data_check, "data check FILE: validate a dataset and summarise it"),
+    "plan": (PlanConfig, api.plan, "memory plan: will it fit, and with which settings"),
     "download": (DownloadConfig, api.download, "fetch a model or dataset from the Hugging Face hub"),
 }
 
@@ -37,7 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("tunesmith").setLevel(logging.INFO)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if not argv or argv[0] in ("-h", "--help"):
+    if not argv:
+        from tunesmith.ui.wizard import wizard
+
+        return wizard()
+    if argv[0] in ("-h", "--help"):
         print(usage())
         return 0
     name, rest = argv[0], argv[1:]

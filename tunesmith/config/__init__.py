@@ -12,9 +12,10 @@ from tunesmith.config.commands import (
     TrainConfig,
 )
 from tunesmith.config.load import help_text, load, read_yaml, validate
+from tunesmith.config.plan import PlanConfig
 from tunesmith.config.sections import GenerationCfg, LoraCfg
 
 __all__ = [
-    "DEFAULT_MODEL", "DataCheckConfig", "DeployConfig", "DownloadConfig", "ExportConfig", "GenerationCfg", "InferConfig", "LoraCfg", "PTConfig",
+    "DEFAULT_MODEL", "DataCheckConfig", "DeployConfig", "DownloadConfig", "ExportConfig", "GenerationCfg", "InferConfig", "LoraCfg", "PTConfig", "PlanConfig",
     "SFTConfig", "TrainConfig", "help_text", "load", "read_yaml", "validate",
 ]

@@ -48,6 +48,7 @@ class TrainConfig(Section):
     dtype: Dtype = Field("auto", description="auto = bfloat16 on GPUs that support it, else float32.")
     device: Device = Field("auto", description="auto = cuda, then mps, then cpu.")
     report_to: list[str] = Field(default_factory=lambda: ["tensorboard"], description="tensorboard, wandb, mlflow, or none.")
+    strict_memory: bool = Field(False, description="Refuse to start when `tunesmith plan` says the run will not fit (default: warn).")
 
     command: ClassVar[str] = "train"
 

@@ -13,6 +13,7 @@ Departures from plain `generate`, and why:
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import uuid
 from dataclasses import dataclass
@@ -45,10 +46,11 @@ class Served:
 
 
 class TransformersEngine(Engine):
-    def __init__(self, served: list[Served], max_batch_tokens: int | None = None):
+    def __init__(self, served: list[Served], max_batch_tokens: int | None = None, kv_cache_gib: float = 1.0):
         self.served = {s.name: s for s in served}
         self.default = served[0].name
         self.max_batch_tokens = max_batch_tokens
+        self.kv_cache_gib = kv_cache_gib  # CPU only: like vLLM's VLLM_CPU_KVCACHE_SPACE
         self.exact_lock = threading.Lock()  # the serialised generate() path
         self.start_lock = threading.Lock()
 
@@ -132,7 +134,7 @@ class TransformersEngine(Engine):
                 if out.error:
                     raise EngineError(f"generation failed: {out.error}")
                 decoder = decoders[rid]
-                text, stopped = decoder.update(out.generated_tokens)
+                text, stopped = decoder.update(out.generated_tokens, final=out.is_finished())
                 finished = out.is_finished() or stopped
                 reason = decoder.finish_reason(p.max_tokens) if finished else None
                 if finished:
@@ -154,10 +156,23 @@ class TransformersEngine(Engine):
                 gen = GenerationConfig(do_sample=True, temperature=0.7, top_p=0.9, max_new_tokens=256,
                                        eos_token_id=served.template.stop_token_ids,
                                        pad_token_id=served.template.tokenizer.pad_token_id)
-                cb = ContinuousBatchingConfig(per_request_processors=True, max_batch_tokens=self.max_batch_tokens)
+                cb = ContinuousBatchingConfig(per_request_processors=True, **self._cache_budget(served))
                 served.manager = served.model.init_continuous_batching(generation_config=gen, continuous_batching_config=cb)
                 served.manager.start()
             return served.manager
+
+    def _cache_budget(self, served: Served) -> dict[str, Any]:
+        """transformers sizes the paged KV cache as a share of the device's memory; on CPU that is total RAM, once
+        per served model, which starves the machine. Give each manager an explicit share instead."""
+        if served.model.device.type == "cpu":
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+            return {"max_memory_percent": min(0.5, self.kv_cache_gib * 2**30 / total),
+                    "max_batch_tokens": self.max_batch_tokens or 1024}
+        return {"max_memory_percent": 0.8 / len(self.served), "max_batch_tokens": self.max_batch_tokens}
+
+    def context_length(self, model: str | None = None) -> int | None:
+        config = self._served(model).model.config
+        return getattr(config, "max_position_embeddings", None)
 
     # -------------------------------------------------------------------------
     # Exact path: logprobs and seeds
@@ -166,7 +181,7 @@ class TransformersEngine(Engine):
         for i in range(p.n):
             tokens, logprobs = await asyncio.to_thread(self._generate_exact, served, prompt, p, i)
             decoder = _Decoder(served.template, p.stop)
-            text, _ = decoder.update(tokens)
+            text, _ = decoder.update(tokens, final=True)
             kept = logprobs[: decoder.count] if p.logprobs or p.top_logprobs else []
             yield Delta(i, text, decoder.finish_reason(p.max_tokens), kept, len(prompt), decoder.count)
 
@@ -217,7 +232,7 @@ class _Decoder:
         self.stops = [s for s in stops if s]
         self.emitted, self.count, self.ended_by = "", 0, None
 
-    def update(self, tokens: list[int]) -> tuple[str, bool]:
+    def update(self, tokens: list[int], final: bool = False) -> tuple[str, bool]:
         kept = list(tokens)
         for i, t in enumerate(kept):
             if t in self.stop_ids:
@@ -228,11 +243,18 @@ class _Decoder:
         cut = min((text.find(s) for s in self.stops if s in text), default=-1)
         if cut >= 0:
             text, self.ended_by = text[:cut], "stop"
-        elif text.endswith("\ufffd") and self.ended_by is None:
-            text = text[:-1]  # half a multi-byte character: wait for the next token
+        elif self.ended_by is None and not final:
+            if text.endswith("\ufffd"):
+                text = text[:-1]  # half a multi-byte character: wait for the next token
+            text = text[: len(text) - self._partial_stop(text)]
         new = text[len(self.emitted):] if text.startswith(self.emitted) else ""
         self.emitted = text if text.startswith(self.emitted) else self.emitted
         return new, self.ended_by == "stop"
+
+    def _partial_stop(self, text: str) -> int:
+        """Length of the longest tail of `text` that begins a stop string: held back until the next token decides."""
+        return max((n for s in self.stops for n in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:n])),
+                   default=0)
 
     def finish_reason(self, max_tokens: int) -> str:
         return "stop" if self.ended_by is not None or self.count < max_tokens else "length"

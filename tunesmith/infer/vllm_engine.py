@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Coroutine
 
 from tunesmith.config import DEFAULT_MODEL
-from tunesmith.errors import ConfigError, HardwareError
+from tunesmith.errors import ConfigError, HardwareError, TunesmithError
 from tunesmith.infer.types import (
     Delta,
     Engine,
@@ -102,7 +102,7 @@ class VLLMEngine(Engine):
                 b = backend(models.resolve(model or run.base_model))
                 b.loras[name] = LoRARequest(lora_name=name, lora_int_id=len(b.loras) + 1,
                                             lora_path=str(run.folder.resolve()))
-                b.lora_ranks.append(_adapter_rank(run.folder))
+                b.lora_ranks.append(_adapter_rank(run.folder, name))
                 served.append(Served(name, Template.load(run.folder), b, b.loras[name]))
             else:  # a full fine-tune is a model of its own
                 served.append(Served(name, Template.load(run.folder), backend(run.folder)))
@@ -118,6 +118,11 @@ class VLLMEngine(Engine):
         try:
             for b, args in zip(backends.values(), engine_args):
                 b.llm = loop.call(_start(args))
+                for request in b.loras.values():  # load now: a bad adapter fails here, not on a first request
+                    try:
+                        loop.call(b.llm.add_lora(request))
+                    except Exception as err:
+                        raise ConfigError(f"{request.lora_path}: vLLM cannot load this adapter: {err}") from err
         except BaseException:
             for b in backends.values():
                 if b.llm is not None:
@@ -178,12 +183,13 @@ class VLLMEngine(Engine):
                 if item is _DONE:
                     return
                 if isinstance(item, BaseException):
-                    raise EngineError(f"vLLM generation failed: {_describe(item)}") from item
+                    raise _translate(item) from item
                 for c in item.outputs:
-                    counts[c.index] = counts.get(c.index, 0) + len(c.token_ids)
-                    reason = None if c.finish_reason is None else "length" if c.finish_reason == "length" else "stop"
                     if c.finish_reason == "abort":
-                        raise EngineError("vLLM aborted the request (engine shutting down or out of KV cache)")
+                        raise EngineError("vLLM aborted the request (the engine is shutting down)")
+                    counts[c.index] = counts.get(c.index, 0) + len(c.token_ids)
+                    # vLLM: "stop" = end-of-turn token, EOS or a stop string; "length" = max_tokens
+                    reason = None if c.finish_reason is None else "length" if c.finish_reason == "length" else "stop"
                     logprobs = self._logprobs(served, c, p) if (p.logprobs or p.top_logprobs) else []
                     if not (c.text or reason or logprobs):
                         continue
@@ -217,23 +223,26 @@ class VLLMEngine(Engine):
 
         room = served.backend.llm.model_config.max_model_len - prompt_len
         if room <= 0:
-            raise EngineError(f"the prompt has {prompt_len} tokens, which fills max_model_len="
-                              f"{served.backend.llm.model_config.max_model_len}; shorten it or load the vllm backend "
-                              "with a larger max_model_len option")
+            raise TunesmithError(f"the prompt has {prompt_len} tokens, which fills the vllm backend's max_model_len="
+                                 f"{served.backend.llm.model_config.max_model_len}; shorten it, or load the backend "
+                                 "with a larger max_model_len option")
         greedy = p.temperature <= 0
-        want_logprobs = p.logprobs or p.top_logprobs > 0
-        return VSamplingParams(
-            n=n,
-            temperature=0.0 if greedy else p.temperature,
-            top_p=1.0 if greedy else p.top_p,
-            seed=p.seed,
-            max_tokens=min(p.max_tokens, room),  # as the transformers backend: generate what fits, finish "length"
-            stop=[s for s in p.stop if s] or None,
-            stop_token_ids=list(served.template.stop_token_ids),
-            logprobs=p.top_logprobs if want_logprobs else None,  # 0 = only the chosen token's logprob
-            skip_special_tokens=True,
-            output_kind=RequestOutputKind.DELTA,
-        )
+        try:
+            return VSamplingParams(
+                n=n,
+                temperature=0.0 if greedy else p.temperature,
+                top_p=1.0 if greedy else p.top_p,
+                seed=p.seed,
+                max_tokens=min(p.max_tokens, room),  # as the transformers backend: generate what fits, then "length"
+                stop=[s for s in p.stop if s] or None,
+                stop_token_ids=list(served.template.stop_token_ids),
+                # 0 = only the chosen token's logprob; None = none
+                logprobs=p.top_logprobs if (p.logprobs or p.top_logprobs > 0) else None,
+                skip_special_tokens=True,
+                output_kind=RequestOutputKind.DELTA,
+            )
+        except ValueError as err:  # vLLM checks ranges (top_p in (0, 1], n >= 1, ...): the caller's to fix
+            raise TunesmithError(f"sampling parameters: {err}") from None
 
     def _logprobs(self, served: Served, c: Any, p: SamplingParams) -> list[TokenLogprob]:
         """vLLM's raw (pre-temperature) logprobs, token strings decoded as the transformers backend does."""
@@ -241,8 +250,10 @@ class VLLMEngine(Engine):
         out = []
         for token_id, position in zip(c.token_ids, c.logprobs or []):
             # vLLM returns the top-k by rank plus the chosen token (at its own rank, which may lie outside the top-k)
-            top = sorted((lp.rank, t, lp.logprob) for t, lp in position.items() if lp.rank and lp.rank <= p.top_logprobs)
-            out.append(TokenLogprob(decode([token_id]), position[token_id].logprob, [(decode([t]), v) for _, t, v in top]))
+            top = sorted((lp.rank, t, lp.logprob) for t, lp in position.items()
+                         if lp.rank and lp.rank <= p.top_logprobs)
+            out.append(TokenLogprob(decode([token_id]), position[token_id].logprob,
+                                    [(decode([t]), v) for _, t, v in top]))
         return out
 
     def _served(self, model: str | None) -> Served:
@@ -285,7 +296,12 @@ def _engine_args(b: _Backend, device: str, dtype: str, options: dict[str, Any]) 
                             "disable_log_stats": True, **engine_defaults(device, b.folder)}
     if b.loras:
         rank = max(b.lora_ranks)
-        args.update(enable_lora=True, max_loras=len(b.loras), max_cpu_loras=len(b.loras),
+        # vLLM marks "no adapter" with slot index -1. Its CPU (torch) LoRA ops index the weight stack with it, which
+        # picks the last slot: in a batch that mixes base and adapter requests, base requests got the adapter
+        # (vllm-project/vllm PR #48421, open for 0.32). One spare slot, never filled (slots fill from the first),
+        # keeps that last slot zeros. tests/vllm_backend checks a mixed batch.
+        slots = len(b.loras) + (1 if device == "cpu" else 0)
+        args.update(enable_lora=True, max_loras=slots, max_cpu_loras=slots,
                     max_lora_rank=next((r for r in LORA_RANKS if r >= rank), rank))
     args.update(options)
     return AsyncEngineArgs(**args)
@@ -311,8 +327,16 @@ def _pick_device(preference: str) -> str:
     return have
 
 
-def _adapter_rank(folder: Path) -> int:
+def _adapter_rank(folder: Path, name: str) -> int:
+    """The adapter's largest rank, after refusing what vLLM cannot serve (it would fail only on a first request)."""
     cfg = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    fix = (f"serve {name} with --backend transformers, or merge it (tunesmith export --adapters {folder} --merge-lora) "
+           "and serve the merged folder")
+    if cfg.get("use_dora"):
+        raise ConfigError(f"{folder}: a DoRA adapter, which vLLM does not support; {fix}")
+    if set(cfg.get("modules_to_save") or []) - {"classifier", "score"}:
+        raise ConfigError(f"{folder}: the adapter also trains {cfg['modules_to_save']} in full (modules_to_save), "
+                          f"which vLLM does not support; {fix}")
     return max([int(cfg.get("r", 8)), *map(int, (cfg.get("rank_pattern") or {}).values())])
 
 
@@ -322,9 +346,15 @@ def _context_length(folder: Path) -> int:
     return int(cfg.get("max_position_embeddings") or CPU_MAX_MODEL_LEN)
 
 
-def _describe(err: BaseException) -> str:
-    cause = err.__cause__ or err
-    return f"{type(cause).__name__}: {cause}" if str(cause) else type(cause).__name__
+def _translate(err: BaseException) -> Exception:
+    """vLLM's request errors (4xx in its own server) become TunesmithError (the server answers 400); the rest,
+    failures inside the engine, EngineError (500)."""
+    from vllm.exceptions import VLLMClientError
+
+    if isinstance(err, VLLMClientError):
+        return TunesmithError(f"vllm refused the request: {err}")
+    cause = err.__cause__ or err  # generate() wraps unexpected errors in EngineGenerateError
+    return EngineError(f"vLLM generation failed: {type(cause).__name__}: {cause}")
 
 
 # -----------------------------------------------------------------------------

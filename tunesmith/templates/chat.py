@@ -113,7 +113,7 @@ class Template:
         return msgs
 
     def _apply(self, messages: list[dict], add_generation_prompt: bool, tools: list | None) -> str:
-        clean = [{k: v for k, v in m.items() if k != "loss"} for m in messages]
+        clean = [_normalise_tool_calls({k: v for k, v in m.items() if k != "loss"}) for m in messages]
         kwargs = {"tools": tools} if tools else {}
         try:
             return self.tokenizer.apply_chat_template(clean, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs)
@@ -168,3 +168,21 @@ class Template:
         info_path = folder / TEMPLATE_FILE
         info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.exists() else {}
         return cls(tokenizer, default_system=info.get("default_system"))
+
+
+def _normalise_tool_calls(message: dict) -> dict:
+    """OpenAI sends tool-call arguments as a JSON string; chat templates (HF convention) expect an object. Done here,
+    the one place training data and served requests both pass, so a tool call renders the same in both."""
+    calls = message.get("tool_calls")
+    if not calls:
+        return message
+    fixed = []
+    for call in calls:
+        function = dict(call.get("function", call))
+        if isinstance(function.get("arguments"), str):
+            try:
+                function["arguments"] = json.loads(function["arguments"])
+            except json.JSONDecodeError:
+                pass  # not JSON: render as the user wrote it
+        fixed.append({**call, "function": function} if "function" in call else function)
+    return {**message, "tool_calls": fixed}

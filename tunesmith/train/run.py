@@ -120,6 +120,8 @@ def log_to_file(run_dir: Path) -> logging.Handler:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     for name in ("tunesmith", "transformers", "trl", "peft"):
         lg = logging.getLogger(name)
+        for console in lg.handlers:  # the console keeps warnings only; the file gets INFO too
+            console.setLevel(max(console.level, logging.WARNING))
         lg.addHandler(handler)
         lg.setLevel(min(lg.level or logging.INFO, logging.INFO))
     return handler

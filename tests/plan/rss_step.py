@@ -1,0 +1,26 @@
+"""Run by test_estimate.py in a fresh process: peak RSS growth of building a model and taking 2 training steps.
+Prints {"base": rss before the model, "peak": ru_maxrss after the steps} in bytes (Linux reports ru_maxrss in KiB)."""
+
+import gc
+import json
+import resource
+import sys
+
+import psutil
+import torch
+import transformers as tf
+
+torch.manual_seed(0)
+cfg = json.loads(sys.argv[1])
+batch, seq = cfg.pop("batch"), cfg.pop("seq")
+gc.collect()
+base = psutil.Process().memory_info().rss
+model = tf.AutoModelForCausalLM.from_config(tf.Qwen2Config(**cfg, attn_implementation="sdpa"), dtype=torch.float32)
+model.train()
+opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+ids = torch.randint(0, cfg["vocab_size"], (batch, seq))
+for _ in range(2):
+    model(input_ids=ids, labels=ids).loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+print(json.dumps({"base": base, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))

@@ -1,0 +1,131 @@
+"""Memory estimates: the breakdown adds up, grows the right way, orders the methods, shards with ZeRO, and on CPU
+stays near the real peak of a training step."""
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from tunesmith.plan.estimate import GIB, Setup, estimate_inference, estimate_training
+from tunesmith.plan.model_shape import builtin_config, shape_from_config
+
+Q7 = shape_from_config(builtin_config("qwen2.5-7b-instruct"))
+Q05 = shape_from_config(builtin_config("qwen2.5-0.5b-instruct"))
+METHODS = ["full", "lora", "qlora", "dora", "galore"]
+
+
+def total(shape=Q7, **kw) -> float:
+    return estimate_training(shape, Setup(**kw)).total
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("ckpt", [False, True])
+def test_breakdown_sums_to_total(method, ckpt):
+    for kw in ({}, {"zero_stage": 3, "world_size": 4}, {"zero_stage": 2, "world_size": 2, "offload": True},
+               {"attn": "eager", "micro_batch": 2}, {"packing": True, "micro_batch": 4}, {"loss": "model"}):
+        est = estimate_training(Q7, Setup(method=method, checkpointing=ckpt, **kw))
+        assert sum(est.parts.values()) == pytest.approx(est.total)
+        assert est.total == pytest.approx(max(est.phases.values()) + est.parts["fragmentation"] + est.parts["context"])
+        assert all(v >= 0 for v in est.parts.values())
+    inf = estimate_inference(Q7, Setup(method=method), context=8192)
+    assert sum(inf.parts.values()) == pytest.approx(inf.total)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_grows_with_sequence_batch_and_rank(method):
+    for ckpt in (False, True):
+        seqs = [total(method=method, checkpointing=ckpt, seq=s) for s in (512, 1024, 2048, 4096, 8192)]
+        batches = [total(method=method, checkpointing=ckpt, micro_batch=b) for b in (1, 2, 4, 8)]
+        assert seqs == sorted(seqs) and batches == sorted(batches)
+        # Full training with checkpointing peaks at the optimizer step (gradients + states), whatever the batch:
+        # the bench measured 4.70 GiB for the 0.5B shape at 2048 x 4 and at 8192 x 1. Everything else must grow.
+        if not (ckpt and method in ("full", "galore")):
+            assert seqs[0] < seqs[-1] and batches[0] < batches[-1]
+    if method in ("lora", "qlora", "dora"):
+        ranks = [total(method=method, lora_rank=r) for r in (4, 8, 16, 64, 256)]
+        assert ranks == sorted(ranks) and ranks[0] < ranks[-1]
+
+
+@pytest.mark.parametrize("shape,ckpt", [(Q7, False), (Q7, True), (Q05, True)], ids=["7B", "7B-ckpt", "0.5B-ckpt"])
+def test_qlora_below_lora_below_full(shape, ckpt):
+    qlora, lora, full = (total(shape, method=m, checkpointing=ckpt) for m in ("qlora", "lora", "full"))
+    assert qlora < lora < full
+
+
+def test_small_model_qlora_without_checkpointing_costs_more_than_lora():
+    # peft's prepare_model_for_kbit_training upcasts the norms to fp32, so the 4-bit layers see fp32 inputs and
+    # return fp32 outputs: the SwiGLU activations double. On a 0.5B model that outweighs the 4-bit weights (bench,
+    # H100: 19.7 GiB measured for qlora at 2048 x 4, predicted 19.6); the recommender tries lora first anyway.
+    assert total(Q05, method="qlora", micro_batch=4) > total(Q05, method="lora", micro_batch=4)
+
+
+def test_weights_optimizer_and_gradients_per_method():
+    # full bf16 with torch AdamW: 2 bytes weights + 2 gradients + 4 states per parameter
+    full = estimate_training(Q7, Setup(method="full", checkpointing=True))
+    assert full.phases["step"] >= Q7.params() * (2 + 2 + 4)
+    lora = estimate_training(Q7, Setup(method="lora"))
+    assert lora.trainable == 40_370_176
+    assert lora.parts["optimizer"] == lora.trainable * 8  # fp32 adapters: 2 fp32 states
+    qlora = estimate_training(Q7, Setup(method="qlora"))
+    assert qlora.parts["weights"] < lora.parts["weights"] / 1.9  # NF4 linears, fp32 embeddings and head
+    eight_bit = estimate_training(Q7, Setup(method="lora", optimizer="adamw_8bit"))
+    assert eight_bit.parts["optimizer"] < lora.parts["optimizer"] / 3.9
+
+
+def test_zero_stages_shard_more_and_offload_moves_states_to_cpu():
+    base = dict(method="full", checkpointing=True, world_size=8)
+    stages = [total(zero_stage=z, **base) for z in (1, 2, 3)]
+    assert stages == sorted(stages, reverse=True)
+    assert total(fsdp=True, **base) == pytest.approx(stages[2])
+    assert total(zero_stage=3, **{**base, "world_size": 16}) < stages[2]
+    off = estimate_training(Q7, Setup(zero_stage=3, offload=True, **base))
+    assert off.total < stages[2] and off.host_bytes > 12 * Q7.params()  # fp32 master + Adam states on the host
+
+
+def test_eager_attention_and_trl_loss():
+    # eager keeps seq^2 probabilities per layer; sdpa does not
+    assert total(Q05, method="full", attn="eager", seq=4096) > 2 * total(Q05, method="full", seq=4096)
+    # TRL's chunked head: no [tokens x vocab] fp32 logits; the model's own loss holds 12 bytes per entry
+    trl = estimate_training(Q05, Setup(method="lora", seq=8192, loss="trl"))
+    model = estimate_training(Q05, Setup(method="lora", seq=8192, loss="model"))
+    assert model.phases["loss"] - trl.phases["loss"] == pytest.approx(12 * 8192 * Q05.vocab, rel=0.05)
+
+
+def test_inference_kv_cache_formula():
+    est = estimate_inference(Q7, Setup(method="full", micro_batch=4), context=8192)
+    assert est.parts["kv_cache"] == 2 * 28 * 4 * 128 * 8192 * 4 * 2  # 2 x layers x kv_heads x head_dim x ctx x batch x bf16
+    assert est.parts["weights"] == Q7.params() * 2
+    four_bit = estimate_inference(Q7, Setup(method="qlora", micro_batch=4), context=8192)
+    assert four_bit.total < est.total - 8 * GIB
+
+
+def test_bench_predictions_of_reported_cases():
+    """The two cases the report quotes, as measured on an H100 (bench/plan_accuracy.py --loss trl)."""
+    a = estimate_training(Q7, Setup(method="lora", seq=2048, micro_batch=1, checkpointing=True, padded=False))
+    b = estimate_training(Q05, Setup(method="full", seq=4096, micro_batch=8, checkpointing=False, padded=False))
+    assert a.allocated / GIB == pytest.approx(16.12, rel=0.05)  # measured max_memory_allocated
+    assert b.allocated / GIB == pytest.approx(46.28, rel=0.05)
+
+
+STEP = Path(__file__).with_name("rss_step.py")
+
+
+def test_cpu_estimate_is_near_measured_peak_rss():
+    """A real fp32 training step on CPU (full fine-tune, 2 AdamW steps, the model's own loss), in a fresh process.
+    RSS is a loose gauge: it counts pages touched, glibc keeps freed blocks in its arenas, and oneDNN/OpenMP add
+    workspaces and thread stacks; measured here ~1.4x the estimate. The bound (0.7x-2x) still fails if a whole
+    term (activations, logits or optimizer states) were dropped or doubled."""
+    cfg = dict(vocab_size=8192, hidden_size=512, intermediate_size=1408, num_hidden_layers=4, num_attention_heads=8,
+               num_key_value_heads=2, tie_word_embeddings=False)
+    batch, seq = 4, 256
+    run = subprocess.run([sys.executable, str(STEP), json.dumps({**cfg, "batch": batch, "seq": seq})],
+                         capture_output=True, text=True, check=True)
+    measured = json.loads(run.stdout.strip().splitlines()[-1])
+    grown = measured["peak"] - measured["base"]
+    shape = shape_from_config({**cfg, "model_type": "qwen2"})
+    est = estimate_training(shape, replace(Setup(method="full", dtype="float32", seq=seq, micro_batch=batch,
+                                                 padded=False, loss="model", device="cpu")))
+    assert 0.7 * est.allocated < grown < 2.0 * est.allocated, (grown / 2**20, est.allocated / 2**20)

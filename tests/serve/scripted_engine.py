@@ -1,0 +1,70 @@
+"""A scripted Engine for testing serving.py without a model: each choice answers with given pieces of text, one
+piece (= one token) per Delta, cut at stop strings as the real engine does. It records what it was asked."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import AsyncIterator
+
+from tunesmith.infer.types import Delta, Engine, EngineError, GenerationRequest, TokenLogprob, UnknownModelError
+
+
+class ScriptedEngine(Engine):
+    def __init__(self, pieces: list[str] | list[list[str]] = ("Hello", " there", "!"), names=("base", "prd"),
+                 fail_at: int | None = None, delay: float = 0.0):
+        # pieces: one script for every choice, or one per choice index
+        self.scripts = [list(pieces)] if isinstance(pieces[0], str) else [list(p) for p in pieces]
+        self.names = list(names)
+        self.fail_at, self.delay = fail_at, delay  # raise EngineError before piece number fail_at
+        self.requests: list[GenerationRequest] = []
+        self.open_streams = 0
+        self.closed = False
+
+    def model_names(self) -> list[str]:
+        return self.names
+
+    def count_prompt_tokens(self, request: GenerationRequest) -> int:
+        self._check(request)
+        if request.messages is not None:
+            return sum(len(m["content"].split()) + 3 for m in request.messages)  # 3: the turn's header and end
+        return len((request.prompt or "").split())
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        self._check(request)
+        self.requests.append(request)
+        p = request.params
+        prompt = self.count_prompt_tokens(request)
+        self.open_streams += 1
+        try:
+            texts, done = ["" for _ in range(p.n)], [False] * p.n
+            for step in range(p.max_tokens):
+                for i in range(p.n):
+                    if done[i]:
+                        continue
+                    script = self.scripts[i % len(self.scripts)]
+                    if self.fail_at is not None and step == self.fail_at:
+                        raise EngineError("scripted failure")
+                    if self.delay:
+                        await asyncio.sleep(self.delay)
+                    piece = script[step] if step < len(script) else ""
+                    finished = step + 1 >= len(script) or step + 1 >= p.max_tokens
+                    reason = ("stop" if step + 1 >= len(script) else "length") if finished else None
+                    new = texts[i] + piece
+                    cut = min((new.find(s) for s in p.stop if s in new), default=-1)
+                    if cut >= 0:
+                        piece, reason, finished = new[:cut][len(texts[i]):], "stop", True
+                    texts[i] += piece
+                    done[i] = finished
+                    lp = [TokenLogprob(piece, -0.5, [(piece, -0.5), ("x", -1.5)][: p.top_logprobs])] if p.logprobs else []
+                    yield Delta(i, piece, reason, lp, prompt_tokens=prompt, completion_tokens=step + 1)
+                if all(done):
+                    return
+        finally:
+            self.open_streams -= 1
+
+    async def close(self) -> None:
+        self.closed = True
+
+    def _check(self, request: GenerationRequest) -> None:
+        if request.model is not None and request.model not in self.names:
+            raise UnknownModelError(f"model {request.model!r} is not served here")

@@ -1,0 +1,97 @@
+"""app.py in process (Starlette's TestClient, scripted engine): every error is OpenAI-shaped JSON with the right
+status, the API key and body limit hold, /metrics counts, and a good request still works after each bad one."""
+
+import pytest
+from fastapi.testclient import TestClient
+from scripted_engine import ScriptedEngine
+
+from tunesmith.config import DeployConfig
+from tunesmith.serve.app import build_app
+
+KEY = {"Authorization": "Bearer sekret"}
+GOOD = {"model": "base", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+
+
+@pytest.fixture
+def client():
+    engine = ScriptedEngine()
+    with TestClient(build_app(engine, DeployConfig(api_key="sekret", max_body_bytes=2000, max_tokens_limit=50))) as c:
+        c.engine = engine
+        yield c
+    assert engine.closed  # the app closes its engine on shutdown
+
+
+def assert_error(response, status, param=None):
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    if param is not None:
+        assert error["param"] == param
+    return error
+
+
+@pytest.mark.parametrize("body, param, words", [
+    ({"model": "base", "max_tokens": 3}, "messages", "required"),
+    ({**GOOD, "messages": "hi"}, "messages", None),
+    ({**GOOD, "max_tokens": -1}, "max_tokens", "greater than or equal to 1"),
+    ({**GOOD, "temperature": "hot"}, "temperature", "valid number"),
+    ({**GOOD, "n": 0}, "n", None),
+    ({**GOOD, "messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role", None),
+    ({**GOOD, "colour": "blue"}, "colour", "Unrecognized request argument supplied: colour"),
+    ({**GOOD, "max_tokens": 51}, "max_tokens", "more than this server allows (50)"),
+])
+def test_bad_requests_are_400_naming_the_parameter(client, body, param, words):
+    error = assert_error(client.post("/v1/chat/completions", json=body, headers=KEY), 400, param)
+    assert error["type"] == "invalid_request_error"
+    assert words is None or words in error["message"]
+    assert client.post("/v1/chat/completions", json=GOOD, headers=KEY).status_code == 200
+
+
+def test_malformed_json_is_400(client):
+    r = client.post("/v1/chat/completions", content=b'{"model": "base", "messages": [', headers={**KEY, "Content-Type": "application/json"})
+    assert "not valid JSON" in assert_error(r, 400)["message"]
+
+
+def test_api_key_is_required_on_v1_but_not_on_health(client):
+    assert assert_error(client.post("/v1/chat/completions", json=GOOD), 401)["code"] == "invalid_api_key"
+    assert_error(client.get("/v1/models", headers={"Authorization": "Bearer wrong"}), 401)
+    assert client.get("/health").json() == {"status": "ok"}
+    assert [m["id"] for m in client.get("/v1/models", headers=KEY).json()["data"]] == ["base", "prd"]
+
+
+def test_oversized_body_is_413(client):
+    big = {**GOOD, "messages": [{"role": "user", "content": "x" * 5000}]}
+    assert "2000 bytes" in assert_error(client.post("/v1/chat/completions", json=big, headers=KEY), 413)["message"]
+    assert client.post("/v1/chat/completions", json=GOOD, headers=KEY).status_code == 200
+
+
+def test_unknown_model_and_unknown_route_are_404(client):
+    assert assert_error(client.post("/v1/chat/completions", json={**GOOD, "model": "gpt-9"}, headers=KEY), 404,
+                        "model")["code"] == "model_not_found"
+    assert_error(client.get("/v1/nothing", headers=KEY), 404)
+
+
+def test_engine_failure_is_500_json_and_the_server_keeps_serving(client):
+    client.engine.fail_at = 0
+    error = assert_error(client.post("/v1/chat/completions", json=GOOD, headers=KEY), 500)
+    assert error["type"] == "server_error" and "scripted failure" in error["message"]
+    client.engine.fail_at = None
+    assert client.post("/v1/chat/completions", json=GOOD, headers=KEY).json()["choices"][0]["message"]["content"] == "Hello there!"
+
+
+def test_stream_over_http_is_server_sent_events_ending_in_done(client):
+    with client.stream("POST", "/v1/chat/completions", json={**GOOD, "stream": True}, headers=KEY) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in r.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]" and all(line.startswith("data: ") for line in lines)
+
+
+def test_metrics_count_requests_tokens_and_latency(client):
+    client.post("/v1/chat/completions", json=GOOD, headers=KEY)
+    client.post("/v1/chat/completions", json=GOOD)
+    text = client.get("/metrics").text
+    assert 'tunesmith_requests_total{endpoint="/v1/chat/completions",status="200"} 1.0' in text
+    assert 'tunesmith_requests_total{endpoint="/v1/chat/completions",status="401"} 1.0' in text
+    assert 'tunesmith_generated_tokens_total{model="base"} 3.0' in text
+    assert "tunesmith_time_to_first_token_seconds_count" in text and "tunesmith_request_latency_seconds_bucket" in text
+    assert "tunesmith_requests_running 0.0" in text and "tunesmith_requests_waiting 0.0" in text

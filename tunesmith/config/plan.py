@@ -1,0 +1,62 @@
+"""Config of `tunesmith plan`: will this model train (or serve) on this machine, and with which settings?
+
+    tunesmith plan Qwen/Qwen2.5-7B-Instruct --method lora --max-length 4096 --gpu-memory 24
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from tunesmith.config.commands import DEFAULT_MODEL
+from tunesmith.config.sections import Section
+
+# `--json` is the flag users know (nvidia-smi, gh, docker); as a field it shadows pydantic's deprecated v1 `.json()`
+# method, which nothing here calls.
+warnings.filterwarnings("ignore", message='Field name "json" in "PlanConfig" shadows', category=UserWarning)
+
+
+class PlanConfig(Section):
+    """Estimate peak memory from the model's config.json (never its weights) and pick settings that fit.
+    Run: tunesmith plan MODEL [--method lora] [--gpu-memory 24]"""
+
+    model: str = Field(DEFAULT_MODEL, description="Hub id, local folder, or registry name; only its config.json is read.")
+    method: Literal["auto", "full", "lora", "qlora", "dora", "galore"] = Field(
+        "auto", description="auto = full if it fits comfortably, else lora, else qlora; or name one to check it.")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="auto = bfloat16 on GPUs that support it, else float32 (as tunesmith sft picks).")
+    optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "sgd"] = Field(
+        "adamw", description="adamw keeps 2 states per trainable weight; the 8-bit ones store them in 1 byte each.")
+    lora_rank: int = Field(16, ge=1, description="Adapter rank (lora, qlora, dora); also the projection rank for galore.")
+    lora_targets: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Modules that get adapters: all-linear or a list such as q_proj v_proj.")
+    max_length: int = Field(2048, ge=8, description="Training sequence length in tokens (sequences padded or packed to it).")
+    batch_size: int = Field(4, ge=1, description="Largest micro-batch to consider (samples per device per step).")
+    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps (recomputed when global_batch is set).")
+    global_batch: int | None = Field(None, ge=1, description="Target samples per optimizer step over all devices.")
+    gradient_checkpointing: bool | Literal["auto"] = Field(
+        "auto", description="auto = only when it is needed to fit; true/false to check one choice.")
+    attn: Literal["sdpa", "flash", "eager", "flex"] = Field(
+        "sdpa", description="Attention kernel: eager stores seq x seq scores per layer; the others do not.")
+    packing: bool = Field(False, description="Samples concatenated to max_length (padding-free, as TRL packs).")
+    zero_stage: int = Field(0, ge=0, le=3, description="DeepSpeed ZeRO stage: 1 shards optimizer states, 2 +gradients, 3 +weights.")
+    fsdp: bool = Field(False, description="PyTorch FSDP full sharding (like ZeRO-3).")
+    world_size: int | None = Field(None, ge=1, description="GPUs the run uses (default: the GPUs found, at least 1).")
+    offload: bool = Field(False, description="Keep optimizer states (and with ZeRO-3 the weights) in CPU RAM.")
+    gpu_memory: float | None = Field(None, gt=0, description="GiB per GPU to plan for, instead of what is detected.")
+    inference: bool = Field(False, description="Estimate serving instead: weights + KV cache + activations.")
+    context: int = Field(4096, ge=1, description="Tokens per sequence held in the KV cache (inference).")
+    json: bool = Field(False, description="Print the plan as JSON instead of a table.")
+
+    command: ClassVar[str] = "plan"
+    positional: ClassVar[tuple[str, ...]] = ("model",)
+
+    @model_validator(mode="after")
+    def _check(self) -> "PlanConfig":
+        if self.fsdp and self.zero_stage:
+            raise ValueError("fsdp: choose FSDP or DeepSpeed ZeRO, not both; drop --fsdp or set --zero-stage 0")
+        if self.offload and not (self.fsdp or self.zero_stage):
+            raise ValueError("offload: CPU offload needs sharding; add --zero-stage 2 (or 3) or --fsdp")
+        return self

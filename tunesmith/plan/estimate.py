@@ -1,0 +1,295 @@
+"""Peak device memory of a training step or of serving, from the model's shape alone. Pure functions, no torch.
+
+    est = estimate_training(shape, Setup(method="lora", seq=2048, micro_batch=1, checkpointing=True))
+    est.total, est.breakdown()      # bytes per device: what is alive at the peak, summing to the total
+
+The peak is the largest of three moments of a step (bench/plan_accuracy.py checks them against real GPUs):
+  loss     all saved activations + the loss buffers, at the start of backward
+  backward saved activations + one layer's recomputed activations (checkpointing) + that layer's gradient temps
+  step     all gradients + the optimizer's temporaries (no activations left)
+Weights and optimizer states are alive throughout. Sizes assume what tunesmith's trainer does (train/setup.py):
+weights loaded in `dtype`, autocast on, LoRA weights upcast to fp32 by peft, QLoRA via peft's
+prepare_model_for_kbit_training (which also upcasts embeddings, lm_head and norms to fp32). Logits: TRL 1.16's SFT
+path by default, whose chunked LM head never builds the [tokens x vocab] logits; Setup(loss="model") models a plain
+loop on the model's own loss instead. On an H100 the estimate of max_memory_allocated was within 2.3% on 24 measured
+configurations (Qwen2.5 0.5B/7B shapes; full, LoRA, QLoRA; 2k-8k tokens; with/without checkpointing; both losses).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tunesmith.plan.model_shape import ModelShape
+
+GIB = 1024**3
+DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
+# NF4 with double quantisation (QLoRA paper, Dettmers et al. 2023, sec. 3): 4 bits per weight, an 8-bit absmax per
+# block of 64 weights, and an fp32 second-level constant per 256 blocks: 0.5 + 1/64 + 4/(64*256) bytes per weight.
+NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)
+# bitsandbytes 8-bit optimizers: 1 byte per state plus an fp32 absmax per block of 256 (bitsandbytes/optim/optimizer.py).
+ADAM8_STATE_BYTES = 1 + 4 / 256
+# TRL 1.16's fused LM head (trl/kernels/chunked_logprob.py): logit tiles of TOKEN_CHUNK_SIZE x _CHUNKED_LOGPROB_CHUNK_SIZE.
+TRL_TILE = (4096, 32768)
+# CUDA context, cuBLAS/cuDNN handles and kernels: outside torch's allocator, so max_memory_reserved does not show it;
+# ~0.5-1 GiB on H100 with CUDA 12-13 (nvidia-smi's used memory minus torch.cuda.memory_reserved()).
+CUDA_CONTEXT = int(0.75 * GIB)
+# Caching-allocator slack (reserved - allocated) on the bench configs (bench/plan_accuracy.py, H100): 1-16% with
+# TRL's chunked head (median 3%), 3-25% with a plain loop's fp32 logits (median 10%). Planned at 8%.
+FRAGMENTATION = 0.08
+ADAPTER_METHODS = ("lora", "qlora", "dora")
+
+
+@dataclass(frozen=True)
+class Setup:
+    method: str = "lora"              # full | lora | qlora | dora | galore
+    dtype: str = "bfloat16"
+    optimizer: str = "adamw"          # adamw | adamw_8bit | paged_adamw_8bit | sgd
+    lora_rank: int = 16               # also GaLore's projection rank
+    lora_targets: str | tuple[str, ...] = "all-linear"
+    lora_dropout: float = 0.05        # tunesmith's default; p > 0 stores a dropout mask per adapter input
+    seq: int = 2048
+    micro_batch: int = 1
+    grad_accum: int = 1
+    checkpointing: bool = False
+    attn: str = "sdpa"                # sdpa | flash | eager | flex
+    packing: bool = False
+    padded: bool | None = None        # None: micro_batch > 1 without packing (TRL pads, so a mask exists)
+    zero_stage: int = 0
+    fsdp: bool = False
+    world_size: int = 1
+    offload: bool = False
+    loss: str = "trl"                 # trl: TRL 1.16's chunked LM head | model: the model's own loss (full logits)
+    device: str = "cuda"              # cuda adds the CUDA context; cpu and mps have none
+
+
+@dataclass
+class Estimate:
+    parts: dict[str, float]           # bytes per device alive at the peak; sums to total
+    phases: dict[str, float]          # total bytes at each moment of the step
+    params: int
+    trainable: int
+    host_bytes: float = 0.0           # CPU RAM for offloaded states or weights
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> float:
+        return sum(self.parts.values())
+
+    @property
+    def allocated(self) -> float:
+        """What torch.cuda.max_memory_allocated() should read."""
+        return self.total - self.parts.get("context", 0) - self.parts.get("fragmentation", 0)
+
+    @property
+    def reserved(self) -> float:
+        return self.allocated + self.parts.get("fragmentation", 0)
+
+    def breakdown(self, unit: float = GIB) -> dict[str, float]:
+        return {k: round(v / unit, 3) for k, v in self.parts.items()}
+
+
+# -----------------------------------------------------------------------------
+# Parameters, weights, gradients, optimizer states
+
+
+def trainable_params(shape: ModelShape, s: Setup) -> int:
+    if s.method in ADAPTER_METHODS:
+        return shape.lora_params(s.lora_rank, s.lora_targets, dora=s.method == "dora")
+    return shape.params()
+
+
+def weight_bytes(shape: ModelShape, s: Setup) -> float:
+    a = DTYPE_BYTES[s.dtype]
+    if s.method == "qlora":
+        linear = shape.layers * (shape.layer_linear_params() - shape.layer_bias_params())
+        return linear * NF4_BYTES + (shape.params() - linear) * 4  # the rest upcast to fp32 by peft
+    adapters = trainable_params(shape, s) * 4 if s.method in ADAPTER_METHODS else 0  # peft keeps adapters in fp32
+    return shape.params() * a + adapters
+
+
+def _state_bytes(s: Setup, param_bytes: int) -> float:
+    """Optimizer state bytes per trainable weight. torch AdamW keeps exp_avg and exp_avg_sq in the parameter's dtype;
+    HF's `sgd` is torch SGD without momentum (no state)."""
+    return {"adamw": 2 * param_bytes, "sgd": 0.0}.get(s.optimizer, 2 * ADAM8_STATE_BYTES)
+
+
+def optimizer_bytes(shape: ModelShape, s: Setup) -> float:
+    a = DTYPE_BYTES[s.dtype]
+    if s.method in ADAPTER_METHODS:
+        return trainable_params(shape, s) * _state_bytes(s, 4)
+    if s.method == "galore":
+        # GaLore (Zhao et al. 2024): Adam states on the rank-r projection of each matrix, r x max(m, n), plus the fp32
+        # projector r x min(m, n); embeddings, norms and head keep plain Adam states.
+        r = s.lora_rank
+        proj = sum(2 * r * max(m, n) * a + 4 * r * min(m, n) for m, n in shape.linear_modules().values())
+        rest = shape.params() - shape.layers * shape.layer_linear_params()
+        return shape.layers * proj + rest * _state_bytes(s, a)
+    return shape.params() * _state_bytes(s, a)
+
+
+# -----------------------------------------------------------------------------
+# Activations: bytes saved for backward, per token and layer (autograd's saved tensors, counted from the modeling
+# code and peft's LoRA forward; tests/plan/test_activations.py checks them with torch's saved-tensor hooks)
+
+
+def layer_activation_bytes(shape: ModelShape, s: Setup) -> float:
+    act = DTYPE_BYTES[s.dtype]  # matmul outputs under autocast
+    h, q, kv, i = shape.hidden, shape.q_dim, shape.kv_dim, shape.intermediate
+    n_norms = shape.norms_per_layer
+    total = n_norms * 4 * h  # RMSNorm computes in fp32 and keeps its fp32 input for backward
+    if shape.qk_norm:
+        total += 4 * (q + kv)
+    total += act * (q + 2 * kv) + act * q + 4 * shape.heads  # q, k (after RoPE), v, attention output, fp32 logsumexp
+    # SwiGLU: gate (SiLU input), SiLU output and up (the product's inputs). QLoRA's fp32 norms make the 4-bit layers'
+    # inputs fp32, and bitsandbytes returns outputs in the input's dtype: these three are fp32 there.
+    total += 3 * (4 if s.method == "qlora" else act) * i
+    if s.method in ADAPTER_METHODS:
+        # Frozen linears keep nothing; each adapter keeps its input cast back to the compute dtype by autocast, plus the
+        # dropout mask when lora_dropout > 0 (CUDA: a 1-byte mask; CPU/MPS: an fp32 noise tensor), and A's output for B.
+        per_in = act + ((1 if s.device == "cuda" else 4) if s.lora_dropout > 0 else 0)
+        modules = shape.lora_modules(s.lora_targets)
+        total += sum(per_in * n_in + act * s.lora_rank for n_in, _ in modules.values())
+        if s.method == "dora":
+            total += sum(2 * act * n_out for _, n_out in modules.values())  # base and adapter outputs for the magnitude
+    else:
+        # Trainable weights: each norm keeps its normalised input and its output (the next linears' input for their
+        # weight gradient); down_proj keeps the SwiGLU product. o_proj reads the attention output, already counted;
+        # q/k norms keep their normalised input (their output feeds RoPE, which keeps nothing).
+        total += n_norms * 2 * act * h + act * i + (act * (q + kv) if shape.qk_norm else 0)
+    if (s.attn == "eager" or (_masked(s) and s.attn == "sdpa")) and shape.kv_heads != shape.heads:
+        total += 2 * act * (q - kv)  # eager, and sdpa with a mask, repeat k and v to every head (no enable_gqa)
+    return total
+
+
+def _masked(s: Setup) -> bool:
+    return s.packing or (s.padded if s.padded is not None else s.micro_batch > 1)
+
+
+def attention_square_bytes(shape: ModelShape, s: Setup) -> tuple[float, float]:
+    """(bytes saved per layer, bytes shared by all layers) that grow with seq^2: eager's attention probabilities
+    (fp32 softmax output + its bf16 copy: 6 bytes per head and pair), and sdpa's masks when padding or packing."""
+    b, n = s.micro_batch, s.seq
+    pairs = (b * n) ** 2 if s.packing else b * n * n  # packing: one block-diagonal mask over the flattened batch
+    if s.attn == "eager":
+        return 6 * shape.heads * pairs, 2 * pairs
+    if s.attn == "sdpa" and _masked(s):
+        # transformers builds a bool mask once; torch's SDPA turns it into a float mask per call, which the
+        # memory-efficient kernel keeps for backward.
+        return DTYPE_BYTES[s.dtype] * pairs, pairs
+    return 0.0, 0.0
+
+
+def loss_bytes(shape: ModelShape, s: Setup) -> float:
+    """Loss buffers at the start of backward for N = micro_batch x seq tokens."""
+    n, v, h, a = s.micro_batch * s.seq, shape.vocab, shape.hidden, DTYPE_BYTES[s.dtype]
+    if s.loss == "model":
+        # transformers' ForCausalLMLoss upcasts the [N, V] logits to fp32; backward holds the saved log-softmax plus
+        # two fp32 gradients of the same size: 12 bytes per token and vocabulary entry.
+        # QLoRA's head is fp32 (peft upcasts it): autocast's bf16 copy of it is kept for the backward matmul.
+        return 12.0 * n * v + (v * h * a if s.method == "qlora" and a < 4 else 0)
+    # TRL 1.16 SFT (our default): the fused LM head never builds [N, V]; it keeps the labelled hidden states, a
+    # [4096 x 32768] logit tile, and in backward an fp32 grad of the hidden states (and of the head when it trains).
+    tile = min(n, TRL_TILE[0]) * TRL_TILE[1] * a
+    head_grad = (4 + a) * v * h if s.method in ("full", "galore") else 0
+    return tile + n * h * (2 * a + 4) + head_grad
+
+
+def activation_phases(shape: ModelShape, s: Setup) -> tuple[float, float]:
+    """(bytes alive at the loss moment, bytes alive at the worst layer backward), activations and loss buffers."""
+    n, a, h = s.micro_batch * s.seq, DTYPE_BYTES[s.dtype], shape.hidden
+    layer = layer_activation_bytes(shape, s) * n
+    per_layer_sq, shared_sq = attention_square_bytes(shape, s)
+    layer += per_layer_sq
+    # Gradient temporaries while one layer runs backward: the SwiGLU grads (3 x I) and the residual-stream grads.
+    work = (3 * shape.intermediate + 4 * h) * a * n + (2 * per_layer_sq if s.attn == "eager" else 0)
+    if s.method == "qlora":  # bitsandbytes dequantizes a weight for each 4-bit matmul, forward and backward
+        work += 2 * max(n_in * n_out for n_in, n_out in shape.linear_modules().values()) * a
+    final = (4 + 2 * a) * h * n + 2 * a * shape.head_dim * n + shared_sq  # final norm, RoPE cos/sin, mask
+    if s.method in ADAPTER_METHODS and s.dtype != "float32":
+        final += trainable_params(shape, s) * a  # autocast's cached low-precision copies of the fp32 adapters
+    if s.checkpointing:
+        # HF checkpoints each decoder layer (use_reentrant=False): only its input survives the forward
+        kept = shape.layers * (4 if s.method == "qlora" else a) * h * n
+        return kept + final + loss_bytes(shape, s), kept + final + layer + work
+    kept = shape.layers * layer
+    return kept + final + loss_bytes(shape, s), kept + final + work
+
+
+# -----------------------------------------------------------------------------
+# Training and inference estimates
+
+
+def estimate_training(shape: ModelShape, s: Setup) -> Estimate:
+    a, world = DTYPE_BYTES[s.dtype], max(1, s.world_size)
+    trainable = trainable_params(shape, s)
+    weights, opt = weight_bytes(shape, s), optimizer_bytes(shape, s)
+    grad_bytes = 4 if s.method in ADAPTER_METHODS else a
+    grads = trainable * grad_bytes
+    step_temp = trainable * grad_bytes if s.optimizer == "adamw" else 0  # foreach AdamW: sqrt(exp_avg_sq) copy
+    notes: list[str] = []
+    host = 0.0
+    sharded = s.fsdp or s.zero_stage > 0
+    if sharded:
+        # ZeRO (Rajbhandari et al. 2020, sec. 3): mixed precision keeps an fp32 master copy with the Adam states
+        # (K = 12 bytes per weight); stage 1 shards those, 2 also gradients, 3 also weights. FSDP full-shard ~ stage 3.
+        stage = 3 if s.fsdp else s.zero_stage
+        all_states = trainable * (_state_bytes(s, 4) + (4 if a < 4 else 0))  # fp32 states + master, every rank's
+        opt = all_states / world
+        if stage >= 2:
+            grads /= world
+        step_temp = 0.0  # DeepSpeed's fused Adam and FSDP update their shards in place
+        if s.offload:  # ZeRO-Offload: states (and with stage 3 the weights) live in the host's RAM
+            host, opt = all_states + (weights if stage >= 3 else 0.0), 0.0
+            notes.append(f"offload: {host / GIB:.1f} GiB of states{' and weights' if stage >= 3 else ''} in CPU RAM")
+        if stage >= 3:
+            gathered = 2 * shape.layer_linear_params() * a  # the layer running now and the prefetched one
+            weights = gathered + (0.0 if s.offload else weights / world)
+            notes.append(f"ZeRO-3/FSDP gathers one layer at a time ({gathered / GIB:.2f} GiB incl. prefetch)")
+    elif world > 1:
+        grads *= 2  # DDP copies gradients into its all-reduce buckets (gradient_as_bucket_view is off in HF)
+    loss_phase, backward_phase = activation_phases(shape, s)
+    # Before the last micro-batch of an accumulation, every gradient is already alive during backward; otherwise only
+    # the ones produced so far (the head's first), which we count as the head's gradient for full training.
+    head = shape.vocab * shape.hidden * grad_bytes if s.method in ("full", "galore") else 0
+    grads_in_backward = grads if s.grad_accum > 1 else min(grads, head)
+    static = weights + opt
+    phases = {"loss": static + grads_in_backward + loss_phase, "backward": static + grads_in_backward + backward_phase,
+              "step": static + grads + step_temp}
+    peak = max(phases, key=phases.get)
+    if peak == "step":
+        parts = {"weights": weights, "gradients": grads, "optimizer": opt + step_temp, "activations": 0.0, "logits": 0.0}
+    else:
+        logits = loss_bytes(shape, s) if peak == "loss" else 0.0
+        act = (loss_phase if peak == "loss" else backward_phase) - logits
+        parts = {"weights": weights, "gradients": grads_in_backward, "optimizer": opt, "activations": act, "logits": logits}
+    allocated = sum(parts.values())
+    parts["fragmentation"] = FRAGMENTATION * allocated
+    parts["context"] = CUDA_CONTEXT if s.device == "cuda" else 0.0
+    if s.attn == "sdpa" and s.packing:
+        notes.append("packing with sdpa builds a (batch x seq)^2 mask; attn: flex or flash avoids it")
+    if shape.assumed_layout:
+        notes.append(f"model_type {shape.model_type!r} is counted as a llama-style decoder")
+    return Estimate(parts, phases, shape.params(), trainable, host, notes)
+
+
+def estimate_inference(shape: ModelShape, s: Setup, context: int) -> Estimate:
+    """Serving: weights + KV cache (2 x layers x kv_heads x head_dim x context x batch x bytes) + prefill temps."""
+    a, b = DTYPE_BYTES[s.dtype], s.micro_batch
+    if s.method == "qlora":  # 4-bit linears; embeddings, head and norms stay in the compute dtype when serving
+        linear = shape.layers * (shape.layer_linear_params() - shape.layer_bias_params())
+        weights = linear * NF4_BYTES + (shape.params() - linear) * a
+    else:
+        weights = shape.params() * a
+    kv_cache = 2 * shape.layers * shape.kv_heads * shape.head_dim * context * b * a
+    n = b * context
+    # Prefill of one layer: residual + normed input, q/k/v, attention output and the SwiGLU intermediates (gate, up and
+    # their product); eager adds the fp32 scores and probabilities. The head scores the last token only, in fp32.
+    prefill = (2 * shape.hidden + 2 * shape.q_dim + 2 * shape.kv_dim + 3 * shape.intermediate) * a * n
+    if s.attn == "eager":
+        prefill += 10 * shape.heads * b * context * context
+    logits = 4 * shape.vocab * b
+    parts = {"weights": weights, "kv_cache": kv_cache, "activations": prefill, "logits": logits}
+    parts["fragmentation"] = FRAGMENTATION * sum(parts.values())
+    parts["context"] = CUDA_CONTEXT if s.device == "cuda" else 0.0
+    phases = {"prefill": sum(parts.values())}
+    return Estimate(parts, phases, shape.params(), 0, 0.0, [])

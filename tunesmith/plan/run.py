@@ -1,0 +1,117 @@
+"""`tunesmith plan`: probe the machine, read the model's shape, estimate, recommend, print, return the plan.
+
+    from tunesmith.config.plan import PlanConfig
+    from tunesmith.plan.run import plan
+    result = plan(PlanConfig(model="qwen2.5-7b-instruct", gpu_memory=24))   # result["fits"], result["recommended"]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tunesmith.config.plan import PlanConfig
+from tunesmith.errors import ConfigError
+from tunesmith.plan.estimate import GIB, Setup, estimate_inference, estimate_training
+from tunesmith.plan.hardware import Hardware, probe
+from tunesmith.plan.model_shape import ModelShape, load_shape
+from tunesmith.plan.recommend import FIT, recommend
+from tunesmith.plan.report import estimate_dict, print_plan, settings_dict
+
+SFT_METHODS = ("full", "lora", "qlora", "dora")  # the ones `tunesmith sft` runs today
+
+
+def plan(cfg: PlanConfig, hardware: Hardware | None = None) -> dict[str, Any]:
+    """The api entry. `hardware` replaces the probe (tests, or planning for another machine)."""
+    hw = hardware or probe()
+    shape = load_shape(cfg.model)
+    targets = cfg.lora_targets if isinstance(cfg.lora_targets, str) else tuple(cfg.lora_targets)
+    try:
+        shape.lora_modules(targets)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    world = cfg.world_size or max(1, len(hw.gpus))
+    device = "cuda" if cfg.gpu_memory or hw.gpus else hw.device
+    memory = cfg.gpu_memory or hw.memory_gib()
+    source = ("--gpu-memory" if cfg.gpu_memory else f"free memory of {hw.gpus[0].name}" if hw.gpus
+              else "3/4 of RAM, Apple MPS" if hw.mps else "available RAM, no GPU found")
+    dtype = cfg.dtype
+    if dtype == "auto":  # models.load.pick_dtype: bf16 where the GPU has it; float32 on CPU, MPS and older GPUs
+        dtype = "bfloat16" if cfg.gpu_memory or (hw.gpus and all(g.bf16 for g in hw.gpus)) else "float32"
+    base = Setup(dtype=dtype, optimizer=cfg.optimizer, lora_rank=cfg.lora_rank, lora_targets=targets,
+                 seq=cfg.max_length, micro_batch=cfg.batch_size, grad_accum=cfg.grad_accum, attn=cfg.attn,
+                 packing=cfg.packing, zero_stage=cfg.zero_stage, fsdp=cfg.fsdp, world_size=world, offload=cfg.offload,
+                 device=device)
+    result: dict[str, Any] = {
+        "model": {"name": cfg.model, "model_type": shape.model_type, "params": shape.params(), "layers": shape.layers,
+                  "hidden": shape.hidden, "vocab": shape.vocab, "params_by_part": shape.breakdown()},
+        "hardware": hw.as_dict(), "memory_gib": round(memory, 2), "memory_source": source, "world_size": world,
+        "mode": "inference" if cfg.inference else "training", "notes": list(hw.problems),
+    }
+    if shape.source.startswith("built-in"):
+        result["notes"].append(f"model shape: {shape.source}")
+    if cfg.inference:
+        _inference(cfg, shape, base, memory, result)
+    else:
+        _training(cfg, shape, base, memory, hw, result)
+    print_plan(result, as_json=cfg.json)
+    return result
+
+
+def _training(cfg: PlanConfig, shape: ModelShape, base: Setup, memory: float, hw: Hardware, result: dict) -> None:
+    notes = result["notes"]
+    methods = None if cfg.method == "auto" else [cfg.method]
+    ckpt = None if cfg.gradient_checkpointing == "auto" else bool(cfg.gradient_checkpointing)
+    target = cfg.global_batch or cfg.batch_size * cfg.grad_accum * base.world_size
+    max_micro = cfg.batch_size
+    if base.device == "mps":
+        max_micro = min(max_micro, 2)
+        notes.append("Apple MPS: micro-batch capped at 2 (shared memory; larger batches swap)")
+    if methods and ckpt is not None:  # every choice made by the user: check exactly that
+        asked = Setup(**{**base.__dict__, "method": cfg.method, "checkpointing": ckpt})
+        est = estimate_training(shape, asked)
+        fits = est.total <= FIT * memory * GIB
+        result["asked"] = {"settings": settings_dict(asked), "fits": fits, "estimate": estimate_dict(est)}
+    choice = recommend(shape, base, memory, target, max_micro, methods=methods, checkpointing=ckpt,
+                       host_ram_gib=hw.ram_gib or None)
+    result["recommended"] = {"settings": settings_dict(choice.setup, choice.grad_accum), "fits": choice.fits,
+                             "estimate": estimate_dict(choice.estimate), "tried": choice.tried}
+    result["fits"] = choice.fits
+    asked_fits = result.get("asked", {}).get("fits", True)
+    result["message"] = ("fits: " if choice.fits else "does not fit: ") + choice.message
+    if not asked_fits:
+        result["message"] = (f"your settings need {result['asked']['estimate']['total_gib']:.1f} GiB and do not fit "
+                             f"in {memory:.1f} GiB; " + result["message"])
+    notes.extend(choice.estimate.notes)
+    notes.append("logits: TRL's chunked LM head is assumed (tunesmith sft); a loop with the model's own loss holds "
+                 f"fp32 logits: +{12 * choice.setup.micro_batch * cfg.max_length * shape.vocab / GIB:.1f} GiB")
+    if base.device == "cpu" and shape.params() > 600e6:
+        notes.append("no GPU: a model this size trains for days on CPU; the embedded smollm2-135m-instruct takes "
+                     "minutes (tunesmith sft trains in float32 on CPU)")
+    if shape.model_type == "gemma2" and cfg.attn != "eager":
+        notes.append("Gemma 2 trains with eager attention (logit soft-capping); plan with --attn eager")
+    s = choice.setup
+    if choice.fits and s.method in SFT_METHODS and not (s.zero_stage or s.fsdp):
+        result["command"] = (f"tunesmith sft --model {cfg.model} --method {s.method} --max-length {s.seq} "
+                             f"--batch-size {s.micro_batch} --grad-accum {choice.grad_accum}"
+                             + (" --gradient-checkpointing" if s.checkpointing else "")
+                             + (f" --lora.rank {s.lora_rank}" if s.method != "full" else "")
+                             + (" --packing" if s.packing else "") + " --dataset DATA")
+
+
+def _inference(cfg: PlanConfig, shape: ModelShape, base: Setup, memory: float, result: dict) -> None:
+    method = "qlora" if cfg.method == "qlora" else "full"  # serving: 4-bit weights for qlora, else `dtype` weights
+    setup = Setup(**{**base.__dict__, "method": method})
+    est = estimate_inference(shape, setup, cfg.context)
+    fits = est.total <= FIT * memory * GIB
+    result["recommended"] = {"settings": {**settings_dict(setup), "context": cfg.context, "weights": method},
+                             "fits": fits, "estimate": estimate_dict(est)}
+    result["fits"] = fits
+    kv = est.parts["kv_cache"] / GIB
+    verdict = "fits" if fits else "does not fit"
+    result["message"] = (f"{verdict}: serving {cfg.batch_size} sequence(s) of {cfg.context} tokens needs "
+                         f"{est.total / GIB:.1f} of {memory:.1f} GiB (KV cache {kv:.2f} GiB)")
+    result["notes"].append("prefill in one pass, as transformers generates; servers with chunked prefill (vLLM) "
+                           "need less activation memory")
+    if not fits and method != "qlora":
+        four_bit = estimate_inference(shape, Setup(**{**setup.__dict__, "method": "qlora"}), cfg.context)
+        result["message"] += f"; with 4-bit weights (--method qlora) it needs {four_bit.total / GIB:.1f} GiB"

@@ -1,0 +1,181 @@
+"""Bare `tunesmith`: a menu that asks only for decisions, then runs ordinary commands and shows them.
+
+Everything it does is a `tunesmith ...` command the user could type; it prints that command first and writes it
+into the run folder (command.txt beside config.yaml), so the wizard teaches the CLI."""
+
+from __future__ import annotations
+
+import datetime
+import shlex
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.panel import Panel
+
+from tunesmith import api
+from tunesmith.config import DEFAULT_MODEL, DataCheckConfig, ExportConfig, InferConfig, SFTConfig, load
+from tunesmith.errors import TunesmithError
+from tunesmith.models.registry import MODELS
+
+console = Console()
+DURATIONS = {  # label -> max_steps (None = whole epochs)
+    "quick: a few minutes (16 steps)": 16,
+    "standard: 1 epoch": None,
+    "thorough: 3 epochs": None,
+}
+
+
+def wizard() -> int:
+    if not sys.stdin.isatty():
+        console.print("The wizard needs a terminal. Without one, use the commands: `tunesmith --help`.")
+        return 2
+    import questionary
+
+    from tunesmith.plan.hardware import probe
+
+    hw = probe()
+    console.print(Panel(describe(hw), title="tunesmith: hardware found"))
+    actions = {
+        "Fine-tune a model on my data": fine_tune,
+        "Chat with a model or a finished run": chat,
+        "Merge an adapter into its base (export)": merge,
+        "Download a model from the hub": download,
+        "Quit": None,
+    }
+    while True:
+        choice = questionary.select("What do you want to do?", choices=list(actions)).ask()
+        if choice is None or actions[choice] is None:
+            return 0
+        try:
+            actions[choice](hw)
+        except TunesmithError as err:
+            console.print(f"[red]error:[/red] {err}")
+
+
+def describe(hw) -> str:
+    if hw.gpus:
+        gpus = ", ".join(f"{g.name} ({g.free_gib:.0f}/{g.total_gib:.0f} GiB free)" for g in hw.gpus)
+        where = f"GPU: {gpus}"
+    else:
+        where = "Apple MPS" if hw.mps else "no GPU: training runs on the CPU with the embedded small model"
+    return f"{where}\nCPU cores: {hw.cpu_cores}   RAM: {hw.ram_gib:.0f} GiB   free disk: {hw.disk_free_gib:.0f} GiB"
+
+
+def settings_for(hw, model: str, max_length: int) -> dict:
+    """PRODUCT's rule picks the method (>= 24 GiB free -> LoRA, a smaller GPU -> QLoRA, MPS or CPU -> LoRA);
+    `tunesmith plan` picks micro-batch, accumulation and checkpointing for a global batch of 8 and says if it fits."""
+    import contextlib
+    import io
+
+    from tunesmith.config import PlanConfig
+    from tunesmith.plan.run import plan
+
+    free = max((g.free_gib for g in hw.gpus), default=0.0)
+    method = "qlora" if hw.gpus and free < 24 else "lora"
+    global_batch = 8 if hw.gpus else 4  # a CPU run stays short
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        result = plan(load(PlanConfig, ["--model", model, "--method", method, "--max-length", str(max_length),
+                                        "--global-batch", str(global_batch)]))
+    chosen = result["recommended"]["settings"]
+    return {"method": chosen["method"], "batch_size": chosen["batch_size"], "grad_accum": chosen["grad_accum"],
+            "gradient_checkpointing": chosen["gradient_checkpointing"], "fits": result["fits"],
+            "message": result["message"]}
+
+
+def fine_tune(hw) -> None:
+    import questionary
+
+    suggested = [DEFAULT_MODEL] if not hw.gpus else [DEFAULT_MODEL, *[n for n in MODELS if n != DEFAULT_MODEL]]
+    model = questionary.select("Which model?", choices=suggested + ["another (hub id or folder)"], default=DEFAULT_MODEL).ask()
+    if model is None:
+        return
+    if model.startswith("another"):
+        model = questionary.text("Hub id or local folder:").ask()
+    data = questionary.select("Which data?", choices=["prd-assistant (shipped: PRD writer, EN + ZH)",
+                                                      "self-cognition (shipped: who-am-I answers)", "my own file"]).ask()
+    if data is None:
+        return
+    dataset = questionary.path("Path to a JSONL/JSON/CSV/Parquet file:").ask() if data == "my own file" else data.split()[0]
+    api.data_check(load(DataCheckConfig, ["check", dataset]))  # stops here, naming file:line, when rows are bad
+    duration = questionary.select("How long?", choices=list(DURATIONS)).ask()
+    if duration is None:
+        return
+    max_length = 640 if DURATIONS[duration] is not None else 2048
+    settings = settings_for(hw, model, max_length)
+    console.print(f"[bold]plan:[/bold] {settings['message']}")
+    if not settings["fits"] and not questionary.confirm("The plan says this will not fit. Start anyway?", default=False).ask():
+        return
+    output_dir = f"runs/wizard-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    args = ["--model", model, "--dataset", dataset, "--method", settings["method"], "--batch-size",
+            str(settings["batch_size"]), "--grad-accum", str(settings["grad_accum"]), "--max-length", str(max_length),
+            "--output-dir", output_dir]
+    if settings["gradient_checkpointing"]:
+        args.append("--gradient-checkpointing")
+    if DURATIONS[duration] is not None:
+        args += ["--max-steps", str(DURATIONS[duration]), "--learning-rate", "1e-3"]
+    else:
+        args += ["--epochs", "1" if duration.startswith("standard") else "3"]
+    run_shown(["sft", *args], lambda: api.sft(load(SFTConfig, args)), Path(output_dir))
+    final = Path(output_dir) / "final"
+    console.print(f"[green]Done.[/green] The tuned adapter is in {final}")
+    after_training(final)
+
+
+def after_training(final: Path) -> None:
+    import questionary
+
+    while True:
+        nxt = questionary.select("Next?", choices=["Chat with it", "Merge it into the base model", "Done"]).ask()
+        if nxt in (None, "Done"):
+            return
+        if nxt.startswith("Chat"):
+            start_chat(["--adapters", str(final)])
+        else:
+            run_shown(["export", "--adapters", str(final), "--merge-lora"],
+                      lambda: api.export(load(ExportConfig, ["--adapters", str(final), "--merge-lora"])))
+
+
+def chat(hw) -> None:
+    import questionary
+
+    runs = sorted(str(p) for p in Path("runs").glob("*/final")) if Path("runs").is_dir() else []
+    target = questionary.select("Chat with:", choices=runs + [DEFAULT_MODEL]).ask()
+    if target:
+        start_chat(["--adapters", target] if target.endswith("final") else ["--model", target])
+
+
+def start_chat(args: list[str]) -> None:
+    run_shown(["infer", *args], lambda: api.infer(load(InferConfig, args)))
+
+
+def merge(hw) -> None:
+    import questionary
+
+    runs = sorted(str(p) for p in Path("runs").glob("*/final") if (p / "adapter_config.json").exists())
+    if not runs:
+        console.print("No adapter runs in runs/ yet: fine-tune first.")
+        return
+    target = questionary.select("Which run?", choices=runs).ask()
+    if target:
+        args = ["--adapters", target, "--merge-lora"]
+        run_shown(["export", *args], lambda: api.export(load(ExportConfig, args)))
+
+
+def download(hw) -> None:
+    import questionary
+
+    from tunesmith.config import DownloadConfig
+
+    repo = questionary.text("Hub id (org/name):").ask()
+    if repo:
+        run_shown(["download", repo], lambda: api.download(load(DownloadConfig, [repo])))
+
+
+def run_shown(argv: list[str], action, run_dir: Path | None = None) -> None:
+    """Print the equivalent command, run it, and keep the command in the run folder."""
+    command = "tunesmith " + shlex.join(argv)
+    console.print(f"\n[bold]$ {command}[/bold]")
+    action()
+    if run_dir is not None and run_dir.is_dir():
+        (run_dir / "command.txt").write_text(command + "\n", encoding="utf-8")
