@@ -122,6 +122,17 @@ def download(cfg: DownloadConfig) -> str:
         repo = MODELS[repo].hub_id
     elif repo in REGISTRY and REGISTRY[repo].hub_id:
         repo, kind = REGISTRY[repo].hub_id, "dataset"
-    folder = fetch(repo, kind=kind)
+    if cfg.hub == "modelscope":
+        import importlib.util
+
+        from tunesmith.errors import ConfigError
+
+        if importlib.util.find_spec("modelscope") is None:
+            raise ConfigError("hub: modelscope needs its package: pip install modelscope")
+        from modelscope import snapshot_download
+
+        folder = snapshot_download(repo, repo_type=kind)
+    else:
+        folder = fetch(repo, kind=kind)
     print(folder)
     return folder

@@ -47,7 +47,7 @@ def test_wizard_fine_tunes_on_cpu_and_chats_with_the_result(tmp_path):
     child.send(DOWN + DOWN + ENTER)  # Done
     child.expect("What do you want to do")
     child.expect("Quit")
-    child.send(DOWN * 4 + ENTER)  # Quit
+    child.send(DOWN * 6 + ENTER)  # Quit, the seventh entry
     child.expect(pexpect.EOF)
     runs = list(Path(tmp_path, "runs").glob("wizard-*"))
     assert len(runs) == 1 and (runs[0] / "final" / "adapter_model.safetensors").exists()

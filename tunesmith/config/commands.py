@@ -141,7 +141,8 @@ class DataCheckConfig(Section):
     dataset: list[str] = Field(..., min_length=1, description="Files, folders, registry names or hub ids.")
     model: str | None = Field(None, description="Tokenize with this model for token length stats.")
     max_length: int | None = Field(None, description="Report rows longer than this many tokens (needs --model).")
-    kind: Literal["sft", "pt", "prompts"] = Field("sft", description="What the data is for: sft, pt (raw text), prompts (for infer).")
+    kind: Literal["sft", "pt", "prompts", "preference"] = Field(
+        "sft", description="What the data is for: sft, pt (raw text), prompts (for infer), preference (for rlhf).")
     command: ClassVar[str] = "data"
     positional: ClassVar[tuple[str, ...]] = ("action", "dataset")
 
@@ -151,5 +152,6 @@ class DownloadConfig(Section):
 
     repo: str = Field(..., description="Hub id (org/name) or a registry name.")
     kind: Literal["model", "dataset"] = Field("model", description="What the id names.")
+    hub: Literal["huggingface", "modelscope"] = Field("huggingface", description="Where to fetch from (modelscope needs its package).")
     command: ClassVar[str] = "download"
     positional: ClassVar[tuple[str, ...]] = ("repo",)

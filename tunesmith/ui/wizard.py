@@ -38,7 +38,9 @@ def wizard() -> int:
     console.print(Panel(describe(hw), title="tunesmith: hardware found"))
     actions = {
         "Fine-tune a model on my data": fine_tune,
+        "Align a finished run with preference pairs (DPO)": align,
         "Chat with a model or a finished run": chat,
+        "Serve a model or a finished run (OpenAI API)": serve,
         "Merge an adapter into its base (export)": merge,
         "Download a model from the hub": download,
         "Quit": None,
@@ -147,6 +149,50 @@ def chat(hw) -> None:
 
 def start_chat(args: list[str]) -> None:
     run_shown(["infer", *args], lambda: api.infer(load(InferConfig, args)))
+
+
+def pick_run(prompt: str, adapters_only: bool = False) -> str | None:
+    import questionary
+
+    runs = sorted(str(p) for p in Path("runs").glob("*/final")
+                  if not adapters_only or (p / "adapter_config.json").exists()) if Path("runs").is_dir() else []
+    if not runs:
+        console.print("No finished runs in runs/ yet: fine-tune first.")
+        return None
+    return questionary.select(prompt, choices=runs).ask()
+
+
+def align(hw) -> None:
+    import questionary
+
+    from tunesmith.config.rlhf import RLHFConfig
+
+    target = pick_run("Which SFT run?", adapters_only=True)
+    if not target:
+        return
+    pairs = questionary.path("Preference pairs (prompt/chosen/rejected JSONL):",
+                             default="examples/prd-assistant/dpo_pairs.jsonl").ask()
+    if not pairs:
+        return
+    api.data_check(load(DataCheckConfig, ["check", pairs, "--kind", "preference"]))
+    output_dir = f"runs/wizard-dpo-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    args = ["--method", "dpo", "--adapters", target, "--dataset", pairs, "--max-steps", "20", "--output-dir", output_dir]
+    run_shown(["rlhf", *args], lambda: api.rlhf(load(RLHFConfig, args)), Path(output_dir))
+    after_training(Path(output_dir) / "final")
+
+
+def serve(hw) -> None:
+    import questionary
+
+    from tunesmith.config import DeployConfig
+
+    runs = sorted(str(p) for p in Path("runs").glob("*/final")) if Path("runs").is_dir() else []
+    target = questionary.select("Serve:", choices=runs + [DEFAULT_MODEL]).ask()
+    if not target:
+        return
+    args = ["--adapters", target] if target.endswith("final") else ["--model", target]
+    console.print("Stop the server with Ctrl-C.")
+    run_shown(["deploy", *args], lambda: api.deploy(load(DeployConfig, args)))
 
 
 def merge(hw) -> None:
