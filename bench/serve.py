@@ -40,7 +40,9 @@ def launch(name: str, folder: str, model_name: str) -> tuple[subprocess.Popen, s
     port = PORTS[name]
     bin_dir = Path(sys.executable).parent
     if name == "tunesmith":
-        cmd = [str(bin_dir / "tunesmith"), "deploy", "--model", folder, "--port", str(port), "--max-concurrent", "256"]
+        ours = bin_dir / "tunesmith"
+        cmd = [str(ours) if ours.exists() else shutil.which("tunesmith") or "tunesmith", "deploy", "--model", folder,
+               "--port", str(port), "--max-concurrent", "256"]
     elif name == "naive":
         cmd = [sys.executable, str(HERE / "naive_server.py"), folder, "--port", str(port)]
     elif name == "transformers":
@@ -156,7 +158,7 @@ def main() -> None:
                       f"p50/p99 TTFT {r['p50_ttft']:.2f}/{r['p99_ttft']:.2f} s  ({r['mean_tokens']:.0f} tok/answer)",
                       flush=True)
         finally:
-            if proc is not None:
+            if proc is not None and proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
                 proc.wait(timeout=60)
     table = render(results, args)
