@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 from tunesmith.config import DEFAULT_MODEL
+from tunesmith.infer.common import pick_served, prompt_ids
 from tunesmith.infer.types import (
     Delta,
     Engine,
@@ -28,7 +29,6 @@ from tunesmith.infer.types import (
     GenerationRequest,
     SamplingParams,
     TokenLogprob,
-    UnknownModelError,
 )
 from tunesmith.models import load as models
 from tunesmith.models.runs import read_run_output
@@ -156,7 +156,12 @@ class TransformersEngine(Engine):
                 gen = GenerationConfig(do_sample=True, temperature=0.7, top_p=0.9, max_new_tokens=256,
                                        eos_token_id=served.template.stop_token_ids,
                                        pad_token_id=served.template.tokenizer.pad_token_id)
-                cb = ContinuousBatchingConfig(per_request_processors=True, **self._cache_budget(served))
+                # allow_block_sharing=False (no prefix caching): once, in a full CI run, a greedy request that followed
+                # a stop-string-cancelled request with the same prompt answered differently from its first token.
+                # Not reproduced in isolation; prefix blocks left by the cancelled request are the suspect. Exact
+                # answers first; prefix caching can come back with a test that pins this down.
+                cb = ContinuousBatchingConfig(per_request_processors=True, allow_block_sharing=False,
+                                              **self._cache_budget(served))
                 served.manager = served.model.init_continuous_batching(generation_config=gen, continuous_batching_config=cb)
                 served.manager.start()
             return served.manager
@@ -211,16 +216,10 @@ class TransformersEngine(Engine):
     # -------------------------------------------------------------------------
 
     def _served(self, model: str | None) -> Served:
-        if model is None or model == self.default:
-            return self.served[self.default]
-        if model not in self.served:
-            raise UnknownModelError(f"model {model!r} is not served here; available: {', '.join(self.served)}")
-        return self.served[model]
+        return pick_served(self.served, self.default, model)
 
     def _prompt_ids(self, served: Served, request: GenerationRequest) -> list[int]:
-        if request.messages is not None:
-            return served.template.render_prompt(request.messages, tools=request.tools)
-        return served.template.tokenizer(request.prompt or "")["input_ids"]
+        return prompt_ids(served.template, request)
 
 
 class _Decoder:

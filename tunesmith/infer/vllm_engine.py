@@ -33,6 +33,7 @@ from typing import Any, AsyncIterator, Coroutine
 
 from tunesmith.config import DEFAULT_MODEL
 from tunesmith.errors import ConfigError, HardwareError, TunesmithError
+from tunesmith.infer.common import pick_served, prompt_ids
 from tunesmith.infer.types import (
     Delta,
     Engine,
@@ -40,7 +41,6 @@ from tunesmith.infer.types import (
     GenerationRequest,
     SamplingParams,
     TokenLogprob,
-    UnknownModelError,
 )
 from tunesmith.models import load as models
 from tunesmith.models.runs import read_run_output
@@ -257,16 +257,10 @@ class VLLMEngine(Engine):
         return out
 
     def _served(self, model: str | None) -> Served:
-        if model is None or model == self.default:
-            return self.served[self.default]
-        if model not in self.served:
-            raise UnknownModelError(f"model {model!r} is not served here; available: {', '.join(self.served)}")
-        return self.served[model]
+        return pick_served(self.served, self.default, model)
 
     def _prompt_ids(self, served: Served, request: GenerationRequest) -> list[int]:
-        if request.messages is not None:
-            return served.template.render_prompt(request.messages, tools=request.tools)
-        return served.template.tokenizer(request.prompt or "")["input_ids"]
+        return prompt_ids(served.template, request)
 
 
 # -----------------------------------------------------------------------------

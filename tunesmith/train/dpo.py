@@ -18,8 +18,7 @@ from tunesmith.data.rows import Preference, Problem
 from tunesmith.errors import DataError
 from tunesmith.templates import IGNORE, Template
 from tunesmith.train import run as runs
-from tunesmith.train.callbacks import CheckpointManifest, LossPlot, MetricsLog, ProgressBar
-from tunesmith.train.setup import common_args, load_tokenizer_first, load_trainable
+from tunesmith.train.setup import common_args, load_tokenizer_first, load_trainable, run_trainer
 
 
 def dpo(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> runs.RunResult:
@@ -46,18 +45,9 @@ def dpo(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> runs.RunResult:
     model, device, dtype = load_trainable(cfg, base_folder)
     runs.save_config(cfg, run_dir, base_model_folder=str(base_folder), device=device, dtype=str(dtype),
                      train_pairs=len(train_ds), skipped_rows=skipped)
-    trainer = RenderedDPOTrainer(
-        model=model,
-        args=dpo_args(cfg, run_dir, device, dtype, has_eval=eval_ds is not None),
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
-        processing_class=tokenizer,
-        callbacks=[MetricsLog(run_dir), ProgressBar(), CheckpointManifest(), LossPlot(run_dir), *(callbacks or [])],
-    )
-    from transformers.trainer_callback import PrinterCallback
-
-    trainer.remove_callback(PrinterCallback)
-    trainer.train(resume_from_checkpoint=resume_from)
+    args = dpo_args(cfg, run_dir, device, dtype, has_eval=eval_ds is not None)
+    trainer = run_trainer(cfg, run_dir, model, tokenizer, train_ds, eval_ds, device, dtype, resume_from, callbacks,
+                          trainer_cls=RenderedDPOTrainer, args=args)
     final = runs.save_final(trainer, template, run_dir)
     log_file.close()
     return runs.result_from(trainer, run_dir, final, skipped)

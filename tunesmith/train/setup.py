@@ -91,16 +91,17 @@ def trl_args(cfg: Any, run_dir: Path, device: str, dtype: Any, has_eval: bool) -
 
 
 def run_trainer(cfg: Any, run_dir: Path, model: Any, tokenizer: Any, train_ds: Any, eval_ds: Any, device: str,
-                dtype: Any, resume_from: str | None, callbacks: list[Any] | None) -> Any:
-    """TRL's SFTTrainer over our pre-tokenized data (input_ids + labels), with the run folder's callbacks."""
+                dtype: Any, resume_from: str | None, callbacks: list[Any] | None, trainer_cls: Any = None,
+                args: Any = None) -> Any:
+    """A TRL trainer (SFTTrainer unless given) over our pre-tokenized data, with the run folder's callbacks."""
     from transformers.trainer_callback import PrinterCallback
     from trl import SFTTrainer
 
     from tunesmith.train.callbacks import CheckpointManifest, LossPlot, MetricsLog, ProgressBar
 
-    trainer = SFTTrainer(
+    trainer = (trainer_cls or SFTTrainer)(
         model=model,
-        args=trl_args(cfg, run_dir, device, dtype, has_eval=eval_ds is not None),
+        args=args or trl_args(cfg, run_dir, device, dtype, has_eval=eval_ds is not None),
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=tokenizer,
