@@ -98,7 +98,7 @@ def export(cfg: ExportConfig):
 
 def data_check(cfg: DataCheckConfig):
     """Validate datasets and print a summary. Returns the report."""
-    from tunesmith.data.check import check as run
+    from tunesmith.train.check import check as run
 
     return run(cfg)
 
