@@ -180,9 +180,14 @@ def _normalise_tool_calls(message: dict) -> dict:
     for call in calls:
         function = dict(call.get("function", call))
         if isinstance(function.get("arguments"), str):
-            try:
-                function["arguments"] = json.loads(function["arguments"])
-            except json.JSONDecodeError:
-                pass  # not JSON: render as the user wrote it
+            function["arguments"] = _json_or_text(function["arguments"])
         fixed.append({**call, "function": function} if "function" in call else function)
     return {**message, "tool_calls": fixed}
+
+
+def _json_or_text(text: str):
+    """The parsed object, or the text itself when it is not JSON (rendered as the user wrote it)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
