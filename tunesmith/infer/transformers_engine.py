@@ -46,8 +46,11 @@ class Served:
 
 
 class TransformersEngine(Engine):
-    def __init__(self, served: list[Served], max_batch_tokens: int | None = None, kv_cache_gib: float = 1.0):
+    def __init__(self, served: list[Served], max_batch_tokens: int | None = None, kv_cache_gib: float = 1.0,
+                 attention: str = "auto", batching: dict[str, Any] | None = None):
         self.served = {s.name: s for s in served}
+        self.attention = attention  # auto | varlen | sdpa: see _pick_attention
+        self.batching = batching or {}  # ContinuousBatchingConfig fields over our defaults (bench/engine_decode.py)
         self.default = served[0].name
         self.max_batch_tokens = max_batch_tokens
         self.kv_cache_gib = kv_cache_gib  # CPU only: like vLLM's VLLM_CPU_KVCACHE_SPACE
@@ -127,22 +130,23 @@ class TransformersEngine(Engine):
         open_ids = set(ids)
         try:
             while open_ids:
-                out = await queue.get()
-                rid = out.request_id
-                if rid not in open_ids:
-                    continue
-                if out.error:
-                    raise EngineError(f"generation failed: {out.error}")
-                decoder = decoders[rid]
-                text, stopped = decoder.update(out.generated_tokens, final=out.is_finished())
-                finished = out.is_finished() or stopped
-                reason = decoder.finish_reason(p.max_tokens) if finished else None
-                if finished:
-                    open_ids.discard(rid)
-                    if stopped and not out.is_finished():
-                        manager.cancel_request(rid)
-                if text or finished:
-                    yield Delta(index[rid], text, reason, prompt_tokens=len(prompt), completion_tokens=decoder.count)
+                for out in await _newest_outputs(queue):
+                    rid = out.request_id
+                    if rid not in open_ids:
+                        continue
+                    if out.error:
+                        raise EngineError(f"generation failed: {out.error}")
+                    decoder = decoders[rid]
+                    text, stopped = decoder.update(out.generated_tokens, final=out.is_finished())
+                    finished = out.is_finished() or stopped
+                    reason = decoder.finish_reason(p.max_tokens) if finished else None
+                    if finished:
+                        open_ids.discard(rid)
+                        if stopped and not out.is_finished():
+                            manager.cancel_request(rid)
+                    if text or finished:
+                        yield Delta(index[rid], text, reason, prompt_tokens=len(prompt),
+                                    completion_tokens=decoder.count)
         finally:  # the client went away or an error: free the batch slots
             for rid in open_ids:
                 manager.cancel_request(rid)
@@ -160,11 +164,28 @@ class TransformersEngine(Engine):
                 # a stop-string-cancelled request with the same prompt answered differently from its first token.
                 # Not reproduced in isolation; prefix blocks left by the cancelled request are the suspect. Exact
                 # answers first; prefix caching can come back with a test that pins this down.
-                cb = ContinuousBatchingConfig(per_request_processors=True, allow_block_sharing=False,
-                                              **self._cache_budget(served))
+                self._pick_attention(served.model)
+                options = {"per_request_processors": True, "allow_block_sharing": False,
+                           **self._cache_budget(served), **self.batching}
+                cb = ContinuousBatchingConfig(**options)
                 served.manager = served.model.init_continuous_batching(generation_config=gen, continuous_batching_config=cb)
                 served.manager.start()
             return served.manager
+
+    def _pick_attention(self, model: Any) -> None:
+        """Continuous batching is fastest with a flash attention (no mask, so CUDA graphs). flash-attn, when
+        installed, is what transformers picks by itself; otherwise PyTorch's own varlen kernel (infer/attention.py)
+        where it applies. The exact generate() path keeps the model's loading-time attention (SDPA)."""
+        from transformers.utils import is_flash_attn_2_available
+
+        from tunesmith.infer import attention
+
+        wanted = self.attention
+        if wanted == "auto":
+            fits = attention.torch_varlen_available(model.dtype) and not is_flash_attn_2_available()
+            wanted = "varlen" if fits else "sdpa"
+        if wanted == "varlen":
+            attention.use_varlen(model)
 
     def _cache_budget(self, served: Served) -> dict[str, Any]:
         """transformers sizes the paged KV cache as a share of the device's memory; on CPU that is total RAM, once
@@ -220,6 +241,20 @@ class TransformersEngine(Engine):
 
     def _prompt_ids(self, served: Served, request: GenerationRequest) -> list[int]:
         return prompt_ids(served.template, request)
+
+
+async def _newest_outputs(queue: asyncio.Queue) -> list[Any]:
+    """Wait for an output, then take every output already queued and keep the newest per request (each carries all
+    tokens so far; an error is kept over anything). When the event loop falls behind the decode loop, a stream gets
+    one chunk with several tokens instead of one chunk per token, so serving cost stops growing with the backlog."""
+    newest = {}
+    out = await queue.get()
+    while True:
+        if not (newest.get(out.request_id) and newest[out.request_id].error):
+            newest[out.request_id] = out
+        if queue.empty():
+            return list(newest.values())
+        out = queue.get_nowait()
 
 
 class _Decoder:

@@ -1,0 +1,88 @@
+"""In-process decode throughput of the transformers engine under continuous-batching settings, side by side.
+
+    python bench/engine_decode.py --model /tmp/qwen05 --concurrency 1 64 \\
+        --variant base '{}' --variant graphs '{"use_cuda_graph": true, "use_async_batching": true}'
+
+Each variant is a JSON object of ContinuousBatchingConfig fields laid over the engine's defaults. Per variant and
+concurrency: one warm-up round (graph capture and compilation land there, timed and reported), then a measured
+round of N greedy requests with the same ~212-token prompt: output tokens/s, time to first token p50/max.
+This isolates the engine from HTTP; bench/serve.py measures the server end to end."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+
+import torch
+
+from tunesmith.infer.transformers_engine import TransformersEngine
+from tunesmith.infer.types import GenerationRequest, SamplingParams
+
+PROMPT = ("Write the product requirements for a feature that lets volunteers swap shifts with each other, "
+          "including goals, user stories, acceptance criteria and open questions. ") * 6
+
+
+async def one(engine, max_tokens: int) -> tuple[float, float, int]:
+    start, first, tokens = time.perf_counter(), None, 0
+    request = GenerationRequest(messages=[{"role": "user", "content": PROMPT}],
+                                params=SamplingParams(max_tokens=max_tokens, temperature=0.0))
+    async for delta in engine.stream(request):
+        if first is None and delta.text:
+            first = time.perf_counter()
+        tokens = delta.completion_tokens
+    end = time.perf_counter()
+    return (first or end) - start, end - start, tokens
+
+
+async def round_of(engine, concurrency: int, max_tokens: int) -> dict:
+    start = time.perf_counter()
+    results = await asyncio.gather(*[one(engine, max_tokens) for _ in range(concurrency)])
+    wall = time.perf_counter() - start
+    ttfts = sorted(r[0] for r in results)
+    tokens = sum(r[2] for r in results)
+    return {"tok_s": tokens / wall, "wall_s": wall, "tokens": tokens,
+            "ttft_p50": statistics.median(ttfts), "ttft_max": ttfts[-1]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--max-tokens", type=int, default=256)
+    parser.add_argument("--variant", nargs=2, action="append", metavar=("NAME", "JSON"), default=[])
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    variants = args.variant or [["default", "{}"]]
+    engine = TransformersEngine.load(args.model)
+    prompt_tokens = engine.count_prompt_tokens(GenerationRequest(messages=[{"role": "user", "content": PROMPT}]))
+    print(f"model {args.model}, prompt {prompt_tokens} tokens, max_tokens {args.max_tokens}, greedy", flush=True)
+    table = {}
+    for name, options in variants:
+        options = json.loads(options)
+        # A torch switch, not a batching field: SDPA may pick cuDNN attention, which plans per new shape.
+        torch.backends.cuda.enable_cudnn_sdp(options.pop("_cudnn_sdp", True))
+        engine.batching = options
+        for served in engine.served.values():
+            served.manager = None
+        for c in args.concurrency:
+            started = time.perf_counter()
+            asyncio.run(round_of(engine, c, args.max_tokens))
+            warm = time.perf_counter() - started
+            result = asyncio.run(round_of(engine, c, args.max_tokens))
+            result["warmup_s"] = warm
+            table[f"{name}@{c}"] = result
+            print(f"{name:12} c={c:3}  {result['tok_s']:8.1f} tok/s  ttft p50 {result['ttft_p50']:.3f}s "
+                  f"max {result['ttft_max']:.3f}s  ({result['tokens']} tokens, warm-up {warm:.1f}s)", flush=True)
+        asyncio.run(engine.close())
+        for served in engine.served.values():
+            served.model.destroy_cached_continuous_batching_manager()
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(table, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
