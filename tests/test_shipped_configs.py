@@ -10,13 +10,21 @@ from tunesmith.data.load import load_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((ROOT / "examples").rglob("*.yaml"))
-KINDS = {"sft": (SFTConfig, "sft"), "dpo": (RLHFConfig, "preference")}
+# file stem -> config class, data kind, fewest rows worth shipping (GRPO prompts are sampled many times each)
+KINDS = {"sft": (SFTConfig, "sft", 200), "dpo": (RLHFConfig, "preference", 200), "grpo": (RLHFConfig, "prompts", 40)}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_shipped_config_validates_and_its_data_is_clean(path, monkeypatch):
     monkeypatch.chdir(ROOT)
-    cls, kind = KINDS[path.stem]
+    cls, kind, min_rows = KINDS[path.stem]
     cfg = load(cls, ["-c", str(path)])
+    if getattr(cfg, "env", None):  # an environment's rows are what its reset() reads: checked as training does
+        from tunesmith.train import episodes
+
+        rows = episodes.read_rows(cfg.dataset, cfg.seed)
+        episodes.check_env(episodes.load_env(cfg.env), rows)
+        assert len(rows) >= min_rows
+        return
     data = load_rows(cfg.dataset, kind=kind)
-    assert not data.problems and len(data.rows) >= 200
+    assert not data.problems and len(data.rows) >= min_rows

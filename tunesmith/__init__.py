@@ -10,11 +10,12 @@ from tunesmith.config import (
     PTConfig,
     SFTConfig,
 )
+from tunesmith.config.eval import EvalConfig
 from tunesmith.config.rlhf import RLHFConfig
 
 __version__ = "0.1.0"
-API = ("sft", "pt", "rlhf", "infer", "deploy", "export", "plan", "data_check", "download")
-__all__ = ["DataCheckConfig", "DeployConfig", "DownloadConfig", "ExportConfig", "InferConfig", "PTConfig", "PlanConfig",
+API = ("sft", "pt", "rlhf", "infer", "evaluate", "deploy", "export", "plan", "data_check", "download")
+__all__ = ["DataCheckConfig", "DeployConfig", "DownloadConfig", "EvalConfig", "ExportConfig", "InferConfig", "PTConfig", "PlanConfig",
            "RLHFConfig", "SFTConfig", *API]
 
 
@@ -24,4 +25,8 @@ def __getattr__(name: str):
         from tunesmith import api
 
         return getattr(api, name)
+    if name == "register_reward":  # for reward plugins; the rewards package imports no torch
+        from tunesmith.train.rewards import register_reward
+
+        return register_reward
     raise AttributeError(name)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tunesmith.config.eval import EvalConfig
 from tunesmith.config.rlhf import RLHFConfig
 from tunesmith.config import PlanConfig
 from tunesmith.config import DataCheckConfig, DeployConfig, DownloadConfig, ExportConfig, InferConfig, PTConfig, SFTConfig
@@ -17,16 +18,20 @@ from tunesmith.config import DataCheckConfig, DeployConfig, DownloadConfig, Expo
 
 def sft(cfg: SFTConfig, callbacks: list[Any] | None = None):
     """Supervised fine-tuning. Returns a RunResult (run_dir, final_dir, losses)."""
+    from tunesmith.plan.speed import resolve_speed
     from tunesmith.train.sft import sft as run
 
+    resolve_speed(cfg)  # packing and gradient checkpointing left unset: chosen for this machine and the memory plan
     check_memory(cfg)
     return run(cfg, callbacks=callbacks)
 
 
 def pt(cfg: PTConfig, callbacks: list[Any] | None = None):
     """Continued pretraining on raw text."""
+    from tunesmith.plan.speed import resolve_speed
     from tunesmith.train.pt import pt as run
 
+    resolve_speed(cfg)
     check_memory(cfg)
     return run(cfg, callbacks=callbacks)
 
@@ -37,21 +42,25 @@ def check_memory(cfg: Any) -> None:
     import logging
 
     from tunesmith.errors import HardwareError
-    from tunesmith.plan.estimate import GIB, Setup, estimate_training
+    from tunesmith.plan.estimate import GIB, estimate_training
     from tunesmith.plan.hardware import probe
     from tunesmith.plan.model_shape import load_shape
+    from tunesmith.plan.speed import partial_checkpointing_bytes, training_setup
 
     log = logging.getLogger("tunesmith")
     hw = probe()
     device = "cuda" if hw.gpus else "mps" if hw.mps else "cpu"
     try:
+        from tunesmith.models.load import pick_dtype
+        from tunesmith.train.speed import varlen_runs
+
         shape = load_shape(cfg.model)
-        setup = Setup(method=cfg.weights, dtype="bfloat16" if hw.gpus and all(g.bf16 for g in hw.gpus) else "float32",
-                      lora_rank=cfg.lora.rank, lora_targets=cfg.lora.targets if isinstance(cfg.lora.targets, str)
-                      else tuple(cfg.lora.targets), lora_dropout=cfg.lora.dropout, seq=cfg.max_length,
-                      micro_batch=cfg.batch_size, grad_accum=cfg.grad_accum, checkpointing=cfg.gradient_checkpointing,
-                      packing=getattr(cfg, "packing", False), device=device)
-        needed = estimate_training(shape, setup).total / GIB
+        # packed batches on CUDA run the varlen flash kernel (no mask); elsewhere sdpa with a block mask
+        varlen = device == "cuda" and varlen_runs(device, pick_dtype(cfg.dtype, device))
+        setup = training_setup(cfg, device, bool(hw.gpus) and all(g.bf16 for g in hw.gpus), varlen)
+        every = getattr(cfg, "checkpoint_every", None) or 1
+        needed = (partial_checkpointing_bytes(shape, setup, every) if setup.checkpointing and every > 1
+                  else estimate_training(shape, setup).total) / GIB
     except Exception as err:  # noqa: BLE001 - an unknown architecture must not stop training
         log.info("memory plan skipped (%s)", err)
         return
@@ -68,7 +77,7 @@ def check_memory(cfg: Any) -> None:
 
 
 def rlhf(cfg: RLHFConfig, callbacks: list[Any] | None = None):
-    """Preference alignment (--method dpo) on top of a base model or an SFT run."""
+    """Preference alignment (--method dpo, kto, orpo, simpo, cpo, rm) on top of a base model or an SFT run."""
     from tunesmith.train.rlhf import rlhf as run
 
     check_memory(cfg)
@@ -78,6 +87,15 @@ def rlhf(cfg: RLHFConfig, callbacks: list[Any] | None = None):
 def infer(cfg: InferConfig):
     """Batch answers to a JSONL when cfg.dataset is set (returns the output path), else a terminal chat."""
     from tunesmith.infer.cli_chat import infer as run
+
+    return run(cfg)
+
+
+def evaluate(cfg: EvalConfig):
+    """`tunesmith eval`: answer a dataset with one or several models (base, adapters, endpoints) and score the answers
+    (exact match, BLEU, ROUGE, multiple-choice accuracy). Returns an EvalResult (output_dir, scores per model).
+    Named evaluate, not eval, so that `from tunesmith import *` leaves Python's eval alone."""
+    from tunesmith.eval.run import evaluate as run
 
     return run(cfg)
 

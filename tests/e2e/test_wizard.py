@@ -47,9 +47,53 @@ def test_wizard_fine_tunes_on_cpu_and_chats_with_the_result(tmp_path):
     child.send(DOWN + DOWN + ENTER)  # Done
     child.expect("What do you want to do")
     child.expect("Quit")
-    child.send(DOWN * 6 + ENTER)  # Quit, the seventh entry
+    child.send(DOWN * 7 + ENTER)  # Quit, the eighth entry
     child.expect(pexpect.EOF)
     runs = list(Path(tmp_path, "runs").glob("wizard-*"))
     assert len(runs) == 1 and (runs[0] / "final" / "adapter_model.safetensors").exists()
     assert (runs[0] / "command.txt").read_text().startswith("tunesmith sft --model smollm2-135m-instruct")
     assert answer, "the chat printed no answer"
+
+
+def test_wizard_evaluates_a_run_against_its_base_model(tiny_model, toy_data, tmp_path):
+    pexpect = pytest.importorskip("pexpect")
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.templates import Template
+
+    # A finished run as sft leaves it (adapter, template, config.yaml naming the base); random LoRA weights suffice.
+    final = tmp_path / "runs" / "toy" / "final"
+    torch.manual_seed(0)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model), lora).save_pretrained(final)
+    Template.load(tiny_model).save(final)
+    (final.parent / "config.yaml").write_text(f"model: {tiny_model}\n")
+
+    env = {**os.environ, "TERM": "xterm-256color", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": "",
+           "PROMPT_TOOLKIT_NO_CPR": "1", "OMP_NUM_THREADS": "1"}
+    child = pexpect.spawn(TUNESMITH, cwd=str(tmp_path), env=env, encoding="utf-8", timeout=300, dimensions=(40, 400))
+    child.expect("What do you want to do")
+    child.expect("Quit")
+    child.send(DOWN * 3 + ENTER)  # Evaluate, the fourth entry
+    child.expect("Evaluate \\(a run")
+    child.expect("smollm2")
+    child.send(ENTER)  # runs/toy/final, listed first
+    child.expect("On which data")
+    child.expect("my own file")
+    child.send(DOWN + ENTER)
+    child.expect("Path to")
+    child.sendline(str(toy_data))
+    child.expect(rf"\$ tunesmith eval --compare base={tiny_model} tuned=runs/toy/final --dataset {toy_data} "
+                 r"--generation.max-tokens 16 --output-dir runs/eval-\d+-\d+")  # room for the longest reference
+    child.expect("tunesmith eval: ")  # the table's title
+    child.expect("tuned")
+    child.expect("Done.")
+    child.expect("What do you want to do")
+    child.expect("Quit")
+    child.send(DOWN * 7 + ENTER)
+    child.expect(pexpect.EOF)
+    out = next(Path(tmp_path, "runs").glob("eval-*"))
+    assert {"results.json", "answers.jsonl", "scores.png", "command.txt"} <= {p.name for p in out.iterdir()}
+    assert (out / "command.txt").read_text().startswith(f"tunesmith eval --compare base={tiny_model} tuned=runs/toy/final")

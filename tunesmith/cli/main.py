@@ -11,14 +11,16 @@ import sys
 from tunesmith import api
 from tunesmith.config import PlanConfig
 from tunesmith.config import DataCheckConfig, DeployConfig, DownloadConfig, ExportConfig, InferConfig, PTConfig, SFTConfig, help_text, load
+from tunesmith.config.eval import EvalConfig
 from tunesmith.config.rlhf import RLHFConfig
 from tunesmith.errors import TunesmithError
 
 COMMANDS = {
     "sft": (SFTConfig, api.sft, "supervised fine-tuning (lora, qlora, dora, full)"),
     "pt": (PTConfig, api.pt, "continued pretraining on raw text"),
-    "rlhf": (RLHFConfig, api.rlhf, "preference alignment: --method dpo (kto, orpo, simpo, cpo, rm, ppo, grpo to come)"),
+    "rlhf": (RLHFConfig, api.rlhf, "preference alignment: --method dpo|kto|orpo|simpo|cpo|rm (ppo, grpo to come)"),
     "infer": (InferConfig, api.infer, "chat in the terminal, or answer a dataset into JSONL"),
+    "eval": (EvalConfig, api.evaluate, "score models side by side: exact match, BLEU, ROUGE, multiple-choice accuracy"),
     "deploy": (DeployConfig, api.deploy, "serve models and adapters over an OpenAI-compatible API"),
     "export": (ExportConfig, api.export, "merge a LoRA adapter into its base model"),
     "data": (DataCheckConfig, api.data_check, "data check FILE: validate a dataset and summarise it"),

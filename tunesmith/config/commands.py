@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from tunesmith.config.sections import Device, Dtype, GenerationCfg, LoraCfg, Section
 
@@ -25,7 +25,10 @@ class TrainConfig(Section):
     method: Literal["lora", "qlora", "dora", "full"] = Field("lora", description="lora | qlora (4-bit NF4) | dora | full.")
     lora: LoraCfg = Field(default_factory=LoraCfg, description="Adapter settings (lora, qlora, dora).")
     max_length: int = Field(2048, ge=8, description="Longest training sequence in tokens.")
-    packing: bool = Field(False, description="Concatenate samples up to max_length; they do not attend to each other.")
+    packing: bool | None = Field(None, description=(
+        "Concatenate samples up to max_length, padding-free; they do not attend to each other (batch_size then counts "
+        "rows of max_length tokens). Unset: on where the varlen attention kernel runs (CUDA, bfloat16/float16), off "
+        "elsewhere (there a packed batch needs a dense block mask)."))
     epochs: float = Field(3.0, gt=0, description="Passes over the data.")
     max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1 = run all epochs).")
     batch_size: int = Field(4, ge=1, description="Samples per device per step.")
@@ -34,7 +37,12 @@ class TrainConfig(Section):
     lr_scheduler: str = Field("cosine", description="transformers scheduler name: cosine, linear, constant...")
     warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0, description="Share of steps spent warming up the learning rate.")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
-    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward: less memory, ~30% slower.")
+    gradient_checkpointing: bool | None = Field(None, description=(
+        "Recompute activations in backward: less memory, 30-50% more compute. Unset (or auto): on a CUDA GPU only when "
+        "the memory plan says the run would not fit without it, and then on as few layers as fit; off elsewhere."))
+    checkpoint_every: int | None = Field(None, ge=1, description=(
+        "With gradient checkpointing, recompute only every N-th decoder layer (1 = all); the others keep their "
+        "activations: faster, more memory. Unset: chosen with gradient_checkpointing, else 1."))
     save_steps: int = Field(100, ge=1, description="Write a checkpoint every N steps.")
     save_total_limit: int | None = Field(3, description="Keep at most N checkpoints (None = all).")
     logging_steps: int = Field(5, ge=1, description="Log metrics every N steps.")
@@ -57,6 +65,11 @@ class TrainConfig(Section):
         """How the weights train: lora, qlora, dora or full (rlhf names this `tuner`, its `method` is the algorithm)."""
         return self.method
 
+    @field_validator("gradient_checkpointing", mode="before")
+    @classmethod
+    def _auto_is_unset(cls, value: object) -> object:
+        return None if value == "auto" else value
+
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
         if self.weights == "full" and self.adapters:
@@ -72,6 +85,9 @@ class SFTConfig(TrainConfig):
     )
     model_name: str = Field("Tunesmith Assistant", description="Fills {{name}} in the self-cognition dataset.")
     model_author: str = Field("the tunesmith community", description="Fills {{author}} in the self-cognition dataset.")
+    kernels: Literal["auto", "liger", "none"] = Field("auto", description=(
+        "Fused layer kernels: auto = liger's RMSNorm, RoPE and SwiGLU on CUDA when liger-kernel is installed "
+        "(pip install 'tunesmith[gpu]'); liger = the same, an error where it cannot run; none = the model's own."))
     command: ClassVar[str] = "sft"
 
 
@@ -141,8 +157,9 @@ class DataCheckConfig(Section):
     dataset: list[str] = Field(..., min_length=1, description="Files, folders, registry names or hub ids.")
     model: str | None = Field(None, description="Tokenize with this model for token length stats.")
     max_length: int | None = Field(None, description="Report rows longer than this many tokens (needs --model).")
-    kind: Literal["sft", "pt", "prompts", "preference"] = Field(
-        "sft", description="What the data is for: sft, pt (raw text), prompts (for infer), preference (for rlhf).")
+    kind: Literal["sft", "pt", "prompts", "preference", "kto"] = Field(
+        "sft", description="What the data is for: sft, pt (raw text), prompts (for infer), preference (for rlhf), "
+                           "kto (prompt/completion/label rows, or pairs).")
     command: ClassVar[str] = "data"
     positional: ClassVar[tuple[str, ...]] = ("action", "dataset")
 

@@ -33,6 +33,8 @@ def detect(data: dict[str, Any]) -> str | None:
         return "prompt-response"
     if any(k in keys for k in TEXT_KEYS):
         return "text"
+    if any(k in keys for k in PROMPT_KEYS):
+        return "prompt-response"  # a prompt with no answer (+ columns such as `solution`): prompts for infer, grpo
     return None
 
 
@@ -155,8 +157,8 @@ def _from_alpaca(data: dict, bad: _Reporter) -> list[dict] | None:
 
 def _from_prompt_response(data: dict, bad: _Reporter) -> list[dict] | None:
     p_key = next(k for k in PROMPT_KEYS if k in data)
-    r_key = next(k for k in RESPONSE_KEYS if k in data)
-    prompt, response = data[p_key], data[r_key]
+    r_key = next((k for k in RESPONSE_KEYS if k in data), None)
+    prompt, response = data[p_key], data[r_key] if r_key else None
     out = []
     if isinstance(data.get("system"), str) and data["system"]:
         out.append({"role": "system", "content": data["system"]})
@@ -166,13 +168,15 @@ def _from_prompt_response(data: dict, bad: _Reporter) -> list[dict] | None:
         if msgs is None:
             return None
         out += msgs
-        if not isinstance(response, list):
+        if r_key is not None and not isinstance(response, list):
             if not isinstance(response, str):
                 return bad(r_key, f"expected a string or a list of messages, got {type(response).__name__}")
             out.append({"role": "assistant", "content": response})
         return out
     if not isinstance(prompt, str):
         return bad(p_key, f"expected a string, got {type(prompt).__name__}")
+    if r_key is None:
+        return out + [{"role": "user", "content": prompt}]
     if not isinstance(response, str):
         return bad(r_key, f"expected a string, got {type(response).__name__}")
     return out + [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]

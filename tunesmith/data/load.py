@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunesmith.data import formats, readers
-from tunesmith.data.preference import normalise_preference
+from tunesmith.data.preference import normalise_kto, normalise_preference
 from tunesmith.data.registry import REGISTRY
-from tunesmith.data.rows import Conversation, Preference, Problem, RawRow, Text
+from tunesmith.data.rows import Conversation, Preference, Problem, RawRow, Text, UnpairedPreference
 from tunesmith.errors import DataError
 
 MAX_SHOWN = 20
@@ -22,7 +22,7 @@ MAX_SHOWN = 20
 
 @dataclass
 class LoadedData:
-    rows: list[Conversation | Text | Preference] = field(default_factory=list)
+    rows: list[Conversation | Text | Preference | UnpairedPreference] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     formats: dict[str, int] = field(default_factory=dict)
 
@@ -51,8 +51,12 @@ def load_rows(specs: list[str], kind: str, seed: int = 42, substitutions: dict[s
         for row in raw:
             if substitutions:
                 row = RawRow(row.source, row.line, _substitute(row.data, substitutions))
-            item = (normalise_preference(row, out.problems) if kind == "preference"
-                    else formats.normalise(row, kind, out.problems))
+            if kind == "preference":
+                item = normalise_preference(row, out.problems)
+            elif kind == "kto":  # KTO rows, or preference pairs that KTO unpairs
+                item = normalise_kto(row, out.problems)
+            else:
+                item = formats.normalise(row, kind, out.problems)
             if item is not None:
                 out.rows.append(item)
                 out.formats[item.format] = out.formats.get(item.format, 0) + 1

@@ -4,6 +4,10 @@
   `question`, `query`, `instruction` (+ `input`), optional `system`
 - `messages` (ending with the chosen assistant turn) + `rejected_response`
 - ShareGPT `conversations` + `chosen` / `rejected` as {"from": "gpt", "value": ...} (LLaMA-Factory's layout)
+
+KTO rows (kind "kto") are UnpairedPreference(prompt messages, completion, label): `prompt` (and its aliases) +
+`completion` + `label`, or `messages` ending with the labelled answer + `label`. A preference pair in a KTO file
+stays a Preference; the KTO trainer unpairs it into a desirable and an undesirable row, as TRL does.
 """
 
 from __future__ import annotations
@@ -11,9 +15,11 @@ from __future__ import annotations
 from typing import Any
 
 from tunesmith.data.formats import SHAREGPT_ROLES, _content, _from_messages, _Reporter
-from tunesmith.data.rows import Preference, Problem, RawRow
+from tunesmith.data.rows import Preference, Problem, RawRow, UnpairedPreference
 
 PROMPT_KEYS = ("prompt", "question", "query", "instruction")
+# CSV files give strings and Parquet/hub datasets often ints, so those spellings of a label are read too.
+LABELS = {"true": True, "false": False, "1": True, "0": False}
 
 
 def normalise_preference(row: RawRow, problems: list[Problem]) -> Preference | None:
@@ -49,6 +55,47 @@ def normalise_preference(row: RawRow, problems: list[Problem]) -> Preference | N
     if chosen == rejected:
         return bad("rejected", "identical to chosen: the pair teaches nothing")
     return Preference(prompt, chosen, rejected, row.source, row.line)
+
+
+def normalise_kto(row: RawRow, problems: list[Problem]) -> UnpairedPreference | Preference | None:
+    bad = _Reporter(row, problems)
+    data = row.data
+    if not isinstance(data, dict):
+        return bad("row", f"expected a JSON object, got {type(data).__name__}")
+    if "label" not in data and "completion" not in data:
+        if ("chosen" in data and "rejected" in data) or ("messages" in data and "rejected_response" in data):
+            return normalise_preference(row, problems)
+        cols = ", ".join(sorted(data)) or "none"
+        return bad("columns", f"not a KTO row ({cols}); expected prompt/completion/label, messages + label, or a "
+                              "preference pair (prompt/chosen/rejected)")
+    if "messages" in data and "completion" not in data:
+        msgs = _from_messages({"messages": data["messages"]}, bad)
+        if msgs is None:
+            return None
+        if not msgs or msgs[-1]["role"] != "assistant":
+            return bad("messages", "the last message must be the assistant answer that label judges")
+        prompt, completion = msgs[:-1], msgs[-1]["content"]
+    else:
+        prompt = _prompt(data, bad)
+        if prompt is None:
+            return None
+        if "completion" not in data:
+            return bad("completion", "missing: expected the assistant answer that label judges")
+        completion = _answer(data["completion"], "completion", bad)
+        if completion is None:
+            return None
+    if not prompt or prompt[-1]["role"] != "user":
+        return bad("prompt", "the prompt must end with a user turn")
+    if not completion.strip():
+        return bad("completion", "empty completion")
+    if "label" not in data:
+        return bad("label", "missing: expected true (desirable) or false (undesirable)")
+    label = data["label"]
+    if not isinstance(label, bool):
+        label = LABELS.get(str(label).strip().lower()) if isinstance(label, (str, int)) else None
+        if label is None:
+            return bad("label", f"expected true (desirable) or false (undesirable), got {data['label']!r}")
+    return UnpairedPreference(prompt, completion, label, row.source, row.line)
 
 
 def _prompt(data: dict, bad: _Reporter) -> list[dict] | None:

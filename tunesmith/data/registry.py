@@ -22,6 +22,8 @@ REGISTRY = {
     for d in [
         NamedDataset("prd-assistant", "Feature descriptions -> product-requirement sections (EN + ZH).",
                      path=SHIPPED / "prd_assistant.jsonl"),
+        NamedDataset("dao-proposals", "Requests -> DAO governance proposals citing on-chain sources (synthetic, EN).",
+                     path=SHIPPED / "dao_proposals.jsonl"),
         NamedDataset("self-cognition", "Who-are-you answers; {{name}} and {{author}} come from model_name/model_author.",
                      path=SHIPPED / "self_cognition.jsonl"),
         NamedDataset("alpaca-en", "Stanford Alpaca, 52k English instructions (hub).", hub_id="tatsu-lab/alpaca"),

@@ -57,3 +57,15 @@ class Preference:
     source: str = ""
     line: int | str = 0
     format: str = "preference"
+
+
+@dataclass
+class UnpairedPreference:
+    """A prompt with one assistant answer marked desirable (label true) or undesirable (false), for KTO."""
+
+    prompt: list[dict[str, Any]]
+    completion: str
+    label: bool
+    source: str = ""
+    line: int | str = 0
+    format: str = "kto"

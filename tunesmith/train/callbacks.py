@@ -62,7 +62,8 @@ class MetricsLog(TrainerCallback):
 def _line(r: dict) -> str:
     parts = [f"step {r['step']}/{r['total_steps']}"]
     for key, label, fmt in [("loss", "loss", ".4f"), ("eval_loss", "eval_loss", ".4f"), ("learning_rate", "lr", ".2e"),
-                            ("grad_norm", "grad_norm", ".3f"), ("tokens_per_s", "tok/s", ".0f"),
+                            ("grad_norm", "grad_norm", ".3f"), ("reward", "reward", ".3f"), ("reward_std", "reward_std", ".3f"),
+                            ("kl", "kl", ".4f"), ("completions/mean_length", "len", ".1f"), ("tokens_per_s", "tok/s", ".0f"),
                             ("peak_mem_gb", "peak_mem", ".2f")]:
         if isinstance(r.get(key), (int, float)):
             parts.append(f"{label} {r[key]:{fmt}}" + (" GB" if key == "peak_mem_gb" else ""))

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from tunesmith.config import DataCheckConfig
 from tunesmith.data.load import describe_problems, load_rows
-from tunesmith.data.rows import Conversation, Preference, Problem
+from tunesmith.data.rows import Conversation, Preference, Problem, UnpairedPreference
 from tunesmith.errors import DataError
 
 
@@ -43,9 +43,10 @@ def _token_stats(cfg: DataCheckConfig, rows: list, report: CheckReport) -> None:
         if isinstance(row, Conversation):
             ids, labels = template.render(row.messages, tools=row.extra.get("tools"))
             report.trained_tokens += sum(1 for x in labels if x != -100)
-        elif isinstance(row, Preference):  # the longer of the two answers decides the length
-            ids = max((template.render(row.prompt + [{"role": "assistant", "content": a}])[0]
-                       for a in (row.chosen, row.rejected)), key=len)
+        elif isinstance(row, (Preference, UnpairedPreference)):  # the longer answer decides the length
+            answers = (row.chosen, row.rejected) if isinstance(row, Preference) else (row.completion,)
+            ids = max((template.render(row.prompt + [{"role": "assistant", "content": a}])[0] for a in answers),
+                      key=len)
         else:
             ids = template.tokenizer(row.text, add_special_tokens=False)["input_ids"]
         report.token_lengths.append(len(ids))

@@ -11,6 +11,7 @@ from tunesmith.data.load import load_rows
 from tunesmith.templates import Template
 from tunesmith.train import run as runs
 from tunesmith.train.setup import load_tokenizer_first, load_trainable, run_trainer
+from tunesmith.train.speed import prepare_model
 from tunesmith.train.tokenize import tokenize_pt
 
 
@@ -32,8 +33,9 @@ def pt(cfg: PTConfig, callbacks: list[Any] | None = None) -> runs.RunResult:
         train_ds, eval_ds = split["train"], split["test"]
 
     model, device, dtype = load_trainable(cfg, base_folder)
+    speed = prepare_model(cfg, model, device, dtype)  # on a GPU: varlen attention for the packed blocks, kernels
     runs.save_config(cfg, run_dir, base_model_folder=str(base_folder), device=device, dtype=str(dtype),
-                     train_blocks=len(train_ds), skipped_rows=skipped)
+                     train_blocks=len(train_ds), skipped_rows=skipped, speed=speed)
     trainer = run_trainer(cfg, run_dir, model, tokenizer, train_ds, eval_ds, device, dtype, resume_from, callbacks)
     final = runs.save_final(trainer, template, run_dir)
     log_file.close()

@@ -11,6 +11,13 @@ from tunesmith.errors import ConfigError
 
 METHODS: dict[str, str] = {
     "dpo": "tunesmith.train.dpo:dpo",
+    "kto": "tunesmith.train.kto:kto",
+    "orpo": "tunesmith.train.orpo:orpo",
+    "cpo": "tunesmith.train.cpo:cpo",
+    "simpo": "tunesmith.train.cpo:cpo",  # SimPO is CPO with loss_type simpo and cpo_alpha 0 (TRL's recipe)
+    "rm": "tunesmith.train.rm:rm",
+    "grpo": "tunesmith.train.grpo:grpo",
+    "ppo": "tunesmith.train.ppo:ppo",
 }
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from tunesmith.errors import HardwareError
 from tunesmith.models import load as models
 from tunesmith.models.runs import read_run_output
+from tunesmith.train.speed import speed_args
 
 
 def load_tokenizer_first(cfg: Any) -> tuple[Any, Path]:
@@ -36,7 +37,7 @@ def load_trainable(cfg: Any, folder: Path) -> tuple[Any, str, Any]:
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     if cfg.weights == "qlora":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(cfg.gradient_checkpointing))
     if cfg.adapters:
         model = models.attach_adapters(model, cfg.adapters, trainable=True)
     else:
@@ -62,8 +63,7 @@ def common_args(cfg: Any, run_dir: Path, device: str, dtype: Any, has_eval: bool
         lr_scheduler_type=cfg.lr_scheduler,
         warmup_steps=cfg.warmup_ratio,  # a float in [0, 1) is a ratio of total steps
         weight_decay=cfg.weight_decay,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        **speed_args(cfg, device),  # fused AdamW on CUDA; gradient checkpointing (on every checkpoint_every-th layer)
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
         use_cpu=device == "cpu",
@@ -87,7 +87,9 @@ def common_args(cfg: Any, run_dir: Path, device: str, dtype: Any, has_eval: bool
 def trl_args(cfg: Any, run_dir: Path, device: str, dtype: Any, has_eval: bool) -> Any:
     from trl import SFTConfig as TRLSFTConfig
 
-    return TRLSFTConfig(**common_args(cfg, run_dir, device, dtype, has_eval), packing=cfg.packing, dataset_kwargs={})
+    # packing: TRL's best-fit-decreasing bins, fed padding-free (one flattened row plus the sample boundaries)
+    return TRLSFTConfig(**common_args(cfg, run_dir, device, dtype, has_eval), packing=bool(cfg.packing),
+                        dataset_kwargs={})
 
 
 def run_trainer(cfg: Any, run_dir: Path, model: Any, tokenizer: Any, train_ds: Any, eval_ds: Any, device: str,

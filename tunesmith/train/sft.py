@@ -1,8 +1,10 @@
 """Supervised fine-tuning on conversations (LoRA, QLoRA, DoRA or full weights).  Run: tunesmith sft -c sft.yaml
 
 Departs from TRL's defaults: the loss mask comes from our renderer (exact for any chat template, no generation
-markers needed), gradient checkpointing is off unless asked for (small models do not need it), and bad rows stop
-the run before the model loads.
+markers needed), bad rows stop the run before the model loads, and on a GPU the fast path is the default
+(train/speed.py): padding-free packing with PyTorch's varlen flash kernel, liger kernels when installed, fused AdamW,
+and gradient checkpointing only when the memory plan needs it, on as few layers as fit (elsewhere it is off unless
+asked for: small models do not need it).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from tunesmith.errors import DataError
 from tunesmith.templates import Template
 from tunesmith.train import run as runs
 from tunesmith.train.setup import load_tokenizer_first, load_trainable, run_trainer
+from tunesmith.train.speed import prepare_model
 from tunesmith.train.tokenize import tokenize_sft
 
 
@@ -45,8 +48,9 @@ def sft(cfg: SFTConfig, callbacks: list[Any] | None = None) -> runs.RunResult:
         raise DataError(f"{', '.join(cfg.dataset)}: no rows left to train on")
 
     model, device, dtype = load_trainable(cfg, base_folder)
+    speed = prepare_model(cfg, model, device, dtype)  # fills packing left unset; the attention and kernels chosen
     runs.save_config(cfg, run_dir, base_model_folder=str(base_folder), device=device, dtype=str(dtype),
-                     train_rows=len(train_ds), skipped_rows=skipped)
+                     train_rows=len(train_ds), skipped_rows=skipped, speed=speed)
     trainer = run_trainer(cfg, run_dir, model, tokenizer, train_ds, eval_ds, device, dtype, resume_from, callbacks)
     final = runs.save_final(trainer, template, run_dir)
     log_file.close()

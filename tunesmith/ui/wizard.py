@@ -40,6 +40,7 @@ def wizard() -> int:
         "Fine-tune a model on my data": fine_tune,
         "Align a finished run with preference pairs (DPO)": align,
         "Chat with a model or a finished run": chat,
+        "Evaluate a finished run against its base model (BLEU, ROUGE, exact match)": evaluate,
         "Serve a model or a finished run (OpenAI API)": serve,
         "Merge an adapter into its base (export)": merge,
         "Download a model from the hub": download,
@@ -179,6 +180,57 @@ def align(hw) -> None:
     args = ["--method", "dpo", "--adapters", target, "--dataset", pairs, "--max-steps", "20", "--output-dir", output_dir]
     run_shown(["rlhf", *args], lambda: api.rlhf(load(RLHFConfig, args)), Path(output_dir))
     after_training(Path(output_dir) / "final")
+
+
+# The shipped held-out prompts (examples/prd-assistant/eval_prompts.jsonl) carry no reference answers, so the
+# wizard scores the last rows of the shipped dataset. A run trained on prd-assistant may have seen them.
+PRD_TAIL = ("prd-assistant", 8)
+
+
+def evaluate(hw) -> None:
+    import questionary
+
+    from tunesmith.config.eval import EvalConfig
+    from tunesmith.models.runs import read_run_output
+
+    runs = sorted(str(p) for p in Path("runs").glob("*/final")) if Path("runs").is_dir() else []
+    target = questionary.select("Evaluate (a run is compared with its base model):", choices=runs + [DEFAULT_MODEL]).ask()
+    if not target:
+        return
+    name, rows = PRD_TAIL
+    data = questionary.select("On which data?", choices=[
+        f"{name}: its last {rows} rows (shipped PRD examples; a run trained on them may have seen these)",
+        "my own file (rows whose last assistant turn is the reference answer)"]).ask()
+    if data is None:
+        return
+    if data.startswith("my own"):
+        dataset = questionary.path("Path to a JSONL/JSON/CSV/Parquet file:").ask()
+        if not dataset:
+            return
+        limit = []
+    else:
+        dataset, limit = name, ["--limit", str(-rows)]
+    budget = answer_budget(dataset, int(limit[1]) if limit else None, target)  # bad rows stop here, as file:line
+    if target.endswith("final"):
+        models = ["--compare", f"base={read_run_output(target).base_model}", f"tuned={target}"]
+    else:
+        models = ["--model", target]
+    output_dir = f"runs/eval-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    args = [*models, "--dataset", dataset, *limit, "--generation.max-tokens", str(budget), "--output-dir", output_dir]
+    run_shown(["eval", *args], lambda: api.evaluate(load(EvalConfig, args)), Path(output_dir))
+    console.print(f"[green]Done.[/green] Scores, every answer and a chart: {output_dir}/results.json, answers.jsonl, scores.png")
+
+
+def answer_budget(dataset: str, limit: int | None, target: str) -> int:
+    """max_tokens with room for the longest reference answer (+25%): no answer is cut short of what it is compared
+    with (which would lower BLEU and ROUGE unfairly), and none rambles on for the default 256 tokens."""
+    from tunesmith.eval.samples import load_samples
+    from tunesmith.models.load import load_tokenizer, resolve
+
+    samples, _ = load_samples([dataset], limit)
+    tokenizer = load_tokenizer(Path(target) if target.endswith("final") else resolve(target))
+    longest = max(len(tokenizer(s.reference, add_special_tokens=False)["input_ids"]) for s in samples)
+    return min(2048, -(-int(longest * 1.25 + 8) // 16) * 16)  # rounded up to a multiple of 16
 
 
 def serve(hw) -> None:

@@ -1,0 +1,307 @@
+"""The GPU fast path of SFT (train/speed.py, infer/attention.py, plan/speed.py) is numerically the plain path.
+
+On CPU the varlen kernel is absent, so the packed training branch runs its reference (per-sample SDPA): a batch packed
+by TRL's padding-free collator, through our attention, gives each sample the logits, per-token loss and gradients it
+gets alone through SDPA, and packed samples do not see each other. The gpu-marked tests repeat this with PyTorch's
+varlen flash kernel in bf16 (run them on the GPU machine: pytest -m gpu tests/train/test_fast_path.py)."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import yaml
+
+from tunesmith.config import SFTConfig
+from tunesmith.infer import attention
+from tunesmith.plan.estimate import Setup
+from tunesmith.plan.hardware import GPU, Hardware
+from tunesmith.plan.model_shape import load_shape
+from tunesmith.plan import speed as plan_speed
+from tunesmith.train import speed
+
+LENGTHS = (17, 5, 11)  # three samples of different lengths, packed into one row
+
+
+def tiny_qwen(device="cpu", dtype=torch.float32, hidden=64, heads=2, kv_heads=1, head_dim=32, seed=0):
+    """A random 2-layer Qwen2 (grouped key/value heads, q/k/v biases), weights wide enough that attention matters."""
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    config = Qwen2Config(vocab_size=128, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                         num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim,
+                         max_position_embeddings=256, tie_word_embeddings=True, pad_token_id=0)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.2)
+    return model.to(device=device, dtype=dtype)
+
+
+def samples(lengths=LENGTHS, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for n in lengths:
+        ids = torch.randint(1, 128, (n,), generator=gen).tolist()
+        labels = [-100] * 2 + ids[2:]  # a short "prompt" without loss, as our renderer writes
+        out.append({"input_ids": ids, "labels": labels})
+    return out
+
+
+def packed_batch(rows, device="cpu", boundaries=True):
+    """Exactly what SFTTrainer feeds the model with packing: one flattened row, position ids restarting per sample,
+    and (unless `boundaries` is off) cu_seq_lens_q/k + max_length_q/k."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    batch = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)(rows)
+    if not boundaries:
+        batch = {k: v for k, v in batch.items() if k in ("input_ids", "labels", "position_ids")}
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def token_losses(logits, labels):
+    """Per-token next-token cross-entropy, 0 where the label is -100 (shape: tokens - 1)."""
+    return torch.nn.functional.cross_entropy(logits[:-1].float(), labels[1:], ignore_index=-100, reduction="none")
+
+
+def packed_vs_alone(model, rows, boundaries=True):
+    """(logits and per-token losses of the packed row, split per sample; the same for each sample alone; the summed
+    losses, for gradients). The packed row runs our attention, the samples alone run SDPA."""
+    device = next(model.parameters()).device
+    model.config._attn_implementation = "sdpa"
+    alone = [model(input_ids=torch.tensor([r["input_ids"]], device=device)).logits[0] for r in rows]
+    alone_losses = [token_losses(lg, torch.tensor(r["labels"], device=device)) for lg, r in zip(alone, rows)]
+    attention.use_varlen(model)
+    batch = packed_batch(rows, device, boundaries)
+    labels = batch.pop("labels")
+    logits = model(**batch, use_cache=False).logits[0]
+    model.config._attn_implementation = "sdpa"
+    losses = token_losses(logits, labels[0])
+    split_logits, split_losses, start = [], [], 0
+    for r in rows:
+        n = len(r["input_ids"])
+        split_logits.append(logits[start:start + n])
+        split_losses.append(losses[start:start + n - 1])  # the target after a sample's last token is the next one's
+        start += n
+    return split_logits, split_losses, alone, alone_losses, losses.sum(), sum(x.sum() for x in alone_losses)
+
+
+# -----------------------------------------------------------------------------
+# CPU: the reference of the packed branch
+
+
+@pytest.mark.parametrize("boundaries", [True, False], ids=["cu_seq_lens", "position_ids"])
+def test_packed_batch_gives_each_sample_its_own_loss_and_gradients(boundaries, monkeypatch):
+    calls = []
+    real = attention.reference_varlen
+    monkeypatch.setattr(attention, "reference_varlen", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model = tiny_qwen()
+    rows = samples()
+    packed_logits, packed_losses, alone, alone_losses, packed_sum, alone_sum = packed_vs_alone(model, rows, boundaries)
+    assert calls, "the packed branch did not run"
+    for p, a in zip(packed_logits, alone):
+        assert torch.allclose(p, a, atol=1e-4), (p - a).abs().max()
+    for p, a in zip(packed_losses, alone_losses):
+        assert torch.allclose(p, a, atol=1e-4)
+    assert packed_losses[0].abs().sum() > 0 and torch.isclose(packed_sum, alone_sum, atol=1e-4)
+
+    grads = {}
+    for name, total in (("packed", packed_sum), ("alone", alone_sum)):
+        model.zero_grad()
+        total.backward(retain_graph=True)
+        grads[name] = {n: p.grad.clone() for n, p in model.named_parameters()}
+    for n, g in grads["alone"].items():
+        assert torch.allclose(grads["packed"][n], g, atol=1e-4, rtol=1e-4), n
+
+
+def test_packed_samples_do_not_attend_to_each_other():
+    model = tiny_qwen().eval()
+    rows = samples()
+    changed = [dict(r) for r in rows]
+    changed[0] = {"input_ids": [(t * 7 + 3) % 127 + 1 for t in rows[0]["input_ids"]], "labels": rows[0]["labels"]}
+    attention.use_varlen(model)
+    with torch.no_grad():
+        before = model(**{k: v for k, v in packed_batch(rows).items() if k != "labels"}, use_cache=False).logits[0]
+        after = model(**{k: v for k, v in packed_batch(changed).items() if k != "labels"}, use_cache=False).logits[0]
+    first = len(rows[0]["input_ids"])
+    assert not torch.allclose(before[:first], after[:first], atol=1e-3)  # the first sample did change
+    assert torch.allclose(before[first:], after[first:], atol=1e-6)  # and the others did not notice
+
+
+def test_plain_batches_keep_the_sdpa_path(monkeypatch):
+    """generate() on a served model passes no boundaries: no packed branch (the engine's path stays SDPA)."""
+    monkeypatch.setattr(attention, "reference_varlen", lambda *a, **k: pytest.fail("packed branch on a plain batch"))
+    model = tiny_qwen().eval()
+    ids = torch.tensor([samples()[0]["input_ids"]] * 2)
+    with torch.no_grad():
+        want = model(input_ids=ids).logits
+        attention.use_varlen(model)
+        got = model(input_ids=ids, position_ids=torch.arange(ids.shape[1]).expand(2, -1)).logits
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+# -----------------------------------------------------------------------------
+# Choices: packing, checkpointing, kernels, TRL arguments
+
+
+def test_unset_packing_and_checkpointing_resolve_to_todays_defaults_on_cpu(tmp_path):
+    from tunesmith.train import run as runs
+
+    cfg = SFTConfig(dataset=["x"], device="cpu")
+    assert cfg.packing is None and cfg.gradient_checkpointing is None
+    plan_speed.resolve_speed(cfg)
+    model = tiny_qwen()
+    chosen = speed.prepare_model(cfg, model, "cpu", torch.float32)
+    assert (cfg.packing, cfg.gradient_checkpointing) == (False, False)
+    assert chosen == {"attention": "sdpa", "kernels": "none", "optim": "transformers default"}
+    runs.save_config(cfg, tmp_path, speed=chosen)
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert (saved["packing"], saved["gradient_checkpointing"]) == (False, False)
+
+
+def test_gpu_choices_land_in_the_config(monkeypatch, tmp_path):
+    """On an H100 (79 GiB free, mocked): W1 packs and needs no checkpointing; W2 packs and recomputes only some layers.
+    Explicit settings always win."""
+    import tunesmith.models.load as models
+    import tunesmith.plan.hardware as hardware
+    from tunesmith.train import run as runs
+
+    monkeypatch.setattr(models, "pick_device", lambda preference="auto": "cuda")
+    monkeypatch.setattr(models, "pick_dtype", lambda preference, device: torch.bfloat16)
+    monkeypatch.setattr(speed, "varlen_runs", lambda device, dtype: True)
+    monkeypatch.setattr(hardware, "probe", lambda *a: Hardware(gpus=[GPU(0, "H100", 79.1, 79.1, True)]))
+
+    w1 = SFTConfig(dataset=["x"], model="qwen2.5-0.5b-instruct", method="full", max_length=4096, batch_size=8)
+    plan_speed.resolve_speed(w1)
+    assert (w1.packing, w1.gradient_checkpointing, w1.checkpoint_every) == (True, False, None)
+
+    w2 = SFTConfig(dataset=["x"], model="qwen2.5-7b-instruct", method="lora", max_length=4096, batch_size=2)
+    plan_speed.resolve_speed(w2)
+    assert w2.packing is True and w2.gradient_checkpointing is True and 1 < w2.checkpoint_every < 28
+    runs.save_config(w2, tmp_path)
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert (saved["packing"], saved["gradient_checkpointing"], saved["checkpoint_every"]) == (
+        True, True, w2.checkpoint_every)
+
+    mine = SFTConfig(dataset=["x"], model="qwen2.5-7b-instruct", packing=False, gradient_checkpointing="auto")
+    mine.gradient_checkpointing = True
+    plan_speed.resolve_speed(mine)
+    assert (mine.packing, mine.gradient_checkpointing, mine.checkpoint_every) == (False, True, None)
+
+
+def test_partial_checkpointing_recomputes_as_few_layers_as_fit():
+    gib = 1024**3
+    shape = load_shape("qwen2.5-7b-instruct")
+    s = Setup(method="lora", seq=4096, micro_batch=2, packing=True, attn="flash")
+    every = plan_speed.checkpoint_every_that_fits(shape, s, 71 * gib)
+    assert plan_speed.partial_checkpointing_bytes(shape, s, every) <= 71 * gib
+    assert every == shape.layers or plan_speed.partial_checkpointing_bytes(shape, s, every + 1) > 71 * gib
+    assert plan_speed.checkpoint_every_that_fits(shape, s, 500 * gib) is None  # fits without
+    assert plan_speed.checkpoint_every_that_fits(shape, s, 10 * gib) == 1  # nothing fits: all layers
+    assert plan_speed.checkpointed_layers(28, 5) == 6  # transformers checkpoints layers 0, 5, ..., 25
+
+
+def test_trl_arguments_of_the_fast_path(tmp_path):
+    from tunesmith.train.setup import trl_args
+
+    cfg = SFTConfig(dataset=["x"], packing=True, gradient_checkpointing=True, checkpoint_every=3, report_to=["none"])
+    args = trl_args(cfg, tmp_path, "cpu", torch.float32, has_eval=False)
+    assert args.packing and args.activation_checkpointing and args.gradient_checkpointing
+    assert args.activation_checkpointing_kwargs == {"use_reentrant": False, "every_n_layers": 3}
+    assert speed.speed_args(cfg, "cuda")["optim"] == "adamw_torch_fused"
+    off = trl_args(SFTConfig(dataset=["x"], report_to=["none"]), tmp_path, "cpu", torch.float32, has_eval=False)
+    assert not off.packing and not off.activation_checkpointing  # unset: TRL's checkpointing default does not leak in
+
+
+def test_liger_is_asked_for_only_where_it_runs():
+    from tunesmith.errors import HardwareError
+
+    cfg = SFTConfig(dataset=["x"], kernels="liger", packing=False, gradient_checkpointing=False)
+    with pytest.raises(HardwareError, match="tunesmith\\[gpu\\]"):
+        speed.prepare_model(cfg, tiny_qwen(), "cpu", torch.float32)
+
+
+# -----------------------------------------------------------------------------
+# GPU: PyTorch's varlen flash kernel, bf16
+
+
+def _relative(a, b):
+    return ((a.float() - b.float()).norm() / b.float().norm().clamp(min=1e-12)).item()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("boundaries", [True, False], ids=["cu_seq_lens", "position_ids"])
+def test_varlen_kernel_trains_packed_batches_as_samples_alone_on_gpu(boundaries):
+    assert attention.torch_varlen_available(torch.bfloat16)
+    model = tiny_qwen("cuda", torch.bfloat16, hidden=256, heads=8, kv_heads=2, head_dim=64)
+    rows = samples((37, 120, 9, 300))
+    packed_logits, _, alone, _, packed_sum, alone_sum = packed_vs_alone(model, rows, boundaries)
+    for p, a in zip(packed_logits, alone):
+        assert _relative(p, a) < 2e-2
+    assert abs(packed_sum.item() - alone_sum.item()) / alone_sum.item() < 1e-2
+    grads = {}
+    for name, total in (("packed", packed_sum), ("alone", alone_sum)):
+        model.zero_grad()
+        total.backward(retain_graph=True)
+        grads[name] = {n: p.grad.clone() for n, p in model.named_parameters()}
+    for n, g in grads["alone"].items():
+        assert _relative(grads["packed"][n], g) < 3e-2, n
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_varlen_kernel_gradients_with_grouped_heads_equal_the_reference_on_gpu():
+    gen = torch.Generator().manual_seed(0)
+    lengths = [7, 300, 33]
+    cu = torch.tensor([0, 7, 307, 340], dtype=torch.int32, device="cuda")
+    q, k, v = (torch.randn(340, h, 64, generator=gen).cuda() for h in (14, 2, 2))
+    grad_out = torch.randn(340, 14, 64, generator=gen).cuda()
+    ours = [t.to(torch.bfloat16).requires_grad_() for t in (q, k, v)]
+    ref = [t.clone().requires_grad_() for t in (q, k, v)]
+    out = attention._kernel(*ours, cu, cu, max(lengths), max(lengths), None, None)
+    want = attention.reference_varlen(*ref, cu, cu, scale=None)
+    (out.float() * grad_out).sum().backward()
+    (want * grad_out).sum().backward()
+    assert _relative(out, want) < 2e-2
+    for a, b in zip(ours, ref):
+        assert _relative(a.grad, b.grad) < 3e-2
+
+
+LIGER_SCRIPT = textwrap.dedent("""
+    import torch
+    from test_fast_path import packed_batch, samples, tiny_qwen
+    from tunesmith.config import SFTConfig
+    from tunesmith.train import speed
+
+    rows = samples((37, 120, 9, 300))
+    model = tiny_qwen("cuda", torch.bfloat16, hidden=256, heads=8, kv_heads=2, head_dim=64)
+    batch = packed_batch(rows, "cuda")
+    plain = model(**batch, use_cache=False).loss.item()  # sdpa: transformers builds the block mask from position_ids
+    cfg = SFTConfig(dataset=["x"], packing=True, gradient_checkpointing=False, kernels="liger")
+    chosen = speed.prepare_model(cfg, model, "cuda", torch.bfloat16)
+    assert chosen["attention"] == "flash_tunesmith_varlen" and chosen["kernels"].startswith("liger"), chosen
+    loss = model(**batch, use_cache=False).loss
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    speed.prepare_model(SFTConfig(dataset=["x"], packing=True, gradient_checkpointing=False, kernels="none"),
+                        model, "cuda", torch.bfloat16)
+    assert abs(loss.item() - plain) / plain < 2e-2, (plain, loss.item())  # sdpa's block mask vs varlen + liger
+    print("ok", plain, loss.item())
+""")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_liger_kernels_train_with_the_varlen_attention_on_gpu(tmp_path):
+    """In a child process: liger patches transformers' modules for the whole process."""
+    pytest.importorskip("liger_kernel")
+    import os
+    from pathlib import Path
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), str(Path(__file__).parents[1]),
+                                                       os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-c", LIGER_SCRIPT], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-3000:]

@@ -1,0 +1,101 @@
+"""KTO, ORPO, CPO/SimPO and reward-model training: per-method config, the ids each trainer is given, the score head."""
+
+import re
+
+import pytest
+
+from tunesmith.config import load
+from tunesmith.config.rlhf import RLHFConfig
+from tunesmith.errors import ConfigError
+
+
+def test_method_defaults_come_from_each_method():
+    kto = RLHFConfig(method="kto", dataset=["x"])
+    simpo = RLHFConfig(method="simpo", dataset=["x"])
+    cpo = RLHFConfig(method="cpo", dataset=["x"])
+    assert kto.loss_type == ["kto"] and kto.beta == 0.1
+    assert (simpo.loss_type, simpo.beta, simpo.cpo_alpha, simpo.simpo_gamma) == (["simpo"], 2.0, 0.0, 1.0)
+    assert (cpo.loss_type, cpo.beta, cpo.cpo_alpha, cpo.simpo_gamma) == (["sigmoid"], 0.1, 1.0, None)
+    tuned = RLHFConfig(method="simpo", dataset=["x"], beta=2.5, cpo_alpha=0.05)  # CPO-SimPO; gamma follows beta
+    assert (tuned.beta, tuned.cpo_alpha, tuned.simpo_gamma) == (2.5, 0.05, 1.25)
+    assert RLHFConfig(method="dpo", dataset=["x"]).loss_type == ["sigmoid"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--method", "orpo", "--loss-type", "hinge"], "loss_type: --method orpo has a single loss; drop loss_type"),
+    (["--method", "cpo", "--loss-type", "kto"], "loss_type: kto is not a cpo loss; choose from sigmoid, hinge, ipo, simpo"),
+    (["--method", "dpo", "--loss-type", "simpo"], "loss_type: simpo is not a dpo loss"),
+    (["--method", "simpo", "--loss-type", "sigmoid"], "loss_type: sigmoid is not a simpo loss; choose from simpo"),
+    (["--method", "kto", "--batch-size", "1"], "batch_size: KTO estimates its KL term from the other rows"),
+    (["--method", "dpo", "--cpo-alpha", "1"], "cpo_alpha: only used by --method cpo or simpo (method is dpo)"),
+    (["--method", "orpo", "--desirable-weight", "2"], "desirable_weight: only used by --method kto (method is orpo)"),
+    (["--method", "rm", "--beta", "0.2"], "beta: a reward model is trained without a reference model or beta"),
+])
+def test_settings_a_method_does_not_read_are_errors(flags, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load(RLHFConfig, ["--dataset", "x", *flags])
+
+
+@pytest.fixture(scope="module")
+def template():
+    from real_tokenizers import smollm2_tokenizer
+    from tunesmith.templates import Template
+
+    return Template(smollm2_tokenizer())
+
+
+def test_kto_unpairs_a_pair_into_rendered_desirable_and_undesirable_rows(template):
+    from tunesmith.data.rows import Preference, UnpairedPreference
+    from tunesmith.train.kto import tokenize_unpaired
+
+    prompt = [{"role": "user", "content": "code for apple"}]
+    rows = [Preference(prompt, "CODE apple OK", "CODE apple NO"), UnpairedPreference(prompt, "CODE OK", True),
+            UnpairedPreference(prompt, "word " * 40, False, "f.jsonl", 3)]
+    problems = []
+    ds = tokenize_unpaired(rows, template, max_length=50, problems=problems)
+    assert ds["label"] == [True, False, True]
+    assert all(p == template.render_prompt(prompt) for p in ds["prompt_ids"])  # the prompt infer and deploy send
+    decode = template.tokenizer.decode
+    assert [decode(c) for c in ds["completion_ids"]] == ["CODE apple OK<|im_end|>", "CODE apple NO<|im_end|>",
+                                                         "CODE OK<|im_end|>"]
+    assert [str(p) for p in problems] == [
+        "f.jsonl:3: completion: 75 tokens > max_length 50; raise max_length or shorten the row"]
+
+
+def test_cpo_and_orpo_rows_score_only_the_answers(template):
+    from tunesmith.data.rows import Preference
+    from tunesmith.templates import IGNORE
+    from tunesmith.train.dpo import tokenize_pairs
+    from tunesmith.train.preference import trl_pair_row
+
+    pair = tokenize_pairs([Preference([{"role": "user", "content": "q"}], "yes", "no")], template, 100, [])[0]
+    row = trl_pair_row(pair)
+    n = len(pair["prompt_ids"])
+    assert row["prompt_input_ids"] == pair["prompt_ids"]
+    for side in ("chosen", "rejected"):
+        assert row[f"{side}_input_ids"] == pair["prompt_ids"] + pair[f"{side}_ids"]
+        assert row[f"{side}_labels"] == [IGNORE] * n + pair[f"{side}_ids"]
+        assert len(row[f"{side}_attention_mask"]) == len(row[f"{side}_input_ids"])
+
+
+def test_reward_pairs_are_whole_rendered_conversations(template):
+    from tunesmith.data.rows import Preference
+    from tunesmith.train.rm import tokenize_scored_pairs
+
+    prompt = [{"role": "user", "content": "q"}]
+    ds = tokenize_scored_pairs([Preference(prompt, "yes", "no")], template, 100, [])
+    # what TRL's GRPOTrainer renders for a reward model: the chat template over prompt + answer
+    assert template.tokenizer.decode(ds["chosen_ids"][0]) == template.render_text(
+        prompt + [{"role": "assistant", "content": "yes"}])
+
+
+def test_reward_model_lora_trains_the_score_head_whole_and_freezes_the_base(tmp_path):
+    from tiny import make_tiny_model
+    from tunesmith.train.rm import load_scorer
+
+    folder = make_tiny_model(tmp_path / "m")
+    model, _, _ = load_scorer(RLHFConfig(method="rm", dataset=["x"], model=str(folder)), folder, pad_token_id=2)
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert [n for n in trainable if "lora_" not in n] == ["base_model.model.score.modules_to_save.default.weight"]
+    assert any("q_proj.lora_A" in n for n in trainable)
+    assert model.config.num_labels == 1 and model.config.pad_token_id == 2

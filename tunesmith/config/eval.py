@@ -1,0 +1,54 @@
+"""`tunesmith eval`: generation metrics and multiple-choice accuracy for one model or several side by side.
+
+    tunesmith eval --compare base=smollm2-135m-instruct tuned=runs/prd/final served=http://127.0.0.1:8000/v1 \\
+        --dataset prd-assistant --limit -20 --metrics exact_match bleu rouge
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from tunesmith.config.sections import Device, Dtype, GenerationCfg, Section
+
+Metric = Literal["exact_match", "bleu", "rouge", "bertscore", "accuracy"]
+CHEAP_METRICS: list[str] = ["exact_match", "bleu", "rouge", "accuracy"]
+
+
+class EvalConfig(Section):
+    """Score models side by side on a dataset (each row's last assistant turn is the reference; rows with `choices` and
+`answer` are multiple choice). Run: tunesmith eval --compare base=MODEL tuned=runs/NAME/final --dataset D"""
+
+    model: str | None = Field(None, description=(
+        "Model to evaluate (registry name, folder or hub id); with --adapters, the base they load on (default: the "
+        "run's base). Without --model, --adapters or --compare: the embedded model."))
+    adapters: str | None = Field(None, description="Evaluate this run's adapter (runs/NAME/final); base and template come from the run.")
+    compare: list[str] = Field(default_factory=list, description=(
+        "Models side by side, each NAME=SPEC (or SPEC, named after it): a model (registry name, folder, hub id), a "
+        "run's final folder, or a running OpenAI-compatible endpoint http://host:port/v1 (append #MODEL to pick one "
+        "it serves; default its first)."))
+    dataset: list[str] = Field(..., min_length=1, description=(
+        "Files, folders, registry names or hub ids (name#N samples N rows), in any training format."))
+    limit: int | None = Field(None, description="Score only the first N rows; a negative N scores the last N (default: all).")
+    metrics: list[Metric] = Field(default_factory=lambda: list(CHEAP_METRICS), description=(
+        "exact_match, bleu, rouge (1/2/L) score answers against the reference; accuracy scores multiple-choice rows; "
+        "bertscore needs `pip install bert-score`. Each applies to the rows it fits."))
+    bertscore_model: str | None = Field(None, description="bert-score model_type (default: its choice for the data's language).")
+    generation: GenerationCfg = Field(default_factory=GenerationCfg, description="Generation settings.")
+    batch_size: int = Field(32, ge=1, description="Prompts submitted together (they share the running batch, or concurrent HTTP requests).")
+    backend: Literal["transformers", "vllm", "sglang", "lmdeploy"] = Field("transformers", description="Inference backend for local models.")
+    system: str | None = Field(None, description="System prompt (default: the one each model was trained with).")
+    api_key: str | None = Field(None, description="Bearer key for endpoints (default: $OPENAI_API_KEY, else none).")
+    output_dir: str | None = Field(None, description="Folder for results.json, answers.jsonl and scores.png (default runs/eval-<time>).")
+    overwrite: bool = Field(False, description="Write over the results already in output_dir.")
+    skip_bad_rows: bool = Field(False, description="Skip rows that fail the data check (counted) instead of stopping.")
+    dtype: Dtype = Field("auto", description="auto = bfloat16 on GPUs that support it, else float32.")
+    device: Device = Field("auto", description="auto = cuda, then mps, then cpu.")
+    command: ClassVar[str] = "eval"
+
+    @model_validator(mode="after")
+    def _check(self) -> "EvalConfig":
+        if self.limit == 0:
+            raise ValueError("limit: 0 scores nothing; give N > 0 (first N rows), N < 0 (last N) or leave it out")
+        return self

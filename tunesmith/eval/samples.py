@@ -1,0 +1,141 @@
+"""Dataset rows -> what each model is asked and the answer it is scored against.
+
+Generation rows: any training format; the last assistant turn is the reference, the turns before it the prompt.
+Multiple-choice rows: `choices` (a list of texts) and `answer` (a letter "B", the right choice's text, or a 0-based
+index where the format allows a number: `messages` rows), beside `question` or `messages`:
+
+    {"question": "2 + 2 =", "choices": ["3", "4", "5"], "answer": "B"}
+
+They are asked with lettered choices and scored by the letter the model writes (`pick_choice`): the same prompt
+works for a local model and for an endpoint, and it measures what a user of the chat model would see. Scoring the
+log-likelihood of each choice would need prompt log-probabilities, which the Engine interface and OpenAI chat
+endpoints do not give.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from dataclasses import dataclass, field
+from typing import Any
+
+from tunesmith.data.load import describe_problems, load_rows
+from tunesmith.data.rows import Conversation, Problem
+from tunesmith.errors import DataError
+
+LETTERS = string.ascii_uppercase
+CHOICE_INSTRUCTION = "Answer with the letter of the correct choice."
+
+
+@dataclass
+class Sample:
+    messages: list[dict[str, Any]]  # what the model is asked: ends with the user's turn
+    reference: str  # generation: the reference answer; multiple choice: the right choice's text
+    source: str
+    line: int | str
+    choices: list[str] = field(default_factory=list)  # empty for generation rows
+    answer_index: int | None = None
+
+    @property
+    def is_choice(self) -> bool:
+        return bool(self.choices)
+
+    @property
+    def where(self) -> str:
+        return f"{self.source}:{self.line}"
+
+
+def load_samples(specs: list[str], limit: int | None = None, skip_bad_rows: bool = False) -> tuple[list[Sample], int]:
+    """The samples to score, and how many bad rows were skipped. Bad rows stop here as `file:line: field: problem`."""
+    data = load_rows(specs, kind="sft", seed=42)
+    samples: list[Sample] = []
+    for row in data.rows:
+        if isinstance(row, Conversation):  # kind="sft" yields only conversations
+            sample = to_sample(row, data.problems)
+            if sample is not None:
+                samples.append(sample)
+    problems = sorted(data.problems, key=lambda p: (p.source, _line_number(p.line)))
+    if problems and not skip_bad_rows:
+        hint = ""
+        if any(p.field == "answer" and "got int" in p.problem for p in problems):
+            hint = ('\nMultiple-choice answers in question/answer rows are a letter ("B") or the right choice\'s text, '
+                    "not an index.")
+        raise DataError(describe_problems(problems) + hint + "\nFix these rows, or pass --skip-bad-rows to leave them out.")
+    if limit is not None:
+        samples = samples[:limit] if limit > 0 else samples[limit:]
+    if not samples:
+        raise DataError(f"{', '.join(specs)}: no rows left to score")
+    return samples, len(problems)
+
+
+def to_sample(conv: Conversation, problems: list[Problem]) -> Sample | None:
+    last = max(i for i, m in enumerate(conv.messages) if m["role"] == "assistant")
+    prompt = [dict(m) for m in conv.messages[:last]]
+    reference = conv.messages[last]["content"]
+    if prompt[-1]["role"] != "user":
+        problems.append(Problem(conv.source, conv.line, "messages", "the turn before the reference answer must be the user's"))
+        return None
+    if "choices" not in conv.extra:
+        if not reference.strip():
+            problems.append(Problem(conv.source, conv.line, "messages", "the last assistant turn has no text to score against"))
+            return None
+        return Sample(prompt, reference, conv.source, conv.line)
+    choices = conv.extra["choices"]
+    if not (isinstance(choices, list) and 2 <= len(choices) <= len(LETTERS) and all(isinstance(c, (str, int, float)) for c in choices)):
+        problems.append(Problem(conv.source, conv.line, "choices", f"expected a list of 2 to {len(LETTERS)} texts"))
+        return None
+    choices = [str(c) for c in choices]
+    index = answer_index(conv.extra.get("answer", reference), choices)
+    if index is None:
+        given = conv.extra.get("answer", reference)
+        problems.append(Problem(conv.source, conv.line, "answer", f"{given!r} is not a letter A-{LETTERS[len(choices) - 1]}, "
+                                                                   "a 0-based index or the text of one of the choices"))
+        return None
+    prompt[-1]["content"] = choice_prompt(prompt[-1]["content"], choices)
+    return Sample(prompt, choices[index], conv.source, conv.line, choices, index)
+
+
+def choice_prompt(question: str, choices: list[str]) -> str:
+    lines = [f"{LETTERS[i]}. {c}" for i, c in enumerate(choices)]
+    return f"{question.rstrip()}\n\n" + "\n".join(lines) + f"\n\n{CHOICE_INSTRUCTION}"
+
+
+def answer_index(answer: Any, choices: list[str]) -> int | None:
+    """The right choice from how the dataset wrote it: the choice's text, a letter, or a 0-based index."""
+    if isinstance(answer, bool):
+        return None
+    if isinstance(answer, int):
+        return answer if 0 <= answer < len(choices) else None
+    if not isinstance(answer, str):
+        return None
+    text = answer.strip()
+    for i, choice in enumerate(choices):
+        if text == choice.strip():
+            return i
+    letter = text.strip("()").upper()
+    if len(letter) == 1 and letter in LETTERS[: len(choices)]:
+        return LETTERS.index(letter)
+    return None
+
+
+def pick_choice(text: str, choices: list[str]) -> int | None:
+    """The choice a generated answer names, or None. In order: the answer is a choice's text; it starts with a letter
+    ("B", "(B)", "B. ...", "B)"); it says "answer is B" / "Answer: B"; exactly one valid letter stands alone in it."""
+    valid = LETTERS[: len(choices)]
+    t = text.strip()
+    bare = t.rstrip(".").strip().lower()
+    for i, choice in enumerate(choices):
+        if bare == choice.strip().rstrip(".").lower():
+            return i
+    patterns = (r"^\(?([A-Z])(?:[).:,]|$)", r"(?i:answer)(?:\s+is)?\s*[:\-]?\s*\(?([A-Z])\b")
+    for pattern in patterns:
+        m = re.search(pattern, t)
+        if m and m.group(1) in valid:
+            return valid.index(m.group(1))
+    # "A" and "I" before a lowercase word are an article and a pronoun, not choices
+    alone = {m for m in re.findall(r"\b(?![AI]\s+[a-z])([A-Z])\b", t) if m in valid}
+    return valid.index(alone.pop()) if len(alone) == 1 else None
+
+
+def _line_number(line: int | str) -> int:
+    return line if isinstance(line, int) else int("".join(c for c in str(line) if c.isdigit()) or 0)

@@ -1,0 +1,181 @@
+"""What is evaluated, and how its answers are obtained.
+
+A target is a local model, a run's adapter (or full fine-tune), or a running OpenAI-compatible endpoint. Local ones
+answer through `tunesmith.infer.load_engine`, so prompts are rendered by the Template the model was trained with,
+exactly as `tunesmith infer` and `deploy` render them; endpoints answer over HTTP (/v1/chat/completions).
+Targets are evaluated one after another, each engine freed before the next loads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from tunesmith.config import DEFAULT_MODEL
+from tunesmith.config.eval import EvalConfig
+from tunesmith.errors import ConfigError, TunesmithError
+from tunesmith.eval.samples import Sample
+from tunesmith.infer import SamplingParams
+
+NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+HTTP_TIMEOUT_S = 600.0
+
+
+@dataclass
+class Target:
+    name: str  # the row in the table
+    kind: Literal["model", "adapters", "endpoint"]
+    spec: str  # model name/folder/hub id, adapter folder, or endpoint URL (without #MODEL)
+    base: str | None = None  # adapters: the base to load them on (None = the run's)
+    served_model: str | None = None  # endpoint: the model to ask for (None = the first it lists)
+
+
+@dataclass
+class Answer:
+    text: str
+    finish_reason: str | None
+    completion_tokens: int
+
+
+def targets_from(cfg: EvalConfig) -> list[Target]:
+    out: list[Target] = []
+    if cfg.adapters:
+        out.append(Target(run_name(cfg.adapters), "adapters", cfg.adapters, base=cfg.model))
+    elif cfg.model:
+        out.append(parse_spec(cfg.model, name=None, allow_endpoint=False))
+    for item in cfg.compare:
+        name, sep, spec = item.partition("=")
+        if not sep or not NAME.match(name) or not spec:
+            name, spec = None, item  # a bare SPEC (a path may itself hold "=")
+        out.append(parse_spec(spec, name))
+    if not out:
+        out.append(Target(DEFAULT_MODEL, "model", DEFAULT_MODEL))
+    seen: set[str] = set()
+    for t in out:
+        if t.name in seen:
+            raise ConfigError(f"compare: two models are named {t.name!r}; name them NAME=SPEC")
+        seen.add(t.name)
+    return out
+
+
+def parse_spec(spec: str, name: str | None, allow_endpoint: bool = True) -> Target:
+    if spec.startswith(("http://", "https://")):
+        if not allow_endpoint:
+            raise ConfigError(f"model: {spec} is an endpoint; pass it as --compare NAME={spec}")
+        url, _, served = spec.partition("#")
+        parts = urlsplit(url)
+        if not parts.netloc:
+            raise ConfigError(f"compare: {spec} is not a URL like http://host:port/v1")
+        return Target(name or parts.netloc, "endpoint", url.rstrip("/"), served_model=served or None)
+    folder = Path(spec).expanduser()
+    if (folder / "adapter_config.json").exists():
+        return Target(name or run_name(spec), "adapters", spec)
+    if folder.is_dir() and folder.name == "final":
+        return Target(name or run_name(spec), "model", spec)  # a full fine-tune's final/: a model with its template
+    return Target(name or Path(spec).name, "model", spec)
+
+
+def run_name(folder: str) -> str:
+    path = Path(folder)
+    return path.parent.name if path.name == "final" else path.name
+
+
+def sampling_params(cfg: EvalConfig) -> SamplingParams:
+    g = cfg.generation
+    return SamplingParams(max_tokens=g.max_tokens, temperature=g.temperature, top_p=g.top_p, stop=list(g.stop), seed=g.seed)
+
+
+def answer(target: Target, samples: list[Sample], cfg: EvalConfig) -> list[Answer]:
+    from tqdm.auto import tqdm
+
+    params = sampling_params(cfg)
+    with tqdm(total=len(samples), desc=f"answering ({target.name})", unit="row") as bar:
+        if target.kind == "endpoint":
+            return asyncio.run(_answer_endpoint(target, samples, params, cfg, bar))
+        return _answer_local(target, samples, params, cfg, bar)
+
+
+# -----------------------------------------------------------------------------
+# Local models, through the Engine
+
+
+def _answer_local(target: Target, samples: list[Sample], params: SamplingParams, cfg: EvalConfig, bar) -> list[Answer]:
+    from tunesmith.infer import load_engine
+
+    if target.kind == "adapters":
+        engine = load_engine(cfg.backend, target.base, {target.name: target.spec}, cfg.device, cfg.dtype, cfg.system)
+    else:
+        engine = load_engine(cfg.backend, target.spec, None, cfg.device, cfg.dtype, cfg.system)
+    served = engine.model_names()[0]
+    out: list[Answer] = []
+    try:
+        for start in range(0, len(samples), cfg.batch_size):
+            batch = samples[start: start + cfg.batch_size]
+            for completion in engine.chat([s.messages for s in batch], params, model=served):
+                choice = completion.choices[0]
+                out.append(Answer(choice.text, choice.finish_reason, choice.completion_tokens))
+            bar.update(len(batch))
+    finally:
+        engine.shutdown()
+        del engine
+        gc.collect()  # the next target loads into the memory this one held
+    return out
+
+
+# -----------------------------------------------------------------------------
+# Endpoints, over HTTP
+
+
+async def _answer_endpoint(target: Target, samples: list[Sample], params: SamplingParams, cfg: EvalConfig, bar) -> list[Answer]:
+    try:
+        import httpx
+    except ImportError:
+        raise ConfigError("compare: endpoints are called with httpx: pip install 'tunesmith[serve]' (or httpx)") from None
+    key = cfg.api_key or os.environ.get("OPENAI_API_KEY")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    limit = asyncio.Semaphore(cfg.batch_size)
+    async with httpx.AsyncClient(headers=headers, timeout=HTTP_TIMEOUT_S) as client:
+        model = target.served_model or await _first_model(client, target.spec)
+
+        async def one(sample: Sample) -> Answer:
+            body = {"model": model, "messages": sample.messages, "max_tokens": params.max_tokens,
+                    "temperature": params.temperature, "top_p": params.top_p}
+            if params.stop:
+                body["stop"] = params.stop
+            if params.seed is not None:
+                body["seed"] = params.seed
+            async with limit:
+                data = await _call(client, "POST", f"{target.spec}/chat/completions", json=body)
+            bar.update(1)
+            choice = data["choices"][0]
+            return Answer(choice["message"].get("content") or "", choice.get("finish_reason"),
+                          (data.get("usage") or {}).get("completion_tokens", 0))
+
+        return list(await asyncio.gather(*[one(s) for s in samples]))
+
+
+async def _first_model(client, url: str) -> str:
+    data = await _call(client, "GET", f"{url}/models")
+    models = [m["id"] for m in data.get("data", [])]
+    if not models:
+        raise TunesmithError(f"{url}/models lists no models; name one with --compare NAME={url}#MODEL")
+    return models[0]
+
+
+async def _call(client, method: str, url: str, **kwargs) -> dict:
+    import httpx
+
+    try:
+        response = await client.request(method, url, **kwargs)
+    except httpx.HTTPError as err:
+        raise TunesmithError(f"{url}: cannot reach the endpoint ({type(err).__name__}: {err}). Is the server running "
+                             "(tunesmith deploy ...) and does the URL end in /v1?") from None
+    if response.status_code != 200:
+        raise TunesmithError(f"{url}: answered {response.status_code}: {response.text[:300]}")
+    return response.json()

@@ -1,0 +1,51 @@
+"""CPO and SimPO on preference pairs: no reference model. The policy's own log-likelihoods of chosen and rejected
+are contrasted (loss_type sigmoid | hinge | ipo | simpo), plus cpo_alpha x the NLL of the chosen answer.
+Run: tunesmith rlhf --method cpo --dataset pairs.jsonl      (CPO: sigmoid loss, cpo_alpha 1.0, beta 0.1)
+     tunesmith rlhf --method simpo --dataset pairs.jsonl    (SimPO: length-normalised rewards, margin simpo_gamma)
+
+SimPO is CPO with loss_type "simpo" and cpo_alpha 0, as TRL documents; its defaults are the SimPO paper's beta 2.0
+and gamma = 0.5 x beta (config/rlhf.py). Pairs are rendered by our Template, as in DPO.
+
+Not reported: tokens/s. TRL's pair batches carry chosen_input_ids/rejected_input_ids but no input_ids, which is what
+the Trainer counts, so token counting is off rather than warning at every step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+from tunesmith.config.rlhf import RLHFConfig
+from tunesmith.train import run as runs
+from tunesmith.train.dpo import tokenize_pairs
+from tunesmith.train.preference import load_preference_data, trl_pair_row
+from tunesmith.train.setup import common_args, load_trainable, run_trainer
+
+
+def cpo(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> runs.RunResult:
+    run_dir = runs.run_dir_for(cfg)
+    log_file = runs.log_to_file(run_dir)
+    resume_from = runs.checkpoint_to_resume(cfg, run_dir)
+
+    data = load_preference_data(cfg, "preference", tokenize_pairs)
+    model, device, dtype = load_trainable(cfg, data.base_folder)
+    runs.save_config(cfg, run_dir, base_model_folder=str(data.base_folder), device=device, dtype=str(dtype),
+                     train_pairs=len(data.train), skipped_rows=data.skipped)
+    # no token counting: TRL's pair batches have no input_ids (see the module docstring)
+    args = CPOConfig(**common_args(cfg, run_dir, device, dtype, has_eval=data.eval is not None)
+                     | {"include_num_input_tokens_seen": "no"}, beta=cfg.beta, loss_type=cfg.loss_type[0],
+                     cpo_alpha=cfg.cpo_alpha, simpo_gamma=cfg.simpo_gamma if cfg.simpo_gamma is not None else 0.5)
+    trainer = run_trainer(cfg, run_dir, model, data.tokenizer, data.train, data.eval, device, dtype, resume_from,
+                          callbacks, trainer_cls=RenderedCPOTrainer, args=args)
+    final = runs.save_final(trainer, data.template, run_dir)
+    log_file.close()
+    return runs.result_from(trainer, run_dir, final, data.skipped)
+
+
+class RenderedCPOTrainer(CPOTrainer):
+    """TRL's CPOTrainer tokenizes text rows itself (and may add BOS/EOS); ours arrive rendered by Template, the
+    renderer training and serving share, so a row only changes layout."""
+
+    def tokenize_row(self, feature, model=None):
+        return trl_pair_row(feature)

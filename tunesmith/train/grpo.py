@@ -1,0 +1,291 @@
+"""GRPO: sample `num_generations` answers per prompt, score them with reward functions, and push up the ones that
+beat their group's mean.  Run: tunesmith rlhf --method grpo --dataset prompts.jsonl --reward-funcs format length \
+--reward-weights 1 0.5 --format-pattern '...' --plugin my_rewards.py
+
+TRL's GRPOTrainer does the work (rollouts with transformers generation, or vLLM colocate with --use-vllm; advantages;
+the clipped loss; metrics such as reward, rewards/<name>/mean, kl, completions/mean_length). This file adds:
+  - rewards by name (tunesmith/train/rewards), plugins checked and every reward called once on real rows before
+    any weights load, so a broken plugin costs seconds;
+  - prompts rendered by our Template: the ids TRL generates from are exactly template.render_prompt(messages), the
+    ids `infer` and `deploy` send (see RenderedPrompts);
+  - --variant, a preset over TRL's own knobs (VARIANTS), each knob still settable on its own.
+Departs from TRL's defaults: --variant grpo follows the DeepSeekMath paper (per-sequence loss, KL beta 0.04) where
+TRL defaults to DAPO's token-level loss and no KL term; pass --variant dapo for those.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+from tunesmith.config.rlhf import RLHFConfig
+from tunesmith.data.load import load_rows
+from tunesmith.data.rows import Problem
+from tunesmith.errors import ConfigError, DataError
+from tunesmith.templates import Template
+from tunesmith.train.rewards import build_rewards
+from tunesmith.train.rewards.registry import ROW_KEY, RewardFn
+
+# Each variant is a setting of TRL's GRPOConfig knobs (RLOOConfig for rloo). Sources:
+#   grpo     DeepSeekMath (arXiv 2402.03300): loss averaged per sequence, advantages scaled by the group's std,
+#            KL beta 0.04, clip 0.2.
+#   dapo     DAPO (2503.14476): clip-higher (0.2 / 0.28), token-level loss, overlong filtering, no KL term. Its
+#            dynamic sampling is not in TRL; its soft overlong punishment is the `length` reward.
+#   dr_grpo  Dr. GRPO (2503.20783): no std scaling, loss over a constant (max_completion_length), no KL term.
+#   gspo     GSPO (2507.18071): one importance ratio per sequence, clip 3e-4 / 4e-4, per-sequence loss, no KL term.
+#   rloo     RLOO (2402.14740): each completion's baseline is the mean reward of the other completions of its
+#            prompt; TRL's RLOOTrainer, with its KL-in-the-reward beta 0.05.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "grpo": dict(loss_type="grpo", scale_rewards="group", beta=0.04, epsilon=0.2, epsilon_high=0.2,
+                 importance_sampling_level="token", mask_truncated_completions=False),
+    "dapo": dict(loss_type="dapo", scale_rewards="group", beta=0.0, epsilon=0.2, epsilon_high=0.28,
+                 importance_sampling_level="token", mask_truncated_completions=True),
+    "dr_grpo": dict(loss_type="dr_grpo", scale_rewards="none", beta=0.0, epsilon=0.2, epsilon_high=0.2,
+                    importance_sampling_level="token", mask_truncated_completions=False),
+    "gspo": dict(loss_type="grpo", scale_rewards="group", beta=0.0, epsilon=3e-4, epsilon_high=4e-4,
+                 importance_sampling_level="sequence", mask_truncated_completions=False),
+    "rloo": dict(beta=0.05, epsilon=0.2, epsilon_high=0.2, mask_truncated_completions=False),
+}
+# our field -> TRL's name
+KNOBS = {"grpo_loss_type": "loss_type", "scale_rewards": "scale_rewards", "kl_coef": "beta", "epsilon": "epsilon",
+         "epsilon_high": "epsilon_high", "importance_sampling_level": "importance_sampling_level",
+         "mask_truncated_completions": "mask_truncated_completions"}
+# Dataset columns that would collide with the arguments TRL passes reward functions under these names
+RESERVED = {"prompts", "completions", "completion_ids", "trainer_state", "log_extra", "log_metric", "environments"}
+
+
+def grpo(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> runs.RunResult:
+    rewards = build_rewards(cfg)  # loads --plugin files: their errors come first, before anything heavy
+    _check_setup(cfg, rewards)
+    from tunesmith.train import run as runs  # imports transformers: after the checks above, so they answer fast
+    from tunesmith.train.setup import load_tokenizer_first, load_trainable, run_trainer
+
+    run_dir = runs.run_dir_for(cfg)
+    log_file = runs.log_to_file(run_dir)
+    resume_from = runs.checkpoint_to_resume(cfg, run_dir)
+    tokenizer, base_folder = load_tokenizer_first(cfg)
+    template = Template(tokenizer, default_system=cfg.system)
+
+    env = environment(cfg, template)
+    if env is None:
+        table, train_ds, eval_ds, skipped = prompt_datasets(cfg, template)
+        for fn in rewards:
+            fn.rows = [(conv, cols) for conv, cols, _ in table]
+        dry_run(rewards, train_ds, tokenizer)
+        prompt_ids, rollout, env_rewards = [ids for _, _, ids in table], None, []
+    else:
+        train_ds, rollout, env_rewards = env
+        eval_ds, skipped, prompt_ids = None, 0, []
+    # The environment's reward goes last, where reward_weights gives unweighted 1s
+    reward_funcs, reward_tokenizers = reward_models(cfg, rewards)
+    reward_funcs, reward_tokenizers = [*reward_funcs, *env_rewards], [*reward_tokenizers, *[None] * len(env_rewards)]
+    model, device, dtype = load_trainable(cfg, base_folder)
+    _stop_at_end_of_turn(model, template)
+    runs.save_config(cfg, run_dir, base_model_folder=str(base_folder), device=device, dtype=str(dtype),
+                     train_prompts=len(train_ds), skipped_rows=skipped, trl_knobs=resolve_knobs(cfg))
+    args = grpo_args(cfg, run_dir, device, dtype, has_eval=eval_ds is not None, n_rewards=len(reward_funcs))
+    trainer_cls = rendered_trainer(cfg.variant)
+    extra = {"rollout_func": rollout} if rollout is not None else {}
+
+    def make_trainer(**kwargs: Any) -> Any:
+        return trainer_cls(reward_funcs=reward_funcs, reward_processing_classes=reward_tokenizers, prompt_ids=prompt_ids,
+                           **extra, **kwargs)
+
+    trainer = run_trainer(cfg, run_dir, model, tokenizer, train_ds, eval_ds, device, dtype, resume_from, callbacks,
+                          trainer_cls=make_trainer, args=args)
+    final = runs.save_final(trainer, template, run_dir)
+    _drop_reference_copy(final)
+    log_file.close()
+    return runs.result_from(trainer, run_dir, final, skipped)
+
+
+def _check_setup(cfg: RLHFConfig, rewards: list[RewardFn]) -> None:
+    if not rewards and not cfg.reward_model and not getattr(cfg, "env", None):
+        raise ConfigError("grpo needs a reward: --reward-funcs NAME ... (built-ins: format, length, repetition, "
+                          "accuracy; or yours with --plugin file.py) and/or --reward-model FOLDER")
+    if cfg.reward_model and not (Path(cfg.reward_model).expanduser() / "config.json").is_file():
+        raise ConfigError(f"reward_model: {cfg.reward_model} is not a model folder (no config.json)")
+    if cfg.use_vllm and importlib.util.find_spec("vllm") is None:
+        raise ConfigError("use_vllm: the vllm package is not installed (pip install vllm); drop --use-vllm to "
+                          "generate with transformers")
+    if cfg.val_dataset or cfg.val_split:
+        if cfg.batch_size % cfg.num_generations:
+            raise ConfigError(f"batch_size ({cfg.batch_size}) must be a multiple of num_generations "
+                              f"({cfg.num_generations}) to evaluate, which runs without gradient accumulation")
+
+
+def reward_models(cfg: RLHFConfig, rewards: list) -> tuple[list, list]:
+    """The reward functions plus --reward-model (a `--method rm` run, loaded by models/reward.py), with the tokenizer
+    each needs (None for functions). TRL scores a reward model on the prompt + answer as its chat template renders
+    them, the text rm trained on."""
+    if not cfg.reward_model:
+        return list(rewards), [None] * len(rewards)
+    from tunesmith.models.reward import load_reward_model
+
+    model, tokenizer = load_reward_model(cfg.reward_model, device=cfg.device, dtype=cfg.dtype)
+    model.config._name_or_path = "reward_model"  # TRL names its metric after this: rewards/reward_model/mean
+    return [*rewards, model], [*[None] * len(rewards), tokenizer]
+
+
+# -----------------------------------------------------------------------------
+# Multi-turn environments: HOOK for tunesmith/train/episodes.py (--env path.py:ClassName)
+
+
+def environment(cfg: RLHFConfig, template: Template) -> tuple[Any, Any, list] | None:
+    """(train dataset, TRL rollout_func, extra reward functions) with --env, else None. The rollout function replaces
+    TRL's generation (GRPOTrainer(rollout_func=...)), so RenderedPrompts is bypassed and the environment renders
+    its own prompts (train/episodes.py)."""
+    if getattr(cfg, "env", None) is None:
+        return None
+    if cfg.variant == "rloo":
+        raise ConfigError("env: --variant rloo runs TRL's RLOOTrainer, which takes no rollout function; pick another variant")
+    from tunesmith.train.episodes import rollout_func_for
+
+    run = rollout_func_for(cfg, template)
+    return run.train_dataset, run.rollout_func, run.reward_funcs
+
+
+# -----------------------------------------------------------------------------
+# Prompts: rendered by our Template, carried to TRL by row index
+
+
+def prompt_datasets(cfg: RLHFConfig, template: Template) -> tuple[list, Any, Any, int]:
+    """The prompt table [(conversation, columns, prompt ids)] and the train/eval datasets TRL reads.
+
+    TRL needs a dataset whose `prompt` column it can hand back to us; ours holds each conversation as role/content
+    messages with the row's index in the last one (ROW_KEY). The exact messages, tools and columns stay in the table,
+    in Python: an Arrow table would add None for every key some other row has."""
+    data = load_rows(cfg.dataset, kind="prompts", seed=cfg.seed)
+    val = load_rows(cfg.val_dataset, kind="prompts", seed=cfg.seed) if cfg.val_dataset else None
+    table: list = []
+    train_idx = _add_rows(table, data.rows, template, cfg, data.problems)
+    skipped = data.raise_if_bad(cfg.skip_bad_rows)
+    val_idx = []
+    if val is not None:
+        val_idx = _add_rows(table, val.rows, template, cfg, val.problems)
+        skipped += val.raise_if_bad(cfg.skip_bad_rows)
+    if not train_idx:
+        raise DataError(f"{', '.join(cfg.dataset)}: no prompts left to train on")
+    train_ds = _dataset(table, train_idx)
+    eval_ds = _dataset(table, val_idx) if val_idx else None
+    if eval_ds is None and cfg.val_split > 0:
+        split = train_ds.train_test_split(test_size=cfg.val_split, seed=cfg.seed)
+        train_ds, eval_ds = split["train"], split["test"]
+    return table, train_ds, eval_ds, skipped
+
+
+def _add_rows(table: list, rows: list, template: Template, cfg: RLHFConfig, problems: list[Problem]) -> list[int]:
+    added = []
+    for row in rows:
+        ids = template.render_prompt(row.messages, tools=row.extra.get("tools"))
+        if len(ids) + cfg.max_completion_length > cfg.max_length:
+            problems.append(Problem(row.source, row.line, "prompt", f"{len(ids)} prompt tokens + max_completion_length "
+                                    f"{cfg.max_completion_length} > max_length {cfg.max_length}; raise max_length or "
+                                    "shorten the prompt"))
+            continue
+        columns = {k: v for k, v in row.extra.items() if k not in RESERVED}
+        added.append(len(table))
+        table.append((row.messages, columns, ids))
+    return added
+
+
+def _dataset(table: list, indices: list[int]) -> Any:
+    import datasets
+
+    prompts = []
+    for i in indices:
+        messages = [{"role": m["role"], "content": m.get("content") or ""} for m in table[i][0]]
+        messages[-1][ROW_KEY] = i
+        prompts.append(messages)
+    return datasets.Dataset.from_dict({"prompt": prompts})
+
+
+def dry_run(rewards: list[RewardFn], train_ds: Any, tokenizer: Any) -> None:
+    """Call every reward as TRL will (two rows x two answers, one of them empty) before any weights load, so a
+    plugin that crashes, needs a missing column or returns the wrong shape fails now, naming its file and line."""
+    from transformers import TrainerState
+
+    prompts = [p for p in train_ds[:2]["prompt"] for _ in range(2)]
+    completions = ["", "The answer is 42."] * (len(prompts) // 2)
+    ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in completions]
+    for fn in rewards:
+        try:
+            fn(prompts=prompts, completions=completions, completion_ids=ids, trainer_state=TrainerState(),
+               log_extra=lambda *a: None, log_metric=lambda *a: None)
+        except ConfigError:
+            raise
+        except Exception as err:  # a TunesmithError from the wrapper, already naming file and line
+            raise ConfigError(f"{err} (checking the reward on the first rows with the answers {completions[:2]!r})") from None
+
+
+def rendered_trainer(variant: str) -> type:
+    """GRPOTrainer (RLOOTrainer for rloo) with one override, `_tokenize_prompts`, the hook TRL 1.16 calls to turn a
+    batch of prompts into ids for generation (transformers or vLLM alike); everything after it works on those ids.
+    TRL would re-render the messages with the tokenizer's chat template in one piece; ours returns the ids that
+    Template.render_prompt gave for the prompt's row, looked up by the index the prompt carries: exactly what is
+    served, by construction (tests/e2e/test_grpo_cli.py checks the ids reaching generate)."""
+    from trl import GRPOTrainer, RLOOTrainer
+
+    base = RLOOTrainer if variant == "rloo" else GRPOTrainer
+
+    class RenderedPrompts(base):
+        def __init__(self, *args: Any, prompt_ids: list[list[int]], **kwargs: Any):
+            self.prompt_ids = prompt_ids
+            super().__init__(*args, **kwargs)
+
+        def _tokenize_prompts(self, prompts: list) -> tuple[list[list[int]], None, dict]:
+            return [list(self.prompt_ids[p[-1][ROW_KEY]]) for p in prompts], None, {}
+
+    RenderedPrompts.__name__ = f"Rendered{base.__name__}"
+    return RenderedPrompts
+
+
+# -----------------------------------------------------------------------------
+# TRL arguments
+
+
+def resolve_knobs(cfg: RLHFConfig) -> dict[str, Any]:
+    """The variant's preset, then every knob the user set."""
+    knobs = dict(VARIANTS[cfg.variant])
+    for ours, trl_name in KNOBS.items():
+        value = getattr(cfg, ours)
+        if value is not None:
+            knobs[trl_name] = value
+    return knobs
+
+
+def grpo_args(cfg: RLHFConfig, run_dir: Path, device: str, dtype: Any, has_eval: bool, n_rewards: int) -> Any:
+    from trl import GRPOConfig, RLOOConfig
+
+    from tunesmith.train.setup import common_args
+
+    common = common_args(cfg, run_dir, device, dtype, has_eval)
+    del common["max_length"]  # GRPO bounds prompts (checked per row) and completions separately
+    common["include_num_input_tokens_seen"] = "no"  # TRL counts prompt + completion tokens itself
+    weights = None
+    if cfg.reward_weights is not None:  # unweighted rewards (the reward model, an environment's) get 1
+        weights = [*cfg.reward_weights, *[1.0] * (n_rewards - len(cfg.reward_weights))]
+    config_cls = RLOOConfig if cfg.variant == "rloo" else GRPOConfig
+    return config_cls(**common, **resolve_knobs(cfg), num_generations=cfg.num_generations,
+                      max_completion_length=cfg.max_completion_length, temperature=cfg.temperature, top_p=cfg.top_p,
+                      reward_weights=weights, use_vllm=cfg.use_vllm, vllm_mode="colocate")
+
+
+def _stop_at_end_of_turn(model: Any, template: Template) -> None:
+    """TRL ends a completion at the model's generation-config EOS ids (plus the tokenizer's); add the Template's stop
+    ids, so a base model trained with a chat template stops at its end-of-turn token as the served model will."""
+    config = model.get_base_model().generation_config if hasattr(model, "get_base_model") else model.generation_config
+    eos = config.eos_token_id
+    eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    config.eos_token_id = eos + [i for i in template.stop_token_ids if i not in eos]
+
+
+def _drop_reference_copy(final: Path) -> None:
+    """With a KL term on a peft model, TRL keeps a frozen copy of the starting adapter as a second adapter, "ref",
+    which peft saves into final/ref/: checkpoints need it to resume, the result does not."""
+    import shutil
+
+    ref = final / "ref"
+    if (ref / "adapter_config.json").exists():
+        shutil.rmtree(ref)

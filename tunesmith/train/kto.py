@@ -1,0 +1,106 @@
+"""KTO on answers labelled desirable or undesirable: no pairs needed. The policy lifts the reward (log-ratio to the
+reference model) of desirable answers above a KL baseline and pushes undesirable ones below it.
+Run: tunesmith rlhf --method kto --dataset answers.jsonl   (rows: prompt, completion, label: true/false)
+
+Preference pairs are unpaired into one desirable and one undesirable row, as TRL does. Prompt and answer are rendered
+by our Template, as in DPO. With LoRA there is no second model: TRL's KTOTrainer keeps a frozen copy of the adapter
+as it was at the start (final/ref/), so the reference is the base model, or the SFT model when continuing a run with
+--adapters. Full fine-tuning loads a second copy of the weights as the reference.
+
+Departs from TRL: rows are shuffled once with the seed. TRL reads KTO data in order and estimates the KL baseline by
+pairing each prompt with the previous row's answer; an unpaired pair left side by side would pair a prompt with its
+own other answer.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from trl import KTOConfig, KTOTrainer
+
+from tunesmith.config.rlhf import RLHFConfig
+from tunesmith.data.rows import Preference, Problem, UnpairedPreference
+from tunesmith.templates import Template
+from tunesmith.train import run as runs
+from tunesmith.train.dpo import _answer_ids
+from tunesmith.train.preference import load_preference_data
+from tunesmith.train.setup import common_args, load_trainable, run_trainer
+
+log = logging.getLogger("tunesmith")
+
+
+def kto(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> runs.RunResult:
+    run_dir = runs.run_dir_for(cfg)
+    log_file = runs.log_to_file(run_dir)
+    resume_from = runs.checkpoint_to_resume(cfg, run_dir)
+
+    data = load_preference_data(cfg, "kto", tokenize_unpaired)
+    train_ds = data.train.shuffle(seed=cfg.seed)
+    eval_ds = data.eval.shuffle(seed=cfg.seed) if data.eval is not None else None
+    _check_balance(cfg, train_ds["label"])
+
+    model, device, dtype = load_trainable(cfg, data.base_folder)
+    runs.save_config(cfg, run_dir, base_model_folder=str(data.base_folder), device=device, dtype=str(dtype),
+                     train_rows=len(train_ds), skipped_rows=data.skipped)
+    args = KTOConfig(**common_args(cfg, run_dir, device, dtype, has_eval=eval_ds is not None), beta=cfg.beta,
+                     loss_type=cfg.loss_type[0], desirable_weight=cfg.desirable_weight,
+                     undesirable_weight=cfg.undesirable_weight)
+    trainer = run_trainer(cfg, run_dir, model, data.tokenizer, train_ds, eval_ds, device, dtype, resume_from, callbacks,
+                          trainer_cls=RenderedKTOTrainer, args=args)
+    final = runs.save_final(trainer, data.template, run_dir)
+    log_file.close()
+    return runs.result_from(trainer, run_dir, final, data.skipped)
+
+
+def tokenize_unpaired(rows: list[UnpairedPreference | Preference], template: Template, max_length: int,
+                      problems: list[Problem]) -> Any:
+    """prompt_ids / completion_ids / label; a pair gives two rows. The completion ends with the end-of-turn token."""
+    import datasets
+
+    table: dict[str, list] = {"prompt_ids": [], "completion_ids": [], "label": []}
+    for row in rows:
+        answers = ([(row.chosen, True), (row.rejected, False)] if isinstance(row, Preference)
+                   else [(row.completion, row.label)])
+        prompt = template.render_prompt(row.prompt)
+        for text, label in answers:
+            completion = _answer_ids(template, row.prompt, text, len(prompt))
+            if len(prompt) + len(completion) > max_length:
+                problems.append(Problem(row.source, row.line, "completion" if len(answers) == 1 else "chosen/rejected",
+                                        f"{len(prompt) + len(completion)} tokens > max_length {max_length}; raise "
+                                        "max_length or shorten the row"))
+                break
+            table["prompt_ids"].append(prompt)
+            table["completion_ids"].append(completion)
+            table["label"].append(label)
+    return datasets.Dataset.from_dict(table)
+
+
+def _check_balance(cfg: RLHFConfig, labels: list[bool]) -> None:
+    """One warning when the weights leave the range the KTO paper recommends (its Eq. 8): desirable_weight x
+    desirable rows / (undesirable_weight x undesirable rows) in [1, 4/3]."""
+    good = sum(labels)
+    bad = len(labels) - good
+    if good == 0 or bad == 0:
+        log.warning("kto: all %d rows are %s; KTO learns best from both kinds", len(labels),
+                    "desirable" if bad == 0 else "undesirable")
+        return
+    ratio = cfg.desirable_weight * good / (cfg.undesirable_weight * bad)
+    if not 1.0 <= ratio <= 4 / 3:
+        log.warning("kto: %d desirable and %d undesirable rows give a weighted ratio of %.2f; the KTO paper keeps it "
+                    "in [1, 1.33]: try --desirable-weight %.2f", good, bad, ratio, cfg.undesirable_weight * bad / good)
+
+
+class RenderedKTOTrainer(KTOTrainer):
+    """TRL's KTOTrainer extracts, unpairs and re-tokenizes text; ours arrives rendered by Template (the renderer
+    training and serving share), so preparation only adds the KL completions: within each batch, every prompt gets
+    the previous row's answer, exactly as TRL builds them."""
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        if not self.calculate_KL:
+            return dataset
+
+        def shift(batch):
+            return {"KL_completion_ids": batch["completion_ids"][-1:] + batch["completion_ids"][:-1]}
+
+        return dataset.map(shift, batched=True, batch_size=args.per_device_train_batch_size)

@@ -1,0 +1,102 @@
+"""The fast path of supervised training, chosen from the hardware; nothing here changes what a CPU run does.
+
+    resolve_packing(cfg, device, dtype)          # packing unset -> on where the varlen kernel runs (CUDA, bf16/fp16)
+    applied = prepare_model(cfg, model, device, dtype)   # varlen attention for packed batches, liger kernels
+    speed_args(cfg, device)                      # TRL arguments: fused AdamW, (partial) gradient checkpointing
+
+Each step and the gain it is predicted to bring on an H100 (docs/benchmarks.md, "SFT speed (GPU)"; bench/sft.py
+measures them against TRL):
+  1. padding-free packing + PyTorch's varlen flash kernel (infer/attention.py): no padding and no mask; TRL's best
+     needs flex attention for that (60-80 s of compile) since SDPA would build a dense mask over the flattened batch.
+  2. gradient checkpointing only when the memory plan needs it, on as few layers as fit (plan/speed.py).
+  3. liger's RMSNorm, RoPE and SwiGLU kernels: fewer launches and fewer saved activations. Not liger's fused linear
+     cross-entropy: TRL's SFTTrainer already replaces the LM head with its own chunked one (full logits are never
+     built) and scores only labelled positions, where liger's projects every position; liger's would also replace the
+     model's forward, which TRL patches itself.
+  4. fused AdamW: one kernel per parameter group (already transformers' default on torch >= 2.8; set so it stays).
+The gradient-checkpointing choice needs the memory estimator, which train/ does not import (plan/ sits above it):
+api.sft resolves it first (plan/speed.py); a direct call with it unset trains without checkpointing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from typing import Any
+
+from tunesmith.errors import HardwareError
+from tunesmith.infer import attention
+
+log = logging.getLogger("tunesmith")
+
+# liger-kernel's layer kernels; its cross-entropy kernels stay off (see the module docstring, step 3).
+LIGER_KERNELS = {"rope": True, "rms_norm": True, "swiglu": True, "cross_entropy": False,
+                 "fused_linear_cross_entropy": False}
+
+
+def varlen_runs(device: str, dtype: Any) -> bool:
+    """Whether packed batches can use PyTorch's varlen flash kernel: CUDA, half precision, torch >= 2.10."""
+    return device == "cuda" and attention.torch_varlen_available(dtype)
+
+
+def resolve_packing(cfg: Any, device: str, dtype: Any) -> None:
+    """packing left unset -> on where the varlen kernel runs; off elsewhere, where packed samples would need a
+    dense block mask over the flattened batch (CPU, MPS, float32)."""
+    if getattr(cfg, "packing", False) is None:
+        cfg.packing = varlen_runs(device, dtype)
+
+
+def prepare_model(cfg: Any, model: Any, device: str, dtype: Any) -> dict[str, str]:
+    """Switch the model to the fast kernels this machine runs; returns what was chosen, for config.yaml."""
+    resolve_packing(cfg, device, dtype)
+    if cfg.gradient_checkpointing is None:  # not resolved by api.sft (direct call): the plain default
+        cfg.gradient_checkpointing = False
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    chosen = {"attention": str(base.config._attn_implementation)}
+    if cfg.packing and varlen_runs(device, dtype):
+        attention.use_varlen(base)  # sample boundaries come from TRL's padding-free collator
+        chosen["attention"] = attention.NAME
+    chosen["kernels"] = _apply_kernels(getattr(cfg, "kernels", "none"), model, device)
+    chosen["optim"] = speed_args(cfg, device).get("optim", "transformers default")
+    return chosen
+
+
+def _apply_kernels(kernels: str, model: Any, device: str) -> str:
+    if kernels == "none":
+        return "none"
+    if device != "cuda" or importlib.util.find_spec("liger_kernel") is None:
+        if kernels == "liger":
+            raise HardwareError("kernels: liger needs a CUDA GPU and liger-kernel (pip install 'tunesmith[gpu]'); "
+                                "use kernels: auto or none")
+        return "none"
+    try:
+        from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
+        from transformers.integrations.liger import apply_liger_kernel
+
+        model_type = model.config.model_type
+        if model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
+            return f"none (liger has no kernels for {model_type})"
+        apply_liger_kernel(model, LIGER_KERNELS)  # unwraps peft; patches the layers in place
+    except Exception as err:  # noqa: BLE001 - an optional speed-up must not stop a run that works without it
+        if kernels == "liger":
+            raise
+        log.warning("liger kernels not applied (%s: %s); training with the model's own layers", type(err).__name__,
+                    err)
+        return "none"
+    return "liger (" + ", ".join(k for k, on in LIGER_KERNELS.items() if on) + ")"
+
+
+def speed_args(cfg: Any, device: str) -> dict[str, Any]:
+    """The TrainingArguments the fast path sets: optimizer and activation checkpointing."""
+    args: dict[str, Any] = {}
+    if device == "cuda":
+        args["optim"] = "adamw_torch_fused"
+    checkpointing = bool(cfg.gradient_checkpointing)
+    args["activation_checkpointing"] = checkpointing
+    if checkpointing:
+        kwargs: dict[str, Any] = {"use_reentrant": False}
+        every = getattr(cfg, "checkpoint_every", None) or 1
+        if every > 1:  # the other layers keep their activations (transformers >= 5.23)
+            kwargs["every_n_layers"] = every
+        args["activation_checkpointing_kwargs"] = kwargs
+    return args
