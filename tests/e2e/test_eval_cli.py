@@ -2,13 +2,19 @@
 
 A few dozen LoRA steps teach the tiny random model the answer's frame ("CODE ... OK") but not to copy the word
 (measured: exact match stays 0 of 12 for base and tuned), so "tuned beats base" is checked on ROUGE, and exact match
-is checked where it must be 1.0: against the tuned model's own greedy answers from the first run."""
+is checked where it must be 1.0: against the tuned model's own greedy answers from the first run, answered again by
+the local engine and by `tunesmith deploy` serving the same run (one renderer for eval and serve)."""
 
 import json
+import os
+import socket
+import subprocess
+import time
+import urllib.request
 
 import pytest
 
-from conftest import run_cli
+from conftest import TUNESMITH, run_cli
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # on a busy 2-core machine, 2 torch threads per process thrash (~5x slower)
 
@@ -42,10 +48,46 @@ def test_eval_compares_base_and_tuned_in_one_table_and_one_chart(tiny_model, tun
     mine = tmp_path / "tuned_answers.jsonl"
     mine.write_text("".join(json.dumps({"messages": a["messages"] + [{"role": "assistant", "content": a["answer"]}]}) + "\n"
                             for a in answers if a["model"] == "tuned" and a["answer"].strip()))
-    again = run_cli("eval", "--adapters", tuned_run, "--dataset", mine, "--generation.max-tokens", "8",
-                    "--output-dir", tmp_path / "again", env=ONE_THREAD)
-    scores = json.loads((tmp_path / "again" / "results.json").read_text())["models"]["toy-lora"]["scores"]
-    assert scores == pytest.approx({"exact_match": 1.0, "bleu": 1.0, "rouge1": 1.0, "rouge2": 1.0, "rougeL": 1.0}), again.stdout
+    with deployed(tuned_run, tmp_path / "deploy.log") as url:
+        again = run_cli("eval", "--compare", f"local={tuned_run}", f"served={url}", "--dataset", mine,
+                        "--generation.max-tokens", "8", "--output-dir", tmp_path / "again", env=ONE_THREAD)
+    models = json.loads((tmp_path / "again" / "results.json").read_text())["models"]
+    perfect = {"exact_match": 1.0, "bleu": 1.0, "rouge1": 1.0, "rouge2": 1.0, "rougeL": 1.0}
+    assert models["local"]["scores"] == pytest.approx(perfect), again.stdout
+    assert models["served"]["scores"] == pytest.approx(perfect) and models["served"]["spec"] == f"{url}#toy-lora"
+
+
+class deployed:
+    """`tunesmith deploy --adapters RUN` on a free port for the length of a with-block; yields its /v1 URL."""
+
+    def __init__(self, adapters, log):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.log = log
+        with open(log, "w") as out:
+            self.proc = subprocess.Popen([TUNESMITH, "deploy", "--adapters", str(adapters), "--port", str(self.port),
+                                          "--device", "cpu"], stdout=out, stderr=subprocess.STDOUT,
+                                         env={**os.environ, "TOKENIZERS_PARALLELISM": "false", **ONE_THREAD})
+
+    def __enter__(self):
+        deadline = time.time() + 180
+        while time.time() < deadline and self.proc.poll() is None:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2)
+                return f"http://127.0.0.1:{self.port}/v1"
+            except OSError:
+                time.sleep(0.3)
+        self.__exit__()
+        raise AssertionError(f"tunesmith deploy did not come up:\n{self.log.read_text()[-3000:]}")
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def test_a_bad_row_stops_eval_with_file_line_before_any_model_loads(toy_data, tmp_path):

@@ -187,12 +187,13 @@ def test_mistakes_are_caught_before_any_model_loads(engines, data, tmp_path):
     assert engines == []
 
 
-def test_an_unreachable_endpoint_says_what_to_check(data, tmp_path):
+def test_an_unreachable_endpoint_fails_before_any_model_loads_and_says_what_to_check(engines, data, tmp_path):
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: nothing listens there
     with pytest.raises(TunesmithError, match=r"cannot reach the endpoint .* Is the server running"):
-        api.evaluate(load(EvalConfig, ["--compare", f"x=http://127.0.0.1:{port}/v1", "--dataset", str(data),
+        api.evaluate(load(EvalConfig, ["--compare", "base=m", f"x=http://127.0.0.1:{port}/v1", "--dataset", str(data),
                                        "--output-dir", str(tmp_path / "o")]))
+    assert engines == [] and not (tmp_path / "o").exists()

@@ -23,26 +23,33 @@ class EvalConfig(Section):
     model: str | None = Field(None, description=(
         "Model to evaluate (registry name, folder or hub id); with --adapters, the base they load on (default: the "
         "run's base). Without --model, --adapters or --compare: the embedded model."))
-    adapters: str | None = Field(None, description="Evaluate this run's adapter (runs/NAME/final); base and template come from the run.")
+    adapters: str | None = Field(None, description=(
+        "Evaluate this run's adapter (runs/NAME/final); base and template come from the run."))
     compare: list[str] = Field(default_factory=list, description=(
         "Models side by side, each NAME=SPEC (or SPEC, named after it): a model (registry name, folder, hub id), a "
         "run's final folder, or a running OpenAI-compatible endpoint http://host:port/v1 (append #MODEL to pick one "
         "it serves; default its first)."))
     dataset: list[str] = Field(..., min_length=1, description=(
         "Files, folders, registry names or hub ids (name#N samples N rows), in any training format."))
-    limit: int | None = Field(None, description="Score only the first N rows; a negative N scores the last N (default: all).")
+    limit: int | None = Field(None, description=(
+        "Score only the first N rows; a negative N scores the last N (default: all)."))
     metrics: list[Metric] = Field(default_factory=lambda: list(CHEAP_METRICS), description=(
         "exact_match, bleu, rouge (1/2/L) score answers against the reference; accuracy scores multiple-choice rows; "
         "bertscore needs `pip install bert-score`. Each applies to the rows it fits."))
-    bertscore_model: str | None = Field(None, description="bert-score model_type (default: its choice for the data's language).")
+    bertscore_model: str | None = Field(None, description=(
+        "bert-score model_type (default: its choice for the data's language)."))
     generation: GenerationCfg = Field(default_factory=GenerationCfg, description="Generation settings.")
-    batch_size: int = Field(32, ge=1, description="Prompts submitted together (they share the running batch, or concurrent HTTP requests).")
-    backend: Literal["transformers", "vllm", "sglang", "lmdeploy"] = Field("transformers", description="Inference backend for local models.")
+    batch_size: int = Field(32, ge=1, description=(
+        "Prompts submitted together (they share the running batch), or concurrent requests to an endpoint."))
+    backend: Literal["transformers", "vllm", "sglang", "lmdeploy"] = Field(
+        "transformers", description="Inference backend for local models.")
     system: str | None = Field(None, description="System prompt (default: the one each model was trained with).")
     api_key: str | None = Field(None, description="Bearer key for endpoints (default: $OPENAI_API_KEY, else none).")
-    output_dir: str | None = Field(None, description="Folder for results.json, answers.jsonl and scores.png (default runs/eval-<time>).")
+    output_dir: str | None = Field(None, description=(
+        "Folder for results.json, answers.jsonl and scores.png (default runs/eval-<time>)."))
     overwrite: bool = Field(False, description="Write over the results already in output_dir.")
-    skip_bad_rows: bool = Field(False, description="Skip rows that fail the data check (counted) instead of stopping.")
+    skip_bad_rows: bool = Field(False, description=(
+        "Skip rows that fail the data check (counted) instead of stopping."))
     dtype: Dtype = Field("auto", description="auto = bfloat16 on GPUs that support it, else float32.")
     device: Device = Field("auto", description="auto = cuda, then mps, then cpu.")
     command: ClassVar[str] = "eval"

@@ -33,7 +33,8 @@ class Scores:
 
 MetricFn = Callable[..., Scores]
 METRICS: dict[str, MetricFn] = {}
-PACKAGES = {"bleu": ("sacrebleu", "sacrebleu"), "rouge": ("rouge_score", "rouge-score"), "bertscore": ("bert_score", "bert-score")}
+PACKAGES = {  # metric -> (module, pip package)
+    "bleu": ("sacrebleu", "sacrebleu"), "rouge": ("rouge_score", "rouge-score"), "bertscore": ("bert_score", "bert-score")}
 
 
 def register(name: str) -> Callable[[MetricFn], MetricFn]:

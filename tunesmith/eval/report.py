@@ -37,8 +37,9 @@ def print_table(results: dict[str, Any]) -> None:
     Console().print(table)
 
 
-def write_answers(path: Path, rows: list[dict[str, Any]]) -> None:
-    with path.open("w", encoding="utf-8") as f:
+def append_answers(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Each model's answers as soon as they are scored: a later model failing does not lose them."""
+    with path.open("a", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 

@@ -23,10 +23,13 @@ from tunesmith.errors import ConfigError
 from tunesmith.eval import metrics as M
 from tunesmith.eval import report
 from tunesmith.eval.samples import Sample, load_samples, pick_choice
-from tunesmith.eval.targets import Answer, Target, answer, targets_from
+from tunesmith.eval.targets import Answer, Target, answer, check_endpoints, targets_from
 
 log = logging.getLogger("tunesmith")
 COLUMN_ORDER = ["exact_match", "bleu", "rouge1", "rouge2", "rougeL", "bertscore", "accuracy"]
+HOW = {"exact_match": "equal after stripping and collapsing whitespace; case and punctuation count",
+       "rouge": "rouge-score F-measure, Porter stemming, CJK characters as tokens",
+       "accuracy": "the choice the generated answer names (letter or text), see eval/samples.py pick_choice"}
 
 
 @dataclass
@@ -45,6 +48,7 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     samples, skipped = load_samples(cfg.dataset, cfg.limit, cfg.skip_bad_rows)
     names = metrics_for(cfg, samples)
     M.check_available(names)
+    check_endpoints(targets, cfg)
     out = output_dir_for(cfg)
     kinds = f"{sum(not s.is_choice for s in samples)} generation, {sum(s.is_choice for s in samples)} multiple-choice"
     log.info("eval: %d models on %d rows (%s%s): %s", len(targets), len(samples), kinds,
@@ -54,17 +58,18 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     # -------------------------------------------------------------------------
     # Answer and score, one model at a time
     models: dict[str, Any] = {}
-    rows: list[dict[str, Any]] = []
     info: dict[str, str] = {}
+    (out / "answers.jsonl").write_text("", encoding="utf-8")
     for target in targets:
         start = time.time()
         answers = answer(target, samples, cfg)
         seconds = time.time() - start
         columns, per_sample, picked, how = score(names, samples, answers, cfg)
         info.update(how)
-        models[target.name] = {"kind": target.kind, "spec": target.spec + (f"#{target.served_model}" if target.served_model else ""),
-                               "scores": columns, "seconds": round(seconds, 2)}
-        rows += [_answer_row(target, s, a, per_sample[i], picked.get(i)) for i, (s, a) in enumerate(zip(samples, answers))]
+        spec = target.spec + (f"#{target.served_model}" if target.served_model else "")
+        models[target.name] = {"kind": target.kind, "spec": spec, "scores": columns, "seconds": round(seconds, 2)}
+        report.append_answers(out / "answers.jsonl", [_answer_row(target, s, a, per_sample[i], picked.get(i))
+                                                      for i, (s, a) in enumerate(zip(samples, answers))])
 
     # -------------------------------------------------------------------------
     # Report
@@ -72,12 +77,11 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     results = {
         "dataset": cfg.dataset, "rows": len(samples), "skipped_rows": skipped, "metrics": names,
         "columns": [c for c in COLUMN_ORDER if c in present], "models": models,
-        "generation": cfg.generation.model_dump(), "how": {**info, "exact_match": "whitespace-normalised equality",
-                                                           "accuracy": "the choice letter the answer names"},
+        "generation": cfg.generation.model_dump(),
+        "how": {name: info.get(name, HOW.get(name, "")) for name in names},
         "created": datetime.datetime.now().isoformat(timespec="seconds"),
     }
     report.write_results(out / "results.json", results)
-    report.write_answers(out / "answers.jsonl", rows)
     chart = report.plot_scores(out / "scores.png", results)
     report.print_table(results)
     log.info("eval: results in %s (results.json, answers.jsonl%s)", out, ", scores.png" if chart else "")
@@ -133,12 +137,14 @@ def output_dir_for(cfg: EvalConfig) -> Path:
         cfg.output_dir = f"runs/eval-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     path = Path(cfg.output_dir)
     if (path / "results.json").exists() and not cfg.overwrite:
-        raise ConfigError(f"output_dir: {path} already holds eval results; pass --overwrite or choose another --output-dir")
+        raise ConfigError(f"output_dir: {path} already holds eval results; pass --overwrite or choose another "
+                          "--output-dir")
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
-def _answer_row(target: Target, sample: Sample, a: Answer, scores: dict[str, float], picked: int | None) -> dict[str, Any]:
+def _answer_row(target: Target, sample: Sample, a: Answer, scores: dict[str, float],
+                picked: int | None) -> dict[str, Any]:
     row: dict[str, Any] = {"model": target.name, "source": sample.where, "messages": sample.messages,
                            "reference": sample.reference, "answer": a.text, "finish_reason": a.finish_reason,
                            "completion_tokens": a.completion_tokens, "scores": scores}

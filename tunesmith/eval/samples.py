@@ -45,7 +45,8 @@ class Sample:
         return f"{self.source}:{self.line}"
 
 
-def load_samples(specs: list[str], limit: int | None = None, skip_bad_rows: bool = False) -> tuple[list[Sample], int]:
+def load_samples(specs: list[str], limit: int | None = None,
+                 skip_bad_rows: bool = False) -> tuple[list[Sample], int]:
     """The samples to score, and how many bad rows were skipped. Bad rows stop here as `file:line: field: problem`."""
     data = load_rows(specs, kind="sft", seed=42)
     samples: list[Sample] = []
@@ -60,7 +61,8 @@ def load_samples(specs: list[str], limit: int | None = None, skip_bad_rows: bool
         if any(p.field == "answer" and "got int" in p.problem for p in problems):
             hint = ('\nMultiple-choice answers in question/answer rows are a letter ("B") or the right choice\'s text, '
                     "not an index.")
-        raise DataError(describe_problems(problems) + hint + "\nFix these rows, or pass --skip-bad-rows to leave them out.")
+        raise DataError(describe_problems(problems) + hint
+                        + "\nFix these rows, or pass --skip-bad-rows to leave them out.")
     if limit is not None:
         samples = samples[:limit] if limit > 0 else samples[limit:]
     if not samples:
@@ -73,23 +75,26 @@ def to_sample(conv: Conversation, problems: list[Problem]) -> Sample | None:
     prompt = [dict(m) for m in conv.messages[:last]]
     reference = conv.messages[last]["content"]
     if prompt[-1]["role"] != "user":
-        problems.append(Problem(conv.source, conv.line, "messages", "the turn before the reference answer must be the user's"))
+        problems.append(Problem(conv.source, conv.line, "messages",
+                                "the turn before the reference answer must be the user's"))
         return None
     if "choices" not in conv.extra:
         if not reference.strip():
-            problems.append(Problem(conv.source, conv.line, "messages", "the last assistant turn has no text to score against"))
+            problems.append(Problem(conv.source, conv.line, "messages",
+                                    "the last assistant turn has no text to score against"))
             return None
         return Sample(prompt, reference, conv.source, conv.line)
     choices = conv.extra["choices"]
-    if not (isinstance(choices, list) and 2 <= len(choices) <= len(LETTERS) and all(isinstance(c, (str, int, float)) for c in choices)):
+    if not (isinstance(choices, list) and 2 <= len(choices) <= len(LETTERS)
+            and all(isinstance(c, (str, int, float)) for c in choices)):
         problems.append(Problem(conv.source, conv.line, "choices", f"expected a list of 2 to {len(LETTERS)} texts"))
         return None
     choices = [str(c) for c in choices]
     index = answer_index(conv.extra.get("answer", reference), choices)
     if index is None:
         given = conv.extra.get("answer", reference)
-        problems.append(Problem(conv.source, conv.line, "answer", f"{given!r} is not a letter A-{LETTERS[len(choices) - 1]}, "
-                                                                   "a 0-based index or the text of one of the choices"))
+        problems.append(Problem(conv.source, conv.line, "answer", f"{given!r} is not a letter A-"
+                                f"{LETTERS[len(choices) - 1]}, a 0-based index or the text of one of the choices"))
         return None
     prompt[-1]["content"] = choice_prompt(prompt[-1]["content"], choices)
     return Sample(prompt, choices[index], conv.source, conv.line, choices, index)

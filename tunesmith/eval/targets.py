@@ -105,7 +105,8 @@ def answer(target: Target, samples: list[Sample], cfg: EvalConfig) -> list[Answe
 # Local models, through the Engine
 
 
-def _answer_local(target: Target, samples: list[Sample], params: SamplingParams, cfg: EvalConfig, bar) -> list[Answer]:
+def _answer_local(target: Target, samples: list[Sample], params: SamplingParams, cfg: EvalConfig,
+                  bar) -> list[Answer]:
     from tunesmith.infer import load_engine
 
     if target.kind == "adapters":
@@ -132,19 +133,38 @@ def _answer_local(target: Target, samples: list[Sample], params: SamplingParams,
 # Endpoints, over HTTP
 
 
-async def _answer_endpoint(target: Target, samples: list[Sample], params: SamplingParams, cfg: EvalConfig, bar) -> list[Answer]:
+def check_endpoints(targets: list[Target], cfg: EvalConfig) -> None:
+    """Before any local model loads: every endpoint answers /models; those without #MODEL take the first it lists."""
+    async def check(t: Target) -> None:
+        async with _client(cfg) as client:
+            data = await _call(client, "GET", f"{t.spec}/models")
+        served = [m["id"] for m in data.get("data", [])]
+        if t.served_model is None:
+            if not served:
+                raise TunesmithError(f"{t.spec}/models lists no models; name one with --compare NAME={t.spec}#MODEL")
+            t.served_model = served[0]
+
+    for t in targets:
+        if t.kind == "endpoint":
+            asyncio.run(check(t))
+
+
+def _client(cfg: EvalConfig):
     try:
         import httpx
     except ImportError:
         raise ConfigError("compare: endpoints are called with httpx: pip install 'tunesmith[serve]' (or httpx)") from None
     key = cfg.api_key or os.environ.get("OPENAI_API_KEY")
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"} if key else {}, timeout=HTTP_TIMEOUT_S)
+
+
+async def _answer_endpoint(target: Target, samples: list[Sample], params: SamplingParams, cfg: EvalConfig,
+                           bar) -> list[Answer]:
     limit = asyncio.Semaphore(cfg.batch_size)
-    async with httpx.AsyncClient(headers=headers, timeout=HTTP_TIMEOUT_S) as client:
-        model = target.served_model or await _first_model(client, target.spec)
+    async with _client(cfg) as client:
 
         async def one(sample: Sample) -> Answer:
-            body = {"model": model, "messages": sample.messages, "max_tokens": params.max_tokens,
+            body = {"model": target.served_model, "messages": sample.messages, "max_tokens": params.max_tokens,
                     "temperature": params.temperature, "top_p": params.top_p}
             if params.stop:
                 body["stop"] = params.stop
@@ -158,14 +178,6 @@ async def _answer_endpoint(target: Target, samples: list[Sample], params: Sampli
                           (data.get("usage") or {}).get("completion_tokens", 0))
 
         return list(await asyncio.gather(*[one(s) for s in samples]))
-
-
-async def _first_model(client, url: str) -> str:
-    data = await _call(client, "GET", f"{url}/models")
-    models = [m["id"] for m in data.get("data", [])]
-    if not models:
-        raise TunesmithError(f"{url}/models lists no models; name one with --compare NAME={url}#MODEL")
-    return models[0]
 
 
 async def _call(client, method: str, url: str, **kwargs) -> dict:
