@@ -18,7 +18,7 @@ from tunesmith.errors import TunesmithError
 COMMANDS = {
     "sft": (SFTConfig, api.sft, "supervised fine-tuning (lora, qlora, dora, full)"),
     "pt": (PTConfig, api.pt, "continued pretraining on raw text"),
-    "rlhf": (RLHFConfig, api.rlhf, "preference alignment: --method dpo|kto|orpo|simpo|cpo|rm (ppo, grpo to come)"),
+    "rlhf": (RLHFConfig, api.rlhf, "alignment and RL: --method dpo|kto|orpo|simpo|cpo|rm|ppo|grpo"),
     "infer": (InferConfig, api.infer, "chat in the terminal, or answer a dataset into JSONL"),
     "eval": (EvalConfig, api.evaluate, "score models side by side: exact match, BLEU, ROUGE, multiple-choice accuracy"),
     "deploy": (DeployConfig, api.deploy, "serve models and adapters over an OpenAI-compatible API"),

@@ -183,9 +183,10 @@ class Batch:
 def forward(model: Any, value_head: torch.nn.Module, input_ids, attention_mask, prompt_len: int, temperature: float):
     """Per-token log-probabilities of the answer tokens and the values of the contexts that produced them."""
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # as generate() numbers a left-padded prompt
+    keep = input_ids.size(1) - prompt_len + 1  # the LM head runs only where an answer token is predicted
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                output_hidden_states=True)
-    logits = out.logits[:, prompt_len - 1: -1].float() / temperature
+                output_hidden_states=True, logits_to_keep=keep)
+    logits = out.logits[:, :-1].float() / temperature
     logprobs = torch.gather(logits.log_softmax(-1), 2, input_ids[:, prompt_len:, None]).squeeze(-1)
     values = value_head(out.hidden_states[-1][:, prompt_len - 1: -1].float()).squeeze(-1)
     return logprobs, values
