@@ -133,6 +133,7 @@ def download(cfg: DownloadConfig) -> str:
     """Fetch a hub model or dataset (or find it in the cache). Returns the local folder."""
     from tunesmith.data.registry import REGISTRY
     from tunesmith.hub import download as fetch
+    from tunesmith.hub import download_modelscope
     from tunesmith.models.registry import MODELS
 
     repo, kind = cfg.repo, cfg.kind
@@ -141,15 +142,7 @@ def download(cfg: DownloadConfig) -> str:
     elif repo in REGISTRY and REGISTRY[repo].hub_id:
         repo, kind = REGISTRY[repo].hub_id, "dataset"
     if cfg.hub == "modelscope":
-        import importlib.util
-
-        from tunesmith.errors import ConfigError
-
-        if importlib.util.find_spec("modelscope") is None:
-            raise ConfigError("hub: modelscope needs its package: pip install modelscope")
-        from modelscope import snapshot_download
-
-        folder = snapshot_download(repo, repo_type=kind)
+        folder = download_modelscope(repo, kind=kind)
     else:
         folder = fetch(repo, kind=kind)
     print(folder)

@@ -8,13 +8,14 @@ import socket
 from tunesmith.errors import ModelNotFoundError
 
 HUB_HOST = "huggingface.co"
+MODELSCOPE_HOST = "www.modelscope.cn"
 
 
-def hub_reachable(timeout: float = 3.0) -> bool:
+def hub_reachable(timeout: float = 3.0, host: str = HUB_HOST) -> bool:
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         return False
     try:
-        with socket.create_connection((HUB_HOST, 443), timeout=timeout):
+        with socket.create_connection((host, 443), timeout=timeout):
             return True
     except OSError:
         return False
@@ -46,5 +47,23 @@ def download(repo_id: str, kind: str = "model") -> str:
         return cached
     require_hub_or_cache(repo_id, kind)
     from huggingface_hub import snapshot_download
+
+    return snapshot_download(repo_id, repo_type=kind)
+
+
+def download_modelscope(repo_id: str, kind: str = "model") -> str:
+    """The same from ModelScope (its package shows the progress). Offline it fails at once, as for the HF hub."""
+    import importlib.util
+
+    from tunesmith.errors import ConfigError
+
+    if importlib.util.find_spec("modelscope") is None:
+        raise ConfigError("hub: modelscope needs its package: pip install modelscope (or use --hub huggingface)")
+    if not hub_reachable(host=MODELSCOPE_HOST):
+        raise ModelNotFoundError(
+            f"{kind} {repo_id!r}: ModelScope ({MODELSCOPE_HOST}) cannot be reached from here (or HF_HUB_OFFLINE is "
+            f"set). Run `tunesmith download {repo_id} --hub modelscope` on a machine with internet access and copy "
+            "the folder here.")
+    from modelscope import snapshot_download
 
     return snapshot_download(repo_id, repo_type=kind)

@@ -163,6 +163,19 @@ def test_download_offline_fails_at_once_with_what_to_do():
     assert proc.returncode == 1 and "cannot be reached" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_modelscope_download_says_what_is_missing(tmp_path):
+    proc = run_cli("download", "qwen/Qwen2.5-0.5B-Instruct", "--hub", "modelscope", check=False, timeout=60)
+    assert proc.returncode == 2 and "pip install modelscope" in proc.stderr
+    # With the package present but no network, it fails at once instead of hanging in the package's retries. The
+    # package here is an empty stand-in: the check must not reach its download function.
+    (tmp_path / "modelscope").mkdir()
+    (tmp_path / "modelscope" / "__init__.py").write_text("raise RuntimeError('must not be imported offline')\n")
+    proc = run_cli("download", "qwen/Qwen2.5-0.5B-Instruct", "--hub", "modelscope", check=False, timeout=60,
+                   env={"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(tmp_path)})
+    assert proc.returncode == 1 and "ModelScope" in proc.stderr and "cannot be reached" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_packing_eval_split_and_checkpointing_together(tiny_model, toy_data, tmp_path):
     run = tmp_path / "packed"
     run_cli("sft", "--model", tiny_model, "--dataset", f"{toy_data}#48", "--packing", "--max-length", "128",

@@ -25,7 +25,7 @@ COMMANDS = {
     "export": (ExportConfig, api.export, "merge a LoRA adapter into its base model"),
     "data": (DataCheckConfig, api.data_check, "data check FILE: validate a dataset and summarise it"),
     "plan": (PlanConfig, api.plan, "memory plan: will it fit, and with which settings"),
-    "download": (DownloadConfig, api.download, "fetch a model or dataset from the Hugging Face hub"),
+    "download": (DownloadConfig, api.download, "fetch a model or dataset from the Hugging Face hub or ModelScope"),
 }
 
 
