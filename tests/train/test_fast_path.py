@@ -142,6 +142,41 @@ def test_plain_batches_keep_the_sdpa_path(monkeypatch):
     assert torch.allclose(got, want, atol=1e-5)
 
 
+def stub_tokenizer():
+    """TRL needs a tokenizer only for its pad token; the data are token ids."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2}
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<unk>")),
+                                   pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+
+
+def test_sft_trainer_trains_packed_rows_with_our_attention_as_with_a_block_mask(monkeypatch, tmp_path):
+    """The whole TRL path through run_trainer (bfd packing, padding-free collator, fused LM head, partial
+    checkpointing): the losses with our attention (CPU reference) equal those of sdpa with transformers' block mask."""
+    import datasets
+
+    from tunesmith.train.setup import run_trainer
+
+    rows = samples((40, 13, 27, 60, 9, 33, 21, 50, 70, 12))
+    losses = {}
+    for varlen in (False, True):
+        monkeypatch.setattr(speed, "varlen_runs", lambda device, dtype: varlen)
+        cfg = SFTConfig(dataset=["x"], method="full", packing=True, gradient_checkpointing=varlen, checkpoint_every=2,
+                        max_length=128, batch_size=2, max_steps=3, logging_steps=1, learning_rate=1e-3,
+                        report_to=["none"], output_dir=str(tmp_path / f"varlen-{varlen}"))
+        model = tiny_qwen()
+        assert speed.prepare_model(cfg, model, "cpu", torch.float32)["attention"] == (
+            attention.NAME if varlen else "sdpa")
+        trainer = run_trainer(cfg, tmp_path / f"varlen-{varlen}", model, stub_tokenizer(),
+                              datasets.Dataset.from_list(rows), None, "cpu", torch.float32, None, None)
+        losses[varlen] = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        if varlen:  # checkpoint_every 2: layer 0 recomputes, layer 1 keeps its activations
+            assert [layer.gradient_checkpointing for layer in model.model.layers] == [True, False]
+    assert len(losses[True]) == 3 and losses[True] == pytest.approx(losses[False], abs=1e-4)
+
+
 # -----------------------------------------------------------------------------
 # Choices: packing, checkpointing, kernels, TRL arguments
 
@@ -286,8 +321,6 @@ LIGER_SCRIPT = textwrap.dedent("""
     loss = model(**batch, use_cache=False).loss
     loss.backward()
     assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
-    speed.prepare_model(SFTConfig(dataset=["x"], packing=True, gradient_checkpointing=False, kernels="none"),
-                        model, "cuda", torch.bfloat16)
     assert abs(loss.item() - plain) / plain < 2e-2, (plain, loss.item())  # sdpa's block mask vs varlen + liger
     print("ok", plain, loss.item())
 """)

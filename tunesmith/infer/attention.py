@@ -126,11 +126,15 @@ def _has_gqa_keyword() -> bool:
 @lru_cache(maxsize=None)
 def _native_gqa_backward() -> bool:
     """Whether this torch's varlen backward handles fewer key/value heads itself: checked once on a tiny problem
-    against the expanded heads (a failure or a mismatch means we expand them, which costs memory, not correctness)."""
+    against the expanded heads (a failure or a mismatch means we expand them, which costs memory, not correctness).
+    `prepare_training` runs it before training: inside a checkpointed layer its own backward would meet the
+    checkpoint's saved-tensor hooks."""
     import torch
 
     from torch.nn.attention.varlen import varlen_attn
 
+    if _has_gqa_keyword():
+        return True
     try:
         gen = torch.Generator(device="cuda").manual_seed(0)
         q = torch.randn(24, 4, 64, device="cuda", dtype=torch.bfloat16, generator=gen).requires_grad_()
@@ -138,10 +142,11 @@ def _native_gqa_backward() -> bool:
                 for _ in range(2))
         cu = torch.tensor([0, 10, 24], device="cuda", dtype=torch.int32)
         options = _causal_options(None)
-        varlen_attn(q, k, v, cu, cu, 14, 14, **options).float().square().sum().backward()
-        k2, v2 = (t.detach().repeat_interleave(2, dim=1).requires_grad_() for t in (k, v))
-        q2 = q.detach().clone().requires_grad_()
-        varlen_attn(q2, k2, v2, cu, cu, 14, 14, **options).float().square().sum().backward()
+        with torch.enable_grad(), torch.autocast("cuda", enabled=False):
+            varlen_attn(q, k, v, cu, cu, 14, 14, **options).float().square().sum().backward()
+            k2, v2 = (t.detach().repeat_interleave(2, dim=1).requires_grad_() for t in (k, v))
+            q2 = q.detach().clone().requires_grad_()
+            varlen_attn(q2, k2, v2, cu, cu, 14, 14, **options).float().square().sum().backward()
         want_k = k2.grad.view(24, 2, 2, 64).sum(2)
         return bool(torch.allclose(k.grad.float(), want_k.float(), atol=5e-2, rtol=5e-2)
                     and torch.allclose(q.grad.float(), q2.grad.float(), atol=5e-2, rtol=5e-2))
@@ -234,6 +239,17 @@ def _int32():
     import torch
 
     return torch.int32
+
+
+def prepare_training(model: Any) -> None:
+    """Before training packed batches with `use_varlen`: settle once, outside any checkpointed layer, whether the
+    kernel's backward takes grouped key/value heads as they are."""
+    import torch
+
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    heads, kv_heads = config.num_attention_heads, getattr(config, "num_key_value_heads", None)
+    if torch.cuda.is_available() and kv_heads and kv_heads != heads:
+        _native_gqa_backward()
 
 
 def use_varlen(model: Any) -> None:

@@ -55,6 +55,7 @@ def prepare_model(cfg: Any, model: Any, device: str, dtype: Any) -> dict[str, st
     chosen = {"attention": str(base.config._attn_implementation)}
     if cfg.packing and varlen_runs(device, dtype):
         attention.use_varlen(base)  # sample boundaries come from TRL's padding-free collator
+        attention.prepare_training(base)
         chosen["attention"] = attention.NAME
     chosen["kernels"] = _apply_kernels(getattr(cfg, "kernels", "none"), model, device)
     chosen["optim"] = speed_args(cfg, device).get("optim", "transformers default")
