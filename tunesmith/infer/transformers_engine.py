@@ -120,17 +120,24 @@ class TransformersEngine(Engine):
         for rid in ids:
             manager.register_result_handler(rid, queue.put_nowait)
         temperature = p.temperature if p.temperature > 0 else GREEDY_TEMPERATURE
-        for rid in ids:
-            added = manager.add_request(prompt, request_id=rid, max_new_tokens=p.max_tokens, streaming=True,
-                                        eos_token_id=served.template.stop_token_ids, temperature=float(temperature),
-                                        top_p=float(p.top_p))
-            if added is None:
-                raise EngineError("the generation loop is not accepting requests (stopping or failed)")
+        # Requests join the batch under the exact path's lock: generate() never runs beside a batching step.
+        if not self.exact_lock.acquire(blocking=False):
+            await asyncio.to_thread(self.exact_lock.acquire)
+        try:
+            for rid in ids:
+                added = manager.add_request(prompt, request_id=rid, max_new_tokens=p.max_tokens, streaming=True,
+                                            eos_token_id=served.template.stop_token_ids,
+                                            temperature=float(temperature), top_p=float(p.top_p))
+                if added is None:
+                    raise EngineError("the generation loop is not accepting requests (stopping or failed)")
+        finally:
+            self.exact_lock.release()
         decoders = {rid: _Decoder(served.template, p.stop) for rid in ids}
         open_ids = set(ids)
         try:
             while open_ids:
-                for out in await _newest_outputs(queue):
+                pending: dict[str, Delta] = {}  # this drain's text per choice, sent as one chunk each
+                for out in await _queued_outputs(queue):
                     rid = out.request_id
                     if rid not in open_ids:
                         continue
@@ -139,14 +146,17 @@ class TransformersEngine(Engine):
                     decoder = decoders[rid]
                     text, stopped = decoder.update(out.generated_tokens, final=out.is_finished())
                     finished = out.is_finished() or stopped
-                    reason = decoder.finish_reason(p.max_tokens) if finished else None
                     if finished:
                         open_ids.discard(rid)
                         if stopped and not out.is_finished():
                             manager.cancel_request(rid)
-                    if text or finished:
-                        yield Delta(index[rid], text, reason, prompt_tokens=len(prompt),
-                                    completion_tokens=decoder.count)
+                    before = pending.get(rid)
+                    pending[rid] = Delta(index[rid], (before.text if before else "") + text,
+                                         decoder.finish_reason(p.max_tokens) if finished else None,
+                                         prompt_tokens=len(prompt), completion_tokens=decoder.count)
+                for delta in pending.values():
+                    if delta.text or delta.finish_reason:
+                        yield delta
         finally:  # the client went away or an error: free the batch slots
             for rid in open_ids:
                 manager.cancel_request(rid)
@@ -218,6 +228,7 @@ class TransformersEngine(Engine):
         ids = torch.tensor([prompt], device=served.model.device)
         sample = p.temperature > 0
         with self.exact_lock, torch.inference_mode():
+            _wait_until_idle(served.manager)
             if p.seed is not None:
                 torch.manual_seed(p.seed + choice)
             out = served.model.generate(
@@ -243,18 +254,28 @@ class TransformersEngine(Engine):
         return prompt_ids(served.template, request)
 
 
-async def _newest_outputs(queue: asyncio.Queue) -> list[Any]:
-    """Wait for an output, then take every output already queued and keep the newest per request (each carries all
-    tokens so far; an error is kept over anything). When the event loop falls behind the decode loop, a stream gets
-    one chunk with several tokens instead of one chunk per token, so serving cost stops growing with the backlog."""
-    newest = {}
-    out = await queue.get()
-    while True:
-        if not (newest.get(out.request_id) and newest[out.request_id].error):
-            newest[out.request_id] = out
-        if queue.empty():
-            return list(newest.values())
-        out = queue.get_nowait()
+def _wait_until_idle(manager: Any, timeout: float = 30.0) -> None:
+    """Let the batching loop finish what it holds (a cancelled request runs one more step) before generate() uses
+    the same model from another thread; batched requests join only under the same lock, so the two never overlap.
+    Measured: with them overlapping, a greedy request right after a stop-string-cancelled stream answered
+    differently from its first token (tests/e2e/test_deploy_cli.py; the shared state inside transformers is not
+    pinned down)."""
+    import time
+
+    processor = getattr(manager, "batch_processor", None) if manager is not None else None
+    deadline = time.monotonic() + timeout
+    while processor is not None and processor.has_pending_requests() and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+async def _queued_outputs(queue: asyncio.Queue) -> list[Any]:
+    """Wait for an output, then take every output already queued, in order. Each is decoded as it came (stop strings
+    and cancellation act on the first output that shows them), but a stream gets one chunk per drain: when the event
+    loop falls behind the decode loop, several tokens travel in one SSE event instead of one event each."""
+    outputs = [await queue.get()]
+    while not queue.empty():
+        outputs.append(queue.get_nowait())
+    return outputs
 
 
 class _Decoder:
