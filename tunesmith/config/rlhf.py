@@ -3,6 +3,8 @@ weights train is `--tuner lora | qlora | dora | full` here (ms-swift calls it tu
 
 from __future__ import annotations
 
+import contextlib
+
 from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
@@ -226,10 +228,8 @@ class RLHFConfig(TrainConfig):
             data.setdefault("cpo_alpha", 1.0)
         loss = data["loss_type"]
         if "simpo" in (loss if isinstance(loss, list) else [loss]) and "simpo_gamma" not in data:
-            try:
+            with contextlib.suppress(TypeError, ValueError):  # a bad beta is reported by its own field's check
                 data["simpo_gamma"] = 0.5 * float(data.get("beta", 0.1))
-            except (TypeError, ValueError):
-                pass  # a bad beta is reported by its own field's check
         return data
 
     @model_validator(mode="after")

@@ -13,12 +13,11 @@ from typing import Any
 from trl import DPOTrainer
 
 from tunesmith.config.rlhf import RLHFConfig
-from tunesmith.data.load import load_rows
 from tunesmith.data.rows import Preference, Problem
-from tunesmith.errors import DataError
 from tunesmith.templates import IGNORE, Template
 from tunesmith.train import run as runs
-from tunesmith.train.setup import common_args, load_tokenizer_first, load_trainable, run_trainer
+from tunesmith.train.preference import load_preference_data
+from tunesmith.train.setup import common_args, load_trainable, run_trainer
 
 
 def dpo(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> runs.RunResult:
@@ -26,31 +25,16 @@ def dpo(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> runs.RunResult:
     log_file = runs.log_to_file(run_dir)
     resume_from = runs.checkpoint_to_resume(cfg, run_dir)
 
-    data = load_rows(cfg.dataset, kind="preference", seed=cfg.seed)
-    val = load_rows(cfg.val_dataset, kind="preference", seed=cfg.seed) if cfg.val_dataset else None
-    tokenizer, base_folder = load_tokenizer_first(cfg)
-    template = Template(tokenizer, default_system=cfg.system)
-    train_ds = tokenize_pairs(data.rows, template, cfg.max_length, data.problems)
-    skipped = data.raise_if_bad(cfg.skip_bad_rows)
-    eval_ds = None
-    if val is not None:
-        eval_ds = tokenize_pairs(val.rows, template, cfg.max_length, val.problems)
-        skipped += val.raise_if_bad(cfg.skip_bad_rows)
-    elif cfg.val_split > 0:
-        split = train_ds.train_test_split(test_size=cfg.val_split, seed=cfg.seed)
-        train_ds, eval_ds = split["train"], split["test"]
-    if len(train_ds) == 0:
-        raise DataError(f"{', '.join(cfg.dataset)}: no preference pairs left to train on")
-
-    model, device, dtype = load_trainable(cfg, base_folder)
-    runs.save_config(cfg, run_dir, base_model_folder=str(base_folder), device=device, dtype=str(dtype),
-                     train_pairs=len(train_ds), skipped_rows=skipped)
-    args = dpo_args(cfg, run_dir, device, dtype, has_eval=eval_ds is not None)
-    trainer = run_trainer(cfg, run_dir, model, tokenizer, train_ds, eval_ds, device, dtype, resume_from, callbacks,
-                          trainer_cls=RenderedDPOTrainer, args=args)
-    final = runs.save_final(trainer, template, run_dir)
+    data = load_preference_data(cfg, "preference", tokenize_pairs)
+    model, device, dtype = load_trainable(cfg, data.base_folder)
+    runs.save_config(cfg, run_dir, base_model_folder=str(data.base_folder), device=device, dtype=str(dtype),
+                     train_pairs=len(data.train), skipped_rows=data.skipped)
+    args = dpo_args(cfg, run_dir, device, dtype, has_eval=data.eval is not None)
+    trainer = run_trainer(cfg, run_dir, model, data.tokenizer, data.train, data.eval, device, dtype, resume_from,
+                          callbacks, trainer_cls=RenderedDPOTrainer, args=args)
+    final = runs.save_final(trainer, data.template, run_dir)
     log_file.close()
-    return runs.result_from(trainer, run_dir, final, skipped)
+    return runs.result_from(trainer, run_dir, final, data.skipped)
 
 
 def tokenize_pairs(rows: list[Preference], template: Template, max_length: int, problems: list[Problem]) -> Any:

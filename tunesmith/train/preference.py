@@ -1,4 +1,4 @@
-"""What the offline preference methods (kto, orpo, cpo/simpo, rm) share: the data stage, from dataset specs to
+"""What the offline preference methods (dpo, kto, orpo, cpo/simpo, rm) share: the data stage, from dataset specs to
 rendered token ids, with every bad row reported before any weights load; and the row layout of TRL's older pair
 trainers (CPOTrainer, ORPOTrainer). Pairs are rendered by dpo.tokenize_pairs, so every method sees the same ids."""
 
