@@ -30,6 +30,10 @@ Measured over --steps optimizer steps after --warmup steps, CUDA synchronised at
   peak        torch.cuda.max_memory_allocated / max_memory_reserved over the whole process
   first step  from the start of training to the end of step 1 (compilation, kernel JIT, allocator warm-up)
   setup       process start to the start of training (imports, weights, trainer and data preparation)
+
+--profile runs PROFILE_STEPS more steps after the measured window under torch.profiler (the timings above are not
+affected) and prints, per configuration, where the GPU time went: kernels grouped by kind (matmuls, attention, fused
+triton kernels, elementwise, optimizer, copies), the share of the step the GPU was idle, and the top kernels.
 """
 
 from __future__ import annotations
@@ -59,6 +63,14 @@ WORKLOADS = {
 TINY = dict(model_type="qwen2", vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
             num_attention_heads=2, num_key_value_heads=1, head_dim=32, tie_word_embeddings=True)
 DEFAULT_CONFIGS = ["tunesmith", "trl-default", "trl-best"]
+PROFILE_STEPS = 2
+# kernel name patterns, first match wins (CUDA kernel names of cuBLAS/cuBLASLt, PyTorch's flash kernels, triton)
+KERNEL_KINDS = [("matmul", ("gemm", "nvjet", "cutlass", "xmma", "cublas")),
+                ("attention", ("flash", "fmha", "attention", "attn")),
+                ("optimizer", ("multi_tensor", "adam", "foreach")),
+                ("copy", ("memcpy", "memset", "copy", "cat", "to_dtype")),
+                ("fused triton", ("triton", "_kernel")),
+                ("elementwise/reduce", ("elementwise", "reduce", "vectorized", "unrolled", "softmax", "norm"))]
 PAD, EOS, UNK = 0, 1, 2  # the stub tokenizer's only tokens; sample ids start at 3
 
 
@@ -81,6 +93,7 @@ def main() -> None:
     parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "tunesmith-bench"),
                         help="where W3 keeps the bf16 weights it quantizes")
     parser.add_argument("--child-timeout", type=int, default=300, help="seconds per configuration")
+    parser.add_argument("--profile", action="store_true", help="profile PROFILE_STEPS steps after the measured ones")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -117,7 +130,8 @@ def run_child(args: argparse.Namespace, name: str) -> dict:
         argv = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--result", str(result_path),
                 "--workload", args.workload, "--steps", str(args.steps), "--warmup", str(args.warmup),
                 "--samples", str(args.samples), "--median", str(args.median), "--sigma", str(args.sigma),
-                "--peak-tflops", str(args.peak_tflops), "--seed", str(args.seed), "--cache", args.cache]
+                "--peak-tflops", str(args.peak_tflops), "--seed", str(args.seed), "--cache", args.cache] + (
+                    ["--profile"] if args.profile else [])
         env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
                    TRANSFORMERS_NO_ADVISORY_WARNINGS="1", TQDM_DISABLE="1")
         print(f"\n=== {name}", flush=True)
@@ -142,6 +156,8 @@ def run_child(args: argparse.Namespace, name: str) -> dict:
     else:
         print("\n".join(line for line in output.splitlines() if line.startswith(("[bench]", "WARNING", "warning"))),
               flush=True)
+    if result.get("profile"):
+        print(result["profile"], flush=True)
     return result
 
 
@@ -185,6 +201,9 @@ def summarise(args: argparse.Namespace, work: dict, results: list[dict]) -> dict
                      f"{r['setup_s']:.1f} | {r.get('settings', '')} |")
     for key, value in ratios.items():
         lines.append(f"\n{key}: {value['tok_s']:.2f}x tokens/s, {value['peak_alloc']:.2f}x peak memory")
+    for r in results:
+        if r.get("profile"):
+            lines += ["", f"Profile of {r['config']}:", "```", r["profile"], "```"]
     return {"workload": args.workload, **work, "samples": args.samples, "median": args.median, "sigma": args.sigma,
             "warmup": args.warmup, "steps": args.steps, "peak_tflops": args.peak_tflops, "results": results,
             "ratios": ratios, "markdown": "\n".join(lines)}
@@ -223,7 +242,9 @@ def _child(args: argparse.Namespace, work: dict, result: dict) -> None:
         sum(x * x for x in lengths) / sum(lengths))
     result["env"] = environment(device)
     tokenizer = stub_tokenizer()
-    probe = make_probe(args.warmup, args.steps, Path(args.result), result)
+    probe = make_probe(args.warmup, args.steps, Path(args.result), result, args.profile)
+    if args.profile:  # the trainers run PROFILE_STEPS more steps, after the measured window
+        args.steps += PROFILE_STEPS
     out_dir = tempfile.mkdtemp(prefix=f"bench-{name}-")
     if name == "tunesmith":
         trainer = run_tunesmith(args, work, config, data, tokenizer, probe, out_dir, overrides, result)
@@ -402,20 +423,21 @@ def run_trl(args, work, config, data, tokenizer, probe, out_dir, overrides, resu
     return trainer
 
 
-def make_probe(warmup: int, steps: int, result_path: Path, result: dict):
+def make_probe(warmup: int, steps: int, result_path: Path, result: dict, profile: bool = False):
     """A TrainerCallback (transformers loads only in the child) that times the measured window and counts the real
     tokens the model receives (a forward pre-hook: the attention mask's sum when the batch is padded, every token of a
     padding-free row)."""
     from transformers import TrainerCallback
 
-    return type("Probe", (Probe, TrainerCallback), {})(warmup, steps, result_path, result)
+    return type("Probe", (Probe, TrainerCallback), {})(warmup, steps, result_path, result, profile)
 
 
 class Probe:
-    def __init__(self, warmup: int, steps: int, result_path: Path, result: dict):
+    def __init__(self, warmup: int, steps: int, result_path: Path, result: dict, profile: bool = False):
         import torch
 
         self.warmup, self.steps, self.result_path, self.result = warmup, steps, result_path, result
+        self.profile, self.profiler = profile, None
         self.cuda = torch.cuda.is_available()
         self.tokens = None
         self.marks: dict[str, tuple[float, int]] = {}
@@ -441,8 +463,24 @@ class Probe:
         self.result["setup_s"] = round(self.begin - START, 1)
         model.register_forward_pre_hook(self._count, with_kwargs=True)
 
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.profile and state.global_step == self.warmup + self.steps:
+            import torch
+
+            self._sync()
+            self.profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                                               torch.profiler.ProfilerActivity.CUDA])
+            self.profiler.__enter__()
+            self.profile_start = time.perf_counter()
+
     def on_step_end(self, args, state, control, **kwargs):
         step = state.global_step
+        if self.profiler is not None and step == self.warmup + self.steps + PROFILE_STEPS:
+            wall = self._sync() - self.profile_start
+            self.profiler.__exit__(None, None, None)
+            self.result["profile"] = profile_summary(self.profiler, wall, PROFILE_STEPS)
+            self.result_path.write_text(json.dumps(self.result))
+            self.profiler = None
         self.step_ends.append(time.perf_counter())
         if step == 1:
             self.result["first_step_s"] = round(self._sync() - self.begin, 2)
@@ -470,6 +508,28 @@ class Probe:
         return {"peak_alloc_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
                 "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2),
                 "device_used_gib": round((total - free) / 2**30, 2)}
+
+
+def profile_summary(profiler, wall_s: float, steps: int, top: int = 25) -> str:
+    """GPU time by kernel kind and the top kernels, per step, from a torch.profiler run over `steps` steps."""
+    kernels: dict[str, float] = {}
+    for event in profiler.events():
+        if event.device_type.name == "CUDA":
+            kernels[event.name] = kernels.get(event.name, 0.0) + event.device_time / 1e3  # ms (us in the profiler)
+    busy = sum(kernels.values())
+    kinds: dict[str, float] = {}
+    for name, ms in kernels.items():
+        low = name.lower()
+        kind = next((k for k, pats in KERNEL_KINDS if any(p in low for p in pats)), "other")
+        kinds[kind] = kinds.get(kind, 0.0) + ms
+    step_ms = wall_s * 1e3 / steps
+    lines = [f"step {step_ms:.1f} ms; GPU busy {busy / steps:.1f} ms ({busy / steps / step_ms:.0%}), idle "
+             f"{max(0.0, step_ms - busy / steps):.1f} ms"]
+    lines += [f"  {kind:20} {ms / steps:8.1f} ms/step  {ms / busy:6.1%}" for kind, ms in
+              sorted(kinds.items(), key=lambda kv: -kv[1])]
+    lines.append("top kernels (ms/step):")
+    lines += [f"  {ms / steps:8.2f}  {name[:110]}" for name, ms in sorted(kernels.items(), key=lambda kv: -kv[1])[:top]]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -52,12 +52,13 @@ def check_memory(cfg: Any) -> None:
     device = "cuda" if hw.gpus else "mps" if hw.mps else "cpu"
     try:
         from tunesmith.models.load import pick_dtype
-        from tunesmith.train.speed import varlen_runs
+        from tunesmith.train.speed import liger_applies, varlen_runs
 
         shape = load_shape(cfg.model)
         # packed batches on CUDA run the varlen flash kernel (no mask); elsewhere sdpa with a block mask
         varlen = device == "cuda" and varlen_runs(device, pick_dtype(cfg.dtype, device))
-        setup = training_setup(cfg, device, bool(hw.gpus) and all(g.bf16 for g in hw.gpus), varlen)
+        setup = training_setup(cfg, device, bool(hw.gpus) and all(g.bf16 for g in hw.gpus), varlen,
+                               liger_applies(getattr(cfg, "kernels", "none"), device, shape.model_type))
         every = getattr(cfg, "checkpoint_every", None) or 1
         needed = (partial_checkpointing_bytes(shape, setup, every) if setup.checkpointing and every > 1
                   else estimate_training(shape, setup).total) / GIB

@@ -16,7 +16,7 @@ from tunesmith.plan.model_shape import shape_from_config
 BATCH, SEQ, RANK = 2, 64, 8
 
 
-def saved_bytes(model, ids) -> int:
+def saved_bytes(model, ids, device="cpu") -> int:
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen: dict[int, int] = {}
 
@@ -27,16 +27,16 @@ def saved_bytes(model, ids) -> int:
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        with torch.autocast("cpu", dtype=torch.bfloat16):  # as the trainer runs: bf16 weights under autocast
+        with torch.autocast(device, dtype=torch.bfloat16):  # as the trainer runs: bf16 weights under autocast
             model(input_ids=ids, labels=ids)
     return sum(seen.values())
 
 
-def build(cls, extra, layers, method, dropout, checkpointing, attn):
+def build(cls, extra, layers, method, dropout, checkpointing, attn, device="cpu"):
     config = cls(vocab_size=512, hidden_size=128, intermediate_size=352, num_hidden_layers=layers, num_attention_heads=4,
                  num_key_value_heads=2, pad_token_id=0, attn_implementation=attn, **extra)
     torch.manual_seed(0)
-    model = tf.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model = tf.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).to(device)
     if method == "lora":
         from peft import LoraConfig, get_peft_model
 
@@ -50,12 +50,16 @@ def build(cls, extra, layers, method, dropout, checkpointing, attn):
     return model, config
 
 
-def measured_per_layer(cls, extra, method, dropout=0.0, checkpointing=False, attn="sdpa"):
-    ids = torch.randint(0, 512, (BATCH, SEQ), generator=torch.Generator().manual_seed(0))
+def measured_per_layer(cls, extra, method, dropout=0.0, checkpointing=False, attn="sdpa", device="cpu", kernels=None):
+    ids = torch.randint(0, 512, (BATCH, SEQ), generator=torch.Generator().manual_seed(0)).to(device)
     totals = {}
     for layers in (2, 4):
-        model, config = build(cls, extra, layers, method, dropout, checkpointing, attn)
-        totals[layers] = saved_bytes(model, ids)
+        model, config = build(cls, extra, layers, method, dropout, checkpointing, attn, device)
+        if kernels:
+            from tunesmith.train.speed import _apply_kernels
+
+            assert _apply_kernels(kernels, model, device).startswith("liger")
+        totals[layers] = saved_bytes(model, ids, device)
     shape = shape_from_config(json.loads(config.to_json_string()))
     return (totals[4] - totals[2]) / 2, shape
 
@@ -102,3 +106,18 @@ def test_eager_attention_keeps_the_seq_squared_probabilities():
 def test_checkpointing_keeps_only_each_layer_input(method):
     measured, shape = measured_per_layer(tf.Qwen2Config, {}, method, checkpointing=True)
     assert measured == 2 * shape.hidden * BATCH * SEQ  # one bf16 hidden state per token and layer
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cls,method", [(tf.Qwen2Config, "full"), (tf.Qwen2Config, "lora"),
+                                        (tf.LlamaConfig, "full"), (tf.LlamaConfig, "lora")],
+                         ids=lambda v: getattr(v, "__name__", str(v)))
+def test_liger_layers_keep_what_the_plan_counts(cls, method):
+    """The plan's `kernels="liger"` count (the checkpointing choice on CUDA relies on it) against liger's layers."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU and liger-kernel")
+    pytest.importorskip("liger_kernel")
+    measured, shape = measured_per_layer(cls, {}, method, device="cuda", kernels="liger")
+    setup = Setup(method=method, lora_rank=RANK, micro_batch=BATCH, seq=SEQ, padded=False, kernels="liger")
+    predicted = layer_activation_bytes(shape, setup) * BATCH * SEQ + adapter_copies(shape, method)
+    assert predicted == pytest.approx(measured, rel=0.05)

@@ -17,7 +17,9 @@ class Section(BaseModel):
 class LoraCfg(Section):
     rank: int = Field(16, ge=1, description="Adapter rank; adapter memory grows linearly with it.")
     alpha: int = Field(32, ge=1, description="Scale of the update; 2 x rank is the usual choice.")
-    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the adapter input.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description=(
+        "Dropout on the adapter input. 0 (as peft, LLaMA-Factory and Unsloth): p > 0 keeps a dropped copy of each "
+        "adapter's input for backward, ~40 % more activation memory on a 7B model, and costs speed."))
     targets: list[str] | Literal["all-linear"] = Field(
         "all-linear", description="Modules that get adapters: all-linear or a list of module names."
     )

@@ -46,7 +46,7 @@ class Setup:
     optimizer: str = "adamw"          # adamw | adamw_8bit | paged_adamw_8bit | sgd
     lora_rank: int = 16               # also GaLore's projection rank
     lora_targets: str | tuple[str, ...] = "all-linear"
-    lora_dropout: float = 0.05        # tunesmith's default; p > 0 stores a dropout mask per adapter input
+    lora_dropout: float = 0.0         # tunesmith's default; p > 0 stores a dropout mask per adapter input
     seq: int = 2048
     micro_batch: int = 1
     grad_accum: int = 1
@@ -59,6 +59,7 @@ class Setup:
     world_size: int = 1
     offload: bool = False
     loss: str = "trl"                 # trl: TRL 1.16's chunked LM head | model: the model's own loss (full logits)
+    kernels: str = "none"             # none | liger: liger's RMSNorm/RoPE/SwiGLU (train/speed.py) keep less for backward
     device: str = "cuda"              # cuda adds the CUDA context; cpu and mps have none
 
 
@@ -136,13 +137,19 @@ def layer_activation_bytes(shape: ModelShape, s: Setup) -> float:
     act = DTYPE_BYTES[s.dtype]  # matmul outputs under autocast
     h, q, kv, i = shape.hidden, shape.q_dim, shape.kv_dim, shape.intermediate
     n_norms = shape.norms_per_layer
-    total = n_norms * 4 * h  # RMSNorm computes in fp32 and keeps its fp32 input for backward
+    liger = s.kernels == "liger"
+    # RMSNorm: the model's computes in fp32 and keeps its fp32 input for backward; liger's keeps its input as it came
+    # (the residual stream's dtype) and one fp32 reciprocal RMS per row.
+    x_bytes = 4 if s.method == "qlora" else act  # QLoRA's norms run in fp32 (prepare_model_for_kbit_training)
+    norm = (lambda width: x_bytes * width + 4) if liger else (lambda width: 4 * width)
+    total = n_norms * norm(h)
     if shape.qk_norm:
-        total += 4 * (q + kv)
+        total += norm(q) + norm(kv)
     total += act * (q + 2 * kv) + act * q + 4 * shape.heads  # q, k (after RoPE), v, attention output, fp32 logsumexp
-    # SwiGLU: gate (SiLU input), SiLU output and up (the product's inputs). QLoRA's fp32 norms make the 4-bit layers'
-    # inputs fp32, and bitsandbytes returns outputs in the input's dtype: these three are fp32 there.
-    total += 3 * (4 if s.method == "qlora" else act) * i
+    # SwiGLU: gate (SiLU input), SiLU output and up (the product's inputs); liger's fused SiLU-mul keeps only gate and
+    # up and recomputes the SiLU. QLoRA's fp32 norms make the 4-bit layers' inputs fp32, and bitsandbytes returns
+    # outputs in the input's dtype: these are fp32 there.
+    total += (2 if liger else 3) * (4 if s.method == "qlora" else act) * i
     if s.method in ADAPTER_METHODS:
         # Frozen linears keep nothing; each adapter keeps its input cast back to the compute dtype by autocast, plus the
         # dropout mask when lora_dropout > 0 (CUDA: a 1-byte mask; CPU/MPS: an fp32 noise tensor), and A's output for B.
@@ -155,7 +162,11 @@ def layer_activation_bytes(shape: ModelShape, s: Setup) -> float:
         # Trainable weights: each norm keeps its normalised input and its output (the next linears' input for their
         # weight gradient); down_proj keeps the SwiGLU product. o_proj reads the attention output, already counted;
         # q/k norms keep their normalised input (their output feeds RoPE, which keeps nothing).
-        total += n_norms * 2 * act * h + act * i + (act * (q + kv) if shape.qk_norm else 0)
+        # liger's norms compute their weight gradient from their input and RMS, so only the output is kept there.
+        if liger:
+            total += n_norms * act * h + act * i
+        else:
+            total += n_norms * 2 * act * h + act * i + (act * (q + kv) if shape.qk_norm else 0)
     if (s.attn == "eager" or (_masked(s) and s.attn == "sdpa")) and shape.kv_heads != shape.heads:
         total += 2 * act * (q - kv)  # eager, and sdpa with a mask, repeat k and v to every head (no enable_gqa)
     return total

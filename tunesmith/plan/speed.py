@@ -51,14 +51,15 @@ def checkpoint_every_that_fits(shape: ModelShape, s: Setup, budget_bytes: float)
     return 1
 
 
-def training_setup(cfg: Any, device: str, bf16: bool, varlen: bool) -> Setup:
-    """The estimator's Setup for exactly this config (also what api.check_memory estimates)."""
+def training_setup(cfg: Any, device: str, bf16: bool, varlen: bool, liger: bool = False) -> Setup:
+    """The estimator's Setup for exactly this config (also what api.check_memory estimates); `liger`: whether
+    train/speed.py will swap in liger's layers (train.speed.liger_applies)."""
     targets = cfg.lora.targets if isinstance(cfg.lora.targets, str) else tuple(cfg.lora.targets)
     packing = bool(getattr(cfg, "packing", False))
     return Setup(method=cfg.weights, dtype="bfloat16" if bf16 else "float32", lora_rank=cfg.lora.rank,
                  lora_targets=targets, lora_dropout=cfg.lora.dropout, seq=cfg.max_length, micro_batch=cfg.batch_size,
                  grad_accum=cfg.grad_accum, checkpointing=bool(cfg.gradient_checkpointing), packing=packing,
-                 attn="flash" if packing and varlen else "sdpa", device=device)
+                 attn="flash" if packing and varlen else "sdpa", device=device, kernels="liger" if liger else "none")
 
 
 def resolve_speed(cfg: Any) -> None:
@@ -80,12 +81,14 @@ def resolve_speed(cfg: Any) -> None:
 def _every_from_plan(cfg: Any, varlen: bool) -> int | None:
     from tunesmith.plan.hardware import probe
     from tunesmith.plan.model_shape import load_shape
+    from tunesmith.train.speed import liger_applies
 
     log = logging.getLogger("tunesmith")
     try:
         hw = probe()
         shape = load_shape(cfg.model)
-        setup = training_setup(cfg, "cuda", all(g.bf16 for g in hw.gpus), varlen)
+        setup = training_setup(cfg, "cuda", all(g.bf16 for g in hw.gpus), varlen,
+                               liger_applies(cfg.kernels, "cuda", shape.model_type))
         every = checkpoint_every_that_fits(shape, setup, AUTO_SHARE * hw.memory_gib() * GIB)
     except Exception as err:  # noqa: BLE001 - an architecture the estimator cannot read keeps the plain default
         log.info("gradient checkpointing: off (no memory plan: %s)", err)

@@ -62,6 +62,17 @@ def prepare_model(cfg: Any, model: Any, device: str, dtype: Any) -> dict[str, st
     return chosen
 
 
+def liger_applies(kernels: str, device: str, model_type: str) -> bool:
+    """Whether `kernels` gives this model liger's layers here (the memory plan counts what they keep for backward)."""
+    if kernels == "none" or device != "cuda" or importlib.util.find_spec("liger_kernel") is None:
+        return False
+    try:
+        from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
+    except Exception:  # noqa: BLE001 - a liger that does not import is a liger that does not apply
+        return False
+    return model_type in MODEL_TYPE_TO_APPLY_LIGER_FN
+
+
 def _apply_kernels(kernels: str, model: Any, device: str) -> str:
     if kernels == "none":
         return "none"
@@ -71,11 +82,10 @@ def _apply_kernels(kernels: str, model: Any, device: str) -> str:
                                 "use kernels: auto or none")
         return "none"
     try:
-        from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
         from transformers.integrations.liger import apply_liger_kernel
 
         model_type = model.config.model_type
-        if model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
+        if not liger_applies(kernels, device, model_type):
             return f"none (liger has no kernels for {model_type})"
         apply_liger_kernel(model, LIGER_KERNELS)  # unwraps peft; patches the layers in place
     except Exception as err:  # noqa: BLE001 - an optional speed-up must not stop a run that works without it
