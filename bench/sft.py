@@ -65,12 +65,12 @@ TINY = dict(model_type="qwen2", vocab_size=512, hidden_size=64, intermediate_siz
 DEFAULT_CONFIGS = ["tunesmith", "trl-default", "trl-best"]
 PROFILE_STEPS = 2
 # kernel name patterns, first match wins (CUDA kernel names of cuBLAS/cuBLASLt, PyTorch's flash kernels, triton)
-KERNEL_KINDS = [("matmul", ("gemm", "nvjet", "cutlass", "xmma", "cublas")),
-                ("attention", ("flash", "fmha", "attention", "attn")),
+KERNEL_KINDS = [("attention", ("flash", "fmha", "attention", "attn")),
                 ("optimizer", ("multi_tensor", "adam", "foreach")),
-                ("copy", ("memcpy", "memset", "copy", "cat", "to_dtype")),
-                ("fused triton", ("triton", "_kernel")),
-                ("elementwise/reduce", ("elementwise", "reduce", "vectorized", "unrolled", "softmax", "norm"))]
+                ("copy/cast", ("memcpy", "memset", "copy", "catarray")),
+                ("elementwise/reduce", ("at::native", "elementwise", "reduce")),
+                ("matmul", ("gemm", "nvjet", "cutlass", "xmma", "cublas")),
+                ("fused triton", ("triton", "_kernel"))]
 PAD, EOS, UNK = 0, 1, 2  # the stub tokenizer's only tokens; sample ids start at 3
 
 
@@ -439,7 +439,7 @@ class Probe:
         self.warmup, self.steps, self.result_path, self.result = warmup, steps, result_path, result
         self.profile, self.profiler = profile, None
         self.cuda = torch.cuda.is_available()
-        self.tokens = None
+        self.tokens, self.host_tokens = None, 0
         self.marks: dict[str, tuple[float, int]] = {}
         self.step_ends: list[float] = []
 
@@ -451,12 +451,16 @@ class Probe:
         return time.perf_counter()
 
     def _count(self, module, args, kwargs):
-        import torch
-
+        """Never reads the GPU: a padded batch adds its mask's sum on the device, a padding-free one its size here."""
         ids = kwargs.get("input_ids", args[0] if args else None)
         mask = kwargs.get("attention_mask")
-        n = mask.sum() if mask is not None else torch.tensor(ids.numel(), device=ids.device)
-        self.tokens = n if self.tokens is None else self.tokens + n
+        if mask is None:
+            self.host_tokens += ids.numel()
+        else:
+            self.tokens = mask.sum() if self.tokens is None else self.tokens + mask.sum()
+
+    def _tokens(self) -> int:
+        return self.host_tokens + (int(self.tokens.item()) if self.tokens is not None else 0)
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.begin = self._sync()
@@ -485,9 +489,9 @@ class Probe:
         if step == 1:
             self.result["first_step_s"] = round(self._sync() - self.begin, 2)
         if step == self.warmup:
-            self.marks["start"] = (self._sync(), int(self.tokens.item()))
+            self.marks["start"] = (self._sync(), self._tokens())
         if step == self.warmup + self.steps:
-            end = (self._sync(), int(self.tokens.item()))
+            end = (self._sync(), self._tokens())
             (t0, n0), (t1, n1) = self.marks["start"], end
             steps = self.step_ends[self.warmup:]
             gaps = [b - a for a, b in zip([self.step_ends[self.warmup - 1]] + steps[:-1], steps)]
@@ -527,9 +531,42 @@ def profile_summary(profiler, wall_s: float, steps: int, top: int = 25) -> str:
              f"{max(0.0, step_ms - busy / steps):.1f} ms"]
     lines += [f"  {kind:20} {ms / steps:8.1f} ms/step  {ms / busy:6.1%}" for kind, ms in
               sorted(kinds.items(), key=lambda kv: -kv[1])]
+    lines.append("what the CPU ran while the GPU idled (ms/step; nested, so the rows overlap):")
+    lines += [f"  {ms / steps:8.2f}  {name[:110]}" for name, ms in idle_causes(profiler.events())]
     lines.append("top kernels (ms/step):")
     lines += [f"  {ms / steps:8.2f}  {name[:110]}" for name, ms in sorted(kernels.items(), key=lambda kv: -kv[1])[:top]]
     return "\n".join(lines)
+
+
+def idle_causes(events, min_gap_us: float = 20.0, top: int = 15) -> list[tuple[str, float]]:
+    """CPU operations (ATen ops, CUDA runtime calls, annotated Python regions) by how long they overlap the gaps
+    between GPU kernels, in ms; names that span nearly all the idle time (the step itself) are left out."""
+    import bisect
+
+    device = sorted((e.time_range.start, e.time_range.end) for e in events if e.device_type.name == "CUDA")
+    gaps: list[tuple[float, float]] = []
+    busy_until = device[0][1] if device else 0.0
+    for start, end in device[1:]:
+        if start > busy_until + min_gap_us:
+            gaps.append((busy_until, start))
+        busy_until = max(busy_until, end)
+    idle = sum(b - a for a, b in gaps)
+    if not idle:
+        return []
+    starts = [a for a, _ in gaps]
+    overlap: dict[str, float] = {}
+    for e in events:
+        if e.device_type.name != "CPU":
+            continue
+        a, b = e.time_range.start, e.time_range.end
+        i, total = max(0, bisect.bisect_right(starts, a) - 1), 0.0
+        while i < len(gaps) and gaps[i][0] < b:
+            total += max(0.0, min(b, gaps[i][1]) - max(a, gaps[i][0]))
+            i += 1
+        if total:
+            overlap[e.name] = overlap.get(e.name, 0.0) + total
+    ranked = sorted(((n, us / 1e3) for n, us in overlap.items() if us < 0.95 * idle), key=lambda kv: -kv[1])
+    return ranked[:top]
 
 
 if __name__ == "__main__":

@@ -40,8 +40,11 @@ def build(cls, extra, layers, method, dropout, checkpointing, attn, device="cpu"
     if method == "lora":
         from peft import LoraConfig, get_peft_model
 
+        from tunesmith.train.speed import keep_adapter_inputs_in_compute_dtype
+
         model = get_peft_model(model, LoraConfig(r=RANK, lora_dropout=dropout, target_modules="all-linear",
                                                  task_type="CAUSAL_LM"))
+        keep_adapter_inputs_in_compute_dtype(model, torch.bfloat16)  # as training does (train/speed.py, step 5)
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if method == "lora":

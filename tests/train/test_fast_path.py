@@ -197,8 +197,8 @@ def test_unset_packing_and_checkpointing_resolve_to_todays_defaults_on_cpu(tmp_p
 
 
 def test_gpu_choices_land_in_the_config(monkeypatch, tmp_path):
-    """On an H100 (79 GiB free, mocked): W1 packs and needs no checkpointing; W2 packs and recomputes only some layers.
-    Explicit settings always win."""
+    """On an H100 (79 GiB free, mocked): W1 and W2 pack and need no checkpointing; W2 with batch 3 recomputes only
+    some layers. Explicit settings always win."""
     import tunesmith.models.load as models
     import tunesmith.plan.hardware as hardware
     from tunesmith.train import run as runs
@@ -214,11 +214,15 @@ def test_gpu_choices_land_in_the_config(monkeypatch, tmp_path):
 
     w2 = SFTConfig(dataset=["x"], model="qwen2.5-7b-instruct", method="lora", max_length=4096, batch_size=2)
     plan_speed.resolve_speed(w2)
-    assert w2.packing is True and w2.gradient_checkpointing is True and 1 < w2.checkpoint_every < 28
-    runs.save_config(w2, tmp_path)
+    assert (w2.packing, w2.gradient_checkpointing, w2.checkpoint_every) == (True, False, None)
+
+    bigger = SFTConfig(dataset=["x"], model="qwen2.5-7b-instruct", method="lora", max_length=4096, batch_size=3)
+    plan_speed.resolve_speed(bigger)
+    assert bigger.packing is True and bigger.gradient_checkpointing is True and 1 < bigger.checkpoint_every < 28
+    runs.save_config(bigger, tmp_path)
     saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
     assert (saved["packing"], saved["gradient_checkpointing"], saved["checkpoint_every"]) == (
-        True, True, w2.checkpoint_every)
+        True, True, bigger.checkpoint_every)
 
     mine = SFTConfig(dataset=["x"], model="qwen2.5-7b-instruct", packing=False, gradient_checkpointing="auto")
     mine.gradient_checkpointing = True
@@ -229,7 +233,7 @@ def test_gpu_choices_land_in_the_config(monkeypatch, tmp_path):
 def test_partial_checkpointing_recomputes_as_few_layers_as_fit():
     gib = 1024**3
     shape = load_shape("qwen2.5-7b-instruct")
-    s = Setup(method="lora", seq=4096, micro_batch=2, packing=True, attn="flash")
+    s = Setup(method="lora", seq=4096, micro_batch=3, packing=True, attn="flash")
     every = plan_speed.checkpoint_every_that_fits(shape, s, 71 * gib)
     assert plan_speed.partial_checkpointing_bytes(shape, s, every) <= 71 * gib
     assert every == shape.layers or plan_speed.partial_checkpointing_bytes(shape, s, every + 1) > 71 * gib
@@ -248,6 +252,30 @@ def test_trl_arguments_of_the_fast_path(tmp_path):
     assert speed.speed_args(cfg, "cuda")["optim"] == "adamw_torch_fused"
     off = trl_args(SFTConfig(dataset=["x"], report_to=["none"]), tmp_path, "cpu", torch.float32, has_eval=False)
     assert not off.packing and not off.activation_checkpointing  # unset: TRL's checkpointing default does not leak in
+
+
+def test_adapters_without_peft_input_casts_train_exactly_as_with_them():
+    """Step 5 of train/speed.py: under bf16 autocast, LoRA inputs that skip peft's float32 cast give the same loss and
+    the same adapter gradients, bit for bit (bf16 -> fp32 -> bf16 is exact), and a float32 run is left alone."""
+    from peft import LoraConfig, get_peft_model
+
+    ids = torch.randint(1, 128, (2, 12), generator=torch.Generator().manual_seed(0))
+
+    def loss_and_grads(skip_casts: bool):
+        model = get_peft_model(tiny_qwen(dtype=torch.bfloat16), LoraConfig(r=8, target_modules="all-linear",
+                                                                             init_lora_weights=False))
+        if skip_casts:
+            assert speed.keep_adapter_inputs_in_compute_dtype(model, torch.bfloat16) == 14  # 7 linears x 2 layers
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+    (loss_cast, grads_cast), (loss_kept, grads_kept) = loss_and_grads(False), loss_and_grads(True)
+    assert torch.equal(loss_cast, loss_kept)
+    assert grads_cast.keys() == grads_kept.keys() and all(torch.equal(grads_cast[n], grads_kept[n]) for n in grads_cast)
+    plain = get_peft_model(tiny_qwen(), LoraConfig(r=8, target_modules="all-linear"))
+    assert speed.keep_adapter_inputs_in_compute_dtype(plain, torch.float32) == 0
 
 
 def test_liger_is_asked_for_only_where_it_runs():

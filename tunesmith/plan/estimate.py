@@ -37,6 +37,10 @@ CUDA_CONTEXT = int(0.75 * GIB)
 # TRL's chunked head (median 3%), 3-25% with a plain loop's fp32 logits (median 10%). Planned at 8%.
 FRAGMENTATION = 0.08
 ADAPTER_METHODS = ("lora", "qlora", "dora")
+# What each linear of a layer reads: adapters on the same input share one saved tensor when nothing copies it.
+ADAPTER_INPUTS = {"q_proj": "attention input", "k_proj": "attention input", "v_proj": "attention input",
+                  "qkv_proj": "attention input", "o_proj": "attention output", "gate_proj": "mlp input",
+                  "up_proj": "mlp input", "gate_up_proj": "mlp input"}
 
 
 @dataclass(frozen=True)
@@ -151,11 +155,21 @@ def layer_activation_bytes(shape: ModelShape, s: Setup) -> float:
     # outputs in the input's dtype: these are fp32 there.
     total += (2 if liger else 3) * (4 if s.method == "qlora" else act) * i
     if s.method in ADAPTER_METHODS:
-        # Frozen linears keep nothing; each adapter keeps its input cast back to the compute dtype by autocast, plus the
-        # dropout mask when lora_dropout > 0 (CUDA: a 1-byte mask; CPU/MPS: an fp32 noise tensor), and A's output for B.
-        per_in = act + ((1 if s.device == "cuda" else 4) if s.lora_dropout > 0 else 0)
         modules = shape.lora_modules(s.lora_targets)
-        total += sum(per_in * n_in + act * s.lora_rank for n_in, _ in modules.values())
+        total += sum(act * s.lora_rank for _ in modules.values())  # A's output, kept for B
+        if s.method == "lora" and s.lora_dropout == 0:
+            # Frozen linears keep nothing, and the adapters keep their inputs as they are (train/speed.py, step 5):
+            # one copy per distinct input; o_proj's is the attention output, already kept by the attention.
+            inputs = {ADAPTER_INPUTS.get(name, name): n_in for name, (n_in, _) in modules.items()}
+            inputs.pop("attention output", None)
+            total += act * sum(inputs.values())
+        else:
+            # Each adapter keeps its own input: dropped (lora_dropout > 0, plus the mask: CUDA 1 byte, CPU/MPS a noise
+            # tensor in the input's dtype), or cast by autocast from float32 (QLoRA's fp32 hidden states; DoRA keeps
+            # peft's cast to the adapter's float32).
+            mask = 1 if s.device == "cuda" else act if s.method == "lora" else 4
+            per_in = act + (mask if s.lora_dropout > 0 else 0)
+            total += sum(per_in * n_in for n_in, _ in modules.values())
         if s.method == "dora":
             total += sum(2 * act * n_out for _, n_out in modules.values())  # base and adapter outputs for the magnitude
     else:
