@@ -6,11 +6,13 @@ from their configs on the GPU: no downloads) for a few steps and compares torch'
     python bench/plan_accuracy.py --out r.md --loss trl         # TRL 1.16's fused LM head instead of the model's loss
 
 Each step is what tunesmith's trainer does, as a plain loop: bf16 weights, autocast, forward, backward, grad-norm
-clipping, torch AdamW (foreach), zero_grad(set_to_none=True). LoRA: peft, rank 16, alpha 32, dropout 0.05, all-linear;
-QLoRA (when bitsandbytes imports): NF4 with double quantisation + prepare_model_for_kbit_training. Sequences are full
+clipping, torch AdamW (foreach), zero_grad(set_to_none=True). LoRA: peft, rank 16, alpha 32, dropout 0, all-linear,
+adapter inputs kept in bf16 (train/speed.py); QLoRA (when bitsandbytes imports): NF4 with double quantisation, the
+other weights left in bf16 (train/setup.py; before Nov 24 2026 peft's fp32 upcast, as then). Sequences are full
 length without padding (except the `padded` config), so the estimate runs with padded=False. Configs the estimate
 says cannot fit are skipped. Needs torch with CUDA, transformers, peft and tunesmith's own imports (pydantic, PyYAML);
-bitsandbytes for the QLoRA rows, trl for --loss trl. Measured on an H100 (Nov 2026): every row within 2.3%.
+bitsandbytes for the QLoRA rows, trl for --loss trl. Measured on an H100 (Nov 2026, dropout 0.05 and fp32-upcast
+QLoRA as the trainer did then): every row within 2.3%.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def hf_config(size: str, attn: str = "sdpa"):
 
 def setup_for(method: str, seq: int, micro: int, ckpt: bool, loss: str, extras: dict) -> Setup:
     return Setup(method=method, seq=seq, micro_batch=micro, checkpointing=ckpt, padded=extras.get("padded", False),
-                 attn=extras.get("attn", "sdpa"), loss=loss, lora_rank=16, lora_dropout=0.05, device="cuda")
+                 attn=extras.get("attn", "sdpa"), loss=loss, lora_rank=16, lora_dropout=0.0, device="cuda")
 
 
 # -----------------------------------------------------------------------------
@@ -98,18 +100,19 @@ def measure(size: str, method: str, seq: int, micro: int, ckpt: bool, loss: str,
         from trl.trainer.utils import add_fused_lm_head
 
         add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))  # as TRL 1.16's SFTTrainer does
-    if method == "qlora":
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(quantize_nf4(model, torch), use_gradient_checkpointing=ckpt)
+    if method == "qlora":  # bf16: no fp32 upcast of the other weights (train/setup.py)
+        model = quantize_nf4(model, torch)
         torch.cuda.empty_cache()
     if ckpt:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if method in ("lora", "qlora"):
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
+        from tunesmith.train.speed import keep_adapter_inputs_in_compute_dtype
+
+        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
                                                  task_type="CAUSAL_LM"))
+        keep_adapter_inputs_in_compute_dtype(model, torch.bfloat16)
         if ckpt:
             model.enable_input_require_grads()
     model.train()

@@ -21,7 +21,8 @@ Configurations, each in its own process (memory peaks and compile caches do not 
   NAME:k=v,... the same with overrides: SFTConfig fields for tunesmith, TRL SFTConfig fields for trl-*.
 
 Measured over --steps optimizer steps after --warmup steps, CUDA synchronised at both ends:
-  tok/s       real (non-padding) input tokens per second, counted from the batches the model received
+  tok/s       real (non-padding) input tokens per second, counted from the batches the model received (the
+              attention mask's sum of a padded batch, the non-pad ids of a padding-free one)
   MFU         6N FLOPs per real token for full fine-tuning, 4N for LoRA/QLoRA (no weight gradient for frozen weights),
               N = the weights every token multiplies: all parameters but the input embedding table (tied: the table is
               the LM head, so it counts). Checkpointing's recompute is not counted. Against --peak-tflops (686: the bf16
@@ -439,7 +440,7 @@ class Probe:
         self.warmup, self.steps, self.result_path, self.result = warmup, steps, result_path, result
         self.profile, self.profiler = profile, None
         self.cuda = torch.cuda.is_available()
-        self.tokens, self.host_tokens = None, 0
+        self.tokens = None
         self.marks: dict[str, tuple[float, int]] = {}
         self.step_ends: list[float] = []
 
@@ -451,16 +452,15 @@ class Probe:
         return time.perf_counter()
 
     def _count(self, module, args, kwargs):
-        """Never reads the GPU: a padded batch adds its mask's sum on the device, a padding-free one its size here."""
+        """Summed on the device, read only at the window's ends (a read here would stall the GPU every step): the
+        attention mask of a padded batch; the non-pad ids of a padding-free row (TRL may pad it to a multiple)."""
         ids = kwargs.get("input_ids", args[0] if args else None)
         mask = kwargs.get("attention_mask")
-        if mask is None:
-            self.host_tokens += ids.numel()
-        else:
-            self.tokens = mask.sum() if self.tokens is None else self.tokens + mask.sum()
+        n = mask.sum() if mask is not None else ids.ne(PAD).sum()  # sample ids start at 3: PAD is only padding
+        self.tokens = n if self.tokens is None else self.tokens + n
 
     def _tokens(self) -> int:
-        return self.host_tokens + (int(self.tokens.item()) if self.tokens is not None else 0)
+        return int(self.tokens.item()) if self.tokens is not None else 0
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.begin = self._sync()

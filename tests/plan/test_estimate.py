@@ -49,26 +49,24 @@ def test_grows_with_sequence_batch_and_rank(method):
         assert ranks == sorted(ranks) and ranks[0] < ranks[-1]
 
 
+@pytest.mark.parametrize("ckpt", [False, True])
 @pytest.mark.parametrize("shape", [Q7, Q05], ids=["7B", "0.5B"])
-def test_qlora_below_lora_below_full_with_checkpointing(shape):
-    qlora, lora, full = (total(shape, method=m, checkpointing=True) for m in ("qlora", "lora", "full"))
+def test_qlora_below_lora_below_full_in_bf16(shape, ckpt):
+    # bf16 QLoRA is LoRA with 4-bit linears (train/setup.py skips peft's fp32 upcast): same activations, fewer bytes
+    qlora, lora, full = (total(shape, method=m, checkpointing=ckpt) for m in ("qlora", "lora", "full"))
     assert qlora < lora < full
 
 
-def test_without_checkpointing_qlora_activations_outweigh_its_4bit_weights():
-    # QLoRA's hidden states are fp32 (upcast norms) and every adapter keeps a bf16 copy of its input, while LoRA's
-    # adapters share the bf16 inputs (train/speed.py, step 5): on a 7B model at 2048 tokens that costs more than the
-    # 4-bit weights save, which is why QLoRA runs checkpointed.
-    qlora, lora, full = (total(Q7, method=m, checkpointing=False) for m in ("qlora", "lora", "full"))
-    assert lora < qlora < full
-    assert total(Q7, method="qlora", checkpointing=True) < total(Q7, method="lora", checkpointing=True)
-
-
-def test_small_model_qlora_without_checkpointing_costs_more_than_lora():
-    # peft's prepare_model_for_kbit_training upcasts the norms to fp32, so the 4-bit layers see fp32 inputs and
-    # return fp32 outputs: the SwiGLU activations double. On a 0.5B model that outweighs the 4-bit weights (bench,
-    # H100: 19.7 GiB measured for qlora at 2048 x 4, predicted 19.6); the recommender tries lora first anyway.
-    assert total(Q05, method="qlora", micro_batch=4) > total(Q05, method="lora", micro_batch=4)
+def test_upcast_qlora_activations_outweigh_its_4bit_weights():
+    # Outside bf16 peft upcasts norms, embeddings and head to fp32, so the 4-bit layers see fp32 inputs and return fp32
+    # outputs: the SwiGLU activations double. Without checkpointing that outweighs the 4-bit weights on a 0.5B model
+    # (bench, H100: 19.7 GiB measured for fp32-upcast qlora at 2048 x 4, predicted 19.6) and on a 7B at 2048 tokens.
+    assert total(Q05, method="qlora", micro_batch=4, dtype="float16") > total(Q05, method="lora", micro_batch=4,
+                                                                            dtype="float16")
+    assert total(Q7, method="qlora", dtype="float16") > total(Q7, method="lora", dtype="float16")
+    assert total(Q7, method="qlora", dtype="float16", checkpointing=True) < total(Q7, method="lora", dtype="float16",
+                                                                                  checkpointing=True)
+    assert total(Q7, method="qlora", dtype="float16") > total(Q7, method="qlora")  # fp32 states vs bf16
 
 
 def test_weights_optimizer_and_gradients_per_method():

@@ -8,9 +8,9 @@ The peak is the largest of three moments of a step (bench/plan_accuracy.py check
   backward saved activations + one layer's recomputed activations (checkpointing) + that layer's gradient temps
   step     all gradients + the optimizer's temporaries (no activations left)
 Weights and optimizer states are alive throughout. Sizes assume what tunesmith's trainer does (train/setup.py):
-weights loaded in `dtype`, autocast on, LoRA weights upcast to fp32 by peft, QLoRA via peft's
-prepare_model_for_kbit_training (which also upcasts embeddings, lm_head and norms to fp32). Logits: TRL 1.16's SFT
-path by default, whose chunked LM head never builds the [tokens x vocab] logits; Setup(loss="model") models a plain
+weights loaded in `dtype`, autocast on, LoRA weights upcast to fp32 by peft, QLoRA in bf16 as LoRA with 4-bit
+linears (other dtypes: peft's prepare_model_for_kbit_training, which upcasts embeddings, lm_head and norms to fp32;
+the QLoRA calibration ran that way). Logits: TRL 1.16's SFT path by default, whose chunked LM head never builds the [tokens x vocab] logits; Setup(loss="model") models a plain
 loop on the model's own loss instead. On an H100 the estimate of max_memory_allocated was within 2.3% on 24 measured
 configurations (Qwen2.5 0.5B/7B shapes; full, LoRA, QLoRA; 2k-8k tokens; with/without checkpointing; both losses).
 """
@@ -97,6 +97,12 @@ class Estimate:
 # Parameters, weights, gradients, optimizer states
 
 
+def fp32_upcast(s: Setup) -> bool:
+    """QLoRA outside bf16: peft's prepare_model_for_kbit_training upcasts every weight that is not 4-bit (norms,
+    embeddings, LM head) to fp32, so the hidden states are fp32 too. bf16 runs skip it (train/setup.py)."""
+    return s.method == "qlora" and s.dtype != "bfloat16"
+
+
 def trainable_params(shape: ModelShape, s: Setup) -> int:
     if s.method in ADAPTER_METHODS:
         return shape.lora_params(s.lora_rank, s.lora_targets, dora=s.method == "dora")
@@ -107,7 +113,7 @@ def weight_bytes(shape: ModelShape, s: Setup) -> float:
     a = DTYPE_BYTES[s.dtype]
     if s.method == "qlora":
         linear = shape.layers * (shape.layer_linear_params() - shape.layer_bias_params())
-        return linear * NF4_BYTES + (shape.params() - linear) * 4  # the rest upcast to fp32 by peft
+        return linear * NF4_BYTES + (shape.params() - linear) * (4 if fp32_upcast(s) else a)
     adapters = trainable_params(shape, s) * 4 if s.method in ADAPTER_METHODS else 0  # peft keeps adapters in fp32
     return shape.params() * a + adapters
 
@@ -144,20 +150,20 @@ def layer_activation_bytes(shape: ModelShape, s: Setup) -> float:
     liger = s.kernels == "liger"
     # RMSNorm: the model's computes in fp32 and keeps its fp32 input for backward; liger's keeps its input as it came
     # (the residual stream's dtype) and one fp32 reciprocal RMS per row.
-    x_bytes = 4 if s.method == "qlora" else act  # QLoRA's norms run in fp32 (prepare_model_for_kbit_training)
+    x_bytes = 4 if fp32_upcast(s) else act  # the residual stream
     norm = (lambda width: x_bytes * width + 4) if liger else (lambda width: 4 * width)
     total = n_norms * norm(h)
     if shape.qk_norm:
         total += norm(q) + norm(kv)
     total += act * (q + 2 * kv) + act * q + 4 * shape.heads  # q, k (after RoPE), v, attention output, fp32 logsumexp
     # SwiGLU: gate (SiLU input), SiLU output and up (the product's inputs); liger's fused SiLU-mul keeps only gate and
-    # up and recomputes the SiLU. QLoRA's fp32 norms make the 4-bit layers' inputs fp32, and bitsandbytes returns
-    # outputs in the input's dtype: these are fp32 there.
-    total += (2 if liger else 3) * (4 if s.method == "qlora" else act) * i
+    # up and recomputes the SiLU. Upcast QLoRA's fp32 norms make the 4-bit layers' inputs fp32, and bitsandbytes
+    # returns outputs in the input's dtype: these are fp32 there.
+    total += (2 if liger else 3) * x_bytes * i
     if s.method in ADAPTER_METHODS:
         modules = shape.lora_modules(s.lora_targets)
         total += sum(act * s.lora_rank for _ in modules.values())  # A's output, kept for B
-        if s.method == "lora" and s.lora_dropout == 0:
+        if s.method in ("lora", "qlora") and s.lora_dropout == 0 and not fp32_upcast(s):
             # Frozen linears keep nothing, and the adapters keep their inputs as they are (train/speed.py, step 5):
             # one copy per distinct input; o_proj's is the attention output, already kept by the attention.
             inputs = {ADAPTER_INPUTS.get(name, name): n_in for name, (n_in, _) in modules.items()}
@@ -167,7 +173,7 @@ def layer_activation_bytes(shape: ModelShape, s: Setup) -> float:
             # Each adapter keeps its own input: dropped (lora_dropout > 0, plus the mask: CUDA 1 byte, CPU/MPS a noise
             # tensor in the input's dtype), or cast by autocast from float32 (QLoRA's fp32 hidden states; DoRA keeps
             # peft's cast to the adapter's float32).
-            mask = 1 if s.device == "cuda" else act if s.method == "lora" else 4
+            mask = 1 if s.device == "cuda" else 4 if s.method == "dora" or fp32_upcast(s) else act
             per_in = act + (mask if s.lora_dropout > 0 else 0)
             total += sum(per_in * n_in for n_in, _ in modules.values())
         if s.method == "dora":
@@ -211,7 +217,7 @@ def loss_bytes(shape: ModelShape, s: Setup) -> float:
         # transformers' ForCausalLMLoss upcasts the [N, V] logits to fp32; backward holds the saved log-softmax plus
         # two fp32 gradients of the same size: 12 bytes per token and vocabulary entry.
         # QLoRA's head is fp32 (peft upcasts it): autocast's bf16 copy of it is kept for the backward matmul.
-        return 12.0 * n * v + (v * h * a if s.method == "qlora" and a < 4 else 0)
+        return 12.0 * n * v + (v * h * a if fp32_upcast(s) and a < 4 else 0)
     # TRL 1.16 SFT (our default): the fused LM head never builds [N, V]; it keeps the labelled hidden states, a
     # [4096 x 32768] logit tile, and in backward an fp32 grad of the hidden states (and of the head when it trains).
     tile = min(n, TRL_TILE[0]) * TRL_TILE[1] * a
@@ -234,7 +240,7 @@ def activation_phases(shape: ModelShape, s: Setup) -> tuple[float, float]:
         final += trainable_params(shape, s) * a  # autocast's cached low-precision copies of the fp32 adapters
     if s.checkpointing:
         # HF checkpoints each decoder layer (use_reentrant=False): only its input survives the forward
-        kept = shape.layers * (4 if s.method == "qlora" else a) * h * n
+        kept = shape.layers * (4 if fp32_upcast(s) else a) * h * n
         return kept + final + loss_bytes(shape, s), kept + final + layer + work
     kept = shape.layers * layer
     return kept + final + loss_bytes(shape, s), kept + final + work

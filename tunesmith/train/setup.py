@@ -9,7 +9,7 @@ from typing import Any
 from tunesmith.errors import HardwareError
 from tunesmith.models import load as models
 from tunesmith.models.runs import read_run_output
-from tunesmith.train.speed import speed_args
+from tunesmith.train.speed import packed_rows_multiple, speed_args
 
 
 def load_tokenizer_first(cfg: Any) -> tuple[Any, Path]:
@@ -34,9 +34,14 @@ def load_trainable(cfg: Any, folder: Path) -> tuple[Any, str, Any]:
     model = models.load_model(folder, dtype=dtype, device=device, quantize_4bit=cfg.weights == "qlora")
     if cfg.weights == "full":
         return model, device, dtype
+    import torch
     from peft import get_peft_model, prepare_model_for_kbit_training
 
-    if cfg.weights == "qlora":
+    if cfg.weights == "qlora" and dtype != torch.bfloat16:
+        # peft's preparation upcasts every weight that is not 4-bit (norms, embeddings, LM head) to fp32, which fp16
+        # needs against overflow. bf16 skips it: the hidden states stay bf16 as with LoRA (half the activation memory,
+        # no fp32 elementwise kernels), the matmuls ran in bf16 under autocast either way, and get_peft_model freezes
+        # the base while the trainer lets checkpointing reach the adapters.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(cfg.gradient_checkpointing))
     if cfg.adapters:
         model = models.attach_adapters(model, cfg.adapters, trainable=True)
@@ -89,7 +94,7 @@ def trl_args(cfg: Any, run_dir: Path, device: str, dtype: Any, has_eval: bool) -
 
     # packing: TRL's best-fit-decreasing bins, fed padding-free (one flattened row plus the sample boundaries)
     return TRLSFTConfig(**common_args(cfg, run_dir, device, dtype, has_eval), packing=bool(cfg.packing),
-                        dataset_kwargs={})
+                        pad_to_multiple_of=packed_rows_multiple(cfg, device), dataset_kwargs={})
 
 
 def run_trainer(cfg: Any, run_dir: Path, model: Any, tokenizer: Any, train_ds: Any, eval_ds: Any, device: str,
