@@ -50,12 +50,12 @@ def samples(lengths=LENGTHS, seed=1):
     return out
 
 
-def packed_batch(rows, device="cpu", boundaries=True, multiple=None):
-    """Exactly what SFTTrainer feeds the model with packing: one flattened row (padded to `multiple` tokens when
-    given), position ids restarting per sample, and (unless `boundaries` is off) cu_seq_lens_q/k + max_length_q/k."""
+def packed_batch(rows, device="cpu", boundaries=True):
+    """Exactly what SFTTrainer feeds the model with packing: one flattened row, position ids restarting per sample,
+    and (unless `boundaries` is off) cu_seq_lens_q/k + max_length_q/k."""
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    batch = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True, pad_to_multiple_of=multiple)(rows)
+    batch = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)(rows)
     if not boundaries:
         batch = {k: v for k, v in batch.items() if k in ("input_ids", "labels", "position_ids")}
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
@@ -128,21 +128,6 @@ def test_packed_samples_do_not_attend_to_each_other():
     first = len(rows[0]["input_ids"])
     assert not torch.allclose(before[:first], after[:first], atol=1e-3)  # the first sample did change
     assert torch.allclose(before[first:], after[first:], atol=1e-6)  # and the others did not notice
-
-
-def test_packed_rows_padded_to_a_multiple_train_as_unpadded():
-    """Step 6 of train/speed.py: the padding TRL adds to round a packed row (one-token samples at position 0) changes
-    neither the real tokens' logits nor the loss, and none of it is labelled."""
-    model = tiny_qwen().eval()
-    rows = samples()
-    real = sum(len(r["input_ids"]) for r in rows)
-    attention.use_varlen(model)
-    plain, padded = packed_batch(rows), packed_batch(rows, multiple=16)
-    assert padded["input_ids"].shape[1] == 48 > real and (padded["labels"][0, real:] == -100).all()
-    with torch.no_grad():
-        outputs = [model(**batch, use_cache=False) for batch in (plain, padded)]
-    assert torch.allclose(outputs[1].logits[0, :real], outputs[0].logits[0], atol=1e-5)
-    assert torch.isclose(outputs[1].loss, outputs[0].loss, atol=1e-5)
 
 
 def test_plain_batches_keep_the_sdpa_path(monkeypatch):
@@ -257,7 +242,7 @@ def test_partial_checkpointing_recomputes_as_few_layers_as_fit():
     assert plan_speed.checkpointed_layers(28, 5) == 6  # transformers checkpoints layers 0, 5, ..., 25
 
 
-def test_trl_arguments_of_the_fast_path(tmp_path, monkeypatch):
+def test_trl_arguments_of_the_fast_path(tmp_path):
     from tunesmith.train.setup import trl_args
 
     cfg = SFTConfig(dataset=["x"], packing=True, gradient_checkpointing=True, checkpoint_every=3, report_to=["none"])
@@ -265,13 +250,6 @@ def test_trl_arguments_of_the_fast_path(tmp_path, monkeypatch):
     assert args.packing and args.activation_checkpointing and args.gradient_checkpointing
     assert args.activation_checkpointing_kwargs == {"use_reentrant": False, "every_n_layers": 3}
     assert speed.speed_args(cfg, "cuda")["optim"] == "adamw_torch_fused"
-    assert args.pad_to_multiple_of is None  # CPU: no cuBLAS shape cache to help
-    assert speed.packed_rows_multiple(cfg, "cuda") == speed.PACKED_ROWS_MULTIPLE == 256
-    assert speed.packed_rows_multiple(SFTConfig(dataset=["x"], packing=False), "cuda") is None
-    import tunesmith.train.setup as setup
-
-    monkeypatch.setattr(setup, "packed_rows_multiple", lambda cfg, device: 64)  # what CUDA gets, reaching TRL
-    assert trl_args(cfg, tmp_path, "cpu", torch.float32, has_eval=False).pad_to_multiple_of == 64
     off = trl_args(SFTConfig(dataset=["x"], report_to=["none"]), tmp_path, "cpu", torch.float32, has_eval=False)
     assert not off.packing and not off.activation_checkpointing  # unset: TRL's checkpointing default does not leak in
 

@@ -9,7 +9,7 @@ from typing import Any
 from tunesmith.errors import HardwareError
 from tunesmith.models import load as models
 from tunesmith.models.runs import read_run_output
-from tunesmith.train.speed import packed_rows_multiple, speed_args
+from tunesmith.train.speed import speed_args
 
 
 def load_tokenizer_first(cfg: Any) -> tuple[Any, Path]:
@@ -94,7 +94,7 @@ def trl_args(cfg: Any, run_dir: Path, device: str, dtype: Any, has_eval: bool) -
 
     # packing: TRL's best-fit-decreasing bins, fed padding-free (one flattened row plus the sample boundaries)
     return TRLSFTConfig(**common_args(cfg, run_dir, device, dtype, has_eval), packing=bool(cfg.packing),
-                        pad_to_multiple_of=packed_rows_multiple(cfg, device), dataset_kwargs={})
+                        dataset_kwargs={})
 
 
 def run_trainer(cfg: Any, run_dir: Path, model: Any, tokenizer: Any, train_ds: Any, eval_ds: Any, device: str,

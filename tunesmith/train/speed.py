@@ -18,10 +18,6 @@ measures them against TRL):
      autocast casts it back to bf16 for the matmul; two full copies of the activation per adapter and pass (14 % of
      a 7B LoRA step on the H100) and a saved copy each. Under autocast the matmul sees the same bf16 values without
      them (bf16 -> fp32 -> bf16 is exact), so training with half-precision autocast skips peft's cast.
-  6. packed rows padded to a multiple of PACKED_ROWS_MULTIPLE tokens: a packed batch's length changes every step, and
-     cuBLAS looks up its kernel choice for each new matmul shape on the CPU (~50-100 us each, hundreds per step) while
-     the GPU waits: 24 % of a 0.5B step was idle GPU time inside aten::mm/addmm on the H100. With lengths rounded, the
-     shapes repeat and are cached; the padding (< 256 tokens) is a one-token sample each, never in the loss.
 The gradient-checkpointing choice needs the memory estimator, which train/ does not import (plan/ sits above it):
 api.sft resolves it first (plan/speed.py); a direct call with it unset trains without checkpointing.
 """
@@ -36,8 +32,6 @@ from tunesmith.errors import HardwareError
 from tunesmith.infer import attention
 
 log = logging.getLogger("tunesmith")
-
-PACKED_ROWS_MULTIPLE = 256  # step 6; a few tokens of padding per step against a shape cuBLAS has seen
 
 # liger-kernel's layer kernels; its cross-entropy kernels stay off (see the module docstring, step 3).
 LIGER_KERNELS = {"rope": True, "rms_norm": True, "swiglu": True, "cross_entropy": False,
@@ -123,11 +117,6 @@ def _apply_kernels(kernels: str, model: Any, device: str) -> str:
                     err)
         return "none"
     return "liger (" + ", ".join(k for k, on in LIGER_KERNELS.items() if on) + ")"
-
-
-def packed_rows_multiple(cfg: Any, device: str) -> int | None:
-    """Step 6: what TRL pads a packed (padding-free) row to, on CUDA; None elsewhere (nothing to cache on a CPU)."""
-    return PACKED_ROWS_MULTIPLE if cfg.packing and device == "cuda" else None
 
 
 def speed_args(cfg: Any, device: str) -> dict[str, Any]:
