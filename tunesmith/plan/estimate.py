@@ -8,11 +8,13 @@ The peak is the largest of three moments of a step (bench/plan_accuracy.py check
   backward saved activations + one layer's recomputed activations (checkpointing) + that layer's gradient temps
   step     all gradients + the optimizer's temporaries (no activations left)
 Weights and optimizer states are alive throughout. Sizes assume what tunesmith's trainer does (train/setup.py):
-weights loaded in `dtype`, autocast on, LoRA weights upcast to fp32 by peft, QLoRA in bf16 as LoRA with 4-bit
-linears (other dtypes: peft's prepare_model_for_kbit_training, which upcasts embeddings, lm_head and norms to fp32;
-the QLoRA calibration ran that way). Logits: TRL 1.16's SFT path by default, whose chunked LM head never builds the [tokens x vocab] logits; Setup(loss="model") models a plain
-loop on the model's own loss instead. On an H100 the estimate of max_memory_allocated was within 2.3% on 24 measured
-configurations (Qwen2.5 0.5B/7B shapes; full, LoRA, QLoRA; 2k-8k tokens; with/without checkpointing; both losses).
+weights loaded in `dtype`, autocast on, LoRA weights upcast to fp32 by peft (adapter inputs left in the compute
+dtype, train/speed.py), QLoRA in bf16 as LoRA with 4-bit linears (other dtypes: peft's prepare_model_for_kbit_training,
+which upcasts embeddings, lm_head and norms to fp32). Logits: TRL 1.16's SFT path by default, whose chunked LM head
+never builds the [tokens x vocab] logits; Setup(loss="model") models a plain loop on the model's own loss instead. On
+an H100 the estimate of max_memory_allocated was within 2.3% on 24 measured configurations (Qwen2.5 0.5B/7B shapes;
+full, LoRA, QLoRA; 2k-8k tokens; with/without checkpointing; both losses; LoRA dropout 0.05 and fp32-upcast QLoRA as
+the trainer ran then), and within 3.3% on the LoRA and QLoRA rows again in today's way (+7.6% on a 7B QLoRA at 8k).
 """
 
 from __future__ import annotations

@@ -18,6 +18,8 @@ measures them against TRL):
      autocast casts it back to bf16 for the matmul; two full copies of the activation per adapter and pass (14 % of
      a 7B LoRA step on the H100) and a saved copy each. Under autocast the matmul sees the same bf16 values without
      them (bf16 -> fp32 -> bf16 is exact), so training with half-precision autocast skips peft's cast.
+  6. QLoRA in bf16 keeps the weights that are not 4-bit in bf16 (train/setup.py, load_trainable): peft's
+     preparation would upcast them to fp32 and with them every hidden state.
 The gradient-checkpointing choice needs the memory estimator, which train/ does not import (plan/ sits above it):
 api.sft resolves it first (plan/speed.py); a direct call with it unset trains without checkpointing.
 """
