@@ -28,7 +28,10 @@ def test_sft_lora_writes_the_run_folder_and_loss_goes_down(tiny_model, toy_data,
     for key in ("step", "total_steps", "loss", "learning_rate", "grad_norm", "tokens_per_s", "peak_mem_gb", "elapsed_s", "eta_s"):
         assert key in metrics[-1]
     assert metrics[-1]["total_steps"] == 24
-    assert metrics[-1]["loss"] < metrics[0]["loss"] - 0.4  # LoRA on a random model: slow, but clearly learning
+    # LoRA on a random model: slow, but clearly learning (the last logged batches average well below the first; a
+    # single batch's loss wanders by ~0.1 here)
+    tail = sum(m["loss"] for m in metrics[-4:]) / 4
+    assert tail < metrics[0]["loss"] - 0.3
 
     # The adapter loads with plain peft, and training moved it away from its zero-initialised start.
     from peft import PeftModel

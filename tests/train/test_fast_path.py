@@ -278,6 +278,73 @@ def test_adapters_without_peft_input_casts_train_exactly_as_with_them():
     assert speed.keep_adapter_inputs_in_compute_dtype(plain, torch.float32) == 0
 
 
+def lora_loss_and_grads(ids, dtype=torch.float32, autocast=False, fused=False, dropout=0.0):
+    """A tiny Qwen with LoRA on every linear (B non-zero), one forward and backward: (loss, adapter gradients)."""
+    from peft import LoraConfig, get_peft_model
+
+    from tunesmith.train.fused_lora import use_fused_forward
+
+    device = ids.device.type
+    model = get_peft_model(tiny_qwen(device, dtype), LoraConfig(r=8, lora_alpha=16, lora_dropout=dropout,
+                                                                target_modules="all-linear", init_lora_weights=False))
+    speed.keep_adapter_inputs_in_compute_dtype(model, dtype)
+    if fused:
+        assert use_fused_forward(model) == 14  # 7 linears x 2 layers
+    torch.manual_seed(0)
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
+        loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_fused_lora_forward_trains_as_peft(dropout, device, monkeypatch):
+    """Step 7: B's matmul adding the update into the base output gives peft's loss and adapter gradients: in float32
+    to rounding; under bf16 autocast as close to the float32 result as peft's own bf16 run is. It never falls back."""
+    from peft.tuners.lora.layer import Linear
+
+    def fused(dtype, autocast):
+        with monkeypatch.context() as patched:
+            patched.setattr(Linear, "forward", lambda *a, **k: pytest.fail("fell back to peft's forward"))
+            return lora_loss_and_grads(ids, dtype, autocast, fused=True, dropout=dropout)
+
+    def worst(grads, reference):  # the largest gradient error, relative to each tensor's largest entry
+        return max(float((grads[n].float() - g).abs().max() / g.abs().max()) for n, g in reference.items())
+
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    ids = torch.randint(1, 128, (2, 12), generator=torch.Generator().manual_seed(0)).to(device)
+    ref_loss, ref = lora_loss_and_grads(ids, dropout=dropout)
+    loss, grads = fused(torch.float32, False)
+    assert torch.allclose(loss, ref_loss, rtol=1e-6) and worst(grads, ref) < 1e-5
+    peft_loss, peft_grads = lora_loss_and_grads(ids, torch.bfloat16, True, dropout=dropout)
+    loss, grads = fused(torch.bfloat16, True)
+    assert abs(loss - ref_loss) <= 1.5 * abs(peft_loss - ref_loss) + 1e-3
+    assert worst(grads, ref) <= 1.5 * worst(peft_grads, ref) + 1e-3
+
+
+def test_fused_lora_forward_leaves_other_cases_to_peft():
+    from peft import LoraConfig, get_peft_model
+
+    from tunesmith.train.fused_lora import use_fused_forward
+
+    ids = torch.randint(1, 128, (1, 9), generator=torch.Generator().manual_seed(1))
+    base = tiny_qwen().eval()
+    with torch.no_grad():
+        plain = base(input_ids=ids).logits
+    model = get_peft_model(tiny_qwen(), LoraConfig(r=8, target_modules="all-linear", init_lora_weights=False)).eval()
+    with torch.no_grad():
+        tuned = model(input_ids=ids).logits
+    use_fused_forward(model)
+    with torch.no_grad():
+        assert torch.allclose(model(input_ids=ids).logits, tuned, atol=1e-5)
+        with model.disable_adapter():  # adapters off: peft's forward, the base answer
+            assert torch.allclose(model(input_ids=ids).logits, plain, atol=1e-5)
+        model.merge_adapter()  # merged: peft's forward over the merged weights
+        assert torch.allclose(model(input_ids=ids).logits, tuned, atol=1e-4)
+
+
 def test_liger_is_asked_for_only_where_it_runs():
     from tunesmith.errors import HardwareError
 

@@ -1,0 +1,47 @@
+"""LoRA's forward with the adapter's update accumulated by its own matmul (step 7 of train/speed.py).
+
+peft computes `result + lora_B(lora_A(dropout(x))) * scaling`: B's output is written, scaled in a second pass over it
+and added in a third, and backward scales the gradient in a fourth. On a 7B model those passes over every projection's
+output are 82 ms of a 576 ms step (H100 profile, docs/benchmarks.md). Here B's matmul adds into the frozen layer's
+output in place (`addmm_`, the scale as its alpha), and its backward folds the scale into the small matmuls.
+
+    use_fused_forward(model)    # peft's plain LoRA Linear layers; returns how many
+
+Only where that is all peft's forward would do: one active plain LoRA adapter (no DoRA or other variant, no bias on
+B), not merged, adapters enabled, no per-call arguments, and the input in the adapter's dtype or under autocast.
+Anything else calls peft's own forward, as do peft's
+quantized layers (bitsandbytes' output is cloned by peft before it is touched, for reasons of its own).
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+
+def use_fused_forward(model: Any) -> int:
+    from peft.tuners.lora.layer import Linear
+
+    changed = 0
+    for module in model.modules():
+        if type(module) is Linear:  # exactly peft's Linear: its subclasses (bitsandbytes, ...) keep their forward
+            module.forward = types.MethodType(_fused_forward, module)
+            changed += 1
+    return changed
+
+
+def _fused_forward(self: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
+    import torch
+
+    adapters = self.active_adapters
+    name = adapters[0] if len(adapters) == 1 else None
+    if (args or kwargs or self.disable_adapters or self.merged or name not in self.lora_A
+            or name in self.lora_variant or self.lora_B[name].bias is not None
+            or (x.dtype != self.lora_A[name].weight.dtype and not torch.is_autocast_enabled(x.device.type))):
+        return type(self).forward(self, x, *args, **kwargs)
+    flat = x.reshape(-1, x.shape[-1])
+    result = self.base_layer(flat)  # a fresh tensor that the frozen layer's backward does not read
+    update = self.lora_A[name](self.lora_dropout[name](flat))
+    # In place ops are outside autocast: give the matmul the output's dtype (bf16 under autocast).
+    result.addmm_(update.to(result.dtype), self.lora_B[name].weight.to(result.dtype).t(), alpha=self.scaling[name])
+    return result.view(*x.shape[:-1], result.shape[-1])
