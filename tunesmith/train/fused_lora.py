@@ -9,8 +9,8 @@ output in place (`addmm_`, the scale as its alpha), and its backward folds the s
 
 Only where that is all peft's forward would do: one active plain LoRA adapter (no DoRA or other variant, no bias on
 B), not merged, adapters enabled, no per-call arguments, and the input in the adapter's dtype or under autocast.
-Anything else calls peft's own forward, as do peft's
-quantized layers (bitsandbytes' output is cloned by peft before it is touched, for reasons of its own).
+Anything else calls peft's own forward, as do peft's quantized layers (peft clones bitsandbytes' output before
+touching it, for reasons of its own).
 """
 
 from __future__ import annotations
