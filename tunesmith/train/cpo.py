@@ -19,28 +19,19 @@ from trl.experimental.cpo import CPOConfig, CPOTrainer
 from tunesmith.config.rlhf import RLHFConfig
 from tunesmith.train import run as runs
 from tunesmith.train.dpo import tokenize_pairs
-from tunesmith.train.preference import load_preference_data, trl_pair_row
-from tunesmith.train.setup import common_args, load_trainable, run_trainer
+from tunesmith.train.preference import train_pairs, trl_pair_row
+from tunesmith.train.setup import common_args
 
 
 def cpo(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> runs.RunResult:
-    run_dir = runs.run_dir_for(cfg)
-    log_file = runs.log_to_file(run_dir)
-    resume_from = runs.checkpoint_to_resume(cfg, run_dir)
+    return train_pairs(cfg, callbacks, tokenize_pairs, RenderedCPOTrainer, cpo_args)
 
-    data = load_preference_data(cfg, "preference", tokenize_pairs)
-    model, device, dtype = load_trainable(cfg, data.base_folder)
-    runs.save_config(cfg, run_dir, base_model_folder=str(data.base_folder), device=device, dtype=str(dtype),
-                     train_pairs=len(data.train), skipped_rows=data.skipped)
+
+def cpo_args(cfg: RLHFConfig, run_dir: Any, device: str, dtype: Any, has_eval: bool) -> Any:
     # no token counting: TRL's pair batches have no input_ids (see the module docstring)
-    args = CPOConfig(**common_args(cfg, run_dir, device, dtype, has_eval=data.eval is not None)
-                     | {"include_num_input_tokens_seen": "no"}, beta=cfg.beta, loss_type=cfg.loss_type[0],
-                     cpo_alpha=cfg.cpo_alpha, simpo_gamma=cfg.simpo_gamma if cfg.simpo_gamma is not None else 0.5)
-    trainer = run_trainer(cfg, run_dir, model, data.tokenizer, data.train, data.eval, device, dtype, resume_from,
-                          callbacks, trainer_cls=RenderedCPOTrainer, args=args)
-    final = runs.save_final(trainer, data.template, run_dir)
-    log_file.close()
-    return runs.result_from(trainer, run_dir, final, data.skipped)
+    return CPOConfig(**common_args(cfg, run_dir, device, dtype, has_eval) | {"include_num_input_tokens_seen": "no"},
+                     beta=cfg.beta, loss_type=cfg.loss_type[0], cpo_alpha=cfg.cpo_alpha,
+                     simpo_gamma=cfg.simpo_gamma if cfg.simpo_gamma is not None else 0.5)
 
 
 class RenderedCPOTrainer(CPOTrainer):

@@ -16,25 +16,12 @@ from tunesmith.config.rlhf import RLHFConfig
 from tunesmith.data.rows import Preference, Problem
 from tunesmith.templates import IGNORE, Template
 from tunesmith.train import run as runs
-from tunesmith.train.preference import load_preference_data
-from tunesmith.train.setup import common_args, load_trainable, run_trainer
+from tunesmith.train.preference import train_pairs
+from tunesmith.train.setup import common_args
 
 
 def dpo(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> runs.RunResult:
-    run_dir = runs.run_dir_for(cfg)
-    log_file = runs.log_to_file(run_dir)
-    resume_from = runs.checkpoint_to_resume(cfg, run_dir)
-
-    data = load_preference_data(cfg, "preference", tokenize_pairs)
-    model, device, dtype = load_trainable(cfg, data.base_folder)
-    runs.save_config(cfg, run_dir, base_model_folder=str(data.base_folder), device=device, dtype=str(dtype),
-                     train_pairs=len(data.train), skipped_rows=data.skipped)
-    args = dpo_args(cfg, run_dir, device, dtype, has_eval=data.eval is not None)
-    trainer = run_trainer(cfg, run_dir, model, data.tokenizer, data.train, data.eval, device, dtype, resume_from,
-                          callbacks, trainer_cls=RenderedDPOTrainer, args=args)
-    final = runs.save_final(trainer, data.template, run_dir)
-    log_file.close()
-    return runs.result_from(trainer, run_dir, final, data.skipped)
+    return train_pairs(cfg, callbacks, tokenize_pairs, RenderedDPOTrainer, dpo_args)
 
 
 def tokenize_pairs(rows: list[Preference], template: Template, max_length: int, problems: list[Problem]) -> Any:

@@ -1,6 +1,7 @@
 """What the offline preference methods (dpo, kto, orpo, cpo/simpo, rm) share: the data stage, from dataset specs to
-rendered token ids, with every bad row reported before any weights load; and the row layout of TRL's older pair
-trainers (CPOTrainer, ORPOTrainer). Pairs are rendered by dpo.tokenize_pairs, so every method sees the same ids."""
+rendered token ids, with every bad row reported before any weights load; the run of the pair methods (dpo, cpo/simpo,
+orpo), which differ only in TRL's trainer and its arguments; and the row layout of TRL's older pair trainers
+(CPOTrainer, ORPOTrainer). Pairs are rendered by dpo.tokenize_pairs, so every method sees the same ids."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from tunesmith.config.rlhf import RLHFConfig
 from tunesmith.data.load import load_rows
 from tunesmith.errors import DataError
 from tunesmith.templates import IGNORE, Template
-from tunesmith.train.setup import load_tokenizer_first
+from tunesmith.train import run as runs
+from tunesmith.train.setup import load_tokenizer_first, load_trainable, run_trainer
 
 
 @dataclass
@@ -44,6 +46,26 @@ def load_preference_data(cfg: RLHFConfig, kind: str, tokenize: Callable[..., Any
     if len(train) == 0:
         raise DataError(f"{', '.join(cfg.dataset)}: no rows left to train on")
     return PreferenceData(tokenizer, base_folder, template, train, evals, skipped)
+
+
+def train_pairs(cfg: RLHFConfig, callbacks: list[Any] | None, tokenize: Callable[..., Any], trainer_cls: Any,
+                make_args: Callable[..., Any]) -> runs.RunResult:
+    """One pair method's run: pairs rendered by `tokenize`, weights, config.yaml, `trainer_cls` with
+    `make_args(cfg, run_dir, device, dtype, has_eval)`, final/."""
+    run_dir = runs.run_dir_for(cfg)
+    log_file = runs.log_to_file(run_dir)
+    resume_from = runs.checkpoint_to_resume(cfg, run_dir)
+
+    data = load_preference_data(cfg, "preference", tokenize)
+    model, device, dtype = load_trainable(cfg, data.base_folder)
+    runs.save_config(cfg, run_dir, base_model_folder=str(data.base_folder), device=device, dtype=str(dtype),
+                     train_pairs=len(data.train), skipped_rows=data.skipped)
+    args = make_args(cfg, run_dir, device, dtype, has_eval=data.eval is not None)
+    trainer = run_trainer(cfg, run_dir, model, data.tokenizer, data.train, data.eval, device, dtype, resume_from,
+                          callbacks, trainer_cls=trainer_cls, args=args)
+    final = runs.save_final(trainer, data.template, run_dir)
+    log_file.close()
+    return runs.result_from(trainer, run_dir, final, data.skipped)
 
 
 def trl_pair_row(feature: dict[str, list[int]]) -> dict[str, list[int]]:
