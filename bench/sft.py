@@ -346,16 +346,11 @@ def matmul_params(shape: str) -> int:
 
 
 def environment(device: str) -> dict:
-    from importlib import metadata
-
     import torch
 
-    versions = {}
-    for pkg in ("torch", "transformers", "trl", "peft", "liger-kernel", "bitsandbytes"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
+    from tunesmith.versions import installed_versions
+
+    versions = installed_versions(("torch", "transformers", "trl", "peft", "liger-kernel", "bitsandbytes"))
     return {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "versions": versions}
 
 

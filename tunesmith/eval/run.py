@@ -12,7 +12,6 @@ import datetime
 import logging
 import time
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from tunesmith.eval import metrics as M
 from tunesmith.eval import report
 from tunesmith.eval.samples import Sample, load_samples, pick_choice
 from tunesmith.eval.targets import Answer, Target, answer, check_endpoints, targets_from
+from tunesmith.versions import installed_versions
 
 log = logging.getLogger("tunesmith")
 COLUMN_ORDER = ["exact_match", "bleu", "rouge1", "rouge2", "rougeL", "bertscore", "accuracy"]
@@ -155,12 +155,7 @@ def _answer_row(target: Target, sample: Sample, a: Answer, scores: dict[str, flo
 
 def _save_config(cfg: EvalConfig, out: Path, targets: list[Target], rows: int, skipped: int) -> None:
     data = cfg.model_dump(mode="json")
-    versions = {}
-    for name in ("tunesmith", "torch", "transformers", "peft", "sacrebleu", "rouge-score"):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
+    versions = installed_versions(("tunesmith", "torch", "transformers", "peft", "sacrebleu", "rouge-score"))
     data["_resolved"] = {"targets": [{"name": t.name, "kind": t.kind, "spec": t.spec} for t in targets], "rows": rows,
                          "skipped_rows": skipped, "versions": versions, "command": cfg.command}
     (out / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")

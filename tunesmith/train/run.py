@@ -15,7 +15,6 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,10 @@ import yaml
 
 from tunesmith.errors import ConfigError
 from tunesmith.train.callbacks import MANIFEST, is_complete
+from tunesmith.versions import installed_versions
+
+# whose versions config.yaml records
+TRAINING_PACKAGES = ("tunesmith", "torch", "transformers", "trl", "peft", "accelerate", "datasets")
 
 
 @dataclass
@@ -74,18 +77,8 @@ def checkpoint_to_resume(cfg: Any, run_dir: Path) -> str | None:
 def save_config(cfg: Any, run_dir: Path, **resolved: Any) -> None:
     """config.yaml: the validated config with every default, plus what was resolved and the library versions."""
     data = cfg.model_dump(mode="json")
-    data["_resolved"] = resolved | {"versions": _versions(), "command": cfg.command}
+    data["_resolved"] = resolved | {"versions": installed_versions(TRAINING_PACKAGES), "command": cfg.command}
     _atomic_write(run_dir / "config.yaml", yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
-
-
-def _versions() -> dict[str, str]:
-    out = {}
-    for name in ("tunesmith", "torch", "transformers", "trl", "peft", "accelerate", "datasets"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
 
 
 def save_final(trainer: Any, template: Any, run_dir: Path) -> Path:
