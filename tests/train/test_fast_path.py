@@ -88,6 +88,16 @@ def packed_vs_alone(model, rows, boundaries=True):
     return split_logits, split_losses, alone, alone_losses, losses.sum(), sum(x.sum() for x in alone_losses)
 
 
+def gradients_of(model, **losses):
+    """name -> the model's parameter gradients of that loss (the graphs are kept for the next)."""
+    grads = {}
+    for name, total in losses.items():
+        model.zero_grad()
+        total.backward(retain_graph=True)
+        grads[name] = {n: p.grad.clone() for n, p in model.named_parameters()}
+    return grads
+
+
 # -----------------------------------------------------------------------------
 # CPU: the reference of the packed branch
 
@@ -107,11 +117,7 @@ def test_packed_batch_gives_each_sample_its_own_loss_and_gradients(boundaries, m
         assert torch.allclose(p, a, atol=1e-4)
     assert packed_losses[0].abs().sum() > 0 and torch.isclose(packed_sum, alone_sum, atol=1e-4)
 
-    grads = {}
-    for name, total in (("packed", packed_sum), ("alone", alone_sum)):
-        model.zero_grad()
-        total.backward(retain_graph=True)
-        grads[name] = {n: p.grad.clone() for n, p in model.named_parameters()}
+    grads = gradients_of(model, packed=packed_sum, alone=alone_sum)
     for n, g in grads["alone"].items():
         assert torch.allclose(grads["packed"][n], g, atol=1e-4, rtol=1e-4), n
 
@@ -372,11 +378,7 @@ def test_varlen_kernel_trains_packed_batches_as_samples_alone_on_gpu(boundaries)
     for p, a in zip(packed_logits, alone):
         assert _relative(p, a) < 2e-2
     assert abs(packed_sum.item() - alone_sum.item()) / alone_sum.item() < 1e-2
-    grads = {}
-    for name, total in (("packed", packed_sum), ("alone", alone_sum)):
-        model.zero_grad()
-        total.backward(retain_graph=True)
-        grads[name] = {n: p.grad.clone() for n, p in model.named_parameters()}
+    grads = gradients_of(model, packed=packed_sum, alone=alone_sum)
     # bf16 weight gradients sum thousands of products in a different order per kernel: measured up to 3.1e-2 apart
     # on an H100. Attention leaking across samples moves the logits above by far more than their 2e-2.
     for n, g in grads["alone"].items():
