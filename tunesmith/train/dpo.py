@@ -15,12 +15,12 @@ from trl import DPOTrainer
 from tunesmith.config.rlhf import RLHFConfig
 from tunesmith.data.rows import Preference, Problem
 from tunesmith.templates import IGNORE, Template
-from tunesmith.train import run as runs
+from tunesmith.train.run import RunResult
 from tunesmith.train.preference import train_pairs
 from tunesmith.train.setup import common_args
 
 
-def dpo(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> runs.RunResult:
+def dpo(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> RunResult:
     return train_pairs(cfg, callbacks, tokenize_pairs, RenderedDPOTrainer, dpo_args)
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunesmith.config.rlhf import RLHFConfig
 from tunesmith.data.load import load_rows
@@ -26,6 +26,9 @@ from tunesmith.errors import ConfigError, DataError
 from tunesmith.templates import Template
 from tunesmith.train.rewards import build_rewards
 from tunesmith.train.rewards.registry import ROW_KEY, RewardFn
+
+if TYPE_CHECKING:
+    from tunesmith.train.run import RunResult
 
 # Each variant is a setting of TRL's GRPOConfig knobs (RLOOConfig for rloo). Sources:
 #   grpo     DeepSeekMath (arXiv 2402.03300): loss averaged per sequence, advantages scaled by the group's std,
@@ -55,49 +58,46 @@ KNOBS = {"grpo_loss_type": "loss_type", "scale_rewards": "scale_rewards", "kl_co
 RESERVED = {"prompts", "completions", "completion_ids", "trainer_state", "log_extra", "log_metric", "environments"}
 
 
-def grpo(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> runs.RunResult:
+def grpo(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> RunResult:
     rewards = build_rewards(cfg)  # loads --plugin files: their errors come first, before anything heavy
     _check_setup(cfg, rewards)
-    from tunesmith.train import run as runs  # imports transformers: after the checks above, so they answer fast
+    from tunesmith.train.run import open_run  # imports transformers: after the checks above, so they answer fast
     from tunesmith.train.setup import load_tokenizer_first, load_trainable, run_trainer
 
-    run_dir = runs.run_dir_for(cfg)
-    log_file = runs.log_to_file(run_dir)
-    resume_from = runs.checkpoint_to_resume(cfg, run_dir)
-    tokenizer, base_folder = load_tokenizer_first(cfg)
-    template = Template(tokenizer, default_system=cfg.system)
+    with open_run(cfg) as run:
+        tokenizer, base_folder = load_tokenizer_first(cfg)
+        template = Template(tokenizer, default_system=cfg.system)
 
-    env = environment(cfg, template)
-    if env is None:
-        table, train_ds, eval_ds, skipped = prompt_datasets(cfg, template)
-        for fn in rewards:
-            fn.rows = [(conv, cols) for conv, cols, _ in table]
-        dry_run(rewards, train_ds, tokenizer)
-        prompt_ids, rollout, env_rewards = [ids for _, _, ids in table], None, []
-    else:
-        train_ds, rollout, env_rewards = env
-        eval_ds, skipped, prompt_ids = None, 0, []
-    # The environment's reward goes last, where reward_weights gives unweighted 1s
-    reward_funcs, reward_tokenizers = reward_models(cfg, rewards)
-    reward_funcs, reward_tokenizers = [*reward_funcs, *env_rewards], [*reward_tokenizers, *[None] * len(env_rewards)]
-    model, device, dtype = load_trainable(cfg, base_folder)
-    _stop_at_end_of_turn(model, template)
-    runs.save_config(cfg, run_dir, base_model_folder=str(base_folder), device=device, dtype=str(dtype),
-                     train_prompts=len(train_ds), skipped_rows=skipped, trl_knobs=resolve_knobs(cfg))
-    args = grpo_args(cfg, run_dir, device, dtype, has_eval=eval_ds is not None, n_rewards=len(reward_funcs))
-    trainer_cls = rendered_trainer(cfg.variant)
-    extra = {"rollout_func": rollout} if rollout is not None else {}
+        env = environment(cfg, template)
+        if env is None:
+            table, train_ds, eval_ds, skipped = prompt_datasets(cfg, template)
+            for fn in rewards:
+                fn.rows = [(conv, cols) for conv, cols, _ in table]
+            dry_run(rewards, train_ds, tokenizer)
+            prompt_ids, rollout, env_rewards = [ids for _, _, ids in table], None, []
+        else:
+            train_ds, rollout, env_rewards = env
+            eval_ds, skipped, prompt_ids = None, 0, []
+        # The environment's reward goes last, where reward_weights gives unweighted 1s
+        reward_funcs, reward_tokenizers = reward_models(cfg, rewards)
+        reward_funcs, reward_tokenizers = [*reward_funcs, *env_rewards], [*reward_tokenizers, *[None] * len(env_rewards)]
+        model, device, dtype = load_trainable(cfg, base_folder)
+        _stop_at_end_of_turn(model, template)
+        run.save_config(base_model_folder=str(base_folder), device=device, dtype=str(dtype),
+                        train_prompts=len(train_ds), skipped_rows=skipped, trl_knobs=resolve_knobs(cfg))
+        args = grpo_args(cfg, run.dir, device, dtype, has_eval=eval_ds is not None, n_rewards=len(reward_funcs))
+        trainer_cls = rendered_trainer(cfg.variant)
+        extra = {"rollout_func": rollout} if rollout is not None else {}
 
-    def make_trainer(**kwargs: Any) -> Any:
-        return trainer_cls(reward_funcs=reward_funcs, reward_processing_classes=reward_tokenizers, prompt_ids=prompt_ids,
-                           **extra, **kwargs)
+        def make_trainer(**kwargs: Any) -> Any:
+            return trainer_cls(reward_funcs=reward_funcs, reward_processing_classes=reward_tokenizers, prompt_ids=prompt_ids,
+                               **extra, **kwargs)
 
-    trainer = run_trainer(cfg, run_dir, model, tokenizer, train_ds, eval_ds, device, dtype, resume_from, callbacks,
-                          trainer_cls=make_trainer, args=args)
-    final = runs.save_final(trainer, template, run_dir)
-    _drop_reference_copy(final)
-    log_file.close()
-    return runs.result_from(trainer, run_dir, final, skipped)
+        trainer = run_trainer(cfg, run.dir, model, tokenizer, train_ds, eval_ds, device, dtype, run.resume_from, callbacks,
+                              trainer_cls=make_trainer, args=args)
+        final = run.save_final(trainer, template)
+        _drop_reference_copy(final)
+        return run.result(trainer, final, skipped)
 
 
 def _check_setup(cfg: RLHFConfig, rewards: list[RewardFn]) -> None:

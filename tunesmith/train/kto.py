@@ -22,7 +22,7 @@ from trl import KTOConfig, KTOTrainer
 from tunesmith.config.rlhf import RLHFConfig
 from tunesmith.data.rows import Preference, Problem, UnpairedPreference
 from tunesmith.templates import Template
-from tunesmith.train import run as runs
+from tunesmith.train.run import RunResult, open_run
 from tunesmith.train.dpo import _answer_ids
 from tunesmith.train.preference import load_preference_data
 from tunesmith.train.setup import common_args, load_trainable, run_trainer
@@ -30,27 +30,23 @@ from tunesmith.train.setup import common_args, load_trainable, run_trainer
 log = logging.getLogger("tunesmith")
 
 
-def kto(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> runs.RunResult:
-    run_dir = runs.run_dir_for(cfg)
-    log_file = runs.log_to_file(run_dir)
-    resume_from = runs.checkpoint_to_resume(cfg, run_dir)
+def kto(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> RunResult:
+    with open_run(cfg) as run:
+        data = load_preference_data(cfg, "kto", tokenize_unpaired)
+        train_ds = data.train.shuffle(seed=cfg.seed)
+        eval_ds = data.eval.shuffle(seed=cfg.seed) if data.eval is not None else None
+        _check_balance(cfg, train_ds["label"])
 
-    data = load_preference_data(cfg, "kto", tokenize_unpaired)
-    train_ds = data.train.shuffle(seed=cfg.seed)
-    eval_ds = data.eval.shuffle(seed=cfg.seed) if data.eval is not None else None
-    _check_balance(cfg, train_ds["label"])
-
-    model, device, dtype = load_trainable(cfg, data.base_folder)
-    runs.save_config(cfg, run_dir, base_model_folder=str(data.base_folder), device=device, dtype=str(dtype),
-                     train_rows=len(train_ds), skipped_rows=data.skipped)
-    args = KTOConfig(**common_args(cfg, run_dir, device, dtype, has_eval=eval_ds is not None), beta=cfg.beta,
-                     loss_type=cfg.loss_type[0], desirable_weight=cfg.desirable_weight,
-                     undesirable_weight=cfg.undesirable_weight)
-    trainer = run_trainer(cfg, run_dir, model, data.tokenizer, train_ds, eval_ds, device, dtype, resume_from, callbacks,
-                          trainer_cls=RenderedKTOTrainer, args=args)
-    final = runs.save_final(trainer, data.template, run_dir)
-    log_file.close()
-    return runs.result_from(trainer, run_dir, final, data.skipped)
+        model, device, dtype = load_trainable(cfg, data.base_folder)
+        run.save_config(base_model_folder=str(data.base_folder), device=device, dtype=str(dtype),
+                        train_rows=len(train_ds), skipped_rows=data.skipped)
+        args = KTOConfig(**common_args(cfg, run.dir, device, dtype, has_eval=eval_ds is not None), beta=cfg.beta,
+                         loss_type=cfg.loss_type[0], desirable_weight=cfg.desirable_weight,
+                         undesirable_weight=cfg.undesirable_weight)
+        trainer = run_trainer(cfg, run.dir, model, data.tokenizer, train_ds, eval_ds, device, dtype, run.resume_from, callbacks,
+                              trainer_cls=RenderedKTOTrainer, args=args)
+        final = run.save_final(trainer, data.template)
+        return run.result(trainer, final, data.skipped)
 
 
 def tokenize_unpaired(rows: list[UnpairedPreference | Preference], template: Template, max_length: int,

@@ -15,13 +15,13 @@ from typing import Any
 from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
 from tunesmith.config.rlhf import RLHFConfig
-from tunesmith.train import run as runs
+from tunesmith.train.run import RunResult
 from tunesmith.train.dpo import tokenize_pairs
 from tunesmith.train.preference import train_pairs, trl_pair_row
 from tunesmith.train.setup import common_args
 
 
-def orpo(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> runs.RunResult:
+def orpo(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> RunResult:
     return train_pairs(cfg, callbacks, tokenize_pairs, RenderedORPOTrainer, orpo_args)
 
 

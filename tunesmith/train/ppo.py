@@ -29,7 +29,7 @@ import torch
 from tunesmith.config.rlhf import RLHFConfig
 from tunesmith.errors import ConfigError
 from tunesmith.templates import Template
-from tunesmith.train import run as runs
+from tunesmith.train.run import RunResult, open_run
 from tunesmith.train.callbacks import LossPlot, MetricsLog, ProgressBar
 from tunesmith.train.grpo import dry_run, prompt_datasets
 from tunesmith.train.rewards import build_rewards
@@ -43,7 +43,7 @@ def kl_coef(cfg: RLHFConfig) -> float:
     return KL_COEF if cfg.kl_coef is None else cfg.kl_coef
 
 
-def ppo(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> runs.RunResult:
+def ppo(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> RunResult:
     rewards = build_rewards(cfg)  # plugin errors first, before anything heavy
     if not rewards and not cfg.reward_model:
         raise ConfigError("ppo needs a reward: --reward-funcs NAME ... (built-ins or yours with --plugin file.py) "
@@ -53,70 +53,68 @@ def ppo(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> runs.RunResult:
     if cfg.resume or cfg.val_dataset or cfg.val_split:
         raise ConfigError("ppo writes no checkpoints and runs no evaluation in this release; drop resume, "
                           "val_dataset and val_split")
-    run_dir = runs.run_dir_for(cfg)
-    log_file = runs.log_to_file(run_dir)
-    tokenizer, base_folder = load_tokenizer_first(cfg)
-    template = Template(tokenizer, default_system=cfg.system)
-    table, train_ds, _, skipped = prompt_datasets(cfg, template)
-    for fn in rewards:
-        fn.rows = [(conv, cols) for conv, cols, _ in table]
-    dry_run(rewards, train_ds, tokenizer)  # every reward called once on real rows, as GRPO does
+    with open_run(cfg) as run:
+        tokenizer, base_folder = load_tokenizer_first(cfg)
+        template = Template(tokenizer, default_system=cfg.system)
+        table, train_ds, _, skipped = prompt_datasets(cfg, template)
+        for fn in rewards:
+            fn.rows = [(conv, cols) for conv, cols, _ in table]
+        dry_run(rewards, train_ds, tokenizer)  # every reward called once on real rows, as GRPO does
 
-    model, device, dtype = load_trainable(cfg, base_folder)
-    model.eval()  # dropout off: the policy that sampled is the policy that is scored
-    value_head = torch.nn.Linear(model.config.get_text_config().hidden_size, 1, device=device)
-    torch.nn.init.zeros_(value_head.weight)  # values start at 0: the first advantages are the rewards themselves
-    torch.nn.init.zeros_(value_head.bias)
-    score = scorer(cfg, rewards, device)
-    steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * len(train_ds) / cfg.batch_size)
-    runs.save_config(cfg, run_dir, base_model_folder=str(base_folder), device=device, dtype=str(dtype),
-                     train_prompts=len(train_ds), skipped_rows=skipped, kl_coef=kl_coef(cfg), rollouts=steps)
+        model, device, dtype = load_trainable(cfg, base_folder)
+        model.eval()  # dropout off: the policy that sampled is the policy that is scored
+        value_head = torch.nn.Linear(model.config.get_text_config().hidden_size, 1, device=device)
+        torch.nn.init.zeros_(value_head.weight)  # values start at 0: the first advantages are the rewards themselves
+        torch.nn.init.zeros_(value_head.bias)
+        score = scorer(cfg, rewards, device)
+        steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * len(train_ds) / cfg.batch_size)
+        run.save_config(base_model_folder=str(base_folder), device=device, dtype=str(dtype),
+                        train_prompts=len(train_ds), skipped_rows=skipped, kl_coef=kl_coef(cfg), rollouts=steps)
 
-    from transformers import get_scheduler
+        from transformers import get_scheduler
 
-    params = [p for p in model.parameters() if p.requires_grad] + list(value_head.parameters())
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    updates = steps * cfg.ppo_epochs * cfg.num_mini_batches
-    scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=int(cfg.warmup_ratio * updates),
-                              num_training_steps=updates)
-    # The Trainer's callbacks write metrics.jsonl, the progress bar and loss.png; they read only these fields.
-    state = SimpleNamespace(global_step=0, max_steps=steps, epoch=0.0, num_input_tokens_seen=0, log_history=[],
-                            is_world_process_zero=True, is_local_process_zero=True)
-    args = SimpleNamespace(output_dir=str(run_dir), logging_steps=cfg.logging_steps)
-    hooks = [MetricsLog(run_dir), ProgressBar(), LossPlot(run_dir), *(callbacks or [])]
-    _fire(hooks, "on_train_begin", args, state)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    order: list[int] = []
-    started = time.time()
-    for step in range(1, steps + 1):
-        while len(order) < cfg.batch_size:  # reshuffled every pass over the prompts
-            order += torch.randperm(len(train_ds), generator=generator).tolist()
-        picked, order = order[: cfg.batch_size], order[cfg.batch_size:]
-        prompts = [train_ds[i]["prompt"] for i in picked]
-        ids = [table[p[-1][ROW_KEY]][2] for p in prompts]
-        batch, stats, _ = rollout(model, value_head, template, ids, lambda t, a: score(prompts, t, a, state),
-                                  cfg, device)
-        stats |= score.logged | ppo_update(model, value_head, optimizer, scheduler, batch, cfg)
-        state.global_step, state.epoch = step, step * cfg.batch_size / len(train_ds)
-        state.num_input_tokens_seen += int(batch.attention_mask.sum())
-        if step % cfg.logging_steps == 0 or step == 1 or step == steps:
-            logs = {"loss": stats.pop("loss"), "learning_rate": scheduler.get_last_lr()[0], **stats}
-            state.log_history.append({**logs, "step": step})
-            _fire(hooks, "on_log", args, state, logs=logs)
-        _fire(hooks, "on_step_end", args, state)
-    state.log_history.append({"train_runtime": time.time() - started, "step": steps})
-    _fire(hooks, "on_train_end", args, state)
+        params = [p for p in model.parameters() if p.requires_grad] + list(value_head.parameters())
+        optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        updates = steps * cfg.ppo_epochs * cfg.num_mini_batches
+        scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=int(cfg.warmup_ratio * updates),
+                                  num_training_steps=updates)
+        # The Trainer's callbacks write metrics.jsonl, the progress bar and loss.png; they read only these fields.
+        state = SimpleNamespace(global_step=0, max_steps=steps, epoch=0.0, num_input_tokens_seen=0, log_history=[],
+                                is_world_process_zero=True, is_local_process_zero=True)
+        args = SimpleNamespace(output_dir=str(run.dir), logging_steps=cfg.logging_steps)
+        hooks = [MetricsLog(run.dir), ProgressBar(), LossPlot(run.dir), *(callbacks or [])]
+        _fire(hooks, "on_train_begin", args, state)
+        generator = torch.Generator().manual_seed(cfg.seed)
+        order: list[int] = []
+        started = time.time()
+        for step in range(1, steps + 1):
+            while len(order) < cfg.batch_size:  # reshuffled every pass over the prompts
+                order += torch.randperm(len(train_ds), generator=generator).tolist()
+            picked, order = order[: cfg.batch_size], order[cfg.batch_size:]
+            prompts = [train_ds[i]["prompt"] for i in picked]
+            ids = [table[p[-1][ROW_KEY]][2] for p in prompts]
+            batch, stats, _ = rollout(model, value_head, template, ids, lambda t, a: score(prompts, t, a, state),
+                                      cfg, device)
+            stats |= score.logged | ppo_update(model, value_head, optimizer, scheduler, batch, cfg)
+            state.global_step, state.epoch = step, step * cfg.batch_size / len(train_ds)
+            state.num_input_tokens_seen += int(batch.attention_mask.sum())
+            if step % cfg.logging_steps == 0 or step == 1 or step == steps:
+                logs = {"loss": stats.pop("loss"), "learning_rate": scheduler.get_last_lr()[0], **stats}
+                state.log_history.append({**logs, "step": step})
+                _fire(hooks, "on_log", args, state, logs=logs)
+            _fire(hooks, "on_step_end", args, state)
+        state.log_history.append({"train_runtime": time.time() - started, "step": steps})
+        _fire(hooks, "on_train_end", args, state)
 
-    def save_model(folder: str) -> None:
-        from safetensors.torch import save_file
+        def save_model(folder: str) -> None:
+            from safetensors.torch import save_file
 
-        model.save_pretrained(folder)
-        save_file({k: v.contiguous() for k, v in value_head.state_dict().items()}, f"{folder}/value_head.safetensors")
+            model.save_pretrained(folder)
+            save_file({k: v.contiguous() for k, v in value_head.state_dict().items()}, f"{folder}/value_head.safetensors")
 
-    trainer = SimpleNamespace(state=state, save_model=save_model)
-    final = runs.save_final(trainer, template, run_dir)
-    log_file.close()
-    return runs.result_from(trainer, run_dir, final, skipped)
+        trainer = SimpleNamespace(state=state, save_model=save_model)
+        final = run.save_final(trainer, template)
+        return run.result(trainer, final, skipped)
 
 
 def _fire(hooks: list[Any], event: str, args: Any, state: Any, **kwargs: Any) -> None:

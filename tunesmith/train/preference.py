@@ -13,7 +13,7 @@ from tunesmith.config.rlhf import RLHFConfig
 from tunesmith.data.load import load_rows
 from tunesmith.errors import DataError
 from tunesmith.templates import IGNORE, Template
-from tunesmith.train import run as runs
+from tunesmith.train.run import RunResult, open_run
 from tunesmith.train.setup import load_tokenizer_first, load_trainable, run_trainer
 
 
@@ -49,23 +49,19 @@ def load_preference_data(cfg: RLHFConfig, kind: str, tokenize: Callable[..., Any
 
 
 def train_pairs(cfg: RLHFConfig, callbacks: list[Any] | None, tokenize: Callable[..., Any], trainer_cls: Any,
-                make_args: Callable[..., Any]) -> runs.RunResult:
+                make_args: Callable[..., Any]) -> RunResult:
     """One pair method's run: pairs rendered by `tokenize`, weights, config.yaml, `trainer_cls` with
-    `make_args(cfg, run_dir, device, dtype, has_eval)`, final/."""
-    run_dir = runs.run_dir_for(cfg)
-    log_file = runs.log_to_file(run_dir)
-    resume_from = runs.checkpoint_to_resume(cfg, run_dir)
-
-    data = load_preference_data(cfg, "preference", tokenize)
-    model, device, dtype = load_trainable(cfg, data.base_folder)
-    runs.save_config(cfg, run_dir, base_model_folder=str(data.base_folder), device=device, dtype=str(dtype),
-                     train_pairs=len(data.train), skipped_rows=data.skipped)
-    args = make_args(cfg, run_dir, device, dtype, has_eval=data.eval is not None)
-    trainer = run_trainer(cfg, run_dir, model, data.tokenizer, data.train, data.eval, device, dtype, resume_from,
-                          callbacks, trainer_cls=trainer_cls, args=args)
-    final = runs.save_final(trainer, data.template, run_dir)
-    log_file.close()
-    return runs.result_from(trainer, run_dir, final, data.skipped)
+    `make_args(cfg, run.dir, device, dtype, has_eval)`, final/."""
+    with open_run(cfg) as run:
+        data = load_preference_data(cfg, "preference", tokenize)
+        model, device, dtype = load_trainable(cfg, data.base_folder)
+        run.save_config(base_model_folder=str(data.base_folder), device=device, dtype=str(dtype),
+                        train_pairs=len(data.train), skipped_rows=data.skipped)
+        args = make_args(cfg, run.dir, device, dtype, has_eval=data.eval is not None)
+        trainer = run_trainer(cfg, run.dir, model, data.tokenizer, data.train, data.eval, device, dtype, run.resume_from,
+                              callbacks, trainer_cls=trainer_cls, args=args)
+        final = run.save_final(trainer, data.template)
+        return run.result(trainer, final, data.skipped)
 
 
 def trl_pair_row(feature: dict[str, list[int]]) -> dict[str, list[int]]:

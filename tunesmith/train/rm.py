@@ -21,29 +21,25 @@ from tunesmith.errors import HardwareError
 from tunesmith.models import load as models
 from tunesmith.models.reward import load_reward_base
 from tunesmith.templates import Template
-from tunesmith.train import run as runs
+from tunesmith.train.run import RunResult, open_run
 from tunesmith.train.preference import load_preference_data
 from tunesmith.train.setup import common_args, run_trainer
 
 
-def rm(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> runs.RunResult:
+def rm(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> RunResult:
     from trl import RewardConfig, RewardTrainer
 
-    run_dir = runs.run_dir_for(cfg)
-    log_file = runs.log_to_file(run_dir)
-    resume_from = runs.checkpoint_to_resume(cfg, run_dir)
-
-    data = load_preference_data(cfg, "preference", tokenize_scored_pairs)
-    model, device, dtype = load_scorer(cfg, data.base_folder, data.tokenizer.pad_token_id)
-    runs.save_config(cfg, run_dir, base_model_folder=str(data.base_folder), device=device, dtype=str(dtype),
-                     train_pairs=len(data.train), skipped_rows=data.skipped)
-    args = RewardConfig(**common_args(cfg, run_dir, device, dtype, has_eval=data.eval is not None))
-    trainer = run_trainer(cfg, run_dir, model, data.tokenizer, data.train, data.eval, device, dtype, resume_from,
-                          callbacks, trainer_cls=RewardTrainer, args=args)
-    trainer.model = merged(trainer.model)  # so final/ is a plain sequence-classification folder
-    final = runs.save_final(trainer, data.template, run_dir)
-    log_file.close()
-    return runs.result_from(trainer, run_dir, final, data.skipped)
+    with open_run(cfg) as run:
+        data = load_preference_data(cfg, "preference", tokenize_scored_pairs)
+        model, device, dtype = load_scorer(cfg, data.base_folder, data.tokenizer.pad_token_id)
+        run.save_config(base_model_folder=str(data.base_folder), device=device, dtype=str(dtype),
+                        train_pairs=len(data.train), skipped_rows=data.skipped)
+        args = RewardConfig(**common_args(cfg, run.dir, device, dtype, has_eval=data.eval is not None))
+        trainer = run_trainer(cfg, run.dir, model, data.tokenizer, data.train, data.eval, device, dtype, run.resume_from,
+                              callbacks, trainer_cls=RewardTrainer, args=args)
+        trainer.model = merged(trainer.model)  # so final/ is a plain sequence-classification folder
+        final = run.save_final(trainer, data.template)
+        return run.result(trainer, final, data.skipped)
 
 
 def tokenize_scored_pairs(rows: list[Preference], template: Template, max_length: int, problems: list[Problem]) -> Any:

@@ -1,14 +1,20 @@
-"""The run folder: where it is, what it recorded, which checkpoint to resume, and the final output.
+"""The run folder, held for the run's life: `with open_run(cfg) as run:` in every training recipe.
 
 runs/NAME/
-  config.yaml     every default filled in, plus library versions
+  config.yaml     every default filled in, plus what was resolved and the library versions
   metrics.jsonl   loss.png   tb/ (TensorBoard)   train.log
   checkpoint-N/   HF Trainer layout + tunesmith_manifest.json once complete
   final/          adapter (or full model) + tokenizer + chat template
+  .lock           held (flock) while a run writes here; a second run on the same folder stops at once
+
+Opening a run takes the lock, decides whether the folder may be written (resume, overwrite, or refuse), finds the
+checkpoint to resume, and mirrors the log into train.log; closing it detaches the log handlers and releases the lock,
+so a second run in the same process (the wizard fine-tunes, then aligns) logs only into its own train.log.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import os
@@ -16,7 +22,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
@@ -24,8 +30,12 @@ from tunesmith.errors import ConfigError
 from tunesmith.train.callbacks import MANIFEST, is_complete
 from tunesmith.versions import installed_versions
 
+log = logging.getLogger("tunesmith")
 # whose versions config.yaml records
 TRAINING_PACKAGES = ("tunesmith", "torch", "transformers", "trl", "peft", "accelerate", "datasets")
+# the loggers whose records train.log keeps
+LOGGERS = ("tunesmith", "transformers", "trl", "peft")
+LOCK = ".lock"
 
 
 @dataclass
@@ -39,20 +49,116 @@ class RunResult:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def run_dir_for(cfg: Any) -> Path:
-    """The run folder; refuses to write over an earlier run unless asked to resume or overwrite."""
+@dataclass
+class Run:
+    """An open run folder: where it is, which checkpoint to resume from, and what it writes at its milestones."""
+
+    cfg: Any
+    dir: Path
+    resume_from: str | None
+
+    def save_config(self, **resolved: Any) -> None:
+        save_config(self.cfg, self.dir, **resolved)
+
+    def save_final(self, trainer: Any, template: Any) -> Path:
+        """final/: written to a staging folder and renamed, so it is either whole or absent."""
+        final = self.dir / "final"
+        staging = Path(tempfile.mkdtemp(prefix=".final-", dir=self.dir))
+        trainer.save_model(str(staging))
+        template.save(staging)
+        shutil.copy(self.dir / "config.yaml", staging / "config.yaml")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staging, final)
+        return final
+
+    def result(self, trainer: Any, final: Path, skipped: int) -> RunResult:
+        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        summary = next((h for h in reversed(trainer.state.log_history) if "train_loss" in h), {})
+        return RunResult(self.dir, final, trainer.state.global_step, losses[0] if losses else None,
+                         losses[-1] if losses else None, skipped, summary)
+
+
+@contextlib.contextmanager
+def open_run(cfg: Any) -> Iterator[Run]:
+    """Lock the run folder, prepare it, log into it; on the way out (also on error) undo the logging and unlock."""
     if cfg.output_dir is None:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         cfg.output_dir = f"runs/{cfg.command}-{stamp}"
     path = Path(cfg.output_dir)
-    has_run = path.is_dir() and (any(path.glob("checkpoint-*")) or (path / "final").exists())
+    path.mkdir(parents=True, exist_ok=True)
+    with _locked(path):
+        _check_writable(cfg, path)
+        with _logging_into(path / "train.log"):
+            yield Run(cfg, path, checkpoint_to_resume(cfg, path))
+
+
+def _check_writable(cfg: Any, path: Path) -> None:
+    """Refuses to write over an earlier run unless asked to resume or overwrite (which empties the folder)."""
+    has_run = any(path.glob("checkpoint-*")) or (path / "final").exists()
     if has_run and not cfg.resume and not cfg.overwrite:
         raise ConfigError(f"output_dir: {path} already holds a run; pass --resume to continue it, --overwrite to "
                           "start over, or choose another --output-dir")
     if has_run and cfg.overwrite and not cfg.resume:
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+        for item in path.iterdir():
+            if item.name != LOCK:
+                shutil.rmtree(item) if item.is_dir() and not item.is_symlink() else item.unlink()
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive flock on runs/NAME/.lock for the run's life. The kernel drops it when the process dies, so a lock
+    file left by a killed run is stale: it is named and taken over. Only the process that trains takes it (a
+    multi-process launch takes it on rank 0)."""
+    import fcntl
+
+    lock = path / LOCK
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise ConfigError(f"output_dir: {path} is in use by another tunesmith run ({holder}); wait for it to "
+                              "finish, or choose another --output-dir") from None
+        stale = os.pread(fd, 200, 0).decode(errors="replace").strip()
+        if stale:
+            log.warning("output_dir: %s has a stale lock from a run that did not finish (%s); taking it over", path,
+                        stale)
+        os.ftruncate(fd, 0)
+        started = datetime.datetime.now().isoformat(timespec="seconds")
+        os.pwrite(fd, f"pid {os.getpid()}, started {started}".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)  # an empty lock file is a clean end; flock is released by close below
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _logging_into(file: Path) -> Iterator[None]:
+    """Mirror tunesmith's and the training libraries' log records into `file` while the run is open. Consoles keep
+    warnings only meanwhile (the progress bar shows the rest); both are restored afterwards."""
+    handler = logging.FileHandler(file, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    saved = []
+    for name in LOGGERS:
+        logger = logging.getLogger(name)
+        saved.append((logger, logger.level, [(h, h.level) for h in logger.handlers]))
+        for console in logger.handlers:
+            console.setLevel(max(console.level, logging.WARNING))
+        logger.addHandler(handler)
+        logger.setLevel(min(logger.level or logging.INFO, logging.INFO))
+    try:
+        yield
+    finally:
+        for logger, level, handlers in saved:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+            for console, console_level in handlers:
+                console.setLevel(console_level)
+        handler.close()
 
 
 def checkpoint_to_resume(cfg: Any, run_dir: Path) -> str | None:
@@ -68,9 +174,9 @@ def checkpoint_to_resume(cfg: Any, run_dir: Path) -> str | None:
     for _, path in reversed(steps):
         if is_complete(path):
             return str(path)
-        logging.getLogger("tunesmith").warning("%s is incomplete (killed while saving); setting it aside", path)
+        log.warning("%s is incomplete (killed while saving); setting it aside", path)
         path.rename(path.with_name(f"incomplete-{path.name}-{os.getpid()}"))
-    logging.getLogger("tunesmith").warning("resume: no complete checkpoint in %s; starting from step 0", run_dir)
+    log.warning("resume: no complete checkpoint in %s; starting from step 0", run_dir)
     return None
 
 
@@ -81,40 +187,7 @@ def save_config(cfg: Any, run_dir: Path, **resolved: Any) -> None:
     _atomic_write(run_dir / "config.yaml", yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
 
 
-def save_final(trainer: Any, template: Any, run_dir: Path) -> Path:
-    """final/: written to a staging folder and renamed, so it is either whole or absent."""
-    final = run_dir / "final"
-    staging = Path(tempfile.mkdtemp(prefix=".final-", dir=run_dir))
-    trainer.save_model(str(staging))
-    template.save(staging)
-    shutil.copy(run_dir / "config.yaml", staging / "config.yaml")
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(staging, final)
-    return final
-
-
-def result_from(trainer: Any, run_dir: Path, final: Path, skipped: int) -> RunResult:
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    summary = next((h for h in reversed(trainer.state.log_history) if "train_loss" in h), {})
-    return RunResult(run_dir, final, trainer.state.global_step, losses[0] if losses else None,
-                     losses[-1] if losses else None, skipped, summary)
-
-
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
-
-
-def log_to_file(run_dir: Path) -> logging.Handler:
-    """Mirror tunesmith's and transformers' log records into runs/NAME/train.log."""
-    handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    for name in ("tunesmith", "transformers", "trl", "peft"):
-        lg = logging.getLogger(name)
-        for console in lg.handlers:  # the console keeps warnings only; the file gets INFO too
-            console.setLevel(max(console.level, logging.WARNING))
-        lg.addHandler(handler)
-        lg.setLevel(min(lg.level or logging.INFO, logging.INFO))
-    return handler
