@@ -19,11 +19,12 @@ def test_shipped_config_validates_and_its_data_is_clean(path, monkeypatch):
     monkeypatch.chdir(ROOT)
     cls, kind, min_rows = KINDS[path.stem]
     cfg = load(cls, ["-c", str(path)])
-    if getattr(cfg, "env", None):  # an environment's rows are what its reset() reads: checked as training does
+    env = getattr(getattr(cfg, "grpo", None), "env", None)
+    if env:  # an environment's rows are what its reset() reads: checked as training does
         from tunesmith.train import episodes
 
         rows = episodes.read_rows(cfg.dataset, cfg.seed)
-        episodes.check_env(episodes.load_env(cfg.env), rows)
+        episodes.check_env(episodes.load_env(env), rows)
         assert len(rows) >= min_rows
         return
     data = load_rows(cfg.dataset, kind=kind)

@@ -70,7 +70,7 @@ def check_memory(cfg: Any) -> None:
         log.info("memory plan: about %.1f of %.1f GiB at the peak", needed, have)
         return
     advice = (f"memory plan: this run needs about {needed:.1f} GiB at the peak but {have:.1f} GiB is available. "
-              f"See `tunesmith plan --model {cfg.model} --method {cfg.weights} --max-length {cfg.max_length}` for "
+              f"See `tunesmith plan --model {cfg.model} --tuner {cfg.tuner} --max-length {cfg.max_length}` for "
               "settings that fit (smaller --batch-size with more --grad-accum, --gradient-checkpointing, qlora).")
     if cfg.strict_memory:
         raise HardwareError(advice + " Refusing to start (--strict-memory).")
@@ -78,7 +78,7 @@ def check_memory(cfg: Any) -> None:
 
 
 def rlhf(cfg: RLHFConfig, callbacks: list[Any] | None = None):
-    """Preference alignment (--method dpo, kto, orpo, simpo, cpo, rm) on top of a base model or an SFT run."""
+    """Preference alignment and RL (--method dpo, kto, orpo, simpo, cpo, rm, ppo, grpo) on a base model or an SFT run."""
     from tunesmith.train.rlhf import rlhf as run
 
     check_memory(cfg)

@@ -1,7 +1,7 @@
 """A multi-turn scheduling environment: the policy staffs a team for an incident, one assignment per turn.
 
     tunesmith rlhf -c examples/volunteer-matcher/grpo.yaml
-    (= tunesmith rlhf --method grpo --env examples/volunteer-matcher/env.py:VolunteerScheduling ...)
+    (= tunesmith rlhf --method grpo --grpo.env examples/volunteer-matcher/env.py:VolunteerScheduling ...)
 
 A row (scenarios.jsonl, written by make_scenarios.py) holds volunteers (skills, an (x, y) position in km, free
 time windows, bookings they already have) and a request (an incident at a position, a time window, the roles to

@@ -96,7 +96,7 @@ def test_broken_plugins_fail_before_any_weights_load(tiny_model, prompts, tmp_pa
              (["--plugin", "short.py", "--reward-funcs", "short"],
               "error: short.py:3: reward short returned 1 values for 4 completions"),
              (["--plugin", "short.py", "--reward-funcs", "shrot"],
-              "error: reward_funcs: unknown reward 'shrot'; did you mean short? "
+              "error: rewards.funcs: unknown reward 'shrot'; did you mean short? "
               "Known: accuracy, format, length, repetition, short")]
     for i, (flags, expected) in enumerate(cases):
         proc = run_cli(*common, *flags, "--output-dir", tmp_path / f"run{i}", cwd=tmp_path, env=ONE_THREAD, check=False)

@@ -165,13 +165,13 @@ def test_rewards_are_registered_by_name():
 def test_yaml_files_load_into_their_configs(monkeypatch):
     monkeypatch.chdir(ROOT)
     sft = load(SFTConfig, ["-c", str(EXAMPLE / "sft.yaml")])
-    assert sft.dataset == ["dao-proposals"] and sft.model == "smollm2-135m-instruct" and sft.method == "lora"
+    assert sft.dataset == ["dao-proposals"] and sft.model == "smollm2-135m-instruct" and sft.tuner == "lora"
     grpo = load(RLHFConfig, ["-c", str(EXAMPLE / "grpo.yaml")])
     assert grpo.method == "grpo" and grpo.adapters == "runs/dao-sft/final"
-    assert grpo.reward_funcs == ["data_citation_score", "tone_neutrality", "format"]
-    assert grpo.plugin == ["examples/dao-proposal/rewards.py"]
+    assert grpo.rewards.funcs == ["data_citation_score", "tone_neutrality", "format"]
+    assert grpo.rewards.plugin == ["examples/dao-proposal/rewards.py"]
     # the format reward's pattern accepts every SFT answer, so a drafter that learned the data starts at 1.0
-    pattern = re.compile(grpo.format_pattern, re.DOTALL)
+    pattern = re.compile(grpo.rewards.format_pattern, re.DOTALL)
     rows = load_rows(sft.dataset, kind="sft").rows
     assert all(pattern.fullmatch(r.messages[-1]["content"].strip()) for r in rows)
     assert not pattern.fullmatch(draft(f"- {TX}").replace("## Budget", "## Costs"))

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from tunesmith.config.rlhf import RLHFConfig
 from tunesmith.train import episodes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -133,8 +134,8 @@ def test_a_scripted_episode_runs_to_done_and_its_reward_reaches_the_trainer(Env,
     data = tmp_path / "one.jsonl"
     data.write_text(json.dumps(ROW) + "\n")
     template = Template(smollm2_tokenizer())
-    cfg = SimpleNamespace(env=SPEC, dataset=[str(data)], seed=0, max_length=2048, max_completion_length=512,
-                          max_turns=5, max_turn_tokens=None)
+    cfg = RLHFConfig(method="grpo", dataset=[str(data)], seed=0, max_length=2048, rollout={"max_completion_length": 512},
+                     grpo={"env": SPEC, "max_turns": 5, "max_turn_tokens": None})
     run = episodes.rollout_func_for(cfg, template)
     prompts = [run.train_dataset[0]["prompt"]] * 2  # GRPO repeats a prompt num_generations times
     trainer = ScriptedTrainer(template.tokenizer, [

@@ -38,7 +38,7 @@ def test_8_gib_says_a_7b_full_fine_tune_does_not_fit():
     choice = pick(Q7, 8, methods=["full"])
     assert not choice.fits
     assert choice.message.startswith("nothing fits in 8.0 GiB") and "full" in choice.message
-    assert "--method qlora" in choice.message  # names a fix
+    assert "--tuner qlora" in choice.message  # names a fix
     assert not pick(Q7, 8).fits  # not even QLoRA: its weights alone are 7.2 GiB
 
 
@@ -83,7 +83,7 @@ def test_plan_prints_a_table_and_returns_the_plan(q7_folder, capsys):
     assert result["fits"] and result["recommended"]["settings"]["method"] == "lora"
     assert result["recommended"]["settings"]["gradient_checkpointing"] is True
     assert "peak memory per device" in out and "optimizer states" in out and "fits" in out
-    assert result["command"].startswith(f"tunesmith sft --model {q7_folder} --method lora")
+    assert result["command"].startswith(f"tunesmith sft --model {q7_folder} --tuner lora")
 
 
 def test_plan_json_and_explicit_settings(q7_folder, capsys):

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from real_tokenizers import llama3_style_tokenizer, qwen_tokenizer, smollm2_tokenizer
+from tunesmith.config.rlhf import RLHFConfig
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.templates import IGNORE, Template
 from tunesmith.train import episodes
@@ -107,8 +108,8 @@ def test_trained_tokens_are_exactly_what_sft_would_train_on_the_same_conversatio
     make, end = FAMILIES[family]
     template = Template(make(), default_system="You count.")
     spec, rows = counter
-    cfg = SimpleNamespace(env=spec, dataset=[rows], seed=0, max_length=2048, max_completion_length=512, max_turns=6,
-                          max_turn_tokens=None)
+    cfg = RLHFConfig(method="grpo", dataset=[rows], seed=0, max_length=2048, rollout={"max_completion_length": 512},
+                     grpo={"env": spec, "max_turns": 6})
     run = episodes.rollout_func_for(cfg, template)
     actions = ["5", "seven", "6", "7"]
     trainer = ScriptedTrainer(template.tokenizer, [actions], end)
@@ -137,8 +138,8 @@ def test_turn_limit_budget_and_max_turns_end_episodes(counter):
 
     def rollout(scripts, max_turns, budget, turn_tokens=None):
         nonlocal prompt
-        cfg = SimpleNamespace(env=spec, dataset=[rows], seed=0, max_length=2048, max_completion_length=512,
-                              max_turns=max_turns, max_turn_tokens=turn_tokens)
+        cfg = RLHFConfig(method="grpo", dataset=[rows], seed=0, max_length=2048, rollout={"max_completion_length": 512},
+                     grpo={"env": spec, "max_turns": max_turns, "max_turn_tokens": turn_tokens})
         run = episodes.rollout_func_for(cfg, template)
         prompt = run.train_dataset[0]["prompt"]
         trainer = ScriptedTrainer(template.tokenizer, scripts, "<|im_end|>", budget=budget)
@@ -157,8 +158,8 @@ def test_turn_limit_budget_and_max_turns_end_episodes(counter):
 
 def test_a_first_observation_too_long_for_max_length_is_named_by_row(counter):
     spec, rows = counter
-    cfg = SimpleNamespace(env=spec, dataset=[rows], seed=0, max_length=520, max_completion_length=512, max_turns=2,
-                          max_turn_tokens=None)
+    cfg = RLHFConfig(method="grpo", dataset=[rows], seed=0, max_length=520, rollout={"max_completion_length": 512},
+                     grpo={"env": spec, "max_turns": 2})
     with pytest.raises(DataError) as err:
         episodes.rollout_func_for(cfg, Template(smollm2_tokenizer()))
     assert "rows.jsonl:1: reset(): first observation of" in str(err.value)

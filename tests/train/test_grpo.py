@@ -42,10 +42,10 @@ def test_rloo_is_trls_rloo_trainer_config_and_knobs_override_presets(tmp_path):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--batch-size", "6"], "batch_size x grad_accum (6 x 1) must be a multiple of num_generations (8)"),
-    (["--loss-type", "ipo"], "loss_type: a DPO setting; for grpo use grpo_loss_type"),
+    (["--batch-size", "6"], "batch_size x grad_accum (6 x 1) must be a multiple of grpo.num_generations (8)"),
+    (["--loss-type", "ipo"], "loss_type: a DPO setting; for grpo use grpo.loss_type"),
     (["--variant", "rloo", "--scale-rewards", "none"], "scale_rewards: not a knob of --variant rloo"),
-    (["--reward-funcs", "format", "length", "--reward-weights", "1"], "reward_weights: 1 weight(s) for the rewards (format, length)"),
+    (["--reward-funcs", "format", "length", "--reward-weights", "1"], "rewards.weights: 1 weight(s) for the rewards (format, length)"),
     (["--format-pattern", "(unclosed"], "format_pattern: not a valid regular expression"),
 ])
 def test_grpo_settings_that_cannot_work_are_refused(flags, message):

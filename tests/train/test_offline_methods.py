@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from tunesmith.config import load
+from tunesmith.config import load, validate
 from tunesmith.config.rlhf import RLHFConfig
 from tunesmith.errors import ConfigError
 
@@ -13,16 +13,32 @@ def test_method_defaults_come_from_each_method():
     kto = RLHFConfig(method="kto", dataset=["x"])
     simpo = RLHFConfig(method="simpo", dataset=["x"])
     cpo = RLHFConfig(method="cpo", dataset=["x"])
-    assert kto.loss_type == ["kto"] and kto.beta == 0.1
-    assert (simpo.loss_type, simpo.beta, simpo.cpo_alpha, simpo.simpo_gamma) == (["simpo"], 2.0, 0.0, 1.0)
-    assert (cpo.loss_type, cpo.beta, cpo.cpo_alpha, cpo.simpo_gamma) == (["sigmoid"], 0.1, 1.0, None)
-    tuned = RLHFConfig(method="simpo", dataset=["x"], beta=2.5, cpo_alpha=0.05)  # CPO-SimPO; gamma follows beta
-    assert (tuned.beta, tuned.cpo_alpha, tuned.simpo_gamma) == (2.5, 0.05, 1.25)
-    assert RLHFConfig(method="dpo", dataset=["x"]).loss_type == ["sigmoid"]
+    assert kto.kto.loss_type == "kto" and kto.kto.beta == 0.1
+    assert (simpo.simpo.beta, simpo.simpo.alpha, simpo.simpo.gamma) == (2.0, 0.0, 1.0)
+    assert (cpo.cpo.loss_type, cpo.cpo.beta, cpo.cpo.alpha, cpo.cpo.simpo_gamma) == ("sigmoid", 0.1, 1.0, None)
+    tuned = RLHFConfig(method="simpo", dataset=["x"], simpo={"beta": 2.5, "alpha": 0.05})  # CPO-SimPO; gamma follows beta
+    assert (tuned.simpo.beta, tuned.simpo.alpha, tuned.simpo.gamma) == (2.5, 0.05, 1.25)
+    assert RLHFConfig(method="dpo", dataset=["x"]).dpo.loss_type == ["sigmoid"]
+
+
+def test_flat_keys_of_earlier_releases_still_work_and_land_in_their_section(caplog):
+    caplog.set_level("INFO", logger="tunesmith")
+    flat = RLHFConfig(method="simpo", dataset=["x"], beta=2.5, cpo_alpha=0.05)
+    assert (flat.simpo.beta, flat.simpo.alpha, flat.simpo.gamma) == (2.5, 0.05, 1.25)
+    grpo = load(RLHFConfig, ["--method", "grpo", "--dataset", "x", "--num-generations", "4", "--reward-funcs", "length",
+                             "--max-completion-length", "32", "--tuner", "qlora"])
+    assert (grpo.grpo.num_generations, grpo.rewards.funcs, grpo.rollout.max_completion_length) == (4, ["length"], 32)
+    assert grpo.batch_size == 4  # the group size, as before
+    assert "note: num_generations is grpo.num_generations" in caplog.text
+    with pytest.raises(ConfigError, match="beta: given twice, as beta and as dpo.beta; keep dpo.beta"):
+        validate(RLHFConfig, {"method": "dpo", "dataset": ["x"], "beta": 0.2, "dpo": {"beta": 0.3}})
+    with pytest.raises(ConfigError, match=re.escape("ppo: only read by --method ppo (method is dpo)")):
+        load(RLHFConfig, ["--method", "dpo", "--dataset", "x", "--ppo.cliprange", "0.1"])
 
 
 @pytest.mark.parametrize("flags, message", [
     (["--method", "orpo", "--loss-type", "hinge"], "loss_type: --method orpo has a single loss; drop loss_type"),
+    (["--method", "cpo", "--cpo.loss-type", "kto"], "cpo.loss_type: kto is not a cpo loss; choose from sigmoid, hinge, ipo, simpo"),
     (["--method", "cpo", "--loss-type", "kto"], "loss_type: kto is not a cpo loss; choose from sigmoid, hinge, ipo, simpo"),
     (["--method", "dpo", "--loss-type", "simpo"], "loss_type: simpo is not a dpo loss"),
     (["--method", "simpo", "--loss-type", "sigmoid"], "loss_type: sigmoid is not a simpo loss; choose from simpo"),

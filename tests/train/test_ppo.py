@@ -2,15 +2,17 @@
 the base with the adapter off, the first ratio is 1, the score lands on the answer's last token, and an update moves
 only the adapter and the value head."""
 
-from types import SimpleNamespace
 
 import pytest
 import torch
 
+from tunesmith.config.rlhf import RLHFConfig
 from tunesmith.train import ppo
 
-CFG = SimpleNamespace(temperature=1.0, top_p=1.0, max_completion_length=6, kl_coef=0.05, gamma=1.0, gae_lambda=0.95,
-                      ppo_epochs=2, num_mini_batches=2, cliprange=0.2, cliprange_value=0.2, vf_coef=0.1)
+CFG = RLHFConfig(method="ppo", dataset=["x"], rewards={"funcs": ["length"]}, batch_size=4,
+                 rollout={"temperature": 1.0, "top_p": 1.0, "max_completion_length": 6},
+                 ppo={"kl_coef": 0.05, "gamma": 1.0, "gae_lambda": 0.95, "epochs": 2, "num_mini_batches": 2,
+                      "cliprange": 0.2, "cliprange_value": 0.2, "vf_coef": 0.1})
 
 
 @pytest.mark.parametrize("lam, advantages, returns", [

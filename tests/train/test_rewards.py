@@ -31,7 +31,7 @@ def test_format_regex_must_match_the_whole_stripped_answer():
 def test_format_json_and_a_missing_pattern():
     fn = reward("format", "--format", "json")
     assert fn(completions=['{"a": [1, 2]}', " [1] ", "{'a': 1}", "```json\n{}\n```"]) == [1.0, 1.0, 0.0, 0.0]
-    with pytest.raises(ConfigError, match="needs --format-pattern REGEX"):
+    with pytest.raises(ConfigError, match="needs --rewards.format-pattern REGEX"):
         reward("format")
 
 
@@ -140,7 +140,7 @@ def test_unknown_names_list_the_known_ones_and_register_reward_is_exported_lazil
     import tunesmith
 
     assert tunesmith.register_reward is register_reward
-    cfg = SimpleNamespace(plugin=[], reward_funcs=["lenght"])
+    cfg = SimpleNamespace(rewards=SimpleNamespace(plugin=[], funcs=["lenght"]))
     with pytest.raises(ConfigError, match="unknown reward 'lenght'; did you mean length.*Known: accuracy, format, length"):
         build_rewards(cfg)
 

@@ -82,7 +82,7 @@ def _advice(err: Exception) -> str | None:
     text = f"{type(err).__name__}: {err}"
     if "out of memory" in text.lower() or type(err).__name__ == "OutOfMemoryError":
         return (f"out of memory ({text.splitlines()[0][:200]}). Lower --batch-size (raise --grad-accum to keep the "
-                "same effective batch), lower --max-length, turn on --gradient-checkpointing, or use --method qlora.")
+                "same effective batch), lower --max-length, turn on --gradient-checkpointing, or use --tuner qlora.")
     return None
 
 

@@ -15,15 +15,16 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
 class TrainConfig(Section):
-    """The common keys of every training command (sft, pt; rlhf later)."""
+    """The common keys of every training command (sft, pt, rlhf)."""
 
     model: str = Field(DEFAULT_MODEL, description="Hub id, local folder, or registry name (tunesmith models).")
     adapters: str | None = Field(None, description="Start from this adapter folder (e.g. runs/NAME/final).")
     dataset: list[str] = Field(..., min_length=1, description="Files, folders, registry names or hub ids; name#N samples N rows.")
     val_dataset: list[str] = Field(default_factory=list, description="Held-out data for eval loss.")
     val_split: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction of dataset held out for eval loss when val_dataset is empty.")
-    method: Literal["lora", "qlora", "dora", "full"] = Field("lora", description="lora | qlora (4-bit NF4) | dora | full.")
-    lora: LoraCfg = Field(default_factory=LoraCfg, description="Adapter settings (lora, qlora, dora).")
+    tuner: Literal["lora", "qlora", "dora", "full"] = Field("lora", description=(
+        "How the weights train: lora | qlora (4-bit NF4 base) | dora | full."))
+    lora: LoraCfg = Field(default_factory=LoraCfg, description="Adapter settings (tuner lora, qlora, dora).")
     max_length: int = Field(2048, ge=8, description="Longest training sequence in tokens.")
     packing: bool | None = Field(None, description=(
         "Concatenate samples up to max_length, padding-free; they do not attend to each other (batch_size then counts "
@@ -59,11 +60,9 @@ class TrainConfig(Section):
     strict_memory: bool = Field(False, description="Refuse to start when `tunesmith plan` says the run will not fit (default: warn).")
 
     command: ClassVar[str] = "train"
-
-    @property
-    def weights(self) -> str:
-        """How the weights train: lora, qlora, dora or full (rlhf names this `tuner`, its `method` is the algorithm)."""
-        return self.method
+    # sft's `method` of earlier releases (and PRODUCT.md's `method: lora`): rlhf's --method names the algorithm, so
+    # how the weights train is `tuner` in every command.
+    moved: ClassVar[dict[str, str | dict[str, str]]] = {"method": "tuner"}
 
     @field_validator("gradient_checkpointing", mode="before")
     @classmethod
@@ -72,7 +71,7 @@ class TrainConfig(Section):
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
-        if self.weights == "full" and self.adapters:
+        if self.tuner == "full" and self.adapters:
             raise ValueError("adapters: cannot continue an adapter with full weights; drop --adapters or use lora")
         return self
 

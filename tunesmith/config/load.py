@@ -76,10 +76,14 @@ def validate(cls: type[C], values: dict[str, Any], source: str | None = None, li
     except ValidationError as err:
         problems = []
         for e in err.errors():
-            key = ".".join(str(p) for p in e["loc"]) or "config"
+            key = ".".join(str(p) for p in e["loc"])
+            msg = e["msg"].removeprefix("Value error, ")
+            named = msg.split(":", 1)[0]
+            if ":" in msg and named.replace("_", "").replace(".", "").isalnum():  # a section's check naming its key
+                key, msg = f"{key}.{named}" if key else named, msg.split(":", 1)[1].strip()
+            key = key or "config"
             where = _where(source, (lines or {}).get(key) or (lines or {}).get(key.split(".")[0]))
             given = f" (got {e['input']!r})" if e["type"] != "missing" and not isinstance(e["input"], dict) else ""
-            msg = e["msg"].removeprefix("Value error, ")
             problems.append(f"{where}{key}: {msg}{given}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None
 
@@ -225,6 +229,8 @@ def _normalise(cls: type[BaseModel], flat: dict[str, Any], source: str | None, l
 
 def _check_known(cls: type[BaseModel], parts: list[str], raw_key: str, source: str | None, lines: dict[str, int],
                  prefix: str = "") -> None:
+    if len(parts) == 1 and parts[0] in getattr(cls, "moved", {}):
+        return  # a key of an earlier release: the config moves it (and notes it) when it validates
     model: type[BaseModel] | None = cls
     for depth, part in enumerate(parts):
         fields = model.model_fields if model else {}
@@ -266,6 +272,8 @@ def _section_class(model: type[BaseModel] | None, name: str) -> type[BaseModel] 
 
 
 def _field_kind(cls: type[BaseModel], dotted: str) -> str:
+    if dotted in getattr(cls, "moved", {}) and dotted not in cls.model_fields:
+        dotted = cls.moved_target(dotted)
     model: type[BaseModel] | None = cls
     parts = dotted.split(".")
     for part in parts[:-1]:

@@ -1,6 +1,6 @@
 """Config of `tunesmith plan`: will this model train (or serve) on this machine, and with which settings?
 
-    tunesmith plan Qwen/Qwen2.5-7B-Instruct --method lora --max-length 4096 --gpu-memory 24
+    tunesmith plan Qwen/Qwen2.5-7B-Instruct --tuner lora --max-length 4096 --gpu-memory 24
 """
 
 from __future__ import annotations
@@ -20,16 +20,16 @@ warnings.filterwarnings("ignore", message='Field name "json" in "PlanConfig" sha
 
 class PlanConfig(Section):
     """Estimate peak memory from the model's config.json (never its weights) and pick settings that fit.
-    Run: tunesmith plan MODEL [--method lora] [--gpu-memory 24]"""
+    Run: tunesmith plan MODEL [--tuner lora] [--gpu-memory 24]"""
 
     model: str = Field(DEFAULT_MODEL, description="Hub id, local folder, or registry name; only its config.json is read.")
-    method: Literal["auto", "full", "lora", "qlora", "dora", "galore"] = Field(
+    tuner: Literal["auto", "full", "lora", "qlora", "dora"] = Field(
         "auto", description="auto = full if it fits comfortably, else lora, else qlora; or name one to check it.")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="auto = bfloat16 on GPUs that support it, else float32 (as tunesmith sft picks).")
     optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "sgd"] = Field(
         "adamw", description="adamw keeps 2 states per trainable weight; the 8-bit ones store them in 1 byte each.")
-    lora_rank: int = Field(16, ge=1, description="Adapter rank (lora, qlora, dora); also the projection rank for galore.")
+    lora_rank: int = Field(16, ge=1, description="Adapter rank (lora, qlora, dora).")
     lora_targets: list[str] | Literal["all-linear"] = Field(
         "all-linear", description="Modules that get adapters: all-linear or a list such as q_proj v_proj.")
     max_length: int = Field(2048, ge=8, description="Training sequence length in tokens (sequences padded or packed to it).")
@@ -52,6 +52,7 @@ class PlanConfig(Section):
 
     command: ClassVar[str] = "plan"
     positional: ClassVar[tuple[str, ...]] = ("model",)
+    moved: ClassVar[dict[str, str | dict[str, str]]] = {"method": "tuner"}  # as in the training commands
 
     @model_validator(mode="after")
     def _check(self) -> "PlanConfig":

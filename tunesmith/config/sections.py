@@ -2,16 +2,60 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import logging
+from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+log = logging.getLogger("tunesmith")
 
 
 class Section(BaseModel):
     """A strict section: unknown keys are errors, numeric strings such as "2e-4" are accepted (YAML 1.1 reads them
-    as strings)."""
+    as strings). Keys of earlier releases listed in `moved` still work, with a one-line note naming the new key."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # old key -> "section.key" now; a dict picks the target by the config's `method` (rlhf's sections)
+    moved: ClassVar[dict[str, str | dict[str, str]]] = {}
+
+    @classmethod
+    def moved_elsewhere(cls, key: str, method: str) -> str:
+        """The error for an old key the given method does not read."""
+        readers = cls.moved[key]
+        return f"{key}: only used by --method {' or '.join(readers)} (method is {method})"
+
+    @classmethod
+    def moved_target(cls, key: str, method: str | None = None) -> str:
+        """Where an old key lives now; with method None, any of its places (the loader reads the value's kind there)."""
+        target = cls.moved[key]
+        if isinstance(target, str):
+            return target
+        if method is None:
+            return next(iter(target.values()))
+        if method not in target:
+            raise ValueError(cls.moved_elsewhere(key, method))
+        return target[method]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _move_old_keys(cls, data: object) -> object:
+        if not cls.moved or not isinstance(data, dict):
+            return data
+        data = dict(data)
+        method = data.get("method", cls.model_fields["method"].default if "method" in cls.model_fields else None)
+        for old in [k for k in data if k in cls.moved and k not in cls.model_fields]:
+            target = cls.moved_target(old, method)
+            log.info("note: %s is %s in tunesmith (the old key still works)", old, target)
+            *sections, key = target.split(".")
+            node = data
+            for name in sections:
+                inner = node.get(name) or {}
+                node[name] = dict(inner) if isinstance(inner, dict) else inner.model_dump(exclude_unset=True)
+                node = node[name]
+            if key in node:
+                raise ValueError(f"{old}: given twice, as {old} and as {target}; keep {target}")
+            node[key] = data.pop(old)
+        return data
 
 
 class LoraCfg(Section):

@@ -1,5 +1,5 @@
 """Sequence-classification reward models: the base `tunesmith rlhf --method rm` trains, and a trained one to score
-answers (GRPO's --reward-model runs/rm/final).
+answers (GRPO's --rewards.model runs/rm/final).
 
     model, tokenizer = load_reward_model("runs/rm/final")
     scores = score(model, tokenizer, [ids, ...])   # one float per sequence, higher = better

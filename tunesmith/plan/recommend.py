@@ -83,7 +83,7 @@ def _nothing_fits(shape: ModelShape, s: Setup, est: Estimate, memory_gib: float)
     if s.seq > 512:
         fixes.append(f"a shorter --max-length (now {s.seq})")
     if s.method != "qlora" and s.device != "mps":
-        fixes.append("--method qlora")
+        fixes.append("--tuner qlora")
     if not (s.zero_stage or s.fsdp):
         fixes.append("more GPUs with --zero-stage 3 --offload")
     fixes.append("a smaller model (tunesmith models lists some)")

@@ -59,7 +59,7 @@ def plan(cfg: PlanConfig, hardware: Hardware | None = None) -> dict[str, Any]:
 
 def _training(cfg: PlanConfig, shape: ModelShape, base: Setup, memory: float, hw: Hardware, result: dict) -> None:
     notes = result["notes"]
-    methods = None if cfg.method == "auto" else [cfg.method]
+    methods = None if cfg.tuner == "auto" else [cfg.tuner]
     ckpt = None if cfg.gradient_checkpointing == "auto" else bool(cfg.gradient_checkpointing)
     target = cfg.global_batch or cfg.batch_size * cfg.grad_accum * base.world_size
     max_micro = cfg.batch_size
@@ -67,7 +67,7 @@ def _training(cfg: PlanConfig, shape: ModelShape, base: Setup, memory: float, hw
         max_micro = min(max_micro, 2)
         notes.append("Apple MPS: micro-batch capped at 2 (shared memory; larger batches swap)")
     if methods and ckpt is not None:  # every choice made by the user: check exactly that
-        asked = Setup(**{**base.__dict__, "method": cfg.method, "checkpointing": ckpt})
+        asked = Setup(**{**base.__dict__, "method": cfg.tuner, "checkpointing": ckpt})
         est = estimate_training(shape, asked)
         fits = est.total <= FIT * memory * GIB
         result["asked"] = {"settings": settings_dict(asked), "fits": fits, "estimate": estimate_dict(est)}
@@ -91,7 +91,7 @@ def _training(cfg: PlanConfig, shape: ModelShape, base: Setup, memory: float, hw
         notes.append("Gemma 2 trains with eager attention (logit soft-capping); plan with --attn eager")
     s = choice.setup
     if choice.fits and s.method in SFT_METHODS and not (s.zero_stage or s.fsdp):
-        result["command"] = (f"tunesmith sft --model {cfg.model} --method {s.method} --max-length {s.seq} "
+        result["command"] = (f"tunesmith sft --model {cfg.model} --tuner {s.method} --max-length {s.seq} "
                              f"--batch-size {s.micro_batch} --grad-accum {choice.grad_accum}"
                              + (" --gradient-checkpointing" if s.checkpointing else "")
                              + (f" --lora.rank {s.lora_rank}" if s.method != "full" else "")
@@ -99,7 +99,7 @@ def _training(cfg: PlanConfig, shape: ModelShape, base: Setup, memory: float, hw
 
 
 def _inference(cfg: PlanConfig, shape: ModelShape, base: Setup, memory: float, result: dict) -> None:
-    method = "qlora" if cfg.method == "qlora" else "full"  # serving: 4-bit weights for qlora, else `dtype` weights
+    method = "qlora" if cfg.tuner == "qlora" else "full"  # serving: 4-bit weights for qlora, else `dtype` weights
     setup = Setup(**{**base.__dict__, "method": method})
     est = estimate_inference(shape, setup, cfg.context)
     fits = est.total <= FIT * memory * GIB
@@ -114,4 +114,4 @@ def _inference(cfg: PlanConfig, shape: ModelShape, base: Setup, memory: float, r
                            "need less activation memory")
     if not fits and method != "qlora":
         four_bit = estimate_inference(shape, Setup(**{**setup.__dict__, "method": "qlora"}), cfg.context)
-        result["message"] += f"; with 4-bit weights (--method qlora) it needs {four_bit.total / GIB:.1f} GiB"
+        result["message"] += f"; with 4-bit weights (--tuner qlora) it needs {four_bit.total / GIB:.1f} GiB"

@@ -56,7 +56,7 @@ def training_setup(cfg: Any, device: str, bf16: bool, varlen: bool, liger: bool 
     train/speed.py will swap in liger's layers (train.speed.liger_applies)."""
     targets = cfg.lora.targets if isinstance(cfg.lora.targets, str) else tuple(cfg.lora.targets)
     packing = bool(getattr(cfg, "packing", False))
-    return Setup(method=cfg.weights, dtype="bfloat16" if bf16 else "float32", lora_rank=cfg.lora.rank,
+    return Setup(method=cfg.tuner, dtype="bfloat16" if bf16 else "float32", lora_rank=cfg.lora.rank,
                  lora_targets=targets, lora_dropout=cfg.lora.dropout, seq=cfg.max_length, micro_batch=cfg.batch_size,
                  grad_accum=cfg.grad_accum, checkpointing=bool(cfg.gradient_checkpointing), packing=packing,
                  attn="flash" if packing and varlen else "sdpa", device=device, kernels="liger" if liger else "none")

@@ -30,8 +30,15 @@ def cpo(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> RunResult:
 def cpo_args(cfg: RLHFConfig, run_dir: Any, device: str, dtype: Any, has_eval: bool) -> Any:
     # no token counting: TRL's pair batches have no input_ids (see the module docstring)
     return CPOConfig(**common_args(cfg, run_dir, device, dtype, has_eval) | {"include_num_input_tokens_seen": "no"},
-                     beta=cfg.beta, loss_type=cfg.loss_type[0], cpo_alpha=cfg.cpo_alpha,
-                     simpo_gamma=cfg.simpo_gamma if cfg.simpo_gamma is not None else 0.5)
+                     **_cpo_knobs(cfg))
+
+
+def _cpo_knobs(cfg: RLHFConfig) -> dict[str, Any]:
+    """TRL's CPOConfig values from our cpo or simpo section."""
+    if cfg.method == "simpo":
+        return dict(beta=cfg.simpo.beta, loss_type="simpo", cpo_alpha=cfg.simpo.alpha, simpo_gamma=cfg.simpo.gamma)
+    return dict(beta=cfg.cpo.beta, loss_type=cfg.cpo.loss_type, cpo_alpha=cfg.cpo.alpha,
+                simpo_gamma=cfg.cpo.simpo_gamma if cfg.cpo.simpo_gamma is not None else 0.5)
 
 
 class RenderedCPOTrainer(CPOTrainer):

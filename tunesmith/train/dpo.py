@@ -60,4 +60,4 @@ class RenderedDPOTrainer(DPOTrainer):
 def dpo_args(cfg: RLHFConfig, run_dir, device: str, dtype: Any, has_eval: bool) -> Any:
     from trl import DPOConfig
 
-    return DPOConfig(**common_args(cfg, run_dir, device, dtype, has_eval), beta=cfg.beta, loss_type=list(cfg.loss_type))
+    return DPOConfig(**common_args(cfg, run_dir, device, dtype, has_eval), beta=cfg.dpo.beta, loss_type=list(cfg.dpo.loss_type))

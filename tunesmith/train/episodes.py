@@ -1,5 +1,5 @@
 """Multi-turn episodes for GRPO: the policy acts in an environment for several turns and the episode's reward
-trains it.  Run: tunesmith rlhf --method grpo --env examples/volunteer-matcher/env.py:VolunteerScheduling
+trains it.  Run: tunesmith rlhf --method grpo --grpo.env examples/volunteer-matcher/env.py:VolunteerScheduling
 
 An environment is any class with `reset(row) -> observation` and `step(action) -> (observation, reward, done)`,
 built with no arguments, one instance per episode. The dataset rows are what `reset` receives (any JSON object).
@@ -309,25 +309,25 @@ class EnvRun:
 
 
 def rollout_func_for(cfg: Any, template: Any) -> EnvRun:
-    """Everything GRPO needs for `--env`: call before the weights load, so a broken environment costs no time."""
+    """Everything GRPO needs for `--grpo.env`: call before the weights load, so a broken environment costs no time."""
     import datasets
 
     from tunesmith.data.load import describe_problems
     from tunesmith.data.rows import Problem
 
-    cls = load_env(cfg.env)
+    cls = load_env(cfg.grpo.env)
     rows = read_rows(cfg.dataset, cfg.seed)
     first = check_env(cls, rows)
     problems = []  # as grpo checks its prompts: what the memory plan assumed must hold
     for row, obs in zip(rows, first):
         n = len(template.render_prompt([{"role": "user", "content": obs}]))
-        if n + cfg.max_completion_length > cfg.max_length:
+        if n + cfg.rollout.max_completion_length > cfg.max_length:
             problems.append(Problem(row.source, row.line, "reset()", f"first observation of {n} tokens + "
-                                    f"max_completion_length {cfg.max_completion_length} > max_length {cfg.max_length}; "
+                                    f"max_completion_length {cfg.rollout.max_completion_length} > max_length {cfg.max_length}; "
                                     "raise max_length"))
     if problems:
         raise DataError(describe_problems(problems))
     observation_ids(template, [{"role": "user", "content": first[0]}], "probe", "probe")  # the template can cut turns
     prompts = [[{"role": "user", "content": obs, ROW_KEY: i}] for i, obs in enumerate(first)]
-    rollout = make_rollout(cls, rows, template, cfg.max_turns, cfg.max_turn_tokens)
+    rollout = make_rollout(cls, rows, template, cfg.grpo.max_turns, cfg.grpo.max_turn_tokens)
     return EnvRun(datasets.Dataset.from_dict({"prompt": prompts}), rollout, [env_reward], len(rows))

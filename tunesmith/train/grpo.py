@@ -1,16 +1,16 @@
 """GRPO: sample `num_generations` answers per prompt, score them with reward functions, and push up the ones that
-beat their group's mean.  Run: tunesmith rlhf --method grpo --dataset prompts.jsonl --reward-funcs format length \
---reward-weights 1 0.5 --format-pattern '...' --plugin my_rewards.py
+beat their group's mean.  Run: tunesmith rlhf --method grpo --dataset prompts.jsonl --rewards.funcs format length \
+--rewards.weights 1 0.5 --rewards.format-pattern '...' --rewards.plugin my_rewards.py
 
-TRL's GRPOTrainer does the work (rollouts with transformers generation, or vLLM colocate with --use-vllm; advantages;
+TRL's GRPOTrainer does the work (rollouts with transformers generation, or vLLM colocate with --grpo.use-vllm; advantages;
 the clipped loss; metrics such as reward, rewards/<name>/mean, kl, completions/mean_length). This file adds:
   - rewards by name (tunesmith/train/rewards), plugins checked and every reward called once on real rows before
     any weights load, so a broken plugin costs seconds;
   - prompts rendered by our Template: the ids TRL generates from are exactly template.render_prompt(messages), the
     ids `infer` and `deploy` send (see RenderedPrompts);
-  - --variant, a preset over TRL's own knobs (VARIANTS), each knob still settable on its own.
-Departs from TRL's defaults: --variant grpo follows the DeepSeekMath paper (per-sequence loss, KL beta 0.04) where
-TRL defaults to DAPO's token-level loss and no KL term; pass --variant dapo for those.
+  - --grpo.variant, a preset over TRL's own knobs (VARIANTS), each knob still settable on its own.
+Departs from TRL's defaults: --grpo.variant grpo follows the DeepSeekMath paper (per-sequence loss, KL beta 0.04) where
+TRL defaults to DAPO's token-level loss and no KL term; pass --grpo.variant dapo for those.
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
                  importance_sampling_level="sequence", mask_truncated_completions=False),
     "rloo": dict(beta=0.05, epsilon=0.2, epsilon_high=0.2, mask_truncated_completions=False),
 }
-# our field -> TRL's name
-KNOBS = {"grpo_loss_type": "loss_type", "scale_rewards": "scale_rewards", "kl_coef": "beta", "epsilon": "epsilon",
+# our grpo section's field -> TRL's name
+KNOBS = {"loss_type": "loss_type", "scale_rewards": "scale_rewards", "kl_coef": "beta", "epsilon": "epsilon",
          "epsilon_high": "epsilon_high", "importance_sampling_level": "importance_sampling_level",
          "mask_truncated_completions": "mask_truncated_completions"}
 # Dataset columns that would collide with the arguments TRL passes reward functions under these names
@@ -59,7 +59,7 @@ RESERVED = {"prompts", "completions", "completion_ids", "trainer_state", "log_ex
 
 
 def grpo(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> RunResult:
-    rewards = build_rewards(cfg)  # loads --plugin files: their errors come first, before anything heavy
+    rewards = build_rewards(cfg)  # loads --rewards.plugin files: their errors come first, before anything heavy
     _check_setup(cfg, rewards)
     from tunesmith.train.run import open_run  # imports transformers: after the checks above, so they answer fast
     from tunesmith.train.setup import load_tokenizer_first, load_trainable, run_trainer
@@ -86,7 +86,7 @@ def grpo(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> RunResult:
         run.save_config(base_model_folder=str(base_folder), device=device, dtype=str(dtype),
                         train_prompts=len(train_ds), skipped_rows=skipped, trl_knobs=resolve_knobs(cfg))
         args = grpo_args(cfg, run.dir, device, dtype, has_eval=eval_ds is not None, n_rewards=len(reward_funcs))
-        trainer_cls = rendered_trainer(cfg.variant)
+        trainer_cls = rendered_trainer(cfg.grpo.variant)
         extra = {"rollout_func": rollout} if rollout is not None else {}
 
         def make_trainer(**kwargs: Any) -> Any:
@@ -101,45 +101,43 @@ def grpo(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> RunResult:
 
 
 def _check_setup(cfg: RLHFConfig, rewards: list[RewardFn]) -> None:
-    if not rewards and not cfg.reward_model and not getattr(cfg, "env", None):
-        raise ConfigError("grpo needs a reward: --reward-funcs NAME ... (built-ins: format, length, repetition, "
-                          "accuracy; or yours with --plugin file.py) and/or --reward-model FOLDER")
-    if cfg.reward_model and not (Path(cfg.reward_model).expanduser() / "config.json").is_file():
-        raise ConfigError(f"reward_model: {cfg.reward_model} is not a model folder (no config.json)")
-    if cfg.use_vllm and importlib.util.find_spec("vllm") is None:
-        raise ConfigError("use_vllm: the vllm package is not installed (pip install vllm); drop --use-vllm to "
+    if not rewards and not cfg.rewards.model and not cfg.grpo.env:
+        raise ConfigError("grpo needs a reward: --rewards.funcs NAME ... (built-ins: format, length, repetition, "
+                          "accuracy; or yours with --rewards.plugin file.py) and/or --rewards.model FOLDER")
+    if cfg.rewards.model and not (Path(cfg.rewards.model).expanduser() / "config.json").is_file():
+        raise ConfigError(f"rewards.model: {cfg.rewards.model} is not a model folder (no config.json)")
+    if cfg.grpo.use_vllm and importlib.util.find_spec("vllm") is None:
+        raise ConfigError("grpo.use_vllm: the vllm package is not installed (pip install vllm); drop --grpo.use-vllm to "
                           "generate with transformers")
     if cfg.val_dataset or cfg.val_split:
-        if cfg.batch_size % cfg.num_generations:
-            raise ConfigError(f"batch_size ({cfg.batch_size}) must be a multiple of num_generations "
-                              f"({cfg.num_generations}) to evaluate, which runs without gradient accumulation")
+        if cfg.batch_size % cfg.grpo.num_generations:
+            raise ConfigError(f"batch_size ({cfg.batch_size}) must be a multiple of grpo.num_generations "
+                              f"({cfg.grpo.num_generations}) to evaluate, which runs without gradient accumulation")
 
 
 def reward_models(cfg: RLHFConfig, rewards: list) -> tuple[list, list]:
-    """The reward functions plus --reward-model (a `--method rm` run, loaded by models/reward.py), with the tokenizer
+    """The reward functions plus --rewards.model (a `--method rm` run, loaded by models/reward.py), with the tokenizer
     each needs (None for functions). TRL scores a reward model on the prompt + answer as its chat template renders
     them, the text rm trained on."""
-    if not cfg.reward_model:
+    if not cfg.rewards.model:
         return list(rewards), [None] * len(rewards)
     from tunesmith.models.reward import load_reward_model
 
-    model, tokenizer = load_reward_model(cfg.reward_model, device=cfg.device, dtype=cfg.dtype)
+    model, tokenizer = load_reward_model(cfg.rewards.model, device=cfg.device, dtype=cfg.dtype)
     model.config._name_or_path = "reward_model"  # TRL names its metric after this: rewards/reward_model/mean
     return [*rewards, model], [*[None] * len(rewards), tokenizer]
 
 
 # -----------------------------------------------------------------------------
-# Multi-turn environments: HOOK for tunesmith/train/episodes.py (--env path.py:ClassName)
+# Multi-turn environments: HOOK for tunesmith/train/episodes.py (--grpo.env path.py:ClassName)
 
 
 def environment(cfg: RLHFConfig, template: Template) -> tuple[Any, Any, list] | None:
-    """(train dataset, TRL rollout_func, extra reward functions) with --env, else None. The rollout function replaces
+    """(train dataset, TRL rollout_func, extra reward functions) with --grpo.env, else None. The rollout function replaces
     TRL's generation (GRPOTrainer(rollout_func=...)), so RenderedPrompts is bypassed and the environment renders
     its own prompts (train/episodes.py)."""
-    if getattr(cfg, "env", None) is None:
+    if cfg.grpo.env is None:
         return None
-    if cfg.variant == "rloo":
-        raise ConfigError("env: --variant rloo runs TRL's RLOOTrainer, which takes no rollout function; pick another variant")
     from tunesmith.train.episodes import rollout_func_for
 
     run = rollout_func_for(cfg, template)
@@ -179,9 +177,9 @@ def _add_rows(table: list, rows: list, template: Template, cfg: RLHFConfig, prob
     added = []
     for row in rows:
         ids = template.render_prompt(row.messages, tools=row.extra.get("tools"))
-        if len(ids) + cfg.max_completion_length > cfg.max_length:
+        if len(ids) + cfg.rollout.max_completion_length > cfg.max_length:
             problems.append(Problem(row.source, row.line, "prompt", f"{len(ids)} prompt tokens + max_completion_length "
-                                    f"{cfg.max_completion_length} > max_length {cfg.max_length}; raise max_length or "
+                                    f"{cfg.rollout.max_completion_length} > max_length {cfg.max_length}; raise max_length or "
                                     "shorten the prompt"))
             continue
         columns = {k: v for k, v in row.extra.items() if k not in RESERVED}
@@ -247,9 +245,9 @@ def rendered_trainer(variant: str) -> type:
 
 def resolve_knobs(cfg: RLHFConfig) -> dict[str, Any]:
     """The variant's preset, then every knob the user set."""
-    knobs = dict(VARIANTS[cfg.variant])
+    knobs = dict(VARIANTS[cfg.grpo.variant])
     for ours, trl_name in KNOBS.items():
-        value = getattr(cfg, ours)
+        value = getattr(cfg.grpo, ours)
         if value is not None:
             knobs[trl_name] = value
     return knobs
@@ -264,12 +262,12 @@ def grpo_args(cfg: RLHFConfig, run_dir: Path, device: str, dtype: Any, has_eval:
     del common["max_length"]  # GRPO bounds prompts (checked per row) and completions separately
     common["include_num_input_tokens_seen"] = "no"  # TRL counts prompt + completion tokens itself
     weights = None
-    if cfg.reward_weights is not None:  # unweighted rewards (the reward model, an environment's) get 1
-        weights = [*cfg.reward_weights, *[1.0] * (n_rewards - len(cfg.reward_weights))]
-    config_cls = RLOOConfig if cfg.variant == "rloo" else GRPOConfig
-    return config_cls(**common, **resolve_knobs(cfg), num_generations=cfg.num_generations,
-                      max_completion_length=cfg.max_completion_length, temperature=cfg.temperature, top_p=cfg.top_p,
-                      reward_weights=weights, use_vllm=cfg.use_vllm, vllm_mode="colocate")
+    if cfg.rewards.weights is not None:  # unweighted rewards (the reward model, an environment's) get 1
+        weights = [*cfg.rewards.weights, *[1.0] * (n_rewards - len(cfg.rewards.weights))]
+    config_cls = RLOOConfig if cfg.grpo.variant == "rloo" else GRPOConfig
+    return config_cls(**common, **resolve_knobs(cfg), num_generations=cfg.grpo.num_generations,
+                      max_completion_length=cfg.rollout.max_completion_length, temperature=cfg.rollout.temperature,
+                      top_p=cfg.rollout.top_p, reward_weights=weights, use_vllm=cfg.grpo.use_vllm, vllm_mode="colocate")
 
 
 def _stop_at_end_of_turn(model: Any, template: Template) -> None:

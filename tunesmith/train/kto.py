@@ -40,9 +40,9 @@ def kto(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> RunResult:
         model, device, dtype = load_trainable(cfg, data.base_folder)
         run.save_config(base_model_folder=str(data.base_folder), device=device, dtype=str(dtype),
                         train_rows=len(train_ds), skipped_rows=data.skipped)
-        args = KTOConfig(**common_args(cfg, run.dir, device, dtype, has_eval=eval_ds is not None), beta=cfg.beta,
-                         loss_type=cfg.loss_type[0], desirable_weight=cfg.desirable_weight,
-                         undesirable_weight=cfg.undesirable_weight)
+        args = KTOConfig(**common_args(cfg, run.dir, device, dtype, has_eval=eval_ds is not None), beta=cfg.kto.beta,
+                         loss_type=cfg.kto.loss_type, desirable_weight=cfg.kto.desirable_weight,
+                         undesirable_weight=cfg.kto.undesirable_weight)
         trainer = run_trainer(cfg, run.dir, model, data.tokenizer, train_ds, eval_ds, device, dtype, run.resume_from, callbacks,
                               trainer_cls=RenderedKTOTrainer, args=args)
         final = run.save_final(trainer, data.template)
@@ -81,10 +81,10 @@ def _check_balance(cfg: RLHFConfig, labels: list[bool]) -> None:
         log.warning("kto: all %d rows are %s; KTO learns best from both kinds", len(labels),
                     "desirable" if bad == 0 else "undesirable")
         return
-    ratio = cfg.desirable_weight * good / (cfg.undesirable_weight * bad)
+    ratio = cfg.kto.desirable_weight * good / (cfg.kto.undesirable_weight * bad)
     if not 1.0 <= ratio <= 4 / 3:
         log.warning("kto: %d desirable and %d undesirable rows give a weighted ratio of %.2f; the KTO paper keeps it "
-                    "in [1, 1.33]: try --desirable-weight %.2f", good, bad, ratio, cfg.undesirable_weight * bad / good)
+                    "in [1, 1.33]: try --kto.desirable-weight %.2f", good, bad, ratio, cfg.kto.undesirable_weight * bad / good)
 
 
 class RenderedKTOTrainer(KTOTrainer):

@@ -28,7 +28,7 @@ def orpo(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> RunResult:
 def orpo_args(cfg: RLHFConfig, run_dir: Any, device: str, dtype: Any, has_eval: bool) -> Any:
     # no token counting: TRL's pair batches have no input_ids (see the module docstring)
     return ORPOConfig(**common_args(cfg, run_dir, device, dtype, has_eval) | {"include_num_input_tokens_seen": "no"},
-                      beta=cfg.beta)
+                      beta=cfg.orpo.beta)
 
 
 class RenderedORPOTrainer(ORPOTrainer):

@@ -1,5 +1,5 @@
 """PPO: a policy with a value head learns from a scalar reward per answer.
-Run: tunesmith rlhf --method ppo --dataset prompts.jsonl --plugin rewards.py --reward-funcs my_reward
+Run: tunesmith rlhf --method ppo --dataset prompts.jsonl --rewards.plugin rewards.py --rewards.funcs my_reward
 
 TRL 1.16 no longer ships a PPOTrainer, so this file is the algorithm of its former one (Ouyang et al. 2022; "The N+
 Implementation Details of RLHF with PPO", Huang et al. 2024), small enough to read top to bottom:
@@ -36,20 +36,13 @@ from tunesmith.train.rewards import build_rewards
 from tunesmith.train.rewards.registry import ROW_KEY
 from tunesmith.train.setup import load_tokenizer_first, load_trainable
 
-KL_COEF = 0.05  # TRL's former PPOConfig.kl_coef
-
-
-def kl_coef(cfg: RLHFConfig) -> float:
-    return KL_COEF if cfg.kl_coef is None else cfg.kl_coef
-
-
 def ppo(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> RunResult:
     rewards = build_rewards(cfg)  # plugin errors first, before anything heavy
-    if not rewards and not cfg.reward_model:
-        raise ConfigError("ppo needs a reward: --reward-funcs NAME ... (built-ins or yours with --plugin file.py) "
-                          "and/or --reward-model FOLDER")
-    if cfg.reward_model and not (Path(cfg.reward_model).expanduser() / "config.json").is_file():
-        raise ConfigError(f"reward_model: {cfg.reward_model} is not a model folder (no config.json)")
+    if not rewards and not cfg.rewards.model:
+        raise ConfigError("ppo needs a reward: --rewards.funcs NAME ... (built-ins or yours with --rewards.plugin file.py) "
+                          "and/or --rewards.model FOLDER")
+    if cfg.rewards.model and not (Path(cfg.rewards.model).expanduser() / "config.json").is_file():
+        raise ConfigError(f"reward_model: {cfg.rewards.model} is not a model folder (no config.json)")
     if cfg.resume or cfg.val_dataset or cfg.val_split:
         raise ConfigError("ppo writes no checkpoints and runs no evaluation in this release; drop resume, "
                           "val_dataset and val_split")
@@ -69,13 +62,13 @@ def ppo(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> RunResult:
         score = scorer(cfg, rewards, device)
         steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * len(train_ds) / cfg.batch_size)
         run.save_config(base_model_folder=str(base_folder), device=device, dtype=str(dtype),
-                        train_prompts=len(train_ds), skipped_rows=skipped, kl_coef=kl_coef(cfg), rollouts=steps)
+                        train_prompts=len(train_ds), skipped_rows=skipped, kl_coef=cfg.ppo.kl_coef, rollouts=steps)
 
         from transformers import get_scheduler
 
         params = [p for p in model.parameters() if p.requires_grad] + list(value_head.parameters())
         optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-        updates = steps * cfg.ppo_epochs * cfg.num_mini_batches
+        updates = steps * cfg.ppo.epochs * cfg.ppo.num_mini_batches
         scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=int(cfg.warmup_ratio * updates),
                                   num_training_steps=updates)
         # The Trainer's callbacks write metrics.jsonl, the progress bar and loss.png; they read only these fields.
@@ -126,10 +119,10 @@ def scorer(cfg: RLHFConfig, rewards: list[Any], device: str) -> Callable:
     """score(prompts, texts, answer ids, state) -> the weighted sum of the rewards per answer (None counts 0, as in
     TRL), logging each under rewards/<name>/mean. A reward model scores the conversation its own template renders."""
     funcs: list[tuple[str, Callable]] = [(fn.name, fn) for fn in rewards]
-    if cfg.reward_model:
+    if cfg.rewards.model:
         from tunesmith.models.reward import load_reward_model, score as rm_score
 
-        rm, rm_tokenizer = load_reward_model(cfg.reward_model, device=device)
+        rm, rm_tokenizer = load_reward_model(cfg.rewards.model, device=device)
         rm_template = Template(rm_tokenizer)
 
         def reward_model(prompts, completions, completion_ids, **_):
@@ -138,7 +131,7 @@ def scorer(cfg: RLHFConfig, rewards: list[Any], device: str) -> Callable:
             return rm_score(rm, rm_tokenizer, sequences)
 
         funcs.append(("reward_model", reward_model))
-    weights = cfg.reward_weights or [1.0] * len(funcs)
+    weights = cfg.rewards.weights or [1.0] * len(funcs)
     logged: dict[str, float] = {}
 
     def score(prompts, texts, answer_ids, state):
@@ -196,8 +189,8 @@ def sample(model: Any, template: Any, prompts: list[list[int]], cfg: RLHFConfig,
     width = max(map(len, prompts))
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
     attn = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-    out = model.generate(input_ids=ids, attention_mask=attn, do_sample=True, temperature=cfg.temperature,
-                         top_k=0, top_p=cfg.top_p, max_new_tokens=cfg.max_completion_length,
+    out = model.generate(input_ids=ids, attention_mask=attn, do_sample=True, temperature=cfg.rollout.temperature,
+                         top_k=0, top_p=cfg.rollout.top_p, max_new_tokens=cfg.rollout.max_completion_length,
                          eos_token_id=template.stop_token_ids, pad_token_id=pad)
     answer = out[:, width:]
     is_stop = torch.isin(answer, torch.tensor(template.stop_token_ids, device=device))
@@ -231,17 +224,17 @@ def whiten(x, mask):
 def rollout(model, value_head, template, prompts, scores_of: Callable, cfg: RLHFConfig, device: str):
     """One batch of experience and the statistics to log."""
     input_ids, attention_mask, mask, width = sample(model, template, prompts, cfg, device)
-    logprobs, values = forward(model, value_head, input_ids, attention_mask, width, cfg.temperature)
+    logprobs, values = forward(model, value_head, input_ids, attention_mask, width, cfg.rollout.temperature)
     with model.disable_adapter():  # the reference policy: the base model
-        ref_logprobs, _ = forward(model, value_head, input_ids, attention_mask, width, cfg.temperature)
+        ref_logprobs, _ = forward(model, value_head, input_ids, attention_mask, width, cfg.rollout.temperature)
     answers = [row[m.bool()].tolist() for row, m in zip(input_ids[:, width:], mask)]
     texts = template.tokenizer.batch_decode(answers, skip_special_tokens=True)
     scores = torch.tensor(scores_of(texts, answers), dtype=torch.float32, device=device)
     kl = (logprobs - ref_logprobs) * mask
-    rewards = -kl_coef(cfg) * kl
+    rewards = -cfg.ppo.kl_coef * kl
     last = mask.sum(1) - 1
     rewards[torch.arange(len(prompts)), last] += scores
-    advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.gae_lambda)
+    advantages, returns = gae(rewards, values, mask, cfg.ppo.gamma, cfg.ppo.gae_lambda)
     batch = Batch(input_ids, attention_mask, mask, width, logprobs * mask, values * mask, advantages, returns)
     stats = {"reward": scores.mean().item(), "reward_std": scores.std().item() if len(scores) > 1 else 0.0,
              "kl": kl.sum(1).mean().item(), "completions/mean_length": mask.sum(1).float().mean().item()}
@@ -254,23 +247,23 @@ def rollout(model, value_head, template, prompts, scores_of: Callable, cfg: RLHF
 
 def ppo_update(model, value_head, optimizer, scheduler, batch: Batch, cfg: RLHFConfig) -> dict[str, float]:
     size = batch.input_ids.size(0)
-    per_mb = max(1, size // cfg.num_mini_batches)
+    per_mb = max(1, size // cfg.ppo.num_mini_batches)
     totals: dict[str, list[float]] = {}
     params = [p for p in model.parameters() if p.requires_grad] + list(value_head.parameters())
-    for _ in range(cfg.ppo_epochs):
+    for _ in range(cfg.ppo.epochs):
         order = torch.randperm(size)
         for start in range(0, size, per_mb):
             i = order[start: start + per_mb].to(batch.input_ids.device)
             m = batch.mask[i].float()
             logprobs, values = forward(model, value_head, batch.input_ids[i], batch.attention_mask[i],
-                                       batch.prompt_len, cfg.temperature)
+                                       batch.prompt_len, cfg.rollout.temperature)
             ratio = torch.exp(logprobs - batch.logprobs[i])
             adv = batch.advantages[i]
-            pg = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.cliprange, 1 + cfg.cliprange))
-            clipped_v = batch.values[i] + (values - batch.values[i]).clamp(-cfg.cliprange_value, cfg.cliprange_value)
+            pg = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.ppo.cliprange, 1 + cfg.ppo.cliprange))
+            clipped_v = batch.values[i] + (values - batch.values[i]).clamp(-cfg.ppo.cliprange_value, cfg.ppo.cliprange_value)
             vf = 0.5 * torch.max((values - batch.returns[i]) ** 2, (clipped_v - batch.returns[i]) ** 2)
             policy_loss, value_loss = masked_mean(pg, m), masked_mean(vf, m)
-            loss = policy_loss + cfg.vf_coef * value_loss
+            loss = policy_loss + cfg.ppo.vf_coef * value_loss
             optimizer.zero_grad()
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -280,7 +273,7 @@ def ppo_update(model, value_head, optimizer, scheduler, batch: Batch, cfg: RLHFC
                 log_ratio = logprobs - batch.logprobs[i]
                 for key, value in {"loss": loss, "policy_loss": policy_loss, "value_loss": value_loss,
                                    "grad_norm": grad_norm,
-                                   "clip_ratio": masked_mean(((ratio - 1).abs() > cfg.cliprange).float(), m),
+                                   "clip_ratio": masked_mean(((ratio - 1).abs() > cfg.ppo.cliprange).float(), m),
                                    "approx_kl": masked_mean(0.5 * log_ratio**2, m)}.items():
                     totals.setdefault(key, []).append(float(value))
     return {k: sum(v) / len(v) for k, v in totals.items()}

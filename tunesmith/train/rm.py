@@ -6,7 +6,7 @@ The model is the base (or the SFT run given with --adapters, merged in first) wi
 conversation rendered by our Template, the text TRL's GRPOTrainer later scores (see models/reward.py).
 
 final/ is a plain transformers folder, the adapter merged in, so later commands load it directly:
-AutoModelForSequenceClassification.from_pretrained("runs/NAME/final"), or GRPO's --reward-model runs/NAME/final.
+AutoModelForSequenceClassification.from_pretrained("runs/NAME/final"), or GRPO's --rewards.model runs/NAME/final.
 With qlora the merged weights are dequantized from 4-bit after the merge, so they differ from the trained ones by
 4-bit rounding.
 """

@@ -29,15 +29,15 @@ def load_trainable(cfg: Any, folder: Path) -> tuple[Any, str, Any]:
     """(model with adapters attached or full weights trainable, device, dtype)."""
     device = models.pick_device(cfg.device)
     dtype = models.pick_dtype(cfg.dtype, device)
-    if cfg.weights == "qlora" and device == "mps":
+    if cfg.tuner == "qlora" and device == "mps":
         raise HardwareError("method: qlora needs CUDA or CPU (bitsandbytes has no MPS kernels); use method: lora")
-    model = models.load_model(folder, dtype=dtype, device=device, quantize_4bit=cfg.weights == "qlora")
-    if cfg.weights == "full":
+    model = models.load_model(folder, dtype=dtype, device=device, quantize_4bit=cfg.tuner == "qlora")
+    if cfg.tuner == "full":
         return model, device, dtype
     import torch
     from peft import get_peft_model, prepare_model_for_kbit_training
 
-    if cfg.weights == "qlora" and dtype != torch.bfloat16:
+    if cfg.tuner == "qlora" and dtype != torch.bfloat16:
         # peft's preparation upcasts every weight that is not 4-bit (norms, embeddings, LM head) to fp32, which fp16
         # needs against overflow. bf16 skips it: the hidden states stay bf16 as with LoRA (half the activation memory,
         # no fp32 elementwise kernels), the matmuls ran in bf16 under autocast either way, and get_peft_model freezes
@@ -46,7 +46,7 @@ def load_trainable(cfg: Any, folder: Path) -> tuple[Any, str, Any]:
     if cfg.adapters:
         model = models.attach_adapters(model, cfg.adapters, trainable=True)
     else:
-        model = get_peft_model(model, models.lora_config(cfg.lora, cfg.weights))
+        model = get_peft_model(model, models.lora_config(cfg.lora, cfg.tuner))
     return model, device, dtype
 
 

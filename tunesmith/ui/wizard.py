@@ -78,7 +78,7 @@ def settings_for(hw, model: str, max_length: int) -> dict:
     method = "qlora" if hw.gpus and free < 24 else "lora"
     global_batch = 8 if hw.gpus else 4  # a CPU run stays short
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        result = plan(load(PlanConfig, ["--model", model, "--method", method, "--max-length", str(max_length),
+        result = plan(load(PlanConfig, ["--model", model, "--tuner", method, "--max-length", str(max_length),
                                         "--global-batch", str(global_batch)]))
     chosen = result["recommended"]["settings"]
     return {"method": chosen["method"], "batch_size": chosen["batch_size"], "grad_accum": chosen["grad_accum"],
@@ -110,7 +110,7 @@ def fine_tune(hw) -> None:
     if not settings["fits"] and not questionary.confirm("The plan says this will not fit. Start anyway?", default=False).ask():
         return
     output_dir = f"runs/wizard-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    args = ["--model", model, "--dataset", dataset, "--method", settings["method"], "--batch-size",
+    args = ["--model", model, "--dataset", dataset, "--tuner", settings["method"], "--batch-size",
             str(settings["batch_size"]), "--grad-accum", str(settings["grad_accum"]), "--max-length", str(max_length),
             "--output-dir", output_dir]
     if settings["gradient_checkpointing"]:

@@ -1,6 +1,6 @@
 """Reward functions for GRPO: plain `def f(completions: list[str], **columns) -> list[float]`, registered by name.
 
-    # my_rewards.py, loaded with: tunesmith rlhf --method grpo --plugin my_rewards.py --reward-funcs short
+    # my_rewards.py, loaded with: tunesmith rlhf --method grpo --rewards.plugin my_rewards.py --rewards.funcs short
     from tunesmith import register_reward
 
     @register_reward("short")

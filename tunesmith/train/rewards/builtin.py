@@ -1,8 +1,8 @@
 """The built-in rewards. Each `make_*` takes the run's config and returns a reward function.
 
-  format      1.0 when the whole answer (stripped) matches --format-pattern (re.fullmatch, DOTALL), or with
-              --format json when it parses as JSON; else 0.0.
-  length      in tokens. With --length-target T: -|n - T| / T, floored at -1 (0 at the target). Without it, DAPO's
+  format      1.0 when the whole answer (stripped) matches --rewards.format-pattern (re.fullmatch, DOTALL), or with
+              --rewards.format json when it parses as JSON; else 0.0.
+  length      in tokens. With --rewards.length-target T: -|n - T| / T, floored at -1 (0 at the target). Without it, DAPO's
               soft overlong punishment (arXiv 2503.14476, eq. 13, TRL's implementation): 0 up to 80% of
               max_completion_length, then linearly down to -1 at the limit, so only answers about to be cut lose.
   repetition  -(share of repeated token n-grams), in [-1, 0] (n = --repetition-ngram, 3 by default; TRL's
@@ -27,15 +27,15 @@ OVERLONG_SHARE = 0.2  # DAPO: L_cache = 4096 of L_max = 20480 tokens
 
 
 def make_format(cfg: Any) -> Callable:
-    if cfg.format == "json":
+    if cfg.rewards.format == "json":
         def format_json(completions: list[str], **_: Any) -> list[float]:
             return [1.0 if _is_json(c) else 0.0 for c in completions]
 
         return format_json
-    if cfg.format_pattern is None:
-        raise ConfigError("reward_funcs: the format reward needs --format-pattern REGEX (the whole answer must match) "
-                          "or --format json")
-    pattern = re.compile(cfg.format_pattern, re.DOTALL)
+    if cfg.rewards.format_pattern is None:
+        raise ConfigError("rewards.funcs: the format reward needs --rewards.format-pattern REGEX (the whole answer must match) "
+                          "or --rewards.format json")
+    pattern = re.compile(cfg.rewards.format_pattern, re.DOTALL)
 
     def format_regex(completions: list[str], **_: Any) -> list[float]:
         return [1.0 if pattern.fullmatch(c.strip()) else 0.0 for c in completions]
@@ -44,7 +44,7 @@ def make_format(cfg: Any) -> Callable:
 
 
 def make_length(cfg: Any) -> Callable:
-    target = cfg.length_target
+    target = cfg.rewards.length_target
     if target is not None:
         def length_target(completions: list[str], completion_ids: list[list[int]], **_: Any) -> list[float]:
             return [max(-1.0, -abs(len(ids) - target) / target) for ids in completion_ids]
@@ -52,7 +52,7 @@ def make_length(cfg: Any) -> Callable:
         return length_target
     from trl.rewards import get_soft_overlong_punishment
 
-    limit = cfg.max_completion_length
+    limit = cfg.rollout.max_completion_length
     punish = get_soft_overlong_punishment(limit, max(1, round(limit * OVERLONG_SHARE)))
 
     def length_overlong(completions: list[str], completion_ids: list[list[int]], **_: Any) -> list[float]:
@@ -64,7 +64,7 @@ def make_length(cfg: Any) -> Callable:
 def make_repetition(cfg: Any) -> Callable:
     from trl.rewards import get_repetition_penalty_reward
 
-    penalty = get_repetition_penalty_reward(ngram_size=cfg.repetition_ngram, max_penalty=-1.0)
+    penalty = get_repetition_penalty_reward(ngram_size=cfg.rewards.repetition_ngram, max_penalty=-1.0)
 
     def repetition(completions: list[str], completion_ids: list[list[int]], **_: Any) -> list[float]:
         return penalty(completion_ids)

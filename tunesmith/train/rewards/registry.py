@@ -93,12 +93,12 @@ def load_plugins(paths: list[str]) -> None:
 
 
 def build_rewards(cfg: Any) -> list["RewardFn"]:
-    """cfg.reward_funcs as callables for TRL, after loading cfg.plugin. Unknown names list the known ones."""
-    load_plugins(cfg.plugin)
+    """cfg.rewards.funcs as callables for TRL, after loading cfg.rewards.plugin. Unknown names list the known ones."""
+    load_plugins(cfg.rewards.plugin)
     out = []
-    for name in cfg.reward_funcs:
-        if cfg.reward_funcs.count(name) > 1:
-            raise ConfigError(f"reward_funcs: {name} is listed twice; give it a larger --reward-weights instead")
+    for name in cfg.rewards.funcs:
+        if cfg.rewards.funcs.count(name) > 1:
+            raise ConfigError(f"rewards.funcs: {name} is listed twice; give it a larger --rewards.weights instead")
         if name in _REGISTERED:
             out.append(RewardFn(name, _REGISTERED[name]))
         elif name in BUILTINS:
@@ -106,8 +106,8 @@ def build_rewards(cfg: Any) -> list["RewardFn"]:
         else:
             near = difflib.get_close_matches(name, known_rewards(), n=1)
             hint = f"; did you mean {near[0]}?" if near else ""
-            where = f"plugins loaded: {', '.join(cfg.plugin)}" if cfg.plugin else "no --plugin given"
-            raise ConfigError(f"reward_funcs: unknown reward {name!r}{hint} Known: {', '.join(known_rewards())} ({where})")
+            where = f"plugins loaded: {', '.join(cfg.rewards.plugin)}" if cfg.rewards.plugin else "no --rewards.plugin given"
+            raise ConfigError(f"rewards.funcs: unknown reward {name!r}{hint} Known: {', '.join(known_rewards())} ({where})")
     return out
 
 
