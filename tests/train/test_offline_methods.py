@@ -78,13 +78,25 @@ def test_kto_unpairs_a_pair_into_rendered_desirable_and_undesirable_rows(templat
         "f.jsonl:3: completion: 75 tokens > max_length 50; raise max_length or shorten the row"]
 
 
+def test_one_length_check_and_one_message_for_every_method():
+    """sft rows, pairs, kto rows, scored pairs, rl prompts and data check all report an over-long row the same way."""
+    from tunesmith.data.rows import Conversation, Preference
+    from tunesmith.train.tokenize import length_problem
+
+    row = Conversation([], "d.jsonl", 7)
+    assert length_problem(row, "messages", 10, 10) is None
+    assert str(length_problem(row, "messages", 11, 10)) == (
+        "d.jsonl:7: messages: 11 tokens > max_length 10; raise max_length or shorten the row")
+    assert str(length_problem(Preference([], "", "", "p.jsonl", 2), "prompt", 8, 16, reserved=9)) == (
+        "p.jsonl:2: prompt: 8 tokens + max_completion_length 9 > max_length 16; raise max_length or shorten the row")
+
+
 def test_cpo_and_orpo_rows_score_only_the_answers(template):
     from tunesmith.data.rows import Preference
     from tunesmith.templates import IGNORE
-    from tunesmith.train.dpo import tokenize_pairs
-    from tunesmith.train.preference import trl_pair_row
+    from tunesmith.train.preference import render_pairs, trl_pair_row
 
-    pair = tokenize_pairs([Preference([{"role": "user", "content": "q"}], "yes", "no")], template, 100, [])[0]
+    pair = render_pairs([Preference([{"role": "user", "content": "q"}], "yes", "no")], template, 100, [])[0]
     row = trl_pair_row(pair)
     n = len(pair["prompt_ids"])
     assert row["prompt_input_ids"] == pair["prompt_ids"]

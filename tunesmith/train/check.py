@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, field
+from typing import Any
 
 from tunesmith.config import DataCheckConfig
 from tunesmith.data.load import describe_problems, load_rows
 from tunesmith.data.rows import Conversation, Preference, Problem, UnpairedPreference
 from tunesmith.errors import DataError
+from tunesmith.train.tokenize import length_problem
 
 
 @dataclass
@@ -50,9 +52,15 @@ def _token_stats(cfg: DataCheckConfig, rows: list, report: CheckReport) -> None:
         else:
             ids = template.tokenizer(row.text, add_special_tokens=False)["input_ids"]
         report.token_lengths.append(len(ids))
-        if cfg.max_length and len(ids) > cfg.max_length:
-            report.problems.append(Problem(row.source, row.line, "messages" if isinstance(row, Conversation) else "text",
-                                           f"{len(ids)} tokens > max_length {cfg.max_length}"))
+        too_long = cfg.max_length and length_problem(row, field_of(row), len(ids), cfg.max_length)
+        if too_long:
+            report.problems.append(too_long)
+
+
+def field_of(row: Any) -> str:
+    if isinstance(row, Conversation):
+        return "messages"
+    return "chosen/rejected" if isinstance(row, Preference) else "completion" if isinstance(row, UnpairedPreference) else "text"
 
 
 def _print(cfg: DataCheckConfig, report: CheckReport) -> None:

@@ -4,7 +4,7 @@ Run: tunesmith rlhf --method cpo --dataset pairs.jsonl      (CPO: sigmoid loss, 
      tunesmith rlhf --method simpo --dataset pairs.jsonl    (SimPO: length-normalised rewards, margin simpo_gamma)
 
 SimPO is CPO with loss_type "simpo" and cpo_alpha 0, as TRL documents; its defaults are the SimPO paper's beta 2.0
-and gamma = 0.5 x beta (config/rlhf.py). Pairs are rendered by our Template, as in DPO.
+and gamma = 0.5 x beta (config/rlhf.py). Pairs are rendered by our Template (train/preference.py), as in DPO.
 
 Not reported: tokens/s. TRL's pair batches carry chosen_input_ids/rejected_input_ids but no input_ids, which is what
 the Trainer counts, so token counting is off rather than warning at every step.
@@ -17,23 +17,27 @@ from typing import Any
 from trl.experimental.cpo import CPOConfig, CPOTrainer
 
 from tunesmith.config.rlhf import RLHFConfig
-from tunesmith.train.run import RunResult
-from tunesmith.train.dpo import tokenize_pairs
-from tunesmith.train.preference import train_pairs, trl_pair_row
-from tunesmith.train.setup import common_args
+from tunesmith.train.preference import load_preference_data, render_pairs, trl_pair_row
+from tunesmith.train.run import RunResult, open_run
+from tunesmith.train.setup import common_args, load_trainable, run_trainer
 
 
 def cpo(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> RunResult:
-    return train_pairs(cfg, callbacks, tokenize_pairs, RenderedCPOTrainer, cpo_args)
+    with open_run(cfg) as run:
+        data = load_preference_data(cfg, "preference", render_pairs)  # bad pairs stop the run here
+        model, device, dtype = load_trainable(cfg, data.base_folder)
+        run.save_config(base_model_folder=str(data.base_folder), device=device, dtype=str(dtype),
+                        train_pairs=len(data.train), skipped_rows=data.skipped)
+        common = common_args(cfg, run.dir, device, dtype, has_eval=data.eval is not None)
+        common["include_num_input_tokens_seen"] = "no"  # TRL's pair batches have no input_ids (module docstring)
+        args = CPOConfig(**common, **trl_knobs(cfg))
+        trainer = run_trainer(cfg, run.dir, model, data.tokenizer, data.train, data.eval, device, dtype,
+                              run.resume_from, callbacks, trainer_cls=RenderedCPOTrainer, args=args)
+        final = run.save_final(trainer, data.template)
+        return run.result(trainer, final, data.skipped)
 
 
-def cpo_args(cfg: RLHFConfig, run_dir: Any, device: str, dtype: Any, has_eval: bool) -> Any:
-    # no token counting: TRL's pair batches have no input_ids (see the module docstring)
-    return CPOConfig(**common_args(cfg, run_dir, device, dtype, has_eval) | {"include_num_input_tokens_seen": "no"},
-                     **_cpo_knobs(cfg))
-
-
-def _cpo_knobs(cfg: RLHFConfig) -> dict[str, Any]:
+def trl_knobs(cfg: RLHFConfig) -> dict[str, Any]:
     """TRL's CPOConfig values from our cpo or simpo section."""
     if cfg.method == "simpo":
         return dict(beta=cfg.simpo.beta, loss_type="simpo", cpo_alpha=cfg.simpo.alpha, simpo_gamma=cfg.simpo.gamma)

@@ -313,7 +313,7 @@ def rollout_func_for(cfg: Any, template: Any) -> EnvRun:
     import datasets
 
     from tunesmith.data.load import describe_problems
-    from tunesmith.data.rows import Problem
+    from tunesmith.train.tokenize import length_problem
 
     cls = load_env(cfg.grpo.env)
     rows = read_rows(cfg.dataset, cfg.seed)
@@ -321,10 +321,9 @@ def rollout_func_for(cfg: Any, template: Any) -> EnvRun:
     problems = []  # as grpo checks its prompts: what the memory plan assumed must hold
     for row, obs in zip(rows, first):
         n = len(template.render_prompt([{"role": "user", "content": obs}]))
-        if n + cfg.rollout.max_completion_length > cfg.max_length:
-            problems.append(Problem(row.source, row.line, "reset()", f"first observation of {n} tokens + "
-                                    f"max_completion_length {cfg.rollout.max_completion_length} > max_length {cfg.max_length}; "
-                                    "raise max_length"))
+        too_long = length_problem(row, "reset()", n, cfg.max_length, cfg.rollout.max_completion_length)
+        if too_long:
+            problems.append(too_long)
     if problems:
         raise DataError(describe_problems(problems))
     observation_ids(template, [{"role": "user", "content": first[0]}], "probe", "probe")  # the template can cut turns

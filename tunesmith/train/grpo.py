@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunesmith.config.rlhf import RLHFConfig
-from tunesmith.data.load import load_rows
-from tunesmith.data.rows import Problem
-from tunesmith.errors import ConfigError, DataError
+from tunesmith.errors import ConfigError
 from tunesmith.templates import Template
+from tunesmith.train.online import dry_run, prompt_datasets, require_reward
 from tunesmith.train.rewards import build_rewards
 from tunesmith.train.rewards.registry import ROW_KEY, RewardFn
 
@@ -54,8 +53,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
 KNOBS = {"loss_type": "loss_type", "scale_rewards": "scale_rewards", "kl_coef": "beta", "epsilon": "epsilon",
          "epsilon_high": "epsilon_high", "importance_sampling_level": "importance_sampling_level",
          "mask_truncated_completions": "mask_truncated_completions"}
-# Dataset columns that would collide with the arguments TRL passes reward functions under these names
-RESERVED = {"prompts", "completions", "completion_ids", "trainer_state", "log_extra", "log_metric", "environments"}
 
 
 def grpo(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> RunResult:
@@ -101,11 +98,7 @@ def grpo(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> RunResult:
 
 
 def _check_setup(cfg: RLHFConfig, rewards: list[RewardFn]) -> None:
-    if not rewards and not cfg.rewards.model and not cfg.grpo.env:
-        raise ConfigError("grpo needs a reward: --rewards.funcs NAME ... (built-ins: format, length, repetition, "
-                          "accuracy; or yours with --rewards.plugin file.py) and/or --rewards.model FOLDER")
-    if cfg.rewards.model and not (Path(cfg.rewards.model).expanduser() / "config.json").is_file():
-        raise ConfigError(f"rewards.model: {cfg.rewards.model} is not a model folder (no config.json)")
+    require_reward(cfg, rewards, "grpo")
     if cfg.grpo.use_vllm and importlib.util.find_spec("vllm") is None:
         raise ConfigError("grpo.use_vllm: the vllm package is not installed (pip install vllm); drop --grpo.use-vllm to "
                           "generate with transformers")
@@ -145,76 +138,7 @@ def environment(cfg: RLHFConfig, template: Template) -> tuple[Any, Any, list] | 
 
 
 # -----------------------------------------------------------------------------
-# Prompts: rendered by our Template, carried to TRL by row index
-
-
-def prompt_datasets(cfg: RLHFConfig, template: Template) -> tuple[list, Any, Any, int]:
-    """The prompt table [(conversation, columns, prompt ids)] and the train/eval datasets TRL reads.
-
-    TRL needs a dataset whose `prompt` column it can hand back to us; ours holds each conversation as role/content
-    messages with the row's index in the last one (ROW_KEY). The exact messages, tools and columns stay in the table,
-    in Python: an Arrow table would add None for every key some other row has."""
-    data = load_rows(cfg.dataset, kind="prompts", seed=cfg.seed)
-    val = load_rows(cfg.val_dataset, kind="prompts", seed=cfg.seed) if cfg.val_dataset else None
-    table: list = []
-    train_idx = _add_rows(table, data.rows, template, cfg, data.problems)
-    skipped = data.raise_if_bad(cfg.skip_bad_rows)
-    val_idx = []
-    if val is not None:
-        val_idx = _add_rows(table, val.rows, template, cfg, val.problems)
-        skipped += val.raise_if_bad(cfg.skip_bad_rows)
-    if not train_idx:
-        raise DataError(f"{', '.join(cfg.dataset)}: no prompts left to train on")
-    train_ds = _dataset(table, train_idx)
-    eval_ds = _dataset(table, val_idx) if val_idx else None
-    if eval_ds is None and cfg.val_split > 0:
-        split = train_ds.train_test_split(test_size=cfg.val_split, seed=cfg.seed)
-        train_ds, eval_ds = split["train"], split["test"]
-    return table, train_ds, eval_ds, skipped
-
-
-def _add_rows(table: list, rows: list, template: Template, cfg: RLHFConfig, problems: list[Problem]) -> list[int]:
-    added = []
-    for row in rows:
-        ids = template.render_prompt(row.messages, tools=row.extra.get("tools"))
-        if len(ids) + cfg.rollout.max_completion_length > cfg.max_length:
-            problems.append(Problem(row.source, row.line, "prompt", f"{len(ids)} prompt tokens + max_completion_length "
-                                    f"{cfg.rollout.max_completion_length} > max_length {cfg.max_length}; raise max_length or "
-                                    "shorten the prompt"))
-            continue
-        columns = {k: v for k, v in row.extra.items() if k not in RESERVED}
-        added.append(len(table))
-        table.append((row.messages, columns, ids))
-    return added
-
-
-def _dataset(table: list, indices: list[int]) -> Any:
-    import datasets
-
-    prompts = []
-    for i in indices:
-        messages = [{"role": m["role"], "content": m.get("content") or ""} for m in table[i][0]]
-        messages[-1][ROW_KEY] = i
-        prompts.append(messages)
-    return datasets.Dataset.from_dict({"prompt": prompts})
-
-
-def dry_run(rewards: list[RewardFn], train_ds: Any, tokenizer: Any) -> None:
-    """Call every reward as TRL will (two rows x two answers, one of them empty) before any weights load, so a
-    plugin that crashes, needs a missing column or returns the wrong shape fails now, naming its file and line."""
-    from transformers import TrainerState
-
-    prompts = [p for p in train_ds[:2]["prompt"] for _ in range(2)]
-    completions = ["", "The answer is 42."] * (len(prompts) // 2)
-    ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in completions]
-    for fn in rewards:
-        try:
-            fn(prompts=prompts, completions=completions, completion_ids=ids, trainer_state=TrainerState(),
-               log_extra=lambda *a: None, log_metric=lambda *a: None)
-        except ConfigError:
-            raise
-        except Exception as err:  # a TunesmithError from the wrapper, already naming file and line
-            raise ConfigError(f"{err} (checking the reward on the first rows with the answers {completions[:2]!r})") from None
+# Prompts: rendered by our Template (train/online.py), carried to TRL by row index
 
 
 def rendered_trainer(variant: str) -> type:

@@ -23,8 +23,8 @@ from tunesmith.config.rlhf import RLHFConfig
 from tunesmith.data.rows import Preference, Problem, UnpairedPreference
 from tunesmith.templates import Template
 from tunesmith.train.run import RunResult, open_run
-from tunesmith.train.dpo import _answer_ids
-from tunesmith.train.preference import load_preference_data
+from tunesmith.train.preference import answer_ids, load_preference_data
+from tunesmith.train.tokenize import length_problem
 from tunesmith.train.setup import common_args, load_trainable, run_trainer
 
 log = logging.getLogger("tunesmith")
@@ -60,11 +60,11 @@ def tokenize_unpaired(rows: list[UnpairedPreference | Preference], template: Tem
                    else [(row.completion, row.label)])
         prompt = template.render_prompt(row.prompt)
         for text, label in answers:
-            completion = _answer_ids(template, row.prompt, text, len(prompt))
-            if len(prompt) + len(completion) > max_length:
-                problems.append(Problem(row.source, row.line, "completion" if len(answers) == 1 else "chosen/rejected",
-                                        f"{len(prompt) + len(completion)} tokens > max_length {max_length}; raise "
-                                        "max_length or shorten the row"))
+            completion = answer_ids(template, row.prompt, text, len(prompt))
+            field = "completion" if len(answers) == 1 else "chosen/rejected"
+            too_long = length_problem(row, field, len(prompt) + len(completion), max_length)
+            if too_long:
+                problems.append(too_long)
                 break
             table["prompt_ids"].append(prompt)
             table["completion_ids"].append(completion)

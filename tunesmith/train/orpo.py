@@ -15,20 +15,24 @@ from typing import Any
 from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
 from tunesmith.config.rlhf import RLHFConfig
-from tunesmith.train.run import RunResult
-from tunesmith.train.dpo import tokenize_pairs
-from tunesmith.train.preference import train_pairs, trl_pair_row
-from tunesmith.train.setup import common_args
+from tunesmith.train.preference import load_preference_data, render_pairs, trl_pair_row
+from tunesmith.train.run import RunResult, open_run
+from tunesmith.train.setup import common_args, load_trainable, run_trainer
 
 
 def orpo(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> RunResult:
-    return train_pairs(cfg, callbacks, tokenize_pairs, RenderedORPOTrainer, orpo_args)
-
-
-def orpo_args(cfg: RLHFConfig, run_dir: Any, device: str, dtype: Any, has_eval: bool) -> Any:
-    # no token counting: TRL's pair batches have no input_ids (see the module docstring)
-    return ORPOConfig(**common_args(cfg, run_dir, device, dtype, has_eval) | {"include_num_input_tokens_seen": "no"},
-                      beta=cfg.orpo.beta)
+    with open_run(cfg) as run:
+        data = load_preference_data(cfg, "preference", render_pairs)  # bad pairs stop the run here
+        model, device, dtype = load_trainable(cfg, data.base_folder)
+        run.save_config(base_model_folder=str(data.base_folder), device=device, dtype=str(dtype),
+                        train_pairs=len(data.train), skipped_rows=data.skipped)
+        common = common_args(cfg, run.dir, device, dtype, has_eval=data.eval is not None)
+        common["include_num_input_tokens_seen"] = "no"  # TRL's pair batches have no input_ids (see cpo.py)
+        args = ORPOConfig(**common, beta=cfg.orpo.beta)
+        trainer = run_trainer(cfg, run.dir, model, data.tokenizer, data.train, data.eval, device, dtype,
+                              run.resume_from, callbacks, trainer_cls=RenderedORPOTrainer, args=args)
+        final = run.save_final(trainer, data.template)
+        return run.result(trainer, final, data.skipped)
 
 
 class RenderedORPOTrainer(ORPOTrainer):

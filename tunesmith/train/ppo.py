@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable
 
@@ -31,18 +30,14 @@ from tunesmith.errors import ConfigError
 from tunesmith.templates import Template
 from tunesmith.train.run import RunResult, open_run
 from tunesmith.train.callbacks import LossPlot, MetricsLog, ProgressBar
-from tunesmith.train.grpo import dry_run, prompt_datasets
+from tunesmith.train.online import dry_run, prompt_datasets, require_reward
 from tunesmith.train.rewards import build_rewards
 from tunesmith.train.rewards.registry import ROW_KEY
 from tunesmith.train.setup import load_tokenizer_first, load_trainable
 
 def ppo(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> RunResult:
     rewards = build_rewards(cfg)  # plugin errors first, before anything heavy
-    if not rewards and not cfg.rewards.model:
-        raise ConfigError("ppo needs a reward: --rewards.funcs NAME ... (built-ins or yours with --rewards.plugin file.py) "
-                          "and/or --rewards.model FOLDER")
-    if cfg.rewards.model and not (Path(cfg.rewards.model).expanduser() / "config.json").is_file():
-        raise ConfigError(f"reward_model: {cfg.rewards.model} is not a model folder (no config.json)")
+    require_reward(cfg, rewards, "ppo")
     if cfg.resume or cfg.val_dataset or cfg.val_split:
         raise ConfigError("ppo writes no checkpoints and runs no evaluation in this release; drop resume, "
                           "val_dataset and val_split")

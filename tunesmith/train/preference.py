@@ -1,7 +1,9 @@
 """What the offline preference methods (dpo, kto, orpo, cpo/simpo, rm) share: the data stage, from dataset specs to
-rendered token ids, with every bad row reported before any weights load; the run of the pair methods (dpo, cpo/simpo,
-orpo), which differ only in TRL's trainer and its arguments; and the row layout of TRL's older pair trainers
-(CPOTrainer, ORPOTrainer). Pairs are rendered by dpo.tokenize_pairs, so every method sees the same ids."""
+rendered token ids, with every bad row reported before any weights load; the pair rendering (render_pairs, answer_ids),
+so every method sees the same ids; and the row layout of TRL's older pair trainers (CPOTrainer, ORPOTrainer).
+
+    data = load_preference_data(cfg, "preference", render_pairs)   # tokenizer, template, train/eval ids, skipped
+"""
 
 from __future__ import annotations
 
@@ -11,10 +13,11 @@ from typing import Any, Callable
 
 from tunesmith.config.rlhf import RLHFConfig
 from tunesmith.data.load import load_rows
+from tunesmith.data.rows import Preference, Problem
 from tunesmith.errors import DataError
 from tunesmith.templates import IGNORE, Template
-from tunesmith.train.run import RunResult, open_run
-from tunesmith.train.setup import load_tokenizer_first, load_trainable, run_trainer
+from tunesmith.train.setup import load_tokenizer_first
+from tunesmith.train.tokenize import length_problem
 
 
 @dataclass
@@ -48,20 +51,29 @@ def load_preference_data(cfg: RLHFConfig, kind: str, tokenize: Callable[..., Any
     return PreferenceData(tokenizer, base_folder, template, train, evals, skipped)
 
 
-def train_pairs(cfg: RLHFConfig, callbacks: list[Any] | None, tokenize: Callable[..., Any], trainer_cls: Any,
-                make_args: Callable[..., Any]) -> RunResult:
-    """One pair method's run: pairs rendered by `tokenize`, weights, config.yaml, `trainer_cls` with
-    `make_args(cfg, run.dir, device, dtype, has_eval)`, final/."""
-    with open_run(cfg) as run:
-        data = load_preference_data(cfg, "preference", tokenize)
-        model, device, dtype = load_trainable(cfg, data.base_folder)
-        run.save_config(base_model_folder=str(data.base_folder), device=device, dtype=str(dtype),
-                        train_pairs=len(data.train), skipped_rows=data.skipped)
-        args = make_args(cfg, run.dir, device, dtype, has_eval=data.eval is not None)
-        trainer = run_trainer(cfg, run.dir, model, data.tokenizer, data.train, data.eval, device, dtype, run.resume_from,
-                              callbacks, trainer_cls=trainer_cls, args=args)
-        final = run.save_final(trainer, data.template)
-        return run.result(trainer, final, data.skipped)
+def render_pairs(rows: list[Preference], template: Template, max_length: int, problems: list[Problem]) -> Any:
+    """prompt_ids / chosen_ids / rejected_ids, each answer ending with the end-of-turn token (what TRL's collators
+    take). Pairs longer than max_length are problems, like SFT rows."""
+    import datasets
+
+    table: dict[str, list] = {"prompt_ids": [], "chosen_ids": [], "rejected_ids": []}
+    for row in rows:
+        prompt = template.render_prompt(row.prompt)
+        answers = [answer_ids(template, row.prompt, text, len(prompt)) for text in (row.chosen, row.rejected)]
+        too_long = length_problem(row, "chosen/rejected", len(prompt) + max(len(a) for a in answers), max_length)
+        if too_long:
+            problems.append(too_long)
+            continue
+        table["prompt_ids"].append(prompt)
+        table["chosen_ids"].append(answers[0])
+        table["rejected_ids"].append(answers[1])
+    return datasets.Dataset.from_dict(table)
+
+
+def answer_ids(template: Template, prompt: list[dict], answer: str, prompt_len: int) -> list[int]:
+    """The ids of `answer` after `prompt`, through its end-of-turn token, as the conversation renders them."""
+    ids, labels = template.render(prompt + [{"role": "assistant", "content": answer}], loss_on="last")
+    return [i for i, label in zip(ids[prompt_len:], labels[prompt_len:]) if label != IGNORE]
 
 
 def trl_pair_row(feature: dict[str, list[int]]) -> dict[str, list[int]]:

@@ -24,6 +24,7 @@ from tunesmith.templates import Template
 from tunesmith.train.run import RunResult, open_run
 from tunesmith.train.preference import load_preference_data
 from tunesmith.train.setup import common_args, run_trainer
+from tunesmith.train.tokenize import length_problem
 
 
 def rm(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> RunResult:
@@ -50,9 +51,9 @@ def tokenize_scored_pairs(rows: list[Preference], template: Template, max_length
     for row in rows:
         sides = [template.render(row.prompt + [{"role": "assistant", "content": a}], loss_on="last")[0]
                  for a in (row.chosen, row.rejected)]
-        if max(map(len, sides)) > max_length:
-            problems.append(Problem(row.source, row.line, "chosen/rejected", f"{max(map(len, sides))} tokens > "
-                                    f"max_length {max_length}; raise max_length or shorten the row"))
+        too_long = length_problem(row, "chosen/rejected", max(map(len, sides)), max_length)
+        if too_long:
+            problems.append(too_long)
             continue
         table["chosen_ids"].append(sides[0])
         table["rejected_ids"].append(sides[1])

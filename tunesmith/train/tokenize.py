@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import tempfile
-from pathlib import Path
 from typing import Any
 
 from tunesmith.data.rows import Conversation, Problem, Text
@@ -34,10 +33,9 @@ def tokenize_sft(rows: list[Conversation], template: Template, loss_on: str, max
     table = _cached(key, build)
     problems, keep = [], []
     for n, row in enumerate(rows):
-        length = len(table["input_ids"][n])
-        if length > max_length:
-            problems.append(Problem(row.source, row.line, "messages",
-                                    f"{length} tokens > max_length {max_length}; raise max_length or shorten the row"))
+        too_long = length_problem(row, "messages", len(table["input_ids"][n]), max_length)
+        if too_long:
+            problems.append(too_long)
         elif all(label == -100 for label in table["labels"][n]):
             problems.append(Problem(row.source, row.line, "messages", "no trained tokens (every turn has loss: false)"))
         else:
@@ -46,6 +44,16 @@ def tokenize_sft(rows: list[Conversation], template: Template, loss_on: str, max
 
     ds = datasets.Dataset.from_dict({k: [table[k][n] for n in keep] for k in ("input_ids", "labels")})
     return ds, problems
+
+
+def length_problem(row: Any, field: str, tokens: int, max_length: int, reserved: int = 0) -> Problem | None:
+    """The one length check of a rendered row, for every method: its `tokens`, plus `reserved` tokens kept for what
+    the model will generate (grpo, ppo), must fit in max_length. None when they do."""
+    if tokens + reserved <= max_length:
+        return None
+    room = f" + max_completion_length {reserved}" if reserved else ""
+    return Problem(row.source, row.line, field,
+                   f"{tokens} tokens{room} > max_length {max_length}; raise max_length or shorten the row")
 
 
 def tokenize_pt(rows: list[Text], template: Template, max_length: int) -> Any:
