@@ -13,7 +13,7 @@ Data, the same for every configuration: --samples samples, lengths lognormal (me
 to [16, max_length], random ids of the real vocabulary; the first 20-40 % of each sample is a prompt without loss.
 
 Configurations, each in its own process (memory peaks and compile caches do not leak between them):
-  tunesmith    what `tunesmith sft` does with no speed flags: plan.speed.resolve_speed, api.check_memory, then
+  tunesmith    what `tunesmith sft` does with no speed flags: train/preflight.py's preflight, then
                train/setup.py's load_trainable + train/speed.py's prepare_model + run_trainer, as train/sft.py runs
                them (only the weights come from the shape instead of from disk, and the rows are already token ids)
   trl-default  TRL's SFTTrainer with its defaults: padding, sdpa, gradient checkpointing, fused AdamW
@@ -359,21 +359,19 @@ def environment(device: str) -> dict:
 
 
 def run_tunesmith(args, work, config, data, tokenizer, probe, out_dir, overrides, result):
-    """tunesmith.sft without the data loading: the same calls in the same order (api.sft, then train/sft.py)."""
+    """tunesmith.sft without the data loading: the same calls in the same order as train/sft.py."""
     import tunesmith.models.load as models
-    from tunesmith import api
     from tunesmith.config import SFTConfig
-    from tunesmith.plan.speed import resolve_speed
     from tunesmith.train import run as runs
+    from tunesmith.train.preflight import preflight
     from tunesmith.train.setup import load_trainable, run_trainer
     from tunesmith.train.speed import prepare_model
 
     shape = work["shape"] if work["shape"] != "tiny" else "qwen2.5-0.5b-instruct"  # tiny: any shape for the plan
-    cfg = SFTConfig(model=shape, dataset=["synthetic"], method=work["method"], max_length=work["max_length"],
+    cfg = SFTConfig(model=shape, dataset=["synthetic"], tuner=work["method"], max_length=work["max_length"],
                     batch_size=work["batch_size"], max_steps=args.warmup + args.steps, output_dir=out_dir,
                     report_to=["none"], **overrides)
-    resolve_speed(cfg)      # api.sft: packing and checkpointing left unset, from this machine and the memory plan
-    api.check_memory(cfg)
+    preflight(cfg, shape, rows=1)  # packing and checkpointing left unset: from this machine and the memory plan
     # load_trainable loads weights with models.load_model: here they come from the shape instead of a folder
     models.load_model = lambda folder, dtype, device, quantize_4bit=False: build_model(work, config, "sdpa", args)
     model, device, dtype = load_trainable(cfg, Path(out_dir))

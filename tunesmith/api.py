@@ -18,70 +18,22 @@ from tunesmith.config import DataCheckConfig, DeployConfig, DownloadConfig, Expo
 
 def sft(cfg: SFTConfig, callbacks: list[Any] | None = None):
     """Supervised fine-tuning. Returns a RunResult (run_dir, final_dir, losses)."""
-    from tunesmith.plan.speed import resolve_speed
     from tunesmith.train.sft import sft as run
 
-    resolve_speed(cfg)  # packing and gradient checkpointing left unset: chosen for this machine and the memory plan
-    check_memory(cfg)
     return run(cfg, callbacks=callbacks)
 
 
 def pt(cfg: PTConfig, callbacks: list[Any] | None = None):
     """Continued pretraining on raw text."""
-    from tunesmith.plan.speed import resolve_speed
     from tunesmith.train.pt import pt as run
 
-    resolve_speed(cfg)
-    check_memory(cfg)
     return run(cfg, callbacks=callbacks)
-
-
-def check_memory(cfg: Any) -> None:
-    """Before a training run: the plan's estimate for exactly these settings against this machine's memory. Warns
-    when it will not fit; refuses with --strict-memory. Never blocks a run the estimator cannot judge."""
-    import logging
-
-    from tunesmith.errors import HardwareError
-    from tunesmith.plan.estimate import GIB, estimate_training
-    from tunesmith.plan.hardware import probe
-    from tunesmith.plan.model_shape import load_shape
-    from tunesmith.plan.speed import partial_checkpointing_bytes, training_setup
-
-    log = logging.getLogger("tunesmith")
-    hw = probe()
-    device = "cuda" if hw.gpus else "mps" if hw.mps else "cpu"
-    try:
-        from tunesmith.models.load import pick_dtype
-        from tunesmith.train.speed import liger_applies, varlen_runs
-
-        shape = load_shape(cfg.model)
-        # packed batches on CUDA run the varlen flash kernel (no mask); elsewhere sdpa with a block mask
-        varlen = device == "cuda" and varlen_runs(device, pick_dtype(cfg.dtype, device))
-        setup = training_setup(cfg, device, bool(hw.gpus) and all(g.bf16 for g in hw.gpus), varlen,
-                               liger_applies(getattr(cfg, "kernels", "none"), device, shape.model_type))
-        every = getattr(cfg, "checkpoint_every", None) or 1
-        needed = (partial_checkpointing_bytes(shape, setup, every) if setup.checkpointing and every > 1
-                  else estimate_training(shape, setup).total) / GIB
-    except Exception as err:  # noqa: BLE001 - an unknown architecture must not stop training
-        log.info("memory plan skipped (%s)", err)
-        return
-    have = hw.memory_gib()
-    if needed <= have:
-        log.info("memory plan: about %.1f of %.1f GiB at the peak", needed, have)
-        return
-    advice = (f"memory plan: this run needs about {needed:.1f} GiB at the peak but {have:.1f} GiB is available. "
-              f"See `tunesmith plan --model {cfg.model} --tuner {cfg.tuner} --max-length {cfg.max_length}` for "
-              "settings that fit (smaller --batch-size with more --grad-accum, --gradient-checkpointing, qlora).")
-    if cfg.strict_memory:
-        raise HardwareError(advice + " Refusing to start (--strict-memory).")
-    log.warning("%s Starting anyway; pass --strict-memory to refuse.", advice)
 
 
 def rlhf(cfg: RLHFConfig, callbacks: list[Any] | None = None):
     """Preference alignment and RL (--method dpo, kto, orpo, simpo, cpo, rm, ppo, grpo) on a base model or an SFT run."""
     from tunesmith.train.rlhf import rlhf as run
 
-    check_memory(cfg)
     return run(cfg, callbacks=callbacks)
 
 

@@ -31,6 +31,18 @@ def read_metrics(run_dir):
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
+def assert_preflight_recorded(run_dir):
+    """Every training command goes through train/preflight.py: the memory plan ran, and config.yaml records it, the
+    speed choices and the parameter counts."""
+    import yaml
+
+    resolved = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())["_resolved"]
+    assert resolved["memory_plan"]["needed_gib"] > 0 and resolved["memory_plan"]["available_gib"] > 0
+    assert {"packing", "gradient_checkpointing", "checkpoint_every"} <= set(resolved["choices"])
+    assert resolved["trainable_params"] > 0 and resolved["frozen_params"] >= 0
+    assert resolved["device"] == "cpu" and resolved["dtype"] == "torch.float32"
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")

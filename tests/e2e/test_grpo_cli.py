@@ -7,7 +7,7 @@ import textwrap
 import pytest
 import yaml
 
-from conftest import WORDS, read_metrics, run_cli
+from conftest import WORDS, assert_preflight_recorded, read_metrics, run_cli
 
 # On 2 shared cores a second OpenMP thread mostly spins waiting for the first: the tiny model's matmuls run several
 # times faster on one thread.
@@ -56,6 +56,7 @@ def test_grpo_raises_the_mean_reward_of_a_plugin_reward(tiny_model, toy_data, pr
     assert last > first + 0.15, [round(m["reward"], 3) for m in logs]  # seeds 42, 1, 7: +0.37, +0.24, +0.37
     assert logs[0]["kl"] == 0.0 and logs[-1]["kl"] > 0  # variant grpo keeps DeepSeekMath's KL term (beta 0.04)
     assert (run / "final" / "model.safetensors").exists()
+    assert_preflight_recorded(run)  # the reference copy of full weights and the rollouts are in its plan
 
 
 def test_builtin_and_plugin_rewards_weighted_from_a_yaml_config(tiny_model, prompts, tmp_path):

@@ -4,7 +4,7 @@ policy's own tokens count as its completion."""
 
 from pathlib import Path
 
-from conftest import read_metrics, run_cli
+from conftest import assert_preflight_recorded, read_metrics, run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "volunteer-matcher"
@@ -12,10 +12,10 @@ EXAMPLE = ROOT / "examples" / "volunteer-matcher"
 
 def test_multi_turn_episodes_run_and_their_reward_reaches_metrics(tiny_model, tmp_path):
     run = tmp_path / "grpo-env"
-    run_cli("rlhf", "--method", "grpo", "--env", f"{EXAMPLE / 'env.py'}:VolunteerScheduling", "--model", tiny_model,
-            "--dataset", EXAMPLE / "scenarios.jsonl", "--num-generations", "2", "--max-steps", "2",
-            "--max-turns", "3", "--max-turn-tokens", "6", "--max-completion-length", "150", "--logging-steps", "1",
-            "--output-dir", run, "--report-to", "none")
+    run_cli("rlhf", "--method", "grpo", "--grpo.env", f"{EXAMPLE / 'env.py'}:VolunteerScheduling", "--model",
+            tiny_model, "--dataset", EXAMPLE / "scenarios.jsonl", "--grpo.num-generations", "2", "--max-steps", "2",
+            "--grpo.max-turns", "3", "--grpo.max-turn-tokens", "6", "--rollout.max-completion-length", "150",
+            "--logging-steps", "1", "--output-dir", run, "--report-to", "none")
     logs = [m for m in read_metrics(run) if "rewards/env_reward/mean" in m]
     assert len(logs) == 2
     for m in logs:
@@ -26,6 +26,7 @@ def test_multi_turn_episodes_run_and_their_reward_reaches_metrics(tiny_model, tm
         # TRL counts only unmasked tokens: the 3 x 6 sampled ones, not the observations between them.
         assert m["completions/mean_length"] == 3 * 6
     assert (run / "final" / "adapter_model.safetensors").exists()
+    assert_preflight_recorded(run)
 
 
 def test_a_broken_environment_fails_before_training_naming_file_and_line(tiny_model, tmp_path):

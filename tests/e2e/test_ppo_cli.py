@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from conftest import WORDS, read_metrics, run_cli
+from conftest import WORDS, assert_preflight_recorded, read_metrics, run_cli
 
 PLUGIN = '''from tunesmith import register_reward
 
@@ -49,9 +49,9 @@ def prompts(tmp_path_factory):
 def test_ppo_raises_the_reward_and_saves_adapter_and_value_head(peaked_model, prompts, tmp_path):
     data, plugin = prompts
     run = tmp_path / "ppo"
-    run_cli("rlhf", "--method", "ppo", "--model", peaked_model, "--dataset", data, "--plugin", plugin,
-            "--reward-funcs", "even_tokens", "--max-completion-length", "6", "--batch-size", "32",
-            "--num-mini-batches", "2", "--max-steps", "6", "--learning-rate", "5e-4", "--lr-scheduler", "constant",
+    run_cli("rlhf", "--method", "ppo", "--model", peaked_model, "--dataset", data, "--rewards.plugin", plugin,
+            "--rewards.funcs", "even_tokens", "--rollout.max-completion-length", "6", "--batch-size", "32",
+            "--ppo.num-mini-batches", "2", "--max-steps", "6", "--learning-rate", "5e-4", "--lr-scheduler", "constant",
             "--logging-steps", "1", "--output-dir", run, "--report-to", "none")
     logs = [m for m in read_metrics(run) if "reward" in m]
     rewards = [m["reward"] for m in logs]
@@ -61,6 +61,7 @@ def test_ppo_raises_the_reward_and_saves_adapter_and_value_head(peaked_model, pr
     assert all(m["kl"] > 0 for m in logs[1:])  # and moves away from it, which the KL penalty prices
     assert {"adapter_model.safetensors", "value_head.safetensors", "tunesmith_template.json"} <= {
         p.name for p in (run / "final").iterdir()}
+    assert_preflight_recorded(run)
 
 
 def test_ppo_refuses_full_weights_and_a_missing_reward(tiny_model, prompts, tmp_path):

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import WORDS, read_metrics, run_cli
+from conftest import WORDS, assert_preflight_recorded, read_metrics, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -27,17 +27,25 @@ def test_dpo_raises_the_chosen_rejected_margin_and_writes_an_adapter(tiny_model,
     assert last["rewards/margins"] > 0.1 and last["rewards/accuracies"] == 1.0
     assert last["loss"] < first["loss"] - 0.05
     assert {"adapter_model.safetensors", "tunesmith_template.json"} <= {p.name for p in (run / "final").iterdir()}
+    assert_preflight_recorded(run)
 
 
 def test_dpo_continues_an_sft_run_and_refuses_packing(tiny_model, toy_data, pairs, tmp_path):
+    """Continuing a run: its base, its system prompt (inherited when unset), and what differs said before training."""
     sft = tmp_path / "sft"
     run_cli("sft", "--model", tiny_model, "--dataset", toy_data, "--max-steps", "2", "--output-dir", sft,
-            "--report-to", "none")
+            "--report-to", "none", "--system", "You write codes.", "--max-length", "512")
     run = tmp_path / "dpo"
-    run_cli("rlhf", "--method", "dpo", "--adapters", sft / "final", "--dataset", pairs, "--max-steps", "2",
-            "--output-dir", run, "--report-to", "none")
+    proc = run_cli("rlhf", "--method", "dpo", "--adapters", sft / "final", "--dataset", pairs, "--max-steps", "2",
+                   "--output-dir", run, "--report-to", "none")
     import yaml
 
     assert yaml.safe_load((run / "config.yaml").read_text())["_resolved"]["base_model_folder"] == str(tiny_model)
+    assert json.loads((run / "final" / "tunesmith_template.json").read_text())["default_system"] == "You write codes."
+    assert f"max_length: {sft / 'final'} trained with 512, this run uses 2048" in proc.stderr
+    other = run_cli("rlhf", "--method", "dpo", "--adapters", sft / "final", "--dataset", pairs, "--max-steps", "1",
+                    "--output-dir", tmp_path / "dpo2", "--report-to", "none", "--system", "Be brief.", "--max-length", "512")
+    assert "system prompt: " in other.stderr and "'You write codes.'" in other.stderr and "'Be brief.'" in other.stderr
+    assert "max_length:" not in other.stderr
     packed = run_cli("rlhf", "--dataset", pairs, "--packing", check=False)
     assert packed.returncode == 2 and "packing: not supported for preference data" in packed.stderr

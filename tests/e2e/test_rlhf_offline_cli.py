@@ -5,7 +5,7 @@ import json
 import pytest
 import yaml
 
-from conftest import WORDS, read_metrics, run_cli
+from conftest import WORDS, assert_preflight_recorded, read_metrics, run_cli
 
 # A 2-layer model gains nothing from a second thread, and OpenMP threads spin badly when CI shares the cores.
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
@@ -46,6 +46,7 @@ def test_kto_lifts_desirable_answers_above_undesirable_ones(tiny_model, pairs, t
     assert "kl" in logs[-1] and logs[-1]["tokens_per_s"] > 0
     assert RUN_FILES <= {p.name for p in run.iterdir()}
     assert yaml.safe_load((run / "config.yaml").read_text())["_resolved"]["train_rows"] == 96
+    assert_preflight_recorded(run)
     load_adapter(tiny_model, run / "final")
 
 
@@ -63,6 +64,7 @@ def test_reference_free_methods_train_and_write_an_adapter(method, tiny_model, p
     assert resolved["method"] == method and resolved["_resolved"]["train_pairs"] == len(WORDS)
     assert RUN_FILES <= {p.name for p in run.iterdir()}
     assert {"adapter_model.safetensors", "tunesmith_template.json"} <= {p.name for p in (run / "final").iterdir()}
+    assert_preflight_recorded(run)
     load_adapter(tiny_model, run / "final")
 
 
@@ -78,6 +80,7 @@ def test_reward_model_learns_the_preference_and_final_loads_as_a_classifier(tiny
     assert logs[0]["accuracy"] < 0.5 and logs[-1]["accuracy"] == 1.0
     assert logs[-1]["margin"] > logs[0]["margin"] + 1.0
     final = run / "final"
+    assert_preflight_recorded(run)  # the score head trains whole beside the adapter: allowed (modules_to_save)
     assert not (final / "adapter_config.json").exists()  # merged: a plain transformers folder
     assert AutoModelForSequenceClassification.from_pretrained(final).config.num_labels == 1
     model, tokenizer = load_reward_model(final)

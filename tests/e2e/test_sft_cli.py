@@ -9,7 +9,7 @@ import textwrap
 import pytest
 import torch
 
-from conftest import TUNESMITH, read_metrics, run_cli
+from conftest import TUNESMITH, assert_preflight_recorded, read_metrics, run_cli
 
 FINAL_ADAPTER = {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json",
                  "chat_template.jinja", "tunesmith_template.json", "config.yaml"}
@@ -22,6 +22,7 @@ def test_sft_lora_writes_the_run_folder_and_loss_goes_down(tiny_model, toy_data,
     assert {"config.yaml", "metrics.jsonl", "loss.png", "train.log", "final", "checkpoint-12", "checkpoint-24", "tb"} <= {
         p.name for p in run.iterdir()}
     assert FINAL_ADAPTER <= {p.name for p in (run / "final").iterdir()}
+    assert_preflight_recorded(run)
     assert (run / "checkpoint-12" / "tunesmith_manifest.json").exists()
     assert {"optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"} <= {p.name for p in (run / "checkpoint-12").iterdir()}
     metrics = [m for m in read_metrics(run) if "loss" in m]
@@ -55,6 +56,7 @@ def test_sft_methods_train_and_save(method, tiny_model, toy_data, tmp_path):
         adapter = json.loads((run / "final" / "adapter_config.json").read_text())
         assert adapter["use_dora"] == (method == "dora")
     assert len([m for m in read_metrics(run) if "loss" in m]) >= 1
+    assert_preflight_recorded(run)
 
 
 def test_pt_trains_on_raw_text(tiny_model, tmp_path):
@@ -66,6 +68,7 @@ def test_pt_trains_on_raw_text(tiny_model, tmp_path):
     losses = [m["loss"] for m in read_metrics(run) if "loss" in m]
     assert losses[-1] < losses[0]
     assert (run / "final" / "adapter_model.safetensors").exists()
+    assert_preflight_recorded(run)
 
 
 KILLER = textwrap.dedent("""

@@ -32,7 +32,7 @@ def test_wizard_fine_tunes_on_cpu_and_chats_with_the_result(tmp_path):
     child.expect("thorough")
     child.send(ENTER)  # quick
     child.expect("plan:.*fits")  # the memory plan chose the settings
-    child.expect(r"\$ tunesmith sft --model smollm2-135m-instruct --dataset self-cognition --method lora")
+    child.expect(r"\$ tunesmith sft --model smollm2-135m-instruct --dataset self-cognition --tuner lora")
     child.expect("Done.", timeout=900)
     child.expect("Next")
     child.expect("Done")

@@ -1,4 +1,4 @@
-"""The GPU fast path of SFT (train/speed.py, infer/attention.py, plan/speed.py) is numerically the plain path.
+"""The GPU fast path of SFT (train/speed.py, train/preflight.py, infer/attention.py, plan/speed.py) is numerically the plain path.
 
 On CPU the varlen kernel is absent, so the packed training branch runs its reference (per-sample SDPA): a batch packed
 by TRL's padding-free collator, through our attention, gives each sample the logits, per-token loss and gradients it
@@ -19,7 +19,7 @@ from tunesmith.plan.estimate import Setup
 from tunesmith.plan.hardware import GPU, Hardware
 from tunesmith.plan.model_shape import load_shape
 from tunesmith.plan import speed as plan_speed
-from tunesmith.train import speed
+from tunesmith.train import preflight, speed
 
 LENGTHS = (17, 5, 11)  # three samples of different lengths, packed into one row
 
@@ -192,7 +192,7 @@ def test_unset_packing_and_checkpointing_resolve_to_todays_defaults_on_cpu(tmp_p
 
     cfg = SFTConfig(dataset=["x"], device="cpu")
     assert cfg.packing is None and cfg.gradient_checkpointing is None
-    plan_speed.resolve_speed(cfg)
+    preflight.resolve_speed(cfg)
     model = tiny_qwen()
     chosen = speed.prepare_model(cfg, model, "cpu", torch.float32)
     assert (cfg.packing, cfg.gradient_checkpointing) == (False, False)
@@ -215,15 +215,15 @@ def test_gpu_choices_land_in_the_config(monkeypatch, tmp_path):
     monkeypatch.setattr(hardware, "probe", lambda *a: Hardware(gpus=[GPU(0, "H100", 79.1, 79.1, True)]))
 
     w1 = SFTConfig(dataset=["x"], model="qwen2.5-0.5b-instruct", method="full", max_length=4096, batch_size=8)
-    plan_speed.resolve_speed(w1)
+    preflight.resolve_speed(w1)
     assert (w1.packing, w1.gradient_checkpointing, w1.checkpoint_every) == (True, False, None)
 
     w2 = SFTConfig(dataset=["x"], model="qwen2.5-7b-instruct", method="lora", max_length=4096, batch_size=2)
-    plan_speed.resolve_speed(w2)
+    preflight.resolve_speed(w2)
     assert (w2.packing, w2.gradient_checkpointing, w2.checkpoint_every) == (True, False, None)
 
     bigger = SFTConfig(dataset=["x"], model="qwen2.5-7b-instruct", method="lora", max_length=4096, batch_size=3)
-    plan_speed.resolve_speed(bigger)
+    preflight.resolve_speed(bigger)
     assert bigger.packing is True and bigger.gradient_checkpointing is True and 1 < bigger.checkpoint_every < 28
     runs.save_config(bigger, tmp_path)
     saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
@@ -232,7 +232,7 @@ def test_gpu_choices_land_in_the_config(monkeypatch, tmp_path):
 
     mine = SFTConfig(dataset=["x"], model="qwen2.5-7b-instruct", packing=False, gradient_checkpointing="auto")
     mine.gradient_checkpointing = True
-    plan_speed.resolve_speed(mine)
+    preflight.resolve_speed(mine)
     assert (mine.packing, mine.gradient_checkpointing, mine.checkpoint_every) == (False, True, None)
 
 

@@ -1,9 +1,8 @@
-"""Training settings left unset, chosen for this machine before a run starts (api.sft calls `resolve_speed`), so
-that runs/NAME/config.yaml records what ran.
+"""Gradient checkpointing sized by the memory plan: pure functions of a ModelShape and a Setup (train/preflight.py
+calls them with the config and the hardware it found).
 
-    resolve_speed(cfg)     # packing: unset -> on where the varlen kernel runs; gradient_checkpointing: unset -> on
-                           # CUDA only when the memory plan says the run would not fit without it, and then on as few
-                           # decoder layers as fit (checkpoint_every)
+    every = checkpoint_every_that_fits(shape, setup, budget_bytes)   # None: no checkpointing needed
+    setup = training_setup(cfg, "cuda", "bfloat16", varlen=True)   # the estimator's Setup for a training config
 
 Why only as few layers as fit: checkpointing recomputes a layer's forward in backward. For full fine-tuning that is
 2N of 8N FLOPs per token (+33 %); for LoRA, whose backward skips the frozen weights' gradients, 2N of 6N (+50 %).
@@ -12,12 +11,11 @@ Checkpointing every k-th layer (transformers' `every_n_layers`) pays that only o
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import replace
 from typing import Any
 
-from tunesmith.plan.estimate import GIB, Setup, estimate_training
+from tunesmith.plan.estimate import Setup, estimate_training
 from tunesmith.plan.model_shape import ModelShape
 
 # Share of the free GPU memory the automatic choice may plan for. The estimate already holds allocator slack and the
@@ -51,51 +49,12 @@ def checkpoint_every_that_fits(shape: ModelShape, s: Setup, budget_bytes: float)
     return 1
 
 
-def training_setup(cfg: Any, device: str, bf16: bool, varlen: bool, liger: bool = False) -> Setup:
-    """The estimator's Setup for exactly this config (also what api.check_memory estimates); `liger`: whether
-    train/speed.py will swap in liger's layers (train.speed.liger_applies)."""
+def training_setup(cfg: Any, device: str, dtype: str, varlen: bool, liger: bool = False) -> Setup:
+    """The estimator's Setup for exactly this training config. `varlen`: packed batches run the varlen flash kernel
+    (no mask); `liger`: liger's layers replace the model's own (they keep less for backward)."""
     targets = cfg.lora.targets if isinstance(cfg.lora.targets, str) else tuple(cfg.lora.targets)
     packing = bool(getattr(cfg, "packing", False))
-    return Setup(method=cfg.tuner, dtype="bfloat16" if bf16 else "float32", lora_rank=cfg.lora.rank,
+    return Setup(method=cfg.tuner, dtype=dtype, lora_rank=cfg.lora.rank,
                  lora_targets=targets, lora_dropout=cfg.lora.dropout, seq=cfg.max_length, micro_batch=cfg.batch_size,
                  grad_accum=cfg.grad_accum, checkpointing=bool(cfg.gradient_checkpointing), packing=packing,
                  attn="flash" if packing and varlen else "sdpa", device=device, kernels="liger" if liger else "none")
-
-
-def resolve_speed(cfg: Any) -> None:
-    """Fill packing and gradient_checkpointing (+ checkpoint_every) where the config left them unset (None)."""
-    from tunesmith.models.load import pick_device, pick_dtype
-    from tunesmith.train.speed import resolve_packing, varlen_runs
-
-    device = pick_device(cfg.device)
-    dtype = pick_dtype(cfg.dtype, device)
-    resolve_packing(cfg, device, dtype)
-    if cfg.gradient_checkpointing is not None:
-        return
-    every = _every_from_plan(cfg, varlen_runs(device, dtype)) if device == "cuda" else None
-    cfg.gradient_checkpointing = every is not None
-    if every is not None and cfg.checkpoint_every is None:
-        cfg.checkpoint_every = every
-
-
-def _every_from_plan(cfg: Any, varlen: bool) -> int | None:
-    from tunesmith.plan.hardware import probe
-    from tunesmith.plan.model_shape import load_shape
-    from tunesmith.train.speed import liger_applies
-
-    log = logging.getLogger("tunesmith")
-    try:
-        hw = probe()
-        shape = load_shape(cfg.model)
-        setup = training_setup(cfg, "cuda", all(g.bf16 for g in hw.gpus), varlen,
-                               liger_applies(cfg.kernels, "cuda", shape.model_type))
-        every = checkpoint_every_that_fits(shape, setup, AUTO_SHARE * hw.memory_gib() * GIB)
-    except Exception as err:  # noqa: BLE001 - an architecture the estimator cannot read keeps the plain default
-        log.info("gradient checkpointing: off (no memory plan: %s)", err)
-        return None
-    if every is None:
-        log.info("gradient checkpointing: off (the memory plan fits without it)")
-    else:
-        log.info("gradient checkpointing: every %d-th layer (%d of %d layers recompute), from the memory plan", every,
-                 checkpointed_layers(shape.layers, every), shape.layers)
-    return every

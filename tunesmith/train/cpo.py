@@ -18,22 +18,25 @@ from trl.experimental.cpo import CPOConfig, CPOTrainer
 
 from tunesmith.config.rlhf import RLHFConfig
 from tunesmith.train.preference import load_preference_data, render_pairs, trl_pair_row
+from tunesmith.train.preflight import load_template, preflight, trainable_report
 from tunesmith.train.run import RunResult, open_run
 from tunesmith.train.setup import common_args, load_trainable, run_trainer
 
 
 def cpo(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> RunResult:
     with open_run(cfg) as run:
-        data = load_preference_data(cfg, "preference", render_pairs)  # bad pairs stop the run here
-        model, device, dtype = load_trainable(cfg, data.base_folder)
-        run.save_config(base_model_folder=str(data.base_folder), device=device, dtype=str(dtype),
-                        train_pairs=len(data.train), skipped_rows=data.skipped)
+        template, base_folder = load_template(cfg)
+        data = load_preference_data(cfg, "preference", template, render_pairs)  # bad pairs stop the run here
+        plan = preflight(cfg, base_folder, rows=len(data.train))
+        model, device, dtype = load_trainable(cfg, base_folder)
+        run.save_config(base_model_folder=str(base_folder), train_pairs=len(data.train), skipped_rows=data.skipped,
+                        **plan.recorded(), **trainable_report(cfg, model))
         common = common_args(cfg, run.dir, device, dtype, has_eval=data.eval is not None)
         common["include_num_input_tokens_seen"] = "no"  # TRL's pair batches have no input_ids (module docstring)
         args = CPOConfig(**common, **trl_knobs(cfg))
-        trainer = run_trainer(cfg, run.dir, model, data.tokenizer, data.train, data.eval, device, dtype,
+        trainer = run_trainer(cfg, run.dir, model, template.tokenizer, data.train, data.eval, device, dtype,
                               run.resume_from, callbacks, trainer_cls=RenderedCPOTrainer, args=args)
-        final = run.save_final(trainer, data.template)
+        final = run.save_final(trainer, template)
         return run.result(trainer, final, data.skipped)
 
 

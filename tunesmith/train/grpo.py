@@ -58,40 +58,41 @@ KNOBS = {"loss_type": "loss_type", "scale_rewards": "scale_rewards", "kl_coef": 
 def grpo(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> RunResult:
     rewards = build_rewards(cfg)  # loads --rewards.plugin files: their errors come first, before anything heavy
     _check_setup(cfg, rewards)
-    from tunesmith.train.run import open_run  # imports transformers: after the checks above, so they answer fast
-    from tunesmith.train.setup import load_tokenizer_first, load_trainable, run_trainer
+    from tunesmith.train.preflight import load_template, preflight, trainable_report  # imports transformers: after
+    from tunesmith.train.run import open_run                                          # the checks above, so they
+    from tunesmith.train.setup import load_trainable, run_trainer                     # answer fast
 
     with open_run(cfg) as run:
-        tokenizer, base_folder = load_tokenizer_first(cfg)
-        template = Template(tokenizer, default_system=cfg.system)
-
+        template, base_folder = load_template(cfg)
         env = environment(cfg, template)
         if env is None:
             table, train_ds, eval_ds, skipped = prompt_datasets(cfg, template)
             for fn in rewards:
                 fn.rows = [(conv, cols) for conv, cols, _ in table]
-            dry_run(rewards, train_ds, tokenizer)
+            dry_run(rewards, train_ds, template.tokenizer)
             prompt_ids, rollout, env_rewards = [ids for _, _, ids in table], None, []
         else:
             train_ds, rollout, env_rewards = env
             eval_ds, skipped, prompt_ids = None, 0, []
-        # The environment's reward goes last, where reward_weights gives unweighted 1s
+
+        plan = preflight(cfg, base_folder, rows=len(train_ds))
+        # The environment's reward goes last, where rewards.weights gives unweighted 1s
         reward_funcs, reward_tokenizers = reward_models(cfg, rewards)
         reward_funcs, reward_tokenizers = [*reward_funcs, *env_rewards], [*reward_tokenizers, *[None] * len(env_rewards)]
         model, device, dtype = load_trainable(cfg, base_folder)
         _stop_at_end_of_turn(model, template)
-        run.save_config(base_model_folder=str(base_folder), device=device, dtype=str(dtype),
-                        train_prompts=len(train_ds), skipped_rows=skipped, trl_knobs=resolve_knobs(cfg))
+        run.save_config(base_model_folder=str(base_folder), train_prompts=len(train_ds), skipped_rows=skipped,
+                        trl_knobs=resolve_knobs(cfg), **plan.recorded(), **trainable_report(cfg, model))
         args = grpo_args(cfg, run.dir, device, dtype, has_eval=eval_ds is not None, n_rewards=len(reward_funcs))
         trainer_cls = rendered_trainer(cfg.grpo.variant)
         extra = {"rollout_func": rollout} if rollout is not None else {}
 
         def make_trainer(**kwargs: Any) -> Any:
-            return trainer_cls(reward_funcs=reward_funcs, reward_processing_classes=reward_tokenizers, prompt_ids=prompt_ids,
-                               **extra, **kwargs)
+            return trainer_cls(reward_funcs=reward_funcs, reward_processing_classes=reward_tokenizers,
+                               prompt_ids=prompt_ids, **extra, **kwargs)
 
-        trainer = run_trainer(cfg, run.dir, model, tokenizer, train_ds, eval_ds, device, dtype, run.resume_from, callbacks,
-                              trainer_cls=make_trainer, args=args)
+        trainer = run_trainer(cfg, run.dir, model, template.tokenizer, train_ds, eval_ds, device, dtype,
+                              run.resume_from, callbacks, trainer_cls=make_trainer, args=args)
         final = run.save_final(trainer, template)
         _drop_reference_copy(final)
         return run.result(trainer, final, skipped)

@@ -22,6 +22,7 @@ from trl import KTOConfig, KTOTrainer
 from tunesmith.config.rlhf import RLHFConfig
 from tunesmith.data.rows import Preference, Problem, UnpairedPreference
 from tunesmith.templates import Template
+from tunesmith.train.preflight import load_template, preflight, trainable_report
 from tunesmith.train.run import RunResult, open_run
 from tunesmith.train.preference import answer_ids, load_preference_data
 from tunesmith.train.tokenize import length_problem
@@ -32,20 +33,22 @@ log = logging.getLogger("tunesmith")
 
 def kto(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> RunResult:
     with open_run(cfg) as run:
-        data = load_preference_data(cfg, "kto", tokenize_unpaired)
+        template, base_folder = load_template(cfg)
+        data = load_preference_data(cfg, "kto", template, tokenize_unpaired)  # bad rows stop the run here
         train_ds = data.train.shuffle(seed=cfg.seed)
         eval_ds = data.eval.shuffle(seed=cfg.seed) if data.eval is not None else None
         _check_balance(cfg, train_ds["label"])
 
-        model, device, dtype = load_trainable(cfg, data.base_folder)
-        run.save_config(base_model_folder=str(data.base_folder), device=device, dtype=str(dtype),
-                        train_rows=len(train_ds), skipped_rows=data.skipped)
+        plan = preflight(cfg, base_folder, rows=len(train_ds))
+        model, device, dtype = load_trainable(cfg, base_folder)
+        run.save_config(base_model_folder=str(base_folder), train_rows=len(train_ds), skipped_rows=data.skipped,
+                        **plan.recorded(), **trainable_report(cfg, model))
         args = KTOConfig(**common_args(cfg, run.dir, device, dtype, has_eval=eval_ds is not None), beta=cfg.kto.beta,
                          loss_type=cfg.kto.loss_type, desirable_weight=cfg.kto.desirable_weight,
                          undesirable_weight=cfg.kto.undesirable_weight)
-        trainer = run_trainer(cfg, run.dir, model, data.tokenizer, train_ds, eval_ds, device, dtype, run.resume_from, callbacks,
-                              trainer_cls=RenderedKTOTrainer, args=args)
-        final = run.save_final(trainer, data.template)
+        trainer = run_trainer(cfg, run.dir, model, template.tokenizer, train_ds, eval_ds, device, dtype,
+                              run.resume_from, callbacks, trainer_cls=RenderedKTOTrainer, args=args)
+        final = run.save_final(trainer, template)
         return run.result(trainer, final, data.skipped)
 
 

@@ -28,12 +28,13 @@ import torch
 from tunesmith.config.rlhf import RLHFConfig
 from tunesmith.errors import ConfigError
 from tunesmith.templates import Template
+from tunesmith.train.preflight import load_template, preflight, trainable_report
 from tunesmith.train.run import RunResult, open_run
 from tunesmith.train.callbacks import LossPlot, MetricsLog, ProgressBar
 from tunesmith.train.online import dry_run, prompt_datasets, require_reward
 from tunesmith.train.rewards import build_rewards
 from tunesmith.train.rewards.registry import ROW_KEY
-from tunesmith.train.setup import load_tokenizer_first, load_trainable
+from tunesmith.train.setup import load_trainable
 
 def ppo(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> RunResult:
     rewards = build_rewards(cfg)  # plugin errors first, before anything heavy
@@ -42,13 +43,13 @@ def ppo(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> RunResult:
         raise ConfigError("ppo writes no checkpoints and runs no evaluation in this release; drop resume, "
                           "val_dataset and val_split")
     with open_run(cfg) as run:
-        tokenizer, base_folder = load_tokenizer_first(cfg)
-        template = Template(tokenizer, default_system=cfg.system)
+        template, base_folder = load_template(cfg)
         table, train_ds, _, skipped = prompt_datasets(cfg, template)
         for fn in rewards:
             fn.rows = [(conv, cols) for conv, cols, _ in table]
-        dry_run(rewards, train_ds, tokenizer)  # every reward called once on real rows, as GRPO does
+        dry_run(rewards, train_ds, template.tokenizer)  # every reward called once on real rows, as GRPO does
 
+        plan = preflight(cfg, base_folder, rows=len(train_ds))
         model, device, dtype = load_trainable(cfg, base_folder)
         model.eval()  # dropout off: the policy that sampled is the policy that is scored
         value_head = torch.nn.Linear(model.config.get_text_config().hidden_size, 1, device=device)
@@ -56,8 +57,8 @@ def ppo(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> RunResult:
         torch.nn.init.zeros_(value_head.bias)
         score = scorer(cfg, rewards, device)
         steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * len(train_ds) / cfg.batch_size)
-        run.save_config(base_model_folder=str(base_folder), device=device, dtype=str(dtype),
-                        train_prompts=len(train_ds), skipped_rows=skipped, kl_coef=cfg.ppo.kl_coef, rollouts=steps)
+        run.save_config(base_model_folder=str(base_folder), train_prompts=len(train_ds), skipped_rows=skipped,
+                        rollouts=steps, **plan.recorded(), **trainable_report(cfg, model))
 
         from transformers import get_scheduler
 

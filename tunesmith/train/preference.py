@@ -2,41 +2,33 @@
 rendered token ids, with every bad row reported before any weights load; the pair rendering (render_pairs, answer_ids),
 so every method sees the same ids; and the row layout of TRL's older pair trainers (CPOTrainer, ORPOTrainer).
 
-    data = load_preference_data(cfg, "preference", render_pairs)   # tokenizer, template, train/eval ids, skipped
+    data = load_preference_data(cfg, "preference", template, render_pairs)   # train/eval ids, rows skipped
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 from tunesmith.config.rlhf import RLHFConfig
 from tunesmith.data.load import load_rows
 from tunesmith.data.rows import Preference, Problem
-from tunesmith.errors import DataError
 from tunesmith.templates import IGNORE, Template
-from tunesmith.train.setup import load_tokenizer_first
 from tunesmith.train.tokenize import length_problem
 
 
 @dataclass
 class PreferenceData:
-    tokenizer: Any
-    base_folder: Path
-    template: Template
     train: Any  # datasets.Dataset of token ids
     eval: Any | None
     skipped: int
 
 
-def load_preference_data(cfg: RLHFConfig, kind: str, tokenize: Callable[..., Any]) -> PreferenceData:
+def load_preference_data(cfg: RLHFConfig, kind: str, template: Template, tokenize: Callable[..., Any]) -> PreferenceData:
     """Rows of `kind` ("preference" or "kto") rendered by `tokenize(rows, template, max_length, problems)`; held-out
-    rows from val_dataset, else val_split of the training rows."""
+    rows from val_dataset, else val_split of the training rows. Bad rows stop the run here."""
     data = load_rows(cfg.dataset, kind=kind, seed=cfg.seed)
     val = load_rows(cfg.val_dataset, kind=kind, seed=cfg.seed) if cfg.val_dataset else None
-    tokenizer, base_folder = load_tokenizer_first(cfg)
-    template = Template(tokenizer, default_system=cfg.system)
     train = tokenize(data.rows, template, cfg.max_length, data.problems)
     skipped = data.raise_if_bad(cfg.skip_bad_rows)
     evals = None
@@ -46,9 +38,7 @@ def load_preference_data(cfg: RLHFConfig, kind: str, tokenize: Callable[..., Any
     elif cfg.val_split > 0:
         split = train.train_test_split(test_size=cfg.val_split, seed=cfg.seed)
         train, evals = split["train"], split["test"]
-    if len(train) == 0:
-        raise DataError(f"{', '.join(cfg.dataset)}: no rows left to train on")
-    return PreferenceData(tokenizer, base_folder, template, train, evals, skipped)
+    return PreferenceData(train, evals, skipped)
 
 
 def render_pairs(rows: list[Preference], template: Template, max_length: int, problems: list[Problem]) -> Any:

@@ -8,31 +8,32 @@ from typing import Any
 
 from tunesmith.config import PTConfig
 from tunesmith.data.load import load_rows
-from tunesmith.templates import Template
+from tunesmith.train.preflight import load_template, preflight, trainable_report
 from tunesmith.train.run import RunResult, open_run
-from tunesmith.train.setup import load_tokenizer_first, load_trainable, run_trainer
+from tunesmith.train.setup import load_trainable, run_trainer
 from tunesmith.train.speed import prepare_model
 from tunesmith.train.tokenize import tokenize_pt
 
 
 def pt(cfg: PTConfig, callbacks: list[Any] | None = None) -> RunResult:
     with open_run(cfg) as run:
+        template, base_folder = load_template(cfg)
+
         data = load_rows(cfg.dataset, kind="pt", seed=cfg.seed)
         val = load_rows(cfg.val_dataset, kind="pt", seed=cfg.seed) if cfg.val_dataset else None
         skipped = data.raise_if_bad(cfg.skip_bad_rows) + (val.raise_if_bad(cfg.skip_bad_rows) if val else 0)
-
-        tokenizer, base_folder = load_tokenizer_first(cfg)
-        template = Template(tokenizer, default_system=cfg.system)
         train_ds = tokenize_pt(data.rows, template, cfg.max_length)
         eval_ds = tokenize_pt(val.rows, template, cfg.max_length) if val else None
         if eval_ds is None and cfg.val_split > 0:
             split = train_ds.train_test_split(test_size=cfg.val_split, seed=cfg.seed)
             train_ds, eval_ds = split["train"], split["test"]
 
+        plan = preflight(cfg, base_folder, rows=len(train_ds))
         model, device, dtype = load_trainable(cfg, base_folder)
-        speed = prepare_model(cfg, model, device, dtype)  # on a GPU: varlen attention for the packed blocks, kernels
-        run.save_config(base_model_folder=str(base_folder), device=device, dtype=str(dtype),
-                        train_blocks=len(train_ds), skipped_rows=skipped, speed=speed)
-        trainer = run_trainer(cfg, run.dir, model, tokenizer, train_ds, eval_ds, device, dtype, run.resume_from, callbacks)
+        chosen = prepare_model(cfg, model, device, dtype)  # on a GPU: varlen attention for the packed blocks, kernels
+        run.save_config(base_model_folder=str(base_folder), train_blocks=len(train_ds), skipped_rows=skipped,
+                        speed=chosen, **plan.recorded(), **trainable_report(cfg, model))
+        trainer = run_trainer(cfg, run.dir, model, template.tokenizer, train_ds, eval_ds, device, dtype,
+                              run.resume_from, callbacks)
         final = run.save_final(trainer, template)
         return run.result(trainer, final, skipped)

@@ -17,10 +17,10 @@ from typing import Any
 
 from tunesmith.config.rlhf import RLHFConfig
 from tunesmith.data.rows import Preference, Problem
-from tunesmith.errors import HardwareError
 from tunesmith.models import load as models
 from tunesmith.models.reward import load_reward_base
 from tunesmith.templates import Template
+from tunesmith.train.preflight import load_template, preflight, trainable_report
 from tunesmith.train.run import RunResult, open_run
 from tunesmith.train.preference import load_preference_data
 from tunesmith.train.setup import common_args, run_trainer
@@ -31,15 +31,17 @@ def rm(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> RunResult:
     from trl import RewardConfig, RewardTrainer
 
     with open_run(cfg) as run:
-        data = load_preference_data(cfg, "preference", tokenize_scored_pairs)
-        model, device, dtype = load_scorer(cfg, data.base_folder, data.tokenizer.pad_token_id)
-        run.save_config(base_model_folder=str(data.base_folder), device=device, dtype=str(dtype),
-                        train_pairs=len(data.train), skipped_rows=data.skipped)
+        template, base_folder = load_template(cfg)
+        data = load_preference_data(cfg, "preference", template, tokenize_scored_pairs)  # bad pairs stop the run here
+        plan = preflight(cfg, base_folder, rows=len(data.train))
+        model, device, dtype = load_scorer(cfg, base_folder, template.tokenizer.pad_token_id)
+        run.save_config(base_model_folder=str(base_folder), train_pairs=len(data.train), skipped_rows=data.skipped,
+                        **plan.recorded(), **trainable_report(cfg, model))
         args = RewardConfig(**common_args(cfg, run.dir, device, dtype, has_eval=data.eval is not None))
-        trainer = run_trainer(cfg, run.dir, model, data.tokenizer, data.train, data.eval, device, dtype, run.resume_from,
-                              callbacks, trainer_cls=RewardTrainer, args=args)
+        trainer = run_trainer(cfg, run.dir, model, template.tokenizer, data.train, data.eval, device, dtype,
+                              run.resume_from, callbacks, trainer_cls=RewardTrainer, args=args)
         trainer.model = merged(trainer.model)  # so final/ is a plain sequence-classification folder
-        final = run.save_final(trainer, data.template)
+        final = run.save_final(trainer, template)
         return run.result(trainer, final, data.skipped)
 
 
@@ -62,10 +64,8 @@ def tokenize_scored_pairs(rows: list[Preference], template: Template, max_length
 
 def load_scorer(cfg: RLHFConfig, folder, pad_token_id: int) -> tuple[Any, str, Any]:
     """(sequence classifier ready to train, device, dtype): full weights, or LoRA with the score head saved whole."""
-    device = models.pick_device(cfg.device)
+    device = models.pick_device(cfg.device)  # as preflight picked them
     dtype = models.pick_dtype(cfg.dtype, device)
-    if cfg.tuner == "qlora" and device == "mps":
-        raise HardwareError("tuner: qlora needs CUDA or CPU (bitsandbytes has no MPS kernels); use tuner: lora")
     model = load_reward_base(folder, dtype, device, pad_token_id, quantize_4bit=cfg.tuner == "qlora")
     if cfg.tuner == "full":
         return model, device, dtype

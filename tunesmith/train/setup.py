@@ -1,4 +1,4 @@
-"""Model and TRL arguments for a training run, from the config. Shared by sft.py and pt.py (and rlhf later)."""
+"""Model and TRL arguments for a training run, from the config. Shared by every training recipe."""
 
 from __future__ import annotations
 
@@ -6,31 +6,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tunesmith.errors import HardwareError
 from tunesmith.models import load as models
-from tunesmith.models.runs import read_run_output
 from tunesmith.train.speed import speed_args
-
-
-def load_tokenizer_first(cfg: Any) -> tuple[Any, Path]:
-    """The tokenizer (from the adapter run when continuing one) and the base folder, before any weights load, so
-    every data problem, token lengths included, is reported before the expensive part."""
-    from transformers import set_seed
-
-    set_seed(cfg.seed)  # before the adapters are initialised: the same seed gives the same run
-    base_name = cfg.model
-    if cfg.adapters and "model" not in cfg.model_fields_set:  # continue a run: its recorded base, unless overridden
-        base_name = read_run_output(cfg.adapters).base_model
-    folder = models.resolve(base_name)
-    return models.load_tokenizer(Path(cfg.adapters) if cfg.adapters else folder), folder
 
 
 def load_trainable(cfg: Any, folder: Path) -> tuple[Any, str, Any]:
     """(model with adapters attached or full weights trainable, device, dtype)."""
-    device = models.pick_device(cfg.device)
+    device = models.pick_device(cfg.device)  # as preflight picked them (the same pure choice)
     dtype = models.pick_dtype(cfg.dtype, device)
-    if cfg.tuner == "qlora" and device == "mps":
-        raise HardwareError("method: qlora needs CUDA or CPU (bitsandbytes has no MPS kernels); use method: lora")
     model = models.load_model(folder, dtype=dtype, device=device, quantize_4bit=cfg.tuner == "qlora")
     if cfg.tuner == "full":
         return model, device, dtype

@@ -1,6 +1,6 @@
 """The fast path of supervised training, chosen from the hardware; nothing here changes what a CPU run does.
 
-    resolve_packing(cfg, device, dtype)          # packing unset -> on where the varlen kernel runs (CUDA, bf16/fp16)
+    resolve_packing(cfg, device, dtype)          # packing unset -> on where the varlen kernel runs (preflight calls it)
     applied = prepare_model(cfg, model, device, dtype)   # varlen attention for packed batches, liger kernels
     speed_args(cfg, device)                      # TRL arguments: fused AdamW, (partial) gradient checkpointing
 
@@ -22,8 +22,8 @@ measures them against TRL):
      preparation would upcast them to fp32 and with them every hidden state.
   7. LoRA's update accumulated by B's matmul into the frozen layer's output (train/fused_lora.py): peft's scale-and-add
      passes over every projection output are 82 ms of a 576 ms 7B LoRA step; predicted -10 % step time.
-The gradient-checkpointing choice needs the memory estimator, which train/ does not import (plan/ sits above it):
-api.sft resolves it first (plan/speed.py); a direct call with it unset trains without checkpointing.
+Packing and the gradient-checkpointing choice are made before the weights load, by train/preflight.py (with the
+memory plan's pure functions in plan/speed.py), for every training command.
 """
 
 from __future__ import annotations
@@ -56,10 +56,8 @@ def resolve_packing(cfg: Any, device: str, dtype: Any) -> None:
 
 
 def prepare_model(cfg: Any, model: Any, device: str, dtype: Any) -> dict[str, str]:
-    """Switch the model to the fast kernels this machine runs; returns what was chosen, for config.yaml."""
-    resolve_packing(cfg, device, dtype)
-    if cfg.gradient_checkpointing is None:  # not resolved by api.sft (direct call): the plain default
-        cfg.gradient_checkpointing = False
+    """Switch the model to the fast kernels this machine runs; returns what was chosen, for config.yaml. Packing and
+    checkpointing are decided before, by train/preflight.py."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     chosen = {"attention": str(base.config._attn_implementation)}
     if cfg.packing and varlen_runs(device, dtype):

@@ -1,0 +1,274 @@
+"""Before a training run loads weights: every decision and check, the same for every training command (sft, pt and
+each rlhf method). A recipe calls it after its data stage, so bad rows still stop a run first:
+
+    template, base_folder = load_template(cfg)            # the renderer; a continued run's differences named
+    train_ds = ...                                         # the recipe's data stage: bad rows stop the run here
+    plan = preflight(cfg, base_folder, rows=len(train_ds))  # decides, checks, prints; raises on a refusal
+    model, device, dtype = load_trainable(cfg, base_folder)
+    run.save_config(..., **plan.recorded(), **trainable_report(cfg, model))
+
+Decides (and config.yaml records): packing left unset (on where the varlen kernel runs); gradient checkpointing left
+unset (on a CUDA GPU only when the memory plan says the run would not fit without it, and then on as few layers as
+fit). Checks: that rows are left to train on; the memory plan for exactly these settings against this machine
+(a warning, or a refusal with --strict-memory); a continued run (--adapters) whose template, system prompt or
+max_length differ from what that run recorded. Prints what a user checks first: the effective batch, the speed
+choices, the memory plan and, once the weights are loaded, the trainable and frozen parameter counts (a LoRA run in
+which base weights would train is refused).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunesmith.errors import ConfigError, DataError, HardwareError
+from tunesmith.models import load as models
+from tunesmith.plan import hardware
+from tunesmith.plan.estimate import GIB, Estimate, estimate_training
+from tunesmith.plan.methods import Alignment, method_extra_bytes, method_setup
+from tunesmith.plan.model_shape import ModelShape, load_shape
+from tunesmith.plan.speed import (AUTO_SHARE, checkpoint_every_that_fits, checkpointed_layers,
+                                  partial_checkpointing_bytes, training_setup)
+from tunesmith.train import speed
+
+log = logging.getLogger("tunesmith")
+# Names of the parameters an adapter run trains: peft's LoRA/DoRA weights and whole modules it saves (a reward
+# model's score head).
+ADAPTER_PARAMS = ("lora_", "modules_to_save")
+
+
+@dataclass
+class Preflight:
+    device: str
+    dtype: Any
+    hardware: hardware.Hardware
+    processes: int = 1
+    needed_gib: float | None = None  # the memory plan's peak; None when the model's shape could not be read
+    have_gib: float = 0.0
+    choices: dict[str, Any] = field(default_factory=dict)
+
+    def recorded(self) -> dict[str, Any]:
+        """What config.yaml keeps of the pre-flight: the device, the dtype, the plan and the speed choices."""
+        plan = {"needed_gib": round(self.needed_gib, 2) if self.needed_gib is not None else None,
+                "available_gib": round(self.have_gib, 2)}
+        return {"device": self.device, "dtype": str(self.dtype), "memory_plan": plan, "choices": self.choices}
+
+
+def load_template(cfg: Any) -> tuple[Any, Path]:
+    """The run's Template and the base model's folder, before any weights load, so every data problem, token lengths
+    included, is reported before the expensive part. Continuing a run (--adapters): its recorded base (unless --model
+    says otherwise), its tokenizer and chat template, and what differs from it said now (check_continuation)."""
+    from transformers import set_seed
+
+    from tunesmith.models.runs import read_run_output
+    from tunesmith.templates import Template
+
+    set_seed(cfg.seed)  # before the adapters are initialised: the same seed gives the same run
+    base_name = cfg.model
+    if cfg.adapters and "model" not in cfg.model_fields_set:
+        base_name = read_run_output(cfg.adapters).base_model
+    folder = models.resolve(base_name)
+    template = Template(models.load_tokenizer(Path(cfg.adapters) if cfg.adapters else folder), default_system=cfg.system)
+    check_continuation(cfg, template)
+    return template, folder
+
+
+def preflight(cfg: Any, base_folder: Path, rows: int) -> Preflight:
+    if rows == 0:
+        raise DataError(f"{', '.join(cfg.dataset)}: no rows left to train on")
+    device = models.pick_device(cfg.device)
+    dtype = models.pick_dtype(cfg.dtype, device)
+    if cfg.tuner == "qlora" and device == "mps":
+        raise HardwareError("tuner: qlora needs CUDA or CPU (bitsandbytes has no MPS kernels); use tuner: lora")
+    plan = Preflight(device, dtype, hardware.probe())
+    plan.have_gib = plan.hardware.memory_gib()
+    shape = _shape(base_folder)
+    resolve_speed(cfg, plan, shape)
+    _check_memory(cfg, plan, shape)
+    _print(cfg, plan, rows)
+    return plan
+
+
+# -----------------------------------------------------------------------------
+# Speed choices
+
+
+def resolve_speed(cfg: Any, plan: Preflight | None = None, shape: ModelShape | None = None) -> dict[str, Any]:
+    """Fill packing and gradient_checkpointing (+ checkpoint_every) where the config left them unset (None)."""
+    if plan is None:  # called on its own (tests, bench/sft.py): probe like preflight does
+        device = models.pick_device(cfg.device)
+        plan = Preflight(device, models.pick_dtype(cfg.dtype, device), hardware.probe())
+        plan.have_gib = plan.hardware.memory_gib()
+        shape = _shape(cfg.model)
+    speed.resolve_packing(cfg, plan.device, plan.dtype)
+    if cfg.gradient_checkpointing is None:
+        every = _every_from_plan(cfg, plan, shape) if plan.device == "cuda" else None
+        cfg.gradient_checkpointing = every is not None
+        if every is not None and cfg.checkpoint_every is None:
+            cfg.checkpoint_every = every
+    plan.choices |= {"packing": cfg.packing, "gradient_checkpointing": cfg.gradient_checkpointing,
+                     "checkpoint_every": cfg.checkpoint_every}
+    return plan.choices
+
+
+def _every_from_plan(cfg: Any, plan: Preflight, shape: ModelShape | None) -> int | None:
+    if shape is None:
+        log.info("gradient checkpointing: off (no memory plan for this model)")
+        return None
+    setup = method_setup(_setup(cfg, plan, shape), _alignment(cfg))
+    extra = sum(method_extra_bytes(shape, setup, _alignment(cfg)).values())
+    every = checkpoint_every_that_fits(shape, setup, AUTO_SHARE * plan.have_gib * GIB - extra)
+    if every is None:
+        log.info("gradient checkpointing: off (the memory plan fits without it)")
+    else:
+        log.info("gradient checkpointing: every %d-th layer (%d of %d layers recompute), from the memory plan", every,
+                 checkpointed_layers(shape.layers, every), shape.layers)
+    return every
+
+
+# -----------------------------------------------------------------------------
+# Memory
+
+
+def _check_memory(cfg: Any, plan: Preflight, shape: ModelShape | None) -> None:
+    """The plan's estimate for exactly these settings against this machine's memory. Warns when it will not fit;
+    refuses with --strict-memory. An architecture the estimator cannot read never blocks a run."""
+    if shape is None:
+        return
+    est = estimate(cfg, plan, shape)
+    plan.needed_gib = est.total / GIB
+    if plan.needed_gib <= plan.have_gib:
+        return
+    advice = (f"memory plan: this run needs about {plan.needed_gib:.1f} GiB at the peak but {plan.have_gib:.1f} GiB is "
+              f"available. See `tunesmith plan --model {cfg.model} --tuner {cfg.tuner} --max-length {cfg.max_length}` "
+              "for settings that fit (smaller --batch-size with more --grad-accum, --gradient-checkpointing, qlora).")
+    if cfg.strict_memory:
+        raise HardwareError(advice + " Refusing to start (--strict-memory).")
+    log.warning("%s Starting anyway; pass --strict-memory to refuse.", advice)
+
+
+def estimate(cfg: Any, plan: Preflight, shape: ModelShape) -> Estimate:
+    """The peak of this run: its step (with partial checkpointing when chosen) plus what its method adds."""
+    alignment = _alignment(cfg)
+    setup = method_setup(_setup(cfg, plan, shape), alignment)
+    step = estimate_training(shape, setup)
+    every = getattr(cfg, "checkpoint_every", None) or 1
+    if setup.checkpointing and every > 1 and step.total:  # the layers that keep their activations add back
+        scale = partial_checkpointing_bytes(shape, setup, every) / step.total
+        step = Estimate({k: v * scale for k, v in step.parts.items()}, step.phases, step.params, step.trainable,
+                        step.host_bytes, step.notes)
+    step.parts.update(method_extra_bytes(shape, setup, alignment))
+    return step
+
+
+def _setup(cfg: Any, plan: Preflight, shape: ModelShape) -> Any:
+    varlen = speed.varlen_runs(plan.device, plan.dtype)
+    liger = speed.liger_applies(getattr(cfg, "kernels", "none"), plan.device, shape.model_type)
+    return training_setup(cfg, plan.device, str(plan.dtype).removeprefix("torch."), varlen, liger)
+
+
+def _alignment(cfg: Any) -> Alignment:
+    method = cfg.command if cfg.command != "rlhf" else cfg.method
+    if method == "grpo":
+        kl = cfg.grpo.kl_coef if cfg.grpo.kl_coef is not None else 0.04 if cfg.grpo.variant == "grpo" else 0.0
+        return Alignment(method, reference_copy=cfg.tuner == "full" and kl > 0, rollout_sequences=cfg.batch_size,
+                         rollout_length=cfg.max_length)
+    if method == "ppo":
+        return Alignment(method, rollout_sequences=cfg.batch_size, rollout_length=cfg.max_length)
+    return Alignment(method, reference_copy=method in ("dpo", "kto") and cfg.tuner == "full")
+
+
+def _shape(model: Any) -> ModelShape | None:
+    try:
+        return load_shape(str(model))
+    except Exception as err:  # noqa: BLE001 - an unknown architecture must not stop training
+        log.info("memory plan skipped (%s)", err)
+        return None
+
+
+# -----------------------------------------------------------------------------
+# A continued run
+
+
+def check_continuation(cfg: Any, template: Any) -> None:
+    """--adapters continues an earlier run: say where this run differs from what that run recorded. An unset system
+    prompt is inherited from it (flags override what a run recorded; they never silently drop it)."""
+    if not cfg.adapters:
+        return
+    folder = Path(cfg.adapters)
+    recorded = _recorded_template(folder)
+    earlier = _recorded_config(folder)
+    if cfg.system is None and recorded.get("default_system"):
+        template.default_system = recorded["default_system"]
+        log.info("system prompt: the one %s trained with (--system overrides it)", folder)
+    elif "default_system" in recorded and recorded["default_system"] != template.default_system:
+        log.warning("system prompt: %s trained with %r, this run uses %r; answers will follow this run's",
+                    folder, recorded["default_system"], template.default_system)
+    saved_template = folder / "chat_template.jinja"
+    if saved_template.exists() and saved_template.read_text(encoding="utf-8") != template.tokenizer.chat_template:
+        log.warning("chat template: differs from the one %s trained with; the prompts it learned will not match", folder)
+    if earlier.get("max_length") not in (None, cfg.max_length):
+        log.warning("max_length: %s trained with %d, this run uses %d", folder, earlier["max_length"], cfg.max_length)
+
+
+def _recorded_template(folder: Path) -> dict:
+    path = folder / "tunesmith_template.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def _recorded_config(folder: Path) -> dict:
+    import yaml
+
+    for path in (folder / "config.yaml", folder.parent / "config.yaml"):
+        if path.exists():
+            return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return {}
+
+
+# -----------------------------------------------------------------------------
+# What the user checks first
+
+
+def _print(cfg: Any, plan: Preflight, rows: int) -> None:
+    what = cfg.method if cfg.command == "rlhf" else cfg.command
+    adapter = f" rank {cfg.lora.rank}" if cfg.tuner != "full" else ""
+    effective = cfg.batch_size * cfg.grad_accum * plan.processes
+    log.info("run: %s, tuner %s%s, %d rows; effective batch %d = %d per step x %d accumulation x %d process(es)",
+             what, cfg.tuner, adapter, rows, effective, cfg.batch_size, cfg.grad_accum, plan.processes)
+    ckpt = ("off" if not cfg.gradient_checkpointing else
+            f"every {cfg.checkpoint_every}-th layer" if (cfg.checkpoint_every or 1) > 1 else "all layers")
+    log.info("speed: packing %s, gradient checkpointing %s, on %s in %s", "on" if cfg.packing else "off", ckpt,
+             plan.device, str(plan.dtype).removeprefix("torch."))
+    if plan.needed_gib is not None:
+        log.info("memory plan: about %.1f of %.1f GiB at the peak", plan.needed_gib, plan.have_gib)
+
+
+def trainable_report(cfg: Any, model: Any) -> dict[str, int]:
+    """Trainable and frozen parameter counts, printed and returned for config.yaml. An adapter run in which a base
+    weight would train is refused: it would silently become a (partial) full fine-tune."""
+    trainable, frozen, strays = 0, 0, []
+    for name, param in model.named_parameters():
+        count = param.numel() * (2 if type(param).__name__ == "Params4bit" else 1)  # two 4-bit weights per byte
+        if param.requires_grad:
+            trainable += count
+            if cfg.tuner != "full" and not any(key in name for key in ADAPTER_PARAMS):
+                strays.append(name)
+        else:
+            frozen += count
+    if strays:
+        raise ConfigError(f"tuner: {cfg.tuner} would also train {len(strays)} base weight(s) ({', '.join(strays[:3])}"
+                          f"{', ...' if len(strays) > 3 else ''}); an adapter run trains adapter weights only. "
+                          "Use --tuner full to train every weight.")
+    if trainable == 0:
+        raise ConfigError("nothing to train: every weight is frozen")
+    total = trainable + frozen
+    log.info("parameters: %s trainable (%.2f %%), %s frozen, %s in all", _count(trainable), 100 * trainable / total,
+             _count(frozen), _count(total))
+    return {"trainable_params": trainable, "frozen_params": frozen}
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
