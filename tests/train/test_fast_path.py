@@ -288,7 +288,7 @@ def lora_loss_and_grads(ids, dtype=torch.float32, autocast=False, fused=False, d
     """A tiny Qwen with LoRA on every linear (B non-zero), one forward and backward: (loss, adapter gradients)."""
     from peft import LoraConfig, get_peft_model
 
-    from tunesmith.train.fused_lora import use_fused_forward
+    from tunesmith.models.patches.peft_lora import use_fused_forward
 
     device = ids.device.type
     model = get_peft_model(tiny_qwen(device, dtype), LoraConfig(r=8, lora_alpha=16, lora_dropout=dropout,
@@ -333,7 +333,7 @@ def test_fused_lora_forward_trains_as_peft(dropout, device, monkeypatch):
 def test_fused_lora_forward_leaves_other_cases_to_peft():
     from peft import LoraConfig, get_peft_model
 
-    from tunesmith.train.fused_lora import use_fused_forward
+    from tunesmith.models.patches.peft_lora import use_fused_forward
 
     ids = torch.randint(1, 128, (1, 9), generator=torch.Generator().manual_seed(1))
     base = tiny_qwen().eval()

@@ -253,12 +253,14 @@ def prepare_training(model: Any) -> None:
 
 
 def use_varlen(model: Any) -> None:
-    """Register the varlen attention with transformers (idempotent) and switch the model to it. The config is set
-    directly: `set_attn_implementation` would try to load a flash-attn kernel from the hub for any name that
-    contains "flash"."""
+    """Register the varlen attention with transformers (idempotent) and switch the model to it (through
+    models/patches/attention.py: `set_attn_implementation` would try to load a flash-attn kernel from the hub for any
+    name that contains "flash")."""
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask
 
+    from tunesmith.models.patches.attention import set_attention
+
     AttentionInterface.register(NAME, _varlen_forward)
     ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, flash_attention_mask)
-    model.config._attn_implementation = NAME
+    set_attention(model, NAME)

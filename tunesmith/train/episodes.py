@@ -22,7 +22,6 @@ any weights load; errors name the file and line.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import inspect
 import numbers
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tunesmith.errors import ConfigError, DataError
+from tunesmith.models.patches.trl_rollouts import generate_turn
 from tunesmith.train.rewards.registry import ROW_KEY  # a prompt's row index rides in its last message, as in grpo.py
 
 _FILES: dict[type, str] = {}  # environment class -> its file as the user wrote it, for error messages
@@ -215,9 +215,6 @@ def make_rollout(cls: type, rows: list[Any], template: Any, max_turns: int,
     stop_ids = set(template.stop_token_ids)
 
     def rollout(prompts: list, trainer: Any) -> dict:
-        generate = getattr(trainer, "_generate_single_turn", None)
-        if generate is None:  # TRL's own multi-turn tool loop calls it the same way (num_generations=1)
-            raise RuntimeError("this TRL version has no GRPOTrainer._generate_single_turn; pin trl==1.16")
         budget = trainer.max_completion_length
         sampled_logprobs = True  # vLLM reports them; transformers generation does not (None)
         episodes = []
@@ -231,8 +228,8 @@ def make_rollout(cls: type, rows: list[Any], template: Any, max_turns: int,
             live = [e for e in episodes if not e.finished]
             if not live:
                 break
-            with turn_limit(trainer, max_turn_tokens or budget):
-                new_ids, new_logprobs = generate([e.prompt_ids + e.completion_ids for e in live], None, {}, 1)
+            new_ids, new_logprobs = generate_turn(trainer, [e.prompt_ids + e.completion_ids for e in live],
+                                                  max_turn_tokens or budget)
             sampled_logprobs = sampled_logprobs and new_logprobs is not None
             for i, (e, ids) in enumerate(zip(live, new_ids)):
                 ids = list(ids)[: budget - len(e.completion_ids)]
@@ -262,29 +259,6 @@ def make_rollout(cls: type, rows: list[Any], template: Any, max_turns: int,
         }
 
     return rollout
-
-
-@contextlib.contextmanager
-def turn_limit(trainer: Any, tokens: int):
-    """GRPOTrainer generates up to max_completion_length tokens per call; a turn gets `tokens`. TRL 1.16 reads the
-    limit at each call from these three places (transformers generation config and kwargs, the vLLM helper)."""
-    places = [(getattr(trainer, "generation_config", None), "max_new_tokens"),
-              (getattr(trainer, "vllm_generation", None), "max_completion_length")]
-    places = [(owner, name, getattr(owner, name)) for owner, name in places if hasattr(owner, name)]
-    kwargs = getattr(trainer, "generation_kwargs", None)
-    kwargs = kwargs if isinstance(kwargs, dict) and "max_new_tokens" in kwargs else {}
-    saved_kwarg = kwargs.get("max_new_tokens")
-    for owner, name, _ in places:
-        setattr(owner, name, tokens)
-    if kwargs:
-        kwargs["max_new_tokens"] = tokens
-    try:
-        yield
-    finally:
-        for owner, name, value in places:
-            setattr(owner, name, value)
-        if kwargs:
-            kwargs["max_new_tokens"] = saved_kwarg
 
 
 def env_reward(completions: list, env_reward: list[float], env_turns: list[int] | None = None,

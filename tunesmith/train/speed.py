@@ -14,13 +14,13 @@ measures them against TRL):
      built) and scores only labelled positions, where liger's projects every position; liger's would also replace the
      model's forward, which TRL patches itself.
   4. fused AdamW: one kernel per parameter group (already transformers' default on torch >= 2.8; set so it stays).
-  5. LoRA inputs stay in the compute dtype: peft casts each adapter's input to the adapter's float32 weight, then
+  5. LoRA inputs stay in the compute dtype (models/patches/peft_lora.py): peft casts each adapter's input to the adapter's float32 weight, then
      autocast casts it back to bf16 for the matmul; two full copies of the activation per adapter and pass (14 % of
      a 7B LoRA step on the H100) and a saved copy each. Under autocast the matmul sees the same bf16 values without
      them (bf16 -> fp32 -> bf16 is exact), so training with half-precision autocast skips peft's cast.
   6. QLoRA in bf16 keeps the weights that are not 4-bit in bf16 (train/setup.py, load_trainable): peft's
      preparation would upcast them to fp32 and with them every hidden state.
-  7. LoRA's update accumulated by B's matmul into the frozen layer's output (train/fused_lora.py): peft's scale-and-add
+  7. LoRA's update accumulated by B's matmul into the frozen layer's output (models/patches/peft_lora.py): peft's scale-and-add
      passes over every projection output are 82 ms of a 576 ms 7B LoRA step; predicted -10 % step time.
 Packing and the gradient-checkpointing choice are made before the weights load, by train/preflight.py (with the
 memory plan's pure functions in plan/speed.py), for every training command.
@@ -34,7 +34,7 @@ from typing import Any
 
 from tunesmith.errors import HardwareError
 from tunesmith.infer import attention
-from tunesmith.train.fused_lora import use_fused_forward
+from tunesmith.models.patches.peft_lora import keep_adapter_inputs_in_compute_dtype, use_fused_forward
 
 log = logging.getLogger("tunesmith")
 
@@ -71,22 +71,6 @@ def prepare_model(cfg: Any, model: Any, device: str, dtype: Any) -> dict[str, st
         chosen["lora_forward"] = "fused (addmm into the base output)"
     chosen["optim"] = speed_args(cfg, device).get("optim", "transformers default")
     return chosen
-
-
-def keep_adapter_inputs_in_compute_dtype(model: Any, dtype: Any) -> int:
-    """Step 5: plain LoRA layers (not DoRA, whose variant reads the input itself) stop casting their input to the
-    adapter's dtype. Only for half-precision training, which the trainer runs under autocast: outside autocast a bf16
-    input would meet float32 adapter weights. Returns how many layers changed."""
-    import torch
-
-    if dtype not in (torch.bfloat16, torch.float16):
-        return 0
-    changed = 0
-    for module in model.modules():
-        if hasattr(module, "cast_input_dtype_enabled") and hasattr(module, "lora_A") and not module.lora_variant:
-            module.cast_input_dtype_enabled = False
-            changed += 1
-    return changed
 
 
 def liger_applies(kernels: str, device: str, model_type: str) -> bool:

@@ -1,4 +1,11 @@
-"""LoRA's forward with the adapter's update accumulated by its own matmul (step 7 of train/speed.py).
+"""Two patches of peft's LoRA Linear layers (peft 0.21), applied per model by train/speed.py on the fast path.
+
+1. keep_adapter_inputs_in_compute_dtype (train/speed.py step 5). Upstream: peft's Linear.forward casts its input to
+   the adapter weight's dtype (`self._cast_input_dtype(x, lora_A.weight.dtype)`, on when `cast_input_dtype_enabled`);
+   with fp32 adapters under bf16 autocast that is a bf16 -> fp32 copy that autocast casts straight back for the
+   matmul: two full copies per adapter and pass, and a saved fp32 copy for backward. The flag is peft's own.
+
+2. use_fused_forward (step 7): LoRA's forward with the adapter's update accumulated by its own matmul.
 
 peft computes `result + lora_B(lora_A(dropout(x))) * scaling`: B's output is written, scaled in a second pass over it
 and added in a third, and backward scales the gradient in a fourth. On a 7B model those passes over every projection's
@@ -19,8 +26,31 @@ import types
 from typing import Any
 
 
+def keep_adapter_inputs_in_compute_dtype(model: Any, dtype: Any) -> int:
+    """Plain LoRA layers (not DoRA, whose variant reads the input itself) stop casting their input to the adapter's
+    dtype. Only for half-precision training, which the trainer runs under autocast: outside autocast a bf16 input
+    would meet float32 adapter weights. Returns how many layers changed."""
+    import torch
+
+    from tunesmith.models.patches import check_upstream
+
+    if dtype not in (torch.bfloat16, torch.float16):
+        return 0
+    check_upstream("peft")
+    changed = 0
+    for module in model.modules():
+        if hasattr(module, "cast_input_dtype_enabled") and hasattr(module, "lora_A") and not module.lora_variant:
+            module.cast_input_dtype_enabled = False
+            changed += 1
+    return changed
+
+
 def use_fused_forward(model: Any) -> int:
     from peft.tuners.lora.layer import Linear
+
+    from tunesmith.models.patches import check_upstream
+
+    check_upstream("peft")
 
     changed = 0
     for module in model.modules():
