@@ -38,10 +38,26 @@ def rlhf(cfg: RLHFConfig, callbacks: list[Any] | None = None):
 
 
 def infer(cfg: InferConfig):
-    """Batch answers to a JSONL when cfg.dataset is set (returns the output path), else a terminal chat."""
-    from tunesmith.infer.cli_chat import infer as run
+    """Answer cfg.dataset into a JSONL (cfg.output, default <dataset>.answers.jsonl); returns its path. The terminal
+    chat of `tunesmith infer` without --dataset is the CLI's (ui/chat.py), on engine() below."""
+    from tunesmith.infer.batch import infer as run
 
     return run(cfg)
+
+
+def engine(cfg: InferConfig):
+    """The Engine an infer config names (base, adapter, saved template), for chats and scripts:
+    `engine(cfg).chat([messages], sampling_params(cfg))`. Call .shutdown() when done."""
+    from tunesmith.infer.batch import engine_for
+
+    return engine_for(cfg)
+
+
+def sampling_params(cfg: InferConfig):
+    """The generation settings of an infer config as the engines take them (OpenAI's names)."""
+    from tunesmith.infer.batch import sampling_params as params
+
+    return params(cfg)
 
 
 def evaluate(cfg: EvalConfig):
@@ -100,3 +116,36 @@ def download(cfg: DownloadConfig) -> str:
         folder = fetch(repo, kind=kind)
     print(folder)
     return folder
+
+
+# -----------------------------------------------------------------------------
+# What the wizard and the web UI ask about before they build a config
+
+
+def hardware():
+    """The accelerators, cores, memory and disk of this machine (plan/hardware.py's Hardware)."""
+    from tunesmith.plan.hardware import probe
+
+    return probe()
+
+
+def models() -> list[str]:
+    """The registry's model names, the embedded default first."""
+    from tunesmith.config import DEFAULT_MODEL
+    from tunesmith.models.registry import MODELS
+
+    return [DEFAULT_MODEL, *[name for name in MODELS if name != DEFAULT_MODEL]]
+
+
+def base_model(run_folder: str) -> str:
+    """The base model a run trained from (runs/NAME/final)."""
+    from tunesmith.models.runs import read_run_output
+
+    return read_run_output(run_folder).base_model
+
+
+def answer_budget(dataset: str, limit: int | None, model: str) -> int:
+    """max_tokens with room for the longest reference answer of the dataset's rows (see eval/samples.py)."""
+    from tunesmith.eval.samples import answer_budget as budget
+
+    return budget(dataset, limit, model)

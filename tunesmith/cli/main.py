@@ -15,11 +15,20 @@ from tunesmith.config.eval import EvalConfig
 from tunesmith.config.rlhf import RLHFConfig
 from tunesmith.errors import TunesmithError
 
+def infer(cfg: InferConfig):
+    """`tunesmith infer`: answers a dataset with --dataset (api.infer), else a chat in the terminal."""
+    if cfg.dataset:
+        return api.infer(cfg)
+    from tunesmith.ui.chat import chat
+
+    return chat(cfg)
+
+
 COMMANDS = {
     "sft": (SFTConfig, api.sft, "supervised fine-tuning (lora, qlora, dora, full)"),
     "pt": (PTConfig, api.pt, "continued pretraining on raw text"),
     "rlhf": (RLHFConfig, api.rlhf, "alignment and RL: --method dpo|kto|orpo|simpo|cpo|rm|ppo|grpo"),
-    "infer": (InferConfig, api.infer, "chat in the terminal, or answer a dataset into JSONL"),
+    "infer": (InferConfig, infer, "chat in the terminal, or answer a dataset into JSONL"),
     "eval": (EvalConfig, api.evaluate, "score models side by side: exact match, BLEU, ROUGE, multiple-choice accuracy"),
     "deploy": (DeployConfig, api.deploy, "serve models and adapters over an OpenAI-compatible API"),
     "export": (ExportConfig, api.export, "merge a LoRA adapter into its base model"),
@@ -40,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("tunesmith").setLevel(logging.INFO)
+    quiet_known_noise()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not argv:
         from tunesmith.ui.wizard import wizard
@@ -76,6 +86,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {advice}", file=sys.stderr)
         return 1
     return 0
+
+
+def quiet_known_noise() -> None:
+    """Two messages every LoRA run on a CPU printed that no user can act on; exactly these, never all warnings:
+    bitsandbytes' CPU backend looks for an optional hub kernel (the `kernels` package) on AVX-512 machines and says it
+    failed (its own fallback runs, as intended); TRL 1.16 reads transformers' deprecated `is_gradient_checkpointing`
+    in its trainers (trl/models/utils.py), which transformers 5 answers with a FutureWarning."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
+        lambda record: not record.getMessage().startswith("Failed to load CPU gemm_4bit_forward from kernels-community"))
 
 
 def _advice(err: Exception) -> str | None:

@@ -144,3 +144,17 @@ def pick_choice(text: str, choices: list[str]) -> int | None:
 
 def _line_number(line: int | str) -> int:
     return line if isinstance(line, int) else int("".join(c for c in str(line) if c.isdigit()) or 0)
+
+
+def answer_budget(dataset: str, limit: int | None, model: str) -> int:
+    """max_tokens with room for the longest reference answer (+25%): no answer is cut short of what it is compared
+    with (which would lower BLEU and ROUGE unfairly), and none rambles on for the default 256 tokens. `model` is a
+    run's final folder or a model name: its tokenizer counts the tokens."""
+    from pathlib import Path
+
+    from tunesmith.models.load import load_tokenizer, resolve
+
+    samples, _ = load_samples([dataset], limit)
+    tokenizer = load_tokenizer(Path(model) if model.endswith("final") else resolve(model))
+    longest = max(len(tokenizer(s.reference, add_special_tokens=False)["input_ids"]) for s in samples)
+    return min(2048, -(-int(longest * 1.25 + 8) // 16) * 16)  # rounded up to a multiple of 16

@@ -14,9 +14,9 @@ from rich.console import Console
 from rich.panel import Panel
 
 from tunesmith import api
-from tunesmith.config import DEFAULT_MODEL, DataCheckConfig, ExportConfig, InferConfig, SFTConfig, load
+from tunesmith.config import DEFAULT_MODEL, DataCheckConfig, ExportConfig, InferConfig, PlanConfig, SFTConfig, load
 from tunesmith.errors import TunesmithError
-from tunesmith.models.registry import MODELS
+from tunesmith.ui.chat import chat as terminal_chat
 
 console = Console()
 DURATIONS = {  # label -> max_steps (None = whole epochs)
@@ -32,9 +32,7 @@ def wizard() -> int:
         return 2
     import questionary
 
-    from tunesmith.plan.hardware import probe
-
-    hw = probe()
+    hw = api.hardware()
     console.print(Panel(describe(hw), title="tunesmith: hardware found"))
     actions = {
         "Fine-tune a model on my data": fine_tune,
@@ -71,14 +69,11 @@ def settings_for(hw, model: str, max_length: int) -> dict:
     import contextlib
     import io
 
-    from tunesmith.config import PlanConfig
-    from tunesmith.plan.run import plan
-
     free = max((g.free_gib for g in hw.gpus), default=0.0)
     method = "qlora" if hw.gpus and free < 24 else "lora"
     global_batch = 8 if hw.gpus else 4  # a CPU run stays short
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        result = plan(load(PlanConfig, ["--model", model, "--tuner", method, "--max-length", str(max_length),
+        result = api.plan(load(PlanConfig, ["--model", model, "--tuner", method, "--max-length", str(max_length),
                                         "--global-batch", str(global_batch)]))
     chosen = result["recommended"]["settings"]
     return {"method": chosen["method"], "batch_size": chosen["batch_size"], "grad_accum": chosen["grad_accum"],
@@ -89,7 +84,7 @@ def settings_for(hw, model: str, max_length: int) -> dict:
 def fine_tune(hw) -> None:
     import questionary
 
-    suggested = [DEFAULT_MODEL] if not hw.gpus else [DEFAULT_MODEL, *[n for n in MODELS if n != DEFAULT_MODEL]]
+    suggested = api.models() if hw.gpus else [DEFAULT_MODEL]
     model = questionary.select("Which model?", choices=suggested + ["another (hub id or folder)"], default=DEFAULT_MODEL).ask()
     if model is None:
         return
@@ -135,8 +130,8 @@ def after_training(final: Path) -> None:
         if nxt.startswith("Chat"):
             start_chat(["--adapters", str(final)])
         else:
-            run_shown(["export", "--adapters", str(final), "--merge-lora"],
-                      lambda: api.export(load(ExportConfig, ["--adapters", str(final), "--merge-lora"])))
+            run_shown(["export", "--adapters", str(final)],
+                      lambda: api.export(load(ExportConfig, ["--adapters", str(final)])))
 
 
 def chat(hw) -> None:
@@ -149,7 +144,7 @@ def chat(hw) -> None:
 
 
 def start_chat(args: list[str]) -> None:
-    run_shown(["infer", *args], lambda: api.infer(load(InferConfig, args)))
+    run_shown(["infer", *args], lambda: terminal_chat(load(InferConfig, args)))
 
 
 def pick_run(prompt: str, adapters_only: bool = False) -> str | None:
@@ -191,7 +186,6 @@ def evaluate(hw) -> None:
     import questionary
 
     from tunesmith.config.eval import EvalConfig
-    from tunesmith.models.runs import read_run_output
 
     runs = sorted(str(p) for p in Path("runs").glob("*/final")) if Path("runs").is_dir() else []
     target = questionary.select("Evaluate (a run is compared with its base model):", choices=runs + [DEFAULT_MODEL]).ask()
@@ -210,27 +204,15 @@ def evaluate(hw) -> None:
         limit = []
     else:
         dataset, limit = name, ["--limit", str(-rows)]
-    budget = answer_budget(dataset, int(limit[1]) if limit else None, target)  # bad rows stop here, as file:line
+    budget = api.answer_budget(dataset, int(limit[1]) if limit else None, target)  # bad rows stop here, as file:line
     if target.endswith("final"):
-        models = ["--compare", f"base={read_run_output(target).base_model}", f"tuned={target}"]
+        models = ["--compare", f"base={api.base_model(target)}", f"tuned={target}"]
     else:
         models = ["--model", target]
     output_dir = f"runs/eval-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     args = [*models, "--dataset", dataset, *limit, "--generation.max-tokens", str(budget), "--output-dir", output_dir]
     run_shown(["eval", *args], lambda: api.evaluate(load(EvalConfig, args)), Path(output_dir))
     console.print(f"[green]Done.[/green] Scores, every answer and a chart: {output_dir}/results.json, answers.jsonl, scores.png")
-
-
-def answer_budget(dataset: str, limit: int | None, target: str) -> int:
-    """max_tokens with room for the longest reference answer (+25%): no answer is cut short of what it is compared
-    with (which would lower BLEU and ROUGE unfairly), and none rambles on for the default 256 tokens."""
-    from tunesmith.eval.samples import load_samples
-    from tunesmith.models.load import load_tokenizer, resolve
-
-    samples, _ = load_samples([dataset], limit)
-    tokenizer = load_tokenizer(Path(target) if target.endswith("final") else resolve(target))
-    longest = max(len(tokenizer(s.reference, add_special_tokens=False)["input_ids"]) for s in samples)
-    return min(2048, -(-int(longest * 1.25 + 8) // 16) * 16)  # rounded up to a multiple of 16
 
 
 def serve(hw) -> None:
@@ -256,7 +238,7 @@ def merge(hw) -> None:
         return
     target = questionary.select("Which run?", choices=runs).ask()
     if target:
-        args = ["--adapters", target, "--merge-lora"]
+        args = ["--adapters", target]
         run_shown(["export", *args], lambda: api.export(load(ExportConfig, args)))
 
 

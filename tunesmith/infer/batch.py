@@ -1,0 +1,71 @@
+"""`tunesmith infer --dataset FILE`: answer every prompt of a dataset into a JSONL, in batches.
+
+    engine = engine_for(cfg)                 # the run's base + adapter and its saved template, as deploy loads them
+    path = answer_dataset(engine, cfg, sampling_params(cfg))
+
+Answers come from the same Engine that `tunesmith deploy` serves, so they are the same text. The terminal chat is
+ui/chat.py."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from tunesmith.config import InferConfig
+from tunesmith.data.load import load_rows
+from tunesmith.errors import ConfigError
+from tunesmith.infer import Engine, SamplingParams, load_engine
+
+def infer(cfg: InferConfig) -> Path:
+    """Answer cfg.dataset into cfg.output; returns the path."""
+    if not cfg.dataset:
+        raise ConfigError("dataset: name the prompts to answer (--dataset FILE); for a chat in the terminal run "
+                          "`tunesmith infer` without --dataset")
+    engine = engine_for(cfg)
+    try:
+        return answer_dataset(engine, cfg, sampling_params(cfg))
+    finally:
+        engine.shutdown()
+
+
+def engine_for(cfg: InferConfig) -> Engine:
+    """The Engine for an infer config: the adapter run's base (unless --model says otherwise) with its adapter."""
+    adapters = {_run_name(cfg.adapters): cfg.adapters} if cfg.adapters else None
+    return load_engine(cfg.backend, cfg.model if not cfg.adapters or "model" in cfg.model_fields_set else None,
+                       adapters, cfg.device, cfg.dtype, cfg.system)
+
+
+def sampling_params(cfg: InferConfig) -> SamplingParams:
+    g = cfg.generation
+    return SamplingParams(max_tokens=g.max_tokens, temperature=g.temperature, top_p=g.top_p, stop=list(g.stop), seed=g.seed)
+
+
+def _run_name(adapters: str) -> str:
+    folder = Path(adapters)
+    return folder.parent.name if folder.name == "final" else folder.name
+
+
+def answer_dataset(engine: Engine, cfg: InferConfig, params: SamplingParams) -> Path:
+    from tqdm.auto import tqdm
+
+    data = load_rows(cfg.dataset, kind="prompts", seed=0)
+    skipped = data.raise_if_bad(cfg.skip_bad_rows)
+    out = Path(cfg.output or Path(cfg.dataset[0]).with_suffix("").as_posix() + ".answers.jsonl")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = data.rows
+    model = engine.model_names()[0]
+    with out.open("w", encoding="utf-8") as f, tqdm(total=len(rows), desc="answering", unit="row") as bar:
+        for start in range(0, len(rows), cfg.batch_size):
+            batch = rows[start: start + cfg.batch_size]
+            answers = engine.chat([r.messages for r in batch], params, model=model)
+            for row, answer in zip(batch, answers):
+                choice = answer.choices[0]
+                record = {"messages": row.messages, "response": choice.text, "finish_reason": choice.finish_reason,
+                          "completion_tokens": choice.completion_tokens, "source": f"{row.source}:{row.line}"}
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            f.flush()  # answers so far survive an interrupted run
+            bar.update(len(batch))
+    note = f" ({skipped} bad rows skipped)" if skipped else ""
+    print(f"wrote {len(rows)} answers to {out}{note}", file=sys.stderr)
+    return out

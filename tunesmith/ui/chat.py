@@ -1,0 +1,77 @@
+"""`tunesmith infer` without --dataset: a chat in the terminal.
+
+Type a message and press Enter. End a line with \\ to continue on the next, or paste a block between two lines of
+\"\"\". /reset forgets the conversation, /exit (or Ctrl-D) leaves. Answers come from the same Engine that
+`tunesmith deploy` serves (api.engine), so they are the same text."""
+
+from __future__ import annotations
+
+import sys
+
+from tunesmith import api
+from tunesmith.config import InferConfig
+
+HELP = 'Type a message. Line ending in \\ continues; """ starts/ends a block. /reset clears, /exit leaves.'
+
+
+def chat(cfg: InferConfig) -> None:
+    engine = api.engine(cfg)
+    params, model = api.sampling_params(cfg), engine.model_names()[0]
+    try:
+        converse(engine, params, model)
+    finally:
+        engine.shutdown()
+
+
+def converse(engine, params, model: str) -> None:
+    interactive = sys.stdin.isatty()
+    print(f"tunesmith chat with {model}. {HELP}", file=sys.stderr)
+    history: list[dict] = []
+    while True:
+        text = read_message(interactive)
+        if text is None or text.strip() in ("/exit", "/quit"):
+            break
+        if text.strip() == "/reset":
+            history = []
+            print("(conversation cleared)", file=sys.stderr)
+            continue
+        if not text.strip():
+            continue
+        history.append({"role": "user", "content": text})
+        reply = ""
+        for piece in engine.stream_text(history, params, model=model):
+            reply += piece
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        history.append({"role": "assistant", "content": reply})
+
+
+def read_message(interactive: bool) -> str | None:
+    """One message: continuation lines ending in \\, or a block between two \"\"\" lines. None at end of input."""
+    lines: list[str] = []
+    block = False
+    prompt = ">>> "
+    while True:
+        try:
+            line = input(prompt) if interactive else sys.stdin.readline()
+        except EOFError:
+            return "\n".join(lines) if lines else None
+        if not interactive:
+            if line == "":
+                return "\n".join(lines) if lines else None
+            line = line.rstrip("\n")
+        if line.strip() == '"""':
+            if block:
+                return "\n".join(lines)
+            block, prompt = True, "... "
+            continue
+        if block:
+            lines.append(line)
+        elif line.endswith("\\"):
+            lines.append(line[:-1])
+            prompt = "... "
+        else:
+            lines.append(line)
+            return "\n".join(lines)
