@@ -1,4 +1,4 @@
-# Two commands on a fresh machine with Python 3.11 and pip:
+# Two commands on a fresh machine with Python 3.11+ and pip:
 #   make demo   set up .venv, fine-tune the embedded model on the PRD dataset, compare answers before/after
 #   make test   set up .venv with test extras and run the test suite (what CI runs)
 PYTHON ?= python3

@@ -104,8 +104,12 @@ def serve_and_ask(answers_tuned: Path, port: int = 8765) -> None:
                                                temperature=0)
         text = reply.choices[0].message.content
         print(f"\nopenai SDK -> {reply.model}: {text[:400]}{'...' if len(text) > 400 else ''}")
+        same = text == first["response"]
         print(f"usage: {reply.usage.prompt_tokens} prompt + {reply.usage.completion_tokens} completion tokens; "
-              f"identical to `tunesmith infer`'s answer: {'yes' if text == first['response'] else 'no'}")
+              f"identical to `tunesmith infer`'s answer: {'yes' if same else 'no'}")
+        if not same:  # the promise the demo shows: what was trained and answered by infer is what is served
+            raise SystemExit("demo failed: the served answer differs from `tunesmith infer`'s answer to the same prompt:"
+                             f"\n  served: {text!r}\n  infer:  {first['response']!r}")
     finally:
         server.send_signal(signal.SIGTERM)  # graceful: finishes running requests, then exits 0
         server.wait(timeout=60)

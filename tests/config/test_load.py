@@ -67,3 +67,19 @@ def test_help_lists_every_option_with_its_default():
                  "--skip-bad-rows", "--loss-on", "--packing"]:
         assert name in text
     assert "[default: 16]" in text and "[default: 'lora']" in text
+
+
+def test_openai_generation_names_and_comma_lists_are_accepted_where_a_command_generates():
+    from tunesmith.config import DeployConfig, InferConfig
+    from tunesmith.config.eval import EvalConfig
+
+    infer = load(InferConfig, ["--max-tokens", "16", "--temperature", "0", "--seed", "3"])
+    assert (infer.generation.max_tokens, infer.generation.temperature, infer.generation.seed) == (16, 0.0, 3)
+    evaluate = load(EvalConfig, ["--dataset", "x", "--metrics", "bleu,rouge", "exact_match", "--top-p", "0.9"])
+    assert evaluate.metrics == ["bleu", "rouge", "exact_match"] and evaluate.generation.top_p == 0.9
+    deploy = load(DeployConfig, ["--stop", "a,b", "--adapters", "prd=runs/a/final,dao=runs/b/final"])
+    assert deploy.generation.stop == ["a,b"]  # a stop string may hold a comma: never split
+    assert deploy.adapters == ["prd=runs/a/final", "dao=runs/b/final"]
+    with pytest.raises(ConfigError, match="given twice"):
+        load(InferConfig, ["--max-tokens", "16", "--generation.max-tokens", "8"])
+    assert "--max-tokens" in help_text(InferConfig, "tunesmith infer")

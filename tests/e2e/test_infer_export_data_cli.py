@@ -27,7 +27,7 @@ def test_infer_batch_answers_every_row_with_the_runs_base_model(trained_run, toy
 
 
 def test_infer_chat_reads_turns_and_reset_from_stdin(tiny_model):
-    proc = run_cli("infer", "--model", tiny_model, "--generation.max-tokens", "3",
+    proc = run_cli("infer", "--model", tiny_model, "--max-tokens", "3", "--temperature", "0",  # OpenAI's names
                    stdin="hello\nfirst line\\\nsecond line\n/reset\n/exit\nnever read\n")
     assert proc.returncode == 0 and "(conversation cleared)" in proc.stderr
     assert proc.stdout.endswith("\n") and proc.stdout.strip("\n") != "" or proc.stdout.count("\n") >= 2

@@ -9,7 +9,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from tunesmith.config.sections import Device, Dtype, GenerationCfg, LoraCfg, Section
+from tunesmith.config.sections import GENERATION_SHORTCUTS, Device, Dtype, GenerationCfg, LoraCfg, Section
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -106,13 +106,15 @@ class InferConfig(Section):
     dataset: list[str] = Field(default_factory=list, description="Answer these prompts instead of chatting.")
     output: str | None = Field(None, description="JSONL file for batch answers (default: <first dataset>.answers.jsonl).")
     batch_size: int = Field(32, ge=1, description="Prompts submitted together in batch mode (they share the running batch).")
-    backend: Literal["transformers", "vllm", "sglang", "lmdeploy"] = Field("transformers", description="Inference backend.")
+    backend: Literal["transformers", "vllm"] = Field("transformers", description=(
+        "transformers (always there) or vllm (in its own venv: scripts/vllm-env.sh)."))
     generation: GenerationCfg = Field(default_factory=GenerationCfg, description="Generation settings.")
     system: str | None = Field(None, description="System prompt (default: the one the model was trained with).")
     skip_bad_rows: bool = Field(False, description="Skip rows that fail the data check instead of stopping.")
     dtype: Dtype = Field("auto", description="auto = bfloat16 on GPUs that support it, else float32.")
     device: Device = Field("auto", description="auto = cuda, then mps, then cpu.")
     command: ClassVar[str] = "infer"
+    shortcuts: ClassVar[dict[str, str]] = GENERATION_SHORTCUTS  # --max-tokens, --temperature, ...
 
 
 class DeployConfig(Section):
@@ -121,7 +123,8 @@ class DeployConfig(Section):
     model: str | None = Field(None, description="Base model (default: the adapter runs' base, else the embedded model).")
     adapters: list[str] = Field(default_factory=list, description=(
         "Adapters to serve, picked by the request's model: NAME=PATH, or PATH (named after its run folder)."))
-    backend: Literal["transformers", "vllm", "sglang", "lmdeploy"] = Field("transformers", description="Inference backend.")
+    backend: Literal["transformers", "vllm"] = Field("transformers", description=(
+        "transformers (always there) or vllm (in its own venv: scripts/vllm-env.sh)."))
     host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0 = every interface).")
     port: int = Field(8000, ge=0, le=65535, description="Port to listen on.")
     api_key: str | None = Field(None, description="Require `Authorization: Bearer KEY` on /v1 routes (default: open).")
@@ -135,18 +138,30 @@ class DeployConfig(Section):
     dtype: Dtype = Field("auto", description="auto = bfloat16 on GPUs that support it, else float32.")
     device: Device = Field("auto", description="auto = cuda, then mps, then cpu.")
     command: ClassVar[str] = "deploy"
+    shortcuts: ClassVar[dict[str, str]] = GENERATION_SHORTCUTS  # --max-tokens, --temperature, ...
 
 
 class ExportConfig(Section):
-    """Merge an adapter into its base and write a plain HF folder. Run: tunesmith export --adapters X --merge-lora"""
+    """Merge an adapter into its base and write a plain HF folder. Run: tunesmith export --adapters runs/NAME/final"""
 
     adapters: str = Field(..., description="Adapter folder of a run (runs/NAME/final).")
     model: str | None = Field(None, description="Base model (default: the one the adapter run recorded).")
-    merge_lora: bool = Field(True, description="Fold the adapter into the base weights.")
     output: str | None = Field(None, description="Folder to write (default: <run>/merged).")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Dtype of the written weights.")
     verify: bool = Field(True, description="Check that merged logits equal adapter logits before writing.")
     command: ClassVar[str] = "export"
+    retired: ClassVar[dict[str, str]] = {"merge_lora": "export always merges the adapter into its base"}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_lora(cls, data: object) -> object:
+        # `--merge-lora` of earlier releases: what export does anyway. false asked for an export that does not exist.
+        if isinstance(data, dict) and "merge_lora" in data:
+            data = dict(data)
+            if data.pop("merge_lora") in (False, "false"):
+                raise ValueError("merge_lora: false is not an export tunesmith makes; export writes the adapter "
+                                 "merged into its base (drop --merge-lora)")
+        return data
 
 
 class DataCheckConfig(Section):

@@ -10,7 +10,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from tunesmith.config.sections import Device, Dtype, GenerationCfg, Section
+from tunesmith.config.sections import GENERATION_SHORTCUTS, Device, Dtype, GenerationCfg, Section
 
 Metric = Literal["exact_match", "bleu", "rouge", "bertscore", "accuracy"]
 CHEAP_METRICS: list[str] = ["exact_match", "bleu", "rouge", "accuracy"]
@@ -41,8 +41,8 @@ class EvalConfig(Section):
     generation: GenerationCfg = Field(default_factory=GenerationCfg, description="Generation settings.")
     batch_size: int = Field(32, ge=1, description=(
         "Prompts submitted together (they share the running batch), or concurrent requests to an endpoint."))
-    backend: Literal["transformers", "vllm", "sglang", "lmdeploy"] = Field(
-        "transformers", description="Inference backend for local models.")
+    backend: Literal["transformers", "vllm"] = Field(
+        "transformers", description="Inference backend for local models: transformers, or vllm (its own venv).")
     system: str | None = Field(None, description="System prompt (default: the one each model was trained with).")
     api_key: str | None = Field(None, description="Bearer key for endpoints (default: $OPENAI_API_KEY, else none).")
     output_dir: str | None = Field(None, description=(
@@ -53,6 +53,7 @@ class EvalConfig(Section):
     dtype: Dtype = Field("auto", description="auto = bfloat16 on GPUs that support it, else float32.")
     device: Device = Field("auto", description="auto = cuda, then mps, then cpu.")
     command: ClassVar[str] = "eval"
+    shortcuts: ClassVar[dict[str, str]] = GENERATION_SHORTCUTS  # --max-tokens, --temperature, ...
 
     @model_validator(mode="after")
     def _check(self) -> "EvalConfig":

@@ -177,9 +177,25 @@ def _parse_flags(cls: type[BaseModel], flags: list[str], positionals: list[str])
                 values[key] = True
         elif len(args) == 1 and _field_kind(cls, key) != "list":
             values[key] = _scalar(args[0])
+        elif _splits_commas(cls, key):  # --metrics bleu,rouge = --metrics bleu rouge
+            values[key] = [_scalar(part.strip()) for a in args for part in a.split(",") if part.strip()]
         else:
             values[key] = [_scalar(a) for a in args]
     return values
+
+
+def _splits_commas(cls: type[BaseModel], dotted: str) -> bool:
+    """List flags take comma-separated values too, unless the field says its items may hold commas (stop strings)."""
+    if _field_kind(cls, dotted) != "list":
+        return False
+    if _renamed(cls, dotted) and dotted not in getattr(cls, "retired", {}):
+        dotted = cls.moved_target(dotted)
+    model: type[BaseModel] | None = cls
+    *sections, name = dotted.split(".")
+    for part in sections:
+        model = _section_class(model, part)
+    extra = model.model_fields[name].json_schema_extra if model and name in model.model_fields else None
+    return not (isinstance(extra, dict) and extra.get("commas") is False)
 
 
 def _scalar(text: str) -> Any:
@@ -229,8 +245,8 @@ def _normalise(cls: type[BaseModel], flat: dict[str, Any], source: str | None, l
 
 def _check_known(cls: type[BaseModel], parts: list[str], raw_key: str, source: str | None, lines: dict[str, int],
                  prefix: str = "") -> None:
-    if len(parts) == 1 and parts[0] in getattr(cls, "moved", {}):
-        return  # a key of an earlier release: the config moves it (and notes it) when it validates
+    if len(parts) == 1 and _renamed(cls, parts[0]):
+        return  # a key of an earlier release, or a shortcut: the config moves it when it validates
     model: type[BaseModel] | None = cls
     for depth, part in enumerate(parts):
         fields = model.model_fields if model else {}
@@ -245,6 +261,11 @@ def _check_known(cls: type[BaseModel], parts: list[str], raw_key: str, source: s
             shown = f"--{str(raw_key).replace('_', '-')}" if source is None else str(raw_key)
             raise ConfigError(f"{_where(source, lines.get(str(raw_key)))}unknown option {shown}{hint} (see --help)")
         model = _section_class(model, part)
+
+
+def _renamed(cls: type[BaseModel], key: str) -> bool:
+    """A key the config itself moves (or retires) when it validates: an old key, a shortcut, a retired flag."""
+    return key not in cls.model_fields and any(key in getattr(cls, kind, {}) for kind in ("moved", "shortcuts", "retired"))
 
 
 def _all_keys(model: type[BaseModel]) -> list[str]:
@@ -272,7 +293,7 @@ def _section_class(model: type[BaseModel] | None, name: str) -> type[BaseModel] 
 
 
 def _field_kind(cls: type[BaseModel], dotted: str) -> str:
-    if dotted in getattr(cls, "moved", {}) and dotted not in cls.model_fields:
+    if _renamed(cls, dotted) and dotted not in getattr(cls, "retired", {}):
         dotted = cls.moved_target(dotted)
     model: type[BaseModel] | None = cls
     parts = dotted.split(".")
@@ -305,6 +326,9 @@ def help_text(cls: type[BaseModel], prog: str) -> str:
     doc = (cls.__doc__ or "").strip()
     rows = [f"usage: {prog} [-c config.yaml] [--option value ...]", "", doc, "", "options (YAML keys are the same names with underscores):"]
     rows.append(f"  {'-c, --config FILE':34} YAML file with any of the options below; flags override it")
+    if getattr(cls, "shortcuts", None):
+        names = ", ".join("--" + k.replace("_", "-") for k in cls.shortcuts)
+        rows.append(f"  {'(' + names + ')':34} accepted for the --generation.* options of the same names")
     for key, field in _help_fields(cls):
         default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
         rows.append(f"  {'--' + key.replace('_', '-'):34} {field.description or ''} [default: {default}]")

@@ -17,6 +17,8 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
     # old key -> "section.key" now; a dict picks the target by the config's `method` (rlhf's sections)
     moved: ClassVar[dict[str, str | dict[str, str]]] = {}
+    # spellings users bring (OpenAI's top-level names for the generation section): moved the same way, without a note
+    shortcuts: ClassVar[dict[str, str]] = {}
 
     @classmethod
     def moved_elsewhere(cls, key: str, method: str) -> str:
@@ -27,7 +29,7 @@ class Section(BaseModel):
     @classmethod
     def moved_target(cls, key: str, method: str | None = None) -> str:
         """Where an old key lives now; with method None, any of its places (the loader reads the value's kind there)."""
-        target = cls.moved[key]
+        target = cls.shortcuts[key] if key in cls.shortcuts else cls.moved[key]
         if isinstance(target, str):
             return target
         if method is None:
@@ -39,13 +41,14 @@ class Section(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _move_old_keys(cls, data: object) -> object:
-        if not cls.moved or not isinstance(data, dict):
+        if not (cls.moved or cls.shortcuts) or not isinstance(data, dict):
             return data
         data = dict(data)
         method = data.get("method", cls.model_fields["method"].default if "method" in cls.model_fields else None)
-        for old in [k for k in data if k in cls.moved and k not in cls.model_fields]:
+        for old in [k for k in data if (k in cls.moved or k in cls.shortcuts) and k not in cls.model_fields]:
             target = cls.moved_target(old, method)
-            log.info("note: %s is %s in tunesmith (the old key still works)", old, target)
+            if old in cls.moved:
+                log.info("note: %s is %s in tunesmith (the old key still works)", old, target)
             *sections, key = target.split(".")
             node = data
             for name in sections:
@@ -76,9 +79,14 @@ class GenerationCfg(Section):
     max_tokens: int = Field(256, ge=1, description="Most new tokens per answer.")
     temperature: float = Field(0.0, ge=0.0, description="0 = greedy (deterministic); higher = more varied.")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
-    stop: list[str] = Field(default_factory=list, description="Extra strings that end an answer.")
+    stop: list[str] = Field(default_factory=list, description="Extra strings that end an answer.",
+                            json_schema_extra={"commas": False})  # a stop string may hold a comma
     seed: int | None = Field(None, description="Sampling seed, for repeatable sampled answers.")
 
 
 Device = Literal["auto", "cpu", "cuda", "mps"]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+# `--max-tokens 16 --temperature 0`: OpenAI's names, at the top level of every command that generates
+GENERATION_SHORTCUTS = {name: f"generation.{name}" for name in GenerationCfg.model_fields}

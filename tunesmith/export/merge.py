@@ -1,6 +1,6 @@
 """Merge a LoRA/DoRA adapter into its base and write a plain HF folder that loads without peft.
 
-    tunesmith export --adapters runs/prd/final --merge-lora --output models/prd-merged
+    tunesmith export --adapters runs/prd/final --output models/prd-merged
 
 Before writing, the merged model's logits are compared with the adapter model's on a probe conversation rendered
 by the run's own template; export refuses to write a merge that changes the outputs.
@@ -34,8 +34,6 @@ def export(cfg: ExportConfig) -> Path:
     run = read_run_output(cfg.adapters)
     if not run.is_adapter:
         raise ConfigError(f"adapters: {run.folder} is a full model, not an adapter; it needs no merge")
-    if not cfg.merge_lora:
-        raise ConfigError("merge_lora: false leaves nothing to export yet; quantization and GGUF come in a later release")
     out = Path(cfg.output) if cfg.output else run.folder.parent / "merged"
     dtype = getattr(torch, cfg.dtype)
     base_folder = models.resolve(cfg.model or run.base_model)

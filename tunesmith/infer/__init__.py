@@ -20,8 +20,6 @@ from tunesmith.infer.types import (
 BACKENDS = {
     "transformers": ("tunesmith.infer.transformers_engine", "TransformersEngine", None),
     "vllm": ("tunesmith.infer.vllm_engine", "VLLMEngine", "vllm"),
-    "sglang": (None, None, "sglang"),
-    "lmdeploy": (None, None, "lmdeploy"),
 }
 
 
@@ -41,9 +39,6 @@ def load_engine(backend: str = "transformers", model: str | None = None, adapter
     if package and importlib.util.find_spec(package) is None:
         raise BackendUnavailable(f"backend: {backend} is not installed here; install it (pip install {package}) or "
                                  "use --backend transformers")
-    if module is None:
-        raise BackendUnavailable(f"backend: {backend} is installed but tunesmith has no {backend} backend yet; "
-                                 "use --backend transformers or vllm")
     engine_cls = getattr(importlib.import_module(module), cls)
     return engine_cls.load(model=model, adapters=adapters, device=device, dtype=dtype, system=system, **options)
 

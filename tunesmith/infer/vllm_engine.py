@@ -324,7 +324,7 @@ def _pick_device(preference: str) -> str:
 def _adapter_rank(folder: Path, name: str) -> int:
     """The adapter's largest rank, after refusing what vLLM cannot serve (it would fail only on a first request)."""
     cfg = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
-    fix = (f"serve {name} with --backend transformers, or merge it (tunesmith export --adapters {folder} --merge-lora) "
+    fix = (f"serve {name} with --backend transformers, or merge it (tunesmith export --adapters {folder}) "
            "and serve the merged folder")
     if cfg.get("use_dora"):
         raise ConfigError(f"{folder}: a DoRA adapter, which vLLM does not support; {fix}")
