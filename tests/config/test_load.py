@@ -83,3 +83,19 @@ def test_openai_generation_names_and_comma_lists_are_accepted_where_a_command_ge
     with pytest.raises(ConfigError, match="given twice"):
         load(InferConfig, ["--max-tokens", "16", "--generation.max-tokens", "8"])
     assert "--max-tokens" in help_text(InferConfig, "tunesmith infer")
+
+
+def test_help_lists_only_what_works():
+    """Options that only refused ("in a later release") are gone from --help and refused as values."""
+    from tunesmith.config import ExportConfig, InferConfig, PlanConfig
+
+    assert "sglang" not in help_text(InferConfig, "tunesmith infer") and "lmdeploy" not in help_text(InferConfig, "x")
+    with pytest.raises(ConfigError, match="backend"):
+        load(InferConfig, ["--backend", "sglang"])
+    assert "--merge-lora" not in help_text(ExportConfig, "tunesmith export")
+    assert load(ExportConfig, ["--adapters", "runs/a/final", "--merge-lora"]).adapters == "runs/a/final"  # old spelling
+    with pytest.raises(ConfigError, match="merge_lora: false is not an export"):
+        load(ExportConfig, ["--adapters", "runs/a/final", "--merge-lora", "false"])
+    assert "galore" not in help_text(PlanConfig, "tunesmith plan")
+    with pytest.raises(ConfigError, match="tuner"):
+        load(PlanConfig, ["--tuner", "galore"])
