@@ -216,6 +216,14 @@ def summarise(args: argparse.Namespace, work: dict, results: list[dict]) -> dict
 
 def child(args: argparse.Namespace, work: dict) -> None:
     result: dict = {"config": args.child}
+    rank = int(os.environ.get("RANK", 0))
+    if rank:  # under torchrun (bench/scale.py): rank 0's result is the one reported; the others keep theirs apart
+        args.result = f"{args.result}.rank{rank}"
+    if "LOCAL_RANK" in os.environ:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     try:
         _child(args, work, result)
     except Exception:  # noqa: BLE001 - the parent reports it and goes on with the next configuration
@@ -291,7 +299,7 @@ def build_model(work: dict, config, attn: str, args: argparse.Namespace):
     dtype = torch.bfloat16 if cuda else torch.float32
     torch.manual_seed(0)
     if work["method"] != "qlora":
-        with torch.device("cuda" if cuda else "cpu"):
+        with torch.device(f"cuda:{torch.cuda.current_device()}" if cuda else "cpu"):
             return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn)
     from transformers import BitsAndBytesConfig
 
@@ -371,7 +379,9 @@ def run_tunesmith(args, work, config, data, tokenizer, probe, out_dir, overrides
     cfg = SFTConfig(model=shape, dataset=["synthetic"], tuner=work["method"], max_length=work["max_length"],
                     batch_size=work["batch_size"], max_steps=args.warmup + args.steps, output_dir=out_dir,
                     report_to=["none"], **overrides)
-    preflight(cfg, shape, rows=1)  # packing and checkpointing left unset: from this machine and the memory plan
+    plan = preflight(cfg, shape, rows=1)  # packing and checkpointing left unset: from this machine and the memory plan
+    result["plan_gib"] = round(plan.needed_gib, 2) if plan.needed_gib is not None else None
+    result["layout"] = plan.layout
     # load_trainable loads weights with models.load_model: here they come from the shape instead of a folder
     models.load_model = lambda folder, dtype, device, quantize_4bit=False: build_model(work, config, "sdpa", args)
     model, device, dtype = load_trainable(cfg, Path(out_dir))

@@ -17,24 +17,28 @@ from tunesmith.config import DataCheckConfig, DeployConfig, DownloadConfig, Expo
 
 
 def sft(cfg: SFTConfig, callbacks: list[Any] | None = None):
-    """Supervised fine-tuning. Returns a RunResult (run_dir, final_dir, losses)."""
+    """Supervised fine-tuning. Returns a RunResult (run_dir, final_dir, losses). With --nproc-per-node > 1 (or
+    --nnodes > 1) it starts the ranks through torchrun (train/launch.py); `callbacks` then stay in this process."""
+    from tunesmith.train import launch
     from tunesmith.train.sft import sft as run
 
-    return run(cfg, callbacks=callbacks)
+    return launch.launch(cfg) if launch.needs_launch(cfg) else run(cfg, callbacks=callbacks)
 
 
 def pt(cfg: PTConfig, callbacks: list[Any] | None = None):
     """Continued pretraining on raw text."""
+    from tunesmith.train import launch
     from tunesmith.train.pt import pt as run
 
-    return run(cfg, callbacks=callbacks)
+    return launch.launch(cfg) if launch.needs_launch(cfg) else run(cfg, callbacks=callbacks)
 
 
 def rlhf(cfg: RLHFConfig, callbacks: list[Any] | None = None):
     """Preference alignment and RL (--method dpo, kto, orpo, simpo, cpo, rm, ppo, grpo) on a base model or an SFT run."""
+    from tunesmith.train import launch
     from tunesmith.train.rlhf import rlhf as run
 
-    return run(cfg, callbacks=callbacks)
+    return launch.launch(cfg) if launch.needs_launch(cfg) else run(cfg, callbacks=callbacks)
 
 
 def infer(cfg: InferConfig):

@@ -27,7 +27,7 @@ def test_the_memory_plan_warns_and_refuses_with_strict_memory(tiny, monkeypatch,
     plan = pf.preflight(SFTConfig(model=str(tiny), dataset=["x"], device="cpu"), tiny, rows=10)
     assert 0 < plan.needed_gib < 1 and plan.have_gib == 64.0
     assert plan.choices == {"packing": False, "gradient_checkpointing": False, "checkpoint_every": None}
-    assert "effective batch 4 = 4 per step x 1 accumulation x 1 process(es)" in caplog.text
+    assert "effective batch 4 = 4 per step x 1 accumulation x 1 data-parallel process(es), single process" in caplog.text
     assert "memory plan: about" in caplog.text
 
     machine(monkeypatch, 0.001)  # 1 MiB: nothing fits

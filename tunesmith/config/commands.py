@@ -58,6 +58,25 @@ class TrainConfig(Section):
     device: Device = Field("auto", description="auto = cuda, then mps, then cpu.")
     report_to: list[str] = Field(default_factory=lambda: ["tensorboard"], description="tensorboard, wandb, mlflow, or none.")
     strict_memory: bool = Field(False, description="Refuse to start when `tunesmith plan` says the run will not fit (default: warn).")
+    # Scale out (train/launch.py): torchrun's layout flags, each also read from its environment variable
+    nproc_per_node: int = Field(1, ge=1, description="Processes on this node, one per GPU; > 1 starts torchrun (env NPROC_PER_NODE).")
+    nnodes: int = Field(1, ge=1, description="Nodes in the job; start the same command on each (env NNODES).")
+    node_rank: int = Field(0, ge=0, description="This node's rank, 0 to nnodes-1 (env NODE_RANK).")
+    master_addr: str | None = Field(None, description="Address of node 0, needed with nnodes > 1 (env MASTER_ADDR).")
+    master_port: int = Field(29500, ge=1, le=65535, description="Port of node 0's rendezvous (env MASTER_PORT).")
+    deepspeed: str | None = Field(None, description=(
+        "DeepSpeed ZeRO: zero1 | zero2 | zero3 | zero2-offload | zero3-offload, or a path.json ('auto' values are filled "
+        "from this config). Needs pip install 'tunesmith[deepspeed]'."))
+    fsdp: Literal["full-shard", "shard-grad-op", "hybrid-shard"] | None = Field(None, description=(
+        "PyTorch FSDP2: full-shard (ZeRO-3-like), shard-grad-op (ZeRO-2-like), hybrid-shard (shard within a node, "
+        "replicate across nodes)."))
+    fsdp_offload: bool = Field(False, description="With fsdp: keep parameters and optimizer states in CPU RAM.")
+    sequence_parallel: int = Field(1, ge=1, description=(
+        "Split each sequence over N ranks for long contexts: Ulysses (DeepSpeed ALST) with --deepspeed, PyTorch's "
+        "context parallel with --fsdp."))
+    watchdog_timeout: int = Field(600, ge=0, description=(
+        "With several processes: seconds without a finished step on a rank before every rank writes its Python "
+        "stack to hang-rank-N.txt in the run folder and the run exits non-zero (0 = off)."))
 
     command: ClassVar[str] = "train"
     # sft's `method` of earlier releases (and PRODUCT.md's `method: lora`): rlhf's --method names the algorithm, so
@@ -73,6 +92,10 @@ class TrainConfig(Section):
     def _check(self) -> "TrainConfig":
         if self.tuner == "full" and self.adapters:
             raise ValueError("adapters: cannot continue an adapter with full weights; drop --adapters or use lora")
+        if self.deepspeed and self.fsdp:
+            raise ValueError("fsdp: choose DeepSpeed or FSDP, not both; drop --fsdp or --deepspeed")
+        if self.fsdp_offload and not self.fsdp:
+            raise ValueError("fsdp_offload: needs --fsdp full-shard (or shard-grad-op)")
         return self
 
 

@@ -41,9 +41,15 @@ class PlanConfig(Section):
     attn: Literal["sdpa", "flash", "eager", "flex"] = Field(
         "sdpa", description="Attention kernel: eager stores seq x seq scores per layer; the others do not.")
     packing: bool = Field(False, description="Samples concatenated to max_length (padding-free, as TRL packs).")
-    zero_stage: int = Field(0, ge=0, le=3, description="DeepSpeed ZeRO stage: 1 shards optimizer states, 2 +gradients, 3 +weights.")
-    fsdp: bool = Field(False, description="PyTorch FSDP full sharding (like ZeRO-3).")
-    world_size: int | None = Field(None, ge=1, description="GPUs the run uses (default: the GPUs found, at least 1).")
+    nproc_per_node: int = Field(1, ge=1, description="Processes (GPUs) per node, as `tunesmith sft --nproc-per-node`.")
+    nnodes: int = Field(1, ge=1, description="Nodes, as `tunesmith sft --nnodes`.")
+    deepspeed: str | None = Field(None, description=(
+        "zero1 | zero2 | zero3 | zero2-offload | zero3-offload (or a DeepSpeed JSON), as `tunesmith sft --deepspeed`."))
+    fsdp: bool | Literal["full-shard", "shard-grad-op", "hybrid-shard"] = Field(False, description=(
+        "PyTorch FSDP2, as `tunesmith sft --fsdp` (true = full-shard; hybrid-shard shards within a node)."))
+    sequence_parallel: int = Field(1, ge=1, description="Ranks that share one sequence (each holds max_length / N tokens).")
+    zero_stage: int = Field(0, ge=0, le=3, description="DeepSpeed ZeRO stage by number: 1 shards optimizer states, 2 +gradients, 3 +weights.")
+    world_size: int | None = Field(None, ge=1, description="Processes in all (default: nproc_per_node x nnodes).")
     offload: bool = Field(False, description="Keep optimizer states (and with ZeRO-3 the weights) in CPU RAM.")
     gpu_memory: float | None = Field(None, gt=0, description="GiB per GPU to plan for, instead of what is detected.")
     inference: bool = Field(False, description="Estimate serving instead: weights + KV cache + activations.")
@@ -54,10 +60,19 @@ class PlanConfig(Section):
     positional: ClassVar[tuple[str, ...]] = ("model",)
     moved: ClassVar[dict[str, str | dict[str, str]]] = {"method": "tuner"}  # as in the training commands
 
+    @model_validator(mode="before")
+    @classmethod
+    def _deepspeed_preset(cls, data: object) -> object:
+        # --deepspeed zero3-offload names the stage and the offload (a JSON file's stage: pass --zero-stage)
+        preset = data.get("deepspeed") if isinstance(data, dict) else None
+        if isinstance(preset, str) and preset.startswith("zero") and preset[4:5].isdigit():
+            data = {**data, "zero_stage": int(preset[4]), "offload": data.get("offload") or preset.endswith("-offload")}
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> "PlanConfig":
         if self.fsdp and self.zero_stage:
-            raise ValueError("fsdp: choose FSDP or DeepSpeed ZeRO, not both; drop --fsdp or set --zero-stage 0")
+            raise ValueError("fsdp: choose FSDP or DeepSpeed ZeRO, not both; drop --fsdp or --deepspeed")
         if self.offload and not (self.fsdp or self.zero_stage):
             raise ValueError("offload: CPU offload needs sharding; add --zero-stage 2 (or 3) or --fsdp")
         return self

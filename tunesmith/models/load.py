@@ -69,9 +69,16 @@ def load_model(folder: Path, dtype: Any, device: str, quantize_4bit: bool = Fals
     kwargs: dict[str, Any] = {"dtype": dtype}
     if quantize_4bit:
         kwargs["quantization_config"] = _nf4_config(dtype)
-        kwargs["device_map"] = {"": 0} if device == "cuda" else {"": device}
+        # the current device: each rank's own GPU with several processes (train/preflight.py sets it)
+        kwargs["device_map"] = {"": _current_cuda()} if device == "cuda" else {"": device}
     model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
     return model if quantize_4bit else model.to(device)
+
+
+def _current_cuda() -> int:
+    import torch
+
+    return torch.cuda.current_device()
 
 
 def _nf4_config(dtype: Any) -> Any:

@@ -85,7 +85,7 @@ def _nothing_fits(shape: ModelShape, s: Setup, est: Estimate, memory_gib: float)
     if s.method != "qlora" and s.device != "mps":
         fixes.append("--tuner qlora")
     if not (s.zero_stage or s.fsdp):
-        fixes.append("more GPUs with --zero-stage 3 --offload")
+        fixes.append("more GPUs with --nproc-per-node N --deepspeed zero3-offload")
     fixes.append("a smaller model (tunesmith models lists some)")
     return (f"nothing fits in {memory_gib:.1f} GiB: the smallest setting tried, {s.method} with micro-batch "
             f"{s.micro_batch}{' and checkpointing' if s.checkpointing else ''}, needs {need:.1f} GiB "

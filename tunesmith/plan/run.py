@@ -29,7 +29,8 @@ def plan(cfg: PlanConfig, hardware: Hardware | None = None) -> dict[str, Any]:
         shape.lora_modules(targets)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    world = cfg.world_size or max(1, len(hw.gpus))
+    world = cfg.world_size or cfg.nproc_per_node * cfg.nnodes  # as `tunesmith sft` would run: one process by default
+    shards = cfg.nproc_per_node if cfg.fsdp == "hybrid-shard" else world
     device = "cuda" if cfg.gpu_memory or hw.gpus else hw.device
     memory = cfg.gpu_memory or hw.memory_gib()
     source = ("--gpu-memory" if cfg.gpu_memory else f"free memory of {hw.gpus[0].name}" if hw.gpus
@@ -38,8 +39,9 @@ def plan(cfg: PlanConfig, hardware: Hardware | None = None) -> dict[str, Any]:
     if dtype == "auto":  # models.load.pick_dtype: bf16 where the GPU has it; float32 on CPU, MPS and older GPUs
         dtype = "bfloat16" if cfg.gpu_memory or (hw.gpus and all(g.bf16 for g in hw.gpus)) else "float32"
     base = Setup(dtype=dtype, optimizer=cfg.optimizer, lora_rank=cfg.lora_rank, lora_targets=targets,
-                 seq=cfg.max_length, micro_batch=cfg.batch_size, grad_accum=cfg.grad_accum, attn=cfg.attn,
-                 packing=cfg.packing, zero_stage=cfg.zero_stage, fsdp=cfg.fsdp, world_size=world, offload=cfg.offload,
+                 seq=-(-cfg.max_length // cfg.sequence_parallel), micro_batch=cfg.batch_size, grad_accum=cfg.grad_accum,
+                 attn=cfg.attn, packing=cfg.packing, zero_stage=cfg.zero_stage, fsdp=bool(cfg.fsdp), world_size=shards,
+                 offload=cfg.offload,
                  device=device)
     result: dict[str, Any] = {
         "model": {"name": cfg.model, "model_type": shape.model_type, "params": shape.params(), "layers": shape.layers,
@@ -89,13 +91,28 @@ def _training(cfg: PlanConfig, shape: ModelShape, base: Setup, memory: float, hw
                      "minutes (tunesmith sft trains in float32 on CPU)")
     if shape.model_type == "gemma2" and cfg.attn != "eager":
         notes.append("Gemma 2 trains with eager attention (logit soft-capping); plan with --attn eager")
+    if len(hw.gpus) > 1 and result["world_size"] == 1:
+        notes.append(f"{len(hw.gpus)} GPUs found; this plans one process, as `tunesmith sft` runs by default: plan "
+                     f"--nproc-per-node {len(hw.gpus)} (with --deepspeed or --fsdp to shard) to use them all")
     s = choice.setup
-    if choice.fits and s.method in SFT_METHODS and not (s.zero_stage or s.fsdp):
-        result["command"] = (f"tunesmith sft --model {cfg.model} --tuner {s.method} --max-length {s.seq} "
+    if choice.fits and s.method in SFT_METHODS:
+        result["command"] = (f"tunesmith sft --model {cfg.model} --tuner {s.method} --max-length {cfg.max_length} "
                              f"--batch-size {s.micro_batch} --grad-accum {choice.grad_accum}"
                              + (" --gradient-checkpointing" if s.checkpointing else "")
                              + (f" --lora.rank {s.lora_rank}" if s.method != "full" else "")
-                             + (" --packing" if s.packing else "") + " --dataset DATA")
+                             + (" --packing" if s.packing else "") + _layout_flags(cfg, s) + " --dataset DATA")
+
+
+def _layout_flags(cfg: PlanConfig, s: Setup) -> str:
+    """The flags that run the planned layout: processes, the sharding engine, sequence parallelism."""
+    flags = f" --nproc-per-node {cfg.nproc_per_node}" if cfg.nproc_per_node > 1 else ""
+    flags += f" --nnodes {cfg.nnodes}" if cfg.nnodes > 1 else ""
+    if s.zero_stage:
+        flags += f" --deepspeed {cfg.deepspeed if cfg.deepspeed and not cfg.deepspeed.startswith('zero') else f'zero{s.zero_stage}'}"
+        flags += "-offload" if s.offload and s.zero_stage in (2, 3) and not (cfg.deepspeed or "").endswith(".json") else ""
+    elif s.fsdp:
+        flags += f" --fsdp {cfg.fsdp if isinstance(cfg.fsdp, str) else 'full-shard'}" + (" --fsdp-offload" if s.offload else "")
+    return flags + (f" --sequence-parallel {cfg.sequence_parallel}" if cfg.sequence_parallel > 1 else "")
 
 
 def _inference(cfg: PlanConfig, shape: ModelShape, base: Setup, memory: float, result: dict) -> None:

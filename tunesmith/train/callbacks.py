@@ -49,7 +49,9 @@ class MetricsLog(TrainerCallback):
         done = max(state.global_step, 1)
         record = {"step": state.global_step, "total_steps": state.max_steps, "epoch": round(state.epoch or 0, 4)}
         record |= {k: (round(v, 6) if isinstance(v, float) else v) for k, v in logs.items()}
-        record |= {"tokens_per_s": round(rate, 1), "peak_mem_gb": round(peak_memory_gb(), 3),
+        world = getattr(args, "world_size", 1)  # Trainer counts every process's tokens in num_input_tokens_seen
+        record |= {"tokens_per_s": round(rate, 1), "tokens_per_s_per_gpu": round(rate / world, 1),
+                   "processes": world, "peak_mem_gb": round(peak_memory_gb(), 3),
                    "elapsed_s": round(elapsed, 1), "eta_s": round(elapsed / done * (state.max_steps - state.global_step), 1)}
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
@@ -93,17 +95,21 @@ class CheckpointManifest(TrainerCallback):
     as complete only with a manifest that matches its files, and resume picks the newest complete one."""
 
     def on_save(self, args, state, control, **kwargs):
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()  # every rank has written its shard before the manifest vouches for them
         if not state.is_world_process_zero:
             return
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if folder.is_dir():
-            write_manifest(folder, state.global_step)
+            write_manifest(folder, state.global_step, args.world_size)
 
 
-def write_manifest(folder: Path, step: int) -> None:
+def write_manifest(folder: Path, step: int, world_size: int = 1) -> None:
     files = {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
     tmp = folder / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps({"step": step, "files": files}, indent=1))
+    tmp.write_text(json.dumps({"step": step, "world_size": world_size, "files": files}, indent=1))
     os.replace(tmp, folder / MANIFEST)
 
 
@@ -113,6 +119,51 @@ def is_complete(folder: Path) -> bool:
         return False
     files = json.loads(path.read_text()).get("files", {})
     return all((folder / name).is_file() and (folder / name).stat().st_size == size for name, size in files.items())
+
+
+class Watchdog(TrainerCallback):
+    """With several processes a rank that stops (a deadlocked collective, a hung data loader, one rank asleep)
+    stops every rank, silently, until NCCL's timeout (30 min by default) or forever. This one is separate from it:
+    when a rank finishes no step, evaluation or save for `timeout` seconds, it writes every thread's Python stack to
+    hang-rank-N.txt in the run folder and exits non-zero, so the launcher stops the others (which, waiting on the
+    stuck rank, dump theirs too)."""
+
+    def __init__(self, run_dir: Path, timeout: float, rank: int):
+        self.path = run_dir / f"hang-rank-{rank}.txt"
+        self.timeout, self.rank = timeout, rank
+        self.last = time.monotonic()
+        self.stopped = False
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        import threading
+
+        self.last = time.monotonic()
+        threading.Thread(target=self._watch, name="tunesmith-watchdog", daemon=True).start()
+
+    def _progress(self, *args, **kwargs):
+        self.last = time.monotonic()
+
+    on_step_end = on_substep_end = on_evaluate = on_save = on_log = _progress
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.stopped = True
+
+    def _watch(self) -> None:
+        import faulthandler
+
+        while not self.stopped:
+            time.sleep(min(5.0, self.timeout / 10))
+            idle = time.monotonic() - self.last
+            if idle > self.timeout and not self.stopped:
+                with self.path.open("w") as f:
+                    f.write(f"rank {self.rank}: no finished step for {idle:.0f} s (watchdog_timeout {self.timeout:g})\n")
+                    f.flush()
+                    faulthandler.dump_traceback(file=f, all_threads=True)
+                logging.getLogger("tunesmith").error(
+                    "rank %d made no progress for %.0f s: stacks in %s; stopping (watchdog_timeout)", self.rank, idle,
+                    self.path)
+                sys.stderr.flush()
+                os._exit(3)
 
 
 class LossPlot(TrainerCallback):

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from tunesmith.plan.methods import Alignment, method_extra_bytes, method_setup
 from tunesmith.plan.model_shape import ModelShape, load_shape
 from tunesmith.plan.speed import (AUTO_SHARE, checkpoint_every_that_fits, checkpointed_layers,
                                   partial_checkpointing_bytes, training_setup)
-from tunesmith.train import speed
+from tunesmith.train import launch, speed
 
 log = logging.getLogger("tunesmith")
 # Names of the parameters an adapter run trains: peft's LoRA/DoRA weights and whole modules it saves (a reward
@@ -49,12 +50,14 @@ class Preflight:
     needed_gib: float | None = None  # the memory plan's peak; None when the model's shape could not be read
     have_gib: float = 0.0
     choices: dict[str, Any] = field(default_factory=dict)
+    layout: dict[str, Any] = field(default_factory=dict)  # processes and the engine that spreads the run over them
 
     def recorded(self) -> dict[str, Any]:
         """What config.yaml keeps of the pre-flight: the device, the dtype, the plan and the speed choices."""
         plan = {"needed_gib": round(self.needed_gib, 2) if self.needed_gib is not None else None,
                 "available_gib": round(self.have_gib, 2)}
-        return {"device": self.device, "dtype": str(self.dtype), "memory_plan": plan, "choices": self.choices}
+        return {"device": self.device, "dtype": str(self.dtype), "memory_plan": plan, "choices": self.choices,
+                "layout": self.layout}
 
 
 def load_template(cfg: Any) -> tuple[Any, Path]:
@@ -83,8 +86,17 @@ def preflight(cfg: Any, base_folder: Path, rows: int) -> Preflight:
     dtype = models.pick_dtype(cfg.dtype, device)
     if cfg.tuner == "qlora" and device == "mps":
         raise HardwareError("tuner: qlora needs CUDA or CPU (bitsandbytes has no MPS kernels); use tuner: lora")
-    plan = Preflight(device, dtype, hardware.probe())
+    if device == "cuda" and "LOCAL_RANK" in os.environ:  # one GPU per process: weights load onto this rank's
+        import torch
+
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    plan = Preflight(device, dtype, hardware.probe(), processes=launch.world_size())
     plan.have_gib = plan.hardware.memory_gib()
+    launch.check_engine(cfg, plan.processes)
+    engine = (f"deepspeed {cfg.deepspeed}" if cfg.deepspeed else f"fsdp2 {cfg.fsdp}" if cfg.fsdp else
+              "ddp" if plan.processes > 1 else "single process")
+    plan.layout = {"processes": plan.processes, "nodes": int(os.environ.get("GROUP_WORLD_SIZE", 1)), "engine": engine,
+                   "sequence_parallel": cfg.sequence_parallel}
     shape = _shape(base_folder)
     resolve_speed(cfg, plan, shape)
     _check_memory(cfg, plan, shape)
@@ -165,9 +177,15 @@ def estimate(cfg: Any, plan: Preflight, shape: ModelShape) -> Estimate:
 
 
 def _setup(cfg: Any, plan: Preflight, shape: ModelShape) -> Any:
+    """The estimator's Setup for this config on this machine, per device: sharded over the processes with DeepSpeed
+    or FSDP (hybrid-shard: within a node), each holding max_length / sequence_parallel tokens of a sequence."""
     varlen = speed.varlen_runs(plan.device, plan.dtype)
     liger = speed.liger_applies(getattr(cfg, "kernels", "none"), plan.device, shape.model_type)
-    return training_setup(cfg, plan.device, str(plan.dtype).removeprefix("torch."), varlen, liger)
+    setup = training_setup(cfg, plan.device, str(plan.dtype).removeprefix("torch."), varlen, liger)
+    shards = int(os.environ.get("LOCAL_WORLD_SIZE", plan.processes)) if cfg.fsdp == "hybrid-shard" else plan.processes
+    return replace(setup, world_size=shards, zero_stage=launch.deepspeed_stage(cfg.deepspeed), fsdp=bool(cfg.fsdp),
+                   offload="offload" in (cfg.deepspeed or "") or cfg.fsdp_offload,
+                   seq=-(-cfg.max_length // cfg.sequence_parallel))
 
 
 def _alignment(cfg: Any) -> Alignment:
@@ -235,9 +253,11 @@ def _recorded_config(folder: Path) -> dict:
 def _print(cfg: Any, plan: Preflight, rows: int) -> None:
     what = cfg.method if cfg.command == "rlhf" else cfg.command
     adapter = f" rank {cfg.lora.rank}" if cfg.tuner != "full" else ""
-    effective = cfg.batch_size * cfg.grad_accum * plan.processes
-    log.info("run: %s, tuner %s%s, %d rows; effective batch %d = %d per step x %d accumulation x %d process(es)",
-             what, cfg.tuner, adapter, rows, effective, cfg.batch_size, cfg.grad_accum, plan.processes)
+    replicas = plan.processes // cfg.sequence_parallel  # ranks that share one sequence count once
+    effective = cfg.batch_size * cfg.grad_accum * replicas
+    log.info("run: %s, tuner %s%s, %d rows; effective batch %d = %d per step x %d accumulation x %d data-parallel "
+             "process(es), %s", what, cfg.tuner, adapter, rows, effective, cfg.batch_size, cfg.grad_accum, replicas,
+             plan.layout["engine"])
     ckpt = ("off" if not cfg.gradient_checkpointing else
             f"every {cfg.checkpoint_every}-th layer" if (cfg.checkpoint_every or 1) > 1 else "all layers")
     log.info("speed: packing %s, gradient checkpointing %s, on %s in %s", "on" if cfg.packing else "off", ckpt,

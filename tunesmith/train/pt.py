@@ -19,15 +19,7 @@ def pt(cfg: PTConfig, callbacks: list[Any] | None = None) -> RunResult:
     with open_run(cfg) as run:
         template, base_folder = load_template(cfg)
 
-        data = load_rows(cfg.dataset, kind="pt", seed=cfg.seed)
-        val = load_rows(cfg.val_dataset, kind="pt", seed=cfg.seed) if cfg.val_dataset else None
-        skipped = data.raise_if_bad(cfg.skip_bad_rows) + (val.raise_if_bad(cfg.skip_bad_rows) if val else 0)
-        train_ds = tokenize_pt(data.rows, template, cfg.max_length)
-        eval_ds = tokenize_pt(val.rows, template, cfg.max_length) if val else None
-        if eval_ds is None and cfg.val_split > 0:
-            split = train_ds.train_test_split(test_size=cfg.val_split, seed=cfg.seed)
-            train_ds, eval_ds = split["train"], split["test"]
-
+        train_ds, eval_ds, skipped = pt_data(cfg, template)
         plan = preflight(cfg, base_folder, rows=len(train_ds))
         model, device, dtype = load_trainable(cfg, base_folder)
         chosen = prepare_model(cfg, model, device, dtype)  # on a GPU: varlen attention for the packed blocks, kernels
@@ -37,3 +29,16 @@ def pt(cfg: PTConfig, callbacks: list[Any] | None = None) -> RunResult:
                               run.resume_from, callbacks)
         final = run.save_final(trainer, template)
         return run.result(trainer, final, skipped)
+
+
+def pt_data(cfg: PTConfig, template: Any) -> tuple[Any, Any, int]:
+    """(train blocks, eval blocks or None, rows skipped): text + EOS cut into max_length blocks, cached."""
+    data = load_rows(cfg.dataset, kind="pt", seed=cfg.seed)
+    val = load_rows(cfg.val_dataset, kind="pt", seed=cfg.seed) if cfg.val_dataset else None
+    skipped = data.raise_if_bad(cfg.skip_bad_rows) + (val.raise_if_bad(cfg.skip_bad_rows) if val else 0)
+    train_ds = tokenize_pt(data.rows, template, cfg.max_length)
+    eval_ds = tokenize_pt(val.rows, template, cfg.max_length) if val else None
+    if eval_ds is None and cfg.val_split > 0:
+        split = train_ds.train_test_split(test_size=cfg.val_split, seed=cfg.seed)
+        train_ds, eval_ds = split["train"], split["test"]
+    return train_ds, eval_ds, skipped

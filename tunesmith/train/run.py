@@ -6,6 +6,7 @@ runs/NAME/
   checkpoint-N/   HF Trainer layout + tunesmith_manifest.json once complete
   final/          adapter (or full model) + tokenizer + chat template
   .lock           held (flock) while a run writes here; a second run on the same folder stops at once
+  logs/rank-N.log with several processes (train/launch.py): what each rank other than 0 logged
 
 Opening a run takes the lock, decides whether the folder may be written (resume, overwrite, or refuse), finds the
 checkpoint to resume, and mirrors the log into train.log; closing it detaches the log handlers and releases the lock,
@@ -16,10 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -28,6 +29,7 @@ import yaml
 
 from tunesmith.errors import ConfigError
 from tunesmith.train.callbacks import MANIFEST, is_complete
+from tunesmith.train.launch import LAUNCHED, is_main, rank, world_size
 from tunesmith.versions import installed_versions
 
 log = logging.getLogger("tunesmith")
@@ -58,18 +60,27 @@ class Run:
     resume_from: str | None
 
     def save_config(self, **resolved: Any) -> None:
-        save_config(self.cfg, self.dir, **resolved)
+        if is_main():
+            save_config(self.cfg, self.dir, **resolved)
 
     def save_final(self, trainer: Any, template: Any) -> Path:
-        """final/: written to a staging folder and renamed, so it is either whole or absent."""
-        final = self.dir / "final"
-        staging = Path(tempfile.mkdtemp(prefix=".final-", dir=self.dir))
+        """final/: written to a staging folder and renamed, so it is either whole or absent. With several processes
+        every rank takes part in saving (FSDP and ZeRO-3 gather their shards into one consolidated folder); rank 0
+        writes it."""
+        final, staging = self.dir / "final", self.dir / ".final-staging"
+        if is_main():
+            shutil.rmtree(staging, ignore_errors=True)  # left by a run killed while saving
+            staging.mkdir()
+        _barrier()
         trainer.save_model(str(staging))
-        template.save(staging)
-        shutil.copy(self.dir / "config.yaml", staging / "config.yaml")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(staging, final)
+        _barrier()
+        if is_main():
+            template.save(staging)
+            shutil.copy(self.dir / "config.yaml", staging / "config.yaml")
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(staging, final)
+        _barrier()
         return final
 
     def result(self, trainer: Any, final: Path, skipped: int) -> RunResult:
@@ -81,16 +92,23 @@ class Run:
 
 @contextlib.contextmanager
 def open_run(cfg: Any) -> Iterator[Run]:
-    """Lock the run folder, prepare it, log into it; on the way out (also on error) undo the logging and unlock."""
+    """Lock the run folder, prepare it, log into it; on the way out (also on error) undo the logging and unlock.
+    With several processes, rank 0 locks and prepares (or the launching process did: train/launch.py), and each
+    other rank logs into logs/rank-N.log."""
     if cfg.output_dir is None:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         cfg.output_dir = f"runs/{cfg.command}-{stamp}"
     path = Path(cfg.output_dir)
     path.mkdir(parents=True, exist_ok=True)
-    with _locked(path):
-        _check_writable(cfg, path)
-        with _logging_into(path / "train.log"):
-            yield Run(cfg, path, checkpoint_to_resume(cfg, path))
+    held_by_launcher = os.environ.get(LAUNCHED) == str(path.resolve())
+    owner = is_main() and not held_by_launcher
+    log_file = path / "train.log" if is_main() else path / "logs" / f"rank-{rank()}.log"
+    with _locked(path) if owner else contextlib.nullcontext():
+        if owner:
+            _check_writable(cfg, path)
+        log_file.parent.mkdir(exist_ok=True)
+        with _logging_into(log_file, console=is_main()):
+            yield Run(cfg, path, checkpoint_to_resume(cfg, path, set_aside=owner))
 
 
 def _check_writable(cfg: Any, path: Path) -> None:
@@ -137,17 +155,23 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _logging_into(file: Path) -> Iterator[None]:
+def _logging_into(file: Path, console: bool = True) -> Iterator[None]:
     """Mirror tunesmith's and the training libraries' log records into `file` while the run is open. Consoles keep
-    warnings only meanwhile (the progress bar shows the rest); both are restored afterwards."""
+    warnings only meanwhile (the progress bar shows the rest); both are restored afterwards. console=False (ranks
+    other than 0) keeps only warnings on the shared console too: rank 0 speaks for the run."""
     handler = logging.FileHandler(file, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     saved = []
+    root = logging.getLogger()
+    roots = [(h, h.level) for h in root.handlers]
+    if not console:
+        for h in root.handlers:
+            h.setLevel(max(h.level, logging.WARNING))
     for name in LOGGERS:
         logger = logging.getLogger(name)
         saved.append((logger, logger.level, [(h, h.level) for h in logger.handlers]))
-        for console in logger.handlers:
-            console.setLevel(max(console.level, logging.WARNING))
+        for stream in logger.handlers:
+            stream.setLevel(max(stream.level, logging.WARNING))
         logger.addHandler(handler)
         logger.setLevel(min(logger.level or logging.INFO, logging.INFO))
     try:
@@ -156,13 +180,17 @@ def _logging_into(file: Path) -> Iterator[None]:
         for logger, level, handlers in saved:
             logger.removeHandler(handler)
             logger.setLevel(level)
-            for console, console_level in handlers:
-                console.setLevel(console_level)
+            for stream, stream_level in handlers:
+                stream.setLevel(stream_level)
+        for stream, stream_level in roots:
+            stream.setLevel(stream_level)
         handler.close()
 
 
-def checkpoint_to_resume(cfg: Any, run_dir: Path) -> str | None:
-    """true -> the newest complete checkpoint (partial ones from a killed run are set aside); a path -> that."""
+def checkpoint_to_resume(cfg: Any, run_dir: Path, set_aside: bool = True) -> str | None:
+    """true -> the newest complete checkpoint (partial ones from a killed run are set aside, by one process); a path
+    -> that. A checkpoint written by another number of processes than this run's is refused when its engine shards
+    the state (FSDP, DeepSpeed)."""
     if not cfg.resume:
         return None
     if isinstance(cfg.resume, str):
@@ -173,11 +201,41 @@ def checkpoint_to_resume(cfg: Any, run_dir: Path) -> str | None:
     steps = sorted((int(p.name.split("-")[1]), p) for p in run_dir.glob("checkpoint-*") if p.name.split("-")[1].isdigit())
     for _, path in reversed(steps):
         if is_complete(path):
+            check_world_size(cfg, path)
             return str(path)
-        log.warning("%s is incomplete (killed while saving); setting it aside", path)
-        path.rename(path.with_name(f"incomplete-{path.name}-{os.getpid()}"))
+        if set_aside:
+            log.warning("%s is incomplete (killed while saving); setting it aside", path)
+            path.rename(path.with_name(f"incomplete-{path.name}-{os.getpid()}"))
     log.warning("resume: no complete checkpoint in %s; starting from step 0", run_dir)
     return None
+
+
+def check_world_size(cfg: Any, checkpoint: Path) -> None:
+    written = json.loads((checkpoint / MANIFEST).read_text()).get("world_size", 1)
+    now = world_size()
+    if written == now:
+        return
+    if cfg.deepspeed or cfg.fsdp:
+        raise ConfigError(f"resume: {checkpoint} was written by {written} process(es), this run has {now}; sharded "
+                          f"optimizer states resume at the same world size: --nproc-per-node {written} (x nodes)")
+    log.warning("resume: %s was written by %d process(es), this run has %d: the weights and optimizer resume, the "
+                "data order of the rest of the epoch differs", checkpoint, written, now)
+
+
+def result_from_folder(run_dir: Path) -> RunResult:
+    """The result of a run that other processes trained (train/launch.py): from its metrics and config."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    losses = [r["loss"] for r in rows if isinstance(r.get("loss"), (int, float))]
+    resolved = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("_resolved", {})
+    return RunResult(run_dir, run_dir / "final", max((r.get("step", 0) for r in rows), default=0),
+                     losses[0] if losses else None, losses[-1] if losses else None, resolved.get("skipped_rows", 0))
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 def save_config(cfg: Any, run_dir: Path, **resolved: Any) -> None:

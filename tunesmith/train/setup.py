@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.models import load as models
+from tunesmith.train.launch import engine_args, rank, world_size
 from tunesmith.train.speed import speed_args
 
 
@@ -69,6 +70,7 @@ def common_args(cfg: Any, run_dir: Path, device: str, dtype: Any, has_eval: bool
         run_name=run_dir.name,
         include_num_input_tokens_seen="non_padding",
         disable_tqdm=True,  # our ProgressBar shows one bar plus one line per log
+        **engine_args(cfg),  # several processes: DDP, or FSDP2 / DeepSpeed / sequence parallel when asked
     )
 
 
@@ -87,15 +89,18 @@ def run_trainer(cfg: Any, run_dir: Path, model: Any, tokenizer: Any, train_ds: A
     from transformers.trainer_callback import PrinterCallback
     from trl import SFTTrainer
 
-    from tunesmith.train.callbacks import CheckpointManifest, LossPlot, MetricsLog, ProgressBar
+    from tunesmith.train.callbacks import CheckpointManifest, LossPlot, MetricsLog, ProgressBar, Watchdog
 
+    ours = [MetricsLog(run_dir), ProgressBar(), CheckpointManifest(), LossPlot(run_dir)]
+    if world_size() > 1 and cfg.watchdog_timeout:
+        ours.append(Watchdog(run_dir, cfg.watchdog_timeout, rank()))
     trainer = (trainer_cls or SFTTrainer)(
         model=model,
         args=args or trl_args(cfg, run_dir, device, dtype, has_eval=eval_ds is not None),
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=tokenizer,
-        callbacks=[MetricsLog(run_dir), ProgressBar(), CheckpointManifest(), LossPlot(run_dir), *(callbacks or [])],
+        callbacks=[*ours, *(callbacks or [])],
     )
     # With its tqdm off, the Trainer prints every log dict; MetricsLog prints one line per log instead.
     trainer.remove_callback(PrinterCallback)

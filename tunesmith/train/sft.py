@@ -24,22 +24,7 @@ def sft(cfg: SFTConfig, callbacks: list[Any] | None = None) -> RunResult:
     with open_run(cfg) as run:
         template, base_folder = load_template(cfg)
 
-        # Data first: a bad row stops the run before any weights load.
-        subs = {"name": cfg.model_name, "author": cfg.model_author}
-        data = load_rows(cfg.dataset, kind="sft", seed=cfg.seed, substitutions=subs)
-        val = load_rows(cfg.val_dataset, kind="sft", seed=cfg.seed, substitutions=subs) if cfg.val_dataset else None
-        train_ds, too_long = tokenize_sft(data.rows, template, cfg.loss_on, cfg.max_length)
-        data.problems += too_long
-        skipped = data.raise_if_bad(cfg.skip_bad_rows)
-        eval_ds = None
-        if val is not None:
-            eval_ds, val_too_long = tokenize_sft(val.rows, template, cfg.loss_on, cfg.max_length)
-            val.problems += val_too_long
-            skipped += val.raise_if_bad(cfg.skip_bad_rows)
-        elif cfg.val_split > 0:
-            split = train_ds.train_test_split(test_size=cfg.val_split, seed=cfg.seed)
-            train_ds, eval_ds = split["train"], split["test"]
-
+        train_ds, eval_ds, skipped = sft_data(cfg, template)  # a bad row stops the run before any weights load
         plan = preflight(cfg, base_folder, rows=len(train_ds))  # speed choices, memory plan: what config.yaml records
         model, device, dtype = load_trainable(cfg, base_folder)
         chosen = prepare_model(cfg, model, device, dtype)  # the attention and kernels this machine runs
@@ -49,3 +34,22 @@ def sft(cfg: SFTConfig, callbacks: list[Any] | None = None) -> RunResult:
                               run.resume_from, callbacks)
         final = run.save_final(trainer, template)
         return run.result(trainer, final, skipped)
+
+
+def sft_data(cfg: SFTConfig, template: Any) -> tuple[Any, Any, int]:
+    """(train, eval or None, rows skipped): every row checked, rendered by the template and cached (train/tokenize.py)."""
+    subs = {"name": cfg.model_name, "author": cfg.model_author}
+    data = load_rows(cfg.dataset, kind="sft", seed=cfg.seed, substitutions=subs)
+    val = load_rows(cfg.val_dataset, kind="sft", seed=cfg.seed, substitutions=subs) if cfg.val_dataset else None
+    train_ds, too_long = tokenize_sft(data.rows, template, cfg.loss_on, cfg.max_length)
+    data.problems += too_long
+    skipped = data.raise_if_bad(cfg.skip_bad_rows)
+    eval_ds = None
+    if val is not None:
+        eval_ds, val_too_long = tokenize_sft(val.rows, template, cfg.loss_on, cfg.max_length)
+        val.problems += val_too_long
+        skipped += val.raise_if_bad(cfg.skip_bad_rows)
+    elif cfg.val_split > 0:
+        split = train_ds.train_test_split(test_size=cfg.val_split, seed=cfg.seed)
+        train_ds, eval_ds = split["train"], split["test"]
+    return train_ds, eval_ds, skipped

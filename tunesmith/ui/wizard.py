@@ -63,9 +63,10 @@ def describe(hw) -> str:
     return f"{where}\nCPU cores: {hw.cpu_cores}   RAM: {hw.ram_gib:.0f} GiB   free disk: {hw.disk_free_gib:.0f} GiB"
 
 
-def settings_for(hw, model: str, max_length: int) -> dict:
+def settings_for(hw, model: str, max_length: int, processes: int = 1) -> dict:
     """PRODUCT's rule picks the method (>= 24 GiB free -> LoRA, a smaller GPU -> QLoRA, MPS or CPU -> LoRA);
-    `tunesmith plan` picks micro-batch, accumulation and checkpointing for a global batch of 8 and says if it fits."""
+    `tunesmith plan` picks micro-batch, accumulation and checkpointing for a global batch of 8 over `processes` GPUs
+    and says if it fits."""
     import contextlib
     import io
 
@@ -74,7 +75,8 @@ def settings_for(hw, model: str, max_length: int) -> dict:
     global_batch = 8 if hw.gpus else 4  # a CPU run stays short
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         result = api.plan(load(PlanConfig, ["--model", model, "--tuner", method, "--max-length", str(max_length),
-                                        "--global-batch", str(global_batch)]))
+                                            "--global-batch", str(max(global_batch, processes)),
+                                            "--nproc-per-node", str(processes)]))
     chosen = result["recommended"]["settings"]
     return {"method": chosen["method"], "batch_size": chosen["batch_size"], "grad_accum": chosen["grad_accum"],
             "gradient_checkpointing": chosen["gradient_checkpointing"], "fits": result["fits"],
@@ -100,14 +102,18 @@ def fine_tune(hw) -> None:
     if duration is None:
         return
     max_length = 640 if DURATIONS[duration] is not None else 2048
-    settings = settings_for(hw, model, max_length)
+    processes = 1
+    if len(hw.gpus) > 1 and questionary.confirm(f"Train on all {len(hw.gpus)} GPUs (one process each, data parallel)?",
+                                                default=True).ask():
+        processes = len(hw.gpus)
+    settings = settings_for(hw, model, max_length, processes)
     console.print(f"[bold]plan:[/bold] {settings['message']}")
     if not settings["fits"] and not questionary.confirm("The plan says this will not fit. Start anyway?", default=False).ask():
         return
     output_dir = f"runs/wizard-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     args = ["--model", model, "--dataset", dataset, "--tuner", settings["method"], "--batch-size",
             str(settings["batch_size"]), "--grad-accum", str(settings["grad_accum"]), "--max-length", str(max_length),
-            "--output-dir", output_dir]
+            "--output-dir", output_dir] + (["--nproc-per-node", str(processes)] if processes > 1 else [])
     if settings["gradient_checkpointing"]:
         args.append("--gradient-checkpointing")
     if DURATIONS[duration] is not None:

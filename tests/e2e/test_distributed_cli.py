@@ -1,0 +1,130 @@
+"""Several processes on CPU (gloo), through the console script: torchrun started by `--nproc-per-node 2`, and an outer
+torchrun around the Python API. The loss of 2 processes x batch 2 equals 1 process x batch 4; the final folder is one
+consolidated adapter; a killed rank resumes; a hung rank is found by the watchdog."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import yaml
+
+from conftest import read_metrics, run_cli
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def losses(run_dir):
+    return [m["loss"] for m in read_metrics(run_dir) if "loss" in m]
+
+
+COMMON = ["--max-steps", "4", "--logging-steps", "1", "--report-to", "none", "--device", "cpu", "--learning-rate", "1e-2"]
+
+
+@pytest.fixture(scope="module")
+def single(tiny_model, toy_data, tmp_path_factory):
+    run = tmp_path_factory.mktemp("single") / "run"
+    run_cli("sft", "--model", tiny_model, "--dataset", toy_data, "--batch-size", "4", "--output-dir", run, *COMMON)
+    return losses(run)
+
+
+@pytest.mark.parametrize("engine, name", [([], "ddp"), (["--fsdp", "full-shard"], "fsdp2 full-shard"),
+                                          (["--deepspeed", "zero3"], "deepspeed zero3")], ids=["ddp", "fsdp2", "zero3"])
+def test_two_processes_train_as_one_with_the_same_global_batch(engine, name, single, tiny_model, toy_data, tmp_path):
+    run = tmp_path / "run"
+    proc = run_cli("sft", "--model", tiny_model, "--dataset", toy_data, "--batch-size", "2", "--nproc-per-node", "2",
+                   "--master-port", free_port(), "--output-dir", run, *COMMON, *engine)
+    assert losses(run) == pytest.approx(single, abs=1e-4)
+    assert proc.stderr.count("memory plan:") == 1  # rank 0 speaks for the run; rank 1 logs into logs/rank-1.log
+    assert "memory plan:" in (run / "logs" / "rank-1.log").read_text()
+    resolved = yaml.safe_load((run / "config.yaml").read_text())["_resolved"]
+    assert resolved["layout"]["processes"] == 2 and resolved["layout"]["engine"] == name
+    metrics = read_metrics(run)[-2]
+    assert metrics["processes"] == 2 and metrics["tokens_per_s_per_gpu"] == pytest.approx(metrics["tokens_per_s"] / 2, abs=0.2)
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), run / "final")  # one plain adapter
+    assert any(p.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)
+
+
+KILL = textwrap.dedent("""
+    import os, signal, sys, time
+    from transformers import TrainerCallback
+    from tunesmith import SFTConfig, sft
+
+    class Stop(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == int(sys.argv[3]) and os.environ["RANK"] == "1":
+                if sys.argv[2] == "kill":
+                    os.kill(os.getpid(), signal.SIGKILL)    # one rank dies, no cleanup
+                time.sleep(120)                             # one rank hangs: the others wait in the next allreduce
+
+    sft(SFTConfig(model=sys.argv[1], dataset=[sys.argv[4]], batch_size=2, max_steps=6, save_steps=2, logging_steps=1,
+                  report_to=["none"], device="cpu", learning_rate=1e-2, output_dir=sys.argv[5], watchdog_timeout=6),
+        callbacks=[Stop()])
+""")
+
+
+def torchrun(script, *args, port):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                           f"--master-port={port}", str(script), *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def test_a_killed_rank_resumes_to_the_uninterrupted_loss(tiny_model, toy_data, tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(KILL)
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    run_cli("sft", "--model", tiny_model, "--dataset", toy_data, "--batch-size", "2", "--nproc-per-node", "2",
+            "--max-steps", "6", "--save-steps", "2", "--logging-steps", "1", "--report-to", "none", "--device", "cpu",
+            "--learning-rate", "1e-2", "--master-port", free_port(), "--output-dir", whole)
+    killed = torchrun(script, tiny_model, "kill", 3, toy_data, broken, port=free_port())  # an outer launcher
+    assert killed.returncode != 0 and not (broken / "final").exists()
+    assert json.loads((broken / "checkpoint-2" / "tunesmith_manifest.json").read_text())["world_size"] == 2
+    run_cli("sft", "--model", tiny_model, "--dataset", toy_data, "--batch-size", "2", "--nproc-per-node", "2",
+            "--max-steps", "6", "--save-steps", "2", "--logging-steps", "1", "--report-to", "none", "--device", "cpu",
+            "--learning-rate", "1e-2", "--master-port", free_port(), "--output-dir", broken, "--resume")
+    assert losses(broken)[-1] == pytest.approx(losses(whole)[-1], abs=1e-4)
+
+
+def test_a_hung_rank_is_dumped_by_the_watchdog_and_the_run_exits(tiny_model, toy_data, tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(KILL)
+    started = time.monotonic()
+    hung = torchrun(script, tiny_model, "hang", 2, toy_data, tmp_path / "hung", port=free_port())
+    assert hung.returncode != 0 and time.monotonic() - started < 90  # not the 120 s sleep, not NCCL's 30 minutes
+    dump = (tmp_path / "hung" / "hang-rank-1.txt").read_text()
+    assert "no finished step for" in dump and "on_step_end" in dump  # the stack shows where rank 1 stopped
+
+
+def test_layouts_that_cannot_run_are_refused_before_any_process_starts(tiny_model, toy_data, tmp_path):
+    base = ["sft", "--model", tiny_model, "--dataset", toy_data, "--output-dir", tmp_path / "x", "--device", "cpu"]
+    cases = [(["--nnodes", "2", "--node-rank", "2"], "node_rank: 2 with nnodes 2"),
+             (["--nnodes", "2"], "master_addr: a job on several nodes needs the address of node 0"),
+             (["--nproc-per-node", "2", "--tuner", "qlora", "--deepspeed", "zero3"], "4-bit QLoRA weights cannot be sharded"),
+             (["--nproc-per-node", "2", "--sequence-parallel", "2"], "sequence_parallel: needs --deepspeed"),
+             (["--deepspeed", "zero2", "--fsdp", "full-shard"], "choose DeepSpeed or FSDP, not both")]
+    with socket.socket() as busy:
+        busy.bind(("", 0))
+        busy.listen()
+        cases.append((["--nproc-per-node", "2", "--master-port", str(busy.getsockname()[1])], "is in use on this machine"))
+        for flags, message in cases:
+            proc = run_cli(*base, *flags, check=False)
+            assert proc.returncode != 0 and message in proc.stderr, (flags, proc.stderr[-500:])
+            assert "Traceback" not in proc.stderr and "launching" not in proc.stderr
+    env_layout = run_cli(*base, check=False, env={"NNODES": "2", "NODE_RANK": "1"})  # the peers' variables count
+    assert "master_addr: a job on several nodes" in env_layout.stderr
+    ppo = run_cli("rlhf", "--method", "ppo", "--model", tiny_model, "--dataset", toy_data, "--rewards.funcs", "length",
+                  "--nproc-per-node", "2", "--output-dir", tmp_path / "p", check=False)
+    assert ppo.returncode != 0 and "ppo runs in one process" in ppo.stderr
