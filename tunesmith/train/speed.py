@@ -35,6 +35,7 @@ from typing import Any
 from tunesmith.errors import HardwareError
 from tunesmith.infer import attention
 from tunesmith.models.patches.peft_lora import keep_adapter_inputs_in_compute_dtype, use_fused_forward
+from tunesmith.train.launch import deepspeed_stage
 
 log = logging.getLogger("tunesmith")
 
@@ -67,7 +68,9 @@ def prepare_model(cfg: Any, model: Any, device: str, dtype: Any) -> dict[str, st
     chosen["kernels"] = _apply_kernels(getattr(cfg, "kernels", "none"), model, device)
     if keep_adapter_inputs_in_compute_dtype(model, dtype):
         chosen["adapter_inputs"] = str(dtype).removeprefix("torch.")
-    if device == "cuda" and use_fused_forward(model):
+    # ZeRO-3 gathers a weight only for its own module's forward; the fused forward reads lora_B's weight directly
+    zero3 = getattr(cfg, "deepspeed", None) and deepspeed_stage(cfg.deepspeed) == 3
+    if device == "cuda" and not zero3 and use_fused_forward(model):
         chosen["lora_forward"] = "fused (addmm into the base output)"
     chosen["optim"] = speed_args(cfg, device).get("optim", "transformers default")
     return chosen
