@@ -102,7 +102,7 @@ def measure(args: argparse.Namespace, engine: str, nproc: int, extra: list[str],
         result = json.loads(result_path.read_text()) if result_path.exists() else {}
     world = 1 if engine == "single" else nproc * args.nnodes
     row = {"engine": engine, "processes": world, "max_length": max_length, "wall_s": round(time.perf_counter() - started, 1),
-           **{k: result.get(k) for k in ("tok_s", "peak_alloc_gib", "peak_reserved_gib", "plan_gib", "settings",
+           **{k: result.get(k) for k in ("tok_s", "peak_alloc_gib", "peak_reserved_gib", "plan_gib", "plan_alloc_gib", "settings",
                                           "first_step_s", "flops_per_token", "last_loss", "layout")}}
     if code != 0 or not result.get("tok_s"):
         lines = [line for line in output.splitlines() if line.strip()]
@@ -151,7 +151,7 @@ def summarise(args: argparse.Namespace, rows: list[dict]) -> str:
         if r.get("tok_s") and r["engine"] not in smallest:
             smallest[r["engine"]] = r
     lines += ["| engine | processes | tok/s per GPU | tok/s in all | efficiency vs fewest | vs single-GPU default | "
-              "MFU | peak alloc GiB | plan GiB | plan/peak |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "MFU | peak alloc GiB | plan alloc GiB (total) | plan/peak |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r.get("error"):
             lines.append(f"| {r['engine']} | {r['processes']} | failed: {r['error'][:150].replace('|', '/')} | | | | | | | |")
@@ -159,11 +159,12 @@ def summarise(args: argparse.Namespace, rows: list[dict]) -> str:
         base = smallest[r["engine"]]
         eff = r["tok_s"] / base["tok_s"]
         vs_single = f"{r['tok_s'] / single['tok_s']:.2f}x" if single else ""
-        ratio = f"{r['plan_gib'] / r['peak_alloc_gib']:.2f}" if r.get("plan_gib") and r.get("peak_alloc_gib") else ""
+        ratio = (f"{r['plan_alloc_gib'] / r['peak_alloc_gib']:.3f}" if r.get("plan_alloc_gib") and r.get("peak_alloc_gib")
+                 else "")
         mfu = f"{r['mfu']:.1%}" if r.get("mfu") else ""
         lines.append(f"| {r['engine']} | {r['processes']} | {r['tok_s']:,.0f} | {r['tok_s'] * r['processes']:,.0f} | "
                      f"{eff:.0%} (x{base['processes']}) | {vs_single} | {mfu} | {r['peak_alloc_gib']:.1f} | "
-                     f"{r.get('plan_gib')} | {ratio} |")
+                     f"{r.get('plan_alloc_gib')} ({r.get('plan_gib')}) | {ratio} |")
     return "\n".join(lines)
 
 

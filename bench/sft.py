@@ -381,6 +381,11 @@ def run_tunesmith(args, work, config, data, tokenizer, probe, out_dir, overrides
                     report_to=["none"], **overrides)
     plan = preflight(cfg, shape, rows=1)  # packing and checkpointing left unset: from this machine and the memory plan
     result["plan_gib"] = round(plan.needed_gib, 2) if plan.needed_gib is not None else None
+    if plan.needed_gib is not None:  # what max_memory_allocated should read: no allocator slack, no CUDA context
+        from tunesmith.plan.model_shape import load_shape
+        from tunesmith.train.preflight import estimate
+
+        result["plan_alloc_gib"] = round(estimate(cfg, plan, load_shape(shape)).allocated / 2**30, 2)
     result["layout"] = plan.layout
     # load_trainable loads weights with models.load_model: here they come from the shape instead of a folder
     models.load_model = lambda folder, dtype, device, quantize_4bit=False: build_model(work, config, "sdpa", args)
