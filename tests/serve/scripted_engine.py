@@ -1,5 +1,6 @@
 """A scripted Engine for testing serving.py without a model: each choice answers with given pieces of text, one
-piece (= one token) per Delta, cut at stop strings as the real engine does. It records what it was asked."""
+piece (= one token) per Delta, cut at stop strings as the real engine does. It records what it was asked, and how
+often it rendered a prompt (a word = a token; prompt ids set on the request are used as given)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ class ScriptedEngine(Engine):
         self.names = list(names)
         self.fail_at, self.delay = fail_at, delay  # raise EngineError before piece number fail_at
         self.requests: list[GenerationRequest] = []
+        self.renders = 0
         self.open_streams = 0
         self.closed = False
 
@@ -24,16 +26,22 @@ class ScriptedEngine(Engine):
         return self.names
 
     def count_prompt_tokens(self, request: GenerationRequest) -> int:
+        return len(self.prompt_ids(request))
+
+    def prompt_ids(self, request: GenerationRequest) -> list[int]:
         self._check(request)
+        if request.prompt_ids is not None:
+            return list(request.prompt_ids)
+        self.renders += 1
         if request.messages is not None:
-            return sum(len(m["content"].split()) + 3 for m in request.messages)  # 3: the turn's header and end
-        return len((request.prompt or "").split())
+            return list(range(sum(len(m["content"].split()) + 3 for m in request.messages)))  # 3: a turn's header, end
+        return list(range(len((request.prompt or "").split())))
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         self._check(request)
         self.requests.append(request)
         p = request.params
-        prompt = self.count_prompt_tokens(request)
+        prompt = len(self.prompt_ids(request))
         self.open_streams += 1
         try:
             texts, done = ["" for _ in range(p.n)], [False] * p.n

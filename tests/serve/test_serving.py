@@ -1,4 +1,5 @@
-"""serving.py on a scripted engine, no HTTP: request mapping, limits, usage, n>1, SSE sequence, tool calls, errors."""
+"""serving.py, chat.py and completion.py on a scripted engine, no HTTP: request mapping, limits, usage, n>1, the SSE
+sequence, tool calls, errors."""
 
 import asyncio
 import json
@@ -8,7 +9,10 @@ from scripted_engine import ScriptedEngine
 
 from tunesmith.config import DeployConfig
 from tunesmith.serve.protocol import ChatCompletionRequest, CompletionRequest
-from tunesmith.serve.serving import APIError, EventStream, Serving
+from tunesmith.serve.chat import create_chat_completion
+from tunesmith.serve.completion import create_completion
+from tunesmith.serve.errors import APIError
+from tunesmith.serve.serving import EventStream, Serving
 
 USER = [{"role": "user", "content": "say hello"}]
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
@@ -20,14 +24,18 @@ def serve(engine=None, **cfg):
 
 
 def chat(serving, **body):
-    return asyncio.run(serving.chat(ChatCompletionRequest(**{"model": "base", "messages": USER, **body})))
+    return asyncio.run(create_chat_completion(serving, request(**body)))
+
+
+def request(**body) -> ChatCompletionRequest:
+    return ChatCompletionRequest(**{"model": "base", "messages": USER, **body})
 
 
 def events(serving, **body) -> list:
     """The streamed chat answer as parsed chunks, [DONE] kept as the string."""
 
     async def go():
-        stream = await serving.chat(ChatCompletionRequest(**{"model": "base", "messages": USER, "stream": True, **body}))
+        stream = await create_chat_completion(serving, request(stream=True, **body))
         try:
             return [line async for line in stream]
         finally:
@@ -64,6 +72,15 @@ def test_chat_request_becomes_the_generation_request_the_engine_sees():
     ]
     p = req.params
     assert (p.max_tokens, p.temperature, p.top_p, p.stop, p.seed, p.n) == (7, 0.3, 0.9, ["END"], 5, 2)
+
+
+def test_each_prompt_is_rendered_once_and_generated_from_those_ids():
+    engine = ScriptedEngine()
+    chat(serve(engine, max_prompt_tokens=100))
+    events(serve(engine))
+    asyncio.run(create_completion(serve(engine), CompletionRequest(model="base", prompt=["a b", "c d e"])))
+    assert engine.renders == 4  # one chat, one stream, two prompts: the limit check and the engine share the ids
+    assert [len(r.prompt_ids) for r in engine.requests] == [5, 5, 2, 3]
 
 
 def test_left_out_parameters_come_from_the_deploy_configs_generation_section():
@@ -168,7 +185,7 @@ def test_closing_a_stream_early_stops_the_engine_and_frees_the_slot():
     serving = serve(engine, max_concurrent=1)
 
     async def go():
-        stream = await serving.chat(ChatCompletionRequest(model="base", messages=USER, stream=True, max_tokens=50))
+        stream = await create_chat_completion(serving, request(stream=True, max_tokens=50))
         assert isinstance(stream, EventStream)
         it = stream.__aiter__()
         for _ in range(4):  # role chunk and a few tokens, then the client goes away
@@ -259,11 +276,11 @@ def test_more_than_max_concurrent_is_429_with_retry_after():
     serving = serve(ScriptedEngine(["a"] * 20), max_concurrent=1)
 
     async def go():
-        held = await serving.chat(ChatCompletionRequest(model="base", messages=USER, stream=True, max_tokens=20))
+        held = await create_chat_completion(serving, request(stream=True, max_tokens=20))
         with pytest.raises(APIError) as err:
-            await serving.chat(ChatCompletionRequest(model="base", messages=USER))
+            await create_chat_completion(serving, request())
         await held.aclose()
-        after = await serving.chat(ChatCompletionRequest(model="base", messages=USER))
+        after = await create_chat_completion(serving, request())
         return err.value, after
 
     err, after = asyncio.run(go())
@@ -298,13 +315,14 @@ def test_response_format_text_is_fine():
 def test_completion_maps_prompt_echo_n_and_several_prompts():
     engine = ScriptedEngine(["A", "B"])
     serving = serve(engine)
-    reply = asyncio.run(serving.completion(CompletionRequest(model="prd", prompt="one two", max_tokens=5, echo=True,
-                                                             stop=["Z"])))
+    reply = asyncio.run(create_completion(serving, CompletionRequest(model="prd", prompt="one two", max_tokens=5,
+                                                                     echo=True, stop=["Z"])))
     assert engine.requests[0].prompt == "one two" and engine.requests[0].messages is None
     assert engine.requests[0].params.stop == ["Z"] and engine.requests[0].model == "prd"
     assert reply.object == "text_completion" and reply.choices[0].text == "one twoAB"
     assert reply.usage.prompt_tokens == 2 and reply.usage.completion_tokens == 2
-    several = asyncio.run(serving.completion(CompletionRequest(model="base", prompt=["p one", "p two three"], n=2)))
+    several = asyncio.run(create_completion(serving, CompletionRequest(model="base", prompt=["p one", "p two three"],
+                                                                       n=2)))
     assert [c.index for c in several.choices] == [0, 1, 2, 3]
     assert several.usage.prompt_tokens == 5 and several.usage.completion_tokens == 8
 
@@ -313,8 +331,8 @@ def test_completion_stream_and_logprobs():
     serving = serve(ScriptedEngine(["A", "B"]))
 
     async def go():
-        stream = await serving.completion(CompletionRequest(model="base", prompt="x", stream=True, logprobs=1,
-                                                            stream_options={"include_usage": True}))
+        stream = await create_completion(serving, CompletionRequest(model="base", prompt="x", stream=True, logprobs=1,
+                                                                    stream_options={"include_usage": True}))
         try:
             return [line async for line in stream]
         finally:
@@ -335,5 +353,5 @@ def test_completion_stream_and_logprobs():
                                   {"prompt": "x", "echo": True, "logprobs": 1}])
 def test_completion_refuses_what_it_cannot_do(body):
     with pytest.raises(APIError) as err:
-        asyncio.run(serve().completion(CompletionRequest(model="base", **body)))
+        asyncio.run(create_completion(serve(), CompletionRequest(model="base", **body)))
     assert err.value.status == 400

@@ -18,7 +18,10 @@ def pick_served(served: dict[str, S], default: str, model: str | None) -> S:
 
 
 def prompt_ids(template: Any, request: GenerationRequest) -> list[int]:
-    """Chat: rendered by the run's Template (what training saw). Completion: the text tokenized as is."""
+    """Chat: rendered by the run's Template (what training saw). Completion: the text tokenized as is. Ids the
+    caller rendered already (request.prompt_ids) are used as given."""
+    if request.prompt_ids is not None:
+        return list(request.prompt_ids)
     if request.messages is not None:
         return template.render_prompt(request.messages, tools=request.tools)
     return template.tokenizer(request.prompt or "")["input_ids"]

@@ -43,6 +43,7 @@ class GenerationRequest:
     tools: list[dict] | None = None  # OpenAI tool definitions, rendered by the chat template
     model: str | None = None  # a served model or adapter name; None = the default
     params: SamplingParams = field(default_factory=SamplingParams)
+    prompt_ids: list[int] | None = None  # rendered already (Engine.prompt_ids): generated from as given
 
 
 @dataclass
@@ -93,6 +94,11 @@ class Engine(ABC):
     @abstractmethod
     def count_prompt_tokens(self, request: GenerationRequest) -> int:
         """Prompt length in tokens, as the model will see it (for limits, before generating)."""
+
+    def prompt_ids(self, request: GenerationRequest) -> list[int]:
+        """The prompt as the model will see it. The server renders once: it checks these ids against its limits and
+        sets request.prompt_ids, which stream() then uses instead of rendering again."""
+        raise NotImplementedError(f"{type(self).__name__} does not render prompts ahead of stream()")
 
     @abstractmethod
     def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:

@@ -141,7 +141,10 @@ class VLLMEngine(Engine):
         return self._served(model).template
 
     def count_prompt_tokens(self, request: GenerationRequest) -> int:
-        return len(self._prompt_ids(self._served(request.model), request))
+        return len(self.prompt_ids(request))
+
+    def prompt_ids(self, request: GenerationRequest) -> list[int]:
+        return self._prompt_ids(self._served(request.model), request)
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         if self.closed:

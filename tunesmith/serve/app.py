@@ -1,4 +1,4 @@
-"""`tunesmith deploy`: the FastAPI app around serving.py, and uvicorn to run it.
+"""`tunesmith deploy`: the FastAPI app around chat.py and completion.py, and uvicorn to run it.
 
     tunesmith deploy --adapters prd=runs/prd/final dao=runs/dao/final --api-key KEY --port 8000
     app = build_app(engine, DeployConfig())        # for tests and for mounting in another ASGI server
@@ -29,7 +29,9 @@ from tunesmith.config import DeployConfig
 from tunesmith.errors import ConfigError
 from tunesmith.infer.types import Engine, EngineError, GenerationRequest, SamplingParams, UnknownModelError
 from tunesmith.serve.routes import router
-from tunesmith.serve.serving import APIError, Metrics, Serving, error_body
+from tunesmith.serve.errors import APIError, error_body
+from tunesmith.serve.metrics import Metrics
+from tunesmith.serve.serving import Serving
 
 log = logging.getLogger("tunesmith")
 GRACEFUL_SHUTDOWN_S = 60  # running requests get this long to finish after SIGTERM; then they are cancelled

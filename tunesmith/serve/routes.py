@@ -1,4 +1,4 @@
-"""The HTTP routes: each parses its body into a protocol.py schema and hands it to serving.py."""
+"""The HTTP routes: each parses its body into a protocol.py schema and hands it to chat.py or completion.py."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from tunesmith.serve.chat import create_chat_completion
+from tunesmith.serve.completion import create_completion
 from tunesmith.serve.protocol import ChatCompletionRequest, CompletionRequest, ModelList
 from tunesmith.serve.serving import EventStream, Serving
 
@@ -51,9 +53,9 @@ async def models(request: Request) -> ModelList:
 
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request):
-    return _respond(await _serving(request).chat(body))
+    return _respond(await create_chat_completion(_serving(request), body))
 
 
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request):
-    return _respond(await _serving(request).completion(body))
+    return _respond(await create_completion(_serving(request), body))

@@ -1,0 +1,173 @@
+"""POST /v1/chat/completions, with no HTTP: a ChatCompletionRequest in, a ChatCompletionResponse or the SSE lines
+of its chunks out.
+
+    reply = await create_chat_completion(serving, ChatCompletionRequest(model="prd", messages=[...]))
+    # with stream=True an EventStream of "data: {...}\\n\\n" lines ending "data: [DONE]"
+
+Here: OpenAI messages as chat templates take them, what chat cannot do refused by name, tool calls parsed out of
+the answer text, and the exact chunk sequence OpenAI sends.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import AsyncIterator
+
+from tunesmith.infer.types import GenerationRequest, TokenLogprob
+from tunesmith.serve import tool_parsers
+from tunesmith.serve.errors import APIError, stream_error
+from tunesmith.serve.protocol import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatMessage,
+    ChoiceLogprobs,
+    DeltaMessage,
+    FunctionCall,
+    OtherPart,
+    TokenLogprobOut,
+    ToolCall,
+    ToolCallDelta,
+    TopLogprob,
+    Usage,
+)
+from tunesmith.serve.serving import DONE, Answer, EventStream, Generation, Serving, sse
+
+
+async def create_chat_completion(serving: Serving, req: ChatCompletionRequest) -> ChatCompletionResponse | EventStream:
+    public, model = serving.model(req.model)
+    serving.refuse_unsupported(req.frequency_penalty, req.presence_penalty, req.logit_bias)
+    if req.response_format is not None and req.response_format.type != "text":
+        raise APIError(400, f"response_format {req.response_format.type} is not supported: tunesmith's engines "
+                       "have no constrained decoding yet. Ask for JSON in the prompt instead, or leave "
+                       "response_format out.", param="response_format")
+    if req.tool_choice is not None and req.tool_choice not in ("auto", "none"):
+        raise APIError(400, "tool_choice: only 'auto' and 'none' are supported (forcing a call needs constrained "
+                       "decoding, which tunesmith's engines lack yet)", param="tool_choice")
+    if req.top_logprobs and not req.logprobs:
+        raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+    use_tools = bool(req.tools) and req.tool_choice != "none"
+    tools = [t.model_dump(exclude_none=True) for t in req.tools] if use_tools and req.tools else None
+    params = serving.sampling(req.max_completion_tokens or req.max_tokens, req.temperature, req.top_p, req.stop,
+                              req.seed, req.n, bool(req.logprobs), req.top_logprobs or 0)
+    gen = GenerationRequest(messages=_messages(req.messages), tools=tools, model=model, params=params)
+    tool_names = {t["function"]["name"] for t in tools} if tools else set()
+    rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    if req.stream:
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        return await serving.stream(gen, public, lambda generation: _events(
+            generation, rid, created, public, req.n, bool(req.logprobs), include_usage, tool_names))
+    answers = await serving.collect([gen], public)
+    choices = [_choice(i, a, tool_names, bool(req.logprobs)) for i, a in enumerate(answers.choices)]
+    return ChatCompletionResponse(id=rid, created=created, model=public, choices=choices, usage=answers.usage())
+
+
+def _choice(index: int, a: Answer, tool_names: set[str], logprobs: bool) -> ChatChoice:
+    parsed = tool_parsers.parse_tool_calls(a.text, tool_names) if tool_names else None
+    lp = ChoiceLogprobs(content=_logprobs(a.logprobs)) if logprobs else None
+    if parsed is None:
+        return ChatChoice(index=index, message=AssistantMessage(content=a.text), logprobs=lp,
+                          finish_reason=a.finish_reason)
+    calls = [ToolCall(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments)) for c in parsed.calls]
+    return ChatChoice(index=index, message=AssistantMessage(content=parsed.content, tool_calls=calls),
+                      logprobs=lp, finish_reason="tool_calls")
+
+
+async def _events(generation: Generation, rid: str, created: int, public: str, n: int, logprobs: bool,
+                  include_usage: bool, tool_names: set[str]) -> AsyncIterator[str]:
+    """OpenAI's sequence: a role chunk per choice, content chunks, a finish chunk per choice (tool calls just
+    before it), a usage-only chunk when asked for, then [DONE]. Text that may be a tool call is held back until
+    its choice ends, then sent as tool_calls or, when it was plain text after all, as content."""
+
+    def chunk(choices: list[ChatChunkChoice], usage: Usage | None = None) -> str:
+        c = ChatCompletionChunk(id=rid, created=created, model=public, choices=choices, usage=usage)
+        return sse(c.model_dump_json(exclude=None if include_usage else {"usage"}))
+
+    sent = [0] * n  # characters of each choice's text already sent
+    try:
+        for i in range(n):
+            yield chunk([ChatChunkChoice(index=i, delta=DeltaMessage(role="assistant", content=""))])
+        async for delta, a in generation.deltas():
+            i = delta.index
+            held = tool_parsers.call_start(a.text) if tool_names else None
+            visible = len(a.text) if held is None else held
+            piece = a.text[sent[i]:visible] if visible > sent[i] else ""
+            lp = ChoiceLogprobs(content=_logprobs(delta.logprobs)) if logprobs and delta.logprobs else None
+            if piece or lp:
+                sent[i] += len(piece)
+                yield chunk([ChatChunkChoice(index=i, delta=DeltaMessage(content=piece), logprobs=lp)])
+            if delta.finish_reason is None:
+                continue
+            parsed = tool_parsers.parse_tool_calls(a.text, tool_names) if tool_names else None
+            start = tool_parsers.call_start(a.text) if parsed else None
+            rest = a.text[sent[i]:start]
+            if rest and (parsed is None or rest.strip()):
+                yield chunk([ChatChunkChoice(index=i, delta=DeltaMessage(content=rest))])
+            if parsed is not None:
+                calls = [ToolCallDelta(index=k, id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments))
+                         for k, c in enumerate(parsed.calls)]
+                yield chunk([ChatChunkChoice(index=i, delta=DeltaMessage(tool_calls=calls))])
+            reason = "tool_calls" if parsed else delta.finish_reason
+            yield chunk([ChatChunkChoice(index=i, delta=DeltaMessage(), finish_reason=reason)])
+        if include_usage:
+            yield chunk([], generation.answers.usage())
+    except Exception as err:  # noqa: BLE001 - mid-stream the status is sent: report in the stream, keep serving
+        yield sse(json.dumps(stream_error(err)))
+    finally:
+        await generation.close()
+    yield DONE
+
+
+# -----------------------------------------------------------------------------
+# Messages and logprobs in OpenAI's shapes
+
+
+def _messages(messages: list[ChatMessage]) -> list[dict]:
+    """OpenAI messages as chat templates take them: text content, `developer` as `system`, tool-call arguments as
+    objects (what Hugging Face templates expect; OpenAI sends them as JSON text)."""
+    out = []
+    for i, m in enumerate(messages):
+        msg: dict = {"role": "system" if m.role == "developer" else m.role, "content": _text(m, i)}
+        if m.name:
+            msg["name"] = m.name
+        if m.tool_calls:
+            msg["tool_calls"] = [{"id": c.id, "type": "function",
+                                  "function": {"name": c.function.name, "arguments": _loads(c.function.arguments)}}
+                                 for c in m.tool_calls]
+        if m.tool_call_id:
+            msg["tool_call_id"] = m.tool_call_id
+        out.append(msg)
+    return out
+
+
+def _text(m: ChatMessage, i: int) -> str:
+    if isinstance(m.content, str):
+        return m.content
+    if m.content is None:
+        if m.role == "assistant" and m.tool_calls:
+            return ""
+        raise APIError(400, f"messages[{i}].content: missing (only an assistant message with tool_calls may have "
+                       "none)", param=f"messages[{i}].content")
+    for part in m.content:
+        if isinstance(part, OtherPart):
+            raise APIError(400, f"messages[{i}].content: {part.type!r} parts are not supported; this server reads "
+                           "text parts only", param=f"messages[{i}].content")
+    return "\n".join(part.text for part in m.content)
+
+
+def _loads(arguments: str) -> object:
+    try:
+        return json.loads(arguments)
+    except json.JSONDecodeError:
+        return arguments  # the template shows it as given
+
+
+def _logprobs(logprobs: list[TokenLogprob]) -> list[TokenLogprobOut]:
+    return [TokenLogprobOut(token=t.token, logprob=t.logprob, bytes=list(t.token.encode()),
+                            top_logprobs=[TopLogprob(token=s, logprob=v, bytes=list(s.encode())) for s, v in t.top])
+            for t in logprobs]
