@@ -128,3 +128,16 @@ def test_layouts_that_cannot_run_are_refused_before_any_process_starts(tiny_mode
     ppo = run_cli("rlhf", "--method", "ppo", "--model", tiny_model, "--dataset", toy_data, "--rewards.funcs", "length",
                   "--nproc-per-node", "2", "--output-dir", tmp_path / "p", check=False)
     assert ppo.returncode != 0 and "ppo runs in one process" in ppo.stderr
+
+
+def test_an_alignment_method_trains_on_two_processes_as_on_one(tiny_model, tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    words = ["apple", "river", "stone", "cloud", "maple", "tiger", "amber", "frost"]
+    pairs.write_text("\n".join(json.dumps({"prompt": f"code for {w}", "chosen": f"CODE {w} OK", "rejected": f"CODE {w} NO"})
+                               for w in words))
+    common = ["rlhf", "--method", "dpo", "--model", tiny_model, "--dataset", pairs, "--dpo.beta", "0.5", *COMMON]
+    run_cli(*common, "--batch-size", "4", "--output-dir", tmp_path / "one")
+    run_cli(*common, "--batch-size", "2", "--nproc-per-node", "2", "--master-port", free_port(),
+            "--output-dir", tmp_path / "two")
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), abs=1e-4)
+    assert (tmp_path / "two" / "final" / "adapter_model.safetensors").exists()

@@ -176,7 +176,9 @@ def launch(cfg: Any) -> Any:
     prepare_data(cfg)
     with open_run(cfg) as run:  # held for the whole run: a second run on this folder stops at once
         config_file = run.dir / "launch.yaml"
-        config_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
+        # what the user set (and the run folder): each rank validates it again into the same config
+        config_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude_unset=True), sort_keys=False,
+                                              allow_unicode=True))
         command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={lay.nproc_per_node}",
                    f"--nnodes={lay.nnodes}", f"--node-rank={lay.node_rank}",
                    f"--master-addr={lay.master_addr or '127.0.0.1'}", f"--master-port={lay.master_port}",
