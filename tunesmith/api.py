@@ -160,3 +160,11 @@ def doctor(cfg):
     from tunesmith.doctor import doctor as run
 
     return run(cfg)
+
+
+def check(cfg):
+    """`tunesmith check`: self-checks of training on this machine (batch x accumulation, packing, resume, merge
+    parity, bf16 drift, template parity); returns the results (each .ok)."""
+    from tunesmith.selfcheck import check as run
+
+    return run(cfg)

@@ -11,7 +11,7 @@ import sys
 from tunesmith import api
 from tunesmith.config import PlanConfig
 from tunesmith.config import DataCheckConfig, DeployConfig, DownloadConfig, ExportConfig, InferConfig, PTConfig, SFTConfig, help_text, load
-from tunesmith.config.doctor import DoctorConfig
+from tunesmith.config.doctor import CheckConfig, DoctorConfig
 from tunesmith.config.eval import EvalConfig
 from tunesmith.config.rlhf import RLHFConfig
 from tunesmith.errors import TunesmithError
@@ -38,6 +38,8 @@ COMMANDS = {
     "download": (DownloadConfig, api.download, "fetch a model or dataset from the Hugging Face hub or ModelScope"),
     "doctor": (DoctorConfig, lambda cfg: 1 if api.doctor(cfg).broken else 0,
                "this environment against the tested versions, each problem with its fix"),
+    "check": (CheckConfig, lambda cfg: 0 if all(r.ok for r in api.check(cfg)) else 1,
+              "self-checks of training on this machine: batch x accumulation, packing, resume, merge, bf16, template"),
 }
 
 
@@ -92,15 +94,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def quiet_known_noise() -> None:
-    """Two messages every LoRA run on a CPU printed that no user can act on; exactly these, never all warnings:
-    bitsandbytes' CPU backend looks for an optional hub kernel (the `kernels` package) on AVX-512 machines and says it
-    failed (its own fallback runs, as intended); TRL 1.16 reads transformers' deprecated `is_gradient_checkpointing`
-    in its trainers (trl/models/utils.py), which transformers 5 answers with a FutureWarning."""
+    """Messages every run on a CPU printed that no user can act on; exactly these, never all warnings: bitsandbytes'
+    CPU backend looks for an optional hub kernel (the `kernels` package) on AVX-512 machines and says it failed (its
+    own fallback runs, as intended); TRL 1.16 reads transformers' deprecated `is_gradient_checkpointing` in its
+    trainers (trl/models/utils.py), which transformers 5 answers with a FutureWarning; DeepSpeed, when installed,
+    announces on stdout that a machine without a GPU is a CPU (and would spoil --json output)."""
     import warnings
 
     warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
         lambda record: not record.getMessage().startswith("Failed to load CPU gemm_4bit_forward from kernels-community"))
+    logging.getLogger("DeepSpeed").addFilter(
+        lambda record: not record.getMessage().startswith("Setting accelerator to CPU."))
 
 
 def _advice(err: Exception) -> str | None:
