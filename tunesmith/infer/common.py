@@ -24,4 +24,9 @@ def prompt_ids(template: Any, request: GenerationRequest) -> list[int]:
         return list(request.prompt_ids)
     if request.messages is not None:
         return template.render_prompt(request.messages, tools=request.tools)
-    return template.tokenizer(request.prompt or "")["input_ids"]
+    ids = template.tokenizer(request.prompt or "")["input_ids"]
+    if not ids:  # "" (or text the tokenizer drops, such as "\x04"): start from the start of text, as OpenAI does
+        start = template.tokenizer.bos_token_id
+        start = template.tokenizer.eos_token_id if start is None else start
+        ids = [] if start is None else [start]
+    return ids

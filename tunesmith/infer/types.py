@@ -104,6 +104,15 @@ class Engine(ABC):
     def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         """Yield Deltas of all n choices, interleaved, each choice ending with a finish_reason."""
 
+    def context_length(self, model: str | None = None) -> int | None:
+        """Most tokens, prompt and answer together, the model takes (None: unknown, nothing is checked)."""
+        return None
+
+    def health(self) -> str | None:
+        """None when the engine can generate; otherwise why not (the server's /health answers 503 with it). May
+        block for a while: it may restart what stopped."""
+        return None
+
     async def generate(self, request: GenerationRequest) -> Completion:
         texts: dict[int, list[str]] = {}
         finals: dict[int, Delta] = {}

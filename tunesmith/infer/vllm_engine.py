@@ -146,6 +146,9 @@ class VLLMEngine(Engine):
     def prompt_ids(self, request: GenerationRequest) -> list[int]:
         return self._prompt_ids(self._served(request.model), request)
 
+    def context_length(self, model: str | None = None) -> int | None:
+        return self._served(model).backend.llm.model_config.max_model_len
+
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         if self.closed:
             raise EngineError("the vLLM engine is closed")

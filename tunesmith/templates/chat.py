@@ -9,6 +9,16 @@ text; for each assistant turn i we render messages[:i] with the generation promp
 The text between the two is exactly that turn's answer plus its end-of-turn token. The text is tokenized in
 segments cut at those points, so (1) the loss mask is exact, and (2) the inference prompt, rendered the same way,
 is a token-for-token prefix of the training ids: what was trained is what is served.
+
+Some templates render an earlier turn differently once later turns follow (Qwen3 and DeepSeek-R1 drop past
+reasoning, Mistral moves the system prompt to the last user turn, gpt-oss drops the analysis channel). One sequence
+cannot hold every turn as it was served, so `render_samples` gives one sample per trained turn instead: the ids
+`render_prompt(messages[:i])` (exactly what infer and deploy send at turn i) followed by that turn's answer and its
+end-of-turn token (exactly what the model must produce there). Templates that keep earlier turns as they were keep
+the single sequence.
+
+chat_template_kwargs (enable_thinking, ...) reach the template on every render; the ones training used are saved
+beside the weights, and a request may override them for itself.
 """
 
 from __future__ import annotations
@@ -37,10 +47,15 @@ class Segment:
     trained: bool
 
 
+class RewritesPastTurns(TemplateError):
+    """The template renders an earlier turn differently once later turns follow: no single sequence is exact."""
+
+
 class Template:
-    def __init__(self, tokenizer: Any, default_system: str | None = None):
+    def __init__(self, tokenizer: Any, default_system: str | None = None, chat_template_kwargs: dict | None = None):
         self.tokenizer = tokenizer
         self.default_system = default_system
+        self.chat_template_kwargs = dict(chat_template_kwargs or {})
         if not getattr(tokenizer, "chat_template", None):
             tokenizer.chat_template = FALLBACK_TEMPLATE
         if tokenizer.pad_token_id is None:
@@ -51,36 +66,63 @@ class Template:
     # -------------------------------------------------------------------------
     # Rendering
 
-    def render(self, messages: list[dict], loss_on: str = "assistant", tools: list | None = None) -> tuple[list[int], list[int]]:
+    def render(self, messages: list[dict], loss_on: str = "assistant", tools: list | None = None,
+               chat_template_kwargs: dict | None = None) -> tuple[list[int], list[int]]:
         """Ids of the whole conversation and labels: the ids where trained, -100 elsewhere.
 
         loss_on: "assistant" (every assistant turn unless it says "loss": false), "last" (the final assistant
-        turn), "all" (every token)."""
+        turn), "all" (every token). Raises RewritesPastTurns when a trained turn is not rendered in the whole
+        conversation as it was served; render_samples handles that case."""
         ids: list[int] = []
         labels: list[int] = []
-        for seg in self.segments(messages, add_generation_prompt=False, loss_on=loss_on, tools=tools):
+        segs = self.segments(messages, add_generation_prompt=False, loss_on=loss_on, tools=tools,
+                             chat_template_kwargs=chat_template_kwargs)
+        for seg in segs:
             seg_ids = self._encode(seg.text)
             ids += seg_ids
             labels += seg_ids if seg.trained else [IGNORE] * len(seg_ids)
         return ids, labels
 
-    def render_prompt(self, messages: list[dict], tools: list | None = None) -> list[int]:
+    def render_samples(self, messages: list[dict], loss_on: str = "assistant", tools: list | None = None,
+                       chat_template_kwargs: dict | None = None) -> list[tuple[list[int], list[int]]]:
+        """The training samples of one conversation: one sequence when the template keeps earlier turns as they
+        were served, else one sample per trained assistant turn, each exactly as inference renders that turn."""
+        try:
+            return [self.render(messages, loss_on, tools, chat_template_kwargs)]
+        except RewritesPastTurns:
+            pass
+        msgs = self._with_system(messages)
+        turns = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
+        if loss_on == "last":
+            turns = turns[-1:]
+        samples = []
+        for i in turns:
+            if i == 0 or (loss_on == "assistant" and not msgs[i].get("loss", True)):
+                continue
+            samples.append(self._turn_sample(msgs, i, tools, chat_template_kwargs))
+        return samples
+
+    def render_prompt(self, messages: list[dict], tools: list | None = None,
+                      chat_template_kwargs: dict | None = None) -> list[int]:
         """Ids that ask the model for the next assistant turn."""
-        segs = self.segments(messages, add_generation_prompt=True, loss_on="assistant", tools=tools, prompt_only=True)
+        segs = self.segments(messages, add_generation_prompt=True, loss_on="assistant", tools=tools, prompt_only=True,
+                             chat_template_kwargs=chat_template_kwargs)
         return [i for seg in segs for i in self._encode(seg.text)]
 
-    def render_text(self, messages: list[dict], add_generation_prompt: bool = False, tools: list | None = None) -> str:
-        return self._apply(self._with_system(messages), add_generation_prompt, tools)
+    def render_text(self, messages: list[dict], add_generation_prompt: bool = False, tools: list | None = None,
+                    chat_template_kwargs: dict | None = None) -> str:
+        return self._apply(self._with_system(messages), add_generation_prompt, tools, chat_template_kwargs)
 
     def segments(self, messages: list[dict], add_generation_prompt: bool, loss_on: str, tools: list | None = None,
-                 prompt_only: bool = False) -> list[Segment]:
+                 prompt_only: bool = False, chat_template_kwargs: dict | None = None) -> list[Segment]:
         """The rendered text cut at every assistant turn, each piece marked trained or not.
 
         Cuts are the same for training and for prompts, so their token ids agree. A template that renders an
         earlier turn differently once later turns follow (Qwen3 drops past reasoning) gets no cut at that turn:
-        fine when it is not trained (loss_on: last, or a prompt), an error when it would be."""
+        fine when it is not trained (loss_on: last, or a prompt), RewritesPastTurns when it would be."""
+        kw = chat_template_kwargs
         msgs = self._with_system(messages)
-        full = self._apply(msgs, add_generation_prompt, tools)
+        full = self._apply(msgs, add_generation_prompt, tools, kw)
         if loss_on == "all" and not prompt_only:
             return [Segment(full, True)]
         assistants = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
@@ -89,15 +131,17 @@ class Template:
         cursor = 0
         for i in assistants:
             wanted = not prompt_only and (i == last if loss_on == "last" else msgs[i].get("loss", True))
-            before = self._apply(msgs[:i], True, tools)
-            through = self._apply(msgs[: i + 1], False, tools)
+            if i == 0 and not wanted:  # nothing before it to cut from (templates refuse an empty conversation)
+                continue
+            before = self._apply(msgs[:i], True, tools, kw)
+            through = self._apply(msgs[: i + 1], False, tools, kw)
             if not (through.startswith(before) and full.startswith(through) and len(before) >= cursor):
                 if not wanted:
                     continue
-                raise TemplateError(
+                raise RewritesPastTurns(
                     f"the chat template of {self._name()} renders earlier turns differently once later turns follow "
-                    "(for example it drops reasoning from past answers), so per-turn loss masks cannot be exact. "
-                    "Set loss_on: last, or train on single-turn rows."
+                    "(for example it drops reasoning from past answers), so one sequence cannot train every turn "
+                    "as it is served; render_samples trains each turn as its own sample."
                 )
             answer = through[len(before):]
             kept = answer.rstrip(" \n")  # the newline after the end-of-turn token is template layout, not output
@@ -106,15 +150,34 @@ class Template:
         out.append(Segment(full[cursor:], False))
         return [s for s in out if s.text]
 
+    def _turn_sample(self, msgs: list[dict], i: int, tools: list | None, kw: dict | None) -> tuple[list[int], list[int]]:
+        """Turn i as inference meets it: the served prompt's ids, then the answer and its end-of-turn token."""
+        prompt_text = self._apply(msgs[:i], True, tools, kw)
+        through = self._apply(msgs[: i + 1], False, tools, kw)
+        if not through.startswith(prompt_text):
+            raise TemplateError(
+                f"the chat template of {self._name()} renders assistant turn {i} so that it does not start with the "
+                "prompt it renders for that turn (with chat_template_kwargs "
+                f"{ {**self.chat_template_kwargs, **(kw or {})} }); for example enable_thinking: false with reasoning "
+                "in the answer. Drop the reasoning from such rows or change chat_template_kwargs."
+            )
+        answer = through[len(prompt_text):].rstrip(" \n")
+        prompt = self.render_prompt(msgs[:i], tools=tools, chat_template_kwargs=kw)
+        answer_ids = self._encode(answer)
+        return prompt + answer_ids, [IGNORE] * len(prompt) + answer_ids
+
     def _with_system(self, messages: list[dict]) -> list[dict]:
         msgs = [dict(m) for m in messages]
         if self.default_system and (not msgs or msgs[0]["role"] != "system"):
             msgs.insert(0, {"role": "system", "content": self.default_system})
         return msgs
 
-    def _apply(self, messages: list[dict], add_generation_prompt: bool, tools: list | None) -> str:
+    def _apply(self, messages: list[dict], add_generation_prompt: bool, tools: list | None,
+               chat_template_kwargs: dict | None = None) -> str:
         clean = [_normalise_tool_calls({k: v for k, v in m.items() if k != "loss"}) for m in messages]
-        kwargs = {"tools": tools} if tools else {}
+        kwargs = {**self.chat_template_kwargs, **(chat_template_kwargs or {})}
+        if tools:
+            kwargs["tools"] = tools
         try:
             return self.tokenizer.apply_chat_template(clean, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs)
         except Exception as err:  # jinja raises TemplateError/TypeError with the template's own message
@@ -156,7 +219,8 @@ class Template:
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
         self.tokenizer.save_pretrained(folder)
-        info = {"default_system": self.default_system, "end_of_turn": self.end_of_turn, "stop_token_ids": self.stop_token_ids}
+        info = {"default_system": self.default_system, "end_of_turn": self.end_of_turn, "stop_token_ids": self.stop_token_ids,
+                "chat_template_kwargs": self.chat_template_kwargs}
         (folder / TEMPLATE_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
     @classmethod
@@ -167,7 +231,8 @@ class Template:
         tokenizer = AutoTokenizer.from_pretrained(folder)
         info_path = folder / TEMPLATE_FILE
         info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.exists() else {}
-        return cls(tokenizer, default_system=info.get("default_system"))
+        return cls(tokenizer, default_system=info.get("default_system"),
+                   chat_template_kwargs=info.get("chat_template_kwargs"))
 
 
 def _normalise_tool_calls(message: dict) -> dict:
