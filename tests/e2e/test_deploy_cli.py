@@ -305,6 +305,16 @@ def test_bad_request_gets_its_4xx_and_the_server_still_answers(server, client, n
     assert greedy(client, name, max_tokens=2).choices[0].finish_reason == "length"
 
 
+@pytest.mark.parametrize("body", [{"prompt": ""}, {"prompt": "hi", "temperature": 1e-40}])
+def test_requests_that_stopped_the_generation_loop_are_answered_and_so_is_the_next(server, client, name, body):
+    body = json.dumps({"model": name, "max_tokens": 3, **body}).encode()
+    code, reply = request(server, "POST", "/v1/completions", body, {"Authorization": f"Bearer {KEY}",
+                                                                    "Content-Type": "application/json"})
+    assert code == 200 and reply["usage"]["completion_tokens"] == 3, reply
+    assert greedy(client, name, max_tokens=2).choices[0].finish_reason == "length"
+    assert request(server, "GET", "/health")[1] == {"status": "ok"}
+
+
 def test_sdk_raises_its_typed_errors(client, name):
     import openai
 
@@ -365,22 +375,36 @@ def test_client_disconnecting_mid_stream_stops_its_generation(server, name):
     assert metric(server, "tunesmith_generated_tokens_total") - before < 64  # it did not run to max_tokens
 
 
-def test_sigterm_lets_the_running_request_finish_then_exits_0(server, name):
-    """Last in the module: it stops the shared server."""
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
-    conn.request("POST", "/v1/chat/completions", json.dumps(
-        {"model": name, "messages": CHAT, "max_tokens": 48, "stream": True,
-         "stream_options": {"include_usage": True}}).encode(),
-        {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
-    response = conn.getresponse()
-    first = response.readline()
-    assert first.startswith(b"data: ")
+def test_sigterm_drains_new_requests_get_503_the_running_one_finishes_then_exits_0(server, name):
+    """Last in the module: it stops the shared server. A load balancer's next request must get a 503 it can act on
+    (Retry-After), not a refused connection, while the request already running finishes."""
+    body = json.dumps({"model": name, "messages": CHAT, "max_tokens": 48, "stream": True,
+                       "stream_options": {"include_usage": True}}).encode()
+    running = socket.create_connection(("127.0.0.1", server.port), timeout=120)
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY}\r\nContent-Type: "
+            f"application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+    running.sendall(head.encode() + body[:20])
+    time.sleep(1)  # the server has read the headers: the request runs, waiting for the rest of its body
     server.proc.send_signal(signal.SIGTERM)
-    events = [first] + [line for line in response.read().split(b"\n") if line.startswith(b"data: ")]
+    deadline = time.time() + 20
+    while request(server, "GET", "/health", timeout=5)[0] != 503:
+        assert time.time() < deadline, "no drain after SIGTERM"
+        time.sleep(0.1)
+    assert request(server, "GET", "/health")[1] == {"status": "draining"}
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    conn.request("POST", "/v1/chat/completions", json.dumps({"model": name, "messages": CHAT}).encode(),
+                 {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    refused = conn.getresponse()
+    assert refused.status == 503 and refused.getheader("Retry-After") == "5"
+    assert json.loads(refused.read())["error"]["code"] == "shutting_down"
     conn.close()
-    assert events[-1] == b"data: [DONE]"
-    usage = json.loads(events[-2][6:])["usage"]
-    assert usage["completion_tokens"] == 48
+
+    running.sendall(body[20:])
+    with running.makefile("rb") as answer:
+        assert answer.readline().startswith(b"HTTP/1.1 200")
+        events = [line.rstrip(b"\r\n") for line in answer if line.startswith(b"data: ")]
+    running.close()
+    assert events[-1] == b"data: [DONE]" and json.loads(events[-2][6:])["usage"]["completion_tokens"] == 48
     assert server.proc.wait(90) == 0
     assert "closing the engine" in server.output()
     with pytest.raises(OSError):

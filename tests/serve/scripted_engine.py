@@ -12,11 +12,12 @@ from tunesmith.infer.types import Delta, Engine, EngineError, GenerationRequest,
 
 class ScriptedEngine(Engine):
     def __init__(self, pieces: list[str] | list[list[str]] = ("Hello", " there", "!"), names=("base", "prd"),
-                 fail_at: int | None = None, delay: float = 0.0):
+                 fail_at: int | None = None, delay: float = 0.0, context: int | None = None):
         # pieces: one script for every choice, or one per choice index
         self.scripts = [list(pieces)] if isinstance(pieces[0], str) else [list(p) for p in pieces]
         self.names = list(names)
         self.fail_at, self.delay = fail_at, delay  # raise EngineError before piece number fail_at
+        self.context = context  # context_length(); None = unknown
         self.requests: list[GenerationRequest] = []
         self.renders = 0
         self.open_streams = 0
@@ -35,7 +36,10 @@ class ScriptedEngine(Engine):
         self.renders += 1
         if request.messages is not None:
             return list(range(sum(len(m["content"].split()) + 3 for m in request.messages)))  # 3: a turn's header, end
-        return list(range(len((request.prompt or "").split())))
+        return list(range(len((request.prompt or "").split()) or 1))  # "": a start-of-text token, as the real ones
+
+    def context_length(self, model: str | None = None) -> int | None:
+        return self.context
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         self._check(request)

@@ -39,6 +39,8 @@ def assert_error(response, status, param=None):
     ({**GOOD, "messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role", None),
     ({**GOOD, "colour": "blue"}, "colour", "Unrecognized request argument supplied: colour"),
     ({**GOOD, "max_tokens": 51}, "max_tokens", "more than this server allows (50)"),
+    ({**GOOD, "messages": [{"role": "user", "content": None}]}, "messages[0].content", None),
+    ({**GOOD, "messages": [{"role": "tool", "content": "sunny"}]}, "messages[0].tool_call_id", "required"),
 ])
 def test_bad_requests_are_400_naming_the_parameter(client, body, param, words):
     error = assert_error(client.post("/v1/chat/completions", json=body, headers=KEY), 400, param)
@@ -57,6 +59,37 @@ def test_api_key_is_required_on_v1_but_not_on_health(client):
     assert_error(client.get("/v1/models", headers={"Authorization": "Bearer wrong"}), 401)
     assert client.get("/health").json() == {"status": "ok"}
     assert [m["id"] for m in client.get("/v1/models", headers=KEY).json()["data"]] == ["base", "prd"]
+
+
+def test_the_key_guards_the_schema_and_docs_and_metrics_only_when_asked(client):
+    for path in ("/openapi.json", "/docs", "/redoc", "/v1/nothing"):
+        assert_error(client.get(path), 401)
+    assert client.get("/openapi.json", headers=KEY).json()["info"]["title"] == "tunesmith"
+    assert client.get("/docs", headers=KEY).status_code == 200
+    assert client.get("/metrics").status_code == 200  # open by default, as vLLM leaves it
+    with TestClient(build_app(ScriptedEngine(), DeployConfig(api_key="sekret", metrics_require_key=True))) as closed:
+        assert_error(closed.get("/metrics"), 401)
+        assert "tunesmith_requests_total" in closed.get("/metrics", headers=KEY).text
+        assert closed.get("/health").json() == {"status": "ok"}
+
+
+def test_text_that_is_not_unicode_is_400_naming_the_field_not_a_500(client):
+    body = b'{"model": "base", "max_tokens": 3, "messages": [{"role": "user", "content": "a \\ud800 b"}]}'
+    r = client.post("/v1/chat/completions", content=body, headers={**KEY, "Content-Type": "application/json"})
+    assert "lone surrogate" in assert_error(r, 400, "messages[0].content")["message"]
+    body = b'{"model": "base", "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}], "\\ud800": 1}'
+    r = client.post("/v1/chat/completions", content=body, headers={**KEY, "Content-Type": "application/json"})
+    assert "lone surrogate" in assert_error(r, 400)["message"]
+
+
+def test_draining_answers_503_with_retry_after_and_health_says_so(client):
+    client.app.state.drain.begin()
+    r = client.post("/v1/chat/completions", json=GOOD, headers=KEY)
+    assert assert_error(r, 503)["code"] == "shutting_down" and r.headers["Retry-After"] == "5"
+    assert r.headers["Connection"] == "close"
+    health = client.get("/health")
+    assert health.status_code == 503 and health.json() == {"status": "draining"}
+    assert client.get("/metrics").status_code == 200  # scrapers see the drain
 
 
 def test_oversized_body_is_413(client):

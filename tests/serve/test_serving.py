@@ -272,6 +272,47 @@ def test_prompt_over_max_prompt_tokens_is_400_naming_both_numbers():
     assert serving.active == 0
 
 
+def test_prompt_that_fills_the_context_is_400_naming_the_limit_and_its_length():
+    serving = serve(ScriptedEngine(context=10))
+    with pytest.raises(APIError) as err:
+        chat(serving, messages=[{"role": "user", "content": "one two three four five six seven"}])  # 10 tokens
+    assert err.value.status == 400 and err.value.code == "context_length_exceeded" and err.value.param == "messages"
+    assert "maximum context length is 10 tokens" in err.value.message and "resulted in 10 tokens" in err.value.message
+    assert serving.active == 0
+
+
+def test_prompt_and_asked_max_tokens_beyond_the_context_is_400_and_a_default_max_tokens_shrinks_to_fit():
+    engine = ScriptedEngine(["a"] * 20, context=10)  # "say hello" is 5 tokens: 5 more fit, 6 do not
+    assert chat(serve(engine), max_tokens=5).usage.completion_tokens == 5
+    with pytest.raises(APIError) as err:
+        chat(serve(engine), max_completion_tokens=6)
+    assert err.value.status == 400 and err.value.param == "max_completion_tokens"
+    assert err.value.code == "context_length_exceeded" and "max_completion_tokens <= 5" in err.value.message
+    reply = chat(serve(engine, generation={"max_tokens": 100}))
+    assert engine.requests[-1].params.max_tokens == 5 and reply.choices[0].finish_reason == "length"
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"messages": [{"role": "user", "content": "bad \ud800 text"}]}, "messages[0].content"),
+    ({"stop": ["ok", "\udc00"]}, "stop[1]"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"x": "\ud800"}}}]},
+     "tools[0].function.parameters.x"),
+])
+def test_text_that_is_not_unicode_is_400_naming_the_field(body, param):
+    engine = ScriptedEngine()
+    with pytest.raises(APIError) as err:
+        chat(serve(engine), **body)
+    assert err.value.status == 400 and err.value.param == param and "lone surrogate" in err.value.message
+    assert engine.requests == []
+
+
+def test_any_integer_seed_reaches_the_engine_as_an_int64():
+    engine = ScriptedEngine()
+    chat(serve(engine), seed=2**70 + 5)
+    chat(serve(engine), seed=-1)
+    assert [r.params.seed for r in engine.requests] == [(2**70 + 5) % 2**63, 2**63 - 1]
+
+
 def test_more_than_max_concurrent_is_429_with_retry_after():
     serving = serve(ScriptedEngine(["a"] * 20), max_concurrent=1)
 
@@ -295,7 +336,7 @@ def test_more_than_max_concurrent_is_429_with_retry_after():
     ({"tool_choice": "required", "tools": TOOLS}, "tool_choice"),
     ({"top_logprobs": 2}, "top_logprobs"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages[0].content"),
-    ({"messages": [{"role": "user", "content": None}]}, "messages[0].content"),
+    ({"messages": [{"role": "assistant", "content": None}]}, "messages[0].content"),
 ])
 def test_what_is_not_supported_is_400_naming_the_parameter(body, param):
     with pytest.raises(APIError) as err:
@@ -346,6 +387,12 @@ def test_completion_stream_and_logprobs():
                                                    "top_logprobs": [{"A": -0.5}], "text_offset": [0]}
     assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 2
+
+
+def test_completion_of_an_empty_prompt_starts_from_the_start_of_text():
+    engine = ScriptedEngine(["A"])
+    reply = asyncio.run(create_completion(serve(engine), CompletionRequest(prompt="", max_tokens=3)))
+    assert reply.choices[0].text == "A" and engine.requests[0].prompt_ids == [0]
 
 
 @pytest.mark.parametrize("body", [{"prompt": [1, 2, 3]}, {"prompt": "x", "suffix": "y"},

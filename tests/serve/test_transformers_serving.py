@@ -1,17 +1,22 @@
 """The server's logic on the real transformers engine and a tiny random model, in process (no HTTP): what a
-scripted engine cannot show."""
+scripted engine cannot show. The batching loop runs in a thread of its own; an exception in it used to stop it for
+good (every later request a 500 while /health said ok)."""
 
 import asyncio
 
 import pytest
+from fastapi.testclient import TestClient
 
 from tunesmith.config import DeployConfig
+from tunesmith.serve.app import build_app
 from tunesmith.serve.chat import create_chat_completion
 from tunesmith.serve.completion import create_completion
+from tunesmith.serve.errors import APIError
 from tunesmith.serve.protocol import ChatCompletionRequest, CompletionRequest
 from tunesmith.serve.serving import Serving
 
 USER = [{"role": "user", "content": "say hello"}]
+POISON = "zebra crossing"  # a prompt the injected failure recognises by its last token
 
 
 @pytest.fixture
@@ -23,13 +28,124 @@ def engine(tiny_model):
     engine.shutdown()
 
 
+def chat(serving, **body):
+    return asyncio.run(create_chat_completion(serving, ChatCompletionRequest(**{"messages": USER, **body})))
+
+
+def complete(serving, **body):
+    return asyncio.run(create_completion(serving, CompletionRequest(**body)))
+
+
+def poison_the_loop(engine, monkeypatch) -> list:
+    """Make the model's forward raise inside the batching loop when a batch holds POISON's last token."""
+    served = engine.served[engine.default]
+    token = served.template.tokenizer(POISON)["input_ids"][-1]
+    forward, calls = served.model.forward, []
+
+    def failing(*args, **kwargs):
+        ids = kwargs.get("input_ids")
+        if ids is not None and bool((ids == token).any()):
+            calls.append(1)
+            raise RuntimeError("injected failure")
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(served.model, "forward", failing)
+    return calls
+
+
 def test_the_prompt_is_rendered_once_per_request(engine, monkeypatch):
     template = engine.template_for(None)
     calls = []
     render = template.render_prompt
     monkeypatch.setattr(template, "render_prompt", lambda *a, **kw: calls.append(1) or render(*a, **kw))
     serving = Serving(engine, DeployConfig(max_prompt_tokens=500))
-    reply = asyncio.run(create_chat_completion(serving, ChatCompletionRequest(messages=USER, max_tokens=2)))
+    reply = chat(serving, max_tokens=2)
     assert len(calls) == 1 and reply.usage.prompt_tokens == len(render(USER))
-    asyncio.run(create_completion(serving, CompletionRequest(prompt="one two", max_tokens=2)))
+    complete(serving, prompt="one two", max_tokens=2)
     assert len(calls) == 1  # completions tokenize the text, no template
+
+
+def test_a_failure_inside_the_loop_fails_that_request_and_the_next_is_answered(engine, monkeypatch):
+    serving = Serving(engine, DeployConfig())
+    assert chat(serving, max_tokens=2).choices[0].finish_reason == "length"  # the loop runs
+    calls = poison_the_loop(engine, monkeypatch)
+    for stream in (False, True):
+        with pytest.raises(APIError) as err:
+            asyncio.run(create_completion(serving, CompletionRequest(prompt=POISON, max_tokens=3, stream=stream)))
+        assert err.value.status == 500 and "injected failure" in err.value.message
+    assert len(calls) == 2 and serving.active == 0
+    assert engine.health() is None  # restarted
+    for _ in range(2):
+        reply = chat(serving, max_tokens=3)
+        assert reply.choices[0].finish_reason == "length" and reply.usage.completion_tokens == 3
+
+
+def test_health_is_503_naming_why_when_the_loop_cannot_start_again(engine, monkeypatch):
+    serving = Serving(engine, DeployConfig())
+    chat(serving, max_tokens=1)
+    poison_the_loop(engine, monkeypatch)
+    with pytest.raises(APIError):
+        complete(serving, prompt=POISON, max_tokens=2)
+
+    def cannot(served):
+        raise MemoryError("no room for the KV cache")
+
+    monkeypatch.setattr(engine, "_start_manager", cannot)
+    with TestClient(build_app(engine, DeployConfig())) as client:
+        r = client.get("/health")
+        assert r.status_code == 503 and r.json()["status"] == "unavailable"
+        assert "no room for the KV cache" in r.json()["reason"]
+        assert client.post("/v1/chat/completions", json={"messages": USER}).status_code == 500
+        monkeypatch.undo()  # the device is back: the next check starts the loop
+        assert client.get("/health").json() == {"status": "ok"}
+        assert client.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 2}).status_code == 200
+
+
+@pytest.mark.parametrize("body", [
+    {"prompt": ""},  # no token to continue from: the step failed reshaping an empty batch
+    {"prompt": "\x04"},  # text the tokenizer drops: the same
+    {"prompt": "hello", "temperature": 1e-40},  # logits / 1e-40 overflow: inf, then nan, and sampling failed
+])
+def test_requests_that_stopped_the_loop_are_answered_and_so_is_the_next(engine, body):
+    serving = Serving(engine, DeployConfig())
+    reply = complete(serving, max_tokens=3, **body)
+    assert reply.choices[0].finish_reason == "length" and reply.usage.completion_tokens == 3
+    assert complete(serving, prompt="next", max_tokens=2).usage.completion_tokens == 2
+    assert engine.health() is None
+
+
+def test_a_tiny_temperature_is_greedy(engine):
+    serving = Serving(engine, DeployConfig())
+    greedy = complete(serving, prompt="The river ran", max_tokens=6, temperature=0).choices[0].text
+    assert complete(serving, prompt="The river ran", max_tokens=6, temperature=1e-30).choices[0].text == greedy
+    assert complete(serving, prompt="The river ran", max_tokens=6, temperature=1e-30, seed=3).choices[0].text == greedy
+
+
+def test_a_prompt_longer_than_the_context_is_400_naming_both_numbers(engine, monkeypatch):
+    monkeypatch.setattr(engine.served[engine.default].model.config, "max_position_embeddings", 1024)
+    serving = Serving(engine, DeployConfig())
+    count = lambda text: len(engine.template_for(None).tokenizer(text)["input_ids"])  # noqa: E731
+    long, short = "word " * 6000, "word " * 1000
+    with pytest.raises(APIError) as err:
+        complete(serving, prompt=long)
+    assert err.value.status == 400 and err.value.code == "context_length_exceeded"
+    message = err.value.message
+    assert "maximum context length is 1024 tokens" in message and f"resulted in {count(long)} tokens" in message
+    with pytest.raises(APIError) as err:
+        complete(serving, prompt=short, max_tokens=30)
+    assert err.value.param == "max_tokens" and f"max_tokens <= {1024 - count(short)}" in err.value.message
+    reply = complete(serving, prompt=short)  # max_tokens from the defaults: what fits
+    assert reply.choices[0].finish_reason == "length" and reply.usage.completion_tokens == 1024 - count(short)
+
+
+def test_more_tokens_than_the_kv_cache_holds_is_400_before_joining_the_loop(engine, monkeypatch):
+    """A request the cache cannot hold would stop the loop ("No requests can be scheduled and no requests can be
+    offloaded"); the tiny model's cache holds 600k tokens, so the guard is shown with a smaller number."""
+    from tunesmith.infer import transformers_engine
+
+    serving = Serving(engine, DeployConfig())
+    monkeypatch.setattr(transformers_engine, "_cache_tokens", lambda manager: 20)
+    with pytest.raises(APIError) as err:
+        complete(serving, prompt="word " * 10, max_tokens=15)
+    assert err.value.status == 400 and "(20 tokens)" in err.value.message
+    assert complete(serving, prompt="word " * 10, max_tokens=5).usage.completion_tokens == 5

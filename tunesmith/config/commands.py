@@ -150,7 +150,9 @@ class DeployConfig(Section):
         "transformers (always there) or vllm (in its own venv: scripts/vllm-env.sh)."))
     host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0 = every interface).")
     port: int = Field(8000, ge=0, le=65535, description="Port to listen on.")
-    api_key: str | None = Field(None, description="Require `Authorization: Bearer KEY` on /v1 routes (default: open).")
+    api_key: str | None = Field(None, description=(
+        "Require `Authorization: Bearer KEY` on every path but /health and /metrics (default: open)."))
+    metrics_require_key: bool = Field(False, description="With --api-key, /metrics needs the key too (default: open).")
     served_model_name: str | None = Field(None, description="Name the default model is served under (default: its folder or run name).")
     max_concurrent: int = Field(64, ge=1, description="Requests generating at once; more are answered 429 with Retry-After.")
     max_prompt_tokens: int | None = Field(None, ge=1, description="Reject longer prompts with 400 (default: no limit).")

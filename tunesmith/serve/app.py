@@ -3,15 +3,19 @@
     tunesmith deploy --adapters prd=runs/prd/final dao=runs/dao/final --api-key KEY --port 8000
     app = build_app(engine, DeployConfig())        # for tests and for mounting in another ASGI server
 
-Here: the API key check, the body size limit, request metrics (one Gate middleware, pure ASGI so streams pass
-through untouched), every error as OpenAI's JSON, /metrics, and the server's life: warm up, print how to call
-it, stop accepting on SIGTERM, let running requests finish (up to GRACEFUL_SHUTDOWN_S), close the engine, exit 0.
+Here: the API key check, the body size limit, request metrics and the drain (one Gate middleware, pure ASGI so
+streams pass through untouched), every error as OpenAI's JSON, and the server's life: warm up, print how to call
+it, and on SIGTERM drain: new requests are answered 503 with Retry-After (so load balancers move on) while running
+ones finish (up to GRACEFUL_SHUTDOWN_S); then close the engine and exit 0.
+
+What is open: with --api-key, every path needs `Authorization: Bearer KEY` (the API, /openapi.json, /docs, /redoc)
+except /health, for probes, and /metrics, for scrapers, as vLLM leaves it; --metrics-require-key closes /metrics too.
+Without --api-key everything is open. /health answers 503 while draining and when the engine cannot generate.
 """
 
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import re
 import signal
@@ -21,16 +25,16 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from tunesmith.config import DeployConfig
 from tunesmith.errors import ConfigError
 from tunesmith.infer.types import Engine, EngineError, GenerationRequest, SamplingParams, UnknownModelError
-from tunesmith.serve.routes import router
-from tunesmith.serve.errors import APIError, error_body
+from tunesmith.serve.errors import APIError, error_body, validation_message
 from tunesmith.serve.metrics import Metrics
+from tunesmith.serve.openapi import OPEN_PATHS, document
+from tunesmith.serve.routes import router
 from tunesmith.serve.serving import Serving
 
 log = logging.getLogger("tunesmith")
@@ -61,28 +65,47 @@ def build_app(engine: Engine, cfg: DeployConfig, warmup: bool = False) -> FastAP
     app = FastAPI(title="tunesmith", summary="OpenAI-compatible API over tunesmith models and adapters",
                   lifespan=lifespan)
     app.state.serving = serving
+    app.state.drain = Drain()
     app.include_router(router)
-
-    @app.get("/metrics", include_in_schema=False)
-    async def prometheus() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
+    app.openapi = lambda: document(app, cfg)
     _add_error_handlers(app)
-    app.add_middleware(Gate, metrics=metrics, api_key=cfg.api_key, max_body_bytes=cfg.max_body_bytes)
+    app.add_middleware(Gate, metrics=metrics, cfg=cfg, drain=app.state.drain)
     return app
 
 
 # -----------------------------------------------------------------------------
-# Gate: metrics, API key, body size
+# Gate: metrics, API key, body size, drain
+
+
+class Drain:
+    """After SIGTERM: new requests are refused with 503 while the `running` ones finish."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+        self.running = 0
+
+    def begin(self) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+            log.info("draining: answering 503 to new requests while %d finish", self.running)
+
+    @property
+    def draining(self) -> bool:
+        return self.since is not None
+
+    def done(self) -> bool:
+        return self.since is not None and (self.running == 0 or time.monotonic() - self.since > GRACEFUL_SHUTDOWN_S)
 
 
 class Gate:
-    """Counts and times every request, checks `Authorization: Bearer KEY` on /v1 routes (health and metrics stay
-    open, for probes and scrapers), and answers 413 to bodies over max_body_bytes, by their Content-Length or,
-    without one, as they arrive."""
+    """Counts and times every request, checks `Authorization: Bearer KEY` (see the module docstring for what stays
+    open), answers 413 to bodies over max_body_bytes, by their Content-Length or, without one, as they arrive, and
+    503 while draining (/metrics still answers, so scrapers see the drain)."""
 
-    def __init__(self, app, metrics: Metrics, api_key: str | None, max_body_bytes: int):
-        self.app, self.metrics, self.api_key, self.max_body_bytes = app, metrics, api_key, max_body_bytes
+    def __init__(self, app, metrics: Metrics, cfg: DeployConfig, drain: Drain):
+        self.app, self.metrics, self.drain = app, metrics, drain
+        self.api_key, self.max_body_bytes = cfg.api_key, cfg.max_body_bytes
+        self.open_paths = OPEN_PATHS | (set() if cfg.metrics_require_key else {"/metrics"})
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -101,14 +124,25 @@ class Gate:
             if refusal is not None:
                 await refusal(scope, receive, send_status)
             else:
-                await self.app(scope, self._limited(receive), send_status)
+                self.drain.running += 1
+                try:
+                    await self.app(scope, self._limited(receive), send_status)
+                finally:
+                    self.drain.running -= 1
         finally:
             self.metrics.requests.labels(endpoint, str(status)).inc()
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
 
     def _refusal(self, scope) -> JSONResponse | None:
+        path = scope["path"]
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        if self.api_key is not None and scope["path"].startswith("/v1"):
+        if self.drain.draining and path != "/metrics":
+            retry = {"Retry-After": "5", "Connection": "close"}  # close: a keep-alive client reconnects elsewhere
+            if path == "/health":
+                return JSONResponse({"status": "draining"}, status_code=503, headers=retry)
+            return _error(503, "the server is shutting down; retry on another replica or after Retry-After seconds",
+                          type="service_unavailable", code="shutting_down", headers=retry)
+        if self.api_key is not None and path not in self.open_paths:
             scheme, _, given = headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not given.strip():
                 return _error(401, "missing API key: send the header `Authorization: Bearer KEY` (the OpenAI "
@@ -183,42 +217,6 @@ def _add_error_handlers(app: FastAPI) -> None:
         return _error(500, f"internal error: {type(err).__name__}: {err}", type="server_error")
 
 
-# pydantic names the member of a union that failed (`str`, `list[str]`, `TextPart`): not part of the parameter's path
-UNION_TAG = re.compile(r"^(str|int|float|bool|list|dict|none|function-.*|.*\[.*\]|[A-Z]\w*)$")
-
-
-def validation_message(errors: list[dict]) -> tuple[str, str | None]:
-    """pydantic's report as one OpenAI-style line, and the parameter it names first."""
-    problems: dict[str | None, list[str]] = {}
-    given: dict[str | None, str] = {}
-    for e in errors:
-        loc = [str(p) for p in e.get("loc", ()) if p != "body" and not UNION_TAG.match(str(p))]
-        param = re.sub(r"\.(\d+)", r"[\1]", ".".join(loc)) or None
-        if e["type"] == "json_invalid":
-            problems.setdefault(None, []).append(
-                f"the body is not valid JSON ({e.get('ctx', {}).get('error', 'decode error')} at position "
-                f"{loc[0] if loc else '?'})")
-            continue
-        if e["type"] == "extra_forbidden":
-            msg = f"Unrecognized request argument supplied: {param}"
-        elif e["type"] == "missing":
-            msg = f"{param}: required" if param else "the request needs a JSON object as its body"
-        else:
-            msg = e["msg"] if param else "the body must be a JSON object"
-            value = e.get("input")
-            if param and isinstance(value, (str, int, float, bool, type(None))):
-                given[param] = f" (got {json.dumps(value)[:80]})"
-        problems.setdefault(param, []).append(msg)
-    lines = []
-    for param, msgs in problems.items():
-        unique = list(dict.fromkeys(msgs))
-        if param is None or unique[0].startswith(("Unrecognized", f"{param}: required")):
-            lines += unique
-        else:  # several messages for one parameter: the forms of a union it matched none of
-            lines.append(f"{param}: {' or '.join(unique)}{given.get(param, '')}")
-    return "; ".join(lines), next(iter(problems))
-
-
 # -----------------------------------------------------------------------------
 # Running the server
 
@@ -256,16 +254,34 @@ def banner(cfg: DeployConfig, names: list[str]) -> str:
 
 
 def run(cfg: DeployConfig) -> None:
-    """Load the engine, serve until SIGTERM or Ctrl-C, then finish running requests and close the engine."""
+    """Load the engine, serve until SIGTERM or Ctrl-C, drain (running requests finish, new ones get 503), then
+    close the engine."""
     import uvicorn
 
     from tunesmith.infer import load_engine
 
+    class DrainingServer(uvicorn.Server):
+        """uvicorn stops listening at the first SIGTERM, so a load balancer's next connection is refused at TCP.
+        Here the first signal starts the drain instead; uvicorn's shutdown follows once it is done. A second
+        signal is uvicorn's own: stop now (Ctrl-C twice)."""
+
+        def handle_exit(self, sig: int, frame) -> None:
+            if drain.draining:
+                super().handle_exit(sig, frame)
+            else:
+                drain.begin()
+
+        async def on_tick(self, counter: int) -> bool:
+            if drain.done():
+                self.should_exit = True
+            return await super().on_tick(counter)
+
     engine = load_engine(cfg.backend, cfg.model, adapter_map(cfg.adapters) or None, cfg.device, cfg.dtype, cfg.system)
     app = build_app(engine, cfg, warmup=True)
-    server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="info",
-                                           timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S))
-    # uvicorn handles SIGTERM itself (graceful shutdown), then re-raises it to the handler it found installed; with
-    # the default one the process would die by the signal after a clean shutdown. This one lets run() return: exit 0.
+    drain = app.state.drain
+    server = DrainingServer(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="info",
+                                           timeout_graceful_shutdown=5))
+    # uvicorn re-raises a signal it handled to the handler it found installed once it has shut down; with the
+    # default one the process would die by the signal after a clean shutdown. This one lets run() return: exit 0.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
     server.run()

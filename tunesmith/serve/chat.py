@@ -20,26 +20,30 @@ from tunesmith.serve import tool_parsers
 from tunesmith.serve.errors import APIError, stream_error
 from tunesmith.serve.protocol import (
     AssistantMessage,
+    AssistantTurn,
     ChatChoice,
     ChatChunkChoice,
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
-    ChatMessage,
     ChoiceLogprobs,
     DeltaMessage,
     FunctionCall,
     OtherPart,
+    SystemMessage,
     TokenLogprobOut,
     ToolCall,
     ToolCallDelta,
+    ToolMessage,
     TopLogprob,
     Usage,
+    UserMessage,
 )
-from tunesmith.serve.serving import DONE, Answer, EventStream, Generation, Serving, sse
+from tunesmith.serve.serving import DONE, Answer, EventStream, Generation, Serving, refuse_unencodable, sse
 
 
 async def create_chat_completion(serving: Serving, req: ChatCompletionRequest) -> ChatCompletionResponse | EventStream:
+    refuse_unencodable(req.model_dump(exclude_none=True))
     public, model = serving.model(req.model)
     serving.refuse_unsupported(req.frequency_penalty, req.presence_penalty, req.logit_bias)
     if req.response_format is not None and req.response_format.type != "text":
@@ -51,6 +55,9 @@ async def create_chat_completion(serving: Serving, req: ChatCompletionRequest) -
                        "decoding, which tunesmith's engines lack yet)", param="tool_choice")
     if req.top_logprobs and not req.logprobs:
         raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+    for param in ("max_completion_tokens", "max_tokens"):
+        serving.limit_max_tokens(getattr(req, param), param)
+    asked = "max_completion_tokens" if req.max_completion_tokens else "max_tokens" if req.max_tokens else None
     use_tools = bool(req.tools) and req.tool_choice != "none"
     tools = [t.model_dump(exclude_none=True) for t in req.tools] if use_tools and req.tools else None
     params = serving.sampling(req.max_completion_tokens or req.max_tokens, req.temperature, req.top_p, req.stop,
@@ -60,9 +67,9 @@ async def create_chat_completion(serving: Serving, req: ChatCompletionRequest) -
     rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return await serving.stream(gen, public, lambda generation: _events(
+        return await serving.stream(gen, public, asked, lambda generation: _events(
             generation, rid, created, public, req.n, bool(req.logprobs), include_usage, tool_names))
-    answers = await serving.collect([gen], public)
+    answers = await serving.collect([gen], public, asked)
     choices = [_choice(i, a, tool_names, bool(req.logprobs)) for i, a in enumerate(answers.choices)]
     return ChatCompletionResponse(id=rid, created=created, model=public, choices=choices, usage=answers.usage())
 
@@ -127,29 +134,29 @@ async def _events(generation: Generation, rid: str, created: int, public: str, n
 # Messages and logprobs in OpenAI's shapes
 
 
-def _messages(messages: list[ChatMessage]) -> list[dict]:
+def _messages(messages: list[SystemMessage | UserMessage | AssistantTurn | ToolMessage]) -> list[dict]:
     """OpenAI messages as chat templates take them: text content, `developer` as `system`, tool-call arguments as
     objects (what Hugging Face templates expect; OpenAI sends them as JSON text)."""
     out = []
     for i, m in enumerate(messages):
         msg: dict = {"role": "system" if m.role == "developer" else m.role, "content": _text(m, i)}
-        if m.name:
+        if getattr(m, "name", None):
             msg["name"] = m.name
-        if m.tool_calls:
+        if isinstance(m, AssistantTurn) and m.tool_calls:
             msg["tool_calls"] = [{"id": c.id, "type": "function",
                                   "function": {"name": c.function.name, "arguments": _loads(c.function.arguments)}}
                                  for c in m.tool_calls]
-        if m.tool_call_id:
+        if isinstance(m, ToolMessage):
             msg["tool_call_id"] = m.tool_call_id
         out.append(msg)
     return out
 
 
-def _text(m: ChatMessage, i: int) -> str:
+def _text(m: SystemMessage | UserMessage | AssistantTurn | ToolMessage, i: int) -> str:
     if isinstance(m.content, str):
         return m.content
     if m.content is None:
-        if m.role == "assistant" and m.tool_calls:
+        if isinstance(m, AssistantTurn) and m.tool_calls:
             return ""
         raise APIError(400, f"messages[{i}].content: missing (only an assistant message with tool_calls may have "
                        "none)", param=f"messages[{i}].content")

@@ -17,22 +17,26 @@ from typing import AsyncIterator
 from tunesmith.infer.types import GenerationRequest, TokenLogprob
 from tunesmith.serve.errors import APIError, stream_error
 from tunesmith.serve.protocol import CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, Usage
-from tunesmith.serve.serving import DONE, EventStream, Generation, Serving, sse
+from tunesmith.serve.serving import DONE, EventStream, Generation, Serving, refuse_unencodable, sse
 
 
 async def create_completion(serving: Serving, req: CompletionRequest) -> CompletionResponse | EventStream:
+    refuse_unencodable(req.model_dump(exclude_none=True))
     public, model = serving.model(req.model)
     serving.refuse_unsupported(req.frequency_penalty, req.presence_penalty, req.logit_bias)
     if req.suffix:
         raise APIError(400, "suffix (fill in the middle) is not supported; leave it out", param="suffix")
-    if req.best_of is not None and req.best_of != req.n:
-        raise APIError(400, f"best_of={req.best_of} is not supported (only best_of = n); use n", param="best_of")
+    if req.best_of not in (None, 1):
+        raise APIError(400, f"best_of={req.best_of} is not supported (vLLM dropped it too); leave it out and ask for "
+                       "n answers", param="best_of")
     if req.echo and req.logprobs is not None:
         raise APIError(400, "echo with logprobs needs prompt logprobs, which tunesmith's engines do not report",
                        param="echo")
     prompts = _prompts(req.prompt)
     if req.stream and len(prompts) > 1:
         raise APIError(400, f"streaming answers one prompt at a time; got {len(prompts)} prompts", param="prompt")
+    serving.limit_max_tokens(req.max_tokens, "max_tokens")
+    asked = "max_tokens" if req.max_tokens else None
     wants_logprobs = req.logprobs is not None
     params = serving.sampling(req.max_tokens, req.temperature, req.top_p, req.stop, req.seed, req.n, wants_logprobs,
                               req.logprobs or 0)
@@ -40,9 +44,9 @@ async def create_completion(serving: Serving, req: CompletionRequest) -> Complet
     rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return await serving.stream(gens[0], public, lambda generation: _events(
+        return await serving.stream(gens[0], public, asked, lambda generation: _events(
             generation, rid, created, public, req, prompts[0], include_usage))
-    answers = await serving.collect(gens, public)
+    answers = await serving.collect(gens, public, asked)
     choices = []
     for k, a in enumerate(answers.choices):
         echo = prompts[k // req.n] if req.echo else ""

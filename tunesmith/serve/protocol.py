@@ -3,23 +3,61 @@
 Fields are ordered as in the official OpenAI API reference, so a reader can check them side by side; tunesmith
 extras are marked. Requests forbid unknown fields (OpenAI answers 400 "Unrecognized request argument supplied"),
 messages ignore them, so a client can send back a response message as it received it (with `refusal`,
-`annotations`, ...). What is accepted here but not honoured is refused in serving.py with a message naming it.
+`annotations`, ...). What is parsed here but not honoured is refused in chat.py or completion.py with a message
+naming it, and /openapi.json says so: such a field carries `documented(...)`, the schema of what is served, so a
+client (or a fuzzer) reading the document knows the answer before asking. openapi.py adds what depends on the
+server's settings (the largest max_tokens, the API key).
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_serializer
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_serializer
+from pydantic_core import PydanticCustomError
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: no coercion the schema does not promise (false as a temperature, "1" as n)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class Lenient(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+
+def _whole_number(value: Any) -> Any:
+    if isinstance(value, (bool, str)):
+        raise PydanticCustomError("int_type", "Input should be a valid integer")
+    return value
+
+
+def integer(**bounds: int) -> Any:
+    """JSON Schema's integer: 15 and 15.0 (some clients send that), not 15.5, "15" or true. The bounds go before
+    the validator, or the published schema would lose them."""
+    return Annotated[int, Field(strict=False, **bounds), BeforeValidator(_whole_number)]
+
+
+def documented(schema: dict[str, Any]) -> WithJsonSchema:
+    """The field's schema in /openapi.json: what the server answers, narrower than what it parses (the rest is
+    refused by name, so the client learns why)."""
+    return WithJsonSchema(schema)
+
+
+def _or_null(schema: dict[str, Any], note: str) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}], "description": note}
+
+
+ZERO_ONLY = _or_null({"const": 0}, "Not supported by tunesmith's engines: leave it out, or 0.")
+TEXT_PARTS = {"type": "array", "items": {"type": "object", "required": ["type", "text"],
+                                         "properties": {"type": {"const": "text"}, "text": {"type": "string"}}}}
+
+
+def _when(condition: dict[str, Any], then: dict[str, Any]) -> dict[str, Any]:
+    """A rule between two fields, as JSON Schema's if/then: `condition` and `then` map field -> schema."""
+    return {"if": {"properties": condition, "required": list(condition)},
+            "then": {"properties": then, "required": [k for k, v in then.items() if "const" in v]}}
 
 
 # -----------------------------------------------------------------------------
@@ -32,7 +70,7 @@ class TextPart(Lenient):
 
 
 class OtherPart(Lenient):
-    """image_url, input_audio, file...: accepted by the schema so serving.py can refuse them by name."""
+    """image_url, input_audio, file...: parsed so chat.py can refuse them by name; /openapi.json lists text only."""
 
     type: str
 
@@ -48,12 +86,37 @@ class ToolCall(Lenient):
     function: FunctionCall
 
 
-class ChatMessage(Lenient):
-    role: Literal["developer", "system", "user", "assistant", "tool"]
-    content: str | list[TextPart | OtherPart] | None = None
+class SystemMessage(Lenient):
+    role: Literal["developer", "system"]  # developer: OpenAI's newer name; chat templates get system
+    content: str | list[TextPart]
     name: str | None = None
-    tool_calls: list[ToolCall] | None = None  # assistant
-    tool_call_id: str | None = None  # tool
+
+
+class UserMessage(Lenient):
+    role: Literal["user"]
+    content: Annotated[str | list[TextPart | OtherPart], documented({"anyOf": [{"type": "string"}, TEXT_PARTS]})]
+    name: str | None = None
+
+
+class AssistantTurn(Lenient):
+    """An earlier answer: text, tool calls or both; content may be null only beside tool calls."""
+
+    model_config = ConfigDict(extra="ignore", strict=True, json_schema_extra={"anyOf": [
+        {"required": ["content"], "properties": {"content": {"not": {"type": "null"}}}},
+        {"required": ["tool_calls"], "properties": {"tool_calls": {"type": "array", "minItems": 1}}}]})
+    role: Literal["assistant"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+
+
+class ToolMessage(Lenient):
+    role: Literal["tool"]
+    content: str | list[TextPart]
+    tool_call_id: str
+
+
+ChatMessage = Annotated[SystemMessage | UserMessage | AssistantTurn | ToolMessage, Field(discriminator="role")]
 
 
 class FunctionDefinition(Strict):
@@ -88,28 +151,34 @@ class StreamOptions(Strict):
 
 
 class ChatCompletionRequest(Strict):
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"allOf": [
+        _when({"top_logprobs": {"type": "integer", "minimum": 1}}, {"logprobs": {"const": True}})]})
     messages: list[ChatMessage] = Field(..., min_length=1)
     model: str | None = None  # tunesmith: may be left out to use the default model
-    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    logit_bias: dict[str, float] | None = None
+    frequency_penalty: Annotated[float | None, Field(ge=-2.0, le=2.0), documented(ZERO_ONLY)] = None
+    logit_bias: Annotated[dict[str, float] | None, documented(_or_null(
+        {"type": "object", "maxProperties": 0}, "Not supported by tunesmith's engines: leave it out."))] = None
     logprobs: bool | None = None
-    max_completion_tokens: int | None = Field(None, ge=1)
-    max_tokens: int | None = Field(None, ge=1)  # deprecated by OpenAI for max_completion_tokens; both work
+    max_completion_tokens: integer(ge=1) | None = None
+    max_tokens: integer(ge=1) | None = None  # deprecated by OpenAI for max_completion_tokens; both work
     metadata: dict[str, str] | None = None
-    n: int = Field(1, ge=1, le=128)
+    n: integer(ge=1, le=128) = 1
     parallel_tool_calls: bool | None = None
-    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    response_format: ResponseFormat | None = None
-    seed: int | None = None
+    presence_penalty: Annotated[float | None, Field(ge=-2.0, le=2.0), documented(ZERO_ONLY)] = None
+    response_format: Annotated[ResponseFormat | None, documented(_or_null(
+        {"type": "object", "required": ["type"], "properties": {"type": {"const": "text"}}},
+        "Only text: tunesmith's engines have no constrained decoding yet."))] = None
+    seed: integer() | None = None  # any integer: engines get it modulo 2**63
     service_tier: str | None = None
     stop: str | list[str] | None = None
     store: bool | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(None, ge=0.0, le=2.0)
-    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    tool_choice: Annotated[Literal["none", "auto", "required"] | NamedToolChoice | None, documented(_or_null(
+        {"enum": ["none", "auto"]}, "none or auto: forcing a call needs constrained decoding."))] = None
     tools: list[ToolDefinition] | None = None
-    top_logprobs: int | None = Field(None, ge=0, le=20)
+    top_logprobs: integer(ge=0, le=20) | None = None  # needs logprobs: true
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     user: str | None = None
 
@@ -207,21 +276,29 @@ class ChatCompletionChunk(BaseModel):
 
 
 class CompletionRequest(Strict):
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"allOf": [
+        _when({"echo": {"const": True}}, {"logprobs": {"type": "null"}}),  # echo needs prompt logprobs: none here
+        _when({"stream": {"const": True}}, {"prompt": {"anyOf": [{"type": "string"}, {"maxItems": 1}]}})]})
     model: str | None = None  # tunesmith: may be left out to use the default model
-    prompt: str | list[str] | list[int] | list[list[int]]
-    best_of: int | None = Field(None, ge=1)
+    prompt: Annotated[str | list[str] | list[int] | list[list[int]], documented({
+        "anyOf": [{"type": "string"}, {"type": "array", "minItems": 1, "items": {"type": "string"}}],
+        "description": "Text, or several texts answered together; not token ids."})]
+    best_of: Annotated[integer(ge=1) | None, documented(_or_null(
+        {"const": 1}, "Only 1 (vLLM dropped best_of too): ask for n answers instead."))] = None
     echo: bool = False
-    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    logit_bias: dict[str, float] | None = None
-    logprobs: int | None = Field(None, ge=0, le=5)
-    max_tokens: int | None = Field(None, ge=1)
-    n: int = Field(1, ge=1, le=128)
-    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    seed: int | None = None
+    frequency_penalty: Annotated[float | None, Field(ge=-2.0, le=2.0), documented(ZERO_ONLY)] = None
+    logit_bias: Annotated[dict[str, float] | None, documented(_or_null(
+        {"type": "object", "maxProperties": 0}, "Not supported by tunesmith's engines: leave it out."))] = None
+    logprobs: integer(ge=0, le=5) | None = None
+    max_tokens: integer(ge=1) | None = None
+    n: integer(ge=1, le=128) = 1
+    presence_penalty: Annotated[float | None, Field(ge=-2.0, le=2.0), documented(ZERO_ONLY)] = None
+    seed: integer() | None = None  # any integer: engines get it modulo 2**63
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    suffix: str | None = None
+    suffix: Annotated[str | None, documented(_or_null(
+        {"type": "string", "maxLength": 0}, "Fill in the middle is not supported."))] = None
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     user: str | None = None

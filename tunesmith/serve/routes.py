@@ -1,17 +1,33 @@
-"""The HTTP routes: each parses its body into a protocol.py schema and hands it to chat.py or completion.py."""
+"""The HTTP routes: each parses its body into a protocol.py schema and hands it to chat.py, completion.py or
+serving.py; `responses=` is what /openapi.json lists (openapi.py)."""
 
 from __future__ import annotations
 
 import anyio
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 
 from tunesmith.serve.chat import create_chat_completion
 from tunesmith.serve.completion import create_completion
-from tunesmith.serve.protocol import ChatCompletionRequest, CompletionRequest, ModelList
+from tunesmith.serve.openapi import answers
+from tunesmith.serve.protocol import (
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    ModelList,
+)
 from tunesmith.serve.serving import EventStream, Serving
 
 router = APIRouter()
+
+
+class Health(BaseModel):
+    status: str  # ok, draining (after SIGTERM) or unavailable
+    reason: str | None = None  # why the engine cannot generate
 
 
 class SSEResponse(StreamingResponse):
@@ -41,21 +57,32 @@ def _respond(result):
     return JSONResponse(result.model_dump(mode="json"))
 
 
-@router.get("/health")
-async def health() -> dict:
-    return {"status": "ok"}
+@router.get("/health", response_model=Health, responses=answers(503, ok=Health))
+async def health(request: Request):
+    reason = await anyio.to_thread.run_sync(_serving(request).engine.health)
+    if reason is None:
+        return JSONResponse({"status": "ok"})
+    return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503, headers={"Retry-After": "5"})
 
 
-@router.get("/v1/models")
+@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}},
+                                                                  "description": "Prometheus text format."}})
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(_serving(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/v1/models", response_model=ModelList, responses=answers(503))
 async def models(request: Request) -> ModelList:
     return _serving(request).models()
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", response_model=None,
+             responses=answers(400, 404, 413, 429, 500, 503, ok=ChatCompletionResponse, stream=ChatCompletionChunk))
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     return _respond(await create_chat_completion(_serving(request), body))
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", response_model=None,
+             responses=answers(400, 404, 413, 429, 500, 503, ok=CompletionResponse, stream=CompletionResponse))
 async def completions(body: CompletionRequest, request: Request):
     return _respond(await create_completion(_serving(request), body))

@@ -6,16 +6,17 @@ requests over one engine, streamed or whole.
     reply = await create_completion(serving, CompletionRequest(model="prd", prompt="..."))            # completion.py
 
 A request is admitted once (Serving.start): its prompt is rendered to ids once, those ids are checked against the
-limits and handed to the engine as they are, and it takes a concurrency slot. The Generation it becomes adds up
-every Delta in one place (Answers), for streamed and whole answers alike. Errors are APIError (errors.py); routes.py
-only dispatches; tests/serve drives this on a scripted engine.
+limits and the model's context and handed to the engine as they are, and it takes a concurrency slot. The
+Generation it becomes adds up every Delta in one place (Answers), for streamed and whole answers alike. Errors are
+APIError (errors.py); routes.py only dispatches; tests/serve drives this on a scripted engine.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 from tunesmith.config import DeployConfig
 from tunesmith.infer.types import Delta, Engine, EngineError, GenerationRequest, SamplingParams, TokenLogprob
@@ -62,44 +63,72 @@ class Serving:
         if logit_bias:
             raise APIError(400, "logit_bias is not supported by tunesmith's engines; leave it out", param="logit_bias")
 
+    def limit_max_tokens(self, value: int | None, param: str) -> None:
+        limit = self.cfg.max_tokens_limit
+        if value is not None and value > limit:
+            raise APIError(400, f"{param} is {value}, more than this server allows ({limit}); ask for at most "
+                           f"{limit}, or restart the server with a higher --max-tokens-limit", param=param)
+
     def sampling(self, max_tokens: int | None, temperature: float | None, top_p: float | None,
                  stop: str | list[str] | None, seed: int | None, n: int, logprobs: bool,
                  top_logprobs: int) -> SamplingParams:
         """What the request leaves out comes from the deploy config's `generation` section."""
         g, limit = self.cfg.generation, self.cfg.max_tokens_limit
-        if max_tokens is not None and max_tokens > limit:
-            raise APIError(400, f"max_tokens is {max_tokens}, more than this server allows ({limit}); ask for at most "
-                           f"{limit}, or restart the server with a higher --max-tokens-limit", param="max_tokens")
         stops = [stop] if isinstance(stop, str) else list(g.stop if stop is None else stop)
         return SamplingParams(max_tokens=min(g.max_tokens, limit) if max_tokens is None else max_tokens,
                               temperature=g.temperature if temperature is None else temperature,
                               top_p=g.top_p if top_p is None else top_p, stop=[s for s in stops if s],
-                              seed=g.seed if seed is None else seed, n=n, logprobs=logprobs, top_logprobs=top_logprobs)
+                              seed=g.seed if seed is None else seed % 2**63,  # what every engine takes (int64)
+                              n=n, logprobs=logprobs, top_logprobs=top_logprobs)
 
     # -------------------------------------------------------------------------
     # Admission and running
 
-    def start(self, gens: list[GenerationRequest], public: str) -> Generation:
+    def start(self, gens: list[GenerationRequest], public: str, max_tokens_param: str | None) -> Generation:
         """Render each prompt once (also how an unknown model or a template error shows up, before any work),
-        check the limits, take a slot. The engine then generates from exactly these ids."""
+        check the limits, take a slot. The engine then generates from exactly these ids.
+
+        The model's context holds prompt and answer together. A prompt that fills it is refused (400,
+        context_length_exceeded, as OpenAI and vLLM answer). So is prompt + max_tokens beyond it when the request
+        asked for that max_tokens (`max_tokens_param` names the field): vLLM refuses too, and a client that asked for
+        a length learns at once that it cannot have it. When max_tokens came from the server's defaults, it shrinks
+        to the room left instead, as vLLM does when max_tokens is left out."""
         param = "messages" if gens[0].messages is not None else "prompt"
         with engine_errors(param):
             for gen in gens:
                 gen.prompt_ids = self.engine.prompt_ids(gen)
-        longest = max(len(g.prompt_ids or []) for g in gens)
-        limit = self.cfg.max_prompt_tokens
-        if limit is not None and longest > limit:
-            raise APIError(400, f"the prompt is {longest} tokens, more than this server accepts ({limit} "
-                           "tokens); shorten it, or restart the server with a higher --max-prompt-tokens",
-                           param=param, code="context_length_exceeded")
+            context = self.engine.context_length(gens[0].model)
+        for gen in gens:
+            self._fit(gen, context, param, max_tokens_param)
         slot = self.slots.take(public)
         return Generation(self.engine, gens, slot, sum(len(g.prompt_ids or []) for g in gens))
 
-    async def stream(self, gen: GenerationRequest, public: str,
+    def _fit(self, gen: GenerationRequest, context: int | None, param: str, max_tokens_param: str | None) -> None:
+        length, max_tokens, limit = len(gen.prompt_ids or []), gen.params.max_tokens, self.cfg.max_prompt_tokens
+        if length == 0:
+            raise APIError(400, f"{param}: empty; the model needs at least one token to continue from", param=param)
+        if context is not None and length >= context:
+            raise APIError(400, f"This model's maximum context length is {context} tokens. However, your {param} "
+                           f"resulted in {length} tokens, which leaves no room for an answer. Please reduce the "
+                           f"length of the {param}.", param=param, code="context_length_exceeded")
+        if limit is not None and length > limit:
+            raise APIError(400, f"the prompt is {length} tokens, more than this server accepts ({limit} "
+                           "tokens); shorten it, or restart the server with a higher --max-prompt-tokens",
+                           param=param, code="context_length_exceeded")
+        if context is None or length + max_tokens <= context:
+            return
+        if max_tokens_param is not None:
+            raise APIError(400, f"This model's maximum context length is {context} tokens. However, you requested "
+                           f"{length + max_tokens} tokens ({length} in the {param}, {max_tokens} in the completion). "
+                           f"Please reduce the length of the {param}, or ask for {max_tokens_param} <= "
+                           f"{context - length}.", param=max_tokens_param, code="context_length_exceeded")
+        gen.params = dataclasses.replace(gen.params, max_tokens=context - length)
+
+    async def stream(self, gen: GenerationRequest, public: str, max_tokens_param: str | None,
                      events: Callable[[Generation], AsyncIterator[str]]) -> EventStream:
         """Start generating and wait for the first Delta before answering, so errors at the start still get their
         own status code (404, 500) instead of a 200 with an error inside."""
-        generation = self.start([gen], public)
+        generation = self.start([gen], public, max_tokens_param)
         try:
             await generation.first()
         except BaseException:  # includes cancellation: free everything
@@ -107,15 +136,33 @@ class Serving:
             raise
         return EventStream(events(generation), generation.close)
 
-    async def collect(self, gens: list[GenerationRequest], public: str) -> Answers:
+    async def collect(self, gens: list[GenerationRequest], public: str, max_tokens_param: str | None) -> Answers:
         """Run every GenerationRequest to the end; prompt p's choices are p*n ... p*n + n-1."""
-        generation = self.start(gens, public)
+        generation = self.start(gens, public, max_tokens_param)
         try:
             with engine_errors():
                 await generation.run()
         finally:
             await generation.close()
         return generation.answers
+
+
+def refuse_unencodable(value: Any, path: str = "") -> None:
+    """JSON strings may hold lone UTF-16 surrogates ("\\ud800"), which are no text: no tokenizer encodes them.
+    Refuse them naming the field, before anything tries."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise APIError(400, f"{path}: not valid Unicode text (a lone surrogate such as \\ud800 at character "
+                           f"{err.start}); send UTF-8 text", param=path) from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            refuse_unencodable(key, f"{path} (a key)" if path else "a key")
+            refuse_unencodable(item, f"{path}.{key}" if path else key)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            refuse_unencodable(item, f"{path}[{i}]")
 
 
 # -----------------------------------------------------------------------------

@@ -1,0 +1,117 @@
+"""/openapi.json as this server answers: every status it sends, the SSE body of a stream, its own limits and key.
+
+    app.openapi = lambda: document(app, cfg)       # app.py
+
+Routes declare their answers with `answers(...)`; document() adds what depends on the deploy config: the largest
+max_tokens, and with --api-key the bearer scheme and 401 on every operation that needs it. FastAPI's own 422 goes:
+this server answers invalid bodies 400, in OpenAI's error shape. What the request schemas accept is what is served
+(protocol.py's `documented`), so a client, or a fuzzer (tests/serve/test_openapi.py runs schemathesis), finds no
+request the document allows and the server refuses, and no answer it does not list.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from pydantic import BaseModel
+
+from tunesmith.config import DeployConfig
+from tunesmith.serve.protocol import ErrorResponse
+
+OPEN_PATHS = {"/health"}  # never behind the key: probes must reach them (and /metrics unless --metrics-require-key)
+WHY = {
+    400: "The request is invalid or asks for what this server does not do; `error.param` names the field.",
+    401: "Missing or wrong API key (`Authorization: Bearer KEY`).",
+    404: "No such model here (`error.code` model_not_found).",
+    413: "The body is larger than --max-body-bytes.",
+    429: "All --max-concurrent slots are taken; retry after Retry-After seconds.",
+    500: "Generation failed inside the engine; the server keeps serving.",
+    503: "The server is shutting down (draining) or its engine cannot generate; retry elsewhere or after "
+         "Retry-After seconds.",
+}
+RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "string"}}}
+
+
+STREAMED: list[type[BaseModel]] = []  # chunk models that only events name: document() adds them to the components
+
+
+def answers(*statuses: int, ok: Any = None, stream: type[BaseModel] | None = None) -> dict[int | str, dict[str, Any]]:
+    """A route's `responses=`: its 200 (a model, and with `stream` the text/event-stream of those chunks) and its
+    errors."""
+    out: dict[int | str, dict[str, Any]] = {}
+    if ok is not None:
+        out[200] = {"model": ok}
+    if stream is not None:
+        STREAMED.append(stream)
+        out[200]["content"] = {"text/event-stream": {"schema": _event(stream.__name__)}}
+    for status in statuses:
+        out[status] = {"model": ErrorResponse, "description": WHY[status]}
+        if status in (429, 503):
+            out[status]["headers"] = RETRY_AFTER
+    return out
+
+
+def _event(chunk: str) -> dict[str, Any]:
+    """One server-sent event of a stream (OpenAPI 3.1 describes each event of text/event-stream): its data is a
+    chunk, the error of a stream that failed after its 200, or the closing [DONE]."""
+    json_data = {"type": "string", "contentMediaType": "application/json", "contentSchema": {"anyOf": [
+        {"$ref": f"#/components/schemas/{chunk}"}, {"$ref": "#/components/schemas/ErrorResponse"}]}}
+    return {"type": "object", "required": ["data"], "description": "`data: {chunk}` events when stream is true, "
+            "then `data: [DONE]`.", "properties": {"data": {"anyOf": [{"const": "[DONE]"}, json_data]}}}
+
+
+def document(app: FastAPI, cfg: DeployConfig) -> dict[str, Any]:
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+    schemas = schema.get("components", {}).get("schemas", {})
+    for model in STREAMED:
+        found = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(found.pop("$defs", {}))
+        schemas[model.__name__] = found
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    for name in ("ChatCompletionRequest", "CompletionRequest"):
+        for field in ("max_tokens", "max_completion_tokens"):
+            prop = schemas.get(name, {}).get("properties", {}).get(field)
+            if prop is not None:
+                prop["anyOf"][0]["maximum"] = cfg.max_tokens_limit  # --max-tokens-limit
+    open_paths = OPEN_PATHS | (set() if cfg.metrics_require_key else {"/metrics"})
+    if cfg.api_key is not None:
+        schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+    for path, operations in schema["paths"].items():
+        for operation in operations.values():
+            operation["responses"].pop("422", None)
+            if cfg.api_key is not None and path not in open_paths:
+                operation["security"] = [{"bearer": []}]
+                operation["responses"]["401"] = {
+                    "description": WHY[401],
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+    _drop_unused(schema)
+    app.openapi_schema = schema
+    return schema
+
+
+def _drop_unused(schema: dict[str, Any]) -> None:
+    """Components nothing refers to (the parsed-but-refused forms that `documented` replaced) would only mislead."""
+    components = schema.get("components", {}).get("schemas", {})
+    used: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/components/schemas/") and (name := ref.rsplit("/", 1)[1]) not in used:
+                used.add(name)
+                walk(components.get(name))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(schema["paths"])
+    for name in set(components) - used:
+        del components[name]
