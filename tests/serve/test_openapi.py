@@ -92,7 +92,7 @@ def health(url: str) -> int | None:
         return None
 
 
-def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(server):
+def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(server, tmp_path):
     """Every phase and check, 15 fuzzed cases per operation on a fixed seed (about 900 requests, most from the
     coverage phase: boundaries, missing and wrong-typed fields), then the server still generates. A request may
     take a while (5 prompts x n=101 on two CPU cores: ~15 s), hence the response-time limit of 60 s."""
@@ -102,7 +102,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(server):
     proc = subprocess.run([st, "run", f"{server}/openapi.json", "-H", f"Authorization: Bearer {KEY}", "--checks", "all",
                            "--max-examples", "15", "--seed", "7", "--generation-deterministic", "--workers", "1",
                            "--request-timeout", "60", "--max-response-time", "60", "--no-color"],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)  # its caches go there
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
     summary = [line for line in out.splitlines() if "generated" in line][-1]
