@@ -4,15 +4,18 @@ from their configs on the GPU: no downloads) for a few steps and compares torch'
     python bench/plan_accuracy.py --out results.md              # on a CUDA machine
     python bench/plan_accuracy.py --dry-run                     # anywhere: the predictions only
     python bench/plan_accuracy.py --out r.md --loss trl         # TRL 1.16's fused LM head instead of the model's loss
+    python bench/plan_accuracy.py --out r.md --loss trl --only "7B dora,7B lora"   # rows whose label has any of these
 
 Each step is what tunesmith's trainer does, as a plain loop: bf16 weights, autocast, forward, backward, grad-norm
 clipping, torch AdamW (foreach), zero_grad(set_to_none=True). LoRA: peft, rank 16, alpha 32, dropout 0, all-linear,
-adapter inputs kept in bf16 (train/speed.py); QLoRA (when bitsandbytes imports): NF4 with double quantisation, the
+adapter inputs kept in bf16 (train/speed.py); DoRA: the same with use_dora (peft's own forward: the patch skips DoRA,
+as the trainer's does); QLoRA (when bitsandbytes imports): NF4 with double quantisation, the
 other weights left in bf16 (train/setup.py; before Nov 24 2026 peft's fp32 upcast, as then). Sequences are full
 length without padding (except the `padded` config), so the estimate runs with padded=False. Configs the estimate
 says cannot fit are skipped. Needs torch with CUDA, transformers, peft and tunesmith's own imports (pydantic, PyYAML);
 bitsandbytes for the QLoRA rows, trl for --loss trl. Measured on an H100 (Nov 2026, dropout 0.05 and fp32-upcast
-QLoRA as the trainer did then): every row within 2.3%.
+QLoRA as the trainer did then): every row within 2.3%. DoRA rows on an H200 (Dec 2026): within 1.5%
+(docs/benchmarks.md). The table is rewritten after every row, so a run stopped at a time limit keeps what it measured.
 """
 
 from __future__ import annotations
@@ -40,12 +43,21 @@ CONFIGS = [
     ("0.5B", "lora", 8192, 1, False, {}),
     ("0.5B", "lora", 2048, 4, False, {"padded": True}),
     ("0.5B", "qlora", 2048, 4, False, {}),
+    ("0.5B", "dora", 2048, 4, False, {}),
+    ("0.5B", "dora", 2048, 4, True, {}),
     ("7B", "lora", 2048, 1, True, {}),
     ("7B", "lora", 2048, 1, False, {}),
     ("7B", "lora", 8192, 1, True, {}),
     ("7B", "qlora", 2048, 1, True, {}),
     ("7B", "qlora", 8192, 1, True, {}),
+    # DoRA: peft rebuilds B·A from an identity of in x in and the norm of W + scale·B·A on every call, also in each
+    # checkpointed layer's recompute, and its backward holds fp32 gradients (plan/estimate.py, dora_*_bytes)
+    ("7B", "dora", 2048, 1, True, {}),
+    ("7B", "dora", 4096, 1, True, {}),
+    ("7B", "dora", 2048, 1, False, {}),
+    ("7B", "dora", 4096, 1, False, {}),
 ]
+DEVICE = "cuda"  # "cpu" runs the loop as a smoke test (a tiny shape, torch.cuda's peak counters stubbed)
 
 
 def hf_config(size: str, attn: str = "sdpa"):
@@ -79,7 +91,7 @@ def quantize_nf4(model, torch):
                                       compute_dtype=torch.bfloat16, quant_type="nf4", compress_statistics=True,
                                       device="meta")
                 q.weight = bnb.nn.Params4bit(lin.weight.data, requires_grad=False, quant_type="nf4",
-                                             compress_statistics=True).to("cuda")
+                                             compress_statistics=True).to(DEVICE)
                 if lin.bias is not None:
                     q.bias = torch.nn.Parameter(lin.bias.data, requires_grad=False)
                 setattr(parent, name, q)
@@ -94,7 +106,7 @@ def measure(size: str, method: str, seq: int, micro: int, ckpt: bool, loss: str,
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    with torch.device("cuda"):
+    with torch.device(DEVICE):
         model = AutoModelForCausalLM.from_config(hf_config(size, extras.get("attn", "sdpa")), dtype=torch.bfloat16)
     if loss == "trl":
         from trl.trainer.utils import add_fused_lm_head
@@ -105,13 +117,13 @@ def measure(size: str, method: str, seq: int, micro: int, ckpt: bool, loss: str,
         torch.cuda.empty_cache()
     if ckpt:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if method in ("lora", "qlora"):
+    if method in ("lora", "qlora", "dora"):
         from peft import LoraConfig, get_peft_model
 
         from tunesmith.train.speed import keep_adapter_inputs_in_compute_dtype
 
         model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
-                                                 task_type="CAUSAL_LM"))
+                                                 use_dora=method == "dora", task_type="CAUSAL_LM"))
         keep_adapter_inputs_in_compute_dtype(model, torch.bfloat16)
         if ckpt:
             model.enable_input_require_grads()
@@ -121,7 +133,7 @@ def measure(size: str, method: str, seq: int, micro: int, ckpt: bool, loss: str,
     vocab = model.config.vocab_size
     torch.cuda.reset_peak_memory_stats()
     for _ in range(steps):
-        ids = torch.randint(0, vocab, (micro, seq), device="cuda")
+        ids = torch.randint(0, vocab, (micro, seq), device=DEVICE)
         kwargs = {"fused_lm_head": True} if loss == "trl" else {}
         labels = ids
         if extras.get("padded"):
@@ -129,7 +141,7 @@ def measure(size: str, method: str, seq: int, micro: int, ckpt: bool, loss: str,
             mask[0, -seq // 4:] = 0
             labels = ids.masked_fill(mask == 0, -100)
             kwargs["attention_mask"] = mask
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(DEVICE, dtype=torch.bfloat16):
             out_loss = model(input_ids=ids, labels=labels, **kwargs).loss
         out_loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -154,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loss", choices=["model", "trl"], default="model",
                         help="model: the model's own loss (full logits); trl: TRL 1.16's fused LM head")
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--only", default=None, help="run the configs whose label contains this text")
+    parser.add_argument("--only", default=None,
+                        help="run the configs whose label contains this text (comma-separated: any of them)")
     args = parser.parse_args(argv)
 
     gpu_total, device_name = None, "no GPU (dry run)"
@@ -174,10 +187,13 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = ["| config | predicted GiB | measured allocated | measured reserved | error % | predicted reserved | peak at |",
             "|---|---|---|---|---|---|---|"]
+    header = (f"Peak memory per step, predicted by tunesmith.plan vs torch.cuda.max_memory_* on {device_name}; "
+              f"loss: {args.loss}; {args.steps} steps; error = (predicted - allocated) / allocated.\n\n")
+    wanted = [w.strip() for w in args.only.split(",")] if args.only else None
     for size, method, seq, micro, ckpt, extras in CONFIGS:
         label = f"{size} {method} seq {seq} mb {micro}{' ckpt' if ckpt else ''}" + "".join(
             f" {v if isinstance(v, str) else k}" for k, v in extras.items())
-        if args.only and args.only not in label:
+        if wanted and not any(w in label for w in wanted):
             continue
         shape = shape_from_config({**builtin_config(MODELS[size])}, name=MODELS[size])
         est = estimate_training(shape, setup_for(method, seq, micro, ckpt, args.loss, extras))
@@ -204,12 +220,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{label}: {time.time() - start:.0f} s", file=sys.stderr, flush=True)
         rows.append("| " + " | ".join(cells + [f"{pred_res:.2f}", peak_at]) + " |")
         print(rows[-1], flush=True)
-    header = (f"Peak memory per step, predicted by tunesmith.plan vs torch.cuda.max_memory_* on {device_name}; "
-              f"loss: {args.loss}; {args.steps} steps; error = (predicted - allocated) / allocated.\n\n")
-    table = header + "\n".join(rows) + "\n"
-    print("\n" + table)
-    if args.out:
-        Path(args.out).write_text(table, encoding="utf-8")
+        if args.out:  # after every row: a run stopped at a time limit keeps what it measured
+            Path(args.out).write_text(header + "\n".join(rows) + "\n", encoding="utf-8")
+    print("\n" + header + "\n".join(rows))
     return 0
 
 

@@ -3,9 +3,11 @@
     est = estimate_training(shape, Setup(method="lora", seq=2048, micro_batch=1, checkpointing=True))
     est.total, est.breakdown()      # bytes per device: what is alive at the peak, summing to the total
 
-The peak is the largest of three moments of a step (bench/plan_accuracy.py checks them against real GPUs):
+The peak is the largest of the moments of a step (bench/plan_accuracy.py checks them against real GPUs):
+  forward  DoRA only: all saved activations + peft's per-call temporaries in the last layer (dora_forward_bytes)
   loss     all saved activations + the loss buffers, at the start of backward
   backward saved activations + one layer's recomputed activations (checkpointing) + that layer's gradient temps
+           (DoRA: the larger of its recompute's temporaries and its fp32 gradients)
   step     all gradients + the optimizer's temporaries (no activations left)
 Weights and optimizer states are alive throughout. Sizes assume what tunesmith's trainer does (train/setup.py):
 weights loaded in `dtype`, autocast on, LoRA weights upcast to fp32 by peft (adapter inputs left in the compute
@@ -15,11 +17,15 @@ never builds the [tokens x vocab] logits; Setup(loss="model") models a plain loo
 an H100 the estimate of max_memory_allocated was within 2.3% on 24 measured configurations (Qwen2.5 0.5B/7B shapes;
 full, LoRA, QLoRA; 2k-8k tokens; with/without checkpointing; both losses; LoRA dropout 0.05 and fp32-upcast QLoRA as
 the trainer ran then), and within 3.3% on the LoRA and QLoRA rows again in today's way (+7.6% on a 7B QLoRA at 8k).
+DoRA on an H200 (Dec 2026): within 1.5% on six configurations (0.5B and 7B, 2k-4k tokens, with/without checkpointing).
+On CPU (device="cpu") the total is the process's peak RSS instead: the imports, live tensors and glibc's heap slack
+(CPU_RUNTIME, CPU_HEAP_SLACK), and TRL's loss without Triton, which holds whole fp32 tiles (loss_bytes); within -2% to
++9% of `tunesmith sft` runs on SmolLM2-135M (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from tunesmith.plan.model_shape import ModelShape
 
@@ -38,6 +44,19 @@ CUDA_CONTEXT = int(0.75 * GIB)
 # Caching-allocator slack (reserved - allocated) on the bench configs (bench/plan_accuracy.py, H100): 1-16% with
 # TRL's chunked head (median 3%), 3-25% with a plain loop's fp32 logits (median 10%). Planned at 8%.
 FRAGMENTATION = 0.08
+# On a CPU what runs out is RAM, and the figure is the process's peak RSS (VmHWM), measured with `tunesmith sft` on the
+# embedded SmolLM2-135M in float32 (docs/benchmarks.md, "`tunesmith plan` on CPU"): the import baseline of Python,
+# torch, transformers, TRL, peft and datasets (0.47 GiB) plus tokenizer, dataset and trainer, as one constant...
+CPU_RUNTIME = int(0.6 * GIB)
+# ...and glibc's heap. Its mmap threshold rises to the size of freed tensors (up to 32 MiB), so a layer's activations
+# and temporaries land in the heap, which keeps the holes the freed ones leave and never shrinks: it grows with what the
+# forward allocates, not only with what it keeps (a checkpointed forward, which keeps one tensor per layer, grew it by
+# half as much). Per byte of activations a forward without checkpointing keeps, this much more is resident, with or
+# without checkpointing. peft's LoRA forward frees three [tokens x out] temporaries per module (base output, B's
+# output, its scaled copy) for the one it keeps; full fine-tuning leaves the fewest holes. Measured on 21 runs
+# (identical runs differ by up to +-5 %: the heap's layout follows Python's allocation order): LoRA 0.48-0.78, QLoRA
+# 0.31-0.49, DoRA 0.22-0.39, full 0.15-0.25; each planned near its top, so that the plan errs on the side of caution.
+CPU_HEAP_SLACK = {"lora": 0.7, "qlora": 0.55, "dora": 0.4, "full": 0.25, "galore": 0.25}
 ADAPTER_METHODS = ("lora", "qlora", "dora")
 # What each linear of a layer reads: adapters on the same input share one saved tensor when nothing copies it.
 ADAPTER_INPUTS = {"q_proj": "attention input", "k_proj": "attention input", "v_proj": "attention input",
@@ -84,8 +103,9 @@ class Estimate:
 
     @property
     def allocated(self) -> float:
-        """What torch.cuda.max_memory_allocated() should read."""
-        return self.total - self.parts.get("context", 0) - self.parts.get("fragmentation", 0)
+        """What torch.cuda.max_memory_allocated() should read (on CPU: the peak of live tensor bytes)."""
+        outside = ("context", "runtime", "fragmentation")
+        return self.total - sum(self.parts.get(k, 0) for k in outside)
 
     @property
     def reserved(self) -> float:
@@ -165,7 +185,9 @@ def layer_activation_bytes(shape: ModelShape, s: Setup) -> float:
     if s.method in ADAPTER_METHODS:
         modules = shape.lora_modules(s.lora_targets)
         total += sum(act * s.lora_rank for _ in modules.values())  # A's output, kept for B
-        if s.method in ("lora", "qlora") and s.lora_dropout == 0 and not fp32_upcast(s):
+        # Autocast copies an fp32 input per adapter (QLoRA's upcast hidden states; DoRA's input, which peft casts to
+        # the adapter's float32); training in float32 (CPU) copies nothing.
+        if s.lora_dropout == 0 and not (act < 4 and (fp32_upcast(s) or s.method == "dora")):
             # Frozen linears keep nothing, and the adapters keep their inputs as they are (train/speed.py, step 5):
             # one copy per distinct input; o_proj's is the attention output, already kept by the attention.
             inputs = {ADAPTER_INPUTS.get(name, name): n_in for name, (n_in, _) in modules.items()}
@@ -222,13 +244,60 @@ def loss_bytes(shape: ModelShape, s: Setup) -> float:
         return 12.0 * n * v + (v * h * a if fp32_upcast(s) and a < 4 else 0)
     # TRL 1.16 SFT (our default): the fused LM head never builds [N, V]; it keeps the labelled hidden states, a
     # [4096 x 32768] logit tile, and in backward an fp32 grad of the hidden states (and of the head when it trains).
-    tile = min(n, TRL_TILE[0]) * TRL_TILE[1] * a
+    rows = min(n, TRL_TILE[0])
+    tile = rows * TRL_TILE[1] * a
+    if s.device != "cuda":
+        # No Triton (CPU, MPS): TRL folds each tile with torch ops on the whole tile (trl/kernels/chunked_logprob.py,
+        # _backward_tile) and scores every position, labelled or not. Its backward holds, beside the tile, seven fp32
+        # tiles at once (scaled logits, logits, log-probs, probs, gradient, one-hot target, its difference to the
+        # probs) and a bool one: 2.3 GiB for the demo's 4 x 640 tokens, the largest single term of that run.
+        tile += rows * min(v, TRL_TILE[1]) * (7 * 4 + 1)
     head_grad = (4 + a) * v * h if s.method in ("full", "galore") else 0
     return tile + n * h * (2 * a + 4) + head_grad
 
 
-def activation_phases(shape: ModelShape, s: Setup) -> tuple[float, float]:
-    """(bytes alive at the loss moment, bytes alive at the worst layer backward), activations and loss buffers."""
+def dora_forward_bytes(shape: ModelShape, s: Setup) -> float:
+    """Bytes a DoRA module allocates and frees inside its own forward, the worst module of a layer; 0 for the others.
+
+    peft 0.21 (tuners/lora/dora.py, DoraLinearLayer.forward) rebuilds, on every call, the dense update and the norm of
+    the adapted weight: `lora_B(lora_A(eye(in)))` with an fp32 identity (autocast keeps a low-precision copy of it for
+    A's weight gradient while the graph of that product lives), then `norm(W.to(fp32) + scale * BA.to(fp32))`, plus
+    the layer's input cast to the adapter's fp32 (peft's cast; train/speed.py's patch skips DoRA). For down_proj of a
+    7B (in 18,944) the identity alone is 1.3 GiB. None of it is saved, but it peaks on top of what is: in the forward
+    of the last layer, and in every layer's recompute under checkpointing (bench/plan_accuracy.py, DoRA rows)."""
+    if s.method != "dora":
+        return 0.0
+    a, n = DTYPE_BYTES[s.dtype], s.micro_batch * s.seq
+    autocast = a < 4
+    worst = 0.0
+    for n_in, n_out in shape.lora_modules(s.lora_targets).values():
+        eye_kept = (a if autocast else 4) * n_in * n_in  # the copy the graph saves (fp32: the identity itself)
+        build = 4 * n_in * n_in + (a * n_in * n_in if autocast else 0) + a * n_in * n_out  # identity, copy, B·A
+        # fp32 B·A, W's fp32 copy (none when W is fp32), scale·B·A and the sum whose norm is taken
+        norm = eye_kept + 4 * n_in * n_out * (3 + (1 if autocast else 0))
+        worst = max(worst, max(build, norm) + (4 * n * n_in if autocast else 0))
+    return worst
+
+
+def dora_backward_bytes(shape: ModelShape, s: Setup) -> float:
+    """Gradient temporaries of the widest DoRA module's backward (gate/up with all-linear); 0 for the others.
+
+    peft's DoRA output is fp32 (`(m/|W'| - 1) * base + m/|W'| * scale * B·A` with an fp32 magnitude), so its backward
+    holds four fp32 [tokens x out] tensors at once (the incoming gradient cast up, three products) and two casts back
+    to the compute dtype. By then down_proj's input copy and the SwiGLU product's two saved inputs are freed. Measured
+    on an H200 for the 0.5B shape at 4 x 2048 tokens with checkpointing: without this term -9.5 %."""
+    if s.method != "dora":
+        return 0.0
+    a, n = DTYPE_BYTES[s.dtype], s.micro_batch * s.seq
+    per_out = 16 + (2 * a if a < 4 else 0)
+    widest = max(n_out for _, n_out in shape.lora_modules(s.lora_targets).values())
+    return max(0.0, per_out * n * widest - 3 * a * n * shape.intermediate)
+
+
+def activation_phases(shape: ModelShape, s: Setup) -> dict[str, float]:
+    """Activations and loss buffers alive at each moment: "loss" (start of backward), "backward" (the worst layer's
+    backward, after its recompute under checkpointing) and, for DoRA without checkpointing, "forward" (the last
+    layer's forward, where DoRA's per-call temporaries sit on top of every saved activation)."""
     n, a, h = s.micro_batch * s.seq, DTYPE_BYTES[s.dtype], shape.hidden
     layer = layer_activation_bytes(shape, s) * n
     per_layer_sq, shared_sq = attention_square_bytes(shape, s)
@@ -240,12 +309,18 @@ def activation_phases(shape: ModelShape, s: Setup) -> tuple[float, float]:
     final = (4 + 2 * a) * h * n + 2 * a * shape.head_dim * n + shared_sq  # final norm, RoPE cos/sin, mask
     if s.method in ADAPTER_METHODS and s.dtype != "float32":
         final += trainable_params(shape, s) * a  # autocast's cached low-precision copies of the fp32 adapters
+    dora = dora_forward_bytes(shape, s)
+    work = max(work, dora_backward_bytes(shape, s))
     if s.checkpointing:
-        # HF checkpoints each decoder layer (use_reentrant=False): only its input survives the forward
+        # HF checkpoints each decoder layer (use_reentrant=False): only its input survives the forward. A layer's
+        # recompute runs before its backward: DoRA's temporaries then, the gradient temporaries after.
         kept = shape.layers * (4 if fp32_upcast(s) else a) * h * n
-        return kept + final + loss_bytes(shape, s), kept + final + layer + work
+        return {"loss": kept + final + loss_bytes(shape, s), "backward": kept + final + layer + max(work, dora)}
     kept = shape.layers * layer
-    return kept + final + loss_bytes(shape, s), kept + final + work
+    moments = {"loss": kept + final + loss_bytes(shape, s), "backward": kept + final + work}
+    if dora:
+        moments["forward"] = kept + final + dora
+    return moments
 
 
 # -----------------------------------------------------------------------------
@@ -280,24 +355,30 @@ def estimate_training(shape: ModelShape, s: Setup) -> Estimate:
             notes.append(f"ZeRO-3/FSDP gathers one layer at a time ({gathered / GIB:.2f} GiB incl. prefetch)")
     elif world > 1:
         grads *= 2  # DDP copies gradients into its all-reduce buckets (gradient_as_bucket_view is off in HF)
-    loss_phase, backward_phase = activation_phases(shape, s)
+    moments = activation_phases(shape, s)
     # Before the last micro-batch of an accumulation, every gradient is already alive during backward; otherwise only
     # the ones produced so far (the head's first), which we count as the head's gradient for full training.
     head = shape.vocab * shape.hidden * grad_bytes if s.method in ("full", "galore") else 0
     grads_in_backward = grads if s.grad_accum > 1 else min(grads, head)
+    grads_at = {"forward": grads if s.grad_accum > 1 else 0.0, "loss": grads_in_backward, "backward": grads_in_backward}
     static = weights + opt
-    phases = {"loss": static + grads_in_backward + loss_phase, "backward": static + grads_in_backward + backward_phase,
-              "step": static + grads + step_temp}
+    phases = {k: static + grads_at[k] + v for k, v in moments.items()} | {"step": static + grads + step_temp}
     peak = max(phases, key=phases.get)
     if peak == "step":
         parts = {"weights": weights, "gradients": grads, "optimizer": opt + step_temp, "activations": 0.0, "logits": 0.0}
     else:
         logits = loss_bytes(shape, s) if peak == "loss" else 0.0
-        act = (loss_phase if peak == "loss" else backward_phase) - logits
-        parts = {"weights": weights, "gradients": grads_in_backward, "optimizer": opt, "activations": act, "logits": logits}
+        act = moments[peak] - logits
+        parts = {"weights": weights, "gradients": grads_at[peak], "optimizer": opt, "activations": act,
+                 "logits": logits}
     allocated = sum(parts.values())
-    parts["fragmentation"] = FRAGMENTATION * allocated
-    parts["context"] = CUDA_CONTEXT if s.device == "cuda" else 0.0
+    if s.device == "cpu":  # RSS: the heap keeps what the forward made it grow to, through the step
+        forward = activation_phases(shape, replace(s, checkpointing=False))["loss"] - loss_bytes(shape, s)
+        parts["fragmentation"] = CPU_HEAP_SLACK.get(s.method, 0.7) * forward
+        parts["runtime"] = CPU_RUNTIME
+    else:
+        parts["fragmentation"] = FRAGMENTATION * allocated
+        parts["context"] = CUDA_CONTEXT if s.device == "cuda" else 0.0
     if s.attn == "sdpa" and s.packing:
         notes.append("packing with sdpa builds a (batch x seq)^2 mask; attn: flex or flash avoids it")
     if shape.assumed_layout:
@@ -323,6 +404,9 @@ def estimate_inference(shape: ModelShape, s: Setup, context: int) -> Estimate:
     logits = 4 * shape.vocab * b
     parts = {"weights": weights, "kv_cache": kv_cache, "activations": prefill, "logits": logits}
     parts["fragmentation"] = FRAGMENTATION * sum(parts.values())
-    parts["context"] = CUDA_CONTEXT if s.device == "cuda" else 0.0
+    if s.device == "cpu":
+        parts["runtime"] = CPU_RUNTIME
+    else:
+        parts["context"] = CUDA_CONTEXT if s.device == "cuda" else 0.0
     phases = {"prefill": sum(parts.values())}
     return Estimate(parts, phases, shape.params(), 0, 0.0, [])

@@ -10,6 +10,7 @@ from tunesmith.plan.estimate import GIB, Estimate, Setup
 LABELS = {
     "weights": "weights", "gradients": "gradients", "optimizer": "optimizer states", "activations": "activations",
     "logits": "logits + loss", "kv_cache": "KV cache", "fragmentation": "allocator slack", "context": "CUDA context",
+    "runtime": "Python + libraries",  # CPU: the plan is the process's peak RSS, imports included
 }
 
 
