@@ -27,3 +27,13 @@ def test_compose_runs_a_valid_deploy_command():
     assert command[0] == "deploy"
     cfg = load(DeployConfig, command[1:])
     assert cfg.host == "0.0.0.0" and cfg.port == 8000 and cfg.adapters == ["runs/x/final"]
+
+
+def test_compose_runs_a_valid_web_ui_command():
+    from tunesmith.config.webui import WebUIConfig
+
+    compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
+    command = compose["services"]["web-ui"]["command"]
+    assert command[0] == "web-ui"
+    cfg = load(WebUIConfig, command[1:])
+    assert cfg.auth and cfg.host == "0.0.0.0"  # reachable from outside the container only with users logging in

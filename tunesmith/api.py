@@ -168,3 +168,10 @@ def check(cfg):
     from tunesmith.selfcheck import check as run
 
     return run(cfg)
+
+
+def web_ui(cfg):
+    """`tunesmith web-ui`: the Gradio UI until Ctrl-C (ui/web/app.py)."""
+    from tunesmith.ui.web.app import run
+
+    run(cfg)

@@ -25,7 +25,7 @@ def test_the_memory_plan_warns_and_refuses_with_strict_memory(tiny, monkeypatch,
     caplog.set_level(logging.INFO, logger="tunesmith")
     machine(monkeypatch, 64.0)
     plan = pf.preflight(SFTConfig(model=str(tiny), dataset=["x"], device="cpu"), tiny, rows=10)
-    assert 0 < plan.needed_gib < 1 and plan.have_gib == 64.0
+    assert 3 < plan.needed_gib < 8 and plan.have_gib == 64.0  # CPU: peak RSS, TRL's fp32 loss tiles included
     assert plan.choices == {"packing": False, "gradient_checkpointing": False, "checkpoint_every": None}
     assert "effective batch 4 = 4 per step x 1 accumulation x 1 data-parallel process(es), single process" in caplog.text
     assert "memory plan: about" in caplog.text

@@ -13,6 +13,7 @@ from tunesmith.config import PlanConfig
 from tunesmith.config import DataCheckConfig, DeployConfig, DownloadConfig, ExportConfig, InferConfig, PTConfig, SFTConfig, help_text, load
 from tunesmith.config.doctor import CheckConfig, DoctorConfig
 from tunesmith.config.eval import EvalConfig
+from tunesmith.config.webui import WebUIConfig
 from tunesmith.config.rlhf import RLHFConfig
 from tunesmith.errors import TunesmithError
 
@@ -38,6 +39,7 @@ COMMANDS = {
     "download": (DownloadConfig, api.download, "fetch a model or dataset from the Hugging Face hub or ModelScope"),
     "doctor": (DoctorConfig, lambda cfg: 1 if api.doctor(cfg).broken else 0,
                "this environment against the tested versions, each problem with its fix"),
+    "web-ui": (WebUIConfig, api.web_ui, "the whole lifecycle in a browser; jobs outlive the page"),
     "check": (CheckConfig, lambda cfg: 0 if all(r.ok for r in api.check(cfg)) else 1,
               "self-checks of training on this machine: batch x accumulation, packing, resume, merge, bf16, template"),
 }

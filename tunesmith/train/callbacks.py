@@ -166,6 +166,37 @@ class Watchdog(TrainerCallback):
                 os._exit(3)
 
 
+class GracefulStop(TrainerCallback):
+    """SIGTERM (the web UI's Stop, a scheduler's preemption, `kill`) ends the run at the end of the current step with
+    a checkpoint and final/, instead of losing everything since the last save; `--resume` continues from it. Ctrl-C
+    stays an immediate stop. One process only: with several, the launcher's SIGTERM means a rank failed."""
+
+    def __init__(self):
+        self.asked = False
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._ask)
+
+    def _ask(self, signum, frame):
+        self.asked = True
+        logging.getLogger("tunesmith").warning("SIGTERM: stopping after this step with a checkpoint (--resume continues)")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.asked:
+            control.should_save = True
+            control.should_training_stop = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        import signal
+
+        if hasattr(self, "previous"):
+            signal.signal(signal.SIGTERM, self.previous)
+
+
 class LossPlot(TrainerCallback):
     """loss.png (train and eval loss against step) at the end of training."""
 

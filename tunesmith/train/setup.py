@@ -30,7 +30,7 @@ def load_trainable(cfg: Any, folder: Path) -> tuple[Any, str, Any]:
     if cfg.adapters:
         model = models.attach_adapters(model, cfg.adapters, trainable=True)
     else:
-        model = get_peft_model(model, models.lora_config(cfg.lora, cfg.tuner))
+        model = get_peft_model(model, models.lora_config(cfg.lora, cfg.tuner, model))
     return model, device, dtype
 
 
@@ -89,11 +89,13 @@ def run_trainer(cfg: Any, run_dir: Path, model: Any, tokenizer: Any, train_ds: A
     from transformers.trainer_callback import PrinterCallback
     from trl import SFTTrainer
 
-    from tunesmith.train.callbacks import CheckpointManifest, LossPlot, MetricsLog, ProgressBar, Watchdog
+    from tunesmith.train.callbacks import CheckpointManifest, GracefulStop, LossPlot, MetricsLog, ProgressBar, Watchdog
 
     ours = [MetricsLog(run_dir), ProgressBar(), CheckpointManifest(), LossPlot(run_dir)]
     if world_size() > 1 and cfg.watchdog_timeout:
         ours.append(Watchdog(run_dir, cfg.watchdog_timeout, rank()))
+    if world_size() == 1:
+        ours.append(GracefulStop())
     trainer = (trainer_cls or SFTTrainer)(
         model=model,
         args=args or trl_args(cfg, run_dir, device, dtype, has_eval=eval_ds is not None),

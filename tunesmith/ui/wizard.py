@@ -42,6 +42,7 @@ def wizard() -> int:
         "Serve a model or a finished run (OpenAI API)": serve,
         "Merge an adapter into its base (export)": merge,
         "Download a model from the hub": download,
+        "Open the web UI (everything above in a browser)": web_ui,
         "Quit": None,
     }
     while True:
@@ -256,6 +257,13 @@ def download(hw) -> None:
     repo = questionary.text("Hub id (org/name):").ask()
     if repo:
         run_shown(["download", repo], lambda: api.download(load(DownloadConfig, [repo])))
+
+
+def web_ui(hw) -> None:
+    from tunesmith.config.webui import WebUIConfig
+
+    console.print("The web UI runs until Ctrl-C; open http://127.0.0.1:7860 in a browser.")
+    run_shown(["web-ui"], lambda: api.web_ui(load(WebUIConfig, [])))
 
 
 def run_shown(argv: list[str], action, run_dir: Path | None = None) -> None:

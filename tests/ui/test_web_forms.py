@@ -1,0 +1,33 @@
+"""The web UI's forms come from the configs: every option is there, and the command a form shows runs the config it
+built (the CLI parses it back to the same thing)."""
+
+import shlex
+
+import pytest
+
+from tunesmith.config import DeployConfig, ExportConfig, PTConfig, SFTConfig, help_text, load, validate
+from tunesmith.config.eval import EvalConfig
+from tunesmith.config.rlhf import RLHFConfig
+from tunesmith.ui.web.forms import command_line, fields_of
+
+
+@pytest.mark.parametrize("cls", [SFTConfig, PTConfig, RLHFConfig, EvalConfig, ExportConfig, DeployConfig])
+def test_every_option_of_help_is_a_field_of_the_form(cls):
+    keys = {f.key for f in fields_of(cls)}
+    listed = {line.split()[0][2:].replace("-", "_") for line in help_text(cls, "x").splitlines()
+              if line.startswith("  --")}
+    assert listed == {k.replace("-", "_") for k in keys}
+
+
+@pytest.mark.parametrize("cls, command, values", [
+    (SFTConfig, "sft", {"model": "models/tiny", "dataset": ["data/a.jsonl", "prd-assistant#20"], "tuner": "dora",
+                        "lora": {"rank": 8, "targets": ["q_proj", "v_proj"]}, "packing": False, "max_steps": 30,
+                        "learning_rate": 0.001, "gradient_checkpointing": True}),
+    (RLHFConfig, "rlhf", {"method": "grpo", "dataset": ["p.jsonl"], "grpo": {"num_generations": 4, "use_vllm": False},
+                          "rewards": {"funcs": ["format", "length"], "format_pattern": "A.*"}, "batch_size": 4}),
+    (DeployConfig, "deploy", {"adapters": ["prd=runs/a/final"], "port": 8001, "api_key": "k"}),
+])
+def test_the_command_a_form_shows_parses_back_to_its_config(cls, command, values):
+    line = command_line(command, values)
+    argv = shlex.split(line)[2:]
+    assert load(cls, argv) == validate(cls, values)

@@ -1,0 +1,330 @@
+"""`tunesmith web-ui`: the lifecycle in a browser (Gradio). Every form is generated from the command's own config
+(ui/web/forms.py), shows the exact CLI command and YAML it will run and the memory plan before Start, and starts that
+command as a job of its own (ui/web/jobs.py) that outlives the page; the Runs tab finds jobs again from the workspace.
+
+    tunesmith web-ui                                  # http://127.0.0.1:7860, one local user
+    tunesmith web-ui --auth users.yaml --host 0.0.0.0 # users log in; each has a workspace no other can see
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from pathlib import Path
+from typing import Any
+
+import gradio as gr  # this module is imported only by `tunesmith web-ui` (api.web_ui)
+
+from tunesmith import api
+from tunesmith.config import DEFAULT_MODEL, DeployConfig, ExportConfig, PTConfig, SFTConfig
+from tunesmith.config.eval import EvalConfig
+from tunesmith.config.rlhf import RLHFConfig
+from tunesmith.config.webui import WebUIConfig
+from tunesmith.errors import TunesmithError
+from tunesmith.ui.web import jobs
+from tunesmith.ui.web.forms import Form, command_line, yaml_text
+from tunesmith.ui.web.workspace import LOCAL, Workspace, password_ok, read_users
+
+log = logging.getLogger("tunesmith")
+TRAIN_MAIN = ("model", "dataset", "tuner", "output_dir", "max_steps", "epochs", "learning_rate", "batch_size",
+              "max_length", "adapters")
+LAYOUT = ("nproc_per_node", "nnodes", "node_rank", "master_addr", "master_port")  # a browser job is one node's
+
+
+def build_app(cfg: WebUIConfig) -> Any:
+    root = Path(cfg.root).expanduser().resolve()
+    isolated = cfg.auth is not None
+
+    def workspace(request: gr.Request | None) -> Workspace:
+        user = getattr(request, "username", None) or LOCAL
+        return Workspace(root, user, isolated)
+
+    with gr.Blocks(title="tunesmith") as app:
+        who = gr.Markdown(elem_id="who")
+        def greet(request: gr.Request) -> str:
+            return f"**tunesmith** - workspace of `{workspace(request).user}`"
+
+        app.load(greet, None, who)
+        with gr.Tab("Data", elem_id="tab-data"):
+            _data_tab(gr, workspace)
+        with gr.Tab("Train", elem_id="tab-train"):
+            with gr.Tab("SFT"):
+                _job_form(gr, workspace, "sft", SFTConfig, TRAIN_MAIN + ("loss_on",), plan=True)
+            with gr.Tab("Continued pretraining"):
+                _job_form(gr, workspace, "pt", PTConfig, TRAIN_MAIN, plan=True)
+        with gr.Tab("Align", elem_id="tab-align"):
+            _job_form(gr, workspace, "rlhf", RLHFConfig, ("method",) + TRAIN_MAIN, plan=True)
+        with gr.Tab("Chat", elem_id="tab-chat"):
+            _chat_tab(gr, workspace)
+        with gr.Tab("Evaluate", elem_id="tab-eval"):
+            _job_form(gr, workspace, "eval", EvalConfig, ("compare", "model", "adapters", "dataset", "limit", "metrics"),
+                      folder_key="output_dir")
+        with gr.Tab("Export", elem_id="tab-export"):
+            _job_form(gr, workspace, "export", ExportConfig, ("adapters", "output", "dtype"), folder_key="output")
+        with gr.Tab("Serve", elem_id="tab-serve"):
+            _job_form(gr, workspace, "deploy", DeployConfig, ("adapters", "model", "port", "api_key"), folder_key="")
+        with gr.Tab("Runs", elem_id="tab-runs"):
+            _runs_tab(gr, workspace)
+    return app
+
+
+# -----------------------------------------------------------------------------
+# Forms that start jobs
+
+
+def _job_form(gr: Any, workspace, command: str, cls, main: tuple[str, ...], plan: bool = False,
+              folder_key: str = "output_dir") -> None:
+    name = command.replace(" ", "-")
+    form = Form(cls, main, hidden=LAYOUT, name=name)
+    with gr.Row():
+        preview = gr.Button("Preview", elem_id=f"{name}-preview")
+        start = gr.Button("Start", variant="primary", elem_id=f"{name}-start")
+    shown = gr.Code(label="command and YAML", language="yaml", elem_id=f"{name}-command")
+    verdict = gr.Markdown(elem_id=f"{name}-verdict")
+
+    def describe(request: gr.Request, *raw):
+        try:
+            cfg, values = form.config(*raw)
+            workspace(request).check_values(values)
+        except TunesmithError as err:
+            return "", f"**cannot run:** {err}"
+        text = f"# {command_line(command, values)}\n" + yaml_text(values)
+        return text, _plan(cfg) if plan else ""
+
+    def launch(request: gr.Request, *raw):
+        text, note = describe(request, *raw)
+        if not text:
+            return text, note
+        _, values = form.config(*raw)
+        job = jobs.start(workspace(request), command, values, folder_key)
+        return text, f"{note}\n\nstarted job **{job.id}** (see the Runs tab); it keeps running if you close this page"
+
+    preview.click(describe, form.components, [shown, verdict])
+    start.click(launch, form.components, [shown, verdict])
+
+
+def _plan(cfg) -> str:
+    """The memory plan for these settings, as `tunesmith plan` gives it."""
+    from tunesmith.config import PlanConfig
+
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            result = api.plan(PlanConfig(model=cfg.model, tuner=cfg.tuner, max_length=cfg.max_length,
+                                         batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, json=True))
+    except (TunesmithError, OSError) as err:
+        return f"memory plan: not available ({err})"
+    return f"**memory plan:** {result['message']}"
+
+
+# -----------------------------------------------------------------------------
+# Data
+
+
+def _data_tab(gr: Any, workspace) -> None:
+    upload = gr.File(label="upload a dataset (JSONL, JSON, CSV, Parquet)", elem_id="data-upload",
+                     file_types=[".jsonl", ".json", ".csv", ".parquet"])
+    with gr.Row():
+        dataset = gr.Textbox(label="dataset (a file in your workspace, or a registry name)", elem_id="data-dataset")
+        model = gr.Textbox(value=DEFAULT_MODEL, label="model (for token lengths and the loss view)", elem_id="data-model")
+    check = gr.Button("Check", variant="primary", elem_id="data-check")
+    summary = gr.Markdown(elem_id="data-summary")
+    lengths = gr.Plot(label="tokens per row")
+    rows = gr.HighlightedText(label="first rows as the model sees them (highlighted: what the loss trains)",
+                              elem_id="data-rows", combine_adjacent=True)
+
+    def uploaded(file, request: gr.Request):
+        if file is None:
+            return gr.update()
+        ws = workspace(request)
+        target = ws.dir / "uploads" / Path(file).name
+        target.write_bytes(Path(file).read_bytes())
+        return str(target.relative_to(ws.dir))
+
+    upload.upload(uploaded, upload, dataset)
+    def report(d: str, m: str, request: gr.Request):
+        return data_report(workspace(request), d, m)
+
+    check.click(report, [dataset, model], [summary, lengths, rows])
+
+
+def data_report(ws: Workspace, dataset: str, model: str) -> tuple[str, Any, list]:
+    from tunesmith.data.load import load_rows
+    from tunesmith.data.rows import Conversation
+
+    try:
+        spec = str(ws.path(dataset).relative_to(ws.dir)) if (ws.dir / dataset).exists() else dataset
+        with contextlib.chdir(ws.dir):
+            data = load_rows([spec], kind="sft", seed=0)
+    except TunesmithError as err:
+        return f"**could not read:** {err}", None, []
+    lines = [f"**{len(data.rows)} good rows**, {len(data.problems)} bad" +
+             (f"; formats: {', '.join(f'{k} {v}' for k, v in data.formats.items())}" if data.formats else "")]
+    lines += [f"- `{p}`" for p in data.problems[:20]]
+    try:
+        from tunesmith.models.load import load_tokenizer, resolve
+        from tunesmith.templates import IGNORE, Template
+
+        template = Template(load_tokenizer(resolve(model)))
+    except TunesmithError as err:
+        return "\n".join(lines + [f"(no token view: {err})"]), None, []
+    convs = [r for r in data.rows if isinstance(r, Conversation)]
+    rendered = [template.render(r.messages, tools=r.extra.get("tools")) for r in convs[:200]]
+    pieces: list[tuple[str, str | None]] = []
+    for ids, labels in rendered[:3]:
+        for token, label in zip(ids, labels):
+            pieces.append((template.tokenizer.decode([token]), "trained" if label != IGNORE else None))
+        pieces.append(("\n\n", None))
+    return "\n".join(lines), _histogram([len(ids) for ids, _ in rendered]), pieces
+
+
+def _histogram(lengths: list[int]):
+    if not lengths:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 2.5))
+    ax.hist(lengths, bins=30)
+    ax.set_xlabel("tokens")
+    ax.set_ylabel("rows")
+    fig.tight_layout()
+    return fig
+
+
+# -----------------------------------------------------------------------------
+# Chat: two models side by side
+
+
+_ENGINES: dict[tuple[str, str], Any] = {}
+
+
+def _chat_tab(gr: Any, workspace) -> None:
+    with gr.Row():
+        left = gr.Textbox(value=DEFAULT_MODEL, label="left: a model or a run's final folder", elem_id="chat-left")
+        right = gr.Textbox(label="right (optional): another model or run", elem_id="chat-right")
+    with gr.Row():
+        max_tokens = gr.Number(value=128, label="max_tokens", precision=0)
+        temperature = gr.Number(value=0.0, label="temperature")
+    with gr.Row():
+        left_chat = gr.Chatbot(label="left", elem_id="chat-left-answers")
+        right_chat = gr.Chatbot(label="right", elem_id="chat-right-answers")
+    message = gr.Textbox(label="message", elem_id="chat-message")
+    send = gr.Button("Send", variant="primary", elem_id="chat-send")
+
+    def answer(spec: str, history: list, text: str, tokens: float, temp: float, ws: Workspace) -> list:
+        if not spec.strip():
+            return history
+        from tunesmith.config import InferConfig
+
+        key = (ws.user, spec)
+        if key not in _ENGINES:
+            _ENGINES[key] = _engine_for(ws, spec.strip())
+        engine = _ENGINES[key]
+        messages = [*({"role": m["role"], "content": m["content"]} for m in history), {"role": "user", "content": text}]
+        params = api.sampling_params(InferConfig(max_tokens=int(tokens), temperature=float(temp)))
+        reply = engine.chat([messages], params)[0].choices[0].text
+        return [*history, {"role": "user", "content": text}, {"role": "assistant", "content": reply}]
+
+    def both(left_spec, right_spec, lh, rh, text, tokens, temp, request: gr.Request):
+        ws = workspace(request)
+        try:
+            return answer(left_spec, lh or [], text, tokens, temp, ws), answer(right_spec, rh or [], text, tokens, temp, ws), ""
+        except TunesmithError as err:
+            raise gr.Error(str(err)) from None
+
+    send.click(both, [left, right, left_chat, right_chat, message, max_tokens, temperature],
+               [left_chat, right_chat, message])
+
+
+def _engine_for(ws: Workspace, spec: str) -> Any:
+    """A run's final folder or a model folder in the workspace, else a registry name or hub id."""
+    from tunesmith.config import InferConfig
+
+    local = ws.path(spec)  # refuses absolute paths and .. in a shared server
+    if (local / "adapter_config.json").exists():
+        base = api.base_model(str(local))  # recorded as the job saw it: relative to the workspace it ran in
+        if (ws.dir / base).is_dir():
+            return api.engine(InferConfig(adapters=str(local), model=str(ws.dir / base)))
+        return api.engine(InferConfig(adapters=str(local)))
+    if (local / "config.json").exists():
+        return api.engine(InferConfig(model=str(local)))
+    return api.engine(InferConfig(model=spec))
+
+
+# -----------------------------------------------------------------------------
+# Runs: every job of this workspace, live
+
+
+def _runs_tab(gr: Any, workspace) -> None:
+    import pandas as pd
+
+    with gr.Row():
+        picked = gr.Dropdown(label="job", choices=[], elem_id="runs-job", allow_custom_value=True)
+        refresh = gr.Button("Refresh", elem_id="runs-refresh")
+    state = gr.Markdown(elem_id="runs-status")
+    plot = gr.LinePlot(x="step", y="loss", label="loss", elem_id="runs-loss")
+    tail = gr.Textbox(label="log", lines=12, elem_id="runs-log", autoscroll=True)
+    with gr.Row():
+        stop = gr.Button("Stop (checkpoint kept)", elem_id="runs-stop")
+        resume = gr.Button("Resume", elem_id="runs-resume")
+    timer = gr.Timer(2.0)
+
+    def listing(current, request: gr.Request):
+        found = jobs.jobs(workspace(request))
+        choices = [j.id for j in found]
+        return gr.update(choices=choices, value=current if current in choices else (choices[0] if choices else None))
+
+    def show(job_id, request: gr.Request):
+        job = jobs.find(workspace(request), job_id or "")
+        if job is None:
+            return "no job selected", pd.DataFrame({"step": [], "loss": []}), ""
+        rows = [r for r in jobs.metrics(job) if "loss" in r]
+        last = rows[-1] if rows else {}
+        eta = f", step {last['step']}/{last['total_steps']}, ETA {last['eta_s']:.0f} s" if last else ""
+        text = f"**{job.id}**: {jobs.status(job)}{eta}\n\n`tunesmith {' '.join(job.argv)}` in `{job.folder}`"
+        frame = pd.DataFrame({"step": [r["step"] for r in rows], "loss": [r["loss"] for r in rows]})
+        return text, frame, jobs.log_tail(job)
+
+    def act(job_id, what, request: gr.Request):
+        ws = workspace(request)
+        job = jobs.find(ws, job_id or "")
+        if job is None:
+            return gr.update()
+        if what == "stop":
+            jobs.stop(job)
+            return gr.update()
+        return gr.update(choices=[j.id for j in jobs.jobs(ws)], value=jobs.resume(ws, job).id)
+
+    refresh.click(listing, picked, picked)
+    timer.tick(show, picked, [state, plot, tail])
+    picked.change(show, picked, [state, plot, tail])
+    def stop_job(job_id, request: gr.Request):
+        return act(job_id, "stop", request)
+
+    def resume_job(job_id, request: gr.Request):
+        return act(job_id, "resume", request)
+
+    stop.click(stop_job, picked, picked)
+    resume.click(resume_job, picked, picked)
+    timer.tick(listing, picked, picked)  # new jobs appear, also after the page was closed and opened again
+
+
+# -----------------------------------------------------------------------------
+# Running the server
+
+
+def run(cfg: WebUIConfig) -> None:
+    users = read_users(cfg.auth) if cfg.auth else None
+    Path(cfg.root).expanduser().mkdir(parents=True, exist_ok=True)
+    app = build_app(cfg)
+    auth = (lambda name, password: password_ok(users, name, password)) if users else None
+    where = "every interface" if cfg.host in ("0.0.0.0", "::") else cfg.host
+    print(f"tunesmith web-ui on http://{cfg.host}:{cfg.port} (listening on {where}; "
+          f"{'users log in from ' + cfg.auth if users else 'one local user, no login'}); workspaces in {cfg.root}",
+          flush=True)
+    app.queue(default_concurrency_limit=4).launch(server_name=cfg.host, server_port=cfg.port, auth=auth,
+                                                  show_error=True, quiet=True, allowed_paths=[])
+
