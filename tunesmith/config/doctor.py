@@ -7,7 +7,6 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from tunesmith.config.commands import DEFAULT_MODEL
 from tunesmith.config.sections import Section
 
 # `--json` as users know it (see config/plan.py): the field shadows pydantic's deprecated v1 `.json()`
