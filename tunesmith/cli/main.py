@@ -13,6 +13,7 @@ from tunesmith.config import PlanConfig
 from tunesmith.config import DataCheckConfig, DeployConfig, DownloadConfig, ExportConfig, InferConfig, PTConfig, SFTConfig, help_text, load
 from tunesmith.config.doctor import CheckConfig, DoctorConfig
 from tunesmith.config.eval import EvalConfig
+from tunesmith.config.models import ModelsConfig
 from tunesmith.config.webui import WebUIConfig
 from tunesmith.config.rlhf import RLHFConfig
 from tunesmith.errors import TunesmithError
@@ -36,6 +37,8 @@ COMMANDS = {
     "export": (ExportConfig, api.export, "merge a LoRA adapter into its base model"),
     "data": (DataCheckConfig, api.data_check, "data check FILE: validate a dataset and summarise it"),
     "plan": (PlanConfig, api.plan, "memory plan: will it fit, and with which settings"),
+    "models": (ModelsConfig, lambda cfg: (api.model_families(cfg), 0)[1],
+               "the registered model families and what is proven for each"),
     "download": (DownloadConfig, api.download, "fetch a model or dataset from the Hugging Face hub or ModelScope"),
     "doctor": (DoctorConfig, lambda cfg: 1 if api.doctor(cfg).broken else 0,
                "this environment against the tested versions, each problem with its fix"),

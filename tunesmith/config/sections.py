@@ -71,6 +71,12 @@ class LoraCfg(Section):
         "all-linear", description="Modules that get adapters: all-linear or a list of module names."
     )
     rslora: bool = Field(False, description="Rank-stabilised scaling alpha/sqrt(rank) (rsLoRA).")
+    experts: bool = Field(False, description=(
+        "Mixture-of-experts models: adapters on every expert's weights too (more adapter memory; off: attention, "
+        "shared experts and dense layers only)."))
+    train_router: bool = Field(False, description=(
+        "Mixture-of-experts models: adapters on the routers too (default frozen: tuning them on little data "
+        "unbalances the experts)."))
 
 
 class GenerationCfg(Section):

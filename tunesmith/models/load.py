@@ -92,13 +92,21 @@ def _nf4_config(dtype: Any) -> Any:
                               bnb_4bit_compute_dtype=dtype)
 
 
-def lora_config(lora: Any, method: str) -> Any:
+def lora_config(lora: Any, method: str, model: Any = None) -> Any:
+    """peft's LoraConfig. With the model, mixture-of-experts layers are handled (models/moe.py): routers frozen
+    unless lora.train_router, the experts' fused weights targeted when lora.experts."""
     from peft import LoraConfig
 
-    return LoraConfig(
-        r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.targets,
-        use_dora=method == "dora", use_rslora=lora.rslora, task_type="CAUSAL_LM",
-    )
+    from tunesmith.models import moe
+
+    extra: dict[str, Any] = {}
+    if model is not None:
+        extra = moe.lora_extras(model, lora.targets, experts=getattr(lora, "experts", False),
+                                train_router=getattr(lora, "train_router", False))
+    return LoraConfig(**{
+        "r": lora.rank, "lora_alpha": lora.alpha, "lora_dropout": lora.dropout, "target_modules": lora.targets,
+        "use_dora": method == "dora", "use_rslora": lora.rslora, "task_type": "CAUSAL_LM", **extra,
+    })
 
 
 def attach_adapters(model: Any, folder: str | Path, trainable: bool) -> Any:

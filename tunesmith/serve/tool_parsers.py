@@ -8,6 +8,10 @@
 - llama3_json (Llama 3.1 to 3.3): the whole answer is a JSON object `{"name": ..., "parameters": {...}}` (several
   joined by `;`), optionally after `<|python_tag|>`. A bare JSON object is also a plausible plain answer, so it
   counts as a call only when its name is one of the request's tools.
+- qwen3_xml (Qwen3.5, Qwen3-Coder): `<tool_call>` around `<function=NAME>` and `<parameter=KEY>` blocks.
+- mistral (Mistral Nemo, v3 templates): `[TOOL_CALLS][{"name": ..., "arguments": {...}}]`; the tag is a control
+  token the decoded text drops, so a bare JSON list counts only when its names are the request's tools.
+models/families.py names each family's format; tests/models/test_families.py reads each family's trained call back.
 
 A parser is a plain function registered by name; parse_tool_calls tries them in order. While streaming,
 `call_start(text)` says from where the text may be a call, so serving.py holds that part back until the end.
@@ -152,3 +156,59 @@ def parse_llama3_json(text: str, tool_names: set[str]) -> ParsedAnswer | None:
         calls.append(call)
         pos = len(body) - len(body[pos:].lstrip().removeprefix(";").lstrip())
     return ParsedAnswer(None, calls)
+
+
+# -----------------------------------------------------------------------------
+# Qwen3.5 / Qwen3-Coder: <tool_call>\n<function=NAME>\n<parameter=KEY>\nVALUE\n</parameter>\n</function>\n</tool_call>
+
+XML_FUNCTION = re.compile(r"<function=([^>\n]+)>(.*?)(?:</function>|$)", re.DOTALL)
+XML_PARAMETER = re.compile(r"<parameter=([^>\n]+)>\n?(.*?)\n?</parameter>", re.DOTALL)
+
+
+def _xml_value(text: str) -> object:
+    """A parameter's value: JSON when it parses (numbers, objects), else the text itself (the template writes
+    strings bare)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+@register_tool_parser("qwen3_xml", _hermes_start)
+def parse_qwen3_xml(text: str, tool_names: set[str]) -> ParsedAnswer | None:
+    at = text.find(HERMES_OPEN)
+    if at < 0 or "<function=" not in text[at:]:
+        return None
+    calls = [ParsedCall(name.strip(), json.dumps({k.strip(): _xml_value(v) for k, v in XML_PARAMETER.findall(body)},
+                                                 ensure_ascii=False))
+             for name, body in XML_FUNCTION.findall(text[at:])]
+    return ParsedAnswer(text[:at].strip() or None, calls) if calls else None
+
+
+# -----------------------------------------------------------------------------
+# Mistral (Nemo and earlier v3 templates): [TOOL_CALLS][{"name": ..., "arguments": {...}, "id": ...}]. [TOOL_CALLS]
+# is a control token, so the decoded answer is the bare JSON list: a call only when its names are the request's tools.
+
+MISTRAL_TAG = "[TOOL_CALLS]"
+
+
+def _mistral_start(text: str) -> int | None:
+    body = text.lstrip()
+    if body.startswith(MISTRAL_TAG) or MISTRAL_TAG.startswith(body) or body.startswith("[{"):
+        return 0
+    return None
+
+
+@register_tool_parser("mistral", _mistral_start)
+def parse_mistral(text: str, tool_names: set[str]) -> ParsedAnswer | None:
+    body = text.strip().removeprefix(MISTRAL_TAG).strip()
+    if not body.startswith("[{"):
+        return None
+    try:
+        items = json.loads(body)
+    except json.JSONDecodeError:
+        return None
+    calls = [_call(item, tool_names) for item in items] if isinstance(items, list) else [None]
+    if not calls or any(c is None for c in calls):
+        return None
+    return ParsedAnswer(None, calls)  # type: ignore[arg-type]

@@ -154,14 +154,15 @@ class Template:
         """Turn i as inference meets it: the served prompt's ids, then the answer and its end-of-turn token."""
         prompt_text = self._apply(msgs[:i], True, tools, kw)
         through = self._apply(msgs[: i + 1], False, tools, kw)
-        if not through.startswith(prompt_text):
+        start = len(prompt_text) if through.startswith(prompt_text) else _answer_start(prompt_text, through, msgs[i - 1])
+        if start is None:
             raise TemplateError(
-                f"the chat template of {self._name()} renders assistant turn {i} so that it does not start with the "
+                f"the chat template of {self._name()} renders assistant turn {i} so that it does not follow the "
                 "prompt it renders for that turn (with chat_template_kwargs "
                 f"{ {**self.chat_template_kwargs, **(kw or {})} }); for example enable_thinking: false with reasoning "
                 "in the answer. Drop the reasoning from such rows or change chat_template_kwargs."
             )
-        answer = through[len(prompt_text):].rstrip(" \n")
+        answer = through[start:].rstrip(" \n")
         prompt = self.render_prompt(msgs[:i], tools=tools, chat_template_kwargs=kw)
         answer_ids = self._encode(answer)
         return prompt + answer_ids, [IGNORE] * len(prompt) + answer_ids
@@ -233,6 +234,23 @@ class Template:
         info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.exists() else {}
         return cls(tokenizer, default_system=info.get("default_system"),
                    chat_template_kwargs=info.get("chat_template_kwargs"))
+
+
+def _answer_start(prompt: str, through: str, before: dict) -> int | None:
+    """Where turn i's answer starts in a rendering that changed what precedes it (Mistral moves the system prompt to
+    the last user turn, so it leaves once an answer follows): after the longest tail of the served prompt that the
+    rendering ends its prompt part with. The tail must hold the whole message before the answer, so the cut is
+    right after that message's turn header, never inside earlier text."""
+    content = before.get("content")
+    anchor = content if isinstance(content, str) and content else None
+    for size in range(len(prompt), 0, -1):
+        tail = prompt[-size:]
+        if anchor is not None and anchor not in tail:
+            return None
+        at = through.rfind(tail)
+        if at >= 0:
+            return at + size
+    return None
 
 
 def _normalise_tool_calls(message: dict) -> dict:

@@ -1,7 +1,10 @@
 """Rows -> token ids + labels, cached by content hash so a second run starts at once.
 
-The cache key covers the rows, the tokenizer's vocabulary and chat template, the system prompt and loss_on; the
-cache holds every row's ids before any length filter, so changing max_length reuses it.
+The cache key covers the rows, the tokenizer's vocabulary and chat template, the system prompt, chat_template_kwargs
+and loss_on; the cache holds every row's ids before any length filter, so changing max_length reuses it.
+
+A conversation is one sample, or one per trained assistant turn when its template rewrites earlier turns once later
+ones follow (Qwen3's reasoning, templates/chat.py says why): each such sample is that turn exactly as served.
 """
 
 from __future__ import annotations
@@ -19,30 +22,32 @@ from tunesmith.templates import Template
 
 
 def tokenize_sft(rows: list[Conversation], template: Template, loss_on: str, max_length: int) -> tuple[Any, list[Problem]]:
-    """A datasets.Dataset with input_ids and labels; rows over max_length or with nothing to learn are problems."""
+    """A datasets.Dataset with input_ids and labels (a row may give several samples, see above); rows with a sample
+    over max_length or with nothing to learn are problems."""
     key = _key("sft", [[r.messages, r.extra.get("tools")] for r in rows], template, loss_on)
 
     def build() -> dict[str, list]:
-        ids, labels = [], []
+        ids, labels = [], []  # per row: a list of samples
         for row in _progress(rows, "Tokenizing"):
-            i, l = template.render(row.messages, loss_on=loss_on, tools=row.extra.get("tools"))
-            ids.append(i)
-            labels.append(l)
+            samples = template.render_samples(row.messages, loss_on=loss_on, tools=row.extra.get("tools"))
+            ids.append([i for i, _ in samples])
+            labels.append([l for _, l in samples])
         return {"input_ids": ids, "labels": labels}
 
     table = _cached(key, build)
     problems, keep = [], []
     for n, row in enumerate(rows):
-        too_long = length_problem(row, "messages", len(table["input_ids"][n]), max_length)
+        samples = list(zip(table["input_ids"][n], table["labels"][n]))
+        too_long = length_problem(row, "messages", max((len(i) for i, _ in samples), default=0), max_length)
         if too_long:
             problems.append(too_long)
-        elif all(label == -100 for label in table["labels"][n]):
+        elif all(label == -100 for _, l in samples for label in l):
             problems.append(Problem(row.source, row.line, "messages", "no trained tokens (every turn has loss: false)"))
         else:
-            keep.append(n)
+            keep += samples
     import datasets
 
-    ds = datasets.Dataset.from_dict({k: [table[k][n] for n in keep] for k in ("input_ids", "labels")})
+    ds = datasets.Dataset.from_dict({"input_ids": [i for i, _ in keep], "labels": [l for _, l in keep]})
     return ds, problems
 
 
@@ -75,7 +80,8 @@ def tokenize_pt(rows: list[Text], template: Template, max_length: int) -> Any:
 def _key(kind: str, payload: Any, template: Template, loss_on: str) -> str:
     tok = template.tokenizer
     h = hashlib.sha256()
-    h.update(json.dumps([kind, loss_on, template.default_system, tok.chat_template], ensure_ascii=False).encode())
+    h.update(json.dumps([kind, loss_on, template.default_system, tok.chat_template,
+                         getattr(template, "chat_template_kwargs", {})], ensure_ascii=False, sort_keys=True).encode())
     backend = getattr(tok, "backend_tokenizer", None)
     h.update((backend.to_str() if backend is not None else json.dumps(tok.get_vocab(), sort_keys=True)).encode())
     h.update(json.dumps(payload, ensure_ascii=False, sort_keys=True, default=str).encode())
