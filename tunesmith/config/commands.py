@@ -54,6 +54,9 @@ class TrainConfig(Section):
     overwrite: bool = Field(False, description="Start over in an output_dir that already holds a run.")
     skip_bad_rows: bool = Field(False, description="Skip rows that fail the data check (counted) instead of stopping.")
     system: str | None = Field(None, description="System prompt added to conversations that have none.")
+    chat_template_kwargs: dict = Field(default_factory=dict, description=(
+        "Extra variables for the chat template, e.g. {enable_thinking: false} for Qwen3; saved with the template in "
+        "final/, so infer and deploy render as training did."))
     dtype: Dtype = Field("auto", description="auto = bfloat16 on GPUs that support it, else float32.")
     device: Device = Field("auto", description="auto = cuda, then mps, then cpu.")
     report_to: list[str] = Field(default_factory=lambda: ["tensorboard"], description="tensorboard, wandb, mlflow, or none.")

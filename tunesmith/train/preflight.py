@@ -74,7 +74,8 @@ def load_template(cfg: Any) -> tuple[Any, Path]:
     if cfg.adapters and "model" not in cfg.model_fields_set:
         base_name = read_run_output(cfg.adapters).base_model
     folder = models.resolve(base_name)
-    template = Template(models.load_tokenizer(Path(cfg.adapters) if cfg.adapters else folder), default_system=cfg.system)
+    template = Template(models.load_tokenizer(Path(cfg.adapters) if cfg.adapters else folder), default_system=cfg.system,
+                        chat_template_kwargs=getattr(cfg, "chat_template_kwargs", None))
     check_continuation(cfg, template)
     return template, folder
 
