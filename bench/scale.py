@@ -47,6 +47,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="measured steps (default: the workload's)")
     parser.add_argument("--warmup", type=int, help="warm-up steps (default: the workload's)")
     parser.add_argument("--samples", type=int, default=600)
+    parser.add_argument("--median", type=float, default=600.0, help="median sample length (bench/sft.py)")
+    parser.add_argument("--sigma", type=float, default=1.0, help="sigma of log(length) (bench/sft.py)")
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="bf16 matmul peak for MFU (0: not reported)")
     parser.add_argument("--sp", type=int, nargs="+", default=[1], help="sequence-parallel sizes (with --max-seq)")
     parser.add_argument("--max-seq", action="store_true", help="the longest max_length that trains, per --sp")
@@ -83,7 +85,8 @@ def measure(args: argparse.Namespace, engine: str, nproc: int, extra: list[str],
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         result_path = Path(tmp) / "result.json"
         child = [str(SFT), "--child", name, "--result", str(result_path), "--workload", args.workload,
-                 "--samples", str(args.samples), "--child-timeout", str(args.timeout)]
+                 "--samples", str(args.samples), "--median", str(args.median), "--sigma", str(args.sigma),
+                 "--child-timeout", str(args.timeout)]
         child += ["--steps", str(args.steps)] if args.steps else []
         child += ["--warmup", str(args.warmup)] if args.warmup else []
         if engine == "single":

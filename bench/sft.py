@@ -58,6 +58,8 @@ WORKLOADS = {
     "W1": dict(shape="qwen2.5-0.5b-instruct", method="full", max_length=4096, batch_size=8, warmup=3, steps=12),
     "W2": dict(shape="qwen2.5-7b-instruct", method="lora", max_length=4096, batch_size=2, warmup=2, steps=8),
     "W3": dict(shape="qwen2.5-7b-instruct", method="qlora", max_length=4096, batch_size=2, warmup=2, steps=8),
+    # a 7B full fine-tune: for bench/scale.py's ZeRO-3 (offload) runs, which one GPU cannot do without sharding
+    "W4": dict(shape="qwen2.5-7b-instruct", method="full", max_length=2048, batch_size=1, warmup=1, steps=3),
     # a CPU smoke test of this script: a 2-layer model, a few short steps
     "tiny": dict(shape="tiny", method="lora", max_length=256, batch_size=4, warmup=1, steps=2),
 }
@@ -238,6 +240,9 @@ def _child(args: argparse.Namespace, work: dict, result: dict) -> None:
 
     name, _, overrides = args.child.partition(":")
     overrides = parse_overrides(overrides)
+    for key in ("max_length", "batch_size"):  # the workload's own keys: the data is made for them
+        if key in overrides:
+            work[key] = overrides.pop(key)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     if work["method"] == "qlora" and importlib.util.find_spec("bitsandbytes") is None:

@@ -70,3 +70,18 @@ def test_an_adapter_run_in_which_base_weights_would_train_is_refused(tiny):
         pf.trainable_report(cfg, model)
     full = SFTConfig(dataset=["x"], tuner="full")
     assert pf.trainable_report(full, AutoModelForCausalLM.from_pretrained(tiny))["frozen_params"] == 0
+
+
+def test_cpu_offload_beyond_the_machines_ram_is_said_before_the_kernel_kills_the_run(monkeypatch):
+    import torch
+
+    from tunesmith.plan.hardware import GPU
+
+    monkeypatch.setattr(pf.models, "pick_device", lambda preference="auto": "cuda")
+    monkeypatch.setattr(pf.models, "pick_dtype", lambda preference, device: torch.bfloat16)
+    monkeypatch.setattr(pf.hardware, "probe", lambda *a: Hardware(gpus=[GPU(0, "H200", 139.0, 139.0, True)],
+                                                                   ram_gib=64.0, ram_free_gib=60.0))
+    cfg = SFTConfig(model="qwen2.5-7b-instruct", dataset=["x"], tuner="full", deepspeed="zero3-offload",
+                    max_length=2048, batch_size=1, strict_memory=True)
+    with pytest.raises(HardwareError, match=r"CPU offload keeps about \d+ GiB in this machine's RAM but 60 GiB is free"):
+        pf.preflight(cfg, "qwen2.5-7b-instruct", rows=10)

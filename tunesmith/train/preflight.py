@@ -153,6 +153,16 @@ def _check_memory(cfg: Any, plan: Preflight, shape: ModelShape | None) -> None:
         return
     est = estimate(cfg, plan, shape)
     plan.needed_gib = est.total / GIB
+    host = est.host_bytes / GIB  # offloaded states (and ZeRO-3 weights), per process: the node holds all of them
+    host_free = plan.hardware.ram_free_gib or plan.hardware.ram_gib
+    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    if plan.device != "cpu" and host and host * ranks_here > host_free:
+        advice = (f"memory plan: CPU offload keeps about {host * ranks_here:.0f} GiB in this machine's RAM but "
+                  f"{host_free:.0f} GiB is free; the kernel would kill the run. Offload less (--deepspeed zero3 "
+                  "without -offload, more GPUs) or use lora.")
+        if cfg.strict_memory:
+            raise HardwareError(advice + " Refusing to start (--strict-memory).")
+        log.warning("%s Starting anyway; pass --strict-memory to refuse.", advice)
     if plan.needed_gib <= plan.have_gib:
         return
     advice = (f"memory plan: this run needs about {plan.needed_gib:.1f} GiB at the peak but {plan.have_gib:.1f} GiB is "
