@@ -235,32 +235,35 @@ def bf16_drift(model: Path, template: Any) -> tuple[bool, str]:
 
 def template_parity(template: Any) -> tuple[bool, str]:
     """Every assistant turn: its prompt part is exactly render_prompt of the turns before it, and what trains is the
-    answer plus the end-of-turn token."""
+    answer plus the end-of-turn token; for templates that rewrite past turns (Qwen3's reasoning), per turn sample."""
     from tunesmith.errors import TemplateError
     from tunesmith.templates import IGNORE
 
+    answers = [i for i, m in enumerate(CONVERSATION) if m["role"] == "assistant"]
     try:
-        ids, labels = template.render(CONVERSATION)
+        samples = template.render_samples(CONVERSATION)
     except TemplateError as err:  # the renderer itself refuses what it cannot train exactly
         return False, str(err)
-    answers = [i for i, m in enumerate(CONVERSATION) if m["role"] == "assistant"]
+    # one sequence holds every turn; otherwise sample k holds turn k, rendered as it was served
+    groups = [(samples[0], answers)] if len(samples) == 1 else list(zip(samples, [[t] for t in answers]))
     problems = []
-    for turn in answers:
-        prompt = template.render_prompt(CONVERSATION[:turn])
-        if ids[: len(prompt)] != prompt:
-            problems.append(f"turn {turn}: the training ids do not start with the served prompt")
-    trained = [i for i, label in zip(ids, labels) if label != IGNORE]
-    expected = [t for turn in answers for t in _answer(template, turn)]
-    if trained != expected:
-        problems.append("the trained tokens are not exactly the answers and their end-of-turn tokens")
-    return not problems, "; ".join(problems) or f"{len(answers)} turns: prompts exact, {len(trained)} trained tokens exact"
+    for (ids, labels), turns in groups:
+        for turn in turns:
+            prompt = template.render_prompt(CONVERSATION[:turn])
+            if ids[: len(prompt)] != prompt:
+                problems.append(f"turn {turn}: the training ids do not start with the served prompt")
+        trained = [i for i, label in zip(ids, labels) if label != IGNORE]
+        if trained != [t for turn in turns for t in _answer(template, turn)]:
+            problems.append(f"turn {turns[-1]}: the trained tokens are not exactly the answer and its end-of-turn")
+    shape = "one sequence" if len(samples) == 1 else f"{len(samples)} per-turn samples"
+    return not problems, "; ".join(problems) or f"{len(answers)} turns ({shape}): prompts and trained tokens exact"
 
 
 def _answer(template: Any, turn: int) -> list[int]:
     """The ids a turn's answer renders to, end-of-turn token included: the conversation up to it, less its prompt."""
     from tunesmith.templates import IGNORE
 
-    ids, labels = template.render(CONVERSATION[: turn + 1], loss_on="last")
+    ids, labels = template.render_samples(CONVERSATION[: turn + 1], loss_on="last")[-1]
     return [i for i, label in zip(ids, labels) if label != IGNORE]
 
 

@@ -86,16 +86,28 @@ def test_a_lossy_half_precision_cast_fails_bf16_drift(setup, monkeypatch):
     assert not sc.bf16_drift(model, template)[0]
 
 
-def test_a_template_that_rewrites_the_start_of_long_conversations_fails_template_parity(setup):
+def test_a_serving_path_that_renders_prompts_unlike_training_fails_template_parity(setup):
+    """The drift ms-swift #6267 shipped: the serving side added to the system prompt what training never saw."""
+    from transformers import AutoTokenizer
+
+    from tunesmith.templates import Template
+
+    _, _, good = setup
+    drifting = Template(AutoTokenizer.from_pretrained(good.tokenizer.name_or_path))
+    served = drifting.render_prompt
+    drifting.render_prompt = lambda messages, **kw: served(
+        [{**messages[0], "content": messages[0]["content"] + " Today is Monday."}, *messages[1:]], **kw)
+    assert sc.template_parity(good)[0]
+    assert not sc.template_parity(drifting)[0]
+
+
+def test_a_template_that_rewrites_long_conversations_trains_each_turn_as_served(setup):
     from transformers import AutoTokenizer
 
     from tunesmith.templates import Template
 
     _, _, good = setup
     tokenizer = AutoTokenizer.from_pretrained(good.tokenizer.name_or_path)
-    # a one-turn prompt renders fine; once the conversation grows, its start changes: what was trained at turn 1
-    # is no longer a prefix of what is served at turn 3
     tokenizer.chat_template = "{% if messages|length > 3 %}Long conversation.\n{% endif %}" + good.tokenizer.chat_template
-    broken = Template(tokenizer)
-    assert sc.template_parity(good)[0]
-    assert not sc.template_parity(broken)[0]
+    ok, measured = sc.template_parity(Template(tokenizer))  # one sample per turn, each exactly as served
+    assert ok and "per-turn samples" in measured, measured

@@ -43,8 +43,9 @@ def _token_stats(cfg: DataCheckConfig, rows: list, report: CheckReport) -> None:
     template = Template(load_tokenizer(resolve(cfg.model)))
     for row in rows:
         if isinstance(row, Conversation):
-            ids, labels = template.render(row.messages, tools=row.extra.get("tools"))
-            report.trained_tokens += sum(1 for x in labels if x != -100)
+            samples = template.render_samples(row.messages, tools=row.extra.get("tools"))  # one per turn for some
+            report.trained_tokens += sum(1 for _, labels in samples for x in labels if x != -100)
+            ids = max((s[0] for s in samples), key=len, default=[])  # the longest sample decides max_length
         elif isinstance(row, (Preference, UnpairedPreference)):  # the longer answer decides the length
             answers = (row.chosen, row.rejected) if isinstance(row, Preference) else (row.completion,)
             ids = max((template.render(row.prompt + [{"role": "assistant", "content": a}])[0] for a in answers),
