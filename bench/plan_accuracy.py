@@ -56,7 +56,15 @@ CONFIGS = [
     ("7B", "dora", 4096, 1, True, {}),
     ("7B", "dora", 2048, 1, False, {}),
     ("7B", "dora", 4096, 1, False, {}),
+    # GaLore (rank 128 projections of every attention/MLP matrix, galore-torch's AdamW; 0.5B only: the first step's
+    # SVDs of a 7B's 196 matrices take minutes) and LISA (2 sampled layers + embeddings and head train, train/tuners.py)
+    ("0.5B", "galore", 2048, 4, False, {}),
+    ("0.5B", "galore", 2048, 4, True, {}),
+    ("0.5B", "lisa", 2048, 4, False, {}),
+    ("7B", "lisa", 2048, 1, True, {}),
+    ("7B", "lisa", 4096, 1, True, {}),
 ]
+GALORE_RANK = 128
 DEVICE = "cuda"  # "cpu" runs the loop as a smoke test (a tiny shape, torch.cuda's peak counters stubbed)
 
 
@@ -71,7 +79,8 @@ def hf_config(size: str, attn: str = "sdpa"):
 
 def setup_for(method: str, seq: int, micro: int, ckpt: bool, loss: str, extras: dict) -> Setup:
     return Setup(method=method, seq=seq, micro_batch=micro, checkpointing=ckpt, padded=extras.get("padded", False),
-                 attn=extras.get("attn", "sdpa"), loss=loss, lora_rank=16, lora_dropout=0.0, device="cuda")
+                 attn=extras.get("attn", "sdpa"), loss=loss, lora_rank=GALORE_RANK if method == "galore" else 16,
+                 lora_dropout=0.0, device="cuda", trained_layers=2)
 
 
 # -----------------------------------------------------------------------------
@@ -128,8 +137,12 @@ def measure(size: str, method: str, seq: int, micro: int, ckpt: bool, loss: str,
         if ckpt:
             model.enable_input_require_grads()
     model.train()
+    if method == "lisa":  # as LisaSampler: two layers train, embeddings, final norm and head always
+        from tunesmith.train.tuners import LisaSampler
+
+        LisaSampler(layers=2, interval=20, seed=0).activate(model, interval_index=0)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-5)
+    opt = galore_optimizer(model) if method == "galore" else torch.optim.AdamW(params, lr=1e-5)
     vocab = model.config.vocab_size
     torch.cuda.reset_peak_memory_stats()
     for _ in range(steps):
@@ -153,6 +166,18 @@ def measure(size: str, method: str, seq: int, micro: int, ckpt: bool, loss: str,
     gc.collect()
     torch.cuda.empty_cache()
     return allocated / GIB, reserved / GIB
+
+
+def galore_optimizer(model):
+    """galore-torch's AdamW with the attention and MLP matrices projected, as transformers' galore_adamw builds it."""
+    from galore_torch import GaLoreAdamW
+
+    projected = [m.weight for name, m in model.named_modules() if type(m).__name__ == "Linear"
+                 and any(k in name for k in ("self_attn", "mlp"))]
+    ids = {id(p) for p in projected}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    return GaLoreAdamW([{"params": rest}, {"params": projected, "rank": GALORE_RANK, "update_proj_gap": 200,
+                                           "scale": 0.25, "proj_type": "std"}], lr=1e-5)
 
 
 # -----------------------------------------------------------------------------

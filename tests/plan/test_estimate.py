@@ -16,7 +16,7 @@ Q7 = shape_from_config(builtin_config("qwen2.5-7b-instruct"))
 # torch.cuda.max_memory_allocated in GiB, DoRA r16 with checkpointing, TRL's loss (bench/plan_accuracy.py, H200)
 DORA_MEASURED = [("7B", 2048, 1, 18.38), ("7B", 4096, 1, 19.84), ("0.5B", 2048, 4, 2.84)]
 Q05 = shape_from_config(builtin_config("qwen2.5-0.5b-instruct"))
-METHODS = ["full", "lora", "qlora", "dora", "galore"]
+METHODS = ["full", "lora", "qlora", "dora", "galore", "lisa", "freeze"]
 
 
 def total(shape=Q7, **kw) -> float:
@@ -46,7 +46,7 @@ def test_grows_with_sequence_batch_and_rank(method):
         assert seqs == sorted(seqs) and batches == sorted(batches)
         # Full training with checkpointing peaks at the optimizer step (gradients + states), whatever the batch:
         # the bench measured 4.70 GiB for the 0.5B shape at 2048 x 4 and at 8192 x 1. Everything else must grow.
-        if not (ckpt and method in ("full", "galore")):
+        if not (ckpt and method in ("full", "galore", "lisa", "freeze")):
             assert seqs[0] < seqs[-1] and batches[0] < batches[-1]
     if method in ("lora", "qlora", "dora"):
         ranks = [total(method=method, lora_rank=r) for r in (4, 8, 16, 64, 256)]
@@ -173,3 +173,22 @@ def test_cpu_estimate_is_near_measured_peak_rss():
     est = estimate_training(shape, replace(Setup(method="full", dtype="float32", seq=seq, micro_batch=batch,
                                                  padded=False, loss="model", device="cpu")))
     assert 0.7 * est.allocated < grown < 2.0 * est.allocated, (grown / 2**20, est.allocated / 2**20)
+
+
+def test_lisa_and_freeze_hold_states_and_gradients_for_the_layers_that_train():
+    full = estimate_training(Q7, Setup(method="full", checkpointing=True))
+    lisa = estimate_training(Q7, Setup(method="lisa", checkpointing=True, trained_layers=2))
+    freeze = estimate_training(Q7, Setup(method="freeze", checkpointing=True, trained_layers=2))
+    layer = Q7.layer_linear_params() + Q7.layer_norm_params()
+    assert freeze.trainable == 2 * layer
+    assert lisa.trainable == Q7.params() - (Q7.layers - 2) * layer  # + embeddings, final norm, head
+    assert freeze.parts["optimizer"] == pytest.approx(full.parts["optimizer"] * freeze.trainable / full.trainable)
+    assert freeze.total < lisa.total < full.total
+    more = estimate_training(Q7, Setup(method="lisa", checkpointing=True, trained_layers=8))
+    assert more.total > lisa.total
+
+
+def test_peft_adapters_are_planned_as_a_lora_of_their_rank_and_say_so():
+    vera = estimate_training(Q7, Setup(method="vera", lora_rank=16))
+    assert vera.total == estimate_training(Q7, Setup(method="lora", lora_rank=16)).total
+    assert any(note.startswith("vera: planned as a LoRA of rank 16") for note in vera.notes)

@@ -9,9 +9,19 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from tunesmith.config.sections import GENERATION_SHORTCUTS, Device, Dtype, GenerationCfg, LoraCfg, Section
+from tunesmith.config.sections import (GENERATION_SHORTCUTS, Device, Dtype, FreezeCfg, GaloreCfg, GenerationCfg,
+                                       LisaCfg, LoraCfg, PeftCfg, Section)
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+# How the weights train (`tuner`). Adapter tuners save an adapter folder that loads on the untouched base; the others
+# change the weights themselves and save a whole model.
+LORA_TUNERS = ("lora", "qlora", "dora")
+PEFT_TUNERS = ("adalora", "vera", "oft", "boft", "ia3", "loha", "lokr")  # peft's other methods, by name
+FULL_WEIGHT_TUNERS = ("full", "galore", "lisa", "freeze")
+Tuner = Literal["lora", "qlora", "dora", "adalora", "vera", "oft", "boft", "ia3", "loha", "lokr", "full", "galore",
+                "lisa", "freeze"]
+# The section each tuner reads; setting another tuner's section is refused (it would be silently ignored).
+TUNER_SECTIONS = {"galore": ("galore",), "lisa": ("lisa",), "freeze": ("freeze",), "peft": PEFT_TUNERS}
 
 
 class TrainConfig(Section):
@@ -22,9 +32,20 @@ class TrainConfig(Section):
     dataset: list[str] = Field(..., min_length=1, description="Files, folders, registry names or hub ids; name#N samples N rows.")
     val_dataset: list[str] = Field(default_factory=list, description="Held-out data for eval loss.")
     val_split: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction of dataset held out for eval loss when val_dataset is empty.")
-    tuner: Literal["lora", "qlora", "dora", "full"] = Field("lora", description=(
-        "How the weights train: lora | qlora (4-bit NF4 base) | dora | full."))
-    lora: LoraCfg = Field(default_factory=LoraCfg, description="Adapter settings (tuner lora, qlora, dora).")
+    tuner: Tuner = Field("lora", description=(
+        "How the weights train. Adapters: lora | qlora (4-bit NF4 base) | dora | adalora | vera | oft | boft | ia3 | "
+        "loha | lokr. Whole model: full | galore (low-rank optimizer states) | lisa (a few sampled layers at a "
+        "time) | freeze (the last layers)."))
+    lora: LoraCfg = Field(default_factory=LoraCfg, description="Adapter settings (tuner lora, qlora, dora; rank also "
+                          "for the other adapters).")
+    galore: GaloreCfg = Field(default_factory=GaloreCfg, description="GaLore settings (tuner galore).")
+    lisa: LisaCfg = Field(default_factory=LisaCfg, description="LISA settings (tuner lisa).")
+    freeze: FreezeCfg = Field(default_factory=FreezeCfg, description="What trains with tuner freeze.")
+    peft: PeftCfg = Field(default_factory=PeftCfg, description="The peft config of tuner adalora, vera, oft, boft, "
+                          "ia3, loha or lokr.")
+    neftune_alpha: float | None = Field(None, gt=0, description=(
+        "NEFTune: uniform noise of this scale (the paper uses 5) on the input embeddings while training, never at "
+        "inference."))
     max_length: int = Field(2048, ge=8, description="Longest training sequence in tokens.")
     packing: bool | None = Field(None, description=(
         "Concatenate samples up to max_length, padding-free; they do not attend to each other (batch_size then counts "
@@ -92,9 +113,35 @@ class TrainConfig(Section):
         return None if value == "auto" else value
 
     @model_validator(mode="after")
+    @property
+    def trains_adapter(self) -> bool:
+        """True when the run trains a peft adapter over frozen base weights (saved as an adapter folder)."""
+        return self.tuner not in FULL_WEIGHT_TUNERS
+
     def _check(self) -> "TrainConfig":
-        if self.tuner == "full" and self.adapters:
-            raise ValueError("adapters: cannot continue an adapter with full weights; drop --adapters or use lora")
+        if not self.trains_adapter and self.adapters:
+            raise ValueError(f"adapters: tuner {self.tuner} trains the weights themselves and cannot continue an "
+                             "adapter; drop --adapters or use lora")
+        for section, readers in TUNER_SECTIONS.items():
+            if section in self.model_fields_set and self.tuner not in readers:
+                raise ValueError(f"{section}: only read with --tuner {' or '.join(readers)} (tuner is {self.tuner})")
+        if self.lora.init in ("pissa", "olora") and self.tuner not in LORA_TUNERS:
+            raise ValueError(f"lora.init: {self.lora.init} initialises LoRA adapters; tuner is {self.tuner}")
+        if self.lora.plus_ratio and self.tuner not in LORA_TUNERS:
+            raise ValueError(f"lora.plus_ratio: LoRA+ sets the learning rates of LoRA's A and B; tuner is {self.tuner}")
+        several = self.nproc_per_node * self.nnodes > 1
+        if self.tuner == "lisa" and several:
+            raise ValueError("tuner: lisa changes which layers train every interval, which DDP's gradient buckets "
+                             "cannot follow; run it in one process or use freeze or galore")
+        if self.tuner == "galore" and (self.deepspeed or self.fsdp):
+            raise ValueError("tuner: galore projects each full gradient in the optimizer, which sharded states "
+                             "(DeepSpeed, FSDP) do not hand it; drop --deepspeed/--fsdp")
+        if self.tuner == "galore" and self.galore.layerwise and (several or self.grad_accum > 1):
+            raise ValueError("galore.layerwise: updates each layer inside backward, so it needs one process and "
+                             "grad_accum 1")
+        if self.lora.plus_ratio and (self.deepspeed or self.fsdp):
+            raise ValueError("lora.plus_ratio: LoRA+ builds its own optimizer, which DeepSpeed and FSDP replace; drop "
+                             "--deepspeed/--fsdp")
         if self.deepspeed and self.fsdp:
             raise ValueError("fsdp: choose DeepSpeed or FSDP, not both; drop --fsdp or --deepspeed")
         if self.fsdp_offload and not self.fsdp:

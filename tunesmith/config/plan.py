@@ -23,13 +23,16 @@ class PlanConfig(Section):
     Run: tunesmith plan MODEL [--tuner lora] [--gpu-memory 24]"""
 
     model: str = Field(DEFAULT_MODEL, description="Hub id, local folder, or registry name; only its config.json is read.")
-    tuner: Literal["auto", "full", "lora", "qlora", "dora"] = Field(
-        "auto", description="auto = full if it fits comfortably, else lora, else qlora; or name one to check it.")
+    tuner: Literal["auto", "full", "lora", "qlora", "dora", "galore", "lisa", "freeze", "adalora", "vera", "oft", "boft",
+                   "ia3", "loha", "lokr"] = Field("auto", description=(
+        "auto = full if it fits comfortably, else lora, else qlora; or name one to check it (as tunesmith sft "
+        "--tuner; peft's other adapters are planned as a LoRA of the same rank)."))
+    trained_layers: int = Field(2, ge=1, description="lisa, freeze: decoder layers that train at a time.")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="auto = bfloat16 on GPUs that support it, else float32 (as tunesmith sft picks).")
     optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "sgd"] = Field(
         "adamw", description="adamw keeps 2 states per trainable weight; the 8-bit ones store them in 1 byte each.")
-    lora_rank: int = Field(16, ge=1, description="Adapter rank (lora, qlora, dora).")
+    lora_rank: int = Field(16, ge=1, description="Adapter rank (lora, qlora, dora); GaLore's projection rank.")
     lora_targets: list[str] | Literal["all-linear"] = Field(
         "all-linear", description="Modules that get adapters: all-linear or a list such as q_proj v_proj.")
     max_length: int = Field(2048, ge=8, description="Training sequence length in tokens (sequences padded or packed to it).")

@@ -318,8 +318,14 @@ class RLHFConfig(TrainConfig):
                     f"batch_size x grad_accum ({self.batch_size} x {self.grad_accum}) must be a multiple of "
                     f"grpo.num_generations ({self.grpo.num_generations}): each prompt's completions are scored as one "
                     f"group; e.g. --batch-size {self.grpo.num_generations}")
+        if self.neftune_alpha:
+            raise ValueError("neftune_alpha: sft and pt only (a preference or reward loss would compare noisy policy "
+                             "log-probabilities with clean reference ones)")
+        if self.method in ("rm", "ppo") and self.tuner not in ("lora", "qlora", "dora", "full"):
+            raise ValueError(f"tuner: --method {self.method} trains with lora, qlora, dora or full (its value head "
+                             f"is saved beside a LoRA adapter); tuner is {self.tuner}")
         if self.method == "ppo":
-            if self.tuner == "full":
+            if not self.trains_adapter:
                 raise ValueError("tuner: ppo's reference model is the base with the adapter switched off; use lora, "
                                  "qlora or dora")
             if self.grad_accum != 1:

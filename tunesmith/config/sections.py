@@ -71,12 +71,53 @@ class LoraCfg(Section):
         "all-linear", description="Modules that get adapters: all-linear or a list of module names."
     )
     rslora: bool = Field(False, description="Rank-stabilised scaling alpha/sqrt(rank) (rsLoRA).")
+    init: Literal["default", "gaussian", "pissa", "olora"] = Field("default", description=(
+        "Adapter initialisation (peft): default (B = 0), gaussian, pissa (A and B from the weight's principal "
+        "singular vectors, the residual stays in the base), olora (from a QR decomposition of the weight)."))
+    plus_ratio: float | None = Field(None, gt=0, description=(
+        "LoRA+: B learns this many times faster than A (the paper uses 16); unset: one learning rate."))
     experts: bool = Field(False, description=(
         "Mixture-of-experts models: adapters on every expert's weights too (more adapter memory; off: attention, "
         "shared experts and dense layers only)."))
     train_router: bool = Field(False, description=(
         "Mixture-of-experts models: adapters on the routers too (default frozen: tuning them on little data "
         "unbalances the experts)."))
+
+
+class GaloreCfg(Section):
+    """GaLore (Zhao et al. 2024): full-parameter training whose Adam states live in a low-rank projection of each
+    gradient (transformers' galore_adamw optimizers, galore-torch)."""
+
+    rank: int = Field(128, ge=1, description="Rank of the projection the optimizer states live in.")
+    update_interval: int = Field(200, ge=1, description="Steps between recomputing each projection (an SVD).")
+    scale: float = Field(0.25, gt=0, description="Scale of the projected update (the paper's alpha).")
+    layerwise: bool = Field(False, description="Update each layer in its backward (less memory; no gradient accumulation).")
+    targets: str | list[str] = Field(r".*(attn|attention|mlp|feed_forward).*", description=(
+        "The linear layers GaLore projects: a regex of module names, a list of names, or all-linear; the other "
+        "weights take plain AdamW."))
+
+
+class LisaCfg(Section):
+    """LISA (Pan et al. 2024): full-parameter training of a few decoder layers at a time, sampled anew every
+    interval; embeddings and the LM head always train."""
+
+    layers: int = Field(2, ge=1, description="Decoder layers that train at a time.")
+    interval: int = Field(20, ge=1, description="Optimizer steps between samplings of the layers.")
+
+
+class FreezeCfg(Section):
+    """Freeze tuning: full-weight training of the last N decoder layers (and any named modules); the rest frozen."""
+
+    trainable_layers: int = Field(2, ge=0, description="The last N decoder layers train.")
+    modules: list[str] = Field(default_factory=list, description=(
+        "More modules that train, by name pattern (e.g. lm_head, embed_tokens, norm)."))
+
+
+class PeftCfg(Section):
+    """Any other peft method by tuner name (adalora, vera, oft, boft, ia3, loha, lokr): its config's fields."""
+
+    args: dict = Field(default_factory=dict, description=(
+        "Fields of the peft config class (e.g. {r: 8} for vera; target_modules defaults to peft's per model type)."))
 
 
 class GenerationCfg(Section):

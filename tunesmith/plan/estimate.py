@@ -56,8 +56,14 @@ CPU_RUNTIME = int(0.6 * GIB)
 # output, its scaled copy) for the one it keeps; full fine-tuning leaves the fewest holes. Measured on 21 runs
 # (identical runs differ by up to +-5 %: the heap's layout follows Python's allocation order): LoRA 0.48-0.78, QLoRA
 # 0.31-0.49, DoRA 0.22-0.39, full 0.15-0.25; each planned near its top, so that the plan errs on the side of caution.
-CPU_HEAP_SLACK = {"lora": 0.7, "qlora": 0.55, "dora": 0.4, "full": 0.25, "galore": 0.25}
+CPU_HEAP_SLACK = {"lora": 0.7, "qlora": 0.55, "dora": 0.4, "full": 0.25, "galore": 0.25, "lisa": 0.25, "freeze": 0.25}
 ADAPTER_METHODS = ("lora", "qlora", "dora")
+# peft's other adapters are planned as a LoRA of the same rank (train/tuners.py): their trainable weights are as many
+# or fewer (VeRA and IA3 far fewer), their activations those of an adapter on the same inputs.
+PLANNED_AS_LORA = ("adalora", "vera", "oft", "boft", "ia3", "loha", "lokr")
+# Whole-model tuners that train a part of the layers: LISA (`trained_layers` sampled layers plus embeddings, final norm
+# and LM head; the others hold no gradients or Adam states) and freeze (the last `trained_layers` layers only).
+PARTIAL_METHODS = ("lisa", "freeze")
 # What each linear of a layer reads: adapters on the same input share one saved tensor when nothing copies it.
 ADAPTER_INPUTS = {"q_proj": "attention input", "k_proj": "attention input", "v_proj": "attention input",
                   "qkv_proj": "attention input", "o_proj": "attention output", "gate_proj": "mlp input",
@@ -66,7 +72,8 @@ ADAPTER_INPUTS = {"q_proj": "attention input", "k_proj": "attention input", "v_p
 
 @dataclass(frozen=True)
 class Setup:
-    method: str = "lora"              # full | lora | qlora | dora | galore
+    method: str = "lora"              # full | lora | qlora | dora | galore | lisa | freeze
+    trained_layers: int = 2           # lisa, freeze: decoder layers that train at a time
     dtype: str = "bfloat16"
     optimizer: str = "adamw"          # adamw | adamw_8bit | paged_adamw_8bit | sgd
     lora_rank: int = 16               # also GaLore's projection rank
@@ -128,6 +135,12 @@ def fp32_upcast(s: Setup) -> bool:
 def trainable_params(shape: ModelShape, s: Setup) -> int:
     if s.method in ADAPTER_METHODS:
         return shape.lora_params(s.lora_rank, s.lora_targets, dora=s.method == "dora")
+    layer = shape.layer_linear_params() + shape.layer_norm_params()
+    k = min(s.trained_layers, shape.layers)
+    if s.method == "lisa":
+        return shape.params() - (shape.layers - k) * layer
+    if s.method == "freeze":
+        return k * layer
     return shape.params()
 
 
@@ -157,7 +170,7 @@ def optimizer_bytes(shape: ModelShape, s: Setup) -> float:
         proj = sum(2 * r * max(m, n) * a + 4 * r * min(m, n) for m, n in shape.linear_modules().values())
         rest = shape.params() - shape.layers * shape.layer_linear_params()
         return shape.layers * proj + rest * _state_bytes(s, a)
-    return shape.params() * _state_bytes(s, a)
+    return trainable_params(shape, s) * _state_bytes(s, a)
 
 
 # -----------------------------------------------------------------------------
@@ -252,7 +265,7 @@ def loss_bytes(shape: ModelShape, s: Setup) -> float:
         # tiles at once (scaled logits, logits, log-probs, probs, gradient, one-hot target, its difference to the
         # probs) and a bool one: 2.3 GiB for the demo's 4 x 640 tokens, the largest single term of that run.
         tile += rows * min(v, TRL_TILE[1]) * (7 * 4 + 1)
-    head_grad = (4 + a) * v * h if s.method in ("full", "galore") else 0
+    head_grad = (4 + a) * v * h if s.method in ("full", "galore", "lisa") else 0
     return tile + n * h * (2 * a + 4) + head_grad
 
 
@@ -328,6 +341,11 @@ def activation_phases(shape: ModelShape, s: Setup) -> dict[str, float]:
 
 
 def estimate_training(shape: ModelShape, s: Setup) -> Estimate:
+    if s.method in PLANNED_AS_LORA:
+        est = estimate_training(shape, replace(s, method="lora"))
+        est.notes.append(f"{s.method}: planned as a LoRA of rank {s.lora_rank} on the same modules (an upper bound "
+                         "for its adapter weights and states)")
+        return est
     a, world = DTYPE_BYTES[s.dtype], max(1, s.world_size)
     trainable = trainable_params(shape, s)
     weights, opt = weight_bytes(shape, s), optimizer_bytes(shape, s)
@@ -358,7 +376,7 @@ def estimate_training(shape: ModelShape, s: Setup) -> Estimate:
     moments = activation_phases(shape, s)
     # Before the last micro-batch of an accumulation, every gradient is already alive during backward; otherwise only
     # the ones produced so far (the head's first), which we count as the head's gradient for full training.
-    head = shape.vocab * shape.hidden * grad_bytes if s.method in ("full", "galore") else 0
+    head = shape.vocab * shape.hidden * grad_bytes if s.method in ("full", "galore", "lisa") else 0
     grads_in_backward = grads if s.grad_accum > 1 else min(grads, head)
     grads_at = {"forward": grads if s.grad_accum > 1 else 0.0, "loss": grads_in_backward, "backward": grads_in_backward}
     static = weights + opt

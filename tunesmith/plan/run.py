@@ -17,7 +17,7 @@ from tunesmith.plan.model_shape import ModelShape, load_shape
 from tunesmith.plan.recommend import FIT, recommend
 from tunesmith.plan.report import estimate_dict, print_plan, settings_dict
 
-SFT_METHODS = ("full", "lora", "qlora", "dora")  # the ones `tunesmith sft` runs today
+SFT_METHODS = ("full", "lora", "qlora", "dora", "galore", "lisa", "freeze")  # with a command line of their own
 
 
 def plan(cfg: PlanConfig, hardware: Hardware | None = None) -> dict[str, Any]:
@@ -41,7 +41,7 @@ def plan(cfg: PlanConfig, hardware: Hardware | None = None) -> dict[str, Any]:
     base = Setup(dtype=dtype, optimizer=cfg.optimizer, lora_rank=cfg.lora_rank, lora_targets=targets,
                  seq=-(-cfg.max_length // cfg.sequence_parallel), micro_batch=cfg.batch_size, grad_accum=cfg.grad_accum,
                  attn=cfg.attn, packing=cfg.packing, zero_stage=cfg.zero_stage, fsdp=bool(cfg.fsdp), world_size=shards,
-                 offload=cfg.offload,
+                 offload=cfg.offload, trained_layers=cfg.trained_layers,
                  device=device)
     result: dict[str, Any] = {
         "model": {"name": cfg.model, "model_type": shape.model_type, "params": shape.params(), "layers": shape.layers,
@@ -99,8 +99,20 @@ def _training(cfg: PlanConfig, shape: ModelShape, base: Setup, memory: float, hw
         result["command"] = (f"tunesmith sft --model {cfg.model} --tuner {s.method} --max-length {cfg.max_length} "
                              f"--batch-size {s.micro_batch} --grad-accum {choice.grad_accum}"
                              + (" --gradient-checkpointing" if s.checkpointing else "")
-                             + (f" --lora.rank {s.lora_rank}" if s.method != "full" else "")
+                             + _method_flags(s)
                              + (" --packing" if s.packing else "") + _layout_flags(cfg, s) + " --dataset DATA")
+
+
+def _method_flags(s: Setup) -> str:
+    if s.method in ("lora", "qlora", "dora"):
+        return f" --lora.rank {s.lora_rank}"
+    if s.method == "galore":
+        return f" --galore.rank {s.lora_rank}"
+    if s.method == "lisa":
+        return f" --lisa.layers {s.trained_layers}"
+    if s.method == "freeze":
+        return f" --freeze.trainable-layers {s.trained_layers}"
+    return ""
 
 
 def _layout_flags(cfg: PlanConfig, s: Setup) -> str:

@@ -54,7 +54,9 @@ def training_setup(cfg: Any, device: str, dtype: str, varlen: bool, liger: bool 
     (no mask); `liger`: liger's layers replace the model's own (they keep less for backward)."""
     targets = cfg.lora.targets if isinstance(cfg.lora.targets, str) else tuple(cfg.lora.targets)
     packing = bool(getattr(cfg, "packing", False))
-    return Setup(method=cfg.tuner, dtype=dtype, lora_rank=cfg.lora.rank,
+    rank = cfg.galore.rank if cfg.tuner == "galore" else cfg.lora.rank  # GaLore's projection rank
+    trained_layers = cfg.lisa.layers if cfg.tuner == "lisa" else cfg.freeze.trainable_layers
+    return Setup(method=cfg.tuner, dtype=dtype, lora_rank=rank, trained_layers=trained_layers,
                  lora_targets=targets, lora_dropout=cfg.lora.dropout, seq=cfg.max_length, micro_batch=cfg.batch_size,
                  grad_accum=cfg.grad_accum, checkpointing=bool(cfg.gradient_checkpointing), packing=packing,
                  attn="flash" if packing and varlen else "sdpa", device=device, kernels="liger" if liger else "none")

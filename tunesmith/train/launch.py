@@ -240,7 +240,7 @@ def engine_args(cfg: Any) -> dict[str, Any]:
     asked, and accelerate's ParallelismConfig for sequence parallelism."""
     world = world_size()
     args: dict[str, Any] = {}
-    if world > 1 and cfg.tuner != "full":
+    if world > 1 and cfg.trains_adapter:
         args["ddp_find_unused_parameters"] = False  # adapters: every trainable weight takes part in each step
     if cfg.deepspeed:
         args["deepspeed"] = deepspeed_config(cfg.deepspeed)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from tunesmith.config.commands import LORA_TUNERS
 from tunesmith.errors import ConfigError, DataError, HardwareError
 from tunesmith.models import load as models
 from tunesmith.plan import hardware
@@ -203,11 +204,11 @@ def _alignment(cfg: Any) -> Alignment:
     method = cfg.command if cfg.command != "rlhf" else cfg.method
     if method == "grpo":
         kl = cfg.grpo.kl_coef if cfg.grpo.kl_coef is not None else 0.04 if cfg.grpo.variant == "grpo" else 0.0
-        return Alignment(method, reference_copy=cfg.tuner == "full" and kl > 0, rollout_sequences=cfg.batch_size,
+        return Alignment(method, reference_copy=not cfg.trains_adapter and kl > 0, rollout_sequences=cfg.batch_size,
                          rollout_length=cfg.max_length)
     if method == "ppo":
         return Alignment(method, rollout_sequences=cfg.batch_size, rollout_length=cfg.max_length)
-    return Alignment(method, reference_copy=method in ("dpo", "kto") and cfg.tuner == "full")
+    return Alignment(method, reference_copy=method in ("dpo", "kto") and not cfg.trains_adapter)
 
 
 def _shape(model: Any) -> ModelShape | None:
@@ -263,7 +264,7 @@ def _recorded_config(folder: Path) -> dict:
 
 def _print(cfg: Any, plan: Preflight, rows: int) -> None:
     what = cfg.method if cfg.command == "rlhf" else cfg.command
-    adapter = f" rank {cfg.lora.rank}" if cfg.tuner != "full" else ""
+    adapter = f" rank {cfg.lora.rank}" if cfg.tuner in LORA_TUNERS else ""
     replicas = plan.processes // cfg.sequence_parallel  # ranks that share one sequence count once
     effective = cfg.batch_size * cfg.grad_accum * replicas
     log.info("run: %s, tuner %s%s, %d rows; effective batch %d = %d per step x %d accumulation x %d data-parallel "
@@ -281,11 +282,13 @@ def trainable_report(cfg: Any, model: Any) -> dict[str, int]:
     """Trainable and frozen parameter counts, printed and returned for config.yaml. An adapter run in which a base
     weight would train is refused: it would silently become a (partial) full fine-tune."""
     trainable, frozen, strays = 0, 0, []
+    prefix = getattr(getattr(model, "base_model", None), "prefix", "lora_")  # peft's: lora_, vera_lambda_, oft_...
+    adapter_params = (prefix, *ADAPTER_PARAMS)
     for name, param in model.named_parameters():
         count = param.numel() * (2 if type(param).__name__ == "Params4bit" else 1)  # two 4-bit weights per byte
         if param.requires_grad:
             trainable += count
-            if cfg.tuner != "full" and not any(key in name for key in ADAPTER_PARAMS):
+            if cfg.trains_adapter and not any(key in name for key in adapter_params):
                 strays.append(name)
         else:
             frozen += count

@@ -30,6 +30,7 @@ import yaml
 from tunesmith.errors import ConfigError
 from tunesmith.train.callbacks import MANIFEST, is_complete
 from tunesmith.train.launch import LAUNCHED, is_main, rank, world_size
+from tunesmith.train.tuners import save_adapter_for_base
 from tunesmith.versions import installed_versions
 
 log = logging.getLogger("tunesmith")
@@ -75,6 +76,7 @@ class Run:
         trainer.save_model(str(staging))
         _barrier()
         if is_main():
+            save_adapter_for_base(trainer.model, staging, self.dir)  # PiSSA/OLoRA: an adapter for the untouched base
             template.save(staging)
             shutil.copy(self.dir / "config.yaml", staging / "config.yaml")
             if final.exists():

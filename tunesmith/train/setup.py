@@ -7,31 +7,28 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.models import load as models
+from tunesmith.train import tuners
 from tunesmith.train.launch import engine_args, rank, world_size
 from tunesmith.train.speed import speed_args
 
 
 def load_trainable(cfg: Any, folder: Path) -> tuple[Any, str, Any]:
-    """(model with adapters attached or full weights trainable, device, dtype)."""
+    """(model made trainable by its tuner: adapters attached, or the weights that train left trainable, device,
+    dtype)."""
     device = models.pick_device(cfg.device)  # as preflight picked them (the same pure choice)
     dtype = models.pick_dtype(cfg.dtype, device)
     model = models.load_model(folder, dtype=dtype, device=device, quantize_4bit=cfg.tuner == "qlora")
-    if cfg.tuner == "full":
-        return model, device, dtype
     import torch
-    from peft import get_peft_model, prepare_model_for_kbit_training
 
     if cfg.tuner == "qlora" and dtype != torch.bfloat16:
+        from peft import prepare_model_for_kbit_training
+
         # peft's preparation upcasts every weight that is not 4-bit (norms, embeddings, LM head) to fp32, which fp16
         # needs against overflow. bf16 skips it: the hidden states stay bf16 as with LoRA (half the activation memory,
         # no fp32 elementwise kernels), the matmuls ran in bf16 under autocast either way, and get_peft_model freezes
         # the base while the trainer lets checkpointing reach the adapters.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(cfg.gradient_checkpointing))
-    if cfg.adapters:
-        model = models.attach_adapters(model, cfg.adapters, trainable=True)
-    else:
-        model = get_peft_model(model, models.lora_config(cfg.lora, cfg.tuner, model))
-    return model, device, dtype
+    return tuners.make_trainable(cfg, model), device, dtype
 
 
 def common_args(cfg: Any, run_dir: Path, device: str, dtype: Any, has_eval: bool) -> dict[str, Any]:
@@ -71,6 +68,8 @@ def common_args(cfg: Any, run_dir: Path, device: str, dtype: Any, has_eval: bool
         include_num_input_tokens_seen="non_padding",
         disable_tqdm=True,  # our ProgressBar shows one bar plus one line per log
         **engine_args(cfg),  # several processes: DDP, or FSDP2 / DeepSpeed / sequence parallel when asked
+        **tuners.optimizer_args(cfg),  # GaLore's optimizer
+        neftune_noise_alpha=getattr(cfg, "neftune_alpha", None),
     )
 
 
@@ -102,7 +101,8 @@ def run_trainer(cfg: Any, run_dir: Path, model: Any, tokenizer: Any, train_ds: A
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=tokenizer,
-        callbacks=[*ours, *(callbacks or [])],
+        callbacks=[*ours, *tuners.tuner_callbacks(cfg), *(callbacks or [])],
+        optimizers=(tuners.build_optimizer(cfg, model, device), None),  # (None, None): the Trainer's AdamW
     )
     # With its tqdm off, the Trainer prints every log dict; MetricsLog prints one line per log instead.
     trainer.remove_callback(PrinterCallback)

@@ -35,6 +35,7 @@ from typing import Any
 from tunesmith.errors import HardwareError
 from tunesmith.infer import attention
 from tunesmith.models.patches.peft_lora import keep_adapter_inputs_in_compute_dtype, use_fused_forward
+from tunesmith.train import tuners
 from tunesmith.train.launch import deepspeed_stage
 
 log = logging.getLogger("tunesmith")
@@ -72,7 +73,7 @@ def prepare_model(cfg: Any, model: Any, device: str, dtype: Any) -> dict[str, st
     zero3 = getattr(cfg, "deepspeed", None) and deepspeed_stage(cfg.deepspeed) == 3
     if device == "cuda" and not zero3 and use_fused_forward(model):
         chosen["lora_forward"] = "fused (addmm into the base output)"
-    chosen["optim"] = speed_args(cfg, device).get("optim", "transformers default")
+    chosen["optim"] = {**speed_args(cfg, device), **tuners.optimizer_args(cfg)}.get("optim", "transformers default")
     return chosen
 
 
@@ -114,7 +115,7 @@ def _apply_kernels(kernels: str, model: Any, device: str) -> str:
 def speed_args(cfg: Any, device: str) -> dict[str, Any]:
     """The TrainingArguments the fast path sets: optimizer and activation checkpointing."""
     args: dict[str, Any] = {}
-    if device == "cuda":
+    if device == "cuda" and getattr(cfg, "tuner", None) != "galore":  # GaLore's optimizer: train/tuners.py
         args["optim"] = "adamw_torch_fused"
     checkpointing = bool(cfg.gradient_checkpointing)
     args["activation_checkpointing"] = checkpointing
