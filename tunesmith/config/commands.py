@@ -74,6 +74,7 @@ class TrainConfig(Section):
     resume: bool | str = Field(False, description="true = continue from the last complete checkpoint; or a checkpoint path.")
     overwrite: bool = Field(False, description="Start over in an output_dir that already holds a run.")
     skip_bad_rows: bool = Field(False, description="Skip rows that fail the data check (counted) instead of stopping.")
+    encoding: str = Field("utf-8", description="Text encoding of CSV/JSON/JSONL dataset files, e.g. gbk, utf-16 (a utf-8 BOM is read).")
     system: str | None = Field(None, description="System prompt added to conversations that have none.")
     chat_template_kwargs: dict = Field(default_factory=dict, description=(
         "Extra variables for the chat template, e.g. {enable_thinking: false} for Qwen3; saved with the template in "
@@ -184,6 +185,7 @@ class InferConfig(Section):
     generation: GenerationCfg = Field(default_factory=GenerationCfg, description="Generation settings.")
     system: str | None = Field(None, description="System prompt (default: the one the model was trained with).")
     skip_bad_rows: bool = Field(False, description="Skip rows that fail the data check instead of stopping.")
+    encoding: str = Field("utf-8", description="Text encoding of CSV/JSON/JSONL dataset files, e.g. gbk, utf-16 (a utf-8 BOM is read).")
     dtype: Dtype = Field("auto", description="auto = bfloat16 on GPUs that support it, else float32.")
     device: Device = Field("auto", description="auto = cuda, then mps, then cpu.")
     command: ClassVar[str] = "infer"
@@ -249,6 +251,7 @@ class DataCheckConfig(Section):
     kind: Literal["sft", "pt", "prompts", "preference", "kto"] = Field(
         "sft", description="What the data is for: sft, pt (raw text), prompts (for infer), preference (for rlhf), "
                            "kto (prompt/completion/label rows, or pairs).")
+    encoding: str = Field("utf-8", description="Text encoding of CSV/JSON/JSONL dataset files, e.g. gbk, utf-16 (a utf-8 BOM is read).")
     command: ClassVar[str] = "data"
     positional: ClassVar[tuple[str, ...]] = ("action", "dataset")
 

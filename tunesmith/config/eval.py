@@ -50,6 +50,7 @@ class EvalConfig(Section):
     overwrite: bool = Field(False, description="Write over the results already in output_dir.")
     skip_bad_rows: bool = Field(False, description=(
         "Skip rows that fail the data check (counted) instead of stopping."))
+    encoding: str = Field("utf-8", description="Text encoding of CSV/JSON/JSONL dataset files, e.g. gbk, utf-16 (a utf-8 BOM is read).")
     dtype: Dtype = Field("auto", description="auto = bfloat16 on GPUs that support it, else float32.")
     device: Device = Field("auto", description="auto = cuda, then mps, then cpu.")
     command: ClassVar[str] = "eval"

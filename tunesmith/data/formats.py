@@ -101,7 +101,7 @@ def _from_messages(data: dict, bad: _Reporter) -> list[dict] | None:
         if not isinstance(m, dict):
             return bad(f"messages[{i}]", f"expected an object with role and content, got {type(m).__name__}")
         role = m.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             return bad(f"messages[{i}].role", f"unknown role {role!r}; expected one of {', '.join(sorted(ROLES))}")
         content = _content(m.get("content") if m.get("content") is not None else "")
         if content is None:
@@ -129,7 +129,7 @@ def _from_sharegpt(data: dict, bad: _Reporter) -> list[dict] | None:
         if not isinstance(turn, dict):
             return bad(f"conversations[{i}]", f"expected an object with from and value, got {type(turn).__name__}")
         who = turn.get("from", turn.get("role"))
-        if who not in SHAREGPT_ROLES:
+        if not isinstance(who, str) or who not in SHAREGPT_ROLES:
             return bad(f"conversations[{i}].from", f"unknown role {who!r}; expected one of {', '.join(sorted(SHAREGPT_ROLES))}")
         value = _content(turn.get("value", turn.get("content")))
         if value is None:
@@ -140,7 +140,7 @@ def _from_sharegpt(data: dict, bad: _Reporter) -> list[dict] | None:
 
 def _from_alpaca(data: dict, bad: _Reporter) -> list[dict] | None:
     for key in ("instruction", "input", "output", "system"):
-        if data.get(key) is not None and not isinstance(data[key], str):
+        if (key in ("instruction", "output") or data.get(key) is not None) and not isinstance(data.get(key), str):
             return bad(key, f"expected a string, got {type(data[key]).__name__}")
     out = []
     if data.get("system"):

@@ -3,6 +3,9 @@
     data = load_rows(["data/prd.jsonl", "self-cognition#20"], kind="sft", seed=42)
     data.rows       # Conversation or Text rows that passed every check
     data.problems   # every bad row, as `file:line: field: problem`
+
+Files are streamed row by row; with max_chars (data/limits.py) a row too long for any tokenization into max_length
+tokens is a problem before a tokenizer ever sees it, so a 50 MB line costs a second, not minutes and gigabytes.
 """
 
 from __future__ import annotations
@@ -10,8 +13,10 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 from tunesmith.data import formats, readers
+from tunesmith.data.limits import texts, visible_chars
 from tunesmith.data.preference import normalise_kto, normalise_preference
 from tunesmith.data.registry import REGISTRY
 from tunesmith.data.rows import Conversation, Preference, Problem, RawRow, Text, UnpairedPreference
@@ -41,13 +46,17 @@ def describe_problems(problems: list[Problem]) -> str:
     return f"{len(problems)} bad row(s):\n{shown}{more}"
 
 
-def load_rows(specs: list[str], kind: str, seed: int = 42, substitutions: dict[str, str] | None = None) -> LoadedData:
+def load_rows(specs: list[str], kind: str, seed: int = 42, substitutions: dict[str, str] | None = None,
+              max_chars: int | None = None, encoding: str = "utf-8") -> LoadedData:
+    """max_chars: a row with a text longer than this is a problem, found before tokenizing; pass
+    `limits.max_chars(tokenizer, max_length)`. encoding: of the user's CSV/JSON/JSONL files (shipped data is utf-8)."""
+    codec = readers.codec(encoding)
     out = LoadedData()
     for spec in specs:
         name, count = _split_count(spec)
-        raw = _read_spec(name, out.problems)
+        raw = _read_spec(name, out.problems, codec)
         if count is not None:
-            raw = _sample(raw, count, seed)
+            raw = _sample(list(raw), count, seed)
         for row in raw:
             if substitutions:
                 row = RawRow(row.source, row.line, _substitute(row.data, substitutions))
@@ -57,6 +66,8 @@ def load_rows(specs: list[str], kind: str, seed: int = 42, substitutions: dict[s
                 item = normalise_kto(row, out.problems)
             else:
                 item = formats.normalise(row, kind, out.problems)
+            if item is not None and max_chars is not None:
+                item = _within(item, max_chars, out.problems)
             if item is not None:
                 out.rows.append(item)
                 out.formats[item.format] = out.formats.get(item.format, 0) + 1
@@ -64,6 +75,17 @@ def load_rows(specs: list[str], kind: str, seed: int = 42, substitutions: dict[s
     if not out.rows and not out.problems:
         raise DataError(f"{', '.join(specs)}: no rows found")
     return out
+
+
+def _within(item, max_chars: int, problems: list[Problem]):
+    """The item, or None with a problem when one of its texts cannot fit (limits.py says why the bound is safe)."""
+    for where, text in texts(item):
+        if len(text) > max_chars and (chars := visible_chars(text)) > max_chars:
+            problems.append(Problem(item.source, item.line, where, f"{chars:,} characters besides whitespace, more "
+                                    f"than max_length tokens can hold (at most {max_chars:,} with this tokenizer); "
+                                    "shorten the row or raise max_length"))
+            return None
+    return item
 
 
 def _position(p: Problem) -> tuple[str, int]:
@@ -78,10 +100,10 @@ def _split_count(spec: str) -> tuple[str, int | None]:
     return spec, None
 
 
-def _read_spec(name: str, problems: list[Problem]) -> list[RawRow]:
+def _read_spec(name: str, problems: list[Problem], codec: str) -> Iterable[RawRow]:
     path = Path(name).expanduser()
     if path.exists():
-        return readers.read_path(path, problems)
+        return readers.read_path(path, problems, codec)
     if name in REGISTRY:
         entry = REGISTRY[name]
         if entry.path is not None:

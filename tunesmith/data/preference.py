@@ -108,7 +108,7 @@ def _prompt(data: dict, bad: _Reporter) -> list[dict] | None:
         for i, t in enumerate(turns):
             who = t.get("from", t.get("role")) if isinstance(t, dict) else None
             text = _content(t.get("value", t.get("content"))) if isinstance(t, dict) else None
-            if who not in SHAREGPT_ROLES or text is None:
+            if not isinstance(who, str) or who not in SHAREGPT_ROLES or text is None:
                 return bad(f"conversations[{i}]", "expected {from, value} with a known role and string value")
             out.append({"role": SHAREGPT_ROLES[who], "content": text})
         return system + out

@@ -1,78 +1,173 @@
 """Read JSONL/JSON/CSV/Parquet files, folders and hub datasets into RawRows that remember their file and line.
 
-A line that is not valid JSON does not stop reading: it becomes a Problem, so one run reports every bad row.
+Files are streamed (JSONL line by line, CSV record by record, Parquet in batches), so memory follows the rows
+kept, not the file's size; a .json file is one document and is read whole. A row that is not valid JSON, or a CSV
+record with the wrong number of fields, does not stop reading: it becomes a Problem, so one run reports every bad
+row. A file that cannot be read at all (another encoding, binary, a truncated Parquet) stops with a DataError that
+names the file and, where there is one, the line and byte.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 from pathlib import Path
 from typing import Iterator
 
 from tunesmith.data.rows import Problem, RawRow
-from tunesmith.errors import DataError
+from tunesmith.errors import ConfigError, DataError
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
 
-def read_path(path: Path, problems: list[Problem]) -> list[RawRow]:
+def codec(encoding: str) -> str:
+    """The codec to decode text files with. utf-8 also reads a leading byte-order mark (Excel and Notepad write
+    one), which json would otherwise refuse."""
+    try:
+        name = codecs.lookup(encoding).name
+    except LookupError:
+        raise ConfigError(f"encoding: unknown encoding {encoding!r}; e.g. utf-8, gbk, utf-16, latin-1") from None
+    return "utf-8-sig" if name == "utf-8" else name
+
+
+def read_path(path: Path, problems: list[Problem], encoding: str = "utf-8-sig") -> Iterator[RawRow]:
+    """The rows of a file, or of every data file in a folder (hidden files and folders left out), in order."""
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix in SUFFIXES and not p.name.startswith("."))
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in SUFFIXES and p.is_file()
+                       and not any(part.startswith(".") for part in p.relative_to(path).parts))
         if not files:
             raise DataError(f"{path}: folder has no {'/'.join(SUFFIXES)} files")
-        return [row for f in files for row in read_path(f, problems)]
+        for f in files:
+            yield from read_path(f, problems, encoding)
+        return
     suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        return list(_read_jsonl(path, problems))
-    if suffix == ".json":
-        return _read_json(path, problems)
-    if suffix == ".csv":
-        return _read_csv(path)
-    if suffix == ".parquet":
-        return _read_parquet(path)
-    raise DataError(f"{path}: unsupported file type {suffix or '(none)'}; use {', '.join(SUFFIXES)}")
+    read = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}.get(suffix)
+    if read is None:
+        raise DataError(f"{path}: unsupported file type {suffix or '(none)'}; use {', '.join(SUFFIXES)}")
+    try:
+        yield from read(path, problems, encoding)
+    except UnicodeDecodeError:
+        raise _decode_error(path, encoding) from None
+    except OSError as err:  # unreadable: permissions, a device, a file that vanished
+        raise DataError(f"{path}: cannot read ({err.strerror or err})") from None
 
 
-def _read_jsonl(path: Path, problems: list[Problem]) -> Iterator[RawRow]:
-    with path.open(encoding="utf-8") as f:
+def _read_jsonl(path: Path, problems: list[Problem], encoding: str) -> Iterator[RawRow]:
+    with path.open(encoding=encoding) as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
-            try:
-                yield RawRow(str(path), number, json.loads(line))
-            except json.JSONDecodeError as err:
-                problems.append(Problem(str(path), number, "json", f"not valid JSON ({err.msg} at column {err.colno})"))
+            data = _parse_json(line, str(path), number, problems)
+            if data is not _INVALID:
+                yield RawRow(str(path), number, data)
 
 
-def _read_json(path: Path, problems: list[Problem]) -> list[RawRow]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        problems.append(Problem(str(path), err.lineno, "json", f"not valid JSON ({err.msg} at column {err.colno})"))
-        return []
+def _read_json(path: Path, problems: list[Problem], encoding: str) -> Iterator[RawRow]:
+    data = _parse_json(path.read_text(encoding=encoding), str(path), None, problems)
+    if data is _INVALID:
+        return
     if isinstance(data, dict):  # {"data": [...]} or {"train": [...]}: take the single list inside
         lists = [v for v in data.values() if isinstance(v, list)]
         if len(lists) != 1:
             raise DataError(f"{path}: expected a JSON list of rows (or an object holding one list)")
         data = lists[0]
     if not isinstance(data, list):
-        raise DataError(f"{path}: expected a JSON list of rows")
-    return [RawRow(str(path), f"row {i}", item) for i, item in enumerate(data)]
+        raise DataError(f"{path}: expected a JSON list of rows, got {type(data).__name__}")
+    for i, item in enumerate(data):
+        yield RawRow(str(path), f"row {i}", item)
 
 
-def _read_csv(path: Path) -> list[RawRow]:
-    with path.open(encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        # Line numbers count the header, so they match what an editor shows.
-        return [RawRow(str(path), reader.line_num, dict(row)) for row in reader]
+_INVALID = object()
 
 
-def _read_parquet(path: Path) -> list[RawRow]:
+def _parse_json(text: str, source: str, line: int | None, problems: list[Problem]):
+    """The parsed value, or _INVALID with a problem at `line` (or at the error's own line in a whole document)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        problem = f"not valid JSON ({err.msg} at column {err.colno})"
+        line = line or err.lineno
+    except RecursionError:
+        problem = "not readable JSON (nested too deeply)"
+    except ValueError as err:  # an integer over Python's 4,300-digit limit (the message's tail is advice for coders)
+        problem = f"not readable JSON ({str(err).partition(':')[0]})"
+    problems.append(Problem(source, line or 1, "json", problem))
+    return _INVALID
+
+
+def _read_csv(path: Path, problems: list[Problem], encoding: str) -> Iterator[RawRow]:
+    # csv refuses fields over 128 KiB by default; a long answer is a valid row (load_rows' max_chars judges length).
+    csv.field_size_limit(2**31 - 1)
+    with path.open(encoding=encoding, newline="") as f:
+        reader = csv.reader(f)
+        try:
+            header = next(reader, None)
+            for record in reader:
+                if not record:  # a blank line, as csv.DictReader skips it
+                    continue
+                # Line numbers count the header, so they match what an editor shows.
+                if len(record) != len(header):
+                    problems.append(Problem(str(path), reader.line_num, "row", f"{len(record)} field(s), but the "
+                                            f"header has {len(header)}; quote fields that hold a comma or a line break"))
+                    continue
+                yield RawRow(str(path), reader.line_num, dict(zip(header, record)))
+        except csv.Error as err:
+            raise DataError(f"{path}:{reader.line_num}: not valid CSV ({err})") from None
+
+
+def _read_parquet(path: Path, problems: list[Problem], encoding: str) -> Iterator[RawRow]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path)
-    return [RawRow(str(path), f"row {i}", row) for i, row in enumerate(table.to_pylist())]
+    index = 0
+    try:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+            for row in batch.to_pylist():
+                yield RawRow(str(path), f"row {index}", row)
+                index += 1
+    except pa.ArrowException as err:
+        raise DataError(f"{path}: not a readable Parquet file ({err}); is it complete?") from None
+
+
+def _decode_error(path: Path, encoding: str) -> DataError:
+    line, offset = _first_undecodable(path, encoding)
+    with path.open("rb") as f:
+        head = f.read(4096)
+        f.seek(offset)
+        bad = f.read(1)
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        hint = "it starts with a UTF-16 byte-order mark: pass --encoding utf-16"
+    elif b"\x00" in head:
+        hint = f"it holds NUL bytes: is it UTF-16 text (pass --encoding utf-16) or not {path.suffix} text at all?"
+    else:
+        hint = "pass --encoding with the file's encoding (e.g. gbk, big5, shift_jis, latin-1)"
+    name = "utf-8" if encoding == "utf-8-sig" else encoding
+    return DataError(f"{path}:{line}: not {name} text (byte {offset}: 0x{bad.hex() or '??'}); {hint}")
+
+
+def _first_undecodable(path: Path, encoding: str) -> tuple[int, int]:
+    """(line, byte offset) of the first bytes `encoding` cannot decode. The file is read again in 64 KiB chunks
+    and the failing chunk byte by byte, so a large file is never held whole."""
+    decoder = codecs.getincrementaldecoder(encoding)()
+    line, offset = 1, 0
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 16):
+            state = decoder.getstate()
+            try:
+                line += decoder.decode(chunk).count("\n")
+                offset += len(chunk)
+                continue
+            except UnicodeDecodeError:
+                decoder.setstate(state)
+            for i in range(len(chunk)):
+                pending = len(decoder.getstate()[0])  # bytes of a character begun earlier
+                try:
+                    line += decoder.decode(chunk[i:i + 1]).count("\n")
+                except UnicodeDecodeError as err:
+                    return line, offset + i - pending + err.start
+            offset += len(chunk)
+    return line, offset - len(decoder.getstate()[0])  # the file ends inside a character
 
 
 def read_hub(dataset_id: str, split: str = "train") -> list[RawRow]:

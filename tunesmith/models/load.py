@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import HardwareError, ModelNotFoundError
-from tunesmith.models.registry import MODELS
+from tunesmith.models.registry import MODELS, unknown_model
 
 
 def resolve(model: str) -> Path:
@@ -24,8 +24,7 @@ def resolve(model: str) -> Path:
             return prepared_folder(model)
         model = entry.hub_id
     if model.startswith((".", "/", "~")) or model.count("/") != 1:
-        known = ", ".join(MODELS)
-        raise ModelNotFoundError(f"model {model!r}: no such folder, registry name or hub id (org/name). Registry: {known}")
+        raise ModelNotFoundError(unknown_model(model))
     from tunesmith.hub import download
 
     return Path(download(model, kind="model"))

@@ -31,6 +31,12 @@ MODELS = {
     ]
 }
 
+
+def unknown_model(model: str) -> str:
+    """The one message for a name that is no folder, registry name or hub id: the registry listed once."""
+    return f"model {model!r}: no such folder, registry name or hub id (org/name). Registry: {', '.join(MODELS)}"
+
+
 # LoRA targets per model_type when a user asks for "attention" only; "all-linear" works for every family.
 ATTENTION_TARGETS = {
     "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],

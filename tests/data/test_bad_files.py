@@ -1,0 +1,177 @@
+"""Every reader fed a corrupt file stops with a DataError naming the file (and the line and byte where there is
+one), never a traceback; bad records inside a readable file are problems as `file:line: field: problem`."""
+
+import json
+import os
+
+import pytest
+
+from tunesmith.data.load import load_rows
+from tunesmith.errors import ConfigError, DataError, TunesmithError
+
+GOOD = [{"prompt": "你好，请介绍一下自己", "response": "我是一个助手"}, {"prompt": "q2", "response": "a2"}]
+
+
+def jsonl_text(rows):
+    return "\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n"
+
+
+def parquet_bytes(rows):
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), buffer)
+    return buffer.getvalue()
+
+
+def corrupt_files():
+    """name -> (the file's bytes, what the error says right after the path)"""
+    garbage = bytes(range(256)) * 8  # NUL, a newline at byte 10, then 0x80: no UTF-8 character starts with it
+    whole = parquet_bytes(GOOD * 50)
+    return {
+        "binary.jsonl": (garbage, ":2: not utf-8 text (byte 128: 0x80); it holds NUL bytes"),
+        "binary.csv": (garbage, ":2: not utf-8 text (byte 128: 0x80)"),
+        "binary.json": (garbage, ":2: not utf-8 text (byte 128: 0x80)"),
+        "binary.parquet": (garbage, ": not a readable Parquet file"),
+        "truncated.parquet": (whole[: len(whole) // 2], ": not a readable Parquet file"),
+        "empty.parquet": (b"", ": not a readable Parquet file"),
+        "gbk.csv": ("prompt,response\nq,a\n你好,我是\n".encode("gbk"), ":3: not utf-8 text (byte 20: 0xc4); pass --encoding"),
+        "gbk.jsonl": (jsonl_text(GOOD).encode("gbk"), ":1: not utf-8 text (byte 12: 0xc4); pass --encoding"),
+        "utf16.json": (json.dumps(GOOD).encode("utf-16"), ":1: not utf-8 text (byte 0: 0xff); it starts with a UTF-16 "
+                                                          "byte-order mark: pass --encoding utf-16"),
+        "cut.csv": ("prompt,response\nq,你".encode()[:-1], ":2: not utf-8 text (byte 18: 0xe4)"),
+        "number.json": (b"42", ": expected a JSON list of rows, got int"),
+        "string.json": (b'"rows"', ": expected a JSON list of rows, got str"),
+        "two_lists.json": (b'{"a": [], "b": []}', ": expected a JSON list of rows (or an object holding one list)"),
+        "notes.txt": (b"hello", ": unsupported file type .txt"),
+    }
+
+
+@pytest.fixture(scope="module")
+def corrupt(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("corrupt")
+    cases = corrupt_files()
+    for name, (content, _) in cases.items():
+        (folder / name).write_bytes(content)
+    return folder, cases
+
+
+@pytest.mark.parametrize("name", ["binary.jsonl", "binary.csv", "binary.json", "binary.parquet", "truncated.parquet",
+                                  "empty.parquet", "gbk.csv", "gbk.jsonl", "utf16.json", "cut.csv", "number.json",
+                                  "string.json", "two_lists.json", "notes.txt"])
+@pytest.mark.parametrize("kind", ["sft", "preference"])
+def test_a_corrupt_file_is_a_data_error_naming_it(corrupt, name, kind):
+    folder, cases = corrupt
+    with pytest.raises(DataError) as err:
+        load_rows([str(folder / name)], kind=kind)
+    assert str(err.value).startswith(f"{folder / name}{cases[name][1]}"), str(err.value)
+
+
+def test_a_folder_names_its_corrupt_file_and_skips_hidden_ones(tmp_path):
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    (data / ".ipynb_checkpoints").mkdir()
+    (data / "a.jsonl").write_text(jsonl_text(GOOD), encoding="utf-8")
+    (data / ".ipynb_checkpoints" / "a-checkpoint.jsonl").write_bytes(b"\xff\xfe junk")  # Jupyter's copies: not data
+    assert len(load_rows([str(data)], kind="sft").rows) == 2
+    (data / "sub" / "b.CSV").write_bytes("prompt,response\n你,好\n".encode("gbk"))
+    with pytest.raises(DataError, match=rf"^{data / 'sub' / 'b.CSV'}:2: not utf-8 text"):
+        load_rows([str(data)], kind="sft")
+
+
+def test_encoding_reads_gbk_utf16_and_a_utf8_bom_by_default(tmp_path):
+    (tmp_path / "gbk.csv").write_bytes("prompt,response\n你好,我是一个助手\n".encode("gbk"))
+    (tmp_path / "gbk.jsonl").write_bytes(jsonl_text(GOOD).encode("gbk"))
+    (tmp_path / "u16.json").write_bytes(json.dumps(GOOD, ensure_ascii=False).encode("utf-16"))
+    (tmp_path / "bom.jsonl").write_bytes(jsonl_text(GOOD).encode("utf-8-sig"))
+    (tmp_path / "bom.csv").write_bytes("prompt,response\nq,a\n".encode("utf-8-sig"))
+    assert load_rows([str(tmp_path / "gbk.csv")], kind="sft", encoding="gbk").rows[0].messages[0]["content"] == "你好"
+    assert len(load_rows([str(tmp_path / "gbk.jsonl")], kind="sft", encoding="GBK").rows) == 2
+    assert load_rows([str(tmp_path / "u16.json")], kind="sft", encoding="utf-16").rows[0].messages[0]["content"] == GOOD[0]["prompt"]
+    bom = load_rows([str(tmp_path / "bom.jsonl"), str(tmp_path / "bom.csv")], kind="sft")
+    assert not bom.problems and len(bom.rows) == 3
+    # shipped registry data stays utf-8 whatever --encoding says for the user's files
+    assert load_rows(["prd-assistant#3", str(tmp_path / "gbk.csv")], kind="sft", encoding="gbk").rows
+    with pytest.raises(ConfigError, match="encoding: unknown encoding 'klingon'"):
+        load_rows([str(tmp_path / "gbk.csv")], kind="sft", encoding="klingon")
+
+
+def test_bad_records_in_a_readable_file_are_problems_with_file_and_line(tmp_path):
+    csv_path = tmp_path / "ragged.csv"
+    csv_path.write_text('prompt,response\nq,a\nq,a,extra\nonly\n"never closed,x\ny,z\n', encoding="utf-8")
+    jsonl_path = tmp_path / "odd.jsonl"
+    jsonl_path.write_text("\n".join([json.dumps(GOOD[1]), "[" * 100_000, '{"prompt": 1' + "0" * 5000 + "}", "7",
+                                     "[1, 2]", "null", "{not json"]) + "\n", encoding="utf-8")
+    json_path = tmp_path / "numbers.json"
+    json_path.write_text("[1, null, {\"prompt\": \"q\", \"response\": \"a\"}]", encoding="utf-8")
+    data = load_rows([str(csv_path), str(jsonl_path), str(json_path)], kind="sft")
+    assert len(data.rows) == 3
+    assert [str(p) for p in data.problems] == [  # sorted by file, then line
+        f"{json_path}:row 0: row: expected a JSON object, got int",
+        f"{json_path}:row 1: row: expected a JSON object, got NoneType",
+        f"{jsonl_path}:2: json: not readable JSON (nested too deeply)",
+        f"{jsonl_path}:3: json: not readable JSON (Exceeds the limit (4300 digits) for integer string conversion)",
+        f"{jsonl_path}:4: row: expected a JSON object, got int",
+        f"{jsonl_path}:5: row: expected a JSON object, got list",
+        f"{jsonl_path}:6: row: expected a JSON object, got NoneType",
+        f"{jsonl_path}:7: json: not valid JSON (Expecting property name enclosed in double quotes at column 2)",
+        f"{csv_path}:3: row: 3 field(s), but the header has 2; quote fields that hold a comma or a line break",
+        f"{csv_path}:4: row: 1 field(s), but the header has 2; quote fields that hold a comma or a line break",
+        f"{csv_path}:6: row: 1 field(s), but the header has 2; quote fields that hold a comma or a line break",
+    ]
+
+
+def test_a_long_csv_field_is_a_row_not_an_error(tmp_path):
+    path = tmp_path / "long.csv"
+    path.write_text("prompt,response\nq," + "a" * 200_000 + "\n", encoding="utf-8")  # over csv's 128 KiB default
+    assert len(load_rows([str(path)], kind="sft").rows[0].messages[1]["content"]) == 200_000
+
+
+# Odd values under every key a reader may meet: each becomes a problem, never an exception.
+KEYS = ["messages", "conversations", "instruction", "input", "output", "system", "history", "prompt", "response",
+        "question", "answer", "completion", "text", "chosen", "rejected", "rejected_response", "label", "tools"]
+ODD = [None, 1, 1.5, True, "", [], {}, [None], [["q"]], [{"role": ["user"], "content": "x"}],
+       [{"from": {"h": 1}, "value": "x"}], [{"role": "user", "content": None}], [{"from": "human", "value": 3}],
+       [{"role": "user", "content": [{"type": "image"}]}], {"role": "assistant", "content": 3}]
+BASES = [{}, {"prompt": "q", "response": "a"}, {"instruction": "q", "output": "a"}, {"prompt": "q", "chosen": "a", "rejected": "b"},
+         {"prompt": "q", "completion": "a", "label": True}, {"conversations": [{"from": "human", "value": "q"}]},
+         {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}]
+
+
+@pytest.mark.parametrize("kind", ["sft", "pt", "prompts", "preference", "kto"])
+def test_odd_values_in_any_column_are_problems_never_exceptions(tmp_path, kind):
+    rows = [{**base, key: value} for base in BASES for key in KEYS for value in ODD]
+    path = tmp_path / "odd.jsonl"
+    path.write_text(jsonl_text(rows), encoding="utf-8")
+    try:
+        data = load_rows([str(path)], kind=kind, max_chars=1000)
+    except TunesmithError:
+        return
+    assert len(data.rows) + len(data.problems) == len(rows)
+
+
+def test_random_bytes_never_escape_as_an_exception(tmp_path):
+    import random
+
+    rng = random.Random(0)
+    for i in range(40):
+        suffix = [".jsonl", ".json", ".csv", ".parquet"][i % 4]
+        path = tmp_path / f"r{i}{suffix}"
+        path.write_bytes(bytes(rng.randrange(256) for _ in range(rng.randrange(1, 400))))
+        try:
+            load_rows([str(path)], kind="sft")
+        except TunesmithError as err:
+            assert str(err).startswith(str(path)) or "bad row" in str(err), str(err)
+
+
+def test_unreadable_file_is_named(tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root reads any file")
+    path = tmp_path / "locked.jsonl"
+    path.write_text(jsonl_text(GOOD))
+    path.chmod(0)
+    with pytest.raises(DataError, match=rf"^{path}: cannot read"):
+        load_rows([str(path)], kind="sft")
