@@ -245,6 +245,8 @@ def _normalise(cls: type[BaseModel], flat: dict[str, Any], source: str | None, l
 
 def _check_known(cls: type[BaseModel], parts: list[str], raw_key: str, source: str | None, lines: dict[str, int],
                  prefix: str = "") -> None:
+            if len(parts) > 1:  # --peft.args '{r: 4}': a mapping for a key inside the section
+                value = {".".join(parts[1:]): value}
     if len(parts) == 1 and _renamed(cls, parts[0]):
         return  # a key of an earlier release, or a shortcut: the config moves it when it validates
     model: type[BaseModel] | None = cls

@@ -1,0 +1,55 @@
+"""Each tuner beyond LoRA end to end: `tunesmith sft --tuner ...` through the console script, then its final/ answered
+by `tunesmith infer`'s batch path and by the server (in process) with the same text: adapters load on the untouched
+base, whole-model tuners as a model folder."""
+
+import json
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from conftest import assert_preflight_recorded, read_metrics, run_cli
+
+PROMPT = [{"role": "user", "content": "code for river"}]
+TUNERS = {
+    "galore": ["--tuner", "galore", "--galore.rank", "4", "--galore.update-interval", "2"],
+    "lisa": ["--tuner", "lisa", "--lisa.layers", "1", "--lisa.interval", "2"],
+    "freeze": ["--tuner", "freeze", "--freeze.trainable-layers", "1", "--freeze.modules", "lm_head"],
+    "loha": ["--tuner", "loha", "--peft.args", '{"r": 4, "alpha": 8}', "--learning-rate", "1e-2"],
+    "pissa+": ["--lora.init", "pissa", "--lora.plus-ratio", "16", "--lora.rslora", "--neftune-alpha", "5"],
+}
+
+
+@pytest.mark.parametrize("name", TUNERS)
+def test_a_tuner_trains_through_the_cli_and_its_output_is_served(name, tiny_model, toy_data, tmp_path):
+    from tunesmith.api import infer
+    from tunesmith.config import DeployConfig, InferConfig
+    from tunesmith.infer import load_engine
+    from tunesmith.serve.app import build_app
+
+    run = tmp_path / "run"
+    run_cli("sft", "--model", tiny_model, "--dataset", toy_data, "--learning-rate", "1e-3", *TUNERS[name],
+            "--max-steps", "4", "--batch-size", "4", "--warmup-ratio", "0", "--logging-steps", "1", "--output-dir", run,
+            "--report-to", "none")
+    final = run / "final"
+    losses = [m["loss"] for m in read_metrics(run) if "loss" in m]
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    assert_preflight_recorded(run)
+    adapter = (final / "adapter_config.json").exists()
+    assert adapter == (name in ("loha", "pissa+"))
+
+    where = {"adapters": str(final)} if adapter else {"model": str(final)}
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"messages": PROMPT}) + "\n")
+    answers = infer(InferConfig(**where, dataset=[str(prompts)], output=str(tmp_path / "a.jsonl"),
+                                generation={"max_tokens": 8, "temperature": 0}))
+    expected = json.loads(Path(answers).read_text().splitlines()[0])["response"]
+
+    deploy = DeployConfig(**({"adapters": [str(final)]} if adapter else {"model": str(final)}), device="cpu")
+    engine = load_engine("transformers", deploy.model, {"run": str(final)} if adapter else None, "cpu", "auto")
+    with TestClient(build_app(engine, deploy)) as client:
+        model = client.get("/v1/models").json()["data"][-1]["id"]
+        reply = client.post("/v1/chat/completions", json={"model": model, "messages": PROMPT, "max_tokens": 8,
+                                                           "temperature": 0})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["choices"][0]["message"]["content"] == expected
