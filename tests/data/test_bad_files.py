@@ -175,3 +175,10 @@ def test_unreadable_file_is_named(tmp_path):
     path.chmod(0)
     with pytest.raises(DataError, match=rf"^{path}: cannot read"):
         load_rows([str(path)], kind="sft")
+
+
+def test_an_impossible_path_is_named():
+    with pytest.raises(DataError, match=r"^a{200}: not a usable path \(File name too long\)"):
+        load_rows(["a" * 5000 + ".jsonl"], kind="sft")
+    with pytest.raises(DataError, match=r"^a\x00b.jsonl: file not found"):
+        load_rows(["a\x00b.jsonl"], kind="sft")

@@ -102,7 +102,11 @@ def _split_count(spec: str) -> tuple[str, int | None]:
 
 def _read_spec(name: str, problems: list[Problem], codec: str) -> Iterable[RawRow]:
     path = Path(name).expanduser()
-    if path.exists():
+    try:
+        exists = path.exists()
+    except (OSError, ValueError) as err:  # a name too long for the file system, a NUL byte from a config file
+        raise DataError(f"{name[:200]}: not a usable path ({getattr(err, 'strerror', None) or err})") from None
+    if exists:
         return readers.read_path(path, problems, codec)
     if name in REGISTRY:
         entry = REGISTRY[name]
