@@ -95,8 +95,9 @@ def test_encoding_reads_gbk_utf16_and_a_utf8_bom_by_default(tmp_path):
     assert not bom.problems and len(bom.rows) == 3
     # shipped registry data stays utf-8 whatever --encoding says for the user's files
     assert load_rows(["prd-assistant#3", str(tmp_path / "gbk.csv")], kind="sft", encoding="gbk").rows
-    with pytest.raises(ConfigError, match="encoding: unknown encoding 'klingon'"):
-        load_rows([str(tmp_path / "gbk.csv")], kind="sft", encoding="klingon")
+    for name in ("klingon", "hex", "undefined"):
+        with pytest.raises(ConfigError, match=f"encoding: '{name}' is not a text encoding"):
+            load_rows([str(tmp_path / "gbk.csv")], kind="sft", encoding=name)
 
 
 def test_bad_records_in_a_readable_file_are_problems_with_file_and_line(tmp_path):

@@ -104,8 +104,8 @@ def _read_spec(name: str, problems: list[Problem], codec: str) -> Iterable[RawRo
     path = Path(name).expanduser()
     try:
         exists = path.exists()
-    except (OSError, ValueError) as err:  # a name too long for the file system, a NUL byte from a config file
-        raise DataError(f"{name[:200]}: not a usable path ({getattr(err, 'strerror', None) or err})") from None
+    except OSError as err:  # e.g. a name too long for the file system
+        raise DataError(f"{name[:200]}: not a usable path ({err.strerror or err})") from None
     if exists:
         return readers.read_path(path, problems, codec)
     if name in REGISTRY:

@@ -26,8 +26,9 @@ def codec(encoding: str) -> str:
     one), which json would otherwise refuse."""
     try:
         name = codecs.lookup(encoding).name
-    except LookupError:
-        raise ConfigError(f"encoding: unknown encoding {encoding!r}; e.g. utf-8, gbk, utf-16, latin-1") from None
+        "".encode(name)  # refuses codecs that are not text encodings (hex, base64, rot13)
+    except (LookupError, UnicodeError):
+        raise ConfigError(f"encoding: {encoding!r} is not a text encoding; e.g. utf-8, gbk, utf-16, latin-1") from None
     return "utf-8-sig" if name == "utf-8" else name
 
 
@@ -170,7 +171,7 @@ def _first_undecodable(path: Path, encoding: str) -> tuple[int, int]:
     return line, offset - len(decoder.getstate()[0])  # the file ends inside a character
 
 
-def read_hub(dataset_id: str, split: str = "train") -> list[RawRow]:
+def read_hub(dataset_id: str, split: str = "train") -> Iterator[RawRow]:
     """A Hugging Face dataset id (`org/name` or `org/name:split`). Offline, fail at once with what to do."""
     from tunesmith.hub import require_hub_or_cache
 
@@ -181,4 +182,4 @@ def read_hub(dataset_id: str, split: str = "train") -> list[RawRow]:
         ds = datasets.load_dataset(dataset_id, split=split)
     except Exception as err:  # datasets raises many types; the user needs the id and the reason
         raise DataError(f"{dataset_id}: could not load hub dataset: {err}") from None
-    return [RawRow(dataset_id, f"row {i}", row) for i, row in enumerate(ds)]
+    return (RawRow(dataset_id, f"row {i}", row) for i, row in enumerate(ds))  # rows read from Arrow as used
