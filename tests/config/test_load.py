@@ -99,3 +99,22 @@ def test_help_lists_only_what_works():
     assert "galore" not in help_text(PlanConfig, "tunesmith plan")
     with pytest.raises(ConfigError, match="tuner"):
         load(PlanConfig, ["--tuner", "galore"])
+
+
+def test_chat_template_kwargs_as_json_or_one_key_per_flag_merge_with_the_file(tmp_path):
+    from tunesmith.config import DeployConfig, InferConfig
+    from tunesmith.config.eval import EvalConfig
+
+    as_json = load(InferConfig, ["--chat-template-kwargs", '{"enable_thinking": false}'])
+    one_key = load(InferConfig, ["--chat-template-kwargs.enable-thinking", "false"])
+    assert as_json.chat_template_kwargs == one_key.chat_template_kwargs == {"enable_thinking": False}
+    assert load(EvalConfig, ["--dataset", "d", "--chat-template-kwargs={enable_thinking: true}"]).chat_template_kwargs \
+        == {"enable_thinking": True}
+    path = tmp_path / "deploy.yaml"
+    path.write_text("chat_template_kwargs: {enable_thinking: false, date_string: 01 Jan 2026}\n")
+    cfg = load(DeployConfig, ["-c", str(path), "--chat-template-kwargs.enable-thinking", "true"])
+    assert cfg.chat_template_kwargs == {"enable_thinking": True, "date_string": "01 Jan 2026"}
+    with pytest.raises(ConfigError, match=r"--chat-template-kwargs: expected a mapping"):
+        load(InferConfig, ["--chat-template-kwargs", "enable_thinking"])
+    with pytest.raises(ConfigError, match=r"did you mean --chat-template-kwargs\?"):
+        load(InferConfig, ["--chat-templat-kwargs.enable-thinking", "false"])

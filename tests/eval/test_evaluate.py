@@ -59,7 +59,8 @@ def engines(monkeypatch):
     loads = []
 
     def fake_load(backend, model=None, adapters=None, device="auto", dtype="auto", system=None, **kw):
-        loads.append({"model": model, "adapters": adapters, "system": system})
+        loads.append({"model": model, "adapters": adapters, "system": system,
+                      **({"chat_template_kwargs": kw["chat_template_kwargs"]} if kw.get("chat_template_kwargs") else {})})
         return FakeEngine(right_answer if adapters else lambda m: "I do not know")
 
     FakeEngine.alive, FakeEngine.most_alive, FakeEngine.asked = 0, 0, []
@@ -80,7 +81,10 @@ def endpoint():
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             seen.append({"body": body, "auth": self.headers.get("Authorization"), "path": self.path})
             text = right_answer(body["messages"]) if "apple" in body["messages"][-1]["content"] or "2 + 2" in body["messages"][-1]["content"] else "no"
-            self.reply({"choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            message = {"role": "assistant", "content": text}
+            if body.get("chat_template_kwargs", {}).get("enable_thinking"):
+                message["reasoning_content"] = "Let me think."  # as vLLM returns it
+            self.reply({"choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
                         "usage": {"completion_tokens": 2}})
 
         def reply(self, data):
@@ -197,3 +201,17 @@ def test_an_unreachable_endpoint_fails_before_any_model_loads_and_says_what_to_c
         api.evaluate(load(EvalConfig, ["--compare", "base=m", f"x=http://127.0.0.1:{port}/v1", "--dataset", str(data),
                                        "--output-dir", str(tmp_path / "o")]))
     assert engines == [] and not (tmp_path / "o").exists()
+
+
+def test_chat_template_kwargs_reach_local_models_and_endpoints_and_reasoning_is_kept_apart(engines, endpoint, data,
+                                                                                            tmp_path):
+    url, seen = endpoint
+    out = tmp_path / "out"
+    cfg = load(EvalConfig, ["--compare", "base=some-base", f"served={url}", "--dataset", str(data), "--output-dir",
+                            str(out), "--chat-template-kwargs.enable-thinking", "true"])
+    result = api.evaluate(cfg)
+    assert engines[0]["chat_template_kwargs"] == {"enable_thinking": True}
+    assert all(s["body"]["chat_template_kwargs"] == {"enable_thinking": True} for s in seen)
+    assert result.scores["served"]["exact_match"] == 0.5  # the content is scored, not the reasoning
+    rows = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+    assert {r["reasoning"] for r in rows if r["model"] == "served"} == {"Let me think."}

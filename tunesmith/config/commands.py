@@ -184,6 +184,8 @@ class InferConfig(Section):
         "transformers (always there) or vllm (in its own venv: scripts/vllm-env.sh)."))
     generation: GenerationCfg = Field(default_factory=GenerationCfg, description="Generation settings.")
     system: str | None = Field(None, description="System prompt (default: the one the model was trained with).")
+    chat_template_kwargs: dict = Field(default_factory=dict, description=(
+        "Extra variables for the chat template, e.g. {enable_thinking: false} for Qwen3; over the ones the run saved."))
     skip_bad_rows: bool = Field(False, description="Skip rows that fail the data check instead of stopping.")
     encoding: str = Field("utf-8", description="Text encoding of CSV/JSON/JSONL dataset files, e.g. gbk, utf-16 (a utf-8 BOM is read).")
     dtype: Dtype = Field("auto", description="auto = bfloat16 on GPUs that support it, else float32.")
@@ -212,6 +214,9 @@ class DeployConfig(Section):
     max_body_bytes: int = Field(2_000_000, ge=1, description="Largest request body; larger ones are answered 413.")
     generation: GenerationCfg = Field(default_factory=GenerationCfg, description="Defaults for what a request leaves out.")
     system: str | None = Field(None, description="System prompt (default: the one the model was trained with).")
+    chat_template_kwargs: dict = Field(default_factory=dict, description=(
+        "Extra variables for the chat template, e.g. {enable_thinking: false} for Qwen3; over the ones the run saved, "
+        "and under a request's own chat_template_kwargs."))
     dtype: Dtype = Field("auto", description="auto = bfloat16 on GPUs that support it, else float32.")
     device: Device = Field("auto", description="auto = cuda, then mps, then cpu.")
     command: ClassVar[str] = "deploy"

@@ -44,6 +44,9 @@ class EvalConfig(Section):
     backend: Literal["transformers", "vllm"] = Field(
         "transformers", description="Inference backend for local models: transformers, or vllm (its own venv).")
     system: str | None = Field(None, description="System prompt (default: the one each model was trained with).")
+    chat_template_kwargs: dict = Field(default_factory=dict, description=(
+        "Extra variables for the chat template, e.g. {enable_thinking: false} for Qwen3: over the ones each run saved; "
+        "sent to endpoints as the request's chat_template_kwargs."))
     api_key: str | None = Field(None, description="Bearer key for endpoints (default: $OPENAI_API_KEY, else none).")
     output_dir: str | None = Field(None, description=(
         "Folder for results.json, answers.jsonl and scores.png (default runs/eval-<time>)."))

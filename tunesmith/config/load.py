@@ -175,6 +175,8 @@ def _parse_flags(cls: type[BaseModel], flags: list[str], positionals: list[str])
                 values[key[3:]] = False
             else:
                 values[key] = True
+        elif len(args) == 1 and _field_kind(cls, key) == "dict":  # --chat-template-kwargs '{"enable_thinking": false}'
+            values[key] = _mapping(args[0], name)
         elif len(args) == 1 and _field_kind(cls, key) != "list":
             values[key] = _scalar(args[0])
         elif _splits_commas(cls, key):  # --metrics bleu,rouge = --metrics bleu rouge
@@ -207,6 +209,19 @@ def _scalar(text: str) -> Any:
     return text if isinstance(value, dict) else value
 
 
+def _mapping(text: str, name: str) -> dict:
+    """A mapping flag's value: JSON or YAML flow text (`{"enable_thinking": false}`, `{enable_thinking: false}`).
+    One key may also be set alone: `--chat-template-kwargs.enable-thinking false`."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = None
+    if not isinstance(value, dict):
+        raise ConfigError(f"--{name}: expected a mapping such as '{{\"enable_thinking\": false}}' (got {text!r}); or "
+                          f"set one key with --{name}.KEY VALUE")
+    return value
+
+
 def _is_number(text: str) -> bool:
     try:
         float(text)
@@ -230,6 +245,8 @@ def _normalise(cls: type[BaseModel], flat: dict[str, Any], source: str | None, l
             key = ALIASES[key]
         parts = key.split(".")
         if isinstance(value, dict) and _section_class(cls, parts[0]):
+            if len(parts) > 1:  # --peft.args '{r: 4}': a mapping for a key inside the section
+                value = {".".join(parts[1:]): value}
             nested = _normalise(_section_class(cls, parts[0]), value, source, {
                 k.split(".", 1)[1]: v for k, v in lines.items() if k.startswith(parts[0] + ".")
             }, prefix=f"{prefix}{parts[0]}.")
@@ -245,12 +262,12 @@ def _normalise(cls: type[BaseModel], flat: dict[str, Any], source: str | None, l
 
 def _check_known(cls: type[BaseModel], parts: list[str], raw_key: str, source: str | None, lines: dict[str, int],
                  prefix: str = "") -> None:
-            if len(parts) > 1:  # --peft.args '{r: 4}': a mapping for a key inside the section
-                value = {".".join(parts[1:]): value}
     if len(parts) == 1 and _renamed(cls, parts[0]):
         return  # a key of an earlier release, or a shortcut: the config moves it when it validates
     model: type[BaseModel] | None = cls
     for depth, part in enumerate(parts):
+        if depth and model is None and _field_kind(cls, ".".join(parts[:depth])) == "dict":
+            return  # a key inside a mapping field (chat_template_kwargs.enable_thinking): the mapping's own
         fields = model.model_fields if model else {}
         if part not in fields:
             valid = _all_keys(model) if model else []
@@ -307,6 +324,8 @@ def _field_kind(cls: type[BaseModel], dotted: str) -> str:
     args = typing.get_args(ann) if isinstance(ann, types.UnionType) or typing.get_origin(ann) is typing.Union else (ann,)
     if any(typing.get_origin(a) is list for a in args):
         return "list"
+    if any(a is dict or typing.get_origin(a) is dict for a in args):
+        return "dict"
     if bool in args:
         return "bool"
     return "scalar"

@@ -148,6 +148,8 @@ def _answer_row(target: Target, sample: Sample, a: Answer, scores: dict[str, flo
     row: dict[str, Any] = {"model": target.name, "source": sample.where, "messages": sample.messages,
                            "reference": sample.reference, "answer": a.text, "finish_reason": a.finish_reason,
                            "completion_tokens": a.completion_tokens, "scores": scores}
+    if a.reasoning is not None:
+        row["reasoning"] = a.reasoning
     if sample.is_choice:
         row |= {"choices": sample.choices, "right": sample.answer_index, "picked": picked}
     return row

@@ -21,7 +21,7 @@ from tunesmith.config import DEFAULT_MODEL
 from tunesmith.config.eval import EvalConfig
 from tunesmith.errors import ConfigError, TunesmithError
 from tunesmith.eval.samples import Sample
-from tunesmith.infer import SamplingParams
+from tunesmith.infer import GenerationRequest, SamplingParams
 
 NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 HTTP_TIMEOUT_S = 600.0
@@ -38,9 +38,10 @@ class Target:
 
 @dataclass
 class Answer:
-    text: str
+    text: str  # what is scored: the answer without its reasoning
     finish_reason: str | None
     completion_tokens: int
+    reasoning: str | None = None  # the <think> part (an endpoint's reasoning_content)
 
 
 def targets_from(cfg: EvalConfig) -> list[Target]:
@@ -110,17 +111,21 @@ def _answer_local(target: Target, samples: list[Sample], params: SamplingParams,
     from tunesmith.infer import load_engine
 
     if target.kind == "adapters":
-        engine = load_engine(cfg.backend, target.base, {target.name: target.spec}, cfg.device, cfg.dtype, cfg.system)
+        engine = load_engine(cfg.backend, target.base, {target.name: target.spec}, cfg.device, cfg.dtype, cfg.system,
+                             chat_template_kwargs=cfg.chat_template_kwargs)
     else:
-        engine = load_engine(cfg.backend, target.spec, None, cfg.device, cfg.dtype, cfg.system)
+        engine = load_engine(cfg.backend, target.spec, None, cfg.device, cfg.dtype, cfg.system,
+                             chat_template_kwargs=cfg.chat_template_kwargs)
     served = engine.model_names()[0]
     out: list[Answer] = []
     try:
         for start in range(0, len(samples), cfg.batch_size):
             batch = samples[start: start + cfg.batch_size]
-            for completion in engine.chat([s.messages for s in batch], params, model=served):
+            for sample, completion in zip(batch, engine.chat([s.messages for s in batch], params, model=served)):
                 choice = completion.choices[0]
-                out.append(Answer(choice.text, choice.finish_reason, choice.completion_tokens))
+                split = engine.reasoning(GenerationRequest(messages=sample.messages, model=served))
+                reasoning, text = split.whole(choice.text) if split else (None, choice.text)  # as deploy answers
+                out.append(Answer(text, choice.finish_reason, choice.completion_tokens, reasoning))
             bar.update(len(batch))
     finally:
         engine.shutdown()
@@ -170,12 +175,15 @@ async def _answer_endpoint(target: Target, samples: list[Sample], params: Sampli
                 body["stop"] = params.stop
             if params.seed is not None:
                 body["seed"] = params.seed
+            if cfg.chat_template_kwargs:  # vLLM's and tunesmith's extra field
+                body["chat_template_kwargs"] = cfg.chat_template_kwargs
             async with limit:
                 data = await _call(client, "POST", f"{target.spec}/chat/completions", json=body)
             bar.update(1)
             choice = data["choices"][0]
             return Answer(choice["message"].get("content") or "", choice.get("finish_reason"),
-                          (data.get("usage") or {}).get("completion_tokens", 0))
+                          (data.get("usage") or {}).get("completion_tokens", 0),
+                          choice["message"].get("reasoning_content"))
 
         return list(await asyncio.gather(*[one(s) for s in samples]))
 

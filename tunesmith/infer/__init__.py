@@ -28,8 +28,10 @@ class BackendUnavailable(TunesmithError):
 
 
 def load_engine(backend: str = "transformers", model: str | None = None, adapters: dict[str, str] | None = None,
-                device: str = "auto", dtype: str = "auto", system: str | None = None, **options: Any) -> Engine:
-    """Load a model (and named adapters) behind the Engine interface with the chosen backend."""
+                device: str = "auto", dtype: str = "auto", system: str | None = None,
+                chat_template_kwargs: dict | None = None, **options: Any) -> Engine:
+    """Load a model (and named adapters) behind the Engine interface with the chosen backend. `system` and
+    `chat_template_kwargs` go over what each run saved with its template."""
     import importlib
     import importlib.util
 
@@ -40,6 +42,8 @@ def load_engine(backend: str = "transformers", model: str | None = None, adapter
         raise BackendUnavailable(f"backend: {backend} is not installed here; install it (pip install {package}) or "
                                  "use --backend transformers")
     engine_cls = getattr(importlib.import_module(module), cls)
+    if chat_template_kwargs:
+        options["chat_template_kwargs"] = chat_template_kwargs
     return engine_cls.load(model=model, adapters=adapters, device=device, dtype=dtype, system=system, **options)
 
 

@@ -3,8 +3,9 @@
     engine = engine_for(cfg)                 # the run's base + adapter and its saved template, as deploy loads them
     path = answer_dataset(engine, cfg, sampling_params(cfg))
 
-Answers come from the same Engine that `tunesmith deploy` serves, so they are the same text. The terminal chat is
-ui/chat.py."""
+Answers come from the same Engine that `tunesmith deploy` serves, so they are the same text. `response` is the whole
+answer; `reasoning` is its <think> part where the model's template writes one (deploy returns it as
+reasoning_content), else null. The terminal chat is ui/chat.py."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 from tunesmith.config import InferConfig
 from tunesmith.data.load import load_rows
 from tunesmith.errors import ConfigError
-from tunesmith.infer import Engine, SamplingParams, load_engine
+from tunesmith.infer import Engine, GenerationRequest, SamplingParams, load_engine
 
 def infer(cfg: InferConfig) -> Path:
     """Answer cfg.dataset into cfg.output; returns the path."""
@@ -33,7 +34,8 @@ def engine_for(cfg: InferConfig) -> Engine:
     """The Engine for an infer config: the adapter run's base (unless --model says otherwise) with its adapter."""
     adapters = {_run_name(cfg.adapters): cfg.adapters} if cfg.adapters else None
     return load_engine(cfg.backend, cfg.model if not cfg.adapters or "model" in cfg.model_fields_set else None,
-                       adapters, cfg.device, cfg.dtype, cfg.system)
+                       adapters, cfg.device, cfg.dtype, cfg.system,
+                       chat_template_kwargs=cfg.chat_template_kwargs)
 
 
 def sampling_params(cfg: InferConfig) -> SamplingParams:
@@ -61,8 +63,11 @@ def answer_dataset(engine: Engine, cfg: InferConfig, params: SamplingParams) -> 
             answers = engine.chat([r.messages for r in batch], params, model=model)
             for row, answer in zip(batch, answers):
                 choice = answer.choices[0]
-                record = {"messages": row.messages, "response": choice.text, "finish_reason": choice.finish_reason,
-                          "completion_tokens": choice.completion_tokens, "source": f"{row.source}:{row.line}"}
+                split = engine.reasoning(GenerationRequest(messages=row.messages, model=model))
+                record = {"messages": row.messages, "response": choice.text,
+                          "reasoning": split.whole(choice.text)[0] if split else None,
+                          "finish_reason": choice.finish_reason, "completion_tokens": choice.completion_tokens,
+                          "source": f"{row.source}:{row.line}"}
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
             f.flush()  # answers so far survive an interrupted run
             bar.update(len(batch))

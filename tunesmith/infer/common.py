@@ -23,10 +23,33 @@ def prompt_ids(template: Any, request: GenerationRequest) -> list[int]:
     if request.prompt_ids is not None:
         return list(request.prompt_ids)
     if request.messages is not None:
-        return template.render_prompt(request.messages, tools=request.tools)
+        return template.render_prompt(request.messages, tools=request.tools,
+                                      chat_template_kwargs=request.chat_template_kwargs)
     ids = template.tokenizer(request.prompt or "")["input_ids"]
     if not ids:  # "" (or text the tokenizer drops, such as "\x04"): start from the start of text, as OpenAI does
         start = template.tokenizer.bos_token_id
         start = template.tokenizer.eos_token_id if start is None else start
         ids = [] if start is None else [start]
     return ids
+
+
+def reasoning_split(template: Any, request: GenerationRequest) -> Any:
+    """Engine.reasoning for a Template: chat requests only (a completion's text is returned as generated)."""
+    from tunesmith.templates.reasoning import ReasoningSplit
+
+    if request.messages is None:
+        return None
+    ids = request.prompt_ids if request.prompt_ids is not None else prompt_ids(template, request)
+    return ReasoningSplit.for_template(template, ids)
+
+
+def override_templates(templates: list[Any], system: str | None, chat_template_kwargs: dict | None) -> None:
+    """--system and --chat-template-kwargs over what each served run saved with its template (a request's own
+    chat_template_kwargs go over these in turn)."""
+    from tunesmith.templates.chat import check_kwargs
+
+    extra = check_kwargs(chat_template_kwargs)
+    for template in templates:
+        if system is not None:
+            template.default_system = system
+        template.chat_template_kwargs = {**template.chat_template_kwargs, **extra}

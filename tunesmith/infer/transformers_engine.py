@@ -30,7 +30,7 @@ from typing import Any, AsyncIterator
 
 from tunesmith.config import DEFAULT_MODEL
 from tunesmith.errors import TunesmithError
-from tunesmith.infer.common import pick_served, prompt_ids
+from tunesmith.infer.common import override_templates, pick_served, prompt_ids, reasoning_split
 from tunesmith.infer.types import (
     Delta,
     Engine,
@@ -72,7 +72,8 @@ class TransformersEngine(Engine):
 
     @classmethod
     def load(cls, model: str | None = None, adapters: dict[str, str] | None = None, device: str = "auto",
-             dtype: str = "auto", system: str | None = None, **options: Any) -> "TransformersEngine":
+             dtype: str = "auto", system: str | None = None, chat_template_kwargs: dict | None = None,
+             **options: Any) -> "TransformersEngine":
         device = models.pick_device(device)
         torch_dtype = models.pick_dtype(dtype, device)
         served: list[Served] = []
@@ -88,9 +89,7 @@ class TransformersEngine(Engine):
             folder = models.resolve(model or DEFAULT_MODEL)
             net = models.load_model(folder, dtype=torch_dtype, device=device)
             served.append(Served(Path(model or DEFAULT_MODEL).name, net.eval(), Template.load(folder)))
-        if system is not None:
-            for s in served:
-                s.template.default_system = system
+        override_templates([s.template for s in served], system, chat_template_kwargs)
         return cls(served, **options)
 
     # -------------------------------------------------------------------------
@@ -101,6 +100,9 @@ class TransformersEngine(Engine):
 
     def template_for(self, model: str | None) -> Template:
         return self._served(model).template
+
+    def reasoning(self, request: GenerationRequest) -> Any:
+        return reasoning_split(self._served(request.model).template, request)
 
     def count_prompt_tokens(self, request: GenerationRequest) -> int:
         return len(self.prompt_ids(request))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Iterator
+from typing import Any, AsyncIterator, Iterator
 
 
 class EngineError(Exception):
@@ -44,6 +44,7 @@ class GenerationRequest:
     model: str | None = None  # a served model or adapter name; None = the default
     params: SamplingParams = field(default_factory=SamplingParams)
     prompt_ids: list[int] | None = None  # rendered already (Engine.prompt_ids): generated from as given
+    chat_template_kwargs: dict | None = None  # this request's template variables, over the served template's own
 
 
 @dataclass
@@ -103,6 +104,11 @@ class Engine(ABC):
     @abstractmethod
     def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         """Yield Deltas of all n choices, interleaved, each choice ending with a finish_reason."""
+
+    def reasoning(self, request: GenerationRequest) -> Any:
+        """A fresh templates.ReasoningSplit for one choice of this chat request (it keeps state while streaming), or
+        None when the served template writes no reasoning for this prompt (none at all, or thinking off)."""
+        return None
 
     def context_length(self, model: str | None = None) -> int | None:
         """Most tokens, prompt and answer together, the model takes (None: unknown, nothing is checked)."""

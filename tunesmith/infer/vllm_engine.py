@@ -33,7 +33,7 @@ from typing import Any, AsyncIterator, Coroutine
 
 from tunesmith.config import DEFAULT_MODEL
 from tunesmith.errors import ConfigError, HardwareError, TunesmithError
-from tunesmith.infer.common import pick_served, prompt_ids
+from tunesmith.infer.common import override_templates, pick_served, prompt_ids, reasoning_split
 from tunesmith.infer.types import (
     Delta,
     Engine,
@@ -81,7 +81,8 @@ class VLLMEngine(Engine):
 
     @classmethod
     def load(cls, model: str | None = None, adapters: dict[str, str] | None = None, device: str = "auto",
-             dtype: str = "auto", system: str | None = None, **options: Any) -> "VLLMEngine":
+             dtype: str = "auto", system: str | None = None, chat_template_kwargs: dict | None = None,
+             **options: Any) -> "VLLMEngine":
         from vllm.lora.request import LoRARequest
 
         drain_timeout = float(options.pop("drain_timeout", 30.0))
@@ -109,9 +110,7 @@ class VLLMEngine(Engine):
         if not served or model:
             folder = models.resolve(model or DEFAULT_MODEL)
             served.append(Served(Path(model or DEFAULT_MODEL).name, Template.load(folder), backend(folder)))
-        if system is not None:
-            for s in served:
-                s.template.default_system = system
+        override_templates([s.template for s in served], system, chat_template_kwargs)
 
         engine_args = [_engine_args(b, device, vllm_dtype, options) for b in backends.values()]
         loop = _LoopThread()
@@ -139,6 +138,9 @@ class VLLMEngine(Engine):
 
     def template_for(self, model: str | None) -> Template:
         return self._served(model).template
+
+    def reasoning(self, request: GenerationRequest) -> Any:
+        return reasoning_split(self._served(request.model).template, request)
 
     def count_prompt_tokens(self, request: GenerationRequest) -> int:
         return len(self.prompt_ids(request))

@@ -129,7 +129,7 @@ _FAMILIES = [
     Family("mistral-small", "mistral", "mistralai/Mistral-Small-3.2-24B-Instruct-2506", "mistral-small.jinja",
            LLAMA_CPP.format("Mistral-Small-3.2-24B-Instruct-2506.jinja"), "</s>",
            MISTRAL_CONTROL + ("[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[CALL_ID]", "[ARGS]", "[TOOL_CONTENT]"),
-           bos="<s>", tool_call_id="abcdefghi",
+           bos="<s>", tool_parser="mistral_v11", tool_call_id="abcdefghi", kwargs=("date_string",),
            notes="text decoder only (the 3.2 checkpoint is Mistral3 with vision); default system prompt with dates"),
     Family("mixtral", "mixtral", "mistralai/Mixtral-8x7B-Instruct-v0.1", "mistral-v1.jinja",
            LLAMA_CPP_TEST.format("mistralai/Mistral-7B-Instruct-v0.2 (mistralai 'v1' template with a system prompt)")
@@ -147,7 +147,9 @@ _FAMILIES = [
     Family("granite3", "granite", "ibm-granite/granite-3.3-2b-instruct", "granite3.jinja",
            LLAMA_CPP.format("ibm-granite-granite-3.3-2B-Instruct.jinja"), "<|end_of_text|>",
            ("<|start_of_role|>", "<|end_of_role|>", "<|end_of_text|>", "<|tool_call|>"), ("<think>", "</think>"),
-           notes="the system turn carries today's date"),
+           tool_parser="granite", kwargs=("date_string",),
+           notes="the default system turn carries today's date; the template drops tool_calls, so they are written "
+                 "as <|tool_call|> + a JSON list, as its system prompt asks"),
     # --- DeepSeek, GLM, OpenAI -------------------------------------------------------------------------------------
     Family("deepseek-v2", "deepseek_v2", "deepseek-ai/DeepSeek-V2-Lite-Chat", "deepseek-v2.jinja",
            LLAMA_CPP_TEST.format("DeepSeek-V2"), "<｜end▁of▁sentence｜>", DEEPSEEK_CONTROL,
@@ -160,7 +162,7 @@ _FAMILIES = [
            **MOE),
     Family("deepseek-v3", "deepseek_v3", "deepseek-ai/DeepSeek-V3.1", "deepseek-v3.jinja",
            LLAMA_CPP.format("deepseek-ai-DeepSeek-V3.1.jinja"), "<｜end▁of▁sentence｜>", DEEPSEEK_CONTROL,
-           ("<think>", "</think>") + DEEPSEEK_TOOLS, bos="<｜begin▁of▁sentence｜>", reasoning=True,
+           ("<think>", "</think>") + DEEPSEEK_TOOLS, bos="<｜begin▁of▁sentence｜>", reasoning=True, tool_parser="deepseek_v31",
            kwargs=("thinking",), routers=("gate",),
            config=dict(n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, n_shared_experts=1,
                        first_k_dense_replace=1, kv_lora_rank=32, q_lora_rank=32, qk_rope_head_dim=32,
@@ -170,7 +172,8 @@ _FAMILIES = [
            **MOE),
     Family("gpt-oss", "gpt_oss", "openai/gpt-oss-20b", "gpt-oss.jinja", LLAMA_CPP.format("openai-gpt-oss-120b.jinja"),
            "<|return|>", ("<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|return|>", "<|call|>",
-                          "<|constrain|>"), routers=("router",), aux_loss=True,
+                          "<|constrain|>"), routers=("router",), aux_loss=True, tool_parser="gpt_oss",
+           kwargs=("date_string",),
            config=dict(num_local_experts=4, num_experts_per_tok=2),
            notes="harmony format: reasoning is the analysis channel, dropped from earlier turns", **MOE),
     Family("olmoe", "olmoe", "allenai/OLMoE-1B-7B-0125-Instruct", None, "none vendored: the tokenizer's own",

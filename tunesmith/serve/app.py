@@ -276,7 +276,8 @@ def run(cfg: DeployConfig) -> None:
                 self.should_exit = True
             return await super().on_tick(counter)
 
-    engine = load_engine(cfg.backend, cfg.model, adapter_map(cfg.adapters) or None, cfg.device, cfg.dtype, cfg.system)
+    engine = load_engine(cfg.backend, cfg.model, adapter_map(cfg.adapters) or None, cfg.device, cfg.dtype, cfg.system,
+                         chat_template_kwargs=cfg.chat_template_kwargs)
     app = build_app(engine, cfg, warmup=True)
     drain = app.state.drain
     server = DrainingServer(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="info",

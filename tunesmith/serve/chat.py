@@ -4,8 +4,9 @@ of its chunks out.
     reply = await create_chat_completion(serving, ChatCompletionRequest(model="prd", messages=[...]))
     # with stream=True an EventStream of "data: {...}\\n\\n" lines ending "data: [DONE]"
 
-Here: OpenAI messages as chat templates take them, what chat cannot do refused by name, tool calls parsed out of
-the answer text, and the exact chunk sequence OpenAI sends.
+Here: OpenAI messages as chat templates take them, what chat cannot do refused by name, reasoning split out of the
+answer text into `reasoning_content` (as vLLM and DeepSeek return it; templates/reasoning.py), tool calls parsed
+out of the rest, and the exact chunk sequence OpenAI sends.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 import uuid
 from typing import AsyncIterator
 
+from tunesmith.errors import TemplateError
 from tunesmith.infer.types import GenerationRequest, TokenLogprob
 from tunesmith.serve import tool_parsers
 from tunesmith.serve.errors import APIError, stream_error
@@ -40,6 +42,8 @@ from tunesmith.serve.protocol import (
     UserMessage,
 )
 from tunesmith.serve.serving import DONE, Answer, EventStream, Generation, Serving, refuse_unencodable, sse
+from tunesmith.templates.chat import check_kwargs
+from tunesmith.templates.reasoning import ReasoningSplit
 
 
 async def create_chat_completion(serving: Serving, req: ChatCompletionRequest) -> ChatCompletionResponse | EventStream:
@@ -62,57 +66,77 @@ async def create_chat_completion(serving: Serving, req: ChatCompletionRequest) -
     tools = [t.model_dump(exclude_none=True) for t in req.tools] if use_tools and req.tools else None
     params = serving.sampling(req.max_completion_tokens or req.max_tokens, req.temperature, req.top_p, req.stop,
                               req.seed, req.n, bool(req.logprobs), req.top_logprobs or 0)
-    gen = GenerationRequest(messages=_messages(req.messages), tools=tools, model=model, params=params)
+    gen = GenerationRequest(messages=_messages(req.messages), tools=tools, model=model, params=params,
+                            chat_template_kwargs=_template_kwargs(req.chat_template_kwargs))
     tool_names = {t["function"]["name"] for t in tools} if tools else set()
     rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return await serving.stream(gen, public, asked, lambda generation: _events(
-            generation, rid, created, public, req.n, bool(req.logprobs), include_usage, tool_names))
+            generation, rid, created, public, req.n, bool(req.logprobs), include_usage, tool_names,
+            [serving.engine.reasoning(gen) for _ in range(req.n)]))  # after start: gen.prompt_ids are set
     answers = await serving.collect([gen], public, asked)
-    choices = [_choice(i, a, tool_names, bool(req.logprobs)) for i, a in enumerate(answers.choices)]
+    choices = [_choice(i, a, tool_names, bool(req.logprobs), serving.engine.reasoning(gen))
+               for i, a in enumerate(answers.choices)]
     return ChatCompletionResponse(id=rid, created=created, model=public, choices=choices, usage=answers.usage())
 
 
-def _choice(index: int, a: Answer, tool_names: set[str], logprobs: bool) -> ChatChoice:
-    parsed = tool_parsers.parse_tool_calls(a.text, tool_names) if tool_names else None
+def _template_kwargs(kwargs: dict | None) -> dict | None:
+    """The request's chat_template_kwargs, refused by name when they would replace what tunesmith passes the
+    template itself. The deploy's --chat-template-kwargs and the run's saved ones are the template's own (under
+    these)."""
+    try:
+        return check_kwargs(kwargs) or None
+    except TemplateError as err:
+        raise APIError(400, str(err), param="chat_template_kwargs") from None
+
+
+def _choice(index: int, a: Answer, tool_names: set[str], logprobs: bool, split: ReasoningSplit | None) -> ChatChoice:
+    reasoning, text = (None, a.text) if split is None else split.whole(a.text)
+    parsed = tool_parsers.parse_tool_calls(text, tool_names) if tool_names else None
     lp = ChoiceLogprobs(content=_logprobs(a.logprobs)) if logprobs else None
     if parsed is None:
-        return ChatChoice(index=index, message=AssistantMessage(content=a.text), logprobs=lp,
-                          finish_reason=a.finish_reason)
+        return ChatChoice(index=index, message=AssistantMessage(content=text, reasoning_content=reasoning),
+                          logprobs=lp, finish_reason=a.finish_reason)
     calls = [ToolCall(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments)) for c in parsed.calls]
-    return ChatChoice(index=index, message=AssistantMessage(content=parsed.content, tool_calls=calls),
+    return ChatChoice(index=index, message=AssistantMessage(content=parsed.content, tool_calls=calls,
+                                                            reasoning_content=reasoning),
                       logprobs=lp, finish_reason="tool_calls")
 
 
 async def _events(generation: Generation, rid: str, created: int, public: str, n: int, logprobs: bool,
-                  include_usage: bool, tool_names: set[str]) -> AsyncIterator[str]:
+                  include_usage: bool, tool_names: set[str], splits: list[ReasoningSplit | None]) -> AsyncIterator[str]:
     """OpenAI's sequence: a role chunk per choice, content chunks, a finish chunk per choice (tool calls just
-    before it), a usage-only chunk when asked for, then [DONE]. Text that may be a tool call is held back until
-    its choice ends, then sent as tool_calls or, when it was plain text after all, as content."""
+    before it), a usage-only chunk when asked for, then [DONE]. Reasoning goes out as reasoning_content pieces (vLLM's
+    delta.reasoning_content), the rest as content. Content that may be a tool call is held back until its choice
+    ends, then sent as tool_calls or, when it was plain text after all, as content."""
 
     def chunk(choices: list[ChatChunkChoice], usage: Usage | None = None) -> str:
         c = ChatCompletionChunk(id=rid, created=created, model=public, choices=choices, usage=usage)
         return sse(c.model_dump_json(exclude=None if include_usage else {"usage"}))
 
-    sent = [0] * n  # characters of each choice's text already sent
+    sent = [0] * n  # characters of each choice's content already sent
+    content = [""] * n  # each choice's text so far, its reasoning split out
     try:
         for i in range(n):
             yield chunk([ChatChunkChoice(index=i, delta=DeltaMessage(role="assistant", content=""))])
-        async for delta, a in generation.deltas():
-            i = delta.index
-            held = tool_parsers.call_start(a.text) if tool_names else None
-            visible = len(a.text) if held is None else held
-            piece = a.text[sent[i]:visible] if visible > sent[i] else ""
+        async for delta, _ in generation.deltas():
+            i, final = delta.index, delta.finish_reason is not None
+            thought, text = ("", delta.text) if splits[i] is None else splits[i].feed(delta.text, final=final)
+            content[i] += text
+            held = tool_parsers.call_start(content[i], tool_names) if tool_names else None
+            visible = len(content[i]) if held is None else held
+            piece = content[i][sent[i]:visible] if visible > sent[i] else ""
             lp = ChoiceLogprobs(content=_logprobs(delta.logprobs)) if logprobs and delta.logprobs else None
-            if piece or lp:
+            if thought or piece or lp:
                 sent[i] += len(piece)
-                yield chunk([ChatChunkChoice(index=i, delta=DeltaMessage(content=piece), logprobs=lp)])
-            if delta.finish_reason is None:
+                said = DeltaMessage(reasoning_content=thought or None, content=piece if piece or not thought else None)
+                yield chunk([ChatChunkChoice(index=i, delta=said, logprobs=lp)])
+            if not final:
                 continue
-            parsed = tool_parsers.parse_tool_calls(a.text, tool_names) if tool_names else None
-            start = tool_parsers.call_start(a.text) if parsed else None
-            rest = a.text[sent[i]:start]
+            parsed = tool_parsers.parse_tool_calls(content[i], tool_names) if tool_names else None
+            start = tool_parsers.call_start(content[i], tool_names) if parsed else None
+            rest = content[i][sent[i]:start]
             if rest and (parsed is None or rest.strip()):
                 yield chunk([ChatChunkChoice(index=i, delta=DeltaMessage(content=rest))])
             if parsed is not None:

@@ -181,6 +181,8 @@ class ChatCompletionRequest(Strict):
     top_logprobs: integer(ge=0, le=20) | None = None  # needs logprobs: true
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     user: str | None = None
+    # vLLM's extra: variables for the chat template (enable_thinking ...), over the deploy's and the run's own
+    chat_template_kwargs: dict[str, Any] | None = None
 
 
 # -----------------------------------------------------------------------------
@@ -216,6 +218,7 @@ class AssistantMessage(BaseModel):
     content: str | None = None
     refusal: str | None = None
     tool_calls: list[ToolCall] | None = None
+    reasoning_content: str | None = None  # vLLM's and DeepSeek's extra: the <think> part, out of content
 
 
 class ChatChoice(BaseModel):
@@ -248,6 +251,7 @@ class DeltaMessage(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
     tool_calls: list[ToolCallDelta] | None = None
+    reasoning_content: str | None = None  # vLLM's and DeepSeek's extra: reasoning pieces, before the content's
 
     @model_serializer(mode="wrap")
     def _present_only(self, handler):

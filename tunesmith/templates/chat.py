@@ -39,6 +39,17 @@ FALLBACK_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '### assistant:\n' }}{% endif %}"
 )
 PROBE = [{"role": "user", "content": "Probe question?"}, {"role": "assistant", "content": "Probe answer."}]
+# A tool call, to find what ends an answer that calls a tool (gpt-oss: <|call|>, not its end of turn)
+PROBE_TOOLS = [{"type": "function", "function": {"name": "probe_tool", "description": "Probe.", "parameters": {
+    "type": "object", "properties": {"q": {"type": "string"}}}}}]
+PROBE_CALL = [{"role": "user", "content": "Probe question?"}, {"role": "assistant", "content": "", "tool_calls": [
+    {"id": "probe1234", "type": "function", "function": {"name": "probe_tool", "arguments": {"q": "x"}}}]}]
+CALL_TAG = "<|tool_call|>"  # Granite 3: its template drops tool_calls; its system prompt asks for this + a JSON list
+# apply_chat_template's own arguments: a chat_template_kwargs key of the same name would replace what tunesmith passes
+# (vLLM refuses them in a request's chat_template_kwargs too)
+RESERVED_KWARGS = frozenset({"conversation", "messages", "tools", "documents", "chat_template", "add_generation_prompt",
+                             "continue_final_message", "tokenize", "padding", "truncation", "max_length",
+                             "return_tensors", "return_dict", "return_assistant_tokens_mask", "tokenizer_kwargs"})
 
 
 @dataclass
@@ -55,13 +66,14 @@ class Template:
     def __init__(self, tokenizer: Any, default_system: str | None = None, chat_template_kwargs: dict | None = None):
         self.tokenizer = tokenizer
         self.default_system = default_system
-        self.chat_template_kwargs = dict(chat_template_kwargs or {})
+        self.chat_template_kwargs = check_kwargs(chat_template_kwargs)
         if not getattr(tokenizer, "chat_template", None):
             tokenizer.chat_template = FALLBACK_TEMPLATE
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
+        self.calls_as_text = False  # write tool_calls into the content (set by _probe_tool_call)
         self.end_of_turn = self._probe_end_of_turn()
-        self.stop_token_ids = self._stop_ids()
+        self.stop_token_ids = sorted(set(self._stop_ids() + self._probe_tool_call()))
 
     # -------------------------------------------------------------------------
     # Rendering
@@ -176,7 +188,9 @@ class Template:
     def _apply(self, messages: list[dict], add_generation_prompt: bool, tools: list | None,
                chat_template_kwargs: dict | None = None) -> str:
         clean = [_normalise_tool_calls({k: v for k, v in m.items() if k != "loss"}) for m in messages]
-        kwargs = {**self.chat_template_kwargs, **(chat_template_kwargs or {})}
+        if self.calls_as_text:
+            clean = [_calls_as_text(m) for m in clean]
+        kwargs = {**self.chat_template_kwargs, **check_kwargs(chat_template_kwargs)}
         if tools:
             kwargs["tools"] = tools
         try:
@@ -211,6 +225,25 @@ class Template:
         eos = self.tokenizer.eos_token_id
         return sorted(set(ids + ([eos] if eos is not None else [])))
 
+    def _probe_tool_call(self) -> list[int]:
+        """The special token that ends an answer calling a tool when it is not the end of turn (gpt-oss's <|call|>):
+        generation must stop there too. Templates that drop tool_calls but teach <|tool_call|> + a JSON list in
+        their system prompt (Granite 3) get the calls written so into the content (calls_as_text), in training and
+        in served history alike."""
+        msgs = self._with_system(PROBE_CALL)
+        try:
+            before = self._apply(msgs[:-1], True, PROBE_TOOLS)
+            through = self._apply(msgs, False, PROBE_TOOLS)
+        except TemplateError:
+            return []  # a template without tools
+        if not through.startswith(before):
+            return []
+        if "probe_tool" not in through[len(before):]:
+            self.calls_as_text = CALL_TAG in (self.tokenizer.chat_template or "")
+            return []
+        ids = self._encode(through[len(before):].rstrip(" \n"))
+        return ids[-1:] if ids and ids[-1] in set(self.tokenizer.all_special_ids) else []
+
     def _name(self) -> str:
         return getattr(self.tokenizer, "name_or_path", "") or "this model"
 
@@ -234,6 +267,16 @@ class Template:
         info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.exists() else {}
         return cls(tokenizer, default_system=info.get("default_system"),
                    chat_template_kwargs=info.get("chat_template_kwargs"))
+
+
+def check_kwargs(kwargs: dict | None) -> dict:
+    """chat_template_kwargs as given, refused when a key is one of apply_chat_template's own arguments."""
+    taken = sorted(RESERVED_KWARGS & set(kwargs or {}))
+    if taken:
+        raise TemplateError(f"chat_template_kwargs: {', '.join(taken)} cannot be set here (tunesmith passes "
+                            f"{'it' if len(taken) == 1 else 'them'} to the template itself); drop "
+                            f"{'it' if len(taken) == 1 else 'them'}")
+    return dict(kwargs or {})
 
 
 def _answer_start(prompt: str, through: str, before: dict) -> int | None:
@@ -266,6 +309,18 @@ def _normalise_tool_calls(message: dict) -> dict:
             function["arguments"] = _json_or_text(function["arguments"])
         fixed.append({**call, "function": function} if "function" in call else function)
     return {**message, "tool_calls": fixed}
+
+
+def _calls_as_text(message: dict) -> dict:
+    """An assistant message's tool calls as Granite 3 writes them: <|tool_call|> and a JSON list of
+    {"name", "arguments"} after the content (its template renders the content only)."""
+    calls = message.get("tool_calls")
+    if not calls:
+        return message
+    listed = [{"name": c.get("function", c)["name"], "arguments": c.get("function", c).get("arguments", {})}
+              for c in calls]
+    text = (message.get("content") or "") + CALL_TAG + json.dumps(listed, ensure_ascii=False)
+    return {**{k: v for k, v in message.items() if k != "tool_calls"}, "content": text}
 
 
 def _json_or_text(text: str):

@@ -2,6 +2,7 @@
 
     split = ReasoningSplit.for_template(template, prompt_ids)   # None: this template writes no reasoning
     reasoning, content = split.feed(text_delta)                 # while streaming; feed("", final=True) at the end
+    reasoning, content = split.whole(text)                      # a whole answer (reasoning None when empty)
     reasoning, content = split_reasoning(template, prompt_ids, whole_text)
 
 Templates that think write `<think>...</think>` before the answer (Qwen3, Qwen3.5, SmolLM3, DeepSeek-R1/V3.1,
@@ -66,14 +67,16 @@ class ReasoningSplit:
                 text = ""
         return reasoning, content
 
+    def whole(self, text: str) -> tuple[str | None, str]:
+        """(reasoning or None, content) of a whole answer, on a fresh splitter."""
+        reasoning, content = self.feed(text, final=True)
+        return reasoning.strip("\n") or None, content
+
 
 def split_reasoning(template: Any, prompt_ids: list[int], text: str) -> tuple[str | None, str]:
     """(reasoning or None, content) of a whole answer."""
     split = ReasoningSplit.for_template(template, prompt_ids)
-    if split is None:
-        return None, text
-    reasoning, content = split.feed(text, final=True)
-    return reasoning.strip("\n") or None, content
+    return (None, text) if split is None else split.whole(text)
 
 
 def _partial_suffix(text: str, marker: str) -> int | None:
