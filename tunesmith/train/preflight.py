@@ -78,6 +78,10 @@ def load_template(cfg: Any) -> tuple[Any, Path]:
     template = Template(models.load_tokenizer(Path(cfg.adapters) if cfg.adapters else folder), default_system=cfg.system,
                         chat_template_kwargs=getattr(cfg, "chat_template_kwargs", None))
     check_continuation(cfg, template)
+    pinned = template.pin_date()  # a template that prints today's date prints the training day's (saved in final/)
+    if pinned and hasattr(cfg, "chat_template_kwargs") and cfg.chat_template_kwargs.get("date_string") != pinned:
+        cfg.chat_template_kwargs = {**cfg.chat_template_kwargs, "date_string": pinned}  # config.yaml and the ranks
+        log.info("chat template prints today's date: pinned to %s (chat_template_kwargs.date_string)", pinned)
     return template, folder
 
 
@@ -237,6 +241,8 @@ def check_continuation(cfg: Any, template: Any) -> None:
     elif "default_system" in recorded and recorded["default_system"] != template.default_system:
         log.warning("system prompt: %s trained with %r, this run uses %r; answers will follow this run's",
                     folder, recorded["default_system"], template.default_system)
+    if recorded.get("chat_template_kwargs"):  # inherited like the system prompt; this run's own go over them
+        template.chat_template_kwargs = {**recorded["chat_template_kwargs"], **template.chat_template_kwargs}
     saved_template = folder / "chat_template.jinja"
     if saved_template.exists() and saved_template.read_text(encoding="utf-8") != template.tokenizer.chat_template:
         log.warning("chat template: differs from the one %s trained with; the prompts it learned will not match", folder)
