@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from tunesmith.config import SFTConfig
+from tunesmith.errors import ConfigError
 from tunesmith.data.load import load_rows
 from tunesmith.train.preflight import load_template, preflight, trainable_report
 from tunesmith.train.run import RunResult, open_run
@@ -41,15 +42,35 @@ def sft_data(cfg: SFTConfig, template: Any) -> tuple[Any, Any, int]:
     subs = {"name": cfg.model_name, "author": cfg.model_author}
     data = load_rows(cfg.dataset, kind="sft", seed=cfg.seed, substitutions=subs)
     val = load_rows(cfg.val_dataset, kind="sft", seed=cfg.seed, substitutions=subs) if cfg.val_dataset else None
+    held: list = []
+    if val is None and cfg.val_split > 0:  # rows, not samples: a conversation's per-turn samples stay on one side
+        data.rows, held = split_rows(data.rows, cfg.val_split, cfg.seed)
     train_ds, too_long = tokenize_sft(data.rows, template, cfg.loss_on, cfg.max_length)
     data.problems += too_long
-    skipped = data.raise_if_bad(cfg.skip_bad_rows)
     eval_ds = None
+    if held:
+        eval_ds, held_too_long = tokenize_sft(held, template, cfg.loss_on, cfg.max_length)
+        data.problems += held_too_long
+    skipped = data.raise_if_bad(cfg.skip_bad_rows)
     if val is not None:
         eval_ds, val_too_long = tokenize_sft(val.rows, template, cfg.loss_on, cfg.max_length)
         val.problems += val_too_long
         skipped += val.raise_if_bad(cfg.skip_bad_rows)
-    elif cfg.val_split > 0:
-        split = train_ds.train_test_split(test_size=cfg.val_split, seed=cfg.seed)
-        train_ds, eval_ds = split["train"], split["test"]
     return train_ds, eval_ds, skipped
+
+
+def split_rows(rows: list, share: float, seed: int) -> tuple[list, list]:
+    """(train rows, held-out rows): ceil(share x rows) held out, drawn with the seed, each side in the data's order.
+    Split before tokenizing: a template that rewrites past turns (Qwen3) makes one sample per assistant turn, and
+    samples of one conversation on both sides would leak its earlier turns into the eval loss."""
+    import math
+    import random
+
+    count = math.ceil(share * len(rows))
+    if count >= len(rows):
+        raise ConfigError(f"val_split: {share} of {len(rows)} rows leaves none to train on; lower val_split or give "
+                          "val_dataset")
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    held = set(order[:count])
+    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
