@@ -93,6 +93,38 @@ def test_streamed_reasoning_arrives_as_reasoning_content_deltas_before_the_conte
     assert [c["choices"][0]["finish_reason"] for c in last] == ["stop", "stop"]
 
 
+# <think> and </think> are several tokens in most vocabularies (and engines detokenize in pieces): any cut
+SPLIT_TAGS = ["<", "th", "ink>\nI sh", "ould greet.\n</", "think", ">\n", "\nHel", "lo <b", ">!"]
+
+
+def test_streamed_tags_cut_across_chunks_are_still_split(qwen3):
+    chunks = events(TemplateEngine(qwen3, SPLIT_TAGS))
+    assert (joined(chunks, "reasoning_content"), joined(chunks, "content")) == ("\nI should greet.\n", "Hello <b>!")
+    assert not any(tag in json.dumps(c) for c in chunks for tag in ("<think>", "</think>", '"<"', '"th"', "</"))
+
+
+def test_every_cut_of_an_answer_streams_what_the_whole_answer_splits_into():
+    """ReasoningSplit.feed over every way to cut the text in three, and random cuts into many pieces, gives the
+    reasoning and content of the whole text (text that only looks like a tag's start is content)."""
+    import random
+
+    from tunesmith.templates.reasoning import ReasoningSplit
+
+    text = "<think>\nI should <b>greet</b>.\n</think>\n\nHello <thi</think>!"
+    whole = ReasoningSplit(opened=False).whole(text)
+    assert whole == ("I should <b>greet</b>.", "Hello <thi</think>!")
+    rng = random.Random(0)
+    cuts = [[a, b] for a in range(1, len(text)) for b in range(a + 1, len(text))]
+    cuts += [sorted(rng.sample(range(1, len(text)), rng.randint(3, 20))) for _ in range(300)]
+    for cut in cuts:
+        split, reasoning, content = ReasoningSplit(opened=False), "", ""
+        for a, b in zip([0, *cut], [*cut, len(text)]):
+            r, c = split.feed(text[a:b])
+            reasoning, content = reasoning + r, content + c
+        r, c = split.feed("", final=True)
+        assert ((reasoning + r).strip("\n") or None, content + c) == whole, cut
+
+
 def test_a_tool_call_after_reasoning_is_parsed_from_the_content(qwen3):
     pieces = ["<think>\nCall it.\n</think>\n\n", '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}',
               "\n</tool_call>"]
