@@ -1,5 +1,9 @@
 """README.md's family table is the registry's (tunesmith/models/table.py), and `tunesmith models` prints it."""
 
+import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 from tunesmith.cli.main import main
@@ -22,3 +26,17 @@ def test_tunesmith_models_lists_every_family(capsys):
     assert all(f'"family": "{name}"' in out for name in FAMILIES)
     assert main(["models", "--family", "qwen3"]) == 0
     assert "Qwen-Qwen3-0.6B.jinja" in capsys.readouterr().out
+
+
+def test_the_console_script_prints_the_families_and_nothing_else():
+    """Through the installed `tunesmith` (the CLI imports every command's config): JSON on stdout, a clean stderr
+    (ModelsConfig's --json once made every command print pydantic's field-shadowing warning), a bad family exit 1."""
+    tunesmith = shutil.which("tunesmith", path=str(Path(sys.executable).parent)) or "tunesmith"
+    proc = subprocess.run([tunesmith, "models", "--json"], check=False, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    listed = json.loads(proc.stdout)
+    assert [r["family"] for r in listed["families"]] == list(FAMILIES) and "glm4.5" in listed["not_registered"]
+    bad = subprocess.run([tunesmith, "models", "--family", "qwen9"], check=False, capture_output=True, text=True,
+                          timeout=120)
+    assert bad.returncode == 1 and "family 'qwen9': not registered" in bad.stderr and "Traceback" not in bad.stderr

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import ClassVar
 
 from pydantic import Field
 
 from tunesmith.config.sections import Section
+
+# `--json` as in `tunesmith plan`: the field shadows pydantic's deprecated v1 `.json()`, which nothing calls; without
+# this filter every command printed the warning, since the CLI imports every config.
+warnings.filterwarnings("ignore", message='Field name "json" in "ModelsConfig" shadows', category=UserWarning)
 
 
 class ModelsConfig(Section):
