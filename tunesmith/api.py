@@ -18,11 +18,24 @@ from tunesmith.config import DataCheckConfig, DeployConfig, DownloadConfig, Expo
 
 def sft(cfg: SFTConfig, callbacks: list[Any] | None = None):
     """Supervised fine-tuning. Returns a RunResult (run_dir, final_dir, losses). With --nproc-per-node > 1 (or
-    --nnodes > 1) it starts the ranks through torchrun (train/launch.py); `callbacks` then stay in this process."""
+    --nnodes > 1) it starts the ranks through torchrun (train/launch.py); `callbacks` then stay in this process.
+    --task embedding, reranker or classification trains that kind of model instead (train/embedding.py, ...)."""
     from tunesmith.train import launch
     from tunesmith.train.sft import sft as run
 
+    if cfg.task != "causal-lm":  # --task embedding | reranker | classification: sentence-transformers / transformers
+        return _encoder_recipe(cfg.task)(cfg, callbacks=callbacks)
     return launch.launch(cfg) if launch.needs_launch(cfg) else run(cfg, callbacks=callbacks)
+
+
+def _encoder_recipe(task: str):
+    if task == "embedding":
+        from tunesmith.train.embedding import train_embedding as recipe
+    elif task == "reranker":
+        from tunesmith.train.reranker import train_reranker as recipe
+    else:
+        from tunesmith.train.classifier import train_classifier as recipe
+    return recipe
 
 
 def pt(cfg: PTConfig, callbacks: list[Any] | None = None):
@@ -134,11 +147,11 @@ def hardware():
 
 
 def models() -> list[str]:
-    """The registry's model names, the embedded default first."""
+    """The registry's chat model names, the embedded default first."""
     from tunesmith.config import DEFAULT_MODEL
     from tunesmith.models.registry import MODELS
 
-    return [DEFAULT_MODEL, *[name for name in MODELS if name != DEFAULT_MODEL]]
+    return [DEFAULT_MODEL, *[name for name, e in MODELS.items() if name != DEFAULT_MODEL and e.task == "causal-lm"]]
 
 
 def model_families(cfg) -> list[dict]:

@@ -9,6 +9,8 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from tunesmith.config.encoders import (DEFAULT_ENCODER, ClassificationCfg, EmbeddingCfg, RerankerCfg, Task,
+                                       check_encoder_task)
 from tunesmith.config.sections import (GENERATION_SHORTCUTS, Device, Dtype, FreezeCfg, GaloreCfg, GenerationCfg,
                                        LisaCfg, LoraCfg, PeftCfg, Section)
 
@@ -151,8 +153,17 @@ class TrainConfig(Section):
 
 
 class SFTConfig(TrainConfig):
-    """Supervised fine-tuning on conversations. Run: tunesmith sft -c sft.yaml"""
+    """Supervised fine-tuning on conversations, or (--task) of an embedding, reranker or classifier model.
+Run: tunesmith sft -c sft.yaml"""
 
+    task: Task = Field("causal-lm", description=(
+        "What the model learns: causal-lm (chat answers), embedding (a bi-encoder on query/positive/negative rows), "
+        "reranker (a cross-encoder on query/document/label rows) or classification (text/label rows). The encoder "
+        "tasks default to the model all-minilm-l6-v2."))
+    embedding: EmbeddingCfg = Field(default_factory=EmbeddingCfg, description="Settings of --task embedding.")
+    reranker: RerankerCfg = Field(default_factory=RerankerCfg, description="Settings of --task reranker.")
+    classification: ClassificationCfg = Field(default_factory=ClassificationCfg, description=(
+        "Settings of --task classification."))
     loss_on: Literal["assistant", "last", "all"] = Field(
         "assistant", description="assistant = every assistant turn; last = the final one; all = every token."
     )
@@ -162,6 +173,19 @@ class SFTConfig(TrainConfig):
         "Fused layer kernels: auto = liger's RMSNorm, RoPE and SwiGLU on CUDA when liger-kernel is installed "
         "(pip install 'tunesmith[gpu]'); liger = the same, an error where it cannot run; none = the model's own."))
     command: ClassVar[str] = "sft"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _encoder_default_model(cls, data: object) -> object:
+        # The encoder tasks' default model is an encoder (the shipped MiniLM), not the chat model.
+        if isinstance(data, dict) and data.get("task", "causal-lm") != "causal-lm" and "model" not in data:
+            data = {**data, "model": DEFAULT_ENCODER}
+        return data
+
+    @model_validator(mode="after")
+    def _check_task(self) -> "SFTConfig":
+        check_encoder_task(self)
+        return self
 
 
 class PTConfig(TrainConfig):
@@ -253,9 +277,10 @@ class DataCheckConfig(Section):
     dataset: list[str] = Field(..., min_length=1, description="Files, folders, registry names or hub ids.")
     model: str | None = Field(None, description="Tokenize with this model for token length stats.")
     max_length: int | None = Field(None, description="Report rows longer than this many tokens (needs --model).")
-    kind: Literal["sft", "pt", "prompts", "preference", "kto"] = Field(
+    kind: Literal["sft", "pt", "prompts", "preference", "kto", "embedding", "reranker", "classification"] = Field(
         "sft", description="What the data is for: sft, pt (raw text), prompts (for infer), preference (for rlhf), "
-                           "kto (prompt/completion/label rows, or pairs).")
+                           "kto (prompt/completion/label rows, or pairs), embedding (query/positive/negatives), "
+                           "reranker (query/document/label), classification (text/label).")
     encoding: str = Field("utf-8", description="Text encoding of CSV/JSON/JSONL dataset files, e.g. gbk, utf-16 (a utf-8 BOM is read).")
     command: ClassVar[str] = "data"
     positional: ClassVar[tuple[str, ...]] = ("action", "dataset")

@@ -23,11 +23,14 @@ class PlanConfig(Section):
     Run: tunesmith plan MODEL [--tuner lora] [--gpu-memory 24]"""
 
     model: str = Field(DEFAULT_MODEL, description="Hub id, local folder, or registry name; only its config.json is read.")
+    task: Literal["causal-lm", "embedding", "reranker", "classification"] = Field("causal-lm", description=(
+        "What sft would train (as `tunesmith sft --task`): the encoder tasks plan their own step (plan/encoders.py)."))
     tuner: Literal["auto", "full", "lora", "qlora", "dora", "galore", "lisa", "freeze", "adalora", "vera", "oft", "boft",
                    "ia3", "loha", "lokr"] = Field("auto", description=(
         "auto = full if it fits comfortably, else lora, else qlora; or name one to check it (as tunesmith sft "
         "--tuner; peft's other adapters are planned as a LoRA of the same rank)."))
     trained_layers: int = Field(2, ge=1, description="lisa, freeze: decoder layers that train at a time.")
+    dp: bool = Field(False, description="Differentially private training (sft --dp): a gradient per sample.")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="auto = bfloat16 on GPUs that support it, else float32 (as tunesmith sft picks).")
     optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "sgd"] = Field(

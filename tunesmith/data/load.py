@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from tunesmith.data import formats, readers
+from tunesmith.data import formats, pairs, readers
 from tunesmith.data.limits import texts, visible_chars
 from tunesmith.data.preference import normalise_kto, normalise_preference
 from tunesmith.data.registry import REGISTRY
@@ -64,6 +64,8 @@ def load_rows(specs: list[str], kind: str, seed: int = 42, substitutions: dict[s
                 item = normalise_preference(row, out.problems)
             elif kind == "kto":  # KTO rows, or preference pairs that KTO unpairs
                 item = normalise_kto(row, out.problems)
+            elif kind in pairs.KINDS:  # embedding, reranker and classification rows (data/pairs.py)
+                item = pairs.normalise(row, kind, out.problems)
             else:
                 item = formats.normalise(row, kind, out.problems)
             if item is not None and max_chars is not None:

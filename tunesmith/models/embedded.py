@@ -34,6 +34,10 @@ def gguf_path() -> Path:
 
 def prepared_folder(name: str = "smollm2-135m-instruct") -> Path:
     """Return the cached HF folder of the embedded model, converting it from GGUF on first use."""
+    from tunesmith.models.encoders import PACKAGED, packaged_folder
+
+    if name in PACKAGED:  # shipped as a plain folder inside its package: nothing to convert
+        return packaged_folder(name)
     target = cache_dir() / "models" / name
     if (target / "config.json").exists() and (target / "model.safetensors").exists():
         return target

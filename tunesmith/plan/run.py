@@ -23,6 +23,10 @@ SFT_METHODS = ("full", "lora", "qlora", "dora", "galore", "lisa", "freeze")  # w
 def plan(cfg: PlanConfig, hardware: Hardware | None = None) -> dict[str, Any]:
     """The api entry. `hardware` replaces the probe (tests, or planning for another machine)."""
     hw = hardware or probe()
+    if cfg.task != "causal-lm":  # embedding, reranker, classification: their own step (plan/encoders.py)
+        from tunesmith.plan.encoders import plan_encoder
+
+        return plan_encoder(cfg, hw)
     shape = load_shape(cfg.model)
     targets = cfg.lora_targets if isinstance(cfg.lora_targets, str) else tuple(cfg.lora_targets)
     try:
@@ -41,7 +45,7 @@ def plan(cfg: PlanConfig, hardware: Hardware | None = None) -> dict[str, Any]:
     base = Setup(dtype=dtype, optimizer=cfg.optimizer, lora_rank=cfg.lora_rank, lora_targets=targets,
                  seq=-(-cfg.max_length // cfg.sequence_parallel), micro_batch=cfg.batch_size, grad_accum=cfg.grad_accum,
                  attn=cfg.attn, packing=cfg.packing, zero_stage=cfg.zero_stage, fsdp=bool(cfg.fsdp), world_size=shards,
-                 offload=cfg.offload, trained_layers=cfg.trained_layers,
+                 offload=cfg.offload, trained_layers=cfg.trained_layers, private=cfg.dp,
                  device=device)
     result: dict[str, Any] = {
         "model": {"name": cfg.model, "model_type": shape.model_type, "params": shape.params(), "layers": shape.layers,

@@ -180,6 +180,11 @@ def _check_memory(cfg: Any, plan: Preflight, shape: ModelShape | None) -> None:
 
 def estimate(cfg: Any, plan: Preflight, shape: ModelShape) -> Estimate:
     """The peak of this run: its step (with partial checkpointing when chosen) plus what its method adds."""
+    if getattr(cfg, "task", "causal-lm") != "causal-lm":  # an embedding, reranker or classifier: plan/encoders.py
+        from tunesmith.plan.encoders import estimate_for_run
+
+        config = json.loads(Path(shape.source).read_text(encoding="utf-8"))
+        return estimate_for_run(cfg, config, plan.device, str(plan.dtype).removeprefix("torch."))
     alignment = _alignment(cfg)
     setup = method_setup(_setup(cfg, plan, shape), alignment)
     step = estimate_training(shape, setup)
