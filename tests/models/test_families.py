@@ -18,7 +18,7 @@ import pytest
 from real_tokenizers import family_tokenizer
 from tunesmith.infer.common import prompt_ids
 from tunesmith.infer.types import GenerationRequest
-from tunesmith.models.families import FAMILIES, proven
+from tunesmith.models.families import FAMILIES, proven, sourced
 from tunesmith.templates import IGNORE, Template, split_reasoning
 
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city.",
@@ -114,6 +114,18 @@ def test_the_server_reads_the_trained_tool_call_back(name):
     assert [(c.name, json.loads(c.arguments)) for c in parsed.calls] == [("get_weather", {"city": "Paris"})]
 
 
+@pytest.mark.parametrize("name", [n for n, f in FAMILIES.items() if not f.tool_parser])
+def test_families_without_a_parser_have_no_tool_format_in_their_template(name):
+    """`tunesmith models` says "none in its template" for these: the maker's template drops the tools and the call
+    (nothing the model could learn to write, so nothing to parse). Where the template is not sourced, it says "-"."""
+    family, template = FAMILIES[name], template_of(name)
+    call = {"id": "abcdefghi", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+    conv = [{"role": "user", "content": "Weather?"}, {"role": "assistant", "content": "", "tool_calls": [call]}]
+    text = template.render_text(conv, tools=TOOLS)
+    assert "get_weather" not in text and "Paris" not in text
+    assert proven(family)["tool calls"] == ("none in its template" if sourced(family) else "-")
+
+
 # -----------------------------------------------------------------------------
 # 3: one training step on the tiny model of the architecture
 
@@ -185,4 +197,5 @@ def test_every_family_says_what_is_proven():
     for family in FAMILIES.values():
         cells = proven(family)
         assert cells["sft step"] == "yes"
+        assert cells["template"] == ("exact per turn" if sourced(family) else "tokenizer's own")  # OLMoE: not sourced
         assert (cells["moe"] != "-") == family.moe
