@@ -40,8 +40,8 @@ def corrupt_files():
         "empty.parquet": (b"", ": not a readable Parquet file"),
         "gbk.csv": ("prompt,response\nq,a\n你好,我是\n".encode("gbk"), ":3: not utf-8 text (byte 20: 0xc4); pass --encoding"),
         "gbk.jsonl": (jsonl_text(GOOD).encode("gbk"), ":1: not utf-8 text (byte 12: 0xc4); pass --encoding"),
-        "utf16.json": (json.dumps(GOOD).encode("utf-16"), ":1: not utf-8 text (byte 0: 0xff); it starts with a UTF-16 "
-                                                          "byte-order mark: pass --encoding utf-16"),
+        "utf16.json": (json.dumps(GOOD).encode("utf-16"), (":1: not utf-8 text (byte 0: 0xff); it starts with a UTF-16 "
+                                                          "byte-order mark: pass --encoding utf-16")),
         "cut.csv": ("prompt,response\nq,你".encode()[:-1], ":2: not utf-8 text (byte 18: 0xe4)"),
         "number.json": (b"42", ": expected a JSON list of rows, got int"),
         "string.json": (b'"rows"', ": expected a JSON list of rows, got str"),
@@ -183,3 +183,68 @@ def test_an_impossible_path_is_named():
         load_rows(["a" * 5000 + ".jsonl"], kind="sft")
     with pytest.raises(DataError, match=r"^a\x00b.jsonl: file not found"):
         load_rows(["a\x00b.jsonl"], kind="sft")
+
+
+def test_an_encoding_that_needs_a_byte_order_mark_and_packed_files_say_what_to_do(tmp_path):
+    import gzip
+
+    no_bom = tmp_path / "le.jsonl"
+    no_bom.write_bytes(jsonl_text(GOOD).encode("utf-16-le"))  # what Windows calls "Unicode" when saved without a mark
+    with pytest.raises(DataError, match=rf"^{no_bom}:1: not utf-16 text \(byte 0: no byte-order mark\); pass "
+                                        r"--encoding utf-16-le \(Windows' 'Unicode'\) or utf-16-be$"):
+        load_rows([str(no_bom)], kind="sft", encoding="utf-16")
+    assert len(load_rows([str(no_bom)], kind="sft", encoding="utf-16-le").rows) == 2
+    packed = tmp_path / "data.jsonl"
+    packed.write_bytes(gzip.compress(jsonl_text(GOOD * 100).encode())[:200])  # gzip, and cut short
+    with pytest.raises(DataError, match=rf"^{packed}:1: not utf-8 text \(byte 1: 0x8b\); it is gzip-compressed, "
+                                        r"not \.jsonl text: gunzip it first$"):
+        load_rows([str(packed)], kind="sft")
+
+
+def test_a_json_list_is_read_item_by_item_as_json_reads_it_whole(tmp_path, monkeypatch):
+    """The JSON reader walks the list itself (data/readers.py _JsonStream); with chunks of a few characters every
+    value is cut somewhere, and the rows must still equal json.loads' and errors name json's line."""
+    import random
+
+    from tunesmith.data import readers
+
+    rng = random.Random(0)
+    values = [1, -12.5e3, 10**20, 'x\n"y\\u00e9', "é你😀", None, True, [], {}, [1, [2]], {"k": {"j": [0.5]}}]
+    path = tmp_path / "d.json"
+    for trial in range(300):
+        monkeypatch.setattr(readers._JsonStream, "CHUNK", rng.randrange(1, 24))
+        rows = [{f"k{i}": rng.choice(values) for i in range(rng.randrange(4))} for _ in range(rng.randrange(5))]
+        doc = rows if trial % 2 else {"meta": rng.choice(values), "data": rows, "n": 3}
+        text = json.dumps(doc, indent=rng.choice([None, 1]), ensure_ascii=trial % 3 == 0)
+        if trial % 4 == 3:  # break it somewhere
+            cut = rng.randrange(len(text))
+            text = text[:cut] + rng.choice(["", "}", ",", "x", '"']) + text[cut + 1:]
+        path.write_text(text, encoding="utf-8")
+        problems = []
+        try:
+            want = json.loads(text)
+        except json.JSONDecodeError as err:
+            list(readers._read_json(path, problems, "utf-8"))
+            assert [(p.line, p.field) for p in problems] == [(err.lineno, "json")], text
+            assert problems[0].problem.startswith(f"not valid JSON ({err.msg}"), (text, problems)
+            continue
+        if isinstance(want, dict):
+            want = [v for v in want.values() if isinstance(v, list)]
+            want = want[0] if len(want) == 1 else None
+        if not isinstance(want, list):
+            with pytest.raises(DataError):
+                list(readers._read_json(path, problems, "utf-8"))
+            continue
+        assert [r.data for r in readers._read_json(path, problems, "utf-8")] == want and not problems, text
+
+
+def test_a_json_list_broken_midway_keeps_the_rows_before_and_says_where(tmp_path):
+    path = tmp_path / "cut.json"
+    path.write_text('[\n{"prompt": "q", "response": "a"},\n{"prompt": "q2", "response": \n', encoding="utf-8")
+    data = load_rows([str(path)], kind="sft")
+    assert len(data.rows) == 1
+    assert [str(p) for p in data.problems] == [
+        f"{path}:4: json: not valid JSON (Expecting value at column 1); the rows after it were not read"]
+    path.write_text('[{"prompt": "q", "response": "a"}] trailing', encoding="utf-8")
+    assert [str(p) for p in load_rows([str(path)], kind="sft").problems] == [
+        f"{path}:1: json: not valid JSON (Extra data at column 36); the rows after it were not read"]

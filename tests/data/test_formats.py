@@ -63,8 +63,8 @@ def test_bad_rows_are_reported_with_file_line_and_field(tmp_path):
         f"{path}:3: messages[0].role: unknown role 'robot'; expected one of assistant, system, tool, user",
         f"{path}:4: messages[0].content: expected a string, got list",
         f"{path}:5: messages: no assistant turn to learn from (prompts for infer? check them with --kind prompts)",
-        f"{path}:6: columns: format not recognised from columns (unrelated); expected messages, conversations, "
-        "instruction/output, prompt/response or text",
+        (f"{path}:6: columns: format not recognised from columns (unrelated); expected messages, conversations, "
+        "instruction/output, prompt/response or text"),
         f"{path}:7: json: not valid JSON (Expecting property name enclosed in double quotes at column 2)",
     ]
     assert len(data.rows) == 1

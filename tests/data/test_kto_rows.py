@@ -49,7 +49,7 @@ def test_bad_kto_rows_name_file_line_and_field(tmp_path):
         f"{path}:3: completion: missing: expected the assistant answer that label judges",
         f"{path}:4: completion: empty completion",
         f"{path}:5: messages: the last message must be the assistant answer that label judges",
-        f"{path}:6: columns: not a KTO row (text); expected prompt/completion/label, messages + label, or a "
-        "preference pair (prompt/chosen/rejected)",
+        (f"{path}:6: columns: not a KTO row (text); expected prompt/completion/label, messages + label, or a "
+        "preference pair (prompt/chosen/rejected)"),
         f"{path}:7: label: expected true (desirable) or false (undesirable), got 2",
     ]

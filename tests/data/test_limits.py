@@ -2,6 +2,7 @@
 50 MB one-line JSONL costs about one copy of the line, not gigabytes, and many long rows cost one row at a time."""
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -73,12 +74,12 @@ def test_a_row_over_the_bound_is_a_problem_before_tokenizing_and_skip_bad_rows_a
     data = load_rows([path], kind="sft", max_chars=100)
     assert [r.line for r in data.rows] == [2, 3, 4]  # whitespace and reasoning that templates drop are not counted
     assert [str(p) for p in data.problems] == [
-        f"{path}:1: messages[0].content: 101 characters besides whitespace, more than max_length tokens can hold "
-        "(at most 100 with this tokenizer); shorten the row or raise max_length",
-        f"{path}:5: assistant turn: 101 characters besides whitespace, more than max_length tokens can hold (at most "
-        "100 with this tokenizer); shorten the row or raise max_length",
-        f"{path}:6: messages[1].content: 101 characters besides whitespace, more than max_length tokens can hold "
-        "(at most 100 with this tokenizer); shorten the row or raise max_length",
+        (f"{path}:1: messages[0].content: 101 characters besides whitespace, more than max_length tokens can hold "
+         "(at most 100 with this tokenizer); shorten the row or raise max_length"),
+        (f"{path}:5: assistant turn: 101 characters besides whitespace, more than max_length tokens can hold (at "
+         "most 100 with this tokenizer); shorten the row or raise max_length"),
+        (f"{path}:6: messages[1].content: 101 characters besides whitespace, more than max_length tokens can hold "
+         "(at most 100 with this tokenizer); shorten the row or raise max_length"),
     ]
     assert data.raise_if_bad(skip_bad_rows=True) == 3
     with pytest.raises(DataError, match=rf"{path}:1: messages\[0\].content: 101 characters"):
@@ -116,11 +117,86 @@ def test_a_50_mb_line_is_refused_with_memory_near_one_copy_and_many_long_rows_st
     size = one_line.stat().st_size
     got = measure(one_line)
     assert got["rows"] == 1 and got["problems"] == [
-        f"{one_line}:1: messages[0].content: 41,800,010 characters besides whitespace, more than max_length tokens "
-        "can hold (at most 262,144 with this tokenizer); shorten the row or raise max_length"]
+        (f"{one_line}:1: messages[0].content: 41,800,010 characters besides whitespace, more than max_length "
+         "tokens can hold (at most 262,144 with this tokenizer); shorten the row or raise max_length")]
     # ~3x measured: the line (read in 8 KiB pieces, then joined) and its parsed text. Tokenizing it took 10 GB.
     assert got["grew"] < 4 * size
     size = many.stat().st_size
     got = measure(many)
     assert got["rows"] == 1 and len(got["problems"]) == 170
     assert got["grew"] < size / 5  # ~1 MB measured: one row at a time, not the whole file
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in KiB on Linux only")
+@pytest.mark.parametrize("suffix", [".json", ".csv"])
+def test_a_json_list_and_a_csv_stream_row_by_row(tmp_path, suffix):
+    """json.dump writes a whole list on one line, so only a reader that walks the list item by item stays flat."""
+    rows = [{"prompt": f"{i} " + "x" * 300_000, "response": "ok"} for i in range(170)] + [{"prompt": "q", "response": "fine"}]
+    path = tmp_path / f"many{suffix}"
+    if suffix == ".json":
+        path.write_text(json.dumps(rows), encoding="utf-8")
+    else:
+        path.write_text("prompt,response\n" + "".join(f"{r['prompt']},{r['response']}\n" for r in rows), encoding="utf-8")
+    out = subprocess.run([sys.executable, "-c", MEASURE, str(path)], capture_output=True, text=True, check=True)
+    got = json.loads(out.stdout)
+    assert got["rows"] == 1 and len(got["problems"]) == 170
+    assert got["problems"][0].startswith(f"{path}:{'row 0' if suffix == '.json' else 2}: user turn: 300,001 characters")
+    assert got["grew"] < path.stat().st_size / 5  # one row at a time, not the 51 MB file
+
+
+# -----------------------------------------------------------------------------
+# Every command that trains measures rows before its template renders them
+
+
+LONG = "word " * 200_000  # 800,000 characters besides whitespace: over Qwen2.5's 512 x 128 = 65,536
+
+
+def watched(template):
+    """The template, recording the longest message each render call was given."""
+    seen = []
+
+    def spy(render):
+        def recorded(messages, *args, **kwargs):
+            seen.append(max(len(m.get("content") or "") for m in messages))
+            return render(messages, *args, **kwargs)
+        return recorded
+
+    for name in ("render", "render_samples", "render_prompt"):
+        setattr(template, name, spy(getattr(template, name)))
+    return template, seen
+
+
+@pytest.mark.parametrize("method", ["sft", "dpo", "grpo"])
+def test_a_long_row_is_refused_before_any_tokenizing_in_each_training_command(tmp_path, monkeypatch, method):
+    from tunesmith.config import SFTConfig
+    from tunesmith.config.rlhf import RLHFConfig
+    from tunesmith.templates import Template
+    from tunesmith.train.online import prompt_datasets
+    from tunesmith.train.preference import load_preference_data, render_pairs
+    from tunesmith.train.sft import sft_data
+
+    monkeypatch.setenv("TUNESMITH_CACHE", str(tmp_path / "cache"))
+    row = {"sft": lambda text: chat(text), "dpo": lambda text: {"prompt": text, "chosen": "a", "rejected": "b"},
+           "grpo": lambda text: {"prompt": text}}[method]
+    path = rows_file(tmp_path / "d.jsonl", row("fine"), row(LONG))
+    template, seen = watched(Template(qwen_tokenizer()))
+    field = "messages[0].content" if method == "sft" else "user turn"
+    expected = (f"{path}:2: {field}: 800,000 characters besides whitespace, more than max_length tokens can hold "
+                "(at most 65,536 with this tokenizer)")
+
+    def load(skip):
+        common = {"model": "unused", "dataset": [path], "max_length": 512, "skip_bad_rows": skip}
+        if method == "sft":
+            train, _, skipped = sft_data(SFTConfig(**common), template)
+        elif method == "dpo":
+            loaded = load_preference_data(RLHFConfig(method="dpo", **common), "preference", template, render_pairs)
+            train, skipped = loaded.train, loaded.skipped
+        else:
+            cfg = RLHFConfig(method="grpo", rollout={"max_completion_length": 16}, **common)
+            _, train, _, skipped = prompt_datasets(cfg, template)
+        return len(train), skipped
+
+    with pytest.raises(DataError, match=re.escape(expected)):
+        load(skip=False)
+    assert load(skip=True) == (1, 1)  # --skip-bad-rows: the long row is left out and counted
+    assert seen and max(seen) < 100  # the good row was rendered; the long one never reached the tokenizer

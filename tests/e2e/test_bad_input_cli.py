@@ -1,7 +1,8 @@
 """Bad input through the real console script: exit 1, the file (or model) named once, no Python traceback."""
 
-import pytest
+import json
 
+import pytest
 from conftest import run_cli
 
 REGISTRY_NAME = "qwen2.5-7b-instruct"  # any name the unknown-model message lists
@@ -41,10 +42,33 @@ def test_sft_names_a_corrupt_dataset(tiny_model, bad_files, tmp_path, name):
     assert_clean_failure(proc, f"{bad_files / name}:")
 
 
-@pytest.mark.xfail(strict=True, reason="train/check.py does not pass cfg.encoding to load_rows yet (R1 item 8 wiring)")
 def test_data_check_reads_gbk_with_encoding(bad_files):
     proc = run_cli("data", "check", bad_files / "gbk.csv", "--encoding", "gbk", check=False)
-    assert proc.returncode == 0 and "good rows" in proc.stderr
+    assert proc.returncode == 0 and "good rows" in proc.stderr and "prompt-response: 1" in proc.stderr
+
+
+# Each command that reads --dataset passes --encoding to the readers: the binary file fails to decode *as gbk*.
+@pytest.mark.parametrize("command", [["sft"], ["pt"], ["rlhf", "--method", "dpo"], ["infer"], ["eval"]])
+def test_every_dataset_command_reads_with_encoding_and_names_a_corrupt_file(tiny_model, bad_files, tmp_path, command):
+    out = ["--output", tmp_path / "answers.jsonl"] if command == ["infer"] else ["--output-dir", tmp_path / "run"]
+    proc = run_cli(*command, "--model", tiny_model, "--dataset", bad_files / "binary.jsonl", "--encoding", "gbk",
+                   *out, check=False)
+    assert_clean_failure(proc, f"{bad_files / 'binary.jsonl'}:2: not gbk text (byte 128: 0x80)")
+
+
+def test_a_row_too_long_for_max_length_is_refused_by_name_before_tokenizing(tiny_model, tmp_path):
+    """A 4 MB one-line row: refused as characters (the check before tokenizing), not as a token count."""
+    path = tmp_path / "long.jsonl"
+    long_chat = {"messages": [{"role": "user", "content": "x" * 4_000_000}, {"role": "assistant", "content": "ok"}]}
+    short_chat = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]}
+    path.write_text(json.dumps(short_chat) + "\n" + json.dumps(long_chat) + "\n")
+    refusal = f"{path}:2: messages[0].content: 4,000,000 characters besides whitespace, more than max_length tokens"
+    check = run_cli("data", "check", path, "--model", tiny_model, "--max-length", "256", check=False)
+    assert_clean_failure(check, refusal)
+    sft = run_cli("sft", "--model", tiny_model, "--dataset", path, "--max-length", "256", "--max-steps", "1",
+                  "--output-dir", tmp_path / "run", check=False)
+    assert_clean_failure(sft, refusal)
+    assert "--skip-bad-rows" in sft.stderr
 
 
 @pytest.mark.parametrize("command", [["sft", "--dataset", "prd-assistant"], ["infer"]])

@@ -1,7 +1,7 @@
 """Read JSONL/JSON/CSV/Parquet files, folders and hub datasets into RawRows that remember their file and line.
 
-Files are streamed (JSONL line by line, CSV record by record, Parquet in batches), so memory follows the rows
-kept, not the file's size; a .json file is one document and is read whole. A row that is not valid JSON, or a CSV
+Files are streamed (JSONL line by line, CSV record by record, a JSON list item by item, Parquet in batches), so
+memory follows the rows kept, not the file's size. A row that is not valid JSON, or a CSV
 record with the wrong number of fields, does not stop reading: it becomes a Problem, so one run reports every bad
 row. A file that cannot be read at all (another encoding, binary, a truncated Parquet) stops with a DataError that
 names the file and, where there is one, the line and byte.
@@ -12,6 +12,7 @@ from __future__ import annotations
 import codecs
 import csv
 import json
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -48,7 +49,7 @@ def read_path(path: Path, problems: list[Problem], encoding: str = "utf-8-sig") 
         raise DataError(f"{path}: unsupported file type {suffix or '(none)'}; use {', '.join(SUFFIXES)}")
     try:
         yield from read(path, problems, encoding)
-    except UnicodeDecodeError:
+    except UnicodeError:  # a UnicodeDecodeError, or utf-16/utf-32 without their byte-order mark
         raise _decode_error(path, encoding) from None
     except OSError as err:  # unreadable: permissions, a device, a file that vanished
         raise DataError(f"{path}: cannot read ({err.strerror or err})") from None
@@ -65,18 +66,142 @@ def _read_jsonl(path: Path, problems: list[Problem], encoding: str) -> Iterator[
 
 
 def _read_json(path: Path, problems: list[Problem], encoding: str) -> Iterator[RawRow]:
-    data = _parse_json(path.read_text(encoding=encoding), str(path), None, problems)
-    if data is _INVALID:
-        return
-    if isinstance(data, dict):  # {"data": [...]} or {"train": [...]}: take the single list inside
-        lists = [v for v in data.values() if isinstance(v, list)]
-        if len(lists) != 1:
-            raise DataError(f"{path}: expected a JSON list of rows (or an object holding one list)")
-        data = lists[0]
-    if not isinstance(data, list):
-        raise DataError(f"{path}: expected a JSON list of rows, got {type(data).__name__}")
-    for i, item in enumerate(data):
-        yield RawRow(str(path), f"row {i}", item)
+    """A JSON list of rows, or an object holding one list ({"data": [...]}), streamed item by item."""
+    with path.open(encoding=encoding) as f:
+        doc = _JsonStream(f)
+        try:
+            if doc.peek() == "{":  # {"data": [...]} or {"train": [...]}: take the single list inside
+                found = False
+                for key in doc.members():
+                    if doc.peek() != "[":
+                        doc.value()  # metadata beside the rows
+                    elif found:
+                        raise DataError(f"{path}: expected a JSON list of rows (or an object holding one list)")
+                    else:
+                        found = True
+                        for i, item in enumerate(doc.items()):
+                            yield RawRow(str(path), f"row {i}", item)
+                if not found:
+                    raise DataError(f"{path}: expected a JSON list of rows (or an object holding one list)")
+            elif doc.peek() == "[":
+                for i, item in enumerate(doc.items()):
+                    yield RawRow(str(path), f"row {i}", item)
+            else:
+                data = doc.value()
+                raise DataError(f"{path}: expected a JSON list of rows, got {type(data).__name__}")
+            doc.end()
+        except _BadJson as err:
+            problems.append(Problem(str(path), err.line, "json", err.problem))
+
+
+class _BadJson(Exception):
+    def __init__(self, line: int, problem: str):
+        self.line, self.problem = line, problem
+
+
+class _JsonStream:
+    """A JSON document read in chunks. The brackets and commas around rows are walked here and each value is parsed
+    by json's own decoder, so what is held is one row and the unread rest of a chunk, whatever the file's size
+    (json.dump writes a whole list on one line, so reading by line would not bound it)."""
+
+    CHUNK = 1 << 16
+    TAIL = 64  # a value ending this close to the buffer's end may go on in the next chunk ("12" + "3", "1e" + "5")
+
+    def __init__(self, f) -> None:
+        self.f, self.buf, self.pos, self.eof = f, "", 0, False
+        self.line, self.column = 1, 0  # where buf[0] is in the file (column: characters before it on its line)
+        self.decoder = json.JSONDecoder()
+
+    def peek(self) -> str:
+        """The next character that is not whitespace, not consumed ("" at the end of the file)."""
+        while True:
+            self.pos = _WHITESPACE.match(self.buf, self.pos).end()
+            if self.pos < len(self.buf):
+                return self.buf[self.pos]
+            if not self._read(self.CHUNK):
+                return ""
+
+    def items(self) -> Iterator:
+        """The values of the list that starts here."""
+        self._take("[")
+        if self.peek() == "]":
+            self.pos += 1
+            return
+        while True:
+            yield self.value()
+            if self._take(",]") == "]":
+                return
+
+    def members(self) -> Iterator[str]:
+        """The keys of the object that starts here; the caller reads (or skips) each key's value."""
+        self._take("{")
+        if self.peek() == "}":
+            self.pos += 1
+            return
+        while True:
+            if self.peek() != '"':
+                raise self._error("Expecting property name enclosed in double quotes", self.pos)
+            key = self.value()
+            self._take(":")
+            yield key
+            if self._take(",}") == "}":
+                return
+
+    def value(self):
+        self.peek()
+        while True:
+            try:
+                value, end = self.decoder.raw_decode(self.buf, self.pos)
+            except json.JSONDecodeError as err:
+                cut = err.pos >= len(self.buf) - self.TAIL or err.msg.startswith("Unterminated string")
+                if cut and self._read(len(self.buf) - self.pos):  # as much again: a long row costs O(its length)
+                    continue
+                raise self._error(err.msg, err.pos) from None
+            except RecursionError:
+                raise _BadJson(self._where(self.pos)[0], "not readable JSON (nested too deeply)") from None
+            except ValueError as err:  # an integer over Python's 4,300-digit limit (the tail is advice for coders)
+                raise _BadJson(self._where(self.pos)[0], f"not readable JSON ({str(err).partition(':')[0]})") from None
+            if end >= len(self.buf) - self.TAIL and self._read(len(self.buf) - self.pos):
+                continue
+            self.pos = end
+            return value
+
+    def end(self) -> None:
+        if self.peek():
+            raise self._error("Extra data", self.pos)
+
+    def _take(self, allowed: str) -> str:
+        char = self.peek()
+        if not char or char not in allowed:
+            expected = {"[": "'['", "{": "'{'", ":": "':' delimiter"}.get(allowed, "',' delimiter")
+            raise self._error(f"Expecting {expected}" if char else "Expecting value", self.pos)
+        self.pos += 1
+        return char
+
+    def _read(self, size: int) -> bool:
+        """Append up to `size` more characters, dropping what was parsed; False (and nothing moved) at the end."""
+        more = "" if self.eof else self.f.read(max(size, self.CHUNK))
+        if not more:
+            self.eof = True
+            return False
+        done = self.buf[:self.pos]
+        newline = done.rfind("\n")
+        self.line += done.count("\n")
+        self.column = len(done) - newline - 1 if newline >= 0 else self.column + len(done)
+        self.buf, self.pos = self.buf[self.pos:] + more, 0
+        return True
+
+    def _where(self, pos: int) -> tuple[int, int]:
+        newline = self.buf.rfind("\n", 0, pos)
+        column = pos - newline if newline >= 0 else self.column + pos + 1
+        return self.line + self.buf.count("\n", 0, pos), column
+
+    def _error(self, msg: str, pos: int) -> _BadJson:
+        line, column = self._where(pos)
+        return _BadJson(line, f"not valid JSON ({msg} at column {column}); the rows after it were not read")
+
+
+_WHITESPACE = re.compile(r"[ \t\n\r]*")  # JSON's whitespace
 
 
 _INVALID = object()
@@ -131,13 +256,28 @@ def _read_parquet(path: Path, problems: list[Problem], encoding: str) -> Iterato
         raise DataError(f"{path}: not a readable Parquet file ({err}); is it complete?") from None
 
 
+# Files that start with these bytes are not text in any encoding: say what they are instead of suggesting one.
+PACKED = {b"\x1f\x8b": ("gzip-compressed", "gunzip it first"), b"PK\x03\x04": ("a zip archive", "unzip it first"),
+          b"\x28\xb5\x2f\xfd": ("zstd-compressed", "unzstd it first"), b"PAR1": ("a Parquet file", "name it .parquet")}
+
+
 def _decode_error(path: Path, encoding: str) -> DataError:
-    line, offset = _first_undecodable(path, encoding)
     with path.open("rb") as f:
         head = f.read(4096)
+    boms = (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+    if encoding in ("utf-16", "utf-32") and not head.startswith(boms):  # Python's decoders need the mark to start
+        return DataError(f"{path}:1: not {encoding} text (byte 0: no byte-order mark); pass --encoding {encoding}-le "
+                         f"(Windows' 'Unicode') or {encoding}-be")
+    line, offset = _first_undecodable(path, encoding)
+    with path.open("rb") as f:
         f.seek(offset)
         bad = f.read(1)
-    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+    packed = next((kind for magic, kind in PACKED.items() if head.startswith(magic)), None)
+    if packed:
+        hint = f"it is {packed[0]}, not {path.suffix} text: {packed[1]}"
+    elif encoding.startswith(("utf-16", "utf-32")):
+        hint = f"is it {encoding} text at all?"
+    elif head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         hint = "it starts with a UTF-16 byte-order mark: pass --encoding utf-16"
     elif b"\x00" in head:
         hint = f"it holds NUL bytes: is it UTF-16 text (pass --encoding utf-16) or not {path.suffix} text at all?"
@@ -159,14 +299,14 @@ def _first_undecodable(path: Path, encoding: str) -> tuple[int, int]:
                 line += decoder.decode(chunk).count("\n")
                 offset += len(chunk)
                 continue
-            except UnicodeDecodeError:
+            except UnicodeError:
                 decoder.setstate(state)
             for i in range(len(chunk)):
                 pending = len(decoder.getstate()[0])  # bytes of a character begun earlier
                 try:
                     line += decoder.decode(chunk[i:i + 1]).count("\n")
-                except UnicodeDecodeError as err:
-                    return line, offset + i - pending + err.start
+                except UnicodeError as err:  # other codecs (idna) raise the base class, without a position
+                    return line, offset + i - pending + getattr(err, "start", 0)
             offset += len(chunk)
     return line, offset - len(decoder.getstate()[0])  # the file ends inside a character
 

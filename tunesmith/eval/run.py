@@ -45,7 +45,7 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     # -------------------------------------------------------------------------
     # What, on what, with which metrics: all checked before any weights load
     targets = targets_from(cfg)
-    samples, skipped = load_samples(cfg.dataset, cfg.limit, cfg.skip_bad_rows)
+    samples, skipped = load_samples(cfg.dataset, cfg.limit, cfg.skip_bad_rows, cfg.encoding)
     names = metrics_for(cfg, samples)
     M.check_available(names)
     check_endpoints(targets, cfg)

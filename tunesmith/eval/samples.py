@@ -45,10 +45,10 @@ class Sample:
         return f"{self.source}:{self.line}"
 
 
-def load_samples(specs: list[str], limit: int | None = None,
-                 skip_bad_rows: bool = False) -> tuple[list[Sample], int]:
+def load_samples(specs: list[str], limit: int | None = None, skip_bad_rows: bool = False,
+                 encoding: str = "utf-8") -> tuple[list[Sample], int]:
     """The samples to score, and how many bad rows were skipped. Bad rows stop here as `file:line: field: problem`."""
-    data = load_rows(specs, kind="sft", seed=42)
+    data = load_rows(specs, kind="sft", seed=42, encoding=encoding)
     samples: list[Sample] = []
     for row in data.rows:
         if isinstance(row, Conversation):  # kind="sft" yields only conversations

@@ -51,7 +51,7 @@ def _run_name(adapters: str) -> str:
 def answer_dataset(engine: Engine, cfg: InferConfig, params: SamplingParams) -> Path:
     from tqdm.auto import tqdm
 
-    data = load_rows(cfg.dataset, kind="prompts", seed=0)
+    data = load_rows(cfg.dataset, kind="prompts", seed=0, encoding=cfg.encoding)
     skipped = data.raise_if_bad(cfg.skip_bad_rows)
     out = Path(cfg.output or Path(cfg.dataset[0]).with_suffix("").as_posix() + ".answers.jsonl")
     out.parent.mkdir(parents=True, exist_ok=True)

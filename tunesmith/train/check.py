@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tunesmith.config import DataCheckConfig
+from tunesmith.data.limits import max_chars
 from tunesmith.data.load import describe_problems, load_rows
 from tunesmith.data.rows import Conversation, Preference, Problem, UnpairedPreference
 from tunesmith.errors import DataError
@@ -26,21 +27,27 @@ class CheckReport:
 
 
 def check(cfg: DataCheckConfig) -> CheckReport:
-    data = load_rows(cfg.dataset, kind=cfg.kind, seed=0)
+    template = _template(cfg.model) if cfg.model else None
+    # With a tokenizer and max_length, a row too long to fit is refused before tokenizing, as training refuses it.
+    limit = max_chars(template.tokenizer, cfg.max_length) if template and cfg.max_length else None
+    data = load_rows(cfg.dataset, kind=cfg.kind, seed=0, encoding=cfg.encoding, max_chars=limit)
     report = CheckReport(len(data.rows), data.formats, list(data.problems))
-    if cfg.model and data.rows:
-        _token_stats(cfg, data.rows, report)
+    if template and data.rows:
+        _token_stats(cfg, template, data.rows, report)
     _print(cfg, report)
     if report.problems:
         raise DataError(describe_problems(report.problems))
     return report
 
 
-def _token_stats(cfg: DataCheckConfig, rows: list, report: CheckReport) -> None:
+def _template(model: str) -> Any:
     from tunesmith.models.load import load_tokenizer, resolve
     from tunesmith.templates import Template
 
-    template = Template(load_tokenizer(resolve(cfg.model)))
+    return Template(load_tokenizer(resolve(model)))
+
+
+def _token_stats(cfg: DataCheckConfig, template: Any, rows: list, report: CheckReport) -> None:
     for row in rows:
         if isinstance(row, Conversation):
             samples = template.render_samples(row.messages, tools=row.extra.get("tools"))  # one per turn for some

@@ -141,6 +141,7 @@ def _port_free(port: int) -> bool:
 def prepare_data(cfg: Any) -> None:
     """Check every row and tokenize once, before the ranks start: they find the cache warm and never wait on each
     other's preprocessing (a rank waiting in the process group for another's tokenizing times out)."""
+    from tunesmith.data.limits import max_chars
     from tunesmith.data.load import load_rows
     from tunesmith.train.preflight import load_template
 
@@ -159,7 +160,8 @@ def prepare_data(cfg: Any) -> None:
         kind = {"kto": "kto", "grpo": "prompts", "ppo": "prompts"}.get(cfg.method, "preference")
         for specs in (cfg.dataset, cfg.val_dataset):
             if specs:
-                load_rows(specs, kind=kind, seed=cfg.seed).raise_if_bad(cfg.skip_bad_rows)
+                load_rows(specs, kind=kind, seed=cfg.seed, encoding=cfg.encoding,
+                          max_chars=max_chars(template.tokenizer, cfg.max_length)).raise_if_bad(cfg.skip_bad_rows)
 
 
 # -----------------------------------------------------------------------------

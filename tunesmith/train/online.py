@@ -8,10 +8,12 @@ run before any weights load.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from tunesmith.config.rlhf import RLHFConfig
+from tunesmith.data.limits import max_chars
 from tunesmith.data.load import load_rows
 from tunesmith.data.rows import Problem
 from tunesmith.errors import ConfigError, DataError
@@ -64,8 +66,10 @@ def prompt_datasets(cfg: RLHFConfig, template: Template) -> tuple[list, Any, Any
     TRL needs a dataset whose `prompt` column it can hand back to us; ours holds each conversation as role/content
     messages with the row's index in the last one (ROW_KEY). The exact messages, tools and columns stay in the table,
     in Python: an Arrow table would add None for every key some other row has."""
-    data = load_rows(cfg.dataset, kind="prompts", seed=cfg.seed)
-    val = load_rows(cfg.val_dataset, kind="prompts", seed=cfg.seed) if cfg.val_dataset else None
+    read = partial(load_rows, kind="prompts", seed=cfg.seed, encoding=cfg.encoding,
+                   max_chars=max_chars(template.tokenizer, cfg.max_length))  # a prompt too long: refused untokenized
+    data = read(cfg.dataset)
+    val = read(cfg.val_dataset) if cfg.val_dataset else None
     table: list = []
     train_idx = _add_rows(table, data.rows, template, cfg, data.problems)
     skipped = data.raise_if_bad(cfg.skip_bad_rows)

@@ -8,9 +8,11 @@ so every method sees the same ids; and the row layout of TRL's older pair traine
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable
 
 from tunesmith.config.rlhf import RLHFConfig
+from tunesmith.data.limits import max_chars
 from tunesmith.data.load import load_rows
 from tunesmith.data.rows import Preference, Problem
 from tunesmith.templates import IGNORE, Template
@@ -27,8 +29,10 @@ class PreferenceData:
 def load_preference_data(cfg: RLHFConfig, kind: str, template: Template, tokenize: Callable[..., Any]) -> PreferenceData:
     """Rows of `kind` ("preference" or "kto") rendered by `tokenize(rows, template, max_length, problems)`; held-out
     rows from val_dataset, else val_split of the training rows. Bad rows stop the run here."""
-    data = load_rows(cfg.dataset, kind=kind, seed=cfg.seed)
-    val = load_rows(cfg.val_dataset, kind=kind, seed=cfg.seed) if cfg.val_dataset else None
+    read = partial(load_rows, kind=kind, seed=cfg.seed, encoding=cfg.encoding,
+                   max_chars=max_chars(template.tokenizer, cfg.max_length))  # a row too long: refused untokenized
+    data = read(cfg.dataset)
+    val = read(cfg.val_dataset) if cfg.val_dataset else None
     train = tokenize(data.rows, template, cfg.max_length, data.problems)
     skipped = data.raise_if_bad(cfg.skip_bad_rows)
     evals = None

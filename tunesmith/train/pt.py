@@ -33,8 +33,8 @@ def pt(cfg: PTConfig, callbacks: list[Any] | None = None) -> RunResult:
 
 def pt_data(cfg: PTConfig, template: Any) -> tuple[Any, Any, int]:
     """(train blocks, eval blocks or None, rows skipped): text + EOS cut into max_length blocks, cached."""
-    data = load_rows(cfg.dataset, kind="pt", seed=cfg.seed)
-    val = load_rows(cfg.val_dataset, kind="pt", seed=cfg.seed) if cfg.val_dataset else None
+    data = load_rows(cfg.dataset, kind="pt", seed=cfg.seed, encoding=cfg.encoding)  # long texts are cut, not refused
+    val = load_rows(cfg.val_dataset, kind="pt", seed=cfg.seed, encoding=cfg.encoding) if cfg.val_dataset else None
     skipped = data.raise_if_bad(cfg.skip_bad_rows) + (val.raise_if_bad(cfg.skip_bad_rows) if val else 0)
     train_ds = tokenize_pt(data.rows, template, cfg.max_length)
     eval_ds = tokenize_pt(val.rows, template, cfg.max_length) if val else None

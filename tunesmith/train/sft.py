@@ -9,10 +9,12 @@ asked for: small models do not need it). train/preflight.py makes those choices,
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from tunesmith.config import SFTConfig
 from tunesmith.errors import ConfigError
+from tunesmith.data.limits import max_chars
 from tunesmith.data.load import load_rows
 from tunesmith.train.preflight import load_template, preflight, trainable_report
 from tunesmith.train.run import RunResult, open_run
@@ -39,9 +41,12 @@ def sft(cfg: SFTConfig, callbacks: list[Any] | None = None) -> RunResult:
 
 def sft_data(cfg: SFTConfig, template: Any) -> tuple[Any, Any, int]:
     """(train, eval or None, rows skipped): every row checked, rendered by the template and cached (train/tokenize.py)."""
-    subs = {"name": cfg.model_name, "author": cfg.model_author}
-    data = load_rows(cfg.dataset, kind="sft", seed=cfg.seed, substitutions=subs)
-    val = load_rows(cfg.val_dataset, kind="sft", seed=cfg.seed, substitutions=subs) if cfg.val_dataset else None
+    # A row too long for max_length is refused before the tokenizer sees it (a 50 MB line would take minutes and GBs).
+    read = partial(load_rows, kind="sft", seed=cfg.seed, encoding=cfg.encoding,
+                   substitutions={"name": cfg.model_name, "author": cfg.model_author},
+                   max_chars=max_chars(template.tokenizer, cfg.max_length))
+    data = read(cfg.dataset)
+    val = read(cfg.val_dataset) if cfg.val_dataset else None
     held: list = []
     if val is None and cfg.val_split > 0:  # rows, not samples: a conversation's per-turn samples stay on one side
         data.rows, held = split_rows(data.rows, cfg.val_split, cfg.seed)
