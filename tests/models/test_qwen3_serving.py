@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 from fastapi.testclient import TestClient
-
 from real_tokenizers import family_tokenizer
+
 from tunesmith.config import DeployConfig
 from tunesmith.models.families import FAMILIES
 
