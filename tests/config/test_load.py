@@ -96,9 +96,15 @@ def test_help_lists_only_what_works():
     assert load(ExportConfig, ["--adapters", "runs/a/final", "--merge-lora"]).adapters == "runs/a/final"  # old spelling
     with pytest.raises(ConfigError, match="merge_lora: false is not an export"):
         load(ExportConfig, ["--adapters", "runs/a/final", "--merge-lora", "false"])
-    assert "galore" not in help_text(PlanConfig, "tunesmith plan")
+    # plan names only tuners sft runs (galore trains since P15): each planned command is one sft accepts
+    from tunesmith.config import SFTConfig
+    from tunesmith.plan.run import plan
+
+    for tuner in ("galore", "lisa", "freeze"):
+        command = plan(load(PlanConfig, ["qwen2.5-0.5b-instruct", "--tuner", tuner, "--gpu-memory", "80"]))["command"]
+        assert load(SFTConfig, command.split()[2:]).tuner == tuner
     with pytest.raises(ConfigError, match="tuner"):
-        load(PlanConfig, ["--tuner", "galore"])
+        load(PlanConfig, ["--tuner", "q-galore"])
 
 
 def test_chat_template_kwargs_as_json_or_one_key_per_flag_merge_with_the_file(tmp_path):

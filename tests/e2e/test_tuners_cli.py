@@ -1,4 +1,4 @@
-"""Each tuner beyond LoRA end to end: `tunesmith sft --tuner ...` through the console script, then its final/ answered
+"""Each tuner beyond LoRA (and DP-SGD) end to end: `tunesmith sft --tuner ...` through the console script, then its final/ answered
 by `tunesmith infer`'s batch path and by the server (in process) with the same text: adapters load on the untouched
 base, whole-model tuners as a model folder."""
 
@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
-
 from conftest import assert_preflight_recorded, read_metrics, run_cli
+from fastapi.testclient import TestClient
 
 PROMPT = [{"role": "user", "content": "code for river"}]
 TUNERS = {
@@ -17,7 +16,8 @@ TUNERS = {
     "freeze": ["--tuner", "freeze", "--freeze.trainable-layers", "1", "--freeze.modules", "lm_head"],
     "loha": ["--tuner", "loha", "--peft.args", '{"r": 4, "alpha": 8}', "--learning-rate", "1e-2"],
     "pissa+": ["--lora.init", "pissa", "--lora.plus-ratio", "16", "--lora.rslora", "--neftune-alpha", "5"],
-}
+    "dp": ["--dp", "epsilon=50,delta=1e-5,max_grad_norm=1.0", "--learning-rate", "1e-2"],  # a weak guarantee:
+}                                                                          # little noise, so 4 steps learn
 
 
 @pytest.mark.parametrize("name", TUNERS)
@@ -36,7 +36,9 @@ def test_a_tuner_trains_through_the_cli_and_its_output_is_served(name, tiny_mode
     assert len(losses) == 4 and losses[-1] < losses[0]
     assert_preflight_recorded(run)
     adapter = (final / "adapter_config.json").exists()
-    assert adapter == (name in ("loha", "pissa+"))
+    assert adapter == (name in ("loha", "pissa+", "dp"))
+    if name == "dp":
+        assert read_metrics(run)[-1]["dp_epsilon"] > 0 and "differential privacy" in (final / "README.md").read_text()
 
     where = {"adapters": str(final)} if adapter else {"model": str(final)}
     prompts = tmp_path / "prompts.jsonl"

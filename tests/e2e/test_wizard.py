@@ -7,7 +7,7 @@ import pytest
 
 from conftest import TUNESMITH
 
-DOWN, ENTER = "\x1b[B", "\r"
+UP, DOWN, ENTER = "\x1b[A", "\x1b[B", "\r"
 
 
 @pytest.mark.slow
@@ -47,7 +47,7 @@ def test_wizard_fine_tunes_on_cpu_and_chats_with_the_result(tmp_path):
     child.send(DOWN + DOWN + ENTER)  # Done
     child.expect("What do you want to do")
     child.expect("Quit")
-    child.send(DOWN * 7 + ENTER)  # Quit, the eighth entry
+    child.send(UP + ENTER)  # Quit, the last entry (up from the first wraps around)
     child.expect(pexpect.EOF)
     runs = list(Path(tmp_path, "runs").glob("wizard-*"))
     assert len(runs) == 1 and (runs[0] / "final" / "adapter_model.safetensors").exists()

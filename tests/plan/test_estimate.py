@@ -192,3 +192,10 @@ def test_peft_adapters_are_planned_as_a_lora_of_their_rank_and_say_so():
     vera = estimate_training(Q7, Setup(method="vera", lora_rank=16))
     assert vera.total == estimate_training(Q7, Setup(method="lora", lora_rank=16)).total
     assert any(note.startswith("vera: planned as a LoRA of rank 16") for note in vera.notes)
+
+
+def test_dp_holds_a_gradient_per_sample():
+    lora = estimate_training(Q7, Setup(method="lora", micro_batch=8))
+    private = estimate_training(Q7, Setup(method="lora", micro_batch=8, private=True))
+    assert private.parts["gradients"] == pytest.approx(9 * lora.parts["gradients"])
+    assert any(note.startswith("dp: 8 per-sample gradients") for note in private.notes)

@@ -8,9 +8,9 @@ import math
 
 import pytest
 import torch
+from tiny import make_tiny_model
 from transformers import AutoModelForCausalLM, TrainerCallback
 
-from tiny import make_tiny_model
 from tunesmith import api
 from tunesmith.config import SFTConfig, load
 from tunesmith.errors import ConfigError

@@ -12,7 +12,7 @@ from pydantic import Field, field_validator, model_validator
 from tunesmith.config.encoders import (DEFAULT_ENCODER, ClassificationCfg, EmbeddingCfg, RerankerCfg, Task,
                                        check_encoder_task)
 from tunesmith.config.sections import (GENERATION_SHORTCUTS, Device, Dtype, FreezeCfg, GaloreCfg, GenerationCfg,
-                                       LisaCfg, LoraCfg, PeftCfg, Section)
+                                       LisaCfg, LoraCfg, PeftCfg, PrivacyCfg, Section)
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 # How the weights train (`tuner`). Adapter tuners save an adapter folder that loads on the untouched base; the others
@@ -115,12 +115,12 @@ class TrainConfig(Section):
     def _auto_is_unset(cls, value: object) -> object:
         return None if value == "auto" else value
 
-    @model_validator(mode="after")
     @property
     def trains_adapter(self) -> bool:
         """True when the run trains a peft adapter over frozen base weights (saved as an adapter folder)."""
         return self.tuner not in FULL_WEIGHT_TUNERS
 
+    @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
         if not self.trains_adapter and self.adapters:
             raise ValueError(f"adapters: tuner {self.tuner} trains the weights themselves and cannot continue an "
@@ -172,6 +172,9 @@ Run: tunesmith sft -c sft.yaml"""
     kernels: Literal["auto", "liger", "none"] = Field("auto", description=(
         "Fused layer kernels: auto = liger's RMSNorm, RoPE and SwiGLU on CUDA when liger-kernel is installed "
         "(pip install 'tunesmith[gpu]'); liger = the same, an error where it cannot run; none = the model's own."))
+    dp: PrivacyCfg = Field(default_factory=PrivacyCfg, description=(
+        "Differential privacy (Opacus DP-SGD), e.g. --dp epsilon=8,delta=1e-5,max_grad_norm=1.0; tuner lora, qlora "
+        "or full. Needs pip install 'tunesmith[privacy]'."))
     command: ClassVar[str] = "sft"
 
     @model_validator(mode="before")
@@ -185,6 +188,26 @@ Run: tunesmith sft -c sft.yaml"""
     @model_validator(mode="after")
     def _check_task(self) -> "SFTConfig":
         check_encoder_task(self)
+        return self
+
+    @model_validator(mode="after")
+    def _check_private(self) -> "SFTConfig":
+        if self.dp.epsilon is None:
+            return self
+        refusals = {
+            "packing": (self.packing, "a packed row mixes samples, so no gradient would be one sample's; set "
+                        "packing: false"),
+            "grad_accum": (self.grad_accum > 1, "DP-SGD draws each step's batch by Poisson sampling and clips per "
+                           "sample; raise batch_size instead of grad_accum"),
+            "tuner": (self.tuner not in ("lora", "qlora", "full"), f"dp trains lora, qlora or full (Opacus' "
+                      f"per-sample gradients); tuner is {self.tuner}"),
+            "nproc_per_node": (self.nproc_per_node * self.nnodes > 1 or bool(self.deepspeed or self.fsdp),
+                               "dp runs in one process (no DeepSpeed/FSDP)"),
+            "lora.plus_ratio": (bool(self.lora.plus_ratio), "dp builds its own optimizer (Opacus' DPOptimizer)"),
+        }
+        for key, (refused, why) in refusals.items():
+            if refused:
+                raise ValueError(f"{key}: {why}")
         return self
 
 

@@ -120,6 +120,29 @@ class PeftCfg(Section):
         "Fields of the peft config class (e.g. {r: 8} for vera; target_modules defaults to peft's per model type)."))
 
 
+class PrivacyCfg(Section):
+    """Differentially private training (DP-SGD through Opacus): each sample's gradient clipped, Gaussian noise added,
+    batches drawn by Poisson sampling; the accountant's epsilon is reported. On when epsilon is set."""
+
+    epsilon: float | None = Field(None, gt=0, description="Privacy budget of the whole run (e.g. 8); unset: DP off.")
+    delta: float = Field(1e-5, gt=0, lt=1, description="Probability the epsilon bound may fail; keep it below 1/rows.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Each sample's gradient is clipped to this L2 norm.")
+    accountant: Literal["prv", "rdp"] = Field("prv", description="Opacus accountant: prv (tighter) or rdp.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_text(cls, data: object) -> object:
+        """`--dp epsilon=8,delta=1e-5,max_grad_norm=1.0` (as the peers write it), or a bare `--dp` (epsilon 8)."""
+        if data is True:
+            return {"epsilon": 8.0}
+        if isinstance(data, str):
+            pairs = [part.partition("=") for part in data.split(",") if part.strip()]
+            if any(not sep for _, sep, _ in pairs):
+                raise ValueError(f"expected key=value pairs such as epsilon=8,delta=1e-5 (got {data!r})")
+            return {key.strip(): value.strip() for key, _, value in pairs}
+        return data
+
+
 class GenerationCfg(Section):
     """Generation settings, with the OpenAI API's names."""
 

@@ -90,10 +90,10 @@ def _nf4_config(dtype: Any) -> Any:
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                               bnb_4bit_compute_dtype=dtype)
 
+
 # lora.init -> peft's init_lora_weights. PiSSA through 16 subspace iterations of a randomised SVD (peft's fast variant,
 # seconds on a 7B model where the exact SVD takes minutes; the residual W - BA is exact either way).
 LORA_INIT = {"default": True, "gaussian": "gaussian", "pissa": "pissa_niter_16", "olora": "olora"}
-
 
 
 def lora_config(lora: Any, method: str, model: Any = None) -> Any:

@@ -74,6 +74,7 @@ ADAPTER_INPUTS = {"q_proj": "attention input", "k_proj": "attention input", "v_p
 class Setup:
     method: str = "lora"              # full | lora | qlora | dora | galore | lisa | freeze
     trained_layers: int = 2           # lisa, freeze: decoder layers that train at a time
+    private: bool = False             # DP-SGD (Opacus): a gradient per sample, and their clipped sum
     dtype: str = "bfloat16"
     optimizer: str = "adamw"          # adamw | adamw_8bit | paged_adamw_8bit | sgd
     lora_rank: int = 16               # also GaLore's projection rank
@@ -350,9 +351,12 @@ def estimate_training(shape: ModelShape, s: Setup) -> Estimate:
     trainable = trainable_params(shape, s)
     weights, opt = weight_bytes(shape, s), optimizer_bytes(shape, s)
     grad_bytes = 4 if s.method in ADAPTER_METHODS else a
-    grads = trainable * grad_bytes
-    step_temp = trainable * grad_bytes if s.optimizer == "adamw" else 0  # foreach AdamW: sqrt(exp_avg_sq) copy
     notes: list[str] = []
+    grads = trainable * grad_bytes
+    if s.private:
+        grads *= s.micro_batch + 1  # Opacus' grad_sample per sample, and the clipped sum beside .grad
+        notes.append(f"dp: {s.micro_batch} per-sample gradients of the {trainable:,} trainable weights")
+    step_temp = trainable * grad_bytes if s.optimizer == "adamw" else 0  # foreach AdamW: sqrt(exp_avg_sq) copy
     host = 0.0
     sharded = s.fsdp or s.zero_stage > 0
     if sharded:

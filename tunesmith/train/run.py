@@ -63,6 +63,11 @@ class Run:
     def save_config(self, **resolved: Any) -> None:
         if is_main():
             save_config(self.cfg, self.dir, **resolved)
+            self.resolved = resolved
+
+    def add_resolved(self, **values: Any) -> None:
+        """Record what is known only once training ends (e.g. the privacy spent) in config.yaml."""
+        self.save_config(**{**getattr(self, "resolved", {}), **values})
 
     def save_final(self, trainer: Any, template: Any) -> Path:
         """final/: written to a staging folder and renamed, so it is either whole or absent. With several processes

@@ -83,7 +83,7 @@ def trl_args(cfg: Any, run_dir: Path, device: str, dtype: Any, has_eval: bool) -
 
 def run_trainer(cfg: Any, run_dir: Path, model: Any, tokenizer: Any, train_ds: Any, eval_ds: Any, device: str,
                 dtype: Any, resume_from: str | None, callbacks: list[Any] | None, trainer_cls: Any = None,
-                args: Any = None) -> Any:
+                args: Any = None, optimizers: tuple[Any, Any] | None = None) -> Any:
     """A TRL trainer (SFTTrainer unless given) over our pre-tokenized data, with the run folder's callbacks."""
     from transformers.trainer_callback import PrinterCallback
     from trl import SFTTrainer
@@ -102,7 +102,7 @@ def run_trainer(cfg: Any, run_dir: Path, model: Any, tokenizer: Any, train_ds: A
         eval_dataset=eval_ds,
         processing_class=tokenizer,
         callbacks=[*ours, *tuners.tuner_callbacks(cfg), *(callbacks or [])],
-        optimizers=(tuners.build_optimizer(cfg, model, device), None),  # (None, None): the Trainer's AdamW
+        optimizers=optimizers or (tuners.build_optimizer(cfg, model, device), None),  # (None, None): the Trainer's
     )
     # With its tqdm off, the Trainer prints every log dict; MetricsLog prints one line per log instead.
     trainer.remove_callback(PrinterCallback)

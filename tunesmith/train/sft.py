@@ -13,10 +13,11 @@ from functools import partial
 from typing import Any
 
 from tunesmith.config import SFTConfig
-from tunesmith.errors import ConfigError
 from tunesmith.data.limits import max_chars
 from tunesmith.data.load import load_rows
+from tunesmith.errors import ConfigError
 from tunesmith.train.preflight import load_template, preflight, trainable_report
+from tunesmith.train.private import record_privacy, train_private
 from tunesmith.train.run import RunResult, open_run
 from tunesmith.train.setup import load_trainable, run_trainer
 from tunesmith.train.speed import prepare_model
@@ -33,9 +34,12 @@ def sft(cfg: SFTConfig, callbacks: list[Any] | None = None) -> RunResult:
         chosen = prepare_model(cfg, model, device, dtype)  # the attention and kernels this machine runs
         run.save_config(base_model_folder=str(base_folder), train_rows=len(train_ds), skipped_rows=skipped,
                         speed=chosen, **plan.recorded(), **trainable_report(cfg, model))
-        trainer = run_trainer(cfg, run.dir, model, template.tokenizer, train_ds, eval_ds, device, dtype,
-                              run.resume_from, callbacks)
+        train = train_private if cfg.dp.epsilon is not None else run_trainer  # DP-SGD: Opacus (train/private.py)
+        trainer = train(cfg, run.dir, model, template.tokenizer, train_ds, eval_ds, device, dtype, run.resume_from,
+                        callbacks)
         final = run.save_final(trainer, template)
+        if cfg.dp.epsilon is not None:
+            record_privacy(run, trainer, final)  # the epsilon spent: config.yaml, metrics.jsonl, final/README.md
         return run.result(trainer, final, skipped)
 
 

@@ -54,7 +54,8 @@ def resolve_packing(cfg: Any, device: str, dtype: Any) -> None:
     """packing left unset -> on where the varlen kernel runs; off elsewhere, where packed samples would need a
     dense block mask over the flattened batch (CPU, MPS, float32)."""
     if getattr(cfg, "packing", False) is None:
-        cfg.packing = varlen_runs(device, dtype)
+        private = getattr(getattr(cfg, "dp", None), "epsilon", None) is not None  # DP-SGD: one sample per row
+        cfg.packing = varlen_runs(device, dtype) and not private
 
 
 def prepare_model(cfg: Any, model: Any, device: str, dtype: Any) -> dict[str, str]:

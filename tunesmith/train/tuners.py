@@ -11,6 +11,7 @@ adapter folder; the whole-model tuners (full, galore, lisa, freeze) save the who
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import random
 from pathlib import Path
@@ -18,7 +19,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from tunesmith.config.commands import LORA_TUNERS, PEFT_TUNERS
+from tunesmith.config.commands import LORA_TUNERS
+from tunesmith.errors import ConfigError
 from tunesmith.models import load as models
 
 log = logging.getLogger("tunesmith")
@@ -28,6 +30,8 @@ INITIAL_ADAPTER = "initial-adapter"
 
 
 def make_trainable(cfg: Any, model: Any) -> Any:
+    if cfg.tuner == "galore" and importlib.util.find_spec("galore_torch") is None:
+        raise ConfigError("tuner: galore needs galore-torch; pip install 'tunesmith[galore]'")
     if cfg.tuner == "full" or cfg.tuner == "galore":
         return model
     if cfg.tuner == "freeze":
@@ -58,8 +62,6 @@ def peft_method_config(tuner: str, args: dict) -> Any:
     fields = set(config_cls.__dataclass_fields__)
     unknown = sorted(set(args) - fields)
     if unknown:
-        from tunesmith.errors import ConfigError
-
         raise ConfigError(f"peft.args: {', '.join(unknown)} not a field of peft's {config_cls.__name__}; it has "
                           f"{', '.join(sorted(f for f in fields if not f.startswith('_'))[:30])}, ...")
     values = {"task_type": "CAUSAL_LM", **({"total_step": 1_000_000} if tuner == "adalora" else {}), **args}
@@ -188,8 +190,6 @@ class AdaLoraBudget(TrainerCallback):
         config = tuner.peft_config[tuner.trainable_adapter_name]
         config.total_step = state.max_steps
         if config.tinit >= config.total_step - config.tfinal:
-            from tunesmith.errors import ConfigError
-
             raise ConfigError(f"peft.args: AdaLoRA's tinit ({config.tinit}) + tfinal ({config.tfinal}) leave no steps "
                               f"to reallocate ranks in a run of {state.max_steps} steps; lower them or train longer")
         tuner.rankallocator.set_total_step(state.max_steps)
