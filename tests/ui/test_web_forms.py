@@ -5,10 +5,18 @@ import shlex
 
 import pytest
 
-from tunesmith.config import DeployConfig, ExportConfig, PTConfig, SFTConfig, help_text, load, validate
+from tunesmith.config import (
+    DeployConfig,
+    ExportConfig,
+    PTConfig,
+    SFTConfig,
+    help_text,
+    load,
+    validate,
+)
 from tunesmith.config.eval import EvalConfig
 from tunesmith.config.rlhf import RLHFConfig
-from tunesmith.ui.web.forms import command_line, fields_of
+from tunesmith.ui.web.forms import _parse, command_line, fields_of, shown
 
 
 @pytest.mark.parametrize("cls", [SFTConfig, PTConfig, RLHFConfig, EvalConfig, ExportConfig, DeployConfig])
@@ -31,3 +39,11 @@ def test_the_command_a_form_shows_parses_back_to_its_config(cls, command, values
     line = command_line(command, values)
     argv = shlex.split(line)[2:]
     assert load(cls, argv) == validate(cls, values)
+
+
+@pytest.mark.parametrize("cls", [SFTConfig, PTConfig, RLHFConfig, EvalConfig, ExportConfig, DeployConfig])
+def test_an_untouched_form_reads_back_as_the_defaults(cls):
+    """What each input shows first parses back to its default, so a form nobody edited builds the default config (a
+    mapping field once showed "{}", which read back as text and broke every preview)."""
+    for f in fields_of(cls):
+        assert _parse(f, shown(f)) == f.default or (_parse(f, shown(f)) in (None, "", []) and f.default in (None, "", [])), f.key

@@ -23,7 +23,7 @@ from tunesmith.config.load import validate
 @dataclass
 class Field:
     key: str            # dotted: lora.rank
-    kind: str           # choice | bool | tristate | number | text | list
+    kind: str           # choice | bool | tristate | number | text | list | mapping
     default: Any
     help: str
     choices: tuple = ()
@@ -51,6 +51,8 @@ def _field(key: str, ann: Any, default: Any, help: str) -> Field:
         return Field(key, "tristate" if type(None) in args or len(args) > 2 else "bool", default, help)
     if any(typing.get_origin(a) is list for a in args):
         return Field(key, "list", default, help)
+    if any(a is dict or typing.get_origin(a) is dict for a in args):
+        return Field(key, "mapping", default, help)
     if any(a in (int, float) for a in args):
         return Field(key, "number", default, help)
     return Field(key, "text", default, help)
@@ -96,17 +98,28 @@ class Form:
 def _component(gr: Any, f: Field, form: str) -> Any:
     """One input, with an element id `<form>-<key>` (dots as dashes) that the browser test finds it by."""
     label, info = f.key, f.help[:300]
-    elem = {"elem_id": f"{form}-{f.key.replace('.', '-').replace('_', '-')}"}
+    elem = {"elem_id": f"{form}-{f.key.replace('.', '-').replace('_', '-')}", "label": label, "value": shown(f)}
     if f.kind == "choice":
-        return gr.Dropdown(list(f.choices), value=f.default, label=label, info=info, **elem)
+        return gr.Dropdown(list(f.choices), info=info, **elem)
     if f.kind == "bool":
-        return gr.Checkbox(value=bool(f.default), label=label, info=info, **elem)
+        return gr.Checkbox(info=info, **elem)
     if f.kind == "tristate":
-        return gr.Dropdown(["auto", "true", "false"], value=_tristate(f.default), label=label, info=info, **elem)
+        return gr.Dropdown(["auto", "true", "false"], info=info, **elem)
+    hint = {"list": " (comma-separated)", "mapping": " (a mapping: {key: value, ...})"}.get(f.kind, "")
+    return gr.Textbox(info=info + hint, **elem)
+
+
+def shown(f: Field) -> Any:
+    """What a field's input shows before the user touches it (_parse reads it back as the default)."""
+    if f.kind in ("choice", "bool"):
+        return bool(f.default) if f.kind == "bool" else f.default
+    if f.kind == "tristate":
+        return _tristate(f.default)
     if f.kind == "list":
-        shown = ", ".join(map(str, f.default)) if isinstance(f.default, list) else (f.default or "")
-        return gr.Textbox(value=shown, label=label, info=info + " (comma-separated)", **elem)
-    return gr.Textbox(value="" if f.default is None else str(f.default), label=label, info=info, **elem)
+        return ", ".join(map(str, f.default)) if isinstance(f.default, list) else (f.default or "")
+    if f.kind == "mapping":
+        return yaml.safe_dump(f.default, default_flow_style=True).strip() if f.default else ""
+    return "" if f.default is None else str(f.default)
 
 
 def _tristate(value: Any) -> str:
@@ -120,18 +133,35 @@ def _parse(f: Field, value: Any) -> Any:
     if f.kind == "tristate":
         return None if value in ("auto", None) else value == "true"
     if f.kind == "list":
-        items = [v.strip() for v in str(value or "").replace("\n", ",").split(",") if v.strip()]
+        items = [_number(v.strip()) for v in str(value or "").replace("\n", ",").split(",") if v.strip()]
         if isinstance(f.default, str) and items in ([], [f.default]):  # a list field whose default is a word (all-linear)
             return f.default
         return items
     text = str(value if value is not None else "").strip()
     if text == "":
         return None if f.default is None else f.default
+    if f.kind == "mapping":  # YAML flow or JSON; anything else goes to validation, which names the field
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError:
+            return text
+    if f.kind == "number":
+        return _number(text)
     try:
         parsed = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
     return text if isinstance(parsed, (dict, list)) else parsed
+
+
+def _number(text: str) -> Any:
+    """8 -> 8, 1e-05 -> 1e-05 (YAML 1.1 reads exponents without a dot as text), anything else unchanged."""
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
 
 
 # -----------------------------------------------------------------------------
