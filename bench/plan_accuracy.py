@@ -170,7 +170,16 @@ def measure(size: str, method: str, seq: int, micro: int, ckpt: bool, loss: str,
 
 def galore_optimizer(model):
     """galore-torch's AdamW with the attention and MLP matrices projected, as transformers' galore_adamw builds it."""
-    from galore_torch import GaLoreAdamW
+    import importlib.util
+    import sys
+    import types
+
+    if "galore_torch" not in sys.modules and importlib.util.find_spec("bitsandbytes") is None:
+        # galore_torch's __init__ imports its 8-bit optimizer (bitsandbytes); the plain AdamW needs none of it
+        package = types.ModuleType("galore_torch")
+        package.__path__ = importlib.util.find_spec("galore_torch").submodule_search_locations
+        sys.modules["galore_torch"] = package
+    from galore_torch.adamw import AdamW as GaLoreAdamW
 
     projected = [m.weight for name, m in model.named_modules() if type(m).__name__ == "Linear"
                  and any(k in name for k in ("self_attn", "mlp"))]
