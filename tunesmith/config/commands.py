@@ -254,6 +254,9 @@ class DeployConfig(Section):
     api_key: str | None = Field(None, description=(
         "Require `Authorization: Bearer KEY` on every path but /health and /metrics (default: open)."))
     metrics_require_key: bool = Field(False, description="With --api-key, /metrics needs the key too (default: open).")
+    keys: str | None = Field(None, description=(
+        "Scoped API keys file (YAML): per key the models it may call, requests and tokens per minute, expiry; "
+        "401/403/429 answers, usage per key in /metrics (see tunesmith/config/serving.py)."))
     served_model_name: str | None = Field(None, description="Name the default model is served under (default: its folder or run name).")
     max_concurrent: int = Field(64, ge=1, description="Requests generating at once; more are answered 429 with Retry-After.")
     max_prompt_tokens: int | None = Field(None, ge=1, description="Reject longer prompts with 400 (default: no limit).")

@@ -15,7 +15,6 @@ Without --api-key everything is open. /health answers 503 while draining and whe
 
 from __future__ import annotations
 
-import hmac
 import logging
 import re
 import signal
@@ -31,7 +30,9 @@ from starlette.exceptions import HTTPException
 from tunesmith.config import DeployConfig
 from tunesmith.errors import ConfigError
 from tunesmith.infer.types import Engine, EngineError, GenerationRequest, SamplingParams, UnknownModelError
+from tunesmith.serve.context import RequestContext, enter, leave
 from tunesmith.serve.errors import APIError, error_body, validation_message
+from tunesmith.serve.keys import KeyRing
 from tunesmith.serve.metrics import Metrics
 from tunesmith.serve.openapi import OPEN_PATHS, document
 from tunesmith.serve.routes import router
@@ -69,7 +70,7 @@ def build_app(engine: Engine, cfg: DeployConfig, warmup: bool = False) -> FastAP
     app.include_router(router)
     app.openapi = lambda: document(app, cfg)
     _add_error_handlers(app)
-    app.add_middleware(Gate, metrics=metrics, cfg=cfg, drain=app.state.drain)
+    app.add_middleware(Gate, metrics=metrics, cfg=cfg, drain=app.state.drain, keys=KeyRing.build(cfg, metrics.registry))
     return app
 
 
@@ -102,9 +103,9 @@ class Gate:
     open), answers 413 to bodies over max_body_bytes, by their Content-Length or, without one, as they arrive, and
     503 while draining (/metrics still answers, so scrapers see the drain)."""
 
-    def __init__(self, app, metrics: Metrics, cfg: DeployConfig, drain: Drain):
+    def __init__(self, app, metrics: Metrics, cfg: DeployConfig, drain: Drain, keys: KeyRing | None = None):
         self.app, self.metrics, self.drain = app, metrics, drain
-        self.api_key, self.max_body_bytes = cfg.api_key, cfg.max_body_bytes
+        self.keys, self.max_body_bytes = keys, cfg.max_body_bytes  # keys: --api-key, --keys, --admin-key (keys.py)
         self.open_paths = OPEN_PATHS | (set() if cfg.metrics_require_key else {"/metrics"})
 
     async def __call__(self, scope, receive, send) -> None:
@@ -112,15 +113,20 @@ class Gate:
             return await self.app(scope, receive, send)
         endpoint = scope["path"] if scope["path"] in ENDPOINTS else "other"
         status, started = 500, time.perf_counter()
+        # the request's context (context.py): its key, headers, and the model version that answers it
+        ctx = RequestContext({k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]})
+        token = enter(ctx)
 
         async def send_status(message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if ctx.version is not None:  # versions.py: which version of the model answers
+                    message["headers"] = [*message.get("headers", []), (b"x-tunesmith-version", ctx.version.encode())]
             await send(message)
 
         try:
-            refusal = self._refusal(scope)
+            refusal = self._refusal(scope, ctx)
             if refusal is not None:
                 await refusal(scope, receive, send_status)
             else:
@@ -132,25 +138,23 @@ class Gate:
         finally:
             self.metrics.requests.labels(endpoint, str(status)).inc()
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+            if ctx.caller is not None and self.keys is not None:
+                self.keys.requests.labels(ctx.caller.name, str(status)).inc()
+            ctx.end()
+            leave(token)
 
-    def _refusal(self, scope) -> JSONResponse | None:
-        path = scope["path"]
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+    def _refusal(self, scope, ctx: RequestContext) -> JSONResponse | None:
+        path, headers = scope["path"], ctx.headers
         if self.drain.draining and path != "/metrics":
             retry = {"Retry-After": "5", "Connection": "close"}  # close: a keep-alive client reconnects elsewhere
             if path == "/health":
                 return JSONResponse({"status": "draining"}, status_code=503, headers=retry)
             return _error(503, "the server is shutting down; retry on another replica or after Retry-After seconds",
                           type="service_unavailable", code="shutting_down", headers=retry)
-        if self.api_key is not None and path not in self.open_paths:
-            scheme, _, given = headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not given.strip():
-                return _error(401, "missing API key: send the header `Authorization: Bearer KEY` (the OpenAI "
-                              "client does this with api_key=KEY)", code="invalid_api_key",
-                              headers={"WWW-Authenticate": "Bearer"})
-            if not hmac.compare_digest(given.strip().encode(), self.api_key.encode()):
-                return _error(401, "incorrect API key provided", code="invalid_api_key",
-                              headers={"WWW-Authenticate": "Bearer"})
+        if self.keys is not None and path not in self.open_paths:
+            ctx.caller, refused = self.keys.authenticate(path, headers)
+            if refused is not None:
+                return JSONResponse(refused.body(), status_code=refused.status, headers=refused.headers)
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.max_body_bytes:
             return _too_large(int(length), self.max_body_bytes)

@@ -24,10 +24,13 @@ from tunesmith.serve.protocol import ErrorResponse
 OPEN_PATHS = {"/health"}  # never behind the key: probes must reach them (and /metrics unless --metrics-require-key)
 WHY = {
     400: "The request is invalid or asks for what this server does not do; `error.param` names the field.",
-    401: "Missing or wrong API key (`Authorization: Bearer KEY`).",
+    401: "Missing, wrong or expired API key (`Authorization: Bearer KEY`).",
+    403: "The key may not call this model (its scope in --keys), or it is the wrong kind of key for the route "
+         "(the admin key opens /admin only).",
     404: "No such model here (`error.code` model_not_found).",
     413: "The body is larger than --max-body-bytes.",
-    429: "All --max-concurrent slots are taken; retry after Retry-After seconds.",
+    429: "All --max-concurrent slots are taken, or the key used its requests or tokens per minute; retry after "
+         "Retry-After seconds.",
     500: "Generation failed inside the engine; the server keeps serving.",
     503: "The server is shutting down (draining) or its engine cannot generate; retry elsewhere or after "
          "Retry-After seconds.",
@@ -80,16 +83,18 @@ def document(app: FastAPI, cfg: DeployConfig) -> dict[str, Any]:
             if prop is not None:
                 prop["anyOf"][0]["maximum"] = cfg.max_tokens_limit  # --max-tokens-limit
     open_paths = OPEN_PATHS | (set() if cfg.metrics_require_key else {"/metrics"})
-    if cfg.api_key is not None:
+    secured = cfg.api_key is not None or cfg.keys is not None  # user keys (--api-key, --keys); /admin: keyed always
+    if secured or getattr(cfg, "admin_key", None) is not None:
         schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
     for path, operations in schema["paths"].items():
         for operation in operations.values():
             operation["responses"].pop("422", None)
-            if cfg.api_key is not None and path not in open_paths:
+            if (secured or path.startswith("/admin")) and path not in open_paths:
                 operation["security"] = [{"bearer": []}]
-                operation["responses"]["401"] = {
-                    "description": WHY[401],
-                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+                error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+                operation["responses"]["401"] = {"description": WHY[401], "content": error}
+                if cfg.keys is not None or getattr(cfg, "admin_key", None) is not None:  # keys.py
+                    operation["responses"]["403"] = {"description": WHY[403], "content": error}
     _drop_unused(schema)
     app.openapi_schema = schema
     return schema

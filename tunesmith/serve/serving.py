@@ -20,6 +20,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 from tunesmith.config import DeployConfig
 from tunesmith.infer.types import Delta, Engine, EngineError, GenerationRequest, SamplingParams, TokenLogprob
+from tunesmith.serve import keys
 from tunesmith.serve.errors import APIError, engine_errors
 from tunesmith.serve.metrics import Metrics, Slot, Slots
 from tunesmith.serve.protocol import ModelCard, ModelList, Usage
@@ -41,11 +42,12 @@ class Serving:
         return self.slots.active
 
     def models(self) -> ModelList:
-        return ModelList(data=[ModelCard(id=name) for name in self.names])
+        return ModelList(data=[ModelCard(id=name) for name in self.names if keys.visible(name)])
 
     def model(self, name: str | None) -> tuple[str, str]:
         """(the name answers carry, the engine's name for it)."""
         public = next(iter(self.names)) if name is None else name
+        keys.check_model(public)  # 403 outside the request's key's scope
         if public in self.names:
             return public, self.names[public]
         raise APIError(404, f"The model `{name}` does not exist here; served models: {', '.join(self.names)}",
@@ -212,6 +214,7 @@ class Generation:
         self.n = gens[0].params.n
         self.answers = Answers(len(gens) * self.n, prompt_tokens)
         self.slot = slot
+        self.caller = keys.current_caller()  # its scoped key is charged the tokens when it ends
         self.streams = [engine.stream(g) for g in gens]
         self._first: Delta | None = None
 
@@ -252,6 +255,8 @@ class Generation:
     async def close(self) -> None:
         for stream in self.streams:
             await stream.aclose()
+        if self.slot.state != "done":
+            keys.charge(self.caller, self.answers.prompt_tokens, self.answers.completion_tokens)
         self.slot.release(self.answers.prompt_tokens, self.answers.completion_tokens)
 
 
