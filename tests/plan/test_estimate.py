@@ -148,8 +148,8 @@ def test_cpu_estimate_is_not_below_peak_rss_of_a_lora_run():
     fp32 tiles), 2 AdamW steps, in a fresh process that imports what the trainer imports. The plan's total, which
     preflight compares with the available RAM, must not be more than 5 % below the whole process's peak RSS (nor 20 %
     above it). Five runs here peaked at 1.89-1.99 GiB (RSS differs by a few % between identical runs: glibc's heap
-    layout follows Python's allocation order) against 1.97 planned; without the CPU terms (the import baseline, TRL's
-    tiles, glibc's heap) the plan said 0.6 GiB."""
+    layout follows Python's allocation order), 1.92-2.03 with later pins and 2.18 on the CI machine, against 2.17
+    planned; without the CPU terms (the import baseline, TRL's tiles, glibc's heap) the plan said 0.6 GiB."""
     cfg = dict(vocab_size=16384, hidden_size=384, intermediate_size=1024, num_hidden_layers=6, num_attention_heads=6,
                num_key_value_heads=2, tie_word_embeddings=False)
     batch, seq = 4, 384

@@ -79,6 +79,22 @@ def load_rows(specs: list[str], kind: str, seed: int = 42, substitutions: dict[s
     return out
 
 
+def read_raw(specs: list[str], seed: int = 42, encoding: str = "utf-8") -> list[RawRow]:
+    """The rows as the files hold them (an environment defines their shape), with file and line kept."""
+    codec = readers.codec(encoding)
+    problems: list[Problem] = []
+    rows: list[RawRow] = []
+    for spec in specs:
+        name, count = _split_count(spec)
+        raw = _read_spec(name, problems, codec)
+        rows += _sample(list(raw), count, seed) if count is not None else list(raw)
+    if problems:
+        raise DataError(describe_problems(problems))
+    if not rows:
+        raise DataError(f"{', '.join(specs)}: no rows found")
+    return rows
+
+
 def _within(item, max_chars: int, problems: list[Problem]):
     """The item, or None with a problem when one of its texts cannot fit (limits.py says why the bound is safe)."""
     for where, text in texts(item):

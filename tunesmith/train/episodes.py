@@ -136,21 +136,11 @@ def step(env: Any, action: str, context: str) -> tuple[str, float, bool]:
     return out[0], float(out[1]), out[2]
 
 
-def read_rows(specs: list[str], seed: int) -> list[Any]:
+def read_rows(specs: list[str], seed: int, encoding: str = "utf-8") -> list[Any]:
     """The raw JSON rows of the dataset (the environment defines their shape), with file and line kept."""
     from tunesmith.data import load
 
-    problems: list = []
-    rows = []
-    for spec in specs:
-        name, count = load._split_count(spec)
-        raw = load._read_spec(name, problems)
-        rows += load._sample(raw, count, seed) if count is not None else raw
-    if problems:
-        raise DataError(load.describe_problems(problems))
-    if not rows:
-        raise DataError(f"{', '.join(specs)}: no rows found")
-    return rows
+    return load.read_raw(specs, seed, encoding)
 
 
 def check_env(cls: type, rows: list[Any]) -> list[str]:
@@ -290,7 +280,7 @@ def rollout_func_for(cfg: Any, template: Any) -> EnvRun:
     from tunesmith.train.tokenize import length_problem
 
     cls = load_env(cfg.grpo.env)
-    rows = read_rows(cfg.dataset, cfg.seed)
+    rows = read_rows(cfg.dataset, cfg.seed, cfg.encoding)
     first = check_env(cls, rows)
     problems = []  # as grpo checks its prompts: what the memory plan assumed must hold
     for row, obs in zip(rows, first):

@@ -101,7 +101,7 @@ def ppo(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> RunResult:
             model.save_pretrained(folder)
             save_file({k: v.contiguous() for k, v in value_head.state_dict().items()}, f"{folder}/value_head.safetensors")
 
-        trainer = SimpleNamespace(state=state, save_model=save_model)
+        trainer = SimpleNamespace(state=state, model=model, save_model=save_model)
         final = run.save_final(trainer, template)
         return run.result(trainer, final, skipped)
 
