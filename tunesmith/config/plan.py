@@ -38,6 +38,9 @@ class PlanConfig(Section):
     lora_rank: int = Field(16, ge=1, description="Adapter rank (lora, qlora, dora); GaLore's projection rank.")
     lora_targets: list[str] | Literal["all-linear"] = Field(
         "all-linear", description="Modules that get adapters: all-linear or a list such as q_proj v_proj.")
+    lora_experts: bool = Field(False, description=(
+        "Mixture-of-experts models: adapters on every expert too (sft's lora.experts); peft then keeps a merged copy "
+        "of each layer's experts for backward."))
     max_length: int = Field(2048, ge=8, description="Training sequence length in tokens (sequences padded or packed to it).")
     batch_size: int = Field(4, ge=1, description="Largest micro-batch to consider (samples per device per step).")
     grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps (recomputed when global_batch is set).")

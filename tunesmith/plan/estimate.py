@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from tunesmith.plan.model_shape import ModelShape
+from tunesmith.plan.moe import attention_bytes, expert_copy_bytes, lora_experts, moe_block_bytes, router_logits_bytes
 
 GIB = 1024**3
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
@@ -69,7 +70,8 @@ PARTIAL_METHODS = ("lisa", "freeze")
 # What each linear of a layer reads: adapters on the same input share one saved tensor when nothing copies it.
 ADAPTER_INPUTS = {"q_proj": "attention input", "k_proj": "attention input", "v_proj": "attention input",
                   "qkv_proj": "attention input", "o_proj": "attention output", "gate_proj": "mlp input",
-                  "up_proj": "mlp input", "gate_up_proj": "mlp input"}
+                  "up_proj": "mlp input", "gate_up_proj": "mlp input", "q_a_proj": "attention input",
+                  "kv_a_proj_with_mqa": "attention input"}  # the last two: DeepSeek's latent attention
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,7 @@ class Setup:
     lora_rank: int = 16               # also GaLore's projection rank
     lora_targets: str | tuple[str, ...] = "all-linear"
     lora_dropout: float = 0.0         # tunesmith's default; p > 0 stores a dropout mask per adapter input
+    lora_experts: bool = False        # mixture of experts: adapters on every expert too (lora.experts)
     seq: int = 2048
     micro_batch: int = 1
     grad_accum: int = 1
@@ -137,8 +140,8 @@ def fp32_upcast(s: Setup) -> bool:
 
 def trainable_params(shape: ModelShape, s: Setup) -> int:
     if s.method in ADAPTER_METHODS:
-        return shape.lora_params(s.lora_rank, s.lora_targets, dora=s.method == "dora")
-    layer = shape.layer_linear_params() + shape.layer_norm_params()
+        return shape.lora_params(s.lora_rank, s.lora_targets, dora=s.method == "dora", experts=lora_experts(shape, s))
+    layer = shape.layer_params()
     k = min(s.trained_layers, shape.layers)
     if s.method == "lisa":
         return shape.params() - (shape.layers - k) * layer
@@ -150,7 +153,7 @@ def trainable_params(shape: ModelShape, s: Setup) -> int:
 def weight_bytes(shape: ModelShape, s: Setup) -> float:
     a = DTYPE_BYTES[s.dtype]
     if s.method == "qlora":
-        linear = shape.layers * (shape.layer_linear_params() - shape.layer_bias_params())
+        linear = shape.linear_weight_params()  # nn.Linear only: an MoE's fused experts stay in the compute dtype
         return linear * NF4_BYTES + (shape.params() - linear) * (4 if fp32_upcast(s) else a)
     adapters = trainable_params(shape, s) * 4 if s.method in ADAPTER_METHODS else 0  # peft keeps adapters in fp32
     return shape.params() * a + adapters
@@ -182,8 +185,13 @@ def optimizer_bytes(shape: ModelShape, s: Setup) -> float:
 
 
 def layer_activation_bytes(shape: ModelShape, s: Setup) -> float:
+    if shape.moe and shape.dense_layers:  # DeepSeek's first layers are dense: the average layer
+        dense = layer_activation_bytes(replace(shape, experts=0, dense_layers=0), s)
+        sparse = layer_activation_bytes(replace(shape, dense_layers=0), s)
+        return (shape.dense_layers * dense + shape.moe_layers * sparse) / shape.layers
     act = DTYPE_BYTES[s.dtype]  # matmul outputs under autocast
-    h, q, kv, i = shape.hidden, shape.q_dim, shape.kv_dim, shape.intermediate
+    # MoE: the dense SwiGLU every token runs is the shared experts' (if any); the routed ones are moe_block_bytes
+    h, q, kv, i = shape.hidden, shape.q_dim, shape.kv_dim, shape.shared_intermediate if shape.moe else shape.intermediate
     n_norms = shape.norms_per_layer
     liger = s.kernels == "liger"
     # RMSNorm: the model's computes in fp32 and keeps its fp32 input for backward; liger's keeps its input as it came
@@ -229,7 +237,7 @@ def layer_activation_bytes(shape: ModelShape, s: Setup) -> float:
             total += n_norms * 2 * act * h + act * i + (act * (q + kv) if shape.qk_norm else 0)
     if (s.attn == "eager" or (_masked(s) and s.attn == "sdpa")) and shape.kv_heads != shape.heads:
         total += 2 * act * (q - kv)  # eager, and sdpa with a mask, repeat k and v to every head (no enable_gqa)
-    return total
+    return total + moe_block_bytes(shape, s) + attention_bytes(shape, s)
 
 
 def _masked(s: Setup) -> bool:
@@ -319,10 +327,12 @@ def activation_phases(shape: ModelShape, s: Setup) -> dict[str, float]:
     per_layer_sq, shared_sq = attention_square_bytes(shape, s)
     layer += per_layer_sq
     # Gradient temporaries while one layer runs backward: the SwiGLU grads (3 x I) and the residual-stream grads.
-    work = (3 * shape.intermediate + 4 * h) * a * n + (2 * per_layer_sq if s.attn == "eager" else 0)
+    work = (3 * shape.active_intermediate + 4 * h) * a * n + (2 * per_layer_sq if s.attn == "eager" else 0)
     if s.method == "qlora":  # bitsandbytes dequantizes a weight for each 4-bit matmul, forward and backward
         work += 2 * max(n_in * n_out for n_in, n_out in shape.linear_modules().values()) * a
     final = (4 + 2 * a) * h * n + 2 * a * shape.head_dim * n + shared_sq  # final norm, RoPE cos/sin, mask
+    final += router_logits_bytes(shape, s) * n  # MoE load-balancing loss: every layer's router logits
+    copies = expert_copy_bytes(shape, s)  # lora.experts: a merged copy of each MoE layer's experts, kept for backward
     if s.method in ADAPTER_METHODS and s.dtype != "float32":
         final += trainable_params(shape, s) * a  # autocast's cached low-precision copies of the fp32 adapters
     dora = dora_forward_bytes(shape, s)
@@ -331,8 +341,9 @@ def activation_phases(shape: ModelShape, s: Setup) -> dict[str, float]:
         # HF checkpoints each decoder layer (use_reentrant=False): only its input survives the forward. A layer's
         # recompute runs before its backward: DoRA's temporaries then, the gradient temporaries after.
         kept = shape.layers * (4 if fp32_upcast(s) else a) * h * n
-        return {"loss": kept + final + loss_bytes(shape, s), "backward": kept + final + layer + max(work, dora)}
-    kept = shape.layers * layer
+        return {"loss": kept + final + loss_bytes(shape, s),
+                "backward": kept + final + layer + copies + max(work, dora)}
+    kept = shape.layers * layer + shape.moe_layers * copies
     moments = {"loss": kept + final + loss_bytes(shape, s), "backward": kept + final + work}
     if dora:
         moments["forward"] = kept + final + dora
@@ -374,7 +385,7 @@ def estimate_training(shape: ModelShape, s: Setup) -> Estimate:
             host, opt = all_states + (weights if stage >= 3 else 0.0), 0.0
             notes.append(f"offload: {host / GIB:.1f} GiB of states{' and weights' if stage >= 3 else ''} in CPU RAM")
         if stage >= 3:
-            gathered = 2 * shape.layer_linear_params() * a  # the layer running now and the prefetched one
+            gathered = 2 * (shape.layer_params() - shape.layer_norm_params()) * a  # this layer and the prefetched one
             weights = gathered + (0.0 if s.offload else weights / world)
             notes.append(f"ZeRO-3/FSDP gathers one layer at a time ({gathered / GIB:.2f} GiB incl. prefetch)")
     elif world > 1:
@@ -405,6 +416,13 @@ def estimate_training(shape: ModelShape, s: Setup) -> Estimate:
         parts["context"] = CUDA_CONTEXT if s.device == "cuda" else 0.0
     if s.attn == "sdpa" and s.packing:
         notes.append("packing with sdpa builds a (batch x seq)^2 mask; attn: flex or flash avoids it")
+    if shape.moe:
+        notes.append(f"mixture of experts: all {shape.experts} experts of {shape.moe_layers} layers are stored "
+                     f"({shape.moe_layers * shape.expert_params() * a / GIB:.1f} GiB); each token's "
+                     f"activations go through {shape.top_k} of them")
+        if expert_copy_bytes(shape, s):
+            notes.append(f"lora.experts: peft hands each MoE layer W + B·A, a copy of its experts kept for backward "
+                         f"({expert_copy_bytes(shape, s) / GIB:.2f} GiB per layer)")
     if shape.assumed_layout:
         notes.append(f"model_type {shape.model_type!r} is counted as a llama-style decoder")
     return Estimate(parts, phases, shape.params(), trainable, host, notes)
@@ -413,16 +431,16 @@ def estimate_training(shape: ModelShape, s: Setup) -> Estimate:
 def estimate_inference(shape: ModelShape, s: Setup, context: int) -> Estimate:
     """Serving: weights + KV cache (2 x layers x kv_heads x head_dim x context x batch x bytes) + prefill temps."""
     a, b = DTYPE_BYTES[s.dtype], s.micro_batch
-    if s.method == "qlora":  # 4-bit linears; embeddings, head and norms stay in the compute dtype when serving
-        linear = shape.layers * (shape.layer_linear_params() - shape.layer_bias_params())
+    if s.method == "qlora":  # 4-bit linears; embeddings, head, norms (and fused experts) stay in the compute dtype
+        linear = shape.linear_weight_params()
         weights = linear * NF4_BYTES + (shape.params() - linear) * a
     else:
         weights = shape.params() * a
-    kv_cache = 2 * shape.layers * shape.kv_heads * shape.head_dim * context * b * a
+    kv_cache = shape.layers * shape.kv_cache_width() * context * b * a
     n = b * context
     # Prefill of one layer: residual + normed input, q/k/v, attention output and the SwiGLU intermediates (gate, up and
     # their product); eager adds the fp32 scores and probabilities. The head scores the last token only, in fp32.
-    prefill = (2 * shape.hidden + 2 * shape.q_dim + 2 * shape.kv_dim + 3 * shape.intermediate) * a * n
+    prefill = (2 * shape.hidden + 2 * shape.q_dim + 2 * shape.kv_dim + 3 * shape.active_intermediate) * a * n
     if s.attn == "eager":
         prefill += 10 * shape.heads * b * context * context
     logits = 4 * shape.vocab * b

@@ -4,8 +4,15 @@
     shape.params()                                  # 7_615_616_512, equal to sum(p.numel()) of the real model
     shape.lora_params(rank=16, targets="all-linear")
 
-The counts follow the modeling files of transformers 5 for llama, qwen2, qwen3, mistral, gemma(2/3) and phi3; the
-tests build each family on the meta device and compare with `sum(p.numel() for p in model.parameters())`.
+The counts follow the modeling files of transformers 5 for llama, qwen2, qwen3, mistral, gemma(2/3) and phi3, and
+for the mixture-of-experts models qwen3_moe, qwen2_moe, mixtral, olmoe, deepseek_v2, deepseek_v3 (multi-head latent
+attention) and gpt_oss; the tests build each family on the meta device and compare with
+`sum(p.numel() for p in model.parameters())`.
+
+Mixture of experts (transformers 5 keeps a layer's experts in fused 3D weights, experts.gate_up_proj and
+experts.down_proj, which are not nn.Linear): `linear_modules()` are a layer's nn.Linear layers (attention, and the
+shared experts or the dense MLP), what LoRA's all-linear and QLoRA's 4-bit reach; `expert_params()` and
+`router_params()` are the rest of an MoE layer. Every expert's weights are stored; a token runs through `top_k` of them.
 """
 
 from __future__ import annotations
@@ -30,6 +37,31 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "gemma2": dict(norms=4, qk_norm=False, fused=False, tied=True),
     "gemma3_text": dict(norms=4, qk_norm=True, fused=False, tied=True),
     "phi3": dict(norms=2, qk_norm=False, fused=True, tied=False),
+    # mixture of experts; OLMoE normalises the whole q and k projections (q_norm of q_dim, k_norm of kv_dim)
+    "qwen3_moe": dict(norms=2, qk_norm=True, fused=False, tied=False),
+    "qwen2_moe": dict(norms=2, qk_norm=False, fused=False, tied=False, qkv_bias=True),
+    "mixtral": dict(norms=2, qk_norm=False, fused=False, tied=False),
+    "olmoe": dict(norms=2, qk_norm="full", fused=False, tied=False),
+    "deepseek_v2": dict(norms=2, qk_norm=False, fused=False, tied=False),
+    "deepseek_v3": dict(norms=2, qk_norm=False, fused=False, tied=False),
+    "gpt_oss": dict(norms=2, qk_norm=False, fused=False, tied=False, attention_bias=True),  # its config's default
+}
+# peft 0.21.2 on DeepSeek's MoE layers with all-linear: the fused experts get adapters whatever is asked and the MLP
+# linears none (their names are the experts'; tests/models/test_families.py, models/families.py experts_always)
+ATTENTION_ONLY_LORA = ("deepseek_v2", "deepseek_v3")
+# Mixture-of-experts config.json keys (transformers 5.23 configs): routed experts, one expert's width (None: the
+# config's intermediate_size), the shared experts' width (a key, or "deepseek": n_shared_experts x moe width), and the
+# load-balancing loss coefficient when config.json leaves it out (TRL trains with it and returns the router logits
+# when it is not 0; DeepSeek's configs have none).
+MOE: dict[str, dict[str, Any]] = {
+    "qwen3_moe": dict(experts="num_experts", width="moe_intermediate_size", aux=0.001),
+    "qwen2_moe": dict(experts="num_experts", width="moe_intermediate_size", shared="shared_expert_intermediate_size",
+                      aux=0.001),
+    "mixtral": dict(experts="num_local_experts", width=None, aux=0.001),
+    "olmoe": dict(experts="num_experts", width=None, aux=0.01),
+    "deepseek_v2": dict(experts="n_routed_experts", width="moe_intermediate_size", shared="deepseek", aux=0.0),
+    "deepseek_v3": dict(experts="n_routed_experts", width="moe_intermediate_size", shared="deepseek", aux=0.0),
+    "gpt_oss": dict(experts="num_local_experts", width=None, aux=0.001),
 }
 
 # The registry's hub models, from their config.json (model_type, vocab, hidden, intermediate, layers, heads, kv_heads,
@@ -74,6 +106,27 @@ class ModelShape:
     fused: bool = False
     assumed_layout: bool = False  # model_type not in FAMILIES: counted as a llama-style decoder
     source: str = ""              # where the config came from (shown in the plan)
+    qk_norm_full: bool = False    # OLMoE: q_norm and k_norm over the whole projections, not per head
+    # Mixture of experts (0 experts: a dense model)
+    experts: int = 0              # routed experts per MoE layer
+    top_k: int = 0                # experts each token runs through
+    expert_intermediate: int = 0  # one expert's SwiGLU width
+    shared_intermediate: int = 0  # the always-on shared experts' width (Qwen2-MoE, DeepSeek)
+    shared_gate: bool = False     # Qwen2-MoE: a sigmoid gate, Linear(hidden, 1), on the shared expert
+    dense_layers: int = 0         # layers with a dense MLP of `intermediate` (DeepSeek's first_k_dense_replace)
+    moe_bias: bool = False        # gpt-oss: biases on the router and every expert
+    sinks: bool = False           # gpt-oss: a learned attention sink per head
+    router_aux: bool = False      # a load-balancing loss: the router logits of every layer live until the loss
+    mla: tuple[int, int, int, int, int] | None = None  # DeepSeek's latent attention: q_lora_rank (0: none),
+    #                               kv_lora_rank, qk_nope_head_dim, qk_rope_head_dim, v_head_dim
+
+    @property
+    def moe(self) -> bool:
+        return self.experts > 0
+
+    @property
+    def moe_layers(self) -> int:
+        return self.layers - self.dense_layers if self.moe else 0
 
     @property
     def q_dim(self) -> int:
@@ -83,16 +136,42 @@ class ModelShape:
     def kv_dim(self) -> int:
         return self.kv_heads * self.head_dim
 
+    @property
+    def v_dim(self) -> int:
+        """Width of the values and the attention output (MLA: heads x v_head_dim)."""
+        return self.heads * self.mla[4] if self.mla else self.kv_dim
+
+    def kv_cache_width(self) -> int:
+        """Keys and values cached per token and layer (transformers caches MLA's keys and values expanded)."""
+        return self.kv_dim + (self.v_dim if self.mla else self.kv_dim)
+
+    @property
+    def active_intermediate(self) -> int:
+        """SwiGLU width a token runs through in an MoE layer: its top_k experts and the shared ones."""
+        return self.top_k * self.expert_intermediate + self.shared_intermediate if self.moe else self.intermediate
+
     # -------------------------------------------------------------------------
     # Parameter counts
 
     def linear_modules(self) -> dict[str, tuple[int, int]]:
-        """The linear layers of one decoder layer: name -> (in_features, out_features)."""
+        """The linear layers of one decoder layer (of an MoE layer in an MoE model): name -> (in, out)."""
         h, q, kv, i = self.hidden, self.q_dim, self.kv_dim, self.intermediate
         if self.fused:
             return {"qkv_proj": (h, q + 2 * kv), "o_proj": (q, h), "gate_up_proj": (h, 2 * i), "down_proj": (i, h)}
-        return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
-                "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+        return {**self.attention_modules(), **self.mlp_modules(i if not self.moe else self.shared_intermediate)}
+
+    def attention_modules(self) -> dict[str, tuple[int, int]]:
+        h, q, kv = self.hidden, self.q_dim, self.kv_dim
+        if self.mla:
+            q_rank, kv_rank, nope, rope, _ = self.mla
+            query = {"q_a_proj": (h, q_rank), "q_b_proj": (q_rank, q)} if q_rank else {"q_proj": (h, q)}
+            return {**query, "kv_a_proj_with_mqa": (h, kv_rank + rope),
+                    "kv_b_proj": (kv_rank, self.heads * (nope + self.mla[4])), "o_proj": (self.v_dim, h)}
+        return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h)}
+
+    def mlp_modules(self, width: int) -> dict[str, tuple[int, int]]:
+        h = self.hidden
+        return {"gate_proj": (h, width), "up_proj": (h, width), "down_proj": (width, h)} if width else {}
 
     def layer_linear_params(self) -> int:
         """Weights and biases of one layer's linear modules (the part QLoRA stores in 4 bits, biases aside)."""
@@ -103,7 +182,32 @@ class ModelShape:
         return ((q + 2 * kv) if self.qkv_bias else 0) + (h if self.o_bias else 0) + ((2 * i + h) if self.mlp_bias else 0)
 
     def layer_norm_params(self) -> int:
-        return self.norms_per_layer * self.hidden + (2 * self.head_dim if self.qk_norm else 0)
+        qk = (self.q_dim + self.kv_dim if self.qk_norm_full else 2 * self.head_dim) if self.qk_norm else 0
+        mla = (self.mla[0] + self.mla[1]) if self.mla else 0  # q_a_layernorm, kv_a_layernorm
+        return self.norms_per_layer * self.hidden + qk + mla + (self.heads if self.sinks else 0)
+
+    def expert_params(self) -> int:
+        """One MoE layer's routed experts: gate_up (2 x width x hidden) and down per expert, gpt-oss's biases."""
+        e, h, w = self.experts, self.hidden, self.expert_intermediate
+        return e * 3 * h * w + (e * (2 * w + h) if self.moe_bias else 0)
+
+    def router_params(self) -> int:
+        return self.experts * self.hidden + (self.experts if self.moe_bias else 0) + (self.hidden if self.shared_gate else 0)
+
+    def dense_mlp_params(self) -> int:
+        """What a dense layer of an MoE model holds beyond an MoE layer's linears (DeepSeek's first layers)."""
+        return 3 * self.hidden * (self.intermediate - self.shared_intermediate)
+
+    def layer_params(self) -> float:
+        """All weights of one decoder layer, averaged over the layers (dense and MoE layers differ)."""
+        moe = self.moe_layers * (self.expert_params() + self.router_params()) + self.dense_layers * self.dense_mlp_params()
+        return self.layer_linear_params() + self.layer_norm_params() + moe / self.layers
+
+    def linear_weight_params(self) -> int:
+        """Weights of every nn.Linear in the decoder layers, biases aside: what QLoRA stores in 4 bits (bitsandbytes
+        replaces nn.Linear only, so fused experts stay in the compute dtype)."""
+        per_layer = self.layer_linear_params() - self.layer_bias_params()
+        return self.layers * per_layer + self.dense_layers * self.dense_mlp_params()
 
     def embedding_params(self) -> int:
         return self.vocab * self.hidden
@@ -113,15 +217,27 @@ class ModelShape:
 
     def params(self) -> int:
         per_layer = self.layer_linear_params() + self.layer_norm_params()
-        return self.embedding_params() + self.layers * per_layer + self.hidden + self.lm_head_params()  # + final norm
+        moe = self.moe_layers * (self.expert_params() + self.router_params()) + self.dense_layers * self.dense_mlp_params()
+        return self.embedding_params() + self.layers * per_layer + moe + self.hidden + self.lm_head_params()  # + final norm
+
+    def active_params(self) -> int:
+        """Weights one token runs through: its top_k experts of each MoE layer, not all of them."""
+        unused = self.moe_layers * (self.experts - self.top_k) * self.expert_params() // max(self.experts, 1)
+        return self.params() - unused
 
     def breakdown(self) -> dict[str, int]:
-        return {"embeddings": self.embedding_params(), "attention+mlp": self.layers * self.layer_linear_params(),
-                "norms": self.layers * self.layer_norm_params() + self.hidden, "lm_head": self.lm_head_params()}
+        parts = {"embeddings": self.embedding_params(),
+                 "attention+mlp": self.layers * self.layer_linear_params() + self.dense_layers * self.dense_mlp_params(),
+                 "norms": self.layers * self.layer_norm_params() + self.hidden, "lm_head": self.lm_head_params()}
+        if self.moe:
+            parts["experts+routers"] = self.moe_layers * (self.expert_params() + self.router_params())
+        return parts
 
     def lora_modules(self, targets: str | list[str] | tuple[str, ...] = "all-linear") -> dict[str, tuple[int, int]]:
         """Targeted modules of one layer. peft's all-linear = every nn.Linear except the output layer (lm_head)."""
         modules = self.linear_modules()
+        if targets == "all-linear" and self.model_type in ATTENTION_ONLY_LORA:
+            return self.attention_modules()
         if targets == "all-linear":
             return modules
         names = [targets] if isinstance(targets, str) else list(targets)
@@ -131,11 +247,27 @@ class ModelShape:
                              f"use all-linear or some of: {', '.join(modules)}")
         return {n: modules[n] for n in names}
 
-    def lora_params(self, rank: int, targets: str | list[str] | tuple[str, ...] = "all-linear", dora: bool = False) -> int:
-        """A (rank x in) + B (out x rank) per targeted module and layer; DoRA adds a magnitude vector (out)."""
-        modules = self.lora_modules(targets).values()
-        per_layer = sum(rank * (a + b) + (b if dora else 0) for a, b in modules)
-        return self.layers * per_layer
+    def lora_params(self, rank: int, targets: str | list[str] | tuple[str, ...] = "all-linear", dora: bool = False,
+                    experts: bool = False) -> int:
+        """A (rank x in) + B (out x rank) per targeted module and layer; DoRA adds a magnitude vector (out). MoE:
+        DeepSeek's dense layers have a wider MLP; `experts` (lora.experts) adds peft's target_parameters adapters,
+        rank x experts wide, on both fused weights: A (r·E x in) and B (out x r·E) each."""
+        modules = self.lora_modules(targets)
+        per_layer = sum(rank * (a + b) + (b if dora else 0) for a, b in modules.values())
+        total = self.layers * per_layer
+        if self.dense_layers:
+            wider = self.mlp_modules(self.intermediate)
+            every = targets == "all-linear" and self.model_type not in ATTENTION_ONLY_LORA
+            total += self.dense_layers * sum(rank * (a + b) + (b if dora else 0) for n, (a, b) in wider.items()
+                                             if every or n in modules) - self.dense_layers * sum(
+                rank * (a + b) + (b if dora else 0) for n, (a, b) in self.mlp_modules(self.shared_intermediate).items()
+                if every or n in modules)
+        if experts and self.moe:
+            h, w = self.hidden, self.expert_intermediate
+            # peft 0.21.2 wraps DeepSeek's gate_up twice (asked for, and matched by name): twice the rank there
+            twice = 2 if self.model_type in ATTENTION_ONLY_LORA else 1
+            total += self.moe_layers * rank * self.experts * (twice * (h + 2 * w) + (w + h))
+        return total
 
 
 # -----------------------------------------------------------------------------
@@ -146,9 +278,10 @@ def shape_from_config(cfg: dict[str, Any], name: str = "model") -> ModelShape:
     """Build the shape from a config.json mapping (multimodal configs: their text_config)."""
     if isinstance(cfg.get("text_config"), dict):
         cfg = {**cfg["text_config"], "model_type": cfg["text_config"].get("model_type", cfg.get("model_type"))}
-    if cfg.get("num_local_experts") or cfg.get("num_experts"):
-        raise ValueError(f"{name}: mixture-of-experts models are not covered by `tunesmith plan` yet")
     model_type = str(cfg.get("model_type", "llama"))
+    if model_type not in MOE and any(cfg.get(k) for k in ("num_local_experts", "num_experts", "n_routed_experts")):
+        raise ValueError(f"{name}: mixture-of-experts model_type {model_type!r} is not covered by `tunesmith plan` "
+                         f"yet (covered: {', '.join(MOE)})")
     family = FAMILIES.get(model_type, FAMILIES["llama"])
     try:
         hidden, heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
@@ -159,15 +292,47 @@ def shape_from_config(cfg: dict[str, Any], name: str = "model") -> ModelShape:
             head_dim=int(cfg.get("head_dim") or hidden // heads),
             intermediate=int(cfg["intermediate_size"]),
             tied=bool(cfg.get("tie_word_embeddings", family["tied"])),
-            qkv_bias=bool(family.get("qkv_bias") or cfg.get("attention_bias", False)),
-            o_bias=bool(cfg.get("attention_bias", False)) and model_type != "qwen2",
+            qkv_bias=bool(family.get("qkv_bias") or cfg.get("attention_bias", family.get("attention_bias", False))),
+            o_bias=bool(cfg.get("attention_bias", family.get("attention_bias", False))) and model_type != "qwen2",
             mlp_bias=bool(cfg.get("mlp_bias", False)),
-            norms_per_layer=family["norms"], qk_norm=family["qk_norm"], fused=family["fused"],
-            assumed_layout=model_type not in FAMILIES,
+            norms_per_layer=family["norms"], qk_norm=bool(family["qk_norm"]), fused=family["fused"],
+            assumed_layout=model_type not in FAMILIES, qk_norm_full=family["qk_norm"] == "full",
         )
+        if model_type in MOE:
+            shape = _moe_shape(shape, cfg, MOE[model_type])
     except KeyError as err:
         raise ValueError(f"{name}: config.json has no {err.args[0]}; is it a decoder language model?") from None
     return shape
+
+
+def _moe_shape(shape: ModelShape, cfg: dict[str, Any], keys: dict[str, Any]) -> ModelShape:
+    """The expert counts and widths of an MoE config (transformers 5.23's keys and defaults)."""
+    # config.json from transformers 5 may name the count num_local_experts whatever the model (attribute_map)
+    found = next((cfg[k] for k in (keys["experts"], "num_local_experts", "num_experts") if cfg.get(k)), None)
+    if found is None:
+        raise KeyError(keys["experts"])
+    experts, layers = int(found), shape.layers
+    width = int(cfg[keys["width"]]) if keys["width"] else shape.intermediate
+    if keys.get("shared") == "deepseek":
+        shared = int(cfg.get("n_shared_experts") or 0) * width
+    else:
+        shared = int(cfg.get(keys["shared"]) or 0) if keys.get("shared") else 0
+    if "first_k_dense_replace" in cfg or keys.get("shared") == "deepseek":
+        dense = min(int(cfg.get("first_k_dense_replace") or 0), layers)
+    else:  # Qwen: mlp_only_layers, or every decoder_sparse_step-th layer sparse
+        only, step = set(cfg.get("mlp_only_layers") or []), int(cfg.get("decoder_sparse_step") or 1)
+        dense = sum(1 for i in range(layers) if i in only or (i + 1) % step != 0)
+    mla = None
+    if cfg.get("kv_lora_rank"):
+        mla = (int(cfg.get("q_lora_rank") or 0), int(cfg["kv_lora_rank"]), int(cfg["qk_nope_head_dim"]),
+               int(cfg["qk_rope_head_dim"]), int(cfg["v_head_dim"]))
+    gpt_oss = shape.model_type == "gpt_oss"
+    return replace(
+        shape, experts=experts, top_k=int(cfg.get("num_experts_per_tok") or cfg.get("experts_per_token") or 1),
+        expert_intermediate=width, shared_intermediate=shared, shared_gate=shape.model_type == "qwen2_moe" and shared > 0,
+        dense_layers=dense, moe_bias=gpt_oss, sinks=gpt_oss, mla=mla,
+        router_aux=float(cfg.get("router_aux_loss_coef", keys["aux"]) or 0) != 0,
+        **({"heads": shape.heads, "kv_heads": shape.heads, "head_dim": mla[2] + mla[3]} if mla else {}))
 
 
 def read_config(model: str) -> tuple[dict[str, Any], str]:

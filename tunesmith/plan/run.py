@@ -45,7 +45,7 @@ def plan(cfg: PlanConfig, hardware: Hardware | None = None) -> dict[str, Any]:
     base = Setup(dtype=dtype, optimizer=cfg.optimizer, lora_rank=cfg.lora_rank, lora_targets=targets,
                  seq=-(-cfg.max_length // cfg.sequence_parallel), micro_batch=cfg.batch_size, grad_accum=cfg.grad_accum,
                  attn=cfg.attn, packing=cfg.packing, zero_stage=cfg.zero_stage, fsdp=bool(cfg.fsdp), world_size=shards,
-                 offload=cfg.offload, trained_layers=cfg.trained_layers, private=cfg.dp,
+                 offload=cfg.offload, trained_layers=cfg.trained_layers, private=cfg.dp, lora_experts=cfg.lora_experts,
                  device=device)
     result: dict[str, Any] = {
         "model": {"name": cfg.model, "model_type": shape.model_type, "params": shape.params(), "layers": shape.layers,
@@ -109,7 +109,7 @@ def _training(cfg: PlanConfig, shape: ModelShape, base: Setup, memory: float, hw
 
 def _method_flags(s: Setup) -> str:
     if s.method in ("lora", "qlora", "dora"):
-        return f" --lora.rank {s.lora_rank}"
+        return f" --lora.rank {s.lora_rank}" + (" --lora.experts" if s.lora_experts else "")
     if s.method == "galore":
         return f" --galore.rank {s.lora_rank}"
     if s.method == "lisa":

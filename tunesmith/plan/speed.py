@@ -58,6 +58,7 @@ def training_setup(cfg: Any, device: str, dtype: str, varlen: bool, liger: bool 
     trained_layers = cfg.lisa.layers if cfg.tuner == "lisa" else cfg.freeze.trainable_layers
     private = getattr(getattr(cfg, "dp", None), "epsilon", None) is not None
     return Setup(method=cfg.tuner, dtype=dtype, lora_rank=rank, trained_layers=trained_layers, private=private,
-                 lora_targets=targets, lora_dropout=cfg.lora.dropout, seq=cfg.max_length, micro_batch=cfg.batch_size,
-                 grad_accum=cfg.grad_accum, checkpointing=bool(cfg.gradient_checkpointing), packing=packing,
-                 attn="flash" if packing and varlen else "sdpa", device=device, kernels="liger" if liger else "none")
+                 lora_targets=targets, lora_dropout=cfg.lora.dropout, lora_experts=cfg.lora.experts, seq=cfg.max_length,
+                 micro_batch=cfg.batch_size, grad_accum=cfg.grad_accum, checkpointing=bool(cfg.gradient_checkpointing),
+                 packing=packing, attn="flash" if packing and varlen else "sdpa", device=device,
+                 kernels="liger" if liger else "none")
