@@ -107,6 +107,15 @@ def data_check(cfg: DataCheckConfig):
     return run(cfg)
 
 
+def data_inspect(cfg):
+    """`tunesmith data inspect`: rows as sft trains on them (each token's loss weight, the cut at max_length, the
+    end-of-turn token), in the terminal and as inspect.html. Returns the report; refuses (DataError) a dataset in
+    which no answer trains an end-of-turn token."""
+    from tunesmith.train.inspect_rows import inspect as run
+
+    return run(cfg)
+
+
 def plan(cfg: PlanConfig) -> dict:
     """Estimate peak memory from the model's config.json (never its weights), pick settings that fit, print the plan.
     Returns it as a dict (fits, recommended settings, breakdown in GiB)."""

@@ -11,6 +11,7 @@ import sys
 from tunesmith import api
 from tunesmith.config import PlanConfig
 from tunesmith.config import DataCheckConfig, DeployConfig, DownloadConfig, ExportConfig, InferConfig, PTConfig, SFTConfig, help_text, load
+from tunesmith.config.data import DataInspectConfig
 from tunesmith.config.doctor import CheckConfig, DoctorConfig
 from tunesmith.config.eval import EvalConfig
 from tunesmith.config.models import ModelsConfig
@@ -35,7 +36,7 @@ COMMANDS = {
     "eval": (EvalConfig, api.evaluate, "score models side by side: exact match, BLEU, ROUGE, multiple-choice accuracy"),
     "deploy": (DeployConfig, api.deploy, "serve models and adapters over an OpenAI-compatible API"),
     "export": (ExportConfig, api.export, "merge a LoRA adapter into its base model"),
-    "data": (DataCheckConfig, api.data_check, "data check FILE: validate a dataset and summarise it"),
+    "data": (DataCheckConfig, api.data_check, "data check|inspect FILE: validate a dataset, show its trained tokens"),
     "plan": (PlanConfig, api.plan, "memory plan: will it fit, and with which settings"),
     "models": (ModelsConfig, lambda cfg: (api.model_families(cfg), 0)[1],
                "the registered model families and what is proven for each"),
@@ -45,6 +46,13 @@ COMMANDS = {
     "web-ui": (WebUIConfig, api.web_ui, "the whole lifecycle in a browser; jobs outlive the page"),
     "check": (CheckConfig, lambda cfg: 0 if all(r.ok for r in api.check(cfg)) else 1,
               "self-checks of training on this machine: batch x accumulation, packing, resume, merge, bf16, template"),
+}
+
+
+# `tunesmith data ACTION`: one config per action (the action is the first positional)
+DATA_ACTIONS = {
+    "check": (DataCheckConfig, api.data_check, "validate every row and summarise the data"),
+    "inspect": (DataInspectConfig, api.data_inspect, "rows as training sees them: loss weights, cut, end of turn"),
 }
 
 
@@ -77,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     cfg_cls, run, _ = COMMANDS[name]
+    if name == "data":
+        if rest[:1] in ([], ["-h"], ["--help"]) or rest[0] not in DATA_ACTIONS:
+            return _data_usage(rest)
+        cfg_cls, run, _ = DATA_ACTIONS[rest[0]]
+        name = f"data {rest[0]}"
     if "-h" in rest or "--help" in rest:
         print(help_text(cfg_cls, f"tunesmith {name}"))
         return 0
@@ -96,6 +109,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {advice}", file=sys.stderr)
         return 1
     return status if isinstance(status, int) else 0  # a command may answer with its exit code (doctor, check)
+
+
+def _data_usage(rest: list[str]) -> int:
+    rows = ["usage: tunesmith data <action> FILE [--option value ...]", "", "actions:"]
+    rows += [f"  {name:8} {about}" for name, (_, _, about) in DATA_ACTIONS.items()]
+    rows += ["", "`tunesmith data <action> --help` lists every option with its default."]
+    if rest and rest[0] not in ("-h", "--help"):
+        print(f"error: unknown data action {rest[0]!r}\n\n" + "\n".join(rows), file=sys.stderr)
+        return 2
+    print("\n".join(rows), file=sys.stderr if not rest else sys.stdout)
+    return 2 if not rest else 0
 
 
 def quiet_known_noise() -> None:

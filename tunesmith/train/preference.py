@@ -16,6 +16,7 @@ from tunesmith.data.limits import max_chars
 from tunesmith.data.load import load_rows
 from tunesmith.data.rows import Preference, Problem
 from tunesmith.templates import IGNORE, Template
+from tunesmith.train.labels import require_end_of_turn
 from tunesmith.train.tokenize import length_problem
 
 
@@ -35,6 +36,9 @@ def load_preference_data(cfg: RLHFConfig, kind: str, template: Template, tokeniz
     val = read(cfg.val_dataset) if cfg.val_dataset else None
     train = tokenize(data.rows, template, cfg.max_length, data.problems)
     skipped = data.raise_if_bad(cfg.skip_bad_rows)
+    if cfg.method != "rm":  # the answers the policy learns to give must teach it to stop (a reward model only scores)
+        answers = "chosen_ids" if "chosen_ids" in train.column_names else "completion_ids"
+        require_end_of_turn(train[answers], template, cfg.dataset)
     evals = None
     if val is not None:
         evals = tokenize(val.rows, template, cfg.max_length, val.problems)

@@ -70,7 +70,8 @@ def load_template(cfg: Any) -> tuple[Any, Path]:
     from tunesmith.models.runs import read_run_output
     from tunesmith.templates import Template
 
-    set_seed(cfg.seed)  # before the adapters are initialised: the same seed gives the same run
+    if getattr(cfg, "seed", None) is not None:  # `data inspect` renders with the same template and trains nothing
+        set_seed(cfg.seed)  # before the adapters are initialised: the same seed gives the same run
     base_name = cfg.model
     if cfg.adapters and "model" not in cfg.model_fields_set:
         base_name = read_run_output(cfg.adapters).base_model

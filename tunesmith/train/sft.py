@@ -16,6 +16,7 @@ from tunesmith.config import SFTConfig
 from tunesmith.data.limits import max_chars
 from tunesmith.data.load import load_rows
 from tunesmith.errors import ConfigError
+from tunesmith.train.labels import require_end_of_turn
 from tunesmith.train.preflight import load_template, preflight, trainable_report
 from tunesmith.train.private import record_privacy, train_private
 from tunesmith.train.run import RunResult, open_run
@@ -61,6 +62,7 @@ def sft_data(cfg: SFTConfig, template: Any) -> tuple[Any, Any, int]:
         eval_ds, held_too_long = tokenize_sft(held, template, cfg.loss_on, cfg.max_length)
         data.problems += held_too_long
     skipped = data.raise_if_bad(cfg.skip_bad_rows)
+    require_end_of_turn(train_ds["labels"], template, cfg.dataset)  # a model that never learns to stop: refused
     if val is not None:
         eval_ds, val_too_long = tokenize_sft(val.rows, template, cfg.loss_on, cfg.max_length)
         val.problems += val_too_long

@@ -21,15 +21,20 @@ from tunesmith.paths import cache_dir
 from tunesmith.templates import Template
 
 
-def tokenize_sft(rows: list[Conversation], template: Template, loss_on: str, max_length: int) -> tuple[Any, list[Problem]]:
-    """A datasets.Dataset with input_ids and labels (a row may give several samples, see above); rows with a sample
-    over max_length or with nothing to learn are problems."""
+def tokenize_sft(rows: list[Conversation], template: Template, loss_on: str, max_length: int,
+                 cuts: Any = None) -> tuple[Any, list[Problem]]:
+    """A datasets.Dataset with input_ids and labels (a row may give several samples, see above); rows with nothing to
+    learn are problems, and so are rows with a sample over max_length unless `cuts` (train/truncate.py's Cuts for
+    --truncation drop|left|right) cuts or drops them, counting what it did."""
+    from tunesmith.train.truncate import Cuts
+
+    cuts = cuts or Cuts("error", max_length)
     key = _key("sft", [[r.messages, r.extra.get("tools")] for r in rows], template, loss_on)
 
     def build() -> dict[str, list]:
         ids, labels = [], []  # per row: a list of samples
         for row in _progress(rows, "Tokenizing"):
-            samples = template.render_samples(row.messages, loss_on=loss_on, tools=row.extra.get("tools"))
+            samples = render_row(row, template, loss_on)
             ids.append([i for i, _ in samples])
             labels.append([l for _, l in samples])
         return {"input_ids": ids, "labels": labels}
@@ -38,17 +43,19 @@ def tokenize_sft(rows: list[Conversation], template: Template, loss_on: str, max
     problems, keep = [], []
     for n, row in enumerate(rows):
         samples = list(zip(table["input_ids"][n], table["labels"][n]))
-        too_long = length_problem(row, "messages", max((len(i) for i, _ in samples), default=0), max_length)
-        if too_long:
-            problems.append(too_long)
-        elif all(label == -100 for _, l in samples for label in l):
+        if all(label == -100 for _, l in samples for label in l):
             problems.append(Problem(row.source, row.line, "messages", "no trained tokens (every turn has loss: false)"))
-        else:
-            keep += samples
+            continue
+        keep += cuts.row(row, samples, problems)
     import datasets
 
     ds = datasets.Dataset.from_dict({"input_ids": [i for i, _ in keep], "labels": [l for _, l in keep]})
     return ds, problems
+
+
+def render_row(row: Conversation, template: Template, loss_on: str) -> list[tuple[list[int], list[int]]]:
+    """One conversation's training samples (ids, labels): what sft trains on and `data inspect` shows."""
+    return template.render_samples(row.messages, loss_on=loss_on, tools=row.extra.get("tools"))
 
 
 def length_problem(row: Any, field: str, tokens: int, max_length: int, reserved: int = 0) -> Problem | None:

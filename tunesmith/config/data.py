@@ -1,0 +1,39 @@
+"""Configs of `tunesmith data inspect` and `tunesmith data clean` (`data check` is DataCheckConfig in commands.py)."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from tunesmith.config.commands import DEFAULT_MODEL
+from tunesmith.config.sections import Section
+
+Truncation = Literal["error", "drop", "left", "right"]
+TRUNCATION_HELP = (
+    "A row longer than max_length: error = stop and name it (file:line); drop = leave it out (counted); left = keep "
+    "its last max_length tokens (the start of the prompt goes); right = keep its first max_length tokens (an answer "
+    "cut there loses its end-of-turn token: counted and named). Counts land in config.yaml.")
+
+
+class DataInspectConfig(Section):
+    """Show rows as training sees them: each token's loss weight, where max_length cuts, the end-of-turn token.
+Run: tunesmith data inspect FILE --model M [--rows 3]"""
+
+    action: Literal["inspect"] = Field("inspect", description="What to do with the data (inspect).")
+    dataset: list[str] = Field(..., min_length=1, description="Files, folders, registry names or hub ids.")
+    model: str = Field(DEFAULT_MODEL, description="Render with this model's tokenizer and chat template.")
+    adapters: str | None = Field(None, description="Render as a continued run would: the template saved in this "
+                                 "run folder (runs/NAME/final), its base model and system prompt.")
+    rows: int = Field(3, ge=1, description="How many rows to show (the first ones).")
+    max_length: int = Field(2048, ge=8, description="The training max_length: where a long row would be cut.")
+    truncation: Truncation = Field("error", description=TRUNCATION_HELP)
+    loss_on: Literal["assistant", "last", "all"] = Field(
+        "assistant", description="As sft's: assistant = every assistant turn; last = the final one; all = every token.")
+    system: str | None = Field(None, description="System prompt added to conversations that have none.")
+    chat_template_kwargs: dict = Field(default_factory=dict, description=(
+        "Extra variables for the chat template, e.g. {enable_thinking: false} for Qwen3."))
+    encoding: str = Field("utf-8", description="Text encoding of CSV/JSON/JSONL dataset files, e.g. gbk, utf-16.")
+    output_dir: str | None = Field(None, description="Folder for inspect.html (default runs/inspect-<time>).")
+    command: ClassVar[str] = "data"
+    positional: ClassVar[tuple[str, ...]] = ("action", "dataset")
