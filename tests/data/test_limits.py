@@ -187,13 +187,14 @@ def test_a_long_row_is_refused_before_any_tokenizing_in_each_training_command(tm
     def load(skip):
         common = {"model": "unused", "dataset": [path], "max_length": 512, "skip_bad_rows": skip}
         if method == "sft":
-            train, _, skipped = sft_data(SFTConfig(**common), template)
+            loaded = sft_data(SFTConfig(**common), template)
+            train, skipped = loaded.train, loaded.skipped
         elif method == "dpo":
             loaded = load_preference_data(RLHFConfig(method="dpo", **common), "preference", template, render_pairs)
             train, skipped = loaded.train, loaded.skipped
         else:
             cfg = RLHFConfig(method="grpo", rollout={"max_completion_length": 16}, **common)
-            _, train, _, skipped = prompt_datasets(cfg, template)
+            _, train, _, skipped, _ = prompt_datasets(cfg, template)
         return len(train), skipped
 
     with pytest.raises(DataError, match=re.escape(expected)):

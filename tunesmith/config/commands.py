@@ -26,6 +26,13 @@ Tuner = Literal["lora", "qlora", "dora", "adalora", "vera", "oft", "boft", "ia3"
 TUNER_SECTIONS = {"galore": ("galore",), "lisa": ("lisa",), "freeze": ("freeze",), "peft": PEFT_TUNERS}
 
 
+Truncation = Literal["error", "drop", "left", "right"]
+TRUNCATION_HELP = (
+    "A row longer than max_length: error = stop and name it (file:line); drop = leave it out (counted); left = keep "
+    "its last max_length tokens (the start of the prompt goes); right = keep its first max_length tokens (an answer "
+    "cut there loses its end-of-turn token: counted and named). Counts land in config.yaml.")
+
+
 class TrainConfig(Section):
     """The common keys of every training command (sft, pt, rlhf)."""
 
@@ -49,6 +56,7 @@ class TrainConfig(Section):
         "NEFTune: uniform noise of this scale (the paper uses 5) on the input embeddings while training, never at "
         "inference."))
     max_length: int = Field(2048, ge=8, description="Longest training sequence in tokens.")
+    truncation: Truncation = Field("error", description=TRUNCATION_HELP)
     packing: bool | None = Field(None, description=(
         "Concatenate samples up to max_length, padding-free; they do not attend to each other (batch_size then counts "
         "rows of max_length tokens). Unset: on where the varlen attention kernel runs (CUDA, bfloat16/float16), off "
@@ -215,6 +223,9 @@ class PTConfig(TrainConfig):
     """Continued pretraining on raw text (`text` column). Run: tunesmith pt -c pt.yaml"""
 
     packing: bool = Field(True, description="Concatenate texts into max_length blocks (usual for pretraining).")
+    truncation: Literal["split", "error", "drop", "left", "right"] = Field("split", description=(
+        "A text longer than max_length: split = cut it into max_length blocks, nothing lost (usual for pretraining); "
+        "error, drop, left, right as in sft (right: the text's EOS goes, counted)."))
     learning_rate: float = Field(1e-4, gt=0, description="Peak learning rate.")
     command: ClassVar[str] = "pt"
 

@@ -6,14 +6,8 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from tunesmith.config.commands import DEFAULT_MODEL
+from tunesmith.config.commands import DEFAULT_MODEL, TRUNCATION_HELP, Truncation
 from tunesmith.config.sections import Section
-
-Truncation = Literal["error", "drop", "left", "right"]
-TRUNCATION_HELP = (
-    "A row longer than max_length: error = stop and name it (file:line); drop = leave it out (counted); left = keep "
-    "its last max_length tokens (the start of the prompt goes); right = keep its first max_length tokens (an answer "
-    "cut there loses its end-of-turn token: counted and named). Counts land in config.yaml.")
 
 
 class DataInspectConfig(Section):

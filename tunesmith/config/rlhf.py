@@ -306,6 +306,9 @@ class RLHFConfig(TrainConfig):
     def _check_rlhf(self) -> "RLHFConfig":
         if self.packing:
             raise ValueError("packing: not supported for preference data; set packing: false")
+        if self.method in ("grpo", "ppo") and self.truncation in ("left", "right"):
+            raise ValueError(f"truncation: {self.method} renders each prompt again for its rollouts, so a prompt cannot "
+                             "be cut; use error or drop")
         for section, readers in self.READERS.items():
             if section in self.model_fields_set and self.method not in readers:
                 raise ValueError(f"{section}: only read by --method {' or '.join(readers)} (method is {self.method})")

@@ -30,6 +30,7 @@ def cpo(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> RunResult:
         plan = preflight(cfg, base_folder, rows=len(data.train))
         model, device, dtype = load_trainable(cfg, base_folder)
         run.save_config(base_model_folder=str(base_folder), train_pairs=len(data.train), skipped_rows=data.skipped,
+                        **data.record,
                         **plan.recorded(), **trainable_report(cfg, model))
         common = common_args(cfg, run.dir, device, dtype, has_eval=data.eval is not None)
         common["include_num_input_tokens_seen"] = "no"  # TRL's pair batches have no input_ids (module docstring)

@@ -27,6 +27,7 @@ def dpo(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> RunResult:
         plan = preflight(cfg, base_folder, rows=len(data.train))
         model, device, dtype = load_trainable(cfg, base_folder)
         run.save_config(base_model_folder=str(base_folder), train_pairs=len(data.train), skipped_rows=data.skipped,
+                        **data.record,
                         **plan.recorded(), **trainable_report(cfg, model))
         args = DPOConfig(**common_args(cfg, run.dir, device, dtype, has_eval=data.eval is not None),
                          beta=cfg.dpo.beta, loss_type=list(cfg.dpo.loss_type))

@@ -66,14 +66,14 @@ def grpo(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> RunResult:
         template, base_folder = load_template(cfg)
         env = environment(cfg, template)
         if env is None:
-            table, train_ds, eval_ds, skipped = prompt_datasets(cfg, template)
+            table, train_ds, eval_ds, skipped, record = prompt_datasets(cfg, template)
             for fn in rewards:
                 fn.rows = [(conv, cols) for conv, cols, _ in table]
             dry_run(rewards, train_ds, template.tokenizer)
             prompt_ids, rollout, env_rewards = [ids for _, _, ids in table], None, []
         else:
             train_ds, rollout, env_rewards = env
-            eval_ds, skipped, prompt_ids = None, 0, []
+            eval_ds, skipped, prompt_ids, record = None, 0, [], {}
 
         plan = preflight(cfg, base_folder, rows=len(train_ds))
         # The environment's reward goes last, where rewards.weights gives unweighted 1s
@@ -81,7 +81,7 @@ def grpo(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> RunResult:
         reward_funcs, reward_tokenizers = [*reward_funcs, *env_rewards], [*reward_tokenizers, *[None] * len(env_rewards)]
         model, device, dtype = load_trainable(cfg, base_folder)
         _stop_at_end_of_turn(model, template)
-        run.save_config(base_model_folder=str(base_folder), train_prompts=len(train_ds), skipped_rows=skipped,
+        run.save_config(base_model_folder=str(base_folder), train_prompts=len(train_ds), skipped_rows=skipped, **record,
                         trl_knobs=resolve_knobs(cfg), **plan.recorded(), **trainable_report(cfg, model))
         args = grpo_args(cfg, run.dir, device, dtype, has_eval=eval_ds is not None, n_rewards=len(reward_funcs))
         trainer_cls = rendered_trainer(cfg.grpo.variant)

@@ -25,7 +25,7 @@ from tunesmith.templates import Template
 from tunesmith.train.preflight import load_template, preflight, trainable_report
 from tunesmith.train.run import RunResult, open_run
 from tunesmith.train.preference import answer_ids, load_preference_data
-from tunesmith.train.tokenize import length_problem
+from tunesmith.train.truncate import Cuts
 from tunesmith.train.setup import common_args, load_trainable, run_trainer
 
 log = logging.getLogger("tunesmith")
@@ -42,6 +42,7 @@ def kto(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> RunResult:
         plan = preflight(cfg, base_folder, rows=len(train_ds))
         model, device, dtype = load_trainable(cfg, base_folder)
         run.save_config(base_model_folder=str(base_folder), train_rows=len(train_ds), skipped_rows=data.skipped,
+                        **data.record,
                         **plan.recorded(), **trainable_report(cfg, model))
         args = KTOConfig(**common_args(cfg, run.dir, device, dtype, has_eval=eval_ds is not None), beta=cfg.kto.beta,
                          loss_type=cfg.kto.loss_type, desirable_weight=cfg.kto.desirable_weight,
@@ -53,22 +54,23 @@ def kto(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> RunResult:
 
 
 def tokenize_unpaired(rows: list[UnpairedPreference | Preference], template: Template, max_length: int,
-                      problems: list[Problem]) -> Any:
+                      problems: list[Problem], cuts: Cuts | None = None) -> Any:
     """prompt_ids / completion_ids / label; a pair gives two rows. The completion ends with the end-of-turn token."""
     import datasets
 
+    cuts = cuts or Cuts("error", max_length, template.stop_token_ids)
     table: dict[str, list] = {"prompt_ids": [], "completion_ids": [], "label": []}
     for row in rows:
         answers = ([(row.chosen, True), (row.rejected, False)] if isinstance(row, Preference)
                    else [(row.completion, row.label)])
-        prompt = template.render_prompt(row.prompt)
+        whole_prompt = template.render_prompt(row.prompt)
         for text, label in answers:
-            completion = answer_ids(template, row.prompt, text, len(prompt))
+            completion = answer_ids(template, row.prompt, text, len(whole_prompt))
             field = "completion" if len(answers) == 1 else "chosen/rejected"
-            too_long = length_problem(row, field, len(prompt) + len(completion), max_length)
-            if too_long:
-                problems.append(too_long)
+            kept = cuts.pair(row, whole_prompt, [completion], problems, field)
+            if kept is None:
                 break
+            prompt, (completion,) = kept
             table["prompt_ids"].append(prompt)
             table["completion_ids"].append(completion)
             table["label"].append(label)

@@ -1,7 +1,7 @@
 """What the online methods (grpo, ppo) share: the prompt table rendered by our Template, and the reward checks that
 run before any weights load.
 
-    table, train_ds, eval_ds, skipped = prompt_datasets(cfg, template)   # [(messages, columns, prompt ids)], datasets
+    table, train_ds, eval_ds, skipped, record = prompt_datasets(cfg, template)  # [(messages, columns, ids)], ...
     require_reward(cfg, rewards, "grpo")                                 # a reward is named, its model folder exists
     dry_run(rewards, train_ds, tokenizer)                                # every reward called once on real rows
 """
@@ -20,6 +20,7 @@ from tunesmith.errors import ConfigError, DataError
 from tunesmith.templates import Template
 from tunesmith.train.rewards.registry import ROW_KEY, RewardFn
 from tunesmith.train.tokenize import length_problem
+from tunesmith.train.truncate import Cuts
 
 # Dataset columns that would collide with the arguments TRL passes reward functions under these names
 RESERVED = {"prompts", "completions", "completion_ids", "trainer_state", "log_extra", "log_metric", "environments"}
@@ -60,22 +61,25 @@ def dry_run(rewards: list[RewardFn], train_ds: Any, tokenizer: Any) -> None:
 # Prompts: rendered by our Template, carried to TRL by row index
 
 
-def prompt_datasets(cfg: RLHFConfig, template: Template) -> tuple[list, Any, Any, int]:
-    """The prompt table [(conversation, columns, prompt ids)] and the train/eval datasets TRL reads.
+def prompt_datasets(cfg: RLHFConfig, template: Template) -> tuple[list, Any, Any, int, dict]:
+    """The prompt table [(conversation, columns, prompt ids)], the train/eval datasets TRL reads, the rows skipped and
+    what config.yaml records (prompts --truncation drop left out).
 
     TRL needs a dataset whose `prompt` column it can hand back to us; ours holds each conversation as role/content
     messages with the row's index in the last one (ROW_KEY). The exact messages, tools and columns stay in the table,
     in Python: an Arrow table would add None for every key some other row has."""
+    limit = max_chars(template.tokenizer, cfg.max_length) if cfg.truncation == "error" else None
     read = partial(load_rows, kind="prompts", seed=cfg.seed, encoding=cfg.encoding,
-                   max_chars=max_chars(template.tokenizer, cfg.max_length))  # a prompt too long: refused untokenized
+                   max_chars=limit)  # a prompt too long: refused untokenized
     data = read(cfg.dataset)
     val = read(cfg.val_dataset) if cfg.val_dataset else None
     table: list = []
-    train_idx = _add_rows(table, data.rows, template, cfg, data.problems)
+    cuts = Cuts(cfg.truncation, cfg.max_length)  # error or drop (the config refuses left/right for grpo and ppo)
+    train_idx = _add_rows(table, data.rows, template, cfg, data.problems, cuts)
     skipped = data.raise_if_bad(cfg.skip_bad_rows)
     val_idx = []
     if val is not None:
-        val_idx = _add_rows(table, val.rows, template, cfg, val.problems)
+        val_idx = _add_rows(table, val.rows, template, cfg, val.problems, cuts)
         skipped += val.raise_if_bad(cfg.skip_bad_rows)
     if not train_idx:
         raise DataError(f"{', '.join(cfg.dataset)}: no prompts left to train on")
@@ -84,16 +88,22 @@ def prompt_datasets(cfg: RLHFConfig, template: Template) -> tuple[list, Any, Any
     if eval_ds is None and cfg.val_split > 0:
         split = train_ds.train_test_split(test_size=cfg.val_split, seed=cfg.seed)
         train_ds, eval_ds = split["train"], split["test"]
-    return table, train_ds, eval_ds, skipped
+    cuts.report()
+    return table, train_ds, eval_ds, skipped, {"truncation": cuts.recorded()}
 
 
-def _add_rows(table: list, rows: list, template: Template, cfg: RLHFConfig, problems: list[Problem]) -> list[int]:
+def _add_rows(table: list, rows: list, template: Template, cfg: RLHFConfig, problems: list[Problem],
+              cuts: Cuts) -> list[int]:
     added = []
     for row in rows:
         ids = template.render_prompt(row.messages, tools=row.extra.get("tools"))
         too_long = length_problem(row, "prompt", len(ids), cfg.max_length, cfg.rollout.max_completion_length)
         if too_long:
-            problems.append(too_long)
+            cuts.too_long += 1
+            if cuts.mode == "drop":
+                cuts.dropped += 1
+            else:
+                problems.append(too_long)
             continue
         columns = {k: v for k, v in row.extra.items() if k not in RESERVED}
         added.append(len(table))

@@ -44,7 +44,7 @@ def ppo(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> RunResult:
                           "val_dataset and val_split")
     with open_run(cfg) as run:
         template, base_folder = load_template(cfg)
-        table, train_ds, _, skipped = prompt_datasets(cfg, template)
+        table, train_ds, _, skipped, record = prompt_datasets(cfg, template)
         for fn in rewards:
             fn.rows = [(conv, cols) for conv, cols, _ in table]
         dry_run(rewards, train_ds, template.tokenizer)  # every reward called once on real rows, as GRPO does
@@ -57,7 +57,7 @@ def ppo(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> RunResult:
         torch.nn.init.zeros_(value_head.bias)
         score = scorer(cfg, rewards, device)
         steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * len(train_ds) / cfg.batch_size)
-        run.save_config(base_model_folder=str(base_folder), train_prompts=len(train_ds), skipped_rows=skipped,
+        run.save_config(base_model_folder=str(base_folder), train_prompts=len(train_ds), skipped_rows=skipped, **record,
                         rollouts=steps, **plan.recorded(), **trainable_report(cfg, model))
 
         from transformers import get_scheduler

@@ -7,7 +7,6 @@ so every method sees the same ids; and the row layout of TRL's older pair traine
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable
 
@@ -17,51 +16,52 @@ from tunesmith.data.load import load_rows
 from tunesmith.data.rows import Preference, Problem
 from tunesmith.templates import IGNORE, Template
 from tunesmith.train.labels import require_end_of_turn
-from tunesmith.train.tokenize import length_problem
+from tunesmith.train.tokenize import Prepared
+from tunesmith.train.truncate import Cuts
 
 
-@dataclass
-class PreferenceData:
-    train: Any  # datasets.Dataset of token ids
-    eval: Any | None
-    skipped: int
+PreferenceData = Prepared  # train, eval, skipped, record (truncation counts for config.yaml)
 
 
 def load_preference_data(cfg: RLHFConfig, kind: str, template: Template, tokenize: Callable[..., Any]) -> PreferenceData:
     """Rows of `kind` ("preference" or "kto") rendered by `tokenize(rows, template, max_length, problems)`; held-out
     rows from val_dataset, else val_split of the training rows. Bad rows stop the run here."""
-    read = partial(load_rows, kind=kind, seed=cfg.seed, encoding=cfg.encoding,
-                   max_chars=max_chars(template.tokenizer, cfg.max_length))  # a row too long: refused untokenized
+    limit = max_chars(template.tokenizer, cfg.max_length) if cfg.truncation == "error" else None
+    read = partial(load_rows, kind=kind, seed=cfg.seed, encoding=cfg.encoding, max_chars=limit)  # refused untokenized
     data = read(cfg.dataset)
     val = read(cfg.val_dataset) if cfg.val_dataset else None
-    train = tokenize(data.rows, template, cfg.max_length, data.problems)
+    cuts = Cuts(cfg.truncation, cfg.max_length, template.stop_token_ids)
+    train = tokenize(data.rows, template, cfg.max_length, data.problems, cuts=cuts)
     skipped = data.raise_if_bad(cfg.skip_bad_rows)
     if cfg.method != "rm":  # the answers the policy learns to give must teach it to stop (a reward model only scores)
         answers = "chosen_ids" if "chosen_ids" in train.column_names else "completion_ids"
         require_end_of_turn(train[answers], template, cfg.dataset)
     evals = None
     if val is not None:
-        evals = tokenize(val.rows, template, cfg.max_length, val.problems)
+        evals = tokenize(val.rows, template, cfg.max_length, val.problems, cuts=cuts)
         skipped += val.raise_if_bad(cfg.skip_bad_rows)
     elif cfg.val_split > 0:
         split = train.train_test_split(test_size=cfg.val_split, seed=cfg.seed)
         train, evals = split["train"], split["test"]
-    return PreferenceData(train, evals, skipped)
+    cuts.report()
+    return Prepared(train, evals, skipped, {"truncation": cuts.recorded()})
 
 
-def render_pairs(rows: list[Preference], template: Template, max_length: int, problems: list[Problem]) -> Any:
+def render_pairs(rows: list[Preference], template: Template, max_length: int, problems: list[Problem],
+                 cuts: Cuts | None = None) -> Any:
     """prompt_ids / chosen_ids / rejected_ids, each answer ending with the end-of-turn token (what TRL's collators
-    take). Pairs longer than max_length are problems, like SFT rows."""
+    take). Pairs longer than max_length are problems, like SFT rows, or cut per --truncation (`cuts`)."""
     import datasets
 
+    cuts = cuts or Cuts("error", max_length, template.stop_token_ids)
     table: dict[str, list] = {"prompt_ids": [], "chosen_ids": [], "rejected_ids": []}
     for row in rows:
         prompt = template.render_prompt(row.prompt)
         answers = [answer_ids(template, row.prompt, text, len(prompt)) for text in (row.chosen, row.rejected)]
-        too_long = length_problem(row, "chosen/rejected", len(prompt) + max(len(a) for a in answers), max_length)
-        if too_long:
-            problems.append(too_long)
+        kept = cuts.pair(row, prompt, answers, problems, "chosen/rejected")
+        if kept is None:
             continue
+        prompt, answers = kept
         table["prompt_ids"].append(prompt)
         table["chosen_ids"].append(answers[0])
         table["rejected_ids"].append(answers[1])

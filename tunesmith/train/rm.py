@@ -24,7 +24,7 @@ from tunesmith.train.preflight import load_template, preflight, trainable_report
 from tunesmith.train.run import RunResult, open_run
 from tunesmith.train.preference import load_preference_data
 from tunesmith.train.setup import common_args, run_trainer
-from tunesmith.train.tokenize import length_problem
+from tunesmith.train.truncate import Cuts
 
 
 def rm(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> RunResult:
@@ -36,6 +36,7 @@ def rm(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> RunResult:
         plan = preflight(cfg, base_folder, rows=len(data.train))
         model, device, dtype = load_scorer(cfg, base_folder, template.tokenizer.pad_token_id)
         run.save_config(base_model_folder=str(base_folder), train_pairs=len(data.train), skipped_rows=data.skipped,
+                        **data.record,
                         **plan.recorded(), **trainable_report(cfg, model))
         args = RewardConfig(**common_args(cfg, run.dir, device, dtype, has_eval=data.eval is not None))
         trainer = run_trainer(cfg, run.dir, model, template.tokenizer, data.train, data.eval, device, dtype,
@@ -45,17 +46,18 @@ def rm(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> RunResult:
         return run.result(trainer, final, data.skipped)
 
 
-def tokenize_scored_pairs(rows: list[Preference], template: Template, max_length: int, problems: list[Problem]) -> Any:
+def tokenize_scored_pairs(rows: list[Preference], template: Template, max_length: int, problems: list[Problem],
+                          cuts: Cuts | None = None) -> Any:
     """chosen_ids / rejected_ids: prompt and answer rendered as one conversation (RewardTrainer's processed layout)."""
     import datasets
 
+    cuts = cuts or Cuts("error", max_length, template.stop_token_ids)
     table: dict[str, list] = {"chosen_ids": [], "rejected_ids": []}
     for row in rows:
         sides = [template.render(row.prompt + [{"role": "assistant", "content": a}], loss_on="last")[0]
                  for a in (row.chosen, row.rejected)]
-        too_long = length_problem(row, "chosen/rejected", max(map(len, sides)), max_length)
-        if too_long:
-            problems.append(too_long)
+        sides = cuts.whole(row, sides, problems, "chosen/rejected")
+        if sides is None:
             continue
         table["chosen_ids"].append(sides[0])
         table["rejected_ids"].append(sides[1])

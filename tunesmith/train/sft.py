@@ -22,19 +22,21 @@ from tunesmith.train.private import record_privacy, train_private
 from tunesmith.train.run import RunResult, open_run
 from tunesmith.train.setup import load_trainable, run_trainer
 from tunesmith.train.speed import prepare_model
-from tunesmith.train.tokenize import tokenize_sft
+from tunesmith.train.tokenize import Prepared, tokenize_sft
+from tunesmith.train.truncate import Cuts
 
 
 def sft(cfg: SFTConfig, callbacks: list[Any] | None = None) -> RunResult:
     with open_run(cfg) as run:
         template, base_folder = load_template(cfg)
 
-        train_ds, eval_ds, skipped = sft_data(cfg, template)  # a bad row stops the run before any weights load
+        data = sft_data(cfg, template)  # a bad row stops the run before any weights load
+        train_ds, eval_ds, skipped = data.train, data.eval, data.skipped
         plan = preflight(cfg, base_folder, rows=len(train_ds))  # speed choices, memory plan: what config.yaml records
         model, device, dtype = load_trainable(cfg, base_folder)
         chosen = prepare_model(cfg, model, device, dtype)  # the attention and kernels this machine runs
         run.save_config(base_model_folder=str(base_folder), train_rows=len(train_ds), skipped_rows=skipped,
-                        speed=chosen, **plan.recorded(), **trainable_report(cfg, model))
+                        **data.record, speed=chosen, **plan.recorded(), **trainable_report(cfg, model))
         train = train_private if cfg.dp.epsilon is not None else run_trainer  # DP-SGD: Opacus (train/private.py)
         trainer = train(cfg, run.dir, model, template.tokenizer, train_ds, eval_ds, device, dtype, run.resume_from,
                         callbacks)
@@ -44,30 +46,34 @@ def sft(cfg: SFTConfig, callbacks: list[Any] | None = None) -> RunResult:
         return run.result(trainer, final, skipped)
 
 
-def sft_data(cfg: SFTConfig, template: Any) -> tuple[Any, Any, int]:
-    """(train, eval or None, rows skipped): every row checked, rendered by the template and cached (train/tokenize.py)."""
-    # A row too long for max_length is refused before the tokenizer sees it (a 50 MB line would take minutes and GBs).
+def sft_data(cfg: SFTConfig, template: Any) -> Prepared:
+    """Train and eval datasets, rows skipped, and the truncation counts: every row checked, rendered by the template
+    and cached (train/tokenize.py), cut or left out per --truncation (train/truncate.py)."""
+    # With --truncation error a row too long for max_length is refused before the tokenizer sees it (a 50 MB line
+    # would take minutes and GBs); the other modes need its tokens to cut it.
+    limit = max_chars(template.tokenizer, cfg.max_length) if cfg.truncation == "error" else None
     read = partial(load_rows, kind="sft", seed=cfg.seed, encoding=cfg.encoding,
-                   substitutions={"name": cfg.model_name, "author": cfg.model_author},
-                   max_chars=max_chars(template.tokenizer, cfg.max_length))
+                   substitutions={"name": cfg.model_name, "author": cfg.model_author}, max_chars=limit)
     data = read(cfg.dataset)
     val = read(cfg.val_dataset) if cfg.val_dataset else None
     held: list = []
     if val is None and cfg.val_split > 0:  # rows, not samples: a conversation's per-turn samples stay on one side
         data.rows, held = split_rows(data.rows, cfg.val_split, cfg.seed)
-    train_ds, too_long = tokenize_sft(data.rows, template, cfg.loss_on, cfg.max_length)
+    cuts = Cuts(cfg.truncation, cfg.max_length, template.stop_token_ids)
+    train_ds, too_long = tokenize_sft(data.rows, template, cfg.loss_on, cfg.max_length, cuts=cuts)
     data.problems += too_long
     eval_ds = None
     if held:
-        eval_ds, held_too_long = tokenize_sft(held, template, cfg.loss_on, cfg.max_length)
+        eval_ds, held_too_long = tokenize_sft(held, template, cfg.loss_on, cfg.max_length, cuts=cuts)
         data.problems += held_too_long
     skipped = data.raise_if_bad(cfg.skip_bad_rows)
     require_end_of_turn(train_ds["labels"], template, cfg.dataset)  # a model that never learns to stop: refused
     if val is not None:
-        eval_ds, val_too_long = tokenize_sft(val.rows, template, cfg.loss_on, cfg.max_length)
+        eval_ds, val_too_long = tokenize_sft(val.rows, template, cfg.loss_on, cfg.max_length, cuts=cuts)
         val.problems += val_too_long
         skipped += val.raise_if_bad(cfg.skip_bad_rows)
-    return train_ds, eval_ds, skipped
+    cuts.report()
+    return Prepared(train_ds, eval_ds, skipped, {"truncation": cuts.recorded()})
 
 
 def split_rows(rows: list, share: float, seed: int) -> tuple[list, list]:

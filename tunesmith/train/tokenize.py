@@ -14,11 +14,23 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass, field
 from typing import Any
 
 from tunesmith.data.rows import Conversation, Problem, Text
 from tunesmith.paths import cache_dir
 from tunesmith.templates import Template
+
+
+@dataclass
+class Prepared:
+    """A recipe's data stage: the train and eval datasets, the rows skipped, and what config.yaml records about the
+    data (truncation counts, ...), splatted into run.save_config."""
+
+    train: Any
+    eval: Any | None
+    skipped: int
+    record: dict[str, Any] = field(default_factory=dict)
 
 
 def tokenize_sft(rows: list[Conversation], template: Template, loss_on: str, max_length: int,
@@ -68,8 +80,10 @@ def length_problem(row: Any, field: str, tokens: int, max_length: int, reserved:
                    f"{tokens} tokens{room} > max_length {max_length}; raise max_length or shorten the row")
 
 
-def tokenize_pt(rows: list[Text], template: Template, max_length: int) -> Any:
-    """Raw text + EOS, cut into max_length blocks (nothing is dropped; packing then fills the batches)."""
+def tokenize_pt(rows: list[Text], template: Template, max_length: int, cuts: Any = None,
+                problems: list[Problem] | None = None) -> Any:
+    """Raw text + EOS, cut into max_length blocks (truncation split, the default: nothing is dropped; packing then
+    fills the batches); with `cuts` of another mode, a text longer than max_length is refused, left out or cut."""
     tok = template.tokenizer
     key = _key("pt", [r.text for r in rows], template, "all")
 
@@ -78,7 +92,11 @@ def tokenize_pt(rows: list[Text], template: Template, max_length: int) -> Any:
         return {"input_ids": [tok(r.text, add_special_tokens=False)["input_ids"] + eos for r in _progress(rows, "Tokenizing")]}
 
     table = _cached(key, build)
-    blocks = [ids[i: i + max_length] for ids in table["input_ids"] for i in range(0, len(ids), max_length)]
+    if cuts is None or cuts.mode == "split":
+        blocks = [ids[i: i + max_length] for ids in table["input_ids"] for i in range(0, len(ids), max_length)]
+    else:  # every token of a text is trained: its ids are its labels
+        blocks = [ids for row, whole in zip(rows, table["input_ids"])
+                  for ids, _ in cuts.row(row, [(whole, whole)], problems if problems is not None else [], "text")]
     import datasets
 
     return datasets.Dataset.from_dict({"input_ids": blocks, "labels": blocks})
