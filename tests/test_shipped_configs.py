@@ -10,8 +10,10 @@ from tunesmith.data.load import load_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((ROOT / "examples").rglob("*.yaml"))
-# file stem -> config class, data kind, fewest rows worth shipping (GRPO prompts are sampled many times each)
-KINDS = {"sft": (SFTConfig, "sft", 200), "dpo": (RLHFConfig, "preference", 200), "grpo": (RLHFConfig, "prompts", 40)}
+# file stem -> config class, data kind, fewest rows worth shipping (GRPO prompts are sampled many times each); the
+# encoder tasks' rows (sft --task embedding | reranker) are checked as that task's training reads them
+KINDS = {"sft": (SFTConfig, "sft", 200), "dpo": (RLHFConfig, "preference", 200), "grpo": (RLHFConfig, "prompts", 40),
+         "embed": (SFTConfig, "embedding", 200), "rerank": (SFTConfig, "reranker", 200)}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
@@ -19,6 +21,8 @@ def test_shipped_config_validates_and_its_data_is_clean(path, monkeypatch):
     monkeypatch.chdir(ROOT)
     cls, kind, min_rows = KINDS[path.stem]
     cfg = load(cls, ["-c", str(path)])
+    if cls is SFTConfig:  # the stem says which task's data the file ships
+        assert cfg.task == (kind if kind != "sft" else "causal-lm")
     env = getattr(getattr(cfg, "grpo", None), "env", None)
     if env:  # an environment's rows are what its reset() reads: checked as training does
         from tunesmith.train import episodes

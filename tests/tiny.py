@@ -26,3 +26,43 @@ def make_tiny_model(folder: Path, family: str = "llama", seed: int = 0) -> Path:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def make_tiny_encoder(folder: Path, task: str = "embedding", labels: list[str] | None = None, seed: int = 0,
+                      head_std: float = 1.0) -> Path:
+    """A random 2-layer BERT (hidden 64) with the shipped all-MiniLM-L6-v2's WordPiece tokenizer, saved as what
+    `tunesmith sft --task TASK` starts from or serves: a sentence-transformers embedding folder (mean pooling +
+    Normalize), a CrossEncoder folder (one score), or a sequence classifier with `labels`. head_std spreads the random
+    head's scores, so rankings by them are not ties."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, BertModel
+
+    from tunesmith.models.encoders import packaged_folder
+
+    tokenizer = AutoTokenizer.from_pretrained(packaged_folder("all-minilm-l6-v2"))
+    labels = labels or (["score"] if task == "reranker" else ["no", "yes"])
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                        num_attention_heads=2, max_position_embeddings=256, id2label=dict(enumerate(labels)),
+                        label2id={n: i for i, n in enumerate(labels)})
+    torch.manual_seed(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    if task == "embedding":
+        from sentence_transformers import SentenceTransformer
+        from sentence_transformers.base.modules import Normalize, Transformer
+        from sentence_transformers.sentence_transformer.modules import Pooling
+
+        base = folder.with_name(folder.name + "-bert")
+        BertModel(config).save_pretrained(base)
+        tokenizer.save_pretrained(base)
+        modules = [Transformer(str(base)), Pooling(64, pooling_mode="mean"), Normalize()]
+        SentenceTransformer(modules=modules, device="cpu").save(str(folder))
+        return folder
+    model = BertForSequenceClassification(config)
+    torch.nn.init.normal_(model.classifier.weight, std=head_std)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    if task == "reranker":  # a CrossEncoder folder (config_sentence_transformers.json says so)
+        from sentence_transformers import CrossEncoder
+
+        CrossEncoder(str(folder), device="cpu").save(str(folder))
+    return folder

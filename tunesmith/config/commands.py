@@ -258,6 +258,11 @@ class DeployConfig(Section):
     model: str | None = Field(None, description="Base model (default: the adapter runs' base, else the embedded model).")
     adapters: list[str] = Field(default_factory=list, description=(
         "Adapters to serve, picked by the request's model: NAME=PATH, or PATH (named after its run folder)."))
+    encoders: list[str] = Field(default_factory=list, description=(
+        "Embedding, reranker and classifier models served beside the chat models (/v1/embeddings, /v1/rerank, "
+        "/v1/score, /v1/classify), picked by the request's model: NAME=PATH, or PATH (named after its run folder); "
+        "PATH is a run's final/, a sentence-transformers folder or all-minilm-l6-v2. Without --model and --adapters "
+        "the server loads no chat model."))
     backend: Literal["transformers", "vllm"] = Field("transformers", description=(
         "transformers (always there) or vllm (in its own venv: scripts/vllm-env.sh)."))
     host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0 = every interface).")

@@ -1,6 +1,8 @@
-"""`tunesmith deploy`: the FastAPI app around chat.py and completion.py, and uvicorn to run it.
+"""`tunesmith deploy`: the FastAPI app around chat.py, completion.py (and embeddings.py, rerank.py, classify.py for
+embedding, reranker and classifier models), and uvicorn to run it.
 
     tunesmith deploy --adapters prd=runs/prd/final dao=runs/dao/final --api-key KEY --port 8000
+    tunesmith deploy --encoders embed=runs/emb/final rerank=runs/rr/final   # no chat model: only those two
     app = build_app(engine, DeployConfig())        # for tests and for mounting in another ASGI server
 
 Here: the API key check, the body size limit, request metrics and the drain (one Gate middleware, pure ASGI so
@@ -40,24 +42,26 @@ from tunesmith.serve.serving import Serving
 
 log = logging.getLogger("tunesmith")
 GRACEFUL_SHUTDOWN_S = 60  # running requests get this long to finish after SIGTERM; then they are cancelled
-ENDPOINTS = {"/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions"}
+ENDPOINTS = {"/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/embeddings",
+             "/v1/rerank", "/v1/score", "/v1/classify"}
 
 
-def build_app(engine: Engine, cfg: DeployConfig, warmup: bool = False) -> FastAPI:
-    """The app serving `engine`; it closes the engine when it shuts down. warmup=True generates one token with the
+def build_app(engine: Engine, cfg: DeployConfig, warmup: bool = False, encoders: dict | None = None) -> FastAPI:
+    """The app serving `engine` (and `encoders`: embedding, reranker and classifier models by name, from
+    infer/encoders.py); it closes the engine when it shuts down. warmup=True generates one token with the
     default model before accepting requests: a backend's first generation can take seconds (the transformers one
     starts its batching loop and KV cache). Other models start on their first request, so adapters nobody asks
     for cost no cache memory."""
     metrics = Metrics()
-    serving = Serving(engine, cfg, metrics)
+    serving = Serving(engine, cfg, metrics, encoders)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         try:
-            if warmup:
+            if warmup and engine.model_names():
                 log.info("warming up %s", engine.model_names()[0])
                 await engine.generate(GenerationRequest(prompt="Hello", params=SamplingParams(max_tokens=1)))
-            print(banner(cfg, list(serving.names)), flush=True)
+            print(banner(cfg, list(serving.names), {n: m.task for n, m in serving.encoders.items()}), flush=True)
             yield
         finally:
             log.info("closing the engine")
@@ -203,7 +207,8 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, err: HTTPException) -> JSONResponse:
         if err.status_code == 404:
             return _error(404, f"no route {request.method} {request.url.path}; this server answers /v1/models, "
-                          "/v1/chat/completions, /v1/completions, /health and /metrics", code="not_found")
+                          "/v1/chat/completions, /v1/completions, /v1/embeddings, /v1/rerank, /v1/score, "
+                          "/v1/classify, /health and /metrics", code="not_found")
         return _error(err.status_code, str(err.detail), headers=getattr(err, "headers", None))
 
     @app.exception_handler(UnknownModelError)
@@ -225,7 +230,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 # Running the server
 
 
-def adapter_map(items: list[str]) -> dict[str, str]:
+def adapter_map(items: list[str], key: str = "adapters") -> dict[str, str]:
     """`name=path` pairs, or bare paths named after their run folder (runs/prd/final -> prd)."""
     out: dict[str, str] = {}
     for item in items:
@@ -234,27 +239,32 @@ def adapter_map(items: list[str]) -> dict[str, str]:
             folder = Path(item)
             name, path = (folder.parent.name if folder.name == "final" else folder.name), item
         if name in out:
-            raise ConfigError(f"adapters: two adapters would be served as {name!r}; name them: NAME=PATH")
+            raise ConfigError(f"{key}: two models would be served as {name!r}; name them: NAME=PATH")
         out[name] = path
     return out
 
 
-def banner(cfg: DeployConfig, names: list[str]) -> str:
+def banner(cfg: DeployConfig, names: list[str], encoders: dict[str, str] | None = None) -> str:
     host = "127.0.0.1" if cfg.host in ("0.0.0.0", "::", "") else cfg.host
     url = f"http://{host}:{cfg.port}/v1"
     key = '"<your --api-key>"' if cfg.api_key else '"none"'
-    return "\n".join([
-        f"tunesmith deploy: serving at {url} (listening on {cfg.host}:{cfg.port})",
-        f"  models: {', '.join(names)} (the first is the default)",
-        "  call it with the openai client:",
-        "",
-        "    from openai import OpenAI",
-        f"    client = OpenAI(base_url=\"{url}\", api_key={key})",
-        f"    reply = client.chat.completions.create(model=\"{names[0]}\", "
-        "messages=[{\"role\": \"user\", \"content\": \"Hello!\"}])",
-        "    print(reply.choices[0].message.content)",
-        "",
-    ])
+    encoders = encoders or {}
+    lines = [f"tunesmith deploy: serving at {url} (listening on {cfg.host}:{cfg.port})"]
+    if names:
+        lines.append(f"  models: {', '.join(names)} (the first is the default)")
+    if encoders:
+        lines.append("  encoders: " + ", ".join(f"{n} ({task})" for n, task in encoders.items())
+                     + "; /v1/embeddings, /v1/rerank, /v1/score, /v1/classify")
+    lines += ["  call it with the openai client:", "", "    from openai import OpenAI",
+              f"    client = OpenAI(base_url=\"{url}\", api_key={key})"]
+    if names:
+        lines += [(f"    reply = client.chat.completions.create(model=\"{names[0]}\", "
+                   "messages=[{\"role\": \"user\", \"content\": \"Hello!\"}])"),
+                  "    print(reply.choices[0].message.content)"]
+    embedders = [n for n, task in encoders.items() if task == "embedding"]
+    if embedders:
+        lines.append(f"    vectors = client.embeddings.create(model=\"{embedders[0]}\", input=[\"Hello!\"])")
+    return "\n".join(lines + [""])
 
 
 def run(cfg: DeployConfig) -> None:
@@ -280,9 +290,23 @@ def run(cfg: DeployConfig) -> None:
                 self.should_exit = True
             return await super().on_tick(counter)
 
-    engine = load_engine(cfg.backend, cfg.model, adapter_map(cfg.adapters) or None, cfg.device, cfg.dtype, cfg.system,
-                         chat_template_kwargs=cfg.chat_template_kwargs)
-    app = build_app(engine, cfg, warmup=True)
+    encoders = None
+    if cfg.encoders:  # embedding, reranker and classifier models (infer/encoders.py), loaded before the chat engine
+        from tunesmith.infer.encoders import load_encoders
+
+        named = adapter_map(cfg.encoders, "encoders")
+        clash = sorted(set(named) & set(adapter_map(cfg.adapters)))  # checked before loading anything (and the base
+        if clash:                                                   # model's name by Serving, once it is known)
+            raise ConfigError(f"encoders: {', '.join(clash)} also names an adapter; name them apart (NAME=PATH)")
+        encoders = load_encoders(named, cfg.device, cfg.dtype)
+    if encoders and cfg.model is None and not cfg.adapters:
+        from tunesmith.infer.encoders import NoChatEngine
+
+        engine = NoChatEngine()  # encoders only: no chat model is loaded
+    else:
+        engine = load_engine(cfg.backend, cfg.model, adapter_map(cfg.adapters) or None, cfg.device, cfg.dtype,
+                             cfg.system, chat_template_kwargs=cfg.chat_template_kwargs)
+    app = build_app(engine, cfg, warmup=True, encoders=encoders)
     drain = app.state.drain
     server = DrainingServer(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="info",
                                            timeout_graceful_shutdown=5))

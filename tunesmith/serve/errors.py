@@ -80,7 +80,7 @@ def stream_error(err: Exception) -> dict:
 # pydantic's report on a request body as one OpenAI-style line
 
 # pydantic names the member of a union that failed (`str`, `list[str]`, `TextPart`): not part of the parameter's path
-UNION_TAG = re.compile(r"^(str|int|float|bool|list|dict|none|function-.*|.*\[.*\]|[A-Z]\w*)$")
+UNION_TAG = re.compile(r"^(str|int|float|bool|list|dict|none|constrained-\w+|function-.*|.*\[.*\]|[A-Z]\w*)$")
 ROLES = {"developer", "system", "user", "assistant", "tool"}  # the tags of a message's union, after its index
 
 

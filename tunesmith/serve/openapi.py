@@ -35,6 +35,10 @@ WHY = {
     503: "The server is shutting down (draining) or its engine cannot generate; retry elsewhere or after "
          "Retry-After seconds.",
 }
+# the encoder routes: their request schema and the tasks of the models that answer them (serve/embeddings.py, ...)
+ENCODER_ROUTES = {"/v1/embeddings": ("EmbeddingRequest", ("embedding",)), "/v1/rerank": ("RerankRequest", ("reranker",)),
+                  "/v1/score": ("ScoreRequest", ("reranker", "embedding")),
+                  "/v1/classify": ("ClassificationRequest", ("classification",))}
 RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "string"}}}
 
 
@@ -82,6 +86,7 @@ def document(app: FastAPI, cfg: DeployConfig) -> dict[str, Any]:
             prop = schemas.get(name, {}).get("properties", {}).get(field)
             if prop is not None:
                 prop["anyOf"][0]["maximum"] = cfg.max_tokens_limit  # --max-tokens-limit
+    _encoder_routes(schema, getattr(app.state, "serving", None))
     open_paths = OPEN_PATHS | (set() if cfg.metrics_require_key else {"/metrics"})
     secured = cfg.api_key is not None or cfg.keys is not None  # user keys (--api-key, --keys); /admin: keyed always
     if secured or getattr(cfg, "admin_key", None) is not None:
@@ -98,6 +103,26 @@ def document(app: FastAPI, cfg: DeployConfig) -> dict[str, Any]:
     _drop_unused(schema)
     app.openapi_schema = schema
     return schema
+
+
+def _encoder_routes(schema: dict[str, Any], serving: Any) -> None:
+    """An encoder route is listed where a model answers it (tunesmith deploy --encoders), its `model` one of those
+    models' names (any other is a 400 or 404), and embeddings' `dimensions` at most the largest embedding."""
+    from tunesmith.serve.embeddings import dimensions_schema
+
+    encoders = serving.encoders if serving is not None else {}
+    schemas = schema.get("components", {}).get("schemas", {})
+    for path, (request, tasks) in ENCODER_ROUTES.items():
+        names = [n for n, m in encoders.items() if m.task in tasks]
+        if not names:
+            schema["paths"].pop(path, None)
+            continue
+        properties = schemas[request]["properties"]
+        properties["model"] = {"anyOf": [{"enum": names}, {"type": "null"}], "default": None,
+                               "description": "Left out: the first of them."}
+        if path == "/v1/embeddings":
+            accepted = dimensions_schema(encoders)
+            properties["dimensions"] = {"anyOf": [accepted, {"type": "null"}]} if accepted else {"type": "null"}
 
 
 def _drop_unused(schema: dict[str, Any]) -> None:

@@ -1,5 +1,6 @@
-"""The HTTP routes: each parses its body into a protocol.py schema and hands it to chat.py, completion.py or
-serving.py; `responses=` is what /openapi.json lists (openapi.py)."""
+"""The HTTP routes: each parses its body into a protocol.py schema (embeddings.py, rerank.py and classify.py hold
+their own) and hands it to chat.py, completion.py, embeddings.py, rerank.py, classify.py or serving.py; `responses=`
+is what /openapi.json lists (openapi.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
 from tunesmith.serve.chat import create_chat_completion
+from tunesmith.serve.classify import ClassificationRequest, ClassificationResponse, create_classification
 from tunesmith.serve.completion import create_completion
+from tunesmith.serve.embeddings import EmbeddingRequest, EmbeddingResponse, create_embeddings
 from tunesmith.serve.openapi import answers
 from tunesmith.serve.protocol import (
     ChatCompletionChunk,
@@ -20,6 +23,7 @@ from tunesmith.serve.protocol import (
     CompletionResponse,
     ModelList,
 )
+from tunesmith.serve.rerank import RerankRequest, RerankResponse, ScoreRequest, ScoreResponse, create_rerank, create_score
 from tunesmith.serve.serving import EventStream, Serving
 
 router = APIRouter()
@@ -86,3 +90,31 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
              responses=answers(400, 404, 413, 429, 500, 503, ok=CompletionResponse, stream=CompletionResponse))
 async def completions(body: CompletionRequest, request: Request):
     return _respond(await create_completion(_serving(request), body))
+
+
+# -----------------------------------------------------------------------------
+# Embedding, reranker and classifier models (tunesmith deploy --encoders)
+
+
+@router.post("/v1/embeddings", response_model=EmbeddingResponse,
+             responses=answers(400, 404, 413, 429, 500, 503, ok=EmbeddingResponse))
+async def embeddings(body: EmbeddingRequest, request: Request):
+    return _respond(await create_embeddings(_serving(request), body))
+
+
+@router.post("/v1/rerank", response_model=RerankResponse,
+             responses=answers(400, 404, 413, 429, 500, 503, ok=RerankResponse))
+async def rerank(body: RerankRequest, request: Request):
+    result = await create_rerank(_serving(request), body)
+    return JSONResponse(result.model_dump(mode="json", exclude_none=True))  # no document with return_documents false
+
+
+@router.post("/v1/score", response_model=ScoreResponse, responses=answers(400, 404, 413, 429, 500, 503, ok=ScoreResponse))
+async def score(body: ScoreRequest, request: Request):
+    return _respond(await create_score(_serving(request), body))
+
+
+@router.post("/v1/classify", response_model=ClassificationResponse,
+             responses=answers(400, 404, 413, 429, 500, 503, ok=ClassificationResponse))
+async def classify(body: ClassificationRequest, request: Request):
+    return _respond(await create_classification(_serving(request), body))

@@ -16,25 +16,45 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
+
+import anyio
 
 from tunesmith.config import DeployConfig
+from tunesmith.errors import ConfigError
 from tunesmith.infer.types import Delta, Engine, EngineError, GenerationRequest, SamplingParams, TokenLogprob
 from tunesmith.serve import keys
 from tunesmith.serve.errors import APIError, engine_errors
 from tunesmith.serve.metrics import Metrics, Slot, Slots
 from tunesmith.serve.protocol import ModelCard, ModelList, Usage
 
+if TYPE_CHECKING:
+    from tunesmith.infer.encoders import EncoderModel
+
+# what each task of an encoder model answers (`tunesmith deploy --encoders`)
+ENCODER_ROUTES = {"embedding": "/v1/embeddings (and /v1/score)", "reranker": "/v1/rerank and /v1/score",
+                  "classification": "/v1/classify"}
+A_MODEL_OF = {"embedding": "an embedding model", "reranker": "a reranker", "classification": "a classifier"}
+
 
 class Serving:
-    def __init__(self, engine: Engine, cfg: DeployConfig, metrics: Metrics | None = None):
+    def __init__(self, engine: Engine, cfg: DeployConfig, metrics: Metrics | None = None,
+                 encoders: dict[str, EncoderModel] | None = None):
         self.engine, self.cfg = engine, cfg
         self.metrics = metrics or Metrics()
         self.slots = Slots(self.metrics, cfg.max_concurrent)
         self.engine_names = engine.model_names()
         # served_model_name renames the default model; the engine keeps its own name for it
-        first = cfg.served_model_name or self.engine_names[0]
-        self.names = {first: self.engine_names[0], **{n: n for n in self.engine_names[1:] if n != first}}
+        self.names: dict[str, str] = {}
+        if self.engine_names:  # none: a deploy of embedding/reranker/classifier models only
+            first = cfg.served_model_name or self.engine_names[0]
+            self.names = {first: self.engine_names[0], **{n: n for n in self.engine_names[1:] if n != first}}
+        # embedding, reranker and classifier models by name (infer/encoders.py), beside the chat models
+        self.encoders = encoders or {}
+        clash = sorted(set(self.encoders) & set(self.names))
+        if clash:
+            raise ConfigError(f"encoders: {', '.join(clash)} also names a chat model or adapter; name them apart "
+                              "(--encoders NAME=PATH)")
 
     @property
     def active(self) -> int:
@@ -42,16 +62,57 @@ class Serving:
         return self.slots.active
 
     def models(self) -> ModelList:
-        return ModelList(data=[ModelCard(id=name) for name in self.names if keys.visible(name)])
+        return ModelList(data=[ModelCard(id=name) for name in [*self.names, *self.encoders] if keys.visible(name)])
 
     def model(self, name: str | None) -> tuple[str, str]:
         """(the name answers carry, the engine's name for it)."""
-        public = next(iter(self.names)) if name is None else name
-        keys.check_model(public)  # 403 outside the request's key's scope
+        public = next(iter(self.names), None) if name is None else name
+        if public is not None:
+            keys.check_model(public)  # 403 outside the request's key's scope
         if public in self.names:
             return public, self.names[public]
-        raise APIError(404, f"The model `{name}` does not exist here; served models: {', '.join(self.names)}",
+        if public in self.encoders:  # no chat model of that name: 404, as the schema's model can be any name
+            task = self.encoders[public].task
+            raise APIError(404, f"The model `{public}` is {A_MODEL_OF[task]}; it answers {ENCODER_ROUTES[task]}, not "
+                           "chat or completions", param="model", code="model_not_found")
+        if not self.names:
+            others = ", ".join(f"{n} ({A_MODEL_OF[m.task]})" for n, m in self.encoders.items())
+            raise APIError(404, f"this server has no chat model; it serves {others}", param="model",
+                           code="model_not_found")
+        raise APIError(404, f"The model `{name}` does not exist here; served chat models: {', '.join(self.names)}",
                        param="model", code="model_not_found")
+
+    def encoder(self, name: str | None, tasks: tuple[str, ...], route: str) -> EncoderModel:
+        """The embedding, reranker or classifier model a request names, or the first of a fitting task when it
+        names none."""
+        fitting = [n for n, m in self.encoders.items() if m.task in tasks]
+        wanted = " or ".join(A_MODEL_OF[t] for t in tasks)
+        if name is None:
+            if not fitting:
+                raise APIError(404, f"{route} needs {wanted} and this server has none; serve one with tunesmith "
+                               "deploy --encoders NAME=runs/RUN/final", param="model", code="model_not_found")
+            name = fitting[0]
+        keys.check_model(name)  # 403 outside the request's key's scope
+        if name in fitting:
+            return self.encoders[name]
+        if name in self.encoders or name in self.names:
+            what = A_MODEL_OF[self.encoders[name].task] if name in self.encoders else "a chat model"
+            raise APIError(404, f"The model `{name}` is {what}; {route} answers with {wanted}: "
+                           f"{', '.join(fitting) or 'none here'}", param="model", code="model_not_found")
+        raise APIError(404, f"The model `{name}` does not exist here; {route} models: {', '.join(fitting) or 'none'}",
+                       param="model", code="model_not_found")
+
+    async def run_encoder(self, encoder: EncoderModel, work: Callable[[], tuple[Any, int]]) -> tuple[Any, int]:
+        """Run one encoder call (blocking: `work` returns its answer and the tokens it read) in a worker thread,
+        holding a concurrency slot meanwhile; the tokens count in /metrics and against a scoped key's budget."""
+        slot = self.slots.take(encoder.name)
+        tokens = 0
+        try:
+            answer, tokens = await anyio.to_thread.run_sync(work)
+        finally:
+            slot.release(prompt_tokens=tokens)
+        keys.charge(keys.current_caller(), tokens, 0)
+        return answer, tokens
 
     # -------------------------------------------------------------------------
     # Requests: what they may ask for, defaults for what they leave out

@@ -1,0 +1,167 @@
+"""`tunesmith deploy --encoders` through the console script: embedding, reranker and classifier models served beside
+a chat model by one server, answered as sentence-transformers and transformers answer on the saved folders.
+
+One server for the module: the tiny chat model plus three tiny random encoders (2-layer BERT, hidden 64, the shipped
+MiniLM's tokenizer): `emb` (its card says it was trained with Matryoshka dimensions 64 and 32), `rr` (a CrossEncoder)
+and `clf` (labels calm/urgent). The embedding test goes through the official openai SDK, which asks for base64.
+"""
+
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from test_deploy_cli import Server
+from tiny import make_tiny_encoder
+
+DOCS = ["Ana Ruiz. Red Cross first aid certificate. Lives in Harbour.", "Ben Novak. category C truck licence.",
+        "Chen Silva. trained chef; community kitchen volunteer.", "Dana Walsh. licensed electrician. Free 09:00-17:00.",
+        "Eli Costa. certified interpreter (DPSI).", "Fatima Okafor. mountain rescue team member."]
+QUERY = "Flood relief at the library in Riverside, 09:00-12:00: someone to treat minor injuries."
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    from tunesmith.models.encoders import write_task
+
+    root = tmp_path_factory.mktemp("encoders")
+    emb = make_tiny_encoder(root / "emb", "embedding", seed=1)
+    write_task(emb, {"task": "embedding", "matryoshka_dims": [64, 32]})  # what a Matryoshka run's final/ records
+    return {"emb": emb, "rr": make_tiny_encoder(root / "rr", "reranker", seed=2),
+            "clf": make_tiny_encoder(root / "clf", "classification", labels=["calm", "urgent"], seed=3)}
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model, folders, tmp_path_factory):
+    s = Server("--model", tiny_model, "--served-model-name", "chat", "--encoders",
+               *[f"{name}={path}" for name, path in folders.items()], "--device", "cpu", "--dtype", "float32",
+               log=tmp_path_factory.mktemp("deploy") / "deploy.log")
+    try:
+        s.wait_ready()
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture(scope="module")
+def http(server):
+    with httpx.Client(base_url=server.url, timeout=120) as client:
+        yield client
+
+
+def cosine(a, b):
+    return sum(x * y for x, y in zip(a, b)) / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+
+
+# -----------------------------------------------------------------------------
+# /v1/embeddings
+
+
+def test_openai_sdk_embeddings_equal_sentence_transformers_on_the_saved_folder(server, folders):
+    from openai import OpenAI
+    from sentence_transformers import SentenceTransformer
+
+    client = OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
+    texts = [QUERY, *DOCS[:3]]
+    reply = client.embeddings.create(model="emb", input=texts)  # base64 on the wire, decoded by the SDK
+    expected = SentenceTransformer(str(folders["emb"]), device="cpu").encode(texts).tolist()
+    assert reply.model == "emb" and [d.index for d in reply.data] == [0, 1, 2, 3]
+    assert all(len(d.embedding) == 64 and cosine(d.embedding, e) > 0.9999 for d, e in zip(reply.data, expected))
+    assert reply.usage.prompt_tokens == reply.usage.total_tokens > len(texts)
+    floats = client.embeddings.create(model="emb", input=texts[0], encoding_format="float")
+    assert cosine(floats.data[0].embedding, expected[0]) > 0.9999
+
+    short = client.embeddings.create(model="emb", input=texts, dimensions=32)  # a Matryoshka prefix, unit length
+    for d, e in zip(short.data, expected):
+        norm = math.sqrt(sum(x * x for x in e[:32]))
+        assert len(d.embedding) == 32 and cosine(d.embedding, [x / norm for x in e[:32]]) > 0.9999
+        assert abs(sum(x * x for x in d.embedding) - 1) < 1e-4
+
+
+# -----------------------------------------------------------------------------
+# /v1/rerank and /v1/score
+
+
+def test_rerank_orders_documents_as_the_cross_encoder_predicts(http, folders):
+    from sentence_transformers import CrossEncoder
+
+    scores = CrossEncoder(str(folders["rr"]), device="cpu").predict([(QUERY, d) for d in DOCS]).tolist()
+    order = sorted(range(len(DOCS)), key=lambda i: -scores[i])
+    reply = http.post("/v1/rerank", json={"model": "rr", "query": QUERY, "documents": DOCS})
+    assert reply.status_code == 200, reply.text
+    results = reply.json()["results"]
+    assert [r["index"] for r in results] == order
+    assert all(abs(r["relevance_score"] - scores[r["index"]]) < 1e-5 for r in results)
+    assert all(r["document"]["text"] == DOCS[r["index"]] for r in results)
+
+    top = http.post("/v1/rerank", json={"query": QUERY, "documents": [{"text": d} for d in DOCS], "top_n": 2,
+                                        "return_documents": False}).json()  # the model left out: the reranker
+    assert top["model"] == "rr" and [r["index"] for r in top["results"]] == order[:2]
+    assert all("document" not in r for r in top["results"])
+
+    pairs = http.post("/v1/score", json={"model": "rr", "text_1": QUERY, "text_2": DOCS}).json()
+    assert [round(d["score"], 5) for d in pairs["data"]] == [round(s, 5) for s in scores]
+
+
+@pytest.mark.parametrize(("body", "status", "param"), [
+    ({"model": "rr", "query": QUERY, "documents": []}, 400, "documents"),
+    ({"model": "rr", "query": QUERY, "documents": DOCS, "top_n": -1}, 400, "top_n"),
+    ({"model": "rr", "documents": DOCS}, 400, "query"),
+    ({"model": "emb", "query": QUERY, "documents": DOCS}, 404, "model"),  # an embedding model, no reranker
+    ({"model": "nope", "query": QUERY, "documents": DOCS}, 404, "model"),
+])
+def test_bad_rerank_request_is_an_openai_style_error_and_the_server_keeps_serving(http, body, status, param):
+    reply = http.post("/v1/rerank", json=body)
+    assert reply.status_code == status
+    error = reply.json()["error"]
+    assert error["param"] == param and error["type"] == "invalid_request_error" and error["message"]
+    assert http.post("/v1/rerank", json={"model": "rr", "query": QUERY, "documents": DOCS[:2]}).status_code == 200
+
+
+# -----------------------------------------------------------------------------
+# Several models by name
+
+
+def test_chat_and_encoder_models_are_served_side_by_side_by_name(server, http, folders):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    assert [m["id"] for m in http.get("/v1/models").json()["data"]] == ["chat", "emb", "rr", "clf"]
+    chat = http.post("/v1/chat/completions", json={"model": "chat", "max_tokens": 3,
+                                                   "messages": [{"role": "user", "content": "hi"}]})
+    assert chat.status_code == 200 and chat.json()["model"] == "chat"
+    wrong = http.post("/v1/chat/completions", json={"model": "emb", "messages": [{"role": "user", "content": "hi"}]})
+    assert wrong.status_code == 404 and "is an embedding model" in wrong.json()["error"]["message"]
+    assert http.post("/v1/embeddings", json={"model": "chat", "input": "hi"}).json()["error"]["code"] == "model_not_found"
+
+    texts = ["The river is rising fast.", "All quiet at the depot."]
+    reply = http.post("/v1/classify", json={"model": "clf", "input": texts}).json()
+    model = AutoModelForSequenceClassification.from_pretrained(folders["clf"]).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folders["clf"])
+    with torch.no_grad():
+        probs = torch.softmax(model(**tokenizer(texts, padding=True, return_tensors="pt")).logits, -1).tolist()
+    for d, p in zip(reply["data"], probs):
+        assert d["label"] == ["calm", "urgent"][p.index(max(p))] and d["num_classes"] == 2
+        assert max(abs(a - b) for a, b in zip(d["probs"], p)) < 1e-5
+    assert "encoders: emb (embedding), rr (reranker), clf (classification)" in server.output()
+
+
+def test_schemathesis_finds_no_request_the_encoder_routes_document_and_refuse(server, tmp_path):
+    """/openapi.json lists the encoder routes with their served models' names and the `dimensions` they all accept;
+    a fuzzer's schema-valid requests are answered 2xx, its invalid ones 4xx, never 500 (tests/serve/test_openapi.py
+    does the same for the chat routes)."""
+    st = shutil.which("st", path=str(Path(sys.executable).parent))
+    if st is None:
+        pytest.skip("schemathesis is not installed (pip install -e '.[test]')")
+    routes = "^/v1/(embeddings|rerank|score|classify)$"
+    proc = subprocess.run([st, "run", f"{server.url}/openapi.json", "--include-path-regex", routes, "--checks", "all",
+                           "--max-examples", "10", "--seed", "7", "--generation-deterministic", "--workers", "1",
+                           "--request-timeout", "60", "--no-color"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    summary = [line for line in out.splitlines() if "generated" in line][-1]
+    assert " passed" in summary and "fail" not in summary and int(summary.split()[0]) > 200, summary
