@@ -41,6 +41,12 @@ class TrainConfig(Section):
     dataset: list[str] = Field(..., min_length=1, description="Files, folders, registry names or hub ids; name#N samples N rows.")
     val_dataset: list[str] = Field(default_factory=list, description="Held-out data for eval loss.")
     val_split: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction of dataset held out for eval loss when val_dataset is empty.")
+    continue_from: str | None = Field(None, description=(
+        "Incremental retraining: start from this run's final weights (runs/NAME; adapter or full) and train only on "
+        "rows it and the runs it continued from have not seen (content hashes in each run's seen_rows.json)."))
+    replay: float = Field(0.0, ge=0.0, le=1.0, description=(
+        "With continue_from: old rows mixed in against forgetting, as a share of the new rows (0.1: one old row per "
+        "ten new), drawn with the seed from the dataset's seen rows, else from the earlier run's own dataset."))
     tuner: Tuner = Field("lora", description=(
         "How the weights train. Adapters: lora | qlora (4-bit NF4 base) | dora | adalora | vera | oft | boft | ia3 | "
         "loha | lokr. Whole model: full | galore (low-rank optimizer states) | lisa (a few sampled layers at a "
@@ -130,6 +136,11 @@ class TrainConfig(Section):
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
+        if self.replay and not self.continue_from:
+            raise ValueError("replay: mixes in rows an earlier run saw; it needs --continue-from runs/NAME")
+        if self.continue_from and self.adapters and "adapters" in self.model_fields_set and not \
+                str(self.adapters).startswith(str(self.continue_from).rstrip("/")):
+            raise ValueError("continue_from: starts from that run's weights; drop --adapters")
         if not self.trains_adapter and self.adapters:
             raise ValueError(f"adapters: tuner {self.tuner} trains the weights themselves and cannot continue an "
                              "adapter; drop --adapters or use lora")

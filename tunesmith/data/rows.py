@@ -69,3 +69,21 @@ class UnpairedPreference:
     source: str = ""
     line: int | str = 0
     format: str = "kto"
+
+
+def content_hash(item: Conversation | Text | Preference | UnpairedPreference) -> str:
+    """A row's identity by content, whatever file or format it came from (an Alpaca row and the same conversation
+    as OpenAI messages hash alike): incremental retraining (--continue-from) skips rows an earlier run trained on."""
+    import hashlib
+    import json
+
+    if isinstance(item, Conversation):
+        content: Any = ["conversation", item.messages, item.extra.get("tools")]
+    elif isinstance(item, Text):
+        content = ["text", item.text]
+    elif isinstance(item, Preference):
+        content = ["preference", item.prompt, item.chosen, item.rejected]
+    else:
+        content = ["kto", item.prompt, item.completion, item.label]
+    text = json.dumps(content, ensure_ascii=False, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]

@@ -20,6 +20,7 @@ from tunesmith.errors import ConfigError, DataError
 from tunesmith.templates import Template
 from tunesmith.train.rewards.registry import ROW_KEY, RewardFn
 from tunesmith.train.tokenize import length_problem
+from tunesmith.train.continued import Continuation
 from tunesmith.train.truncate import Cuts
 
 # Dataset columns that would collide with the arguments TRL passes reward functions under these names
@@ -72,6 +73,9 @@ def prompt_datasets(cfg: RLHFConfig, template: Template) -> tuple[list, Any, Any
     read = partial(load_rows, kind="prompts", seed=cfg.seed, encoding=cfg.encoding,
                    max_chars=limit)  # a prompt too long: refused untokenized
     data = read(cfg.dataset)
+    chosen = Continuation.select(cfg, data.rows, read)  # --continue-from: prompts the earlier runs never saw
+    data.rows = chosen.rows
+    chosen.save(cfg, data.rows)
     val = read(cfg.val_dataset) if cfg.val_dataset else None
     table: list = []
     cuts = Cuts(cfg.truncation, cfg.max_length)  # error or drop (the config refuses left/right for grpo and ppo)
@@ -89,7 +93,7 @@ def prompt_datasets(cfg: RLHFConfig, template: Template) -> tuple[list, Any, Any
         split = train_ds.train_test_split(test_size=cfg.val_split, seed=cfg.seed)
         train_ds, eval_ds = split["train"], split["test"]
     cuts.report()
-    return table, train_ds, eval_ds, skipped, {"truncation": cuts.recorded()}
+    return table, train_ds, eval_ds, skipped, {"truncation": cuts.recorded(), **chosen.record}
 
 
 def _add_rows(table: list, rows: list, template: Template, cfg: RLHFConfig, problems: list[Problem],

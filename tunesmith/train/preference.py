@@ -15,6 +15,7 @@ from tunesmith.data.limits import max_chars
 from tunesmith.data.load import load_rows
 from tunesmith.data.rows import Preference, Problem
 from tunesmith.templates import IGNORE, Template
+from tunesmith.train.continued import Continuation
 from tunesmith.train.labels import require_end_of_turn
 from tunesmith.train.tokenize import Prepared
 from tunesmith.train.truncate import Cuts
@@ -29,6 +30,9 @@ def load_preference_data(cfg: RLHFConfig, kind: str, template: Template, tokeniz
     limit = max_chars(template.tokenizer, cfg.max_length) if cfg.truncation == "error" else None
     read = partial(load_rows, kind=kind, seed=cfg.seed, encoding=cfg.encoding, max_chars=limit)  # refused untokenized
     data = read(cfg.dataset)
+    chosen = Continuation.select(cfg, data.rows, read)  # --continue-from: rows the earlier runs never saw (+ replay)
+    data.rows = chosen.rows
+    chosen.save(cfg, data.rows)
     val = read(cfg.val_dataset) if cfg.val_dataset else None
     cuts = Cuts(cfg.truncation, cfg.max_length, template.stop_token_ids)
     train = tokenize(data.rows, template, cfg.max_length, data.problems, cuts=cuts)
@@ -44,7 +48,7 @@ def load_preference_data(cfg: RLHFConfig, kind: str, template: Template, tokeniz
         split = train.train_test_split(test_size=cfg.val_split, seed=cfg.seed)
         train, evals = split["train"], split["test"]
     cuts.report()
-    return Prepared(train, evals, skipped, {"truncation": cuts.recorded()})
+    return Prepared(train, evals, skipped, {"truncation": cuts.recorded(), **chosen.record})
 
 
 def render_pairs(rows: list[Preference], template: Template, max_length: int, problems: list[Problem],

@@ -69,6 +69,9 @@ def load_template(cfg: Any) -> tuple[Any, Path]:
 
     from tunesmith.models.runs import read_run_output
     from tunesmith.templates import Template
+    from tunesmith.train.continued import start_from
+
+    start_from(cfg)  # --continue-from runs/A: A's final adapter (as --adapters) or full model
 
     if getattr(cfg, "seed", None) is not None:  # `data inspect` renders with the same template and trains nothing
         set_seed(cfg.seed)  # before the adapters are initialised: the same seed gives the same run

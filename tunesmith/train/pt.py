@@ -8,6 +8,7 @@ from typing import Any
 
 from tunesmith.config import PTConfig
 from tunesmith.data.load import load_rows
+from tunesmith.train.continued import Continuation
 from tunesmith.train.preflight import load_template, preflight, trainable_report
 from tunesmith.train.run import RunResult, open_run
 from tunesmith.train.setup import load_trainable, run_trainer
@@ -37,6 +38,9 @@ def pt_data(cfg: PTConfig, template: Any) -> Prepared:
     """Train blocks, eval blocks or None, rows skipped, truncation counts: text + EOS cut into max_length blocks
     (truncation split), or each text refused, left out or cut alone (error, drop, left, right); cached."""
     data = load_rows(cfg.dataset, kind="pt", seed=cfg.seed, encoding=cfg.encoding)  # long texts are cut, not refused
+    chosen = Continuation.select(cfg, data.rows, lambda specs: load_rows(specs, kind="pt", encoding=cfg.encoding))
+    data.rows = chosen.rows
+    chosen.save(cfg, data.rows)
     val = load_rows(cfg.val_dataset, kind="pt", seed=cfg.seed, encoding=cfg.encoding) if cfg.val_dataset else None
     cuts = Cuts(cfg.truncation, cfg.max_length, template.stop_token_ids)
     train_ds = tokenize_pt(data.rows, template, cfg.max_length, cuts, data.problems)
@@ -46,4 +50,5 @@ def pt_data(cfg: PTConfig, template: Any) -> Prepared:
         split = train_ds.train_test_split(test_size=cfg.val_split, seed=cfg.seed)
         train_ds, eval_ds = split["train"], split["test"]
     cuts.report()
-    return Prepared(train_ds, eval_ds, skipped, {"truncation": cuts.recorded()} if cfg.truncation != "split" else {})
+    record = {"truncation": cuts.recorded()} if cfg.truncation != "split" else {}
+    return Prepared(train_ds, eval_ds, skipped, record | chosen.record)

@@ -16,6 +16,7 @@ from tunesmith.config import SFTConfig
 from tunesmith.data.limits import max_chars
 from tunesmith.data.load import load_rows
 from tunesmith.errors import ConfigError
+from tunesmith.train.continued import Continuation
 from tunesmith.train.labels import require_end_of_turn
 from tunesmith.train.preflight import load_template, preflight, trainable_report
 from tunesmith.train.private import record_privacy, train_private
@@ -55,10 +56,13 @@ def sft_data(cfg: SFTConfig, template: Any) -> Prepared:
     read = partial(load_rows, kind="sft", seed=cfg.seed, encoding=cfg.encoding,
                    substitutions={"name": cfg.model_name, "author": cfg.model_author}, max_chars=limit)
     data = read(cfg.dataset)
+    chosen = Continuation.select(cfg, data.rows, read)  # --continue-from: rows the earlier runs never saw (+ replay)
+    data.rows = chosen.rows
     val = read(cfg.val_dataset) if cfg.val_dataset else None
     held: list = []
     if val is None and cfg.val_split > 0:  # rows, not samples: a conversation's per-turn samples stay on one side
         data.rows, held = split_rows(data.rows, cfg.val_split, cfg.seed)
+    chosen.save(cfg, data.rows)  # seen_rows.json: what a run continuing from this one will skip
     cuts = Cuts(cfg.truncation, cfg.max_length, template.stop_token_ids)
     train_ds, too_long = tokenize_sft(data.rows, template, cfg.loss_on, cfg.max_length, cuts=cuts)
     data.problems += too_long
@@ -73,7 +77,7 @@ def sft_data(cfg: SFTConfig, template: Any) -> Prepared:
         val.problems += val_too_long
         skipped += val.raise_if_bad(cfg.skip_bad_rows)
     cuts.report()
-    return Prepared(train_ds, eval_ds, skipped, {"truncation": cuts.recorded()})
+    return Prepared(train_ds, eval_ds, skipped, {"truncation": cuts.recorded(), **chosen.record})
 
 
 def split_rows(rows: list, share: float, seed: int) -> tuple[list, list]:
