@@ -94,8 +94,10 @@ def deploy(cfg: DeployConfig) -> None:
 
 
 def export(cfg: ExportConfig):
-    """Merge an adapter into its base and write a plain HF folder. Returns the folder."""
-    from tunesmith.export.merge import export as run
+    """Merge an adapter into its base and/or quantize; every export writes lineage.json and export_report.json
+    (perplexity and greedy agreement before/after, sizes). Returns the exported folder (with --inspect: that folder,
+    after printing its lineage)."""
+    from tunesmith.export.run import export as run
 
     return run(cfg)
 

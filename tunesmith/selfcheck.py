@@ -202,7 +202,7 @@ def merge_parity(model: Path, data: Path, work: Path) -> tuple[bool, str]:
     from transformers import AutoModelForCausalLM
 
     from tunesmith.config import ExportConfig
-    from tunesmith.export.merge import export
+    from tunesmith.export.run import export
 
     run = _sft(model, data, work / "merge", max_steps=2)
     merged_dir = export(ExportConfig(adapters=str(run.final_dir), output=str(work / "merged"), verify=False))

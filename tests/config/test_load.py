@@ -92,10 +92,10 @@ def test_help_lists_only_what_works():
     assert "sglang" not in help_text(InferConfig, "tunesmith infer") and "lmdeploy" not in help_text(InferConfig, "x")
     with pytest.raises(ConfigError, match="backend"):
         load(InferConfig, ["--backend", "sglang"])
-    assert "--merge-lora" not in help_text(ExportConfig, "tunesmith export")
-    assert load(ExportConfig, ["--adapters", "runs/a/final", "--merge-lora"]).adapters == "runs/a/final"  # old spelling
-    with pytest.raises(ConfigError, match="merge_lora: false is not an export"):
-        load(ExportConfig, ["--adapters", "runs/a/final", "--merge-lora", "false"])
+    # --merge-lora false writes the adapter itself (with its lineage) since P4: listed, and both values work
+    assert "--merge-lora" in help_text(ExportConfig, "tunesmith export")
+    assert load(ExportConfig, ["--adapters", "runs/a/final", "--merge-lora"]).merge_lora is True
+    assert load(ExportConfig, ["--adapters", "runs/a/final", "--merge-lora", "false"]).merge_lora is False
     # plan names only tuners sft runs (galore trains since P15): each planned command is one sft accepts
     from tunesmith.config import SFTConfig
     from tunesmith.plan.run import plan

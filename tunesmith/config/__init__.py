@@ -5,12 +5,12 @@ from tunesmith.config.commands import (
     DataCheckConfig,
     DeployConfig,
     DownloadConfig,
-    ExportConfig,
     InferConfig,
     PTConfig,
     SFTConfig,
     TrainConfig,
 )
+from tunesmith.config.export import ExportConfig
 from tunesmith.config.load import help_text, load, read_yaml, validate
 from tunesmith.config.plan import PlanConfig
 from tunesmith.config.sections import GenerationCfg, LoraCfg

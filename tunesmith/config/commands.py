@@ -300,29 +300,6 @@ class DeployConfig(Section):
     shortcuts: ClassVar[dict[str, str]] = GENERATION_SHORTCUTS  # --max-tokens, --temperature, ...
 
 
-class ExportConfig(Section):
-    """Merge an adapter into its base and write a plain HF folder. Run: tunesmith export --adapters runs/NAME/final"""
-
-    adapters: str = Field(..., description="Adapter folder of a run (runs/NAME/final).")
-    model: str | None = Field(None, description="Base model (default: the one the adapter run recorded).")
-    output: str | None = Field(None, description="Folder to write (default: <run>/merged).")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Dtype of the written weights.")
-    verify: bool = Field(True, description="Check that merged logits equal adapter logits before writing.")
-    command: ClassVar[str] = "export"
-    retired: ClassVar[dict[str, str]] = {"merge_lora": "export always merges the adapter into its base"}
-
-    @model_validator(mode="before")
-    @classmethod
-    def _merge_lora(cls, data: object) -> object:
-        # `--merge-lora` of earlier releases: what export does anyway. false asked for an export that does not exist.
-        if isinstance(data, dict) and "merge_lora" in data:
-            data = dict(data)
-            if data.pop("merge_lora") in (False, "false"):
-                raise ValueError("merge_lora: false is not an export tunesmith makes; export writes the adapter "
-                                 "merged into its base (drop --merge-lora)")
-        return data
-
-
 class DataCheckConfig(Section):
     """Validate datasets and summarise them. Run: tunesmith data check FILE [--model M]"""
 

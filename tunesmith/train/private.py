@@ -192,3 +192,6 @@ def record_privacy(run: Any, trainer: Any, final: Path) -> None:
             f"{privacy['dp_sample_rate']:.4f} ({privacy['dp_accountant']} accountant).\n")
     readme.write_text((readme.read_text(encoding="utf-8") + "\n" if readme.exists() else "") + line, encoding="utf-8")
     log.info("dp: %s", line.strip())
+    from tunesmith import lineage
+
+    lineage.write_for_run(final, run.dir, run.cfg)  # final/ changed: its record follows (the privacy is in its config)

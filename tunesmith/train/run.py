@@ -4,7 +4,7 @@ runs/NAME/
   config.yaml     every default filled in, plus what was resolved and the library versions
   metrics.jsonl   loss.png   tb/ (TensorBoard)   train.log
   checkpoint-N/   HF Trainer layout + tunesmith_manifest.json once complete
-  final/          adapter (or full model) + tokenizer + chat template
+  final/          adapter (or full model) + tokenizer + chat template + lineage.json (tunesmith/lineage.py)
   .lock           held (flock) while a run writes here; a second run on the same folder stops at once
   logs/rank-N.log with several processes (train/launch.py): what each rank other than 0 logged
 
@@ -27,6 +27,7 @@ from typing import Any, Iterator
 
 import yaml
 
+from tunesmith import lineage
 from tunesmith.errors import ConfigError
 from tunesmith.train.callbacks import MANIFEST, is_complete
 from tunesmith.train.launch import LAUNCHED, is_main, rank, world_size
@@ -84,6 +85,7 @@ class Run:
             save_adapter_for_base(trainer.model, staging, self.dir)  # PiSSA/OLoRA: an adapter for the untouched base
             template.save(staging)
             shutil.copy(self.dir / "config.yaml", staging / "config.yaml")
+            lineage.write_for_run(staging, self.dir, self.cfg)  # data, template and config hashes; the parent
             if final.exists():
                 shutil.rmtree(final)
             os.replace(staging, final)

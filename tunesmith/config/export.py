@@ -1,0 +1,58 @@
+"""`tunesmith export`: merge an adapter, quantize, write GGUF or an Ollama folder; every export writes
+export_report.json (what it cost) and lineage.json (where it came from).
+
+    tunesmith export --adapters runs/prd/final                       # merged HF folder, logits checked
+    tunesmith export --adapters runs/prd/final --quant bnb4          # merged, then bitsandbytes 4-bit
+    tunesmith export --inspect runs/prd/merged                       # print the lineage chain
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from tunesmith.config.sections import Device, Section
+
+Quant = Literal["none", "bnb4", "bnb8"]
+
+
+class ExportConfig(Section):
+    """Merge, quantize or convert a run's model, with a report and a lineage record. Run: tunesmith export --adapters
+runs/NAME/final [--quant bnb4]"""
+
+    adapters: str | None = Field(None, description="A run's final folder (runs/NAME/final): an adapter, or a full model.")
+    model: str | None = Field(None, description=(
+        "With --adapters: the base (default: the one the run recorded). Alone: the model to export (registry name, "
+        "folder or hub id)."))
+    output: str | None = Field(None, description=(
+        "Folder to write (default: beside the run, named after the export: merged, merged-bnb4 ...; for --model, "
+        "exports/NAME-...)."))
+    merge_lora: bool = Field(True, description=(
+        "Fold the adapter into its base. false: write the adapter as it is (with tokenizer, template and lineage), "
+        "to serve on its base; no quantization then."))
+    quant: Quant = Field("none", description=(
+        "none | bnb4 (bitsandbytes NF4, double quantization) | bnb8 (bitsandbytes LLM.int8): a folder transformers "
+        "reloads with bitsandbytes installed."))
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description=(
+        "Dtype of the written weights (bnb: of the layers it does not quantize)."))
+    verify: bool = Field(True, description="Check that merged logits equal adapter logits (fp32) before writing.")
+    eval_dataset: list[str] = Field(default_factory=list, description=(
+        "Held-out data for the report's perplexity (files or registry names; chats are rendered with the run's "
+        "template, text rows as they are). Default: a short text shipped with tunesmith."))
+    eval_tokens: int = Field(2048, ge=64, description="At most this many held-out tokens are scored (both models).")
+    device: Device = Field("auto", description="Where the models run while exporting (bnb quantizes on it).")
+    encoding: str = Field("utf-8", description="Text encoding of CSV/JSON/JSONL eval files.")
+    inspect: str | None = Field(None, description=(
+        "Print the lineage chain of a folder (a run's final/ or an export) and check its files; nothing is written."))
+    command: ClassVar[str] = "export"
+
+    @model_validator(mode="after")
+    def _check(self) -> ExportConfig:
+        if self.inspect:
+            return self
+        if not self.adapters and not self.model:
+            raise ValueError("adapters: give --adapters runs/NAME/final, or --model to export a model without one")
+        if not self.merge_lora and self.quant != "none":
+            raise ValueError(f"quant: {self.quant} needs the adapter merged; drop --merge-lora false")
+        return self

@@ -1,0 +1,209 @@
+"""`tunesmith export`: from a run's adapter (merged first), a full fine-tune or any model, to a plain HF folder, a
+bitsandbytes folder, or the adapter alone; every export writes lineage.json and export_report.json.
+
+    tunesmith export --adapters runs/prd/final                        # runs/prd/merged
+    tunesmith export --adapters runs/prd/final --quant bnb4           # runs/prd/merged-bnb4
+    tunesmith export --adapters runs/prd/final --merge-lora false     # runs/prd/adapter: the adapter, with lineage
+    tunesmith export --inspect runs/prd/merged-bnb4                   # the chain back to the base model
+
+Order of work: check the input (an already-quantized model is refused), merge in float32 and check the merge, measure
+the model before (perplexity on held-out text, greedy answers), write into a staging folder beside the output, record
+the lineage, rename the staging folder into place (an export is whole or absent), then load the output as a user
+would and measure it again: export_report.json holds both.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunesmith import lineage
+from tunesmith.config import ExportConfig
+from tunesmith.errors import ConfigError
+from tunesmith.export import bnb, report
+from tunesmith.export.merge import merge_adapter
+from tunesmith.models import load as models
+from tunesmith.models.runs import read_run_output
+from tunesmith.templates import Template
+
+
+@dataclass
+class Source:
+    """What an export starts from."""
+
+    model_folder: Path  # the base model (with an adapter) or the model itself
+    adapter: Path | None  # a run's adapter folder, merged unless --merge-lora false
+    template_folder: Path  # where the run's tokenizer and template are
+    parent: dict  # lineage link of the input artifact
+    stem: str  # default output name: merged, model, or the model's name (then + -bnb4, -q8_0 ...)
+    default_dir: Path  # where default outputs go
+
+    @property
+    def size(self) -> int:
+        return report.folder_bytes(self.model_folder, *([self.adapter] if self.adapter else []))
+
+
+def export(cfg: ExportConfig) -> Path:
+    if cfg.inspect:
+        print(lineage.describe(Path(cfg.inspect)))
+        return Path(cfg.inspect)
+    started = time.perf_counter()
+    src = source(cfg)
+    refuse_quantized(src.model_folder, cfg)
+    out = Path(cfg.output) if cfg.output else src.default_dir / output_name(cfg, src)
+    if src.adapter and out.resolve() == src.adapter.resolve():
+        raise ConfigError(f"output: {out} is the adapter folder itself; choose another --output")
+    device = models.pick_device(cfg.device)
+    template = Template.load(src.template_folder)
+    probe = report.build_probe(template, cfg.eval_dataset, cfg.eval_tokens, cfg.encoding)
+    if src.adapter and not cfg.merge_lora:
+        return export_adapter(cfg, src, out, template, probe, device, started)
+
+    model, merge_diff = load_source(src, cfg, template)
+    before = report.measure(model.to(device), probe)
+    staging = staging_folder(out)
+    dtype = _dtype(cfg.dtype)
+    if cfg.quant == "none":
+        model.to(dtype).save_pretrained(staging, safe_serialization=True)
+        template.save(staging)
+        kind = "merged" if src.adapter else "model"
+    else:
+        bnb.write(model, template, staging, cfg.quant, dtype, device)
+        kind = "quantized"
+    del model
+    gc.collect()
+    settings = {"quant": cfg.quant, "dtype": cfg.dtype, "merged_adapter": str(src.adapter) if src.adapter else None,
+                "merge_max_logit_diff": merge_diff}
+    publish(staging, out, src, cfg, kind, settings)
+    after_model = bnb.load(out, device) if cfg.quant != "none" else models.load_model(out, dtype, device)
+    after = report.measure(after_model, probe)
+    if merge_diff is not None:
+        print(f"merged {src.adapter} into {src.model_folder.name}: max |logit difference| = {merge_diff:.2e} "
+              "(float32)", file=sys.stderr)
+    return finish(cfg, src, out, template, probe, before, after, started)
+
+
+# -----------------------------------------------------------------------------
+# Input
+
+
+def source(cfg: ExportConfig) -> Source:
+    if cfg.adapters:
+        run = read_run_output(cfg.adapters)
+        if run.is_adapter:
+            base = models.resolve(cfg.model or run.base_model)
+            return Source(base, run.folder, run.folder, lineage.parent_of(run.folder), "merged", run.folder.parent)
+        if cfg.model:
+            raise ConfigError(f"model: {run.folder} is a full model (no adapter), so there is no base to give; "
+                              "drop --model")
+        return Source(run.folder, None, run.folder, lineage.parent_of(run.folder), "model", run.folder.parent)
+    folder = models.resolve(cfg.model)
+    name = Path(cfg.model).name if Path(cfg.model).is_dir() else cfg.model.replace("/", "--")
+    return Source(folder, None, folder, lineage.parent_of(folder, name=cfg.model), name, Path("exports"))
+
+
+def refuse_quantized(folder: Path, cfg: ExportConfig) -> None:
+    config = folder / "config.json"
+    quant = json.loads(config.read_text()).get("quantization_config") if config.exists() else None
+    if quant:
+        method = quant.get("quant_method", "quantized")
+        raise ConfigError(f"{folder} is already quantized ({method}); export from the model it was made from "
+                          "(its lineage.json names it: tunesmith export --inspect " + str(folder) + ")")
+
+
+def output_name(cfg: ExportConfig, src: Source) -> str:
+    if src.adapter and not cfg.merge_lora:
+        return "adapter"
+    return src.stem if cfg.quant == "none" else f"{src.stem}-{cfg.quant}"
+
+
+def load_source(src: Source, cfg: ExportConfig, template: Any) -> tuple[Any, float | None]:
+    """The model to export, and the merge's max logit difference (None without an adapter)."""
+    if src.adapter:
+        return merge_adapter(src.model_folder, src.adapter, template, cfg.verify)
+    return models.load_model(src.model_folder, _dtype(cfg.dtype), "cpu"), None
+
+
+def _dtype(name: str) -> Any:
+    import torch
+
+    return getattr(torch, name)
+
+
+# -----------------------------------------------------------------------------
+# The adapter alone (--merge-lora false)
+
+
+def export_adapter(cfg: ExportConfig, src: Source, out: Path, template: Any, probe: report.Probe, device: str,
+                   started: float) -> Path:
+    """Copy the adapter with its tokenizer, template and config; measured on its base before (from the run) and after
+    (from the copy), which proves the copy loads."""
+    import torch
+
+    def measured(adapter: Path) -> dict:
+        model = models.attach_adapters(models.load_model(src.model_folder, torch.float32, device), adapter, False)
+        try:
+            return report.measure(model, probe)
+        finally:
+            del model
+            gc.collect()
+
+    before = measured(src.adapter)
+    staging = staging_folder(out)
+    for item in src.adapter.iterdir():
+        if item.name not in (lineage.LINEAGE_FILE, lineage.REPORT_FILE) and item.is_file():
+            shutil.copy2(item, staging / item.name)
+    publish(staging, out, src, cfg, "adapter", {"merge_lora": False, "base_model": str(src.model_folder)})
+    after = measured(out)
+    return finish(cfg, src, out, template, probe, before, after, started)
+
+
+# -----------------------------------------------------------------------------
+# Output
+
+
+def staging_folder(out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+
+
+def publish(staging: Path, out: Path, src: Source, cfg: ExportConfig, kind: str, settings: dict) -> None:
+    """Record the lineage of what is in `staging`, then move it into place (replacing an earlier export)."""
+    record = lineage.build(staging, kind, "export", cfg.model_dump(mode="json"), src.parent,
+                           extra={"export": settings})
+    lineage.write(staging, record)
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.move(str(staging), out)
+
+
+def finish(cfg: ExportConfig, src: Source, out: Path, template: Any, probe: report.Probe, before: dict, after: dict,
+           started: float) -> Path:
+    def decode(ids: list[int]) -> str:
+        return template.tokenizer.decode(ids, skip_special_tokens=False)
+
+    rep = {
+        "output": str(out),
+        "input": str(src.adapter or src.model_folder),
+        "size_before_bytes": src.size,
+        "size_after_bytes": report.folder_bytes(out, skip_optimizer=False),
+        "eval_source": probe.source,
+        "eval_tokens": probe.tokens,
+        "perplexity_before": before["perplexity"],
+        "perplexity_after": after["perplexity"],
+        "greedy_agreement": report.agreement(before["greedy"], after["greedy"]),
+        "greedy": [{"prompt": prompt, "before": decode(b), "after": decode(a)}
+                   for prompt, b, a in zip(report.PROMPTS, before["greedy"], after["greedy"])],
+        "seconds": round(time.perf_counter() - started, 2),
+        "settings": {k: v for k, v in cfg.model_dump(mode="json").items() if v not in (None, [], "")},
+    }
+    report.write(out, rep)
+    report.show(rep)
+    return out
