@@ -118,6 +118,14 @@ def data_inspect(cfg):
     return run(cfg)
 
 
+def data_clean(cfg):
+    """`tunesmith data clean IN OUT`: duplicates, empty, garbage and malformed rows removed, personal data masked;
+    writes OUT and OUT.report.json. Returns the report (a dict)."""
+    from tunesmith.data.clean_file import clean as run
+
+    return run(cfg)
+
+
 def plan(cfg: PlanConfig) -> dict:
     """Estimate peak memory from the model's config.json (never its weights), pick settings that fit, print the plan.
     Returns it as a dict (fits, recommended settings, breakdown in GiB)."""

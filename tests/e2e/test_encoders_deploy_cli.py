@@ -165,3 +165,22 @@ def test_schemathesis_finds_no_request_the_encoder_routes_document_and_refuse(se
     assert proc.returncode == 0, out[-6000:]
     summary = [line for line in out.splitlines() if "generated" in line][-1]
     assert " passed" in summary and "fail" not in summary and int(summary.split()[0]) > 200, summary
+
+
+def test_eval_of_the_served_models_equals_eval_of_their_folders(server, folders, tmp_path):
+    """tunesmith eval --task retrieval | reranking asks an endpoint through /v1/embeddings and /v1/rerank."""
+    import json
+
+    from tunesmith import api
+    from tunesmith.config import load
+    from tunesmith.config.eval import EvalConfig
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"query": q, "positive": DOCS[i], "negatives": [d for d in DOCS if d != DOCS[i]]})
+                            + "\n" for i, q in enumerate(["first aid", "a truck", "hot meals"])))
+    for task, name in (("retrieval", "emb"), ("reranking", "rr")):
+        result = api.evaluate(load(EvalConfig, [
+            "--task", task, "--dataset", str(rows), "--k", "1", "3", "--output-dir", str(tmp_path / task), "--compare",
+            f"local={folders[name]}", f"served={server.url}/v1#{name}"]))
+        assert result.scores["served"] == pytest.approx(result.scores["local"], abs=1e-6)
+        assert set(result.scores["local"]) == {"recall@1", "recall@3", "ndcg@1", "ndcg@3", "mrr@3"}

@@ -11,7 +11,7 @@ import sys
 from tunesmith import api
 from tunesmith.config import PlanConfig
 from tunesmith.config import DataCheckConfig, DeployConfig, DownloadConfig, ExportConfig, InferConfig, PTConfig, SFTConfig, help_text, load
-from tunesmith.config.data import DataInspectConfig
+from tunesmith.config.data import DataCleanConfig, DataInspectConfig
 from tunesmith.config.doctor import CheckConfig, DoctorConfig
 from tunesmith.config.eval import EvalConfig
 from tunesmith.config.models import ModelsConfig
@@ -36,7 +36,7 @@ COMMANDS = {
     "eval": (EvalConfig, api.evaluate, "score models side by side: exact match, BLEU, ROUGE, multiple-choice accuracy"),
     "deploy": (DeployConfig, api.deploy, "serve models and adapters over an OpenAI-compatible API"),
     "export": (ExportConfig, api.export, "merge an adapter, quantize (bnb), with a report and lineage"),
-    "data": (DataCheckConfig, api.data_check, "data check|inspect FILE: validate a dataset, show its trained tokens"),
+    "data": (DataCheckConfig, api.data_check, "data check|inspect|clean: validate, show trained tokens, dedupe and redact"),
     "plan": (PlanConfig, api.plan, "memory plan: will it fit, and with which settings"),
     "models": (ModelsConfig, lambda cfg: (api.model_families(cfg), 0)[1],
                "the registered model families and what is proven for each"),
@@ -53,6 +53,7 @@ COMMANDS = {
 DATA_ACTIONS = {
     "check": (DataCheckConfig, api.data_check, "validate every row and summarise the data"),
     "inspect": (DataInspectConfig, api.data_inspect, "rows as training sees them: loss weights, cut, end of turn"),
+    "clean": (DataCleanConfig, api.data_clean, "IN OUT: remove duplicates, empty and garbage rows; mask personal data"),
 }
 
 

@@ -90,6 +90,12 @@ class TrainConfig(Section):
     resume: bool | str = Field(False, description="true = continue from the last complete checkpoint; or a checkpoint path.")
     overwrite: bool = Field(False, description="Start over in an output_dir that already holds a run.")
     skip_bad_rows: bool = Field(False, description="Skip rows that fail the data check (counted) instead of stopping.")
+    dedupe: bool = Field(False, description=(
+        "Before training, remove exact and near-duplicate rows (MinHash), empty and garbage ones, as `tunesmith data "
+        "clean` does; counts in config.yaml. Needs pip install 'tunesmith[clean]'."))
+    redact_pii: bool = Field(False, description=(
+        "Before training, mask e-mails, phone, card and ID numbers (Chinese ones too), IBANs, IP and street addresses "
+        "as <ENTITY_TYPE>, as `tunesmith data clean` does. Needs pip install 'tunesmith[clean]'."))
     encoding: str = Field("utf-8", description="Text encoding of CSV/JSON/JSONL dataset files, e.g. gbk, utf-16 (a utf-8 BOM is read).")
     system: str | None = Field(None, description="System prompt added to conversations that have none.")
     chat_template_kwargs: dict = Field(default_factory=dict, description=(

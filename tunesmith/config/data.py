@@ -31,3 +31,23 @@ Run: tunesmith data inspect FILE --model M [--rows 3]"""
     output_dir: str | None = Field(None, description="Folder for inspect.html (default runs/inspect-<time>).")
     command: ClassVar[str] = "data"
     positional: ClassVar[tuple[str, ...]] = ("action", "dataset")
+
+
+class DataCleanConfig(Section):
+    """Remove exact and near duplicates, empty, garbage and malformed rows; mask personal data; report what and why.
+Run: tunesmith data clean IN OUT [--threshold 0.8] [--no-redact-pii]"""
+
+    action: Literal["clean"] = Field("clean", description="What to do with the data (clean).")
+    dataset: str = Field(..., description="The dataset to clean: a file, folder, registry name or hub id.")
+    output: str = Field(..., description="The JSONL file to write (rows keep their columns); OUT.report.json beside it.")
+    kind: Literal["sft", "pt", "prompts", "preference", "kto"] = Field(
+        "sft", description="What the rows are for; a row that is not valid as such is removed, with its problem.")
+    dedupe: bool = Field(True, description="Remove exact duplicates and near duplicates (MinHash).")
+    threshold: float = Field(0.8, gt=0.0, le=1.0, description=(
+        "Near duplicates: estimated Jaccard similarity of character 5-grams at which a row counts as a copy."))
+    redact_pii: bool = Field(True, description=(
+        "Mask e-mails, phone numbers, card, ID (incl. Chinese resident ID) and IBAN numbers, IP and street addresses "
+        "as <ENTITY_TYPE> (Presidio's recognizers plus Chinese formats; no name/place NER)."))
+    encoding: str = Field("utf-8", description="Text encoding of CSV/JSON/JSONL dataset files, e.g. gbk, utf-16.")
+    command: ClassVar[str] = "data"
+    positional: ClassVar[tuple[str, ...]] = ("action", "dataset", "output")

@@ -1,7 +1,9 @@
-"""`tunesmith eval`: generation metrics and multiple-choice accuracy for one model or several side by side.
+"""`tunesmith eval`: generation metrics and multiple-choice accuracy for one model or several side by side; with
+--task, retrieval, reranking or classification scores of embedding, reranker and classifier models.
 
     tunesmith eval --compare base=smollm2-135m-instruct tuned=runs/prd/final served=http://127.0.0.1:8000/v1 \\
         --dataset prd-assistant --limit -20 --metrics exact_match bleu rouge
+    tunesmith eval --task retrieval --compare base=all-minilm-l6-v2 tuned=runs/emb/final --dataset beir/scifact
 """
 
 from __future__ import annotations
@@ -31,6 +33,17 @@ class EvalConfig(Section):
         "it serves; default its first)."))
     dataset: list[str] = Field(..., min_length=1, description=(
         "Files, folders, registry names or hub ids (name#N samples N rows), in any training format."))
+    task: Literal["generation", "retrieval", "reranking", "classification"] = Field("generation", description=(
+        "generation: answers scored against references; retrieval: embedding models rank a corpus (recall@k, MRR, "
+        "nDCG@k over a BEIR folder or query/positive(/negatives) rows); reranking: rerankers order each query's "
+        "candidates (the row's documents, or --retriever's top --candidates); classification: accuracy and "
+        "macro-F1 over text/label rows (eval/retrieval.py)."))
+    k: list[int] = Field(default_factory=lambda: [1, 5, 10], description=(
+        "Cut-offs of recall@k and nDCG@k (retrieval, reranking); MRR is cut at the largest."))
+    retriever: str | None = Field(None, description=(
+        "reranking: rank the whole corpus with this embedding model first and rerank its top --candidates "
+        "(default: each query's own documents)."))
+    candidates: int = Field(20, ge=1, description="reranking with --retriever: documents reranked per query.")
     limit: int | None = Field(None, description=(
         "Score only the first N rows; a negative N scores the last N (default: all)."))
     metrics: list[Metric] = Field(default_factory=lambda: list(CHEAP_METRICS), description=(
@@ -61,6 +74,13 @@ class EvalConfig(Section):
 
     @model_validator(mode="after")
     def _check(self) -> "EvalConfig":
+        if self.task != "generation" and "metrics" in self.model_fields_set:
+            raise ValueError(f"metrics: task {self.task} reports its own (recall@k, MRR, nDCG@k, or accuracy and F1); "
+                             "leave --metrics out")
+        if any(k < 1 for k in self.k) or not self.k:
+            raise ValueError(f"k: cut-offs are positive ranks (got {self.k})")
+        if self.retriever and self.task != "reranking":
+            raise ValueError(f"retriever: picks the candidates of --task reranking (task is {self.task})")
         if self.limit == 0:
             raise ValueError("limit: 0 scores nothing; give N > 0 (first N rows), N < 0 (last N) or leave it out")
         return self

@@ -60,14 +60,7 @@ def load_rows(specs: list[str], kind: str, seed: int = 42, substitutions: dict[s
         for row in raw:
             if substitutions:
                 row = RawRow(row.source, row.line, _substitute(row.data, substitutions))
-            if kind == "preference":
-                item = normalise_preference(row, out.problems)
-            elif kind == "kto":  # KTO rows, or preference pairs that KTO unpairs
-                item = normalise_kto(row, out.problems)
-            elif kind in pairs.KINDS:  # embedding, reranker and classification rows (data/pairs.py)
-                item = pairs.normalise(row, kind, out.problems)
-            else:
-                item = formats.normalise(row, kind, out.problems)
+            item = normalise_row(row, kind, out.problems)
             if item is not None and max_chars is not None:
                 item = _within(item, max_chars, out.problems)
             if item is not None:
@@ -77,6 +70,24 @@ def load_rows(specs: list[str], kind: str, seed: int = 42, substitutions: dict[s
     if not out.rows and not out.problems:
         raise DataError(f"{', '.join(specs)}: no rows found")
     return out
+
+
+def normalise_row(row: RawRow, kind: str, problems: list[Problem]):
+    """One record as the row type `kind` needs, or None with its problems added."""
+    if kind == "preference":
+        return normalise_preference(row, problems)
+    if kind == "kto":  # KTO rows, or preference pairs that KTO unpairs
+        return normalise_kto(row, problems)
+    if kind in pairs.KINDS:  # embedding, reranker and classification rows (data/pairs.py)
+        return pairs.normalise(row, kind, problems)
+    return formats.normalise(row, kind, problems)
+
+
+def raw_rows(spec: str, problems: list[Problem], encoding: str = "utf-8") -> Iterable[RawRow]:
+    """The records of one dataset spec as the file holds them; lines that cannot be read become problems."""
+    name, count = _split_count(spec)
+    raw = _read_spec(name, problems, readers.codec(encoding))
+    return _sample(list(raw), count, 42) if count is not None else raw
 
 
 def read_raw(specs: list[str], seed: int = 42, encoding: str = "utf-8") -> list[RawRow]:

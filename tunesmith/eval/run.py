@@ -42,6 +42,10 @@ class EvalResult:
 
 
 def evaluate(cfg: EvalConfig) -> EvalResult:
+    if cfg.task != "generation":  # embedding, reranker and classifier models: eval/retrieval.py
+        from tunesmith.eval.retrieval import evaluate_encoders
+
+        return evaluate_encoders(cfg)
     # -------------------------------------------------------------------------
     # What, on what, with which metrics: all checked before any weights load
     targets = targets_from(cfg)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config.rlhf import RLHFConfig
+from tunesmith.data.clean_file import clean_rows
 from tunesmith.data.limits import max_chars
 from tunesmith.data.load import load_rows
 from tunesmith.data.rows import Problem
@@ -73,6 +74,7 @@ def prompt_datasets(cfg: RLHFConfig, template: Template) -> tuple[list, Any, Any
     read = partial(load_rows, kind="prompts", seed=cfg.seed, encoding=cfg.encoding,
                    max_chars=limit)  # a prompt too long: refused untokenized
     data = read(cfg.dataset)
+    data.rows, cleaned = clean_rows(cfg, data.rows)  # --dedupe, --redact-pii
     chosen = Continuation.select(cfg, data.rows, read)  # --continue-from: prompts the earlier runs never saw
     data.rows = chosen.rows
     chosen.save(cfg, data.rows)
@@ -93,7 +95,7 @@ def prompt_datasets(cfg: RLHFConfig, template: Template) -> tuple[list, Any, Any
         split = train_ds.train_test_split(test_size=cfg.val_split, seed=cfg.seed)
         train_ds, eval_ds = split["train"], split["test"]
     cuts.report()
-    return table, train_ds, eval_ds, skipped, {"truncation": cuts.recorded(), **chosen.record}
+    return table, train_ds, eval_ds, skipped, {"truncation": cuts.recorded(), **chosen.record, **cleaned}
 
 
 def _add_rows(table: list, rows: list, template: Template, cfg: RLHFConfig, problems: list[Problem],

@@ -11,6 +11,7 @@ from functools import partial
 from typing import Any, Callable
 
 from tunesmith.config.rlhf import RLHFConfig
+from tunesmith.data.clean_file import clean_rows
 from tunesmith.data.limits import max_chars
 from tunesmith.data.load import load_rows
 from tunesmith.data.rows import Preference, Problem
@@ -30,6 +31,7 @@ def load_preference_data(cfg: RLHFConfig, kind: str, template: Template, tokeniz
     limit = max_chars(template.tokenizer, cfg.max_length) if cfg.truncation == "error" else None
     read = partial(load_rows, kind=kind, seed=cfg.seed, encoding=cfg.encoding, max_chars=limit)  # refused untokenized
     data = read(cfg.dataset)
+    data.rows, cleaned = clean_rows(cfg, data.rows)  # --dedupe, --redact-pii
     chosen = Continuation.select(cfg, data.rows, read)  # --continue-from: rows the earlier runs never saw (+ replay)
     data.rows = chosen.rows
     chosen.save(cfg, data.rows)
@@ -48,7 +50,7 @@ def load_preference_data(cfg: RLHFConfig, kind: str, template: Template, tokeniz
         split = train.train_test_split(test_size=cfg.val_split, seed=cfg.seed)
         train, evals = split["train"], split["test"]
     cuts.report()
-    return Prepared(train, evals, skipped, {"truncation": cuts.recorded(), **chosen.record})
+    return Prepared(train, evals, skipped, {"truncation": cuts.recorded(), **chosen.record, **cleaned})
 
 
 def render_pairs(rows: list[Preference], template: Template, max_length: int, problems: list[Problem],

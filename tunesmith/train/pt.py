@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from tunesmith.config import PTConfig
+from tunesmith.data.clean_file import clean_rows
 from tunesmith.data.load import load_rows
 from tunesmith.train.continued import Continuation
 from tunesmith.train.preflight import load_template, preflight, trainable_report
@@ -38,6 +39,7 @@ def pt_data(cfg: PTConfig, template: Any) -> Prepared:
     """Train blocks, eval blocks or None, rows skipped, truncation counts: text + EOS cut into max_length blocks
     (truncation split), or each text refused, left out or cut alone (error, drop, left, right); cached."""
     data = load_rows(cfg.dataset, kind="pt", seed=cfg.seed, encoding=cfg.encoding)  # long texts are cut, not refused
+    data.rows, cleaned = clean_rows(cfg, data.rows)  # --dedupe, --redact-pii
     chosen = Continuation.select(cfg, data.rows, lambda specs: load_rows(specs, kind="pt", encoding=cfg.encoding))
     data.rows = chosen.rows
     chosen.save(cfg, data.rows)
@@ -51,4 +53,4 @@ def pt_data(cfg: PTConfig, template: Any) -> Prepared:
         train_ds, eval_ds = split["train"], split["test"]
     cuts.report()
     record = {"truncation": cuts.recorded()} if cfg.truncation != "split" else {}
-    return Prepared(train_ds, eval_ds, skipped, record | chosen.record)
+    return Prepared(train_ds, eval_ds, skipped, record | chosen.record | cleaned)

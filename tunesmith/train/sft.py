@@ -13,6 +13,7 @@ from functools import partial
 from typing import Any
 
 from tunesmith.config import SFTConfig
+from tunesmith.data.clean_file import clean_rows
 from tunesmith.data.limits import max_chars
 from tunesmith.data.load import load_rows
 from tunesmith.errors import ConfigError
@@ -56,6 +57,7 @@ def sft_data(cfg: SFTConfig, template: Any) -> Prepared:
     read = partial(load_rows, kind="sft", seed=cfg.seed, encoding=cfg.encoding,
                    substitutions={"name": cfg.model_name, "author": cfg.model_author}, max_chars=limit)
     data = read(cfg.dataset)
+    data.rows, cleaned = clean_rows(cfg, data.rows)  # --dedupe, --redact-pii
     chosen = Continuation.select(cfg, data.rows, read)  # --continue-from: rows the earlier runs never saw (+ replay)
     data.rows = chosen.rows
     val = read(cfg.val_dataset) if cfg.val_dataset else None
@@ -77,7 +79,7 @@ def sft_data(cfg: SFTConfig, template: Any) -> Prepared:
         val.problems += val_too_long
         skipped += val.raise_if_bad(cfg.skip_bad_rows)
     cuts.report()
-    return Prepared(train_ds, eval_ds, skipped, {"truncation": cuts.recorded(), **chosen.record})
+    return Prepared(train_ds, eval_ds, skipped, {"truncation": cuts.recorded(), **chosen.record, **cleaned})
 
 
 def split_rows(rows: list, share: float, seed: int) -> tuple[list, list]:
