@@ -94,7 +94,7 @@ def deploy(cfg: DeployConfig) -> None:
 
 
 def export(cfg: ExportConfig):
-    """Merge an adapter into its base and/or quantize; every export writes lineage.json and export_report.json
+    """Merge an adapter into its base, quantize, or write GGUF/Ollama; every export writes lineage.json and export_report.json
     (perplexity and greedy agreement before/after, sizes). Returns the exported folder (with --inspect: that folder,
     after printing its lineage)."""
     from tunesmith.export.run import export as run

@@ -3,6 +3,7 @@ export_report.json (what it cost) and lineage.json (where it came from).
 
     tunesmith export --adapters runs/prd/final                       # merged HF folder, logits checked
     tunesmith export --adapters runs/prd/final --quant bnb4          # merged, then bitsandbytes 4-bit
+    tunesmith export --adapters runs/prd/final --to ollama --gguf-type q8_0   # GGUF + Modelfile
     tunesmith export --inspect runs/prd/merged                       # print the lineage chain
 """
 
@@ -15,6 +16,7 @@ from pydantic import Field, model_validator
 from tunesmith.config.sections import Device, Section
 
 Quant = Literal["none", "bnb4", "bnb8"]
+GGUFType = Literal["f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0"]  # export/gguf.py GGUF_TYPES
 
 
 class ExportConfig(Section):
@@ -34,13 +36,23 @@ runs/NAME/final [--quant bnb4]"""
     quant: Quant = Field("none", description=(
         "none | bnb4 (bitsandbytes NF4, double quantization) | bnb8 (bitsandbytes LLM.int8): a folder transformers "
         "reloads with bitsandbytes installed."))
+    to: Literal["hf", "gguf", "ollama"] = Field("hf", description=(
+        "hf: a transformers folder; gguf: one .gguf file for llama.cpp (Llama, Mistral, Qwen2/2.5/3, Gemma 2/3, "
+        "Phi-3/3.5/4) with the chat template and special tokens; ollama: the .gguf and a Modelfile (TEMPLATE, stop "
+        "tokens, num_ctx) for `ollama create NAME -f Modelfile`."))
+    gguf_type: GGUFType = Field("f16", description=(
+        "Tensor type of the GGUF: f32, f16, bf16, q8_0, q5_1, q5_0, q4_1, q4_0 (k-quants need llama.cpp's "
+        "llama-quantize: the gguf package does not write them). Norms stay f32; with 4/5-bit types the embeddings "
+        "and output stay q8_0."))
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description=(
         "Dtype of the written weights (bnb: of the layers it does not quantize)."))
     verify: bool = Field(True, description="Check that merged logits equal adapter logits (fp32) before writing.")
     eval_dataset: list[str] = Field(default_factory=list, description=(
         "Held-out data for the report's perplexity (files or registry names; chats are rendered with the run's "
         "template, text rows as they are). Default: a short text shipped with tunesmith."))
-    eval_tokens: int = Field(2048, ge=64, description="At most this many held-out tokens are scored (both models).")
+    eval_tokens: int = Field(2048, ge=16, description="At most this many held-out tokens are scored (both models).")
+    greedy_prompts: int = Field(4, ge=0, le=4, description=(
+        "Shipped prompts both models answer greedily (16 tokens each) for the report's agreement; 0 skips it."))
     device: Device = Field("auto", description="Where the models run while exporting (bnb quantizes on it).")
     encoding: str = Field("utf-8", description="Text encoding of CSV/JSON/JSONL eval files.")
     inspect: str | None = Field(None, description=(
@@ -53,6 +65,10 @@ runs/NAME/final [--quant bnb4]"""
             return self
         if not self.adapters and not self.model:
             raise ValueError("adapters: give --adapters runs/NAME/final, or --model to export a model without one")
-        if not self.merge_lora and self.quant != "none":
-            raise ValueError(f"quant: {self.quant} needs the adapter merged; drop --merge-lora false")
+        if not self.merge_lora and (self.quant != "none" or self.to != "hf"):
+            what = f"quant: {self.quant}" if self.quant != "none" else f"to: {self.to}"
+            raise ValueError(f"{what} needs the adapter merged; drop --merge-lora false")
+        if self.quant != "none" and self.to != "hf":
+            raise ValueError(f"quant: {self.quant} makes a transformers folder; a {self.to} export is quantized by "
+                             "--gguf-type (e.g. q8_0, q4_0)")
         return self

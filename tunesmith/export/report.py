@@ -84,7 +84,8 @@ class Probe:
         return sum(len(w) for w in self.windows)
 
 
-def build_probe(template: Any, eval_dataset: list[str], eval_tokens: int, encoding: str = "utf-8") -> Probe:
+def build_probe(template: Any, eval_dataset: list[str], eval_tokens: int, encoding: str = "utf-8",
+                greedy_prompts: int = len(PROMPTS)) -> Probe:
     tok = template.tokenizer
     if eval_dataset:
         ids = _dataset_ids(template, eval_dataset, eval_tokens, encoding)
@@ -95,7 +96,7 @@ def build_probe(template: Any, eval_dataset: list[str], eval_tokens: int, encodi
     ids = ids[:eval_tokens]
     windows = [ids[i: i + WINDOW] for i in range(0, len(ids), WINDOW)]
     windows = [w for w in windows if len(w) > 1]
-    prompts = [template.render_prompt([{"role": "user", "content": p}]) for p in PROMPTS]
+    prompts = [template.render_prompt([{"role": "user", "content": p}]) for p in PROMPTS[:greedy_prompts]]
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     return Probe(windows, prompts, source, list(template.stop_token_ids), pad)
 
@@ -155,7 +156,8 @@ def agreement(before: list[list[int]], after: list[list[int]]) -> dict:
             same += 1
         shares.append(same / max(len(a), len(b), 1))
         identical += a == b
-    return {"prompts": len(shares), "identical": identical, "mean_matching_prefix": sum(shares) / max(len(shares), 1)}
+    mean = sum(shares) / len(shares) if shares else None
+    return {"prompts": len(shares), "identical": identical, "mean_matching_prefix": mean}
 
 
 def folder_bytes(*folders: Path, skip_optimizer: bool = True) -> int:
@@ -184,7 +186,8 @@ def summary(report: dict) -> str:
         (f"perplexity on {report['eval_tokens']} held-out tokens ({report['eval_source']}): "
          f"{before:.3f} -> {after:.3f}{change}"),
         (f"greedy agreement on {agree['prompts']} prompts x {GREEDY_TOKENS} tokens: {agree['identical']} identical, "
-         f"{agree['mean_matching_prefix'] * 100:.0f} % matching prefix"),
+         f"{agree['mean_matching_prefix'] * 100:.0f} % matching prefix" if agree["prompts"] else
+         "greedy agreement: not measured (--greedy-prompts 0)"),
         f"time: {report['seconds']:.1f} s; wrote {report['output']}",
     ]
     return "\n".join(lines)

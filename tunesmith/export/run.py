@@ -1,8 +1,10 @@
 """`tunesmith export`: from a run's adapter (merged first), a full fine-tune or any model, to a plain HF folder, a
-bitsandbytes folder, or the adapter alone; every export writes lineage.json and export_report.json.
+bitsandbytes folder, a GGUF file (+ an Ollama Modelfile), or the adapter alone; every export writes lineage.json and
+export_report.json.
 
     tunesmith export --adapters runs/prd/final                        # runs/prd/merged
     tunesmith export --adapters runs/prd/final --quant bnb4           # runs/prd/merged-bnb4
+    tunesmith export --adapters runs/prd/final --to ollama --gguf-type q8_0   # runs/prd/merged-ollama-q8_0
     tunesmith export --adapters runs/prd/final --merge-lora false     # runs/prd/adapter: the adapter, with lineage
     tunesmith export --inspect runs/prd/merged-bnb4                   # the chain back to the base model
 
@@ -27,7 +29,7 @@ from typing import Any
 from tunesmith import lineage
 from tunesmith.config import ExportConfig
 from tunesmith.errors import ConfigError
-from tunesmith.export import bnb, report
+from tunesmith.export import bnb, gguf, ollama, report
 from tunesmith.export.merge import merge_adapter
 from tunesmith.models import load as models
 from tunesmith.models.runs import read_run_output
@@ -42,7 +44,9 @@ class Source:
     adapter: Path | None  # a run's adapter folder, merged unless --merge-lora false
     template_folder: Path  # where the run's tokenizer and template are
     parent: dict  # lineage link of the input artifact
-    stem: str  # default output name: merged, model, or the model's name (then + -bnb4, -q8_0 ...)
+    stem: str  # default output name: merged, model, or the model's name (then + -bnb4, -gguf-q8_0 ...)
+    label: str  # the run's or the model's name (GGUF file name, general.name)
+    config: dict  # the run's config.yaml ({} for a model)
     default_dir: Path  # where default outputs go
 
     @property
@@ -61,8 +65,12 @@ def export(cfg: ExportConfig) -> Path:
     if src.adapter and out.resolve() == src.adapter.resolve():
         raise ConfigError(f"output: {out} is the adapter folder itself; choose another --output")
     device = models.pick_device(cfg.device)
+    if cfg.to != "hf":  # refused before any work: an architecture GGUF cannot take, a template Ollama cannot render
+        gguf.supported(json.loads((src.model_folder / "config.json").read_text()).get("model_type", "?"))
     template = Template.load(src.template_folder)
-    probe = report.build_probe(template, cfg.eval_dataset, cfg.eval_tokens, cfg.encoding)
+    if cfg.to == "ollama":
+        ollama.cut(template)
+    probe = report.build_probe(template, cfg.eval_dataset, cfg.eval_tokens, cfg.encoding, cfg.greedy_prompts)
     if src.adapter and not cfg.merge_lora:
         return export_adapter(cfg, src, out, template, probe, device, started)
 
@@ -70,6 +78,8 @@ def export(cfg: ExportConfig) -> Path:
     before = report.measure(model.to(device), probe)
     staging = staging_folder(out)
     dtype = _dtype(cfg.dtype)
+    if cfg.to != "hf":
+        return export_gguf(cfg, src, out, staging, model, template, probe, before, merge_diff, started)
     if cfg.quant == "none":
         model.to(dtype).save_pretrained(staging, safe_serialization=True)
         template.save(staging)
@@ -99,14 +109,16 @@ def source(cfg: ExportConfig) -> Source:
         run = read_run_output(cfg.adapters)
         if run.is_adapter:
             base = models.resolve(cfg.model or run.base_model)
-            return Source(base, run.folder, run.folder, lineage.parent_of(run.folder), "merged", run.folder.parent)
+            return Source(base, run.folder, run.folder, lineage.parent_of(run.folder), "merged",
+                          run.folder.parent.name, run.config, run.folder.parent)
         if cfg.model:
             raise ConfigError(f"model: {run.folder} is a full model (no adapter), so there is no base to give; "
                               "drop --model")
-        return Source(run.folder, None, run.folder, lineage.parent_of(run.folder), "model", run.folder.parent)
+        return Source(run.folder, None, run.folder, lineage.parent_of(run.folder), "model", run.folder.parent.name,
+                      run.config, run.folder.parent)
     folder = models.resolve(cfg.model)
     name = Path(cfg.model).name if Path(cfg.model).is_dir() else cfg.model.replace("/", "--")
-    return Source(folder, None, folder, lineage.parent_of(folder, name=cfg.model), name, Path("exports"))
+    return Source(folder, None, folder, lineage.parent_of(folder, name=cfg.model), name, name, {}, Path("exports"))
 
 
 def refuse_quantized(folder: Path, cfg: ExportConfig) -> None:
@@ -121,6 +133,8 @@ def refuse_quantized(folder: Path, cfg: ExportConfig) -> None:
 def output_name(cfg: ExportConfig, src: Source) -> str:
     if src.adapter and not cfg.merge_lora:
         return "adapter"
+    if cfg.to != "hf":
+        return f"{src.stem}-{cfg.to}-{cfg.gguf_type}"
     return src.stem if cfg.quant == "none" else f"{src.stem}-{cfg.quant}"
 
 
@@ -135,6 +149,30 @@ def _dtype(name: str) -> Any:
     import torch
 
     return getattr(torch, name)
+
+
+# -----------------------------------------------------------------------------
+# GGUF and Ollama
+
+
+def export_gguf(cfg: ExportConfig, src: Source, out: Path, staging: Path, model: Any, template: Any,
+                probe: report.Probe, before: dict, merge_diff: float | None, started: float) -> Path:
+    """One .gguf (+ Modelfile for Ollama) with the tokenizer and template files beside it. Writing leaves the model in
+    memory holding the file's weights, so the report's "after" is the GGUF's own numbers (dequantized; llama.cpp's
+    kernels also round activations to 8 bits in quantized matmuls, which this does not)."""
+    name = f"{src.label}-{cfg.gguf_type}.gguf"
+    written = gguf.write(model.cpu(), template, staging / name, cfg.gguf_type, src.label, src.parent.get("sha256"))
+    template.save(staging)
+    if cfg.to == "ollama":
+        ollama.write(staging, name, template, src.config.get("max_length"))
+    settings = {"to": cfg.to, "gguf_type": cfg.gguf_type, "file": name,
+                "merged_adapter": str(src.adapter) if src.adapter else None, "merge_max_logit_diff": merge_diff,
+                **written}
+    publish(staging, out, src, cfg, cfg.to, settings)
+    after = report.measure(model.to(models.pick_device(cfg.device)), probe)
+    print(f"wrote {out / name}: {written['architecture']}, {written['tokenizer']} tokenizer (pre {written['pre']}), "
+          f"tensors {written['tensor_types']}", file=sys.stderr)
+    return finish(cfg, src, out, template, probe, before, after, started)
 
 
 # -----------------------------------------------------------------------------
