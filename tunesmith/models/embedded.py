@@ -39,10 +39,22 @@ def prepared_folder(name: str = "smollm2-135m-instruct") -> Path:
     if name in PACKAGED:  # shipped as a plain folder inside its package: nothing to convert
         return packaged_folder(name)
     target = cache_dir() / "models" / name
-    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+    if _ready(target):
         return target
-    _convert(gguf_path(), target)
+    import fcntl
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Two commands started at once on a fresh machine (or parallel test workers) convert once: the second waits for
+    # the first's folder instead of replacing it while the first's caller reads it.
+    with open(target.parent / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not _ready(target):
+            _convert(gguf_path(), target)
     return target
+
+
+def _ready(target: Path) -> bool:
+    return (target / "config.json").exists() and (target / "model.safetensors").exists()
 
 
 def _convert(source: Path, target: Path) -> None:
