@@ -66,3 +66,20 @@ def make_tiny_encoder(folder: Path, task: str = "embedding", labels: list[str] |
 
         CrossEncoder(str(folder), device="cpu").save(str(folder))
     return folder
+
+
+def make_tiny_adapter(folder: Path, base: Path, seed: int = 0) -> Path:
+    """A LoRA adapter (rank 4 on q/v, random B so it changes the answers) for a tiny model, saved as a run's final/:
+    adapter weights, the tokenizer and the base recorded in adapter_config.json."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                            init_lora_weights=False))
+    folder.mkdir(parents=True, exist_ok=True)
+    peft.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(base).save_pretrained(folder)
+    return folder

@@ -290,6 +290,12 @@ class DeployConfig(Section):
     keys: str | None = Field(None, description=(
         "Scoped API keys file (YAML): per key the models it may call, requests and tokens per minute, expiry; "
         "401/403/429 answers, usage per key in /metrics (see tunesmith/config/serving.py)."))
+    model_versions: str | None = Field(None, description=(
+        "Models with versions and a traffic split, YAML (also --model-config): prd: {versions: {v1: runs/a/final, "
+        "v2: runs/b/final}, traffic: {v1: 90, v2: 10}, sticky_by: user}; versions of one base share its weights."))
+    admin_key: str | None = Field(None, description=(
+        "Opens the admin API (/admin: load and unload versions and adapters, change the traffic split, roll back) to "
+        "this key only; user keys get 403 there (default: no admin API)."))
     served_model_name: str | None = Field(None, description="Name the default model is served under (default: its folder or run name).")
     max_concurrent: int = Field(64, ge=1, description="Requests generating at once; more are answered 429 with Retry-After.")
     max_prompt_tokens: int | None = Field(None, ge=1, description="Reject longer prompts with 400 (default: no limit).")
@@ -303,7 +309,8 @@ class DeployConfig(Section):
     dtype: Dtype = Field("auto", description="auto = bfloat16 on GPUs that support it, else float32.")
     device: Device = Field("auto", description="auto = cuda, then mps, then cpu.")
     command: ClassVar[str] = "deploy"
-    shortcuts: ClassVar[dict[str, str]] = GENERATION_SHORTCUTS  # --max-tokens, --temperature, ...
+    # --max-tokens, --temperature, ...; --model-config: the name the serving docs use for --model-versions
+    shortcuts: ClassVar[dict[str, str]] = {**GENERATION_SHORTCUTS, "model_config": "model_versions"}
 
 
 class DataCheckConfig(Section):

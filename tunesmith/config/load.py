@@ -348,7 +348,7 @@ def help_text(cls: type[BaseModel], prog: str) -> str:
     rows = [f"usage: {prog} [-c config.yaml] [--option value ...]", "", doc, "", "options (YAML keys are the same names with underscores):"]
     rows.append(f"  {'-c, --config FILE':34} YAML file with any of the options below; flags override it")
     if getattr(cls, "shortcuts", None):
-        names = ", ".join("--" + k.replace("_", "-") for k in cls.shortcuts)
+        names = ", ".join("--" + k.replace("_", "-") for k, to in cls.shortcuts.items() if to.startswith("generation."))
         rows.append(f"  {'(' + names + ')':34} accepted for the --generation.* options of the same names")
     for key, field in _help_fields(cls):
         default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))

@@ -12,13 +12,18 @@ Departures from plain `generate`, and why:
   are refused before they join.
 - Requests asking for `logprobs` / `top_logprobs` or a `seed` take a serialised `generate()` path instead, which
   reports the model's own distribution and reseeds per request. Correct, but one at a time.
-- Each named adapter is merged into its own copy of the base (exact in float32): memory grows with the number of
-  adapters, every token costs what the base costs.
+- Each named adapter (--adapters) is merged into its own copy of the base (exact in float32): memory grows with the
+  number of adapters, every token costs what the base costs.
+- Versions (deploy --model-config) and adapters loaded while serving (the admin API) share one copy of their base:
+  each is a view of the base's module tree holding the very same weight tensors, with the LoRA layers added
+  un-merged (peft), so another version costs its adapter's memory and its own KV cache, and loading one never
+  reads the base again once it is in memory (add_model, remove_model).
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import os
 import threading
@@ -69,14 +74,22 @@ class TransformersEngine(Engine):
         self.exact_lock = threading.Lock()  # the serialised generate() path
         self.start_lock = threading.Lock()
         self.failed: dict[str, str] = {}  # served name -> why its loop cannot start
+        self.bases: dict[str, Any] = {}  # base folder -> its model in memory, shared by the versions over it
+        self.loads = 0  # models read from disk (bases, whole models): a version over a loaded base adds none
+        self.device, self.dtype = "cpu", None  # set by load(): where versions loaded later go
+        self.overrides: tuple[str | None, dict | None] = (None, None)  # --system, --chat-template-kwargs
 
     @classmethod
     def load(cls, model: str | None = None, adapters: dict[str, str] | None = None, device: str = "auto",
              dtype: str = "auto", system: str | None = None, chat_template_kwargs: dict | None = None,
-             **options: Any) -> "TransformersEngine":
+             versions: dict[str, tuple[str, str | None]] | None = None, **options: Any) -> "TransformersEngine":
+        """`versions`: served name -> (run folder, its base or None for the one the run recorded); they share their
+        base (add_model). Without --model and --adapters only they are served, and nothing else is loaded."""
         device = models.pick_device(device)
         torch_dtype = models.pick_dtype(dtype, device)
         served: list[Served] = []
+        bases: dict[str, Any] = {}
+        loads = len(adapters or {}) + (1 if model or not (adapters or versions) else 0)
         for name, folder in (adapters or {}).items():
             run = read_run_output(folder)
             if run.is_adapter:
@@ -85,12 +98,26 @@ class TransformersEngine(Engine):
             else:
                 net = models.load_model(run.folder, dtype=torch_dtype, device=device)
             served.append(Served(name, net.eval(), Template.load(run.folder)))
-        if not served or model:
+        if (not served and not versions) or model:
             folder = models.resolve(model or DEFAULT_MODEL)
             net = models.load_model(folder, dtype=torch_dtype, device=device)
             served.append(Served(Path(model or DEFAULT_MODEL).name, net.eval(), Template.load(folder)))
+            bases[str(folder.resolve())] = net  # versions over the same base share it
+        versions = dict(versions or {})
+        if not served:  # versions only: the first one is the engine's default (the server routes by its own)
+            name, (folder, base) = next(iter(versions.items()))
+            first, read = _version(name, folder, base or model, bases, torch_dtype, device)
+            served.append(first)
+            loads += read
+            versions.pop(name)
         override_templates([s.template for s in served], system, chat_template_kwargs)
-        return cls(served, **options)
+        engine = cls(served, **options)
+        engine.bases.update(bases)
+        engine.loads = loads
+        engine.device, engine.dtype, engine.overrides = device, torch_dtype, (system, chat_template_kwargs)
+        for name, (folder, base) in versions.items():
+            engine.add_model(name, folder, base or model)
+        return engine
 
     # -------------------------------------------------------------------------
     # Interface
@@ -123,10 +150,36 @@ class TransformersEngine(Engine):
         async for delta in self._stream_batched(served, prompt, p):
             yield delta
 
+    # -------------------------------------------------------------------------
+    # Models added and removed while serving (versions, the admin API)
+
+    def add_model(self, name: str, folder: str, base: str | None = None) -> None:
+        """Serve the run at `folder` as `name`: an adapter becomes a view over its base (read from disk only when
+        no served version uses it yet), a whole model is loaded as is. Blocking: call it from a worker thread."""
+        if name in self.served:
+            raise TunesmithError(f"{name} is served already")
+        served, loads = _version(name, folder, base, self.bases, self.dtype, self.device)
+        self.loads += loads
+        system, kwargs = self.overrides
+        override_templates([served.template], system, kwargs)
+        self.served[name] = served
+
+    def remove_model(self, name: str) -> None:
+        """Stop serving `name` (its batching loop and cache go; a shared base stays). Requests still running on it
+        fail, so the server removes a model only once its last request has finished. Blocking."""
+        if name == self.default:
+            raise TunesmithError(f"{name} is the default model; it cannot be removed")
+        served = self.served.pop(name, None)
+        if served is None:
+            raise TunesmithError(f"{name} is not served here")
+        self.failed.pop(name, None)
+        if served.manager is not None:
+            served.manager.stop(block=True, timeout=30)
+
     def health(self) -> str | None:
         """None when every loop that was started runs (a stopped one is restarted here); else why not."""
         problems = []
-        for served in self.served.values():
+        for served in list(self.served.values()):
             if served.manager is not None or served.name in self.failed:
                 try:
                     self._manager(served)
@@ -135,7 +188,7 @@ class TransformersEngine(Engine):
         return "; ".join(problems) or None
 
     async def close(self) -> None:
-        for s in self.served.values():
+        for s in list(self.served.values()):
             if s.manager is not None:
                 s.manager.stop(block=True, timeout=30)
                 s.manager = None
@@ -319,6 +372,25 @@ class TransformersEngine(Engine):
 
     def _prompt_ids(self, served: Served, request: GenerationRequest) -> list[int]:
         return prompt_ids(served.template, request)
+
+
+def _version(name: str, folder: str, base: str | None, bases: dict[str, Any], dtype: Any,
+             device: str) -> tuple[Served, int]:
+    """One version of a served model, and how many models it read from disk (0 or 1). An adapter goes on a view of
+    its base: a copy of the module tree whose parameters and buffers are the base's own tensors (deepcopy's memo maps
+    each to itself), with peft's LoRA layers injected into the copy only; the base and the other views stay
+    untouched. `bases` caches bases by folder."""
+    run = read_run_output(folder)
+    if not run.is_adapter:
+        net = models.load_model(run.folder, dtype=dtype, device=device).eval()
+        return Served(name, net, Template.load(run.folder)), 1
+    key, loads = str(models.resolve(base or run.base_model).resolve()), 0
+    if key not in bases:
+        bases[key], loads = models.load_model(Path(key), dtype=dtype, device=device).eval(), 1
+    shared = bases[key]
+    view = copy.deepcopy(shared, {id(t): t for t in [*shared.parameters(), *shared.buffers()]})
+    net = models.attach_adapters(view, run.folder, trainable=False).get_base_model()
+    return Served(name, net.eval(), Template.load(run.folder)), loads
 
 
 def _running(manager: Any) -> bool:

@@ -30,7 +30,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from tunesmith.config import DeployConfig
-from tunesmith.errors import ConfigError
+from tunesmith.errors import ConfigError, TunesmithError
 from tunesmith.infer.types import Engine, EngineError, GenerationRequest, SamplingParams, UnknownModelError
 from tunesmith.serve.context import RequestContext, enter, leave
 from tunesmith.serve.errors import APIError, error_body, validation_message
@@ -61,7 +61,7 @@ def build_app(engine: Engine, cfg: DeployConfig, warmup: bool = False, encoders:
             if warmup and engine.model_names():
                 log.info("warming up %s", engine.model_names()[0])
                 await engine.generate(GenerationRequest(prompt="Hello", params=SamplingParams(max_tokens=1)))
-            print(banner(cfg, list(serving.names), {n: m.task for n, m in serving.encoders.items()}), flush=True)
+            print(banner(cfg, serving.public_names(), {n: m.task for n, m in serving.encoders.items()}), flush=True)
             yield
         finally:
             log.info("closing the engine")
@@ -72,6 +72,10 @@ def build_app(engine: Engine, cfg: DeployConfig, warmup: bool = False, encoders:
     app.state.serving = serving
     app.state.drain = Drain()
     app.include_router(router)
+    if cfg.admin_key is not None:  # the admin API exists only behind its own key
+        from tunesmith.serve.admin import router as admin_router
+
+        app.include_router(admin_router)
     app.openapi = lambda: document(app, cfg)
     _add_error_handlers(app)
     app.add_middleware(Gate, metrics=metrics, cfg=cfg, drain=app.state.drain, keys=KeyRing.build(cfg, metrics.registry))
@@ -244,6 +248,28 @@ def adapter_map(items: list[str], key: str = "adapters") -> dict[str, str]:
     return out
 
 
+def _versions(cfg: DeployConfig) -> dict[str, tuple[str, str | None]]:
+    """--model-versions as the engine loads them: MODEL:VERSION -> (run folder, base), checked before any weights."""
+    from tunesmith.config.serving import load_model_config
+    from tunesmith.models.runs import read_run_output
+
+    if cfg.backend != "transformers":
+        raise ConfigError(f"model_versions: versions are served by --backend transformers (not {cfg.backend})")
+    models = load_model_config(cfg.model_versions)
+    clash = sorted(set(models) & set(adapter_map(cfg.adapters)))
+    if clash:
+        raise ConfigError(f"{cfg.model_versions}: {', '.join(clash)} also names an adapter; name them apart")
+    out = {}
+    for name, m in models.items():
+        for version, folder in m.versions.items():
+            try:  # a missing folder is named now, not after the first models loaded
+                read_run_output(folder)
+            except TunesmithError as err:
+                raise ConfigError(f"{cfg.model_versions}: {name}.versions.{version}: {err}") from None
+            out[f"{name}:{version}"] = (folder, m.base)
+    return out
+
+
 def banner(cfg: DeployConfig, names: list[str], encoders: dict[str, str] | None = None) -> str:
     host = "127.0.0.1" if cfg.host in ("0.0.0.0", "::", "") else cfg.host
     url = f"http://{host}:{cfg.port}/v1"
@@ -304,8 +330,9 @@ def run(cfg: DeployConfig) -> None:
 
         engine = NoChatEngine()  # encoders only: no chat model is loaded
     else:
+        options = {"versions": _versions(cfg)} if cfg.model_versions else {}
         engine = load_engine(cfg.backend, cfg.model, adapter_map(cfg.adapters) or None, cfg.device, cfg.dtype,
-                             cfg.system, chat_template_kwargs=cfg.chat_template_kwargs)
+                             cfg.system, chat_template_kwargs=cfg.chat_template_kwargs, **options)
     app = build_app(engine, cfg, warmup=True, encoders=encoders)
     drain = app.state.drain
     server = DrainingServer(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="info",

@@ -48,7 +48,7 @@ from tunesmith.templates.reasoning import ReasoningSplit
 
 async def create_chat_completion(serving: Serving, req: ChatCompletionRequest) -> ChatCompletionResponse | EventStream:
     refuse_unencodable(req.model_dump(exclude_none=True))
-    public, model = serving.model(req.model)
+    public, model = serving.model(req.model, req.user)
     serving.refuse_unsupported(req.frequency_penalty, req.presence_penalty, req.logit_bias)
     if req.response_format is not None and req.response_format.type != "text":
         raise APIError(400, f"response_format {req.response_format.type} is not supported: tunesmith's engines "

@@ -22,7 +22,7 @@ from tunesmith.serve.serving import DONE, EventStream, Generation, Serving, refu
 
 async def create_completion(serving: Serving, req: CompletionRequest) -> CompletionResponse | EventStream:
     refuse_unencodable(req.model_dump(exclude_none=True))
-    public, model = serving.model(req.model)
+    public, model = serving.model(req.model, req.user)
     serving.refuse_unsupported(req.frequency_penalty, req.presence_penalty, req.logit_bias)
     if req.suffix:
         raise APIError(400, "suffix (fill in the middle) is not supported; leave it out", param="suffix")

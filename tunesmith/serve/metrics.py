@@ -36,6 +36,7 @@ class Slots:
 
     def __init__(self, metrics: Metrics, limit: int):
         self.metrics, self.limit, self.active = metrics, limit, 0
+        self.by_model: dict[str, int] = {}  # slots held per model name (admin.py unloads a model once it has none)
 
     def take(self, model: str) -> Slot:
         if self.active >= self.limit:
@@ -53,6 +54,7 @@ class Slot:
         self.slots, self.model, self.state = slots, model, "waiting"
         self.started = time.perf_counter()
         slots.active += 1
+        slots.by_model[model] = slots.by_model.get(model, 0) + 1
         slots.metrics.waiting.inc()
 
     def token(self) -> None:
@@ -71,4 +73,5 @@ class Slot:
         m.prompt_tokens.labels(self.model).inc(prompt_tokens)
         m.generated_tokens.labels(self.model).inc(completion_tokens)
         self.slots.active -= 1
+        self.slots.by_model[self.model] -= 1
         self.state = "done"

@@ -28,6 +28,7 @@ WHY = {
     403: "The key may not call this model (its scope in --keys), or it is the wrong kind of key for the route "
          "(the admin key opens /admin only).",
     404: "No such model here (`error.code` model_not_found).",
+    409: "The change conflicts with what is served (a version that still has traffic, a name loaded already).",
     413: "The body is larger than --max-body-bytes.",
     429: "All --max-concurrent slots are taken, or the key used its requests or tokens per minute; retry after "
          "Retry-After seconds.",

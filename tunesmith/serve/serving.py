@@ -24,9 +24,11 @@ from tunesmith.config import DeployConfig
 from tunesmith.errors import ConfigError
 from tunesmith.infer.types import Delta, Engine, EngineError, GenerationRequest, SamplingParams, TokenLogprob
 from tunesmith.serve import keys
+from tunesmith.serve.context import current
 from tunesmith.serve.errors import APIError, engine_errors
 from tunesmith.serve.metrics import Metrics, Slot, Slots
 from tunesmith.serve.protocol import ModelCard, ModelList, Usage
+from tunesmith.serve.versions import Versions
 
 if TYPE_CHECKING:
     from tunesmith.infer.encoders import EncoderModel
@@ -44,11 +46,28 @@ class Serving:
         self.metrics = metrics or Metrics()
         self.slots = Slots(self.metrics, cfg.max_concurrent)
         self.engine_names = engine.model_names()
+        # models with versions (--model-config): the engine serves each version as MODEL:VERSION (versions.py)
+        self.versions: Versions | None = None
+        if cfg.model_versions:
+            from tunesmith.config.serving import load_model_config
+
+            self.versions = Versions(load_model_config(cfg.model_versions), self.metrics.registry)
+            missing = sorted(set(self.versions.engine_names()) - set(self.engine_names))
+            if missing:
+                raise ConfigError(f"{cfg.model_versions}: the engine does not serve {', '.join(missing)}")
+        plain = [n for n in self.engine_names if self.versions is None or not self.versions.split(n)]
         # served_model_name renames the default model; the engine keeps its own name for it
         self.names: dict[str, str] = {}
-        if self.engine_names:  # none: a deploy of embedding/reranker/classifier models only
-            first = cfg.served_model_name or self.engine_names[0]
-            self.names = {first: self.engine_names[0], **{n: n for n in self.engine_names[1:] if n != first}}
+        if plain:  # none: a deploy of embedding/reranker/classifier models, or of versioned models, only
+            first = cfg.served_model_name or plain[0]
+            self.names = {first: plain[0], **{n: n for n in plain[1:] if n != first}}
+        clash = sorted(set(self.versions.models if self.versions else ()) & set(self.names))
+        if clash:
+            raise ConfigError(f"{cfg.model_versions}: {', '.join(clash)} also names an adapter or the base model; "
+                              "name them apart")
+        self.loading: set[str] = set()  # names the admin API is loading now (admin.py)
+        # the model a request that names none gets: the base or first adapter, else the first model with versions
+        self.default = next(iter(self.names), None) or next(iter(self.versions.models if self.versions else ()), None)
         # embedding, reranker and classifier models by name (infer/encoders.py), beside the chat models
         self.encoders = encoders or {}
         clash = sorted(set(self.encoders) & set(self.names))
@@ -61,25 +80,48 @@ class Serving:
         """Requests holding a slot."""
         return self.slots.active
 
-    def models(self) -> ModelList:
-        return ModelList(data=[ModelCard(id=name) for name in [*self.names, *self.encoders] if keys.visible(name)])
+    def public_names(self) -> list[str]:
+        """The chat models a request may name by themselves: the plain ones, then the ones with versions."""
+        return [*self.names, *(self.versions.models if self.versions else ())]
 
-    def model(self, name: str | None) -> tuple[str, str]:
-        """(the name answers carry, the engine's name for it)."""
-        public = next(iter(self.names), None) if name is None else name
+    def models(self) -> ModelList:
+        versioned = [n for m in (self.versions.models.values() if self.versions else ())
+                     for n in (m.name, *map(m.engine_name, m.paths))]
+        return ModelList(data=[ModelCard(id=name) for name in [*self.names, *versioned, *self.encoders]
+                               if keys.visible(name)])
+
+    def model(self, name: str | None, user: str | None = None) -> tuple[str, str]:
+        """(the name answers carry, the engine's name for it). A model with versions answers as MODEL:VERSION, the
+        version picked by its traffic split (sticky per `user` or header; versions.py) or named by the request."""
+        public = self.default if name is None else name
         if public is not None:
             keys.check_model(public)  # 403 outside the request's key's scope
+        if self.versions is not None and public is not None:
+            ctx = current()
+            if public in self.versions.models:
+                version = self.versions.pick(public, user, ctx.headers if ctx else {})
+            elif (pinned := self.versions.split(public)) is not None:
+                version = self.versions.count(*pinned)
+                public = pinned[0]
+            else:
+                version = None
+            if version is not None:
+                if ctx is not None:
+                    ctx.version = version  # the x-tunesmith-version header (app.py's Gate)
+                served = self.versions.models[public].engine_name(version)
+                return served, served
         if public in self.names:
             return public, self.names[public]
         if public in self.encoders:  # no chat model of that name: 404, as the schema's model can be any name
             task = self.encoders[public].task
             raise APIError(404, f"The model `{public}` is {A_MODEL_OF[task]}; it answers {ENCODER_ROUTES[task]}, not "
                            "chat or completions", param="model", code="model_not_found")
-        if not self.names:
+        if not self.names and self.versions is None:
             others = ", ".join(f"{n} ({A_MODEL_OF[m.task]})" for n, m in self.encoders.items())
             raise APIError(404, f"this server has no chat model; it serves {others}", param="model",
                            code="model_not_found")
-        raise APIError(404, f"The model `{name}` does not exist here; served chat models: {', '.join(self.names)}",
+        raise APIError(404, f"The model `{name}` does not exist here; served chat models: "
+                       f"{', '.join(self.public_names())}",
                        param="model", code="model_not_found")
 
     def encoder(self, name: str | None, tasks: tuple[str, ...], route: str) -> EncoderModel:

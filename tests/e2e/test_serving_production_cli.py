@@ -1,0 +1,87 @@
+"""`tunesmith deploy` for a team, through the console script, queried with the official openai SDK: a model with two
+versions (random LoRA adapters of the tiny model) and a 90/10 split sticky per user (--model-config), the admin API
+behind its own key (--admin-key) beside the user key (--api-key).
+
+One server for the module. Volume checks (400 requests, rollback under load) run in process in
+tests/serve/test_versions.py; here each feature is checked once through the real process.
+"""
+
+import httpx
+import pytest
+from test_deploy_cli import Server
+from tiny import make_tiny_adapter
+
+USER_KEY, ADMIN_KEY = "sk-team-user-1", "sk-team-admin-1"
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+HELLO = [{"role": "user", "content": "Draft a proposal"}]
+
+
+@pytest.fixture(scope="module")
+def files(tiny_model, tmp_path_factory):
+    root = tmp_path_factory.mktemp("production")
+    a = make_tiny_adapter(root / "runs" / "a" / "final", tiny_model, seed=1)
+    b = make_tiny_adapter(root / "runs" / "b" / "final", tiny_model, seed=2)
+    serving = root / "serving.yaml"
+    serving.write_text(f"prd:\n  versions: {{v1: {a}, v2: {b}}}\n  traffic: {{v1: 90, v2: 10}}\n  sticky_by: user\n")
+    return {"serving": serving, "a": a, "b": b}
+
+
+@pytest.fixture(scope="module")
+def server(files, tmp_path_factory):
+    s = Server("--model-config", files["serving"], "--admin-key", ADMIN_KEY, "--api-key", USER_KEY,
+               "--device", "cpu", "--dtype", "float32", "--max-tokens", "6",
+               log=tmp_path_factory.mktemp("deploy") / "deploy.log")
+    try:
+        s.wait_ready()
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=server.url + "/v1", api_key=USER_KEY, max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def admin(server):
+    with httpx.Client(base_url=server.url + "/admin", headers=ADMIN, timeout=120) as c:
+        yield c
+
+
+def metric(server, name, **labels):
+    text = httpx.get(server.url + "/metrics").text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{")
+               and all(f'{k}="{v}"' in line for k, v in labels.items()))
+
+
+def test_versions_split_sticky_named_and_counted(server, client):
+    seen = {}
+    for i in range(24):
+        raw = client.chat.completions.with_raw_response.create(model="prd", messages=HELLO, user=f"user-{i}")
+        reply = raw.parse()
+        assert reply.model in ("prd:v1", "prd:v2") and raw.headers["x-tunesmith-version"] == reply.model[4:]
+        seen[f"user-{i}"] = reply.model
+    assert "prd:v1" in seen.values()  # 90 % of them, give or take
+    for user in list(seen)[:4]:  # sticky: the same version for the same user
+        assert client.chat.completions.create(model="prd", messages=HELLO, user=user).model == seen[user]
+    assert metric(server, "tunesmith_version_requests_total", model="prd") == 28
+    assert metric(server, "tunesmith_version_requests_total", model="prd", version="v2") == \
+        list(seen.values()).count("prd:v2") + [seen[u] for u in list(seen)[:4]].count("prd:v2")
+    assert {m.id for m in client.models.list()} == {"prd", "prd:v1", "prd:v2"}
+
+
+def test_admin_changes_the_split_and_rolls_back_without_loading_anything(server, client, admin):
+    assert httpx.get(server.url + "/admin/models", headers={"Authorization": f"Bearer {USER_KEY}"}).status_code == 403
+    state = admin.get("/models").json()
+    assert state["weight_loads"] == 1  # one base, two versions over it
+    moved = admin.put("/models/prd/traffic", json={"traffic": {"v1": 0, "v2": 100}})
+    assert moved.status_code == 200 and moved.json()["models"]["prd"]["stable"] == "v2"
+    assert {client.chat.completions.create(model="prd", messages=HELLO, user=f"u{i}").model for i in range(4)} == \
+        {"prd:v2"}
+    rolled = admin.post("/models/prd/rollback").json()
+    assert rolled["models"]["prd"]["versions"]["v1"]["traffic"] == 100 and rolled["weight_loads"] == 1
+    assert {client.chat.completions.create(model="prd", messages=HELLO, user=f"u{i}").model for i in range(4)} == \
+        {"prd:v1"}
