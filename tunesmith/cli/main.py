@@ -35,7 +35,7 @@ COMMANDS = {
     "infer": (InferConfig, infer, "chat in the terminal, or answer a dataset into JSONL"),
     "eval": (EvalConfig, api.evaluate, "score models side by side: exact match, BLEU, ROUGE, multiple-choice accuracy"),
     "deploy": (DeployConfig, api.deploy, "serve models and adapters over an OpenAI-compatible API"),
-    "export": (ExportConfig, api.export, "merge an adapter, quantize (bnb), GGUF/Ollama; with a report and lineage"),
+    "export": (ExportConfig, api.export, "merge an adapter, quantize (bnb, GPTQ, AWQ, FP8), GGUF/Ollama, with a report"),
     "data": (DataCheckConfig, api.data_check, "data check|inspect|clean: validate, show trained tokens, dedupe and redact"),
     "plan": (PlanConfig, api.plan, "memory plan: will it fit, and with which settings"),
     "models": (ModelsConfig, lambda cfg: (api.model_families(cfg), 0)[1],

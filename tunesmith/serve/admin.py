@@ -24,7 +24,6 @@ import anyio
 from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, Field
 
-from tunesmith.config.serving import NAME
 from tunesmith.errors import TunesmithError
 from tunesmith.infer.types import EngineError
 from tunesmith.serve.errors import APIError
@@ -34,8 +33,9 @@ from tunesmith.serve.serving import Serving
 from tunesmith.serve.versions import VersionError
 
 router = APIRouter(prefix="/admin", tags=["admin"])
-NamePath = Annotated[str, Path(pattern=NAME.pattern, max_length=128)]
-NameField = Annotated[str, Field(pattern=NAME.pattern, max_length=128)]
+NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"  # config/serving.py's NAME, in ASCII: JSON Schema's \w is not Python's
+NamePath = Annotated[str, Path(pattern=NAME_PATTERN, max_length=128)]
+NameField = Annotated[str, Field(pattern=NAME_PATTERN, max_length=128)]
 UNLOAD_POLL_S = 0.05
 
 
@@ -110,8 +110,6 @@ async def load_version(model: NamePath, body: VersionIn, request: Request) -> Ad
     if current is not None and body.version in current.paths:
         raise APIError(409, f"{model} has a version {body.version} already ({current.paths[body.version]}); unload it "
                        "first or pick another name", param="version", code="conflict")
-    if body.traffic is not None and current is None:
-        raise APIError(400, f"traffic: {model} is a new model; its first version gets all traffic", param="traffic")
     base = body.base or (current.base if current is not None else None)
     name = f"{model}:{body.version}"
     await _load(serving, name, body.path, base)
@@ -124,7 +122,7 @@ async def load_version(model: NamePath, body: VersionIn, request: Request) -> Ad
 
 
 @router.delete("/models/{model}/versions/{version}", response_model=AdminState,
-               responses=answers(404, 409, 500, ok=AdminState))
+               responses=answers(400, 404, 409, 500, ok=AdminState))
 async def unload_version(model: NamePath, version: NamePath, request: Request) -> AdminState:
     serving = _serving(request)
     versions = _versions(serving)
@@ -146,7 +144,7 @@ async def set_traffic(model: NamePath, body: TrafficIn, request: Request) -> Adm
     return _state(serving)
 
 
-@router.post("/models/{model}/rollback", response_model=AdminState, responses=answers(404, 409, ok=AdminState))
+@router.post("/models/{model}/rollback", response_model=AdminState, responses=answers(400, 404, 409, ok=AdminState))
 async def rollback(model: NamePath, request: Request, body: RollbackIn | None = None) -> AdminState:
     serving = _serving(request)
     try:
@@ -168,7 +166,7 @@ async def load_adapter(body: AdapterIn, request: Request) -> AdminState:
     return _state(serving)
 
 
-@router.delete("/adapters/{name}", response_model=AdminState, responses=answers(404, 409, 500, ok=AdminState))
+@router.delete("/adapters/{name}", response_model=AdminState, responses=answers(400, 404, 409, 500, ok=AdminState))
 async def unload_adapter(name: NamePath, request: Request) -> AdminState:
     serving = _serving(request)
     if name not in serving.names:

@@ -10,8 +10,8 @@ Keys arrive as `Authorization: Bearer KEY` (OpenAI's clients) or `x-api-key: KEY
 neither timing nor the file tells the key; logs and /metrics name keys by their name in keys.yaml, never the key.
 
 Answers: 401 for a missing, unknown or expired key; 403 for a model outside the key's scope, a user key on /admin
-or the admin key on the API; 429 with Retry-After once a key has used its requests or tokens of the last 60 s.
-Tokens are charged when an answer ends (prompt + completion), so a request admitted under the limit finishes.
+or the admin key on the API (it reads /openapi.json and /docs, which document /admin); 429 with Retry-After once a
+key has used its requests or tokens of the last 60 s. Tokens are charged when an answer ends (prompt + completion), so a request admitted under the limit finishes.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from tunesmith.serve.errors import APIError
 
 WINDOW_S = 60.0
 ADMIN_PREFIX = "/admin"
+DOC_PATHS = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}  # the admin key reads them too
 
 
 @dataclass
@@ -131,7 +132,7 @@ class KeyRing:
         caller = self.find(given)
         if caller is None:
             return None, _unauthorized("incorrect API key provided")
-        if admin_path != caller.admin:
+        if admin_path != caller.admin and not (caller.admin and path in DOC_PATHS):
             where = "the admin API (/admin)" if admin_path else "the model API; it opens /admin only"
             what = "this key is not the admin key" if admin_path else "the admin key is not a user key"
             return None, APIError(403, f"{what}: it cannot call {where}", type="permission_error",
@@ -139,7 +140,7 @@ class KeyRing:
         if caller.expires is not None and dt.datetime.now(dt.UTC) >= caller.expires:
             return None, _unauthorized(f"API key {caller.name} expired on {caller.expires.isoformat()}",
                                        code="expired_api_key")
-        if not admin_path:
+        if not caller.admin:
             refusal = caller.admit(time.monotonic())
             if refusal is not None:
                 return caller, refusal

@@ -153,6 +153,12 @@ class Versions:
         existing one with none, unless `traffic` says otherwise."""
         if name not in self.models:
             self.models[name] = VersionedModel(name, {version: path}, {version: 100.0}, "user", base)
+            if traffic is not None:
+                try:
+                    self.set_traffic(name, traffic)
+                except VersionError:
+                    del self.models[name]
+                    raise
             self._publish(self.models[name])
             return self.models[name]
         m = self.models[name]
