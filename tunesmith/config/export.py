@@ -15,7 +15,7 @@ from pydantic import Field, model_validator
 
 from tunesmith.config.sections import Device, Section
 
-Quant = Literal["none", "bnb4", "bnb8"]
+Quant = Literal["none", "bnb4", "bnb8", "gptq", "awq", "fp8"]
 GGUFType = Literal["f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0"]  # export/gguf.py GGUF_TYPES
 
 
@@ -35,7 +35,16 @@ runs/NAME/final [--quant bnb4]"""
         "to serve on its base; no quantization then."))
     quant: Quant = Field("none", description=(
         "none | bnb4 (bitsandbytes NF4, double quantization) | bnb8 (bitsandbytes LLM.int8): a folder transformers "
-        "reloads with bitsandbytes installed."))
+        "reloads with bitsandbytes | gptq, awq (--bits, --group-size, calibrated on --calib-dataset) | fp8 (FP8 "
+        "weights per channel, activations per token, no calibration): llmcompressor in .venv-quant "
+        "(scripts/quant-env.sh), compressed-tensors folders vLLM loads."))
+    bits: Literal[4, 8] = Field(4, description="gptq/awq: bits per weight.")
+    group_size: int = Field(128, ge=8, description=(
+        "gptq/awq: weights sharing one scale; must divide every quantized layer's input width."))
+    calib_dataset: list[str] = Field(default_factory=list, description=(
+        "gptq/awq: calibration rows, any tunesmith dataset, rendered with the run's template (default: the run's own "
+        "training data)."))
+    calib_samples: int = Field(256, ge=1, description="gptq/awq: calibration rows used.")
     to: Literal["hf", "gguf", "ollama"] = Field("hf", description=(
         "hf: a transformers folder; gguf: one .gguf file for llama.cpp (Llama, Mistral, Qwen2/2.5/3, Gemma 2/3, "
         "Phi-3/3.5/4) with the chat template and special tokens; ollama: the .gguf and a Modelfile (TEMPLATE, stop "
@@ -55,6 +64,9 @@ runs/NAME/final [--quant bnb4]"""
         "Shipped prompts both models answer greedily (16 tokens each) for the report's agreement; 0 skips it."))
     device: Device = Field("auto", description="Where the models run while exporting (bnb quantizes on it).")
     encoding: str = Field("utf-8", description="Text encoding of CSV/JSON/JSONL eval files.")
+    push_to_hub: str | None = Field(None, description=(
+        "Upload the exported folder to this Hugging Face hub repo (org/name; a private repo is created if missing). "
+        "Needs a token and the network: checked before any work."))
     inspect: str | None = Field(None, description=(
         "Print the lineage chain of a folder (a run's final/ or an export) and check its files; nothing is written."))
     command: ClassVar[str] = "export"
@@ -68,6 +80,8 @@ runs/NAME/final [--quant bnb4]"""
         if not self.merge_lora and (self.quant != "none" or self.to != "hf"):
             what = f"quant: {self.quant}" if self.quant != "none" else f"to: {self.to}"
             raise ValueError(f"{what} needs the adapter merged; drop --merge-lora false")
+        if self.push_to_hub and self.push_to_hub.count("/") != 1:
+            raise ValueError(f"push_to_hub: {self.push_to_hub!r} is not a hub repo id (org/name)")
         if self.quant != "none" and self.to != "hf":
             raise ValueError(f"quant: {self.quant} makes a transformers folder; a {self.to} export is quantized by "
                              "--gguf-type (e.g. q8_0, q4_0)")

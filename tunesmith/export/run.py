@@ -29,7 +29,7 @@ from typing import Any
 from tunesmith import lineage
 from tunesmith.config import ExportConfig
 from tunesmith.errors import ConfigError
-from tunesmith.export import bnb, gguf, ollama, report
+from tunesmith.export import bnb, compress, gguf, ollama, report
 from tunesmith.export.merge import merge_adapter
 from tunesmith.models import load as models
 from tunesmith.models.runs import read_run_output
@@ -59,8 +59,14 @@ def export(cfg: ExportConfig) -> Path:
         print(lineage.describe(Path(cfg.inspect)))
         return Path(cfg.inspect)
     started = time.perf_counter()
+    if cfg.push_to_hub:
+        hub_push_check(cfg.push_to_hub)
     src = source(cfg)
     refuse_quantized(src.model_folder, cfg)
+    if cfg.quant in compress.METHODS:  # the group size, the venv and (below) the calibration data, before any work
+        if cfg.quant != "fp8":
+            compress.check_group_size(json.loads((src.model_folder / "config.json").read_text()), cfg.group_size)
+        compress.python()
     out = Path(cfg.output) if cfg.output else src.default_dir / output_name(cfg, src)
     if src.adapter and out.resolve() == src.adapter.resolve():
         raise ConfigError(f"output: {out} is the adapter folder itself; choose another --output")
@@ -71,15 +77,40 @@ def export(cfg: ExportConfig) -> Path:
     if cfg.to == "ollama":
         ollama.cut(template)
     probe = report.build_probe(template, cfg.eval_dataset, cfg.eval_tokens, cfg.encoding, cfg.greedy_prompts)
+    calib = calibration_rows(cfg, src, template) if cfg.quant in ("gptq", "awq") else []
     if src.adapter and not cfg.merge_lora:
         return export_adapter(cfg, src, out, template, probe, device, started)
 
     model, merge_diff = load_source(src, cfg, template)
+    if merge_diff is not None:
+        print(f"merged {src.adapter} into {src.model_folder.name}: max |logit difference| = {merge_diff:.2e} "
+              "(float32)", file=sys.stderr)
     before = report.measure(model.to(device), probe)
     staging = staging_folder(out)
+    try:
+        if cfg.to != "hf":
+            return export_gguf(cfg, src, out, staging, model, template, probe, before, merge_diff, started)
+        return export_hf(cfg, src, out, staging, model, template, probe, before, merge_diff, calib, device, started)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # there only when writing failed: an export is whole or absent
+
+
+def export_hf(cfg: ExportConfig, src: Source, out: Path, staging: Path, model: Any, template: Any,
+              probe: report.Probe, before: dict, merge_diff: float | None, calib: list[list[int]], device: str,
+              started: float) -> Path:
+    """A transformers folder: plain, bitsandbytes, or llmcompressor's compressed-tensors (measured in its venv)."""
     dtype = _dtype(cfg.dtype)
-    if cfg.to != "hf":
-        return export_gguf(cfg, src, out, staging, model, template, probe, before, merge_diff, started)
+    settings = {"quant": cfg.quant, "dtype": cfg.dtype, "merged_adapter": str(src.adapter) if src.adapter else None,
+                "merge_max_logit_diff": merge_diff}
+    if cfg.quant in compress.METHODS:
+        done = compress.run(model.to(dtype).cpu(), template, staging, cfg.quant, cfg.bits, cfg.group_size, calib,
+                            calib_length(src), probe, report.GREEDY_TOKENS)
+        settings |= {"bits": cfg.bits if cfg.quant != "fp8" else 8, "calibration_rows": len(calib),
+                     "calib_dataset": (cfg.calib_dataset or src.config.get("dataset")) if calib else None,
+                     "group_size": cfg.group_size if cfg.quant != "fp8" else None, "format": "compressed-tensors"}
+        publish(staging, out, src, cfg, "quantized", settings)
+        after = {"perplexity": done["perplexity"], "greedy": done["greedy"]}  # measured in .venv-quant
+        return finish(cfg, src, out, template, probe, before, after, started)
     if cfg.quant == "none":
         model.to(dtype).save_pretrained(staging, safe_serialization=True)
         template.save(staging)
@@ -89,14 +120,9 @@ def export(cfg: ExportConfig) -> Path:
         kind = "quantized"
     del model
     gc.collect()
-    settings = {"quant": cfg.quant, "dtype": cfg.dtype, "merged_adapter": str(src.adapter) if src.adapter else None,
-                "merge_max_logit_diff": merge_diff}
     publish(staging, out, src, cfg, kind, settings)
     after_model = bnb.load(out, device) if cfg.quant != "none" else models.load_model(out, dtype, device)
     after = report.measure(after_model, probe)
-    if merge_diff is not None:
-        print(f"merged {src.adapter} into {src.model_folder.name}: max |logit difference| = {merge_diff:.2e} "
-              "(float32)", file=sys.stderr)
     return finish(cfg, src, out, template, probe, before, after, started)
 
 
@@ -136,6 +162,40 @@ def output_name(cfg: ExportConfig, src: Source) -> str:
     if cfg.to != "hf":
         return f"{src.stem}-{cfg.to}-{cfg.gguf_type}"
     return src.stem if cfg.quant == "none" else f"{src.stem}-{cfg.quant}"
+
+
+def calibration_rows(cfg: ExportConfig, src: Source, template: Any) -> list[list[int]]:
+    specs = cfg.calib_dataset or list(src.config.get("dataset") or [])
+    if not specs:
+        raise ConfigError(f"calib_dataset: {cfg.quant} calibrates on rows of data; give --calib-dataset FILE or a "
+                          "registry name (a run's adapter uses its own training data by default)")
+    return compress.calibration(template, specs, cfg.calib_samples, calib_length(src), 42, cfg.encoding)
+
+
+def calib_length(src: Source) -> int:
+    return int(src.config.get("max_length") or 2048)
+
+
+def hub_push_check(repo: str) -> None:
+    """--push-to-hub needs the hub and a token: both checked before any work."""
+    from tunesmith.hub import hub_reachable
+
+    if not hub_reachable():
+        raise ConfigError(f"push_to_hub: the Hugging Face hub cannot be reached from here, so {repo} cannot be "
+                          "uploaded; export without --push-to-hub and upload the folder later (huggingface-cli upload "
+                          f"{repo} FOLDER)")
+    from huggingface_hub import get_token
+
+    if not get_token():
+        raise ConfigError("push_to_hub: no hub token; run `huggingface-cli login` or set HF_TOKEN")
+
+
+def push(repo: str, folder: Path) -> str:
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(repo, private=True, exist_ok=True)
+    return api.upload_folder(repo_id=repo, folder_path=str(folder), commit_message="tunesmith export").commit_url
 
 
 def load_source(src: Source, cfg: ExportConfig, template: Any) -> tuple[Any, float | None]:
@@ -195,10 +255,13 @@ def export_adapter(cfg: ExportConfig, src: Source, out: Path, template: Any, pro
 
     before = measured(src.adapter)
     staging = staging_folder(out)
-    for item in src.adapter.iterdir():
-        if item.name not in (lineage.LINEAGE_FILE, lineage.REPORT_FILE) and item.is_file():
-            shutil.copy2(item, staging / item.name)
-    publish(staging, out, src, cfg, "adapter", {"merge_lora": False, "base_model": str(src.model_folder)})
+    try:
+        for item in src.adapter.iterdir():
+            if item.name not in (lineage.LINEAGE_FILE, lineage.REPORT_FILE) and item.is_file():
+                shutil.copy2(item, staging / item.name)
+        publish(staging, out, src, cfg, "adapter", {"merge_lora": False, "base_model": str(src.model_folder)})
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     after = measured(out)
     return finish(cfg, src, out, template, probe, before, after, started)
 
@@ -244,4 +307,6 @@ def finish(cfg: ExportConfig, src: Source, out: Path, template: Any, probe: repo
     }
     report.write(out, rep)
     report.show(rep)
+    if cfg.push_to_hub:
+        print(f"pushed {out} to {cfg.push_to_hub}: {push(cfg.push_to_hub, out)}", file=sys.stderr)
     return out

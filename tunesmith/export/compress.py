@@ -1,0 +1,116 @@
+"""GPTQ, AWQ and FP8 exports through llmcompressor, which runs in its own venv (.venv-quant, scripts/quant-env.sh):
+llmcompressor 0.14 pins transformers<=5.17 where tunesmith pins 5.23, as vLLM is isolated in .venv-vllm.
+
+    tunesmith export --adapters runs/prd/final --quant gptq --bits 4 --group-size 128 --calib-dataset prd-assistant
+
+This side checks the settings against the model before any work (a group size that does not divide every quantized
+layer's input width is refused with the sizes that do), renders the calibration rows with the run's own Template (so
+calibration sees the trained format; a bad row is named file:line), writes the merged model as a plain folder, and
+hands a job file to export/compress_worker.py in .venv-quant, which quantizes, saves in the compressed-tensors format
+(vLLM and transformers load it; transformers needs the compressed-tensors package), reloads the folder and measures it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from tunesmith.errors import ConfigError, HardwareError
+
+METHODS = ("gptq", "awq", "fp8")
+WORKER = Path(__file__).with_name("compress_worker.py")
+
+
+def python() -> Path:
+    """The interpreter of the quantization venv: $TUNESMITH_QUANT_PYTHON, else .venv-quant beside the checkout or in
+    the working directory."""
+    chosen = os.environ.get("TUNESMITH_QUANT_PYTHON")
+    if chosen:
+        if not Path(chosen).exists():
+            raise HardwareError(f"TUNESMITH_QUANT_PYTHON={chosen}: no such file (a python with llmcompressor 0.14)")
+        return Path(chosen)
+    for path in (Path(__file__).resolve().parents[2] / ".venv-quant/bin/python", Path(".venv-quant/bin/python")):
+        if path.exists():
+            return path
+    raise HardwareError("quant: gptq, awq and fp8 run llmcompressor, which pins transformers 5.17 (tunesmith pins "
+                        "5.23), so it lives in a venv of its own: run `bash scripts/quant-env.sh` (builds .venv-quant, "
+                        "about 2 minutes) or point TUNESMITH_QUANT_PYTHON at a python that has llmcompressor 0.14")
+
+
+def widths(config: dict) -> dict[str, int]:
+    """Input widths of the Linear layers that get quantized (all but lm_head), by the config of a decoder LM."""
+    heads = config["num_attention_heads"]
+    head_dim = config.get("head_dim") or config["hidden_size"] // heads
+    out = {"hidden_size (q/k/v, gate/up inputs)": config["hidden_size"],
+           "num_attention_heads x head_dim (o_proj input)": heads * head_dim}
+    if config.get("intermediate_size"):
+        out["intermediate_size (down_proj input)"] = config["intermediate_size"]
+    return out
+
+
+def check_group_size(config: dict, group_size: int) -> None:
+    sizes = widths(config)
+    bad = {name: w for name, w in sizes.items() if w % group_size}
+    if not bad:
+        return
+    common = math.gcd(*sizes.values())
+    fits = [g for g in (256, 128, 64, 32, 16) if common % g == 0]
+    names = ", ".join(f"{name} = {w}" for name, w in bad.items())
+    hint = f"use --group-size {fits[0]}" + (f" (or {', '.join(map(str, fits[1:]))})" if fits[1:] else "") if fits \
+        else "no power of two from 16 to 256 divides them all"
+    raise ConfigError(f"group_size: {group_size} does not divide {names}; {hint}")
+
+
+def calibration(template: Any, specs: list[str], samples: int, max_length: int, seed: int, encoding: str) -> list[list[int]]:
+    """`samples` rows of the datasets, each rendered whole by the run's Template (chats) or tokenized (text), at most
+    max_length tokens."""
+    from tunesmith.data.load import load_rows
+    from tunesmith.data.rows import Text
+
+    specs = [s if "#" in s else f"{s}#{samples}" for s in specs]  # name#N: N rows drawn with the seed
+    data = load_rows(specs, kind="sft", seed=seed, encoding=encoding)
+    if data.problems and not data.rows:
+        text = load_rows(specs, kind="pt", seed=seed, encoding=encoding)
+        data = text if not text.problems else data
+    data.raise_if_bad(skip_bad_rows=False)
+    rows = []
+    for row in data.rows[:samples]:
+        if isinstance(row, Text):
+            ids = template.tokenizer(row.text, add_special_tokens=False)["input_ids"]
+        else:
+            ids = template.tokenizer(template.render_text(row.messages), add_special_tokens=False)["input_ids"]
+        if len(ids) > 1:
+            rows.append(ids[:max_length])
+    return rows
+
+
+def run(model: Any, template: Any, staging: Path, method: str, bits: int, group_size: int,
+        rows: list[list[int]], max_length: int, probe: Any, greedy_tokens: int) -> dict:
+    """Quantize `model` into `staging` in .venv-quant. Returns the worker's result: its measurements of the output."""
+    plain = staging / ".plain"
+    model.save_pretrained(plain, safe_serialization=True)
+    template.tokenizer.save_pretrained(plain)
+    job = {"model": str(plain), "output": str(staging), "method": method, "bits": bits, "group_size": group_size,
+           "calibration": rows, "max_length": max_length, "result": str(staging / ".result.json"),
+           "probe": {"windows": probe.windows, "prompts": probe.prompts, "stop_ids": probe.stop_ids,
+                     "pad_id": probe.pad_id, "greedy_tokens": greedy_tokens}}
+    job_file = staging / ".job.json"
+    job_file.write_text(json.dumps(job))
+    proc = subprocess.run([str(python()), str(WORKER), str(job_file)], check=False, capture_output=True, text=True,
+                          env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+        raise HardwareError(f"quant: {method}: llmcompressor failed in {python()}:\n{tail}")
+    result = json.loads((staging / ".result.json").read_text())
+    for name in (".plain", ".job.json", ".result.json"):
+        path = staging / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    template.save(staging)
+    print(f"{method}: quantized in {result['seconds']:.1f} s by llmcompressor ({python()})", file=sys.stderr)
+    return result
