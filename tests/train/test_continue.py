@@ -109,3 +109,13 @@ def test_round_two_starts_from_round_ones_weights_and_extends_the_record(run_a, 
     resolved = yaml.safe_load((b_dir / "config.yaml").read_text())
     assert resolved["continue_from"] == str(run_a[1]) and resolved["_resolved"]["continued"]["skipped_seen"] == 6
     assert len(json.loads((b_dir / "seen_rows.json").read_text())["rows"]) == len(OLD) + len(NEW)
+
+
+def test_continue_from_takes_the_run_folder_however_it_is_spelled(run_a, monkeypatch):
+    from tunesmith.train.continued import start_from
+
+    monkeypatch.chdir(run_a[1].parent)
+    for spelling in ("./A", "A/", "A/final"):
+        cfg = SFTConfig(dataset=["x"], continue_from=spelling)
+        start_from(cfg)  # ./A once failed the config's own check that the adapters lie inside continue_from
+        assert (cfg.continue_from, cfg.adapters) == ("A", "A/final")

@@ -48,7 +48,10 @@ def start_from(cfg: Any) -> None:
     """Point the config at the earlier run's final weights: its adapter (continued, as --adapters) or full model."""
     if not getattr(cfg, "continue_from", None):
         return
-    final = run_folder(cfg.continue_from) / "final"
+    parent = run_folder(cfg.continue_from)
+    if cfg.continue_from != str(parent):  # ./runs/A or runs/A/final: the config's check compares adapters with it
+        cfg.continue_from = str(parent)
+    final = parent / "final"
     if (final / "adapter_config.json").exists():
         if not cfg.trains_adapter:
             raise ConfigError(f"continue_from: {final} is an adapter; continue it with an adapter tuner (lora), or "

@@ -78,6 +78,7 @@ def load_template(cfg: Any) -> tuple[Any, Path]:
     base_name = cfg.model
     if cfg.adapters and "model" not in cfg.model_fields_set:
         base_name = read_run_output(cfg.adapters).base_model
+        cfg.model = base_name  # config.yaml names the real base, so a run chained on this one (A -> B -> C) finds it
     folder = models.resolve(base_name)
     template = Template(models.load_tokenizer(Path(cfg.adapters) if cfg.adapters else folder), default_system=cfg.system,
                         chat_template_kwargs=getattr(cfg, "chat_template_kwargs", None))
