@@ -179,6 +179,17 @@ def write_for_run(final: Path, run_dir: Path, cfg: Any) -> Path:
     return write(final, record)
 
 
+def card(folder: str | Path | None) -> dict | None:
+    """The short form a server shows per model (/v1/models): the record's hash and kind and the chain's kinds; None
+    for a folder without a record (a hub model, a registry name)."""
+    path = Path(folder) if folder else None
+    record = read(path) if path is not None and path.is_dir() else None
+    if record is None:
+        return None
+    return {"sha256": record_sha256(record), "kind": record["kind"], "created": record.get("created"),
+            "chain": [link["kind"] for link in chain(record)], "template_sha256": record.get("template_sha256")}
+
+
 # -----------------------------------------------------------------------------
 # Inspect
 

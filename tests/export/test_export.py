@@ -137,3 +137,20 @@ def test_refusals_come_before_any_work(lora_run, toy_data, tmp_path):
     with pytest.raises(DataError, match=f"{bad}:9: messages"):
         export(ExportConfig(adapters=str(lora_run / "final"), output=str(tmp_path / "b"), eval_dataset=[str(bad)]))
     assert not (tmp_path / "b").exists()
+
+
+def test_deploy_lists_each_models_lineage(lora_run, merged):
+    """GET /v1/models carries each served folder's lineage (its record's hash, kind and chain)."""
+    from serve.scripted_engine import ScriptedEngine
+
+    from tunesmith.config import DeployConfig
+    from tunesmith.serve.serving import Serving
+
+    serving = Serving(ScriptedEngine(names=("merged", "toy")),
+                      DeployConfig(model=str(merged), adapters=[str(lora_run / "final")]))
+    cards = {card.id: card.lineage for card in serving.models().data}
+    assert cards["merged"] == {"sha256": L.record_sha256(read(merged, L.LINEAGE_FILE)), "kind": "merged",
+                               "created": read(merged, L.LINEAGE_FILE)["created"],
+                               "chain": ["merged", "adapter", "model"],
+                               "template_sha256": L.template_sha256(merged)}
+    assert cards["toy"]["chain"] == ["adapter", "model"]

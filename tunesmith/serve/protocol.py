@@ -343,6 +343,7 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int = Field(default_factory=lambda: int(time.time()))
     owned_by: str = "tunesmith"
+    lineage: dict | None = None  # tunesmith extra: the served folder's lineage.json, short (tunesmith/lineage.py card)
 
 
 class ModelList(BaseModel):

@@ -87,8 +87,14 @@ class Serving:
     def models(self) -> ModelList:
         versioned = [n for m in (self.versions.models.values() if self.versions else ())
                      for n in (m.name, *map(m.engine_name, m.paths))]
-        return ModelList(data=[ModelCard(id=name) for name in [*self.names, *versioned, *self.encoders]
-                               if keys.visible(name)])
+        from tunesmith.lineage import card
+        from tunesmith.serve.app import adapter_map
+
+        # each model's lineage.json, short: the base (--model) by its engine name, adapters by theirs
+        folders = {**({self.cfg.model.rstrip("/").rsplit("/", 1)[-1]: self.cfg.model} if self.cfg.model else {}),
+                   **adapter_map(self.cfg.adapters)}
+        return ModelList(data=[ModelCard(id=name, lineage=card(folders.get(self.names.get(name, name))))
+                               for name in [*self.names, *versioned, *self.encoders] if keys.visible(name)])
 
     def model(self, name: str | None, user: str | None = None) -> tuple[str, str]:
         """(the name answers carry, the engine's name for it). A model with versions answers as MODEL:VERSION, the
