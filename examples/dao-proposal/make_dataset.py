@@ -621,13 +621,18 @@ def write(path: Path, rows: list[dict]) -> None:
     print(f"wrote {len(rows):4d} rows to {path}")
 
 
-def main() -> None:
-    r = random.Random(SEED)
+def build(r: random.Random) -> tuple[list[dict], list[dict], list[dict]]:
+    """The three files' rows; make_round2.py calls it too, so round 2's DAOs keep round 1's contract addresses."""
     sft = sft_rows(r)
     seen = {m["content"] for row in sft for m in row["messages"] if m["role"] == "user"}
+    return sft, prompt_rows(DAOS, 40, r, seen), prompt_rows(EVAL_DAOS, 16, r, seen)
+
+
+def main() -> None:
+    sft, prompts, eval_prompts = build(random.Random(SEED))
     write(SHIPPED, sft)
-    write(HERE / "prompts.jsonl", prompt_rows(DAOS, 40, r, seen))
-    write(HERE / "eval_prompts.jsonl", prompt_rows(EVAL_DAOS, 16, r, seen))
+    write(HERE / "prompts.jsonl", prompts)
+    write(HERE / "eval_prompts.jsonl", eval_prompts)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,19 @@
 """The DAO proposal drafter recipe (examples/dao-proposal/): its data loads and has the five sections with a
-well-formed citation, its generator is reproducible, its two rewards tell good drafts from bad ones, and its YAML
-files load into their configs."""
+well-formed citation, its generators are reproducible, its two rewards tell good drafts from bad ones, its YAML
+files load into their configs, and its second round (a quarter's votes -> accepted proposals and DPO pairs) trains on
+only what round 1 never saw, from round 1's weights."""
 
 import importlib.util
+import itertools
 import json
+import math
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tunesmith.config import SFTConfig, load
 from tunesmith.config.rlhf import RLHFConfig
@@ -66,17 +70,18 @@ def test_prompt_files_are_user_turns_with_the_reward_columns():
     assert not any(dao in text for dao in held_out for text in sft)  # eval DAOs never appear in training
 
 
-def test_generator_is_deterministic(tmp_path):
-    # Run a copy of the script in a scratch tree, so the shipped files are only read, never rewritten.
-    script = tmp_path / "examples" / "dao-proposal" / "make_dataset.py"
-    script.parent.mkdir(parents=True)
+def test_generators_are_deterministic(tmp_path):
+    # Run copies of the scripts in a scratch tree, so the shipped files are only read, never rewritten.
+    folder = tmp_path / "examples" / "dao-proposal"
+    folder.mkdir(parents=True)
     (tmp_path / "tunesmith" / "data" / "shipped").mkdir(parents=True)
-    script.write_text((EXAMPLE / "make_dataset.py").read_text())
-    subprocess.run([sys.executable, str(script)], check=True, capture_output=True)
-    for made, shipped in (("tunesmith/data/shipped/dao_proposals.jsonl", "tunesmith/data/shipped/dao_proposals.jsonl"),
-                          ("examples/dao-proposal/prompts.jsonl", "examples/dao-proposal/prompts.jsonl"),
-                          ("examples/dao-proposal/eval_prompts.jsonl", "examples/dao-proposal/eval_prompts.jsonl")):
-        assert (tmp_path / made).read_bytes() == (ROOT / shipped).read_bytes(), made
+    for script in ("make_dataset.py", "make_round2.py"):
+        (folder / script).write_text((EXAMPLE / script).read_text())
+        subprocess.run([sys.executable, str(folder / script)], check=True, capture_output=True)
+    for made in ("tunesmith/data/shipped/dao_proposals.jsonl", "examples/dao-proposal/prompts.jsonl",
+                 "examples/dao-proposal/eval_prompts.jsonl", "examples/dao-proposal/round2/votes.jsonl",
+                 "examples/dao-proposal/round2/accepted.jsonl", "examples/dao-proposal/round2/pairs.jsonl"):
+        assert (tmp_path / made).read_bytes() == (ROOT / made).read_bytes(), made
 
 
 # -----------------------------------------------------------------------------
@@ -175,3 +180,131 @@ def test_yaml_files_load_into_their_configs(monkeypatch):
     rows = load_rows(sft.dataset, kind="sft").rows
     assert all(pattern.fullmatch(r.messages[-1]["content"].strip()) for r in rows)
     assert not pattern.fullmatch(draft(f"- {TX}").replace("## Budget", "## Costs"))
+    sft2 = load(SFTConfig, ["-c", str(EXAMPLE / "sft-round2.yaml")])
+    assert sft2.continue_from == "runs/dao-sft" and sft2.replay == 0.1 and "dao-proposals" in sft2.dataset
+    dpo2 = load(RLHFConfig, ["-c", str(EXAMPLE / "dpo-round2.yaml")])
+    assert dpo2.method == "dpo" and dpo2.continue_from == sft2.output_dir
+
+
+# -----------------------------------------------------------------------------
+# Round 2: a quarter's votes -> accepted proposals (SFT) and accepted-over-rejected pairs (DPO)
+
+
+@pytest.fixture(scope="module")
+def round2():
+    return _import("dao_recipe_round2", EXAMPLE / "make_round2.py")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_votes_become_sft_rows_and_pairs_whose_rejected_draft_shows_its_objection(round2):
+    votes = read_jsonl(EXAMPLE / "round2" / "votes.jsonl")
+    sft, pairs = round2.training_data(votes)
+    assert sft == read_jsonl(EXAMPLE / "round2" / "accepted.jsonl") and len(sft) == 24
+    assert pairs == read_jsonl(EXAMPLE / "round2" / "pairs.jsonl") and len(pairs) == 18
+    round1 = {json.loads(line)["messages"][-2]["content"]
+              for line in (ROOT / "tunesmith/data/shipped/dao_proposals.jsonl").read_text().splitlines()}
+    assert not round1 & {p["prompt"] for p in pairs}  # new requests, not round 1's
+    objection = {v["proposal"]: v["objection"] for v in votes if v["outcome"] == "rejected"}
+    for pair in pairs:
+        chosen, rejected, why = pair["chosen"], pair["rejected"], objection[pair["rejected"]]
+        assert rewards.citation_score(chosen) == 1.0 and rewards.tone_score(chosen) == 1.0
+        if why.startswith("no on-chain source"):
+            assert rewards.citation_score(rejected) == rewards.SECTION_ONLY
+        elif "link" in why:
+            assert rewards.citation_score(rejected) == 0.0
+        elif "tone" in why:
+            assert rewards.tone_score(rejected) < 0.5
+        elif "cap of" in why:
+            assert "Contingency" in rejected and "Contingency" not in chosen
+        else:  # a ballot with no way to vote no
+            assert "- Against" in chosen or "Option C" in chosen
+            assert "- Against" not in rejected and "Option C" not in rejected
+
+
+def test_pairs_match_by_request(round2):
+    vote = {"proposal": "", "outcome": "rejected"}
+    votes = [{**vote, "request": "a", "proposal": "a1"}, {**vote, "request": "a", "proposal": "a2", "outcome": "accepted"},
+             {**vote, "request": "a", "proposal": "a3", "outcome": "accepted"},  # the last accepted one is chosen
+             {**vote, "request": "b", "proposal": "b1"}]  # voted down, never revised: nothing to prefer
+    sft, pairs = round2.training_data(votes)
+    assert pairs == [{"prompt": "a", "chosen": "a3", "rejected": "a1"}]
+    assert [row["messages"][-1]["content"] for row in sft] == ["a2", "a3"]
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"request": "a", "proposal": "x", "outcome": "passed"}', "1: outcome: 'passed'; expected accepted or rejected"),
+    ('{"request": "a", "outcome": "accepted"}', "1: proposal: missing or empty"),
+    ("not json", "1: not a JSON object"),
+])
+def test_a_bad_vote_record_is_named_by_line_and_field(round2, tmp_path, line, message):
+    record = tmp_path / "votes.jsonl"
+    record.write_text(line + "\n")
+    with pytest.raises(SystemExit, match=re.escape(f"{record}:{message}")):
+        round2.read_votes(record)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from tiny import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("dao-round2") / "tiny")
+
+
+def test_round_two_trains_on_only_what_round_one_never_saw_from_its_weights(tiny_model, tmp_path, monkeypatch):
+    """The recipe's three YAML files as shipped (tiny model, one step of one row): sft.yaml, then sft-round2.yaml
+    skips the 216 rows round 1 saw, trains the 24 accepted proposals plus 3 replayed rows, and dpo-round2.yaml
+    trains the 18 pairs, each from the run before's adapter."""
+    from safetensors.torch import load_file
+
+    from tunesmith import api
+    from tunesmith.data.rows import content_hash
+    from tunesmith.errors import DataError
+    from tunesmith.train.continued import Continuation
+
+    monkeypatch.chdir(ROOT)  # the YAML files name the recipe's data relative to the repository
+    one_step = ["--max-steps", "1", "--batch-size", "1", "--grad-accum", "1", "--report-to", "none"]
+    a, b, c = tmp_path / "dao-sft", tmp_path / "dao-sft-r2", tmp_path / "dao-dpo-r2"
+    api.sft(load(SFTConfig, ["-c", str(EXAMPLE / "sft.yaml"), "--model", str(tiny_model), "--output-dir", str(a),
+                             "--learning-rate", "1e-2", "--warmup-ratio", "0", *one_step]))
+    # a learning rate of ~0 in round 2: the adapters it writes are the ones it started from
+    api.sft(load(SFTConfig, ["-c", str(EXAMPLE / "sft-round2.yaml"), "--continue-from", str(a), "--output-dir", str(b),
+                             "--learning-rate", "1e-12", *one_step]))
+    api.rlhf(load(RLHFConfig, ["-c", str(EXAMPLE / "dpo-round2.yaml"), "--continue-from", str(b), "--output-dir",
+                               str(c), "--learning-rate", "1e-12", *one_step]))
+
+    def seen(run):
+        return set(json.loads((run / "seen_rows.json").read_text())["rows"])
+
+    def resolved(run):
+        return yaml.safe_load((run / "config.yaml").read_text())
+
+    accepted = {content_hash(r) for r in load_rows([str(EXAMPLE / "round2/accepted.jsonl")], kind="sft").rows}
+    pairs = load_rows([str(EXAMPLE / "round2/pairs.jsonl")], kind="preference").rows
+    assert len(seen(a)) == 216
+    b_record = resolved(b)["_resolved"]
+    assert b_record["continued"] == {"from": str(a), "seen_before": 216, "skipped_seen": 216, "new_rows": 24,
+                                     "replayed": math.ceil(0.1 * 24), "replay": 0.1}
+    assert b_record["train_rows"] == 24 + 3
+    assert seen(b) == seen(a) | accepted  # every new row trained, nothing of round 1's beyond the replay
+    c_config = resolved(c)
+    assert c_config["_resolved"]["continued"]["new_rows"] == 18 and c_config["_resolved"]["train_pairs"] == 18
+    assert seen(c) == seen(b) | {content_hash(p) for p in pairs}
+    assert c_config["model"] == str(tiny_model)  # the base is found through the chain, not the default model
+
+    weights = [load_file(run / "final" / "adapter_model.safetensors") for run in (a, b, c)]
+    lora_b = [k for k in weights[0] if "lora_B" in k]
+    assert lora_b and any(weights[0][k].abs().max() > 0 for k in lora_b)  # round 1 moved them off their zero init
+    for before, after in itertools.pairwise(weights):
+        assert before.keys() == after.keys()
+        assert all((before[k] - after[k]).abs().max() < 1e-6 for k in before)  # each run began where the last ended
+
+    first = json.loads((c / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["rewards/chosen"] == first["rewards/rejected"] == 0.0  # the reference is the drafter it starts from
+
+    # the next quarter, on the same pairs: nothing is new
+    nxt = load(RLHFConfig, ["-c", str(EXAMPLE / "dpo-round2.yaml"), "--continue-from", str(c)])
+    with pytest.raises(DataError, match="all 18 rows were seen"):
+        Continuation.select(nxt, pairs, lambda names: load_rows(names, kind="preference"))
