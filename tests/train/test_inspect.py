@@ -125,3 +125,6 @@ def test_data_inspect_through_the_console_script(tiny, tmp_path):
     assert "1 2 3 4 5<|im_end|>" in proc.stdout and "trained (weight 1)" in proc.stdout
     assert re.search(r"row.jsonl:1: \d+ tokens, 10 trained, fits", proc.stdout)
     assert (tmp_path / "out" / "inspect.html").exists()
+    # DeepSpeed, when installed, announces "Setting accelerator to CPU" on stdout once imported (transformers'
+    # save_pretrained imports it through accelerate, e.g. when the embedded model is converted on first use)
+    assert "Setting accelerator" not in proc.stdout and proc.stdout.startswith("legend:")
