@@ -1,8 +1,9 @@
 """DPO on preference pairs: the policy learns to prefer `chosen` over `rejected` relative to a reference model.
 Run: tunesmith rlhf --method dpo -c examples/prd-assistant/dpo.yaml
 
-The reference is the base model with the adapter switched off (peft), so no second copy is loaded when training
-LoRA. Prompt and answers are rendered by our Template, as in SFT, so the pairs are scored on exactly the tokens the
+The reference, as DPO intends, is the policy at the start: for a fresh LoRA the base with the adapter switched off
+(peft: no second copy of the base); continuing an adapter run (--adapters, --continue-from), TRL keeps a frozen copy
+of that adapter, so the SFT model is the reference and rewards/margins start at 0. Prompt and answers are rendered by our Template, as in SFT, so the pairs are scored on exactly the tokens the
 served model sees; TRL's DPOTrainer does the rest (losses by dpo.loss_type, dpo.beta, metrics such as
 rewards/margins).
 """
