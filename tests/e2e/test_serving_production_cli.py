@@ -1,10 +1,13 @@
 """`tunesmith deploy` for a team, through the console script, queried with the official openai SDK: a model with two
 versions (random LoRA adapters of the tiny model) and a 90/10 split sticky per user (--model-config), the admin API
-behind its own key (--admin-key) beside the user key (--api-key).
+behind its own key (--admin-key) beside the user key (--api-key), and the base itself served as `dao` under the DAO
+drafter's shipped output policy (--guardrails), which a random model's uncited text always breaks.
 
 One server for the module. Volume checks (400 requests, rollback under load) run in process in
 tests/serve/test_versions.py; here each feature is checked once through the real process.
 """
+
+from pathlib import Path
 
 import httpx
 import pytest
@@ -14,6 +17,7 @@ from tiny import make_tiny_adapter
 USER_KEY, ADMIN_KEY = "sk-team-user-1", "sk-team-admin-1"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 HELLO = [{"role": "user", "content": "Draft a proposal"}]
+DAO_POLICY = Path(__file__).resolve().parents[2] / "examples" / "dao-proposal" / "guardrails.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +31,9 @@ def files(tiny_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(files, tmp_path_factory):
-    s = Server("--model-config", files["serving"], "--admin-key", ADMIN_KEY, "--api-key", USER_KEY,
+def server(files, tiny_model, tmp_path_factory):
+    s = Server("--model", tiny_model, "--served-model-name", "dao", "--guardrails", f"dao={DAO_POLICY}",
+               "--model-config", files["serving"], "--admin-key", ADMIN_KEY, "--api-key", USER_KEY,
                "--device", "cpu", "--dtype", "float32", "--max-tokens", "6",
                log=tmp_path_factory.mktemp("deploy") / "deploy.log")
     try:
@@ -70,13 +75,13 @@ def test_versions_split_sticky_named_and_counted(server, client):
     assert metric(server, "tunesmith_version_requests_total", model="prd") == 28
     assert metric(server, "tunesmith_version_requests_total", model="prd", version="v2") == \
         list(seen.values()).count("prd:v2") + [seen[u] for u in list(seen)[:4]].count("prd:v2")
-    assert {m.id for m in client.models.list()} == {"prd", "prd:v1", "prd:v2"}
+    assert {m.id for m in client.models.list()} == {"dao", "prd", "prd:v1", "prd:v2"}
 
 
 def test_admin_changes_the_split_and_rolls_back_without_loading_anything(server, client, admin):
     assert httpx.get(server.url + "/admin/models", headers={"Authorization": f"Bearer {USER_KEY}"}).status_code == 403
     state = admin.get("/models").json()
-    assert state["weight_loads"] == 1  # one base, two versions over it
+    assert state["weight_loads"] == 1  # one base (served as dao), two versions over it
     moved = admin.put("/models/prd/traffic", json={"traffic": {"v1": 0, "v2": 100}})
     assert moved.status_code == 200 and moved.json()["models"]["prd"]["stable"] == "v2"
     assert {client.chat.completions.create(model="prd", messages=HELLO, user=f"u{i}").model for i in range(4)} == \
@@ -85,3 +90,14 @@ def test_admin_changes_the_split_and_rolls_back_without_loading_anything(server,
     assert rolled["models"]["prd"]["versions"]["v1"]["traffic"] == 100 and rolled["weight_loads"] == 1
     assert {client.chat.completions.create(model="prd", messages=HELLO, user=f"u{i}").model for i in range(4)} == \
         {"prd:v1"}
+
+
+def test_the_dao_policy_refuses_an_uncited_draft_whole_and_streamed(server, client):
+    reply = client.chat.completions.create(model="dao", messages=HELLO)
+    choice = reply.choices[0]
+    assert choice.finish_reason == "content_filter" and choice.message.content.startswith("I can't send this draft")
+    assert choice.message.refusal == choice.message.content
+    pieces = list(client.chat.completions.create(model="dao", messages=HELLO, stream=True))
+    text = "".join(p.choices[0].delta.content or "" for p in pieces if p.choices)
+    assert text == choice.message.content and pieces[-1].choices[0].finish_reason == "content_filter"
+    assert metric(server, "tunesmith_guardrail_blocked_total", model="dao", rule="classifier") == 2

@@ -296,6 +296,9 @@ class DeployConfig(Section):
     admin_key: str | None = Field(None, description=(
         "Opens the admin API (/admin: load and unload versions and adapters, change the traffic split, roll back) to "
         "this key only; user keys get 403 there (default: no admin API)."))
+    guardrails: list[str] = Field(default_factory=list, description=(
+        "Output policies per model, NAME=policy.yaml: deny-lists, a JSON schema, a classifier hook; a violation "
+        "answers the policy's refusal or a 4xx (see tunesmith/config/serving.py)."))
     served_model_name: str | None = Field(None, description="Name the default model is served under (default: its folder or run name).")
     max_concurrent: int = Field(64, ge=1, description="Requests generating at once; more are answered 429 with Retry-After.")
     max_prompt_tokens: int | None = Field(None, ge=1, description="Reject longer prompts with 400 (default: no limit).")

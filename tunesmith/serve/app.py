@@ -316,6 +316,12 @@ def run(cfg: DeployConfig) -> None:
                 self.should_exit = True
             return await super().on_tick(counter)
 
+    if cfg.guardrails:  # a policy that does not load is named before any weights are read
+        from prometheus_client import CollectorRegistry
+
+        from tunesmith.serve.guardrails import Guards
+
+        Guards.build(cfg.guardrails, CollectorRegistry())
     encoders = None
     if cfg.encoders:  # embedding, reranker and classifier models (infer/encoders.py), loaded before the chat engine
         from tunesmith.infer.encoders import load_encoders

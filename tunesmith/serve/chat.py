@@ -20,6 +20,7 @@ from tunesmith.errors import TemplateError
 from tunesmith.infer.types import GenerationRequest, TokenLogprob
 from tunesmith.serve import tool_parsers
 from tunesmith.serve.errors import APIError, stream_error
+from tunesmith.serve.guardrails import CONTENT_FILTER
 from tunesmith.serve.protocol import (
     AssistantMessage,
     AssistantTurn,
@@ -92,6 +93,9 @@ def _template_kwargs(kwargs: dict | None) -> dict | None:
 
 
 def _choice(index: int, a: Answer, tool_names: set[str], logprobs: bool, split: ReasoningSplit | None) -> ChatChoice:
+    if a.finish_reason == CONTENT_FILTER:  # an output guardrail blocked the answer: its refusal instead
+        return ChatChoice(index=index, message=AssistantMessage(content=a.text, refusal=a.text),
+                          finish_reason=CONTENT_FILTER)
     reasoning, text = (None, a.text) if split is None else split.whole(a.text)
     parsed = tool_parsers.parse_tool_calls(text, tool_names) if tool_names else None
     lp = ChoiceLogprobs(content=_logprobs(a.logprobs)) if logprobs else None
@@ -122,6 +126,11 @@ async def _events(generation: Generation, rid: str, created: int, public: str, n
             yield chunk([ChatChunkChoice(index=i, delta=DeltaMessage(role="assistant", content=""))])
         async for delta, _ in generation.deltas():
             i, final = delta.index, delta.finish_reason is not None
+            if delta.finish_reason == CONTENT_FILTER:  # blocked: the refusal after what was sent (it broke no rule)
+                refusal = DeltaMessage(content=delta.text, refusal=delta.text)
+                yield chunk([ChatChunkChoice(index=i, delta=refusal)])
+                yield chunk([ChatChunkChoice(index=i, delta=DeltaMessage(), finish_reason=CONTENT_FILTER)])
+                continue
             thought, text = ("", delta.text) if splits[i] is None else splits[i].feed(delta.text, final=final)
             content[i] += text
             held = tool_parsers.call_start(content[i], tool_names) if tool_names else None

@@ -225,7 +225,7 @@ class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
     logprobs: ChoiceLogprobs | None = None
-    finish_reason: Literal["stop", "length", "tool_calls"]
+    finish_reason: Literal["stop", "length", "tool_calls", "content_filter"]  # content_filter: a guardrail refused
 
 
 class ChatCompletionResponse(BaseModel):
@@ -251,6 +251,7 @@ class DeltaMessage(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
     tool_calls: list[ToolCallDelta] | None = None
+    refusal: str | None = None  # an output guardrail's refusal (with finish_reason content_filter)
     reasoning_content: str | None = None  # vLLM's and DeepSeek's extra: reasoning pieces, before the content's
 
     @model_serializer(mode="wrap")
@@ -262,7 +263,7 @@ class ChatChunkChoice(BaseModel):
     index: int
     delta: DeltaMessage
     logprobs: ChoiceLogprobs | None = None
-    finish_reason: Literal["stop", "length", "tool_calls"] | None = None
+    finish_reason: Literal["stop", "length", "tool_calls", "content_filter"] | None = None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -319,7 +320,7 @@ class CompletionChoice(BaseModel):
     text: str
     index: int
     logprobs: CompletionLogprobs | None = None
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: Literal["stop", "length", "content_filter"] | None = None
 
 
 class CompletionResponse(BaseModel):

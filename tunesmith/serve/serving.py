@@ -26,6 +26,7 @@ from tunesmith.infer.types import Delta, Engine, EngineError, GenerationRequest,
 from tunesmith.serve import keys
 from tunesmith.serve.context import current
 from tunesmith.serve.errors import APIError, engine_errors
+from tunesmith.serve.guardrails import CONTENT_FILTER, Guard, Guards
 from tunesmith.serve.metrics import Metrics, Slot, Slots
 from tunesmith.serve.protocol import ModelCard, ModelList, Usage
 from tunesmith.serve.versions import Versions
@@ -66,6 +67,8 @@ class Serving:
             raise ConfigError(f"{cfg.model_versions}: {', '.join(clash)} also names an adapter or the base model; "
                               "name them apart")
         self.loading: set[str] = set()  # names the admin API is loading now (admin.py)
+        self.guards = Guards.build(cfg.guardrails, self.metrics.registry)  # output policies per model
+        self.guards.check_names(self.public_names())
         # the model a request that names none gets: the base or first adapter, else the first model with versions
         self.default = next(iter(self.names), None) or next(iter(self.versions.models if self.versions else ()), None)
         # embedding, reranker and classifier models by name (infer/encoders.py), beside the chat models
@@ -212,7 +215,8 @@ class Serving:
         for gen in gens:
             self._fit(gen, context, param, max_tokens_param)
         slot = self.slots.take(public)
-        return Generation(self.engine, gens, slot, sum(len(g.prompt_ids or []) for g in gens))
+        return Generation(self.engine, gens, slot, sum(len(g.prompt_ids or []) for g in gens),
+                          self.guards.for_model(public))
 
     def _fit(self, gen: GenerationRequest, context: int | None, param: str, max_tokens_param: str | None) -> None:
         length, max_tokens, limit = len(gen.prompt_ids or []), gen.params.max_tokens, self.cfg.max_prompt_tokens
@@ -299,6 +303,8 @@ class Answers:
 
     def add(self, delta: Delta, offset: int = 0) -> Answer:
         a = self.choices[offset + delta.index]
+        if delta.finish_reason == CONTENT_FILTER:  # an output policy blocked it: the refusal is the answer
+            a.text = ""
         a.text += delta.text
         a.logprobs += delta.logprobs
         a.completion_tokens = delta.completion_tokens
@@ -319,12 +325,15 @@ class Generation:
     """Admitted GenerationRequests running on the engine. It holds a slot until close(), which also stops the
     engine streams (when the client went away, say)."""
 
-    def __init__(self, engine: Engine, gens: list[GenerationRequest], slot: Slot, prompt_tokens: int):
+    def __init__(self, engine: Engine, gens: list[GenerationRequest], slot: Slot, prompt_tokens: int,
+                 guard: Guard | None = None):
         self.n = gens[0].params.n
         self.answers = Answers(len(gens) * self.n, prompt_tokens)
         self.slot = slot
         self.caller = keys.current_caller()  # its scoped key is charged the tokens when it ends
         self.streams = [engine.stream(g) for g in gens]
+        if guard is not None:  # the model's output policy (guardrails.py) between the engine and the answer
+            self.streams = [guard.wrap(s, self.n) for s in self.streams]
         self._first: Delta | None = None
 
     def add(self, delta: Delta, offset: int = 0) -> Answer:
