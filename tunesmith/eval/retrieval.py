@@ -270,15 +270,29 @@ class Scorer:
 
     def rank(self, data: RetrievalSet, first_stage: dict[str, list[str]] | None) -> dict[str, list[str]]:
         """Document ids of each query, best first: the whole corpus (retrieval) or its candidates (reranking)."""
-        out: dict[str, list[str]] = {}
         if self.cfg.task == "retrieval" and (self.target.kind == "endpoint" or self.role == "embedding"):
             return self._rank_corpus(data)
-        for q, text in data.queries.items():
-            if self.cfg.task == "retrieval":  # a reranker over the whole corpus: every pair scored
-                ids = list(data.corpus)
-            else:
-                ids = first_stage[q] if first_stage else data.candidates.get(q) or list(data.corpus)
-            scores = self.score(text, [data.corpus[d] for d in ids])
+        candidates = {q: list(data.corpus) if self.cfg.task == "retrieval"  # a reranker: every pair scored
+                      else first_stage[q] if first_stage else data.candidates.get(q) or list(data.corpus)
+                      for q in data.queries}
+        if self.role == "embedding":  # a bi-encoder's order of the candidates: each text embedded once
+            return self._rank_candidates(data, candidates)
+        out: dict[str, list[str]] = {}
+        for q, ids in candidates.items():
+            scores = self.score(data.queries[q], [data.corpus[d] for d in ids])
+            out[q] = [d for _, d in sorted(zip(scores, ids), key=lambda item: -item[0])]
+        return out
+
+    def _rank_candidates(self, data: RetrievalSet, candidates: dict[str, list[str]]) -> dict[str, list[str]]:
+        import torch
+
+        ids = list(dict.fromkeys(d for docs in candidates.values() for d in docs))
+        docs = dict(zip(ids, torch.nn.functional.normalize(torch.tensor(self.embed([data.corpus[d] for d in ids])),
+                                                           dim=-1)))
+        queries = torch.nn.functional.normalize(torch.tensor(self.embed(list(data.queries.values()))), dim=-1)
+        out: dict[str, list[str]] = {}
+        for (q, ids), query in zip(candidates.items(), queries):
+            scores = (torch.stack([docs[d] for d in ids]) @ query).tolist()
             out[q] = [d for _, d in sorted(zip(scores, ids), key=lambda item: -item[0])]
         return out
 
@@ -315,8 +329,6 @@ class Scorer:
             return scores
         if self.role == "reranker":
             return self.model.score(query, documents)[0]
-        if self.role == "embedding":  # a bi-encoder's order: the baseline a reranker improves on
-            return self.model.similarity([query] * len(documents), documents)[0]
         raise ConfigError(f"compare: {self.target.name} is a {self.role} model; it cannot rank documents")
 
     # -- classification --------------------------------------------------------
