@@ -101,3 +101,18 @@ def test_the_dao_policy_refuses_an_uncited_draft_whole_and_streamed(server, clie
     text = "".join(p.choices[0].delta.content or "" for p in pieces if p.choices)
     assert text == choice.message.content and pieces[-1].choices[0].finish_reason == "content_filter"
     assert metric(server, "tunesmith_guardrail_blocked_total", model="dao", rule="classifier") == 2
+
+
+def test_json_schema_answers_through_the_sdk_parse_and_validate(client):
+    import json
+
+    schema = {"type": "object", "additionalProperties": False, "required": ["title", "budget"],
+              "properties": {"title": {"type": "string", "maxLength": 20},
+                             "budget": {"type": "integer", "minimum": 0, "maximum": 50000}}}
+    fmt = {"type": "json_schema", "json_schema": {"name": "proposal", "schema": schema, "strict": True}}
+    reply = client.chat.completions.create(model="prd", messages=HELLO, response_format=fmt, max_tokens=60, user="u1")
+    answer = json.loads(reply.choices[0].message.content)
+    assert set(answer) == {"title", "budget"} and 0 <= answer["budget"] <= 50000 and len(answer["title"]) <= 20
+    pieces = [c.choices[0].delta.content or "" for c in client.chat.completions.create(
+        model="prd", messages=HELLO, response_format=fmt, max_tokens=60, stream=True, temperature=1.0) if c.choices]
+    assert len([p for p in pieces if p]) > 3 and set(json.loads("".join(pieces))) == {"title", "budget"}

@@ -330,7 +330,8 @@ def test_more_than_max_concurrent_is_429_with_retry_after():
 
 
 @pytest.mark.parametrize("body, param", [
-    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "objekt"}}}},
+     "response_format"),  # a schema the grammar cannot take (json_object and json_schema are served)
     ({"frequency_penalty": 0.5}, "frequency_penalty"),
     ({"logit_bias": {"50256": -100}}, "logit_bias"),
     ({"tool_choice": "required", "tools": TOOLS}, "tool_choice"),

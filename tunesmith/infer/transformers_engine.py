@@ -12,6 +12,9 @@ Departures from plain `generate`, and why:
   are refused before they join.
 - Requests asking for `logprobs` / `top_logprobs` or a `seed` take a serialised `generate()` path instead, which
   reports the model's own distribution and reseeds per request. Correct, but one at a time.
+- So do requests with a `response_format` (JSON, JSON Schema): their grammar (infer/grammar.py, llguidance) masks the
+  logits of each step through a LogitsProcessor on `generate()`, streamed token by token. The batching loop's
+  per-request processors take only tensor arguments (temperature, top_p), so a grammar cannot ride in the batch.
 - Each named adapter (--adapters) is merged into its own copy of the base (exact in float32): memory grows with the
   number of adapters, every token costs what the base costs.
 - Versions (deploy --model-config) and adapters loaded while serving (the admin API) share one copy of their base:
@@ -143,6 +146,14 @@ class TransformersEngine(Engine):
         p = request.params
         if not prompt:
             raise TunesmithError("the prompt is empty: the model needs at least one token to continue from")
+        if request.response_format is not None:
+            from tunesmith.infer.grammar import compile_response_format
+
+            grammar = compile_response_format(request.response_format)
+            if grammar is not None:
+                async for delta in self._stream_constrained(served, prompt, p, grammar):
+                    yield delta
+                return
         if p.logprobs or p.top_logprobs or (p.seed is not None and p.temperature >= GREEDY_BELOW):
             async for delta in self._stream_exact(served, prompt, p):
                 yield delta
@@ -328,6 +339,67 @@ class TransformersEngine(Engine):
         return getattr(config, "max_position_embeddings", None)
 
     # -------------------------------------------------------------------------
+    # Constrained path: a grammar on generate(), token by token
+
+    async def _stream_constrained(self, served: Served, prompt: list[int], p: SamplingParams,
+                                  grammar: str) -> AsyncIterator[Delta]:
+        loop = asyncio.get_running_loop()
+        for i in range(p.n):
+            queue: asyncio.Queue = asyncio.Queue()
+            streamer = _TokenStream(loop, queue)
+            decoder = _Decoder(served.template, p.stop)
+            work = asyncio.ensure_future(asyncio.to_thread(self._generate_constrained, served, prompt, p, i, grammar,
+                                                           streamer))
+            tokens: list[int] = []
+            try:
+                while True:
+                    item = await queue.get()
+                    if item is None:
+                        break
+                    tokens += item
+                    text, stopped = decoder.update(tokens)
+                    if stopped:
+                        streamer.cancelled = True  # a stop string: generate() ends at its next step
+                        break
+                    if text:
+                        yield Delta(i, text, prompt_tokens=len(prompt), completion_tokens=decoder.count)
+                try:
+                    await work
+                except Exception as err:
+                    raise EngineError(f"constrained generate() failed: {type(err).__name__}: {err}") from err
+                text, _ = decoder.update(tokens, final=True)
+                yield Delta(i, text, decoder.finish_reason(p.max_tokens), prompt_tokens=len(prompt),
+                            completion_tokens=decoder.count)
+            finally:  # the client went away: stop generating (the thread ends at its next step)
+                streamer.cancelled = True
+                if not work.done():
+                    await asyncio.wait([work])
+
+    def _generate_constrained(self, served: Served, prompt: list[int], p: SamplingParams, choice: int, grammar: str,
+                              streamer: _TokenStream) -> None:
+        import torch
+        from transformers import LogitsProcessorList, StoppingCriteriaList
+
+        from tunesmith.infer.grammar import GrammarProcessor
+
+        ids = torch.tensor([prompt], device=served.model.device)
+        sample = p.temperature >= GREEDY_BELOW
+        processor = GrammarProcessor(grammar, served.template, served.model.config.vocab_size)
+        with self.exact_lock, torch.inference_mode():
+            _wait_until_idle(served.manager)
+            if p.seed is not None:
+                torch.manual_seed((p.seed + choice) % 2**64)
+            try:
+                served.model.generate(
+                    input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=p.max_tokens, do_sample=sample,
+                    temperature=p.temperature if sample else None, top_p=p.top_p if sample else None, top_k=None,
+                    eos_token_id=served.template.stop_token_ids, pad_token_id=served.template.tokenizer.pad_token_id,
+                    logits_processor=LogitsProcessorList([processor]), streamer=streamer,
+                    stopping_criteria=StoppingCriteriaList([streamer.stop]))
+            finally:
+                streamer.end()
+
+    # -------------------------------------------------------------------------
     # Exact path: logprobs and seeds
 
     async def _stream_exact(self, served: Served, prompt: list[int], p: SamplingParams) -> AsyncIterator[Delta]:
@@ -391,6 +463,34 @@ def _version(name: str, folder: str, base: str | None, bases: dict[str, Any], dt
     view = copy.deepcopy(shared, {id(t): t for t in [*shared.parameters(), *shared.buffers()]})
     net = models.attach_adapters(view, run.folder, trainable=False).get_base_model()
     return Served(name, net.eval(), Template.load(run.folder)), loads
+
+
+class _TokenStream:
+    """generate()'s streamer: the new token ids of each step, from the generating thread to the caller's loop (None
+    at the end); `stop` ends generate() at its next step once `cancelled` is set."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue):
+        self.loop, self.queue, self.cancelled, self.prompt_seen = loop, queue, False, False
+
+    def put(self, value: Any) -> None:
+        if not self.prompt_seen:  # generate() sends the prompt first
+            self.prompt_seen = True
+            return
+        self._send(value.reshape(-1).tolist())
+
+    def end(self) -> None:
+        self._send(None)
+
+    def _send(self, item: Any) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # the caller's loop is gone
+            self.cancelled = True
+
+    def stop(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        return torch.full((input_ids.shape[0],), self.cancelled, dtype=torch.bool, device=input_ids.device)
 
 
 def _running(manager: Any) -> bool:

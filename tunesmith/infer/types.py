@@ -45,6 +45,7 @@ class GenerationRequest:
     params: SamplingParams = field(default_factory=SamplingParams)
     prompt_ids: list[int] | None = None  # rendered already (Engine.prompt_ids): generated from as given
     chat_template_kwargs: dict | None = None  # this request's template variables, over the served template's own
+    response_format: dict | None = None  # OpenAI's: json_object or json_schema constrain the answer (infer/grammar.py)
 
 
 @dataclass

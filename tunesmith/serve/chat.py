@@ -16,10 +16,12 @@ import time
 import uuid
 from typing import AsyncIterator
 
+from pydantic import ValidationError
+
 from tunesmith.errors import TemplateError
 from tunesmith.infer.types import GenerationRequest, TokenLogprob
 from tunesmith.serve import tool_parsers
-from tunesmith.serve.errors import APIError, stream_error
+from tunesmith.serve.errors import APIError, stream_error, validation_message
 from tunesmith.serve.guardrails import CONTENT_FILTER
 from tunesmith.serve.protocol import (
     AssistantMessage,
@@ -32,6 +34,7 @@ from tunesmith.serve.protocol import (
     ChoiceLogprobs,
     DeltaMessage,
     FunctionCall,
+    JSONSchemaFormat,
     OtherPart,
     SystemMessage,
     TokenLogprobOut,
@@ -51,10 +54,7 @@ async def create_chat_completion(serving: Serving, req: ChatCompletionRequest) -
     refuse_unencodable(req.model_dump(exclude_none=True))
     public, model = serving.model(req.model, req.user)
     serving.refuse_unsupported(req.frequency_penalty, req.presence_penalty, req.logit_bias)
-    if req.response_format is not None and req.response_format.type != "text":
-        raise APIError(400, f"response_format {req.response_format.type} is not supported: tunesmith's engines "
-                       "have no constrained decoding yet. Ask for JSON in the prompt instead, or leave "
-                       "response_format out.", param="response_format")
+    response_format = _response_format(req)
     if req.tool_choice is not None and req.tool_choice not in ("auto", "none"):
         raise APIError(400, "tool_choice: only 'auto' and 'none' are supported (forcing a call needs constrained "
                        "decoding, which tunesmith's engines lack yet)", param="tool_choice")
@@ -68,7 +68,8 @@ async def create_chat_completion(serving: Serving, req: ChatCompletionRequest) -
     params = serving.sampling(req.max_completion_tokens or req.max_tokens, req.temperature, req.top_p, req.stop,
                               req.seed, req.n, bool(req.logprobs), req.top_logprobs or 0)
     gen = GenerationRequest(messages=_messages(req.messages), tools=tools, model=model, params=params,
-                            chat_template_kwargs=_template_kwargs(req.chat_template_kwargs))
+                            chat_template_kwargs=_template_kwargs(req.chat_template_kwargs),
+                            response_format=response_format)
     tool_names = {t["function"]["name"] for t in tools} if tools else set()
     rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     if req.stream:
@@ -80,6 +81,30 @@ async def create_chat_completion(serving: Serving, req: ChatCompletionRequest) -
     choices = [_choice(i, a, tool_names, bool(req.logprobs), serving.engine.reasoning(gen))
                for i, a in enumerate(answers.choices)]
     return ChatCompletionResponse(id=rid, created=created, model=public, choices=choices, usage=answers.usage())
+
+
+def _response_format(req: ChatCompletionRequest) -> dict | None:
+    """json_object / json_schema, checked now (a schema the grammar cannot take is a 400 naming it); None for text.
+    The engine turns it into a grammar on the logits (infer/grammar.py)."""
+    if req.response_format is None or req.response_format.type == "text":
+        return None
+    if req.logprobs:
+        raise APIError(400, "logprobs with response_format: not supported; leave one out", param="logprobs")
+    from tunesmith.infer.grammar import GrammarError, compile_response_format
+
+    fmt = {"type": req.response_format.type}
+    if fmt["type"] == "json_schema":
+        try:
+            spec = JSONSchemaFormat.model_validate(req.response_format.json_schema)
+        except ValidationError as err:
+            message, param = validation_message(err.errors())
+            raise APIError(400, f"response_format.json_schema: {message}", param="response_format") from None
+        fmt["json_schema"] = spec.model_dump(by_alias=True, exclude_none=True)
+    try:
+        compile_response_format(fmt)
+    except GrammarError as err:
+        raise APIError(400, f"response_format.{err}", param="response_format") from None
+    return fmt
 
 
 def _template_kwargs(kwargs: dict | None) -> dict | None:

@@ -142,7 +142,24 @@ class NamedToolChoice(Lenient):
 
 class ResponseFormat(Lenient):
     type: Literal["text", "json_object", "json_schema"]
-    json_schema: dict[str, Any] | None = None
+    json_schema: Any = None  # read for type json_schema only (JSONSchemaFormat), as OpenAI does
+
+
+class JSONSchemaFormat(Lenient):
+    """response_format.json_schema, checked by chat.py; the schema itself by infer/grammar.py."""
+
+    name: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+# what /openapi.json promises for json_schema: OpenAI's shape; a schema the grammar cannot take is still a 400
+JSON_SCHEMA_FORMAT = {"type": "object", "required": ["name"], "properties": {
+    "name": {"type": "string", "pattern": "^[a-zA-Z0-9_-]{1,64}$"},
+    "description": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+    "schema": {"anyOf": [{"type": "object"}, {"type": "null"}], "description": "A JSON Schema for the answer."},
+    "strict": {"anyOf": [{"type": "boolean"}, {"type": "null"}]}}}
 
 
 class StreamOptions(Strict):
@@ -152,7 +169,10 @@ class StreamOptions(Strict):
 
 class ChatCompletionRequest(Strict):
     model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"allOf": [
-        _when({"top_logprobs": {"type": "integer", "minimum": 1}}, {"logprobs": {"const": True}})]})
+        _when({"top_logprobs": {"type": "integer", "minimum": 1}}, {"logprobs": {"const": True}}),
+        {"if": {"properties": {"response_format": {"type": "object", "required": ["type"], "properties": {  # no
+            "type": {"enum": ["json_object", "json_schema"]}}}}, "required": ["response_format"]},  # logprobs under
+         "then": {"properties": {"logprobs": {"not": {"const": True}}}}}]})  # a grammar (chat.py refuses them)
     messages: list[ChatMessage] = Field(..., min_length=1)
     model: str | None = None  # tunesmith: may be left out to use the default model
     frequency_penalty: Annotated[float | None, Field(ge=-2.0, le=2.0), documented(ZERO_ONLY)] = None
@@ -165,9 +185,12 @@ class ChatCompletionRequest(Strict):
     n: integer(ge=1, le=128) = 1
     parallel_tool_calls: bool | None = None
     presence_penalty: Annotated[float | None, Field(ge=-2.0, le=2.0), documented(ZERO_ONLY)] = None
-    response_format: Annotated[ResponseFormat | None, documented(_or_null(
-        {"type": "object", "required": ["type"], "properties": {"type": {"const": "text"}}},
-        "Only text: tunesmith's engines have no constrained decoding yet."))] = None
+    response_format: Annotated[ResponseFormat | None, documented(_or_null({"anyOf": [
+        {"type": "object", "required": ["type"], "properties": {"type": {"enum": ["text", "json_object"]}}},
+        {"type": "object", "required": ["type", "json_schema"], "properties": {
+            "type": {"const": "json_schema"}, "json_schema": JSON_SCHEMA_FORMAT}}]},
+        "json_object or json_schema: the answer is JSON (that the schema accepts), decoded under a grammar; a "
+        "schema the grammar cannot take is a 400."))] = None
     seed: integer() | None = None  # any integer: engines get it modulo 2**63
     service_tier: str | None = None
     stop: str | list[str] | None = None
