@@ -22,7 +22,10 @@ test: $(STAMP)
 	@# or apt the test is skipped and says why
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 || true
 	$(BIN)/tunesmith doctor --output-dir runs
-	$(BIN)/python -m pytest -q tests
+	@# two workers (pytest-xdist), a test file each at a time: the e2e tests wait on subprocesses and servers; then
+	@# the tests marked serial (terminal-driven) in one process
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not serial" tests
+	$(BIN)/python -m pytest -q -m serial tests
 
 clean:
 	rm -rf $(VENV) runs

@@ -1,6 +1,17 @@
-"""GPU-only tests carry @pytest.mark.gpu and are skipped, with the reason shown, where no CUDA GPU is visible."""
+"""GPU-only tests carry @pytest.mark.gpu and are skipped, with the reason shown, where no CUDA GPU is visible.
+Under pytest-xdist (`make test` runs two workers) each worker computes on one thread: two workers of two threads each
+on a 2-core machine spend their time waiting for each other."""
+
+import os
 
 import pytest
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported: its pool takes the value once
+
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -7,6 +7,10 @@ import pytest
 
 from conftest import TUNESMITH
 
+# Driven through a pty: under a pytest-xdist worker the wizard's menu after training never received the keys sent to
+# it (seen 3 times, never in a plain run), so `make test` runs these after the parallel part, in the main process.
+pytestmark = pytest.mark.serial
+
 UP, DOWN, ENTER = "\x1b[A", "\x1b[B", "\r"
 
 
