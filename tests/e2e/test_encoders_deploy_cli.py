@@ -184,3 +184,44 @@ def test_eval_of_the_served_models_equals_eval_of_their_folders(server, folders,
             f"local={folders[name]}", f"served={server.url}/v1#{name}"]))
         assert result.scores["served"] == pytest.approx(result.scores["local"], abs=1e-6)
         assert set(result.scores["local"]) == {"recall@1", "recall@3", "ndcg@1", "ndcg@3", "mrr@3"}
+
+
+# -----------------------------------------------------------------------------
+# The volunteer matcher's pipeline against this server (embedder emb, reranker rr, the tiny chat model as policy)
+
+
+def test_volunteer_pipeline_retrieves_reranks_and_lets_the_policy_assign(server, folders):
+    import json
+
+    from sentence_transformers import CrossEncoder, SentenceTransformer
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "volunteer-matcher"
+    proc = subprocess.run([sys.executable, example / "pipeline.py", "--url", f"{server.url}/v1", "--embedder", "emb",
+                           "--reranker", "rr", "--policy", "chat", "--incident", "heldout-003", "--top-k", "6",
+                           "--keep", "2", "--max-turns", "2", "--max-tokens", "6", "--json"],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    incident = next(json.loads(line) for line in (example / "incidents.jsonl").read_text().splitlines()
+                    if json.loads(line)["id"] == "heldout-003")
+    roster = [json.loads(line) for line in (example / "volunteers.jsonl").read_text().splitlines()]
+    assert list(result["needs"]) == incident["roles"]
+
+    # retrieval = sentence-transformers' cosine order; the shortlist = CrossEncoder.predict's best two of those
+    embedder = SentenceTransformer(str(folders["emb"]), device="cpu")
+    profiles = embedder.encode([v["profile"] for v in roster], normalize_embeddings=True)
+    reranker = CrossEncoder(str(folders["rr"]), device="cpu")
+    role = incident["roles"][0]
+    need = result["needs"][role]
+    similarity = profiles @ embedder.encode(incident["needs"][role], normalize_embeddings=True)
+    assert need["retrieved"] == [roster[i]["id"] for i in (-similarity).argsort(kind="stable")[:6]]
+    texts = {v["id"]: v["profile"] for v in roster}
+    scores = reranker.predict([(incident["needs"][role], texts[i]) for i in need["retrieved"]]).tolist()
+    best = sorted(need["retrieved"], key=lambda i: -scores[need["retrieved"].index(i)])[:2]
+    assert [v["id"] for v in need["shortlist"]] == best
+
+    # the episode: the shortlisted people as V1.., two policy turns scored by env.py (a random model writes no
+    # assignment: each turn is the environment's "not applied" penalty)
+    assert set(result["volunteers"].values()) == {v["id"] for n in result["needs"].values() for v in n["shortlist"]}
+    assert len(result["turns"]) == 2 and result["complete"] is False and result["team"] == {}
+    assert all(t["reward"] == -0.5 and t["observation"].startswith("Not applied") for t in result["turns"])
