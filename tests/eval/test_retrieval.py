@@ -12,7 +12,7 @@ from tiny import make_tiny_encoder
 from tunesmith import api
 from tunesmith.config import load
 from tunesmith.config.eval import EvalConfig
-from tunesmith.errors import ConfigError
+from tunesmith.errors import ConfigError, DataError
 from tunesmith.eval.retrieval import (
     classification_scores,
     load_retrieval_set,
@@ -90,6 +90,13 @@ def test_rows_become_a_corpus_of_their_documents_with_each_query_judged(tmp_path
     assert graded == {"first aid": {"nurse": 1.0, "chef": 0.0, "driver": 0.0},
                       "cook": {"chef": 1.0, "nurse": 0.0, "baker": 1.0}}
     assert [text[d] for d in data.candidates["q1"]] == ["chef", "nurse", "baker"]  # reranking: the query's own
+
+
+def test_a_row_that_is_no_retrieval_row_is_named_by_file_and_line_unless_skipped(tmp_path):
+    rows = write_jsonl(tmp_path / "rows.jsonl", [{"query": "cook", "positive": "chef"}, {"text": "hi", "label": 1}])
+    with pytest.raises(DataError, match=f"{rows}:2: columns: not a reranker row"):
+        load_retrieval_set([str(rows)])
+    assert list(load_retrieval_set([str(rows)], skip_bad_rows=True).queries.values()) == ["cook"]
 
 
 def test_retrieval_settings_are_checked_before_anything_loads():

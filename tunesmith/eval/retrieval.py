@@ -53,7 +53,7 @@ def evaluate_encoders(cfg: EvalConfig) -> Any:
         rows = _classification_rows(cfg)
         columns, size, what = ["accuracy", "f1_macro"], len(rows), f"{len(rows)} labelled texts"
     else:
-        data = load_retrieval_set(cfg.dataset, cfg.limit, cfg.encoding)
+        data = load_retrieval_set(cfg.dataset, cfg.limit, cfg.encoding, cfg.skip_bad_rows)
         ks = sorted(set(cfg.k))
         columns = [f"recall@{k}" for k in ks] + [f"ndcg@{ks[-1]}", f"mrr@{ks[-1]}"]  # results.json: nDCG at every k
         size, what = len(data.queries), f"{len(data.queries)} queries over {len(data.corpus)} documents"
@@ -121,11 +121,12 @@ def _targets(cfg: EvalConfig) -> list[Target]:
 # Data
 
 
-def load_retrieval_set(specs: list[str], limit: int | None = None, encoding: str = "utf-8") -> RetrievalSet:
+def load_retrieval_set(specs: list[str], limit: int | None = None, encoding: str = "utf-8",
+                       skip_bad_rows: bool = False) -> RetrievalSet:
     if len(specs) == 1 and (Path(specs[0]) / "corpus.jsonl").exists():
         data = _beir(Path(specs[0]))
     else:
-        data = _from_rows(specs, encoding)
+        data = _from_rows(specs, encoding, skip_bad_rows)
     ids = [q for q in data.queries if any(g > 0 for g in data.qrels.get(q, {}).values())]
     if not ids:
         raise DataError(f"{', '.join(specs)}: no query has a relevant document to find")
@@ -157,12 +158,12 @@ def _beir(folder: Path) -> RetrievalSet:
     return RetrievalSet(corpus, queries, qrels)
 
 
-def _from_rows(specs: list[str], encoding: str) -> RetrievalSet:
+def _from_rows(specs: list[str], encoding: str, skip_bad_rows: bool) -> RetrievalSet:
     from tunesmith.data.load import load_rows
     from tunesmith.data.pairs import Triplet
 
     data = load_rows(specs, kind="reranker", encoding=encoding)
-    data.raise_if_bad(False)
+    data.raise_if_bad(skip_bad_rows)
     doc_ids: dict[str, str] = {}
     query_ids: dict[str, str] = {}
     out = RetrievalSet({}, {}, {})
