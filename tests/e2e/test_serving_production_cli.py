@@ -116,3 +116,13 @@ def test_json_schema_answers_through_the_sdk_parse_and_validate(client):
     pieces = [c.choices[0].delta.content or "" for c in client.chat.completions.create(
         model="prd", messages=HELLO, response_format=fmt, max_tokens=60, stream=True, temperature=1.0) if c.choices]
     assert len([p for p in pieces if p]) > 3 and set(json.loads("".join(pieces))) == {"title", "budget"}
+
+
+def test_anthropic_messages_through_the_sdk(server):
+    anthropic = pytest.importorskip("anthropic")
+    client = anthropic.Anthropic(base_url=server.url, api_key=USER_KEY, max_retries=0)  # sent as x-api-key
+    reply = client.messages.create(model="prd", max_tokens=5, messages=[{"role": "user", "content": "Draft it"}],
+                                   metadata={"user_id": "user-1"})
+    assert reply.type == "message" and reply.model in ("prd:v1", "prd:v2") and reply.usage.output_tokens == 5
+    with client.messages.stream(model="dao", max_tokens=5, messages=[{"role": "user", "content": "Draft it"}]) as s:
+        assert s.get_final_message().stop_reason == "refusal"  # the DAO policy holds here too

@@ -23,8 +23,11 @@ def prompt_ids(template: Any, request: GenerationRequest) -> list[int]:
     if request.prompt_ids is not None:
         return list(request.prompt_ids)
     if request.messages is not None:
-        return template.render_prompt(request.messages, tools=request.tools,
-                                      chat_template_kwargs=request.chat_template_kwargs)
+        ids = template.render_prompt(request.messages, tools=request.tools,
+                                     chat_template_kwargs=request.chat_template_kwargs)
+        if request.assistant_prefix:  # encoded as training encodes an answer: its own segment after the prompt
+            ids += template.tokenizer(request.assistant_prefix, add_special_tokens=False)["input_ids"]
+        return ids
     ids = template.tokenizer(request.prompt or "")["input_ids"]
     if not ids:  # "" (or text the tokenizer drops, such as "\x04"): start from the start of text, as OpenAI does
         start = template.tokenizer.bos_token_id

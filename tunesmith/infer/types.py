@@ -46,6 +46,7 @@ class GenerationRequest:
     prompt_ids: list[int] | None = None  # rendered already (Engine.prompt_ids): generated from as given
     chat_template_kwargs: dict | None = None  # this request's template variables, over the served template's own
     response_format: dict | None = None  # OpenAI's: json_object or json_schema constrain the answer (infer/grammar.py)
+    assistant_prefix: str | None = None  # the answer starts with this text (Anthropic's prefill); it continues it
 
 
 @dataclass

@@ -82,11 +82,11 @@ def document(app: FastAPI, cfg: DeployConfig) -> dict[str, Any]:
         schemas[model.__name__] = found
     for name in ("HTTPValidationError", "ValidationError"):
         schemas.pop(name, None)
-    for name in ("ChatCompletionRequest", "CompletionRequest"):
+    for name in ("ChatCompletionRequest", "CompletionRequest", "MessagesRequest"):
         for field in ("max_tokens", "max_completion_tokens"):
             prop = schemas.get(name, {}).get("properties", {}).get(field)
-            if prop is not None:
-                prop["anyOf"][0]["maximum"] = cfg.max_tokens_limit  # --max-tokens-limit
+            if prop is not None:  # --max-tokens-limit (MessagesRequest's is required: no anyOf with null)
+                (prop["anyOf"][0] if "anyOf" in prop else prop)["maximum"] = cfg.max_tokens_limit
     _encoder_routes(schema, getattr(app.state, "serving", None))
     open_paths = OPEN_PATHS | (set() if cfg.metrics_require_key else {"/metrics"})
     secured = cfg.api_key is not None or cfg.keys is not None  # user keys (--api-key, --keys); /admin: keyed always

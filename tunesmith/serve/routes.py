@@ -14,6 +14,7 @@ from tunesmith.serve.chat import create_chat_completion
 from tunesmith.serve.classify import ClassificationRequest, ClassificationResponse, create_classification
 from tunesmith.serve.completion import create_completion
 from tunesmith.serve.embeddings import EmbeddingRequest, EmbeddingResponse, create_embeddings
+from tunesmith.serve.messages import MessagesRequest, MessagesResponse, create_message
 from tunesmith.serve.openapi import answers
 from tunesmith.serve.protocol import (
     ChatCompletionChunk,
@@ -90,6 +91,26 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
              responses=answers(400, 404, 413, 429, 500, 503, ok=CompletionResponse, stream=CompletionResponse))
 async def completions(body: CompletionRequest, request: Request):
     return _respond(await create_completion(_serving(request), body))
+
+
+MESSAGE_EVENTS = {"type": "object", "required": ["event", "data"], "description": "Anthropic's server-sent events "
+                  "when stream is true: message_start, content_block_start, content_block_delta..., "
+                  "content_block_stop, message_delta, message_stop (or error).", "properties": {
+                      "event": {"enum": ["message_start", "content_block_start", "content_block_delta",
+                                         "content_block_stop", "message_delta", "message_stop", "error"]},
+                      "data": {"type": "string", "contentMediaType": "application/json"}}}
+
+
+def _message_answers() -> dict:
+    out = answers(400, 404, 413, 429, 500, 503, ok=MessagesResponse)
+    out[200]["content"] = {"text/event-stream": {"schema": MESSAGE_EVENTS}}
+    return out
+
+
+@router.post("/v1/messages", response_model=None, responses=_message_answers())
+async def messages(body: MessagesRequest, request: Request):
+    """Anthropic's Messages API on the same models (serve/messages.py)."""
+    return _respond(await create_message(_serving(request), body))
 
 
 # -----------------------------------------------------------------------------

@@ -1,0 +1,74 @@
+"""POST /v1/messages (Anthropic's Messages API, serve/messages.py) through the official `anthropic` SDK, in process
+(its http_client is the app's TestClient): the same engine and template as /v1/chat/completions give the same
+answer, whole and streamed; a last assistant message is a prefill; what is not served is a 400 naming it; guardrails
+and versions apply as on the OpenAI routes."""
+
+import pytest
+from fastapi.testclient import TestClient
+from scripted_engine import ScriptedEngine
+
+from tunesmith.config import DeployConfig
+from tunesmith.infer import load_engine
+from tunesmith.serve.app import build_app
+
+anthropic = pytest.importorskip("anthropic")
+SYSTEM, USER = "You draft DAO proposals.", "Fund a security audit."
+
+
+def sdk(app):
+    return anthropic.Anthropic(base_url="http://testserver", api_key="none", http_client=TestClient(app),
+                               max_retries=0)
+
+
+def test_same_answer_as_chat_completions_whole_and_streamed(tiny_model):
+    engine = load_engine("transformers", model=str(tiny_model), device="cpu", dtype="float32", kv_cache_gib=0.25)
+    app = build_app(engine, DeployConfig())
+    with TestClient(app) as http:
+        chat = http.post("/v1/chat/completions", json={"max_tokens": 8, "temperature": 0, "messages": [
+            {"role": "system", "content": SYSTEM}, {"role": "user", "content": USER}]}).json()
+        client = anthropic.Anthropic(base_url="http://testserver", api_key="none", http_client=http, max_retries=0)
+        greedy = {"temperature": 0}  # this SDK release sends sampling settings as extra fields only
+        reply = client.messages.create(model=chat["model"], max_tokens=8, system=SYSTEM, extra_body=greedy,
+                                       messages=[{"role": "user", "content": USER}])
+        assert reply.content[0].text == chat["choices"][0]["message"]["content"]
+        assert reply.stop_reason == {"stop": "end_turn", "length": "max_tokens"}[chat["choices"][0]["finish_reason"]]
+        assert reply.usage.input_tokens == chat["usage"]["prompt_tokens"] and reply.usage.output_tokens == 8
+        with client.messages.stream(model=chat["model"], max_tokens=8, system=SYSTEM, extra_body=greedy,
+                                    messages=[{"role": "user", "content": [{"type": "text", "text": USER}]}]) as s:
+            assert s.get_final_text() == reply.content[0].text
+            assert s.get_final_message().stop_reason == reply.stop_reason
+    from tunesmith.infer import GenerationRequest
+
+    turn = [{"role": "user", "content": USER}]
+    prefilled = engine.prompt_ids(GenerationRequest(messages=turn, assistant_prefix="Sure: the audit"))
+    tokenizer = engine.template_for(None).tokenizer
+    assert prefilled == engine.prompt_ids(GenerationRequest(messages=turn)) + tokenizer(
+        "Sure: the audit", add_special_tokens=False)["input_ids"]  # the answer continues the prefill
+
+
+def test_prefill_system_blocks_and_what_is_refused():
+    engine = ScriptedEngine(pieces=["Hello", " there"])
+    client = sdk(build_app(engine, DeployConfig()))
+    reply = client.messages.create(model="base", max_tokens=5, system=[{"type": "text", "text": "Be brief."}],
+                                   messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Sure:"}],
+                                   stop_sequences=["there"])
+    request = engine.requests[-1]
+    assert request.assistant_prefix == "Sure:" and request.params.stop == ["there"]
+    assert request.messages == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+    assert reply.content[0].text == "Hello " and reply.stop_reason == "end_turn" and reply.id.startswith("msg_")
+    for extra, param in [({"tools": [{"name": "x", "input_schema": {"type": "object"}}]}, "tools"),
+                         ({"extra_body": {"top_k": 5}}, "top_k"),
+                         ({"messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]},
+                          "messages[0].content")]:
+        body = {"model": "base", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}], **extra}
+        with pytest.raises(anthropic.BadRequestError) as err:
+            client.messages.create(**body)
+        assert err.value.status_code == 400 and err.value.body["error"]["param"] == param
+
+
+def test_guardrails_refuse_as_stop_reason_refusal(tmp_path):
+    policy = tmp_path / "p.yaml"
+    policy.write_text('deny_keywords: [there]\nrefusal: "No."\n')
+    client = sdk(build_app(ScriptedEngine(pieces=["Hello", " there"]), DeployConfig(guardrails=[f"base={policy}"])))
+    reply = client.messages.create(model="base", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
+    assert (reply.content[0].text, reply.stop_reason) == ("No.", "refusal")

@@ -1,0 +1,161 @@
+"""POST /v1/messages (Anthropic's Messages API), with no HTTP: the same engine, chat template, versions, keys and
+guardrails as /v1/chat/completions, in Anthropic's request, response and stream shapes, so the official `anthropic`
+SDK works unchanged (base_url=http://HOST:PORT, its x-api-key header is accepted beside Bearer).
+
+    reply = await create_message(serving, MessagesRequest(model="prd", max_tokens=200, messages=[...]))
+
+Mapping: `system` becomes the system message; a last assistant message is a prefill (the answer continues it, its
+text encoded after the prompt as training encodes an answer); `stop_sequences` are stop strings; `metadata.user_id`
+is the sticky user of a model with versions. stop_reason: end_turn (the model's end of turn or a stop sequence: the
+engines do not say which), max_tokens, or refusal (an output guardrail blocked the answer). Text blocks only: images,
+documents, tools and extended thinking are refused by name (400), and /openapi.json says so. Errors keep this server's
+one shape ({"error": {"message", "type", ...}}), which the anthropic SDK reads as well.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, WithJsonSchema
+
+from tunesmith.infer.types import GenerationRequest
+from tunesmith.serve.errors import APIError, stream_error
+from tunesmith.serve.guardrails import CONTENT_FILTER
+from tunesmith.serve.protocol import Lenient, Strict, documented, integer
+from tunesmith.serve.serving import EventStream, Generation, Serving, refuse_unencodable
+
+TEXT_BLOCKS = {"type": "array", "items": {"type": "object", "required": ["type", "text"], "properties": {
+    "type": {"const": "text"}, "text": {"type": "string"}}}}
+REFUSED = {"type": "null", "description": "Not supported here (text blocks only): leave it out."}
+STOP_REASON = {"stop": "end_turn", "length": "max_tokens", CONTENT_FILTER: "refusal"}
+
+
+class TextBlock(Lenient):
+    type: Literal["text"]
+    text: str
+
+
+class OtherBlock(Lenient):
+    """image, document, tool_use, tool_result, thinking...: parsed so they can be refused by name."""
+
+    type: str
+
+
+class MessageParam(Lenient):
+    role: Literal["user", "assistant"]
+    content: Annotated[str | list[TextBlock | OtherBlock], documented({"anyOf": [{"type": "string"}, TEXT_BLOCKS]})]
+
+
+class Metadata(Lenient):
+    user_id: str | None = None
+
+
+class MessagesRequest(Strict):
+    model: str | None = None  # tunesmith: may be left out to use the default model
+    messages: Annotated[list[MessageParam], Field(min_length=1), WithJsonSchema({  # the first one a user's, as
+        "type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/MessageParam"},  # Anthropic asks
+        "prefixItems": [{"allOf": [{"$ref": "#/components/schemas/MessageParam"},  # (items: the ones after it)
+                                   {"properties": {"role": {"const": "user"}}}]}]})]
+    max_tokens: integer(ge=1)
+    system: Annotated[str | list[TextBlock] | None, documented({"anyOf": [{"type": "string"}, TEXT_BLOCKS,
+                                                                          {"type": "null"}]})] = None
+    metadata: Metadata | None = None
+    stop_sequences: list[str] | None = None
+    stream: bool = False
+    temperature: float | None = Field(None, ge=0.0, le=1.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    top_k: Annotated[Any, documented(REFUSED)] = None
+    tools: Annotated[Any, documented(REFUSED)] = None
+    tool_choice: Annotated[Any, documented(REFUSED)] = None
+    thinking: Annotated[Any, documented(REFUSED)] = None
+
+
+class ContentText(BaseModel):
+    type: Literal["text"] = "text"
+    text: str
+
+
+class MessageUsage(BaseModel):
+    input_tokens: int
+    output_tokens: int
+
+
+class MessagesResponse(BaseModel):
+    id: str
+    type: Literal["message"] = "message"
+    role: Literal["assistant"] = "assistant"
+    model: str
+    content: list[ContentText]
+    stop_reason: Literal["end_turn", "max_tokens", "stop_sequence", "refusal"] | None
+    stop_sequence: str | None = None
+    usage: MessageUsage
+
+
+async def create_message(serving: Serving, req: MessagesRequest) -> MessagesResponse | EventStream:
+    refuse_unencodable(req.model_dump(exclude_none=True))
+    for param in ("top_k", "tools", "tool_choice", "thinking"):
+        if getattr(req, param) is not None:
+            raise APIError(400, f"{param} is not supported on /v1/messages here (text in, text out); leave it out"
+                           + ("; tools are served on /v1/chat/completions" if param.startswith("tool") else ""),
+                           param=param)
+    public, model = serving.model(req.model, req.metadata.user_id if req.metadata else None)
+    serving.limit_max_tokens(req.max_tokens, "max_tokens")
+    if req.messages[0].role != "user":
+        raise APIError(400, "messages[0].role: the first message must be the user's", param="messages[0].role")
+    messages = [{"role": m.role, "content": _text(m.content, f"messages[{i}].content")}
+                for i, m in enumerate(req.messages)]
+    prefix = messages.pop()["content"] if messages[-1]["role"] == "assistant" else None
+    if req.system:
+        messages.insert(0, {"role": "system", "content": _text(req.system, "system")})
+    params = serving.sampling(req.max_tokens, req.temperature, req.top_p, req.stop_sequences or [], None, 1, False, 0)
+    gen = GenerationRequest(messages=messages, model=model, params=params, assistant_prefix=prefix)
+    rid = f"msg_{uuid.uuid4().hex}"
+    if req.stream:
+        return await serving.stream(gen, public, "max_tokens", lambda generation: _events(generation, rid, public))
+    answers = await serving.collect([gen], public, "max_tokens")
+    a = answers.choices[0]
+    return MessagesResponse(id=rid, model=public, content=[ContentText(text=a.text)],
+                            stop_reason=STOP_REASON.get(a.finish_reason or "stop", "end_turn"),
+                            usage=MessageUsage(input_tokens=answers.prompt_tokens, output_tokens=a.completion_tokens))
+
+
+def _text(content: str | list, param: str) -> str:
+    if isinstance(content, str):
+        return content
+    for block in content:
+        if isinstance(block, OtherBlock):
+            raise APIError(400, f"{param}: {block.type!r} blocks are not supported; this server reads text blocks",
+                           param=param)
+    return "".join(block.text for block in content)
+
+
+def _event(kind: str, data: dict) -> str:
+    return f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n"
+
+
+async def _events(generation: Generation, rid: str, public: str) -> AsyncIterator[str]:
+    """Anthropic's sequence: message_start, content_block_start, content_block_delta per piece, content_block_stop,
+    message_delta (stop_reason, output tokens), message_stop; a failure after the 200 is an `error` event."""
+    usage = {"input_tokens": generation.answers.prompt_tokens, "output_tokens": 0}
+    message = {"id": rid, "type": "message", "role": "assistant", "model": public, "content": [], "stop_reason": None,
+               "stop_sequence": None, "usage": usage}
+    try:
+        yield _event("message_start", {"message": message})
+        yield _event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
+        reason = "end_turn"
+        async for delta, answer in generation.deltas():
+            if delta.text:
+                yield _event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": delta.text}})
+            if delta.finish_reason is not None:
+                reason = STOP_REASON.get(delta.finish_reason, "end_turn")
+        yield _event("content_block_stop", {"index": 0})
+        yield _event("message_delta", {"delta": {"stop_reason": reason, "stop_sequence": None},
+                                       "usage": {"output_tokens": generation.answers.completion_tokens}})
+        yield _event("message_stop", {})
+    except Exception as err:  # noqa: BLE001 - mid-stream the status is sent: report in the stream
+        yield _event("error", stream_error(err))
+    finally:
+        await generation.close()
