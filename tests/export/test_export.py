@@ -129,6 +129,15 @@ def test_merge_lora_false_writes_the_adapter_that_loads_on_its_base(lora_run, ti
     assert L.describe(lora_run).startswith(f"{lora_run / 'final'}: lineage.json")  # a run folder: its final/
 
 
+def test_the_api_function_survives_its_package_being_imported(lora_run, tmp_path):
+    import tunesmith
+    import tunesmith.export.run  # noqa: F401 - binds tunesmith.export to the package
+
+    out = tunesmith.export(ExportConfig(adapters=str(lora_run / "final"), merge_lora=False, greedy_prompts=0,
+                                        eval_tokens=16, output=str(tmp_path / "a")))
+    assert (out / L.LINEAGE_FILE).exists()
+
+
 def test_refusals_come_before_any_work(lora_run, toy_data, tmp_path):
     with pytest.raises(ConfigError, match="needs the adapter merged"):
         load(ExportConfig, ["--adapters", str(lora_run / "final"), "--merge-lora", "false", "--quant", "bnb4"])
