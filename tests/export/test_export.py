@@ -131,7 +131,7 @@ def test_merge_lora_false_writes_the_adapter_that_loads_on_its_base(lora_run, ti
 
 def test_the_api_function_survives_its_package_being_imported(lora_run, tmp_path):
     import tunesmith
-    import tunesmith.export.run  # noqa: F401 - binds tunesmith.export to the package
+    import tunesmith.export.run  # binds tunesmith.export to the package
 
     out = tunesmith.export(ExportConfig(adapters=str(lora_run / "final"), merge_lora=False, greedy_prompts=0,
                                         eval_tokens=16, output=str(tmp_path / "a")))
