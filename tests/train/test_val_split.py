@@ -31,12 +31,13 @@ def test_one_conversations_turns_stay_on_one_side_of_the_split(tmp_path):
     data.write_text("".join(json.dumps(conversation(k)) + "\n" for k in range(10)), encoding="utf-8")
     template = Template(family_tokenizer(FAMILIES["qwen3"]))
     cfg = SFTConfig(model="unused", dataset=[str(data)], val_split=0.3, max_length=512)
-    train, held, skipped = sft_data(cfg, template)
+    data = sft_data(cfg, template)
+    train, held, skipped = data.train, data.eval, data.skipped
     train_convs, held_convs = conversations_in(train, template.tokenizer), conversations_in(held, template.tokenizer)
     assert len(held_convs) == 3 and len(train_convs) == 7 and skipped == 0  # ceil(0.3 x 10) conversations held out
     assert not set(train_convs) & set(held_convs)
     assert set(train_convs.values()) == set(held_convs.values()) == {3}  # every turn of each, as its own sample
-    again, _, _ = sft_data(cfg, template)
+    again = sft_data(cfg, template).train
     assert conversations_in(again, template.tokenizer) == train_convs  # the seed draws the same rows
 
 
