@@ -14,7 +14,8 @@ Files (in this folder):
   volunteers.jsonl      the roster: id, name, skills, certificates, district, location, free, booked, profile text
   incidents.jsonl       every incident, split train or heldout, its roles and one need text per role
   embed_train.jsonl     query (a need) / positive (a grade-2 profile) / negative (a near miss): sft --task embedding
-  rerank_train.jsonl    query / positive / negatives (grade 1, far, other skill): sft --task reranker
+  rerank_train.jsonl    query / positive / up to 7 negatives (2 grade 1, 2 far, 3 near with another skill):
+                        sft --task reranker
   heldout/              BEIR folder of the held-out needs: corpus.jsonl (the roster), queries.jsonl, qrels/test.tsv
 """
 
@@ -148,6 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=3)
     args = parser.parse_args(argv)
     rng = random.Random(args.seed)
+    more = random.Random(args.seed + 1)  # the reranker's extra negatives: the other rows stay as they were
     roster = [volunteer(rng, i) for i in range(args.volunteers)]
     incidents = [incident(rng, i, "train") for i in range(args.train_incidents)]
     incidents += [incident(rng, i, "heldout") for i in range(args.heldout)]
@@ -171,7 +173,12 @@ def main(argv: list[str] | None = None) -> None:
                                    "negative": rng.choice(misses)["profile"]})
             if best:
                 negatives = [rng.choice(pool)["profile"] for pool in (partly, far, near_other) if pool]
-                rerank_rows.append({"query": need, "positive": rng.choice(best)["profile"], "negatives": negatives})
+                positive = rng.choice(best)["profile"]
+                for pool, most in ((partly, 2), (far, 2), (near_other, 3)):  # more near misses, 7 in all at most
+                    rest = [v["profile"] for v in pool if v["profile"] not in negatives]
+                    taken = sum(1 for v in pool if v["profile"] in negatives)
+                    negatives += more.sample(rest, max(0, min(most - taken, len(rest))))
+                rerank_rows.append({"query": need, "positive": positive, "negatives": negatives})
     write_jsonl(out / "embed_train.jsonl", embed_rows)
     write_jsonl(out / "rerank_train.jsonl", rerank_rows)
 
