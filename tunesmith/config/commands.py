@@ -304,6 +304,19 @@ class DeployConfig(Section):
     max_prompt_tokens: int | None = Field(None, ge=1, description="Reject longer prompts with 400 (default: no limit).")
     max_tokens_limit: int = Field(4096, ge=1, description="Largest max_tokens a request may ask for.")
     max_body_bytes: int = Field(2_000_000, ge=1, description="Largest request body; larger ones are answered 413.")
+    # images in chat requests (vision models; serve/images.py): data: URIs always, local files and URLs when allowed
+    image_root: str | None = Field(None, description=(
+        "Folder that image_url parts may name local files in (file:///abs/path or a path relative to it); files "
+        "outside it, and every local path without it, are refused."))
+    allow_remote_images: bool = Field(False, description=(
+        "Let image_url parts name http(s) URLs that the server downloads (off: a server must not fetch arbitrary URLs "
+        "for its callers); hosts at private, loopback or link-local addresses stay refused."))
+    remote_image_hosts: list[str] = Field(default_factory=list, description=(
+        "With --allow-remote-images: hosts allowed even at private or loopback addresses (an intranet image store)."))
+    image_max_bytes: int = Field(10_000_000, ge=1, description=(
+        "Largest image a request may bring, as a data: URI, a local file or a download (data: URIs are bounded by "
+        "--max-body-bytes too)."))
+    image_timeout: float = Field(10.0, gt=0, description="Longest a remote image download may take, in seconds.")
     generation: GenerationCfg = Field(default_factory=GenerationCfg, description="Defaults for what a request leaves out.")
     system: str | None = Field(None, description="System prompt (default: the one the model was trained with).")
     chat_template_kwargs: dict = Field(default_factory=dict, description=(

@@ -47,6 +47,7 @@ class GenerationRequest:
     chat_template_kwargs: dict | None = None  # this request's template variables, over the served template's own
     response_format: dict | None = None  # OpenAI's: json_object or json_schema constrain the answer (infer/grammar.py)
     assistant_prefix: str | None = None  # the answer starts with this text (Anthropic's prefill); it continues it
+    images: list | None = None  # PIL images for a vision model, one per {"type": "image"} part of the messages, in order
 
 
 @dataclass
@@ -106,6 +107,11 @@ class Engine(ABC):
     @abstractmethod
     def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         """Yield Deltas of all n choices, interleaved, each choice ending with a finish_reason."""
+
+    def accepts_images(self, model: str | None = None) -> bool:
+        """Whether the served model reads images (a vision-language model); requests with images to any other are
+        refused by name."""
+        return False
 
     def reasoning(self, request: GenerationRequest) -> Any:
         """A fresh templates.ReasoningSplit for one choice of this chat request (it keeps state while streaming), or

@@ -34,9 +34,11 @@ from tunesmith.serve.protocol import (
     ChoiceLogprobs,
     DeltaMessage,
     FunctionCall,
+    ImagePart,
     JSONSchemaFormat,
     OtherPart,
     SystemMessage,
+    TextPart,
     TokenLogprobOut,
     ToolCall,
     ToolCallDelta,
@@ -67,9 +69,12 @@ async def create_chat_completion(serving: Serving, req: ChatCompletionRequest) -
     tools = [t.model_dump(exclude_none=True) for t in req.tools] if use_tools and req.tools else None
     params = serving.sampling(req.max_completion_tokens or req.max_tokens, req.temperature, req.top_p, req.stop,
                               req.seed, req.n, bool(req.logprobs), req.top_logprobs or 0)
-    gen = GenerationRequest(messages=_messages(req.messages), tools=tools, model=model, params=params,
+    vision = serving.engine.accepts_images(model)
+    messages = _messages(req.messages, vision)
+    images = await read_images(serving, req.messages) if vision else None
+    gen = GenerationRequest(messages=messages, tools=tools, model=model, params=params,
                             chat_template_kwargs=_template_kwargs(req.chat_template_kwargs),
-                            response_format=response_format)
+                            response_format=response_format, images=images or None)
     tool_names = {t["function"]["name"] for t in tools} if tools else set()
     rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     if req.stream:
@@ -192,12 +197,15 @@ async def _events(generation: Generation, rid: str, created: int, public: str, n
 # Messages and logprobs in OpenAI's shapes
 
 
-def _messages(messages: list[SystemMessage | UserMessage | AssistantTurn | ToolMessage]) -> list[dict]:
+def _messages(messages: list[SystemMessage | UserMessage | AssistantTurn | ToolMessage],
+              vision: bool = False) -> list[dict]:
     """OpenAI messages as chat templates take them: text content, `developer` as `system`, tool-call arguments as
-    objects (what Hugging Face templates expect; OpenAI sends them as JSON text)."""
+    objects (what Hugging Face templates expect; OpenAI sends them as JSON text). For a vision model a user message
+    with images keeps its parts in order, each image as {"type": "image"} (read_images reads the pictures)."""
     out = []
     for i, m in enumerate(messages):
-        msg: dict = {"role": "system" if m.role == "developer" else m.role, "content": _text(m, i)}
+        content = _parts(m, i) if vision and _other_parts(m) else _text(m, i)
+        msg: dict = {"role": "system" if m.role == "developer" else m.role, "content": content}
         if getattr(m, "name", None):
             msg["name"] = m.name
         if isinstance(m, AssistantTurn) and m.tool_calls:
@@ -219,10 +227,61 @@ def _text(m: SystemMessage | UserMessage | AssistantTurn | ToolMessage, i: int) 
         raise APIError(400, f"messages[{i}].content: missing (only an assistant message with tool_calls may have "
                        "none)", param=f"messages[{i}].content")
     for part in m.content:
-        if isinstance(part, OtherPart):
+        if isinstance(part, (OtherPart, ImagePart)):  # a text model's request (a vision model's images: _parts)
             raise APIError(400, f"messages[{i}].content: {part.type!r} parts are not supported; this server reads "
                            "text parts only", param=f"messages[{i}].content")
     return "\n".join(part.text for part in m.content)
+
+
+def _has_images(m: SystemMessage | UserMessage | AssistantTurn | ToolMessage) -> bool:
+    return isinstance(m, UserMessage) and isinstance(m.content, list) and any(isinstance(p, ImagePart)
+                                                                               for p in m.content)
+
+
+def _other_parts(m: SystemMessage | UserMessage | AssistantTurn | ToolMessage) -> bool:
+    """A user message with parts other than text: a vision model reads its images (and refuses the rest by part)."""
+    return isinstance(m, UserMessage) and isinstance(m.content, list) and any(not isinstance(p, TextPart)
+                                                                               for p in m.content)
+
+
+def _parts(m: UserMessage, i: int) -> list[dict]:
+    out: list[dict] = []
+    for j, part in enumerate(m.content):
+        if isinstance(part, OtherPart):
+            _refuse_part(part, i, j)
+        out.append({"type": "image"} if isinstance(part, ImagePart) else {"type": "text", "text": part.text})
+    return out
+
+
+def _refuse_part(part: OtherPart, i: int, j: int) -> None:
+    if part.type == "image_url":
+        raise APIError(400, f"messages[{i}].content[{j}].image_url: expected {{\"url\": \"data:image/png;base64,...\"}} "
+                       "(or an http(s) URL, or a file under the server's --image-root)",
+                       param=f"messages[{i}].content[{j}].image_url")
+    raise APIError(400, f"messages[{i}].content[{j}]: {part.type!r} parts are not supported; this server reads text "
+                   "and image_url parts", param=f"messages[{i}].content[{j}]")
+
+
+async def read_images(serving: Serving, messages: list) -> list:
+    """The pictures of a vision model's request, in order, read in a worker thread under the server's image policy
+    (serve/images.py); one that cannot be used is a 400 naming its part."""
+    import anyio
+
+    from tunesmith.serve.images import ImageRefused, read_image
+
+    wanted = [(f"messages[{i}].content[{j}].image_url", p.image_url.url) for i, m in enumerate(messages)
+              if _has_images(m) for j, p in enumerate(m.content) if isinstance(p, ImagePart)]
+
+    def read_all() -> list:
+        images = []
+        for param, url in wanted:
+            try:
+                images.append(read_image(url, serving.images))
+            except ImageRefused as err:
+                raise APIError(400, f"{param}: {err}", param=param) from None
+        return images
+
+    return await anyio.to_thread.run_sync(read_all) if wanted else []
 
 
 def _loads(arguments: str) -> object:

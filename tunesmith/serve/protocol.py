@@ -69,8 +69,21 @@ class TextPart(Lenient):
     text: str
 
 
+class ImageURL(Lenient):
+    url: str  # data:image/...;base64,..., https://..., or a file under the server's --image-root (serve/images.py)
+    detail: Literal["auto", "low", "high"] | None = None  # accepted; the model's processor sets the resolution
+
+
+class ImagePart(Lenient):
+    """Read for vision models (serve/images.py), refused by name for text models; /openapi.json lists it only where
+    a vision model is served."""
+
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
 class OtherPart(Lenient):
-    """image_url, input_audio, file...: parsed so chat.py can refuse them by name; /openapi.json lists text only."""
+    """input_audio, file, a malformed image_url...: parsed so chat.py can refuse them by name."""
 
     type: str
 
@@ -94,7 +107,8 @@ class SystemMessage(Lenient):
 
 class UserMessage(Lenient):
     role: Literal["user"]
-    content: Annotated[str | list[TextPart | OtherPart], documented({"anyOf": [{"type": "string"}, TEXT_PARTS]})]
+    content: Annotated[str | list[TextPart | ImagePart | OtherPart],
+                       documented({"anyOf": [{"type": "string"}, TEXT_PARTS]})]
     name: str | None = None
 
 

@@ -27,6 +27,7 @@ from tunesmith.serve import keys
 from tunesmith.serve.context import current
 from tunesmith.serve.errors import APIError, engine_errors
 from tunesmith.serve.guardrails import CONTENT_FILTER, Guard, Guards
+from tunesmith.serve.images import ImagePolicy
 from tunesmith.serve.metrics import Metrics, Slot, Slots
 from tunesmith.serve.protocol import ModelCard, ModelList, Usage
 from tunesmith.serve.versions import Versions
@@ -68,6 +69,7 @@ class Serving:
                               "name them apart")
         self.loading: set[str] = set()  # names the admin API is loading now (admin.py)
         self.guards = Guards.build(cfg.guardrails, self.metrics.registry)  # output policies per model
+        self.images = ImagePolicy.from_config(cfg)  # where image_url parts may come from (images.py)
         self.guards.check_names(self.public_names())
         # the model a request that names none gets: the base or first adapter, else the first model with versions
         self.default = next(iter(self.names), None) or next(iter(self.versions.models if self.versions else ()), None)
