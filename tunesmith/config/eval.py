@@ -14,7 +14,7 @@ from pydantic import Field, model_validator
 
 from tunesmith.config.sections import GENERATION_SHORTCUTS, Device, Dtype, GenerationCfg, Section
 
-Metric = Literal["exact_match", "bleu", "rouge", "bertscore", "accuracy"]
+Metric = Literal["exact_match", "bleu", "rouge", "bertscore", "format", "accuracy"]
 CHEAP_METRICS: list[str] = ["exact_match", "bleu", "rouge", "accuracy"]
 
 
@@ -47,10 +47,13 @@ class EvalConfig(Section):
     limit: int | None = Field(None, description=(
         "Score only the first N rows; a negative N scores the last N (default: all)."))
     metrics: list[Metric] = Field(default_factory=lambda: list(CHEAP_METRICS), description=(
-        "exact_match, bleu, rouge (1/2/L) score answers against the reference; accuracy scores multiple-choice rows; "
-        "bertscore needs `pip install bert-score`. Each applies to the rows it fits."))
+        "exact_match, bleu, rouge (1/2/L), bertscore and format score answers against the reference; accuracy "
+        "scores multiple-choice rows. Each applies to the rows it fits (eval/metrics.py says how each is computed)."))
     bertscore_model: str | None = Field(None, description=(
-        "bert-score model_type (default: its choice for the data's language)."))
+        "BERTScore's model: all-minilm-l6-v2 (shipped, offline; the default), a folder, or a hub id bert-score knows "
+        "(roberta-large, bert-base-chinese, ...; from the hub cache offline)."))
+    bertscore_idf: bool = Field(False, description="BERTScore weights tokens by inverse document frequency over the "
+                                "references.")
     generation: GenerationCfg = Field(default_factory=GenerationCfg, description="Generation settings.")
     batch_size: int = Field(32, ge=1, description=(
         "Prompts submitted together (they share the running batch), or concurrent requests to an endpoint."))

@@ -8,12 +8,16 @@ Every score is on a 0-1 scale (BLEU too: sacrebleu's 0-100 divided by 100), so o
   answers ("CODE apple OK" has no 4-gram) would otherwise score 0 even when identical. Per sample: sentence BLEU.
 - rouge: rouge-score's rouge1, rouge2 and rougeL F-measures, averaged. Its own tokenizer drops every non-ASCII
   character (an identical Chinese answer scores 0), so CJK characters are split out as tokens first.
-- bertscore: bert-score's F1, when that package is installed (it downloads its scoring model on first use).
+- bertscore: bert-score's F1 with the shipped all-MiniLM-L6-v2 offline, or any model by name (eval/bertscore.py).
+- format: the answer keeps its reference's form: a JSON reference wants JSON of the same kind (an object with the
+  same top-level keys); a Markdown reference wants its headings, in order (compared without the #s and spaces).
+  Any other reference only wants a non-empty answer.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Callable
@@ -50,9 +54,8 @@ def check_available(names: list[str]) -> None:
     for name in names:
         module, package = PACKAGES.get(name, (None, None))
         if module and importlib.util.find_spec(module) is None:
-            extra = " (it downloads a scoring model, roberta-large for English, on first use)" if name == "bertscore" else ""
-            raise ConfigError(f"metrics: {name} needs the {package} package: pip install {package}{extra}; "
-                              f"or leave {name} out of --metrics")
+            raise ConfigError(f"metrics: {name} needs the {package} package: pip install {package} (or "
+                              f"pip install 'tunesmith[eval]'); or leave {name} out of --metrics")
 
 
 # -----------------------------------------------------------------------------
@@ -110,13 +113,45 @@ def rouge(predictions: list[str], references: list[str], **_) -> Scores:
 
 
 @register("bertscore")
-def bertscore(predictions: list[str], references: list[str], model: str | None = None, **_) -> Scores:
-    import bert_score
+def bertscore(predictions: list[str], references: list[str], model: str | None = None, idf: bool = False,
+              **_) -> Scores:
+    from tunesmith.eval.bertscore import score
 
-    kwargs = {"model_type": model} if model else {"lang": "zh" if any(CHINESE.search(r) for r in references) else "en"}
-    _, _, f1 = bert_score.score(predictions, references, verbose=False, **kwargs)
-    per = [float(x) for x in f1]
-    return Scores({"bertscore": _mean(per)}, [{"bertscore": s} for s in per], {"bertscore": str(kwargs)})
+    _, _, f1, how = score(predictions, references, model=model, idf=idf)
+    return Scores({"bertscore": _mean(f1)}, [{"bertscore": s} for s in f1], {"bertscore": how})
+
+
+HEADING = re.compile(r"^\s{0,3}#{1,6}\s*(.+?)\s*#*\s*$", re.MULTILINE)
+
+
+@register("format")
+def format_kept(predictions: list[str], references: list[str], **_) -> Scores:
+    hits = [float(_same_form(p, r)) for p, r in zip(predictions, references)]
+    return Scores({"format": _mean(hits)}, [{"format": h} for h in hits])
+
+
+def _same_form(answer: str, reference: str) -> bool:
+    want = _json(reference)
+    if want is not None:
+        got = _json(answer)
+        if got is None or type(got) is not type(want):
+            return False
+        return set(got) == set(want) if isinstance(want, dict) else True
+    headings = [" ".join(h.split()) for h in HEADING.findall(reference)]
+    if headings:
+        found = iter(" ".join(h.split()) for h in HEADING.findall(answer))
+        return all(h in found for h in headings)  # each in turn, in the reference's order
+    return bool(answer.strip())
+
+
+def _json(text: str):
+    text = text.strip()
+    if not text.startswith(("{", "[")):
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
 
 
 def accuracy(picked: list[int | None], right: list[int]) -> Scores:

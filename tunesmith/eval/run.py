@@ -26,9 +26,11 @@ from tunesmith.eval.targets import Answer, Target, answer, check_endpoints, targ
 from tunesmith.versions import installed_versions
 
 log = logging.getLogger("tunesmith")
-COLUMN_ORDER = ["exact_match", "bleu", "rouge1", "rouge2", "rougeL", "bertscore", "accuracy"]
+COLUMN_ORDER = ["exact_match", "bleu", "rouge1", "rouge2", "rougeL", "bertscore", "format", "accuracy", "judge",
+                "judge_win", "human"]
 HOW = {"exact_match": "equal after stripping and collapsing whitespace; case and punctuation count",
        "rouge": "rouge-score F-measure, Porter stemming, CJK characters as tokens",
+       "format": "the reference's form kept: JSON of the same kind and keys, or its Markdown headings in order",
        "accuracy": "the choice the generated answer names (letter or text), see eval/samples.py pick_choice"}
 
 
@@ -52,6 +54,10 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     samples, skipped = load_samples(cfg.dataset, cfg.limit, cfg.skip_bad_rows, cfg.encoding)
     names = metrics_for(cfg, samples)
     M.check_available(names)
+    if "bertscore" in names:  # its scoring model is there (offline) before any model answers
+        from tunesmith.eval.bertscore import resolve
+
+        resolve(cfg.bertscore_model)
     check_endpoints(targets, cfg)
     out = output_dir_for(cfg)
     kinds = f"{sum(not s.is_choice for s in samples)} generation, {sum(s.is_choice for s in samples)} multiple-choice"
@@ -120,7 +126,7 @@ def score(names: list[str], samples: list[Sample], answers: list[Answer], cfg: E
     gen = [i for i, s in enumerate(samples) if not s.is_choice]
     for name in (n for n in names if n != "accuracy"):
         result = M.METRICS[name]([answers[i].text for i in gen], [samples[i].reference for i in gen],
-                                 model=cfg.bertscore_model)
+                                 model=cfg.bertscore_model, idf=cfg.bertscore_idf)
         columns.update(result.columns)
         info.update(result.info)
         for j, i in enumerate(gen):
