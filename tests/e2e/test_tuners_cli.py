@@ -16,6 +16,7 @@ TUNERS = {
     "freeze": ["--tuner", "freeze", "--freeze.trainable-layers", "1", "--freeze.modules", "lm_head"],
     "loha": ["--tuner", "loha", "--peft.args", '{"r": 4, "alpha": 8}', "--learning-rate", "1e-2"],
     "pissa+": ["--lora.init", "pissa", "--lora.plus-ratio", "16", "--lora.rslora", "--neftune-alpha", "5"],
+    "eva": ["--lora.init", "eva", "--lora.rank", "4", "--lora.eva-batches", "2"],
     "dp": ["--dp", "epsilon=50,delta=1e-5,max_grad_norm=1.0", "--learning-rate", "1e-2"],  # a weak guarantee:
 }                                                                          # little noise, so 4 steps learn
 
@@ -36,7 +37,7 @@ def test_a_tuner_trains_through_the_cli_and_its_output_is_served(name, tiny_mode
     assert len(losses) == 4 and losses[-1] < losses[0]
     assert_preflight_recorded(run)
     adapter = (final / "adapter_config.json").exists()
-    assert adapter == (name in ("loha", "pissa+", "dp"))
+    assert adapter == (name in ("loha", "pissa+", "eva", "dp"))
     if name == "dp":
         assert read_metrics(run)[-1]["dp_epsilon"] > 0 and "differential privacy" in (final / "README.md").read_text()
 

@@ -153,8 +153,14 @@ class TrainConfig(Section):
         for section, readers in TUNER_SECTIONS.items():
             if section in self.model_fields_set and self.tuner not in readers:
                 raise ValueError(f"{section}: only read with --tuner {' or '.join(readers)} (tuner is {self.tuner})")
-        if self.lora.init in ("pissa", "olora") and self.tuner not in LORA_TUNERS:
+        if self.lora.init in ("pissa", "olora", "eva") and self.tuner not in LORA_TUNERS:
             raise ValueError(f"lora.init: {self.lora.init} initialises LoRA adapters; tuner is {self.tuner}")
+        if self.lora.init == "eva" and (self.command not in ("sft", "pt") or getattr(self, "task", "causal-lm")
+                                        != "causal-lm"):
+            raise ValueError("lora.init: eva reads the layer inputs of sft and pt batches (chat or text); use "
+                             "default, gaussian, pissa or olora here")
+        if ({"eva_batches", "eva_rho"} & self.lora.model_fields_set) and self.lora.init != "eva":
+            raise ValueError("lora.eva_batches/eva_rho: only read with lora.init eva")
         if self.lora.plus_ratio and self.tuner not in LORA_TUNERS:
             raise ValueError(f"lora.plus_ratio: LoRA+ sets the learning rates of LoRA's A and B; tuner is {self.tuner}")
         several = self.nproc_per_node * self.nnodes > 1
@@ -229,6 +235,8 @@ Run: tunesmith sft -c sft.yaml"""
             "nproc_per_node": (self.nproc_per_node * self.nnodes > 1 or bool(self.deepspeed or self.fsdp),
                                "dp runs in one process (no DeepSpeed/FSDP)"),
             "lora.plus_ratio": (bool(self.lora.plus_ratio), "dp builds its own optimizer (Opacus' DPOptimizer)"),
+            "lora.init": (self.lora.init == "eva", ("eva runs the model on training batches before Opacus wraps "
+                                                    "it; use default, gaussian, pissa or olora")),
         }
         for key, (refused, why) in refusals.items():
             if refused:

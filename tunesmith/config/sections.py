@@ -71,9 +71,15 @@ class LoraCfg(Section):
         "all-linear", description="Modules that get adapters: all-linear or a list of module names."
     )
     rslora: bool = Field(False, description="Rank-stabilised scaling alpha/sqrt(rank) (rsLoRA).")
-    init: Literal["default", "gaussian", "pissa", "olora"] = Field("default", description=(
+    init: Literal["default", "gaussian", "pissa", "olora", "eva"] = Field("default", description=(
         "Adapter initialisation (peft): default (B = 0), gaussian, pissa (A and B from the weight's principal "
-        "singular vectors, the residual stays in the base), olora (from a QR decomposition of the weight)."))
+        "singular vectors, the residual stays in the base), olora (from a QR decomposition of the weight), eva (A "
+        "from the principal components of each layer's inputs on the first training batches, B = 0; ranks "
+        "redistributed between layers by explained variance; sft and pt)."))
+    eva_batches: int = Field(4, ge=1, description=(
+        "lora.init eva: training batches whose layer inputs EVA decomposes (cycled until the components converge)."))
+    eva_rho: float = Field(2.0, ge=1.0, description=(
+        "lora.init eva: a layer may take up to rho x rank (1 = every layer keeps rank; total rank stays the same)."))
     plus_ratio: float | None = Field(None, gt=0, description=(
         "LoRA+: B learns this many times faster than A (the paper uses 16); unset: one learning rate."))
     experts: bool = Field(False, description=(

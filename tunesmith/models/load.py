@@ -93,13 +93,13 @@ def _nf4_config(dtype: Any) -> Any:
 
 # lora.init -> peft's init_lora_weights. PiSSA through 16 subspace iterations of a randomised SVD (peft's fast variant,
 # seconds on a 7B model where the exact SVD takes minutes; the residual W - BA is exact either way).
-LORA_INIT = {"default": True, "gaussian": "gaussian", "pissa": "pissa_niter_16", "olora": "olora"}
+LORA_INIT = {"default": True, "gaussian": "gaussian", "pissa": "pissa_niter_16", "olora": "olora", "eva": "eva"}
 
 
 def lora_config(lora: Any, method: str, model: Any = None) -> Any:
     """peft's LoraConfig. With the model, mixture-of-experts layers are handled (models/moe.py): routers frozen
     unless lora.train_router, the experts' fused weights targeted when lora.experts."""
-    from peft import LoraConfig
+    from peft import EvaConfig, LoraConfig
 
     from tunesmith.models import moe
 
@@ -111,6 +111,7 @@ def lora_config(lora: Any, method: str, model: Any = None) -> Any:
         "r": lora.rank, "lora_alpha": lora.alpha, "lora_dropout": lora.dropout, "target_modules": lora.targets,
         "use_dora": method == "dora", "use_rslora": lora.rslora, "task_type": "CAUSAL_LM",
         "init_lora_weights": LORA_INIT[getattr(lora, "init", "default")], **extra,
+        **({"eva_config": EvaConfig(rho=lora.eva_rho)} if getattr(lora, "init", None) == "eva" else {}),
     })
 
 

@@ -95,6 +95,7 @@ def run_trainer(cfg: Any, run_dir: Path, model: Any, tokenizer: Any, train_ds: A
         ours.append(Watchdog(run_dir, cfg.watchdog_timeout, rank()))
     if world_size() == 1:
         ours.append(GracefulStop())
+    eva = tuners.uses_eva(cfg) and optimizers is None  # EVA may change adapter ranks: the optimizer comes after it
     trainer = (trainer_cls or SFTTrainer)(
         model=model,
         args=args or trl_args(cfg, run_dir, device, dtype, has_eval=eval_ds is not None),
@@ -102,8 +103,11 @@ def run_trainer(cfg: Any, run_dir: Path, model: Any, tokenizer: Any, train_ds: A
         eval_dataset=eval_ds,
         processing_class=tokenizer,
         callbacks=[*ours, *tuners.tuner_callbacks(cfg), *(callbacks or [])],
-        optimizers=optimizers or (tuners.build_optimizer(cfg, model, device), None),  # (None, None): the Trainer's
+        optimizers=optimizers or (None if eva else tuners.build_optimizer(cfg, model, device), None),  # None: Trainer's
     )
+    if eva:
+        tuners.initialize_from_data(cfg, trainer)  # LoRA's A from the run's first batches
+        trainer.optimizer = trainer.callback_handler.optimizer = tuners.build_optimizer(cfg, model, device)
     # With its tqdm off, the Trainer prints every log dict; MetricsLog prints one line per log instead.
     trainer.remove_callback(PrinterCallback)
     trainer.train(resume_from_checkpoint=resume_from)

@@ -3,6 +3,7 @@
     model = make_trainable(cfg, model)                 # adapters attached, or the right weights left trainable
     optimizer = build_optimizer(cfg, model, device)    # LoRA+ and LISA build their own; None: the Trainer's
     callbacks = tuner_callbacks(cfg)                   # LISA's layer sampling, AdaLoRA's rank budget, PiSSA's start
+    initialize_from_data(cfg, trainer)                 # EVA: LoRA's A from the first training batches' activations
 
 Adapter tuners (lora, qlora, dora and peft's other methods by name) leave the base weights frozen and save an
 adapter folder; the whole-model tuners (full, galore, lisa, freeze) save the whole model. GaLore is an optimizer
@@ -14,6 +15,8 @@ from __future__ import annotations
 import importlib.util
 import logging
 import random
+import warnings
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +51,9 @@ def make_trainable(cfg: Any, model: Any) -> Any:
         import torch
 
         torch.manual_seed(cfg.seed)  # PiSSA's randomised SVD: a resumed run must rebuild the same residual base
-        return get_peft_model(model, models.lora_config(cfg.lora, cfg.tuner, model))
+        with warnings.catch_warnings():  # EVA: peft suggests creating the adapters on the meta device; ours are real
+            warnings.filterwarnings("ignore", message="lora with eva initialization")
+            return get_peft_model(model, models.lora_config(cfg.lora, cfg.tuner, model))
     return get_peft_model(model, peft_method_config(cfg.tuner, cfg.peft.args))
 
 
@@ -106,6 +111,47 @@ def tuner_callbacks(cfg: Any) -> list[Any]:
     if cfg.tuner in LORA_TUNERS and cfg.lora.init in ("pissa", "olora") and not cfg.adapters:
         return [KeepInitialAdapter()]
     return []
+
+
+def uses_eva(cfg: Any) -> bool:
+    return cfg.tuner in LORA_TUNERS and cfg.lora.init == "eva" and not cfg.adapters
+
+
+def initialize_from_data(cfg: Any, trainer: Any) -> dict[str, int]:
+    """EVA (Paischer et al. 2024, peft's initialize_lora_eva_weights): each adapter's A becomes the top principal
+    components of its layer's inputs on the first `lora.eva_batches` batches of the run's own train dataloader (answer
+    tokens only, as the loss sees them), B stays 0 so training starts at the base model; ranks move between layers by
+    explained variance (at most rho x rank each, the total kept) and are saved in the adapter's rank_pattern, so the
+    adapter loads as any LoRA. A resumed run recomputes the same start (same batches), then loads its checkpoint.
+    Returns the rank per adapted layer."""
+    from peft.tuners.lora.eva import forward_fn_dict, initialize_lora_eva_weights
+
+    model = getattr(trainer.model, "module", trainer.model)
+    batches = list(islice(trainer.get_train_dataloader(), cfg.lora.eva_batches))
+    components = round(cfg.lora.rank * cfg.lora.eva_rho)
+    # peft cycles the batches until every layer's components converge, skipping a batch with fewer tokens than
+    # components: such a batch would never converge, so it is refused here.
+    tokens = min(int(((b["labels"] != -100) & b.get("attention_mask", b["labels"] == b["labels"]).bool()).sum())
+                 for b in batches)
+    if tokens < components:
+        raise ConfigError(f"lora.init: eva needs at least rank x eva_rho = {components} answer tokens per batch to "
+                          f"decompose, and a batch has {tokens}; raise batch_size or lower lora.rank/lora.eva_rho")
+    limit = 50 * len(batches)
+    calls = [0]
+
+    def forward(model: Any, inputs: Any) -> Any:
+        calls[0] += 1
+        if calls[0] > limit:
+            raise ConfigError(f"lora.init: eva's components did not converge in 50 passes over {len(batches)} "
+                              "batches; raise lora.eva_batches or batch_size")
+        return forward_fn_dict(model, inputs)
+
+    initialize_lora_eva_weights(model, dataloader=batches, forward_fn=forward, show_progress_bar=False)
+    ranks = {name: module.r["default"] for name, module in model.named_modules()
+             if hasattr(module, "lora_A") and "default" in getattr(module, "r", {})}
+    log.info("eva: adapters initialised from %d batches (%d passes); ranks %d-%d over %d layers", len(batches),
+             calls[0], min(ranks.values()), max(ranks.values()), len(ranks))
+    return ranks
 
 
 def save_adapter_for_base(model: Any, folder: Path, run_dir: Path) -> None:
