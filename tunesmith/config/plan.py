@@ -26,9 +26,10 @@ class PlanConfig(Section):
     task: Literal["causal-lm", "embedding", "reranker", "classification"] = Field("causal-lm", description=(
         "What sft would train (as `tunesmith sft --task`): the encoder tasks plan their own step (plan/encoders.py)."))
     tuner: Literal["auto", "full", "lora", "qlora", "dora", "galore", "lisa", "freeze", "adalora", "vera", "oft", "boft",
-                   "ia3", "loha", "lokr"] = Field("auto", description=(
+                   "ia3", "loha", "lokr", "longlora"] = Field("auto", description=(
         "auto = full if it fits comfortably, else lora, else qlora; or name one to check it (as tunesmith sft "
-        "--tuner; peft's other adapters are planned as a LoRA of the same rank)."))
+        "--tuner; peft's other adapters are planned as a LoRA of the same rank; longlora as a LoRA with trainable "
+        "embeddings and norms)."))
     trained_layers: int = Field(2, ge=1, description="lisa, freeze: decoder layers that train at a time.")
     dp: bool = Field(False, description="Differentially private training (sft --dp): a gradient per sample.")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
@@ -63,6 +64,11 @@ class PlanConfig(Section):
     gpu_memory: float | None = Field(None, gt=0, description="GiB per GPU to plan for, instead of what is detected.")
     inference: bool = Field(False, description="Estimate serving instead: weights + KV cache + activations.")
     context: int = Field(4096, ge=1, description="Tokens per sequence held in the KV cache (inference).")
+    images_per_sample: int = Field(1, ge=0, description=(
+        "Vision-language models: pictures per sample (their image tokens count within max_length / context)."))
+    image_size: int | None = Field(None, ge=1, description=(
+        "Vision-language models: picture side in pixels the image tokens are counted at (default: the family's usual "
+        "size, 448 for Qwen2-VL's dynamic resolution)."))
     json: bool = Field(False, description="Print the plan as JSON instead of a table.")
 
     command: ClassVar[str] = "plan"

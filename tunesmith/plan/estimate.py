@@ -99,6 +99,7 @@ class Setup:
     loss: str = "trl"                 # trl: TRL 1.16's chunked LM head | model: the model's own loss (full logits)
     kernels: str = "none"             # none | liger: liger's RMSNorm/RoPE/SwiGLU (train/speed.py) keep less for backward
     device: str = "cuda"              # cuda adds the CUDA context; cpu and mps have none
+    images: int = 0                   # pictures per sample (vision-language models; their tokens are part of seq)
 
 
 @dataclass
@@ -355,6 +356,8 @@ def activation_phases(shape: ModelShape, s: Setup) -> dict[str, float]:
 
 
 def estimate_training(shape: ModelShape, s: Setup) -> Estimate:
+    if s.method == "longlora":
+        return _longlora(shape, s)
     if s.method in PLANNED_AS_LORA:
         est = estimate_training(shape, replace(s, method="lora"))
         est.notes.append(f"{s.method}: planned as a LoRA of rank {s.lora_rank} on the same modules (an upper bound "
@@ -391,6 +394,11 @@ def estimate_training(shape: ModelShape, s: Setup) -> Estimate:
     elif world > 1:
         grads *= 2  # DDP copies gradients into its all-reduce buckets (gradient_as_bucket_view is off in HF)
     moments = activation_phases(shape, s)
+    if shape.vision is not None and s.images:  # the tower over the micro-batch's pictures, beside the decoder's
+        from tunesmith.plan.vision import tower_activation_bytes
+
+        tower = tower_activation_bytes(shape.vision, s.images, s.micro_batch, a, trained=s.method in ("full", "galore"))
+        moments = {k: v + tower for k, v in moments.items()}
     # Before the last micro-batch of an accumulation, every gradient is already alive during backward; otherwise only
     # the ones produced so far (the head's first), which we count as the head's gradient for full training.
     head = shape.vocab * shape.hidden * grad_bytes if s.method in ("full", "galore", "lisa") else 0
@@ -428,6 +436,24 @@ def estimate_training(shape: ModelShape, s: Setup) -> Estimate:
     return Estimate(parts, phases, shape.params(), trainable, host, notes)
 
 
+def _longlora(shape: ModelShape, s: Setup) -> Estimate:
+    """LongLoRA (train/longlora.py): a LoRA run plus a trainable copy of the embeddings and every norm (peft's
+    modules_to_save), with their gradients and Adam states in the compute dtype, counted as alive through the step.
+    S2-Attn keeps what full attention keeps (sdpa saves no score matrix): the activations are LoRA's."""
+    est = estimate_training(shape, replace(s, method="lora"))
+    a = DTYPE_BYTES[s.dtype]
+    full = shape.embedding_params() + shape.layers * shape.layer_norm_params() + shape.hidden
+    copy, grads, states = full * a, full * a, full * _state_bytes(s, a)
+    est.parts["weights"] += copy
+    est.parts["gradients"] += grads
+    est.parts["optimizer"] += states
+    est.phases = {k: v + copy + grads + states for k, v in est.phases.items()}
+    est.trainable += full
+    est.notes.append(f"longlora: embeddings and norms train in full beside LoRA ({full:,} weights: copy, gradients "
+                     f"and states {(copy + grads + states) / GIB:.2f} GiB)")
+    return est
+
+
 def estimate_inference(shape: ModelShape, s: Setup, context: int) -> Estimate:
     """Serving: weights + KV cache (2 x layers x kv_heads x head_dim x context x batch x bytes) + prefill temps."""
     a, b = DTYPE_BYTES[s.dtype], s.micro_batch
@@ -443,6 +469,10 @@ def estimate_inference(shape: ModelShape, s: Setup, context: int) -> Estimate:
     prefill = (2 * shape.hidden + 2 * shape.q_dim + 2 * shape.kv_dim + 3 * shape.active_intermediate) * a * n
     if s.attn == "eager":
         prefill += 10 * shape.heads * b * context * context
+    if shape.vision is not None and s.images:
+        from tunesmith.plan.vision import tower_activation_bytes
+
+        prefill += tower_activation_bytes(shape.vision, s.images, b, a, trained=False)
     logits = 4 * shape.vocab * b
     parts = {"weights": weights, "kv_cache": kv_cache, "activations": prefill, "logits": logits}
     parts["fragmentation"] = FRAGMENTATION * sum(parts.values())

@@ -32,6 +32,9 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "llama": dict(norms=2, qk_norm=False, fused=False, tied=False),
     "mistral": dict(norms=2, qk_norm=False, fused=False, tied=False),
     "qwen2": dict(norms=2, qk_norm=False, fused=False, tied=False, qkv_bias=True),
+    # Qwen2-VL / 2.5-VL language models: Qwen2's layers (their text_config's model_type)
+    "qwen2_vl_text": dict(norms=2, qk_norm=False, fused=False, tied=False, qkv_bias=True),
+    "qwen2_5_vl_text": dict(norms=2, qk_norm=False, fused=False, tied=False, qkv_bias=True),
     "qwen3": dict(norms=2, qk_norm=True, fused=False, tied=False),
     "gemma": dict(norms=2, qk_norm=False, fused=False, tied=True),
     "gemma2": dict(norms=4, qk_norm=False, fused=False, tied=True),
@@ -119,6 +122,7 @@ class ModelShape:
     router_aux: bool = False      # a load-balancing loss: the router logits of every layer live until the loss
     mla: tuple[int, int, int, int, int] | None = None  # DeepSeek's latent attention: q_lora_rank (0: none),
     #                               kv_lora_rank, qk_nope_head_dim, qk_rope_head_dim, v_head_dim
+    vision: Any = None            # a vision-language model's tower (plan/vision.py VisionTower); None: text only
 
     @property
     def moe(self) -> bool:
@@ -218,7 +222,12 @@ class ModelShape:
     def params(self) -> int:
         per_layer = self.layer_linear_params() + self.layer_norm_params()
         moe = self.moe_layers * (self.expert_params() + self.router_params()) + self.dense_layers * self.dense_mlp_params()
-        return self.embedding_params() + self.layers * per_layer + moe + self.hidden + self.lm_head_params()  # + final norm
+        text = self.embedding_params() + self.layers * per_layer + moe + self.hidden + self.lm_head_params()  # + final norm
+        return text + self.vision_params()
+
+    def vision_params(self) -> int:
+        """A vision-language model's tower and aligner (0 for a text model)."""
+        return self.vision.params if self.vision is not None else 0
 
     def active_params(self) -> int:
         """Weights one token runs through: its top_k experts of each MoE layer, not all of them."""
@@ -231,6 +240,8 @@ class ModelShape:
                  "norms": self.layers * self.layer_norm_params() + self.hidden, "lm_head": self.lm_head_params()}
         if self.moe:
             parts["experts+routers"] = self.moe_layers * (self.expert_params() + self.router_params())
+        if self.vision is not None:
+            parts["vision tower+aligner"] = self.vision_params()
         return parts
 
     def lora_modules(self, targets: str | list[str] | tuple[str, ...] = "all-linear") -> dict[str, tuple[int, int]]:
@@ -298,6 +309,8 @@ def shape_from_config(cfg: dict[str, Any], name: str = "model") -> ModelShape:
             norms_per_layer=family["norms"], qk_norm=bool(family["qk_norm"]), fused=family["fused"],
             assumed_layout=model_type not in FAMILIES, qk_norm_full=family["qk_norm"] == "full",
         )
+        if model_type in ("qwen2_vl_text", "qwen2_5_vl_text"):
+            shape = replace(shape, o_bias=False)  # q/k/v biases only, as Qwen2
         if model_type in MOE:
             shape = _moe_shape(shape, cfg, MOE[model_type])
     except KeyError as err:
@@ -380,9 +393,16 @@ def _hub_config(repo: str) -> str:
                                  "id, or accept the model's license on the hub and log in (gated models).") from None
 
 
-def load_shape(model: str) -> ModelShape:
+def load_shape(model: str, image_size: int | None = None) -> ModelShape:
+    """The language model's shape; a vision-language model's also carries its tower (plan/vision.py), with the image
+    tokens of a picture `image_size` pixels wide (None: the family's usual size)."""
     cfg, source = read_config(model)
     try:
-        return replace(shape_from_config(cfg, name=model), source=source)
+        shape = replace(shape_from_config(cfg, name=model), source=source)
     except ValueError as err:
         raise ModelNotFoundError(f"{source}: {err}") from None
+    if isinstance(cfg.get("vision_config"), dict):
+        from tunesmith.plan.vision import vision_tower
+
+        shape = replace(shape, vision=vision_tower(cfg, image_size))
+    return shape

@@ -17,7 +17,7 @@ from tunesmith.plan.model_shape import ModelShape, load_shape
 from tunesmith.plan.recommend import FIT, recommend
 from tunesmith.plan.report import estimate_dict, print_plan, settings_dict
 
-SFT_METHODS = ("full", "lora", "qlora", "dora", "galore", "lisa", "freeze")  # with a command line of their own
+SFT_METHODS = ("full", "lora", "qlora", "dora", "galore", "lisa", "freeze", "longlora")  # with a command line
 
 
 def plan(cfg: PlanConfig, hardware: Hardware | None = None) -> dict[str, Any]:
@@ -27,7 +27,7 @@ def plan(cfg: PlanConfig, hardware: Hardware | None = None) -> dict[str, Any]:
         from tunesmith.plan.encoders import plan_encoder
 
         return plan_encoder(cfg, hw)
-    shape = load_shape(cfg.model)
+    shape = load_shape(cfg.model, cfg.image_size)
     targets = cfg.lora_targets if isinstance(cfg.lora_targets, str) else tuple(cfg.lora_targets)
     try:
         shape.lora_modules(targets)
@@ -46,7 +46,7 @@ def plan(cfg: PlanConfig, hardware: Hardware | None = None) -> dict[str, Any]:
                  seq=-(-cfg.max_length // cfg.sequence_parallel), micro_batch=cfg.batch_size, grad_accum=cfg.grad_accum,
                  attn=cfg.attn, packing=cfg.packing, zero_stage=cfg.zero_stage, fsdp=bool(cfg.fsdp), world_size=shards,
                  offload=cfg.offload, trained_layers=cfg.trained_layers, private=cfg.dp, lora_experts=cfg.lora_experts,
-                 device=device)
+                 device=device, images=cfg.images_per_sample if shape.vision is not None else 0)
     result: dict[str, Any] = {
         "model": {"name": cfg.model, "model_type": shape.model_type, "params": shape.params(), "layers": shape.layers,
                   "hidden": shape.hidden, "vocab": shape.vocab, "params_by_part": shape.breakdown()},
@@ -55,6 +55,8 @@ def plan(cfg: PlanConfig, hardware: Hardware | None = None) -> dict[str, Any]:
     }
     if shape.source.startswith("built-in"):
         result["notes"].append(f"model shape: {shape.source}")
+    if shape.vision is not None:
+        _vision(cfg, shape, result)
     if cfg.inference:
         _inference(cfg, shape, base, memory, result)
     else:
@@ -108,7 +110,7 @@ def _training(cfg: PlanConfig, shape: ModelShape, base: Setup, memory: float, hw
 
 
 def _method_flags(s: Setup) -> str:
-    if s.method in ("lora", "qlora", "dora"):
+    if s.method in ("lora", "qlora", "dora", "longlora"):
         return f" --lora.rank {s.lora_rank}" + (" --lora.experts" if s.lora_experts else "")
     if s.method == "galore":
         return f" --galore.rank {s.lora_rank}"
@@ -129,6 +131,20 @@ def _layout_flags(cfg: PlanConfig, s: Setup) -> str:
     elif s.fsdp:
         flags += f" --fsdp {cfg.fsdp if isinstance(cfg.fsdp, str) else 'full-shard'}" + (" --fsdp-offload" if s.offload else "")
     return flags + (f" --sequence-parallel {cfg.sequence_parallel}" if cfg.sequence_parallel > 1 else "")
+
+
+def _vision(cfg: PlanConfig, shape: ModelShape, result: dict) -> None:
+    """A vision-language model: its tower's parameters (in params), and the image tokens a sample spends."""
+    tower, length = shape.vision, cfg.context if cfg.inference else cfg.max_length
+    tokens = tower.tokens_per_image * cfg.images_per_sample
+    result["model"]["vision"] = {"params": tower.params, "tokens_per_image": tower.tokens_per_image,
+                                 "image_size": tower.image_size, "images_per_sample": cfg.images_per_sample,
+                                 "image_tokens_per_sample": tokens}
+    result["notes"].append(f"vision tower + aligner: {tower.params / 1e6:.1f}M parameters; {cfg.images_per_sample} "
+                           f"picture(s) of {tower.image_size}px per sample = {tokens} image tokens of the {length}")
+    if tokens >= length:
+        result["notes"].append(f"the image tokens ({tokens}) fill the whole sequence ({length}): raise "
+                               f"{'--context' if cfg.inference else '--max-length'} or lower --image-size")
 
 
 def _inference(cfg: PlanConfig, shape: ModelShape, base: Setup, memory: float, result: dict) -> None:
