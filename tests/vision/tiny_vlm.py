@@ -136,3 +136,48 @@ BUILDERS = {
     "qwen2.5-vl": lambda folder, seed=0: make_tiny_qwen2_vl(folder, "qwen2_5_vl", seed),
     "llava": make_tiny_llava,
 }
+
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (20, 40, 230)}
+
+
+def write_colour_data(folder, rows: int = 24, seed: int = 0):
+    """A learnable image task: pictures of one colour (sizes vary, so image token counts do), the answer names it.
+    Half the rows are OpenAI content parts, half an `images` column with <image> placeholders; paths relative."""
+    import json
+    import random
+
+    rng = random.Random(seed)
+    (folder / "imgs").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(rows):
+        name = rng.choice(sorted(COLOURS))
+        make_image(folder / "imgs" / f"{i}.png", COLOURS[name], (rng.choice([28, 42, 56]), rng.choice([28, 42, 56])))
+        answer = {"role": "assistant", "content": f"It is {name}."}
+        if i % 2:
+            user = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": f"imgs/{i}.png"}},
+                                                {"type": "text", "text": "Which colour?"}]}
+            lines.append({"messages": [user, answer]})
+        else:
+            lines.append({"messages": [{"role": "user", "content": "<image>Which colour?"}, answer],
+                          "images": [f"imgs/{i}.png"]})
+    path = folder / "train.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    return path
+
+
+def run_tunesmith(*args, check=True, timeout=600):
+    """The console script, one compute thread (the tiny models' matmuls are microseconds)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = shutil.which("tunesmith", path=str(Path(sys.executable).parent)) or "tunesmith"
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([exe, *map(str, args)], env=env, capture_output=True, text=True, timeout=timeout,
+                          check=False)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"tunesmith {' '.join(map(str, args))} exited {proc.returncode}\n{proc.stderr[-4000:]}")
+    return proc

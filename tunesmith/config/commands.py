@@ -58,6 +58,12 @@ class TrainConfig(Section):
     freeze: FreezeCfg = Field(default_factory=FreezeCfg, description="What trains with tuner freeze.")
     peft: PeftCfg = Field(default_factory=PeftCfg, description="The peft config of tuner adalora, vera, oft, boft, "
                           "ia3, loha or lokr.")
+    freeze_vision_tower: bool | None = Field(None, description=(
+        "Vision-language models: keep the vision tower's weights as they are (no adapters there, not trained in full "
+        "fine-tuning). Unset: on."))
+    freeze_aligner: bool | None = Field(None, description=(
+        "Vision-language models: keep the aligner (the projector between vision tower and language model) as it is. "
+        "Unset: on for adapter tuners (LoRA targets the language model only), off for full."))
     neftune_alpha: float | None = Field(None, gt=0, description=(
         "NEFTune: uniform noise of this scale (the paper uses 5) on the input embeddings while training, never at "
         "inference."))

@@ -1,13 +1,15 @@
 """Detect a row's format from its columns and normalise it, reporting every problem as `file:line: field: problem`.
 
 Formats: OpenAI `messages`; ShareGPT `conversations` (from/value); Alpaca `instruction`/`input`/`output`
-(+ `system`, `history`); `prompt`/`response` and the usual aliases; `text` for pretraining.
+(+ `system`, `history`); `prompt`/`response` and the usual aliases; `text` for pretraining. Images (for
+vision-language models) as OpenAI content parts or an `images` column with <image> placeholders: data/vision.py.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from tunesmith.data import vision
 from tunesmith.data.rows import Conversation, Problem, RawRow, Text
 
 ROLES = {"system", "user", "assistant", "tool"}
@@ -65,6 +67,9 @@ def normalise(row: RawRow, kind: str, problems: list[Problem]) -> Conversation |
                 "prompt-response": _from_prompt_response}[fmt](row.data, bad)
     if messages is None:
         return None
+    messages = vision.attach(messages, row.data, row.source, {"sharegpt": "conversations"}.get(fmt, "messages"), bad)
+    if messages is None:
+        return None
     if not _check_messages(messages, kind, fmt, bad):
         return None
     extra = {k: v for k, v in row.data.items() if k not in ("messages", "conversations", "system", "tools")}
@@ -103,7 +108,8 @@ def _from_messages(data: dict, bad: _Reporter) -> list[dict] | None:
         role = m.get("role")
         if not isinstance(role, str) or role not in ROLES:
             return bad(f"messages[{i}].role", f"unknown role {role!r}; expected one of {', '.join(sorted(ROLES))}")
-        content = _content(m.get("content") if m.get("content") is not None else "")
+        raw = m.get("content") if m.get("content") is not None else ""
+        content = vision.parts(raw) if vision.is_parts(raw) else _content(raw)
         if content is None:
             return bad(f"messages[{i}].content", f"expected a string, got {type(m.get('content')).__name__}")
         msg: dict[str, Any] = {"role": role, "content": content}
@@ -131,7 +137,8 @@ def _from_sharegpt(data: dict, bad: _Reporter) -> list[dict] | None:
         who = turn.get("from", turn.get("role"))
         if not isinstance(who, str) or who not in SHAREGPT_ROLES:
             return bad(f"conversations[{i}].from", f"unknown role {who!r}; expected one of {', '.join(sorted(SHAREGPT_ROLES))}")
-        value = _content(turn.get("value", turn.get("content")))
+        raw = turn.get("value", turn.get("content"))
+        value = vision.parts(raw) if vision.is_parts(raw) else _content(raw)
         if value is None:
             return bad(f"conversations[{i}].value", f"expected a string, got {type(turn.get('value')).__name__}")
         out.append({"role": SHAREGPT_ROLES[who], "content": value})
@@ -195,7 +202,7 @@ def _check_messages(messages: list[dict], kind: str, fmt: str, bad: _Reporter) -
         if m["role"] == "system" and i != 0:
             bad(f"{field}[{i}].role", "a system message may only come first")
             return False
-        if m["role"] == "user" and not m["content"].strip():
+        if m["role"] == "user" and not vision.text_of(m["content"]).strip() and isinstance(m["content"], str):
             bad(f"{field}[{i}].content" if fmt in ("messages", "sharegpt") else _prompt_field(fmt), "empty user turn")
             return False
     if kind == "prompts":

@@ -96,7 +96,9 @@ def open_image(ref: Any, base: Path | None = None, fetch_remote: Callable[[str],
             return image.convert("RGB")  # decodes the whole image: a truncated file fails here
     except ImageError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: not a readable image (not an image format Pillow knows, or a corrupt header)") from None
+    except (OSError, SyntaxError, ValueError) as err:
         raise ImageError(f"{name}: not a readable image ({err})") from None
 
 

@@ -22,6 +22,7 @@ import sys
 from typing import Any, Iterator
 
 from tunesmith.data.rows import Conversation, Preference, Text, UnpairedPreference
+from tunesmith.data.vision import text_of
 
 WHITESPACE = "".join(c for c in map(chr, range(sys.maxunicode + 1)) if c.isspace())  # str.isspace: 29 characters
 SAFE_PRE_TOKENIZERS = {"ByteLevel", "Metaspace", "Split", "Digits", "Punctuation", "UnicodeScripts", "Whitespace",
@@ -45,7 +46,7 @@ def texts(item: Conversation | Text | Preference | UnpairedPreference) -> Iterat
     messages = item.messages if isinstance(item, Conversation) else item.prompt
     for i, m in enumerate(messages):
         name = f"messages[{i}].content" if item.format == "messages" else f"{m['role']} turn"
-        yield name, _rendered_part(m["content"], m["role"])
+        yield name, _rendered_part(text_of(m["content"]), m["role"])
     answers = {Preference: lambda: [("chosen", item.chosen), ("rejected", item.rejected)],
                UnpairedPreference: lambda: [("completion", item.completion)]}.get(type(item), list)()
     for name, text in answers:

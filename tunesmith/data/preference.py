@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tunesmith.data import vision
 from tunesmith.data.formats import SHAREGPT_ROLES, _content, _from_messages, _Reporter
 from tunesmith.data.rows import Preference, Problem, RawRow, UnpairedPreference
 
@@ -47,9 +48,14 @@ def normalise_preference(row: RawRow, problems: list[Problem]) -> Preference | N
                               "messages + rejected_response")
     if chosen is None or rejected is None:
         return None
+    prompt = vision.attach(prompt, data, row.source, "prompt", bad)  # images: data/vision.py
+    if prompt is None:
+        return None
     if not prompt or prompt[-1]["role"] != "user":
         return bad("prompt", "the prompt must end with a user turn")
     for key, text in (("chosen", chosen), ("rejected", rejected)):
+        if not isinstance(text, str):
+            return bad(key, "expected text (images go in the prompt)")
         if not text.strip():
             return bad(key, f"empty {key} answer")
     if chosen == rejected:
@@ -84,6 +90,9 @@ def normalise_kto(row: RawRow, problems: list[Problem]) -> UnpairedPreference | 
         completion = _answer(data["completion"], "completion", bad)
         if completion is None:
             return None
+    prompt = vision.attach(prompt, data, row.source, "prompt", bad)
+    if prompt is None:
+        return None
     if not prompt or prompt[-1]["role"] != "user":
         return bad("prompt", "the prompt must end with a user turn")
     if not completion.strip():

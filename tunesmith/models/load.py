@@ -63,14 +63,17 @@ def load_tokenizer(folder: Path) -> Any:
 
 
 def load_model(folder: Path, dtype: Any, device: str, quantize_4bit: bool = False) -> Any:
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    from tunesmith.models.vision import is_vision_model
 
     kwargs: dict[str, Any] = {"dtype": dtype}
     if quantize_4bit:
         kwargs["quantization_config"] = _nf4_config(dtype)
         # the current device: each rank's own GPU with several processes (train/preflight.py sets it)
         kwargs["device_map"] = {"": _current_cuda()} if device == "cuda" else {"": device}
-    model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    auto = AutoModelForImageTextToText if is_vision_model(folder) else AutoModelForCausalLM  # VLMs: models/vision.py
+    model = auto.from_pretrained(folder, **kwargs)
     return model if quantize_4bit else model.to(device)
 
 

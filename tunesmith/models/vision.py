@@ -130,11 +130,13 @@ def load_processor(folder: str | Path) -> Any:
     tokenizer = AutoTokenizer.from_pretrained(folder)
     image_processor = AutoImageProcessor.from_pretrained(folder, backend="pil")
     settings = _processor_settings(folder)
-    kwargs = {k: v for k, v in settings.items() if k not in ("processor_class", "chat_template", "auto_map")}
     template = _chat_template(folder, settings) or getattr(tokenizer, "chat_template", None)
     import inspect
 
-    if "video_processor" in inspect.signature(cls.__init__).parameters:
+    accepted = inspect.signature(cls.__init__).parameters
+    kwargs = {k: v for k, v in settings.items() if k in accepted and k not in ("image_processor", "tokenizer",
+                                                                                "video_processor", "chat_template")}
+    if "video_processor" in accepted:
         cls, kwargs["video_processor"] = _without_video(cls), None
     return cls(image_processor=image_processor, tokenizer=tokenizer, chat_template=template, **kwargs)
 
@@ -164,33 +166,6 @@ def _chat_template(folder: Path, settings: dict) -> str | None:
     if (folder / "chat_template.json").exists():
         return json.loads((folder / "chat_template.json").read_text()).get("chat_template")
     return settings.get("chat_template")
-
-
-def save_processor(processor: Any, folder: str | Path) -> None:
-    """What load_processor reads back: the image processor's and the processor's settings and the chat template (the
-    tokenizer is saved by the template)."""
-    folder = Path(folder)
-    processor.image_processor.save_pretrained(folder)
-    attrs = {k: getattr(processor, k) for k in getattr(processor, "valid_processor_kwargs", ()) if hasattr(processor, k)}
-    settings = {"processor_class": type(processor).__name__, **_jsonable(attrs)}
-    for key in ("patch_size", "vision_feature_select_strategy", "num_additional_image_tokens", "image_seq_len",
-                "image_seq_length", "num_image_tokens"):
-        if getattr(processor, key, None) is not None:
-            settings[key] = getattr(processor, key)
-    (folder / "processor_config.json").write_text(json.dumps(settings, indent=2) + "\n")
-    if processor.chat_template:
-        (folder / "chat_template.jinja").write_text(processor.chat_template)
-
-
-def _jsonable(values: dict) -> dict:
-    out = {}
-    for k, v in values.items():
-        try:
-            json.dumps(v)
-        except TypeError:
-            continue
-        out[k] = v
-    return out
 
 
 def load_vision_model(path_or_id: str | Path, dtype: Any = None) -> tuple[Any, Any]:

@@ -16,6 +16,8 @@ wherever it is.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import TemplateError
@@ -108,6 +110,12 @@ class VisionTemplate(Template):
         key = "mm_token_type_ids" if "mm_token_type_ids" in names else "token_type_ids"
         return {key: list(self.processor.create_mm_token_type_ids([ids])[0])}
 
+    def save(self, folder: str | Path) -> None:
+        """Beside the tokenizer and template: the processor's settings, so models/vision.py's load_processor builds the
+        same processor from the run folder."""
+        super().save(folder)
+        save_processor(self.processor, folder)
+
     # -------------------------------------------------------------------------
 
     def _checked(self, messages: list[dict], images: list[Any]) -> tuple[list[dict], int]:
@@ -134,3 +142,30 @@ class VisionTemplate(Template):
             raise TemplateError(f"the chat template rendered {used} image placeholder(s) ({self.placeholder!r}) for "
                                 f"{len(images)} image(s); does its template render image parts?")
         return out
+
+
+def save_processor(processor: Any, folder: str | Path) -> None:
+    """What load_processor reads back: the image processor's and the processor's settings and the chat template (the
+    tokenizer is saved by the template)."""
+    folder = Path(folder)
+    processor.image_processor.save_pretrained(folder)
+    import inspect
+
+    parts = {"self", "image_processor", "tokenizer", "video_processor", "chat_template", "kwargs"}
+    names = [k for k in inspect.signature(type(processor).__init__).parameters if k not in parts]
+    attrs = {k: getattr(processor, k) for k in names if getattr(processor, k, None) is not None}
+    settings = {"processor_class": type(processor).__name__, **_jsonable(attrs)}
+    (folder / "processor_config.json").write_text(json.dumps(settings, indent=2) + "\n")
+    if processor.chat_template:
+        (folder / "chat_template.jinja").write_text(processor.chat_template)
+
+
+def _jsonable(values: dict) -> dict:
+    out = {}
+    for k, v in values.items():
+        try:
+            json.dumps(v)
+        except TypeError:
+            continue
+        out[k] = v
+    return out

@@ -22,33 +22,48 @@ from tunesmith.train.labels import require_end_of_turn
 from tunesmith.train.preflight import load_template, preflight, trainable_report
 from tunesmith.train.private import record_privacy, train_private
 from tunesmith.train.run import RunResult, open_run
-from tunesmith.train.setup import load_trainable, run_trainer
+from tunesmith.train.setup import load_trainable, run_trainer, trl_args
 from tunesmith.train.speed import prepare_model
 from tunesmith.train.tokenize import Prepared, tokenize_sft
 from tunesmith.train.truncate import Cuts
+from tunesmith.train.vision import VisionRun, refuse_images_for_text_model
 
 
 def sft(cfg: SFTConfig, callbacks: list[Any] | None = None) -> RunResult:
     with open_run(cfg) as run:
         template, base_folder = load_template(cfg)
+        vlm = VisionRun.start(cfg, template, base_folder)  # a vision-language model: train/vision.py
+        if vlm is not None:
+            template = vlm.template
 
-        data = sft_data(cfg, template)  # a bad row stops the run before any weights load
+        data = sft_data(cfg, template, vlm)  # a bad row stops the run before any weights load
         train_ds, eval_ds, skipped = data.train, data.eval, data.skipped
         plan = preflight(cfg, base_folder, rows=len(train_ds))  # speed choices, memory plan: what config.yaml records
-        model, device, dtype = load_trainable(cfg, base_folder)
-        chosen = prepare_model(cfg, model, device, dtype)  # the attention and kernels this machine runs
+        if vlm is None:
+            model, device, dtype = load_trainable(cfg, base_folder)
+            chosen = prepare_model(cfg, model, device, dtype)  # the attention and kernels this machine runs
+        else:  # its collator packs (padding-free, positions per sample), not TRL's packing
+            model, device, dtype = vlm.load_trainable(cfg, base_folder)
+            chosen = prepare_model(cfg.model_copy(update={"packing": False}), model, device, dtype)
+            data.record.update(vlm.recorded())
         run.save_config(base_model_folder=str(base_folder), train_rows=len(train_ds), skipped_rows=skipped,
                         **data.record, speed=chosen, **plan.recorded(), **trainable_report(cfg, model))
         train = train_private if cfg.dp.epsilon is not None else run_trainer  # DP-SGD: Opacus (train/private.py)
+        extra: dict[str, Any] = {}
+        if vlm is not None:
+            if cfg.dp.epsilon is not None:
+                raise ConfigError("dp: differential privacy is not supported for vision-language models")
+            extra = {"trainer_cls": vlm.trainer_cls(model, vlm.packing),
+                     "args": VisionRun.args(trl_args(cfg, run.dir, device, dtype, has_eval=eval_ds is not None))}
         trainer = train(cfg, run.dir, model, template.tokenizer, train_ds, eval_ds, device, dtype, run.resume_from,
-                        callbacks)
+                        callbacks, **extra)
         final = run.save_final(trainer, template)
         if cfg.dp.epsilon is not None:
             record_privacy(run, trainer, final)  # the epsilon spent: config.yaml, metrics.jsonl, final/README.md
         return run.result(trainer, final, skipped)
 
 
-def sft_data(cfg: SFTConfig, template: Any) -> Prepared:
+def sft_data(cfg: SFTConfig, template: Any, vlm: VisionRun | None = None) -> Prepared:
     """Train and eval datasets, rows skipped, and the truncation counts: every row checked, rendered by the template
     and cached (train/tokenize.py), cut or left out per --truncation (train/truncate.py)."""
     # With --truncation error a row too long for max_length is refused before the tokenizer sees it (a 50 MB line
@@ -66,16 +81,23 @@ def sft_data(cfg: SFTConfig, template: Any) -> Prepared:
         data.rows, held = split_rows(data.rows, cfg.val_split, cfg.seed)
     chosen.save(cfg, data.rows)  # seen_rows.json: what a run continuing from this one will skip
     cuts = Cuts(cfg.truncation, cfg.max_length, template.stop_token_ids)
-    train_ds, too_long = tokenize_sft(data.rows, template, cfg.loss_on, cfg.max_length, cuts=cuts)
+    tokenize = tokenize_sft
+    if vlm is not None:  # images: ids with the processor's image tokens, image references beside them
+        def tokenize(rows, template, loss_on, max_length, cuts):
+            ds, problems = vlm.tokenize(rows, loss_on, max_length, cuts)
+            return (vlm.pack(ds, max_length) if vlm.packing else ds), problems
+    else:
+        refuse_images_for_text_model(data.rows, cfg.model)
+    train_ds, too_long = tokenize(data.rows, template, cfg.loss_on, cfg.max_length, cuts=cuts)
     data.problems += too_long
     eval_ds = None
     if held:
-        eval_ds, held_too_long = tokenize_sft(held, template, cfg.loss_on, cfg.max_length, cuts=cuts)
+        eval_ds, held_too_long = tokenize(held, template, cfg.loss_on, cfg.max_length, cuts=cuts)
         data.problems += held_too_long
     skipped = data.raise_if_bad(cfg.skip_bad_rows)
     require_end_of_turn(train_ds["labels"], template, cfg.dataset)  # a model that never learns to stop: refused
     if val is not None:
-        eval_ds, val_too_long = tokenize_sft(val.rows, template, cfg.loss_on, cfg.max_length, cuts=cuts)
+        eval_ds, val_too_long = tokenize(val.rows, template, cfg.loss_on, cfg.max_length, cuts=cuts)
         val.problems += val_too_long
         skipped += val.raise_if_bad(cfg.skip_bad_rows)
     cuts.report()

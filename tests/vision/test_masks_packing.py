@@ -1,0 +1,94 @@
+"""Training ids for VLMs, per family: no vision token ever has a label, the trained tokens are exactly the answers,
+and packed rows (several samples with their images, positions restarting per sample, Qwen2-VL's 3-D M-RoPE
+positions per sample) give the same logits as the samples one by one."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from tunesmith.errors import ConfigError
+from tunesmith.models.vision import BY_MODEL_TYPE, load_vision_model, template_of
+from tunesmith.templates import IGNORE
+from tunesmith.train.vision import M_ROPE, VisionCollator, VisionRun, rope_index_of
+
+FAMILIES = ["qwen2-vl", "qwen2.5-vl", "llava"]
+
+
+def conversation(pictures) -> tuple[list[dict], list[str]]:
+    img = {"type": "image"}
+    return [
+        {"role": "user", "content": [img, {"type": "text", "text": "What colour is this?"}]},
+        {"role": "assistant", "content": "Red."},
+        {"role": "user", "content": [{"type": "text", "text": "And these two?"}, img, img]},
+        {"role": "assistant", "content": "Green, then blue."},
+    ], [str(p) for p in pictures]
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def vlm(request, tiny_vlms):
+    model, processor = load_vision_model(tiny_vlms(request.param), torch.float32)
+    return request.param, model, template_of(processor)
+
+
+def test_no_vision_token_is_trained(vlm, pictures):
+    family, _, template = vlm
+    messages, refs = conversation(pictures)
+    images = [Image.open(r) for r in refs]
+    for loss_on, answers in (("assistant", ["Red.", "Green, then blue."]), ("last", ["Green, then blue."])):
+        ids, labels = template.render_images(messages, images, loss_on=loss_on)
+        assert len(ids) == len(labels)
+        vision_positions = [i for i, t in enumerate(ids) if t in template.vision_token_ids]
+        image_tokens = ids.count(template.processor.image_token_id)
+        expected = template.image_inputs(images)["num_image_tokens"]
+        assert image_tokens == expected >= 3, family  # the processor's own expansion of all three pictures
+        assert vision_positions and all(labels[i] == IGNORE for i in vision_positions)
+        trained = [t for t in labels if t != IGNORE]
+        text = template.tokenizer.decode(trained)
+        end = template.end_of_turn.strip()
+        assert text == "".join(a + end for a in answers), (family, loss_on, text)
+
+
+def features(template, pictures):
+    messages, refs = conversation(pictures)
+    samples = [(messages, refs), (messages[:2], refs[:1]),
+               ([{"role": "user", "content": "No picture here."}, {"role": "assistant", "content": "Fine."}], [])]
+    out = []
+    for msgs, rs in samples:
+        ids, labels = template.render_images(msgs, [Image.open(r) for r in rs])
+        out.append({"input_ids": ids, "labels": labels, "image_refs": rs})
+    return out
+
+
+def test_packed_logits_equal_unpacked(vlm, pictures):
+    family, model, template = vlm
+    feats = features(template, pictures)
+    rope = rope_index_of(model) if family in M_ROPE else None
+    padded = VisionCollator(template, packing=False)(feats)
+    packed = VisionCollator(template, packing=True, rope_index=rope)(feats)
+    assert packed["input_ids"].shape[0] == 1 and "attention_mask" not in packed
+    with torch.no_grad():
+        alone = model(**{k: v for k, v in padded.items() if k != "labels"}, use_cache=False).logits
+        together = model(**{k: v for k, v in packed.items() if k != "labels"}).logits
+    start = 0
+    for i, f in enumerate(feats):
+        n = len(f["input_ids"])
+        torch.testing.assert_close(together[0, start: start + n], alone[i, :n], atol=1e-4, rtol=1e-4)
+        # labels: the sample's own, its first position never trained (it would be predicted from the sample before)
+        assert packed["labels"][0, start].item() == IGNORE
+        assert packed["labels"][0, start + 1: start + n].tolist() == padded["labels"][i, 1:n].tolist()
+        start += n
+    if family in M_ROPE:  # the 3-D positions of the second sample restart at 0, as the model computes them alone
+        assert packed["position_ids"].shape[0] == 4
+        n0 = len(feats[0]["input_ids"])
+        assert packed["position_ids"][:, 0, n0].tolist() == [0, 0, 0, 0]
+
+
+@pytest.mark.parametrize("family", ["gemma3", "idefics3", "llava_onevision", "internvl", "qwen3_vl"])
+def test_packing_refused_where_not_exact(family):
+    class Cfg:
+        truncation, packing, tuner = "error", True, "lora"
+
+    with pytest.raises(ConfigError, match=f"packing: refused for {BY_MODEL_TYPE[family].name}"):
+        VisionRun(None, BY_MODEL_TYPE[family], True, True).check(Cfg())
