@@ -1,0 +1,215 @@
+"""`tunesmith eval --benchmark`: lm-evaluation-harness tasks through our console script on a tiny random model give
+the harness's own numbers; a missing dataset says what to download; code benchmarks run in the sandbox, which kills
+an infinite loop and refuses the network and writes outside its folder."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from tunesmith import api
+from tunesmith.config.eval import EvalConfig
+from tunesmith.errors import DataError
+from tunesmith.eval.sandbox import run_python
+
+TUNESMITH = shutil.which("tunesmith", path=str(Path(sys.executable).parent)) or "tunesmith"
+pytest.importorskip("lm_eval", reason="lm-eval is in the bench extra: pip install 'tunesmith[bench]'")
+
+QUESTIONS = [("What is 2+2?", ["3", "4", "5"], 1), ("Capital of France?", ["Paris", "Rome", "Oslo"], 0),
+             ("Colour of the sky?", ["green", "blue", "red"], 1), ("Opposite of hot?", ["cold", "warm"], 0),
+             ("Largest planet?", ["Mars", "Jupiter", "Venus"], 1), ("Water freezes at?", ["0 C", "50 C"], 0),
+             ("Legs on a spider?", ["six", "eight", "ten"], 1), ("First letter?", ["A", "Z"], 0),
+             ("Days in a week?", ["five", "seven", "nine"], 1), ("Fastest land animal?", ["cheetah", "snail"], 0),
+             ("Sun rises in the?", ["west", "east"], 1), ("Ice is?", ["cold", "hot", "loud"], 0)]
+
+
+def run_cli(*args, env=None):
+    return subprocess.run([TUNESMITH, "eval", *args], capture_output=True, text=True, timeout=600, check=False,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from tiny import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("bench") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def task_dir(tmp_path_factory):
+    """A multiple-choice task in the harness's own format: a YAML file over local JSONL rows."""
+    folder = tmp_path_factory.mktemp("tasks")
+    rows = folder / "tiny_mc.jsonl"
+    rows.write_text("".join(json.dumps({"question": q, "choices": c, "answer": a}) + "\n" for q, c, a in QUESTIONS))
+    (folder / "tiny_mc.yaml").write_text(f"""task: tiny_mc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {rows}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: "{{{{answer}}}}"
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+  - metric: acc_norm
+    aggregation: mean
+    higher_is_better: true
+""")
+    return folder
+
+
+def test_console_script_gives_the_harness_own_scores(tiny, task_dir, tmp_path):
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    out = tmp_path / "out"
+    done = run_cli("--benchmark", "tiny_mc", "--benchmark-dir", str(task_dir), "--model", str(tiny),
+                   "--output-dir", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "tiny_mc:acc" in done.stdout  # our table
+    results = json.loads((out / "results.json").read_text())
+    ours = results["models"]["tiny"]["scores"]
+
+    direct = lm_eval.simple_evaluate(model="hf", model_args={"pretrained": str(tiny), "dtype": "float32"},
+                                     tasks=["tiny_mc"], device="cpu", batch_size=32,
+                                     task_manager=TaskManager(include_path=str(task_dir), include_defaults=False))
+    theirs = direct["results"]["tiny_mc"]
+    assert ours == {"tiny_mc:acc": theirs["acc,none"], "tiny_mc:acc_norm": theirs["acc_norm,none"]}
+    assert 0 < ours["tiny_mc:acc"] < 1  # a score, not a degenerate all-or-nothing
+    # the same documents judged the same way, one by one
+    samples = [json.loads(line) for line in (out / "benchmarks" / "tiny-samples.jsonl").read_text().splitlines()]
+    assert [s["acc"] for s in sorted(samples, key=lambda s: s["doc_id"])] == \
+           [s["acc"] for s in sorted(direct["samples"]["tiny_mc"], key=lambda s: s["doc_id"])]
+    raw = json.loads((out / "benchmarks" / "tiny.json").read_text())
+    assert raw["results"]["tiny_mc"]["acc,none"] == theirs["acc,none"] and raw["lm_eval_version"] == lm_eval.__version__
+    assert results["models"]["tiny"]["benchmarks"]["tiny_mc:acc"]["stderr"] == pytest.approx(theirs["acc_stderr,none"])
+
+
+def test_missing_dataset_names_the_download_command(tiny, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DataError) as err:
+        api.evaluate(EvalConfig(benchmark=["gsm8k", "arc"], model=str(tiny)))
+    message = str(err.value)
+    assert "tunesmith download openai/gsm8k --kind dataset" in message
+    assert "tunesmith download allenai/ai2_arc --kind dataset" in message
+    assert "arc_easy" in message and "arc_challenge" in message
+
+
+# -----------------------------------------------------------------------------
+# Code benchmarks: the harness's own humaneval task over a hub-cache copy of a five-problem dataset
+
+
+PROBLEMS = [("add", "def add(a, b):\n    return a + b\n", "assert f(2, 3) == 5"),       # right
+            ("sub", "def sub(a, b):\n    return a + b\n", "assert f(5, 3) == 2"),       # wrong
+            ("spin", "def spin():\n    while True:\n        pass\n", "f()"),             # never ends
+            ("fetch", ("def fetch():\n    import socket\n    socket.create_connection(('127.0.0.1', PORT), timeout=1)\n"
+                       "    return True\n"), "assert f()"),                                # network
+            ("leak", "def leak():\n    open(LEAK, 'w').write('x')\n    return True\n", "assert f()")]  # writes outside
+
+
+@pytest.fixture
+def listener():
+    """A TCP server on the loopback: the sandboxed code must never reach it."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    server.settimeout(0.2)
+    reached = []
+
+    def accept():
+        while not stop.is_set():
+            try:
+                reached.append(server.accept()[0])
+            except OSError:
+                continue
+
+    stop = threading.Event()
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield server.getsockname()[1], reached
+    stop.set()
+    thread.join()
+    server.close()
+
+
+def test_humaneval_runs_generated_code_only_in_the_sandbox(tiny, tmp_path, listener):
+    port, reached = listener
+    leak = tmp_path / "leaked.txt"
+    hf_home = tmp_path / "hf"  # the hub cache as `tunesmith download openai/openai_humaneval --kind dataset` leaves it
+    repo = hf_home / "hub" / "datasets--openai--openai_humaneval"
+    snapshot = repo / "snapshots" / ("0" * 39 + "1")
+    (snapshot / "openai_humaneval").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(snapshot.name)
+    with (snapshot / "openai_humaneval" / "test.jsonl").open("w") as f:
+        for i, (name, body, check) in enumerate(PROBLEMS):
+            body = body.replace("PORT", str(port)).replace("LEAK", repr(str(leak)))
+            # the prompt ends in a comment, so the one generated token (--max-tokens 1) cannot change the program
+            f.write(json.dumps({"task_id": f"Tiny/{i}", "prompt": body + "# ", "canonical_solution": "",
+                                "test": f"\ndef check(f):\n    {check}\n", "entry_point": name}) + "\n")
+    args = ["--benchmark", "humaneval", "--model", str(tiny), "--max-tokens", "1"]
+
+    refused = run_cli(*args, "--output-dir", str(tmp_path / "no"), env={"HF_HOME": str(hf_home)})
+    assert refused.returncode == 2 and "--allow-code-execution" in refused.stderr + refused.stdout
+
+    done = run_cli(*args, "--allow-code-execution", "--output-dir", str(tmp_path / "out"), env={"HF_HOME": str(hf_home)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "generated code ran in tunesmith's sandbox" in done.stderr + done.stdout
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["models"]["tiny"]["scores"] == {"humaneval:pass@1(create_test)": pytest.approx(0.2)}
+    runs = [json.loads(line) for line in (tmp_path / "out" / "benchmarks" / "tiny-sandbox.jsonl").read_text().splitlines()]
+    status = {p[0]: next(r for r in runs if f"def {p[0]}(" in r["program"]) for p in PROBLEMS}
+    assert status["add"]["status"] == "passed"
+    assert status["sub"]["status"] == "failed" and "AssertionError" in status["sub"]["stderr"]
+    assert status["spin"]["status"] == "timeout"
+    assert status["fetch"]["status"] == "failed" and "PermissionError: sandbox: socket" in status["fetch"]["stderr"]
+    assert not reached
+    assert status["leak"]["status"] == "failed" and "outside the sandbox directory" in status["leak"]["stderr"]
+    assert not leak.exists()
+
+
+# -----------------------------------------------------------------------------
+# The sandbox itself
+
+
+def test_sandbox_passes_good_code_and_kills_an_infinite_loop():
+    good = run_python("def add(a, b):\n    return a + b\nassert add(2, 3) == 5\nprint('ok')", timeout=5)
+    assert good.passed and good.stdout.strip() == "ok"
+    assert run_python("assert 1 == 2").status == "failed"
+    loop = run_python("while True:\n    pass", timeout=1.0)
+    assert loop.status == "timeout" and loop.seconds < 4
+
+
+def test_sandbox_blocks_the_network(listener):
+    port, reached = listener
+    code = f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=2)\ns.sendall(b'hello')"
+    result = run_python(code, timeout=5)
+    assert result.status == "failed" and "PermissionError: sandbox: socket" in result.stderr
+    raw = run_python(f"import _socket\ns = _socket.socket()\ns.connect(('127.0.0.1', {port}))", timeout=5)
+    assert raw.status == "failed"
+    assert not reached
+
+
+def test_sandbox_blocks_writes_outside_its_folder_and_child_processes(tmp_path):
+    target = tmp_path / "escape.txt"
+    for code in (f"open({str(target)!r}, 'w').write('x')",
+                 f"import os\nfd = os.open({str(target)!r}, os.O_WRONLY | os.O_CREAT)\nos.write(fd, b'x')",
+                 f"import os\nos.remove({str(Path(__file__))!r})",
+                 "import subprocess\nsubprocess.run(['touch', '/tmp/tunesmith-sandbox-touch'])",
+                 "import os\nwhile True:\n    os.fork()"):
+        result = run_python(code, timeout=5)
+        assert result.status == "failed", (code, result)
+    assert not target.exists() and Path(__file__).exists()
+    inside = run_python("open('mine.txt', 'w').write('x')\nprint(open('mine.txt').read())", timeout=5)
+    assert inside.passed and inside.stdout.strip() == "x"
+    assert run_python("x = bytearray(8 << 30)", timeout=5, memory_mb=512).status == "failed"  # memory limit
