@@ -264,6 +264,12 @@ def lora_target_regex(model: Any, vision: bool = False, aligner: bool = False) -
     return "|".join(re.escape(n) for n in names)
 
 
+def quantize_skip(folder: Any) -> list[str]:
+    """Modules QLoRA leaves unquantized in a VLM: the vision tower, the aligner and the LM head."""
+    family = family_of(folder)
+    return [*family.vision, *family.aligner, "lm_head"] if family else ["lm_head"]
+
+
 def freeze_parts(model: Any, vision: bool, aligner: bool) -> dict[str, int]:
     """Set requires_grad False on the vision tower and/or the aligner; returns their parameter counts by part."""
     family = family_of_model(model)

@@ -10,6 +10,7 @@ rewards/margins).
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from trl import DPOConfig, DPOTrainer
@@ -19,23 +20,45 @@ from tunesmith.train.preference import load_preference_data, render_pairs
 from tunesmith.train.preflight import load_template, preflight, trainable_report
 from tunesmith.train.run import RunResult, open_run
 from tunesmith.train.setup import common_args, load_trainable, run_trainer
+from tunesmith.train.vision import (
+    VisionPreferenceCollator,
+    VisionRun,
+    refuse_images_for_text_model,
+    render_vision_pairs,
+)
 
 
 def dpo(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> RunResult:
     with open_run(cfg) as run:
         template, base_folder = load_template(cfg)
-        data = load_preference_data(cfg, "preference", template, render_pairs)  # bad pairs stop the run here
+        vlm = VisionRun.start(cfg, template, base_folder)  # image prompts: train/vision.py
+        render = render_text_pairs
+        if vlm is not None:
+            template = vlm.template
+            render = render_vision_pairs
+        data = load_preference_data(cfg, "preference", template, render)  # bad pairs stop the run here
         plan = preflight(cfg, base_folder, rows=len(data.train))
-        model, device, dtype = load_trainable(cfg, base_folder)
+        model, device, dtype = vlm.load_trainable(cfg, base_folder) if vlm else load_trainable(cfg, base_folder)
         run.save_config(base_model_folder=str(base_folder), train_pairs=len(data.train), skipped_rows=data.skipped,
-                        **data.record,
+                        **data.record, **(vlm.recorded() if vlm else {}),
                         **plan.recorded(), **trainable_report(cfg, model))
         args = DPOConfig(**common_args(cfg, run.dir, device, dtype, has_eval=data.eval is not None),
                          beta=cfg.dpo.beta, loss_type=list(cfg.dpo.loss_type))
+        trainer_cls: Any = RenderedDPOTrainer
+        if vlm is not None:  # the image references reach the collator, which adds the pixels
+            args.remove_unused_columns = False
+            trainer_cls = partial(RenderedDPOTrainer, data_collator=VisionPreferenceCollator(
+                template, template.tokenizer.pad_token_id))
         trainer = run_trainer(cfg, run.dir, model, template.tokenizer, data.train, data.eval, device, dtype,
-                              run.resume_from, callbacks, trainer_cls=RenderedDPOTrainer, args=args)
+                              run.resume_from, callbacks, trainer_cls=trainer_cls, args=args)
         final = run.save_final(trainer, template)
         return run.result(trainer, final, data.skipped)
+
+
+def render_text_pairs(rows, template, max_length, problems, cuts=None):
+    """train/preference.py's render_pairs, after refusing rows with images (a text template would mangle them)."""
+    refuse_images_for_text_model(rows, str(template.tokenizer.name_or_path))
+    return render_pairs(rows, template, max_length, problems, cuts=cuts)
 
 
 class RenderedDPOTrainer(DPOTrainer):

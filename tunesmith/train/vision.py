@@ -301,3 +301,64 @@ class VisionCollator:
         # read the positions as a continuation): training needs none
         out["use_cache"] = False
         return out
+
+
+# -----------------------------------------------------------------------------
+# Preference pairs (dpo): image prompts, text answers
+
+
+def render_vision_pairs(rows: list, template: VisionTemplate, max_length: int, problems: list[Problem],
+                        cuts: Any = None) -> Any:
+    """prompt_ids / chosen_ids / rejected_ids as train/preference.py's render_pairs gives them, the prompt with its
+    images' tokens, plus image_refs; the answers are the ids the whole conversation renders after the prompt."""
+    import datasets
+
+    from tunesmith.train.truncate import Cuts
+
+    cuts = cuts or Cuts("error", max_length, template.stop_token_ids)
+    table: dict[str, list] = {"prompt_ids": [], "chosen_ids": [], "rejected_ids": [], "image_refs": []}
+    for row in rows:
+        refs = images_of(row.prompt)
+        pictures = [open_image(r) for r in refs]
+        prompt = template.render_prompt_images(row.prompt, pictures)
+        answers = []
+        for text in (row.chosen, row.rejected):
+            ids, labels = template.render_images(row.prompt + [{"role": "assistant", "content": text}], pictures,
+                                                 loss_on="last")
+            answers.append([i for i, label in zip(ids[len(prompt):], labels[len(prompt):]) if label != IGNORE])
+        kept = cuts.pair(row, prompt, answers, problems, "chosen/rejected")
+        if kept is None:
+            continue
+        prompt, answers = kept
+        table["prompt_ids"].append(prompt)
+        table["chosen_ids"].append(answers[0])
+        table["rejected_ids"].append(answers[1])
+        table["image_refs"].append(refs)
+    return datasets.Dataset.from_dict(table)
+
+
+class VisionPreferenceCollator:
+    """TRL's preference collator (chosen rows, then rejected rows, padded), plus the pixels of each pair's images
+    for both halves and the family's per-token inputs (mm_token_type_ids)."""
+
+    def __init__(self, template: VisionTemplate, pad_token_id: int):
+        from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+        self.template = template
+        self.text = DataCollatorForPreference(pad_token_id=pad_token_id)
+
+    def __call__(self, features: list[dict]) -> dict[str, Any]:
+        import torch
+
+        refs = [r for f in features for r in f["image_refs"]]
+        batch = self.text([{k: f[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")} for f in features])
+        pictures = [open_image(r) for r in refs]
+        pixels = self.template.image_inputs(pictures + pictures)  # chosen half, then rejected half
+        pixels.pop("num_image_tokens", None)
+        batch.update(pixels)
+        extras: dict[str, list] = {}
+        for row in batch["input_ids"].tolist():
+            for k, v in self.template.text_inputs(row).items():
+                extras.setdefault(k, []).append(v)
+        batch.update({k: torch.tensor(v) for k, v in extras.items()})
+        return batch
