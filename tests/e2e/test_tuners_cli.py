@@ -17,6 +17,8 @@ TUNERS = {
     "loha": ["--tuner", "loha", "--peft.args", '{"r": 4, "alpha": 8}', "--learning-rate", "1e-2"],
     "pissa+": ["--lora.init", "pissa", "--lora.plus-ratio", "16", "--lora.rslora", "--neftune-alpha", "5"],
     "eva": ["--lora.init", "eva", "--lora.rank", "4", "--lora.eva-batches", "2"],
+    "longlora": ["--tuner", "longlora", "--lora.rank", "4", "--longlora.target-length", "8192", "--longlora.rope-scaling",
+                 "yarn", "--longlora.group-size-ratio", "0.5"],
     "dp": ["--dp", "epsilon=50,delta=1e-5,max_grad_norm=1.0", "--learning-rate", "1e-2"],  # a weak guarantee:
 }                                                                          # little noise, so 4 steps learn
 
@@ -38,6 +40,9 @@ def test_a_tuner_trains_through_the_cli_and_its_output_is_served(name, tiny_mode
     assert_preflight_recorded(run)
     adapter = (final / "adapter_config.json").exists()
     assert adapter == (name in ("loha", "pissa+", "eva", "dp"))
+    if name == "longlora":  # served with the RoPE scaling it trained with (and full attention)
+        config = json.loads((final / "config.json").read_text())
+        assert config["rope_parameters"]["rope_type"] == "yarn" and config["max_position_embeddings"] == 8192
     if name == "dp":
         assert read_metrics(run)[-1]["dp_epsilon"] > 0 and "differential privacy" in (final / "README.md").read_text()
 

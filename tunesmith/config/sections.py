@@ -119,6 +119,23 @@ class FreezeCfg(Section):
         "More modules that train, by name pattern (e.g. lm_head, embed_tokens, norm)."))
 
 
+class LongLoraCfg(Section):
+    """LongLoRA (Chen et al. 2024): LoRA (the lora section) plus trainable embeddings and norms, shifted sparse
+    attention (S2-Attn) while training, RoPE scaled to the target length; saved merged, served with full attention."""
+
+    target_length: int | None = Field(None, ge=8, description=(
+        "Context length the model is extended to: RoPE is scaled by target_length / the model's "
+        "max_position_embeddings (nothing to scale when the model already takes it). Unset: max_length."))
+    rope_scaling: Literal["linear", "dynamic", "yarn", "none"] = Field("linear", description=(
+        "How RoPE is stretched (transformers' rope_type, written into the saved config.json): linear (position "
+        "interpolation, LongLoRA's choice), dynamic (NTK, scales only beyond the original length), yarn, or none."))
+    group_size_ratio: float = Field(0.25, gt=0, le=1, description=(
+        "S2-Attn group size as a share of each training sequence (LongLoRA: 1/4); half the heads use groups "
+        "shifted by half a group. Training only: the saved model uses full attention."))
+    trainable: list[Literal["embed", "norm"]] = Field(default_factory=lambda: ["embed", "norm"], description=(
+        "Layers trained in full beside LoRA (LongLoRA: embed,norm; [] for plain LoRA with S2-Attn)."))
+
+
 class PeftCfg(Section):
     """Any other peft method by tuner name (adalora, vera, oft, boft, ia3, loha, lokr): its config's fields."""
 

@@ -31,7 +31,7 @@ from tunesmith import lineage
 from tunesmith.errors import ConfigError
 from tunesmith.train.callbacks import MANIFEST, is_complete
 from tunesmith.train.launch import LAUNCHED, is_main, rank, world_size
-from tunesmith.train.tuners import save_adapter_for_base
+from tunesmith.train.tuners import finish_final
 from tunesmith.versions import installed_versions
 
 log = logging.getLogger("tunesmith")
@@ -82,7 +82,7 @@ class Run:
         trainer.save_model(str(staging))
         _barrier()
         if is_main():
-            save_adapter_for_base(trainer.model, staging, self.dir)  # PiSSA/OLoRA: an adapter for the untouched base
+            finish_final(self.cfg, trainer.model, staging, self.dir)  # PiSSA/OLoRA's adapter for the base, LongLoRA merged
             template.save(staging)
             shutil.copy(self.dir / "config.yaml", staging / "config.yaml")
             lineage.write_for_run(staging, self.dir, self.cfg)  # data, template and config hashes; the parent

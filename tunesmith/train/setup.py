@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.models import load as models
-from tunesmith.train import tuners
+from tunesmith.train import longlora, tuners
 from tunesmith.train.launch import engine_args, rank, world_size
 from tunesmith.train.speed import speed_args
 
@@ -17,7 +17,8 @@ def load_trainable(cfg: Any, folder: Path) -> tuple[Any, str, Any]:
     dtype)."""
     device = models.pick_device(cfg.device)  # as preflight picked them (the same pure choice)
     dtype = models.pick_dtype(cfg.dtype, device)
-    model = models.load_model(folder, dtype=dtype, device=device, quantize_4bit=cfg.tuner == "qlora")
+    config = longlora.scaled_config(cfg, folder) if cfg.tuner == "longlora" else None  # RoPE to the target length
+    model = models.load_model(folder, dtype=dtype, device=device, quantize_4bit=cfg.tuner == "qlora", config=config)
     import torch
 
     if cfg.tuner == "qlora" and dtype != torch.bfloat16:

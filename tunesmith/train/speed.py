@@ -35,6 +35,7 @@ from typing import Any
 from tunesmith.errors import HardwareError
 from tunesmith.infer import attention
 from tunesmith.models.patches.peft_lora import keep_adapter_inputs_in_compute_dtype, use_fused_forward
+from tunesmith.models.s2_attention import use_s2_attention
 from tunesmith.train import tuners
 from tunesmith.train.launch import deepspeed_stage
 
@@ -55,7 +56,8 @@ def resolve_packing(cfg: Any, device: str, dtype: Any) -> None:
     dense block mask over the flattened batch (CPU, MPS, float32)."""
     if getattr(cfg, "packing", False) is None:
         private = getattr(getattr(cfg, "dp", None), "epsilon", None) is not None  # DP-SGD: one sample per row
-        cfg.packing = varlen_runs(device, dtype) and not private
+        # LongLoRA: S2-Attn folds padded rows into groups; a packed row would need the dense mask of all its samples
+        cfg.packing = varlen_runs(device, dtype) and not private and getattr(cfg, "tuner", None) != "longlora"
 
 
 def prepare_model(cfg: Any, model: Any, device: str, dtype: Any) -> dict[str, str]:
@@ -63,7 +65,9 @@ def prepare_model(cfg: Any, model: Any, device: str, dtype: Any) -> dict[str, st
     checkpointing are decided before, by train/preflight.py."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     chosen = {"attention": str(base.config._attn_implementation)}
-    if cfg.packing and varlen_runs(device, dtype):
+    if getattr(cfg, "tuner", None) == "longlora":  # shifted sparse attention while training, full attention after
+        chosen["attention"] = use_s2_attention(model, cfg.longlora.group_size_ratio)
+    elif cfg.packing and varlen_runs(device, dtype):
         attention.use_varlen(base)  # sample boundaries come from TRL's padding-free collator
         attention.prepare_training(base)
         chosen["attention"] = attention.NAME

@@ -25,6 +25,7 @@ from transformers import TrainerCallback
 from tunesmith.config.commands import LORA_TUNERS
 from tunesmith.errors import ConfigError
 from tunesmith.models import load as models
+from tunesmith.train import longlora
 
 log = logging.getLogger("tunesmith")
 # PiSSA and OLoRA move the adapter's start into the base weights (W - B0 A0). The start is kept here so that the final
@@ -47,6 +48,8 @@ def make_trainable(cfg: Any, model: Any) -> Any:
 
     if cfg.adapters:
         return models.attach_adapters(model, cfg.adapters, trainable=True)
+    if cfg.tuner == "longlora":  # + embeddings and norms; its S2-Attn is the training attention (train/speed.py)
+        return get_peft_model(model, longlora.lora_config(cfg, model))
     if cfg.tuner in LORA_TUNERS:
         import torch
 
@@ -152,6 +155,15 @@ def initialize_from_data(cfg: Any, trainer: Any) -> dict[str, int]:
     log.info("eva: adapters initialised from %d batches (%d passes); ranks %d-%d over %d layers", len(batches),
              calls[0], min(ranks.values()), max(ranks.values()), len(ranks))
     return ranks
+
+
+def finish_final(cfg: Any, model: Any, folder: Path, run_dir: Path) -> None:
+    """What final/ holds beyond what the Trainer saved: LongLoRA's merged model (train/longlora.py), PiSSA/OLoRA's
+    adapter for the untouched base."""
+    if cfg.tuner == "longlora":
+        longlora.save_merged(model, folder)
+    else:
+        save_adapter_for_base(model, folder, run_dir)
 
 
 def save_adapter_for_base(model: Any, folder: Path, run_dir: Path) -> None:
