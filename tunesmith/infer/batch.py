@@ -43,6 +43,18 @@ def sampling_params(cfg: InferConfig) -> SamplingParams:
     return SamplingParams(max_tokens=g.max_tokens, temperature=g.temperature, top_p=g.top_p, stop=list(g.stop), seed=g.seed)
 
 
+def _pictures(engine: Engine, model: str, row) -> list:
+    """A row's images (data/vision.py put them in its messages as image parts, checked and made portable), opened."""
+    from tunesmith.data.images import open_image
+    from tunesmith.data.vision import images_of
+
+    refs = images_of(row.messages)
+    if refs and not engine.accepts_images(model):
+        raise ConfigError(f"{row.source}:{row.line}: messages: the row has images and {model} reads text only; answer "
+                          "it with a vision-language model")
+    return [open_image(ref) for ref in refs]
+
+
 def _run_name(adapters: str) -> str:
     folder = Path(adapters)
     return folder.parent.name if folder.name == "final" else folder.name
@@ -57,10 +69,14 @@ def answer_dataset(engine: Engine, cfg: InferConfig, params: SamplingParams) -> 
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = data.rows
     model = engine.model_names()[0]
+    if cfg.image:
+        raise ConfigError("image: --image goes with the terminal chat; dataset rows bring their own images (image "
+                          "parts, or an `images` column with <image> placeholders)")
     with out.open("w", encoding="utf-8") as f, tqdm(total=len(rows), desc="answering", unit="row") as bar:
         for start in range(0, len(rows), cfg.batch_size):
             batch = rows[start: start + cfg.batch_size]
-            answers = engine.chat([r.messages for r in batch], params, model=model)
+            answers = engine.chat([r.messages for r in batch], params, model=model,
+                                  images=[_pictures(engine, model, r) for r in batch])
             for row, answer in zip(batch, answers):
                 choice = answer.choices[0]
                 split = engine.reasoning(GenerationRequest(messages=row.messages, model=model))

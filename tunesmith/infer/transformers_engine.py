@@ -17,6 +17,10 @@ Departures from plain `generate`, and why:
   per-request processors take only tensor arguments (temperature, top_p), so a grammar cannot ride in the batch.
 - Each named adapter (--adapters) is merged into its own copy of the base (exact in float32): memory grows with the
   number of adapters, every token costs what the base costs.
+- Vision-language models (models/vision.py) answer every request through `generate()`, one at a time, streamed
+  token by token: the prompt and its pictures are encoded by encode_vision_prompt (the renderer training uses), and
+  the batching loop takes token ids only, not pixels. Tools, response_format, logprobs and prefills are refused for
+  them by name.
 - Versions (deploy --model-config) and adapters loaded while serving (the admin API) share one copy of their base:
   each is a view of the base's module tree holding the very same weight tensors, with the LoRA layers added
   un-merged (peft), so another version costs its adapter's memory and its own KV cache, and loading one never
@@ -63,6 +67,7 @@ class Served:
     model: Any
     template: Template
     manager: Any = None
+    processor: Any = None  # a vision-language model's processor (its images and chat template); None: text only
 
 
 class TransformersEngine(Engine):
@@ -95,6 +100,9 @@ class TransformersEngine(Engine):
         loads = len(adapters or {}) + (1 if model or not (adapters or versions) else 0)
         for name, folder in (adapters or {}).items():
             run = read_run_output(folder)
+            if _is_vision(run.folder):  # a VLM run: its base comes from adapter_config.json (models/vision.py)
+                served.append(_vision_served(name, run.folder, torch_dtype, device))
+                continue
             if run.is_adapter:
                 base = models.load_model(models.resolve(model or run.base_model), dtype=torch_dtype, device=device)
                 net = models.attach_adapters(base, run.folder, trainable=False).merge_and_unload()
@@ -103,9 +111,12 @@ class TransformersEngine(Engine):
             served.append(Served(name, net.eval(), Template.load(run.folder)))
         if (not served and not versions) or model:
             folder = models.resolve(model or DEFAULT_MODEL)
-            net = models.load_model(folder, dtype=torch_dtype, device=device)
-            served.append(Served(Path(model or DEFAULT_MODEL).name, net.eval(), Template.load(folder)))
-            bases[str(folder.resolve())] = net  # versions over the same base share it
+            if _is_vision(folder):
+                served.append(_vision_served(Path(model or DEFAULT_MODEL).name, folder, torch_dtype, device))
+            else:
+                net = models.load_model(folder, dtype=torch_dtype, device=device)
+                served.append(Served(Path(model or DEFAULT_MODEL).name, net.eval(), Template.load(folder)))
+                bases[str(folder.resolve())] = net  # versions over the same base share it
         versions = dict(versions or {})
         if not served:  # versions only: the first one is the engine's default (the server routes by its own)
             name, (folder, base) = next(iter(versions.items()))
@@ -131,6 +142,9 @@ class TransformersEngine(Engine):
     def template_for(self, model: str | None) -> Template:
         return self._served(model).template
 
+    def accepts_images(self, model: str | None = None) -> bool:
+        return self._served(model).processor is not None
+
     def reasoning(self, request: GenerationRequest) -> Any:
         return reasoning_split(self._served(request.model).template, request)
 
@@ -142,6 +156,10 @@ class TransformersEngine(Engine):
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         served = self._served(request.model)
+        if served.processor is not None:
+            async for delta in self._stream_vision(served, request):
+                yield delta
+            return
         prompt = self._prompt_ids(served, request)
         p = request.params
         if not prompt:
@@ -335,10 +353,7 @@ class TransformersEngine(Engine):
         return {"max_memory_percent": 0.8 / len(self.served), "max_batch_tokens": self.max_batch_tokens}
 
     def context_length(self, model: str | None = None) -> int | None:
-        config = self._served(model).model.config
-        rope = getattr(config, "rope_parameters", None) or {}
-        if rope.get("rope_type") == "dynamic":  # dynamic NTK stretches RoPE beyond the trained length (LongLoRA runs)
-            return int(config.max_position_embeddings * rope["factor"])
+        config = self._served(model).model.config.get_text_config()  # a VLM's language model holds the positions
         return getattr(config, "max_position_embeddings", None)
 
     # -------------------------------------------------------------------------
@@ -446,7 +461,98 @@ class TransformersEngine(Engine):
         return pick_served(self.served, self.default, model)
 
     def _prompt_ids(self, served: Served, request: GenerationRequest) -> list[int]:
+        if served.processor is not None:
+            return self._vision_inputs(served, request)["input_ids"][0].tolist()
+        if request.images:
+            raise TunesmithError(f"{served.name} reads text only; images need a vision-language model")
         return prompt_ids(served.template, request)
+
+    # -------------------------------------------------------------------------
+    # Vision-language models: generate() with the pictures, one request at a time
+
+    def _vision_inputs(self, served: Served, request: GenerationRequest) -> dict[str, Any]:
+        """input_ids, attention_mask and the pictures' tensors (batch 1), encoded as training encodes the prompt."""
+        import torch
+
+        from tunesmith.models.vision import encode_vision_prompt
+
+        for what, given in (("tools", request.tools), ("response_format", request.response_format),
+                            ("an assistant prefix", request.assistant_prefix),
+                            ("chat_template_kwargs in the request", request.chat_template_kwargs)):
+            if given:
+                raise TunesmithError(f"{what}: not served for vision-language models yet; leave it out")
+        if request.messages is None:  # a plain completion: its text, no pictures
+            ids = prompt_ids(served.template, request)
+            return {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
+        return encode_vision_prompt(served.processor, request.messages, list(request.images or []))
+
+    async def _stream_vision(self, served: Served, request: GenerationRequest) -> AsyncIterator[Delta]:
+        p = request.params
+        if p.logprobs or p.top_logprobs:
+            raise TunesmithError("logprobs: not served for vision-language models yet; leave it out")
+        inputs = self._vision_inputs(served, request)
+        prompt = int(inputs["input_ids"].shape[1])
+        loop = asyncio.get_running_loop()
+        for i in range(p.n):
+            queue: asyncio.Queue = asyncio.Queue()
+            streamer = _TokenStream(loop, queue)
+            decoder = _Decoder(served.template, p.stop)
+            work = asyncio.ensure_future(asyncio.to_thread(self._generate_vision, served, inputs, p, i, streamer))
+            tokens: list[int] = []
+            try:
+                while (item := await queue.get()) is not None:
+                    tokens += item
+                    text, stopped = decoder.update(tokens)
+                    if stopped:
+                        streamer.cancelled = True  # a stop string: generate() ends at its next step
+                        break
+                    if text:
+                        yield Delta(i, text, prompt_tokens=prompt, completion_tokens=decoder.count)
+                try:
+                    await work
+                except Exception as err:
+                    raise EngineError(f"generate() failed: {type(err).__name__}: {err}") from err
+                text, _ = decoder.update(tokens, final=True)
+                yield Delta(i, text, decoder.finish_reason(p.max_tokens), prompt_tokens=prompt,
+                            completion_tokens=decoder.count)
+            finally:  # the client went away: stop generating (the thread ends at its next step)
+                streamer.cancelled = True
+                if not work.done():
+                    await asyncio.wait([work])
+
+    def _generate_vision(self, served: Served, inputs: dict[str, Any], p: SamplingParams, choice: int,
+                         streamer: _TokenStream) -> None:
+        import torch
+        from transformers import StoppingCriteriaList
+
+        sample = p.temperature >= GREEDY_BELOW
+        device = served.model.device
+        with self.exact_lock, torch.inference_mode():
+            if p.seed is not None:
+                torch.manual_seed((p.seed + choice) % 2**64)
+            try:
+                served.model.generate(
+                    **{k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()},
+                    max_new_tokens=p.max_tokens, do_sample=sample, temperature=p.temperature if sample else None,
+                    top_p=p.top_p if sample else None, top_k=None, eos_token_id=served.template.stop_token_ids,
+                    pad_token_id=served.template.tokenizer.pad_token_id, streamer=streamer,
+                    stopping_criteria=StoppingCriteriaList([streamer.stop]))
+            finally:
+                streamer.end()
+
+
+def _is_vision(folder: Path) -> bool:
+    from tunesmith.models.vision import is_vision_model
+
+    return is_vision_model(folder)
+
+
+def _vision_served(name: str, folder: Path, dtype: Any, device: str) -> Served:
+    """A VLM (or a LoRA run over one, attached un-merged by peft) with its processor and the run's template."""
+    from tunesmith.models.vision import load_vision_model, template_of
+
+    net, processor = load_vision_model(folder, dtype)
+    return Served(name, net.to(device).eval(), template_of(processor), processor=processor)
 
 
 def _version(name: str, folder: str, base: str | None, bases: dict[str, Any], dtype: Any,

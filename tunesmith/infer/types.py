@@ -159,19 +159,24 @@ class Engine(ABC):
     # -------------------------------------------------------------------------
     # Synchronous forms, for `tunesmith infer` and scripts: the same code path as the server.
 
-    def chat(self, requests: list[list[dict]], params: SamplingParams, model: str | None = None) -> list[Completion]:
-        """Answer several conversations at once (they share the running batch)."""
+    def chat(self, requests: list[list[dict]], params: SamplingParams, model: str | None = None,
+             images: list[list] | None = None) -> list[Completion]:
+        """Answer several conversations at once (they share the running batch). `images`: each conversation's
+        pictures (vision models), one per {"type": "image"} part of its messages, in order."""
 
         async def run() -> list[Completion]:
-            return await asyncio.gather(*[self.generate(GenerationRequest(messages=m, model=model, params=params))
-                                          for m in requests])
+            pictures = images or [None] * len(requests)
+            return await asyncio.gather(*[self.generate(GenerationRequest(messages=m, model=model, params=params,
+                                                                          images=pics or None))
+                                          for m, pics in zip(requests, pictures)])
 
         return asyncio.run(run())
 
-    def stream_text(self, messages: list[dict], params: SamplingParams, model: str | None = None) -> Iterator[str]:
+    def stream_text(self, messages: list[dict], params: SamplingParams, model: str | None = None,
+                    images: list | None = None) -> Iterator[str]:
         """Yield the text of one answer as it is generated."""
         loop = asyncio.new_event_loop()
-        deltas = self.stream(GenerationRequest(messages=messages, model=model, params=params))
+        deltas = self.stream(GenerationRequest(messages=messages, model=model, params=params, images=images or None))
         try:
             while True:
                 try:

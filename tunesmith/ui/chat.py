@@ -15,17 +15,39 @@ HELP = 'Type a message. Line ending in \\ continues; """ starts/ends a block. /r
 
 
 def chat(cfg: InferConfig) -> None:
+    images = pictures(cfg)
     engine = api.engine(cfg)
     params, model = api.sampling_params(cfg), engine.model_names()[0]
     try:
-        converse(engine, params, model)
+        converse(engine, params, model, images)
     finally:
         engine.shutdown()
 
 
-def converse(engine, params, model: str) -> None:
+def pictures(cfg: InferConfig) -> list:
+    """--image files, opened before any weights load (a missing or unreadable one names itself); only for a vision
+    model."""
+    if not cfg.image:
+        return []
+    from tunesmith.data.images import ImageError, open_image
+    from tunesmith.errors import ConfigError
+    from tunesmith.models.vision import is_vision_model
+
+    model = cfg.adapters or cfg.model
+    if model is None or not is_vision_model(model):
+        raise ConfigError(f"image: {model or 'the default model'} reads text only; --image needs a vision-language "
+                          "model (tunesmith models lists the families)")
+    try:
+        return [open_image(path) for path in cfg.image]
+    except ImageError as err:
+        raise ConfigError(f"image: {err}") from None
+
+
+def converse(engine, params, model: str, images: list | None = None) -> None:
+    """Images go with the first message, before its text (as image parts), and stay in the conversation."""
     interactive = sys.stdin.isatty()
-    print(f"tunesmith chat with {model}. {HELP}", file=sys.stderr)
+    images = list(images or [])
+    print(f"tunesmith chat with {model}{f' ({len(images)} image(s))' if images else ''}. {HELP}", file=sys.stderr)
     history: list[dict] = []
     while True:
         text = read_message(interactive)
@@ -37,9 +59,11 @@ def converse(engine, params, model: str) -> None:
             continue
         if not text.strip():
             continue
-        history.append({"role": "user", "content": text})
+        first = images and not history
+        content = [*({"type": "image"} for _ in images), {"type": "text", "text": text}] if first else text
+        history.append({"role": "user", "content": content})
         reply = ""
-        for piece in engine.stream_text(history, params, model=model):
+        for piece in engine.stream_text(history, params, model=model, images=images if images else None):
             reply += piece
             sys.stdout.write(piece)
             sys.stdout.flush()
