@@ -12,7 +12,7 @@ from pydantic import Field, field_validator, model_validator
 from tunesmith.config.encoders import (DEFAULT_ENCODER, ClassificationCfg, EmbeddingCfg, RerankerCfg, Task,
                                        check_encoder_task)
 from tunesmith.config.sections import (GENERATION_SHORTCUTS, Device, Dtype, FreezeCfg, GaloreCfg, GenerationCfg,
-                                       LisaCfg, LoraCfg, PeftCfg, PrivacyCfg, Section)
+                                       LisaCfg, LongLoraCfg, LoraCfg, PeftCfg, PrivacyCfg, Section)
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 # How the weights train (`tuner`). Adapter tuners save an adapter folder that loads on the untouched base; the others
@@ -20,10 +20,11 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 LORA_TUNERS = ("lora", "qlora", "dora")
 PEFT_TUNERS = ("adalora", "vera", "oft", "boft", "ia3", "loha", "lokr")  # peft's other methods, by name
 FULL_WEIGHT_TUNERS = ("full", "galore", "lisa", "freeze")
-Tuner = Literal["lora", "qlora", "dora", "adalora", "vera", "oft", "boft", "ia3", "loha", "lokr", "full", "galore",
-                "lisa", "freeze"]
+Tuner = Literal["lora", "qlora", "dora", "adalora", "vera", "oft", "boft", "ia3", "loha", "lokr", "longlora", "full",
+                "galore", "lisa", "freeze"]
 # The section each tuner reads; setting another tuner's section is refused (it would be silently ignored).
-TUNER_SECTIONS = {"galore": ("galore",), "lisa": ("lisa",), "freeze": ("freeze",), "peft": PEFT_TUNERS}
+TUNER_SECTIONS = {"galore": ("galore",), "lisa": ("lisa",), "freeze": ("freeze",), "peft": PEFT_TUNERS,
+                  "longlora": ("longlora",)}
 
 
 Truncation = Literal["error", "drop", "left", "right"]
@@ -50,7 +51,8 @@ class TrainConfig(Section):
     tuner: Tuner = Field("lora", description=(
         "How the weights train. Adapters: lora | qlora (4-bit NF4 base) | dora | adalora | vera | oft | boft | ia3 | "
         "loha | lokr. Whole model: full | galore (low-rank optimizer states) | lisa (a few sampled layers at a "
-        "time) | freeze (the last layers)."))
+        "time) | freeze (the last layers). longlora: LoRA + embeddings and norms with shifted sparse attention and "
+        "RoPE scaled to a longer context, saved merged (sft, pt)."))
     lora: LoraCfg = Field(default_factory=LoraCfg, description="Adapter settings (tuner lora, qlora, dora; rank also "
                           "for the other adapters).")
     galore: GaloreCfg = Field(default_factory=GaloreCfg, description="GaLore settings (tuner galore).")
@@ -58,6 +60,8 @@ class TrainConfig(Section):
     freeze: FreezeCfg = Field(default_factory=FreezeCfg, description="What trains with tuner freeze.")
     peft: PeftCfg = Field(default_factory=PeftCfg, description="The peft config of tuner adalora, vera, oft, boft, "
                           "ia3, loha or lokr.")
+    longlora: LongLoraCfg = Field(default_factory=LongLoraCfg, description="LongLoRA settings (tuner longlora; "
+                                  "LoRA's own in the lora section).")
     freeze_vision_tower: bool | None = Field(None, description=(
         "Vision-language models: keep the vision tower's weights as they are (no adapters there, not trained in full "
         "fine-tuning). Unset: on."))
@@ -169,6 +173,10 @@ class TrainConfig(Section):
             raise ValueError("lora.eva_batches/eva_rho: only read with lora.init eva")
         if self.lora.plus_ratio and self.tuner not in LORA_TUNERS:
             raise ValueError(f"lora.plus_ratio: LoRA+ sets the learning rates of LoRA's A and B; tuner is {self.tuner}")
+        if self.tuner == "longlora" and (self.command not in ("sft", "pt") or self.adapters or
+                                         getattr(self, "task", "causal-lm") != "causal-lm"):
+            raise ValueError("tuner: longlora extends a causal LM's context with sft or pt, from base weights (its "
+                             "result is a merged model: continue it with --model runs/NAME/final)")
         several = self.nproc_per_node * self.nnodes > 1
         if self.tuner == "lisa" and several:
             raise ValueError("tuner: lisa changes which layers train every interval, which DDP's gradient buckets "

@@ -354,6 +354,9 @@ class TransformersEngine(Engine):
 
     def context_length(self, model: str | None = None) -> int | None:
         config = self._served(model).model.config.get_text_config()  # a VLM's language model holds the positions
+        rope = getattr(config, "rope_parameters", None) or {}
+        if rope.get("rope_type") == "dynamic":  # dynamic NTK stretches RoPE beyond the trained length (LongLoRA runs)
+            return int(config.max_position_embeddings * rope["factor"])
         return getattr(config, "max_position_embeddings", None)
 
     # -------------------------------------------------------------------------
