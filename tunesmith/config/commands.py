@@ -9,10 +9,11 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from tunesmith.config.eval import Metric, parse_gate
 from tunesmith.config.encoders import (DEFAULT_ENCODER, ClassificationCfg, EmbeddingCfg, RerankerCfg, Task,
                                        check_encoder_task)
 from tunesmith.config.sections import (GENERATION_SHORTCUTS, Device, Dtype, FreezeCfg, GaloreCfg, GenerationCfg,
-                                       LisaCfg, LongLoraCfg, LoraCfg, PeftCfg, PrivacyCfg, Section)
+                                       LisaCfg, LoraCfg, PeftCfg, PrivacyCfg, Section)
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 # How the weights train (`tuner`). Adapter tuners save an adapter folder that loads on the untouched base; the others
@@ -20,11 +21,10 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 LORA_TUNERS = ("lora", "qlora", "dora")
 PEFT_TUNERS = ("adalora", "vera", "oft", "boft", "ia3", "loha", "lokr")  # peft's other methods, by name
 FULL_WEIGHT_TUNERS = ("full", "galore", "lisa", "freeze")
-Tuner = Literal["lora", "qlora", "dora", "adalora", "vera", "oft", "boft", "ia3", "loha", "lokr", "longlora", "full",
-                "galore", "lisa", "freeze"]
+Tuner = Literal["lora", "qlora", "dora", "adalora", "vera", "oft", "boft", "ia3", "loha", "lokr", "full", "galore",
+                "lisa", "freeze"]
 # The section each tuner reads; setting another tuner's section is refused (it would be silently ignored).
-TUNER_SECTIONS = {"galore": ("galore",), "lisa": ("lisa",), "freeze": ("freeze",), "peft": PEFT_TUNERS,
-                  "longlora": ("longlora",)}
+TUNER_SECTIONS = {"galore": ("galore",), "lisa": ("lisa",), "freeze": ("freeze",), "peft": PEFT_TUNERS}
 
 
 Truncation = Literal["error", "drop", "left", "right"]
@@ -51,8 +51,7 @@ class TrainConfig(Section):
     tuner: Tuner = Field("lora", description=(
         "How the weights train. Adapters: lora | qlora (4-bit NF4 base) | dora | adalora | vera | oft | boft | ia3 | "
         "loha | lokr. Whole model: full | galore (low-rank optimizer states) | lisa (a few sampled layers at a "
-        "time) | freeze (the last layers). longlora: LoRA + embeddings and norms with shifted sparse attention and "
-        "RoPE scaled to a longer context, saved merged (sft, pt)."))
+        "time) | freeze (the last layers)."))
     lora: LoraCfg = Field(default_factory=LoraCfg, description="Adapter settings (tuner lora, qlora, dora; rank also "
                           "for the other adapters).")
     galore: GaloreCfg = Field(default_factory=GaloreCfg, description="GaLore settings (tuner galore).")
@@ -60,8 +59,6 @@ class TrainConfig(Section):
     freeze: FreezeCfg = Field(default_factory=FreezeCfg, description="What trains with tuner freeze.")
     peft: PeftCfg = Field(default_factory=PeftCfg, description="The peft config of tuner adalora, vera, oft, boft, "
                           "ia3, loha or lokr.")
-    longlora: LongLoraCfg = Field(default_factory=LongLoraCfg, description="LongLoRA settings (tuner longlora; "
-                                  "LoRA's own in the lora section).")
     freeze_vision_tower: bool | None = Field(None, description=(
         "Vision-language models: keep the vision tower's weights as they are (no adapters there, not trained in full "
         "fine-tuning). Unset: on."))
@@ -173,10 +170,6 @@ class TrainConfig(Section):
             raise ValueError("lora.eva_batches/eva_rho: only read with lora.init eva")
         if self.lora.plus_ratio and self.tuner not in LORA_TUNERS:
             raise ValueError(f"lora.plus_ratio: LoRA+ sets the learning rates of LoRA's A and B; tuner is {self.tuner}")
-        if self.tuner == "longlora" and (self.command not in ("sft", "pt") or self.adapters or
-                                         getattr(self, "task", "causal-lm") != "causal-lm"):
-            raise ValueError("tuner: longlora extends a causal LM's context with sft or pt, from base weights (its "
-                             "result is a merged model: continue it with --model runs/NAME/final)")
         several = self.nproc_per_node * self.nnodes > 1
         if self.tuner == "lisa" and several:
             raise ValueError("tuner: lisa changes which layers train every interval, which DDP's gradient buckets "
@@ -220,6 +213,17 @@ Run: tunesmith sft -c sft.yaml"""
     dp: PrivacyCfg = Field(default_factory=PrivacyCfg, description=(
         "Differential privacy (Opacus DP-SGD), e.g. --dp epsilon=8,delta=1e-5,max_grad_norm=1.0; tuner lora, qlora "
         "or full. Needs pip install 'tunesmith[privacy]'."))
+    eval_dataset: list[str] = Field(default_factory=list, description=(
+        "Generation eval while training: at each eval step (eval_steps) and the last, the model answers the first "
+        "eval_generate_rows rows greedily and eval_metrics scores them (tunesmith eval's metrics) into metrics.jsonl "
+        "(eval_<column>) and eval_metrics.png beside loss.png."))
+    eval_metrics: list[Metric] = Field(default_factory=lambda: ["rouge"], description=(
+        "Metrics of eval_dataset: exact_match, bleu, rouge, bertscore, format, accuracy."))
+    eval_generate_rows: int = Field(8, ge=1, description="Rows of eval_dataset answered at each eval step.")
+    eval_max_tokens: int = Field(128, ge=1, description="Longest answer per row at each eval step.")
+    eval_gate: str | None = Field(None, description=(
+        "METRIC>=VALUE, e.g. rouge>=0.3 (rouge = rougeL): after training and saving, exit non-zero (3) when the last "
+        "eval step fails it; for scripted pipelines."))
     command: ClassVar[str] = "sft"
 
     @model_validator(mode="before")
@@ -233,6 +237,22 @@ Run: tunesmith sft -c sft.yaml"""
     @model_validator(mode="after")
     def _check_task(self) -> "SFTConfig":
         check_encoder_task(self)
+        return self
+
+    @model_validator(mode="after")
+    def _check_generation_eval(self) -> "SFTConfig":
+        if not self.eval_dataset:
+            for key in ("eval_gate", "eval_metrics", "eval_generate_rows", "eval_max_tokens"):
+                if key in self.model_fields_set:
+                    raise ValueError(f"{key}: sets the generation eval of --eval-dataset FILE; give that too")
+            return self
+        if self.task != "causal-lm":
+            raise ValueError(f"eval_dataset: generation eval is for causal-lm; task {self.task} has its own eval")
+        if self.nproc_per_node * self.nnodes > 1 or self.deepspeed or self.fsdp:
+            raise ValueError("eval_dataset: generation during training runs in one process (no DeepSpeed/FSDP); "
+                             "score the run afterwards with tunesmith eval --adapters RUN/final")
+        if self.eval_gate:
+            parse_gate(self.eval_gate, self.eval_metrics)
         return self
 
     @model_validator(mode="after")

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
@@ -16,6 +17,25 @@ from tunesmith.config.sections import GENERATION_SHORTCUTS, Device, Dtype, Gener
 
 Metric = Literal["exact_match", "bleu", "rouge", "bertscore", "format", "accuracy"]
 CHEAP_METRICS: list[str] = ["exact_match", "bleu", "rouge", "accuracy"]
+# The table columns each metric gives; "rouge" in a gate means rougeL
+COLUMNS = {"exact_match": ["exact_match"], "bleu": ["bleu"], "rouge": ["rouge1", "rouge2", "rougeL"],
+           "bertscore": ["bertscore"], "format": ["format"], "accuracy": ["accuracy"]}
+GATE = re.compile(r"^\s*([A-Za-z_0-9]+)\s*(>=|<=|==|>|<)\s*([0-9]*\.?[0-9]+)\s*$")
+
+
+def parse_gate(text: str, metrics: list[str] | None = None) -> tuple[str, str, float]:
+    """"rouge>=0.3" -> ("rougeL", ">=", 0.3); the column must be one that `metrics` compute."""
+    match = GATE.match(text)
+    if not match:
+        raise ValueError(f"eval_gate: {text!r} is not METRIC>=VALUE (or >, <=, <, ==), e.g. rouge>=0.3")
+    column, op, value = match.groups()
+    column = "rougeL" if column == "rouge" else column
+    known = {c: m for m, cols in COLUMNS.items() for c in cols}
+    if column not in known:
+        raise ValueError(f"eval_gate: {column} is no metric column; one of rouge (rougeL), {', '.join(known)}")
+    if metrics is not None and known[column] not in metrics:
+        raise ValueError(f"eval_gate: {column} comes from the {known[column]} metric; add it to --eval-metrics")
+    return column, op, float(value)
 
 
 class EvalConfig(Section):

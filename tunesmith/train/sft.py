@@ -38,6 +38,11 @@ def sft(cfg: SFTConfig, callbacks: list[Any] | None = None) -> RunResult:
 
         data = sft_data(cfg, template, vlm)  # a bad row stops the run before any weights load
         train_ds, eval_ds, skipped = data.train, data.eval, data.skipped
+        watch = None
+        if cfg.eval_dataset:  # generation metrics at each eval step (train/eval_callback.py); its rows checked here
+            from tunesmith.train.eval_callback import GenerationEval
+
+            watch = GenerationEval(cfg, template, run.dir)
         plan = preflight(cfg, base_folder, rows=len(train_ds))  # speed choices, memory plan: what config.yaml records
         if vlm is None:
             model, device, dtype = load_trainable(cfg, base_folder)
@@ -56,11 +61,14 @@ def sft(cfg: SFTConfig, callbacks: list[Any] | None = None) -> RunResult:
             extra = {"trainer_cls": vlm.trainer_cls(model, vlm.packing),
                      "args": VisionRun.args(trl_args(cfg, run.dir, device, dtype, has_eval=eval_ds is not None))}
         trainer = train(cfg, run.dir, model, template.tokenizer, train_ds, eval_ds, device, dtype, run.resume_from,
-                        callbacks, **extra)
+                        [*(callbacks or []), *([watch] if watch else [])], **extra)
         final = run.save_final(trainer, template)
         if cfg.dp.epsilon is not None:
             record_privacy(run, trainer, final)  # the epsilon spent: config.yaml, metrics.jsonl, final/README.md
-        return run.result(trainer, final, skipped)
+        result = run.result(trainer, final, skipped)
+    if watch is not None:
+        watch.check_gate()  # --eval-gate: a non-zero exit, after the run is saved
+    return result
 
 
 def sft_data(cfg: SFTConfig, template: Any, vlm: VisionRun | None = None) -> Prepared:
