@@ -89,5 +89,7 @@ def test_longlora_is_refused_where_it_does_not_apply():
 
     with pytest.raises(ConfigError, match="tuner: longlora extends a causal LM's context with sft or pt"):
         load(RLHFConfig, ["--method", "dpo", "--dataset", "x", "--tuner", "longlora"])
+    with pytest.raises(ConfigError, match="no FSDP, ZeRO-3 or sequence parallel"):
+        load(SFTConfig, ["--dataset", "x", "--tuner", "longlora", "--fsdp", "full-shard"])
     with pytest.raises(ConfigError, match=r"longlora: only read with --tuner longlora \(tuner is lora\)"):
         load(SFTConfig, ["--dataset", "x", "--longlora.target-length", "8192"])
