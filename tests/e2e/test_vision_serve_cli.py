@@ -159,3 +159,20 @@ def test_an_allowed_host_within_the_size_limit_and_loopback_refused(client, pict
         ask(client, "data:image/png;base64,AAAA")
     assert "not an image" in err.value.message
     assert ask(client, f"{url}/red.png").choices[0].message.content == infer_answers["red"]  # serving on
+
+
+def test_eval_scores_vlm_answers_locally_and_from_the_endpoint_alike(client, vlm, images, infer_answers, tmp_path):
+    """The reference is the greedy answer to each row's picture: right for red and blue, wrong where the pictures
+    are swapped. The local model and the deploy (image parts sent as data URIs) score the same."""
+    (tmp_path / "red.png").write_bytes((images / "red.png").read_bytes())
+    (tmp_path / "blue.png").write_bytes((images / "blue.png").read_bytes())
+    rows = [{"messages": [{"role": "user", "content": f"<image>{QUESTION}"},
+                          {"role": "assistant", "content": infer_answers[picture]}], "images": [f"{shown}.png"]}
+            for picture, shown in (("red", "red"), ("blue", "blue"), ("red", "blue"))]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run_cli("eval", "--model", vlm, "--compare", f"served={str(client.base_url).rstrip('/')}#tiny-qwen2-vl",
+            "--dataset", tmp_path / "rows.jsonl", "--metrics", "exact_match", "--max-tokens", MAX_TOKENS,
+            "--temperature", 0, "--device", "cpu", "--dtype", "float32", "--output-dir", tmp_path / "eval")
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    scores = {name: m["scores"]["exact_match"] for name, m in results["models"].items()}
+    assert scores == {"tiny-qwen2-vl": pytest.approx(2 / 3), "served": pytest.approx(2 / 3)}

@@ -109,6 +109,7 @@ def answer(target: Target, samples: list[Sample], cfg: EvalConfig) -> list[Answe
 def _answer_local(target: Target, samples: list[Sample], params: SamplingParams, cfg: EvalConfig,
                   bar) -> list[Answer]:
     from tunesmith.infer import load_engine
+    from tunesmith.infer.batch import row_images
 
     if target.kind == "adapters":
         engine = load_engine(cfg.backend, target.base, {target.name: target.spec}, cfg.device, cfg.dtype, cfg.system,
@@ -121,7 +122,9 @@ def _answer_local(target: Target, samples: list[Sample], params: SamplingParams,
     try:
         for start in range(0, len(samples), cfg.batch_size):
             batch = samples[start: start + cfg.batch_size]
-            for sample, completion in zip(batch, engine.chat([s.messages for s in batch], params, model=served)):
+            images = [row_images(engine, served, s.messages, s.where) for s in batch]  # vision models' rows
+            for sample, completion in zip(batch, engine.chat([s.messages for s in batch], params, model=served,
+                                                             images=images)):
                 choice = completion.choices[0]
                 split = engine.reasoning(GenerationRequest(messages=sample.messages, model=served))
                 reasoning, text = split.whole(choice.text) if split else (None, choice.text)  # as deploy answers
@@ -169,7 +172,8 @@ async def _answer_endpoint(target: Target, samples: list[Sample], params: Sampli
     async with _client(cfg) as client:
 
         async def one(sample: Sample) -> Answer:
-            body = {"model": target.served_model, "messages": sample.messages, "max_tokens": params.max_tokens,
+            body = {"model": target.served_model, "messages": _openai_messages(sample.messages),
+                    "max_tokens": params.max_tokens,
                     "temperature": params.temperature, "top_p": params.top_p}
             if params.stop:
                 body["stop"] = params.stop
@@ -186,6 +190,26 @@ async def _answer_endpoint(target: Target, samples: list[Sample], params: Sampli
                           choice["message"].get("reasoning_content"))
 
         return list(await asyncio.gather(*[one(s) for s in samples]))
+
+
+def _openai_messages(messages: list[dict]) -> list[dict]:
+    """Rows' image parts ({"type": "image", "image": path or data URI}) as OpenAI sends them: image_url parts with
+    the picture inline as a data URI (an endpoint cannot read this machine's files)."""
+    import mimetypes
+    from pathlib import Path
+
+    from tunesmith.data.images import as_data_uri, is_data_uri
+
+    def part(p: dict) -> dict:
+        if not (isinstance(p, dict) and p.get("type") == "image"):
+            return p
+        ref = p.get("image")
+        if isinstance(ref, str) and not is_data_uri(ref) and Path(ref).is_file():
+            ref = as_data_uri(Path(ref).read_bytes(), mimetypes.guess_type(ref)[0] or "image/png")
+        return {"type": "image_url", "image_url": {"url": ref}}
+
+    return [{**m, "content": [part(p) for p in m["content"]]} if isinstance(m.get("content"), list) else m
+            for m in messages]
 
 
 async def _call(client, method: str, url: str, **kwargs) -> dict:

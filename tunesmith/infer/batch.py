@@ -43,15 +43,16 @@ def sampling_params(cfg: InferConfig) -> SamplingParams:
     return SamplingParams(max_tokens=g.max_tokens, temperature=g.temperature, top_p=g.top_p, stop=list(g.stop), seed=g.seed)
 
 
-def _pictures(engine: Engine, model: str, row) -> list:
-    """A row's images (data/vision.py put them in its messages as image parts, checked and made portable), opened."""
+def row_images(engine: Engine, model: str, messages: list[dict], where: str) -> list:
+    """A row's images (data/vision.py put them in its messages as image parts, checked and made portable), opened;
+    infer and eval answer them through the same encoding as deploy."""
     from tunesmith.data.images import open_image
     from tunesmith.data.vision import images_of
 
-    refs = images_of(row.messages)
+    refs = images_of(messages)
     if refs and not engine.accepts_images(model):
-        raise ConfigError(f"{row.source}:{row.line}: messages: the row has images and {model} reads text only; answer "
-                          "it with a vision-language model")
+        raise ConfigError(f"{where}: messages: the row has images and {model} reads text only; answer it with a "
+                          "vision-language model")
     return [open_image(ref) for ref in refs]
 
 
@@ -76,7 +77,8 @@ def answer_dataset(engine: Engine, cfg: InferConfig, params: SamplingParams) -> 
         for start in range(0, len(rows), cfg.batch_size):
             batch = rows[start: start + cfg.batch_size]
             answers = engine.chat([r.messages for r in batch], params, model=model,
-                                  images=[_pictures(engine, model, r) for r in batch])
+                                  images=[row_images(engine, model, r.messages, f"{r.source}:{r.line}")
+                                          for r in batch])
             for row, answer in zip(batch, answers):
                 choice = answer.choices[0]
                 split = engine.reasoning(GenerationRequest(messages=row.messages, model=model))
