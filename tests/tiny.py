@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 
-def make_tiny_model(folder: Path, family: str = "llama", seed: int = 0) -> Path:
+def make_tiny_model(folder: Path, family: str = "llama", seed: int = 0, **config) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Qwen2Config
 
@@ -19,6 +19,7 @@ def make_tiny_model(folder: Path, family: str = "llama", seed: int = 0) -> Path:
                   num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=2048,
                   bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                   pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
+    common.update(config)  # e.g. num_key_value_heads=2, which tensor parallel over 2 ranks needs
     config = LlamaConfig(**common) if family == "llama" else Qwen2Config(**common)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)

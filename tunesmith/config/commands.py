@@ -132,6 +132,10 @@ class TrainConfig(Section):
     sequence_parallel: int = Field(1, ge=1, description=(
         "Split each sequence over N ranks for long contexts: Ulysses (DeepSpeed ALST) with --deepspeed, PyTorch's "
         "context parallel with --fsdp."))
+    tensor_parallel: int = Field(1, ge=1, description=(
+        "Shard each layer's linears over N ranks (transformers' tensor-parallel plan of the model's family: Llama, "
+        "Qwen2/3, Mistral, Gemma, Phi, Mixtral, Qwen MoE...), for models too big for one GPU; tuner full. N divides "
+        "the processes; the rest of them shard with FSDP2 (transformers' own)."))
     watchdog_timeout: int = Field(600, ge=0, description=(
         "With several processes: seconds without a finished step on a rank before every rank writes its Python "
         "stack to hang-rank-N.txt in the run folder and the run exits non-zero (0 = off)."))
@@ -200,7 +204,27 @@ class TrainConfig(Section):
             raise ValueError("fsdp: choose DeepSpeed or FSDP, not both; drop --fsdp or --deepspeed")
         if self.fsdp_offload and not self.fsdp:
             raise ValueError("fsdp_offload: needs --fsdp full-shard (or shard-grad-op)")
+        if self.tensor_parallel > 1:
+            check_tensor_parallel(self)
         return self
+
+
+def check_tensor_parallel(cfg: TrainConfig) -> None:
+    """What tensor parallelism (transformers' DTensor plan, train/launch.py) cannot combine with, said at load."""
+    if cfg.tuner != "full":
+        # peft 0.21's LoRA over transformers 5.23's DTensor layers: a rowwise layer (o_proj, down_proj) fails in its
+        # first forward (a shape error), and adapters on colwise layers train to other losses than one process.
+        raise ValueError(f"tensor_parallel: trains the whole model (--tuner full); peft's adapters do not run on "
+                         f"tensor-parallel layers (tuner is {cfg.tuner}). To shard a {cfg.tuner} run use --fsdp "
+                         "full-shard or --deepspeed zero3")
+    refused = {"deepspeed": "DeepSpeed has its own tensor parallel (AutoTP); drop --deepspeed",
+               "fsdp": "the processes beyond the tensor-parallel ones are sharded with FSDP2 already; drop --fsdp",
+               "sequence_parallel": "not combined with sequence parallel; choose one",
+               # transformers 5.23 checkpoints no optimizer state of a model sharded at load, so nothing resumes
+               "resume": "a tensor-parallel run cannot resume (its checkpoints hold the weights only); drop --resume"}
+    for key, why in refused.items():
+        if getattr(cfg, key) != type(cfg).model_fields[key].default:
+            raise ValueError(f"tensor_parallel: {why}")
 
 
 class SFTConfig(TrainConfig):

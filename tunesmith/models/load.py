@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,18 @@ def load_model(folder: Path, dtype: Any, device: str, quantize_4bit: bool = Fals
     auto = AutoModelForImageTextToText if is_vision_model(folder) else AutoModelForCausalLM  # VLMs: models/vision.py
     model = auto.from_pretrained(folder, **kwargs)
     return model if quantize_4bit else model.to(device)
+
+
+def load_tensor_parallel(folder: Path, dtype: Any, tensor_parallel: int) -> Any:
+    """The model sharded as it loads, in a rank of several processes: each layer's linears over `tensor_parallel`
+    ranks (DTensors, by the family's tp plan), the remaining ranks with FSDP2 (transformers' own); transformers places
+    the shards itself."""
+    from transformers import AutoModelForCausalLM
+    from transformers.distributed import DistributedConfig
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    config = DistributedConfig(tp_size=tensor_parallel, fsdp_size=world // tensor_parallel)
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, distributed_config=config)
 
 
 def _current_cuda() -> int:

@@ -1,5 +1,6 @@
 """More than one process: the same recipe on every rank, started by torchrun, on the field's engines (DDP, PyTorch
-FSDP2, DeepSpeed ZeRO, accelerate's sequence parallelism). The recipes do not change.
+FSDP2, DeepSpeed ZeRO, DeepSpeed's Ulysses sequence parallel, transformers' tensor parallel). The recipes do not
+change.
 
     tunesmith sft -c x.yaml --nproc-per-node 8                    # this node's 8 GPUs: we start torchrun
     tunesmith sft -c x.yaml --nproc-per-node 8 --nnodes 2 --node-rank 0 --master-addr HOST    # the same on each node
@@ -176,6 +177,10 @@ def launch(cfg: Any) -> Any:
     check(cfg, lay)
     check_engine(cfg, lay.world_size)
     prepare_data(cfg)
+    if cfg.tensor_parallel > 1:
+        from tunesmith.models.load import resolve
+
+        check_tensor_parallel_model(resolve(cfg.model), cfg.tensor_parallel)
     with open_run(cfg) as run:  # held for the whole run: a second run on this folder stops at once
         config_file = run.dir / "launch.yaml"
         # what the user set (and the run folder): each rank validates it again into the same config
@@ -213,6 +218,32 @@ def check_engine(cfg: Any, world: int) -> None:
                               "context parallel)")
         if world % cfg.sequence_parallel:
             raise ConfigError(f"sequence_parallel: {cfg.sequence_parallel} does not divide the {world} processes")
+        from tunesmith.models.load import pick_device
+
+        if cfg.fsdp and pick_device(cfg.device) == "cpu":
+            # accelerate 1.15 turns FSDP on for GPU-like processes only: on CPU its ParallelismConfig then refuses cp
+            raise ConfigError("sequence_parallel: PyTorch's context parallel (with --fsdp) runs on GPUs only; on CPU "
+                              "use --deepspeed zero2 (Ulysses)")
+    if cfg.tensor_parallel > 1 and (world < cfg.tensor_parallel or world % cfg.tensor_parallel):
+        raise ConfigError(f"tensor_parallel: {cfg.tensor_parallel} ranks share each layer, which needs a multiple of "
+                          f"{cfg.tensor_parallel} processes (there are {world}: --nproc-per-node {cfg.tensor_parallel})")
+
+
+def check_tensor_parallel_model(folder: Path, n: int) -> None:
+    """The model's family has a tensor-parallel plan in transformers, and its heads and MLP split evenly over n."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(folder)
+    text = getattr(config, "text_config", None) or config
+    if not getattr(text, "base_model_tp_plan", None):
+        raise ConfigError(f"tensor_parallel: {config.model_type} models have no tensor-parallel plan in transformers "
+                          "(Llama, Qwen2/3, Mistral, Gemma, Phi, Mixtral and Qwen MoE do); use --fsdp full-shard or "
+                          "--deepspeed zero3 to shard it")
+    for key in ("num_attention_heads", "num_key_value_heads", "intermediate_size"):
+        value = getattr(text, key, None)
+        if isinstance(value, int) and value % n:
+            raise ConfigError(f"tensor_parallel: {folder.name}'s {key} {value} does not split over {n} ranks; use a "
+                              f"tensor_parallel that divides it")
 
 
 def deepspeed_stage(spec: str | None) -> int:
@@ -239,7 +270,7 @@ def deepspeed_config(spec: str) -> dict:
 
 def engine_args(cfg: Any) -> dict[str, Any]:
     """The TrainingArguments that pick the engine: DDP by default with several processes, FSDP2 or DeepSpeed when
-    asked, and accelerate's ParallelismConfig for sequence parallelism."""
+    asked, and accelerate's ParallelismConfig for sequence and (on CPU) tensor parallelism."""
     world = world_size()
     args: dict[str, Any] = {}
     if world > 1 and cfg.trains_adapter:
@@ -256,11 +287,38 @@ def engine_args(cfg: Any) -> dict[str, Any]:
 
         sp = cfg.sequence_parallel
         if cfg.deepspeed:
+            from accelerate.utils import DeepSpeedSequenceParallelConfig
+
+            _deepspeed_comm_on_cpu(cfg)
+            # Ulysses wraps the attention the model runs (our loader's default, sdpa); its all-to-all splits heads
+            attention = DeepSpeedSequenceParallelConfig(sp_attn_implementation="sdpa")
             args["parallelism_config"] = ParallelismConfig(sp_size=sp, sp_backend="deepspeed",
-                                                           dp_shard_size=world // sp)
+                                                           dp_shard_size=world // sp, sp_handler=attention)
         else:
             nodes = int(os.environ.get("NNODES", os.environ.get("GROUP_WORLD_SIZE", 1)))
             replicate = nodes if cfg.fsdp == "hybrid-shard" else 1
             args["parallelism_config"] = ParallelismConfig(cp_size=sp, dp_replicate_size=replicate,
                                                            dp_shard_size=world // sp // replicate)
+    if cfg.tensor_parallel > 1 and world > 1:
+        # The model came sharded from transformers (models/load.py); the Trainer tells accelerate its layout. On CPU
+        # accelerate refuses any such layout, which runs there as on GPUs once allowed (models/patches/accelerate_tp.py).
+        from tunesmith.models.load import pick_device
+
+        args["save_only_model"] = True  # transformers 5.23 checkpoints no optimizer state of a model sharded at load
+        if pick_device(cfg.device) == "cpu":
+            from tunesmith.models.patches.accelerate_tp import cpu_tensor_parallel
+
+            args["parallelism_config"] = cpu_tensor_parallel(cfg.tensor_parallel, world // cfg.tensor_parallel)
     return args
+
+
+def _deepspeed_comm_on_cpu(cfg: Any) -> None:
+    """Ulysses builds its groups with deepspeed.comm, which accelerate starts for GPU processes only; on CPU (gloo) it
+    is started here, over the process group torchrun's ranks already share."""
+    from tunesmith.models.load import pick_device
+
+    if pick_device(cfg.device) == "cpu":
+        import deepspeed
+
+        if not deepspeed.comm.is_initialized():
+            deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)

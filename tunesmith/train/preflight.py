@@ -106,8 +106,12 @@ def preflight(cfg: Any, base_folder: Path, rows: int) -> Preflight:
     launch.check_engine(cfg, plan.processes)
     engine = (f"deepspeed {cfg.deepspeed}" if cfg.deepspeed else f"fsdp2 {cfg.fsdp}" if cfg.fsdp else
               "ddp" if plan.processes > 1 else "single process")
+    if cfg.tensor_parallel > 1:
+        launch.check_tensor_parallel_model(base_folder, cfg.tensor_parallel)  # also under an outer launcher
+        dp = plan.processes // cfg.tensor_parallel
+        engine = f"tensor parallel {cfg.tensor_parallel}" + (f" x fsdp2 {dp}" if dp > 1 else "")
     plan.layout = {"processes": plan.processes, "nodes": int(os.environ.get("GROUP_WORLD_SIZE", 1)), "engine": engine,
-                   "sequence_parallel": cfg.sequence_parallel}
+                   "sequence_parallel": cfg.sequence_parallel, "tensor_parallel": cfg.tensor_parallel}
     shape = _shape(base_folder)
     resolve_speed(cfg, plan, shape)
     _check_memory(cfg, plan, shape)

@@ -17,6 +17,8 @@ def load_trainable(cfg: Any, folder: Path) -> tuple[Any, str, Any]:
     dtype)."""
     device = models.pick_device(cfg.device)  # as preflight picked them (the same pure choice)
     dtype = models.pick_dtype(cfg.dtype, device)
+    if cfg.tensor_parallel > 1 and world_size() > 1:  # sharded as it loads (tuner full: config/commands.py)
+        return tuners.make_trainable(cfg, models.load_tensor_parallel(folder, dtype, cfg.tensor_parallel)), device, dtype
     config = longlora.scaled_config(cfg, folder) if cfg.tuner == "longlora" else None  # RoPE to the target length
     model = models.load_model(folder, dtype=dtype, device=device, quantize_4bit=cfg.tuner == "qlora", config=config)
     import torch

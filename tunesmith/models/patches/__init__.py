@@ -7,6 +7,8 @@ no longer matches what a patch touches, or no longer needs it.
   attention.py       transformers' config._attn_implementation set directly for our varlen kernel (infer/attention.py)
   trl_rollouts.py    TRL's GRPOTrainer._generate_single_turn and its per-call token limit, for multi-turn episodes
                      (train/episodes.py)
+  accelerate_tp.py   accelerate's ParallelismConfig check, which refuses tensor parallel on CPU processes (gloo)
+                     (train/launch.py)
 
 Patches apply to one model or trainer object when called, never at import, and never to a class.
 """
@@ -18,7 +20,7 @@ import logging
 
 log = logging.getLogger("tunesmith")
 # The releases the patches were written and tested against (pyproject.toml pins them).
-TESTED = {"peft": "0.21", "transformers": "5.23", "trl": "1.16"}
+TESTED = {"peft": "0.21", "transformers": "5.23", "trl": "1.16", "accelerate": "1.15"}
 _warned: set[str] = set()
 
 
