@@ -93,3 +93,15 @@ def test_longlora_is_refused_where_it_does_not_apply():
         load(SFTConfig, ["--dataset", "x", "--tuner", "longlora", "--fsdp", "full-shard"])
     with pytest.raises(ConfigError, match=r"longlora: only read with --tuner longlora \(tuner is lora\)"):
         load(SFTConfig, ["--dataset", "x", "--longlora.target-length", "8192"])
+
+
+def test_a_dynamic_ntk_model_is_served_up_to_its_scaled_length(tmp_path):
+    from tunesmith.infer import load_engine
+
+    folder = make_tiny_model(tmp_path / "tiny")
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    for key, value in rope_parameters(model.config, "dynamic", 8192).items():
+        setattr(model.config, key, value)
+    model.save_pretrained(folder)
+    engine = load_engine("transformers", str(folder), None, "cpu", "auto")
+    assert engine.context_length() == 8192  # config.json says 2048: dynamic NTK scales beyond it
