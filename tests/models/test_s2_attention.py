@@ -104,3 +104,15 @@ def test_a_model_trains_with_s2_and_evaluates_with_full_attention(tmp_path):
         one_group = model(ids, attention_mask=mask).logits
         assert torch.allclose(one_group[0], reference[0], atol=1e-5)
         assert torch.allclose(one_group[1, 7:], reference[1, 7:], atol=1e-5)
+
+
+def test_attention_beyond_plain_softmax_is_refused():
+    from transformers import Gemma2Config
+
+    from tunesmith.errors import ConfigError
+
+    gemma2 = AutoModelForCausalLM.from_config(Gemma2Config(vocab_size=128, hidden_size=64, intermediate_size=64,
+                                                           num_hidden_layers=1, num_attention_heads=2,
+                                                           num_key_value_heads=1, head_dim=32))
+    with pytest.raises(ConfigError, match="gemma2 also uses attn_logit_softcapping"):
+        use_s2_attention(gemma2, 0.25)

@@ -32,6 +32,8 @@ def s2_attention_forward(module: Any, query: Any, key: Any, value: Any, attentio
     import torch
     from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
+    if kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None:  # use_s2_attention refuses such models
+        raise ValueError("s2_attention computes plain softmax attention (no soft-capping, no sinks)")
     if not module.training:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
@@ -95,11 +97,19 @@ def register() -> None:
 
 
 def use_s2_attention(model: Any, group_size_ratio: float) -> str:
-    """Switch `model` (a peft model or a transformers one) to S2-Attn in training; returns the attention's name."""
+    """Switch `model` (a peft model or a transformers one) to S2-Attn in training; returns the attention's name.
+    Attention that is more than softmax(QK)V (Gemma 2's logit soft-capping, gpt-oss's sinks) is refused."""
+    from tunesmith.errors import ConfigError
     from tunesmith.models.patches.attention import set_attention
 
-    register()
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    text = base.config.get_text_config()
+    extra = [k for k in ("attn_logit_softcapping",) if getattr(text, k, None)] + \
+        [name for name, _ in base.named_parameters() if name.endswith(".sinks")][:1]
+    if extra:
+        raise ConfigError(f"tuner: longlora's S2-Attn computes plain softmax attention; {text.model_type} also uses "
+                          f"{extra[0]} there. Use lora on this model")
+    register()
     for module in base.modules():
         if type(module).__name__.endswith("Attention"):
             setattr(module, RATIO_ATTRIBUTE, group_size_ratio)
