@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 import yaml
 from PIL import Image
-from vision.tiny_vlm import run_tunesmith
 
+from tunesmith.cli.main import main
 from tunesmith.models.vision import encode_vision_prompt, load_vision_model
 
 
@@ -31,7 +32,14 @@ def test_sft_trains_on_images_and_final_answers(vision_sft_run, colour_data):
     assert processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:]).startswith("It is")
 
 
-def test_bad_image_rows_named_before_weights_load(tiny_vlms, tmp_path, pictures):
+@pytest.fixture(scope="module")
+def tiny_text_model(tmp_path_factory):
+    from tiny import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("text") / "tiny")
+
+
+def test_bad_image_rows_named_before_weights_load(tiny_vlms, tiny_text_model, tmp_path, pictures, capsys):
     rows = [
         {"messages": [{"role": "user", "content": "<image>Which colour?"}, {"role": "assistant", "content": "Red."}],
          "images": [str(pictures[0]), str(pictures[1])]},
@@ -44,10 +52,22 @@ def test_bad_image_rows_named_before_weights_load(tiny_vlms, tmp_path, pictures)
     (tmp_path / "broken.png").write_bytes(b"not an image")
     data = tmp_path / "bad.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    proc = run_tunesmith("sft", "--model", tiny_vlms("qwen2-vl"), "--dataset", data, "--output-dir",
-                         tmp_path / "run", "--max-steps", 1, "--report-to", "none", check=False)
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert f"{data}:1: images: 2 image(s) but 1 <image> placeholder(s)" in proc.stderr
-    assert f"{data}:2: messages[0].content[0]: image not found: {tmp_path / 'gone.png'}" in proc.stderr
-    assert f"{data}:3: images[0]: {tmp_path / 'broken.png'}: not a readable image" in proc.stderr
-    assert "Loading weights" not in proc.stderr
+    # the CLI's main in this process (the console script's path without its start-up cost)
+    status = main(["sft", "--model", str(tiny_vlms("qwen2-vl")), "--dataset", str(data), "--output-dir",
+                   str(tmp_path / "run"), "--max-steps", "1", "--report-to", "none"])
+    err = capsys.readouterr().err
+    assert status != 0 and "Traceback" not in err
+    assert f"{data}:1: images: 2 image(s) but 1 <image> placeholder(s)" in err
+    assert f"{data}:2: messages[0].content[0]: image not found: {tmp_path / 'gone.png'}" in err
+    assert f"{data}:3: images[0]: {tmp_path / 'broken.png'}: not a readable image" in err
+    assert "Loading weights" not in err and not (tmp_path / "run" / "final").exists()
+
+    # a text-only model given rows with images: refused, naming the first such row
+    text_rows = tmp_path / "text.jsonl"
+    text_rows.write_text(json.dumps({"messages": [{"role": "user", "content": "<image>Which?"},
+                                                  {"role": "assistant", "content": "Red."}],
+                                     "images": [str(pictures[0])]}) + "\n")
+    status = main(["sft", "--model", str(tiny_text_model), "--dataset", str(text_rows), "--output-dir",
+                   str(tmp_path / "run2"), "--max-steps", "1", "--report-to", "none"])
+    err = capsys.readouterr().err
+    assert status != 0 and f"{text_rows}:1: images: {tiny_text_model} is a text-only model" in err

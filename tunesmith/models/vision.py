@@ -53,25 +53,24 @@ FAMILIES = [
     VisionFamily("qwen3-vl", ("qwen3_vl", "qwen3_vl_moe"), "Qwen3VLProcessor", ("model.visual.patch_embed",
                  "model.visual.blocks", "model.visual.pos_embed", "model.visual.rotary_pos_emb"),
                  ("model.visual.merger", "model.visual.deepstack_merger_list"), "model.language_model",
-                 "<|image_pad|>", packing="Qwen3-VL's deepstack features and interleaved M-RoPE are not covered by "
-                 "the packing test; train it unpacked", notes="images only (its video processor needs torchvision)"),
+                 "<|image_pad|>", notes="deepstack features, interleaved M-RoPE; images only (its video processor "
+                 "needs torchvision)"),
     VisionFamily("llava", ("llava",), "LlavaProcessor", ("model.vision_tower",), ("model.multi_modal_projector",),
                  "model.language_model", "<image>", notes="CLIP/SigLIP tower + MLP projector"),
     VisionFamily("llava-onevision", ("llava_onevision",), "LlavaOnevisionProcessor", ("model.vision_tower",),
                  ("model.multi_modal_projector", "model.image_newline"), "model.language_model", "<image>",
-                 packing="LLaVA-OneVision's anyres tiles make the image token count depend on image_sizes per batch; "
-                 "not covered by the packing test", notes="anyres tiling"),
+                 packing="LLaVA-OneVision has no tiny model in the tests, so packing it is not proven exact",
+                 notes="anyres tiling; registry entry not covered by a tiny model in the tests"),
     VisionFamily("idefics3", ("idefics3", "smolvlm"), "Idefics3Processor", ("model.vision_model",),
                  ("model.connector",), "model.text_model", "<image>",
-                 packing="Idefics3/SmolVLM pad every row's images to one tile count (pixel_attention_mask); "
-                 "not covered by the packing test", notes="SmolVLM is model_type smolvlm with SmolVLMProcessor"),
+                 notes="SmolVLM is model_type smolvlm; its processor (SmolVLMProcessor) needs the num2words "
+                 "package, Idefics3's does not"),
     VisionFamily("gemma3", ("gemma3",), "Gemma3Processor", ("model.vision_tower",), ("model.multi_modal_projector",),
                  "model.language_model", "<start_of_image>",
                  packing="Gemma 3 attends bidirectionally within each image (token_type_ids), which padding-free "
                  "packing's masks do not carry", notes="needs token_type_ids in training (1 on image tokens)"),
     VisionFamily("internvl", ("internvl",), "InternVLProcessor", ("model.vision_tower",),
                  ("model.multi_modal_projector",), "model.language_model", "<IMG_CONTEXT>",
-                 packing="InternVL's dynamic tiles are not covered by the packing test",
                  notes="the transformers-native OpenGVLab/InternVL*-hf checkpoints; GotOcr2 image processor"),
 ]
 BY_MODEL_TYPE = {t: f for f in FAMILIES for t in f.model_types}
@@ -128,7 +127,14 @@ def load_processor(folder: str | Path) -> Any:
                                  f"({', '.join(f.name for f in FAMILIES)})")
     cls = getattr(transformers, PROCESSOR_BY_MODEL_TYPE.get(_model_type(config), family.processor))
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    image_processor = AutoImageProcessor.from_pretrained(folder, backend="pil")
+    try:
+        image_processor = AutoImageProcessor.from_pretrained(folder, backend="pil")
+        return _build(cls, folder, tokenizer, image_processor)
+    except ImportError as err:  # a processor's own optional dependency (SmolVLM: num2words)
+        raise ModelNotFoundError(f"{folder}: the {family.name} processor cannot be built here: {err}") from None
+
+
+def _build(cls: type, folder: Path, tokenizer: Any, image_processor: Any) -> Any:
     settings = _processor_settings(folder)
     template = _chat_template(folder, settings) or getattr(tokenizer, "chat_template", None)
     import inspect

@@ -110,6 +110,14 @@ class VisionTemplate(Template):
         key = "mm_token_type_ids" if "mm_token_type_ids" in names else "token_type_ids"
         return {key: list(self.processor.create_mm_token_type_ids([ids])[0])}
 
+    def _apply(self, messages: list[dict], add_generation_prompt: bool, tools: list | None,
+               chat_template_kwargs: dict | None = None) -> str:
+        # VLM templates are written for content as a list of parts (SmolVLM's reads content[0]['type']); text is
+        # given as a text part, which every template here renders as it renders the string
+        listed = [{**m, "content": [{"type": "text", "text": m["content"]}]} if isinstance(m.get("content"), str)
+                  else m for m in messages]
+        return super()._apply(listed, add_generation_prompt, tools, chat_template_kwargs)
+
     def save(self, folder: str | Path) -> None:
         """Beside the tokenizer and template: the processor's settings, so models/vision.py's load_processor builds the
         same processor from the run folder."""

@@ -31,7 +31,7 @@ from tunesmith.templates import IGNORE
 from tunesmith.templates.vision import VisionTemplate
 
 log = logging.getLogger("tunesmith")
-M_ROPE = ("qwen2-vl", "qwen2.5-vl")
+M_ROPE = ("qwen2-vl", "qwen2.5-vl", "qwen3-vl")
 
 
 def refuse_images_for_text_model(rows: list, model: str) -> None:
