@@ -211,6 +211,9 @@ class TrainConfig(Section):
 
 def check_tensor_parallel(cfg: TrainConfig) -> None:
     """What tensor parallelism (transformers' DTensor plan, train/launch.py) cannot combine with, said at load."""
+    if cfg.command not in ("sft", "pt") or getattr(cfg, "task", "causal-lm") != "causal-lm":
+        raise ValueError("tensor_parallel: sft and pt of a causal LM only (reference models and rollouts of rlhf, "
+                         "and the encoder tasks, are not run on tensor-parallel layers); use --fsdp full-shard")
     if cfg.tuner != "full":
         # peft 0.21's LoRA over transformers 5.23's DTensor layers: a rowwise layer (o_proj, down_proj) fails in its
         # first forward (a shape error), and adapters on colwise layers train to other losses than one process.

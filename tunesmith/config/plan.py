@@ -58,6 +58,9 @@ class PlanConfig(Section):
     fsdp: bool | Literal["full-shard", "shard-grad-op", "hybrid-shard"] = Field(False, description=(
         "PyTorch FSDP2, as `tunesmith sft --fsdp` (true = full-shard; hybrid-shard shards within a node)."))
     sequence_parallel: int = Field(1, ge=1, description="Ranks that share one sequence (each holds max_length / N tokens).")
+    tensor_parallel: int = Field(1, ge=1, description=(
+        "Ranks that share each layer's linears, as `tunesmith sft --tensor-parallel` (tuner full): each holds 1/N of "
+        "them; the processes beyond N shard the rest with FSDP2."))
     zero_stage: int = Field(0, ge=0, le=3, description="DeepSpeed ZeRO stage by number: 1 shards optimizer states, 2 +gradients, 3 +weights.")
     world_size: int | None = Field(None, ge=1, description="Processes in all (default: nproc_per_node x nnodes).")
     offload: bool = Field(False, description="Keep optimizer states (and with ZeRO-3 the weights) in CPU RAM.")
@@ -90,4 +93,14 @@ class PlanConfig(Section):
             raise ValueError("fsdp: choose FSDP or DeepSpeed ZeRO, not both; drop --fsdp or --deepspeed")
         if self.offload and not (self.fsdp or self.zero_stage):
             raise ValueError("offload: CPU offload needs sharding; add --zero-stage 2 (or 3) or --fsdp")
+        if self.tensor_parallel > 1:  # as the training commands refuse them (config/commands.py)
+            if self.tuner not in ("auto", "full"):
+                raise ValueError(f"tensor_parallel: trains with --tuner full only (peft's adapters do not run on "
+                                 f"tensor-parallel layers); tuner is {self.tuner}")
+            if self.fsdp or self.zero_stage or self.sequence_parallel > 1:
+                raise ValueError("tensor_parallel: not combined with --fsdp, --deepspeed or --sequence-parallel (the "
+                                 "processes beyond N shard with FSDP2 already)")
+            if (self.world_size or self.nproc_per_node * self.nnodes) % self.tensor_parallel:
+                raise ValueError(f"tensor_parallel: {self.tensor_parallel} does not divide the processes; pass "
+                                 f"--nproc-per-node {self.tensor_parallel} (or a multiple)")
         return self

@@ -96,6 +96,7 @@ class Setup:
     fsdp: bool = False
     world_size: int = 1
     offload: bool = False
+    tensor_parallel: int = 1          # ranks sharing each layer's linears (world_size then counts data-parallel ranks)
     loss: str = "trl"                 # trl: TRL 1.16's chunked LM head | model: the model's own loss (full logits)
     kernels: str = "none"             # none | liger: liger's RMSNorm/RoPE/SwiGLU (train/speed.py) keep less for backward
     device: str = "cuda"              # cuda adds the CUDA context; cpu and mps have none
@@ -374,12 +375,16 @@ def estimate_training(shape: ModelShape, s: Setup) -> Estimate:
         notes.append(f"dp: {s.micro_batch} per-sample gradients of the {trainable:,} trainable weights")
     step_temp = trainable * grad_bytes if s.optimizer == "adamw" else 0  # foreach AdamW: sqrt(exp_avg_sq) copy
     host = 0.0
+    held = tensor_parallel_share(shape, s.tensor_parallel)  # of every weight, its gradient and optimizer states
+    weights, opt, grads, step_temp = weights * held, opt * held, grads * held, step_temp * held
     sharded = s.fsdp or s.zero_stage > 0
     if sharded:
         # ZeRO (Rajbhandari et al. 2020, sec. 3): mixed precision keeps an fp32 master copy with the Adam states
         # (K = 12 bytes per weight); stage 1 shards those, 2 also gradients, 3 also weights. FSDP full-shard ~ stage 3.
         stage = 3 if s.fsdp else s.zero_stage
-        all_states = trainable * (_state_bytes(s, 4) + (4 if a < 4 else 0))  # fp32 states + master, every rank's
+        all_states = held * trainable * (_state_bytes(s, 4) + (4 if a < 4 else 0))  # fp32 states + master, all ranks'
+        if s.tensor_parallel > 1:  # transformers' own FSDP2 keeps the weights' dtype: no fp32 master, states in it
+            all_states = held * trainable * _state_bytes(s, a)
         opt = all_states / world
         if stage >= 2:
             grads /= world
@@ -388,12 +393,15 @@ def estimate_training(shape: ModelShape, s: Setup) -> Estimate:
             host, opt = all_states + (weights if stage >= 3 else 0.0), 0.0
             notes.append(f"offload: {host / GIB:.1f} GiB of states{' and weights' if stage >= 3 else ''} in CPU RAM")
         if stage >= 3:
-            gathered = 2 * (shape.layer_params() - shape.layer_norm_params()) * a  # this layer and the prefetched one
+            gathered = 2 * (shape.layer_params() - shape.layer_norm_params()) * a / s.tensor_parallel  # + prefetched
             weights = gathered + (0.0 if s.offload else weights / world)
             notes.append(f"ZeRO-3/FSDP gathers one layer at a time ({gathered / GIB:.2f} GiB incl. prefetch)")
     elif world > 1:
         grads *= 2  # DDP copies gradients into its all-reduce buckets (gradient_as_bucket_view is off in HF)
-    moments = activation_phases(shape, s)
+    moments = activation_phases(tensor_parallel_shape(shape, s.tensor_parallel), s)
+    if s.tensor_parallel > 1:
+        notes.append(f"tensor parallel {s.tensor_parallel}: each rank holds 1/{s.tensor_parallel} of the decoder's "
+                     f"linears and LM head ({held:.0%} of the weights) and of the heads' and MLP's activations")
     if shape.vision is not None and s.images:  # the tower over the micro-batch's pictures, beside the decoder's
         from tunesmith.plan.vision import tower_activation_bytes
 
@@ -452,6 +460,24 @@ def _longlora(shape: ModelShape, s: Setup) -> Estimate:
     est.notes.append(f"longlora: embeddings and norms train in full beside LoRA ({full:,} weights: copy, gradients "
                      f"and states {(copy + grads + states) / GIB:.2f} GiB)")
     return est
+
+
+def tensor_parallel_share(shape: ModelShape, n: int) -> float:
+    """Share of the weights one of n tensor-parallel ranks holds: transformers' tp plans shard every linear of the
+    decoder layers (experts too) and an untied LM head; embeddings and norms stay whole on every rank."""
+    if n == 1:
+        return 1.0
+    whole = shape.embedding_params() + shape.vision_params() + shape.layers * shape.layer_norm_params() + shape.hidden
+    return (whole + (shape.params() - whole) / n) / shape.params()
+
+
+def tensor_parallel_shape(shape: ModelShape, n: int) -> ModelShape:
+    """One rank's part of each layer's attention heads and MLP width, for its activations."""
+    if n == 1:
+        return shape
+    return replace(shape, heads=max(1, shape.heads // n), kv_heads=max(1, shape.kv_heads // n),
+                   intermediate=max(1, shape.intermediate // n), expert_intermediate=shape.expert_intermediate // n,
+                   shared_intermediate=shape.shared_intermediate // n)
 
 
 def estimate_inference(shape: ModelShape, s: Setup, context: int) -> Estimate:

@@ -35,6 +35,8 @@ def plan(cfg: PlanConfig, hardware: Hardware | None = None) -> dict[str, Any]:
         raise ConfigError(str(err)) from None
     world = cfg.world_size or cfg.nproc_per_node * cfg.nnodes  # as `tunesmith sft` would run: one process by default
     shards = cfg.nproc_per_node if cfg.fsdp == "hybrid-shard" else world
+    tp = cfg.tensor_parallel  # its ranks share each batch; the ones beyond it shard with FSDP2 (transformers' own)
+    shards = shards // tp
     device = "cuda" if cfg.gpu_memory or hw.gpus else hw.device
     memory = cfg.gpu_memory or hw.memory_gib()
     source = ("--gpu-memory" if cfg.gpu_memory else f"free memory of {hw.gpus[0].name}" if hw.gpus
@@ -44,7 +46,8 @@ def plan(cfg: PlanConfig, hardware: Hardware | None = None) -> dict[str, Any]:
         dtype = "bfloat16" if cfg.gpu_memory or (hw.gpus and all(g.bf16 for g in hw.gpus)) else "float32"
     base = Setup(dtype=dtype, optimizer=cfg.optimizer, lora_rank=cfg.lora_rank, lora_targets=targets,
                  seq=-(-cfg.max_length // cfg.sequence_parallel), micro_batch=cfg.batch_size, grad_accum=cfg.grad_accum,
-                 attn=cfg.attn, packing=cfg.packing, zero_stage=cfg.zero_stage, fsdp=bool(cfg.fsdp), world_size=shards,
+                 attn=cfg.attn, packing=cfg.packing, zero_stage=cfg.zero_stage, world_size=shards, tensor_parallel=tp,
+                 fsdp=bool(cfg.fsdp) or (tp > 1 and shards > 1),
                  offload=cfg.offload, trained_layers=cfg.trained_layers, private=cfg.dp, lora_experts=cfg.lora_experts,
                  device=device, images=cfg.images_per_sample if shape.vision is not None else 0)
     result: dict[str, Any] = {
@@ -67,7 +70,7 @@ def plan(cfg: PlanConfig, hardware: Hardware | None = None) -> dict[str, Any]:
 
 def _training(cfg: PlanConfig, shape: ModelShape, base: Setup, memory: float, hw: Hardware, result: dict) -> None:
     notes = result["notes"]
-    methods = None if cfg.tuner == "auto" else [cfg.tuner]
+    methods = ["full"] if cfg.tensor_parallel > 1 else None if cfg.tuner == "auto" else [cfg.tuner]
     ckpt = None if cfg.gradient_checkpointing == "auto" else bool(cfg.gradient_checkpointing)
     target = cfg.global_batch or cfg.batch_size * cfg.grad_accum * base.world_size
     max_micro = cfg.batch_size
@@ -128,6 +131,8 @@ def _layout_flags(cfg: PlanConfig, s: Setup) -> str:
     if s.zero_stage:
         flags += f" --deepspeed {cfg.deepspeed if cfg.deepspeed and not cfg.deepspeed.startswith('zero') else f'zero{s.zero_stage}'}"
         flags += "-offload" if s.offload and s.zero_stage in (2, 3) and not (cfg.deepspeed or "").endswith(".json") else ""
+    elif s.tensor_parallel > 1:
+        flags += f" --tensor-parallel {s.tensor_parallel}"
     elif s.fsdp:
         flags += f" --fsdp {cfg.fsdp if isinstance(cfg.fsdp, str) else 'full-shard'}" + (" --fsdp-offload" if s.offload else "")
     return flags + (f" --sequence-parallel {cfg.sequence_parallel}" if cfg.sequence_parallel > 1 else "")

@@ -213,7 +213,10 @@ def _setup(cfg: Any, plan: Preflight, shape: ModelShape) -> Any:
     liger = speed.liger_applies(getattr(cfg, "kernels", "none"), plan.device, shape.model_type)
     setup = training_setup(cfg, plan.device, str(plan.dtype).removeprefix("torch."), varlen, liger)
     shards = int(os.environ.get("LOCAL_WORLD_SIZE", plan.processes)) if cfg.fsdp == "hybrid-shard" else plan.processes
-    return replace(setup, world_size=shards, zero_stage=launch.deepspeed_stage(cfg.deepspeed), fsdp=bool(cfg.fsdp),
+    tp = cfg.tensor_parallel if plan.processes > 1 else 1  # tensor parallel: FSDP2 over the ranks beyond it
+    shards //= tp
+    return replace(setup, world_size=shards, zero_stage=launch.deepspeed_stage(cfg.deepspeed), tensor_parallel=tp,
+                   fsdp=bool(cfg.fsdp) or (tp > 1 and shards > 1),
                    offload="offload" in (cfg.deepspeed or "") or cfg.fsdp_offload,
                    seq=-(-cfg.max_length // cfg.sequence_parallel))
 
