@@ -62,6 +62,15 @@ def test_bad_image_rows_named_before_weights_load(tiny_vlms, tiny_text_model, tm
     assert f"{data}:3: images[0]: {tmp_path / 'broken.png'}: not a readable image" in err
     assert "Loading weights" not in err and not (tmp_path / "run" / "final").exists()
 
+    # too many image tokens for max_length: named by the data check (and by sft) before any weights load
+    many = tmp_path / "many.jsonl"
+    many.write_text(json.dumps({"messages": [{"role": "user", "content": "<image>" * 8 + "All colours?"},
+                                             {"role": "assistant", "content": "Red."}],
+                                "images": [str(pictures[0])] * 8}) + "\n")
+    status = main(["data", "check", str(many), "--model", str(tiny_vlms("qwen2-vl")), "--max-length", "40"])
+    err = capsys.readouterr().err
+    assert status != 0 and f"{many}:1: images: " in err and "of them for 8 image(s)) > max_length 40" in err
+
     # a text-only model given rows with images: refused, naming the first such row
     text_rows = tmp_path / "text.jsonl"
     text_rows.write_text(json.dumps({"messages": [{"role": "user", "content": "<image>Which?"},

@@ -1,7 +1,8 @@
 """`tunesmith data check FILE`: validate every row and summarise the data.
 
 Prints rows, formats detected, bad rows as `file:line: field: problem`, and, with --model, token length
-statistics rendered by that model's chat template (exactly what training would see). Exits non-zero on bad rows."""
+statistics rendered by that model's chat template (exactly what training would see; for a vision-language model with
+its images' tokens, as the processor expands them). Exits non-zero on bad rows."""
 
 from __future__ import annotations
 
@@ -10,11 +11,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tunesmith.config import DataCheckConfig
+from tunesmith.data.images import open_image
 from tunesmith.data.limits import max_chars
 from tunesmith.data.load import describe_problems, load_rows
 from tunesmith.data.rows import Conversation, Preference, Problem, UnpairedPreference
+from tunesmith.data.vision import images_of
 from tunesmith.errors import DataError
 from tunesmith.train.tokenize import length_problem
+from tunesmith.train.vision import length_problem as vision_length_problem
+from tunesmith.train.vision import refuse_images_for_text_model
 
 
 @dataclass
@@ -42,13 +47,29 @@ def check(cfg: DataCheckConfig) -> CheckReport:
 
 def _template(model: str) -> Any:
     from tunesmith.models.load import load_tokenizer, resolve
+    from tunesmith.models.vision import is_vision_model, load_processor
     from tunesmith.templates import Template
+    from tunesmith.templates.vision import VisionTemplate
 
-    return Template(load_tokenizer(resolve(model)))
+    folder = resolve(model)
+    if is_vision_model(folder):  # rows with images rendered as training renders them (train/vision.py)
+        return VisionTemplate(load_processor(folder))
+    return Template(load_tokenizer(folder))
 
 
 def _token_stats(cfg: DataCheckConfig, template: Any, rows: list, report: CheckReport) -> None:
+    from tunesmith.templates.vision import VisionTemplate
+
+    if not isinstance(template, VisionTemplate):
+        refuse_images_for_text_model(rows, cfg.model)
     for row in rows:
+        if isinstance(template, VisionTemplate) and isinstance(row, Conversation):
+            ids, labels = template.render_images(row.messages, [open_image(r) for r in images_of(row.messages)])
+            report.trained_tokens += sum(1 for x in labels if x != -100)
+            report.token_lengths.append(len(ids))
+            if cfg.max_length and len(ids) > cfg.max_length:
+                report.problems.append(vision_length_problem(row, ids, template.vision_token_ids, cfg.max_length))
+            continue
         if isinstance(row, Conversation):
             samples = template.render_samples(row.messages, tools=row.extra.get("tools"))  # one per turn for some
             report.trained_tokens += sum(1 for _, labels in samples for x in labels if x != -100)

@@ -107,7 +107,6 @@ class VisionRun:
         table = _cached(key, build)
         problems: list[Problem] = []
         keep: dict[str, list] = {"input_ids": [], "labels": [], "image_refs": []}
-        image_id = self.template.processor.image_token_id
         for n, row in enumerate(rows):
             ids, labels = table["input_ids"][n], table["labels"][n]
             if all(label == IGNORE for label in labels):
@@ -120,12 +119,7 @@ class VisionRun:
                 if cuts is not None and cuts.mode == "drop":
                     cuts.dropped += 1
                     continue
-                pictures = ids.count(image_id)
-                field = "images" if pictures * 2 > len(ids) else "messages"
-                problems.append(Problem(row.source, row.line, field, (
-                    f"{len(ids)} tokens ({pictures} of them for {len(images_of(row.messages))} image(s)) > max_length "
-                    f"{max_length}; raise max_length, make the images smaller (the processor's max_pixels) or "
-                    "shorten the row")))
+                problems.append(length_problem(row, ids, self.template.vision_token_ids, max_length))
                 continue
             keep["input_ids"].append(ids)
             keep["labels"].append(labels)
@@ -203,6 +197,15 @@ class VisionRun:
         args.packing = False
         args.padding_free = False
         return args
+
+
+def length_problem(row: Any, ids: list[int], vision_token_ids: Any, max_length: int) -> Problem:
+    """A row too long for max_length, its vision tokens counted (named `images` when they are most of it)."""
+    pictures = sum(1 for t in ids if t in vision_token_ids)
+    field = "images" if pictures * 2 > len(ids) else "messages"
+    return Problem(row.source, row.line, field, (
+        f"{len(ids)} tokens ({pictures} of them for {len(images_of(row.messages))} image(s)) > max_length "
+        f"{max_length}; raise max_length, make the images smaller (the processor's max_pixels) or shorten the row"))
 
 
 def _stats(refs: list[str]) -> list:
