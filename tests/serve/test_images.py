@@ -196,3 +196,18 @@ def test_a_text_model_refuses_images_by_name():
         vision_chat(serving, [{"type": "image_url", "image_url": {"url": DATA_URI}}])
     assert err.value.status == 400 and err.value.param == "messages[0].content"
     assert "'image_url' parts are not supported; this server reads text parts only" in err.value.message
+
+
+def test_openapi_lists_image_parts_only_where_a_vision_model_is_served():
+    from fastapi.testclient import TestClient
+
+    from tunesmith.serve.app import build_app
+
+    def content(engine):
+        with TestClient(build_app(engine, DeployConfig())) as client:
+            doc = client.get("/openapi.json").json()
+        return doc["components"]["schemas"]["UserMessage"]["properties"]["content"]["anyOf"]
+
+    parts = content(VisionEngine())[1]["items"]["anyOf"]
+    assert [p["properties"]["type"]["const"] for p in parts] == ["text", "image_url"]
+    assert content(ScriptedEngine())[1]["items"]["properties"]["type"] == {"const": "text"}

@@ -88,6 +88,7 @@ def document(app: FastAPI, cfg: DeployConfig) -> dict[str, Any]:
             if prop is not None:  # --max-tokens-limit (MessagesRequest's is required: no anyOf with null)
                 (prop["anyOf"][0] if "anyOf" in prop else prop)["maximum"] = cfg.max_tokens_limit
     _encoder_routes(schema, getattr(app.state, "serving", None))
+    _image_parts(schemas, getattr(app.state, "serving", None))
     open_paths = OPEN_PATHS | (set() if cfg.metrics_require_key else {"/metrics"})
     secured = cfg.api_key is not None or cfg.keys is not None  # user keys (--api-key, --keys); /admin: keyed always
     if secured or getattr(cfg, "admin_key", None) is not None:
@@ -124,6 +125,20 @@ def _encoder_routes(schema: dict[str, Any], serving: Any) -> None:
         if path == "/v1/embeddings":
             accepted = dimensions_schema(encoders)
             properties["dimensions"] = {"anyOf": [accepted, {"type": "null"}]} if accepted else {"type": "null"}
+
+
+def _image_parts(schemas: dict[str, Any], serving: Any) -> None:
+    """Where a vision-language model is served, a user message's content parts may be image_url parts too
+    (serve/images.py reads them; a text model answers them 400)."""
+    from tunesmith.serve.protocol import IMAGE_PART, TEXT_PARTS
+
+    engine = getattr(serving, "engine", None)
+    if engine is None or not any(engine.accepts_images(name) for name in serving.engine_names):
+        return
+    content = schemas.get("UserMessage", {}).get("properties", {}).get("content", {})
+    for i, option in enumerate(content.get("anyOf", [])):
+        if option == TEXT_PARTS:
+            content["anyOf"][i] = {"type": "array", "items": {"anyOf": [TEXT_PARTS["items"], IMAGE_PART]}}
 
 
 def _drop_unused(schema: dict[str, Any]) -> None:

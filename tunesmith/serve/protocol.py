@@ -52,6 +52,13 @@ def _or_null(schema: dict[str, Any], note: str) -> dict[str, Any]:
 ZERO_ONLY = _or_null({"const": 0}, "Not supported by tunesmith's engines: leave it out, or 0.")
 TEXT_PARTS = {"type": "array", "items": {"type": "object", "required": ["type", "text"],
                                          "properties": {"type": {"const": "text"}, "text": {"type": "string"}}}}
+# what a vision model's server reads besides text parts (openapi.py lists it where one is served)
+IMAGE_PART = {"type": "object", "required": ["type", "image_url"], "properties": {
+    "type": {"const": "image_url"},
+    "image_url": {"type": "object", "required": ["url"], "properties": {
+        "url": {"type": "string", "description": "data:image/...;base64,..., or where the server allows them a file "
+                                                 "under its --image-root or an http(s) URL (--allow-remote-images)"},
+        "detail": {"anyOf": [{"enum": ["auto", "low", "high"]}, {"type": "null"}]}}}}}
 
 
 def _when(condition: dict[str, Any], then: dict[str, Any]) -> dict[str, Any]:
