@@ -15,7 +15,7 @@ import pytest
 
 from tunesmith import api
 from tunesmith.config.eval import EvalConfig
-from tunesmith.errors import DataError
+from tunesmith.errors import ConfigError, DataError
 from tunesmith.eval.sandbox import run_python
 
 TUNESMITH = shutil.which("tunesmith", path=str(Path(sys.executable).parent)) or "tunesmith"
@@ -213,3 +213,106 @@ def test_sandbox_blocks_writes_outside_its_folder_and_child_processes(tmp_path):
     inside = run_python("open('mine.txt', 'w').write('x')\nprint(open('mine.txt').read())", timeout=5)
     assert inside.passed and inside.stdout.strip() == "x"
     assert run_python("x = bytearray(8 << 30)", timeout=5, memory_mb=512).status == "failed"  # memory limit
+
+
+# -----------------------------------------------------------------------------
+# An endpoint: tunesmith deploy's app on the same tiny model, as lm-eval's local-completions model
+
+
+@pytest.fixture
+def served(tiny):
+    import time
+
+    import uvicorn
+
+    from tunesmith.config import DeployConfig
+    from tunesmith.infer import load_engine
+    from tunesmith.serve.app import build_app
+
+    engine = load_engine("transformers", str(tiny), None, "cpu", "float32")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(build_app(engine, DeployConfig(model=str(tiny))), host="127.0.0.1",
+                                           port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/v1"
+    server.should_exit = True
+    thread.join(30)
+    engine.shutdown()
+
+
+def test_an_endpoint_answers_generation_tasks_as_the_local_model(tiny, served, tmp_path):
+    rows = tmp_path / "gen.jsonl"
+    rows.write_text("".join(json.dumps({"question": q, "answer": c[a]}) + "\n" for q, c, a in QUESTIONS[:4]))
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "tiny_gen.yaml").write_text(f"""task: tiny_gen
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {rows}
+test_split: test
+output_type: generate_until
+doc_to_text: "Q: {{{{question}}}}\\nA:"
+doc_to_target: "{{{{answer}}}}"
+generation_kwargs:
+  until: ["\\n"]
+  max_gen_toks: 6
+  do_sample: false
+metric_list:
+  - metric: exact_match
+""")
+    result = api.evaluate(EvalConfig(benchmark=["tiny_gen"], benchmark_dir=[str(tmp_path / "tasks")],
+                                     compare=[f"local={tiny}", f"served={served}"], output_dir=str(tmp_path / "out")))
+    assert set(result.scores) == {"local", "served"}
+    answers = {name: [json.loads(line)["resps"] for line in
+                      (tmp_path / "out" / "benchmarks" / f"{name}-samples.jsonl").read_text().splitlines()]
+               for name in ("local", "served")}
+    assert answers["local"] == answers["served"] and len(answers["local"]) == 4  # the same greedy text, document by document
+    assert result.scores["local"] == result.scores["served"]
+    with pytest.raises(ConfigError, match="log-likelihood"):  # multiple choice needs prompt log-probabilities
+        api.evaluate(EvalConfig(benchmark=["tiny_gen", "arc"], benchmark_dir=[str(tmp_path / "tasks")],
+                                compare=[f"served={served}"], output_dir=str(tmp_path / "no")))
+
+
+# -----------------------------------------------------------------------------
+# EvalScope in its own venv: scripts/test-evalscope.sh builds it and runs this (about a minute, so not in `make test`)
+
+EVALSCOPE = Path(__file__).resolve().parents[2] / ".venv-evalscope" / "bin" / "python"
+DIRECT = """import json, sys
+from evalscope import TaskConfig, run_task
+url, model, data, work = sys.argv[1:]
+reports = run_task(TaskConfig(model=model, api_url=url, api_key="EMPTY", eval_type="openai_api", datasets=["general_mcq"],
+                              dataset_args={"general_mcq": {"local_path": data, "subset_list": ["tiny"]}},
+                              generation_config={"temperature": 0.0, "max_tokens": 4}, work_dir=work, no_timestamp=True))
+print("SCORE", json.dumps(reports["general_mcq"].model_dump(mode="json")["metrics"][0]["score"]))
+"""
+
+
+@pytest.mark.skipif(not (EVALSCOPE.exists() and os.environ.get("TUNESMITH_TEST_EVALSCOPE")),
+                    reason="EvalScope's own venv: run bash scripts/test-evalscope.sh")
+def test_evalscope_backend_gives_evalscope_own_scores(tiny, served, tmp_path):
+    data = tmp_path / "mcq"
+    data.mkdir()
+    with (data / "tiny_val.jsonl").open("w") as f:  # EvalScope's general_mcq format: question, A, B, ..., answer
+        for q, c, a in QUESTIONS[:6]:
+            f.write(json.dumps({"question": q, **dict(zip("ABC", c)), "answer": "ABC"[a]}) + "\n")
+    done = run_cli("--benchmark", "general_mcq", "--benchmark-backend", "evalscope", "--benchmark-dir", str(data),
+                   "--model", str(tiny), "--max-tokens", "4", "--output-dir", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    ours = json.loads((tmp_path / "out" / "results.json").read_text())["models"]["tiny"]["scores"]
+    direct = subprocess.run([str(EVALSCOPE), "-c", DIRECT, served, "tiny", str(data), str(tmp_path / "direct")],
+                            capture_output=True, text=True, check=False, timeout=600)
+    assert direct.returncode == 0, direct.stderr[-3000:]
+    score = json.loads(direct.stdout.split("SCORE", 1)[1])
+    assert ours == {"general_mcq:accuracy": score}
+
+    def answers(work):
+        files = sorted(Path(work).glob("predictions/*/general_mcq_tiny.jsonl"))
+        return [json.loads(line)["model_output"]["choices"][0]["message"]["content"]
+                for line in files[0].read_text().splitlines()]
+
+    assert answers(tmp_path / "out" / "benchmarks" / "evalscope-tiny") == answers(tmp_path / "direct")

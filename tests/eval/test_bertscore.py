@@ -52,6 +52,9 @@ def test_bertscore_equals_the_library_and_a_hand_computation(minilm):
     assert ours.columns["bertscore"] == pytest.approx(sum(per) / 3)
     assert "all-minilm-l6-v2 layer 6" in ours.info["bertscore"]
     assert M.METRICS["bertscore"](["the cat"], ["the cat"]).columns["bertscore"] == pytest.approx(1.0, abs=1e-5)
+    # an empty answer scores 0 (bert-score's definition) without stopping the others
+    empty = M.METRICS["bertscore"](["", ANSWERS[0], "  "], [REFERENCES[0]] * 3)
+    assert [s["bertscore"] for s in empty.per_sample] == pytest.approx([0.0, per[0], 0.0], abs=1e-5)
 
 
 def test_chinese_is_matched_per_character_and_a_weak_vocabulary_is_named(minilm, caplog):

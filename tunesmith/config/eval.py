@@ -63,8 +63,9 @@ class EvalConfig(Section):
         "hellaswag, truthfulqa, humaneval, any other lm-evaluation-harness task or group, or a task YAML file in its "
         "format; beside --dataset's metrics in one table. Hub datasets come from the cache (tunesmith download ID "
         "--kind dataset)."))
-    benchmark_backend: Literal["lm-eval"] = Field("lm-eval", description=(
-        "lm-eval: lm-evaluation-harness, in this venv."))
+    benchmark_backend: Literal["lm-eval", "evalscope"] = Field("lm-eval", description=(
+        "lm-eval: lm-evaluation-harness in this venv; evalscope: EvalScope in .venv-evalscope "
+        "(bash scripts/evalscope-env.sh), as a subprocess."))
     benchmark_dir: list[str] = Field(default_factory=list, description=(
         "Folders of task YAML files in the harness's format (their data_files read from the working directory)."))
     num_fewshot: int | None = Field(None, ge=0, description="Benchmarks: few-shot examples (default: each task's own).")

@@ -77,15 +77,21 @@ def score(predictions: list[str], references: list[str], model: str | None = Non
 
     scoring = scorer(model)
     # idf: inverse document frequency over the references, as bert-score's score(idf=True) computes it
-    scoring._idf_dict = get_idf_dict(references, scoring._tokenizer, nthreads=1) if idf else None
+    scoring._idf_dict = get_idf_dict([r for r in references if r.strip()], scoring._tokenizer, nthreads=1) if idf else None
     scoring._idf = idf
     warn_unknown(scoring._tokenizer, references, model or DEFAULT_MODEL)
-    if not predictions:
-        return [], [], [], ""
-    p, r, f = scoring.score(predictions, references, batch_size=16)
+    # An empty answer (or reference) scores 0, as bert-score defines it; it is left out of the call because
+    # bert-score 0.3.13 encodes an empty text with a tokenizer method transformers 5 no longer has.
+    kept = [i for i, (a, b) in enumerate(zip(predictions, references)) if a.strip() and b.strip()]
+    p, r, f = ([0.0] * len(predictions) for _ in range(3))
+    if kept:
+        scored = scoring.score([predictions[i] for i in kept], [references[i] for i in kept], batch_size=16)
+        for out, values in zip((p, r, f), scored):
+            for i, value in zip(kept, values):
+                out[i] = float(value)
     how = (f"bert-score {_version()}, model {model or DEFAULT_MODEL} layer {scoring.num_layers}, greedy cosine "
-           f"matching, F1{', idf over the references' if idf else ''}, no baseline rescaling")
-    return [float(x) for x in p], [float(x) for x in r], [float(x) for x in f], how
+           f"matching, F1{', idf over the references' if idf else ''}, no baseline rescaling; an empty answer scores 0")
+    return p, r, f, how
 
 
 def warn_unknown(tokenizer: Any, references: list[str], name: str) -> float:

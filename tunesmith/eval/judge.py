@@ -119,6 +119,10 @@ class Judge:
 
 def open_judge(cfg: Any, models: int) -> Judge:
     """The judge, checked before any model loads: the rubric file reads, the endpoint answers, the model is served."""
+    import importlib.util
+
+    if importlib.util.find_spec("openai") is None:
+        raise ConfigError("judge_url: the judge is asked through the openai package: pip install 'tunesmith[eval]'")
     from openai import OpenAI, OpenAIError
 
     mode = cfg.judge_mode or ("pairwise" if models > 1 else "score")

@@ -54,6 +54,10 @@ class GenerationEval(TrainerCallback):
                 raise ConfigError(f"eval_metrics: {name} needs {need}; the first {len(self.samples)} rows of "
                                   f"{', '.join(cfg.eval_dataset)} have none")
         M.check_available(self.metrics)
+        if "bertscore" in self.metrics:  # the shipped MiniLM is there before the model loads
+            from tunesmith.eval.bertscore import resolve
+
+            resolve(None)
         self.bertscore_model = None  # the shipped MiniLM, as `tunesmith eval` defaults
         self.gate = parse_gate(cfg.eval_gate) if cfg.eval_gate else None
         self.last: dict[str, float] = {}
