@@ -124,3 +124,11 @@ def test_chat_template_kwargs_as_json_or_one_key_per_flag_merge_with_the_file(tm
         load(InferConfig, ["--chat-template-kwargs", "enable_thinking"])
     with pytest.raises(ConfigError, match=r"did you mean --chat-template-kwargs\?"):
         load(InferConfig, ["--chat-templat-kwargs.enable-thinking", "false"])
+
+
+def test_a_repeated_list_flag_collects_its_values():
+    from tunesmith.config import InferConfig
+
+    cfg = load(InferConfig, ["--image", "a,1.png", "--image", "b.png", "c.png", "--stop", "x", "--stop", "y"])
+    assert cfg.image == ["a,1.png", "b.png", "c.png"]  # a file name keeps its comma
+    assert cfg.generation.stop == ["x", "y"]

@@ -345,7 +345,8 @@ class InferConfig(Section):
         "Extra variables for the chat template, e.g. {enable_thinking: false} for Qwen3; over the ones the run saved."))
     image: list[str] = Field(default_factory=list, description=(
         "Images (files) for a vision model's chat: they go with the first message, in order (--image a.png b.png); "
-        "batch rows bring their own (image parts, or an `images` column with <image> placeholders)."))
+        "batch rows bring their own (image parts, or an `images` column with <image> placeholders)."),
+        json_schema_extra={"commas": False})  # a file name may hold a comma
     skip_bad_rows: bool = Field(False, description="Skip rows that fail the data check instead of stopping.")
     encoding: str = Field("utf-8", description="Text encoding of CSV/JSON/JSONL dataset files, e.g. gbk, utf-16 (a utf-8 BOM is read).")
     dtype: Dtype = Field("auto", description="auto = bfloat16 on GPUs that support it, else float32.")

@@ -179,10 +179,12 @@ def _parse_flags(cls: type[BaseModel], flags: list[str], positionals: list[str])
             values[key] = _mapping(args[0], name)
         elif len(args) == 1 and _field_kind(cls, key) != "list":
             values[key] = _scalar(args[0])
-        elif _splits_commas(cls, key):  # --metrics bleu,rouge = --metrics bleu rouge
-            values[key] = [_scalar(part.strip()) for a in args for part in a.split(",") if part.strip()]
-        else:
-            values[key] = [_scalar(a) for a in args]
+        else:  # a list; repeated (--image a.png --image b.png) it collects, as argparse's "append" does
+            if _splits_commas(cls, key):  # --metrics bleu,rouge = --metrics bleu rouge
+                items = [_scalar(part.strip()) for a in args for part in a.split(",") if part.strip()]
+            else:
+                items = [_scalar(a) for a in args]
+            values[key] = values[key] + items if isinstance(values.get(key), list) else items
     return values
 
 
