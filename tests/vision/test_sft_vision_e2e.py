@@ -80,3 +80,21 @@ def test_bad_image_rows_named_before_weights_load(tiny_vlms, tiny_text_model, tm
                    str(tmp_path / "run2"), "--max-steps", "1", "--report-to", "none"])
     err = capsys.readouterr().err
     assert status != 0 and f"{text_rows}:1: images: {tiny_text_model} is a text-only model" in err
+
+
+def test_data_inspect_shows_the_image_tokens_training_sees(tiny_vlms, colour_data, tmp_path):
+    from tunesmith.config.data import DataInspectConfig
+    from tunesmith.data.images import open_image
+    from tunesmith.data.load import load_rows
+    from tunesmith.data.vision import images_of
+    from tunesmith.train.inspect_rows import inspect
+
+    folder = tiny_vlms("qwen2-vl")
+    report = inspect(DataInspectConfig(dataset=[str(colour_data)], model=str(folder), rows=2,
+                                       output_dir=str(tmp_path / "inspect")))
+    _, processor = load_vision_model(folder, torch.float32)
+    for row, sample in zip(load_rows([str(colour_data)], kind="sft").rows, report.samples):
+        pixels = processor.image_processor(images=[open_image(r) for r in images_of(row.messages)])
+        expected = int(pixels["image_grid_thw"].prod()) // 4  # 2x2 patches merge into one token
+        assert sample.ids.count(processor.image_token_id) == expected
+        assert all(label == -100 for i, label in zip(sample.ids, sample.labels) if i == processor.image_token_id)

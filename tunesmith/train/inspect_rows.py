@@ -23,6 +23,7 @@ from tunesmith.train.labels import require_end_of_turn
 from tunesmith.train.preflight import load_template
 from tunesmith.train.tokenize import render_row, tokenize_sft
 from tunesmith.train.truncate import Cuts
+from tunesmith.train.vision import vision_template
 
 STYLES = {"trained": "black on green", "context": "grey50", "eot": "bold white on magenta", "cut": "strike red"}
 LEGEND = [("trained", "trained (weight 1)"), ("context", "context (weight 0)"), ("eot", "end of turn, trained"),
@@ -64,7 +65,8 @@ class InspectReport:
 
 
 def inspect(cfg: DataInspectConfig) -> InspectReport:
-    template, _ = load_template(cfg)
+    template, base_folder = load_template(cfg)
+    template = vision_template(cfg, template, base_folder) or template  # a VLM: rows with their images' tokens
     data = load_rows(cfg.dataset, kind="sft", seed=0, encoding=cfg.encoding)
     if not data.rows:
         raise DataError(f"{', '.join(cfg.dataset)}: no usable rows ({len(data.problems)} bad); see tunesmith data check")

@@ -67,6 +67,12 @@ def tokenize_sft(rows: list[Conversation], template: Template, loss_on: str, max
 
 def render_row(row: Conversation, template: Template, loss_on: str) -> list[tuple[list[int], list[int]]]:
     """One conversation's training samples (ids, labels): what sft trains on and `data inspect` shows."""
+    if hasattr(template, "render_images"):  # a vision-language model: its images' tokens too (templates/vision.py)
+        from tunesmith.data.images import open_image
+        from tunesmith.data.vision import images_of
+
+        pictures = [open_image(ref) for ref in images_of(row.messages)]
+        return [template.render_images(row.messages, pictures, loss_on, tools=row.extra.get("tools"))]
     return template.render_samples(row.messages, loss_on=loss_on, tools=row.extra.get("tools"))
 
 

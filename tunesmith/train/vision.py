@@ -34,6 +34,17 @@ log = logging.getLogger("tunesmith")
 M_ROPE = ("qwen2-vl", "qwen2.5-vl", "qwen3-vl")
 
 
+def vision_template(cfg: Any, template: Any, base_folder: Path) -> VisionTemplate | None:
+    """For a VLM: the renderer with its processor (from the run continued, else the base), carrying the text
+    template's system prompt and chat_template_kwargs; None for a text model."""
+    if vision.family_of(base_folder) is None:
+        return None
+    adapters = Path(cfg.adapters) if getattr(cfg, "adapters", None) else None
+    folder = adapters if adapters and (adapters / "preprocessor_config.json").exists() else base_folder
+    return VisionTemplate(vision.load_processor(folder), default_system=template.default_system,
+                          chat_template_kwargs=template.chat_template_kwargs)
+
+
 def refuse_images_for_text_model(rows: list, model: str) -> None:
     """Rows with images and a text-only model: refused, naming the first such row (a text template would render the
     image parts as garbage)."""
@@ -55,14 +66,10 @@ class VisionRun:
 
     @classmethod
     def start(cls, cfg: Any, template: Any, base_folder: Path) -> VisionRun | None:
-        family = vision.family_of(base_folder)
-        if family is None:
+        vt = vision_template(cfg, template, base_folder)
+        if vt is None:
             return None
-        adapters = Path(cfg.adapters) if getattr(cfg, "adapters", None) else None
-        folder = adapters if adapters and (adapters / "preprocessor_config.json").exists() else base_folder
-        processor = vision.load_processor(folder)
-        vt = VisionTemplate(processor, default_system=template.default_system,
-                            chat_template_kwargs=template.chat_template_kwargs)
+        family = vision.family_of(base_folder)
         adapter_tuner = cfg.tuner not in ("full", "galore", "lisa", "freeze")
         tower = cfg.freeze_vision_tower if cfg.freeze_vision_tower is not None else True
         aligner = cfg.freeze_aligner if cfg.freeze_aligner is not None else adapter_tuner
