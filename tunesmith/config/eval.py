@@ -69,6 +69,10 @@ class EvalConfig(Section):
     benchmark_dir: list[str] = Field(default_factory=list, description=(
         "Folders of task YAML files in the harness's format (their data_files read from the working directory)."))
     num_fewshot: int | None = Field(None, ge=0, description="Benchmarks: few-shot examples (default: each task's own).")
+    benchmark_chat_template: bool = Field(False, description=(
+        "Benchmarks: prompts as chats in each model's chat template, few-shot examples as turns (the harness's "
+        "--apply_chat_template); endpoints are then called on /chat/completions. Default: raw prompts, as published "
+        "base-model numbers are made."))
     allow_code_execution: bool = Field(False, description=(
         "Benchmarks that run the generated code (humaneval, mbpp): run it, in tunesmith's sandbox (a subprocess with "
         "CPU, memory and time limits, no network, a temporary directory)."))
@@ -88,6 +92,26 @@ class EvalConfig(Section):
         "(roberta-large, bert-base-chinese, ...; from the hub cache offline)."))
     bertscore_idf: bool = Field(False, description="BERTScore weights tokens by inverse document frequency over the "
                                 "references.")
+    judge_url: str | None = Field(None, description=(
+        "LLM-as-judge: an OpenAI-compatible endpoint (http://host:port/v1; tunesmith deploy or any provider) whose "
+        "model judges the answers of the generation rows; raw judgements in judgements.jsonl."))
+    judge_model: str | None = Field(None, description="The judge endpoint's model (default: the first it serves).")
+    judge_mode: Literal["pairwise", "score"] | None = Field(None, description=(
+        "pairwise: the first model against each other one, every pair judged in both orders (A/B swapped); the two "
+        "orders disagreeing is a tie, their agreement is reported; score: each answer rated 1-10 on the rubric. "
+        "Default: pairwise with two or more models, else score."))
+    rubric: str | None = Field(None, description=(
+        "Text file with the judging criteria, put into the judge's prompt (default: helpfulness, correctness against "
+        "the reference, clarity)."))
+    judge_api_key: str | None = Field(None, description="Bearer key for --judge-url (default: $OPENAI_API_KEY).")
+    judge_max_tokens: int = Field(512, ge=1, description="Longest judge reply (greedy, temperature 0).")
+    review_sample: int | None = Field(None, ge=1, description=(
+        "Human review: N sampled generation rows into review.csv and review.html, each model's answer side by side "
+        "under a letter shuffled per row (the key in review_key.json), with score (1-10) and notes columns to fill."))
+    review_seed: int = Field(42, description="Seed of the review sample and of its letter shuffle.")
+    review_results: str | None = Field(None, description=(
+        "A filled review.csv: folds its mean score per model into that eval's results.json and table (column "
+        "human, mean score / 10); nothing else runs."))
     generation: GenerationCfg = Field(default_factory=GenerationCfg, description="Generation settings.")
     batch_size: int = Field(32, ge=1, description=(
         "Prompts submitted together (they share the running batch), or concurrent requests to an endpoint."))
@@ -111,10 +135,18 @@ class EvalConfig(Section):
 
     @model_validator(mode="after")
     def _check(self) -> "EvalConfig":
-        if not self.dataset and not self.benchmark:
+        if self.review_results and (self.dataset or self.compare or self.model or self.adapters):
+            raise ValueError("review_results: folds a filled sheet into the eval it came from; give it alone")
+        if not self.dataset and not self.benchmark and not self.review_results:
             raise ValueError("dataset: give one or more datasets to evaluate on (--dataset FILE), or --benchmark")
         if self.benchmark and self.task != "generation":
             raise ValueError(f"benchmark: evaluates generative models; leave it out of --task {self.task}")
+        if (self.judge_model or self.judge_mode or self.rubric) and not self.judge_url:
+            raise ValueError("judge_url: --judge-model, --judge-mode and --rubric need the judge's endpoint (--judge-url "
+                             "http://host:port/v1)")
+        if self.task != "generation" and (self.judge_url or self.review_sample):
+            raise ValueError(f"{'judge_url' if self.judge_url else 'review_sample'}: judges generated answers; task is "
+                             f"{self.task}")
         if self.task != "generation" and "metrics" in self.model_fields_set:
             raise ValueError(f"metrics: task {self.task} reports its own (recall@k, MRR, nDCG@k, or accuracy and F1); "
                              "leave --metrics out")

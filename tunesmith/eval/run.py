@@ -44,6 +44,10 @@ class EvalResult:
 
 
 def evaluate(cfg: EvalConfig) -> EvalResult:
+    if cfg.review_results:  # a filled human review sheet folded into the eval it came from: eval/review.py
+        from tunesmith.eval.review import fold_review
+
+        return fold_review(cfg)
     if cfg.task != "generation":  # embedding, reranker and classifier models: eval/retrieval.py
         from tunesmith.eval.retrieval import evaluate_encoders
 
@@ -67,6 +71,11 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         from tunesmith.eval.benchmarks import check_benchmarks
 
         check_benchmarks(cfg, targets)
+    judge = None
+    if cfg.judge_url:  # LLM-as-judge: eval/judge.py
+        from tunesmith.eval.judge import open_judge
+
+        judge = open_judge(cfg, len(targets))
     out = output_dir_for(cfg)
     kinds = f"{sum(not s.is_choice for s in samples)} generation, {sum(s.is_choice for s in samples)} multiple-choice"
     log.info("eval: %d models on %d rows (%s%s): %s", len(targets), len(samples), kinds,
@@ -77,11 +86,13 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     # Answer and score, one model at a time
     models: dict[str, Any] = {}
     info: dict[str, str] = {}
+    texts: dict[str, list[str]] = {}  # model -> answer per row, for the judge and the review sheet
     (out / "answers.jsonl").write_text("", encoding="utf-8")
     for target in targets:
         start = time.time()
         answers = answer(target, samples, cfg)
         seconds = time.time() - start
+        texts[target.name] = [a.text for a in answers]
         columns, per_sample, picked, how = score(names, samples, answers, cfg)
         info.update(how)
         spec = target.spec + (f"#{target.served_model}" if target.served_model else "")
@@ -89,6 +100,18 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         report.append_answers(out / "answers.jsonl", [_answer_row(target, s, a, per_sample[i], picked.get(i))
                                                       for i, (s, a) in enumerate(zip(samples, answers))])
 
+    extra: dict[str, Any] = {}
+    if judge is not None:
+        from tunesmith.eval.judge import judge_answers
+
+        judged = judge_answers(judge, samples, texts, out)
+        for name, columns in judged.columns.items():
+            models[name]["scores"].update(columns)
+        extra["judge"] = judged.summary
+    if cfg.review_sample:
+        from tunesmith.eval.review import write_review
+
+        write_review(samples, texts, out, cfg.review_sample, cfg.review_seed)
     benchmark_columns, benchmark_how = [], {}
     if cfg.benchmark:  # standard benchmarks beside the metrics, scored by the harness: eval/benchmarks.py
         from tunesmith.eval.benchmarks import add_benchmarks
@@ -103,7 +126,7 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         "columns": [c for c in COLUMN_ORDER if c in present] + benchmark_columns, "models": models,
         "generation": cfg.generation.model_dump(),
         "how": {name: info.get(name, HOW.get(name, "")) for name in names} | benchmark_how,
-        "created": datetime.datetime.now().isoformat(timespec="seconds"),
+        "created": datetime.datetime.now().isoformat(timespec="seconds"), **extra,
     }
     report.write_results(out / "results.json", results)
     chart = report.plot_scores(out / "scores.png", results)
