@@ -117,8 +117,7 @@ def test_tensor_parallel_layouts_that_cannot_run_are_refused_before_any_process_
     base = ["sft", "--model", tiny_model, "--dataset", toy_data, "--output-dir", tmp_path / "x", "--device", "cpu",
             "--nproc-per-node", "2", "--master-port", free_port()]
     cases = [(["--tensor-parallel", "2"], "peft's adapters do not run on tensor-parallel layers"),
-             (["--tuner", "full", "--tensor-parallel", "2"], "num_key_value_heads 1 does not split over 2"),
-             (["--sequence-parallel", "2", "--fsdp", "full-shard"], "context parallel (with --fsdp) runs on GPUs only")]
+             (["--tuner", "full", "--tensor-parallel", "2"], "num_key_value_heads 1 does not split over 2")]
     for flags, message in cases:
         proc = run_cli(*base, *flags, check=False)
         assert proc.returncode != 0 and message in proc.stderr, (flags, proc.stderr[-800:])
@@ -142,6 +141,12 @@ def test_tensor_parallel_checks_in_process(tmp_path):
         with pytest.raises(ConfigError, match="needs a multiple of 2 processes"):
             launch.check_engine(cfg, world)
     launch.check_engine(cfg, 4)  # 2 x 2: the other ranks shard with FSDP2 (transformers' own)
+    packed = SFTConfig(dataset=["x.jsonl"], deepspeed="zero2", sequence_parallel=2, packing=True)
+    with pytest.raises(ConfigError, match="Ulysses splits padded sequences"):
+        launch.check_engine(packed, 2)
+    context = SFTConfig(dataset=["x.jsonl"], fsdp="full-shard", sequence_parallel=2, device="cpu")
+    with pytest.raises(ConfigError, match="context parallel \\(with --fsdp\\) runs on GPUs only"):
+        launch.check_engine(context, 2)
     from transformers import GPT2Config
 
     GPT2Config(n_layer=1, n_embd=64, n_head=2).save_pretrained(tmp_path / "gpt2")

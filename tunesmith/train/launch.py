@@ -218,6 +218,9 @@ def check_engine(cfg: Any, world: int) -> None:
                               "context parallel)")
         if world % cfg.sequence_parallel:
             raise ConfigError(f"sequence_parallel: {cfg.sequence_parallel} does not divide the {world} processes")
+        if cfg.packing and cfg.deepspeed:
+            raise ConfigError("sequence_parallel: DeepSpeed's Ulysses splits padded sequences through sdpa, not our "
+                              "packed (varlen) attention; set packing: false")
         from tunesmith.models.load import pick_device
 
         if cfg.fsdp and pick_device(cfg.device) == "cpu":

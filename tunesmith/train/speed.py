@@ -56,8 +56,10 @@ def resolve_packing(cfg: Any, device: str, dtype: Any) -> None:
     dense block mask over the flattened batch (CPU, MPS, float32)."""
     if getattr(cfg, "packing", False) is None:
         private = getattr(getattr(cfg, "dp", None), "epsilon", None) is not None  # DP-SGD: one sample per row
-        # LongLoRA: S2-Attn folds padded rows into groups; a packed row would need the dense mask of all its samples
-        cfg.packing = varlen_runs(device, dtype) and not private and getattr(cfg, "tuner", None) != "longlora"
+        # LongLoRA: S2-Attn folds padded rows into groups; a packed row would need the dense mask of all its samples.
+        # Sequence parallel: Ulysses wraps sdpa (train/launch.py), not the varlen kernel packing would switch to.
+        cfg.packing = (varlen_runs(device, dtype) and not private and getattr(cfg, "tuner", None) != "longlora"
+                       and getattr(cfg, "sequence_parallel", 1) == 1)
 
 
 def prepare_model(cfg: Any, model: Any, device: str, dtype: Any) -> dict[str, str]:
