@@ -43,3 +43,17 @@ def test_preference_batch_scores_like_the_conversation_alone(tiny_vlms, pictures
             assert batch["input_ids"][row_index, : len(ids)].tolist() == ids
             assert batch["completion_mask"][row_index].sum().item() == len(ids) - len(ds[i]["prompt_ids"])
             torch.testing.assert_close(together[row_index, : len(ids)], alone, atol=1e-4, rtol=1e-4)
+
+
+def test_methods_without_images_refuse_image_rows(tiny_vlms, pictures, tmp_path, capsys):
+    import json
+
+    from tunesmith.cli.main import main
+
+    data = tmp_path / "kto.jsonl"
+    data.write_text(json.dumps({"prompt": "<image>Which colour?", "completion": "Red.", "label": True,
+                                "images": [str(pictures[0])]}) + "\n")
+    status = main(["rlhf", "--method", "kto", "--model", str(tiny_vlms("qwen2-vl")), "--dataset", str(data),
+                   "--output-dir", str(tmp_path / "run"), "--max-steps", "1", "--report-to", "none"])
+    err = capsys.readouterr().err
+    assert status != 0 and f"{data}:1: images: rlhf --method kto does not train on images yet" in err

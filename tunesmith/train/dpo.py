@@ -23,7 +23,6 @@ from tunesmith.train.setup import common_args, load_trainable, run_trainer
 from tunesmith.train.vision import (
     VisionPreferenceCollator,
     VisionRun,
-    refuse_images_for_text_model,
     render_vision_pairs,
 )
 
@@ -32,7 +31,7 @@ def dpo(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> RunResult:
     with open_run(cfg) as run:
         template, base_folder = load_template(cfg)
         vlm = VisionRun.start(cfg, template, base_folder)  # image prompts: train/vision.py
-        render = render_text_pairs
+        render = render_pairs
         if vlm is not None:
             template = vlm.template
             render = render_vision_pairs
@@ -53,12 +52,6 @@ def dpo(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> RunResult:
                               run.resume_from, callbacks, trainer_cls=trainer_cls, args=args)
         final = run.save_final(trainer, template)
         return run.result(trainer, final, data.skipped)
-
-
-def render_text_pairs(rows, template, max_length, problems, cuts=None):
-    """train/preference.py's render_pairs, after refusing rows with images (a text template would mangle them)."""
-    refuse_images_for_text_model(rows, str(template.tokenizer.name_or_path))
-    return render_pairs(rows, template, max_length, problems, cuts=cuts)
 
 
 class RenderedDPOTrainer(DPOTrainer):

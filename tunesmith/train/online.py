@@ -74,6 +74,9 @@ def prompt_datasets(cfg: RLHFConfig, template: Template) -> tuple[list, Any, Any
     read = partial(load_rows, kind="prompts", seed=cfg.seed, encoding=cfg.encoding,
                    max_chars=limit)  # a prompt too long: refused untokenized
     data = read(cfg.dataset)
+    from tunesmith.train.vision import refuse_images_for_text_model
+
+    refuse_images_for_text_model(data.rows, cfg.model, cfg.method)  # GRPO/PPO prompts with images: not yet
     data.rows, cleaned = clean_rows(cfg, data.rows)  # --dedupe, --redact-pii
     chosen = Continuation.select(cfg, data.rows, read)  # --continue-from: prompts the earlier runs never saw
     data.rows = chosen.rows

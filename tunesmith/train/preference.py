@@ -31,6 +31,10 @@ def load_preference_data(cfg: RLHFConfig, kind: str, template: Template, tokeniz
     limit = max_chars(template.tokenizer, cfg.max_length) if cfg.truncation == "error" else None
     read = partial(load_rows, kind=kind, seed=cfg.seed, encoding=cfg.encoding, max_chars=limit)  # refused untokenized
     data = read(cfg.dataset)
+    if not hasattr(template, "render_images"):  # rows with images need the VLM renderer (dpo: train/vision.py)
+        from tunesmith.train.vision import refuse_images_for_text_model
+
+        refuse_images_for_text_model(data.rows, cfg.model, cfg.method)
     data.rows, cleaned = clean_rows(cfg, data.rows)  # --dedupe, --redact-pii
     chosen = Continuation.select(cfg, data.rows, read)  # --continue-from: rows the earlier runs never saw (+ replay)
     data.rows = chosen.rows

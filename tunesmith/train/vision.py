@@ -45,15 +45,19 @@ def vision_template(cfg: Any, template: Any, base_folder: Path) -> VisionTemplat
                           chat_template_kwargs=template.chat_template_kwargs)
 
 
-def refuse_images_for_text_model(rows: list, model: str) -> None:
-    """Rows with images and a text-only model: refused, naming the first such row (a text template would render the
-    image parts as garbage)."""
+def refuse_images_for_text_model(rows: list, model: str, method: str | None = None) -> None:
+    """Rows with images where no VLM renderer will read them: refused, naming the first such row (a text template
+    would render the image parts as garbage). With `method`: that method takes no images yet, even on a VLM."""
     for row in rows:
         messages = getattr(row, "messages", None) or getattr(row, "prompt", None)
-        if has_images(messages):
-            raise DataError(f"{row.source}:{row.line}: images: {model} is a text-only model; train a vision-language "
-                            f"model ({', '.join(f.name for f in vision.FAMILIES)}) on rows with images, or drop the "
-                            "images")
+        if not has_images(messages):
+            continue
+        if method is not None and vision.is_vision_model(model):
+            raise DataError(f"{row.source}:{row.line}: images: rlhf --method {method} does not train on images yet "
+                            "(sft and rlhf --method dpo do); drop the images or use dpo")
+        raise DataError(f"{row.source}:{row.line}: images: {model} is a text-only model; train a vision-language "
+                        f"model ({', '.join(f.name for f in vision.FAMILIES)}) on rows with images, or drop the "
+                        "images")
 
 
 @dataclass
