@@ -179,8 +179,11 @@ def judge_answers(judge: Judge, samples: list[Any], answers: dict[str, list[str]
                 jobs.append({**base, "order": [other, names[0]]})
     log.info("judge: %s asks %s for %d %s judgements on %d rows", judge.mode, judge.model, len(jobs),
              "rating" if judge.mode == "score" else "A/B", len(rows))
+    from tqdm.auto import tqdm
+
     with ThreadPoolExecutor(judge.workers) as pool:
-        replies = list(pool.map(lambda job: judge.ask(_prompt(judge, job, answers)), jobs))
+        replies = list(tqdm(pool.map(lambda job: judge.ask(_prompt(judge, job, answers)), jobs), total=len(jobs),
+                            desc="judging", unit="judgement", dynamic_ncols=True))
     records = []
     for job, (reply, error) in zip(jobs, replies):
         record = {"mode": judge.mode, "judge": judge.model, **{k: v for k, v in job.items() if k != "question"},
