@@ -259,20 +259,24 @@ output_type: generate_until
 doc_to_text: "Q: {{{{question}}}}\\nA:"
 doc_to_target: "{{{{answer}}}}"
 generation_kwargs:
-  until: ["\\n"]
+  until: ["Q:"]
   max_gen_toks: 6
   do_sample: false
 metric_list:
   - metric: exact_match
 """)
-    result = api.evaluate(EvalConfig(benchmark=["tiny_gen"], benchmark_dir=[str(tmp_path / "tasks")],
-                                     compare=[f"local={tiny}", f"served={served}"], output_dir=str(tmp_path / "out")))
-    assert set(result.scores) == {"local", "served"}
-    answers = {name: [json.loads(line)["resps"] for line in
-                      (tmp_path / "out" / "benchmarks" / f"{name}-samples.jsonl").read_text().splitlines()]
-               for name in ("local", "served")}
-    assert answers["local"] == answers["served"] and len(answers["local"]) == 4  # the same greedy text, document by document
-    assert result.scores["local"] == result.scores["served"]
+    for chat in (False, True):  # raw prompts on /completions; chats (the harness renders, or the server) on /chat/...
+        out = tmp_path / f"out-{chat}"
+        result = api.evaluate(EvalConfig(benchmark=["tiny_gen"], benchmark_dir=[str(tmp_path / "tasks")],
+                                         compare=[f"local={tiny}", f"served={served}"], output_dir=str(out),
+                                         benchmark_chat_template=chat))
+        assert set(result.scores) == {"local", "served"}
+        answers = {name: [json.loads(line)["resps"][0][0] for line in
+                          (out / "benchmarks" / f"{name}-samples.jsonl").read_text().splitlines()]
+                   for name in ("local", "served")}
+        assert answers["local"] == answers["served"] and len(answers["local"]) == 4  # the same greedy text, row by row
+        assert all(answers["local"]), answers  # text, not empty strings that would match anything
+        assert result.scores["local"] == result.scores["served"]
     with pytest.raises(ConfigError, match="log-likelihood"):  # multiple choice needs prompt log-probabilities
         api.evaluate(EvalConfig(benchmark=["tiny_gen", "arc"], benchmark_dir=[str(tmp_path / "tasks")],
                                 compare=[f"served={served}"], output_dir=str(tmp_path / "no")))

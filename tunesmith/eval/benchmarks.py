@@ -8,7 +8,8 @@ EvalScope, eval/evalscope_backend.py), so the numbers are the ones the harness r
 
 What each target is to the harness: a model folder is its `hf` model (`pretrained=`), a run's adapter is `hf` with
 `peft=` over the run's base, an endpoint is `local-completions` on URL/completions (raw prompts, no chat template,
-as the harness sends them). Task settings (few-shot count, prompts, generation settings, metrics) are the tasks' own;
+as the harness sends them); with --benchmark-chat-template the harness renders prompts with the tokenizer's chat
+template (few-shot examples as turns) and an endpoint is `local-chat-completions` on URL/chat/completions. Task settings (few-shot count, prompts, generation settings, metrics) are the tasks' own;
 --limit and --num-fewshot override them as the harness's own flags do.
 Offline: a task's hub dataset is read from the hub cache (`tunesmith download ID --kind dataset` puts it there); a
 dataset that is neither cached nor reachable stops the run before any model loads, naming the command to run.
@@ -257,9 +258,11 @@ def _check_files(spec: str, leaf: Leaf) -> None:
 def model_for(target: Target, cfg: EvalConfig) -> tuple[str, dict[str, Any], str]:
     """The harness's model type and arguments for a target, and the device it runs on."""
     if target.kind == "endpoint":
-        args = {"base_url": f"{target.spec}/completions", "model": target.served_model, "tokenizer_backend": None,
-                "tokenized_requests": False, "num_concurrent": cfg.batch_size, "max_retries": 2}
-        return "local-completions", args, "cpu"
+        args = {"model": target.served_model, "tokenizer_backend": None, "tokenized_requests": False,
+                "num_concurrent": cfg.batch_size, "max_retries": 2}
+        if cfg.benchmark_chat_template:  # the server renders the messages with its own chat template
+            return "local-chat-completions", args | {"base_url": f"{target.spec}/chat/completions"}, "cpu"
+        return "local-completions", args | {"base_url": f"{target.spec}/completions"}, "cpu"
     from tunesmith.models.load import pick_device, pick_dtype, resolve
     from tunesmith.models.runs import read_run_output
 
@@ -357,6 +360,7 @@ def run_lm_eval(targets: list[Target], cfg: EvalConfig, out: Path) -> BenchmarkS
             raw = lm_eval.simple_evaluate(
                 model=kind, model_args=args, tasks=tasks, task_manager=tm, num_fewshot=cfg.num_fewshot,
                 batch_size=cfg.batch_size, device=device, limit=cfg.limit, log_samples=True, gen_kwargs=gen_kwargs,
+                apply_chat_template=cfg.benchmark_chat_template, fewshot_as_multiturn=cfg.benchmark_chat_template,
                 confirm_run_unsafe_code=cfg.allow_code_execution)
         except TunesmithError:
             raise
