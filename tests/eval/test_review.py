@@ -4,6 +4,7 @@ reviewer fills it without the key, and --review-results folds the scores back in
 import csv
 import io
 import json
+import shutil
 
 import pytest
 
@@ -32,8 +33,8 @@ def reviewed(answering, tmp_path_factory):
 
 def read_sheet(path):
     text = path.read_text(encoding="utf-8-sig")
-    dialect = csv.Sniffer().sniff(text.splitlines()[0], ",;")  # the filled sheet below is ;-separated
-    return list(csv.DictReader(io.StringIO(text, newline=""), dialect=dialect))
+    delimiter = ";" if text.startswith("id;") else ","  # the filled sheet below is ;-separated
+    return list(csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter))
 
 
 def test_the_sheet_is_blind_and_shuffled_per_row(reviewed):
@@ -60,7 +61,7 @@ def test_a_filled_sheet_folds_into_the_table_per_model(reviewed, capsys):
     for r in sheet[:20]:  # a reviewer who likes answers equal to the reference, and skips the last 10 rows
         for letter in "AB":
             r[f"score_{letter}"] = "9" if r[f"answer_{letter}"] == r["reference"] else "2"
-        r["notes"] = "checked"
+        r["notes"] = 'checked; "fine", mostly\nsecond line'
     filled = reviewed / "review.csv"
     with filled.open("w", encoding="utf-8-sig", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(sheet[0]), delimiter=";")  # a spreadsheet's own separator
@@ -90,3 +91,32 @@ def test_a_bad_score_names_file_line_and_column(reviewed, tmp_path):
         api.evaluate(load(EvalConfig, ["--review-results", str(lonely)]))
     with pytest.raises(ConfigError, match="review_results: folds a filled sheet .* give it alone"):
         load(EvalConfig, ["--review-results", str(bad), "--dataset", "x.jsonl"])
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
+def test_the_page_fills_and_saves_the_same_sheet(reviewed, tmp_path):
+    """review.html in a real browser: scores typed into the page, Download CSV, and that file folds in like the sheet."""
+    playwright = pytest.importorskip("playwright.sync_api", reason="needs playwright (pip install playwright)")
+    folder = tmp_path / "page"
+    shutil.copytree(reviewed, folder)  # the sheet, its key and the eval's results.json
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.goto((folder / "review.html").as_uri())
+        for row in page.query_selector_all("tr[data-id]"):
+            answers = [a.inner_text() for a in row.query_selector_all("td:has(input) > div.a")]
+            reference = row.query_selector("details div.a").text_content()  # folded away: no inner text
+            for letter, answer in zip("AB", answers):
+                row.query_selector(f'input[data-field="score_{letter}"]').fill("8" if answer == reference else "3")
+            row.query_selector("textarea").fill('a "quoted", note\nover two lines')
+        with page.expect_download() as download:
+            page.click("#save")
+        download.value.save_as(folder / "review.csv")
+        browser.close()
+    sheet = read_sheet(folder / "review.csv")
+    assert len(sheet) == 30 and sheet[0]["notes"] == 'a "quoted", note\nover two lines'
+    result = api.evaluate(load(EvalConfig, ["--review-results", str(folder / "review.csv")]))
+    assert result.scores["right"]["human"] == pytest.approx(0.8) and result.scores["wrong"]["human"] == pytest.approx(0.3)

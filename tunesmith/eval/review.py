@@ -112,11 +112,11 @@ def read_review(path: Path) -> dict[str, Any]:
         raise ConfigError(f"review_results: no {KEY} beside {path}; keep the sheet in the eval folder that wrote it")
     key = json.loads(key_path.read_text(encoding="utf-8"))
     text = path.read_text(encoding="utf-8-sig")
-    try:
-        dialect = csv.Sniffer().sniff(text.splitlines()[0], delimiters=",;\t")
+    try:  # the separator only: sniffed from the header, whose lack of quotes would turn off "" escapes
+        delimiter = csv.Sniffer().sniff(text.splitlines()[0], delimiters=",;\t").delimiter
     except (csv.Error, IndexError):
-        dialect = csv.excel
-    reader = csv.DictReader(io.StringIO(text, newline=""), dialect=dialect)  # answers may hold line breaks
+        delimiter = ","
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)  # answers may hold line breaks
     scores: dict[str, list[float]] = {m: [] for m in key["models"]}
     notes = 0
     for row in reader:
