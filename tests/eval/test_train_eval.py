@@ -23,12 +23,14 @@ def setup(tmp_path_factory):
     return root, make_tiny_model(root / "tiny"), data
 
 
-def test_each_eval_step_writes_the_metrics_and_a_failed_gate_exits_non_zero_after_saving(setup, capsys):
+# On CUDA the run trains packed (padding-free, bfloat16) between the eval steps' generation: run with pytest -m gpu.
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_each_eval_step_writes_the_metrics_and_a_failed_gate_exits_non_zero_after_saving(setup, capsys, device):
     root, model, data = setup
-    run = root / "run"
+    run = root / f"run-{device}"
     code = main(["sft", "--model", str(model), "--dataset", f"{data}#48", "--max-steps", "4", "--batch-size", "4",
                  "--learning-rate", "3e-2", "--max-length", "64", "--save-steps", "1000", "--eval-steps", "2",
-                 "--report-to", "none", "--device", "cpu", "--output-dir", str(run), "--eval-dataset", str(data),
+                 "--report-to", "none", "--device", device, "--output-dir", str(run), "--eval-dataset", str(data),
                  "--eval-generate-rows", "4", "--eval-max-tokens", "6", "--eval-metrics", "rouge,format,exact_match",
                  "--eval-gate", "rouge>=1.01"])
     err = capsys.readouterr().err
