@@ -108,3 +108,24 @@ def test_image_tokens_per_sample_are_counted_and_their_activations_planned(folde
     assert with_two.phases["loss"] - without.phases["loss"] == one_layer
     full = plan(PlanConfig(images_per_sample=8, image_size=448, **{**common, "max_length": 256}), hardware())
     assert any("fill the whole sequence" in n for n in full["notes"])
+
+
+# Qwen2-VL-2B-Instruct's config.json as the hub ships it (flat: the language model's keys at the top level)
+QWEN2_VL_2B = {"model_type": "qwen2_vl", "hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
+               "num_attention_heads": 12, "num_key_value_heads": 2, "vocab_size": 151936, "tie_word_embeddings": True,
+               "max_position_embeddings": 32768, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0,
+               "bos_token_id": 151643, "eos_token_id": 151645, "image_token_id": 151655, "video_token_id": 151656,
+               "vision_start_token_id": 151652, "vision_end_token_id": 151653,
+               "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
+               "vision_config": {"depth": 32, "embed_dim": 1280, "mlp_ratio": 4, "num_heads": 16, "in_chans": 3,
+                                 "hidden_size": 1536, "patch_size": 14, "spatial_merge_size": 2,
+                                 "temporal_patch_size": 2}}
+
+
+def test_a_hub_config_counts_as_the_published_model(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(QWEN2_VL_2B))
+    shape = load_shape(str(path))
+    # sum(p.numel()) of Qwen2VLForConditionalGeneration built from this config (2.21B, as the model card says)
+    assert shape.params() == 2_208_985_600 and shape.vision_params() == 665_271_296
+    assert shape.vision.tokens_per_image == 256  # 448x448: 32x32 patches of 14 px, merged 2x2

@@ -32,9 +32,12 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "llama": dict(norms=2, qk_norm=False, fused=False, tied=False),
     "mistral": dict(norms=2, qk_norm=False, fused=False, tied=False),
     "qwen2": dict(norms=2, qk_norm=False, fused=False, tied=False, qkv_bias=True),
-    # Qwen2-VL / 2.5-VL language models: Qwen2's layers (their text_config's model_type)
+    # Qwen2-VL / 2.5-VL language models: Qwen2's layers (their text_config's model_type; the hub's flat config.json
+    # files name the whole model's)
     "qwen2_vl_text": dict(norms=2, qk_norm=False, fused=False, tied=False, qkv_bias=True),
     "qwen2_5_vl_text": dict(norms=2, qk_norm=False, fused=False, tied=False, qkv_bias=True),
+    "qwen2_vl": dict(norms=2, qk_norm=False, fused=False, tied=False, qkv_bias=True),
+    "qwen2_5_vl": dict(norms=2, qk_norm=False, fused=False, tied=False, qkv_bias=True),
     "qwen3": dict(norms=2, qk_norm=True, fused=False, tied=False),
     "gemma": dict(norms=2, qk_norm=False, fused=False, tied=True),
     "gemma2": dict(norms=4, qk_norm=False, fused=False, tied=True),
@@ -288,7 +291,10 @@ class ModelShape:
 def shape_from_config(cfg: dict[str, Any], name: str = "model") -> ModelShape:
     """Build the shape from a config.json mapping (multimodal configs: their text_config)."""
     if isinstance(cfg.get("text_config"), dict):
+        top = cfg
         cfg = {**cfg["text_config"], "model_type": cfg["text_config"].get("model_type", cfg.get("model_type"))}
+        if "tie_word_embeddings" not in cfg and "tie_word_embeddings" in top:  # VLMs keep it beside text_config
+            cfg["tie_word_embeddings"] = top["tie_word_embeddings"]
     model_type = str(cfg.get("model_type", "llama"))
     if model_type not in MOE and any(cfg.get(k) for k in ("num_local_experts", "num_experts", "n_routed_experts")):
         raise ValueError(f"{name}: mixture-of-experts model_type {model_type!r} is not covered by `tunesmith plan` "
@@ -309,7 +315,7 @@ def shape_from_config(cfg: dict[str, Any], name: str = "model") -> ModelShape:
             norms_per_layer=family["norms"], qk_norm=bool(family["qk_norm"]), fused=family["fused"],
             assumed_layout=model_type not in FAMILIES, qk_norm_full=family["qk_norm"] == "full",
         )
-        if model_type in ("qwen2_vl_text", "qwen2_5_vl_text"):
+        if model_type in ("qwen2_vl_text", "qwen2_5_vl_text", "qwen2_vl", "qwen2_5_vl"):
             shape = replace(shape, o_bias=False)  # q/k/v biases only, as Qwen2
         if model_type in MOE:
             shape = _moe_shape(shape, cfg, MOE[model_type])
