@@ -4,11 +4,13 @@
     python bench/scale.py --workload W2 --nproc 1 2 4 8 --engines ddp zero2 fsdp2             # a node of 8
     python bench/scale.py --workload W1 --nproc 8 --nnodes 2 --node-rank R --master-addr HOST # 2 nodes, each runs it
     python bench/scale.py --workload W2 --nproc 8 --engines zero3 --sp 1 2 4 8 --max-seq      # longest sequence
+    python bench/scale.py --workload W2 --nproc 2 4 8 --engines fsdp2 tp2 tp4 tp8 --set tuner=full  # tensor parallel
 
 Each configuration is one `python -m torch.distributed.run` of bench/sft.py's tunesmith child (the same synthetic data,
 model shapes and measuring window as bench/sft.py; `single` runs it without torchrun, tunesmith's default path),
 with tunesmith's own engine flags: ddp (no flag, several processes), zero1/zero2/zero3 (+ -offload), fsdp2
-(--fsdp full-shard). Per configuration it prints rank 0's real tokens/s (per GPU; the data are split evenly), the
+(--fsdp full-shard), tp2/tp4/tp8 (--tensor-parallel N, tuner full; the ranks beyond N shard with FSDP2; the N ranks
+of a group share each batch, so a rank's tokens/s is divided by N per GPU). Per configuration it prints rank 0's real tokens/s (per GPU; the data are split evenly), the
 total, the peak memory against the memory plan tunesmith's preflight made for that layout, and against the same
 engine at the smallest --nproc: scaling efficiency = tok/s per GPU at N / tok/s per GPU at the smallest N. Against
 `single` at one GPU: the engine's overhead.
@@ -31,7 +33,8 @@ from pathlib import Path
 
 ENGINES = {"single": {}, "ddp": {}, "zero1": {"deepspeed": "zero1"}, "zero2": {"deepspeed": "zero2"},
            "zero3": {"deepspeed": "zero3"}, "zero2-offload": {"deepspeed": "zero2-offload"},
-           "zero3-offload": {"deepspeed": "zero3-offload"}, "fsdp2": {"fsdp": "full-shard"}}
+           "zero3-offload": {"deepspeed": "zero3-offload"}, "fsdp2": {"fsdp": "full-shard"},
+           **{f"tp{n}": {"tensor_parallel": n, "tuner": "full"} for n in (2, 4, 8)}}
 SFT = Path(__file__).resolve().parent / "sft.py"
 
 
@@ -107,6 +110,8 @@ def measure(args: argparse.Namespace, engine: str, nproc: int, extra: list[str],
     row = {"engine": engine, "processes": world, "max_length": max_length, "wall_s": round(time.perf_counter() - started, 1),
            **{k: result.get(k) for k in ("tok_s", "peak_alloc_gib", "peak_reserved_gib", "plan_gib", "plan_alloc_gib", "settings",
                                           "first_step_s", "flops_per_token", "last_loss", "layout")}}
+    if result.get("tok_s"):  # tensor parallel: the N ranks of a group work on the same tokens
+        row["tok_s"] = result["tok_s"] / ENGINES[engine].get("tensor_parallel", 1)
     if code != 0 or not result.get("tok_s"):
         lines = [line for line in output.splitlines() if line.strip()]
         row["error"] = " | ".join(lines[-3:])[-400:] or f"exit {code}"

@@ -64,7 +64,7 @@ WORKLOADS = {
     "tiny": dict(shape="tiny", method="lora", max_length=256, batch_size=4, warmup=1, steps=2),
 }
 TINY = dict(model_type="qwen2", vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=2, num_key_value_heads=1, head_dim=32, tie_word_embeddings=True)
+            num_attention_heads=2, num_key_value_heads=2, head_dim=32, tie_word_embeddings=True)  # 2: splits over 2 ranks
 DEFAULT_CONFIGS = ["tunesmith", "trl-default", "trl-best"]
 PROFILE_STEPS = 2
 # kernel name patterns, first match wins (CUDA kernel names of cuBLAS/cuBLASLt, PyTorch's flash kernels, triton)
@@ -322,6 +322,26 @@ def build_model(work: dict, config, attn: str, args: argparse.Namespace):
                                                 attn_implementation=attn)
 
 
+def saved_weights(work: dict, config, args: argparse.Namespace) -> Path:
+    """The shape's random weights, saved once under --cache by rank 0 (built on the CPU: the GPUs stay free for the
+    shards); the other ranks wait for the folder."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    cuda = torch.cuda.is_available()
+    folder = Path(args.cache) / f"{work['shape']}-{'bf16' if cuda else 'fp32'}-whole"
+    if os.environ.get("RANK", "0") == "0" and not (folder / "config.json").exists():
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16 if cuda else torch.float32)
+        staging = Path(str(folder) + f".tmp{os.getpid()}")
+        model.save_pretrained(staging)
+        del model
+        os.replace(staging, folder)
+    while not (folder / "config.json").exists():
+        time.sleep(1)
+    return folder
+
+
 def synthetic_data(args: argparse.Namespace, work: dict, vocab: int):
     import datasets
     import numpy as np
@@ -381,9 +401,9 @@ def run_tunesmith(args, work, config, data, tokenizer, probe, out_dir, overrides
     from tunesmith.train.speed import prepare_model
 
     shape = work["shape"] if work["shape"] != "tiny" else "qwen2.5-0.5b-instruct"  # tiny: any shape for the plan
-    cfg = SFTConfig(model=shape, dataset=["synthetic"], tuner=work["method"], max_length=work["max_length"],
-                    batch_size=work["batch_size"], max_steps=args.warmup + args.steps, output_dir=out_dir,
-                    report_to=["none"], **overrides)
+    cfg = SFTConfig(**{"model": shape, "dataset": ["synthetic"], "tuner": work["method"], "max_length": work["max_length"],
+                       "batch_size": work["batch_size"], "max_steps": args.warmup + args.steps, "output_dir": out_dir,
+                       "report_to": ["none"], **overrides})  # overrides win (bench/scale.py's tuner=full)
     plan = preflight(cfg, shape, rows=1)  # packing and checkpointing left unset: from this machine and the memory plan
     result["plan_gib"] = round(plan.needed_gib, 2) if plan.needed_gib is not None else None
     if plan.needed_gib is not None:  # what max_memory_allocated should read: no allocator slack, no CUDA context
@@ -393,7 +413,10 @@ def run_tunesmith(args, work, config, data, tokenizer, probe, out_dir, overrides
         result["plan_alloc_gib"] = round(estimate(cfg, plan, load_shape(shape)).allocated / 2**30, 2)
     result["layout"] = plan.layout
     # load_trainable loads weights with models.load_model: here they come from the shape instead of a folder
-    models.load_model = lambda folder, dtype, device, quantize_4bit=False: build_model(work, config, "sdpa", args)
+    models.load_model = lambda folder, dtype, device, **kw: build_model(work, config, "sdpa", args)  # any options
+    if cfg.tensor_parallel > 1:  # transformers shards as it loads: from a folder of the shape's weights
+        folder, shard = saved_weights(work, config, args), models.load_tensor_parallel
+        models.load_tensor_parallel = lambda _folder, dtype, n: shard(folder, dtype, n)
     model, device, dtype = load_trainable(cfg, Path(out_dir))
     speed = prepare_model(cfg, model, device, dtype)
     runs.save_config(cfg, Path(out_dir), speed=speed)

@@ -107,7 +107,8 @@ def preflight(cfg: Any, base_folder: Path, rows: int) -> Preflight:
     engine = (f"deepspeed {cfg.deepspeed}" if cfg.deepspeed else f"fsdp2 {cfg.fsdp}" if cfg.fsdp else
               "ddp" if plan.processes > 1 else "single process")
     if cfg.tensor_parallel > 1:
-        launch.check_tensor_parallel_model(base_folder, cfg.tensor_parallel)  # also under an outer launcher
+        if Path(base_folder).is_dir():  # also under an outer launcher (bench/sft.py passes a shape name)
+            launch.check_tensor_parallel_model(Path(base_folder), cfg.tensor_parallel)
         dp = plan.processes // cfg.tensor_parallel
         engine = f"tensor parallel {cfg.tensor_parallel}" + (f" x fsdp2 {dp}" if dp > 1 else "")
     plan.layout = {"processes": plan.processes, "nodes": int(os.environ.get("GROUP_WORLD_SIZE", 1)), "engine": engine,
