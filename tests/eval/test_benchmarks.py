@@ -320,3 +320,29 @@ def test_evalscope_backend_gives_evalscope_own_scores(tiny, served, tmp_path):
                 for line in files[0].read_text().splitlines()]
 
     assert answers(tmp_path / "out" / "benchmarks" / "evalscope-tiny") == answers(tmp_path / "direct")
+
+
+def test_a_run_folder_is_its_adapter_over_the_base(tiny, task_dir, tmp_path):
+    """--adapters runs/NAME/final is the harness's hf model with peft= over the base the run recorded."""
+    import lm_eval
+    import yaml
+    from lm_eval.tasks import TaskManager
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    run = tmp_path / "runs" / "lora"
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny),
+                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    model.save_pretrained(run / "final")  # B != 0: the adapter changes the scores
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": str(tiny)}))
+    result = api.evaluate(EvalConfig(benchmark=["tiny_mc"], benchmark_dir=[str(task_dir)],
+                                     adapters=str(run / "final"), output_dir=str(tmp_path / "out")))
+    direct = lm_eval.simple_evaluate(model="hf", model_args={"pretrained": str(tiny), "peft": str(run / "final"),
+                                                             "dtype": "float32"},
+                                     tasks=["tiny_mc"], device="cpu", batch_size=32,
+                                     task_manager=TaskManager(include_path=str(task_dir), include_defaults=False))
+    assert result.scores["lora"] == {"tiny_mc:acc": direct["results"]["tiny_mc"]["acc,none"],
+                                     "tiny_mc:acc_norm": direct["results"]["tiny_mc"]["acc_norm,none"]}
+    ours = [json.loads(line) for line in (tmp_path / "out" / "benchmarks" / "lora-samples.jsonl").read_text().splitlines()]
+    assert [s["resps"] for s in sorted(ours, key=lambda s: s["doc_id"])] == \
+           json.loads(json.dumps([s["resps"] for s in sorted(direct["samples"]["tiny_mc"], key=lambda s: s["doc_id"])]))
