@@ -52,6 +52,7 @@ class Leaf:
     """One task of the harness, as its YAML says (before anything is downloaded)."""
     name: str
     config: dict[str, Any]
+    source: Path | None = None  # its YAML file
 
     @property
     def dataset(self) -> str | None:
@@ -63,6 +64,7 @@ class Plan:
     specs: list[str | dict]  # what the harness is asked to load: names, YAML paths, or names with a local dataset
     leaves: dict[str, list[Leaf]]  # spec name -> its tasks
     code: list[str]  # tasks that execute generated code
+    code_sources: list[Path] = field(default_factory=list)  # their YAML files (their utils.py load code_eval)
 
 
 @dataclass
@@ -161,7 +163,9 @@ def plan(cfg: EvalConfig, targets: list[Target], tm=None) -> Plan:
             f"of each answer, which needs the prompt's log-probabilities; an endpoint ({', '.join(endpoints)}) gives "
             "them only if its /v1/completions answers echo + logprobs (vLLM does; tunesmith deploy does not). Evaluate "
             "the model folder or run instead, or pick generation tasks (gsm8k, humaneval)")
-    return Plan(_with_local_data(specs, leaves), leaves, code)
+    sources = list(dict.fromkeys(leaf.source for group in leaves.values() for leaf in group
+                                 if leaf.config.get("unsafe_code") and leaf.source))
+    return Plan(_with_local_data(specs, leaves), leaves, code, sources)
 
 
 def _config(entry) -> dict[str, Any]:
@@ -183,7 +187,7 @@ def _leaves(entry, index, overrides: dict[str, Any] | None = None, depth: int = 
         return [leaf for name in sorted(entry.tags) if name in index
                 for leaf in _leaves(index[name], index, overrides, depth + 1)]
     if entry.kind != Kind.GROUP:
-        return [Leaf(cfg.get("task", entry.name), {**cfg, **(overrides or {})})]
+        return [Leaf(cfg.get("task", entry.name), {**cfg, **(overrides or {})}, entry.yaml_path)]
     passed = {k: v for k, v in cfg.items() if k not in {"group", "group_alias", "task", "aggregate_metric_list",
                                                          "metadata", "tag"}} | (overrides or {})
     out: list[Leaf] = []
@@ -303,23 +307,26 @@ def _code_eval_here(needed: bool):
 def load_tasks(tm, the_plan: Plan) -> list:
     """The harness's Task and Group objects for the plan (top level only; groups hold their tasks)."""
     from lm_eval.api.group import Group
+    from lm_eval.tasks._yaml_loader import load_yaml
 
+    with _code_eval_here(bool(the_plan.code)):  # only the import of the code tasks' utils.py (cached by the harness
+        for source in the_plan.code_sources:  # by file), so their data_files still resolve from the working directory
+            load_yaml(source, resolve_func=True)
     built = []
-    with _code_eval_here(bool(the_plan.code)):
-        for spec in the_plan.specs:
-            if isinstance(spec, dict):  # a hub dataset read from the cache: the task as its YAML says, data from there
-                entry = tm.task_index.get(spec["spec"])
-                if entry is None:
-                    from lm_eval.tasks._index import TaskIndex
+    for spec in the_plan.specs:
+        if isinstance(spec, dict):  # a hub dataset read from the cache: the task as its YAML says, data from there
+            entry = tm.task_index.get(spec["spec"])
+            if entry is None:
+                from lm_eval.tasks._index import TaskIndex
 
-                    entry = TaskIndex.entry_from_path(Path(spec["spec"]))
-                built.append(tm._factory.build(entry, overrides={"dataset_path": spec["dataset_path"]},
-                                               registry=tm.task_index))
-            else:
-                loaded = tm.load([spec])
-                children = {id(c) for g in loaded.get("groups", {}).values() for c in g}
-                top = [g for g in loaded.get("groups", {}).values() if id(g) not in children]
-                built += top or list(loaded["tasks"].values())
+                entry = TaskIndex.entry_from_path(Path(spec["spec"]))
+            built.append(tm._factory.build(entry, overrides={"dataset_path": spec["dataset_path"]},
+                                           registry=tm.task_index))
+        else:
+            loaded = tm.load([spec])
+            children = {id(c) for g in loaded.get("groups", {}).values() for c in g}
+            top = [g for g in loaded.get("groups", {}).values() if id(g) not in children]
+            built += top or list(loaded["tasks"].values())
     return [b for item in built for b in (item if isinstance(item, list) else [item])
             if isinstance(b, Group) or hasattr(b, "config")]
 
