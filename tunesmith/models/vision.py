@@ -154,8 +154,14 @@ def _without_video(cls: type) -> type:
     def check_argument_for_proper_class(self, argument_name, argument):
         return None if argument is None else cls.check_argument_for_proper_class(self, argument_name, argument)
 
+    def save_pretrained(self, save_directory, **kwargs):  # what load_processor reads (a trainer's checkpoints)
+        from tunesmith.templates.vision import save_processor
+
+        self.tokenizer.save_pretrained(save_directory)
+        save_processor(self, save_directory)
+
     return type(cls.__name__, (cls,), {"check_argument_for_proper_class": check_argument_for_proper_class,
-                                       "__module__": __name__})
+                                       "save_pretrained": save_pretrained, "__module__": __name__})
 
 
 def _processor_settings(folder: Path) -> dict:

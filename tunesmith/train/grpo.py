@@ -64,6 +64,14 @@ def grpo(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> RunResult:
 
     with open_run(cfg) as run:
         template, base_folder = load_template(cfg)
+        from tunesmith.train.vision import VisionRun, vision_grpo_trainer
+
+        vlm = VisionRun.start(cfg, template, base_folder)  # prompts with images: train/vision.py
+        if vlm is not None:
+            if cfg.grpo.env is not None or cfg.grpo.use_vllm or cfg.method != "grpo":
+                raise ConfigError(f"{cfg.method} on a vision-language model: transformers rollouts of single-turn "
+                                  "prompts only (no --grpo.env, no --grpo.use-vllm, method grpo)")
+            template = vlm.template
         env = environment(cfg, template)
         if env is None:
             table, train_ds, eval_ds, skipped, record = prompt_datasets(cfg, template)
@@ -79,19 +87,26 @@ def grpo(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> RunResult:
         # The environment's reward goes last, where rewards.weights gives unweighted 1s
         reward_funcs, reward_tokenizers = reward_models(cfg, rewards)
         reward_funcs, reward_tokenizers = [*reward_funcs, *env_rewards], [*reward_tokenizers, *[None] * len(env_rewards)]
-        model, device, dtype = load_trainable(cfg, base_folder)
+        model, device, dtype = vlm.load_trainable(cfg, base_folder) if vlm else load_trainable(cfg, base_folder)
         _stop_at_end_of_turn(model, template)
+        record.update(vlm.recorded() if vlm else {})
         run.save_config(base_model_folder=str(base_folder), train_prompts=len(train_ds), skipped_rows=skipped, **record,
                         trl_knobs=resolve_knobs(cfg), **plan.recorded(), **trainable_report(cfg, model))
         args = grpo_args(cfg, run.dir, device, dtype, has_eval=eval_ds is not None, n_rewards=len(reward_funcs))
         trainer_cls = rendered_trainer(cfg.grpo.variant)
+        processing = template.tokenizer
+        if vlm is not None:  # TRL's VLM path (pixels for rollouts and loss), fed the prompts tunesmith renders
+            trainer_cls = vision_grpo_trainer(trainer_cls, template, [conv for conv, _, _ in table])
+            args.chat_template_kwargs = dict(template.chat_template_kwargs)
+            processing = template.processor
+            processing.tokenizer.padding_side = "left"  # TRL pads prompts on the left; its loss pass re-encodes them
         extra = {"rollout_func": rollout} if rollout is not None else {}
 
         def make_trainer(**kwargs: Any) -> Any:
             return trainer_cls(reward_funcs=reward_funcs, reward_processing_classes=reward_tokenizers,
                                prompt_ids=prompt_ids, **extra, **kwargs)
 
-        trainer = run_trainer(cfg, run.dir, model, template.tokenizer, train_ds, eval_ds, device, dtype,
+        trainer = run_trainer(cfg, run.dir, model, processing, train_ds, eval_ds, device, dtype,
                               run.resume_from, callbacks, trainer_cls=make_trainer, args=args)
         final = run.save_final(trainer, template)
         _drop_reference_copy(final)

@@ -16,7 +16,9 @@ from tunesmith.config.rlhf import RLHFConfig
 from tunesmith.data.clean_file import clean_rows
 from tunesmith.data.limits import max_chars
 from tunesmith.data.load import load_rows
+from tunesmith.data.images import open_image
 from tunesmith.data.rows import Problem
+from tunesmith.data.vision import images_of, text_of
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.templates import Template
 from tunesmith.train.rewards.registry import ROW_KEY, RewardFn
@@ -74,9 +76,10 @@ def prompt_datasets(cfg: RLHFConfig, template: Template) -> tuple[list, Any, Any
     read = partial(load_rows, kind="prompts", seed=cfg.seed, encoding=cfg.encoding,
                    max_chars=limit)  # a prompt too long: refused untokenized
     data = read(cfg.dataset)
-    from tunesmith.train.vision import refuse_images_for_text_model
+    if not hasattr(template, "render_images"):  # prompts with images need the VLM renderer (grpo: train/vision.py)
+        from tunesmith.train.vision import refuse_images_for_text_model
 
-    refuse_images_for_text_model(data.rows, cfg.model, cfg.method)  # GRPO/PPO prompts with images: not yet
+        refuse_images_for_text_model(data.rows, cfg.model, cfg.method)
     data.rows, cleaned = clean_rows(cfg, data.rows)  # --dedupe, --redact-pii
     chosen = Continuation.select(cfg, data.rows, read)  # --continue-from: prompts the earlier runs never saw
     data.rows = chosen.rows
@@ -105,7 +108,11 @@ def _add_rows(table: list, rows: list, template: Template, cfg: RLHFConfig, prob
               cuts: Cuts) -> list[int]:
     added = []
     for row in rows:
-        ids = template.render_prompt(row.messages, tools=row.extra.get("tools"))
+        if hasattr(template, "render_images"):  # a VLM: the prompt with its images' tokens (templates/vision.py)
+            pictures = [open_image(ref) for ref in images_of(row.messages)]
+            ids = template.render_prompt_images(row.messages, pictures, tools=row.extra.get("tools"))
+        else:
+            ids = template.render_prompt(row.messages, tools=row.extra.get("tools"))
         too_long = length_problem(row, "prompt", len(ids), cfg.max_length, cfg.rollout.max_completion_length)
         if too_long:
             cuts.too_long += 1
@@ -125,7 +132,8 @@ def _dataset(table: list, indices: list[int]) -> Any:
 
     prompts = []
     for i in indices:
-        messages = [{"role": m["role"], "content": m.get("content") or ""} for m in table[i][0]]
+        # text only (an Arrow column holds one type); a VLM's trainer puts the images back from the table
+        messages = [{"role": m["role"], "content": text_of(m.get("content")) or ""} for m in table[i][0]]
         messages[-1][ROW_KEY] = i
         prompts.append(messages)
     return datasets.Dataset.from_dict({"prompt": prompts})

@@ -376,3 +376,53 @@ class VisionPreferenceCollator:
                 extras.setdefault(k, []).append(v)
         batch.update({k: torch.tensor(v) for k, v in extras.items()})
         return batch
+
+
+# -----------------------------------------------------------------------------
+# GRPO: image prompts through TRL's VLM path
+
+
+def vision_grpo_trainer(base: type, template: VisionTemplate, conversations: list[list[dict]]) -> type:
+    """train/grpo.py's RenderedPrompts trainer for a VLM. Each prompt TRL draws is replaced by its row's messages
+    with the pictures in their parts (the Arrow dataset holds only text), so TRL's VLM path has them for the rollouts
+    and for the loss pass, and the row index (ROW_KEY) still rides in the last message for the reward functions.
+    TRL encodes those prompts itself with the processor; each encoding is checked to be exactly the ids tunesmith's
+    renderer gives (what infer and deploy send), and a difference stops the run naming the row."""
+    from tunesmith.errors import TemplateError
+    from tunesmith.train.rewards.registry import ROW_KEY
+
+    class VisionPrompts(base):
+        def _generate_and_score_completions(self, inputs: list[dict]) -> dict:
+            for x in inputs:
+                x["prompt"] = _prompt_with_images(template, conversations, x["prompt"][-1][ROW_KEY])
+            return super()._generate_and_score_completions(inputs)
+
+        def _tokenize_prompts(self, prompts: list) -> tuple:
+            ids, images, fields = super(base, self)._tokenize_prompts(prompts)  # TRL's own, with the processor
+            for p, got in zip(prompts, ids):
+                row = p[-1][ROW_KEY]
+                if list(got) != list(self.prompt_ids[row]):
+                    raise TemplateError(f"prompt row {row}: TRL's encoding of the prompt with its images differs from "
+                                        "tunesmith's renderer for this chat template, so the rollouts would not be "
+                                        "what deploy serves; train this model with sft or dpo")
+            return ids, images, fields
+
+    VisionPrompts.__name__ = f"Vision{base.__name__}"
+    return VisionPrompts
+
+
+def _prompt_with_images(template: VisionTemplate, conversations: list[list[dict]], row: int) -> list[dict]:
+    """Row `row`'s prompt as TRL's VLM path takes it: the template's system prompt added, every content a list of
+    parts, PIL images in the image parts, the row index in the last message."""
+    out = []
+    for m in template._with_system(conversations[row]):
+        content = m.get("content")
+        if isinstance(content, str):
+            content = [{"type": "text", "text": content}]
+        parts = [{"type": "image", "image": open_image(p["image"])} if p.get("type") == "image"
+                 else {"type": "text", "text": p.get("text", "")} for p in content or []]
+        out.append({"role": m["role"], "content": parts})
+    from tunesmith.train.rewards.registry import ROW_KEY
+
+    out[-1][ROW_KEY] = row
+    return out
