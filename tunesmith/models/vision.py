@@ -8,11 +8,13 @@ and where its vision tower, aligner (projector) and language model sit, for free
 Processors: transformers' AutoProcessor also builds each family's *video* processor, and those need torchvision, which
 does not load beside our CPU torch (ENVIRONMENT.md). So the processor is built here from its parts: the tokenizer, the
 image processor with backend="pil" (Pillow + numpy, the same numbers as the torchvision one within resize rounding),
-the chat template and processor_config.json's settings; video is left out. Per family, what works without
-torchvision: Qwen2-VL, Qwen2.5-VL, LLaVA, LLaVA-OneVision, Idefics3/SmolVLM and Gemma 3 have PIL image processors
-(images; no video). Qwen3-VL's image processor is Qwen2-VL's (PIL works); its processor also wants a video processor
-(torchvision): built here without it, images only. InternVL (the transformers-native "-hf" checkpoints, not the
-trust_remote_code ones) uses GotOcr2's image processor, which has a PIL backend.
+the chat template and processor_config.json's settings; video is left out. Per family, without torchvision (each but
+LLaVA-OneVision built, trained on and served in tests/vision/ from a tiny model): Qwen2-VL, Qwen2.5-VL and Qwen3-VL
+(Qwen2-VL's PIL image processor; their processors want a video processor, built here without one: images only),
+LLaVA (CLIP/SigLIP PIL processor), Gemma 3 (its PIL processor), Idefics3 (its PIL processor; SmolVLM's own processor
+also needs the num2words package, a clear error without it), InternVL (the transformers-native "-hf" checkpoints, not
+the trust_remote_code ones: GotOcr2's PIL processor). LLaVA-OneVision has a PIL processor and a registry entry, but
+no tiny model in the tests.
 
 The renderer is templates/vision.py's VisionTemplate: training and serving encode through the same code.
 """
