@@ -399,10 +399,15 @@ def _collect(result: BenchmarkScores, model: str, raw: dict[str, Any], specs: li
             names.append(spec)
     table = {**raw.get("results", {}), **raw.get("groups", {})}
     scores, details = result.scores.setdefault(model, {}), result.details.setdefault(model, {})
-    for name in names:
-        for key, value in (table.get(name) or {}).items():
-            if "," not in key or "_stderr" in key or not isinstance(value, (int, float)):
-                continue
+    queue = list(names)
+    while queue:
+        name = queue.pop(0)
+        pairs = [(key, value) for key, value in (table.get(name) or {}).items()
+                 if "," in key and "_stderr" not in key and isinstance(value, (int, float))]
+        if not pairs and raw.get("group_subtasks", {}).get(name):  # a group without an aggregate: its tasks' columns
+            queue[:0] = raw["group_subtasks"][name]
+            continue
+        for key, value in pairs:
             metric, _, filt = key.partition(",")
             column = f"{name}:{metric}" + ("" if filt == "none" else f"({filt})")
             scores[column] = float(value)
