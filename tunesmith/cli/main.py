@@ -33,7 +33,7 @@ COMMANDS = {
     "pt": (PTConfig, api.pt, "continued pretraining on raw text"),
     "rlhf": (RLHFConfig, api.rlhf, "alignment and RL: --method dpo|kto|orpo|simpo|cpo|rm|ppo|grpo"),
     "infer": (InferConfig, infer, "chat in the terminal, or answer a dataset into JSONL"),
-    "eval": (EvalConfig, api.evaluate, "score models side by side: BLEU, ROUGE, BERTScore, accuracy, LLM judge, review"),
+    "eval": (EvalConfig, api.evaluate, "score models side by side: BLEU, ROUGE, BERTScore, accuracy, LLM judge, review, benchmarks"),
     "deploy": (DeployConfig, api.deploy, "serve models and adapters over an OpenAI-compatible API"),
     "export": (ExportConfig, api.export, "merge an adapter, quantize (bnb, GPTQ, AWQ, FP8), GGUF/Ollama, with a report"),
     "data": (DataCheckConfig, api.data_check, "data check|inspect|clean: validate, show trained tokens, dedupe and redact"),
