@@ -107,7 +107,10 @@ async def level(url: str, model: str, prompt: str, max_tokens: int, concurrency:
     p99 = lambda xs: xs[min(len(xs) - 1, int(round(0.99 * (len(xs) - 1))))]  # noqa: E731
     return {"requests_per_s": len(samples) / wall, "output_tok_per_s": sum(s.tokens for s in samples) / wall,
             "p50_latency": statistics.median(lat), "p99_latency": p99(lat), "p50_ttft": statistics.median(ttft),
-            "p99_ttft": p99(ttft), "mean_tokens": statistics.mean(s.tokens for s in samples)}
+            "p99_ttft": p99(ttft), "mean_tokens": statistics.mean(s.tokens for s in samples),
+            # per-token decode time of each answer: comparable across models whose answers stop at different lengths
+            "p50_decode_ms": statistics.median([(s.latency - s.ttft) / (s.tokens - 1) * 1e3
+                                                for s in samples if s.tokens > 1] or [float("nan")])}
 
 
 def make_prompt(tokenizer, n_tokens: int) -> str:
@@ -155,7 +158,8 @@ def main() -> None:
                 r = results[name][c]
                 print(f"{name:12} c={c:<3} {r['output_tok_per_s']:8.1f} tok/s  {r['requests_per_s']:6.2f} req/s  "
                       f"p50/p99 latency {r['p50_latency']:.2f}/{r['p99_latency']:.2f} s  "
-                      f"p50/p99 TTFT {r['p50_ttft']:.2f}/{r['p99_ttft']:.2f} s  ({r['mean_tokens']:.0f} tok/answer)",
+                      f"p50/p99 TTFT {r['p50_ttft']:.2f}/{r['p99_ttft']:.2f} s  decode {r['p50_decode_ms']:.1f} ms/token  "
+                      f"({r['mean_tokens']:.0f} tok/answer)",
                       flush=True)
         finally:
             if proc is not None and proc.poll() is None:
@@ -170,15 +174,16 @@ def main() -> None:
 
 def render(results: dict, args) -> str:
     rows = [f"model {args.model}, prompt ~{args.prompt_tokens} tokens, max_tokens {args.max_tokens}, greedy, streaming",
-            "", "| server | streams | output tok/s | req/s | p50 / p99 latency (s) | p50 / p99 TTFT (s) | tunesmith / this |",
-            "|---|---|---|---|---|---|---|"]
+            "", "| server | streams | output tok/s | req/s | p50 / p99 latency (s) | p50 / p99 TTFT (s) | p50 decode ms/token "
+            "| tunesmith / this |", "|---|---|---|---|---|---|---|---|"]
     ours = results.get("tunesmith", {})
     for name, levels in results.items():
         for c, r in levels.items():
             ratio = (f"{ours[c]['output_tok_per_s'] / r['output_tok_per_s']:.2f}x"
                      if name != "tunesmith" and c in ours and r["output_tok_per_s"] else "")
             rows.append(f"| {name} | {c} | {r['output_tok_per_s']:.1f} | {r['requests_per_s']:.2f} | "
-                        f"{r['p50_latency']:.2f} / {r['p99_latency']:.2f} | {r['p50_ttft']:.2f} / {r['p99_ttft']:.2f} | {ratio} |")
+                        f"{r['p50_latency']:.2f} / {r['p99_latency']:.2f} | {r['p50_ttft']:.2f} / {r['p99_ttft']:.2f} | "
+                        f"{r['p50_decode_ms']:.1f} | {ratio} |")
     return "\n".join(rows)
 
 

@@ -76,6 +76,21 @@ def test_gptq_export_reloads_generates_and_chains(lora_run, tmp_path):
              f"{str(out)!r}); print(m.generate(torch.tensor([[1, 5, 9]]), max_new_tokens=3, do_sample=False).shape)")
     done = subprocess.run([str(compress.python()), "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "torch.Size([1, 6])"
+    # tunesmith's own engine (infer, deploy) serves it from the main venv (compressed-tensors in the serve extra):
+    # its greedy answers are the ones the quant venv measured for the report
+    from tunesmith.export.report import PROMPTS
+    from tunesmith.infer import load_engine
+    from tunesmith.infer.types import SamplingParams
+    from tunesmith.templates import Template
+
+    engine = load_engine(model=str(out), device="cpu")
+    answers = engine.chat([[{"role": "user", "content": p}] for p in PROMPTS], SamplingParams(max_tokens=16))
+    stop_texts = [Template.load(out).tokenizer.decode([t]) for t in Template.load(out).stop_token_ids]
+    for answer, measured in zip(answers, report["greedy"]):
+        expected = measured["after"]
+        for stop in stop_texts:
+            expected = expected.split(stop)[0]
+        assert answer.choices[0].text == expected
 
 
 @needs_venv

@@ -314,7 +314,7 @@ class TransformersEngine(Engine):
         # answers first; prefix caching can come back with a test that pins this down.
         self._pick_attention(served.model)
         options = {"per_request_processors": True, "allow_block_sharing": False,
-                   **self._cache_budget(served), **self.batching}
+                   **self._cache_budget(served), **_graph_option(served.model), **self.batching}
         cb = ContinuousBatchingConfig(**options)
         manager = served.model.init_continuous_batching(generation_config=gen, continuous_batching_config=cb)
         manager.start()
@@ -687,3 +687,16 @@ class _Decoder:
 
     def finish_reason(self, max_tokens: int) -> str:
         return "stop" if self.ended_by is not None or self.count < max_tokens else "length"
+
+
+def _graph_option(model: Any) -> dict[str, Any]:
+    """CUDA graphs off for weights whose activations are quantized at run time (compressed-tensors FP8_DYNAMIC, W8A8):
+    their per-token scale is computed with a host-side step that CUDA graph capture refuses ("Cannot copy between CPU
+    and CUDA tensors during CUDA graph capture"), which stopped the batching loop at start-up. Weight-only schemes
+    (GPTQ/AWQ W4A16) keep transformers' choice."""
+    quant = getattr(model.config, "quantization_config", None)
+    quant = quant.to_dict() if hasattr(quant, "to_dict") else quant or {}
+    groups = quant.get("config_groups") or {}
+    dynamic = any((group.get("input_activations") or {}).get("dynamic") for group in groups.values()
+                  if isinstance(group, dict))
+    return {"use_cuda_graph": False} if dynamic else {}
