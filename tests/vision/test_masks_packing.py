@@ -55,6 +55,10 @@ def test_no_vision_token_is_trained(vlm, pictures):
         assert text.endswith(end) and text.count(end) == len(answers), (family, loss_on, text)
         # the answers alone (SmolVLM's template puts the space after "Assistant:" in the answer: it is the model's)
         assert [piece.strip() for piece in text.split(end)[:-1]] == answers, (family, loss_on, text)
+    # serving parity: the prompt for the second answer (what encode_vision_prompt gives deploy) is a token prefix of
+    # the training ids, images and all
+    prompt = template.render_prompt_images(messages[:3], images)
+    assert ids[: len(prompt)] == prompt, family
 
 
 def features(template, pictures):
