@@ -176,3 +176,16 @@ def test_eval_scores_vlm_answers_locally_and_from_the_endpoint_alike(client, vlm
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     scores = {name: m["scores"]["exact_match"] for name, m in results["models"].items()}
     assert scores == {"tiny-qwen2-vl": pytest.approx(2 / 3), "served": pytest.approx(2 / 3)}
+
+
+def test_the_anthropic_sdk_sends_an_image_block_and_gets_the_same_answer(client, images, infer_answers):
+    import anthropic
+
+    sdk = anthropic.Anthropic(base_url=str(client.base_url).rstrip("/").removesuffix("/v1"), api_key="none",
+                              max_retries=0)
+    data = base64.b64encode((images / "red.png").read_bytes()).decode()
+    reply = sdk.messages.create(model="tiny-qwen2-vl", max_tokens=MAX_TOKENS, messages=[{  # greedy: the default
+        "role": "user", "content": [{"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                                                   "data": data}},
+                                    {"type": "text", "text": QUESTION}]}])
+    assert reply.content[0].text == infer_answers["red"] and reply.stop_reason == "max_tokens"

@@ -211,3 +211,44 @@ def test_openapi_lists_image_parts_only_where_a_vision_model_is_served():
     parts = content(VisionEngine())[1]["items"]["anyOf"]
     assert [p["properties"]["type"]["const"] for p in parts] == ["text", "image_url"]
     assert content(ScriptedEngine())[1]["items"]["properties"]["type"] == {"const": "text"}
+
+
+# -----------------------------------------------------------------------------
+# /v1/messages (Anthropic): image blocks for a vision model
+
+
+def message(serving, content):
+    from tunesmith.serve.messages import MessagesRequest, create_message
+
+    req = MessagesRequest.model_validate({"model": "prd", "max_tokens": 5,
+                                          "messages": [{"role": "user", "content": content}]})
+    return asyncio.run(create_message(serving, req))
+
+
+def test_anthropic_image_blocks_reach_a_vision_engine_and_bad_ones_are_named(tmp_path):
+    engine = VisionEngine()
+    (tmp_path / "blue.png").write_bytes(png((0, 0, 255)))
+    serving = Serving(engine, DeployConfig(image_root=str(tmp_path)))
+    data = base64.b64encode(PNG).decode()
+    reply = message(serving, [{"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": data}},
+                              {"type": "image", "source": {"type": "url", "url": "blue.png"}},
+                              {"type": "text", "text": "Compare"}])
+    assert reply.content[0].text == "Hello there!"
+    gen = engine.requests[-1]
+    assert gen.messages == [{"role": "user", "content": [{"type": "image"}, {"type": "image"},
+                                                         {"type": "text", "text": "Compare"}]}]
+    assert [im.getpixel((0, 0)) for im in gen.images] == [(255, 0, 0), (0, 0, 255)]
+    for block, param, says in (
+            ({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "!!"}},
+             "messages[0].content[0].source", "base64"),
+            ({"type": "image", "source": {"type": "url", "url": "https://example.com/x.png"}},
+             "messages[0].content[0].source", "--allow-remote-images"),
+            ({"type": "image"}, "messages[0].content[0].source", "expected"),
+            ({"type": "document", "source": {}}, "messages[0].content", "'document' blocks are not supported")):
+        with pytest.raises(APIError) as err:
+            message(serving, [block, {"type": "text", "text": "Look"}])
+        assert err.value.status == 400 and err.value.param == param and says in err.value.message
+    with pytest.raises(APIError) as err:  # a text model: refused as before
+        message(Serving(ScriptedEngine(), DeployConfig()), [{"type": "image", "source": {
+            "type": "base64", "media_type": "image/png", "data": data}}])
+    assert "'image' blocks are not supported; this server reads text blocks" in err.value.message

@@ -7,8 +7,10 @@ SDK works unchanged (base_url=http://HOST:PORT, its x-api-key header is accepted
 Mapping: `system` becomes the system message; a last assistant message is a prefill (the answer continues it, its
 text encoded after the prompt as training encodes an answer); `stop_sequences` are stop strings; `metadata.user_id`
 is the sticky user of a model with versions. stop_reason: end_turn (the model's end of turn or a stop sequence: the
-engines do not say which), max_tokens, or refusal (an output guardrail blocked the answer). Text blocks only: images,
-documents, tools and extended thinking are refused by name (400), and /openapi.json says so. Errors keep this server's
+engines do not say which), max_tokens, or refusal (an output guardrail blocked the answer). Text blocks, and image
+blocks for a vision-language model (base64 or url sources, read under the server's image policy as chat's image_url
+parts are: serve/images.py); documents, tools and extended thinking, and images for a text model, are refused by name
+(400), and /openapi.json says so. Errors keep this server's
 one shape ({"error": {"message", "type", ...}}), which the anthropic SDK reads as well.
 """
 
@@ -38,6 +40,13 @@ class TextBlock(Lenient):
     text: str
 
 
+class ImageBlock(Lenient):
+    """Read for vision models (its source: base64 data with a media_type, or a url), refused by name for text ones."""
+
+    type: Literal["image"]
+    source: dict[str, Any]
+
+
 class OtherBlock(Lenient):
     """image, document, tool_use, tool_result, thinking...: parsed so they can be refused by name."""
 
@@ -46,7 +55,8 @@ class OtherBlock(Lenient):
 
 class MessageParam(Lenient):
     role: Literal["user", "assistant"]
-    content: Annotated[str | list[TextBlock | OtherBlock], documented({"anyOf": [{"type": "string"}, TEXT_BLOCKS]})]
+    content: Annotated[str | list[TextBlock | ImageBlock | OtherBlock],
+                       documented({"anyOf": [{"type": "string"}, TEXT_BLOCKS]})]
 
 
 class Metadata(Lenient):
@@ -105,13 +115,17 @@ async def create_message(serving: Serving, req: MessagesRequest) -> MessagesResp
     serving.limit_max_tokens(req.max_tokens, "max_tokens")
     if req.messages[0].role != "user":
         raise APIError(400, "messages[0].role: the first message must be the user's", param="messages[0].role")
-    messages = [{"role": m.role, "content": _text(m.content, f"messages[{i}].content")}
-                for i, m in enumerate(req.messages)]
+    vision = serving.engine.accepts_images(model)
+    wanted: list[tuple[str, str]] = []  # (param, image URL) of each image block, in order
+    messages = [{"role": m.role, "content": _parts(m.content, f"messages[{i}].content", wanted)
+                 if vision and m.role == "user" and _has_images(m.content)
+                 else _text(m.content, f"messages[{i}].content")} for i, m in enumerate(req.messages)]
     prefix = messages.pop()["content"] if messages[-1]["role"] == "assistant" else None
     if req.system:
         messages.insert(0, {"role": "system", "content": _text(req.system, "system")})
+    images = await _read_images(serving, wanted) if wanted else None
     params = serving.sampling(req.max_tokens, req.temperature, req.top_p, req.stop_sequences or [], None, 1, False, 0)
-    gen = GenerationRequest(messages=messages, model=model, params=params, assistant_prefix=prefix)
+    gen = GenerationRequest(messages=messages, model=model, params=params, assistant_prefix=prefix, images=images)
     rid = f"msg_{uuid.uuid4().hex}"
     if req.stream:
         return await serving.stream(gen, public, "max_tokens", lambda generation: _events(generation, rid, public))
@@ -126,10 +140,58 @@ def _text(content: str | list, param: str) -> str:
     if isinstance(content, str):
         return content
     for block in content:
-        if isinstance(block, OtherBlock):
+        if not isinstance(block, TextBlock):  # a text model's images too (a vision model's: _parts)
             raise APIError(400, f"{param}: {block.type!r} blocks are not supported; this server reads text blocks",
                            param=param)
     return "".join(block.text for block in content)
+
+
+def _has_images(content: str | list) -> bool:
+    return isinstance(content, list) and any(b.type == "image" for b in content if not isinstance(b, TextBlock))
+
+
+def _parts(content: list, param: str, wanted: list[tuple[str, str]]) -> list[dict]:
+    """A vision model's user turn: text blocks and image blocks in order, each image as {"type": "image"}; the
+    image's URL (a data: URI for a base64 source) joins `wanted`."""
+    out: list[dict] = []
+    for j, block in enumerate(content):
+        if isinstance(block, TextBlock):
+            out.append({"type": "text", "text": block.text})
+            continue
+        where = f"{param}[{j}]"
+        if block.type != "image":
+            raise APIError(400, f"{where}: {block.type!r} blocks are not supported; this server reads text and image "
+                           "blocks", param=where)
+        source = block.source if isinstance(block, ImageBlock) else {}
+        kind = source.get("type")
+        if kind == "base64" and isinstance(source.get("data"), str) and isinstance(source.get("media_type"), str):
+            url = f"data:{source['media_type']};base64,{source['data']}"
+        elif kind == "url" and isinstance(source.get("url"), str):
+            url = source["url"]
+        else:
+            raise APIError(400, f"{where}.source: expected {{\"type\": \"base64\", \"media_type\": \"image/png\", "
+                           "\"data\": ...} or {\"type\": \"url\", \"url\": ...}", param=f"{where}.source")
+        wanted.append((f"{where}.source", url))
+        out.append({"type": "image"})
+    return out
+
+
+async def _read_images(serving: Serving, wanted: list[tuple[str, str]]) -> list:
+    """The pictures, read in a worker thread under the server's image policy; one that cannot be used is a 400."""
+    import anyio
+
+    from tunesmith.serve.images import ImageRefused, read_image
+
+    def read_all() -> list:
+        images = []
+        for param, url in wanted:
+            try:
+                images.append(read_image(url, serving.images))
+            except ImageRefused as err:
+                raise APIError(400, f"{param}: {err}", param=param) from None
+        return images
+
+    return await anyio.to_thread.run_sync(read_all)
 
 
 def _event(kind: str, data: dict) -> str:
