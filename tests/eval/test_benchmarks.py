@@ -159,8 +159,8 @@ def test_humaneval_runs_generated_code_only_in_the_sandbox(tiny, tmp_path, liste
                                 "test": f"\ndef check(f):\n    {check}\n", "entry_point": name}) + "\n")
     args = ["--benchmark", "humaneval", "--model", str(tiny), "--max-tokens", "1"]
 
-    refused = run_cli(*args, "--output-dir", str(tmp_path / "no"), env={"HF_HOME": str(hf_home)})
-    assert refused.returncode == 2 and "--allow-code-execution" in refused.stderr + refused.stdout
+    with pytest.raises(ConfigError, match="humaneval run the code the model writes.*--allow-code-execution"):
+        api.evaluate(EvalConfig(benchmark=["humaneval"], model=str(tiny), output_dir=str(tmp_path / "no")))
 
     done = run_cli(*args, "--allow-code-execution", "--output-dir", str(tmp_path / "out"), env={"HF_HOME": str(hf_home)})
     assert done.returncode == 0, done.stderr[-3000:]
