@@ -90,7 +90,9 @@ def _require_lm_eval() -> None:
 
 # The harness's folder of each short name: indexing only these takes well under a second, all ~14k task files ~10 s
 FOLDERS: dict[str, str] = {"mmlu": "mmlu", "cmmlu": "cmmlu", "ceval": "ceval", "gsm8k": "gsm8k", "arc": "arc",
-                           "hellaswag": "hellaswag", "truthfulqa": "truthfulqa", "humaneval": "humaneval"}
+                           "hellaswag": "hellaswag", "truthfulqa": "truthfulqa", "humaneval": "humaneval",
+                           **{name: name for name in ("mbpp", "winogrande", "piqa", "openbookqa", "ifeval", "bbh",
+                                                      "mmlu_pro")}}
 _MANAGERS: dict[tuple, Any] = {}
 
 
