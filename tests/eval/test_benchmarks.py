@@ -346,3 +346,16 @@ def test_a_run_folder_is_its_adapter_over_the_base(tiny, task_dir, tmp_path):
     ours = [json.loads(line) for line in (tmp_path / "out" / "benchmarks" / "lora-samples.jsonl").read_text().splitlines()]
     assert [s["resps"] for s in sorted(ours, key=lambda s: s["doc_id"])] == \
            json.loads(json.dumps([s["resps"] for s in sorted(direct["samples"]["tiny_mc"], key=lambda s: s["doc_id"])]))
+
+
+def test_sandbox_without_a_network_namespace_still_refuses_sockets_and_outside_writes(monkeypatch, listener, tmp_path):
+    """Where `unshare` is missing or not allowed, the audit hook alone stands between the program and the network."""
+    from tunesmith.eval import sandbox
+
+    monkeypatch.setattr(sandbox, "probe", lambda: sandbox.Layers("audit hook only", "the caller's", ()))
+    port, reached = listener
+    result = run_python(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2).sendall(b'x')")
+    assert result.status == "failed" and "PermissionError: sandbox: socket" in result.stderr and not reached
+    assert run_python(f"open({str(tmp_path / 'out.txt')!r}, 'w')").status == "failed"
+    assert not (tmp_path / "out.txt").exists()
+    assert run_python("while True:\n    pass", timeout=1.0).status == "timeout"
