@@ -189,3 +189,21 @@ def test_the_anthropic_sdk_sends_an_image_block_and_gets_the_same_answer(client,
                                                                    "data": data}},
                                     {"type": "text", "text": QUESTION}]}])
     assert reply.content[0].text == infer_answers["red"] and reply.stop_reason == "max_tokens"
+
+
+def test_a_vlm_served_as_a_version_reads_images(vlm, images, infer_answers):
+    """deploy --model-config (and the admin API's loads) go through add_model: a VLM version keeps its processor."""
+    import asyncio
+
+    from PIL import Image
+
+    from tunesmith.infer import GenerationRequest, SamplingParams
+    from tunesmith.infer.transformers_engine import TransformersEngine
+
+    engine = TransformersEngine.load(versions={"charts:v1": (str(vlm), None)}, device="cpu", dtype="float32")
+    assert engine.accepts_images("charts:v1")
+    request = GenerationRequest(messages=[{"role": "user", "content": [{"type": "image"}, {"type": "text",
+                                                                                          "text": QUESTION}]}],
+                                images=[Image.open(images / "red.png").convert("RGB")], model="charts:v1",
+                                params=SamplingParams(max_tokens=MAX_TOKENS))
+    assert asyncio.run(engine.generate(request)).choices[0].text == infer_answers["red"]

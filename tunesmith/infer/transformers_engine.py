@@ -563,8 +563,11 @@ def _version(name: str, folder: str, base: str | None, bases: dict[str, Any], dt
     """One version of a served model, and how many models it read from disk (0 or 1). An adapter goes on a view of
     its base: a copy of the module tree whose parameters and buffers are the base's own tensors (deepcopy's memo maps
     each to itself), with peft's LoRA layers injected into the copy only; the base and the other views stay
-    untouched. `bases` caches bases by folder."""
+    untouched. `bases` caches bases by folder. A vision-language model's version is loaded whole, with its processor
+    (a LoRA run over one: on its own copy of the base)."""
     run = read_run_output(folder)
+    if _is_vision(run.folder):
+        return _vision_served(name, run.folder, dtype, device), 1
     if not run.is_adapter:
         net = models.load_model(run.folder, dtype=dtype, device=device).eval()
         return Served(name, net, Template.load(run.folder)), 1
