@@ -1,12 +1,12 @@
 """Generation metrics while SFT trains: `--eval-dataset FILE --eval-metrics rouge,format [--eval-gate "rouge>=0.3"]`.
 
 At every eval step (eval_steps, else save_steps) and at the last step the model answers the first
---eval-generate-rows rows of the eval data greedily, from the prompt our template renders (exactly what infer,
-deploy and `tunesmith eval` send), and the metrics of `tunesmith eval` (eval/metrics.py, the same functions) score
-the answers against the references. Each eval step is one line in metrics.jsonl (eval_<column>: eval_rougeL,
-eval_format, ...) and on the console, its answers in eval_answers.jsonl; eval_metrics.png beside loss.png draws them against the step. With
---eval-gate the run saves as usual, then exits non-zero when the last step's value fails the gate (rouge means
-rougeL), so a scripted pipeline stops there.
+--eval-generate-rows rows of the eval data greedily (left-padded batches of 8), from the prompt our template renders
+(exactly what infer, deploy and `tunesmith eval` send), and the metrics of `tunesmith eval` (eval/metrics.py, the
+same functions) score the answers against the references. Each eval step is one line in metrics.jsonl
+(eval_<column>: eval_rougeL, eval_format, ...) and on the console, its answers in eval_answers.jsonl;
+eval_metrics.png beside loss.png draws them against the step. With --eval-gate the run saves as usual, then exits
+non-zero when the last step's value fails the gate (rouge means rougeL), so a scripted pipeline stops there.
 
 One process only: a sharded model (DeepSpeed, FSDP) would need every rank to generate together.
 """
@@ -27,6 +27,7 @@ from tunesmith.config.eval import parse_gate
 from tunesmith.errors import ConfigError, TunesmithError
 
 log = logging.getLogger("tunesmith")
+BATCH = 8  # rows generated together at an eval step
 COMPARE = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "==": operator.eq}
 
 
@@ -82,8 +83,12 @@ class GenerationEval(TrainerCallback):
         from tqdm.auto import tqdm
 
         start = time.time()
-        answers = [self.answer(model, s) for s in tqdm(self.samples, desc=f"eval step {state.global_step}",
-                                                      unit="row", leave=False, dynamic_ncols=True)]
+        answers: list[str] = []
+        with tqdm(total=len(self.samples), desc=f"eval step {state.global_step}", unit="row", leave=False,
+                  dynamic_ncols=True) as bar:
+            for i in range(0, len(self.samples), BATCH):
+                answers += self.answer(model, self.samples[i:i + BATCH])
+                bar.update(len(answers) - bar.n)
         columns = self.score(answers)
         self.last, self.done_step = columns, state.global_step
         record = {"step": state.global_step, "total_steps": state.max_steps, "epoch": round(state.epoch or 0, 4),
@@ -100,27 +105,30 @@ class GenerationEval(TrainerCallback):
                    f"{record['eval_seconds']:.1f}s", file=sys.stderr)
         return columns
 
-    def answer(self, model: Any, sample: Any) -> str:
-        """Greedy answer to one row, as infer and deploy render its prompt; stops at the template's end of turn."""
+    def answer(self, model: Any, samples: list[Any]) -> list[str]:
+        """Greedy answers to a batch of rows, each prompt rendered as infer and deploy render it (left-padded to one
+        length); each answer ends at the template's end of turn."""
         import torch
 
         tokenizer = self.template.tokenizer
-        ids = torch.tensor([self.template.render_prompt(sample.messages)], device=model.device)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        prompts = [self.template.render_prompt(s.messages) for s in samples]
+        width = max(len(p) for p in prompts)
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=model.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
         was_training = model.training
         model.eval()
         try:
             with torch.no_grad():
-                out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=self.max_tokens,
-                                     do_sample=False, use_cache=True, eos_token_id=list(self.template.stop_token_ids),
-                                     pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+                out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=self.max_tokens, do_sample=False,
+                                     use_cache=True, eos_token_id=list(self.template.stop_token_ids), pad_token_id=pad)
         finally:
             model.train(was_training)
-        new = out[0, ids.shape[1]:].tolist()
-        for i, token in enumerate(new):
-            if token in self.template.stop_token_ids:
-                new = new[:i]
-                break
-        return tokenizer.decode(new, skip_special_tokens=True).strip()
+        texts = []
+        for row in out[:, width:].tolist():
+            end = next((i for i, token in enumerate(row) if token in self.template.stop_token_ids), len(row))
+            texts.append(tokenizer.decode(row[:end], skip_special_tokens=True).strip())
+        return texts
 
     def score(self, answers: list[str]) -> dict[str, float]:
         from tunesmith.eval import metrics as M
