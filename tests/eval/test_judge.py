@@ -184,3 +184,11 @@ def test_a_judge_that_does_not_answer_is_refused_before_any_model_answers(answer
                             "--output-dir", str(tmp_path / "out")])
     with pytest.raises(ConfigError, match="judge_url: .* does not answer GET /models"):
         api.evaluate(cfg)
+    missing = tmp_path / "no-rubric.md"
+    with pytest.raises(ConfigError, match=f"rubric: {missing} is not a file"):
+        api.evaluate(cfg.model_copy(update={"rubric": str(missing)}))
+    with pytest.raises(ConfigError, match="judge_url: --judge-model, --judge-mode and --rubric need the judge's endpoint"):
+        load(EvalConfig, ["--dataset", str(data), "--judge-model", "gpt-4o"])
+    with pytest.raises(ConfigError, match="judge_mode: pairwise compares two or more models"):
+        api.evaluate(cfg.model_copy(update={"judge_mode": "pairwise"}))
+    assert not (tmp_path / "out").exists()  # refused before the output folder, let alone an answer
