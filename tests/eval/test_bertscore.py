@@ -86,3 +86,30 @@ def test_an_unknown_scoring_model_is_a_clear_error_before_anything_loads(tmp_pat
     missing = str(tmp_path / "no-such-model")
     with pytest.raises(ConfigError, match="bertscore_model: cannot load '.*no-such-model'"):
         resolve(missing)
+
+
+def test_a_decoder_scores_chinese_without_unknown_tokens(tmp_path, caplog):
+    """Any model by name or folder: a tiny random Llama with the SmolLM2 tokenizer (byte-level BPE: every Chinese
+    character has tokens), scored as bert-score defines it on its last layer, all tokens weighted."""
+    from tiny import make_tiny_model
+    from transformers import AutoModel, AutoTokenizer
+
+    folder = str(make_tiny_model(tmp_path / "tiny"))
+    tokenizer, model = AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder).eval()
+    assert tokenizer.unk_token_id not in tokenizer("猫坐在垫子上")["input_ids"]
+
+    def embed(text):
+        with torch.no_grad():
+            hidden = model(**tokenizer(text, return_tensors="pt")).last_hidden_state[0]
+        return torch.nn.functional.normalize(hidden, dim=-1)
+
+    def f1(answer, reference):
+        sim = embed(answer) @ embed(reference).T
+        p, r = sim.max(dim=1).values.mean().item(), sim.max(dim=0).values.mean().item()
+        return 2 * p * r / (p + r)
+
+    with caplog.at_level(logging.WARNING, logger="tunesmith"):
+        scores = M.METRICS["bertscore"](["猫坐在垫子上", "the cat"], ["一只猫坐在垫子上", "a cat sat"], model=folder)
+    assert [s["bertscore"] for s in scores.per_sample] == pytest.approx(
+        [f1("猫坐在垫子上", "一只猫坐在垫子上"), f1("the cat", "a cat sat")], abs=1e-4)
+    assert "layer 2" in scores.info["bertscore"] and "[UNK]" not in caplog.text

@@ -10,7 +10,8 @@ a Chinese answer is matched character by character, never as one whole-sentence 
 the characters (all-MiniLM-L6-v2 maps most Chinese ones to [UNK]) is warned about, with the fix.
 
 Which layer: bert-score's table (tuned on WMT16) for the models it lists; any other model uses its last layer (the
-shipped MiniLM is a sentence embedder trained on its last layer's mean). No baseline rescaling: it needs a file per
+shipped MiniLM is a sentence embedder trained on its last layer's mean). A decoder works too (`--bertscore-model
+smollm2-135m-instruct`: byte-level BPE, so no Chinese character is unknown, though its embeddings are one-directional). No baseline rescaling: it needs a file per
 model and language that bert-score downloads.
 """
 
@@ -34,9 +35,14 @@ def resolve(name: str | None) -> tuple[str, int]:
 
     name = name or DEFAULT_MODEL
     from tunesmith.models.encoders import PACKAGED, packaged_folder
+    from tunesmith.models.registry import MODELS
 
     if name in PACKAGED:
         source = str(packaged_folder(name))
+    elif name in MODELS:  # a registry name: its folder (smollm2-135m-instruct: the embedded model, offline)
+        from tunesmith.models.load import resolve as model_folder
+
+        source = str(model_folder(name))
     elif Path(name).expanduser().is_dir():
         source = str(Path(name).expanduser())
     else:
@@ -66,7 +72,13 @@ def scorer(name: str | None) -> Any:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        _scorers[key] = BERTScorer(model_type=source, num_layers=layers, device=device, nthreads=1)
+        scoring = BERTScorer(model_type=source, num_layers=layers, device=device, nthreads=1)
+        # bert-score truncates to the tokenizer's model_max_length, which tokenizers without one set to 1e30 (it
+        # overflows the fast tokenizer): cap it at the model's positions
+        if scoring._tokenizer.model_max_length > 1_000_000:
+            config = scoring._model.config
+            scoring._tokenizer.model_max_length = getattr(config, "max_position_embeddings", None) or 512
+        _scorers[key] = scoring
     return _scorers[key]
 
 
@@ -105,8 +117,8 @@ def warn_unknown(tokenizer: Any, references: list[str], name: str) -> float:
     share = sum(t == tokenizer.unk_token for t in tokens) / max(1, len(tokens))
     if share > UNKNOWN_SHARE:
         log.warning("bertscore: %s's tokenizer knows few of these Chinese characters (%.0f%% of the references' tokens "
-                    "are %s, which all match each other); pass --bertscore-model bert-base-chinese or a multilingual "
-                    "encoder for Chinese", name, 100 * share, tokenizer.unk_token)
+                    "are %s, which all match each other); pass --bertscore-model bert-base-chinese (or a multilingual "
+                    "encoder) for Chinese, or smollm2-135m-instruct offline", name, 100 * share, tokenizer.unk_token)
     return share
 
 
