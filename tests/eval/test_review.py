@@ -87,7 +87,7 @@ def test_a_bad_score_names_file_line_and_column(reviewed, tmp_path):
         api.evaluate(load(EvalConfig, ["--review-results", str(bad)]))
     lonely = tmp_path / "review.csv"
     lonely.write_text("id,score_A\n")
-    with pytest.raises(ConfigError, match="no review_key.json beside"):
+    with pytest.raises(ConfigError, match="no review_key.json in .*; keep the sheet in the eval folder"):
         api.evaluate(load(EvalConfig, ["--review-results", str(lonely)]))
     with pytest.raises(ConfigError, match="review_results: folds a filled sheet .* give it alone"):
         load(EvalConfig, ["--review-results", str(bad), "--dataset", "x.jsonl"])
@@ -114,9 +114,10 @@ def test_the_page_fills_and_saves_the_same_sheet(reviewed, tmp_path):
             row.query_selector("textarea").fill('a "quoted", note\nover two lines')
         with page.expect_download() as download:
             page.click("#save")
-        download.value.save_as(folder / "review.csv")
+        download.value.save_as(tmp_path / "downloads" / "review.csv")  # where a browser saves it
         browser.close()
-    sheet = read_sheet(folder / "review.csv")
+    sheet = read_sheet(tmp_path / "downloads" / "review.csv")
     assert len(sheet) == 30 and sheet[0]["notes"] == 'a "quoted", note\nover two lines'
-    result = api.evaluate(load(EvalConfig, ["--review-results", str(folder / "review.csv")]))
+    result = api.evaluate(load(EvalConfig, ["--review-results", str(tmp_path / "downloads" / "review.csv"),
+                                            "--output-dir", str(folder)]))
     assert result.scores["right"]["human"] == pytest.approx(0.8) and result.scores["wrong"]["human"] == pytest.approx(0.3)

@@ -111,7 +111,7 @@ class EvalConfig(Section):
     review_seed: int = Field(42, description="Seed of the review sample and of its letter shuffle.")
     review_results: str | None = Field(None, description=(
         "A filled review.csv: folds its mean score per model into that eval's results.json and table (column "
-        "human, mean score / 10); nothing else runs."))
+        "human, mean score / 10); nothing else runs. The eval's folder is the sheet's, or --output-dir."))
     generation: GenerationCfg = Field(default_factory=GenerationCfg, description="Generation settings.")
     batch_size: int = Field(32, ge=1, description=(
         "Prompts submitted together (they share the running batch), or concurrent requests to an endpoint."))

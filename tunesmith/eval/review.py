@@ -3,6 +3,7 @@
     tunesmith eval --compare base=... tuned=... --dataset d.jsonl --review-sample 30 --output-dir runs/eval-x
     # fill score_A, score_B, ... (1-10) and notes in runs/eval-x/review.csv (or in review.html, then "Download CSV")
     tunesmith eval --review-results runs/eval-x/review.csv
+    tunesmith eval --review-results ~/Downloads/review.csv --output-dir runs/eval-x     # saved by review.html
 
 The sheet names answers by letter only; which model is behind each letter is shuffled per row (seeded by
 --review-seed) and kept in review_key.json beside it, which reviewers should not open. review.csv is UTF-8 with a
@@ -103,13 +104,14 @@ document.getElementById('save').onclick = () => {{
 # Folding a filled sheet back in
 
 
-def read_review(path: Path) -> dict[str, Any]:
+def read_review(path: Path, folder: Path | None = None) -> dict[str, Any]:
     """Mean score per model from a filled sheet and its key: {model: {"mean": 1-10 or None, "scored": n}}."""
-    key_path = path.parent / KEY
+    key_path = (folder or path.parent) / KEY
     if not path.is_file():
         raise ConfigError(f"review_results: {path} is not a file")
     if not key_path.is_file():
-        raise ConfigError(f"review_results: no {KEY} beside {path}; keep the sheet in the eval folder that wrote it")
+        raise ConfigError(f"review_results: no {KEY} in {key_path.parent}; keep the sheet in the eval folder that "
+                          "wrote it, or pass that folder as --output-dir")
     key = json.loads(key_path.read_text(encoding="utf-8"))
     text = path.read_text(encoding="utf-8-sig")
     try:  # the separator only: sniffed from the header, whose lack of quotes would turn off "" escapes
@@ -148,8 +150,8 @@ def fold_review(cfg: Any) -> Any:
     from tunesmith.eval.run import COLUMN_ORDER, EvalResult
 
     path = Path(cfg.review_results)
-    review = read_review(path)
-    out = path.parent
+    out = Path(cfg.output_dir) if cfg.output_dir else path.parent  # a sheet saved elsewhere (a browser's downloads)
+    review = read_review(path, out)
     if not (out / "results.json").is_file():
         raise ConfigError(f"review_results: no results.json in {out}; the sheet belongs in the eval folder that wrote it")
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
