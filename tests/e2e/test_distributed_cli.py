@@ -44,6 +44,8 @@ def test_two_processes_train_as_one_with_the_same_global_batch(engine, name, sin
                    "--master-port", free_port(), "--output-dir", run, *COMMON, *engine)
     assert losses(run) == pytest.approx(single, abs=1e-4)
     assert proc.stderr.count("memory plan:") == 1  # rank 0 speaks for the run; rank 1 logs into logs/rank-1.log
+    # accelerate 1.15 turns FSDP on for GPU processes only: here the fsdp2 case runs as DDP, and says so
+    assert ("FSDP2 shards on GPUs" in proc.stderr) == name.startswith("fsdp2")
     assert "memory plan:" in (run / "logs" / "rank-1.log").read_text()
     resolved = yaml.safe_load((run / "config.yaml").read_text())["_resolved"]
     assert resolved["layout"]["processes"] == 2 and resolved["layout"]["engine"] == name

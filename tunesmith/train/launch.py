@@ -176,6 +176,10 @@ def launch(cfg: Any) -> Any:
     lay = layout(cfg)
     check(cfg, lay)
     check_engine(cfg, lay.world_size)
+    from tunesmith.models.load import pick_device
+
+    if cfg.fsdp and pick_device(cfg.device) == "cpu":  # accelerate 1.15 turns FSDP on for GPU-like processes only
+        log.warning("fsdp: on CPU processes accelerate runs plain data parallel (DDP), unsharded; FSDP2 shards on GPUs")
     prepare_data(cfg)
     if cfg.tensor_parallel > 1:
         from tunesmith.models.load import resolve
