@@ -49,7 +49,7 @@ def test_the_request_schemas_refuse_what_the_server_refuses():
     chat = schemas["ChatCompletionRequest"]["properties"]
     for name in ("presence_penalty", "frequency_penalty"):
         assert chat[name]["anyOf"][0] == {"const": 0}
-    assert chat["tool_choice"]["anyOf"][0] == {"enum": ["none", "auto"]}
+    assert chat["tool_choice"]["anyOf"][0]["anyOf"][0] == {"enum": ["none", "auto", "required"]}  # + a named one
     completion = schemas["CompletionRequest"]["properties"]
     assert completion["best_of"]["anyOf"][0] == {"const": 1}
     assert {"type": "array", "minItems": 1, "items": {"type": "string"}} in completion["prompt"]["anyOf"]

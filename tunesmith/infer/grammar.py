@@ -37,6 +37,8 @@ def compile_response_format(response_format: dict) -> str | None:
     kind = response_format.get("type")
     if kind in (None, "text"):
         return None
+    if kind == "tool_call":  # a forced tool call, compiled by serve/chat.py (infer/tool_grammar.py)
+        return response_format["grammar"]
     if kind == "json_object":
         schema: Any = {"type": "object"}
     elif kind == "json_schema":

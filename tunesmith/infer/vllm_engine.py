@@ -156,6 +156,9 @@ class VLLMEngine(Engine):
             raise EngineError("the vLLM engine is closed")
         from vllm.inputs.engine import tokens_input
 
+        if request.response_format and request.response_format.get("type") == "tool_call":
+            raise TunesmithError("tool_choice: forced tool calls are served by --backend transformers (its grammar); "
+                                 "the vllm backend does not constrain yet")
         if request.response_format and request.response_format.get("type") != "text":
             # vLLM's own structured outputs (StructuredOutputsParams) are not wired: no vLLM in CI to prove them
             raise TunesmithError("response_format: JSON output is served by --backend transformers (its grammar); the "

@@ -57,9 +57,11 @@ async def create_chat_completion(serving: Serving, req: ChatCompletionRequest) -
     public, model = serving.model(req.model, req.user)
     serving.refuse_unsupported(req.frequency_penalty, req.presence_penalty, req.logit_bias)
     response_format = _response_format(req)
-    if req.tool_choice is not None and req.tool_choice not in ("auto", "none"):
-        raise APIError(400, "tool_choice: only 'auto' and 'none' are supported (forcing a call needs constrained "
-                       "decoding, which tunesmith's engines lack yet)", param="tool_choice")
+    forced = _forced_call(serving, req, model, public)
+    if forced and response_format:
+        raise APIError(400, "tool_choice: a forced tool call and response_format cannot be combined; leave one out",
+                       param="tool_choice")
+    response_format = forced or response_format
     if req.top_logprobs and not req.logprobs:
         raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
     for param in ("max_completion_tokens", "max_tokens"):
@@ -86,6 +88,35 @@ async def create_chat_completion(serving: Serving, req: ChatCompletionRequest) -
     choices = [_choice(i, a, tool_names, bool(req.logprobs), serving.engine.reasoning(gen))
                for i, a in enumerate(answers.choices)]
     return ChatCompletionResponse(id=rid, created=created, model=public, choices=choices, usage=answers.usage())
+
+
+def _forced_call(serving: Serving, req: ChatCompletionRequest, model: str | None, public: str) -> dict | None:
+    """tool_choice "required" (one call to any of the tools) or a named function (one call to it): a grammar that
+    writes the call as the model's chat template writes calls, its arguments valid for the tool's parameters schema
+    (infer/tool_grammar.py). None for "auto" and "none"."""
+    choice = req.tool_choice
+    if choice in (None, "auto", "none"):
+        return None
+    if not req.tools:
+        raise APIError(400, "tool_choice: forcing a call needs tools", param="tool_choice")
+    if req.logprobs:
+        raise APIError(400, "logprobs with a forced tool call: not supported; leave one out", param="logprobs")
+    from tunesmith.infer.grammar import GrammarError
+    from tunesmith.infer.tool_grammar import call_frame, tool_call_grammar
+
+    template = serving.engine.template_for(model)
+    frame = call_frame(template)
+    if frame is None:
+        raise APIError(400, f"tool_choice: {public}'s chat template writes no tool call as a JSON object holding the "
+                       "name and the arguments, which forcing a call needs; use tool_choice 'auto'",
+                       param="tool_choice")
+    name = None if choice == "required" else choice.function.name
+    try:
+        grammar = tool_call_grammar(frame, [t.model_dump(exclude_none=True) for t in req.tools], name,
+                                    template.tokenizer)
+    except GrammarError as err:
+        raise APIError(400, str(err), param="tool_choice") from None
+    return {"type": "tool_call", "grammar": grammar}
 
 
 def _response_format(req: ChatCompletionRequest) -> dict | None:
@@ -255,8 +286,8 @@ def _parts(m: UserMessage, i: int) -> list[dict]:
 
 def _refuse_part(part: OtherPart, i: int, j: int) -> None:
     if part.type == "image_url":
-        raise APIError(400, f"messages[{i}].content[{j}].image_url: expected {{\"url\": \"data:image/png;base64,"
-                       "...\"}} (or an http(s) URL, or a file under the server's --image-root)",
+        raise APIError(400, f"messages[{i}].content[{j}].image_url: expected {{\"url\": \"data:image/png;base64,...\"}} "
+                       "(or an http(s) URL, or a file under the server's --image-root)",
                        param=f"messages[{i}].content[{j}].image_url")
     raise APIError(400, f"messages[{i}].content[{j}]: {part.type!r} parts are not supported; this server reads text "
                    "and image_url parts", param=f"messages[{i}].content[{j}]")

@@ -220,7 +220,13 @@ class ChatCompletionRequest(Strict):
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     tool_choice: Annotated[Literal["none", "auto", "required"] | NamedToolChoice | None, documented(_or_null(
-        {"enum": ["none", "auto"]}, "none or auto: forcing a call needs constrained decoding."))] = None
+        {"anyOf": [{"enum": ["none", "auto", "required"]},
+                   {"type": "object", "required": ["function"], "properties": {
+                       "type": {"const": "function"},
+                       "function": {"type": "object", "required": ["name"],
+                                    "properties": {"name": {"type": "string"}}}}}]},
+        "required or a named function: one call, its arguments valid for the tool's parameters (a grammar), "
+        "written as the model's chat template writes calls; not with response_format or logprobs."))] = None
     tools: list[ToolDefinition] | None = None
     top_logprobs: integer(ge=0, le=20) | None = None  # needs logprobs: true
     top_p: float | None = Field(None, gt=0.0, le=1.0)
