@@ -326,3 +326,30 @@ def make_tiny_qwen3_vl(folder: Path, seed: int = 0) -> Path:
 
 
 BUILDERS["qwen3-vl"] = make_tiny_qwen3_vl
+
+
+def make_tiny_llava_onevision(folder: Path, seed: int = 0) -> Path:
+    """LLaVA-OneVision (SigLIP tower, anyres tiles of 28 px from a 2x2 grid, Qwen2 text model): a picture is a base
+    tile plus its grid tiles, 4 tokens each, and a newline token per row."""
+    from transformers import LlavaOnevisionConfig
+    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+        LlavaOnevisionImageProcessorPil,
+    )
+
+    tok = _tokenizer(["<image>", "<video>"], LLAVA_TEMPLATE)
+    text = dict(TEXT, model_type="qwen2", vocab_size=len(tok), bos_token_id=tok.bos_token_id,
+                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    vision = {"model_type": "siglip_vision_model", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+              "num_attention_heads": 2, "image_size": 28, "patch_size": 14}
+    pinpoints = [[28, 28], [28, 56], [56, 28], [56, 56]]
+    config = LlavaOnevisionConfig(text_config=text, vision_config=vision, image_grid_pinpoints=pinpoints,
+                                  image_token_index=tok.convert_tokens_to_ids("<image>"),
+                                  video_token_index=tok.convert_tokens_to_ids("<video>"),
+                                  vision_feature_select_strategy="full", vision_aspect_ratio="anyres_max_9",
+                                  tie_word_embeddings=True)
+    image_processor = LlavaOnevisionImageProcessorPil(size={"height": 28, "width": 28}, image_grid_pinpoints=pinpoints)
+    settings = {"num_image_tokens": 4, "vision_feature_select_strategy": "full", "vision_aspect_ratio": "anyres_max_9"}
+    return _save(folder, config, tok, image_processor, LLAVA_TEMPLATE, settings, seed)
+
+
+BUILDERS["llava-onevision"] = make_tiny_llava_onevision

@@ -8,13 +8,12 @@ and where its vision tower, aligner (projector) and language model sit, for free
 Processors: transformers' AutoProcessor also builds each family's *video* processor, and those need torchvision, which
 does not load beside our CPU torch (ENVIRONMENT.md). So the processor is built here from its parts: the tokenizer, the
 image processor with backend="pil" (Pillow + numpy, the same numbers as the torchvision one within resize rounding),
-the chat template and processor_config.json's settings; video is left out. Per family, without torchvision (each but
-LLaVA-OneVision built, trained on and served in tests/vision/ from a tiny model): Qwen2-VL, Qwen2.5-VL and Qwen3-VL
+the chat template and processor_config.json's settings; video is left out. Per family, without torchvision (each built,
+checked and trained in tests/vision/ from a tiny model): Qwen2-VL, Qwen2.5-VL and Qwen3-VL
 (Qwen2-VL's PIL image processor; their processors want a video processor, built here without one: images only),
 LLaVA (CLIP/SigLIP PIL processor), Gemma 3 (its PIL processor), Idefics3 (its PIL processor; SmolVLM's own processor
 also needs the num2words package, a clear error without it), InternVL (the transformers-native "-hf" checkpoints, not
-the trust_remote_code ones: GotOcr2's PIL processor). LLaVA-OneVision has a PIL processor and a registry entry, but
-no tiny model in the tests.
+the trust_remote_code ones: GotOcr2's PIL processor), LLaVA-OneVision (its PIL processor; anyres tiles).
 
 The renderer is templates/vision.py's VisionTemplate: training and serving encode through the same code.
 """
@@ -61,8 +60,7 @@ FAMILIES = [
                  "model.language_model", "<image>", notes="CLIP/SigLIP tower + MLP projector"),
     VisionFamily("llava-onevision", ("llava_onevision",), "LlavaOnevisionProcessor", ("model.vision_tower",),
                  ("model.multi_modal_projector", "model.image_newline"), "model.language_model", "<image>",
-                 packing="LLaVA-OneVision has no tiny model in the tests, so packing it is not proven exact",
-                 notes="anyres tiling; registry entry not covered by a tiny model in the tests"),
+                 notes="anyres tiles (a base tile plus its grid), a newline token per row"),
     VisionFamily("idefics3", ("idefics3", "smolvlm"), "Idefics3Processor", ("model.vision_model",),
                  ("model.connector",), "model.text_model", "<image>",
                  notes="SmolVLM is model_type smolvlm; its processor (SmolVLMProcessor) needs the num2words "
