@@ -46,7 +46,7 @@ class FakeEngine(Engine):
     async def stream(self, request):
         raise NotImplementedError  # chat() is what eval calls
 
-    def chat(self, requests, params, model=None):
+    def chat(self, requests, params, model=None, images=None):
         FakeEngine.asked += requests
         return [Completion([Choice(0, self.answer(m), "stop", 3)], 5) for m in requests]
 
