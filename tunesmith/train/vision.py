@@ -104,7 +104,9 @@ class VisionRun:
         from tunesmith.train.tokenize import _cached, _key
 
         payload = [[r.messages, r.extra.get("tools"), _stats(images_of(r.messages))] for r in rows]
-        key = _key("sft-vision", [type(self.template.processor).__name__, payload], self.template, loss_on)
+        processor = self.template.processor  # its settings decide how many tokens a picture becomes
+        settings = [type(processor).__name__, processor.image_processor.to_json_string()]
+        key = _key("sft-vision", [settings, payload], self.template, loss_on)
 
         def build() -> dict[str, list]:
             ids, labels = [], []
@@ -255,8 +257,7 @@ class VisionCollator:
         found = sum(f["input_ids"].count(self.template.processor.image_token_id) for f in features)
         if found != expected:
             raise DataError(f"a batch holds {found} image tokens for {len(refs)} image(s), but the processor gives "
-                            f"them {expected}: the images changed since they were tokenized, or the processor's "
-                            "settings did; delete the token cache (tunesmith cache clear) and run again")
+                            f"them {expected}: an image file changed while the run was starting; run again")
         batch = self._packed(features, pixels) if self.packing else self._padded(features)
         batch.update({k: v for k, v in pixels.items() if isinstance(v, torch.Tensor)})
         return batch
