@@ -39,6 +39,8 @@ def test_verdicts_and_ratings_are_parsed_or_counted_as_unparsed():
     assert J.parse_rating("Good. Rating: [[8]]") == 8 and J.parse_rating("[[6.5]]") == 6.5
     assert J.parse_rating("I give it 9/10") == 9 and J.parse_rating("score: 3") == 3
     assert J.parse_rating("Rating: [[11]]") is None and J.parse_rating("fine") is None
+    assert J.parse_verdict("<think>[[A]] or [[B]]? B is right.</think> Verdict: [[B]]") == "B"
+    assert J.parse_rating("<think>maybe [[3]]</think>Rating: [[8]]") == 8
 
 
 def test_both_orders_make_the_outcome_and_their_agreement_is_reported():

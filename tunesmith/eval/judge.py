@@ -79,18 +79,24 @@ RATING = [re.compile(r"rating\s*:?\s*\[\[\s*(\d+(?:\.\d+)?)\s*\]\]", re.IGNORECA
 
 def parse_verdict(reply: str) -> str | None:
     """"A", "B", "C" (tie), or None when the reply names no verdict or two different ones."""
-    found = set(VERDICT.findall(reply))
+    found = set(VERDICT.findall(_after_thinking(reply)))
     return found.pop() if len(found) == 1 else None
 
 
 def parse_rating(reply: str) -> float | None:
     """The 1-10 rating, trying "Rating: [[N]]" first, then looser forms; None when absent or out of range."""
+    reply = _after_thinking(reply)
     for pattern in RATING:
         match = pattern.search(reply)
         if match:
             value = float(match.group(1))
             return value if 1 <= value <= 10 else None
     return None
+
+
+def _after_thinking(reply: str) -> str:
+    """A reasoning judge's verdict follows its thinking (which may weigh both verdicts): the text after </think>."""
+    return reply.rsplit("</think>", 1)[-1]
 
 
 # -----------------------------------------------------------------------------
