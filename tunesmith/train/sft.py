@@ -95,7 +95,7 @@ def sft_data(cfg: SFTConfig, template: Any, vlm: VisionRun | None = None) -> Pre
             ds, problems = vlm.tokenize(rows, loss_on, max_length, cuts)
             return (vlm.pack(ds, max_length) if vlm.packing else ds), problems
     else:
-        refuse_images_for_text_model(data.rows, cfg.model)
+        refuse_images_for_text_model(data.rows + (val.rows if val is not None else []), cfg.model)
     train_ds, too_long = tokenize(data.rows, template, cfg.loss_on, cfg.max_length, cuts=cuts)
     data.problems += too_long
     eval_ds = None
