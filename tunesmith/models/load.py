@@ -68,12 +68,15 @@ def load_model(folder: Path, dtype: Any, device: str, quantize_4bit: bool = Fals
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     from tunesmith.models.vision import is_vision_model
+    from tunesmith.models.vision import quantize_skip as vision_skip
 
     kwargs: dict[str, Any] = {"dtype": dtype, **({"config": config} if config is not None else {})}
     if quantize_4bit:
         kwargs["quantization_config"] = _nf4_config(dtype)
         # the current device: each rank's own GPU with several processes (train/preflight.py sets it)
         kwargs["device_map"] = {"": _current_cuda()} if device == "cuda" else {"": device}
+        if is_vision_model(folder):  # the vision tower and aligner stay in dtype (4-bit features lose detail)
+            kwargs["quantization_config"].llm_int8_skip_modules = vision_skip(folder)
     auto = AutoModelForImageTextToText if is_vision_model(folder) else AutoModelForCausalLM  # VLMs: models/vision.py
     model = auto.from_pretrained(folder, **kwargs)
     return model if quantize_4bit else model.to(device)
