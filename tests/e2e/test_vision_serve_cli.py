@@ -101,17 +101,22 @@ def picture_host(images):
 
 
 @pytest.fixture(scope="module")
-def client(vlm, images, infer_answers, tmp_path_factory):
+def server(vlm, images, infer_answers, tmp_path_factory):
+    s = Server("--model", vlm, "--image-root", images, "--allow-remote-images", "--remote-image-hosts", "127.0.0.1",
+               "--image-max-bytes", 20_000, "--max-tokens-limit", 64, "--device", "cpu", "--dtype", "float32",
+               log=tmp_path_factory.mktemp("deploy") / "deploy.log")
+    try:
+        s.wait_ready()
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
     from openai import OpenAI
 
-    server = Server("--model", vlm, "--image-root", images, "--allow-remote-images", "--remote-image-hosts",
-                    "127.0.0.1", "--image-max-bytes", 20_000, "--max-tokens-limit", 64, "--device", "cpu",
-                    "--dtype", "float32", log=tmp_path_factory.mktemp("deploy") / "deploy.log")
-    try:
-        server.wait_ready()
-        yield OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, timeout=120)
-    finally:
-        server.stop()
+    return OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, timeout=120)
 
 
 def ask(client, url, **kw):
@@ -125,7 +130,9 @@ def test_infer_chat_and_batch_give_one_greedy_answer_that_depends_on_the_picture
     assert infer_answers["blue"] != infer_answers["red"]
 
 
-def test_deploy_answers_a_data_uri_as_infer_does_whole_and_streamed(client, images, infer_answers):
+def test_deploy_answers_a_data_uri_as_infer_does_whole_and_streamed(server, client, images, infer_answers):
+    assert (f"images (tiny-qwen2-vl): data: URIs, files under {images}, http(s) URLs from public hosts and 127.0.0.1; "
+            "up to 20,000 bytes each") in server.output()
     reply = ask(client, data_uri(images / "red.png"))
     assert reply.choices[0].message.content == infer_answers["red"]
     assert reply.usage.completion_tokens == MAX_TOKENS and reply.usage.prompt_tokens > 20  # the image's tokens

@@ -252,3 +252,15 @@ def test_anthropic_image_blocks_reach_a_vision_engine_and_bad_ones_are_named(tmp
         message(Serving(ScriptedEngine(), DeployConfig()), [{"type": "image", "source": {
             "type": "base64", "media_type": "image/png", "data": data}}])
     assert "'image' blocks are not supported; this server reads text blocks" in err.value.message
+
+
+def test_the_startup_banner_says_where_images_may_come_from():
+    from tunesmith.serve.app import banner
+
+    assert "images" not in banner(DeployConfig(), ["text-model"])
+    line = next(x for x in banner(DeployConfig(), ["vlm"], vision=["vlm"]).splitlines() if "images" in x)
+    assert "data: URIs, no local files (--image-root), no URLs (--allow-remote-images)" in line
+    line = next(x for x in banner(DeployConfig(image_root="/srv/charts", allow_remote_images=True,
+                                               remote_image_hosts=["cdn.intranet"]), ["vlm"], vision=["vlm"]
+                                  ).splitlines() if "images" in x)
+    assert "files under /srv/charts, http(s) URLs from public hosts and cdn.intranet" in line

@@ -61,7 +61,9 @@ def build_app(engine: Engine, cfg: DeployConfig, warmup: bool = False, encoders:
             if warmup and engine.model_names():
                 log.info("warming up %s", engine.model_names()[0])
                 await engine.generate(GenerationRequest(prompt="Hello", params=SamplingParams(max_tokens=1)))
-            print(banner(cfg, serving.public_names(), {n: m.task for n, m in serving.encoders.items()}), flush=True)
+            vision = [n for n in serving.engine_names if engine.accepts_images(n)]
+            print(banner(cfg, serving.public_names(), {n: m.task for n, m in serving.encoders.items()}, vision),
+                  flush=True)
             yield
         finally:
             log.info("closing the engine")
@@ -270,7 +272,8 @@ def _versions(cfg: DeployConfig) -> dict[str, tuple[str, str | None]]:
     return out
 
 
-def banner(cfg: DeployConfig, names: list[str], encoders: dict[str, str] | None = None) -> str:
+def banner(cfg: DeployConfig, names: list[str], encoders: dict[str, str] | None = None,
+           vision: list[str] | None = None) -> str:
     host = "127.0.0.1" if cfg.host in ("0.0.0.0", "::", "") else cfg.host
     url = f"http://{host}:{cfg.port}/v1"
     key = '"<your --api-key>"' if cfg.api_key else '"none"'
@@ -281,6 +284,13 @@ def banner(cfg: DeployConfig, names: list[str], encoders: dict[str, str] | None 
     if encoders:
         lines.append("  encoders: " + ", ".join(f"{n} ({task})" for n, task in encoders.items())
                      + "; /v1/embeddings, /v1/rerank, /v1/score, /v1/classify")
+    if vision:  # where image_url parts may come from (serve/images.py)
+        local = f"files under {cfg.image_root}" if cfg.image_root else "no local files (--image-root)"
+        remote = (("http(s) URLs from public hosts" + (f" and {', '.join(cfg.remote_image_hosts)}"
+                                                       if cfg.remote_image_hosts else ""))
+                  if cfg.allow_remote_images else "no URLs (--allow-remote-images)")
+        lines.append(f"  images ({', '.join(vision)}): data: URIs, {local}, {remote}; up to {cfg.image_max_bytes:,} "
+                     "bytes each")
     lines += ["  call it with the openai client:", "", "    from openai import OpenAI",
               f"    client = OpenAI(base_url=\"{url}\", api_key={key})"]
     if names:
