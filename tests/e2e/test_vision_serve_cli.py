@@ -214,3 +214,10 @@ def test_a_vlm_served_as_a_version_reads_images(vlm, images, infer_answers):
                                 images=[Image.open(images / "red.png").convert("RGB")], model="charts:v1",
                                 params=SamplingParams(max_tokens=MAX_TOKENS))
     assert asyncio.run(engine.generate(request)).choices[0].text == infer_answers["red"]
+
+
+def test_infer_image_refuses_a_text_model_and_a_missing_file_before_loading(vlm, tiny_model, images):
+    text = run_cli("infer", "--model", tiny_model, "--image", images / "red.png", stdin="hi\n", check=False)
+    assert text.returncode != 0 and "is no vision-language model" in text.stderr and "Traceback" not in text.stderr
+    missing = run_cli("infer", "--model", vlm, "--image", images / "nope.png", stdin="hi\n", check=False)
+    assert missing.returncode != 0 and "nope.png" in missing.stderr and "Traceback" not in missing.stderr

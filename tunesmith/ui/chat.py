@@ -35,8 +35,8 @@ def pictures(cfg: InferConfig) -> list:
 
     model = cfg.adapters or cfg.model
     if model is None or not is_vision_model(model):
-        raise ConfigError(f"image: {model or 'the default model'} reads text only; --image needs a vision-language "
-                          "model (tunesmith models lists the families)")
+        raise ConfigError(f"image: {model or 'the default model'} is no vision-language model (or its config.json "
+                          "cannot be read here); --image needs one (tunesmith models lists the families)")
     try:
         return [open_image(path) for path in cfg.image]
     except ImageError as err:
