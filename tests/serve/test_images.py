@@ -264,3 +264,15 @@ def test_the_startup_banner_says_where_images_may_come_from():
                                                remote_image_hosts=["cdn.intranet"]), ["vlm"], vision=["vlm"]
                                   ).splitlines() if "images" in x)
     assert "files under /srv/charts, http(s) URLs from public hosts and cdn.intranet" in line
+
+
+def test_more_images_than_the_server_takes_are_refused_before_any_is_read():
+    serving = Serving(VisionEngine(), DeployConfig(max_images=1))
+    picture = {"type": "image_url", "image_url": {"url": "https://example.com/never-fetched.png"}}
+    with pytest.raises(APIError) as err:
+        vision_chat(serving, [picture, picture])
+    assert err.value.status == 400 and err.value.param == "messages" and "--max-images" in err.value.message
+    block = {"type": "image", "source": {"type": "url", "url": "https://example.com/never-fetched.png"}}
+    with pytest.raises(APIError) as err:
+        message(serving, [block, block])
+    assert err.value.param == "messages" and "--max-images" in err.value.message

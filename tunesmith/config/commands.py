@@ -403,6 +403,7 @@ class DeployConfig(Section):
         "Largest image a request may bring, as a data: URI, a local file or a download (data: URIs are bounded by "
         "--max-body-bytes too)."))
     image_timeout: float = Field(10.0, gt=0, description="Longest a remote image download may take, in seconds.")
+    max_images: int = Field(8, ge=1, description="Most images one request may bring; more are answered 400.")
     generation: GenerationCfg = Field(default_factory=GenerationCfg, description="Defaults for what a request leaves out.")
     system: str | None = Field(None, description="System prompt (default: the one the model was trained with).")
     chat_template_kwargs: dict = Field(default_factory=dict, description=(

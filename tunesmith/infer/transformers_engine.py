@@ -464,8 +464,9 @@ class TransformersEngine(Engine):
         return pick_served(self.served, self.default, model)
 
     def _prompt_ids(self, served: Served, request: GenerationRequest) -> list[int]:
-        if served.processor is not None:
-            return self._vision_inputs(served, request)["input_ids"][0].tolist()
+        if served.processor is not None:  # encoded once: stream() takes them from the request
+            request.encoded = self._vision_inputs(served, request)
+            return request.encoded["input_ids"][0].tolist()
         if request.images:
             raise TunesmithError(f"{served.name} reads text only; images need a vision-language model")
         return prompt_ids(served.template, request)
@@ -493,7 +494,9 @@ class TransformersEngine(Engine):
         p = request.params
         if p.logprobs or p.top_logprobs:
             raise TunesmithError("logprobs: not served for vision-language models yet; leave it out")
-        inputs = self._vision_inputs(served, request)
+        inputs = request.encoded  # set by prompt_ids(), which the server calls first; else encoded here, off the loop
+        if inputs is None:
+            inputs = await asyncio.to_thread(self._vision_inputs, served, request)
         prompt = int(inputs["input_ids"].shape[1])
         loop = asyncio.get_running_loop()
         for i in range(p.n):

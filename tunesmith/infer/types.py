@@ -48,6 +48,7 @@ class GenerationRequest:
     response_format: dict | None = None  # OpenAI's: json_object or json_schema constrain the answer (infer/grammar.py)
     assistant_prefix: str | None = None  # the answer starts with this text (Anthropic's prefill); it continues it
     images: list | None = None  # PIL images for a vision model, one per {"type": "image"} part of the messages, in order
+    encoded: Any = None  # the engine's own: a vision model's encoded inputs, from prompt_ids() for stream()
 
 
 @dataclass

@@ -286,8 +286,8 @@ def _parts(m: UserMessage, i: int) -> list[dict]:
 
 def _refuse_part(part: OtherPart, i: int, j: int) -> None:
     if part.type == "image_url":
-        raise APIError(400, f"messages[{i}].content[{j}].image_url: expected {{\"url\": \"data:image/png;base64,...\"}} "
-                       "(or an http(s) URL, or a file under the server's --image-root)",
+        raise APIError(400, f"messages[{i}].content[{j}].image_url: expected {{\"url\": \"data:image/png;base64,"
+                       "...\"}} (or an http(s) URL, or a file under the server's --image-root)",
                        param=f"messages[{i}].content[{j}].image_url")
     raise APIError(400, f"messages[{i}].content[{j}]: {part.type!r} parts are not supported; this server reads text "
                    "and image_url parts", param=f"messages[{i}].content[{j}]")
@@ -302,6 +302,9 @@ async def read_images(serving: Serving, messages: list) -> list:
 
     wanted = [(f"messages[{i}].content[{j}].image_url", p.image_url.url) for i, m in enumerate(messages)
               if _has_images(m) for j, p in enumerate(m.content) if isinstance(p, ImagePart)]
+    if len(wanted) > serving.cfg.max_images:
+        raise APIError(400, f"messages: {len(wanted)} images, more than this server takes in one request "
+                       f"({serving.cfg.max_images}, --max-images)", param="messages")
 
     def read_all() -> list:
         images = []

@@ -182,6 +182,10 @@ async def _read_images(serving: Serving, wanted: list[tuple[str, str]]) -> list:
 
     from tunesmith.serve.images import ImageRefused, read_image
 
+    if len(wanted) > serving.cfg.max_images:
+        raise APIError(400, f"messages: {len(wanted)} images, more than this server takes in one request "
+                       f"({serving.cfg.max_images}, --max-images)", param="messages")
+
     def read_all() -> list:
         images = []
         for param, url in wanted:
