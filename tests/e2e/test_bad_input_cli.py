@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import run_cli
+from e2e_cli import run_cli
 
 REGISTRY_NAME = "qwen2.5-7b-instruct"  # any name the unknown-model message lists
 

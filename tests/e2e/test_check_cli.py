@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from conftest import run_cli
+from e2e_cli import run_cli
 
 import tunesmith.selfcheck as sc
 

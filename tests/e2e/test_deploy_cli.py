@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TUNESMITH, run_cli
+from e2e_cli import TUNESMITH, run_cli
 
 KEY = "test-key"
 MAX_TOKENS = 12

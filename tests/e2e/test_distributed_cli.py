@@ -13,7 +13,7 @@ import time
 import pytest
 import yaml
 
-from conftest import read_metrics, run_cli
+from e2e_cli import read_metrics, run_cli
 
 
 def free_port() -> int:

@@ -3,7 +3,7 @@
 import importlib.metadata
 import json
 
-from conftest import run_cli
+from e2e_cli import run_cli
 
 from tunesmith.config.doctor import DoctorConfig
 from tunesmith.doctor import doctor

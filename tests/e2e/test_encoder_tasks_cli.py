@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import run_cli
+from e2e_cli import run_cli
 
 MATCHER = Path(__file__).resolve().parents[2] / "examples" / "volunteer-matcher"
 

@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from conftest import TUNESMITH, run_cli
+from e2e_cli import TUNESMITH, run_cli
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # on a busy 2-core machine, 2 torch threads per process thrash (~5x slower)
 

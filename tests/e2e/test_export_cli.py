@@ -4,7 +4,7 @@ written, `--inspect` printing the chain, bad input without a traceback."""
 import json
 
 import pytest
-from conftest import run_cli
+from e2e_cli import run_cli
 
 
 @pytest.fixture(scope="module")

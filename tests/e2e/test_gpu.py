@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from conftest import read_metrics, run_cli
+from e2e_cli import read_metrics, run_cli
 
 
 @pytest.mark.gpu

@@ -7,7 +7,7 @@ import textwrap
 import pytest
 import yaml
 
-from conftest import WORDS, assert_preflight_recorded, read_metrics, run_cli
+from e2e_cli import WORDS, assert_preflight_recorded, read_metrics, run_cli
 
 # On 2 shared cores a second OpenMP thread mostly spins waiting for the first: the tiny model's matmuls run several
 # times faster on one thread.

@@ -4,7 +4,7 @@ policy's own tokens count as its completion."""
 
 from pathlib import Path
 
-from conftest import assert_preflight_recorded, read_metrics, run_cli
+from e2e_cli import assert_preflight_recorded, read_metrics, run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "volunteer-matcher"

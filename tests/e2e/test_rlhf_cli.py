@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import WORDS, assert_preflight_recorded, read_metrics, run_cli
+from e2e_cli import WORDS, assert_preflight_recorded, read_metrics, run_cli
 
 
 @pytest.fixture(scope="module")

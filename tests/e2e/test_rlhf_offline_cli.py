@@ -5,7 +5,7 @@ import json
 import pytest
 import yaml
 
-from conftest import WORDS, assert_preflight_recorded, read_metrics, run_cli
+from e2e_cli import WORDS, assert_preflight_recorded, read_metrics, run_cli
 
 # A 2-layer model gains nothing from a second thread, and OpenMP threads spin badly when CI shares the cores.
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}

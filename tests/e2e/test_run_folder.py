@@ -2,7 +2,7 @@
 
 import logging
 
-from conftest import run_cli
+from e2e_cli import run_cli
 
 from tunesmith import SFTConfig
 from tunesmith.train.run import LOCK, open_run

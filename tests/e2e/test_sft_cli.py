@@ -9,7 +9,7 @@ import textwrap
 import pytest
 import torch
 
-from conftest import TUNESMITH, assert_preflight_recorded, read_metrics, run_cli
+from e2e_cli import TUNESMITH, assert_preflight_recorded, read_metrics, run_cli
 
 FINAL_ADAPTER = {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json",
                  "chat_template.jinja", "tunesmith_template.json", "config.yaml"}

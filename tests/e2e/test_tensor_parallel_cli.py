@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-from conftest import read_metrics, run_cli
+from e2e_cli import read_metrics, run_cli
 from tiny import make_tiny_model
 
 HOOK = textwrap.dedent("""

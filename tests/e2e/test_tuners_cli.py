@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import assert_preflight_recorded, read_metrics, run_cli
+from e2e_cli import assert_preflight_recorded, read_metrics, run_cli
 from fastapi.testclient import TestClient
 
 PROMPT = [{"role": "user", "content": "code for river"}]

@@ -11,7 +11,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from conftest import run_cli
+from e2e_cli import run_cli
 from test_deploy_cli import Server
 from vision.tiny_vlm import BUILDERS, make_image
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TUNESMITH, WORDS
+from e2e_cli import TUNESMITH, WORDS
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TUNESMITH
+from e2e_cli import TUNESMITH
 
 # Driven through a pty: under a pytest-xdist worker the wizard's menu after training never received the keys sent to
 # it (seen 3 times, never in a plain run), so `make test` runs these after the parallel part, in the main process.

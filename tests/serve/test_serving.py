@@ -334,7 +334,7 @@ def test_more_than_max_concurrent_is_429_with_retry_after():
      "response_format"),  # a schema the grammar cannot take (json_object and json_schema are served)
     ({"frequency_penalty": 0.5}, "frequency_penalty"),
     ({"logit_bias": {"50256": -100}}, "logit_bias"),
-    ({"tool_choice": "required", "tools": TOOLS}, "tool_choice"),
+    ({"tool_choice": {"type": "function", "function": {"name": "nope"}}, "tools": TOOLS}, "tool_choice"),
     ({"top_logprobs": 2}, "top_logprobs"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages[0].content"),
     ({"messages": [{"role": "assistant", "content": None}]}, "messages[0].content"),

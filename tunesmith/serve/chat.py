@@ -101,6 +101,9 @@ def _forced_call(serving: Serving, req: ChatCompletionRequest, model: str | None
         raise APIError(400, "tool_choice: forcing a call needs tools", param="tool_choice")
     if req.logprobs:
         raise APIError(400, "logprobs with a forced tool call: not supported; leave one out", param="logprobs")
+    name = None if choice == "required" else choice.function.name
+    if name is not None and name not in {t.function.name for t in req.tools}:
+        raise APIError(400, f"tool_choice: function {name!r} is not one of the request's tools", param="tool_choice")
     from tunesmith.infer.grammar import GrammarError
     from tunesmith.infer.tool_grammar import call_frame, tool_call_grammar
 
@@ -110,7 +113,6 @@ def _forced_call(serving: Serving, req: ChatCompletionRequest, model: str | None
         raise APIError(400, f"tool_choice: {public}'s chat template writes no tool call as a JSON object holding the "
                        "name and the arguments, which forcing a call needs; use tool_choice 'auto'",
                        param="tool_choice")
-    name = None if choice == "required" else choice.function.name
     try:
         grammar = tool_call_grammar(frame, [t.model_dump(exclude_none=True) for t in req.tools], name,
                                     template.tokenizer)
