@@ -296,28 +296,10 @@ def _refuse_part(part: OtherPart, i: int, j: int) -> None:
 
 
 async def read_images(serving: Serving, messages: list) -> list:
-    """The pictures of a vision model's request, in order, read in a worker thread under the server's image policy
-    (serve/images.py); one that cannot be used is a 400 naming its part."""
-    import anyio
-
-    from tunesmith.serve.images import ImageRefused, read_image
-
+    """The pictures of a vision model's request, in order (Serving.read_images: a 400 names the part it refuses)."""
     wanted = [(f"messages[{i}].content[{j}].image_url", p.image_url.url) for i, m in enumerate(messages)
               if _has_images(m) for j, p in enumerate(m.content) if isinstance(p, ImagePart)]
-    if len(wanted) > serving.cfg.max_images:
-        raise APIError(400, f"messages: {len(wanted)} images, more than this server takes in one request "
-                       f"({serving.cfg.max_images}, --max-images)", param="messages")
-
-    def read_all() -> list:
-        images = []
-        for param, url in wanted:
-            try:
-                images.append(read_image(url, serving.images))
-            except ImageRefused as err:
-                raise APIError(400, f"{param}: {err}", param=param) from None
-        return images
-
-    return await anyio.to_thread.run_sync(read_all) if wanted else []
+    return await serving.read_images(wanted)
 
 
 def _loads(arguments: str) -> object:

@@ -123,7 +123,7 @@ async def create_message(serving: Serving, req: MessagesRequest) -> MessagesResp
     prefix = messages.pop()["content"] if messages[-1]["role"] == "assistant" else None
     if req.system:
         messages.insert(0, {"role": "system", "content": _text(req.system, "system")})
-    images = await _read_images(serving, wanted) if wanted else None
+    images = await serving.read_images(wanted) if wanted else None
     params = serving.sampling(req.max_tokens, req.temperature, req.top_p, req.stop_sequences or [], None, 1, False, 0)
     gen = GenerationRequest(messages=messages, model=model, params=params, assistant_prefix=prefix, images=images)
     rid = f"msg_{uuid.uuid4().hex}"
@@ -174,28 +174,6 @@ def _parts(content: list, param: str, wanted: list[tuple[str, str]]) -> list[dic
         wanted.append((f"{where}.source", url))
         out.append({"type": "image"})
     return out
-
-
-async def _read_images(serving: Serving, wanted: list[tuple[str, str]]) -> list:
-    """The pictures, read in a worker thread under the server's image policy; one that cannot be used is a 400."""
-    import anyio
-
-    from tunesmith.serve.images import ImageRefused, read_image
-
-    if len(wanted) > serving.cfg.max_images:
-        raise APIError(400, f"messages: {len(wanted)} images, more than this server takes in one request "
-                       f"({serving.cfg.max_images}, --max-images)", param="messages")
-
-    def read_all() -> list:
-        images = []
-        for param, url in wanted:
-            try:
-                images.append(read_image(url, serving.images))
-            except ImageRefused as err:
-                raise APIError(400, f"{param}: {err}", param=param) from None
-        return images
-
-    return await anyio.to_thread.run_sync(read_all)
 
 
 def _event(kind: str, data: dict) -> str:

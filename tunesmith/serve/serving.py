@@ -170,6 +170,26 @@ class Serving:
     # -------------------------------------------------------------------------
     # Requests: what they may ask for, defaults for what they leave out
 
+    async def read_images(self, wanted: list[tuple[str, str]]) -> list:
+        """The pictures of a request, (parameter, url) each, read in a worker thread under the server's image policy
+        (images.py): too many is a 400 naming messages, one that cannot be used a 400 naming its parameter."""
+        from tunesmith.serve.images import ImageRefused, read_image
+
+        if len(wanted) > self.cfg.max_images:
+            raise APIError(400, f"messages: {len(wanted)} images, more than this server takes in one request "
+                           f"({self.cfg.max_images}, --max-images)", param="messages")
+
+        def read_all() -> list:
+            images = []
+            for param, url in wanted:
+                try:
+                    images.append(read_image(url, self.images))
+                except ImageRefused as err:
+                    raise APIError(400, f"{param}: {err}", param=param) from None
+            return images
+
+        return await anyio.to_thread.run_sync(read_all) if wanted else []
+
     def refuse_unsupported(self, frequency_penalty: float | None, presence_penalty: float | None,
                            logit_bias: dict | None) -> None:
         for param, value in (("frequency_penalty", frequency_penalty), ("presence_penalty", presence_penalty)):
