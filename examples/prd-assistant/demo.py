@@ -79,15 +79,17 @@ def report(base_path: Path, tuned_path: Path, elapsed: float) -> None:
     (RUN / "demo_result.json").write_text(json.dumps({"base": scores["base"], "tuned": scores["tuned"]}))
 
 
-def serve_and_ask(answers_tuned: Path, port: int = 8765) -> None:
-    """Serve the tuned adapter behind the OpenAI API and ask it the first held-out prompt with the official SDK."""
+def serve_and_ask(answers_tuned: Path, port: int = 8765, model_args: list[str] | None = None,
+                  name: str = "prd-assistant") -> None:
+    """Serve the tuned adapter (or `model_args`' model, served as `name`) behind the OpenAI API and ask it the first
+    held-out prompt with the official SDK: the answer must equal infer's in `answers_tuned`."""
     import signal
     import urllib.request
 
     from openai import OpenAI
 
-    args = ["deploy", "--adapters", f"prd-assistant={RUN / 'final'}", "--port", str(port)]
-    print(f"\n=== Serve the tuned adapter behind an OpenAI-compatible API\n$ tunesmith {shlex.join(args)}", flush=True)
+    args = ["deploy", *(model_args or ["--adapters", f"prd-assistant={RUN / 'final'}"]), "--port", str(port)]
+    print(f"\n=== Serve {name} behind an OpenAI-compatible API\n$ tunesmith {shlex.join(args)}", flush=True)
     server = subprocess.Popen([TUNESMITH, *args], cwd=ROOT)
     try:
         for _ in range(240):
@@ -100,7 +102,7 @@ def serve_and_ask(answers_tuned: Path, port: int = 8765) -> None:
                 time.sleep(1)
         first = json.loads(answers_tuned.read_text(encoding="utf-8").splitlines()[0])
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="not-needed")
-        reply = client.chat.completions.create(model="prd-assistant", messages=first["messages"], max_tokens=200,
+        reply = client.chat.completions.create(model=name, messages=first["messages"], max_tokens=200,
                                                temperature=0)
         text = reply.choices[0].message.content
         print(f"\nopenai SDK -> {reply.model}: {text[:400]}{'...' if len(text) > 400 else ''}")
