@@ -41,7 +41,6 @@ class CallFrame:
     key_separator: str = ": "  # the template's JSON separators (Jinja's tojson writes ", " and ": ")
     item_separator: str = ", "
     keys: tuple[str, ...] = ()  # every key of the object in the template's order (Mistral adds a call "id")
-    id_length: int = 9  # an "id"-like extra key: alphanumeric of the probe id's length (Mistral needs 9)
 
 
 _FRAMES: dict[int, tuple[Any, CallFrame | None]] = {}  # id(template) -> (template, its frame): read once per model
@@ -81,11 +80,10 @@ def _read_frame(template: Any) -> CallFrame | None:
         after = after[:after.index(template.end_of_turn)]
     written = answer[start:end]  # the separators as the template writes them, so the forced call reads the same
     key_sep = re.search(re.escape(json.dumps(name_key)) + r"(\s*:\s*)" + re.escape(json.dumps(PROBE_NAME)), written)
-    item_sep = re.search(r'"probe_key"\s*:\s*"probe_value"|' + re.escape(json.dumps(PROBE_NAME)) + r"(\s*,\s*)",
-                         written)
-    return CallFrame(answer[:start], after.rstrip(" \n") if not after.strip() else after, name_key, arguments_key,
-                     as_text, key_sep.group(1) if key_sep else ": ",
-                     item_sep.group(1) if item_sep and item_sep.group(1) else ", ", tuple(keys), len(PROBE_ID))
+    item_sep = re.search(re.escape(json.dumps(PROBE_NAME)) + r"(\s*,\s*)", written)
+    after = "" if not after.strip() else after  # only the line break before the end of turn: the stop token's job
+    return CallFrame(answer[:start], after, name_key, arguments_key, as_text,
+                     key_sep.group(1) if key_sep else ": ", item_sep.group(1) if item_sep else ", ", tuple(keys))
 
 
 def _call_object(text: str) -> tuple[int, int, str, str, bool, list[str]] | None:
@@ -133,7 +131,7 @@ def tool_call_grammar(frame: CallFrame, tools: list[dict], name: str | None, tok
         parameters = function.get("parameters") or {"type": "object"}
         arguments = {"type": "string"} if frame.arguments_as_text else parameters
         fields = {frame.name_key: {"const": function["name"]}, frame.arguments_key: arguments,
-                  "id": {"type": "string", "pattern": f"^[a-zA-Z0-9]{{{frame.id_length}}}$"}}
+                  "id": {"type": "string", "pattern": f"^[a-zA-Z0-9]{{{len(PROBE_ID)}}}$"}}
         keys = frame.keys or (frame.name_key, frame.arguments_key)
         options.append({"type": "object", "additionalProperties": False, "required": list(keys),
                         "properties": {k: fields[k] for k in keys}})
