@@ -43,7 +43,7 @@ def test_chinese_id_checksum():
 
 
 def test_data_clean_through_the_console_script(tmp_path):
-    from e2e.conftest import run_cli
+    from e2e.e2e_cli import run_cli
 
     raw = planted(tmp_path)
     out = tmp_path / "clean.jsonl"

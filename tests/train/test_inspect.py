@@ -117,7 +117,7 @@ def test_preference_answers_that_never_stop_are_refused(no_stop_model, tmp_path)
 
 
 def test_data_inspect_through_the_console_script(tiny, tmp_path):
-    from e2e.conftest import run_cli
+    from e2e.e2e_cli import run_cli
 
     data = tmp_path / "row.jsonl"
     data.write_text(json.dumps(ROW, ensure_ascii=False) + "\n")
