@@ -7,7 +7,6 @@ from itertools import islice
 
 import pytest
 import torch
-from tiny import make_tiny_model
 from transformers import AutoModelForCausalLM, TrainerCallback
 from trl import SFTTrainer
 
@@ -21,11 +20,6 @@ from tunesmith.train.setup import load_trainable, trl_args
 from tunesmith.train.sft import sft_data
 
 WORDS = ["apple", "river", "stone", "cloud", "maple", "tiger", "amber", "frost"]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
 
 
 @pytest.fixture(scope="module")

@@ -29,13 +29,6 @@ NO_STOP_TEMPLATE = ("{% for m in messages %}{{ '### ' + m['role'] + ':\n' + m['c
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from tiny import make_tiny_model
-
-    return make_tiny_model(tmp_path_factory.mktemp("inspect") / "tiny")
-
-
-@pytest.fixture(scope="module")
 def no_stop_model(tiny, tmp_path_factory):
     import shutil
 

@@ -4,17 +4,11 @@ import logging
 
 import pytest
 
-from tiny import make_tiny_model
 from tunesmith.config import SFTConfig
 from tunesmith.config.rlhf import RLHFConfig
 from tunesmith.errors import ConfigError, DataError, HardwareError
 from tunesmith.plan.hardware import Hardware
 from tunesmith.train import preflight as pf
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny_model(tmp_path_factory.mktemp("m") / "tiny")
 
 
 def machine(monkeypatch, ram_gib: float) -> None:

@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 import yaml
-from tiny import make_tiny_model
 from transformers import TrainerCallback
 
 from tunesmith import api
@@ -18,11 +17,6 @@ from tunesmith.train.private import ACCOUNTANT_FILE, per_sample_loss
 
 WORDS = ["apple", "river", "stone", "cloud", "maple", "tiger", "amber", "frost", "lemon", "orbit", "pearl", "quartz",
          "delta", "ember", "flint", "grove"]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import math
 
 import pytest
 import torch
-from tiny import make_tiny_model
 from transformers import AutoModelForCausalLM, TrainerCallback
 
 from tunesmith import api
@@ -18,11 +17,6 @@ from tunesmith.models import load as models
 from tunesmith.train import tuners
 
 WORDS = ["apple", "river", "stone", "cloud", "maple", "tiger"]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
 
 
 @pytest.fixture(scope="module")
