@@ -212,27 +212,36 @@ def plot_loss(run_dir: Path) -> Path | None:
     path = run_dir / "metrics.jsonl"
     if not path.exists():
         return None
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return plot_steps(run_dir / "loss.png", rows, {"loss": "loss", "eval_loss": "eval_loss"}, "loss", run_dir.name,
+                      markers={"eval_loss"})
+
+
+def plot_steps(out: Path, rows: list[dict], series: dict[str, str], ylabel: str, title: str,
+               markers: set[str] | None = None, ylim: tuple[float, float] | None = None) -> Path | None:
+    """A PNG of metrics.jsonl columns against the step: `series` maps each column to its legend label; `markers`
+    names the columns drawn as points (all when None)."""
     try:
         import matplotlib
     except ImportError:  # a pinned dependency; only a hand-made environment lacks it
-        logging.getLogger("tunesmith").warning("matplotlib is not installed: no loss.png (pip install matplotlib)")
+        logging.getLogger("tunesmith").warning(f"matplotlib is not installed: no {out.name} (pip install matplotlib)")
         return None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     fig, ax = plt.subplots(figsize=(7, 4))
-    for key in ("loss", "eval_loss"):
+    for key, label in series.items():
         points = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
         if points:
-            ax.plot(*zip(*points), marker="o" if key == "eval_loss" else None, label=key)
+            ax.plot(*zip(*points), marker="o" if markers is None or key in markers else None, label=label)
     ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title(run_dir.name)
+    ax.set_ylabel(ylabel)
+    if ylim:
+        ax.set_ylim(*ylim)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    out = run_dir / "loss.png"
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out

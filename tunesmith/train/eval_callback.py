@@ -25,6 +25,7 @@ from transformers import TrainerCallback
 
 from tunesmith.config.eval import parse_gate
 from tunesmith.errors import ConfigError, TunesmithError
+from tunesmith.train.callbacks import plot_steps
 
 log = logging.getLogger("tunesmith")
 BATCH = 8  # rows generated together at an eval step
@@ -170,26 +171,5 @@ def plot_eval(run_dir: Path) -> Path | None:
                               ("eval_rows", "eval_seconds")))
     if not keys:
         return None
-    try:
-        import matplotlib
-    except ImportError:  # a pinned dependency; only a hand-made environment lacks it
-        log.warning("matplotlib is not installed: no eval_metrics.png (pip install matplotlib)")
-        return None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for key in keys:
-        points = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
-        ax.plot(*zip(*points), marker="o", label=key.removeprefix("eval_"))
-    ax.set_xlabel("step")
-    ax.set_ylabel("score (0-1)")
-    ax.set_ylim(0, 1.05)
-    ax.set_title(f"{run_dir.name}: generation eval")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    out = run_dir / "eval_metrics.png"
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return plot_steps(run_dir / "eval_metrics.png", rows, {k: k.removeprefix("eval_") for k in keys}, "score (0-1)",
+                      f"{run_dir.name}: generation eval", ylim=(0, 1.05))
