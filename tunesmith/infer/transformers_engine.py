@@ -364,32 +364,36 @@ class TransformersEngine(Engine):
 
     async def _stream_constrained(self, served: Served, prompt: list[int], p: SamplingParams,
                                   grammar: str) -> AsyncIterator[Delta]:
+        async for delta in self._stream_threaded(served, p, len(prompt), "constrained generate()", lambda i, streamer:
+                                                 self._generate_constrained(served, prompt, p, i, grammar, streamer)):
+            yield delta
+
+    async def _stream_threaded(self, served: Served, p: SamplingParams, prompt_tokens: int, what: str,
+                               generate: Any) -> AsyncIterator[Delta]:
+        """The n choices of a generate() run in a worker thread one after another (`generate(choice, streamer)`),
+        their tokens decoded and streamed as they come: the constrained and the vision paths."""
         loop = asyncio.get_running_loop()
         for i in range(p.n):
             queue: asyncio.Queue = asyncio.Queue()
             streamer = _TokenStream(loop, queue)
             decoder = _Decoder(served.template, p.stop)
-            work = asyncio.ensure_future(asyncio.to_thread(self._generate_constrained, served, prompt, p, i, grammar,
-                                                           streamer))
+            work = asyncio.ensure_future(asyncio.to_thread(generate, i, streamer))
             tokens: list[int] = []
             try:
-                while True:
-                    item = await queue.get()
-                    if item is None:
-                        break
+                while (item := await queue.get()) is not None:
                     tokens += item
                     text, stopped = decoder.update(tokens)
                     if stopped:
                         streamer.cancelled = True  # a stop string: generate() ends at its next step
                         break
                     if text:
-                        yield Delta(i, text, prompt_tokens=len(prompt), completion_tokens=decoder.count)
+                        yield Delta(i, text, prompt_tokens=prompt_tokens, completion_tokens=decoder.count)
                 try:
                     await work
                 except Exception as err:
-                    raise EngineError(f"constrained generate() failed: {type(err).__name__}: {err}") from err
+                    raise EngineError(f"{what} failed: {type(err).__name__}: {err}") from err
                 text, _ = decoder.update(tokens, final=True)
-                yield Delta(i, text, decoder.finish_reason(p.max_tokens), prompt_tokens=len(prompt),
+                yield Delta(i, text, decoder.finish_reason(p.max_tokens), prompt_tokens=prompt_tokens,
                             completion_tokens=decoder.count)
             finally:  # the client went away: stop generating (the thread ends at its next step)
                 streamer.cancelled = True
@@ -497,34 +501,10 @@ class TransformersEngine(Engine):
         inputs = request.encoded  # set by prompt_ids(), which the server calls first; else encoded here, off the loop
         if inputs is None:
             inputs = await asyncio.to_thread(self._vision_inputs, served, request)
-        prompt = int(inputs["input_ids"].shape[1])
-        loop = asyncio.get_running_loop()
-        for i in range(p.n):
-            queue: asyncio.Queue = asyncio.Queue()
-            streamer = _TokenStream(loop, queue)
-            decoder = _Decoder(served.template, p.stop)
-            work = asyncio.ensure_future(asyncio.to_thread(self._generate_vision, served, inputs, p, i, streamer))
-            tokens: list[int] = []
-            try:
-                while (item := await queue.get()) is not None:
-                    tokens += item
-                    text, stopped = decoder.update(tokens)
-                    if stopped:
-                        streamer.cancelled = True  # a stop string: generate() ends at its next step
-                        break
-                    if text:
-                        yield Delta(i, text, prompt_tokens=prompt, completion_tokens=decoder.count)
-                try:
-                    await work
-                except Exception as err:
-                    raise EngineError(f"generate() failed: {type(err).__name__}: {err}") from err
-                text, _ = decoder.update(tokens, final=True)
-                yield Delta(i, text, decoder.finish_reason(p.max_tokens), prompt_tokens=prompt,
-                            completion_tokens=decoder.count)
-            finally:  # the client went away: stop generating (the thread ends at its next step)
-                streamer.cancelled = True
-                if not work.done():
-                    await asyncio.wait([work])
+        async for delta in self._stream_threaded(served, p, int(inputs["input_ids"].shape[1]), "generate()",
+                                                 lambda i, streamer: self._generate_vision(served, inputs, p, i,
+                                                                                           streamer)):
+            yield delta
 
     def _generate_vision(self, served: Served, inputs: dict[str, Any], p: SamplingParams, choice: int,
                          streamer: _TokenStream) -> None:
