@@ -2,11 +2,17 @@
 of its own (not conftest.py) so that `from e2e_cli import ...` names one file whatever other test folders' conftest
 files pytest loaded first."""
 
+import http.client
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 TUNESMITH = shutil.which("tunesmith", path=str(Path(sys.executable).parent)) or "tunesmith"
@@ -39,3 +45,66 @@ def assert_preflight_recorded(run_dir):
     assert {"packing", "gradient_checkpointing", "checkpoint_every"} <= set(resolved["choices"])
     assert resolved["trainable_params"] > 0 and resolved["frozen_params"] >= 0
     assert resolved["device"] == "cpu" and resolved["dtype"] == "torch.float32"
+
+
+class Server:
+    """`tunesmith deploy ARGS` on a free port of 127.0.0.1, its output in a log file."""
+
+    def __init__(self, *args, log: Path):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url, self.log = f"http://127.0.0.1:{self.port}", log
+        env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+        with open(log, "w") as out:
+            self.proc = subprocess.Popen([TUNESMITH, "deploy", *map(str, args), "--host", "127.0.0.1", "--port",
+                                          str(self.port)], stdout=out, stderr=subprocess.STDOUT, env=env)
+
+    def wait_ready(self, timeout: float = 300) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"tunesmith deploy exited {self.proc.returncode}:\n{self.output()[-4000:]}")
+            try:
+                if request(self, "GET", "/health")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        raise AssertionError(f"tunesmith deploy not ready after {timeout}s:\n{self.output()[-4000:]}")
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(90)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def request(server: Server, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
+            timeout: float = 120) -> tuple[int, dict]:
+    """A raw HTTP request (to send what the openai client would refuse to); returns status and JSON body."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        data = response.read()
+        return response.status, json.loads(data) if data.startswith(b"{") else {"text": data.decode()}
+    finally:
+        conn.close()
+
+
+@contextmanager
+def running(*args, log: Path) -> Iterator[Server]:
+    """`tunesmith deploy ARGS` started and ready for the block, stopped (SIGTERM) after it."""
+    server = Server(*args, log=log)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()

@@ -11,16 +11,13 @@ beta and the base ask for logprobs, which the engine answers on its plain genera
 import asyncio
 import http.client
 import json
-import os
 import signal
 import socket
-import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
-from e2e_cli import TUNESMITH, run_cli
+from e2e_cli import Server, request, run_cli, running
 
 KEY = "test-key"
 MAX_TOKENS = 12
@@ -87,58 +84,6 @@ def infer_answer(adapters, tmp_path_factory):
     return json.loads((folder / "answers.jsonl").read_text().splitlines()[0])
 
 
-class Server:
-    """`tunesmith deploy ARGS` on a free port of 127.0.0.1, its output in a log file."""
-
-    def __init__(self, *args, log: Path):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url, self.log = f"http://127.0.0.1:{self.port}", log
-        env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-        with open(log, "w") as out:
-            self.proc = subprocess.Popen([TUNESMITH, "deploy", *map(str, args), "--host", "127.0.0.1", "--port",
-                                          str(self.port)], stdout=out, stderr=subprocess.STDOUT, env=env)
-
-    def wait_ready(self, timeout: float = 300) -> None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"tunesmith deploy exited {self.proc.returncode}:\n{self.output()[-4000:]}")
-            try:
-                if request(self, "GET", "/health")[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.5)
-        raise AssertionError(f"tunesmith deploy not ready after {timeout}s:\n{self.output()[-4000:]}")
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(90)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def request(server: Server, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
-            timeout: float = 120) -> tuple[int, dict]:
-    """A raw HTTP request (to send what the openai client would refuse to); returns status and JSON body."""
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=timeout)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        response = conn.getresponse()
-        data = response.read()
-        return response.status, json.loads(data) if data.startswith(b"{") else {"text": data.decode()}
-    finally:
-        conn.close()
-
-
 def metric(server: Server, name: str) -> float:
     text = request(server, "GET", "/metrics")[1]["text"]
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " ")
@@ -147,14 +92,10 @@ def metric(server: Server, name: str) -> float:
 
 @pytest.fixture(scope="module")
 def server(model_dir, adapters, infer_answer, tmp_path_factory):
-    s = Server("--model", model_dir, "--adapters", f"alpha={adapters / 'alpha' / 'final'}", adapters / "beta" / "final",
+    with running("--model", model_dir, "--adapters", f"alpha={adapters / 'alpha' / 'final'}", adapters / "beta" / "final",
                "--api-key", KEY, "--max-body-bytes", 20_000, "--max-tokens-limit", 64, "--max-prompt-tokens", 300,
-               "--device", "cpu", "--dtype", "float32", log=tmp_path_factory.mktemp("deploy") / "deploy.log")
-    try:
-        s.wait_ready()
+               "--device", "cpu", "--dtype", "float32", log=tmp_path_factory.mktemp("deploy") / "deploy.log") as s:
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture(scope="module")
@@ -380,10 +321,10 @@ def test_sigterm_drains_new_requests_get_503_the_running_one_finishes_then_exits
     (Retry-After), not a refused connection, while the request already running finishes."""
     body = json.dumps({"model": name, "messages": CHAT, "max_tokens": 48, "stream": True,
                        "stream_options": {"include_usage": True}}).encode()
-    running = socket.create_connection(("127.0.0.1", server.port), timeout=120)
+    in_flight = socket.create_connection(("127.0.0.1", server.port), timeout=120)
     head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY}\r\nContent-Type: "
             f"application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n")
-    running.sendall(head.encode() + body[:20])
+    in_flight.sendall(head.encode() + body[:20])
     time.sleep(1)  # the server has read the headers: the request runs, waiting for the rest of its body
     server.proc.send_signal(signal.SIGTERM)
     deadline = time.time() + 20
@@ -399,11 +340,11 @@ def test_sigterm_drains_new_requests_get_503_the_running_one_finishes_then_exits
     assert json.loads(refused.read())["error"]["code"] == "shutting_down"
     conn.close()
 
-    running.sendall(body[20:])
-    with running.makefile("rb") as answer:
+    in_flight.sendall(body[20:])
+    with in_flight.makefile("rb") as answer:
         assert answer.readline().startswith(b"HTTP/1.1 200")
         events = [line.rstrip(b"\r\n") for line in answer if line.startswith(b"data: ")]
-    running.close()
+    in_flight.close()
     assert events[-1] == b"data: [DONE]" and json.loads(events[-2][6:])["usage"]["completion_tokens"] == 48
     assert server.proc.wait(90) == 0
     assert "closing the engine" in server.output()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_deploy_cli import Server
+from e2e_cli import running
 from tiny import make_tiny_encoder
 
 DOCS = ["Ana Ruiz. Red Cross first aid certificate. Lives in Harbour.", "Ben Novak. category C truck licence.",
@@ -35,14 +35,10 @@ def folders(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(tiny_model, folders, tmp_path_factory):
-    s = Server("--model", tiny_model, "--served-model-name", "chat", "--encoders",
+    with running("--model", tiny_model, "--served-model-name", "chat", "--encoders",
                *[f"{name}={path}" for name, path in folders.items()], "--device", "cpu", "--dtype", "float32",
-               log=tmp_path_factory.mktemp("deploy") / "deploy.log")
-    try:
-        s.wait_ready()
+               log=tmp_path_factory.mktemp("deploy") / "deploy.log") as s:
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture(scope="module")

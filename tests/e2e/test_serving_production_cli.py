@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_deploy_cli import Server
+from e2e_cli import running
 from tiny import make_tiny_adapter
 
 USER_KEY, ADMIN_KEY = "sk-team-user-1", "sk-team-admin-1"
@@ -32,15 +32,11 @@ def files(tiny_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(files, tiny_model, tmp_path_factory):
-    s = Server("--model", tiny_model, "--served-model-name", "dao", "--guardrails", f"dao={DAO_POLICY}",
+    with running("--model", tiny_model, "--served-model-name", "dao", "--guardrails", f"dao={DAO_POLICY}",
                "--model-config", files["serving"], "--admin-key", ADMIN_KEY, "--api-key", USER_KEY,
                "--device", "cpu", "--dtype", "float32", "--max-tokens", "6",
-               log=tmp_path_factory.mktemp("deploy") / "deploy.log")
-    try:
-        s.wait_ready()
+               log=tmp_path_factory.mktemp("deploy") / "deploy.log") as s:
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture(scope="module")

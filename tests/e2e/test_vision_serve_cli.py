@@ -11,8 +11,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from e2e_cli import run_cli
-from test_deploy_cli import Server
+from e2e_cli import run_cli, running
 from vision.tiny_vlm import BUILDERS, make_image
 
 MAX_TOKENS = 8
@@ -102,14 +101,10 @@ def picture_host(images):
 
 @pytest.fixture(scope="module")
 def server(vlm, images, infer_answers, tmp_path_factory):
-    s = Server("--model", vlm, "--image-root", images, "--allow-remote-images", "--remote-image-hosts", "127.0.0.1",
+    with running("--model", vlm, "--image-root", images, "--allow-remote-images", "--remote-image-hosts", "127.0.0.1",
                "--image-max-bytes", 20_000, "--max-tokens-limit", 64, "--device", "cpu", "--dtype", "float32",
-               log=tmp_path_factory.mktemp("deploy") / "deploy.log")
-    try:
-        s.wait_ready()
+               log=tmp_path_factory.mktemp("deploy") / "deploy.log") as s:
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture(scope="module")
