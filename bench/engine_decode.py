@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import time
 
@@ -47,6 +48,27 @@ async def round_of(engine, concurrency: int, max_tokens: int) -> dict:
             "ttft_p50": statistics.median(ttfts), "ttft_max": ttfts[-1]}
 
 
+def profiled(measure, label: str) -> dict:
+    """One measured round under torch.profiler. The GPU busy share is the union of kernel intervals over the
+    round's wall time: far below 100 % means the decode loop waits on the host (Python, launches, syncs)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        result = measure()
+    kernels = sorted((e.time_range.start, e.time_range.end) for e in prof.events()
+                     if e.device_type == torch.autograd.DeviceType.CUDA)
+    busy, end = 0.0, float("-inf")
+    for start, stop in kernels:
+        busy += max(0.0, stop - max(start, end))
+        end = max(end, stop)
+    result["gpu_busy"] = busy / 1e6 / result["wall_s"]
+    print(f"--- {label}: GPU busy {100 * result['gpu_busy']:.1f}% of {result['wall_s']:.2f} s, "
+          f"{len(kernels)} kernels", flush=True)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25), flush=True)
+    print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=12), flush=True)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True)
@@ -54,6 +76,10 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--variant", nargs=2, action="append", metavar=("NAME", "JSON"), default=[])
     parser.add_argument("--out")
+    parser.add_argument("--sample-flag", metavar="PATH",
+                        help="create PATH during measured rounds (bench/stack_sampler.py --when-exists PATH)")
+    parser.add_argument("--profile", action="store_true",
+                        help="run the measured round under torch.profiler: GPU busy share and the top kernels/ops")
     args = parser.parse_args()
     variants = args.variant or [["default", "{}"]]
     engine = TransformersEngine.load(args.model)
@@ -71,7 +97,14 @@ def main() -> None:
             started = time.perf_counter()
             asyncio.run(round_of(engine, c, args.max_tokens))
             warm = time.perf_counter() - started
-            result = asyncio.run(round_of(engine, c, args.max_tokens))
+            if args.sample_flag:
+                open(args.sample_flag, "w").close()
+            if args.profile:
+                result = profiled(lambda: asyncio.run(round_of(engine, c, args.max_tokens)), f"{name}@{c}")
+            else:
+                result = asyncio.run(round_of(engine, c, args.max_tokens))
+            if args.sample_flag:
+                os.remove(args.sample_flag)
             result["warmup_s"] = warm
             table[f"{name}@{c}"] = result
             print(f"{name:12} c={c:3}  {result['tok_s']:8.1f} tok/s  ttft p50 {result['ttft_p50']:.3f}s "
