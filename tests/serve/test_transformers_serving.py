@@ -90,7 +90,7 @@ def test_health_is_503_naming_why_when_the_loop_cannot_start_again(engine, monke
     def cannot(served):
         raise MemoryError("no room for the KV cache")
 
-    monkeypatch.setattr(engine, "_start_manager", cannot)
+    monkeypatch.setattr(engine.loops, "_start", cannot)
     with TestClient(build_app(engine, DeployConfig())) as client:
         r = client.get("/health")
         assert r.status_code == 503 and r.json()["status"] == "unavailable"
@@ -141,10 +141,10 @@ def test_a_prompt_longer_than_the_context_is_400_naming_both_numbers(engine, mon
 def test_more_tokens_than_the_kv_cache_holds_is_400_before_joining_the_loop(engine, monkeypatch):
     """A request the cache cannot hold would stop the loop ("No requests can be scheduled and no requests can be
     offloaded"); the tiny model's cache holds 600k tokens, so the guard is shown with a smaller number."""
-    from tunesmith.infer import transformers_engine
+    from tunesmith.infer import continuous
 
     serving = Serving(engine, DeployConfig())
-    monkeypatch.setattr(transformers_engine, "_cache_tokens", lambda manager: 20)
+    monkeypatch.setattr(continuous, "cache_tokens", lambda manager: 20)
     with pytest.raises(APIError) as err:
         complete(serving, prompt="word " * 10, max_tokens=15)
     assert err.value.status == 400 and "(20 tokens)" in err.value.message

@@ -1,0 +1,250 @@
+"""The transformers engine's continuous batching: one transformers ContinuousBatchingManager (paged KV cache) per
+served model, started on first use and again after a failed step; requests join and leave the running batch at
+every decode step.
+
+    loops = BatchingLoops(engine.served, lock, options)
+    async for delta in loops.stream(served, prompt_ids, params): ...
+
+The manager samples or argmaxes for all requests alike. It runs in sampling mode and greedy requests (temperature
+below 1e-5, as vLLM counts them) go at a vanishing temperature: the probabilities become one-hot, so sampling returns
+the argmax. Smaller temperatures as given would overflow the logits (1e-40 makes them inf, softmax makes them nan,
+and the failed sampling step stopped the loop for every request).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+import uuid
+from typing import Any, AsyncIterator
+
+from tunesmith.errors import TunesmithError
+from tunesmith.infer.decoding import GREEDY_BELOW, GREEDY_TEMPERATURE, Decoder
+from tunesmith.infer.served_models import Served
+from tunesmith.infer.types import Delta, EngineError, SamplingParams
+
+log = logging.getLogger("tunesmith")
+LOOP_POLL_S = 1.0  # how often a request waiting for output checks that the loop still runs
+
+
+class BatchingLoops:
+    """The batching loops of `served` (the engine's registry, read as it changes). `lock` is the generate() paths'
+    lock: requests join a batch only while holding it, so generate() never runs beside a batching step. `options`:
+    ContinuousBatchingConfig fields over our defaults (bench/engine_decode.py); `kv_cache_gib` bounds each loop's
+    cache on CPU (like vLLM's VLLM_CPU_KVCACHE_SPACE)."""
+
+    def __init__(self, served: dict[str, Served], lock: threading.Lock, options: dict[str, Any] | None = None,
+                 max_batch_tokens: int | None = None, kv_cache_gib: float = 1.0, attention: str = "auto"):
+        self.served, self.lock = served, lock
+        self.options = options or {}
+        self.max_batch_tokens, self.kv_cache_gib = max_batch_tokens, kv_cache_gib
+        self.attention = attention  # auto | varlen | sdpa: see pick_attention
+        self.start_lock = threading.Lock()
+        self.failed: dict[str, str] = {}  # served name -> why its loop cannot start
+
+    async def stream(self, served: Served, prompt: list[int], p: SamplingParams) -> AsyncIterator[Delta]:
+        manager = self.manager(served)
+        capacity = cache_tokens(manager)
+        if capacity and len(prompt) + p.max_tokens > capacity:
+            raise TunesmithError(f"the prompt ({len(prompt)} tokens) and max_tokens ({p.max_tokens}) need more KV "
+                                 f"cache than this server holds for one request ({capacity} tokens); shorten the "
+                                 "prompt or ask for fewer tokens")
+        queue: asyncio.Queue = asyncio.Queue()
+        ids = [f"{uuid.uuid4().hex}-{i}" for i in range(p.n)]
+        index = {rid: i for i, rid in enumerate(ids)}
+        for rid in ids:
+            manager.register_result_handler(rid, queue.put_nowait)
+        temperature = p.temperature if p.temperature >= GREEDY_BELOW else GREEDY_TEMPERATURE
+        decoders = {rid: Decoder(served.template, p.stop) for rid in ids}
+        open_ids = set(ids)
+        try:
+            # Requests join the batch under the generate() paths' lock: generate() never runs beside a batching step.
+            if not self.lock.acquire(blocking=False):
+                await asyncio.to_thread(self.lock.acquire)
+            try:
+                for rid in ids:
+                    added = manager.add_request(prompt, request_id=rid, max_new_tokens=p.max_tokens, streaming=True,
+                                                eos_token_id=served.template.stop_token_ids,
+                                                temperature=float(temperature), top_p=float(p.top_p))
+                    if added is None:
+                        raise EngineError("the generation loop stopped as this request joined; it restarts for the "
+                                          "next one")
+            finally:
+                self.lock.release()
+            while open_ids:
+                pending: dict[str, Delta] = {}  # this drain's text per choice, sent as one chunk each
+                for out in await queued_outputs(queue, manager):
+                    rid = out.request_id
+                    if rid not in open_ids:
+                        continue
+                    if out.error:
+                        stopped = "" if running(manager) else "; the generation loop stopped and restarts"
+                        raise EngineError(f"{out.error}{stopped}")
+                    decoder = decoders[rid]
+                    text, stopped = decoder.update(out.generated_tokens, final=out.is_finished())
+                    finished = out.is_finished() or stopped
+                    if finished:
+                        open_ids.discard(rid)
+                        if stopped and not out.is_finished():
+                            manager.cancel_request(rid)
+                    before = pending.get(rid)
+                    pending[rid] = Delta(index[rid], (before.text if before else "") + text,
+                                         decoder.finish_reason(p.max_tokens) if finished else None,
+                                         prompt_tokens=len(prompt), completion_tokens=decoder.count)
+                for delta in pending.values():
+                    if delta.text or delta.finish_reason:
+                        yield delta
+        finally:  # the client went away or an error: free the batch slots
+            for rid in open_ids:
+                manager.cancel_request(rid)
+
+    def manager(self, served: Served) -> Any:
+        """The served model's batching loop, started on first use, and again when it stopped (a step failed)."""
+        with self.start_lock:
+            if served.manager is not None and not running(served.manager):
+                log.error("the generation loop of %s stopped (%s); starting a new one", served.name,
+                          fatal_error(served.manager))
+                try:
+                    served.manager.stop(block=True, timeout=5)
+                except Exception:  # noqa: BLE001 - it is gone either way; the new one matters
+                    log.exception("stopping the stopped generation loop of %s", served.name)
+                served.manager = None
+            if served.manager is None:
+                try:
+                    served.manager = self._start(served)
+                except Exception as err:
+                    self.failed[served.name] = f"the generation loop of {served.name} cannot start: {err}"
+                    raise EngineError(self.failed[served.name]) from err
+                self.failed.pop(served.name, None)
+            return served.manager
+
+    def health(self) -> str | None:
+        """None when every loop that was started runs (a stopped one is restarted here); else why not."""
+        problems = []
+        for served in list(self.served.values()):
+            if served.manager is not None or served.name in self.failed:
+                try:
+                    self.manager(served)
+                except EngineError as err:
+                    problems.append(str(err))
+        return "; ".join(problems) or None
+
+    def stop(self, served: Served) -> None:
+        self.failed.pop(served.name, None)
+        if served.manager is not None:
+            served.manager.stop(block=True, timeout=30)
+            served.manager = None
+
+    def _start(self, served: Served) -> Any:
+        from transformers import ContinuousBatchingConfig, GenerationConfig
+
+        # Sampling mode with both processors present, so each request can set its own temperature/top_p.
+        gen = GenerationConfig(do_sample=True, temperature=0.7, top_p=0.9, max_new_tokens=256,
+                               eos_token_id=served.template.stop_token_ids,
+                               pad_token_id=served.template.tokenizer.pad_token_id)
+        # allow_block_sharing=False (no prefix caching): once, in a full CI run, a greedy request that followed
+        # a stop-string-cancelled request with the same prompt answered differently from its first token.
+        # Not reproduced in isolation; prefix blocks left by the cancelled request are the suspect. Exact
+        # answers first; prefix caching can come back with a test that pins this down.
+        self.pick_attention(served.model)
+        options = {"per_request_processors": True, "allow_block_sharing": False,
+                   **self._cache_budget(served), **graph_option(served.model), **self.options}
+        cb = ContinuousBatchingConfig(**options)
+        manager = served.model.init_continuous_batching(generation_config=gen, continuous_batching_config=cb)
+        manager.start()
+        # The loop builds its KV cache in its own thread: wait, so a failure there is this call's error.
+        deadline = time.monotonic() + 120
+        while getattr(manager, "batch_processor", None) is None and running(manager):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        if not running(manager):
+            raise EngineError(f"{type(fatal_error(manager)).__name__}: {fatal_error(manager)}")
+        return manager
+
+    def pick_attention(self, model: Any) -> None:
+        """Continuous batching is fastest with a flash attention (no mask, so CUDA graphs). flash-attn, when
+        installed, is what transformers picks by itself; otherwise PyTorch's own varlen kernel (infer/attention.py)
+        where it applies. The generate() paths keep the model's loading-time attention (SDPA)."""
+        from transformers.utils import is_flash_attn_2_available
+
+        from tunesmith.infer import attention
+
+        wanted = self.attention
+        if wanted == "auto":
+            fits = attention.torch_varlen_available(model.dtype) and not is_flash_attn_2_available()
+            wanted = "varlen" if fits else "sdpa"
+        if wanted == "varlen":
+            attention.use_varlen(model)
+
+    def _cache_budget(self, served: Served) -> dict[str, Any]:
+        """transformers sizes the paged KV cache as a share of the device's memory; on CPU that is total RAM, once
+        per served model, which starves the machine. Give each manager an explicit share instead."""
+        if served.model.device.type == "cpu":
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+            return {"max_memory_percent": min(0.5, self.kv_cache_gib * 2**30 / total),
+                    "max_batch_tokens": self.max_batch_tokens or 1024}
+        return {"max_memory_percent": 0.8 / len(self.served), "max_batch_tokens": self.max_batch_tokens}
+
+
+def running(manager: Any) -> bool:
+    """The loop's thread runs and takes requests (a failed step asks it to stop before it fails its requests)."""
+    return manager.is_running() and manager.background_thread_status.can_accept_new_requests() is None
+
+
+def fatal_error(manager: Any) -> BaseException | None:
+    return getattr(manager.background_thread_status, "fatal_error", None)
+
+
+def cache_tokens(manager: Any) -> int | None:
+    """How many tokens of KV cache one request may hold: one that needs more stops the loop ("No requests can be
+    scheduled and no requests can be offloaded"). None when transformers does not say."""
+    cache = getattr(getattr(manager, "batch_processor", None), "cache", None)
+    return getattr(cache, "max_tokens_read", None)
+
+
+def wait_until_idle(manager: Any, timeout: float = 30.0) -> None:
+    """Let the batching loop finish what it holds (a cancelled request runs one more step) before generate() uses
+    the same model from another thread; batched requests join only under the same lock, so the two never overlap.
+    Measured: with them overlapping, a greedy request right after a stop-string-cancelled stream answered
+    differently from its first token (tests/e2e/test_deploy_cli.py; the shared state inside transformers is not
+    pinned down)."""
+    processor = getattr(manager, "batch_processor", None) if manager is not None else None
+    deadline = time.monotonic() + timeout
+    while (processor is not None and processor.has_pending_requests() and running(manager)
+           and time.monotonic() < deadline):
+        time.sleep(0.005)
+
+
+async def queued_outputs(queue: asyncio.Queue, manager: Any) -> list[Any]:
+    """Wait for an output, then take every output already queued, in order. Each is decoded as it came (stop strings
+    and cancellation act on the first output that shows them), but a stream gets one chunk per drain: when the event
+    loop falls behind the decode loop, several tokens travel in one SSE event instead of one event each. A loop that
+    stopped without failing this request (it joined as the loop died) is an error, not a wait forever."""
+    outputs = []
+    while not outputs and queue.empty():
+        try:  # Queue.get loses no item when the wait times out
+            outputs.append(await asyncio.wait_for(queue.get(), LOOP_POLL_S))
+        except asyncio.TimeoutError:
+            if not running(manager) and queue.empty():
+                raise EngineError(f"the generation loop stopped ({fatal_error(manager)}); it restarts for the next "
+                                  "request") from None
+    while not queue.empty():
+        outputs.append(queue.get_nowait())
+    return outputs
+
+
+def graph_option(model: Any) -> dict[str, Any]:
+    """CUDA graphs off for weights whose activations are quantized at run time (compressed-tensors FP8_DYNAMIC, W8A8):
+    their per-token scale is computed with a host-side step that CUDA graph capture refuses ("Cannot copy between CPU
+    and CUDA tensors during CUDA graph capture"), which stopped the batching loop at start-up. Weight-only schemes
+    (GPTQ/AWQ W4A16) keep transformers' choice."""
+    quant = getattr(model.config, "quantization_config", None)
+    quant = quant.to_dict() if hasattr(quant, "to_dict") else quant or {}
+    groups = quant.get("config_groups") or {}
+    dynamic = any((group.get("input_activations") or {}).get("dynamic") for group in groups.values()
+                  if isinstance(group, dict))
+    return {"use_cuda_graph": False} if dynamic else {}
