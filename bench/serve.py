@@ -3,6 +3,8 @@
     python bench/serve.py --model smollm2-135m-instruct --servers tunesmith transformers naive \\
         --concurrency 1 8 32 64 --max-tokens 256 --prompt-tokens 212 --out results.md
     python bench/serve.py --url http://127.0.0.1:8000 --concurrency 8      # an endpoint that is already running
+    python bench/serve.py --model qwen2.5-7b-instruct --servers tunesmith tunesmith-spec \
+        --speculative draft=qwen2.5-0.5b-instruct --concurrency 1 8          # speculative decoding's speed-up
 
 Per server and concurrency level: requests/s, output tokens/s, p50/p99 latency and time to first token; then the
 ratios of tunesmith to each peer. Output tokens are the server's own count (`stream_options.include_usage`) where
@@ -26,7 +28,7 @@ from pathlib import Path
 import httpx
 
 HERE = Path(__file__).resolve().parent
-PORTS = {"tunesmith": 8101, "naive": 8102, "transformers": 8103, "vllm": 8104}
+PORTS = {"tunesmith": 8101, "naive": 8102, "transformers": 8103, "vllm": 8104, "tunesmith-spec": 8105}
 
 
 @dataclass
@@ -36,13 +38,17 @@ class Sample:
     tokens: int
 
 
-def launch(name: str, folder: str, model_name: str) -> tuple[subprocess.Popen, str]:
+def launch(name: str, folder: str, model_name: str, speculative: str | None = None) -> tuple[subprocess.Popen, str]:
     port = PORTS[name]
     bin_dir = Path(sys.executable).parent
-    if name == "tunesmith":
+    if name in ("tunesmith", "tunesmith-spec"):  # tunesmith-spec: the same with --speculative
         ours = bin_dir / "tunesmith"
         cmd = [str(ours) if ours.exists() else shutil.which("tunesmith") or "tunesmith", "deploy", "--model", folder,
                "--port", str(port), "--max-concurrent", "256"]
+        if name == "tunesmith-spec":
+            if not speculative:
+                raise SystemExit("tunesmith-spec needs --speculative draft=MODEL or ngram[:N]")
+            cmd += ["--speculative", speculative]
     elif name == "naive":
         cmd = [sys.executable, str(HERE / "naive_server.py"), folder, "--port", str(port)]
     elif name == "transformers":
@@ -137,6 +143,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--prompt-tokens", type=int, default=212)
     parser.add_argument("--out", help="append the markdown table to this file")
+    parser.add_argument("--speculative", help="the tunesmith-spec server's --speculative (draft=MODEL, ngram[:N])")
     args = parser.parse_args()
 
     from transformers import AutoTokenizer
@@ -151,7 +158,7 @@ def main() -> None:
     for name, url in targets:
         proc = None
         if url is None:
-            proc, url = launch(name, folder, Path(folder).name)
+            proc, url = launch(name, folder, Path(folder).name, args.speculative)
         try:
             wait_ready(url, proc)
             served = Path(folder).name if name != "transformers" else folder
@@ -177,7 +184,9 @@ def main() -> None:
 
 
 def render(results: dict, args) -> str:
-    rows = [f"model {args.model}, prompt ~{args.prompt_tokens} tokens, max_tokens {args.max_tokens}, greedy, streaming",
+    spec = f", tunesmith-spec: --speculative {args.speculative}" if args.speculative else ""
+    rows = [f"model {args.model}, prompt ~{args.prompt_tokens} tokens, max_tokens {args.max_tokens}, greedy, "
+            f"streaming{spec}",
             "", "| server | streams | output tok/s | req/s | p50 / p99 latency (s) | p50 / p99 TTFT (s) | p50 decode ms/token "
             "| tunesmith / this |", "|---|---|---|---|---|---|---|---|"]
     ours = results.get("tunesmith", {})

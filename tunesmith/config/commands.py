@@ -14,6 +14,7 @@ from tunesmith.config.encoders import (DEFAULT_ENCODER, ClassificationCfg, Embed
                                        check_encoder_task)
 from tunesmith.config.sections import (GENERATION_SHORTCUTS, Device, Dtype, FreezeCfg, GaloreCfg, GenerationCfg,
                                        LisaCfg, LongLoraCfg, LoraCfg, PeftCfg, PrivacyCfg, Section)
+from tunesmith.config.speculative import SPECULATIVE_HELP, check_speculative
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 # How the weights train (`tuner`). Adapter tuners save an adapter folder that loads on the untouched base; the others
@@ -349,9 +350,11 @@ class InferConfig(Section):
         json_schema_extra={"commas": False})  # a file name may hold a comma
     skip_bad_rows: bool = Field(False, description="Skip rows that fail the data check instead of stopping.")
     encoding: str = Field("utf-8", description="Text encoding of CSV/JSON/JSONL dataset files, e.g. gbk, utf-16 (a utf-8 BOM is read).")
+    speculative: str | None = Field(None, description=SPECULATIVE_HELP)
     dtype: Dtype = Field("auto", description="auto = bfloat16 on GPUs that support it, else float32.")
     device: Device = Field("auto", description="auto = cuda, then mps, then cpu.")
     command: ClassVar[str] = "infer"
+    _speculative = field_validator("speculative")(check_speculative)
     shortcuts: ClassVar[dict[str, str]] = GENERATION_SHORTCUTS  # --max-tokens, --temperature, ...
 
 
@@ -409,9 +412,11 @@ class DeployConfig(Section):
     chat_template_kwargs: dict = Field(default_factory=dict, description=(
         "Extra variables for the chat template, e.g. {enable_thinking: false} for Qwen3; over the ones the run saved, "
         "and under a request's own chat_template_kwargs."))
+    speculative: str | None = Field(None, description=SPECULATIVE_HELP)
     dtype: Dtype = Field("auto", description="auto = bfloat16 on GPUs that support it, else float32.")
     device: Device = Field("auto", description="auto = cuda, then mps, then cpu.")
     command: ClassVar[str] = "deploy"
+    _speculative = field_validator("speculative")(check_speculative)
     # --max-tokens, --temperature, ...; --model-config: the name the serving docs use for --model-versions
     shortcuts: ClassVar[dict[str, str]] = {**GENERATION_SHORTCUTS, "model_config": "model_versions"}
 

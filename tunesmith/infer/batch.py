@@ -35,7 +35,8 @@ def engine_for(cfg: InferConfig) -> Engine:
     adapters = {_run_name(cfg.adapters): cfg.adapters} if cfg.adapters else None
     return load_engine(cfg.backend, cfg.model if not cfg.adapters or "model" in cfg.model_fields_set else None,
                        adapters, cfg.device, cfg.dtype, cfg.system,
-                       chat_template_kwargs=cfg.chat_template_kwargs)
+                       chat_template_kwargs=cfg.chat_template_kwargs,
+                       **({"speculative": cfg.speculative} if cfg.speculative else {}))
 
 
 def sampling_params(cfg: InferConfig) -> SamplingParams:

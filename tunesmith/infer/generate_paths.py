@@ -187,3 +187,14 @@ async def stream_vision(served: Served, lock: threading.Lock, request: Generatio
                                        lambda i, streamer: generate_streamed(served, lock, inputs, p, i, streamer)):
         yield delta
 
+
+# -----------------------------------------------------------------------------
+# Speculative decoding: assisted generate() (infer/speculative.py), one request at a time
+
+
+async def stream_assisted(served: Served, lock: threading.Lock, prompt: list[int], p: SamplingParams,
+                          options: dict[str, Any]) -> AsyncIterator[Delta]:
+    async for delta in stream_threaded(served, p, len(prompt), "assisted generate()", lambda i, streamer:
+                                       generate_streamed(served, lock, token_inputs(prompt), p, i, streamer,
+                                                         **options)):
+        yield delta

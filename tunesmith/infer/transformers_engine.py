@@ -14,6 +14,8 @@ Where a request goes:
 - Requests asking for `logprobs` / `top_logprobs` or a `seed`, requests with a `response_format` grammar, and every
   request to a vision-language model take a serialised `generate()` path instead (infer/generate_paths.py).
   Correct, but one at a time.
+- With --speculative (infer/speculative.py) the other text requests take assisted generate() one at a time too:
+  transformers' continuous batching has no assisted generation.
 
 Models (infer/served_models.py):
 - Each named adapter (--adapters) is merged into its own copy of the base (exact in float32): memory grows with the
@@ -37,6 +39,7 @@ from tunesmith.infer.common import override_templates, pick_served, prompt_ids, 
 from tunesmith.infer.continuous import BatchingLoops
 from tunesmith.infer.decoding import GREEDY_BELOW
 from tunesmith.infer.served_models import Served, is_vision, load_version, vision_served
+from tunesmith.infer.speculative import Assistant, load_assistant
 from tunesmith.infer.types import Delta, Engine, GenerationRequest
 from tunesmith.models import load as models
 from tunesmith.models.runs import read_run_output
@@ -45,9 +48,13 @@ from tunesmith.templates import Template
 
 class TransformersEngine(Engine):
     def __init__(self, served: list[Served], max_batch_tokens: int | None = None, kv_cache_gib: float = 1.0,
-                 attention: str = "auto", batching: dict[str, Any] | None = None):
+                 attention: str = "auto", batching: dict[str, Any] | None = None, assistant: Assistant | None = None):
         self.served = {s.name: s for s in served}
         self.default = served[0].name
+        self.assistant = assistant  # --speculative: text requests go through assisted generate() (speculative.py)
+        for s in served:
+            if assistant is not None:
+                assistant.check(s)
         self.exact_lock = threading.Lock()  # the generate() paths; batched requests join under it too
         self.loops = BatchingLoops(self.served, self.exact_lock, batching, max_batch_tokens, kv_cache_gib, attention)
         self.bases: dict[str, Any] = {}  # base folder -> its model in memory, shared by the versions over it
@@ -67,9 +74,11 @@ class TransformersEngine(Engine):
     @classmethod
     def load(cls, model: str | None = None, adapters: dict[str, str] | None = None, device: str = "auto",
              dtype: str = "auto", system: str | None = None, chat_template_kwargs: dict | None = None,
-             versions: dict[str, tuple[str, str | None]] | None = None, **options: Any) -> "TransformersEngine":
+             versions: dict[str, tuple[str, str | None]] | None = None, speculative: str | None = None,
+             **options: Any) -> "TransformersEngine":
         """`versions`: served name -> (run folder, its base or None for the one the run recorded); they share their
-        base (add_model). Without --model and --adapters only they are served, and nothing else is loaded."""
+        base (add_model). Without --model and --adapters only they are served, and nothing else is loaded.
+        `speculative`: draft=MODEL or ngram[:N] (config/speculative.py)."""
         device = models.pick_device(device)
         torch_dtype = models.pick_dtype(dtype, device)
         served: list[Served] = []
@@ -102,6 +111,8 @@ class TransformersEngine(Engine):
             loads += read
             versions.pop(name)
         override_templates([s.template for s in served], system, chat_template_kwargs)
+        if speculative:
+            options["assistant"] = load_assistant(speculative, device, torch_dtype)
         engine = cls(served, **options)
         engine.bases.update(bases)
         engine.loads = loads
@@ -156,8 +167,18 @@ class TransformersEngine(Engine):
                 async for delta in generate_paths.stream_constrained(served, self.exact_lock, prompt, p, grammar):
                     yield delta
                 return
-        if p.logprobs or p.top_logprobs or (p.seed is not None and p.temperature >= GREEDY_BELOW):
+        from tunesmith.models.reft import needs_whole_prompt
+
+        # LoReFT at prompt positions (models/reft.py) finds them in a forward over the whole prompt: generate()'s
+        # prefill, not the batch's chunked, ragged ones
+        if p.logprobs or p.top_logprobs or (p.seed is not None and p.temperature >= GREEDY_BELOW) or \
+                needs_whole_prompt(served.model):
             async for delta in generate_paths.stream_exact(served, self.exact_lock, prompt, p):
+                yield delta
+            return
+        if self.assistant is not None:
+            async for delta in generate_paths.stream_assisted(served, self.exact_lock, prompt, p,
+                                                              self.assistant.options(served)):
                 yield delta
             return
         async for delta in self.loops.stream(served, prompt, p):
@@ -180,6 +201,8 @@ class TransformersEngine(Engine):
         if name in self.served:
             raise TunesmithError(f"{name} is served already")
         served, loads = load_version(name, folder, base, self.bases, self.dtype, self.device)
+        if self.assistant is not None:
+            self.assistant.check(served)
         self.loads += loads
         system, kwargs = self.overrides
         override_templates([served.template], system, kwargs)

@@ -281,6 +281,9 @@ def banner(cfg: DeployConfig, names: list[str], encoders: dict[str, str] | None 
     lines = [f"tunesmith deploy: serving at {url} (listening on {cfg.host}:{cfg.port})"]
     if names:
         lines.append(f"  models: {', '.join(names)} (the first is the default)")
+    if cfg.speculative and names:
+        one_at_a_time = "; text requests are answered one at a time (assisted generate(), no continuous batching)"
+        lines.append(f"  speculative decoding: {cfg.speculative}{one_at_a_time if cfg.backend == 'transformers' else ''}")
     if encoders:
         lines.append("  encoders: " + ", ".join(f"{n} ({task})" for n, task in encoders.items())
                      + "; /v1/embeddings, /v1/rerank, /v1/score, /v1/classify")
@@ -347,6 +350,8 @@ def run(cfg: DeployConfig) -> None:
         engine = NoChatEngine()  # encoders only: no chat model is loaded
     else:
         options = {"versions": _versions(cfg)} if cfg.model_versions else {}
+        if cfg.speculative:
+            options["speculative"] = cfg.speculative
         engine = load_engine(cfg.backend, cfg.model, adapter_map(cfg.adapters) or None, cfg.device, cfg.dtype,
                              cfg.system, chat_template_kwargs=cfg.chat_template_kwargs, **options)
     app = build_app(engine, cfg, warmup=True, encoders=encoders)
