@@ -13,7 +13,7 @@ from tunesmith.config.eval import Metric, parse_gate
 from tunesmith.config.encoders import (DEFAULT_ENCODER, ClassificationCfg, EmbeddingCfg, RerankerCfg, Task,
                                        check_encoder_task)
 from tunesmith.config.sections import (GENERATION_SHORTCUTS, Device, Dtype, FreezeCfg, GaloreCfg, GenerationCfg,
-                                       LisaCfg, LongLoraCfg, LoraCfg, PeftCfg, PrivacyCfg, Section)
+                                       LisaCfg, LongLoraCfg, LoraCfg, PeftCfg, PrivacyCfg, ReftCfg, Section)
 from tunesmith.config.speculative import SPECULATIVE_HELP, check_speculative
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -23,10 +23,10 @@ LORA_TUNERS = ("lora", "qlora", "dora")
 PEFT_TUNERS = ("adalora", "vera", "oft", "boft", "ia3", "loha", "lokr")  # peft's other methods, by name
 FULL_WEIGHT_TUNERS = ("full", "galore", "lisa", "freeze")
 Tuner = Literal["lora", "qlora", "dora", "adalora", "vera", "oft", "boft", "ia3", "loha", "lokr", "longlora", "full",
-                "galore", "lisa", "freeze"]
+                "galore", "lisa", "freeze", "reft"]
 # The section each tuner reads; setting another tuner's section is refused (it would be silently ignored).
 TUNER_SECTIONS = {"galore": ("galore",), "lisa": ("lisa",), "freeze": ("freeze",), "peft": PEFT_TUNERS,
-                  "longlora": ("longlora",)}
+                  "longlora": ("longlora",), "reft": ("reft",)}
 
 
 Truncation = Literal["error", "drop", "left", "right"]
@@ -54,7 +54,8 @@ class TrainConfig(Section):
         "How the weights train. Adapters: lora | qlora (4-bit NF4 base) | dora | adalora | vera | oft | boft | ia3 | "
         "loha | lokr. Whole model: full | galore (low-rank optimizer states) | lisa (a few sampled layers at a "
         "time) | freeze (the last layers). longlora: LoRA + embeddings and norms with shifted sparse attention and "
-        "RoPE scaled to a longer context, saved merged (sft, pt)."))
+        "RoPE scaled to a longer context, saved merged (sft, pt). reft: LoReFT interventions on hidden states at chosen "
+        "layers and prompt positions, base frozen (sft)."))
     lora: LoraCfg = Field(default_factory=LoraCfg, description="Adapter settings (tuner lora, qlora, dora; rank also "
                           "for the other adapters).")
     galore: GaloreCfg = Field(default_factory=GaloreCfg, description="GaLore settings (tuner galore).")
@@ -64,6 +65,7 @@ class TrainConfig(Section):
                           "ia3, loha or lokr.")
     longlora: LongLoraCfg = Field(default_factory=LongLoraCfg, description="LongLoRA settings (tuner longlora; "
                                   "LoRA's own in the lora section).")
+    reft: ReftCfg = Field(default_factory=ReftCfg, description="LoReFT settings (tuner reft).")
     freeze_vision_tower: bool | None = Field(None, description=(
         "Vision-language models: keep the vision tower's weights as they are (no adapters there, not trained in full "
         "fine-tuning). Unset: on."))
@@ -189,6 +191,8 @@ class TrainConfig(Section):
                              "sequence into attention groups: no FSDP, ZeRO-3 or sequence parallel (DDP and "
                              "ZeRO-1/2 work)")
         several = self.nproc_per_node * self.nnodes > 1
+        if self.tuner == "reft":
+            check_reft(self, several)
         if self.tuner == "lisa" and several:
             raise ValueError("tuner: lisa changes which layers train every interval, which DDP's gradient buckets "
                              "cannot follow; run it in one process or use freeze or galore")
@@ -208,6 +212,19 @@ class TrainConfig(Section):
         if self.tensor_parallel > 1:
             check_tensor_parallel(self)
         return self
+
+
+def check_reft(cfg: TrainConfig, several: bool) -> None:
+    """What LoReFT (models/reft.py) is wired for: sft of a causal LM from the base, in one process."""
+    if cfg.command != "sft" or getattr(cfg, "task", "causal-lm") != "causal-lm":
+        raise ValueError("tuner: reft edits hidden states at positions of each chat prompt; it trains with sft of a "
+                         "causal LM (rlhf's reference models and rollouts, pt's prompt-less text and the encoder tasks "
+                         "are not wired for it)")
+    if cfg.adapters or cfg.continue_from:
+        raise ValueError("tuner: reft trains new interventions from the base model; drop --adapters/--continue-from")
+    if several or cfg.deepspeed or cfg.fsdp or cfg.sequence_parallel > 1 or cfg.tensor_parallel > 1:
+        raise ValueError("tuner: reft runs in one process (its hooks are not wired for DDP, DeepSpeed, FSDP or "
+                         "sequence/tensor parallel); its trainable weights are a few thousand per layer")
 
 
 def check_tensor_parallel(cfg: TrainConfig) -> None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 log = logging.getLogger("tunesmith")
 
@@ -134,6 +135,54 @@ class LongLoraCfg(Section):
         "shifted by half a group. Training only: the saved model uses full attention."))
     trainable: list[Literal["embed", "norm"]] = Field(default_factory=lambda: ["embed", "norm"], description=(
         "Layers trained in full beside LoRA (LongLoRA: embed,norm; [] for plain LoRA with S2-Attn)."))
+
+
+REFT_POSITIONS = re.compile(r"all|f(\d+)(?:\+l(\d+))?|l(\d+)")
+
+
+def parse_reft_positions(text: str) -> tuple[int, int] | None:
+    """LoReFT positions in pyreft's notation: (first N, last N) prompt tokens, or None for every token (all)."""
+    match = REFT_POSITIONS.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"positions: {text!r} is not f<N>, l<N>, f<N>+l<N> or all (pyreft's notation, e.g. f1+l1)")
+    if text.strip() == "all":
+        return None
+    first, last, only_last = match.groups()
+    counts = (int(first or 0), int(last or only_last or 0))
+    if counts == (0, 0):
+        raise ValueError(f"positions: {text!r} names no token; use e.g. f1+l1")
+    return counts
+
+
+class ReftCfg(Section):
+    """LoReFT (Wu et al. 2024): the base frozen, h + R^T(W h + b - R h) added to chosen layers' output hidden states at
+    chosen prompt positions (models/reft.py). pyreft's keys, and its LoReFT defaults but for layers (pyreft's recipe
+    names 4 of a 32-layer Llama's; all fits every model)."""
+
+    layers: list[int] | Literal["all"] = Field("all", description=(
+        "Decoder layers whose output is edited: all, or indices from 0 (e.g. 2,10,18,26 as pyreft's LoReFT recipe)."))
+    rank: int = Field(4, ge=1, description="Rank of each intervention (pyreft's low_rank_dimension).")
+    positions: str = Field("f1+l1", description=(
+        "Prompt tokens edited: fN (first N), lN (last N), fN+lN, or all (every token, answer too, also while "
+        "generating)."))
+    share_weights: bool = Field(False, description=(
+        "fN+lN: one intervention per layer for the first and the last positions (false: one each, as pyreft)."))
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the edit while training.")
+
+    @field_validator("positions")
+    @classmethod
+    def _positions(cls, value: str) -> str:
+        parse_reft_positions(value)
+        return value.strip()
+
+    @field_validator("layers", mode="before")
+    @classmethod
+    def _layers(cls, value: object) -> object:
+        if value == "all" or value == ["all"]:
+            return "all"
+        items = value if isinstance(value, list) else [value]  # --reft.layers 3, or "2;10" as pyreft writes them
+        return [int(v) if isinstance(v, int) else v for item in items
+                for v in (str(item).replace(";", ",").split(",") if isinstance(item, str) else [item]) if v != ""]
 
 
 class PeftCfg(Section):

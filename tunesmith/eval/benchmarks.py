@@ -277,6 +277,12 @@ def model_for(target: Target, cfg: EvalConfig) -> tuple[str, dict[str, Any], str
     args: dict[str, Any] = {"dtype": dtype}
     if target.kind == "adapters" or (Path(target.spec) / "adapter_config.json").exists():
         run = read_run_output(target.spec)
+        if run.reft:
+            from tunesmith.errors import ConfigError
+
+            raise ConfigError(f"{target.spec}: a ReFT run's interventions are hooks on the model tunesmith loads, and "
+                              "the benchmark harness loads its own; serve the run (tunesmith deploy --adapters "
+                              f"{target.spec}) and benchmark the endpoint: --compare reft=http://127.0.0.1:8000/v1")
         if run.is_adapter:
             args |= {"pretrained": str(resolve(target.base or run.base_model)), "peft": str(run.folder)}
         else:

@@ -130,9 +130,20 @@ def export_hf(cfg: ExportConfig, src: Source, out: Path, staging: Path, model: A
 # Input
 
 
+# models/reft.py: LoReFT edits a layer's output h, the residual stream, as A h + c (A = I + R^T (W - R), c = R^T b).
+REFT_HAS_NO_MERGED_FORM = (
+    "adapters: {folder} holds ReFT interventions (tuner reft), which have no merged form: at prompt positions (f1+l1 "
+    "and the like) they edit chosen tokens of each request, which no weight can single out; and even at every "
+    "position (all), the edit A h + c acts on the residual stream after a layer, which reaches every later layer and "
+    "the LM head through skip connections that have no weight to fold A into. Serve the run as it is: tunesmith infer "
+    "or deploy --adapters {folder} (transformers backend)")
+
+
 def source(cfg: ExportConfig) -> Source:
     if cfg.adapters:
         run = read_run_output(cfg.adapters)
+        if run.reft:
+            raise ConfigError(REFT_HAS_NO_MERGED_FORM.format(folder=run.folder))
         if run.is_adapter:
             base = models.resolve(cfg.model or run.base_model)
             return Source(base, run.folder, run.folder, lineage.parent_of(run.folder), "merged",

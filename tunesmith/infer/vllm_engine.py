@@ -99,6 +99,9 @@ class VLLMEngine(Engine):
         served: list[Served] = []
         for name, folder in (adapters or {}).items():
             run = read_run_output(folder)
+            if run.reft:
+                raise ConfigError(f"{folder}: a ReFT run's interventions are applied by hooks on a transformers "
+                                  "model, which vLLM does not run; serve it with --backend transformers")
             if run.is_adapter:
                 b = backend(models.resolve(model or run.base_model))
                 b.loras[name] = LoRARequest(lora_name=name, lora_int_id=len(b.loras) + 1,

@@ -64,8 +64,14 @@ def load_tokenizer(folder: Path) -> Any:
 
 
 def load_model(folder: Path, dtype: Any, device: str, quantize_4bit: bool = False, config: Any = None) -> Any:
-    """The model in `folder`; `config` replaces its config.json (LongLoRA's scaled RoPE: train/longlora.py)."""
+    """The model in `folder`; `config` replaces its config.json (LongLoRA's scaled RoPE: train/longlora.py). A ReFT
+    run's final/ is its base with the interventions hooked on (models/reft.py)."""
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    from tunesmith.models import reft
+
+    if reft.is_reft_run(folder):
+        return reft.load_run(Path(folder), dtype, device)
 
     from tunesmith.models.vision import is_vision_model
     from tunesmith.models.vision import quantize_skip as vision_skip

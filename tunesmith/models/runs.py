@@ -16,6 +16,7 @@ class RunOutput:
     base_model: str  # what the run trained from: registry name, folder or hub id
     is_adapter: bool  # False for a full fine-tune: the folder is itself a model
     config: dict
+    reft: bool = False  # LoReFT interventions (final/reft/, models/reft.py): applied to the base by hooks, never merged
 
 
 def read_run_output(adapters: str | Path) -> RunOutput:
@@ -23,7 +24,8 @@ def read_run_output(adapters: str | Path) -> RunOutput:
     if not folder.is_dir():
         raise ModelNotFoundError(f"{folder}: adapter folder not found (expected runs/NAME/final)")
     is_adapter = (folder / "adapter_config.json").exists()
-    if not is_adapter and not (folder / "config.json").exists():
+    reft = (folder / "reft" / "config.json").exists()
+    if not is_adapter and not reft and not (folder / "config.json").exists():
         raise ModelNotFoundError(f"{folder}: holds neither an adapter (adapter_config.json) nor a model (config.json)")
     config: dict = {}
     for candidate in (folder / "config.yaml", folder.parent / "config.yaml"):
@@ -35,6 +37,10 @@ def read_run_output(adapters: str | Path) -> RunOutput:
         import json
 
         base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    if base is None and is_adapter:
+    if base is None and reft:
+        import json
+
+        base = json.loads((folder / "reft" / "config.json").read_text()).get("base_model")
+    if base is None and (is_adapter or reft):
         raise ModelNotFoundError(f"{folder}: no config.yaml beside it names the base model; pass --model")
-    return RunOutput(folder, str(base or folder), is_adapter, config)
+    return RunOutput(folder, str(base or folder), is_adapter, config, reft)

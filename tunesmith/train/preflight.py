@@ -38,8 +38,8 @@ from tunesmith.train import launch, speed
 
 log = logging.getLogger("tunesmith")
 # Names of the parameters an adapter run trains: peft's LoRA/DoRA weights and whole modules it saves (a reward
-# model's score head).
-ADAPTER_PARAMS = ("lora_", "modules_to_save")
+# model's score head), LoReFT's interventions (models/reft.py).
+ADAPTER_PARAMS = ("lora_", "modules_to_save", "reft.layers.")
 
 
 @dataclass

@@ -6,7 +6,7 @@
     initialize_from_data(cfg, trainer)                 # EVA: LoRA's A from the first training batches' activations
 
 Adapter tuners (lora, qlora, dora and peft's other methods by name) leave the base weights frozen and save an
-adapter folder; the whole-model tuners (full, galore, lisa, freeze) save the whole model. GaLore is an optimizer
+adapter folder; reft too, with its interventions in final/reft/ (models/reft.py); the whole-model tuners (full, galore, lisa, freeze) save the whole model. GaLore is an optimizer
 (transformers' galore_adamw over galore-torch): its TrainingArguments come from `optimizer_args`.
 """
 
@@ -43,6 +43,17 @@ def make_trainable(cfg: Any, model: Any) -> Any:
         return model
     if cfg.tuner == "lisa":
         LisaSampler(cfg.lisa.layers, cfg.lisa.interval, cfg.seed).activate(model, interval_index=0)
+        return model
+    if cfg.tuner == "reft":  # the base frozen, interventions hooked on the chosen layers
+        import torch
+
+        from tunesmith.models import reft
+
+        torch.manual_seed(cfg.seed)  # R's initial orthonormal rows
+        try:
+            reft.attach(model, cfg.reft.model_dump())
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         return model
     from peft import get_peft_model
 
@@ -159,9 +170,13 @@ def initialize_from_data(cfg: Any, trainer: Any) -> dict[str, int]:
 
 def finish_final(cfg: Any, model: Any, folder: Path, run_dir: Path) -> None:
     """What final/ holds beyond what the Trainer saved: LongLoRA's merged model (train/longlora.py), PiSSA/OLoRA's
-    adapter for the untouched base."""
+    adapter for the untouched base, LoReFT's interventions folder in place of the Trainer's model files."""
     if cfg.tuner == "longlora":
         longlora.save_merged(model, folder)
+    elif cfg.tuner == "reft":
+        from tunesmith.models import reft
+
+        reft.save(model, folder, cfg.model)
     else:
         save_adapter_for_base(model, folder, run_dir)
 

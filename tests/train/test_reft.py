@@ -1,0 +1,188 @@
+"""LoReFT (tuner reft, models/reft.py) checked for what it claims: the intervention is h + R^T(Wh + b - Rh) with R's
+rows orthonormal, it starts as the identity, it edits exactly the prompt tokens asked for (packed samples each on their
+own, decode steps none), only the interventions train, and the saved folder reloads to the same logits."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from tunesmith import api
+from tunesmith.config import SFTConfig, load
+from tunesmith.errors import ConfigError
+from tunesmith.models import reft
+from tunesmith.models.load import load_model
+
+WORDS = ["apple", "river", "stone", "cloud", "maple", "tiger"]
+SPEC = {"layers": [0, 1], "rank": 4, "positions": "f1+l1", "share_weights": False, "dropout": 0.0}
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "toy.jsonl"
+    rows = [{"messages": [{"role": "user", "content": f"code for {w}"}, {"role": "assistant", "content": f"CODE {w} OK"}]}
+            for w in WORDS]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tiny, toy, tmp_path_factory):
+    """A reft run of 6 steps on the toy rows (fixed seed) and the base weights it started from."""
+    base = {k: v.clone() for k, v in AutoModelForCausalLM.from_pretrained(tiny).state_dict().items()}
+    out = tmp_path_factory.mktemp("reft") / "run"
+    cfg = SFTConfig(model=str(tiny), dataset=[str(toy)], tuner="reft", reft={"layers": [0, 1], "rank": 2},
+                    batch_size=3, max_steps=6, learning_rate=5e-3, warmup_ratio=0, report_to=["none"], logging_steps=1,
+                    save_steps=3, output_dir=str(out))
+    return api.sft(cfg), base
+
+
+def test_the_intervention_is_the_loreft_formula():
+    torch.manual_seed(0)
+    module = reft.LoReFT(hidden=3, rank=2)
+    r = module.rotate.weight.detach()
+    assert torch.allclose(r @ r.T, torch.eye(2), atol=1e-6)  # orthonormal rows
+    with torch.no_grad():
+        module.source.weight.copy_(torch.tensor([[1.0, 0.0, 2.0], [0.0, -1.0, 1.0]]))
+        module.source.bias.copy_(torch.tensor([0.5, -0.5]))
+    h = torch.tensor([[1.0, 2.0, 3.0]])
+    w, b = module.source.weight.detach(), module.source.bias.detach()
+    by_hand = h[0] + r.T @ (w @ h[0] + b - r @ h[0])  # h + R^T (W h + b - R h), written out
+    assert torch.allclose(module(h)[0], by_hand, atol=1e-6)
+    # the edit stays in R's row space: its part orthogonal to R's rows is zero
+    edit = module(h)[0] - h[0]
+    assert torch.allclose(edit - r.T @ (r @ edit), torch.zeros(3), atol=1e-5)
+
+
+def test_at_init_the_model_is_unchanged(tiny):
+    base = AutoModelForCausalLM.from_pretrained(tiny).eval()
+    ids = torch.tensor([[1, 5, 9, 14, 3, 7]])
+    expected = base(ids).logits
+    for positions in ("f1+l1", "all"):
+        model = AutoModelForCausalLM.from_pretrained(tiny).eval()
+        interventions = reft.attach(model, {**SPEC, "positions": positions})
+        module = interventions.layers["0"][interventions.groups[0]]
+        assert torch.equal(module.source.weight, module.rotate.weight) and not module.source.bias.any()
+        assert torch.allclose(model(ids).logits, expected, atol=1e-5)
+        with torch.no_grad():  # a non-zero bias: the model now differs (the hooks do run)
+            module.source.bias.fill_(1.0)
+        assert not torch.allclose(model(ids).logits, expected, atol=1e-3)
+
+
+def test_positions_are_the_prompts_first_and_last_tokens():
+    labels = torch.tensor([[-100, -100, -100, -100, 7, 8, -100],    # a prompt of 4 tokens, padding after
+                           [-100, -100, -100, 6, 7, -100, -100]])   # a prompt of 3
+    attention = torch.tensor([[1, 1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 0, 0]])
+    first, last = reft.prompt_masks((2, 7), (2, 1), labels, attention, None)
+    assert first.nonzero().tolist() == [[0, 0], [0, 1], [1, 0]]  # f2, at most half of a 3-token prompt: 1
+    assert last.nonzero().tolist() == [[0, 3], [1, 2]]           # the token before the answer
+    # packed: two samples in one row, position_ids restarting at 0; each sample's prompt on its own
+    packed = torch.tensor([[-100, -100, 5, 6, -100, -100, -100, 9]])
+    positions = torch.tensor([[0, 1, 2, 3, 0, 1, 2, 3]])
+    first, last = reft.prompt_masks((1, 8), (1, 1), packed, None, positions)
+    assert first.nonzero()[:, 1].tolist() == [0, 4] and last.nonzero()[:, 1].tolist() == [1, 6]
+    # generation: a left-padded prefill without labels edits each row's whole prompt's ends, padding excluded
+    first, last = reft.prompt_masks((2, 5), (1, 1), None, torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]]), None)
+    assert first.nonzero().tolist() == [[0, 2], [1, 0]] and last.nonzero().tolist() == [[0, 4], [1, 4]]
+
+
+def test_generation_edits_the_prompt_at_prefill_and_no_decoded_token(tiny):
+    model = AutoModelForCausalLM.from_pretrained(tiny).eval()
+    interventions = reft.attach(model, SPEC)
+    seen = []
+    model.model.layers[1].register_forward_hook(lambda m, a, o: seen.append({g: m.nonzero().tolist()
+                                                                              for g, m in interventions.masks.items()}))
+    model.generate(torch.tensor([[1, 5, 9, 14]]), attention_mask=torch.ones(1, 4, dtype=torch.long), max_new_tokens=3,
+                   do_sample=False, pad_token_id=0)
+    assert seen[0] == {"first": [[0, 0]], "last": [[0, 3]]}
+    assert seen[1:] == [{}, {}]
+
+
+def test_only_interventions_train_and_the_saved_folder_reloads_to_the_same_logits(trained, tiny):
+    result, base = trained
+    final = result.final_dir
+    assert sorted(p.name for p in (final / "reft").iterdir()) == ["config.json", "interventions.safetensors"]
+    assert not (final / "model.safetensors").exists() and not (final / "config.json").exists()
+    config = json.loads((final / "reft" / "config.json").read_text())
+    assert config["layers"] == [0, 1] and config["rank"] == 2 and config["positions"] == "f1+l1"
+    assert result.last_loss < result.first_loss
+    # checkpoints hold the interventions only, and the run recorded 2 layers x 2 groups x (2 x 64 x 2 + 2) weights
+    from safetensors import safe_open
+
+    with safe_open(str(result.run_dir / "checkpoint-3" / "model.safetensors"), "pt") as f:
+        assert all(k.startswith("reft.layers.") for k in f.keys())  # noqa: SIM118 (safe_open is not iterable)
+    import yaml
+
+    resolved = yaml.safe_load((result.run_dir / "config.yaml").read_text())["_resolved"]
+    assert resolved["trainable_params"] == 2 * 2 * (2 * 64 * 2 + 2)
+
+    model = load_model(final, torch.float32, "cpu").eval()
+    for name, tensor in model.state_dict().items():  # the base as it was, bit for bit
+        if not name.startswith("reft."):
+            assert torch.equal(tensor, base[name]), name
+    trained_source = model.reft.layers["0"]["first"].source
+    assert not torch.equal(trained_source.weight, model.reft.layers["0"]["first"].rotate.weight)  # it learned
+    ids = torch.tensor([[1, 5, 9, 14, 3, 7]])
+    again = AutoModelForCausalLM.from_pretrained(tiny).eval()
+    reft.load_into(again, final)
+    assert torch.equal(model(ids).logits, again(ids).logits)
+    plain = AutoModelForCausalLM.from_pretrained(tiny).eval()
+    assert not torch.allclose(plain(ids).logits, model(ids).logits, atol=1e-4)
+
+
+def test_reft_settings_are_refused_naming_the_key(tiny, toy):
+    common = ["--model", str(tiny), "--dataset", str(toy), "--tuner", "reft"]
+    cfg = load(SFTConfig, [*common, "--reft.layers", "2;10", "--reft.positions", "f3+l3", "--reft.share-weights"])
+    assert cfg.reft.layers == [2, 10] and cfg.reft.positions == "f3+l3" and cfg.reft.share_weights
+    refused = {("--reft.positions", "middle"): "positions", ("--deepspeed", "zero2"): "one process",
+               ("--adapters", "runs/x/final"): "drop --adapters"}
+    for flags, words in refused.items():
+        with pytest.raises(ConfigError, match=words):
+            load(SFTConfig, [*common, *flags])
+    with pytest.raises(ConfigError, match="reft: only read with --tuner reft"):
+        load(SFTConfig, ["--model", str(tiny), "--dataset", str(toy), "--reft.rank", "8"])
+    with pytest.raises(ConfigError, match="reft.layers"):  # a layer the model lacks: before training starts
+        api.sft(SFTConfig(model=str(tiny), dataset=[str(toy)], tuner="reft", reft={"layers": [5]}, max_steps=1,
+                          report_to=["none"], output_dir=str(tiny.parent / "bad-layers")))
+
+
+def test_the_engine_answers_concurrent_requests_as_generate_does(trained, tmp_path):
+    """Prompt positions need the prompt in one forward of its own: the engine sends a ReFT model's requests through
+    generate(), so concurrent requests (which continuous batching would flatten into one ragged row) each get their
+    own first and last prompt tokens edited. Edits made large, so a wrong position changes the answer."""
+    import asyncio
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from tunesmith.infer import GenerationRequest, SamplingParams, load_engine
+    from tunesmith.templates import Template
+
+    folder = tmp_path / "final"
+    shutil.copytree(trained[0].final_dir, folder)
+    weights = folder / "reft" / "interventions.safetensors"
+    torch.manual_seed(1)
+    save_file({k: v + (3 * torch.randn_like(v) if k.endswith("source.bias") else 0) for k, v in
+               load_file(str(weights)).items()}, str(weights))
+    prompts = [[{"role": "user", "content": f"code for {w}"}] for w in WORDS[:3]]
+    model, template = load_model(folder, torch.float32, "cpu").eval(), Template.load(folder)
+    expected = []
+    for messages in prompts:
+        ids = torch.tensor([template.render_prompt(messages)])
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
+                             pad_token_id=template.tokenizer.pad_token_id, eos_token_id=template.stop_token_ids)
+        expected.append(template.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+    engine = load_engine("transformers", None, {"r": str(folder)}, "cpu", "auto")
+
+    async def answer(messages):
+        request = GenerationRequest(model="r", messages=messages, params=SamplingParams(max_tokens=6, temperature=0))
+        return "".join([delta.text async for delta in engine.stream(request)])
+
+    async def all_at_once():
+        return await asyncio.gather(*(answer(m) for m in prompts))
+
+    try:
+        assert asyncio.run(all_at_once()) == expected
+    finally:
+        engine.shutdown()
