@@ -177,12 +177,35 @@ def test_the_engine_answers_concurrent_requests_as_generate_does(trained, tmp_pa
 
     async def answer(messages):
         request = GenerationRequest(model="r", messages=messages, params=SamplingParams(max_tokens=6, temperature=0))
-        return "".join([delta.text async for delta in engine.stream(request)])
+        deltas = [delta.text async for delta in engine.stream(request)]
+        return "".join(deltas), len(deltas)
 
     async def all_at_once():
         return await asyncio.gather(*(answer(m) for m in prompts))
 
     try:
-        assert asyncio.run(all_at_once()) == expected
+        answers = asyncio.run(all_at_once())
+        assert [text for text, _ in answers] == expected
+        assert all(pieces > 1 for _, pieces in answers)  # streamed as generated, not in one piece
     finally:
         engine.shutdown()
+
+
+def test_plan_counts_the_interventions_the_run_trains(trained, tiny):
+    """The pre-flight plan of a reft run counts exactly its trainable weights; `tunesmith plan --tuner reft` plans
+    sft's defaults (2 interventions of rank 4 per layer) on a frozen base, which needs less than LoRA."""
+    import yaml
+
+    from tunesmith.config.plan import PlanConfig
+    from tunesmith.plan.estimate import estimate_training
+    from tunesmith.plan.model_shape import load_shape
+    from tunesmith.plan.run import plan
+    from tunesmith.plan.speed import training_setup
+
+    resolved = yaml.safe_load((trained[0].run_dir / "config.yaml").read_text())["_resolved"]
+    cfg = SFTConfig(model=str(tiny), dataset=["x"], tuner="reft", reft={"layers": [0, 1], "rank": 2}, batch_size=3)
+    assert estimate_training(load_shape(str(tiny)), training_setup(cfg, "cpu", "float32", False)).trainable == \
+        resolved["trainable_params"]
+    planned = {t: plan(PlanConfig(model=str(tiny), tuner=t, json=True))["recommended"] for t in ("reft", "lora")}
+    assert planned["reft"]["estimate"]["trainable_params"] == 2 * 2 * (2 * 64 * 4 + 4)
+    assert planned["reft"]["estimate"]["total_gib"] <= planned["lora"]["estimate"]["total_gib"]

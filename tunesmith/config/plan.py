@@ -26,17 +26,19 @@ class PlanConfig(Section):
     task: Literal["causal-lm", "embedding", "reranker", "classification"] = Field("causal-lm", description=(
         "What sft would train (as `tunesmith sft --task`): the encoder tasks plan their own step (plan/encoders.py)."))
     tuner: Literal["auto", "full", "lora", "qlora", "dora", "galore", "lisa", "freeze", "adalora", "vera", "oft", "boft",
-                   "ia3", "loha", "lokr", "longlora"] = Field("auto", description=(
+                   "ia3", "loha", "lokr", "longlora", "reft"] = Field("auto", description=(
         "auto = full if it fits comfortably, else lora, else qlora; or name one to check it (as tunesmith sft "
         "--tuner; peft's other adapters are planned as a LoRA of the same rank; longlora as a LoRA with trainable "
-        "embeddings and norms)."))
+        "embeddings and norms; reft as sft's default interventions, 2 per layer, on the frozen base)."))
     trained_layers: int = Field(2, ge=1, description="lisa, freeze: decoder layers that train at a time.")
     dp: bool = Field(False, description="Differentially private training (sft --dp): a gradient per sample.")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="auto = bfloat16 on GPUs that support it, else float32 (as tunesmith sft picks).")
     optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "sgd"] = Field(
         "adamw", description="adamw keeps 2 states per trainable weight; the 8-bit ones store them in 1 byte each.")
-    lora_rank: int = Field(16, ge=1, description="Adapter rank (lora, qlora, dora); GaLore's projection rank.")
+    lora_rank: int = Field(16, ge=1, description=(
+        "Adapter rank (lora, qlora, dora); GaLore's projection rank; reft's intervention rank (unset there: 4, as "
+        "sft's reft.rank)."))
     lora_targets: list[str] | Literal["all-linear"] = Field(
         "all-linear", description="Modules that get adapters: all-linear or a list such as q_proj v_proj.")
     lora_experts: bool = Field(False, description=(

@@ -167,13 +167,21 @@ class TransformersEngine(Engine):
                 async for delta in generate_paths.stream_constrained(served, self.exact_lock, prompt, p, grammar):
                     yield delta
                 return
+        if p.logprobs or p.top_logprobs or (p.seed is not None and p.temperature >= GREEDY_BELOW):
+            async for delta in generate_paths.stream_exact(served, self.exact_lock, prompt, p):
+                yield delta
+            return
         from tunesmith.models.reft import needs_whole_prompt
 
-        # LoReFT at prompt positions (models/reft.py) finds them in a forward over the whole prompt: generate()'s
-        # prefill, not the batch's chunked, ragged ones
-        if p.logprobs or p.top_logprobs or (p.seed is not None and p.temperature >= GREEDY_BELOW) or \
-                needs_whole_prompt(served.model):
-            async for delta in generate_paths.stream_exact(served, self.exact_lock, prompt, p):
+        if needs_whole_prompt(served.model):
+            # LoReFT at prompt positions (models/reft.py) finds them in a forward over the whole prompt: generate()'s
+            # prefill, streamed token by token (the batch's prefills are chunked and ragged)
+            inputs = generate_paths.token_inputs(prompt)
+
+            def generate(choice: int, streamer: Any) -> None:
+                generate_paths.generate_streamed(served, self.exact_lock, inputs, p, choice, streamer)
+
+            async for delta in generate_paths.stream_threaded(served, p, len(prompt), "generate()", generate):
                 yield delta
             return
         if self.assistant is not None:

@@ -101,6 +101,8 @@ class Setup:
     kernels: str = "none"             # none | liger: liger's RMSNorm/RoPE/SwiGLU (train/speed.py) keep less for backward
     device: str = "cuda"              # cuda adds the CUDA context; cpu and mps have none
     images: int = 0                   # pictures per sample (vision-language models; their tokens are part of seq)
+    reft_layers: int = 0              # reft: decoder layers with interventions (0 = every layer); rank is lora_rank
+    reft_groups: int = 2              # reft: interventions per layer (positions f1+l1 unshared: 2; otherwise 1)
 
 
 @dataclass
@@ -359,6 +361,8 @@ def activation_phases(shape: ModelShape, s: Setup) -> dict[str, float]:
 def estimate_training(shape: ModelShape, s: Setup) -> Estimate:
     if s.method == "longlora":
         return _longlora(shape, s)
+    if s.method == "reft":
+        return _reft(shape, s)
     if s.method in PLANNED_AS_LORA:
         est = estimate_training(shape, replace(s, method="lora"))
         est.notes.append(f"{s.method}: planned as a LoRA of rank {s.lora_rank} on the same modules (an upper bound "
@@ -442,6 +446,27 @@ def estimate_training(shape: ModelShape, s: Setup) -> Estimate:
     if shape.assumed_layout:
         notes.append(f"model_type {shape.model_type!r} is counted as a llama-style decoder")
     return Estimate(parts, phases, shape.params(), trainable, host, notes)
+
+
+def _reft(shape: ModelShape, s: Setup) -> Estimate:
+    """LoReFT (models/reft.py): the frozen base's step, as a LoRA run without adapters counts it (backward through
+    frozen layers keeps their activations, no weight gradients), plus the interventions: 2 x hidden x rank + rank fp32
+    weights each, with gradients and optimizer states, and what each keeps for backward per token (its two rank-sized
+    outputs in fp32 and the position mask)."""
+    est = estimate_training(shape, replace(s, method="lora", lora_targets=(), lora_dropout=0.0))
+    count = (s.reft_layers or shape.layers) * s.reft_groups
+    weights = count * (2 * shape.hidden * s.lora_rank + s.lora_rank)
+    static = weights * (4 + 4 + _state_bytes(s, 4))  # weights, gradients, optimizer states
+    kept = count * s.micro_batch * s.seq * (2 * 4 * s.lora_rank + 1)
+    est.parts["weights"] += weights * 4
+    est.parts["gradients"] += weights * 4
+    est.parts["optimizer"] += weights * _state_bytes(s, 4)
+    est.parts["activations"] += kept
+    est.phases = {k: v + static + (0 if k == "step" else kept) for k, v in est.phases.items()}
+    est.trainable = weights
+    est.notes.append(f"reft: {count} LoReFT interventions of rank {s.lora_rank} ({weights:,} weights) on the frozen "
+                     "base; activations as a frozen-base step")
+    return est
 
 
 def _longlora(shape: ModelShape, s: Setup) -> Estimate:

@@ -17,7 +17,7 @@ from tunesmith.plan.model_shape import ModelShape, load_shape
 from tunesmith.plan.recommend import FIT, recommend
 from tunesmith.plan.report import estimate_dict, print_plan, settings_dict
 
-SFT_METHODS = ("full", "lora", "qlora", "dora", "galore", "lisa", "freeze", "longlora")  # with a command line
+SFT_METHODS = ("full", "lora", "qlora", "dora", "galore", "lisa", "freeze", "longlora", "reft")  # with a command line
 
 
 def plan(cfg: PlanConfig, hardware: Hardware | None = None) -> dict[str, Any]:
@@ -44,7 +44,8 @@ def plan(cfg: PlanConfig, hardware: Hardware | None = None) -> dict[str, Any]:
     dtype = cfg.dtype
     if dtype == "auto":  # models.load.pick_dtype: bf16 where the GPU has it; float32 on CPU, MPS and older GPUs
         dtype = "bfloat16" if cfg.gpu_memory or (hw.gpus and all(g.bf16 for g in hw.gpus)) else "float32"
-    base = Setup(dtype=dtype, optimizer=cfg.optimizer, lora_rank=cfg.lora_rank, lora_targets=targets,
+    rank = 4 if cfg.tuner == "reft" and "lora_rank" not in cfg.model_fields_set else cfg.lora_rank  # sft's reft.rank
+    base = Setup(dtype=dtype, optimizer=cfg.optimizer, lora_rank=rank, lora_targets=targets,
                  seq=-(-cfg.max_length // cfg.sequence_parallel), micro_batch=cfg.batch_size, grad_accum=cfg.grad_accum,
                  attn=cfg.attn, packing=cfg.packing, zero_stage=cfg.zero_stage, world_size=shards, tensor_parallel=tp,
                  fsdp=bool(cfg.fsdp) or (tp > 1 and shards > 1),
@@ -121,6 +122,8 @@ def _method_flags(s: Setup) -> str:
         return f" --lisa.layers {s.trained_layers}"
     if s.method == "freeze":
         return f" --freeze.trainable-layers {s.trained_layers}"
+    if s.method == "reft":
+        return f" --reft.rank {s.lora_rank}"
     return ""
 
 
