@@ -131,6 +131,39 @@ def test_only_interventions_train_and_the_saved_folder_reloads_to_the_same_logit
     assert not torch.allclose(plain(ids).logits, model(ids).logits, atol=1e-4)
 
 
+def test_a_resumed_run_ends_with_the_same_interventions(trained, tiny, toy, tmp_path):
+    """Checkpoints hold only the interventions (and the optimizer's states); resuming at step 3 ends where the
+    uninterrupted run ended, bit for bit."""
+    from safetensors.torch import load_file
+
+    result, _ = trained
+    cfg = SFTConfig(model=str(tiny), dataset=[str(toy)], tuner="reft", reft={"layers": [0, 1], "rank": 2},
+                    batch_size=3, max_steps=6, learning_rate=5e-3, warmup_ratio=0, report_to=["none"],
+                    logging_steps=1, save_steps=3, output_dir=str(tmp_path / "resumed"),
+                    resume=str(result.run_dir / "checkpoint-3"))
+    resumed = api.sft(cfg)
+    whole = load_file(str(result.final_dir / "reft" / "interventions.safetensors"))
+    again = load_file(str(resumed.final_dir / "reft" / "interventions.safetensors"))
+    assert resumed.steps == 6 and whole.keys() == again.keys()
+    assert all(torch.equal(whole[k], again[k]) for k in whole)
+
+
+def test_the_tools_that_load_weights_their_own_way_refuse_a_reft_run(trained):
+    """export (no merged form) and the benchmark harness (it loads the weights itself, without the hooks) refuse a
+    ReFT run naming what to do instead (vLLM's refusal runs where vllm is installed: its own venv)."""
+    from tunesmith.config import ExportConfig
+    from tunesmith.config.eval import EvalConfig
+    from tunesmith.eval.benchmarks import model_for
+    from tunesmith.eval.targets import Target
+    from tunesmith.export.run import source
+
+    final = str(trained[0].final_dir)
+    with pytest.raises(ConfigError, match="no merged form"):
+        source(ExportConfig(adapters=final, output=str(trained[0].run_dir / "merged")))
+    with pytest.raises(ConfigError, match="benchmark the endpoint"):
+        model_for(Target("reft", "adapters", final), EvalConfig(adapters=final, benchmark=["arc_easy"]))
+
+
 def test_reft_settings_are_refused_naming_the_key(tiny, toy):
     common = ["--model", str(tiny), "--dataset", str(toy), "--tuner", "reft"]
     cfg = load(SFTConfig, [*common, "--reft.layers", "2;10", "--reft.positions", "f3+l3", "--reft.share-weights"])
