@@ -175,7 +175,8 @@ class TransformersEngine(Engine):
 
         if needs_whole_prompt(served.model):
             # LoReFT at prompt positions (models/reft.py) finds them in a forward over the whole prompt: generate()'s
-            # prefill, streamed token by token (the batch's prefills are chunked and ragged)
+            # prefill, streamed token by token (the batch's prefills are chunked and ragged; --speculative's first
+            # forward would hold the draft's tokens beside the prompt, so it is not used for these models)
             inputs = generate_paths.token_inputs(prompt)
 
             def generate(choice: int, streamer: Any) -> None:

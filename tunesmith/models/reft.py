@@ -102,7 +102,7 @@ class Interventions(nn.Module):
             mask = self.masks.get(group)
             if mask is None:
                 continue
-            h = torch.where(mask.to(h.device).unsqueeze(-1), module(h), h)
+            h = torch.where(mask.unsqueeze(-1), module(h), h)
         return (h, *output[1:]) if isinstance(output, tuple) else h
 
     def locate(self, kwargs: dict[str, Any], args: tuple) -> None:
@@ -117,7 +117,8 @@ class Interventions(nn.Module):
             return
         first, last = prompt_masks(tuple(ids.shape), self.counts, kwargs.get("labels"), kwargs.get("attention_mask"),
                                    kwargs.get("position_ids"))
-        self.masks = {"first": first, "last": last} if "first" in self.groups else {"prompt": first | last}
+        masks = {"first": first, "last": last} if "first" in self.groups else {"prompt": first | last}
+        self.masks = {group: mask.to(ids.device) for group, mask in masks.items()}
 
 
 def prompt_masks(shape: tuple[int, int], counts: tuple[int, int], labels: Any, attention_mask: Any,
