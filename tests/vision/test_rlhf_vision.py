@@ -3,13 +3,16 @@ whole conversation renders them), and the preference collator's batch scores eac
 that conversation alone (same ids, pixels and logits, chosen half and rejected half). GRPO: TRL's VLM path is fed the
 prompts with their pictures, its encoding checked equal to tunesmith's renderer; the reference log-probs TRL computes
 for a sampled completion (pixels, M-RoPE token types, left padding and all) equal the model's own on that prompt +
-completion encoded alone; reward functions get the row's columns (its images included). Methods without images
-refuse image rows."""
+completion encoded alone; reward functions get the row's columns (its images included). KTO: rows rendered like DPO's,
+its collator's batch trains exactly the answers (never an image token, the KL rows too), a run pulls the desirable
+answers above the undesirable. Methods TRL has no vision path for (orpo, cpo, simpo, rm) and ppo refuse image rows,
+naming why and what works."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from PIL import Image
 
@@ -52,16 +55,21 @@ def test_preference_batch_scores_like_the_conversation_alone(tiny_vlms, pictures
             torch.testing.assert_close(together[row_index, : len(ids)], alone, atol=1e-4, rtol=1e-4)
 
 
-def test_methods_without_images_refuse_image_rows(tiny_vlms, pictures, tmp_path, capsys):
+@pytest.mark.parametrize("method", ["orpo", "cpo", "simpo", "rm", "ppo"])
+def test_methods_without_a_vision_path_refuse_image_rows(method, tiny_vlms, pictures, tmp_path, capsys):
     from tunesmith.cli.main import main
+    from tunesmith.train.vision import NO_IMAGES
 
-    data = tmp_path / "kto.jsonl"
-    data.write_text(json.dumps({"prompt": "<image>Which colour?", "completion": "Red.", "label": True,
-                                "images": [str(pictures[0])]}) + "\n")
-    status = main(["rlhf", "--method", "kto", "--model", str(tiny_vlms("qwen2-vl")), "--dataset", str(data),
-                   "--output-dir", str(tmp_path / "run"), "--max-steps", "1", "--report-to", "none"])
+    data = tmp_path / "rows.jsonl"
+    row = {"prompt": "<image>Which colour?", "images": [str(pictures[0])]}
+    data.write_text(json.dumps(row if method == "ppo" else {**row, "chosen": "Red.", "rejected": "Blue."}) + "\n")
+    status = main(["rlhf", "--method", method, "--model", str(tiny_vlms("qwen2-vl")), "--dataset", str(data),
+                   "--output-dir", str(tmp_path / "run"), "--max-steps", "1", "--report-to", "none",
+                   *(["--rewards.funcs", "length"] if method == "ppo" else [])])
     err = capsys.readouterr().err
-    assert status != 0 and f"{data}:1: images: rlhf --method kto does not train on images yet" in err
+    assert status != 0 and "Traceback" not in err
+    assert f"{data}:1: images: rlhf --method {method} does not train on images: {NO_IMAGES[method]}" in err
+    assert "dpo, kto and grpo train on image prompts" in err and not (tmp_path / "run" / "final").exists()
 
 
 def test_grpo_scores_completions_with_their_images(tiny_vlms, colour_data, tmp_path, monkeypatch):
@@ -129,3 +137,56 @@ def test_grpo_scores_completions_with_their_images(tiny_vlms, colour_data, tmp_p
         ours = torch.log_softmax(logits.float(), -1).gather(1, torch.tensor(completion)[:, None])[:, 0]
         theirs = out["ref_per_token_logps"][i][out["completion_mask"][i].bool()]
         torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=1e-4)
+
+
+def _kto_rows(colour_data):
+    """KTO rows beside the colour pictures: the right colour desirable, a wrong one undesirable, per picture."""
+    rows = [json.loads(line) for line in colour_data.read_text().splitlines()]
+    out = []
+    for r in rows:
+        right = r["messages"][1]["content"]
+        wrong = "It is blue." if "blue" not in right else "It is red."
+        extra = {"images": r["images"]} if "images" in r else {}
+        out += [{"prompt": r["messages"][:1], "completion": right, "label": True, **extra},
+                {"prompt": r["messages"][:1], "completion": wrong, "label": False, **extra}]
+    path = colour_data.parent / "kto.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in out))
+    return path
+
+
+def test_kto_batch_trains_only_the_answers_and_keeps_the_pictures(tiny_vlms, colour_data):
+    from tunesmith.data.load import load_rows
+    from tunesmith.train.vision import VisionUnpairedCollator, render_vision_unpaired
+
+    _, processor = load_vision_model(tiny_vlms("qwen2-vl"), torch.float32)
+    template = template_of(processor)
+    rows = load_rows([str(_kto_rows(colour_data))], kind="kto").rows[:4]
+    ds = render_vision_unpaired(rows, template, 256, problems := [])
+    assert not problems and ds["label"] == [True, False, True, False]
+    features = [{**ds[i], "KL_completion_ids": ds[(i - 1) % 4]["completion_ids"]} for i in range(4)]
+    batch = VisionUnpairedCollator(template, template.tokenizer.pad_token_id)(features)
+    image = processor.image_token_id
+    for prefix in ("", "KL_"):
+        ids, mask = batch[f"{prefix}input_ids"], batch[f"{prefix}completion_mask"].bool()
+        assert (ids == image).any() and not mask[ids == image].any()  # no image token is ever trained
+        assert torch.equal(batch[f"{prefix}mm_token_type_ids"].bool(), ids == image)
+        for i, f in enumerate(features):
+            answer = f["completion_ids"] if not prefix else f["KL_completion_ids"]
+            assert ids[i][mask[i]].tolist() == answer  # exactly the answer's tokens, end-of-turn included
+    assert batch["image_grid_thw"].shape[0] == sum(len(f["image_refs"]) for f in features)  # one set, both passes
+
+
+def test_kto_on_image_prompts_learns_the_desirable_answers(tiny_vlms, colour_data, tmp_path):
+    from tunesmith import api
+    from tunesmith.config.rlhf import RLHFConfig
+
+    cfg = RLHFConfig(method="kto", model=str(tiny_vlms("qwen2-vl")), dataset=[str(_kto_rows(colour_data))],
+                     output_dir=str(tmp_path / "run"), max_steps=10, batch_size=4, learning_rate=5e-3,
+                     warmup_ratio=0, logging_steps=1, report_to=["none"], max_length=256, seed=0)
+    result = api.rlhf(cfg)
+    metrics = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    margins = [m["rewards/margins"] for m in metrics if "rewards/margins" in m]  # desirable - undesirable reward
+    losses = [m["loss"] for m in metrics if "rewards/margins" in m]
+    assert len(margins) == 10 and margins[0] == 0.0 and losses[0] == 0.5  # the policy starts as its reference
+    assert sum(margins[-3:]) / 3 > sum(margins[:3]) / 3 + 0.05 and max(losses[-3:]) < 0.5
+    assert (result.final_dir / "adapter_config.json").exists()

@@ -5,7 +5,8 @@ Run: tunesmith rlhf --method kto --dataset answers.jsonl   (rows: prompt, comple
 Preference pairs are unpaired into one desirable and one undesirable row, as TRL does. Prompt and answer are rendered
 by our Template, as in DPO. With LoRA there is no second model: TRL's KTOTrainer keeps a frozen copy of the adapter
 as it was at the start (final/ref/), so the reference is the base model, or the SFT model when continuing a run with
---adapters. Full fine-tuning loads a second copy of the weights as the reference.
+--adapters. Full fine-tuning loads a second copy of the weights as the reference. On a vision-language model the
+prompts keep their images (train/vision.py renders them and its collator adds the pixels), as in DPO.
 
 Departs from TRL: rows are shuffled once with the seed. TRL reads KTO data in order and estimates the KL baseline by
 pairing each prompt with the previous row's answer; an unpaired pair left side by side would pair a prompt with its
@@ -15,6 +16,7 @@ own other answer.
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Any
 
 from trl import KTOConfig, KTOTrainer
@@ -22,11 +24,16 @@ from trl import KTOConfig, KTOTrainer
 from tunesmith.config.rlhf import RLHFConfig
 from tunesmith.data.rows import Preference, Problem, UnpairedPreference
 from tunesmith.templates import Template
+from tunesmith.train.preference import answer_ids, load_preference_data
 from tunesmith.train.preflight import load_template, preflight, trainable_report
 from tunesmith.train.run import RunResult, open_run
-from tunesmith.train.preference import answer_ids, load_preference_data
-from tunesmith.train.truncate import Cuts
 from tunesmith.train.setup import common_args, load_trainable, run_trainer
+from tunesmith.train.truncate import Cuts
+from tunesmith.train.vision import (
+    VisionRun,
+    VisionUnpairedCollator,
+    render_vision_unpaired,
+)
 
 log = logging.getLogger("tunesmith")
 
@@ -34,21 +41,30 @@ log = logging.getLogger("tunesmith")
 def kto(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> RunResult:
     with open_run(cfg) as run:
         template, base_folder = load_template(cfg)
-        data = load_preference_data(cfg, "kto", template, tokenize_unpaired)  # bad rows stop the run here
+        vlm = VisionRun.start(cfg, template, base_folder)  # image prompts: train/vision.py
+        render = tokenize_unpaired
+        if vlm is not None:
+            template, render = vlm.template, render_vision_unpaired
+        data = load_preference_data(cfg, "kto", template, render)  # bad rows stop the run here
         train_ds = data.train.shuffle(seed=cfg.seed)
         eval_ds = data.eval.shuffle(seed=cfg.seed) if data.eval is not None else None
         _check_balance(cfg, train_ds["label"])
 
         plan = preflight(cfg, base_folder, rows=len(train_ds))
-        model, device, dtype = load_trainable(cfg, base_folder)
+        model, device, dtype = vlm.load_trainable(cfg, base_folder) if vlm else load_trainable(cfg, base_folder)
         run.save_config(base_model_folder=str(base_folder), train_rows=len(train_ds), skipped_rows=data.skipped,
-                        **data.record,
+                        **data.record, **(vlm.recorded() if vlm else {}),
                         **plan.recorded(), **trainable_report(cfg, model))
         args = KTOConfig(**common_args(cfg, run.dir, device, dtype, has_eval=eval_ds is not None), beta=cfg.kto.beta,
                          loss_type=cfg.kto.loss_type, desirable_weight=cfg.kto.desirable_weight,
                          undesirable_weight=cfg.kto.undesirable_weight)
+        trainer_cls: Any = RenderedKTOTrainer
+        if vlm is not None:  # the image references reach the collator, which adds the pixels
+            args.remove_unused_columns = False
+            trainer_cls = partial(RenderedKTOTrainer, data_collator=VisionUnpairedCollator(
+                template, template.tokenizer.pad_token_id))
         trainer = run_trainer(cfg, run.dir, model, template.tokenizer, train_ds, eval_ds, device, dtype,
-                              run.resume_from, callbacks, trainer_cls=RenderedKTOTrainer, args=args)
+                              run.resume_from, callbacks, trainer_cls=trainer_cls, args=args)
         final = run.save_final(trainer, template)
         return run.result(trainer, final, data.skipped)
 

@@ -1,4 +1,5 @@
-"""Training vision-language models: what sft (and the preference methods) add when --model is a VLM.
+"""Training vision-language models: what sft, dpo, kto and grpo add when --model is a VLM (the other rlhf methods
+refuse image rows, NO_IMAGES says why).
 
     vlm = VisionRun.start(cfg, template, base_folder)       # None for a text model; refuses what cannot be exact
     train_ds, problems = vlm.tokenize(rows, cfg.loss_on, cuts)  # ids, labels (-100 on every vision token), image refs
@@ -23,7 +24,7 @@ from typing import Any
 
 from tunesmith.config.commands import LORA_TUNERS
 from tunesmith.data.images import open_image
-from tunesmith.data.rows import Problem
+from tunesmith.data.rows import Preference, Problem
 from tunesmith.data.vision import has_images, images_of
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.models import vision
@@ -32,6 +33,14 @@ from tunesmith.templates.vision import VisionTemplate
 
 log = logging.getLogger("tunesmith")
 M_ROPE = ("qwen2-vl", "qwen2.5-vl", "qwen3-vl")
+# Why a method refuses image rows (TRL 1.16): its trainer takes no processor or pixels
+NO_IMAGES = {
+    "orpo": "TRL's ORPOTrainer (trl.experimental) feeds the model token ids only, no pixels",
+    "cpo": "TRL's CPOTrainer (trl.experimental) feeds the model token ids only, no pixels",
+    "simpo": "TRL's CPOTrainer (trl.experimental), which SimPO runs on, feeds the model token ids only, no pixels",
+    "rm": "TRL's RewardTrainer trains a sequence classifier on token ids, with no vision-language path",
+    "ppo": "tunesmith's PPO loop (train/ppo.py) rolls out and scores text prompts only",
+}
 
 
 def vision_template(cfg: Any, template: Any, base_folder: Path) -> VisionTemplate | None:
@@ -53,8 +62,9 @@ def refuse_images_for_text_model(rows: list, model: str, method: str | None = No
         if not has_images(messages):
             continue
         if method is not None and vision.is_vision_model(model):
-            raise DataError(f"{row.source}:{row.line}: images: rlhf --method {method} does not train on images yet "
-                            "(sft and rlhf --method dpo do); drop the images or use dpo")
+            raise DataError(f"{row.source}:{row.line}: images: rlhf --method {method} does not train on images: "
+                            f"{NO_IMAGES.get(method, 'it has no vision path')}; sft and rlhf --method dpo, kto and "
+                            "grpo train on image prompts (dpo or kto for preferences), or drop the images")
         raise DataError(f"{row.source}:{row.line}: images: {model} is a text-only model; train a vision-language "
                         f"model ({', '.join(f.name for f in vision.FAMILIES)}) on rows with images, or drop the "
                         "images")
@@ -376,6 +386,70 @@ class VisionPreferenceCollator:
             for k, v in self.template.text_inputs(row).items():
                 extras.setdefault(k, []).append(v)
         batch.update({k: torch.tensor(v) for k, v in extras.items()})
+        return batch
+
+
+# -----------------------------------------------------------------------------
+# Unpaired answers (kto): image prompts, text answers labelled desirable or not
+
+
+def render_vision_unpaired(rows: list, template: VisionTemplate, max_length: int, problems: list[Problem],
+                           cuts: Any = None) -> Any:
+    """prompt_ids / completion_ids / label as train/kto.py's tokenize_unpaired gives them (a pair: two rows), the
+    prompt with its images' tokens, plus image_refs."""
+    import datasets
+
+    from tunesmith.train.truncate import Cuts
+
+    cuts = cuts or Cuts("error", max_length, template.stop_token_ids)
+    table: dict[str, list] = {"prompt_ids": [], "completion_ids": [], "label": [], "image_refs": []}
+    for row in rows:
+        refs = images_of(row.prompt)
+        pictures = [open_image(r) for r in refs]
+        prompt = template.render_prompt_images(row.prompt, pictures)
+        answers = ([(row.chosen, True), (row.rejected, False)] if isinstance(row, Preference)
+                   else [(row.completion, row.label)])
+        for text, label in answers:
+            ids, labels = template.render_images(row.prompt + [{"role": "assistant", "content": text}], pictures,
+                                                 loss_on="last")
+            completion = [i for i, lab in zip(ids[len(prompt):], labels[len(prompt):]) if lab != IGNORE]
+            kept = cuts.pair(row, prompt, [completion], problems, "completion" if len(answers) == 1 else
+                             "chosen/rejected")
+            if kept is None:
+                break
+            kept_prompt, (completion,) = kept
+            table["prompt_ids"].append(kept_prompt)
+            table["completion_ids"].append(completion)
+            table["label"].append(label)
+            table["image_refs"].append(refs)
+    return datasets.Dataset.from_dict(table)
+
+
+class VisionUnpairedCollator:
+    """TRL's KTO collator (prompt + completion rows, and with KL the prompt + the previous row's completion), plus
+    the pixels of each row's images (one set serves both: the KL rows keep their own prompt) and the family's
+    per-token inputs for each (KL_ prefixed for the KL rows, as KTOTrainer reads them)."""
+
+    def __init__(self, template: VisionTemplate, pad_token_id: int):
+        from trl.trainer.kto_trainer import DataCollatorForUnpairedPreference
+
+        self.template = template
+        self.text = DataCollatorForUnpairedPreference(pad_token_id=pad_token_id)
+
+    def __call__(self, features: list[dict]) -> dict[str, Any]:
+        import torch
+
+        keys = ("prompt_ids", "completion_ids", "KL_completion_ids", "label")
+        batch = self.text([{k: f[k] for k in keys if k in f} for f in features])
+        pixels = self.template.image_inputs([open_image(r) for f in features for r in f["image_refs"]])
+        pixels.pop("num_image_tokens", None)
+        batch.update(pixels)
+        for prefix in ("", "KL_") if "KL_input_ids" in batch else ("",):
+            extras: dict[str, list] = {}
+            for row in batch[f"{prefix}input_ids"].tolist():
+                for k, v in self.template.text_inputs(row).items():
+                    extras.setdefault(k, []).append(v)
+            batch.update({prefix + k: torch.tensor(v) for k, v in extras.items()})
         return batch
 
 
