@@ -173,7 +173,8 @@ def write_for_run(final: Path, run_dir: Path, cfg: Any) -> Path:
         parent = parent_of(Path(base_folder), name=str(getattr(cfg, "model", None) or base_folder))
     else:
         parent = {"kind": "model", "name": str(getattr(cfg, "model", None))}
-    kind = "adapter" if (Path(final) / "adapter_config.json").exists() else "model"
+    kind = "adapter" if (Path(final) / "adapter_config.json").exists() else \
+        "reft" if (Path(final) / "reft").is_dir() else "model"  # reft: interventions on the base (models/reft.py)
     extra = {"base_model": str(getattr(cfg, "model", None)), "run_dir": str(Path(run_dir).resolve())}
     record = build(final, kind, getattr(cfg, "command", "train"), config, parent, data_entries(specs), extra)
     return write(final, record)

@@ -106,6 +106,7 @@ def test_only_interventions_train_and_the_saved_folder_reloads_to_the_same_logit
     assert not (final / "model.safetensors").exists() and not (final / "config.json").exists()
     config = json.loads((final / "reft" / "config.json").read_text())
     assert config["layers"] == [0, 1] and config["rank"] == 2 and config["positions"] == "f1+l1"
+    assert json.loads((final / "lineage.json").read_text())["kind"] == "reft"
     assert result.last_loss < result.first_loss
     # checkpoints hold the interventions only, and the run recorded 2 layers x 2 groups x (2 x 64 x 2 + 2) weights
     from safetensors import safe_open
