@@ -1,9 +1,12 @@
 """Several processes on CPU (gloo), through the console script: torchrun started by `--nproc-per-node 2`, and an outer
-torchrun around the Python API. The loss of 2 processes x batch 2 equals 1 process x batch 4; the final folder is one
-consolidated adapter; a killed rank resumes; a hung rank is found by the watchdog."""
+torchrun around the Python API. The loss of 2 processes x batch 2 equals 1 process x batch 4 (DDP, FSDP2 sharding
+each rank's half of the weights, ZeRO-3); the final folder is one consolidated adapter or model; a killed rank
+resumes; FSDP2's checkpoints resume at another world size; a hung rank is found by the watchdog."""
 
 import json
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -36,7 +39,18 @@ def single(tiny_model, toy_data, tmp_path_factory):
     return losses(run)
 
 
-@pytest.mark.parametrize("engine, name", [([], "ddp"), (["--fsdp", "full-shard"], "fsdp2 full-shard"),
+FSDP2 = ["--fsdp", "full-shard", "--gradient-checkpointing", "true"]  # with FSDP's own activation checkpointing
+
+
+def shard_reports(run_dir):
+    """What each rank logged once FSDP2 had sharded the model (train/callbacks.py ShardReport)."""
+    pattern = re.compile(r"fsdp2: rank (\d+) holds (\d+) of (\d+) parameter bytes .*?, (\d+) parameters as DTensor "
+                         r"shards, (\d+) layers under activation checkpointing")
+    logs = [run_dir / "train.log", *sorted((run_dir / "logs").glob("rank-*.log"))]
+    return [tuple(map(int, m.groups())) for log in logs for m in pattern.finditer(log.read_text())]
+
+
+@pytest.mark.parametrize("engine, name", [([], "ddp"), (FSDP2, "fsdp2 full-shard"),
                                           (["--deepspeed", "zero3"], "deepspeed zero3")], ids=["ddp", "fsdp2", "zero3"])
 def test_two_processes_train_as_one_with_the_same_global_batch(engine, name, single, tiny_model, toy_data, tmp_path):
     run = tmp_path / "run"
@@ -44,8 +58,11 @@ def test_two_processes_train_as_one_with_the_same_global_batch(engine, name, sin
                    "--master-port", free_port(), "--output-dir", run, *COMMON, *engine)
     assert losses(run) == pytest.approx(single, abs=1e-4)
     assert proc.stderr.count("memory plan:") == 1  # rank 0 speaks for the run; rank 1 logs into logs/rank-1.log
-    # accelerate 1.15 turns FSDP on for GPU processes only: here the fsdp2 case runs as DDP, and says so
-    assert ("FSDP2 shards on GPUs" in proc.stderr) == name.startswith("fsdp2")
+    if name.startswith("fsdp2"):  # really sharded on the CPU ranks: each holds half the weights, as DTensor shards
+        reports = shard_reports(run)
+        assert sorted(r[0] for r in reports) == [0, 1]
+        for _, local, whole, shards, checkpointed in reports:
+            assert local == pytest.approx(whole / 2, rel=0.01) and shards > 0 and checkpointed == 2  # both layers
     assert "memory plan:" in (run / "logs" / "rank-1.log").read_text()
     resolved = yaml.safe_load((run / "config.yaml").read_text())["_resolved"]
     assert resolved["layout"]["processes"] == 2 and resolved["layout"]["engine"] == name
@@ -57,6 +74,51 @@ def test_two_processes_train_as_one_with_the_same_global_batch(engine, name, sin
 
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), run / "final")  # one plain adapter
     assert any(p.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)
+
+
+def test_fsdp2_full_weights_train_as_one_process_and_resume_at_another_world_size(tiny_model, toy_data, tmp_path):
+    """Full fine-tune on 2 sharded ranks = 1 process with the same global batch; final/ is one plain HF folder that
+    infer loads; its checkpoints (torch distributed checkpoint) resume on 1 rank (2 -> 1), and that run's on 2
+    (1 -> 2)."""
+    args = ["sft", "--model", tiny_model, "--dataset", toy_data, "--tuner", "full", "--max-steps", "6",
+            "--save-steps", "2", "--logging-steps", "1", "--report-to", "none", "--device", "cpu",
+            "--learning-rate", "1e-3"]
+    two = ["--batch-size", "2", "--nproc-per-node", "2"]
+    run_cli(*args, "--batch-size", "4", "--output-dir", tmp_path / "one")
+    run_cli(*args, *two, "--fsdp", "full-shard", "--master-port", free_port(), "--output-dir", tmp_path / "two")
+    whole = losses(tmp_path / "two")
+    assert whole == pytest.approx(losses(tmp_path / "one"), abs=1e-4) and len(whole) == 6
+    assert [r[1] / r[2] for r in shard_reports(tmp_path / "two")] == pytest.approx([0.5, 0.5], rel=0.01)
+    assert (tmp_path / "two" / "checkpoint-2" / "pytorch_model_fsdp_0" / ".metadata").is_file()  # DCP, not one file
+
+    from safetensors.torch import load_file
+
+    final = load_file(tmp_path / "two" / "final" / "model.safetensors")  # consolidated: whole tensors
+    single = load_file(tmp_path / "one" / "final" / "model.safetensors")
+    assert all(final[k].shape == v.shape and (final[k] - v).abs().max() < 1e-4 for k, v in single.items())
+    prompt = tmp_path / "prompt.jsonl"
+    prompt.write_text(json.dumps({"messages": [{"role": "user", "content": "code for apple"}]}) + "\n")
+    answers = {}
+    for name in ("one", "two"):
+        run_cli("infer", "--model", tmp_path / name / "final", "--dataset", prompt,
+                "--output", tmp_path / f"{name}.jsonl", "--generation.max-tokens", "4", "--device", "cpu")
+        answers[name] = json.loads((tmp_path / f"{name}.jsonl").read_text())["response"]
+    assert answers["two"] == answers["one"] != ""
+
+    down = tmp_path / "down"  # 2 -> 1: the checkpoint of step 2, resumed by one FSDP2 process
+    down.mkdir()
+    shutil.copytree(tmp_path / "two" / "checkpoint-2", down / "checkpoint-2")
+    proc = run_cli(*args, "--batch-size", "4", "--fsdp", "full-shard", "--master-port", free_port(),
+                   "--output-dir", down, "--resume")
+    assert "written by 2 process(es), this run has 1" in (down / "train.log").read_text(), proc.stderr[-2000:]
+    assert losses(down) == pytest.approx(whole[2:], abs=1e-4)
+    assert json.loads((down / "checkpoint-4" / "tunesmith_manifest.json").read_text())["world_size"] == 1
+
+    up = tmp_path / "up"  # 1 -> 2: the one process's checkpoint of step 4, resumed by two
+    up.mkdir()
+    shutil.copytree(down / "checkpoint-4", up / "checkpoint-4")
+    run_cli(*args, *two, "--fsdp", "full-shard", "--master-port", free_port(), "--output-dir", up, "--resume")
+    assert losses(up) == pytest.approx(whole[4:], abs=1e-4)
 
 
 KILL = textwrap.dedent("""
@@ -116,7 +178,8 @@ def test_layouts_that_cannot_run_are_refused_before_any_process_starts(tiny_mode
              (["--nnodes", "2"], "master_addr: a job on several nodes needs the address of node 0"),
              (["--nproc-per-node", "2", "--tuner", "qlora", "--deepspeed", "zero3"], "4-bit QLoRA weights cannot be sharded"),
              (["--nproc-per-node", "2", "--sequence-parallel", "2"], "sequence_parallel: needs --deepspeed"),
-             (["--deepspeed", "zero2", "--fsdp", "full-shard"], "choose DeepSpeed or FSDP, not both")]
+             (["--deepspeed", "zero2", "--fsdp", "full-shard"], "choose DeepSpeed or FSDP, not both"),
+             (["--fsdp", "full-shard", "--fsdp-offload"], "CPU processes keep them in CPU RAM already")]
     with socket.socket() as busy:
         busy.bind(("", 0))
         busy.listen()

@@ -47,8 +47,19 @@ def test_engine_arguments(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     fsdp = launch.engine_args(SFTConfig(dataset=["x"], fsdp="shard-grad-op", gradient_checkpointing=True))
     assert fsdp["fsdp"] is True and fsdp["fsdp_config"]["version"] == 2
-    assert fsdp["fsdp_config"]["reshard_after_forward"] is False and fsdp["fsdp_config"]["activation_checkpointing"]
+    assert fsdp["fsdp_config"]["reshard_after_forward"] is False
+    assert fsdp["fsdp_config"]["state_dict_type"] == "SHARDED_STATE_DICT"  # checkpoints through torch DCP
     assert fsdp["ddp_find_unused_parameters"] is False  # adapters: no search for unused weights every step
+    # adapters checkpoint through transformers (peft 0.21 saves an empty adapter under FSDP's checkpoint wrapper),
+    # full weights through FSDP's own wrapper; never both (transformers refuses that)
+    from tunesmith.train.speed import speed_args
+
+    lora = SFTConfig(dataset=["x"], fsdp="full-shard", gradient_checkpointing=True)
+    full = SFTConfig(dataset=["x"], fsdp="full-shard", gradient_checkpointing=True, tuner="full")
+    assert not launch.engine_args(lora)["fsdp_config"]["activation_checkpointing"]
+    assert speed_args(lora, "cpu")["activation_checkpointing"]
+    assert launch.engine_args(full)["fsdp_config"]["activation_checkpointing"]
+    assert not speed_args(full, "cpu")["activation_checkpointing"]
     full = launch.engine_args(SFTConfig(dataset=["x"], tuner="full", deepspeed="zero2"))
     assert "ddp_find_unused_parameters" not in full and full["deepspeed"]["zero_optimization"]["stage"] == 2
 
@@ -70,3 +81,31 @@ def test_plan_takes_the_same_layout_flags_as_training(capsys):
                                        "--max-length", "32768", "--nproc-per-node", "4", "--deepspeed", "zero3",
                                        "--batch-size", "1", "--gradient-checkpointing", "true"]))
     assert sp["asked"]["estimate"]["breakdown_gib"]["activations"] < whole["asked"]["estimate"]["breakdown_gib"]["activations"] / 2
+
+
+def test_a_checkpoint_resumes_on_the_engine_that_wrote_it(tmp_path, monkeypatch):
+    """FSDP2's checkpoints (torch distributed checkpoint) resume at any world size, and only with --fsdp; DeepSpeed's at
+    the same world size; a plain checkpoint is not taken by FSDP2."""
+    import json
+
+    from tunesmith.train.callbacks import write_manifest
+    from tunesmith.train.run import check_world_size
+
+    sharded, plain = tmp_path / "checkpoint-2", tmp_path / "checkpoint-4"
+    (sharded / "pytorch_model_fsdp_0").mkdir(parents=True)
+    (sharded / "pytorch_model_fsdp_0" / ".metadata").write_bytes(b"x")
+    plain.mkdir()
+    (plain / "adapter_model.safetensors").write_bytes(b"x")
+    write_manifest(sharded, 2, world_size=2)
+    write_manifest(plain, 4, world_size=2)
+    assert json.loads((sharded / "tunesmith_manifest.json").read_text())["world_size"] == 2
+    fsdp = SFTConfig(dataset=["x"], fsdp="full-shard")
+    check_world_size(fsdp, sharded)  # 2 -> 1: resharded as it loads
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    check_world_size(fsdp, sharded)  # 2 -> 3
+    with pytest.raises(ConfigError, match="holds FSDP2 shards .* resume it with --fsdp"):
+        check_world_size(SFTConfig(dataset=["x"]), sharded)
+    with pytest.raises(ConfigError, match="written without --fsdp; resume it without --fsdp"):
+        check_world_size(fsdp, plain)
+    with pytest.raises(ConfigError, match="written by 2 process\\(es\\), this run has 3; DeepSpeed's"):
+        check_world_size(SFTConfig(dataset=["x"], deepspeed="zero2"), plain)

@@ -166,6 +166,42 @@ class Watchdog(TrainerCallback):
                 os._exit(3)
 
 
+class ShardReport(TrainerCallback):
+    """With FSDP2 each rank logs what it holds once the engine has sharded the model: its parameters' local bytes
+    against the whole model's, how many are DTensor shards, and how many layers FSDP's activation checkpointing
+    wrapped (train.log for rank 0, logs/rank-N.log for the others). A rank holding everything is not sharded."""
+
+    def __init__(self, rank: int):
+        self.rank = rank
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
+        from transformers.modeling_layers import GradientCheckpointingLayer
+
+        local, whole, shards = parameter_bytes(model)
+        # FSDP's checkpoint wrapper (full weights) or transformers' per-layer checkpointing (adapters)
+        wrapped = sum(isinstance(m, CheckpointWrapper) or (isinstance(m, GradientCheckpointingLayer) and
+                                                          m.gradient_checkpointing) for m in model.modules())
+        logging.getLogger("tunesmith").info(
+            "fsdp2: rank %d holds %d of %d parameter bytes (%.1f %%), %d parameters as DTensor shards, %d layers under "
+            "activation checkpointing", self.rank, local, whole, 100 * local / max(whole, 1), shards, wrapped)
+
+
+def parameter_bytes(model) -> tuple[int, int, int]:
+    """(bytes this rank stores, bytes of the whole model, parameters that are DTensors) over unique parameters."""
+    from torch.distributed.tensor import DTensor
+
+    local = whole = shards = 0
+    for p in model.parameters():  # tied weights count once
+        if isinstance(p, DTensor):
+            shards += 1
+            local += p.to_local().numel() * p.element_size()
+        else:
+            local += p.numel() * p.element_size()
+        whole += p.numel() * p.element_size()
+    return local, whole, shards
+
+
 class GracefulStop(TrainerCallback):
     """SIGTERM (the web UI's Stop, a scheduler's preemption, `kill`) ends the run at the end of the current step with
     a checkpoint and final/, instead of losing everything since the last save; `--resume` continues from it. Ctrl-C

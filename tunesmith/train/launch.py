@@ -101,9 +101,10 @@ def layout(cfg: Any) -> Layout:
 
 
 def needs_launch(cfg: Any) -> bool:
-    """True in the process a user started with a layout of several processes; False in a rank (ours or an outer
-    launcher's) and for a single process."""
-    return world_size() == 1 and LAUNCHED not in os.environ and layout(cfg).world_size > 1
+    """True in the process a user started with a layout of several processes, or with --fsdp (FSDP2 runs in a
+    process group, also of one process: its checkpoints are then the same at any world size); False in a rank (ours
+    or an outer launcher's) and for a single process."""
+    return world_size() == 1 and LAUNCHED not in os.environ and (layout(cfg).world_size > 1 or bool(cfg.fsdp))
 
 
 # -----------------------------------------------------------------------------
@@ -176,10 +177,6 @@ def launch(cfg: Any) -> Any:
     lay = layout(cfg)
     check(cfg, lay)
     check_engine(cfg, lay.world_size)
-    from tunesmith.models.load import pick_device
-
-    if cfg.fsdp and pick_device(cfg.device) == "cpu":  # accelerate 1.15 turns FSDP on for GPU-like processes only
-        log.warning("fsdp: on CPU processes accelerate runs plain data parallel (DDP), unsharded; FSDP2 shards on GPUs")
     prepare_data(cfg)
     if cfg.tensor_parallel > 1:
         from tunesmith.models.load import resolve
@@ -216,6 +213,13 @@ def check_engine(cfg: Any, world: int) -> None:
     if cfg.tuner == "qlora" and (stage == 3 or cfg.fsdp):
         raise ConfigError(f"{'deepspeed' if stage == 3 else 'fsdp'}: 4-bit QLoRA weights cannot be sharded; use "
                           "--deepspeed zero2 (or plain data parallel) with qlora, or --tuner lora to shard")
+    if cfg.fsdp_offload:
+        from tunesmith.models.load import pick_device
+
+        if pick_device(cfg.device) == "cpu":
+            raise ConfigError("fsdp_offload: FSDP2's CPU offload moves parameters, gradients and optimizer states from "
+                              "GPU memory to CPU RAM; CPU processes keep them in CPU RAM already. Drop --fsdp-offload "
+                              "(--fsdp alone shards them across the processes)")
     if cfg.sequence_parallel > 1:
         if not (cfg.deepspeed or cfg.fsdp):
             raise ConfigError("sequence_parallel: needs --deepspeed (Ulysses, DeepSpeed ALST) or --fsdp (PyTorch's "
@@ -287,8 +291,10 @@ def engine_args(cfg: Any) -> dict[str, Any]:
     if cfg.fsdp:
         args["fsdp"] = True
         args["fsdp_config"] = {"version": 2, "reshard_after_forward": cfg.fsdp != "shard-grad-op",
-                               "cpu_offload": cfg.fsdp_offload, "state_dict_type": "FULL_STATE_DICT",
-                               "activation_checkpointing": bool(cfg.gradient_checkpointing)}
+                               # checkpoints through torch distributed checkpoint (each rank its shards; resumable at
+                               # another world size); final/ is consolidated (train/run.py save_final)
+                               "cpu_offload": cfg.fsdp_offload, "state_dict_type": "SHARDED_STATE_DICT",
+                               "activation_checkpointing": fsdp_wraps_checkpointing(cfg)}
     if cfg.sequence_parallel > 1 or (cfg.fsdp == "hybrid-shard" and world > 1):
         from accelerate.parallelism_config import ParallelismConfig
 
@@ -306,6 +312,17 @@ def engine_args(cfg: Any) -> dict[str, Any]:
             replicate = nodes if cfg.fsdp == "hybrid-shard" else 1
             args["parallelism_config"] = ParallelismConfig(cp_size=sp, dp_replicate_size=replicate,
                                                            dp_shard_size=world // sp // replicate)
+    if cfg.fsdp and "LOCAL_RANK" in os.environ and cfg.sequence_parallel == 1:
+        from tunesmith.models.load import pick_device
+
+        if pick_device(cfg.device) == "cpu":
+            # accelerate 1.15 turns FSDP on for GPU-like processes only; on CPU (gloo) it shards once allowed
+            # (models/patches/accelerate_fsdp.py; its plugin is bound in train/setup.py run_trainer)
+            from tunesmith.models.patches.accelerate_fsdp import cpu_fsdp
+
+            nodes = int(os.environ.get("NNODES", os.environ.get("GROUP_WORLD_SIZE", 1)))
+            replicate = nodes if cfg.fsdp == "hybrid-shard" else 1
+            args["parallelism_config"] = cpu_fsdp(replicate, world // replicate)
     if cfg.tensor_parallel > 1 and world > 1:
         # The model came sharded from transformers (models/load.py); the Trainer tells accelerate its layout. On CPU
         # accelerate refuses any such layout, which runs there as on GPUs once allowed (models/patches/accelerate_tp.py).
@@ -317,6 +334,14 @@ def engine_args(cfg: Any) -> dict[str, Any]:
 
             args["parallelism_config"] = cpu_tensor_parallel(cfg.tensor_parallel, world // cfg.tensor_parallel)
     return args
+
+
+def fsdp_wraps_checkpointing(cfg: Any) -> bool:
+    """Activation checkpointing by FSDP2's own wrapper (accelerate's fsdp_config) rather than transformers' per-layer
+    gradient checkpointing: for full weights. peft 0.21 names an adapter's weights by module path and strips only
+    FSDP1's wrapper from it, so under FSDP's checkpoint wrapper (`_checkpoint_wrapped_module.` in every layer's path)
+    it saves an empty adapter; adapters keep transformers' checkpointing, which wraps nothing."""
+    return bool(cfg.fsdp and cfg.gradient_checkpointing and not cfg.trains_adapter)
 
 
 def _deepspeed_comm_on_cpu(cfg: Any) -> None:

@@ -30,7 +30,7 @@ import yaml
 from tunesmith import lineage
 from tunesmith.errors import ConfigError
 from tunesmith.train.callbacks import MANIFEST, is_complete
-from tunesmith.train.launch import LAUNCHED, is_main, rank, world_size
+from tunesmith.train.launch import LAUNCHED, is_main, layout, rank, world_size
 from tunesmith.train.tuners import finish_final
 from tunesmith.versions import installed_versions
 
@@ -40,6 +40,7 @@ TRAINING_PACKAGES = ("tunesmith", "torch", "transformers", "trl", "peft", "accel
 # the loggers whose records train.log keeps
 LOGGERS = ("tunesmith", "transformers", "trl", "peft")
 LOCK = ".lock"
+FSDP_MODEL_FOLDER = "pytorch_model_fsdp_0"  # accelerate's torch distributed checkpoint of an FSDP2 model
 
 
 @dataclass
@@ -79,6 +80,9 @@ class Run:
             shutil.rmtree(staging, ignore_errors=True)  # left by a run killed while saving
             staging.mkdir()
         _barrier()
+        plugin = getattr(trainer.accelerator.state, "fsdp_plugin", None)
+        if plugin is not None:  # checkpoints were FSDP2 shards; final/ is one plain HF/peft folder
+            plugin.set_state_dict_type("FULL_STATE_DICT")
         trainer.save_model(str(staging))
         _barrier()
         if is_main():
@@ -220,13 +224,27 @@ def checkpoint_to_resume(cfg: Any, run_dir: Path, set_aside: bool = True) -> str
 
 
 def check_world_size(cfg: Any, checkpoint: Path) -> None:
+    """A checkpoint resumes on the engine that wrote it. FSDP2's (torch distributed checkpoint: each rank's shards plus
+    a plan of the whole tensors) resume at any world size, DCP resharding them as they load; DeepSpeed's at the same
+    one."""
     written = json.loads((checkpoint / MANIFEST).read_text()).get("world_size", 1)
-    now = world_size()
+    now = world_size() if world_size() > 1 else layout(cfg).world_size  # the launching process: the ranks it starts
+    sharded = (checkpoint / FSDP_MODEL_FOLDER).is_dir()
+    if sharded and not cfg.fsdp:
+        raise ConfigError(f"resume: {checkpoint} holds FSDP2 shards (torch distributed checkpoint); resume it with "
+                          "--fsdp (any number of processes)")
+    if cfg.fsdp and not sharded:
+        raise ConfigError(f"resume: {checkpoint} was written without --fsdp; resume it without --fsdp (FSDP2 resumes "
+                          "only its own sharded checkpoints)")
     if written == now:
         return
-    if cfg.deepspeed or cfg.fsdp:
-        raise ConfigError(f"resume: {checkpoint} was written by {written} process(es), this run has {now}; sharded "
-                          f"optimizer states resume at the same world size: --nproc-per-node {written} (x nodes)")
+    if cfg.fsdp:
+        log.info("resume: %s was written by %d process(es), this run has %d: torch distributed checkpoint reshards the "
+                 "weights and optimizer states as they load", checkpoint, written, now)
+        return
+    if cfg.deepspeed:
+        raise ConfigError(f"resume: {checkpoint} was written by {written} process(es), this run has {now}; DeepSpeed's "
+                          f"sharded optimizer states resume at the same world size: --nproc-per-node {written} (x nodes)")
     log.warning("resume: %s was written by %d process(es), this run has %d: the weights and optimizer resume, the "
                 "data order of the rest of the epoch differs", checkpoint, written, now)
 

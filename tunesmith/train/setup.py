@@ -91,17 +91,24 @@ def run_trainer(cfg: Any, run_dir: Path, model: Any, tokenizer: Any, train_ds: A
     from transformers.trainer_callback import PrinterCallback
     from trl import SFTTrainer
 
-    from tunesmith.train.callbacks import CheckpointManifest, GracefulStop, LossPlot, MetricsLog, ProgressBar, Watchdog
+    from tunesmith.train.callbacks import (CheckpointManifest, GracefulStop, LossPlot, MetricsLog, ProgressBar,
+                                           ShardReport, Watchdog)
 
     ours = [MetricsLog(run_dir), ProgressBar(), CheckpointManifest(), LossPlot(run_dir)]
     if world_size() > 1 and cfg.watchdog_timeout:
         ours.append(Watchdog(run_dir, cfg.watchdog_timeout, rank()))
     if world_size() == 1:
         ours.append(GracefulStop())
+    if cfg.fsdp:
+        ours.append(ShardReport(rank()))
     eva = tuners.uses_eva(cfg) and optimizers is None  # EVA may change adapter ranks: the optimizer comes after it
+    args = args or trl_args(cfg, run_dir, device, dtype, has_eval=eval_ds is not None)
+    parallelism = getattr(args, "parallelism_config", None)
+    if hasattr(parallelism, "fsdp_plugin_args"):  # FSDP2 on CPU ranks (models/patches/accelerate_fsdp.py)
+        parallelism.fsdp_plugin_args = args.fsdp_plugin_args
     trainer = (trainer_cls or SFTTrainer)(
         model=model,
-        args=args or trl_args(cfg, run_dir, device, dtype, has_eval=eval_ds is not None),
+        args=args,
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=tokenizer,

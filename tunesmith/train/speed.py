@@ -37,7 +37,7 @@ from tunesmith.infer import attention
 from tunesmith.models.patches.peft_lora import keep_adapter_inputs_in_compute_dtype, use_fused_forward
 from tunesmith.models.s2_attention import use_s2_attention
 from tunesmith.train import tuners
-from tunesmith.train.launch import deepspeed_stage
+from tunesmith.train.launch import deepspeed_stage, fsdp_wraps_checkpointing
 
 log = logging.getLogger("tunesmith")
 
@@ -124,7 +124,9 @@ def speed_args(cfg: Any, device: str) -> dict[str, Any]:
     args: dict[str, Any] = {}
     if device == "cuda" and getattr(cfg, "tuner", None) != "galore":  # GaLore's optimizer: train/tuners.py
         args["optim"] = "adamw_torch_fused"
-    checkpointing = bool(cfg.gradient_checkpointing)
+    # FSDP2 of full weights checkpoints through its own wrapper (fsdp_config, train/launch.py fsdp_args); transformers
+    # refuses both at once
+    checkpointing = bool(cfg.gradient_checkpointing) and not fsdp_wraps_checkpointing(cfg)
     args["activation_checkpointing"] = checkpointing
     if checkpointing:
         kwargs: dict[str, Any] = {"use_reentrant": False}

@@ -9,6 +9,8 @@ no longer matches what a patch touches, or no longer needs it.
                      (train/episodes.py)
   accelerate_tp.py   accelerate's ParallelismConfig check, which refuses tensor parallel on CPU processes (gloo)
                      (train/launch.py)
+  accelerate_fsdp.py accelerate's state, which turns FSDP on for GPU-like processes only: FSDP2 on CPU processes
+                     (gloo) through one ParallelismConfig object (train/launch.py, train/setup.py)
 
 Patches apply to one model or trainer object when called, never at import, and never to a class.
 """
