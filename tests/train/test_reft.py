@@ -87,6 +87,45 @@ def test_positions_are_the_prompts_first_and_last_tokens():
     assert first.nonzero().tolist() == [[0, 2], [1, 0]] and last.nonzero().tolist() == [[0, 4], [1, 4]]
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_a_packed_row_gives_each_sample_the_logits_it_has_alone(tiny, device):
+    """Packing (TRL's padding-free rows, position_ids restarting per sample, our varlen attention): each sample's
+    first and last prompt tokens are edited as when it runs alone, so its logits are the same. Edits made large: a
+    position taken from the wrong sample would move them by far more than the tolerance. CUDA: bf16, flash kernel."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from tunesmith.infer import attention
+
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(tiny, dtype=dtype).to(device).eval()
+    interventions = reft.attach(model, {**SPEC, "positions": "f2+l1"})
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in interventions.parameters():
+            p.add_(torch.randn_like(p))
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    for n, prompt in ((9, 4), (15, 7), (6, 3)):
+        ids = torch.randint(5, 1000, (n,), generator=gen).tolist()
+        rows.append({"input_ids": ids, "labels": [-100] * prompt + ids[prompt:]})
+    with torch.no_grad():
+        alone = [model(input_ids=torch.tensor([r["input_ids"]], device=device),
+                       labels=torch.tensor([r["labels"]], device=device)).logits[0] for r in rows]
+        attention.use_varlen(model)
+        batch = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)(rows)
+        packed = model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()},
+                       use_cache=False).logits[0]
+    # f2 and l1 of each sample; the 3-token prompt gets f1 (at most half a prompt, as pyreft)
+    assert [m.sum().item() for m in interventions.masks.values()] == [2 + 2 + 1, 3]
+    start = 0
+    for logits in alone:
+        part = packed[start:start + len(logits)].float()
+        start += len(logits)
+        assert ((part - logits.float()).norm() / logits.float().norm()).item() < (2e-2 if device == "cuda" else 1e-5)
+
+
 def test_generation_edits_the_prompt_at_prefill_and_no_decoded_token(tiny):
     model = AutoModelForCausalLM.from_pretrained(tiny).eval()
     interventions = reft.attach(model, SPEC)
