@@ -15,6 +15,13 @@ user turn with an <image> placeholder, an `images` column (paths relative to the
 `trend` column that --score reads. Same seed, same bytes (PNG metadata without the matplotlib version).
 
 The held-out charts use collections and seeds the training charts never use.
+
+    python examples/dao-proposal/make_charts.py --bold --train 600  # charts/bold/: the same series, for a small eye
+
+--bold draws each series as one thick black line on white, 64x64 pixels, no title, axes or labels (the name is in the
+question), and the answer is the trend and the proposal's title only (the figures need a finer eye): what a vision
+tower trained from scratch on a CPU can learn (build_vlm.py, README). The first 200 training and all 40 held-out
+series are the ones charts/ shows; --train beyond 200 draws more from the same seed.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ OUT = HERE / "charts"
 SEED = 20251204
 TRENDS = ("rising", "falling", "flat", "spike")
 DAYS = 30
+BOLD_PIXELS = 64
 QUESTION = ("This chart shows the daily secondary sales of {name} over the last 30 days. Name the trend and draft "
             "the governance proposal that follows from it.")
 TREND_LINE = re.compile(r"Trend:\s*(rising|falling|flat|spike)\b", re.IGNORECASE)
@@ -68,7 +76,7 @@ def series(trend: str, rng: random.Random) -> tuple[list[float], dict]:
     return values, facts
 
 
-def answer(trend: str, name: str, facts: dict) -> str:
+def answer(trend: str, name: str, facts: dict, short: bool = False) -> str:
     first, last = facts["first_week"], facts["last_week"]
     change = (last - first) / first * 100
     moved = f"from {first:.1f} ETH a day in the first week to {last:.1f} ETH in the last ({change:+.0f}%)"
@@ -92,6 +100,8 @@ def answer(trend: str, name: str, facts: dict) -> str:
         title = f"Review day {facts['spike_day']} of {name} sales before any parameter change"
         body = ("One day's volume is several times the usual; before acting on it, a wash-trading review of that "
                 "day's transactions is commissioned, and parameters stay as they are until it reports.")
+    if short:  # --bold: the trend and the proposal it leads to, without the figures
+        return f"Trend: {trend}.\n\n## Title\n{title}"
     return (f"{head}\n\n## Title\n{title}\n\n## Background\n{body}\n\n## Vote options\n- For\n- Against\n"
             "- Abstain")
 
@@ -124,7 +134,29 @@ def draw(values: list[float], name: str, path: Path, style: str) -> None:
     Image.open(buffer).convert("RGB").quantize(colors=32).save(path, optimize=True)
 
 
-def make(split: str, count: int, seed: int, out: Path) -> list[dict]:
+def draw_bold(values: list[float], path: Path) -> None:
+    """One thick line, 64x64 pixels, nothing else: the trend is the line's shape (a spike: one tall peak)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(1, 1), dpi=BOLD_PIXELS)
+    ax = fig.add_axes((0.04, 0.04, 0.92, 0.92))
+    ax.plot(range(DAYS), values, color="black", linewidth=2.5, solid_capstyle="round")
+    ax.set_xlim(0, DAYS - 1)
+    ax.set_ylim(0, max(values) * 1.1)
+    ax.axis("off")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", metadata={"Software": None})
+    plt.close(fig)
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.open(buffer).convert("L").save(path, optimize=True)
+
+
+def make(split: str, count: int, seed: int, out: Path, bold: bool = False) -> list[dict]:
     rng = random.Random(seed)
     adjectives = HELD_OUT_ADJECTIVES if split == "heldout" else ADJECTIVES
     rows = []
@@ -133,9 +165,13 @@ def make(split: str, count: int, seed: int, out: Path) -> list[dict]:
         name = f"{rng.choice(adjectives)} {rng.choice(NOUNS)}"
         values, facts = series(trend, rng)
         image = f"{split}/{i:04d}.png"
-        draw(values, name, out / image, rng.choice(("bar", "line")))
+        style = rng.choice(("bar", "line"))  # drawn either way, so --bold keeps the series of charts/
+        if bold:
+            draw_bold(values, out / image)
+        else:
+            draw(values, name, out / image, style)
         rows.append({"messages": [{"role": "user", "content": "<image>" + QUESTION.format(name=name)},
-                                  {"role": "assistant", "content": answer(trend, name, facts)}],
+                                  {"role": "assistant", "content": answer(trend, name, facts, short=bold)}],
                      "images": [image], "trend": trend})
     (out / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return rows
@@ -164,15 +200,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT, help="folder for the PNGs and the two JSONL files")
     parser.add_argument("--train", type=int, default=200, help="training charts (balanced over the four trends)")
     parser.add_argument("--heldout", type=int, default=40, help="held-out charts")
+    parser.add_argument("--bold", action="store_true", help="one thick line, 64x64 pixels, into charts/bold/")
     parser.add_argument("--score", type=Path, help="answers.jsonl to score against --rows (prints JSON)")
     parser.add_argument("--rows", type=Path, default=OUT / "heldout.jsonl", help="the charts --score answers")
     args = parser.parse_args()
     if args.score:
         print(json.dumps(score(args.score, args.rows), indent=2))
         return
-    make("train", args.train, SEED, args.out)
-    make("heldout", args.heldout, SEED + 1, args.out)
-    print(f"wrote {args.train} training and {args.heldout} held-out charts under {args.out}")
+    out = args.out / "bold" if args.bold and args.out == OUT else args.out
+    make("train", args.train, SEED, out, bold=args.bold)
+    make("heldout", args.heldout, SEED + 1, out, bold=args.bold)
+    print(f"wrote {args.train} training and {args.heldout} held-out charts under {out}")
 
 
 if __name__ == "__main__":
