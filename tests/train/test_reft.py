@@ -21,8 +21,8 @@ SPEC = {"layers": [0, 1], "rank": 4, "positions": "f1+l1", "share_weights": Fals
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "toy.jsonl"
-    rows = [{"messages": [{"role": "user", "content": f"code for {w}"}, {"role": "assistant", "content": f"CODE {w} OK"}]}
-            for w in WORDS]
+    rows = [{"messages": [{"role": "user", "content": f"code for {w}"},
+                          {"role": "assistant", "content": f"CODE {w} OK"}]} for w in WORDS]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return path
 
@@ -208,6 +208,13 @@ def test_reft_settings_are_refused_naming_the_key(tiny, toy):
     common = ["--model", str(tiny), "--dataset", str(toy), "--tuner", "reft"]
     cfg = load(SFTConfig, [*common, "--reft.layers", "2;10", "--reft.positions", "f3+l3", "--reft.share-weights"])
     assert cfg.reft.layers == [2, 10] and cfg.reft.positions == "f3+l3" and cfg.reft.share_weights
+    recipe = tiny.parent / "reft.yaml"  # the same from YAML, as a recipe switches tuners
+    recipe.write_text(f"model: {tiny}\ndataset: [{toy}]\ntuner: reft\nreft:\n  layers: [2, 10]\n  positions: f3+l3\n"
+                      "  share_weights: true\n  rank: 8\n  dropout: 0.05\n")
+    assert load(SFTConfig, ["-c", str(recipe)]).reft == cfg.reft.model_copy(update={"rank": 8, "dropout": 0.05})
+    recipe.write_text(recipe.read_text().replace("f3+l3", "first3"))
+    with pytest.raises(ConfigError, match=r"reft.yaml:6: reft.positions: not f<N>.*\(got .first3.\)"):
+        load(SFTConfig, ["-c", str(recipe)])
     refused = {("--reft.positions", "middle"): "positions", ("--deepspeed", "zero2"): "one process",
                ("--adapters", "runs/x/final"): "drop --adapters"}
     for flags, words in refused.items():

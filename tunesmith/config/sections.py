@@ -144,13 +144,13 @@ def parse_reft_positions(text: str) -> tuple[int, int] | None:
     """LoReFT positions in pyreft's notation: (first N, last N) prompt tokens, or None for every token (all)."""
     match = REFT_POSITIONS.fullmatch(text.strip())
     if match is None:
-        raise ValueError(f"positions: {text!r} is not f<N>, l<N>, f<N>+l<N> or all (pyreft's notation, e.g. f1+l1)")
+        raise ValueError("not f<N>, l<N>, f<N>+l<N> or all (pyreft's notation: first/last prompt tokens, e.g. f1+l1)")
     if text.strip() == "all":
         return None
     first, last, only_last = match.groups()
     counts = (int(first or 0), int(last or only_last or 0))
     if counts == (0, 0):
-        raise ValueError(f"positions: {text!r} names no token; use e.g. f1+l1")
+        raise ValueError("names no token; use e.g. f1+l1")
     return counts
 
 

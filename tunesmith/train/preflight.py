@@ -114,6 +114,10 @@ def preflight(cfg: Any, base_folder: Path, rows: int) -> Preflight:
     plan.layout = {"processes": plan.processes, "nodes": int(os.environ.get("GROUP_WORLD_SIZE", 1)), "engine": engine,
                    "sequence_parallel": cfg.sequence_parallel, "tensor_parallel": cfg.tensor_parallel}
     shape = _shape(base_folder)
+    if cfg.tuner == "reft" and cfg.reft.layers != "all" and shape is not None:  # before any weights load
+        wrong = sorted(i for i in set(cfg.reft.layers) if not 0 <= i < shape.layers)
+        if wrong:
+            raise ConfigError(f"reft.layers: {wrong} not among the model's decoder layers 0-{shape.layers - 1}")
     resolve_speed(cfg, plan, shape)
     _check_memory(cfg, plan, shape)
     _print(cfg, plan, rows)
