@@ -18,7 +18,8 @@ SPECULATIVE_HELP = (
     "them in one pass) or ngram[:N] (prompt lookup: N tokens copied from the prompt per step, default 10). Greedy "
     "answers are unchanged. transformers backend: requests to text models are then answered one at a time through "
     "generate() with transformers' assisted generation instead of the continuous batch (faster at one stream, slower "
-    "under concurrent load); logprobs, seeds, response_format and vision requests keep their own paths.")
+    "under concurrent load); logprobs, seeds, response_format and vision requests keep their own paths. vllm backend: "
+    "vLLM's speculative_config, inside its continuous batch (a draft is a whole model, not a LoRA run).")
 
 
 @dataclass(frozen=True)
