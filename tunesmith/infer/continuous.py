@@ -145,13 +145,13 @@ class BatchingLoops:
         gen = GenerationConfig(do_sample=True, temperature=0.7, top_p=0.9, max_new_tokens=256,
                                eos_token_id=served.template.stop_token_ids,
                                pad_token_id=served.template.tokenizer.pad_token_id)
-        # allow_block_sharing=False (no prefix caching): once, in a full CI run, a greedy request that followed
-        # a stop-string-cancelled request with the same prompt answered differently from its first token.
-        # Not reproduced in isolation; prefix blocks left by the cancelled request are the suspect. Exact
-        # answers first; prefix caching can come back with a test that pins this down.
+        # Prefix caching (transformers' block sharing, its default) is on: a prompt's full KV blocks stay cached
+        # and a later prompt with the same start reuses them. tests/infer/test_prefix_cache.py pins the case that
+        # once had it switched off (41fef4d: a greedy answer after a cancelled request; d600b1a found the cause, a
+        # generate() call overlapping a batching step).
         self.pick_attention(served.model)
-        options = {"per_request_processors": True, "allow_block_sharing": False,
-                   **self._cache_budget(served), **graph_option(served.model), **self.options}
+        options = {"per_request_processors": True, **self._cache_budget(served), **graph_option(served.model),
+                   **self.options}
         cb = ContinuousBatchingConfig(**options)
         manager = served.model.init_continuous_batching(generation_config=gen, continuous_batching_config=cb)
         manager.start()
@@ -163,6 +163,7 @@ class BatchingLoops:
             time.sleep(0.01)
         if not running(manager):
             raise EngineError(f"{type(fatal_error(manager)).__name__}: {fatal_error(manager)}")
+        skip_released_requests(manager.batch_processor.cache)
         return manager
 
     def pick_attention(self, model: Any) -> None:
@@ -190,6 +191,21 @@ class BatchingLoops:
         # 4096 tokens per step rather than transformers' 8192: prefill comes in smaller chunks between decode steps,
         # which halved time to first token at 64 streams on an H200 (docs/benchmarks.md, "Second round").
         return {"max_memory_percent": 0.8 / len(self.served), "max_batch_tokens": self.max_batch_tokens or 4096}
+
+
+def skip_released_requests(cache: Any) -> None:
+    """transformers 5.23 with async batching (CUDA graphs) and block sharing: a request cancelled while its step is in
+    flight has its blocks released when the next batch is prepared, and that step's update then registers the blocks
+    it completed through the request's block table, which is gone (KeyError in the loop thread: the loop stops and
+    every request in it fails; a client leaving during a long prompt's prefill is enough). Its blocks are released,
+    so there is nothing to register: the update skips them. Synchronous batching (CPU) never meets this."""
+    mark = cache.mark_complete_blocks
+
+    def mark_held(state: Any, complete_blocks: dict[str, int]) -> None:
+        if all(state.request_id in allocator.block_table for allocator in cache.cache_allocators.values()):
+            mark(state, complete_blocks)
+
+    cache.mark_complete_blocks = mark_held
 
 
 def running(manager: Any) -> bool:
