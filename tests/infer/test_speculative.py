@@ -1,16 +1,17 @@
 """--speculative on the transformers engine: greedy answers equal the continuous batch's, streamed and not, with a
 draft model (the embedded SmolLM2-135M cut to its first 24 of 30 layers: it agrees with the full model on about
-half the tokens, so both accepted and rejected proposals happen) and with prompt lookup; a draft with another vocabulary is
-refused naming both models."""
+half the tokens, so both accepted and rejected proposals happen) and with prompt lookup; a draft with another
+vocabulary is refused naming both models."""
 
 import asyncio
 
 import pytest
 
-from tunesmith.config import DeployConfig
+from tunesmith.config import DeployConfig, InferConfig
 from tunesmith.config.load import validate
 from tunesmith.errors import ConfigError
 from tunesmith.infer import GenerationRequest, SamplingParams, load_engine
+from tunesmith.infer.batch import engine_for
 
 PROMPTS = ["Write three lines about rivers, mountains and the sea.",
            "List the days of the week, then list them again backwards."]
@@ -70,8 +71,12 @@ def counting_forwards(engine) -> list:
 
 @pytest.mark.parametrize("speculative", ["draft", "ngram:4"])
 def test_greedy_answers_are_those_of_the_continuous_batch_streamed_and_not(speculative, smollm, draft, expected):
-    value = f"draft={draft}" if speculative == "draft" else speculative
-    engine = load_engine("transformers", model=str(smollm), device="cpu", dtype="float32", speculative=value)
+    if speculative == "draft":
+        engine = load_engine("transformers", model=str(smollm), device="cpu", dtype="float32",
+                             speculative=f"draft={draft}")
+    else:  # as `tunesmith infer --speculative ngram:4` loads it
+        engine = engine_for(InferConfig(model=str(smollm), device="cpu", dtype="float32", speculative=speculative))
+        assert engine.assistant.options(engine.served[engine.default]) == {"prompt_lookup_num_tokens": 4}
     try:
         forwards = counting_forwards(engine)
         (whole, chunks), tokens = answers(engine)
@@ -100,7 +105,8 @@ def test_a_draft_with_another_vocabulary_is_refused_naming_both(smollm, draft, t
     assert "<only-in-the-draft>" in message and "served model's tokenizer" in message
 
 
-@pytest.mark.parametrize("value, problem", [("ngram:0", "the N of ngram:N is a whole number"), ("draft=", "draft= needs a model"),
+@pytest.mark.parametrize("value, problem", [("ngram:0", "the N of ngram:N is a whole number"),
+                                            ("draft=", "draft= needs a model"),
                                             ("medusa", "draft=MODEL, ngram or ngram:N")])
 def test_a_bad_value_is_refused_naming_the_forms(value, problem):
     with pytest.raises(ConfigError) as err:
