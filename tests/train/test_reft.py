@@ -227,24 +227,27 @@ def test_reft_settings_are_refused_naming_the_key(tiny, toy):
                           report_to=["none"], output_dir=str(tiny.parent / "bad-layers")))
 
 
-def test_the_engine_answers_concurrent_requests_as_generate_does(trained, tmp_path):
-    """Prompt positions need the prompt in one forward of its own: the engine sends a ReFT model's requests through
+@pytest.mark.parametrize("positions", ["f1+l1", "all"])
+def test_the_engine_answers_concurrent_requests_as_generate_does(trained, tiny, tmp_path, positions):
+    """Prompt positions need the prompt in one forward of its own: the engine sends such a model's requests through
     generate(), so concurrent requests (which continuous batching would flatten into one ragged row) each get their
-    own first and last prompt tokens edited. Edits made large, so a wrong position changes the answer."""
+    own first and last prompt tokens edited. Positions `all` edit every token, so they stay in the continuous batch.
+    Edits made large, so a wrong position changes the answer."""
     import asyncio
     import shutil
-
-    from safetensors.torch import load_file, save_file
 
     from tunesmith.infer import GenerationRequest, SamplingParams, load_engine
     from tunesmith.templates import Template
 
     folder = tmp_path / "final"
     shutil.copytree(trained[0].final_dir, folder)
-    weights = folder / "reft" / "interventions.safetensors"
+    base = AutoModelForCausalLM.from_pretrained(tiny)
+    interventions = reft.attach(base, {**SPEC, "positions": positions})
     torch.manual_seed(1)
-    save_file({k: v + (3 * torch.randn_like(v) if k.endswith("source.bias") else 0) for k, v in
-               load_file(str(weights)).items()}, str(weights))
+    with torch.no_grad():
+        for name, p in interventions.named_parameters():
+            p.add_(3 * torch.randn_like(p) if name.endswith("source.bias") else 0)
+    reft.save(base, folder, str(tiny))
     prompts = [[{"role": "user", "content": f"code for {w}"}] for w in WORDS[:3]]
     model, template = load_model(folder, torch.float32, "cpu").eval(), Template.load(folder)
     expected = []
@@ -267,6 +270,7 @@ def test_the_engine_answers_concurrent_requests_as_generate_does(trained, tmp_pa
         answers = asyncio.run(all_at_once())
         assert [text for text, _ in answers] == expected
         assert all(pieces > 1 for _, pieces in answers)  # streamed as generated, not in one piece
+        assert (engine.served["r"].manager is None) == (positions != "all")  # the batching loop: `all` only
     finally:
         engine.shutdown()
 
