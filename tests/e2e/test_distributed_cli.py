@@ -77,9 +77,9 @@ def test_two_processes_train_as_one_with_the_same_global_batch(engine, name, sin
 
 
 def test_fsdp2_full_weights_train_as_one_process_and_resume_at_another_world_size(tiny_model, toy_data, tmp_path):
-    """Full fine-tune on 2 sharded ranks = 1 process with the same global batch; final/ is one plain HF folder that
-    infer loads; its checkpoints (torch distributed checkpoint) resume on 1 rank (2 -> 1), and that run's on 2
-    (1 -> 2)."""
+    """Full fine-tune on 2 sharded ranks = 1 process with the same global batch; final/ is one plain HF folder (the
+    single run's weights) that infer loads; its checkpoints (torch distributed checkpoint) resume on 1 rank (2 -> 1),
+    and that run's on 2 (1 -> 2)."""
     args = ["sft", "--model", tiny_model, "--dataset", toy_data, "--tuner", "full", "--max-steps", "6",
             "--save-steps", "2", "--logging-steps", "1", "--report-to", "none", "--device", "cpu",
             "--learning-rate", "1e-3"]
@@ -98,12 +98,9 @@ def test_fsdp2_full_weights_train_as_one_process_and_resume_at_another_world_siz
     assert all(final[k].shape == v.shape and (final[k] - v).abs().max() < 1e-4 for k, v in single.items())
     prompt = tmp_path / "prompt.jsonl"
     prompt.write_text(json.dumps({"messages": [{"role": "user", "content": "code for apple"}]}) + "\n")
-    answers = {}
-    for name in ("one", "two"):
-        run_cli("infer", "--model", tmp_path / name / "final", "--dataset", prompt,
-                "--output", tmp_path / f"{name}.jsonl", "--generation.max-tokens", "4", "--device", "cpu")
-        answers[name] = json.loads((tmp_path / f"{name}.jsonl").read_text())["response"]
-    assert answers["two"] == answers["one"] != ""
+    run_cli("infer", "--model", tmp_path / "two" / "final", "--dataset", prompt, "--output", tmp_path / "two.jsonl",
+            "--generation.max-tokens", "4", "--device", "cpu")
+    assert json.loads((tmp_path / "two.jsonl").read_text())["response"]  # the weights equal the single run's (above)
 
     down = tmp_path / "down"  # 2 -> 1: the checkpoint of step 2, resumed by one FSDP2 process
     down.mkdir()
