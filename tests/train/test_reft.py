@@ -204,6 +204,19 @@ def test_the_tools_that_load_weights_their_own_way_refuse_a_reft_run(trained):
         model_for(Target("reft", "adapters", final), EvalConfig(adapters=final, benchmark=["arc_easy"]))
 
 
+def test_a_reft_run_is_taken_where_adapters_are_and_named_where_a_model_is_expected(trained):
+    """eval --compare NAME=runs/x/final loads a reft run on its base, as an adapter run; --model runs/x/final (which
+    needs a whole model) says to pass it as --adapters."""
+    from tunesmith.errors import ModelNotFoundError
+    from tunesmith.eval.targets import parse_spec
+    from tunesmith.models.load import resolve
+
+    final = str(trained[0].final_dir)
+    assert parse_spec(final, "tuned").kind == "adapters"
+    with pytest.raises(ModelNotFoundError, match=f"pass it as --adapters {final}"):
+        resolve(final)
+
+
 def test_reft_settings_are_refused_naming_the_key(tiny, toy):
     common = ["--model", str(tiny), "--dataset", str(toy), "--tuner", "reft"]
     cfg = load(SFTConfig, [*common, "--reft.layers", "2;10", "--reft.positions", "f3+l3", "--reft.share-weights"])

@@ -75,7 +75,7 @@ def parse_spec(spec: str, name: str | None, allow_endpoint: bool = True) -> Targ
             raise ConfigError(f"compare: {spec} is not a URL like http://host:port/v1")
         return Target(name or parts.netloc, "endpoint", url.rstrip("/"), served_model=served or None)
     folder = Path(spec).expanduser()
-    if (folder / "adapter_config.json").exists():
+    if (folder / "adapter_config.json").exists() or (folder / "reft" / "config.json").exists():  # reft: on its base
         return Target(name or run_name(spec), "adapters", spec)
     if folder.is_dir() and folder.name == "final":
         return Target(name or run_name(spec), "model", spec)  # a full fine-tune's final/: a model with its template

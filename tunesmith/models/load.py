@@ -14,6 +14,9 @@ def resolve(model: str) -> Path:
     """A local folder, a registry name, or a hub id (from the cache, or downloaded when online)."""
     path = Path(model).expanduser()
     if path.is_dir():
+        if (path / "reft" / "config.json").exists():
+            raise ModelNotFoundError(f"{path}: a ReFT run (interventions over its base, models/reft.py); pass it as "
+                                     f"--adapters {path}")
         if not (path / "config.json").exists():
             raise ModelNotFoundError(f"{path}: folder has no config.json; is it a Hugging Face model folder?")
         return path
