@@ -29,6 +29,22 @@ def make_tiny_model(folder: Path, family: str = "llama", seed: int = 0, **config
     return folder
 
 
+def untie_head(folder: Path, seed: int = 1, std: float = 0.5) -> Path:
+    """The model in `folder` saved again with its output head untied and re-drawn: with tied embeddings a random
+    model greedily repeats its last input token ("\\n\\n\\n..."), which lets equality tests pass for the wrong reason;
+    with this head its greedy answers vary with the prompt."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    model.config.tie_word_embeddings = False
+    torch.manual_seed(seed)
+    model.lm_head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=False)
+    torch.nn.init.normal_(model.lm_head.weight, std=std)
+    model.save_pretrained(folder)
+    return folder
+
+
 def make_tiny_encoder(folder: Path, task: str = "embedding", labels: list[str] | None = None, seed: int = 0,
                       head_std: float = 1.0) -> Path:
     """A random 2-layer BERT (hidden 64) with the shipped all-MiniLM-L6-v2's WordPiece tokenizer, saved as what

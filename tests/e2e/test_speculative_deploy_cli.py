@@ -5,31 +5,27 @@ proofs (accepted proposals, prompt lookup, a vocabulary mismatch) are in tests/i
 import pytest
 
 from e2e_cli import run_cli, running
+from tiny import make_tiny_model, untie_head
 
 CHAT = [{"role": "user", "content": "code for apple"}]
 MAX_TOKENS = 12
 
 
 @pytest.fixture(scope="module")
-def pair(tiny_model, tmp_path_factory):
-    """The tiny model with its head untied and re-drawn (greedy answers vary instead of repeating the last token),
-    and a draft of it: its first layer of two, same tokenizer."""
+def pair(tmp_path_factory):
+    """The tiny model with its head untied (greedy answers vary instead of repeating the last token), and a draft of
+    it: its first layer of two, same tokenizer."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     root = tmp_path_factory.mktemp("speculative")
-    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
-    model.config.tie_word_embeddings = False
-    torch.manual_seed(1)
-    model.lm_head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=False)
-    torch.nn.init.normal_(model.lm_head.weight, std=0.5)
-    model.save_pretrained(root / "target")
+    target = untie_head(make_tiny_model(root / "target"))
+    model = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32)
     del model.model.layers[1]
     model.config.num_hidden_layers = 1
     model.save_pretrained(root / "draft")
-    for name in ("target", "draft"):
-        AutoTokenizer.from_pretrained(tiny_model).save_pretrained(root / name)
-    return root / "target", root / "draft"
+    AutoTokenizer.from_pretrained(target).save_pretrained(root / "draft")
+    return target, root / "draft"
 
 
 def test_deploy_speculative_answers_greedy_as_without_it_streamed_and_not(pair, tmp_path):

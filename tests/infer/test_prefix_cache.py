@@ -7,6 +7,7 @@ import asyncio
 
 import pytest
 
+from tiny import make_tiny_model, untie_head
 from tunesmith.infer import GenerationRequest, SamplingParams, load_engine
 
 SHARED = "You write short codes for words. " + " ".join(f"Rule {i}: keep code {i} short and plain." for i in range(40))
@@ -16,25 +17,8 @@ MAX_TOKENS = 10
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    """The tiny model with its head untied and re-drawn: greedy answers vary with the prompt instead of repeating
-    the last token, so a wrong cache shows as a wrong answer."""
-    import sys
-    from pathlib import Path
-
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from tiny import make_tiny_model
-
-    folder = make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-untied")
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    model.config.tie_word_embeddings = False
-    torch.manual_seed(1)
-    model.lm_head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=False)
-    torch.nn.init.normal_(model.lm_head.weight, std=0.5)
-    model.save_pretrained(folder)
-    return folder
+    """The tiny model with its head untied: greedy answers vary with the prompt, so a wrong cache shows."""
+    return untie_head(make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-untied"))
 
 
 def request(user: str, stop: list[str] | None = None) -> GenerationRequest:

@@ -6,6 +6,7 @@ vocabulary is refused naming both models."""
 import asyncio
 
 import pytest
+from transformers import AutoTokenizer
 
 from tunesmith.config import DeployConfig, InferConfig
 from tunesmith.config.load import validate
@@ -91,8 +92,6 @@ def test_greedy_answers_are_those_of_the_continuous_batch_streamed_and_not(specu
 def test_a_draft_with_another_vocabulary_is_refused_naming_both(smollm, draft, tmp_path):
     import shutil
 
-    from transformers import AutoTokenizer
-
     other = tmp_path / "other-vocab"
     shutil.copytree(draft, other)
     tokenizer = AutoTokenizer.from_pretrained(other)
@@ -103,6 +102,34 @@ def test_a_draft_with_another_vocabulary_is_refused_naming_both(smollm, draft, t
     message = str(err.value)
     assert f"draft model {other}" in message and "different vocabulary" in message
     assert "<only-in-the-draft>" in message and "served model's tokenizer" in message
+
+
+def test_a_draft_with_the_same_tokens_and_a_padded_embedding_table_answers_the_same(tmp_path):
+    """Qwen2.5 0.5B and 7B share a tokenizer but not the embedding rows (151936 vs 152064): transformers then maps
+    the draft's proposals through both tokenizers. A tiny pair padded the same way answers as without a draft."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tiny import make_tiny_model, untie_head
+
+    target = untie_head(make_tiny_model(tmp_path / "target"))
+    draft = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32)
+    draft.resize_token_embeddings(draft.config.vocab_size + 64)
+    draft.save_pretrained(tmp_path / "draft")
+    AutoTokenizer.from_pretrained(target).save_pretrained(tmp_path / "draft")
+    chat = [[{"role": "user", "content": PROMPTS[0]}]]
+    plain = load_engine("transformers", model=str(target), device="cpu", dtype="float32")
+    try:
+        expected = plain.chat(chat, GREEDY)[0].choices[0].text
+    finally:
+        plain.shutdown()
+    engine = load_engine("transformers", model=str(target), device="cpu", dtype="float32",
+                         speculative=f"draft={tmp_path / 'draft'}")
+    try:
+        assert "assistant_tokenizer" in engine.assistant.options(engine.served[engine.default])
+        assert engine.chat(chat, GREEDY)[0].choices[0].text == expected
+    finally:
+        engine.shutdown()
 
 
 @pytest.mark.parametrize("value, problem", [("ngram:0", "the N of ngram:N is a whole number"),
