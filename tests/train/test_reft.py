@@ -87,6 +87,22 @@ def test_positions_are_the_prompts_first_and_last_tokens():
     assert first.nonzero().tolist() == [[0, 2], [1, 0]] and last.nonzero().tolist() == [[0, 4], [1, 4]]
 
 
+def test_training_rows_with_several_answers_are_named_once(tiny, caplog):
+    """Positions come from the prompt before a sample's first answer: a multi-turn row trained on every answer gets a
+    warning naming --loss-on last; packed single-answer samples do not."""
+    model = AutoModelForCausalLM.from_pretrained(tiny)
+    reft.attach(model, SPEC)
+    ids = torch.tensor([[1, 5, 9, 14, 3, 7, 8, 2]])
+    packed = {"input_ids": ids, "labels": torch.tensor([[-100, -100, 9, 14, -100, -100, 8, 2]]),
+              "position_ids": torch.tensor([[0, 1, 2, 3, 0, 1, 2, 3]])}
+    with caplog.at_level("WARNING", logger="tunesmith"):
+        model(**packed)
+        assert "several answers" not in caplog.text
+        for _ in range(2):
+            model(input_ids=ids, labels=packed["labels"])  # the same tokens as one two-turn sample
+    assert caplog.text.count("--loss-on last") == 1
+
+
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_a_packed_row_gives_each_sample_the_logits_it_has_alone(tiny, device):
     """Packing (TRL's padding-free rows, position_ids restarting per sample, our varlen attention): each sample's

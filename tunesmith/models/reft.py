@@ -31,6 +31,7 @@ pyreft draws W at random); dropout drops parts of the edit, not of the whole hid
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from torch import nn
 
 from tunesmith.config.sections import parse_reft_positions as parse_positions
 
+log = logging.getLogger("tunesmith")
 FOLDER, CONFIG, WEIGHTS = "reft", "config.json", "interventions.safetensors"
 FORMAT = 1
 
@@ -91,6 +93,7 @@ class Interventions(nn.Module):
         self.layers = nn.ModuleDict({str(i): nn.ModuleDict({g: LoReFT(hidden, spec["rank"], spec["dropout"])
                                                             for g in self.groups}) for i in spec["layers"]})
         self.masks: dict[str, torch.Tensor] = {}
+        self.warned = False  # about training samples with several answers (once per run)
 
     def edit(self, index: int, output: Any) -> Any:
         """A decoder layer's output with its interventions applied at the positions of this forward."""
@@ -115,10 +118,36 @@ class Interventions(nn.Module):
         if past is not None and callable(length) and length() > 0:  # a decode step: no prompt token in it
             self.masks = {}
             return
-        first, last = prompt_masks(tuple(ids.shape), self.counts, kwargs.get("labels"), kwargs.get("attention_mask"),
+        labels = kwargs.get("labels")
+        first, last = prompt_masks(tuple(ids.shape), self.counts, labels, kwargs.get("attention_mask"),
                                    kwargs.get("position_ids"))
+        if labels is not None and not self.warned and several_answers(labels, kwargs.get("position_ids")):
+            self.warned = True
+            log.warning("reft: a training sample holds several answers (multi-turn, loss_on assistant); its positions "
+                        "come from the prompt before the first answer, while generation edits the whole "
+                        "conversation's. Train with --loss-on last for the positions generation sees")
         masks = {"first": first, "last": last} if "first" in self.groups else {"prompt": first | last}
         self.masks = {group: mask.to(ids.device) for group, mask in masks.items()}
+
+
+def several_answers(labels: torch.Tensor, position_ids: Any) -> bool:
+    """True when a training sample's supervised tokens (labels != -100) form more than one span: a multi-turn row
+    trained on every answer. Packed rows are read per sample (position_ids restart at 0)."""
+    rows = labels.tolist()
+    positions = position_ids.expand(len(rows), -1).tolist() if position_ids is not None else None
+    for b, row in enumerate(rows):
+        for s, e in _segments(positions[b] if positions is not None else None, len(row)):
+            spans = sum(1 for t in range(s, e) if row[t] != -100 and (t == s or row[t - 1] == -100))
+            if spans > 1:
+                return True
+    return False
+
+
+def _segments(positions: list[int] | None, width: int) -> list[tuple[int, int]]:
+    """[start, end) of each sample in a row: one, or one per restart of position_ids at 0 (packing)."""
+    starts = [t for t, p in enumerate(positions) if p == 0] if positions is not None else []
+    starts = starts or [0]
+    return list(zip(starts, [*starts[1:], width]))
 
 
 def prompt_masks(shape: tuple[int, int], counts: tuple[int, int], labels: Any, attention_mask: Any,
@@ -131,9 +160,7 @@ def prompt_masks(shape: tuple[int, int], counts: tuple[int, int], labels: Any, a
     mask = attention_mask.tolist() if attention_mask is not None and attention_mask.dim() == 2 else None
     positions = position_ids.expand(rows, -1).tolist() if position_ids is not None else None
     for b in range(rows):
-        starts = [t for t, p in enumerate(positions[b]) if p == 0] if positions is not None else []
-        starts = starts or [0]
-        for s, e in zip(starts, [*starts[1:], width]):
+        for s, e in _segments(positions[b] if positions is not None else None, width):
             if mask is not None:  # left padding (generation) before the sample, right padding after it
                 kept = [t for t in range(s, e) if mask[b][t]]
                 if not kept:
