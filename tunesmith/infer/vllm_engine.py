@@ -130,7 +130,7 @@ class VLLMEngine(Engine):
         loop = _LoopThread()
         try:
             for b, args in zip(backends.values(), engine_args):
-                b.llm = loop.call(_start(args, speculative))
+                b.llm = loop.call(_start(args))
                 for request in b.loras.values():  # load now: a bad adapter fails here, not on a first request
                     try:
                         loop.call(b.llm.add_lora(request))
@@ -444,7 +444,7 @@ def _engine_args(b: _Backend, device: str, dtype: str, options: dict[str, Any]) 
     return AsyncEngineArgs(**args)
 
 
-async def _start(args: Any, speculative: str | None = None) -> Any:
+async def _start(args: Any) -> Any:
     from vllm.v1.engine.async_llm import AsyncLLM
 
     return AsyncLLM.from_engine_args(args)  # on the engine thread, so its tasks live on that loop
