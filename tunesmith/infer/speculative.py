@@ -56,7 +56,8 @@ class Assistant:
             "ngram")
 
 
-def load_assistant(value: str, device: str, dtype: Any) -> Assistant:
+def load_assistant(value: str, device: str, dtype: Any, served: list[Served]) -> Assistant:
+    """The assistant for --speculative VALUE; a draft's tokenizer is checked against `served` before its weights."""
     try:
         spec = parse_speculative(value)
     except ValueError as err:  # the Python API's value; the CLI and YAML were checked by the config already
@@ -64,14 +65,16 @@ def load_assistant(value: str, device: str, dtype: Any) -> Assistant:
     if spec.method == "ngram":
         return Assistant(spec)
     run = read_run_output(spec.model) if Path(spec.model).expanduser().is_dir() else None
+    folder = run.folder if run is not None and run.is_adapter else models.resolve(spec.model)
+    assistant = Assistant(spec, tokenizer=models.load_tokenizer(folder))
+    for s in served:
+        assistant.check(s)
     if run is not None and run.is_adapter:  # a LoRA run: merged into its base once, here
         base = models.load_model(models.resolve(run.base_model), dtype=dtype, device=device)
-        net = models.attach_adapters(base, run.folder, trainable=False).merge_and_unload()
-        folder = run.folder
+        assistant.model = models.attach_adapters(base, run.folder, trainable=False).merge_and_unload().eval()
     else:
-        folder = models.resolve(spec.model)
-        net = models.load_model(folder, dtype=dtype, device=device)
-    return Assistant(spec, net.eval(), models.load_tokenizer(folder))
+        assistant.model = models.load_model(folder, dtype=dtype, device=device).eval()
+    return assistant
 
 
 def _vocab_size(model: Any) -> int:

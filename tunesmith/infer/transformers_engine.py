@@ -112,7 +112,7 @@ class TransformersEngine(Engine):
             versions.pop(name)
         override_templates([s.template for s in served], system, chat_template_kwargs)
         if speculative:
-            options["assistant"] = load_assistant(speculative, device, torch_dtype)
+            options["assistant"] = load_assistant(speculative, device, torch_dtype, served)
         engine = cls(served, **options)
         engine.bases.update(bases)
         engine.loads = loads
