@@ -2,9 +2,11 @@
 streamed and not, equal the continuous batch's without speculation (in process, same model). The engine-level
 proofs (accepted proposals, prompt lookup, a vocabulary mismatch) are in tests/infer/test_speculative.py."""
 
+import re
+
 import pytest
 
-from e2e_cli import run_cli, running
+from e2e_cli import request, run_cli, running
 from tiny import make_tiny_model, untie_head
 
 CHAT = [{"role": "user", "content": "code for apple"}]
@@ -49,6 +51,10 @@ def test_deploy_speculative_answers_greedy_as_without_it_streamed_and_not(pair, 
             if c.choices and c.choices[0].delta.content]
         assert "".join(chunks) == answer and len(chunks) > 1
         assert "speculative" in server.output().lower()  # the banner says how requests are served
+        metrics = request(server, "GET", "/metrics")[1]["text"]
+        steps = re.search(r'^tunesmith_speculative_steps_total\{model="target"\} (\S+)', metrics, re.M)
+        assert steps and float(steps.group(1)) > 0  # two answers' verification steps
+        assert 'tunesmith_speculative_accepted_tokens_total{model="target"}' in metrics
 
 
 def test_a_bad_speculative_value_is_refused_before_loading_naming_the_forms():

@@ -84,6 +84,8 @@ def test_greedy_answers_are_those_of_the_continuous_batch_streamed_and_not(specu
         assert whole == expected[0][0] and "".join(chunks) == "".join(expected[0][1])
         assert len(chunks) > 1  # streamed as it is verified, not at the end
         assert len(forwards) < tokens  # proposals were accepted: fewer passes of the served model than tokens
+        steps, produced = engine.speculation_counts()[engine.default]  # what /metrics reports
+        assert steps == len(forwards) and produced - steps > 0
         assert engine.served[engine.default].manager is None  # no continuous batch was started
     finally:
         engine.shutdown()

@@ -59,12 +59,16 @@ class TokenStream:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue):
         self.loop, self.queue, self.cancelled, self.prompt_seen = loop, queue, False, False
+        self.on_step: Any = None  # called with each step's token count (assisted generation's accepted tokens)
 
     def put(self, value: Any) -> None:
         if not self.prompt_seen:  # generate() sends the prompt first
             self.prompt_seen = True
             return
-        self._send(value.reshape(-1).tolist())
+        ids = value.reshape(-1).tolist()
+        if self.on_step is not None:
+            self.on_step(len(ids))
+        self._send(ids)
 
     def end(self) -> None:
         self._send(None)

@@ -193,8 +193,12 @@ async def stream_vision(served: Served, lock: threading.Lock, request: Generatio
 
 
 async def stream_assisted(served: Served, lock: threading.Lock, prompt: list[int], p: SamplingParams,
-                          options: dict[str, Any]) -> AsyncIterator[Delta]:
-    async for delta in stream_threaded(served, p, len(prompt), "assisted generate()", lambda i, streamer:
-                                       generate_streamed(served, lock, token_inputs(prompt), p, i, streamer,
-                                                         **options)):
+                          options: dict[str, Any], on_step: Callable[[int], None]) -> AsyncIterator[Delta]:
+    """`on_step(tokens)` hears each verification step: generate()'s streamer gets one put per step."""
+
+    def generate(choice: int, streamer: TokenStream) -> None:
+        streamer.on_step = on_step
+        generate_streamed(served, lock, token_inputs(prompt), p, choice, streamer, **options)
+
+    async for delta in stream_threaded(served, p, len(prompt), "assisted generate()", generate):
         yield delta

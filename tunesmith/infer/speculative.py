@@ -13,7 +13,7 @@ The served model checks each proposal, so greedy answers equal those without spe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,14 @@ class Assistant:
     spec: Speculation
     model: Any = None  # draft: the draft model, on the served models' device
     tokenizer: Any = None
+    # served name -> [verification steps, tokens they produced]: each step of assisted generate() is one forward pass
+    # of the served model yielding the proposals it accepted plus one token of its own, so accepted = tokens - steps
+    counts: dict[str, list[int]] = field(default_factory=dict)
+
+    def count_step(self, name: str, tokens: int) -> None:
+        steps = self.counts.setdefault(name, [0, 0])
+        steps[0] += 1
+        steps[1] += tokens
 
     def options(self, served: Served) -> dict[str, Any]:
         """generate()'s arguments for speculation on `served`."""

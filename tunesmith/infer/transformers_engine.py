@@ -28,6 +28,7 @@ Models (infer/served_models.py):
 
 from __future__ import annotations
 
+import functools
 import threading
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -186,8 +187,9 @@ class TransformersEngine(Engine):
                 yield delta
             return
         if self.assistant is not None:
+            count = functools.partial(self.assistant.count_step, served.name)
             async for delta in generate_paths.stream_assisted(served, self.exact_lock, prompt, p,
-                                                              self.assistant.options(served)):
+                                                              self.assistant.options(served), count):
                 yield delta
             return
         async for delta in self.loops.stream(served, prompt, p):
@@ -196,6 +198,10 @@ class TransformersEngine(Engine):
     def health(self) -> str | None:
         """None when every loop that was started runs (a stopped one is restarted here); else why not."""
         return self.loops.health()
+
+    def speculation_counts(self) -> dict[str, tuple[int, int]]:
+        """--speculative: per served model, assisted generate()'s verification steps and the tokens they produced."""
+        return {} if self.assistant is None else {name: (c[0], c[1]) for name, c in self.assistant.counts.items()}
 
     async def close(self) -> None:
         for s in list(self.served.values()):

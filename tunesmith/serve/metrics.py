@@ -31,6 +31,27 @@ class Metrics:
         self.waiting = Gauge("tunesmith_requests_waiting", "Requests admitted, waiting for their first token.", registry=r)
 
 
+class SpeculationCounts:
+    """--speculative on the transformers engine: its verification steps and accepted proposals per model, read from
+    the engine at each scrape. transformers does not report how many tokens were proposed, so there is no rate."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily
+
+        steps = CounterMetricFamily("tunesmith_speculative_steps", "Forward passes of the served model that verified "
+                                    "proposed tokens (--speculative).", labels=["model"])
+        accepted = CounterMetricFamily("tunesmith_speculative_accepted_tokens", "Proposed tokens the served model "
+                                       "accepted (--speculative): tokens beyond one per step.", labels=["model"])
+        for name, (n, tokens) in self.engine.speculation_counts().items():
+            steps.add_metric([name], n)
+            accepted.add_metric([name], tokens - n)
+        yield steps
+        yield accepted
+
+
 class Slots:
     """At most `limit` requests generate at once; the next is answered 429 (OpenAI's rate-limit shape)."""
 

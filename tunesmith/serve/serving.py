@@ -28,7 +28,7 @@ from tunesmith.serve.context import current
 from tunesmith.serve.errors import APIError, engine_errors
 from tunesmith.serve.guardrails import CONTENT_FILTER, Guard, Guards
 from tunesmith.serve.images import ImagePolicy
-from tunesmith.serve.metrics import Metrics, Slot, Slots
+from tunesmith.serve.metrics import Metrics, Slot, Slots, SpeculationCounts
 from tunesmith.serve.protocol import ModelCard, ModelList, Usage
 from tunesmith.serve.versions import Versions
 
@@ -47,6 +47,8 @@ class Serving:
         self.engine, self.cfg = engine, cfg
         self.metrics = metrics or Metrics()
         self.slots = Slots(self.metrics, cfg.max_concurrent)
+        if cfg.speculative and hasattr(engine, "speculation_counts"):  # the transformers engine's assisted generation
+            self.metrics.registry.register(SpeculationCounts(engine))
         self.engine_names = engine.model_names()
         # models with versions (--model-config): the engine serves each version as MODEL:VERSION (versions.py)
         self.versions: Versions | None = None
