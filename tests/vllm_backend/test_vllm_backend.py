@@ -516,3 +516,40 @@ def test_infer_cli_with_the_vllm_backend_and_a_draft_model_answers_a_dataset(run
     expected = vllm_engine.chat([TAUGHT[0][0], PROMPTS[1]], SamplingParams(max_tokens=32), model="tuned")
     assert answers == [c.choices[0].text for c in expected]
     assert "Tunesmithville" in answers[0]
+
+
+def test_deploy_cli_with_the_vllm_backend_serves_versions_structured_output_and_rollback(runs, vllm_engine, tmp_path):
+    """tunesmith deploy --backend vllm --model-config ... --speculative ngram:4 through the console script, called with
+    the openai SDK: the split routes, a json_schema answer validates, the admin API moves traffic and rolls back."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "e2e"))
+    from e2e_cli import Server, request as http_request
+
+    config = tmp_path / "serving.yaml"
+    config.write_text(yaml.safe_dump({"prd": {"versions": {"v1": str(runs["tuned"]), "v2": str(runs["random"])},
+                                              "traffic": {"v1": 100, "v2": 0}}}))
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    expected = {v: ask(vllm_engine, question, v, max_tokens=16).choices[0].text for v in ("prd:v1", "prd:v2")}
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}", "Content-Type": "application/json"}
+    server = Server("--backend", "vllm", "--model-config", config, "--api-key", USER_KEY, "--admin-key", ADMIN_KEY,
+                    "--speculative", "ngram:4", log=tmp_path / "deploy.log")
+    try:
+        server.wait_ready(timeout=600)
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key=USER_KEY)
+
+        def answer():
+            reply = client.chat.completions.create(model="prd", messages=question, max_tokens=16, user="u1")
+            return reply.model, reply.choices[0].message.content
+
+        assert answer() == ("prd:v1", expected["prd:v1"])
+        person = client.chat.completions.create(model="prd", messages=[{"role": "user", "content": ASKED_FOR_PEOPLE[0]}],
+                                                response_format=PERSON_FORMAT, max_tokens=64)
+        jsonschema.validate(json.loads(person.choices[0].message.content), PERSON)
+        moved = http_request(server, "PUT", "/admin/models/prd/traffic", json.dumps({"traffic": {"v2": 100}}).encode(),
+                             admin)
+        assert moved[0] == 200 and answer() == ("prd:v2", expected["prd:v2"])
+        rolled = http_request(server, "POST", "/admin/models/prd/rollback", b"{}", admin)
+        assert rolled[0] == 200 and answer() == ("prd:v1", expected["prd:v1"])
+        assert "speculative decoding: ngram:4" in server.output()
+    finally:
+        server.stop()
+    assert server.proc.returncode == 0, server.output()[-3000:]

@@ -255,8 +255,6 @@ def _versions(cfg: DeployConfig) -> dict[str, tuple[str, str | None]]:
     from tunesmith.config.serving import load_model_config
     from tunesmith.models.runs import read_run_output
 
-    if cfg.backend != "transformers":
-        raise ConfigError(f"model_versions: versions are served by --backend transformers (not {cfg.backend})")
     models = load_model_config(cfg.model_versions)
     clash = sorted(set(models) & set(adapter_map(cfg.adapters)))
     if clash:
