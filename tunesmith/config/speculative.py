@@ -17,8 +17,8 @@ SPECULATIVE_HELP = (
     "Speculative decoding: draft=MODEL (a small model with the same tokenizer proposes tokens, the served model checks "
     "them in one pass) or ngram[:N] (prompt lookup: N tokens copied from the prompt per step, default 10). Greedy "
     "answers are unchanged. transformers backend: requests to text models are then answered one at a time through "
-    "generate() with transformers' assisted generation instead of the continuous batch (faster at one stream, slower "
-    "under concurrent load); logprobs, seeds, response_format and vision requests keep their own paths. vllm backend: "
+    "generate() with transformers' assisted generation instead of the continuous batch (on a GPU that is slower than "
+    "the continuous batch, measured 6x at one stream: docs/benchmarks.md); logprobs, seeds, response_format and vision requests keep their own paths. vllm backend: "
     "vLLM's speculative_config, inside its continuous batch (a draft is a whole model, not a LoRA run).")
 
 
