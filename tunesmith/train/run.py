@@ -80,7 +80,8 @@ class Run:
             shutil.rmtree(staging, ignore_errors=True)  # left by a run killed while saving
             staging.mkdir()
         _barrier()
-        plugin = getattr(trainer.accelerator.state, "fsdp_plugin", None)
+        # PPO's own loop hands a trainer-like object without an accelerator: nothing sharded there.
+        plugin = getattr(getattr(getattr(trainer, "accelerator", None), "state", None), "fsdp_plugin", None)
         if plugin is not None:  # checkpoints were FSDP2 shards; final/ is one plain HF/peft folder
             plugin.set_state_dict_type("FULL_STATE_DICT")
         trainer.save_model(str(staging))
