@@ -7,7 +7,9 @@
 transformers' continuous batching has no assisted generation (generation/continuous_batching holds no assistant or
 prompt lookup), and assisted generate() takes one sequence at a time. So with --speculative the engine answers text
 requests one at a time through generate() (infer/generate_paths.py stream_assisted), under the same lock as the
-other generate() paths: latency at one stream drops by the share of proposals accepted, concurrent streams queue.
+other generate() paths; concurrent streams queue. On a GPU that path is slower than the continuous batch (eager
+generate() against CUDA graphs: 6x at one stream for a 7B shape, docs/benchmarks.md); it pays only where generate()
+is the baseline (CPU, one stream) and the draft is accepted often.
 The served model checks each proposal, so greedy answers equal those without speculation (tests/infer).
 """
 
