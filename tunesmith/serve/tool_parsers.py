@@ -209,17 +209,18 @@ def parse_qwen3_xml(text: str, tool_names: set[str]) -> ParsedAnswer | None:
 MISTRAL_TAG = "[TOOL_CALLS]"
 
 
-def _mistral_start(text: str, names: set[str]) -> int | None:
-    body = text.lstrip()
-    if body.startswith(MISTRAL_TAG) or MISTRAL_TAG.startswith(body) or body.startswith("[{"):
-        return 0
-    return None
+def _tagged_list_start(tag: str):
+    """The start finder of a family whose calls are a JSON list after `tag` (often dropped in decoding)."""
+    def start(text: str, names: set[str]) -> int | None:
+        body = text.lstrip()
+        return 0 if body.startswith(tag) or tag.startswith(body) or body.startswith("[{") else None
+    return start
 
 
-@register_tool_parser("mistral", _mistral_start)
-def parse_mistral(text: str, tool_names: set[str]) -> ParsedAnswer | None:
-    body = text.strip().removeprefix(MISTRAL_TAG).strip()
-    if not body.startswith("[{"):
+def _tagged_list_calls(text: str, tag: str, tool_names: set[str]) -> tuple[list[ParsedCall], list] | None:
+    """The calls of a JSON list after `tag`, with the list's items; None unless every item names one of the tools."""
+    body = text.strip().removeprefix(tag).strip()
+    if not body.startswith("["):
         return None
     try:
         items = json.loads(body)
@@ -228,6 +229,15 @@ def parse_mistral(text: str, tool_names: set[str]) -> ParsedAnswer | None:
     calls = [_call(item, tool_names) for item in items] if isinstance(items, list) else [None]
     if not calls or any(c is None for c in calls):
         return None
+    return calls, items  # type: ignore[return-value]
+
+
+@register_tool_parser("mistral", _tagged_list_start(MISTRAL_TAG))
+def parse_mistral(text: str, tool_names: set[str]) -> ParsedAnswer | None:
+    found = _tagged_list_calls(text, MISTRAL_TAG, tool_names)
+    if found is None:
+        return None
+    calls, items = found
     for call, item in zip(calls, items):  # the id the model wrote, else one Mistral's template accepts back
         call.id = item["id"] if _is_mistral_id(item.get("id")) else _mistral_id()  # type: ignore[union-attr]
     return ParsedAnswer(None, calls)  # type: ignore[arg-type]
@@ -370,23 +380,7 @@ def parse_gpt_oss(text: str, tool_names: set[str]) -> ParsedAnswer | None:
 GRANITE_TAG = "<|tool_call|>"
 
 
-def _granite_start(text: str, names: set[str]) -> int | None:
-    body = text.lstrip()
-    if body.startswith(GRANITE_TAG) or GRANITE_TAG.startswith(body) or body.startswith("[{"):
-        return 0
-    return None
-
-
-@register_tool_parser("granite", _granite_start)
+@register_tool_parser("granite", _tagged_list_start(GRANITE_TAG))
 def parse_granite(text: str, tool_names: set[str]) -> ParsedAnswer | None:
-    body = text.strip().removeprefix(GRANITE_TAG).strip()
-    if not body.startswith("["):
-        return None
-    try:
-        items = json.loads(body)
-    except json.JSONDecodeError:
-        return None
-    calls = [_call(item, tool_names) for item in items] if isinstance(items, list) else [None]
-    if not calls or any(c is None for c in calls):
-        return None
-    return ParsedAnswer(None, calls)  # type: ignore[arg-type]
+    found = _tagged_list_calls(text, GRANITE_TAG, tool_names)
+    return ParsedAnswer(None, found[0]) if found else None
