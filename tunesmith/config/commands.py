@@ -72,6 +72,12 @@ class TrainConfig(Section):
     freeze_aligner: bool | None = Field(None, description=(
         "Vision-language models: keep the aligner (the projector between vision tower and language model) as it is. "
         "Unset: on for adapter tuners (LoRA targets the language model only), off for full."))
+    vision_lr: float | None = Field(None, gt=0, description=(
+        "Vision-language models: learning rate of the vision tower's trained weights (its adapters with LoRA), as "
+        "ms-swift's vit_lr; needs freeze_vision_tower false. Unset: learning_rate."))
+    aligner_lr: float | None = Field(None, gt=0, description=(
+        "Vision-language models: learning rate of the aligner's trained weights (its adapters with LoRA); needs the "
+        "aligner trained (freeze_aligner false, the default for full). Unset: learning_rate."))
     neftune_alpha: float | None = Field(None, gt=0, description=(
         "NEFTune: uniform noise of this scale (the paper uses 5) on the input embeddings while training, never at "
         "inference."))
@@ -205,6 +211,7 @@ class TrainConfig(Section):
         if self.lora.plus_ratio and (self.deepspeed or self.fsdp):
             raise ValueError("lora.plus_ratio: LoRA+ builds its own optimizer, which DeepSpeed and FSDP replace; drop "
                              "--deepspeed/--fsdp")
+        check_part_lrs(self)
         if self.deepspeed and self.fsdp:
             raise ValueError("fsdp: choose DeepSpeed or FSDP, not both; drop --fsdp or --deepspeed")
         if self.fsdp_offload and not self.fsdp:
@@ -212,6 +219,22 @@ class TrainConfig(Section):
         if self.tensor_parallel > 1:
             check_tensor_parallel(self)
         return self
+
+
+def check_part_lrs(cfg: TrainConfig) -> None:
+    """vision_lr / aligner_lr set the learning rate of a part that trains; a frozen part has nothing to set it on. The
+    defaults are VisionRun.start's (train/vision.py): tower frozen unless said, aligner frozen for adapter tuners."""
+    if cfg.vision_lr and cfg.freeze_vision_tower is not False:
+        raise ValueError("vision_lr: the vision tower is frozen (freeze_vision_tower is on unless set), so nothing "
+                         "would learn at this rate; add --freeze-vision-tower false or drop --vision-lr")
+    aligner_frozen = cfg.freeze_aligner if cfg.freeze_aligner is not None else cfg.trains_adapter
+    if cfg.aligner_lr and aligner_frozen:
+        why = "freeze_aligner is true" if cfg.freeze_aligner else f"the default for tuner {cfg.tuner}"
+        raise ValueError(f"aligner_lr: the aligner is frozen ({why}), so nothing would learn at this rate; add "
+                         "--freeze-aligner false or drop --aligner-lr")
+    if (cfg.vision_lr or cfg.aligner_lr) and (cfg.lora.plus_ratio or cfg.deepspeed or cfg.fsdp):
+        raise ValueError("vision_lr/aligner_lr: tunesmith builds the optimizer with one parameter group per part, "
+                         "which LoRA+ (lora.plus_ratio), DeepSpeed and FSDP replace with their own; drop one of them")
 
 
 def check_reft(cfg: TrainConfig, several: bool) -> None:

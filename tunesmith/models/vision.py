@@ -282,6 +282,27 @@ def quantize_skip(folder: Any) -> list[str]:
     return [*family.vision, *family.aligner, "lm_head"] if family else ["lm_head"]
 
 
+def trainable_by_part(model: Any) -> dict[str, list[tuple[str, Any]]] | None:
+    """The trainable parameters of a VLM (peft-wrapped or not) by part: language (all but the two others),
+    vision_tower, aligner, each as (name, parameter); None for a text model."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    family = family_of_model(base)
+    if family is None:
+        return None
+    parts: dict[str, list[tuple[str, Any]]] = {"language": [], "vision_tower": [], "aligner": []}
+    for name, param in base.named_parameters():
+        if not param.requires_grad:
+            continue
+        part = ("vision_tower" if _under(name, family.vision) else "aligner" if _under(name, family.aligner)
+                else "language")
+        parts[part].append((name, param))
+    return parts
+
+
+def _under(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
 def freeze_parts(model: Any, vision: bool, aligner: bool) -> dict[str, int]:
     """Set requires_grad False on the vision tower and/or the aligner; returns their parameter counts by part."""
     family = family_of_model(model)

@@ -109,12 +109,40 @@ def build_optimizer(cfg: Any, model: Any, device: str) -> Any:
 
         return create_loraplus_optimizer(model, torch.optim.AdamW, lr=cfg.learning_rate,
                                          loraplus_lr_ratio=cfg.lora.plus_ratio, weight_decay=cfg.weight_decay, **fused)
+    if getattr(cfg, "vision_lr", None) or getattr(cfg, "aligner_lr", None):
+        return part_lr_optimizer(cfg, model, fused)
     if cfg.tuner == "lisa":
         weights = [p for p in model.parameters() if p.ndim >= 2]
         others = [p for p in model.parameters() if p.ndim < 2]  # norms and biases: no weight decay, as the Trainer
         groups = [{"params": weights, "weight_decay": cfg.weight_decay}, {"params": others, "weight_decay": 0.0}]
         return torch.optim.AdamW(groups, lr=cfg.learning_rate, **fused)
     return None
+
+
+def part_lr_optimizer(cfg: Any, model: Any, fused: dict) -> Any:
+    """AdamW with one learning rate per part of a VLM (ms-swift's vit_lr / aligner_lr): the vision tower's trained
+    weights at vision_lr, the aligner's at aligner_lr, the rest at learning_rate; each part's norms and biases without
+    weight decay, as the Trainer's own AdamW. The scheduler scales every group alike, so the ratios hold all run."""
+    import torch
+
+    from tunesmith.models.vision import trainable_by_part
+
+    parts = trainable_by_part(model)
+    if parts is None:
+        raise ConfigError("vision_lr/aligner_lr: the model has no vision tower or aligner (a text model); drop them")
+    rates = {"language": None, "vision_tower": cfg.vision_lr, "aligner": cfg.aligner_lr}  # the first group's rate
+    # is the one the Trainer logs
+    groups = []
+    for part, named in parts.items():
+        if rates[part] and not named:  # the config check knows the flags; this is what actually trains
+            raise ConfigError(f"{'vision_lr' if part == 'vision_tower' else 'aligner_lr'}: no weight of the "
+                              f"{part.replace('_', ' ')} trains in this run")
+        lr = rates[part] or cfg.learning_rate
+        for decay, params in ((cfg.weight_decay, [p for _, p in named if p.ndim >= 2]),
+                              (0.0, [p for _, p in named if p.ndim < 2])):
+            if params:
+                groups.append({"params": params, "lr": lr, "weight_decay": decay, "part": part})
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, **fused)
 
 
 def tuner_callbacks(cfg: Any) -> list[Any]:

@@ -82,6 +82,10 @@ class VisionRun:
     def start(cls, cfg: Any, template: Any, base_folder: Path) -> VisionRun | None:
         vt = vision_template(cfg, template, base_folder)
         if vt is None:
+            for key in ("vision_lr", "aligner_lr"):
+                if getattr(cfg, key, None):
+                    raise ConfigError(f"{key}: {cfg.model} is a text model, with no vision tower or aligner to "
+                                      f"train at its own rate; drop --{key.replace('_', '-')}")
             return None
         family = vision.family_of(base_folder)
         adapter_tuner = cfg.tuner not in ("full", "galore", "lisa", "freeze")
