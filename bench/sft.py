@@ -3,10 +3,13 @@
     python bench/sft.py --workload W1 --out $OUT/w1            # tunesmith, trl-default, trl-best
     python bench/sft.py --workload W2 --configs tunesmith trl-best
     python bench/sft.py --workload W1 --configs tunesmith tunesmith:kernels=none tunesmith:gradient_checkpointing=true
+    BENCH_UNSLOTH_PYTHONPATH=/tmp/usite python bench/sft.py --workload L8 --configs tunesmith unsloth
 
 Workloads (issue 6). W1: Qwen2.5-0.5B shape, full fine-tuning, max_length 4096, batch 8. W2: Qwen2.5-7B shape, LoRA r16
 all-linear, batch 2 (TRL checkpoints by default; tunesmith decides from its memory plan). W3: W2 with QLoRA (needs
-bitsandbytes). Random weights of the real shape (tunesmith.plan.model_shape's built-in configs, as
+bitsandbytes). L8: Unsloth's published benchmark setting on a Llama-3.1-8B shape: QLoRA r32 (alpha 32) all-linear,
+max_length 2048, batch 2, gradient accumulation 4, Alpaca-like lengths (median 180 tokens, sigma 0.6: Alpaca's rows
+in Llama 3's tokenizer with the Alpaca prompt are ~100-400 tokens). Random weights of the real shape (tunesmith.plan.model_shape's built-in configs, as
 bench/make_shape_model.py), no hub and no tokenizer files: the data are token ids, the tokenizer a 3-token stub.
 
 Data, the same for every configuration: --samples samples, lengths lognormal (median --median, sigma --sigma) clipped
@@ -18,6 +21,11 @@ Configurations, each in its own process (memory peaks and compile caches do not 
                them (only the weights come from the shape instead of from disk, and the rows are already token ids)
   trl-default  TRL's SFTTrainer with its defaults: padding, sdpa, gradient checkpointing, fused AdamW
   trl-best     TRL's best: packing (bfd, padding-free) + flex_attention + use_liger_kernel (and its checkpointing)
+  unsloth      Unsloth's FastLanguageModel + its patched TRL SFTTrainer with the settings its notebooks recommend
+               (use_gradient_checkpointing="unsloth", adamw_8bit, lora_dropout 0, padding-free left to its own choice),
+               the same adapter rank and targets as the others. Unsloth pins transformers <= 5.17 and trl <= 1.15, so its
+               child runs on its own site folder: BENCH_UNSLOTH_PYTHONPATH replaces PYTHONPATH for that child only
+               (scripts/unsloth-wheels.sh fetches the wheels). The weights come from the shape saved once under --cache.
   NAME:k=v,... the same with overrides: SFTConfig fields for tunesmith, TRL SFTConfig fields for trl-*.
 
 Measured over --steps optimizer steps after --warmup steps, CUDA synchronised at both ends:
@@ -62,10 +70,15 @@ WORKLOADS = {
     "W4": dict(shape="qwen2.5-7b-instruct", method="full", max_length=2048, batch_size=1, warmup=1, steps=3),
     # a CPU smoke test of this script: a 2-layer model, a few short steps
     "tiny": dict(shape="tiny", method="lora", max_length=256, batch_size=4, warmup=1, steps=2),
+    # Unsloth's published benchmark setting (Llama 3.1 8B, Alpaca, batch 2, GA 4, r32, QLoRA on all linear layers)
+    "L8": dict(shape="llama-3.1-8b-instruct", method="qlora", max_length=2048, batch_size=2, grad_accum=4, rank=32,
+               alpha=32, median=180.0, sigma=0.6, warmup=2, steps=8),
 }
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]  # "all-linear" spelled out
 TINY = dict(model_type="qwen2", vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
             num_attention_heads=2, num_key_value_heads=2, head_dim=32, tie_word_embeddings=True)  # 2: splits over 2 ranks
 DEFAULT_CONFIGS = ["tunesmith", "trl-default", "trl-best"]
+REFERENCES = {"trl-default": "TRL default", "trl-best": "TRL best", "unsloth": "Unsloth"}  # the ratio columns
 PROFILE_STEPS = 2
 # kernel name patterns, first match wins (CUDA kernel names of cuBLAS/cuBLASLt, PyTorch's flash kernels, triton)
 KERNEL_KINDS = [("attention", ("flash", "fmha", "attention", "attn")),
@@ -88,8 +101,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="measured optimizer steps (default: per workload)")
     parser.add_argument("--warmup", type=int, help="steps before measuring, >= 1 (default: per workload)")
     parser.add_argument("--samples", type=int, default=600)
-    parser.add_argument("--median", type=float, default=600.0, help="median sample length in tokens")
-    parser.add_argument("--sigma", type=float, default=1.0, help="sigma of log(length)")
+    parser.add_argument("--median", type=float, help="median sample length in tokens (default: per workload, 600)")
+    parser.add_argument("--sigma", type=float, help="sigma of log(length) (default: per workload, 1.0)")
     parser.add_argument("--peak-tflops", type=float, default=686.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="PREFIX: writes PREFIX.json and PREFIX.md (a folder: FOLDER/sft-<workload>.*)")
@@ -103,12 +116,14 @@ def main() -> None:
     work = dict(WORKLOADS[args.workload])
     args.steps = args.steps or work["steps"]
     args.warmup = max(1, args.warmup or work["warmup"])
+    args.median = args.median or work.get("median", 600.0)
+    args.sigma = args.sigma or work.get("sigma", 1.0)
     if args.child:
         return child(args, work)
 
     print(f"{args.workload}: {work['shape']} {work['method']}, max_length {work['max_length']}, batch "
-          f"{work['batch_size']}; {args.samples} samples; warm-up {args.warmup} + {args.steps} measured steps",
-          flush=True)
+          f"{work['batch_size']}{describe_work(work)}; {args.samples} samples; warm-up {args.warmup} + {args.steps} "
+          "measured steps", flush=True)
     if work["method"] == "qlora" and importlib.util.find_spec("bitsandbytes") is None:
         raise SystemExit(f"{args.workload} (QLoRA) needs bitsandbytes, which this machine does not have: skipped")
     results = []
@@ -137,6 +152,9 @@ def run_child(args: argparse.Namespace, name: str) -> dict:
                     ["--profile"] if args.profile else [])
         env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
                    TRANSFORMERS_NO_ADVISORY_WARNINGS="1", TQDM_DISABLE="1")
+        if name.partition(":")[0] == "unsloth" and os.environ.get("BENCH_UNSLOTH_PYTHONPATH"):
+            env["PYTHONPATH"] = os.environ["BENCH_UNSLOTH_PYTHONPATH"]  # its own pins, apart from ours
+            env.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
         print(f"\n=== {name}", flush=True)
         started = time.perf_counter()
         try:
@@ -147,6 +165,10 @@ def run_child(args: argparse.Namespace, name: str) -> dict:
             output, code = (err.stdout or b"").decode() if isinstance(err.stdout, bytes) else (err.stdout or ""), -1
             output += f"\n(timed out after {args.child_timeout} s)"
         result = json.loads(result_path.read_text()) if result_path.exists() else {}
+    if os.environ.get("BENCH_LOG_DIR"):  # every child's whole output, for the configurations that fail
+        log = Path(os.environ["BENCH_LOG_DIR"]) / f"{args.workload}-{name.replace(':', '_').replace('=', '-')}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(output)
     result.setdefault("config", name)
     result["wall_s"] = round(time.perf_counter() - started, 1)
     if "tok_s" in result:
@@ -164,6 +186,13 @@ def run_child(args: argparse.Namespace, name: str) -> dict:
     return result
 
 
+def describe_work(work: dict) -> str:
+    extra = [f"gradient accumulation {work['grad_accum']}"] if work.get("grad_accum", 1) > 1 else []
+    if work["method"] != "full":
+        extra.append(f"LoRA r{work.get('rank', 16)} alpha {work.get('alpha', 32)} all-linear")
+    return "".join(f", {e}" for e in extra)
+
+
 def print_row(r: dict, **kw) -> None:
     if "tok_s" not in r:
         print(f"{r['config']:28} FAILED: {(str(r.get('error') or '').strip().splitlines() or ['?'])[-1]}", **kw)
@@ -174,34 +203,34 @@ def print_row(r: dict, **kw) -> None:
 
 def summarise(args: argparse.Namespace, work: dict, results: list[dict]) -> dict:
     by = {r["config"]: r for r in results if "tok_s" in r}
-    ours = by.get("tunesmith")
+    refs = [ref for ref in REFERENCES if ref in by]  # the ratio columns
     ratios = {}
-    if ours:
-        for ref in ("trl-default", "trl-best"):
-            if ref in by:
-                ratios[f"tunesmith/{ref}"] = {"tok_s": round(ours["tok_s"] / by[ref]["tok_s"], 2),
-                                              "peak_alloc": round(ours["peak_alloc_gib"] / by[ref]["peak_alloc_gib"], 2)}
-    env = next((r.get("env") for r in results if r.get("env")), {})
+    for mine in [c for c in by if c.partition(":")[0] == "tunesmith"]:  # every tunesmith row against each reference
+        for ref in (ref for ref in REFERENCES if ref in by):
+            ratios[f"{mine}/{ref}"] = {"tok_s": round(by[mine]["tok_s"] / by[ref]["tok_s"], 2),
+                                       "peak_alloc": round(by[mine]["peak_alloc_gib"] / by[ref]["peak_alloc_gib"], 2)}
+    env = next((r.get("env") for r in results if r.get("env") and r["config"].partition(":")[0] != "unsloth"),
+               next((r.get("env") for r in results if r.get("env")), {}))
     lines = [f"**{args.workload}**: {work['shape']} shape, {work['method']}, max_length {work['max_length']}, batch "
-             f"{work['batch_size']}; {args.samples} samples (lognormal, median {args.median:g}, sigma {args.sigma:g}); "
+             f"{work['batch_size']}{describe_work(work)}; {args.samples} samples (lognormal, median {args.median:g}, sigma {args.sigma:g}); "
              f"warm-up {args.warmup} + {args.steps} measured steps. {env.get('device', '?')}; "
              + ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items()) + ".",
              f"MFU: {'6N' if work['method'] == 'full' else '4N'} FLOPs per token, N = "
              f"{next((r['n_params'] for r in results if 'n_params' in r), 0) / 1e9:.3f}B, against "
              f"{args.peak_tflops:g} TFLOP/s; MFU+attn adds causal attention FLOPs.",
              f"Command: `python bench/sft.py {' '.join(sys.argv[1:])}`", "",
-             "| config | real tok/s | vs TRL default | vs TRL best | MFU | MFU+attn | peak alloc / reserved GiB "
-             "| first step s | setup s | settings |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| config | real tok/s | " + " | ".join(f"vs {REFERENCES[ref]}" for ref in refs) + " | MFU | MFU+attn | "
+             "peak alloc / reserved GiB | first step s | setup s | settings |",
+             "|---|---|" + "---|" * len(refs) + "---|---|---|---|---|---|"]
     for r in results:
         if "tok_s" not in r:
             last = (str(r.get("error") or "").strip().splitlines() or ["?"])[-1]
-            lines.append(f"| {r['config']} | failed: {last[:160].replace('|', '/')} | | | | | | | | |")
+            lines.append(f"| {r['config']} | failed: {last[:160].replace('|', '/')} |" + " |" * (len(refs) + 6))
             continue
-        vs = [f"{r['tok_s'] / by[ref]['tok_s']:.2f}x" if ref in by else "" for ref in ("trl-default", "trl-best")]
-        lines.append(f"| {r['config']} | {r['tok_s']:,.0f} | {vs[0]} | {vs[1]} | {r['mfu']:.1%} | {r['mfu_attn']:.1%} | "
-                     f"{r['peak_alloc_gib']:.1f} / {r['peak_reserved_gib']:.1f} | {r['first_step_s']:.1f} | "
-                     f"{r['setup_s']:.1f} | {r.get('settings', '')} |")
+        vs = [f"{r['tok_s'] / by[ref]['tok_s']:.2f}x" if ref in by else "" for ref in refs]
+        lines.append(f"| {r['config']} | {r['tok_s']:,.0f} | " + " | ".join(vs) + f" | {r['mfu']:.1%} | "
+                     f"{r['mfu_attn']:.1%} | {r['peak_alloc_gib']:.1f} / {r['peak_reserved_gib']:.1f} | "
+                     f"{r['first_step_s']:.1f} | {r['setup_s']:.1f} | {r.get('settings', '')} |")
     for key, value in ratios.items():
         lines.append(f"\n{key}: {value['tok_s']:.2f}x tokens/s, {value['peak_alloc']:.2f}x peak memory")
     for r in results:
@@ -236,9 +265,11 @@ def child(args: argparse.Namespace, work: dict) -> None:
 
 
 def _child(args: argparse.Namespace, work: dict, result: dict) -> None:
+    name, _, overrides = args.child.partition(":")
+    if name == "unsloth":
+        import unsloth  # noqa: F401 - before transformers, trl and peft, which it patches as it loads
     import torch
 
-    name, _, overrides = args.child.partition(":")
     overrides = parse_overrides(overrides)
     for key in ("max_length", "batch_size"):  # the workload's own keys: the data is made for them
         if key in overrides:
@@ -264,8 +295,11 @@ def _child(args: argparse.Namespace, work: dict, result: dict) -> None:
         trainer = run_tunesmith(args, work, config, data, tokenizer, probe, out_dir, overrides, result)
     elif name in ("trl-default", "trl-best"):
         trainer = run_trl(args, work, config, data, tokenizer, probe, out_dir, overrides, result, name, device, dtype)
+    elif name == "unsloth":
+        trainer = run_unsloth(args, work, config, tokenizer, data, probe, out_dir, overrides, result)
     else:
-        raise SystemExit(f"unknown configuration {name!r}: tunesmith, trl-default or trl-best (+ :key=value,...)")
+        raise SystemExit(f"unknown configuration {name!r}: tunesmith, trl-default, trl-best or unsloth "
+                         "(+ :key=value,...)")
     if "tok_s" not in result:
         raise RuntimeError(f"training stopped at step {trainer.state.global_step} before the measured window ended")
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
@@ -308,18 +342,35 @@ def build_model(work: dict, config, attn: str, args: argparse.Namespace):
             return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn)
     from transformers import BitsAndBytesConfig
 
-    folder = Path(args.cache) / f"{work['shape']}-bf16"
-    if not (folder / "config.json").exists():
-        with torch.device("cuda"):
-            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-        model.save_pretrained(folder)
-        del model
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
+    folder = saved_bf16(work, config, args)
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                bnb_4bit_compute_dtype=dtype)
     return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, quantization_config=quant, device_map={"": 0},
                                                 attn_implementation=attn)
+
+
+def saved_bf16(work: dict, config, args: argparse.Namespace, tokenizer=None) -> Path:
+    """The shape's random weights in bf16 (float32 on CPU), saved once under --cache (built on the GPU), with the stub
+    tokenizer where one is given (Unsloth loads both from the folder); the peak memory counters start again after."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    cuda = torch.cuda.is_available()
+    folder = Path(args.cache) / f"{work['shape']}-{'bf16' if cuda else 'fp32'}"
+    if not (folder / "config.json").exists():
+        torch.manual_seed(0)
+        with torch.device("cuda" if cuda else "cpu"):
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16 if cuda else torch.float32)
+        staging = Path(str(folder) + f".tmp{os.getpid()}")
+        model.save_pretrained(staging)
+        del model
+        os.replace(staging, folder)
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+    if tokenizer is not None and not (folder / "tokenizer_config.json").exists():
+        tokenizer.save_pretrained(folder)
+    return folder
 
 
 def saved_weights(work: dict, config, args: argparse.Namespace) -> Path:
@@ -403,7 +454,9 @@ def run_tunesmith(args, work, config, data, tokenizer, probe, out_dir, overrides
     shape = work["shape"] if work["shape"] != "tiny" else "qwen2.5-0.5b-instruct"  # tiny: any shape for the plan
     cfg = SFTConfig(**{"model": shape, "dataset": ["synthetic"], "tuner": work["method"], "max_length": work["max_length"],
                        "batch_size": work["batch_size"], "max_steps": args.warmup + args.steps, "output_dir": out_dir,
-                       "report_to": ["none"], **overrides})  # overrides win (bench/scale.py's tuner=full)
+                       "report_to": ["none"], "grad_accum": work.get("grad_accum", 1),
+                       **({"lora": {"rank": work["rank"], "alpha": work["alpha"]}} if "rank" in work else {}),
+                       **overrides})  # overrides win (bench/scale.py's tuner=full)
     plan = preflight(cfg, shape, rows=1)  # packing and checkpointing left unset: from this machine and the memory plan
     result["plan_gib"] = round(plan.needed_gib, 2) if plan.needed_gib is not None else None
     if plan.needed_gib is not None:  # what max_memory_allocated should read: no allocator slack, no CUDA context
@@ -439,11 +492,12 @@ def run_trl(args, work, config, data, tokenizer, probe, out_dir, overrides, resu
 
         from tunesmith.config.sections import LoraCfg
 
-        lora = LoraCfg()  # the same adapter as tunesmith's default: r16, alpha 32, dropout 0.05, all-linear
-        peft_config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                 target_modules=lora.targets, task_type="CAUSAL_LM")
+        lora = LoraCfg()  # the same adapter as tunesmith's default: r16, alpha 32, dropout 0, all-linear
+        peft_config = LoraConfig(r=work.get("rank", lora.rank), lora_alpha=work.get("alpha", lora.alpha),
+                                 lora_dropout=lora.dropout, target_modules=lora.targets, task_type="CAUSAL_LM")
     options = dict(output_dir=out_dir, per_device_train_batch_size=work["batch_size"], max_length=work["max_length"],
-                   max_steps=args.warmup + args.steps, report_to="none", disable_tqdm=True)
+                   gradient_accumulation_steps=work.get("grad_accum", 1), max_steps=args.warmup + args.steps,
+                   report_to="none", disable_tqdm=True)
     if device != "cuda":
         options["bf16"] = False
     if best:
@@ -456,6 +510,48 @@ def run_trl(args, work, config, data, tokenizer, probe, out_dir, overrides, resu
                           f"{model.config._attn_implementation}, checkpointing={a.gradient_checkpointing}, "
                           f"liger={a.use_liger_kernel}, optim={getattr(a.optim, 'value', a.optim)}")
     print(f"[bench] {name}: {result['settings']}", flush=True)
+    trainer.train()
+    return trainer
+
+
+def run_unsloth(args, work, config, tokenizer, data, probe, out_dir, overrides, result):
+    """Unsloth as its notebooks set it up: FastLanguageModel loads the weights (4-bit NF4 for QLoRA, as its
+    load_in_4bit does) and adds the adapter with its offloaded checkpointing; its patched TRL SFTTrainer trains with
+    adamw_8bit. Padding-free batching is left unset, for Unsloth to decide."""
+    import torch
+    from transformers import __version__ as transformers_version
+    from trl import SFTConfig, SFTTrainer
+    from trl import __version__ as trl_version
+    from unsloth import FastLanguageModel
+    from unsloth import __version__ as unsloth_version
+
+    from tunesmith.config.sections import LoraCfg
+
+    cuda = torch.cuda.is_available()
+    folder = saved_bf16(work, config, args, tokenizer)
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        model_name=str(folder), max_seq_length=work["max_length"], dtype=torch.bfloat16 if cuda else torch.float32,
+        load_in_4bit=work["method"] == "qlora", local_files_only=True)
+    lora = LoraCfg()
+    model = FastLanguageModel.get_peft_model(
+        model, r=work.get("rank", lora.rank), lora_alpha=work.get("alpha", lora.alpha), lora_dropout=0, bias="none",
+        target_modules=LORA_TARGETS, use_gradient_checkpointing=overrides.pop("use_gradient_checkpointing", "unsloth"),
+        random_state=3407)
+    options = dict(output_dir=out_dir, per_device_train_batch_size=work["batch_size"], max_length=work["max_length"],
+                   gradient_accumulation_steps=work.get("grad_accum", 1), max_steps=args.warmup + args.steps,
+                   learning_rate=2e-4, optim="adamw_8bit" if cuda else "adamw_torch", logging_steps=1,
+                   report_to="none", disable_tqdm=True, seed=3407)
+    if not cuda:
+        options["bf16"] = False
+    options |= overrides
+    trainer = SFTTrainer(model=model, processing_class=tokenizer, train_dataset=data, args=SFTConfig(**options),
+                         callbacks=[probe])
+    a = trainer.args
+    result["settings"] = (f"unsloth {unsloth_version} (transformers {transformers_version}, trl {trl_version}): "
+                          f"packing={a.packing}, padding_free={a.padding_free}, attention="
+                          f"{getattr(model.config, '_attn_implementation', '?')}, checkpointing=unsloth, "
+                          f"optim={getattr(a.optim, 'value', a.optim)}")
+    print(f"[bench] unsloth: {result['settings']}", flush=True)
     trainer.train()
     return trainer
 
