@@ -6,7 +6,13 @@
 Each variant is a JSON object of ContinuousBatchingConfig fields laid over the engine's defaults. Per variant and
 concurrency: one warm-up round (graph capture and compilation land there, timed and reported), then a measured
 round of N greedy requests with the same ~212-token prompt: output tokens/s, time to first token p50/max.
-This isolates the engine from HTTP; bench/serve.py measures the server end to end."""
+This isolates the engine from HTTP; bench/serve.py measures the server end to end.
+
+    python bench/engine_decode.py --model M --prompt copy --speculative ngram:8 --concurrency 1 8
+
+--speculative ngram[:N] runs each variant twice, the continuous batch without and with prompt lookup verified inside
+it (infer/speculative_batch.py), and prints ms/token (per stream: wall time over one stream's tokens) and the
+speed-up. --prompt copy asks for a text to be repeated (a copying answer: proposals are accepted)."""
 
 from __future__ import annotations
 
@@ -24,11 +30,16 @@ from tunesmith.infer.types import GenerationRequest, SamplingParams
 
 PROMPT = ("Write the product requirements for a feature that lets volunteers swap shifts with each other, "
           "including goals, user stories, acceptance criteria and open questions. ") * 6
+COPY = ("Repeat the following text exactly, word for word, and say nothing else.\n\n"
+        "Volunteers can now swap shifts with each other. A volunteer opens a shift, taps Swap, and picks a colleague "
+        "from the list of people trained for that role. The colleague gets a message and accepts or declines. Once "
+        "accepted, both calendars update and the coordinator is told. A swap closer than 24 hours to the shift needs "
+        "the coordinator's approval. Every swap is kept in the history of both volunteers.")
 
 
-async def one(engine, max_tokens: int) -> tuple[float, float, int]:
+async def one(engine, max_tokens: int, prompt: str = PROMPT) -> tuple[float, float, int]:
     start, first, tokens = time.perf_counter(), None, 0
-    request = GenerationRequest(messages=[{"role": "user", "content": PROMPT}],
+    request = GenerationRequest(messages=[{"role": "user", "content": prompt}],
                                 params=SamplingParams(max_tokens=max_tokens, temperature=0.0))
     async for delta in engine.stream(request):
         if first is None and delta.text:
@@ -38,13 +49,13 @@ async def one(engine, max_tokens: int) -> tuple[float, float, int]:
     return (first or end) - start, end - start, tokens
 
 
-async def round_of(engine, concurrency: int, max_tokens: int) -> dict:
+async def round_of(engine, concurrency: int, max_tokens: int, prompt: str = PROMPT) -> dict:
     start = time.perf_counter()
-    results = await asyncio.gather(*[one(engine, max_tokens) for _ in range(concurrency)])
+    results = await asyncio.gather(*[one(engine, max_tokens, prompt) for _ in range(concurrency)])
     wall = time.perf_counter() - start
     ttfts = sorted(r[0] for r in results)
     tokens = sum(r[2] for r in results)
-    return {"tok_s": tokens / wall, "wall_s": wall, "tokens": tokens,
+    return {"tok_s": tokens / wall, "wall_s": wall, "tokens": tokens, "ms_token": 1000 * wall * concurrency / tokens,
             "ttft_p50": statistics.median(ttfts), "ttft_max": ttfts[-1]}
 
 
@@ -80,38 +91,61 @@ def main() -> None:
                         help="create PATH during measured rounds (bench/stack_sampler.py --when-exists PATH)")
     parser.add_argument("--profile", action="store_true",
                         help="run the measured round under torch.profiler: GPU busy share and the top kernels/ops")
+    parser.add_argument("--speculative", metavar="ngram[:N]",
+                        help="run each variant without and with prompt lookup inside the batch; print the speed-up")
+    parser.add_argument("--prompt", choices=["spec", "copy"], default="spec",
+                        help="spec: write product requirements (~212 tokens); copy: repeat a paragraph")
     args = parser.parse_args()
     variants = args.variant or [["default", "{}"]]
-    engine = TransformersEngine.load(args.model)
-    prompt_tokens = engine.count_prompt_tokens(GenerationRequest(messages=[{"role": "user", "content": PROMPT}]))
+    prompt = COPY if args.prompt == "copy" else PROMPT
+    engine = TransformersEngine.load(args.model, speculative=args.speculative)
+    spec_tokens = engine.loops.speculate
+    if args.speculative:
+        if not spec_tokens:
+            parser.error("--speculative here is ngram[:N]: prompt lookup inside the continuous batch")
+        variants = [[f"{name}{suffix}", json.dumps({**json.loads(options), "_speculate": n})]
+                    for name, options in variants for suffix, n in (("", 0), ("+ngram", spec_tokens))]
+    prompt_tokens = engine.count_prompt_tokens(GenerationRequest(messages=[{"role": "user", "content": prompt}]))
     print(f"model {args.model}, prompt {prompt_tokens} tokens, max_tokens {args.max_tokens}, greedy", flush=True)
     table = {}
     for name, options in variants:
         options = json.loads(options)
         # A torch switch, not a batching field: SDPA may pick cuDNN attention, which plans per new shape.
         torch.backends.cuda.enable_cudnn_sdp(options.pop("_cudnn_sdp", True))
+        engine.loops.speculate = options.pop("_speculate", 0)
         engine.batching = options
         for served in engine.served.values():
             served.manager = None
         for c in args.concurrency:
             started = time.perf_counter()
-            asyncio.run(round_of(engine, c, args.max_tokens))
+            asyncio.run(round_of(engine, c, args.max_tokens, prompt))
             warm = time.perf_counter() - started
             if args.sample_flag:
                 open(args.sample_flag, "w").close()
             if args.profile:
-                result = profiled(lambda: asyncio.run(round_of(engine, c, args.max_tokens)), f"{name}@{c}")
+                result = profiled(lambda c=c: asyncio.run(round_of(engine, c, args.max_tokens, prompt)), f"{name}@{c}")
             else:
-                result = asyncio.run(round_of(engine, c, args.max_tokens))
+                result = asyncio.run(round_of(engine, c, args.max_tokens, prompt))
             if args.sample_flag:
                 os.remove(args.sample_flag)
             result["warmup_s"] = warm
             table[f"{name}@{c}"] = result
-            print(f"{name:12} c={c:3}  {result['tok_s']:8.1f} tok/s  ttft p50 {result['ttft_p50']:.3f}s "
+            print(f"{name:12} c={c:3}  {result['tok_s']:8.1f} tok/s  {result['ms_token']:7.1f} ms/token  ttft p50 {result['ttft_p50']:.3f}s "
                   f"max {result['ttft_max']:.3f}s  ({result['tokens']} tokens, warm-up {warm:.1f}s)", flush=True)
         asyncio.run(engine.close())
         for served in engine.served.values():
             served.model.destroy_cached_continuous_batching_manager()
+    if args.speculative:
+        counts = engine.speculation_counts()
+        for name, (steps, accepted, proposed) in counts.items():
+            print(f"speculation on {name}: {steps} verification steps, {proposed} tokens proposed, {accepted} "
+                  f"accepted ({100 * accepted / max(proposed, 1):.0f} %)")
+        for name, _ in variants:
+            if name.endswith("+ngram"):
+                for c in args.concurrency:
+                    plain, spec = table[f"{name[:-len('+ngram')]}@{c}"], table[f"{name}@{c}"]
+                    print(f"speed-up {name} c={c}: {spec['tok_s'] / plain['tok_s']:.2f}x tok/s "
+                          f"({plain['ms_token']:.1f} -> {spec['ms_token']:.1f} ms/token)", flush=True)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(table, f, indent=1)

@@ -29,18 +29,23 @@ def make_tiny_model(folder: Path, family: str = "llama", seed: int = 0, **config
     return folder
 
 
-def untie_head(folder: Path, seed: int = 1, std: float = 0.5) -> Path:
+def untie_head(folder: Path, seed: int = 1, std: float = 0.5, echo: bool = False) -> Path:
     """The model in `folder` saved again with its output head untied and re-drawn: with tied embeddings a random
     model greedily repeats its last input token ("\\n\\n\\n..."), which lets equality tests pass for the wrong reason;
-    with this head its greedy answers vary with the prompt."""
+    with this head its greedy answers vary with the prompt. `echo`: the head is the embeddings plus noise of `std`
+    (0.07: runs of one repeated token that now and then switch, "Causes dependent obj obj obj ...", what prompt
+    lookup speculation accepts and rejects, as in a real model copying text)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     model.config.tie_word_embeddings = False
     torch.manual_seed(seed)
+    embeddings = model.model.embed_tokens.weight.data.clone()
     model.lm_head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=False)
     torch.nn.init.normal_(model.lm_head.weight, std=std)
+    if echo:
+        model.lm_head.weight.data += embeddings
     model.save_pretrained(folder)
     return folder
 

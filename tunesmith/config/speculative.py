@@ -16,10 +16,12 @@ NGRAM_TOKENS = 10  # transformers' PromptLookupCandidateGenerator default
 SPECULATIVE_HELP = (
     "Speculative decoding: draft=MODEL (a small model with the same tokenizer proposes tokens, the served model checks "
     "them in one pass) or ngram[:N] (prompt lookup: N tokens copied from the prompt per step, default 10). Greedy "
-    "answers are unchanged. transformers backend: requests to text models are then answered one at a time through "
-    "generate() with transformers' assisted generation instead of the continuous batch (on a GPU that is slower than "
-    "the continuous batch, measured 6x at one stream: docs/benchmarks.md); logprobs, seeds, response_format and vision requests keep their own paths. vllm backend: "
-    "vLLM's speculative_config, inside its continuous batch (a draft is a whole model, not a LoRA run).")
+    "answers are unchanged. transformers backend: ngram runs inside the continuous batch (greedy requests verify "
+    "their proposals in the batch's forward pass; sampling requests take one token per step beside them); draft "
+    "answers text requests one at a time through generate() with transformers' assisted generation instead of the "
+    "continuous batch (on a GPU slower than the continuous batch, measured 6x at one stream: docs/benchmarks.md); "
+    "logprobs, seeds, response_format and vision requests keep their own paths. vllm backend: vLLM's "
+    "speculative_config, inside its continuous batch (a draft is a whole model, not a LoRA run).")
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from typing import Any, AsyncIterator
 from tunesmith.errors import TunesmithError
 from tunesmith.infer.decoding import GREEDY_BELOW, GREEDY_TEMPERATURE, Decoder
 from tunesmith.infer.served_models import Served
+from tunesmith.infer.speculative_batch import SpeculationCounts, speculate_in_batch
 from tunesmith.infer.types import Delta, EngineError, SamplingParams
 
 log = logging.getLogger("tunesmith")
@@ -34,11 +35,15 @@ class BatchingLoops:
     """The batching loops of `served` (the engine's registry, read as it changes). `lock` is the generate() paths'
     lock: requests join a batch only while holding it, so generate() never runs beside a batching step. `options`:
     ContinuousBatchingConfig fields over our defaults (bench/engine_decode.py); `kv_cache_gib` bounds each loop's
-    cache on CPU (like vLLM's VLLM_CPU_KVCACHE_SPACE)."""
+    cache on CPU (like vLLM's VLLM_CPU_KVCACHE_SPACE). `speculate`: --speculative ngram:N's N, verified inside the
+    batch (infer/speculative_batch.py; 0: none), counted per served model in `speculation`."""
 
     def __init__(self, served: dict[str, Served], lock: threading.Lock, options: dict[str, Any] | None = None,
-                 max_batch_tokens: int | None = None, kv_cache_gib: float = 1.0, attention: str = "auto"):
+                 max_batch_tokens: int | None = None, kv_cache_gib: float = 1.0, attention: str = "auto",
+                 speculate: int = 0):
         self.served, self.lock = served, lock
+        self.speculate = speculate
+        self.speculation: dict[str, SpeculationCounts] = {}
         self.options = options or {}
         self.max_batch_tokens, self.kv_cache_gib = max_batch_tokens, kv_cache_gib
         self.attention = attention  # auto | varlen | sdpa: see pick_attention
@@ -152,8 +157,12 @@ class BatchingLoops:
         self.pick_attention(served.model)
         options = {"per_request_processors": True, **self._cache_budget(served), **graph_option(served.model),
                    **self.options}
+        if self.speculate:  # a proposal is made from the last token on the host: no carry-over on the device
+            options["use_async_batching"] = False
         cb = ContinuousBatchingConfig(**options)
         manager = served.model.init_continuous_batching(generation_config=gen, continuous_batching_config=cb)
+        if self.speculate:
+            speculate_in_batch(manager, self.speculate, self.speculation.setdefault(served.name, SpeculationCounts()))
         manager.start()
         # The loop builds its KV cache in its own thread: wait, so a failure there is this call's error.
         deadline = time.monotonic() + 120

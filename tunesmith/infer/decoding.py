@@ -35,6 +35,7 @@ class Decoder:
         text = self.tokenizer.decode(kept, skip_special_tokens=True)
         cut = min((text.find(s) for s in self.stops if s in text), default=-1)
         if cut >= 0:
+            self.count = self._tokens_to_stop(kept)  # up to the token that completed the stop string
             text, self.ended_by = text[:cut], "stop"
         elif self.ended_by is None and not final:
             if text.endswith("\ufffd"):
@@ -43,6 +44,19 @@ class Decoder:
         new = text[len(self.emitted):] if text.startswith(self.emitted) else ""
         self.emitted = text if text.startswith(self.emitted) else self.emitted
         return new, self.ended_by == "stop"
+
+    def _tokens_to_stop(self, kept: list[int]) -> int:
+        """The fewest leading tokens whose text holds a stop string: one step may bring several tokens (a queue drain,
+        an accepted speculative run), and those past the stop string are not the answer's."""
+        low, high = 1, len(kept)
+        while low < high:
+            mid = (low + high) // 2
+            text = self.tokenizer.decode(kept[:mid], skip_special_tokens=True)
+            if any(s in text for s in self.stops):
+                high = mid
+            else:
+                low = mid + 1
+        return high
 
     def _partial_stop(self, text: str) -> int:
         """Length of the longest tail of `text` that begins a stop string: held back until the next token decides."""

@@ -4,10 +4,11 @@
     assistant.check(served)                    # a draft with another vocabulary is refused, naming both models
     model.generate(..., **assistant.options(served))   # assistant_model=... or prompt_lookup_num_tokens=N
 
-transformers' continuous batching has no assisted generation (generation/continuous_batching holds no assistant or
-prompt lookup), and assisted generate() takes one sequence at a time. So with --speculative the engine answers text
-requests one at a time through generate() (infer/generate_paths.py stream_assisted), under the same lock as the
-other generate() paths; concurrent streams queue. On a GPU that path is slower than the continuous batch (eager
+--speculative ngram[:N] runs inside the continuous batch (infer/speculative_batch.py); this module then only parses
+it. transformers' continuous batching has no draft model, and assisted generate() takes one sequence at a time. So
+with --speculative draft=MODEL the engine answers text requests one at a time through generate()
+(infer/generate_paths.py stream_assisted), under the same lock as the other generate() paths; concurrent streams
+queue. On a GPU that path is slower than the continuous batch (eager
 generate() against CUDA graphs: 6x at one stream for a 7B shape, docs/benchmarks.md); it pays only where generate()
 is the baseline (CPU, one stream) and the draft is accepted often.
 The served model checks each proposal, so greedy answers equal those without speculation (tests/infer).
@@ -41,7 +42,7 @@ class Assistant:
         steps[1] += tokens
 
     def options(self, served: Served) -> dict[str, Any]:
-        """generate()'s arguments for speculation on `served`."""
+        """generate()'s arguments for speculation on `served` (ngram: the engine uses the batch instead)."""
         if self.spec.method == "ngram":
             return {"prompt_lookup_num_tokens": self.spec.tokens}
         options: dict[str, Any] = {"assistant_model": self.model}

@@ -14,8 +14,9 @@ Where a request goes:
 - Requests asking for `logprobs` / `top_logprobs` or a `seed`, requests with a `response_format` grammar, and every
   request to a vision-language model take a serialised `generate()` path instead (infer/generate_paths.py).
   Correct, but one at a time.
-- With --speculative (infer/speculative.py) the other text requests take assisted generate() one at a time too:
-  transformers' continuous batching has no assisted generation.
+- --speculative ngram[:N]: prompt lookup inside the continuous batch (infer/speculative_batch.py): greedy requests
+  verify their proposals in the batch's own forward pass. --speculative draft=MODEL (infer/speculative.py): the
+  other text requests take assisted generate() one at a time: transformers' continuous batching has no draft model.
 
 Models (infer/served_models.py):
 - Each named adapter (--adapters) is merged into its own copy of the base (exact in float32): memory grows with the
@@ -52,12 +53,14 @@ class TransformersEngine(Engine):
                  attention: str = "auto", batching: dict[str, Any] | None = None, assistant: Assistant | None = None):
         self.served = {s.name: s for s in served}
         self.default = served[0].name
-        self.assistant = assistant  # --speculative: text requests go through assisted generate() (speculative.py)
+        self.assistant = assistant  # --speculative: a draft through assisted generate() (speculative.py), or ngram
         for s in served:
             if assistant is not None:
                 assistant.check(s)
         self.exact_lock = threading.Lock()  # the generate() paths; batched requests join under it too
-        self.loops = BatchingLoops(self.served, self.exact_lock, batching, max_batch_tokens, kv_cache_gib, attention)
+        in_batch = assistant.spec.tokens if assistant is not None and assistant.spec.method == "ngram" else 0
+        self.loops = BatchingLoops(self.served, self.exact_lock, batching, max_batch_tokens, kv_cache_gib, attention,
+                                   speculate=in_batch)
         self.bases: dict[str, Any] = {}  # base folder -> its model in memory, shared by the versions over it
         self.loads = 0  # models read from disk (bases, whole models): a version over a loaded base adds none
         self.device, self.dtype = "cpu", None  # set by load(): where versions loaded later go
@@ -186,7 +189,7 @@ class TransformersEngine(Engine):
             async for delta in generate_paths.stream_threaded(served, p, len(prompt), "generate()", generate):
                 yield delta
             return
-        if self.assistant is not None:
+        if self.assistant is not None and self.assistant.spec.method == "draft":
             count = functools.partial(self.assistant.count_step, served.name)
             async for delta in generate_paths.stream_assisted(served, self.exact_lock, prompt, p,
                                                               self.assistant.options(served), count):
@@ -199,9 +202,15 @@ class TransformersEngine(Engine):
         """None when every loop that was started runs (a stopped one is restarted here); else why not."""
         return self.loops.health()
 
-    def speculation_counts(self) -> dict[str, tuple[int, int]]:
-        """--speculative: per served model, assisted generate()'s verification steps and the tokens they produced."""
-        return {} if self.assistant is None else {name: (c[0], c[1]) for name, c in self.assistant.counts.items()}
+    def speculation_counts(self) -> dict[str, tuple[int, int, int | None]]:
+        """--speculative: per served model, (verification steps, proposed tokens accepted, tokens proposed). ngram:
+        a step is one request's decode step that carried proposals; draft: one step of assisted generate(), which
+        does not say how many tokens it proposed (None)."""
+        if self.assistant is None:
+            return {}
+        if self.assistant.spec.method == "ngram":
+            return {name: (c.steps, c.accepted, c.proposed) for name, c in self.loops.speculation.items()}
+        return {name: (c[0], c[1] - c[0], None) for name, c in self.assistant.counts.items()}
 
     async def close(self) -> None:
         for s in list(self.served.values()):

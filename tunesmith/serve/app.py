@@ -280,8 +280,11 @@ def banner(cfg: DeployConfig, names: list[str], encoders: dict[str, str] | None 
     if names:
         lines.append(f"  models: {', '.join(names)} (the first is the default)")
     if cfg.speculative and names:
-        one_at_a_time = "; text requests are answered one at a time (assisted generate(), no continuous batching)"
-        lines.append(f"  speculative decoding: {cfg.speculative}{one_at_a_time if cfg.backend == 'transformers' else ''}")
+        how = ""
+        if cfg.backend == "transformers":
+            how = ("; text requests are answered one at a time (assisted generate(), no continuous batching)"
+                   if cfg.speculative.startswith("draft=") else "; greedy requests verify proposals inside the batch")
+        lines.append(f"  speculative decoding: {cfg.speculative}{how}")
     if encoders:
         lines.append("  encoders: " + ", ".join(f"{n} ({task})" for n, task in encoders.items())
                      + "; /v1/embeddings, /v1/rerank, /v1/score, /v1/classify")

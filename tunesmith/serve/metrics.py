@@ -32,8 +32,9 @@ class Metrics:
 
 
 class SpeculationCounts:
-    """--speculative on the transformers engine: its verification steps and accepted proposals per model, read from
-    the engine at each scrape. transformers does not report how many tokens were proposed, so there is no rate."""
+    """--speculative on the transformers engine: its verification steps, accepted and (ngram) proposed tokens per
+    model, read from the engine at each scrape. Acceptance rate: accepted / proposed. Assisted generate()
+    (draft=MODEL) does not report how many tokens it proposed, so it has no proposed count."""
 
     def __init__(self, engine) -> None:
         self.engine = engine
@@ -41,15 +42,21 @@ class SpeculationCounts:
     def collect(self):
         from prometheus_client.core import CounterMetricFamily
 
-        steps = CounterMetricFamily("tunesmith_speculative_steps", "Forward passes of the served model that verified "
-                                    "proposed tokens (--speculative).", labels=["model"])
+        steps = CounterMetricFamily("tunesmith_speculative_steps", "Verification steps (--speculative): ngram, one "
+                                    "request's decode step that carried proposals; draft, one assisted generate() "
+                                    "step.", labels=["model"])
         accepted = CounterMetricFamily("tunesmith_speculative_accepted_tokens", "Proposed tokens the served model "
                                        "accepted (--speculative): tokens beyond one per step.", labels=["model"])
-        for name, (n, tokens) in self.engine.speculation_counts().items():
+        proposed = CounterMetricFamily("tunesmith_speculative_proposed_tokens", "Tokens proposed for verification "
+                                       "(--speculative ngram).", labels=["model"])
+        for name, (n, kept, offered) in self.engine.speculation_counts().items():
             steps.add_metric([name], n)
-            accepted.add_metric([name], tokens - n)
+            accepted.add_metric([name], kept)
+            if offered is not None:
+                proposed.add_metric([name], offered)
         yield steps
         yield accepted
+        yield proposed
 
 
 class Slots:
