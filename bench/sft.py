@@ -540,7 +540,7 @@ def run_unsloth(args, work, config, tokenizer, data, probe, out_dir, overrides, 
     options = dict(output_dir=out_dir, per_device_train_batch_size=work["batch_size"], max_length=work["max_length"],
                    gradient_accumulation_steps=work.get("grad_accum", 1), max_steps=args.warmup + args.steps,
                    learning_rate=2e-4, optim="adamw_8bit" if cuda else "adamw_torch", logging_steps=1,
-                   report_to="none", disable_tqdm=True, seed=3407)
+                   report_to="none", disable_tqdm=True, seed=42)  # Unsloth's SFTConfig defaults to 3407: another order
     if not cuda:
         options["bf16"] = False
     options |= overrides
