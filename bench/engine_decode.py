@@ -10,9 +10,10 @@ This isolates the engine from HTTP; bench/serve.py measures the server end to en
 
     python bench/engine_decode.py --model M --prompt copy --speculative ngram:8 --concurrency 1 8
 
---speculative ngram[:N] runs each variant twice, the continuous batch without and with prompt lookup verified inside
-it (infer/speculative_batch.py), and prints ms/token (per stream: wall time over one stream's tokens) and the
-speed-up. --prompt copy asks for a text to be repeated (a copying answer: proposals are accepted)."""
+--speculative ngram[:N] runs each variant three times: the continuous batch as it is, with greedy steps taking the
+argmax instead of transformers' per-request temperature/top-p processing (what a speculating loop does; "+argmax"),
+and with prompt lookup verified inside it (infer/speculative_batch.py; "+ngram"); it prints ms/token (per stream:
+wall time over one stream's tokens) and the speed-ups of +ngram over the first two. --prompt copy asks for a text to be repeated (a copying answer: proposals are accepted)."""
 
 from __future__ import annotations
 
@@ -104,7 +105,8 @@ def main() -> None:
         if not spec_tokens:
             parser.error("--speculative here is ngram[:N]: prompt lookup inside the continuous batch")
         variants = [[f"{name}{suffix}", json.dumps({**json.loads(options), "_speculate": n})]
-                    for name, options in variants for suffix, n in (("", 0), ("+ngram", spec_tokens))]
+                    for name, options in variants
+                    for suffix, n in (("", None), ("+argmax", 0), ("+ngram", spec_tokens))]
     prompt_tokens = engine.count_prompt_tokens(GenerationRequest(messages=[{"role": "user", "content": prompt}]))
     print(f"model {args.model}, prompt {prompt_tokens} tokens, max_tokens {args.max_tokens}, greedy", flush=True)
     table = {}
@@ -112,7 +114,7 @@ def main() -> None:
         options = json.loads(options)
         # A torch switch, not a batching field: SDPA may pick cuDNN attention, which plans per new shape.
         torch.backends.cuda.enable_cudnn_sdp(options.pop("_cudnn_sdp", True))
-        engine.loops.speculate = options.pop("_speculate", 0)
+        engine.loops.speculate = options.pop("_speculate", None)
         engine.batching = options
         for served in engine.served.values():
             served.manager = None
@@ -142,10 +144,13 @@ def main() -> None:
                   f"accepted ({100 * accepted / max(proposed, 1):.0f} %)")
         for name, _ in variants:
             if name.endswith("+ngram"):
+                base = name[:-len("+ngram")]
                 for c in args.concurrency:
-                    plain, spec = table[f"{name[:-len('+ngram')]}@{c}"], table[f"{name}@{c}"]
-                    print(f"speed-up {name} c={c}: {spec['tok_s'] / plain['tok_s']:.2f}x tok/s "
-                          f"({plain['ms_token']:.1f} -> {spec['ms_token']:.1f} ms/token)", flush=True)
+                    spec = table[f"{name}@{c}"]
+                    for other in (base, f"{base}+argmax"):
+                        plain = table[f"{other}@{c}"]
+                        print(f"speed-up {name} over {other} c={c}: {spec['tok_s'] / plain['tok_s']:.2f}x tok/s "
+                              f"({plain['ms_token']:.1f} -> {spec['ms_token']:.1f} ms/token)", flush=True)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(table, f, indent=1)

@@ -147,3 +147,27 @@ def test_an_eos_inside_an_accepted_run_ends_the_answer_there():
     token, _ = speculation.accept(future, [7, 8, 2], [7, 8, 2, 9], [None] * 4)
     assert token == 2 and state.generated_tokens == [5, 7, 8]  # the batch update appends 2 and finishes
     assert (speculation.counts.proposed, speculation.counts.accepted) == (3, 3)
+
+
+@pytest.mark.gpu
+def test_on_cuda_with_cuda_graphs_greedy_answers_equal_and_a_copy_takes_fewer_steps_prefix_sharing_on(echo_model):
+    """CUDA graphs on the varlen path (forced on for float32, whose SDPA mask would leave them off): the logits of a
+    step's proposals are read from the padded, graph-captured slice. float32, so answers compare exactly."""
+    batching = {**BATCHING, "use_cuda_graph": True}
+    params = [(COPYING, greedy(40)), *[(p, greedy()) for p in PROMPTS]]
+    plain = load_engine("transformers", model=str(echo_model), device="cuda", dtype="float32", batching=batching)
+    try:
+        expected = answers(plain, params)
+    finally:
+        plain.shutdown()
+    spec = load_engine("transformers", model=str(echo_model), device="cuda", dtype="float32", batching=batching,
+                       speculative="ngram:4")
+    try:
+        assert [a[:3] for a in answers(spec, params)] == [a[:3] for a in expected]
+        forwards = counting_forwards(spec)
+        (_, _, tokens), = answers(spec, [(COPYING, greedy(40))], stream_first=False)
+        assert tokens == 40 and len(forwards) < tokens / 2
+        processor = spec.served[spec.default].manager.batch_processor
+        assert processor.cache.use_prefix_sharing and processor.model_runner.use_cuda_graph_varlen
+    finally:
+        spec.shutdown()

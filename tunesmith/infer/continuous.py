@@ -36,11 +36,11 @@ class BatchingLoops:
     lock: requests join a batch only while holding it, so generate() never runs beside a batching step. `options`:
     ContinuousBatchingConfig fields over our defaults (bench/engine_decode.py); `kv_cache_gib` bounds each loop's
     cache on CPU (like vLLM's VLLM_CPU_KVCACHE_SPACE). `speculate`: --speculative ngram:N's N, verified inside the
-    batch (infer/speculative_batch.py; 0: none), counted per served model in `speculation`."""
+    batch (infer/speculative_batch.py; None: off), counted per served model in `speculation`."""
 
     def __init__(self, served: dict[str, Served], lock: threading.Lock, options: dict[str, Any] | None = None,
                  max_batch_tokens: int | None = None, kv_cache_gib: float = 1.0, attention: str = "auto",
-                 speculate: int = 0):
+                 speculate: int | None = None):
         self.served, self.lock = served, lock
         self.speculate = speculate
         self.speculation: dict[str, SpeculationCounts] = {}
@@ -157,11 +157,11 @@ class BatchingLoops:
         self.pick_attention(served.model)
         options = {"per_request_processors": True, **self._cache_budget(served), **graph_option(served.model),
                    **self.options}
-        if self.speculate:  # a proposal is made from the last token on the host: no carry-over on the device
+        if self.speculate is not None:  # a proposal is made from the last token on the host: no carry-over on the device
             options["use_async_batching"] = False
         cb = ContinuousBatchingConfig(**options)
         manager = served.model.init_continuous_batching(generation_config=gen, continuous_batching_config=cb)
-        if self.speculate:
+        if self.speculate is not None:
             speculate_in_batch(manager, self.speculate, self.speculation.setdefault(served.name, SpeculationCounts()))
         manager.start()
         # The loop builds its KV cache in its own thread: wait, so a failure there is this call's error.

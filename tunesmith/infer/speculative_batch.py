@@ -125,6 +125,7 @@ class BatchSpeculation:
         self.batch: list[tuple[Any, list[int] | None]] = []  # the prepared step: (future state, its proposals)
         self.logits: int | None = None  # logits rows of the prepared step
         self.accepting = False
+        self.greedy_step = False  # the prepared step has only greedy requests: argmax, no processors
 
     def install(self) -> None:
         from transformers.generation.continuous_batching.requests import RequestStatus
@@ -137,6 +138,9 @@ class BatchSpeculation:
         self.model_kwargs, io.get_model_kwargs = io.get_model_kwargs, self._get_model_kwargs
         self.batch_update, io.prepare_batch_update = io.prepare_batch_update, self._prepare_batch_update
         self.update, processor.update_batch = processor.update_batch, self._update_batch
+        runner = processor.model_runner
+        self.sample, runner._forward_process_and_sample = runner._forward_process_and_sample, self._forward_and_pick
+        self.graph_key, io._get_graph_key = io._get_graph_key, self._get_graph_key
 
     # -- proposals, before the scheduler sees the requests
 
@@ -145,6 +149,8 @@ class BatchSpeculation:
         return self.schedule_batch(token_budget, cache_budget)
 
     def propose(self) -> None:
+        if not self.tokens:  # 0: greedy steps take the argmax, nothing is proposed (bench/engine_decode.py's baseline)
+            return
         scheduler = self.scheduler
         room = self.max_logits - len(scheduler.active_requests) - len(scheduler.waiting_requests)
         for state in scheduler.active_requests.values():
@@ -196,8 +202,11 @@ class BatchSpeculation:
                 rows.append(n)
                 indices.extend(range(end - n, end))
         self.logits = len(indices)
+        self.greedy_step = bool(rows) and not self.processor.return_logprobs and all(
+            future.state.logit_processor_kwargs.get("temperature", 1.0) < GREEDY_BELOW
+            for future, _ in self.batch if future.has_new_token)
         if len(indices) == len(rows):
-            return  # no proposals: the step is the batch's own
+            return  # no proposals: one logits row per request, as the batch has it
         io.logits_indices[:len(indices)] = torch.tensor(indices, dtype=torch.int32, device=io.device)
         if logits_processors.tensors_required:  # each request's temperature/top_p, once per logits row
             storage = io._bulk_input_tensor[io.static_inputs:]
@@ -212,6 +221,24 @@ class BatchSpeculation:
             kwargs["logits_indices"] = io.logits_indices[:n]
             kwargs["logits_processor_args"] = io._bulk_input_tensor[io.static_inputs:, :n]
         return kwargs
+
+    def _get_graph_key(self) -> tuple:
+        """A greedy step's forward is another graph than a sampling step's of the same shapes."""
+        return (*self.graph_key(), self.greedy_step)
+
+    def _forward_and_pick(self, model: Any, batch_data: dict, *args: Any) -> None:
+        """The model runner's forward and sampling; in a step of greedy requests only, the argmax of every logits row
+        instead of the per-request processors (temperature, top_p: a sort of the vocabulary per row, for each of a
+        speculating request's rows) and sampling, which return the argmax at a greedy request's temperature anyway."""
+        if not self.greedy_step:
+            return self.sample(model, batch_data, *args)
+        output_ids = args[-1]
+        logits = model(**batch_data).logits
+        if "logits_to_keep" not in batch_data:
+            logits = logits[:, batch_data["logits_indices"], :]
+        tokens = logits[0].argmax(dim=-1)
+        output_ids[0, :tokens.size(0)].copy_(tokens)
+        return None
 
     # -- acceptance, in the batch update
 

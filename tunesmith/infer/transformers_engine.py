@@ -58,7 +58,7 @@ class TransformersEngine(Engine):
             if assistant is not None:
                 assistant.check(s)
         self.exact_lock = threading.Lock()  # the generate() paths; batched requests join under it too
-        in_batch = assistant.spec.tokens if assistant is not None and assistant.spec.method == "ngram" else 0
+        in_batch = assistant.spec.tokens if assistant is not None and assistant.spec.method == "ngram" else None
         self.loops = BatchingLoops(self.served, self.exact_lock, batching, max_batch_tokens, kv_cache_gib, attention,
                                    speculate=in_batch)
         self.bases: dict[str, Any] = {}  # base folder -> its model in memory, shared by the versions over it
