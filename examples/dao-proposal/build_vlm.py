@@ -36,9 +36,10 @@ TEMPLATE = (
 )
 
 
-def build(out: Path, seed: int = SEED, lm_folder: Path | None = None) -> Path:
+def build(out: Path, seed: int = SEED, lm_folder: Path | None = None, patch: int = PATCH) -> Path:
     """Write the model, tokenizer, processor and chat template to `out`; `lm_folder`: another causal LM with
-    SmolLM2's tokenizer (the tests use a tiny random one), else the embedded SmolLM2-135M-Instruct."""
+    SmolLM2's tokenizer (the tests use a tiny random one), else the embedded SmolLM2-135M-Instruct; `patch`: the
+    tower's patch side (PIXELS / patch squared image tokens per picture)."""
     import torch
     from transformers import (
         AutoModelForCausalLM,
@@ -61,7 +62,7 @@ def build(out: Path, seed: int = SEED, lm_folder: Path | None = None) -> Path:
     lm.resize_token_embeddings(len(tok), mean_resizing=True)  # the <image> row; its embedding is never read
 
     text = lm.config.to_dict()
-    config = LlavaConfig(text_config=text, vision_config=TOWER, image_token_id=tok.convert_tokens_to_ids("<image>"),
+    config = LlavaConfig(text_config=text, vision_config={**TOWER, "patch_size": patch}, image_token_id=tok.convert_tokens_to_ids("<image>"),
                          vision_feature_layer=-1, vision_feature_select_strategy="default",
                          projector_hidden_act="gelu", tie_word_embeddings=True)
     torch.manual_seed(seed)  # the tower and the projector: random, the same every run
@@ -79,7 +80,7 @@ def build(out: Path, seed: int = SEED, lm_folder: Path | None = None) -> Path:
                            crop_size={"height": PIXELS, "width": PIXELS}).save_pretrained(out)
     # what LlavaProcessor reads to count image tokens: (PIXELS / PATCH)^2 patches, CLIP's CLS feature dropped
     (out / "processor_config.json").write_text(json.dumps({
-        "processor_class": "LlavaProcessor", "patch_size": PATCH, "vision_feature_select_strategy": "default",
+        "processor_class": "LlavaProcessor", "patch_size": patch, "vision_feature_select_strategy": "default",
         "num_additional_image_tokens": 1}))
     return out
 
@@ -89,8 +90,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/dao-vlm-base"), help="folder to write")
     parser.add_argument("--seed", type=int, default=SEED, help="seed of the random tower and projector")
     parser.add_argument("--lm", type=Path, help="a causal LM folder with SmolLM2's tokenizer (default: the embedded one)")
+    parser.add_argument("--patch", type=int, default=PATCH, choices=(8, 16, 32, 64),
+                        help="the tower's patch side in pixels: (64 / patch)^2 image tokens per chart (64: one)")
     args = parser.parse_args()
-    print(f"wrote {build(args.out, args.seed, args.lm)}")
+    print(f"wrote {build(args.out, args.seed, args.lm, args.patch)}")
 
 
 if __name__ == "__main__":

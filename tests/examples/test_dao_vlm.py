@@ -62,3 +62,25 @@ def test_build_vlm_makes_a_model_tunesmith_trains_with_its_eye_open(tmp_path):
         assert moved and any(w.abs().sum() > 0 for w in moved), part  # B starts at zero: these trained
     recorded = json.dumps((result.run_dir / "config.yaml").read_text())
     assert "freeze_vision_tower: false" in recorded and "freeze_aligner: false" in recorded
+
+
+def test_build_vlm_patch_sets_the_image_tokens_and_tokenizing_follows_it(tmp_path):
+    """--patch 64: one image token per chart. The same chart files tokenized for the 16-token model first must not
+    come back from the tokenizing cache with 16 (the patch size lives on LLaVA's processor, not its image processor)."""
+    from tunesmith.config import SFTConfig
+    from tunesmith.data.load import load_rows
+    from tunesmith.train.preflight import load_template
+    from tunesmith.train.vision import VisionRun
+
+    build_vlm, charts = _module("build_vlm"), _module("make_charts")
+    lm = make_tiny_model(tmp_path / "lm")
+    charts.make("train", 4, charts.SEED, tmp_path / "charts", bold=True)
+    data = tmp_path / "charts" / "train.jsonl"
+    for patch, tokens in ((16, 16), (64, 1)):
+        folder = build_vlm.build(tmp_path / f"vlm{patch}", lm_folder=lm, patch=patch)
+        cfg = SFTConfig(model=str(folder), dataset=[str(data)], output_dir=str(tmp_path / "run"))
+        template, base = load_template(cfg)
+        vlm = VisionRun.start(cfg, template, base)
+        table, problems = vlm.tokenize(load_rows(cfg.dataset, kind="sft").rows, "assistant", 256)
+        image_id = vlm.template.processor.image_token_id
+        assert not problems and [ids.count(image_id) for ids in table["input_ids"]] == [tokens] * 4

@@ -119,7 +119,8 @@ class VisionRun:
 
         payload = [[r.messages, r.extra.get("tools"), _stats(images_of(r.messages))] for r in rows]
         processor = self.template.processor  # its settings decide how many tokens a picture becomes
-        settings = [type(processor).__name__, processor.image_processor.to_json_string()]
+        # the whole processor's settings: LLaVA's patch_size, say, lives on the processor, not its image processor
+        settings = [type(processor).__name__, processor.to_json_string()]
         key = _key("sft-vision", [settings, payload], self.template, loss_on)
 
         def build() -> dict[str, list]:
