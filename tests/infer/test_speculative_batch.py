@@ -171,3 +171,15 @@ def test_on_cuda_with_cuda_graphs_greedy_answers_equal_and_a_copy_takes_fewer_st
         assert processor.cache.use_prefix_sharing and processor.model_runner.use_cuda_graph_varlen
     finally:
         spec.shutdown()
+
+
+def test_another_transformers_version_is_refused_at_load_naming_both(echo_model, monkeypatch):
+    """The patched internals are transformers 5.23's: another version is refused when the engine loads."""
+    import transformers
+
+    from tunesmith.errors import TunesmithError
+
+    monkeypatch.setattr(transformers, "__version__", "5.24.0")
+    with pytest.raises(TunesmithError) as err:
+        load_engine("transformers", model=str(echo_model), device="cpu", dtype="float32", speculative="ngram:4")
+    assert "transformers 5.23" in str(err.value) and "5.24.0 is installed" in str(err.value)

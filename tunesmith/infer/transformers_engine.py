@@ -59,6 +59,10 @@ class TransformersEngine(Engine):
                 assistant.check(s)
         self.exact_lock = threading.Lock()  # the generate() paths; batched requests join under it too
         in_batch = assistant.spec.tokens if assistant is not None and assistant.spec.method == "ngram" else None
+        if in_batch is not None:  # refused at start-up, not at the first request
+            from tunesmith.infer.speculative_batch import check_version
+
+            check_version()
         self.loops = BatchingLoops(self.served, self.exact_lock, batching, max_batch_tokens, kv_cache_gib, attention,
                                    speculate=in_batch)
         self.bases: dict[str, Any] = {}  # base folder -> its model in memory, shared by the versions over it
