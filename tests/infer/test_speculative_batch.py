@@ -17,7 +17,7 @@ PROMPTS = ["apple banana cherry apple banana cherry apple", "one two three four 
            "Write three lines about rivers."]
 COPYING = "red red red red"  # answered 'CausesCausesCauses dependent obj obj obj obj ...': long accepted runs
 MAX_TOKENS = 30
-BATCHING = {"page_size": 8}  # small KV blocks: answers complete blocks, so prefix sharing meets speculated ones
+BATCHING = {"page_size": 4}  # small KV blocks: answers complete many, so prefix sharing meets speculated ones
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +117,7 @@ def test_a_sampling_request_beside_speculating_greedy_ones_answers(engines):
 
 
 def test_a_follow_up_reusing_a_speculated_answers_cache_blocks_answers_as_without(engines):
-    """Prefix caching stays on: the second turn's prompt holds the first answer, whose full KV blocks (8 tokens)
+    """Prefix caching stays on: the second turn's prompt holds the first answer, whose full KV blocks (4 tokens)
     were registered for sharing as the answer was verified; a block a rejected proposal completed must not be."""
     plain, spec = engines
     results = []
@@ -183,3 +183,29 @@ def test_another_transformers_version_is_refused_at_load_naming_both(echo_model,
     with pytest.raises(TunesmithError) as err:
         load_engine("transformers", model=str(echo_model), device="cpu", dtype="float32", speculative="ngram:4")
     assert "transformers 5.23" in str(err.value) and "5.24.0 is installed" in str(err.value)
+
+
+def test_only_blocks_of_cached_tokens_are_registered_for_prefix_sharing(engines):
+    """After every step, each KV block registered for sharing holds only positions the cache has written with
+    accepted tokens (below the request's position): a block completed by a rejected proposal, or ending at the
+    model's own next token (not in the cache yet), is not (a request cancelled by a stop string right then would
+    leave it shared with the wrong KV)."""
+    _, spec = engines
+    answers(spec, [(COPYING, greedy(8))], stream_first=False)  # the loop and its cache exist
+    cache = spec.served[spec.default].manager.batch_processor.cache
+    mark, beyond = cache.mark_complete_blocks, []
+
+    def checked(state, complete_blocks):
+        mark(state, complete_blocks)
+        for allocator in cache.cache_allocators.values():
+            table = allocator.block_table.get(state.request_id, [])
+            hashed = sum(1 for block in table if allocator.ledger.block_to_hash.get(block) is not None)
+            if hashed * allocator.tokens_per_page > state.position_offset:
+                beyond.append((state.request_id, hashed, state.position_offset))
+
+    cache.mark_complete_blocks = checked
+    try:
+        got = answers(spec, [(p, greedy(60)) for p in (COPYING, *PROMPTS)])
+    finally:
+        cache.mark_complete_blocks = mark
+    assert all(a[2] == 60 for a in got) and not beyond
