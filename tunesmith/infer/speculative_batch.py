@@ -205,14 +205,15 @@ class BatchSpeculation:
         self.greedy_step = bool(rows) and not self.processor.return_logprobs and all(
             future.state.logit_processor_kwargs.get("temperature", 1.0) < GREEDY_BELOW
             for future, _ in self.batch if future.has_new_token)
-        if len(indices) == len(rows):
-            return  # no proposals: one logits row per request, as the batch has it
-        io.logits_indices[:len(indices)] = torch.tensor(indices, dtype=torch.int32, device=io.device)
-        if logits_processors.tensors_required:  # each request's temperature/top_p, once per logits row
-            storage = io._bulk_input_tensor[io.static_inputs:]
-            per_request = storage[:, :len(rows)].clone()
-            repeats = torch.tensor(rows, device=storage.device)
-            storage[:, :len(indices)] = per_request.repeat_interleave(repeats, dim=1)
+        if len(indices) > len(rows):  # proposals: their rows too (else one row per request, as the batch has it)
+            io.logits_indices[:len(indices)] = torch.tensor(indices, dtype=torch.int32, device=io.device)
+            if logits_processors.tensors_required:  # each request's temperature/top_p, once per logits row
+                storage = io._bulk_input_tensor[io.static_inputs:]
+                per_request = storage[:, :len(rows)].clone()
+                repeats = torch.tensor(rows, device=storage.device)
+                storage[:, :len(indices)] = per_request.repeat_interleave(repeats, dim=1)
+        if io.compute_stream is not None:  # the batch's tensors are written on this stream, read on the compute one
+            io.compute_stream.wait_stream(torch.get_device_module(io.device).current_stream(io.device))
 
     def _get_model_kwargs(self, use_padding: bool = False) -> Any:
         kwargs = self.model_kwargs(use_padding=use_padding)
