@@ -14,15 +14,18 @@ behind: the request's position_offset goes back and the next step rewrites them.
 run exactly where one-token decoding would stop. Sampling requests never speculate; they keep one token per step
 in the same batch.
 
-transformers 5.23 has no speculation in continuous batching; this patches five of its internals on one batch
-processor (the scheduler's step and request scheduling, the IO's batch tensors, model kwargs and batch update),
-refusing any other transformers minor version. Choices it makes:
+transformers 5.23 has no speculation in continuous batching; this patches seven of its internals on one batch
+processor (the scheduler's step and request scheduling; the IO's batch tensors, model kwargs, graph key and batch
+update; the model runner's forward and sampling), refusing any other transformers minor version. Choices it makes:
 - Synchronous batching: async batching carries the previous step's token over on the device, and a proposal needs
   the token on the host. use_async_batching is off for a speculating loop (the CUDA graphs stay).
 - Prefix caching stays on: after a step only the blocks filled by tokens now in the cache (the input token and the
   accepted proposals) are registered for sharing, never a block completed by a rejected proposal.
 - With CUDA graphs the varlen path takes logits at min(padded query tokens, max_requests_per_batch) rows already;
   the proposals of one step are capped so that their rows fit there (and in the logits index storage on CPU).
+- A step of greedy requests only takes the argmax of each row instead of transformers' per-request temperature and
+  top-p processing (a sort of the vocabulary per row, for every proposal's row too) and sampling; a step with a
+  sampling request keeps them for all its rows. Proposals stop one token short of max_tokens.
 """
 
 from __future__ import annotations
