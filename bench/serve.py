@@ -108,9 +108,11 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str, prompt: s
 async def level(url: str, model: str, prompt: str, max_tokens: int, concurrency: int, rounds: int, tokenizer) -> dict:
     limits = httpx.Limits(max_connections=concurrency + 4)
     async with httpx.AsyncClient(timeout=httpx.Timeout(3600), limits=limits) as client:
+        async def stream() -> list[Sample]:  # one client: its `rounds` requests one after another
+            return [await one_request(client, url, model, prompt, max_tokens, tokenizer) for _ in range(rounds)]
+
         start = time.perf_counter()
-        samples = await asyncio.gather(*[one_request(client, url, model, prompt, max_tokens, tokenizer)
-                                         for _ in range(concurrency * rounds)])
+        samples = [s for answers in await asyncio.gather(*[stream() for _ in range(concurrency)]) for s in answers]
         wall = time.perf_counter() - start
     lat = sorted(s.latency for s in samples)
     ttft = sorted(s.ttft for s in samples)
