@@ -5,11 +5,13 @@
 
 No pretrained VLM can be downloaded here, so this one is assembled:
   language model  the embedded SmolLM2-135M-Instruct (pretrained), its vocabulary plus one <image> token
-  vision tower    a CLIP-ViT built from a small config, randomly initialised: 64x64 pixels, 16x16 patches -> 16 image
-                  tokens per chart, 4 layers, hidden 192 (1.2M parameters)
+  vision tower    a CLIP-ViT built from a small config, randomly initialised: 64x64 pixels in one 64x64 patch -> one
+                  image token per chart (--patch 16: 16 tokens), 4 layers, hidden 192 (3.5M parameters)
   projector       LLaVA's 2-layer MLP from the tower to the LM's hidden size, randomly initialised (0.4M)
 Until it is trained, the model cannot see: the picture reaches the LM as noise. Training the tower and the projector
-(--freeze-vision-tower false --freeze-aligner false) is what teaches it to read the charts. The processor squeezes
+(--freeze-vision-tower false --freeze-aligner false, at their own --vision-lr / --aligner-lr) is what teaches it to
+read the charts; with one token per chart the language model has a single place to read the trend from (with 16, the
+trend is spread over the patches, and none of the README's runs learned to read it). The processor squeezes
 each picture to 64x64 (no crop: a chart's first and last days are at its edges) and the chat template is SmolLM2's
 ChatML with <image> where a picture goes. Seeded: the same folder every run.
 """
@@ -22,7 +24,7 @@ from pathlib import Path
 
 SEED = 20251204
 PIXELS = 64  # the tower's input side; 64 / PATCH squared image tokens per picture
-PATCH = 16
+PATCH = 64  # one image token: what the README's runs read the trend from (16: 16 tokens, which they did not)
 TOWER = {"model_type": "clip_vision_model", "hidden_size": 192, "intermediate_size": 384, "num_hidden_layers": 4,
          "num_attention_heads": 4, "image_size": PIXELS, "patch_size": PATCH, "projection_dim": 192}
 SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"  # SmolLM2-Instruct's default

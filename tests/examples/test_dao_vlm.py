@@ -1,5 +1,5 @@
 """The DAO chart step's CPU model (examples/dao-proposal/build_vlm.py): the assembled LLaVA folder carries the language
-model's weights unchanged, its processor turns a --bold chart into 16 image tokens, and `tunesmith sft` trains it with
+model's weights unchanged, its processor turns a --bold chart into one image token, and `tunesmith sft` trains it with
 the tower and the projector open (their adapters move). Built here from a tiny random LM with SmolLM2's tokenizer, so
 the test takes seconds; the README's run uses the embedded SmolLM2-135M-Instruct."""
 
@@ -50,7 +50,7 @@ def test_build_vlm_makes_a_model_tunesmith_trains_with_its_eye_open(tmp_path):
     picture = Image.open(tmp_path / "charts" / rows[0]["images"][0])
     assert picture.size == (64, 64)
     ids = processor(text=[text], images=[picture.convert("RGB")])["input_ids"][0]
-    assert list(ids).count(processor.image_token_id) == 16
+    assert list(ids).count(processor.image_token_id) == 1
 
     cfg = SFTConfig(model=str(folder), dataset=[str(tmp_path / "charts" / "train.jsonl")],
                     output_dir=str(tmp_path / "run"), freeze_vision_tower=False, freeze_aligner=False, max_steps=2,
