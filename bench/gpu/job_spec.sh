@@ -24,20 +24,7 @@ fi
 [ "$PART" = tests ] && exit 0
 python3 bench/make_shape_model.py --shape qwen2.5-7b-instruct --tokenizer .gputok --out /tmp/m7 > /tmp/shape7.log 2>&1 \
   || { tail /tmp/shape7.log | tee -a $R; exit 1; }
-python3 - <<'EOF' 2>&1 | tail -2 | tee -a $R
-import torch
-from transformers import AutoModelForCausalLM
-model = AutoModelForCausalLM.from_pretrained("/tmp/m7", dtype=torch.bfloat16,
-                                             device_map="cuda" if torch.cuda.is_available() else "cpu")
-with torch.no_grad():
-    for layer in model.model.layers:
-        layer.self_attn.o_proj.weight.zero_()
-        layer.mlp.down_proj.weight.zero_()
-    model.lm_head.weight.copy_(model.model.embed_tokens.weight)
-model.save_pretrained("/tmp/e7")
-print("echo target saved: /tmp/e7")
-EOF
-for f in /tmp/m7/*; do case $f in *.safetensors|*.index.json|*/config.json) ;; *) cp --update=none "$f" /tmp/e7/ ;; esac; done
+python3 bench/make_echo_target.py --model /tmp/m7 --out /tmp/e7 2>&1 | tail -1 | tee -a $R
 for m in e7 m7; do
   timeout 170 python3 bench/engine_decode.py --model /tmp/$m --prompt copy --speculative ngram --concurrency 1 8 \
     --max-tokens 128 > $OUT/spec-$m.txt 2>&1

@@ -10,19 +10,7 @@ mkdir -p /tmp/bin && printf '#!/bin/sh\nexec python3 -m tunesmith.cli.main "$@"\
 export PATH=/tmp/bin:$PATH
 python3 bench/make_shape_model.py --shape qwen2.5-7b-instruct --tokenizer .gputok --out /tmp/m7 > /tmp/shape7.log 2>&1 \
   || { tail /tmp/shape7.log | tee -a $R; exit 1; }
-python3 - <<'PY' 2>&1 | tail -1 | tee -a $R
-import torch
-from transformers import AutoModelForCausalLM
-model = AutoModelForCausalLM.from_pretrained("/tmp/m7", dtype=torch.bfloat16, device_map="cuda")
-with torch.no_grad():
-    for layer in model.model.layers:
-        layer.self_attn.o_proj.weight.zero_()
-        layer.mlp.down_proj.weight.zero_()
-    model.lm_head.weight.copy_(model.model.embed_tokens.weight)
-model.save_pretrained("/tmp/e7")
-print("echo target saved: /tmp/e7")
-PY
-for f in /tmp/m7/*; do case $f in *.safetensors|*.index.json|*/config.json) ;; *) cp --update=none "$f" /tmp/e7/ ;; esac; done
+python3 bench/make_echo_target.py --model /tmp/m7 --out /tmp/e7 2>&1 | tail -1 | tee -a $R
 rm -rf /tmp/m7
 timeout 300 python3 bench/serve.py --model /tmp/e7 --servers tunesmith tunesmith-spec --speculative ngram \
   --concurrency 1 8 --rounds 2 --max-tokens 256 > $OUT/spec-serve-e7.txt 2>&1
