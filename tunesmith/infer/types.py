@@ -131,13 +131,13 @@ class Engine(ABC):
     def add_model(self, name: str, folder: str, base: str | None = None) -> None:
         """Serve the run at `folder` as `name` from now on (a version, or an adapter loaded through the admin API);
         an adapter shares `base` with the models already over it. Blocking: may read weights for seconds."""
-        raise NotImplementedError(f"the {type(self).__name__} backend cannot load models while serving; use "
-                                  "--backend transformers")
+        raise NotImplementedError(f"{type(self).__name__} cannot load models while serving (the transformers and "
+                                  "vllm backends can)")
 
     def remove_model(self, name: str) -> None:
         """Stop serving `name`; its memory goes, a base other models share stays. Blocking."""
-        raise NotImplementedError(f"the {type(self).__name__} backend cannot unload models while serving; use "
-                                  "--backend transformers")
+        raise NotImplementedError(f"{type(self).__name__} cannot unload models while serving (the transformers and "
+                                  "vllm backends can)")
 
     async def generate(self, request: GenerationRequest) -> Completion:
         texts: dict[int, list[str]] = {}
