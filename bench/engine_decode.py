@@ -13,7 +13,8 @@ This isolates the engine from HTTP; bench/serve.py measures the server end to en
 --speculative ngram[:N] runs each variant three times: the continuous batch as it is, with greedy steps taking the
 argmax instead of transformers' per-request temperature/top-p processing (what a speculating loop does; "+argmax"),
 and with prompt lookup verified inside it (infer/speculative_batch.py; "+ngram"); it prints ms/token (per stream:
-wall time over one stream's tokens) and the speed-ups of +ngram over the first two. --prompt copy asks for a text to be repeated (a copying answer: proposals are accepted)."""
+wall time over one stream's tokens) and the speed-ups of +ngram over the first two. --prompt copy asks for a text
+to be repeated (a copying answer: proposals are accepted)."""
 
 from __future__ import annotations
 
@@ -132,8 +133,8 @@ def main() -> None:
                 os.remove(args.sample_flag)
             result["warmup_s"] = warm
             table[f"{name}@{c}"] = result
-            print(f"{name:12} c={c:3}  {result['tok_s']:8.1f} tok/s  {result['ms_token']:7.1f} ms/token  ttft p50 {result['ttft_p50']:.3f}s "
-                  f"max {result['ttft_max']:.3f}s  ({result['tokens']} tokens, warm-up {warm:.1f}s)", flush=True)
+            print(f"{name:12} c={c:3}  {result['tok_s']:8.1f} tok/s  {result['ms_token']:7.1f} ms/token  "
+                  f"ttft p50 {result['ttft_p50']:.3f}s max {result['ttft_max']:.3f}s  ({result['tokens']} tokens, warm-up {warm:.1f}s)", flush=True)
         asyncio.run(engine.close())
         for served in engine.served.values():
             served.model.destroy_cached_continuous_batching_manager()
