@@ -134,7 +134,8 @@ def main() -> None:
             result["warmup_s"] = warm
             table[f"{name}@{c}"] = result
             print(f"{name:12} c={c:3}  {result['tok_s']:8.1f} tok/s  {result['ms_token']:7.1f} ms/token  "
-                  f"ttft p50 {result['ttft_p50']:.3f}s max {result['ttft_max']:.3f}s  ({result['tokens']} tokens, warm-up {warm:.1f}s)", flush=True)
+                  f"ttft p50 {result['ttft_p50']:.3f}s max {result['ttft_max']:.3f}s  "
+                  f"({result['tokens']} tokens, warm-up {warm:.1f}s)", flush=True)
         asyncio.run(engine.close())
         for served in engine.served.values():
             served.model.destroy_cached_continuous_batching_manager()
