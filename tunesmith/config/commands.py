@@ -95,9 +95,11 @@ class TrainConfig(Section):
     lr_scheduler: str = Field("cosine", description="transformers scheduler name: cosine, linear, constant...")
     warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0, description="Share of steps spent warming up the learning rate.")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
-    gradient_checkpointing: bool | None = Field(None, description=(
-        "Recompute activations in backward: less memory, 30-50% more compute. Unset (or auto): on a CUDA GPU only when "
-        "the memory plan says the run would not fit without it, and then on as few layers as fit; off elsewhere."))
+    gradient_checkpointing: bool | Literal["offload"] | None = Field(None, description=(
+        "Recompute activations in backward: less memory, 30-50% more compute. offload: also keep each layer's input in "
+        "pinned CPU memory until backward (copied on a side stream; CUDA). Unset (or auto): on a CUDA GPU only when the "
+        "memory plan says the run would not fit without it, then on as few layers as fit, offloaded if even all do "
+        "not fit; off elsewhere."))
     checkpoint_every: int | None = Field(None, ge=1, description=(
         "With gradient checkpointing, recompute only every N-th decoder layer (1 = all); the others keep their "
         "activations: faster, more memory. Unset: chosen with gradient_checkpointing, else 1."))
@@ -208,6 +210,10 @@ class TrainConfig(Section):
         if self.tuner == "galore" and self.galore.layerwise and (several or self.grad_accum > 1):
             raise ValueError("galore.layerwise: updates each layer inside backward, so it needs one process and "
                              "grad_accum 1")
+        if self.gradient_checkpointing == "offload" and (self.deepspeed or self.fsdp):
+            raise ValueError("gradient_checkpointing: offload keeps layer inputs in this process's CPU memory, beside "
+                             "DeepSpeed's or FSDP's own wrapping; use --deepspeed zero3-offload or --fsdp-offload, or "
+                             "--gradient-checkpointing true")
         if self.lora.plus_ratio and (self.deepspeed or self.fsdp):
             raise ValueError("lora.plus_ratio: LoRA+ builds its own optimizer, which DeepSpeed and FSDP replace; drop "
                              "--deepspeed/--fsdp")

@@ -48,8 +48,9 @@ class PlanConfig(Section):
     batch_size: int = Field(4, ge=1, description="Largest micro-batch to consider (samples per device per step).")
     grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps (recomputed when global_batch is set).")
     global_batch: int | None = Field(None, ge=1, description="Target samples per optimizer step over all devices.")
-    gradient_checkpointing: bool | Literal["auto"] = Field(
-        "auto", description="auto = only when it is needed to fit; true/false to check one choice.")
+    gradient_checkpointing: bool | Literal["auto", "offload"] = Field(
+        "auto", description=("auto = only when it is needed to fit; true/false/offload (layer inputs in CPU memory) to "
+                             "check one choice."))
     attn: Literal["sdpa", "flash", "eager", "flex"] = Field(
         "sdpa", description="Attention kernel: eager stores seq x seq scores per layer; the others do not.")
     packing: bool = Field(False, description="Samples concatenated to max_length (padding-free, as TRL packs).")

@@ -165,7 +165,7 @@ def plan_encoder(cfg: Any, hw: Any) -> dict[str, Any]:
         raise ConfigError(f"tuner: task {cfg.task} trains with lora, dora or full (got {cfg.tuner})")
     setup = Setup(method="lora" if method == "dora" else method, dtype=dtype, lora_rank=cfg.lora_rank,
                   seq=cfg.max_length, micro_batch=cfg.batch_size, grad_accum=cfg.grad_accum,
-                  checkpointing=cfg.gradient_checkpointing is True, device=device)
+                  checkpointing=bool(cfg.gradient_checkpointing), device=device)
     est = estimate_encoder(config, cfg.task, setup, texts)
     fits = est.total <= FIT * memory * GIB
     source_note = ("--gpu-memory" if cfg.gpu_memory else f"free memory of {hw.gpus[0].name}" if hw.gpus

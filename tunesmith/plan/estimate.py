@@ -89,6 +89,7 @@ class Setup:
     micro_batch: int = 1
     grad_accum: int = 1
     checkpointing: bool = False
+    activation_offload: bool = False  # with checkpointing: layer inputs in pinned host RAM (train/offload.py)
     attn: str = "sdpa"                # sdpa | flash | eager | flex
     packing: bool = False
     padded: bool | None = None        # None: micro_batch > 1 without packing (TRL pads, so a mask exists)
@@ -345,6 +346,8 @@ def activation_phases(shape: ModelShape, s: Setup) -> dict[str, float]:
         # HF checkpoints each decoder layer (use_reentrant=False): only its input survives the forward. A layer's
         # recompute runs before its backward: DoRA's temporaries then, the gradient temporaries after.
         kept = shape.layers * (4 if fp32_upcast(s) else a) * h * n
+        if s.activation_offload:  # on the GPU: the input of the layer in backward and the next one arriving
+            kept *= min(2, shape.layers) / shape.layers
         return {"loss": kept + final + loss_bytes(shape, s),
                 "backward": kept + final + layer + copies + max(work, dora)}
     kept = shape.layers * layer + shape.moe_layers * copies
@@ -403,6 +406,10 @@ def estimate_training(shape: ModelShape, s: Setup) -> Estimate:
     elif world > 1:
         grads *= 2  # DDP copies gradients into its all-reduce buckets (gradient_as_bucket_view is off in HF)
     moments = activation_phases(tensor_parallel_shape(shape, s.tensor_parallel), s)
+    if s.checkpointing and s.activation_offload:
+        offloaded = shape.layers * (4 if fp32_upcast(s) else a) * shape.hidden * s.micro_batch * s.seq
+        host += offloaded
+        notes.append(f"offloaded checkpointing: {offloaded / GIB:.2f} GiB of layer inputs in pinned CPU RAM")
     if s.tensor_parallel > 1:
         notes.append(f"tensor parallel {s.tensor_parallel}: each rank holds 1/{s.tensor_parallel} of the decoder's "
                      f"linears and LM head ({held:.0%} of the weights) and of the heads' and MLP's activations")

@@ -46,7 +46,10 @@ def recommend(shape: ModelShape, base: Setup, memory_gib: float, target_batch: i
     per_device = math.ceil(target_batch / world)
     auto_method = methods is None
     methods = methods or (["full", "lora"] + ([] if base.device == "mps" else ["qlora"]))  # bnb has no MPS kernels
-    ckpt_options = [False, True] if checkpointing is None else [checkpointing]
+    # last resort on one GPU per process: checkpointed layer inputs in host memory (ZeRO/FSDP offload their own way)
+    own_offload = base.device == "cuda" and not (base.zero_stage or base.fsdp)
+    ckpt_options: list[bool | str] = ([False, True] + (["offload"] if own_offload else []) if checkpointing is None
+                                      else [checkpointing])
     offload_options = [base.offload] + ([True] if (base.zero_stage or base.fsdp) and not base.offload else [])
     budget = memory_gib * GIB
     tried: list[str] = []
@@ -56,7 +59,8 @@ def recommend(shape: ModelShape, base: Setup, memory_gib: float, target_batch: i
             share = COMFORT if auto_method and method == "full" else FIT
             for ckpt in ckpt_options:
                 for micro in micro_batches(max_micro, per_device):
-                    setup = replace(base, method=method, checkpointing=ckpt, micro_batch=micro, offload=offload,
+                    setup = replace(base, method=method, checkpointing=bool(ckpt), micro_batch=micro, offload=offload,
+                                    activation_offload=base.activation_offload or ckpt == "offload",
                                     grad_accum=math.ceil(per_device / micro))
                     est = estimate_training(shape, setup)
                     if smallest is None or est.total <= smallest[0]:  # ties: the later, smaller setting
@@ -64,7 +68,8 @@ def recommend(shape: ModelShape, base: Setup, memory_gib: float, target_batch: i
                     host_ok = host_ram_gib is None or est.host_bytes <= 0.9 * host_ram_gib * GIB
                     if est.total <= share * budget and host_ok:
                         return Choice(True, setup, est, setup.grad_accum, _describe(setup, est, memory_gib), tried)
-                tried.append(f"{method}{' + checkpointing' if ckpt else ''}{' + offload' if offload else ''}, "
+                tried.append(f"{method}{' + checkpointing' if ckpt else ''}{' offloaded' if ckpt == 'offload' else ''}"
+                             f"{' + offload' if offload else ''}, "
                              f"micro-batch 1: {est.total / GIB:.1f} GiB")
     assert smallest is not None
     _, setup, est = smallest
@@ -73,6 +78,8 @@ def recommend(shape: ModelShape, base: Setup, memory_gib: float, target_batch: i
 
 def _describe(s: Setup, est: Estimate, memory_gib: float) -> str:
     ckpt = "with gradient checkpointing" if s.checkpointing else "without gradient checkpointing"
+    if s.checkpointing and s.activation_offload:
+        ckpt += " (layer inputs offloaded to CPU memory)"
     return (f"{s.method} {ckpt}, micro-batch {s.micro_batch} x {s.grad_accum} accumulation steps: "
             f"{est.total / GIB:.1f} of {memory_gib:.1f} GiB ({est.total / (memory_gib * GIB):.0%})")
 

@@ -49,7 +49,8 @@ def plan(cfg: PlanConfig, hardware: Hardware | None = None) -> dict[str, Any]:
                  seq=-(-cfg.max_length // cfg.sequence_parallel), micro_batch=cfg.batch_size, grad_accum=cfg.grad_accum,
                  attn=cfg.attn, packing=cfg.packing, zero_stage=cfg.zero_stage, world_size=shards, tensor_parallel=tp,
                  fsdp=bool(cfg.fsdp) or (tp > 1 and shards > 1),
-                 offload=cfg.offload, trained_layers=cfg.trained_layers, private=cfg.dp, lora_experts=cfg.lora_experts,
+                 offload=cfg.offload, activation_offload=cfg.gradient_checkpointing == "offload",
+                 trained_layers=cfg.trained_layers, private=cfg.dp, lora_experts=cfg.lora_experts,
                  device=device, images=cfg.images_per_sample if shape.vision is not None else 0)
     result: dict[str, Any] = {
         "model": {"name": cfg.model, "model_type": shape.model_type, "params": shape.params(), "layers": shape.layers,
@@ -109,6 +110,7 @@ def _training(cfg: PlanConfig, shape: ModelShape, base: Setup, memory: float, hw
         result["command"] = (f"tunesmith sft --model {cfg.model} --tuner {s.method} --max-length {cfg.max_length} "
                              f"--batch-size {s.micro_batch} --grad-accum {choice.grad_accum}"
                              + (" --gradient-checkpointing" if s.checkpointing else "")
+                             + (" offload" if s.checkpointing and s.activation_offload else "")
                              + _method_flags(s)
                              + (" --packing" if s.packing else "") + _layout_flags(cfg, s) + " --dataset DATA")
 

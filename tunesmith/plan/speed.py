@@ -2,6 +2,7 @@
 calls them with the config and the hardware it found).
 
     every = checkpoint_every_that_fits(shape, setup, budget_bytes)   # None: no checkpointing needed
+    offload = offload_fits(shape, setup, budget_bytes)     # every layer is not enough: offload their inputs too
     setup = training_setup(cfg, "cuda", "bfloat16", varlen=True)   # the estimator's Setup for a training config
 
 Why only as few layers as fit: checkpointing recomputes a layer's forward in backward. For full fine-tuning that is
@@ -49,6 +50,16 @@ def checkpoint_every_that_fits(shape: ModelShape, s: Setup, budget_bytes: float)
     return 1
 
 
+def offload_fits(shape: ModelShape, s: Setup, budget_bytes: float) -> bool:
+    """True when checkpointing every layer does not fit but offloading their inputs to host memory does (one GPU per
+    process, no ZeRO/FSDP: they shard and offload by their own means)."""
+    if s.device != "cuda" or s.zero_stage or s.fsdp:
+        return False
+    if estimate_training(shape, replace(s, checkpointing=True)).total <= budget_bytes:
+        return False
+    return estimate_training(shape, replace(s, checkpointing=True, activation_offload=True)).total <= budget_bytes
+
+
 def training_setup(cfg: Any, device: str, dtype: str, varlen: bool, liger: bool = False) -> Setup:
     """The estimator's Setup for exactly this training config. `varlen`: packed batches run the varlen flash kernel
     (no mask); `liger`: liger's layers replace the model's own (they keep less for backward)."""
@@ -68,5 +79,6 @@ def training_setup(cfg: Any, device: str, dtype: str, varlen: bool, liger: bool 
     return Setup(method=cfg.tuner, dtype=dtype, lora_rank=rank, trained_layers=trained_layers, private=private, **reft,
                  lora_targets=targets, lora_dropout=cfg.lora.dropout, lora_experts=cfg.lora.experts, seq=cfg.max_length,
                  micro_batch=cfg.batch_size, grad_accum=cfg.grad_accum, checkpointing=bool(cfg.gradient_checkpointing),
-                 packing=packing, attn="flash" if packing and varlen else "sdpa", device=device,
+                 activation_offload=cfg.gradient_checkpointing == "offload", packing=packing,
+                 attn="flash" if packing and varlen else "sdpa", device=device,
                  kernels="liger" if liger else "none")

@@ -32,7 +32,7 @@ from tunesmith.plan import hardware
 from tunesmith.plan.estimate import GIB, Estimate, estimate_training
 from tunesmith.plan.methods import Alignment, method_extra_bytes, method_setup
 from tunesmith.plan.model_shape import ModelShape, load_shape
-from tunesmith.plan.speed import (AUTO_SHARE, checkpoint_every_that_fits, checkpointed_layers,
+from tunesmith.plan.speed import (AUTO_SHARE, checkpoint_every_that_fits, checkpointed_layers, offload_fits,
                                   partial_checkpointing_bytes, training_setup)
 from tunesmith.train import launch, speed
 
@@ -137,8 +137,8 @@ def resolve_speed(cfg: Any, plan: Preflight | None = None, shape: ModelShape | N
         shape = _shape(cfg.model)
     speed.resolve_packing(cfg, plan.device, plan.dtype)
     if cfg.gradient_checkpointing is None:
-        every = _every_from_plan(cfg, plan, shape) if plan.device == "cuda" else None
-        cfg.gradient_checkpointing = every is not None
+        every, offload = _every_from_plan(cfg, plan, shape) if plan.device == "cuda" else (None, False)
+        cfg.gradient_checkpointing = "offload" if offload else every is not None
         if every is not None and cfg.checkpoint_every is None:
             cfg.checkpoint_every = every
     plan.choices |= {"packing": cfg.packing, "gradient_checkpointing": cfg.gradient_checkpointing,
@@ -146,19 +146,25 @@ def resolve_speed(cfg: Any, plan: Preflight | None = None, shape: ModelShape | N
     return plan.choices
 
 
-def _every_from_plan(cfg: Any, plan: Preflight, shape: ModelShape | None) -> int | None:
+def _every_from_plan(cfg: Any, plan: Preflight, shape: ModelShape | None) -> tuple[int | None, bool]:
+    """(checkpoint every N-th layer or None, offload their inputs) from the memory plan."""
     if shape is None:
         log.info("gradient checkpointing: off (no memory plan for this model)")
-        return None
+        return None, False
     setup = method_setup(_setup(cfg, plan, shape), _alignment(cfg))
     extra = sum(method_extra_bytes(shape, setup, _alignment(cfg)).values())
-    every = checkpoint_every_that_fits(shape, setup, AUTO_SHARE * plan.have_gib * GIB - extra)
+    budget = AUTO_SHARE * plan.have_gib * GIB - extra
+    every = checkpoint_every_that_fits(shape, setup, budget)
+    offload = every == 1 and offload_fits(shape, setup, budget)
     if every is None:
         log.info("gradient checkpointing: off (the memory plan fits without it)")
+    elif offload:
+        log.info("gradient checkpointing: every layer, inputs offloaded to CPU memory (without offload the memory "
+                 "plan does not fit)")
     else:
         log.info("gradient checkpointing: every %d-th layer (%d of %d layers recompute), from the memory plan", every,
                  checkpointed_layers(shape.layers, every), shape.layers)
-    return every
+    return every, offload
 
 
 # -----------------------------------------------------------------------------
@@ -300,6 +306,9 @@ def _print(cfg: Any, plan: Preflight, rows: int) -> None:
              plan.layout["engine"])
     ckpt = ("off" if not cfg.gradient_checkpointing else
             f"every {cfg.checkpoint_every}-th layer" if (cfg.checkpoint_every or 1) > 1 else "all layers")
+    if cfg.gradient_checkpointing == "offload":
+        ckpt += (", their inputs offloaded to pinned CPU memory" if plan.device == "cuda" else
+                 f" (offload: nothing to move on {plan.device}, whose activations already live in host memory)")
     log.info("speed: packing %s, gradient checkpointing %s, on %s in %s", "on" if cfg.packing else "off", ckpt,
              plan.device, str(plan.dtype).removeprefix("torch."))
     if plan.needed_gib is not None:

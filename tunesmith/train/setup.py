@@ -101,6 +101,10 @@ def run_trainer(cfg: Any, run_dir: Path, model: Any, tokenizer: Any, train_ds: A
         ours.append(GracefulStop())
     if cfg.fsdp:
         ours.append(ShardReport(rank()))
+    if cfg.gradient_checkpointing == "offload" and device == "cuda":  # elsewhere activations live in host memory
+        from tunesmith.train.offload import OffloadCheckpointInputs
+
+        ours.append(OffloadCheckpointInputs())
     eva = tuners.uses_eva(cfg) and optimizers is None  # EVA may change adapter ranks: the optimizer comes after it
     args = args or trl_args(cfg, run_dir, device, dtype, has_eval=eval_ds is not None)
     parallelism = getattr(args, "parallelism_config", None)
