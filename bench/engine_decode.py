@@ -6,7 +6,10 @@
 Each variant is a JSON object of ContinuousBatchingConfig fields laid over the engine's defaults. Per variant and
 concurrency: one warm-up round (graph capture and compilation land there, timed and reported), then a measured
 round of N greedy requests with the same ~212-token prompt: output tokens/s, time to first token p50/max.
-This isolates the engine from HTTP; bench/serve.py measures the server end to end.
+This isolates the engine from HTTP; bench/serve.py measures the server end to end. Bench-only keys in a variant:
+"_fast_paths": false runs transformers' loop without our patches (infer/greedy_steps.py: greedy steps take the argmax),
+"_attention": "varlen" | "sdpa" picks the batch's attention (varlen on CPU: the GPU path's mask-free inputs).
+--host-timing prints the loop's ms per step in preparing the batch, the step itself and the batch update.
 
     python bench/engine_decode.py --model M --prompt copy --speculative ngram:8 --concurrency 1 8
 
@@ -82,6 +85,47 @@ def profiled(measure, label: str) -> dict:
     return result
 
 
+class StepTimes:
+    """--host-timing: wall time of the batching loop's three phases, per step, on its own thread: preparing the batch
+    (scheduling, index tensors, logits processor arguments: host Python), the step (forward, sampling, outputs to the
+    host: compute on CPU, launches or graph replay and the wait for the previous step on a GPU) and the batch update
+    (per-request bookkeeping, outputs handed to the requests: host Python)."""
+
+    PHASES = ("prepare", "step", "update")
+
+    def __init__(self) -> None:
+        self.totals = dict.fromkeys(self.PHASES, 0.0)
+        self.steps = 0
+
+    def wrap(self, manager) -> None:
+        processor = manager.batch_processor
+        self.owners = (("prepare", processor, "prepare_next_batch"), ("step", manager, "_generation_step"),
+                       ("update", processor, "update_batch"))
+        for phase, owner, name in self.owners:
+            setattr(owner, name, self.timed(phase, getattr(owner, name)))
+
+    def unwrap(self) -> None:
+        for _, owner, name in self.owners:
+            delattr(owner, name)  # back to the class's method
+
+    def timed(self, phase, fn):
+        def run(*args, **kwargs):
+            start = time.perf_counter()
+            result = fn(*args, **kwargs)
+            if phase != "prepare" or result:  # an idle loop's empty preparations are not steps
+                self.totals[phase] += time.perf_counter() - start
+                self.steps += phase == "prepare"
+            return result
+
+        return run
+
+    def line(self) -> str:
+        n = max(self.steps, 1)
+        host = (self.totals["prepare"] + self.totals["update"]) / n
+        parts = "  ".join(f"{phase} {1000 * t / n:.2f}" for phase, t in self.totals.items())
+        return f"{self.steps} steps, ms/step: {parts}; host (prepare + update) {1000 * host:.2f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True)
@@ -93,6 +137,8 @@ def main() -> None:
                         help="create PATH during measured rounds (bench/stack_sampler.py --when-exists PATH)")
     parser.add_argument("--profile", action="store_true",
                         help="run the measured round under torch.profiler: GPU busy share and the top kernels/ops")
+    parser.add_argument("--host-timing", action="store_true",
+                        help="time the batching loop's phases in the measured round (prepare, step, update; ms/step)")
     parser.add_argument("--speculative", metavar="ngram[:N]",
                         help="run each variant without and with prompt lookup inside the batch; print the speed-up")
     parser.add_argument("--prompt", choices=["spec", "copy"], default="spec",
@@ -116,6 +162,11 @@ def main() -> None:
         # A torch switch, not a batching field: SDPA may pick cuDNN attention, which plans per new shape.
         torch.backends.cuda.enable_cudnn_sdp(options.pop("_cudnn_sdp", True))
         engine.loops.speculate = options.pop("_speculate", None)
+        # Bench-only switches, not batching fields: our patches of transformers' loop (greedy argmax, host fast
+        # paths; infer/greedy_steps.py) and the attention the batch uses (auto | varlen | sdpa; varlen on CPU runs
+        # its reference, the GPU path's inputs without a mask)
+        engine.loops.fast_paths = options.pop("_fast_paths", True)
+        engine.loops.attention = options.pop("_attention", "auto")
         engine.batching = options
         for served in engine.served.values():
             served.manager = None
@@ -125,6 +176,9 @@ def main() -> None:
             warm = time.perf_counter() - started
             if args.sample_flag:
                 open(args.sample_flag, "w").close()
+            timing = StepTimes() if args.host_timing else None
+            if timing:
+                timing.wrap(engine.served[engine.default].manager)
             if args.profile:
                 result = profiled(lambda c=c: asyncio.run(round_of(engine, c, args.max_tokens, prompt)), f"{name}@{c}")
             else:
@@ -136,6 +190,11 @@ def main() -> None:
             print(f"{name:12} c={c:3}  {result['tok_s']:8.1f} tok/s  {result['ms_token']:7.1f} ms/token  "
                   f"ttft p50 {result['ttft_p50']:.3f}s max {result['ttft_max']:.3f}s  "
                   f"({result['tokens']} tokens, warm-up {warm:.1f}s)", flush=True)
+            if timing:
+                timing.unwrap()
+                result["host_timing"] = {phase: 1000 * t / max(timing.steps, 1) for phase, t in timing.totals.items()}
+                result["steps"] = timing.steps
+                print(f"{'':12} c={c:3}  {timing.line()}", flush=True)
         asyncio.run(engine.close())
         for served in engine.served.values():
             served.model.destroy_cached_continuous_batching_manager()

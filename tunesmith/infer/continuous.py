@@ -8,7 +8,8 @@ every decode step.
 The manager samples or argmaxes for all requests alike. It runs in sampling mode and greedy requests (temperature
 below 1e-5, as vLLM counts them) go at a vanishing temperature: the probabilities become one-hot, so sampling returns
 the argmax. Smaller temperatures as given would overflow the logits (1e-40 makes them inf, softmax makes them nan,
-and the failed sampling step stopped the loop for every request).
+and the failed sampling step stopped the loop for every request). With transformers 5.23 a step of greedy requests
+only takes the argmax instead (infer/greedy_steps.py); another transformers version samples every step as above.
 """
 
 from __future__ import annotations
@@ -19,12 +20,19 @@ import os
 import threading
 import time
 import uuid
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 from tunesmith.errors import TunesmithError
 from tunesmith.infer.decoding import GREEDY_BELOW, GREEDY_TEMPERATURE, Decoder
+from tunesmith.infer.greedy_steps import (
+    SUPPORTED,
+    GreedySteps,
+    patch_batch_processors,
+    transformers_minor,
+)
 from tunesmith.infer.served_models import Served
-from tunesmith.infer.speculative_batch import SpeculationCounts, speculate_in_batch
+from tunesmith.infer.speculative_batch import BatchSpeculation, SpeculationCounts
 from tunesmith.infer.types import Delta, EngineError, SamplingParams
 
 log = logging.getLogger("tunesmith")
@@ -36,13 +44,15 @@ class BatchingLoops:
     lock: requests join a batch only while holding it, so generate() never runs beside a batching step. `options`:
     ContinuousBatchingConfig fields over our defaults (bench/engine_decode.py); `kv_cache_gib` bounds each loop's
     cache on CPU (like vLLM's VLLM_CPU_KVCACHE_SPACE). `speculate`: --speculative ngram:N's N, verified inside the
-    batch (infer/speculative_batch.py; None: off), counted per served model in `speculation`."""
+    batch (infer/speculative_batch.py; None: off), counted per served model in `speculation`. `fast_paths`: the
+    argmax on greedy steps (infer/greedy_steps.py); off only in bench/engine_decode.py, to measure what it gains."""
 
     def __init__(self, served: dict[str, Served], lock: threading.Lock, options: dict[str, Any] | None = None,
                  max_batch_tokens: int | None = None, kv_cache_gib: float = 1.0, attention: str = "auto",
                  speculate: int | None = None):
         self.served, self.lock = served, lock
         self.speculate = speculate
+        self.fast_paths = True
         self.speculation: dict[str, SpeculationCounts] = {}
         self.options = options or {}
         self.max_batch_tokens, self.kv_cache_gib = max_batch_tokens, kv_cache_gib
@@ -114,7 +124,7 @@ class BatchingLoops:
                           fatal_error(served.manager))
                 try:
                     served.manager.stop(block=True, timeout=5)
-                except Exception:  # noqa: BLE001 - it is gone either way; the new one matters
+                except Exception:
                     log.exception("stopping the stopped generation loop of %s", served.name)
                 served.manager = None
             if served.manager is None:
@@ -161,8 +171,7 @@ class BatchingLoops:
             options["use_async_batching"] = False
         cb = ContinuousBatchingConfig(**options)
         manager = served.model.init_continuous_batching(generation_config=gen, continuous_batching_config=cb)
-        if self.speculate is not None:
-            speculate_in_batch(manager, self.speculate, self.speculation.setdefault(served.name, SpeculationCounts()))
+        self._patch(manager, served)
         manager.start()
         # The loop builds its KV cache in its own thread: wait, so a failure there is this call's error.
         deadline = time.monotonic() + 120
@@ -174,6 +183,25 @@ class BatchingLoops:
             raise EngineError(f"{type(fatal_error(manager)).__name__}: {fatal_error(manager)}")
         skip_released_requests(manager.batch_processor.cache)
         return manager
+
+    def _patch(self, manager: Any, served: Served) -> None:
+        """Our changes to transformers 5.23's batch processor, made as the loop creates it: greedy steps take the
+        argmax, and --speculative ngram verifies proposals in the batch (refused at load with another version)."""
+        if self.speculate is None and not self.fast_paths:
+            return
+        if transformers_minor() != SUPPORTED:
+            log.info("transformers %s: the continuous batch samples greedy steps too (the argmax patches %s)",
+                     transformers_minor(), SUPPORTED)
+            return
+        counts = self.speculation.setdefault(served.name, SpeculationCounts()) if self.speculate is not None else None
+
+        def install(processor: Any) -> None:
+            greedy = GreedySteps(processor)
+            greedy.install()
+            if counts is not None:
+                BatchSpeculation(processor, self.speculate, counts, greedy).install()
+
+        patch_batch_processors(manager, install)
 
     def pick_attention(self, model: Any) -> None:
         """Continuous batching is fastest with a flash attention (no mask, so CUDA graphs). flash-attn, when
@@ -255,7 +283,7 @@ async def queued_outputs(queue: asyncio.Queue, manager: Any) -> list[Any]:
     while not outputs and queue.empty():
         try:  # Queue.get loses no item when the wait times out
             outputs.append(await asyncio.wait_for(queue.get(), LOOP_POLL_S))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             if not running(manager) and queue.empty():
                 raise EngineError(f"the generation loop stopped ({fatal_error(manager)}); it restarts for the next "
                                   "request") from None

@@ -2,7 +2,7 @@
 batch's own forward pass, next to the other requests' decode steps and prefill chunks.
 
     counts = SpeculationCounts()
-    speculate_in_batch(manager, tokens=10, counts=counts)   # before manager.start()
+    BatchSpeculation(processor, tokens=10, counts=counts, greedy=greedy_steps).install()   # before its first step
 
 Each step, before the scheduler runs, every decoding greedy request (temperature under GREEDY_BELOW) looks up the
 last 4..1 tokens of its prompt + answer at their first earlier occurrence and proposes up to N tokens that followed
@@ -14,18 +14,19 @@ behind: the request's position_offset goes back and the next step rewrites them.
 run exactly where one-token decoding would stop. Sampling requests never speculate; they keep one token per step
 in the same batch.
 
-transformers 5.23 has no speculation in continuous batching; this patches seven of its internals on one batch
-processor (the scheduler's step and request scheduling; the IO's batch tensors, model kwargs, graph key and batch
-update; the model runner's forward and sampling), refusing any other transformers minor version. Choices it makes:
+transformers 5.23 has no speculation in continuous batching; this patches five of its internals on one batch
+processor (the scheduler's step and request scheduling; the IO's batch tensors, model kwargs and batch update), over
+infer/greedy_steps.py's argmax on greedy steps (its graph key and forward), refusing any other transformers minor
+version (infer/continuous.py installs both as the loop creates its batch processor). Choices it makes:
 - Synchronous batching: async batching carries the previous step's token over on the device, and a proposal needs
   the token on the host. use_async_batching is off for a speculating loop (the CUDA graphs stay).
 - Prefix caching stays on: after a step only the blocks filled by tokens now in the cache (the input token and the
   accepted proposals) are registered for sharing, never a block completed by a rejected proposal.
 - With CUDA graphs the varlen path takes logits at min(padded query tokens, max_requests_per_batch) rows already;
   the proposals of one step are capped so that their rows fit there (and in the logits index storage on CPU).
-- A step of greedy requests only takes the argmax of each row instead of transformers' per-request temperature and
-  top-p processing (a sort of the vocabulary per row, for every proposal's row too) and sampling; a step with a
-  sampling request keeps them for all its rows. Proposals stop one token short of max_tokens.
+- A step of greedy requests only takes the argmax of each row, every proposal's row too (infer/greedy_steps.py); a
+  step with a sampling request keeps transformers' processors and sampling for all its rows, its per-request
+  arguments repeated once per row. Proposals stop one token short of max_tokens.
 """
 
 from __future__ import annotations
@@ -36,8 +37,13 @@ from typing import Any
 
 from tunesmith.errors import TunesmithError
 from tunesmith.infer.decoding import GREEDY_BELOW
+from tunesmith.infer.greedy_steps import (
+    SUPPORTED,
+    GreedySteps,
+    transformers_minor,
+    transformers_version,
+)
 
-SUPPORTED = "5.23"  # transformers minor version whose continuous batching internals this patches
 NGRAM_MIN, NGRAM_MAX = 1, 4  # n-gram sizes matched (vLLM's prompt_lookup_min/max, as the vLLM backend uses)
 LOOKUP, PROPOSED = "_tunesmith_lookup", "_tunesmith_proposed"  # attributes set on transformers' RequestState
 
@@ -88,39 +94,24 @@ class Lookup:
 
 
 def check_version() -> None:
-    import transformers
-
-    version = ".".join(transformers.__version__.split(".")[:2])
-    if version != SUPPORTED:
+    if transformers_minor() != SUPPORTED:
         raise TunesmithError(f"--speculative ngram inside the continuous batch patches transformers {SUPPORTED}'s "
-                             f"continuous batching; transformers {transformers.__version__} is installed. Install "
+                             f"continuous batching; transformers {transformers_version()} is installed. Install "
                              f"transformers=={SUPPORTED}.* or use --speculative draft=MODEL")
 
 
-def speculate_in_batch(manager: Any, tokens: int, counts: SpeculationCounts) -> None:
-    """Make `manager` (not started yet) speculate with prompt lookup: its batch processor, created in the loop's
-    thread, is patched as it is created."""
-    check_version()
-    create = manager._create_batch_processor
-
-    def create_speculating() -> Any:
-        processor = create()
-        if not getattr(processor, "_tunesmith_speculating", False):
-            BatchSpeculation(processor, tokens, counts).install()
-            processor._tunesmith_speculating = True
-        return processor
-
-    manager._create_batch_processor = create_speculating
-
-
 class BatchSpeculation:
-    def __init__(self, processor: Any, tokens: int, counts: SpeculationCounts):
-        from transformers.generation.continuous_batching.input_outputs import ContinuousBatchingIOs
+    """Prompt lookup on one batch processor, whose greedy steps `greedy` (installed first) turns into argmaxes."""
+
+    def __init__(self, processor: Any, tokens: int, counts: SpeculationCounts, greedy: GreedySteps):
+        from transformers.generation.continuous_batching.input_outputs import (
+            ContinuousBatchingIOs,
+        )
 
         if type(processor.inputs_and_outputs) is not ContinuousBatchingIOs:
             raise TunesmithError("--speculative ngram needs synchronous batching (use_async_batching off): a proposal "
                                  "is made from the last token on the host")
-        self.processor, self.tokens, self.counts = processor, tokens, counts
+        self.processor, self.tokens, self.counts, self.greedy = processor, tokens, counts, greedy
         self.io, self.scheduler, self.cache = processor.inputs_and_outputs, processor.scheduler, processor.cache
         # logits rows one step may hold: the CUDA-graph slice (min(padded q, max_requests_per_batch)) and the
         # logits index storage (max_requests_per_batch long) both hold this many
@@ -128,7 +119,6 @@ class BatchSpeculation:
         self.batch: list[tuple[Any, list[int] | None]] = []  # the prepared step: (future state, its proposals)
         self.logits: int | None = None  # logits rows of the prepared step
         self.accepting = False
-        self.greedy_step = False  # the prepared step has only greedy requests: argmax, no processors
 
     def install(self) -> None:
         from transformers.generation.continuous_batching.requests import RequestStatus
@@ -141,9 +131,6 @@ class BatchSpeculation:
         self.model_kwargs, io.get_model_kwargs = io.get_model_kwargs, self._get_model_kwargs
         self.batch_update, io.prepare_batch_update = io.prepare_batch_update, self._prepare_batch_update
         self.update, processor.update_batch = processor.update_batch, self._update_batch
-        runner = processor.model_runner
-        self.sample, runner._forward_process_and_sample = runner._forward_process_and_sample, self._forward_and_pick
-        self.graph_key, io._get_graph_key = io._get_graph_key, self._get_graph_key
 
     # -- proposals, before the scheduler sees the requests
 
@@ -205,12 +192,9 @@ class BatchSpeculation:
                 rows.append(n)
                 indices.extend(range(end - n, end))
         self.logits = len(indices)
-        self.greedy_step = bool(rows) and not self.processor.return_logprobs and all(
-            future.state.logit_processor_kwargs.get("temperature", 1.0) < GREEDY_BELOW
-            for future, _ in self.batch if future.has_new_token)
         if len(indices) > len(rows):  # proposals: their rows too (else one row per request, as the batch has it)
             io.logits_indices[:len(indices)] = torch.tensor(indices, dtype=torch.int32, device=io.device)
-            if logits_processors.tensors_required:  # each request's temperature/top_p, once per logits row
+            if logits_processors.tensors_required and not self.greedy.greedy_step:  # temperature/top_p per row
                 storage = io._bulk_input_tensor[io.static_inputs:]
                 per_request = storage[:, :len(rows)].clone()
                 repeats = torch.tensor(rows, device=storage.device)
@@ -225,24 +209,6 @@ class BatchSpeculation:
             kwargs["logits_indices"] = io.logits_indices[:n]
             kwargs["logits_processor_args"] = io._bulk_input_tensor[io.static_inputs:, :n]
         return kwargs
-
-    def _get_graph_key(self) -> tuple:
-        """A greedy step's forward is another graph than a sampling step's of the same shapes."""
-        return (*self.graph_key(), self.greedy_step)
-
-    def _forward_and_pick(self, model: Any, batch_data: dict, *args: Any) -> None:
-        """The model runner's forward and sampling; in a step of greedy requests only, the argmax of every logits row
-        instead of the per-request processors (temperature, top_p: a sort of the vocabulary per row, for each of a
-        speculating request's rows) and sampling, which return the argmax at a greedy request's temperature anyway."""
-        if not self.greedy_step:
-            return self.sample(model, batch_data, *args)
-        output_ids = args[-1]
-        logits = model(**batch_data).logits
-        if "logits_to_keep" not in batch_data:
-            logits = logits[:, batch_data["logits_indices"], :]
-        tokens = logits[0].argmax(dim=-1)
-        output_ids[0, :tokens.size(0)].copy_(tokens)
-        return None
 
     # -- acceptance, in the batch update
 

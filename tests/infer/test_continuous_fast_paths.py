@@ -1,0 +1,118 @@
+"""Our patches of transformers' continuous batching loop (infer/greedy_steps.py): a step of greedy requests takes the
+argmax instead of the per-request temperature/top-p processing and sampling. Greedy answers equal those of the loop
+as transformers ships it (fast_paths off), alone and beside a sampling request in the same batch, and that sampling
+request is still sampled (its choices differ from each other and from the greedy answer)."""
+
+import asyncio
+
+import pytest
+
+from tiny import make_tiny_model, untie_head
+from tunesmith.infer import GenerationRequest, SamplingParams, load_engine
+
+PROMPTS = ["apple banana cherry apple banana cherry apple", "one two three four five six", "code for apple",
+           "Write three lines about rivers and the towns along them, one line per town."]
+MAX_TOKENS = 24
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """The tiny model with its head untied: greedy answers vary with the prompt, and sampling at temperature 1 over
+    its 49k-token vocabulary gives a different answer each time."""
+    return untie_head(make_tiny_model(tmp_path_factory.mktemp("fast-paths") / "tiny-untied"))
+
+
+def engine_pair(model_dir, device="cpu", dtype="float32", batching=None):
+    fast = load_engine("transformers", model=str(model_dir), device=device, dtype=dtype, batching=batching)
+    plain = load_engine("transformers", model=str(model_dir), device=device, dtype=dtype, batching=batching)
+    plain.loops.fast_paths = False  # the loop as transformers ships it (bench/engine_decode.py's "_fast_paths")
+    return fast, plain
+
+
+@pytest.fixture(scope="module")
+def engines(model_dir):
+    fast, plain = engine_pair(model_dir)
+    yield fast, plain
+    fast.shutdown()
+    plain.shutdown()
+
+
+def greedy(max_tokens=MAX_TOKENS):
+    return SamplingParams(max_tokens=max_tokens, temperature=0.0)
+
+
+def run(engine, requests: list[tuple[str, SamplingParams]]) -> list[list[tuple[str, str, int]]]:
+    """All requests at once (one batch): each one's choices as (text, finish reason, tokens)."""
+    async def go():
+        done = await asyncio.gather(*[engine.generate(GenerationRequest(prompt=p, params=params))
+                                      for p, params in requests])
+        return [[(c.text, c.finish_reason, c.completion_tokens) for c in d.choices] for d in done]
+
+    return asyncio.run(go())
+
+
+class StepCounts:
+    """Steps of the fast engine's loop: all of them (forward passes) and those that sampled."""
+
+    def __init__(self, engine):
+        served = engine.served[engine.default]
+        runner = served.manager.batch_processor.model_runner
+        self.picker = runner._forward_process_and_sample.__self__  # GreedySteps, installed by the loop
+        self.steps = self.sampled = 0
+        sample = self.picker.sample
+
+        def counted(*args):
+            self.sampled += 1
+            return sample(*args)
+
+        self.picker.sample = counted
+        served.model.register_forward_hook(lambda *args: setattr(self, "steps", self.steps + 1))
+
+
+def test_greedy_answers_equal_the_unpatched_loop_and_a_sampling_request_beside_them_is_sampled(engines):
+    from tunesmith.infer.greedy_steps import GreedySteps
+
+    fast, plain = engines
+    requests = [(p, greedy()) for p in PROMPTS]
+    expected = run(plain, requests)
+    assert len({a[0][0] for a in expected}) == len(PROMPTS)  # other prompts, other answers: equality means something
+    assert run(fast, requests) == expected
+    counts = StepCounts(fast)
+    assert isinstance(counts.picker, GreedySteps)
+    assert run(fast, requests) == expected
+    assert counts.steps >= MAX_TOKENS and counts.sampled == 0  # greedy only: every step took the argmax
+
+    sampled = SamplingParams(max_tokens=MAX_TOKENS, temperature=1.0, n=3)
+    mixed = [requests[0], (PROMPTS[3], sampled), requests[2]]
+    got = run(fast, mixed)
+    assert counts.sampled >= MAX_TOKENS  # the steps holding the sampling request sampled
+    assert [got[0], got[2]] == [expected[0], expected[2]]  # greedy rows of sampling steps: still the argmax
+    texts = [c[0] for c in got[1]]
+    assert len(set(texts)) == 3 and expected[3][0][0] not in texts  # sampled: three answers, none the greedy one
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype, batching, exact", [
+    ("float32", {"use_cuda_graph": True}, True),  # graphs forced (float32 takes SDPA with a mask): answers compare
+    ("bfloat16", {}, False),  # as served: varlen kernel, CUDA graphs, async batching (bf16 near-ties: lengths only)
+])
+def test_on_cuda_with_cuda_graphs_greedy_steps_take_their_own_graphs(model_dir, dtype, batching, exact):
+    fast, plain = engine_pair(model_dir, "cuda", dtype, batching)
+    try:
+        requests = [(p, greedy()) for p in PROMPTS]
+        sampled = SamplingParams(max_tokens=MAX_TOKENS, temperature=1.0, n=3)
+        expected = run(plain, requests)
+        for _ in range(2):  # the second time replays the graphs the first captured
+            got = run(fast, requests)
+            assert [[c[1:] for c in a] for a in got] == [[c[1:] for c in a] for a in expected]
+            if exact:
+                assert got == expected
+            mixed = run(fast, [requests[0], (PROMPTS[3], sampled)])
+            assert len({c[0] for c in mixed[1]}) == 3
+        io = fast.served[fast.default].manager.batch_processor.inputs_and_outputs
+        keys = [key for device_io in getattr(io, "io_pairs", [io])
+                for key in getattr(device_io, "device_io", device_io).graphs._storage]
+        assert any(key[-1] is True for key in keys) and any(key[-1] is False for key in keys)
+    finally:
+        fast.shutdown()
+        plain.shutdown()
