@@ -112,7 +112,7 @@ def test_the_hooks_see_each_checkpointed_layers_input_and_nothing_else(monkeypat
 @pytest.mark.gpu
 def test_offloaded_layer_inputs_leave_the_gpu_and_come_back_exact_on_gpu():
     """On CUDA: after the forward the checkpointed inputs are in host memory (the GPU holds less by about their
-    size), and gradients equal plain checkpointing's bit for bit."""
+    size), and the gradients are plain checkpointing's (a tensor read back before its copy arrived would not be)."""
     def run(offloader):
         model = tiny_qwen(device="cuda", hidden=512, heads=8, kv_heads=2, head_dim=64).cuda()
         model.train()
@@ -133,7 +133,8 @@ def test_offloaded_layer_inputs_leave_the_gpu_and_come_back_exact_on_gpu():
     moved_held, moved_grads = run(True)
     inputs = 2 * 4 * 1024 * 512 * 4  # two layers' fp32 hidden states
     assert plain_held - moved_held >= 0.9 * inputs
-    assert all(torch.equal(moved_grads[n], plain_grads[n]) for n in plain_grads)
+    # not bit for bit: CUDA's embedding and attention backward add with atomics, in any order, run to run
+    assert all(torch.allclose(moved_grads[n], plain_grads[n], rtol=1e-4, atol=1e-6) for n in plain_grads)
 
 
 @pytest.mark.gpu
