@@ -6,8 +6,8 @@ request is still sampled (its choices differ from each other and from the greedy
 import asyncio
 
 import pytest
-
 from tiny import make_tiny_model, untie_head
+
 from tunesmith.infer import GenerationRequest, SamplingParams, load_engine
 
 PROMPTS = ["apple banana cherry apple banana cherry apple", "one two three four five six", "code for apple",
@@ -116,3 +116,43 @@ def test_on_cuda_with_cuda_graphs_greedy_steps_take_their_own_graphs(model_dir, 
     finally:
         fast.shutdown()
         plain.shutdown()
+
+
+def test_the_numpy_read_index_holds_what_transformers_builds(engines):
+    """Requests of assorted lengths over KV pages of 16 tokens (ends on and off page boundaries, one page and many):
+    infer/read_indices.py's index equals FullAttentionCacheAllocator.get_read_indices concatenated, in order."""
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
+    from transformers.generation.continuous_batching.cache import PagedAttentionCache
+    from transformers.generation.continuous_batching.distributed import (
+        DistributedHelper,
+    )
+    from transformers.generation.continuous_batching.requests import RequestState
+
+    from tunesmith.infer.read_indices import ReadIndices
+
+    fast, _ = engines
+    model = fast.served[fast.default].model
+    config = ContinuousBatchingConfig(page_size=16, num_blocks=64, max_batch_tokens=64, max_memory_percent=0.01)
+    cache = PagedAttentionCache(model.config, config, "cpu", DistributedHelper(None, None), dtype=model.dtype)
+    assert ReadIndices.applies(cache)
+    steps = [(5, 1), (16, 0), (17, 3), (31, 1), (40, 8), (1, 15)]  # (tokens in the cache, new tokens)
+    for i, (past, query) in enumerate(steps):
+        state = RequestState(request_id=f"r{i}", initial_tokens=[0] * (past + query))
+        assert cache.can_store_request_tokens(state, past + query)
+    io = type("IO", (), {})()
+    io.read_index_storage = torch_empty((len(cache.cache_allocators), 512))
+    io.true_read_sizes = [0] * len(cache.cache_allocators)
+    indices = ReadIndices.__new__(ReadIndices)
+    indices.cache, indices.lengths = cache, [(f"r{i}", past + query) for i, (past, query) in enumerate(steps)]
+    indices.fill(io)
+    for a, allocator in enumerate(cache.cache_allocators.values()):
+        expected = [row for i, (past, query) in enumerate(steps)
+                    for row in allocator.get_read_indices(f"r{i}", past, query)]
+        assert io.true_read_sizes[a] == len(expected) == sum(p + q for p, q in steps)
+        assert io.read_index_storage[a, :len(expected)].tolist() == expected
+
+
+def torch_empty(shape):
+    import torch
+
+    return torch.full(shape, -1, dtype=torch.int64)

@@ -31,6 +31,7 @@ from tunesmith.infer.greedy_steps import (
     patch_batch_processors,
     transformers_minor,
 )
+from tunesmith.infer.read_indices import ReadIndices
 from tunesmith.infer.served_models import Served
 from tunesmith.infer.speculative_batch import BatchSpeculation, SpeculationCounts
 from tunesmith.infer.types import Delta, EngineError, SamplingParams
@@ -45,7 +46,8 @@ class BatchingLoops:
     ContinuousBatchingConfig fields over our defaults (bench/engine_decode.py); `kv_cache_gib` bounds each loop's
     cache on CPU (like vLLM's VLLM_CPU_KVCACHE_SPACE). `speculate`: --speculative ngram:N's N, verified inside the
     batch (infer/speculative_batch.py; None: off), counted per served model in `speculation`. `fast_paths`: the
-    argmax on greedy steps (infer/greedy_steps.py); off only in bench/engine_decode.py, to measure what it gains."""
+    argmax on greedy steps (infer/greedy_steps.py) and the numpy read index (infer/read_indices.py); off only in
+    bench/engine_decode.py, to measure what they gain."""
 
     def __init__(self, served: dict[str, Served], lock: threading.Lock, options: dict[str, Any] | None = None,
                  max_batch_tokens: int | None = None, kv_cache_gib: float = 1.0, attention: str = "auto",
@@ -186,7 +188,8 @@ class BatchingLoops:
 
     def _patch(self, manager: Any, served: Served) -> None:
         """Our changes to transformers 5.23's batch processor, made as the loop creates it: greedy steps take the
-        argmax, and --speculative ngram verifies proposals in the batch (refused at load with another version)."""
+        argmax, each step's KV read index is built with numpy (infer/read_indices.py), and --speculative ngram
+        verifies proposals in the batch (refused at load with another version)."""
         if self.speculate is None and not self.fast_paths:
             return
         if transformers_minor() != SUPPORTED:
@@ -198,6 +201,8 @@ class BatchingLoops:
         def install(processor: Any) -> None:
             greedy = GreedySteps(processor)
             greedy.install()
+            if self.fast_paths and ReadIndices.applies(processor.cache):
+                ReadIndices(processor).install()
             if counts is not None:
                 BatchSpeculation(processor, self.speculate, counts, greedy).install()
 
