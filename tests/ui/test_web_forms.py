@@ -34,6 +34,7 @@ def test_every_option_of_help_is_a_field_of_the_form(cls):
     (RLHFConfig, "rlhf", {"method": "grpo", "dataset": ["p.jsonl"], "grpo": {"num_generations": 4, "use_vllm": False},
                           "rewards": {"funcs": ["format", "length"], "format_pattern": "A.*"}, "batch_size": 4}),
     (DeployConfig, "deploy", {"adapters": ["prd=runs/a/final"], "port": 8001, "api_key": "k"}),
+    (SFTConfig, "sft", {"dataset": ["d.jsonl"], "gradient_checkpointing": "offload"}),
 ])
 def test_the_command_a_form_shows_parses_back_to_its_config(cls, command, values):
     line = command_line(command, values)
@@ -47,3 +48,16 @@ def test_an_untouched_form_reads_back_as_the_defaults(cls):
     mapping field once showed "{}", which read back as text and broke every preview)."""
     for f in fields_of(cls):
         assert _parse(f, shown(f)) == f.default or (_parse(f, shown(f)) in (None, "", []) and f.default in (None, "", [])), f.key
+
+
+def test_a_switch_with_words_of_its_own_offers_them_and_reads_them_back():
+    """gradient_checkpointing is true/false/unset or offload: the dropdown has all four and each reads back as the
+    config takes it (plan's spells auto out; its fsdp has no unset but names the sharding modes)."""
+    from tunesmith.config.plan import PlanConfig
+
+    sft = next(f for f in fields_of(SFTConfig) if f.key == "gradient_checkpointing")
+    assert sft.choices == ("auto", "true", "false", "offload")
+    assert [_parse(sft, v) for v in sft.choices] == [None, True, False, "offload"]
+    plan = {f.key: f for f in fields_of(PlanConfig)}
+    assert [_parse(plan["gradient_checkpointing"], v) for v in ("auto", "offload")] == ["auto", "offload"]
+    assert plan["fsdp"].choices == ("true", "false", "full-shard", "shard-grad-op", "hybrid-shard")

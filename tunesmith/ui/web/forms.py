@@ -47,8 +47,12 @@ def _field(key: str, ann: Any, default: Any, help: str) -> Field:
     literals = [a for a in args if typing.get_origin(a) is typing.Literal]
     if literals and len([a for a in args if a is not type(None)]) == 1:
         return Field(key, "choice", default, help, tuple(typing.get_args(literals[0])))
-    if bool in args:
-        return Field(key, "tristate" if type(None) in args or len(args) > 2 else "bool", default, help)
+    if bool in args:  # true/false, auto where unset (None) is allowed, and the field's own words (offload)
+        words = tuple(w for lit in literals for w in typing.get_args(lit))
+        if type(None) not in args and not words:
+            return Field(key, "bool", default, help)
+        auto = ("auto",) if type(None) in args or "auto" in words else ()
+        return Field(key, "tristate", default, help, auto + ("true", "false") + tuple(w for w in words if w != "auto"))
     if any(typing.get_origin(a) is list for a in args):
         return Field(key, "list", default, help)
     if any(a is dict or typing.get_origin(a) is dict for a in args):
@@ -104,7 +108,7 @@ def _component(gr: Any, f: Field, form: str) -> Any:
     if f.kind == "bool":
         return gr.Checkbox(info=info, **elem)
     if f.kind == "tristate":
-        return gr.Dropdown(["auto", "true", "false"], info=info, **elem)
+        return gr.Dropdown(list(f.choices), info=info, **elem)
     hint = {"list": " (comma-separated)", "mapping": " (a mapping: {key: value, ...})"}.get(f.kind, "")
     return gr.Textbox(info=info + hint, **elem)
 
@@ -123,7 +127,7 @@ def shown(f: Field) -> Any:
 
 
 def _tristate(value: Any) -> str:
-    return "auto" if value is None else "true" if value else "false"
+    return "auto" if value is None else value if isinstance(value, str) else "true" if value else "false"
 
 
 def _parse(f: Field, value: Any) -> Any:
@@ -131,7 +135,11 @@ def _parse(f: Field, value: Any) -> Any:
     if f.kind in ("choice", "bool"):
         return value
     if f.kind == "tristate":
-        return None if value in ("auto", None) else value == "true"
+        if value in ("true", "false"):
+            return value == "true"
+        if value in ("auto", None):  # unset, unless the config spells auto out (plan's gradient_checkpointing)
+            return "auto" if f.default == "auto" else None
+        return value  # a word of the field's own: offload
     if f.kind == "list":
         items = [_number(v.strip()) for v in str(value or "").replace("\n", ",").split(",") if v.strip()]
         if isinstance(f.default, str) and items in ([], [f.default]):  # a list field whose default is a word (all-linear)
