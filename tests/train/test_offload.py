@@ -76,6 +76,23 @@ def test_plan_prints_the_offloaded_command(capsys):
     assert any("pinned CPU RAM" in note for note in result["notes"])
 
 
+def test_the_plan_offloads_last_and_hands_the_choice_on():
+    """Without a checkpointing choice, plan tries offload only after plain checkpointing at every micro-batch, and its
+    settings (which the wizard turns into flags) say offload."""
+    from tunesmith.plan.recommend import FIT, recommend
+    from tunesmith.plan.report import settings_dict
+
+    shape = load_shape("llama-3.1-8b-instruct")
+    one = Setup(**{**L8, "micro_batch": 1, "grad_accum": 2, "checkpointing": True})  # as recommend tries it
+    room = (estimate_training(shape, one).total + estimate_training(shape, Setup(**{**one.__dict__,
+            "activation_offload": True})).total) / 2 / FIT / GIB
+    choice = recommend(shape, Setup(**L8), room, target_batch=2, max_micro=2, methods=["qlora"])
+    assert choice.fits and choice.setup.micro_batch == 1 and choice.setup.activation_offload
+    assert settings_dict(choice.setup)["gradient_checkpointing"] == "offload"
+    roomy = recommend(shape, Setup(**L8), room * 1.5, target_batch=2, max_micro=2, methods=["qlora"])
+    assert roomy.fits and not roomy.setup.activation_offload
+
+
 def _layers_backward(model, offloader=None):
     """Loss and gradients of a tiny model with every layer checkpointed, optionally through the offload hooks."""
     model.train()

@@ -28,7 +28,8 @@ def settings_dict(s: Setup, grad_accum: int | None = None) -> dict[str, Any]:
     return {
         "method": s.method, "dtype": s.dtype, "optimizer": s.optimizer, "lora_rank": s.lora_rank,
         "max_length": s.seq, "batch_size": s.micro_batch, "grad_accum": accum,
-        "global_batch": s.micro_batch * accum * max(1, s.world_size), "gradient_checkpointing": s.checkpointing,
+        "global_batch": s.micro_batch * accum * max(1, s.world_size), "gradient_checkpointing": (
+            "offload" if s.checkpointing and s.activation_offload else s.checkpointing),
         "attn": s.attn, "packing": s.packing, "zero_stage": s.zero_stage, "fsdp": s.fsdp, "world_size": s.world_size,
         "tensor_parallel": s.tensor_parallel,
         "offload": s.offload,

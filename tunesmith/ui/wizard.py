@@ -115,8 +115,8 @@ def fine_tune(hw) -> None:
     args = ["--model", model, "--dataset", dataset, "--tuner", settings["method"], "--batch-size",
             str(settings["batch_size"]), "--grad-accum", str(settings["grad_accum"]), "--max-length", str(max_length),
             "--output-dir", output_dir] + (["--nproc-per-node", str(processes)] if processes > 1 else [])
-    if settings["gradient_checkpointing"]:
-        args.append("--gradient-checkpointing")
+    if settings["gradient_checkpointing"]:  # true, or offload where only offloaded checkpointing fits
+        args += ["--gradient-checkpointing", str(settings["gradient_checkpointing"]).lower()]
     if DURATIONS[duration] is not None:
         args += ["--max-steps", str(DURATIONS[duration]), "--learning-rate", "1e-3"]
     else:
