@@ -156,3 +156,26 @@ def torch_empty(shape):
     import torch
 
     return torch.full(shape, -1, dtype=torch.int64)
+
+
+def test_the_carry_over_map_is_transformers_own():
+    """Async batching's map from the step being prepared to the previous step's output rows (CUDA only, so built
+    here from the two steps' request positions): requests in both, in one only, reordered."""
+    from types import SimpleNamespace
+
+    from transformers.generation.continuous_batching.input_outputs import (
+        ContinuousBatchingAsyncIOs,
+    )
+
+    from tunesmith.infer.carry_over import carry_over_ids
+
+    def io(previous: dict, following: dict, current: int = 1):
+        pairs = [None, None]
+        pairs[current] = SimpleNamespace(host_io=SimpleNamespace(req_id_to_new_token_position=following))
+        pairs[1 - current] = SimpleNamespace(host_io=SimpleNamespace(req_id_to_new_token_position=previous))
+        return SimpleNamespace(io_pairs=pairs, current_pair=current, max_batch_tokens=64)
+
+    cases = [io({"a": 0, "b": 1, "c": 2}, {"c": 5, "a": 9, "d": 12}), io({}, {"a": 3}, 0), io({"a": 0}, {}),
+             io({f"r{i}": i for i in range(20)}, {f"r{i}": 3 * i for i in range(5, 21)})]
+    for case in cases:
+        assert carry_over_ids(case).tolist() == ContinuousBatchingAsyncIOs.infer_carry_over_ids(case).tolist()

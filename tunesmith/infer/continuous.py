@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from tunesmith.errors import TunesmithError
+from tunesmith.infer.carry_over import install_carry_over
 from tunesmith.infer.decoding import GREEDY_BELOW, GREEDY_TEMPERATURE, Decoder
 from tunesmith.infer.greedy_steps import (
     SUPPORTED,
@@ -46,8 +47,8 @@ class BatchingLoops:
     ContinuousBatchingConfig fields over our defaults (bench/engine_decode.py); `kv_cache_gib` bounds each loop's
     cache on CPU (like vLLM's VLLM_CPU_KVCACHE_SPACE). `speculate`: --speculative ngram:N's N, verified inside the
     batch (infer/speculative_batch.py; None: off), counted per served model in `speculation`. `fast_paths`: the
-    argmax on greedy steps (infer/greedy_steps.py) and the numpy read index (infer/read_indices.py); off only in
-    bench/engine_decode.py, to measure what they gain."""
+    argmax on greedy steps (infer/greedy_steps.py), the numpy read index (infer/read_indices.py) and carry-over map
+    (infer/carry_over.py); off only in bench/engine_decode.py, to measure what they gain."""
 
     def __init__(self, served: dict[str, Served], lock: threading.Lock, options: dict[str, Any] | None = None,
                  max_batch_tokens: int | None = None, kv_cache_gib: float = 1.0, attention: str = "auto",
@@ -188,8 +189,9 @@ class BatchingLoops:
 
     def _patch(self, manager: Any, served: Served) -> None:
         """Our changes to transformers 5.23's batch processor, made as the loop creates it: greedy steps take the
-        argmax, each step's KV read index is built with numpy (infer/read_indices.py), and --speculative ngram
-        verifies proposals in the batch (refused at load with another version)."""
+        argmax, each step's KV read index is built with numpy (infer/read_indices.py) and async batching's
+        carry-over map without a Python list (infer/carry_over.py), and --speculative ngram verifies proposals in
+        the batch (refused at load with another version)."""
         if self.speculate is None and not self.fast_paths:
             return
         if transformers_minor() != SUPPORTED:
@@ -201,8 +203,10 @@ class BatchingLoops:
         def install(processor: Any) -> None:
             greedy = GreedySteps(processor)
             greedy.install()
-            if self.fast_paths and ReadIndices.applies(processor.cache):
-                ReadIndices(processor).install()
+            if self.fast_paths:
+                install_carry_over(processor)
+                if ReadIndices.applies(processor.cache):
+                    ReadIndices(processor).install()
             if counts is not None:
                 BatchSpeculation(processor, self.speculate, counts, greedy).install()
 
@@ -244,7 +248,8 @@ def skip_released_requests(cache: Any) -> None:
     mark = cache.mark_complete_blocks
 
     def mark_held(state: Any, complete_blocks: dict[str, int]) -> None:
-        if all(state.request_id in allocator.block_table for allocator in cache.cache_allocators.values()):
+        if complete_blocks and all(state.request_id in allocator.block_table
+                                   for allocator in cache.cache_allocators.values()):
             mark(state, complete_blocks)
 
     cache.mark_complete_blocks = mark_held
@@ -286,8 +291,9 @@ async def queued_outputs(queue: asyncio.Queue, manager: Any) -> list[Any]:
     stopped without failing this request (it joined as the loop died) is an error, not a wait forever."""
     outputs = []
     while not outputs and queue.empty():
-        try:  # Queue.get loses no item when the wait times out
-            outputs.append(await asyncio.wait_for(queue.get(), LOOP_POLL_S))
+        try:  # Queue.get loses no item when the wait times out; asyncio.timeout, unlike wait_for, makes no task
+            async with asyncio.timeout(LOOP_POLL_S):
+                outputs.append(await queue.get())
         except TimeoutError:
             if not running(manager) and queue.empty():
                 raise EngineError(f"the generation loop stopped ({fatal_error(manager)}); it restarts for the next "
