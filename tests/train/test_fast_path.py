@@ -330,6 +330,37 @@ def test_fused_lora_forward_trains_as_peft(dropout, device, monkeypatch):
     assert worst(grads, ref) <= 1.5 * worst(peft_grads, ref) + 1e-3
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_fused_lora_forward_trains_qlora_4bit_layers_as_peft(device, monkeypatch, tmp_path):
+    """QLoRA: peft's bitsandbytes Linear4bit layers take the fused forward too (no defensive clone, no separate scale
+    and add passes) and give peft's loss and adapter gradients (float32; bitsandbytes' CPU path, or CUDA's)."""
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.lora.bnb import Linear4bit
+
+    from tunesmith.models.load import load_model
+    from tunesmith.models.patches.peft_lora import use_fused_forward
+
+    tiny_qwen().save_pretrained(tmp_path)
+    ids = torch.randint(1, 128, (2, 12), generator=torch.Generator().manual_seed(0)).to(device)
+
+    def loss_and_grads(fused):
+        model = load_model(tmp_path, dtype=torch.float32, device=device, quantize_4bit=True)
+        torch.manual_seed(0)
+        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear",
+                                                 init_lora_weights=False))
+        with monkeypatch.context() as patched:
+            if fused:
+                assert use_fused_forward(model) == 14  # 7 linears x 2 layers, all 4-bit
+                patched.setattr(Linear4bit, "forward", lambda *a, **k: pytest.fail("fell back to peft's forward"))
+            loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+        return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+    (ref_loss, ref), (loss, grads) = loss_and_grads(False), loss_and_grads(True)
+    assert torch.allclose(loss, ref_loss, rtol=1e-6) and grads.keys() == ref.keys()
+    assert all(float((grads[n] - ref[n]).abs().max() / ref[n].abs().max()) < 1e-5 for n in ref)  # to rounding
+
+
 def test_fused_lora_forward_leaves_other_cases_to_peft():
     from peft import LoraConfig, get_peft_model
 

@@ -1,6 +1,5 @@
 """Packing keeps samples apart; tokenization is cached by content."""
 
-import json
 
 import torch
 
