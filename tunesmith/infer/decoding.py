@@ -31,6 +31,7 @@ class Decoder:
         self.tokenizer, self.stop_ids = template.tokenizer, set(template.stop_token_ids)
         self.stops = [s for s in stops if s]
         self.emitted, self.count, self.ended_by = "", 0, None
+        self.decode = text_decoder(self.tokenizer)
         self.kept: list[int] = []  # the ids before the end-of-turn token
         self.seen = 0  # ids of the growing list looked at
         self.settled = ""  # the text of kept[:read], ending in a whole character
@@ -53,8 +54,7 @@ class Decoder:
             self.count = self._tokens_to_stop(kept)  # up to the token that completed the stop string
             text, self.ended_by = text[:cut], "stop"
         elif self.ended_by is None and not final:
-            if text.endswith("\ufffd"):
-                text = text[:-1]  # half a multi-byte character: wait for the next token
+            text = text.removesuffix("\ufffd")  # half a multi-byte character: wait for the next token
             text = text[: len(text) - self._partial_stop(text)]
         new = text[len(self.emitted):] if text.startswith(self.emitted) else ""
         self.emitted = text if text.startswith(self.emitted) else self.emitted
@@ -65,12 +65,12 @@ class Decoder:
         kept = self.kept
         if self.read == len(kept):
             return self.settled
-        decode = self.tokenizer.decode
-        context = decode(kept[self.context:self.read], skip_special_tokens=True) if self.read > self.context else ""
-        tail = decode(kept[self.context:], skip_special_tokens=True)
+        decode = self.decode
+        context = decode(kept[self.context:self.read]) if self.read > self.context else ""
+        tail = decode(kept[self.context:])
         new = tail[len(context):] if tail.startswith(context) else None
         if new is None:  # the context decodes otherwise followed by these ids: decode everything this time
-            return decode(kept, skip_special_tokens=True)
+            return decode(kept)
         text = self.settled + new
         if new and not new.endswith("\ufffd"):
             self.settled, self.context, self.read = text, self.read, len(kept)
@@ -96,6 +96,23 @@ class Decoder:
 
     def finish_reason(self, max_tokens: int) -> str:
         return "stop" if self.ended_by is not None or self.count < max_tokens else "length"
+
+
+def text_decoder(tokenizer: Any) -> Any:
+    """ids -> text as tokenizer.decode(ids, skip_special_tokens=True) gives it. For a tokenizers-backed tokenizer
+    that cleans up no spaces (and overrides neither decode), the backend's own decode: the same text without
+    transformers' Python around it (2.8 -> 0.6 us for a few ids, twice per update and stream)."""
+    try:
+        from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+        from transformers.tokenization_utils_tokenizers import TokenizersBackend
+    except ImportError:  # another transformers layout: its decode as it is
+        TokenizersBackend = PreTrainedTokenizerBase = None
+    cls = type(tokenizer)
+    if (TokenizersBackend is not None and cls.decode is PreTrainedTokenizerBase.decode
+            and cls._decode is TokenizersBackend._decode and not tokenizer.clean_up_tokenization_spaces):
+        backend = tokenizer.backend_tokenizer
+        return lambda ids: backend.decode(ids, skip_special_tokens=True)
+    return lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
 
 
 class TokenStream:
