@@ -179,3 +179,35 @@ def test_the_carry_over_map_is_transformers_own():
              io({f"r{i}": i for i in range(20)}, {f"r{i}": 3 * i for i in range(5, 21)})]
     for case in cases:
         assert carry_over_ids(case).tolist() == ContinuousBatchingAsyncIOs.infer_carry_over_ids(case).tolist()
+
+
+def test_a_stream_whose_loop_stopped_without_failing_it_gets_an_error_not_a_wait(monkeypatch):
+    """The loop died after a request joined and never failed it: its stream's watch finds the loop stopped and the
+    queue empty, and the wait for the next output ends with the error (outputs already queued come first)."""
+    from types import SimpleNamespace
+
+    from tunesmith.infer import continuous
+    from tunesmith.infer.types import EngineError
+
+    monkeypatch.setattr(continuous, "LOOP_POLL_S", 0.01)
+    alive = {"running": True}
+    manager = SimpleNamespace(is_running=lambda: alive["running"],
+                              background_thread_status=SimpleNamespace(can_accept_new_requests=lambda: None,
+                                                                       fatal_error="CUDA error: boom"))
+
+    async def scenario():
+        queue = asyncio.Queue()
+        unwatch = continuous.watch_loop(queue, manager)
+        try:
+            queue.put_nowait("token 1")
+            queue.put_nowait("token 2")
+            assert await continuous.queued_outputs(queue, manager) == ["token 1", "token 2"]
+            await asyncio.sleep(0.05)  # the loop runs: the watch adds nothing
+            assert queue.empty()
+            alive["running"] = False
+            with pytest.raises(EngineError, match="loop stopped .CUDA error: boom"):
+                await asyncio.wait_for(continuous.queued_outputs(queue, manager), 2)
+        finally:
+            unwatch()
+
+    asyncio.run(scenario())

@@ -78,6 +78,7 @@ class BatchingLoops:
         temperature = p.temperature if p.temperature >= GREEDY_BELOW else GREEDY_TEMPERATURE
         decoders = {rid: Decoder(served.template, p.stop) for rid in ids}
         open_ids = set(ids)
+        unwatch = watch_loop(queue, manager)
         try:
             # Requests join the batch under the generate() paths' lock: generate() never runs beside a batching step.
             if not self.lock.acquire(blocking=False):
@@ -116,6 +117,7 @@ class BatchingLoops:
                     if delta.text or delta.finish_reason:
                         yield delta
         finally:  # the client went away or an error: free the batch slots
+            unwatch()
             for rid in open_ids:
                 manager.cancel_request(rid)
 
@@ -284,22 +286,37 @@ def wait_until_idle(manager: Any, timeout: float = 30.0) -> None:
         time.sleep(0.005)
 
 
+LOOP_STOPPED = object()  # what a stream's watch puts in its empty queue once the loop has stopped
+
+
+def watch_loop(queue: asyncio.Queue, manager: Any) -> Any:
+    """Every LOOP_POLL_S while a stream is open: a loop that stopped without failing its requests (one joined as the
+    loop died) leaves them nothing to wait for, so their queue gets LOOP_STOPPED. One timer per stream, where a
+    timeout on every wait cost a timer (wait_for: a task) per token. Returns the function that ends the watch."""
+    loop = asyncio.get_running_loop()
+    handle = None
+
+    def check() -> None:
+        nonlocal handle
+        if not running(manager) and queue.empty():
+            queue.put_nowait(LOOP_STOPPED)
+        else:
+            handle = loop.call_later(LOOP_POLL_S, check)
+
+    handle = loop.call_later(LOOP_POLL_S, check)
+    return lambda: handle.cancel()
+
+
 async def queued_outputs(queue: asyncio.Queue, manager: Any) -> list[Any]:
     """Wait for an output, then take every output already queued, in order. Each is decoded as it came (stop strings
     and cancellation act on the first output that shows them), but a stream gets one chunk per drain: when the event
     loop falls behind the decode loop, several tokens travel in one SSE event instead of one event each. A loop that
-    stopped without failing this request (it joined as the loop died) is an error, not a wait forever."""
-    outputs = []
-    while not outputs and queue.empty():
-        try:  # Queue.get loses no item when the wait times out; asyncio.timeout, unlike wait_for, makes no task
-            async with asyncio.timeout(LOOP_POLL_S):
-                outputs.append(await queue.get())
-        except TimeoutError:
-            if not running(manager) and queue.empty():
-                raise EngineError(f"the generation loop stopped ({fatal_error(manager)}); it restarts for the next "
-                                  "request") from None
+    stopped without failing this request (watch_loop) is an error, not a wait forever."""
+    outputs = [await queue.get()] if queue.empty() else []
     while not queue.empty():
         outputs.append(queue.get_nowait())
+    if outputs[0] is LOOP_STOPPED:
+        raise EngineError(f"the generation loop stopped ({fatal_error(manager)}); it restarts for the next request")
     return outputs
 
 
