@@ -94,6 +94,8 @@ def test_greedy_answers_equal_the_unpatched_loop_and_a_sampling_request_beside_t
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype, batching, exact", [
     ("float32", {"use_cuda_graph": True}, True),  # graphs forced (float32 takes SDPA with a mask): answers compare
+    # async batching forced too (the carry-over map, the index copies narrowed to what a step reads): answers compare
+    ("float32", {"use_cuda_graph": True, "use_async_batching": True, "max_memory_percent": 0.05}, True),
     ("bfloat16", {}, False),  # as served: varlen kernel, CUDA graphs, async batching (bf16 near-ties: lengths only)
 ])
 def test_on_cuda_with_cuda_graphs_greedy_steps_take_their_own_graphs(model_dir, dtype, batching, exact):
@@ -211,3 +213,30 @@ def test_a_stream_whose_loop_stopped_without_failing_it_gets_an_error_not_a_wait
             unwatch()
 
     asyncio.run(scenario())
+
+
+def test_the_host_to_device_copy_takes_the_indices_a_step_reads(engines):
+    """Async batching's transfer (CUDA only, so two CPU IOs of a real batch processor stand for host and device):
+    the first num_q_tokens write and max_kv_read + num_q_tokens read entries arrive, the rest of the device's
+    storages is not copied, the other inputs are."""
+    from transformers.generation.continuous_batching.input_outputs import (
+        ContinuousBatchingIOs,
+    )
+
+    from tunesmith.infer.carry_over import used_index_copies
+
+    fast, _ = engines
+    run(fast, [(PROMPTS[0], greedy(2))])
+    processor = fast.served[fast.default].manager.batch_processor
+    host, device = (ContinuousBatchingIOs(processor.cache, processor.config, processor.cb_config, processor.model_device,
+                                          processor.model_dtype, processor.logit_processor) for _ in range(2))
+    for io, value in ((host, 7), (device, -5)):
+        io.write_index_storage.fill_(value)
+        io.read_index_storage.fill_(value)
+        io._bulk_input_tensor.fill_(value)
+    host.num_q_tokens, host.max_kv_read = 16, 40
+    used_index_copies(host, host._transfer_inputs)(device, stream=None)
+    assert device.write_index_storage[:, :16].eq(7).all() and device.write_index_storage[:, 16:].eq(-5).all()
+    assert device.read_index_storage[:, :56].eq(7).all() and device.read_index_storage[:, 56:].eq(-5).all()
+    assert device._bulk_input_tensor.eq(7).all() and (device.num_q_tokens, device.max_kv_read) == (16, 40)
+    assert host.read_index_storage.shape[1] == device.read_index_storage.shape[1] > 56  # whole storages again

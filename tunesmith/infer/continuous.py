@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from tunesmith.errors import TunesmithError
-from tunesmith.infer.carry_over import install_carry_over
+from tunesmith.infer.carry_over import install_carry_over, install_used_index_copies
 from tunesmith.infer.decoding import GREEDY_BELOW, GREEDY_TEMPERATURE, Decoder
 from tunesmith.infer.greedy_steps import (
     SUPPORTED,
@@ -191,8 +191,9 @@ class BatchingLoops:
 
     def _patch(self, manager: Any, served: Served) -> None:
         """Our changes to transformers 5.23's batch processor, made as the loop creates it: greedy steps take the
-        argmax, each step's KV read index is built with numpy (infer/read_indices.py) and async batching's
-        carry-over map without a Python list (infer/carry_over.py), and --speculative ngram verifies proposals in
+        argmax, each step's KV read index is built with numpy (infer/read_indices.py), async batching's carry-over
+        map without a Python list and only the used part of the index storages copied to the device
+        (infer/carry_over.py), and --speculative ngram verifies proposals in
         the batch (refused at load with another version)."""
         if self.speculate is None and not self.fast_paths:
             return
@@ -207,6 +208,7 @@ class BatchingLoops:
             greedy.install()
             if self.fast_paths:
                 install_carry_over(processor)
+                install_used_index_copies(processor)
                 if ReadIndices.applies(processor.cache):
                     ReadIndices(processor).install()
             if counts is not None:
