@@ -81,7 +81,7 @@ class ActivationOffload:
         self._prefetch_before(item)
         compute = torch.cuda.current_stream()
         compute.wait_event(item.arrived)
-        tensor, item.back, item.host = item.back, None, None
+        tensor, item.back = item.back, None  # the host copy stays while the graph holds the item (retain_graph)
         tensor.record_stream(compute)  # allocated on the side stream, read on this one
         return tensor
 
@@ -101,9 +101,8 @@ class ActivationOffload:
         alive = [i for i in (ref() for ref in self.order) if i is not None]
         position = next((k for k, i in enumerate(alive) if i is item), 0)
         self.order = [weakref.ref(i) for i in alive if i is not item]
-        waiting = [i for i in alive[:position] if i.host is not None]
-        if waiting:
-            self._fetch(waiting[-1])
+        if position:  # the ones before it in the forward are still waiting for their backward
+            self._fetch(alive[position - 1])
 
     def checkpoint(self, checkpoint_func: Any, function: Any, *args: Any, **kwargs: Any) -> Any:
         import torch
