@@ -13,8 +13,8 @@ This isolates the engine from HTTP; bench/serve.py measures the server end to en
 
     python bench/engine_decode.py --model M --prompt copy --speculative ngram:8 --concurrency 1 8
 
---speculative ngram[:N] runs each variant three times: the continuous batch as it is, with greedy steps taking the
-argmax instead of transformers' per-request temperature/top-p processing (what a speculating loop does; "+argmax"),
+--speculative ngram[:N] runs each variant three times: the continuous batch as it is, as a speculating loop runs it
+without proposals (synchronous batching, greedy steps taking the argmax as the default loop now does too; "+argmax"),
 and with prompt lookup verified inside it (infer/speculative_batch.py; "+ngram"); it prints ms/token (per stream:
 wall time over one stream's tokens) and the speed-ups of +ngram over the first two. --prompt copy asks for a text
 to be repeated (a copying answer: proposals are accepted)."""

@@ -85,7 +85,9 @@ class GreedySteps:
         self.prepare, io.prepare_batch_tensors = io.prepare_batch_tensors, self._prepare_batch_tensors
         for device_io in device_ios(io):
             device_io._get_graph_key = self._keyed(device_io._get_graph_key)
-        self.tensor_args, processors.prepare_tensor_args = processors.prepare_tensor_args, self._prepare_tensor_args
+        # the processors belong to the manager: a later batch processor of the same manager wraps their own method
+        self.tensor_args = processors.__dict__.setdefault("_tunesmith_tensor_args", processors.prepare_tensor_args)
+        processors.prepare_tensor_args = self._prepare_tensor_args
         self.sample, runner._forward_process_and_sample = runner._forward_process_and_sample, self._forward_and_pick
         self.carry_over = io.carry_over_tokens
 
