@@ -47,7 +47,16 @@ from tunesmith.serve.protocol import (
     Usage,
     UserMessage,
 )
-from tunesmith.serve.serving import DONE, Answer, EventStream, Generation, Serving, refuse_unencodable, sse
+from tunesmith.serve.serving import (
+    DONE,
+    Answer,
+    EventStream,
+    Framing,
+    Generation,
+    Serving,
+    refuse_unencodable,
+    sse,
+)
 from tunesmith.templates.chat import check_kwargs
 from tunesmith.templates.reasoning import ReasoningSplit
 
@@ -178,9 +187,16 @@ async def _events(generation: Generation, rid: str, created: int, public: str, n
     delta.reasoning_content), the rest as content. Content that may be a tool call is held back until its choice
     ends, then sent as tool_calls or, when it was plain text after all, as content."""
 
+    exclude = None if include_usage else {"usage"}
+
     def chunk(choices: list[ChatChunkChoice], usage: Usage | None = None) -> str:
         c = ChatCompletionChunk(id=rid, created=created, model=public, choices=choices, usage=usage)
-        return sse(c.model_dump_json(exclude=None if include_usage else {"usage"}))
+        return sse(c.model_dump_json(exclude=exclude))
+
+    # a chunk of content alone, the one sent per token, from a template (the same JSON; serving.Framing)
+    content_only = Framing(lambda i, text: ChatCompletionChunk(
+        id=rid, created=created, model=public, choices=[ChatChunkChoice(index=i, delta=DeltaMessage(content=text))]),
+        exclude).text
 
     sent = [0] * n  # characters of each choice's content already sent
     content = [""] * n  # each choice's text so far, its reasoning split out
@@ -200,7 +216,10 @@ async def _events(generation: Generation, rid: str, created: int, public: str, n
             visible = len(content[i]) if held is None else held
             piece = content[i][sent[i]:visible] if visible > sent[i] else ""
             lp = ChoiceLogprobs(content=_logprobs(delta.logprobs)) if logprobs and delta.logprobs else None
-            if thought or piece or lp:
+            if piece and not thought and lp is None:
+                sent[i] += len(piece)
+                yield content_only(i, piece)
+            elif thought or piece or lp:
                 sent[i] += len(piece)
                 said = DeltaMessage(reasoning_content=thought or None, content=piece if piece or not thought else None)
                 yield chunk([ChatChunkChoice(index=i, delta=said, logprobs=lp)])
@@ -210,7 +229,7 @@ async def _events(generation: Generation, rid: str, created: int, public: str, n
             start = tool_parsers.call_start(content[i], tool_names) if parsed else None
             rest = content[i][sent[i]:start]
             if rest and (parsed is None or rest.strip()):
-                yield chunk([ChatChunkChoice(index=i, delta=DeltaMessage(content=rest))])
+                yield content_only(i, rest)
             if parsed is not None:
                 calls = [ToolCallDelta(index=k, id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments))
                          for k, c in enumerate(parsed.calls)]

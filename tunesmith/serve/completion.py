@@ -17,7 +17,7 @@ from typing import AsyncIterator
 from tunesmith.infer.types import GenerationRequest, TokenLogprob
 from tunesmith.serve.errors import APIError, stream_error
 from tunesmith.serve.protocol import CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, Usage
-from tunesmith.serve.serving import DONE, EventStream, Generation, Serving, refuse_unencodable, sse
+from tunesmith.serve.serving import DONE, EventStream, Framing, Generation, Serving, refuse_unencodable, sse
 
 
 async def create_completion(serving: Serving, req: CompletionRequest) -> CompletionResponse | EventStream:
@@ -60,9 +60,15 @@ async def _events(generation: Generation, rid: str, created: int, public: str, r
     """The echoed prompt first when asked, then each choice's text as it comes, a finish chunk per choice, a
     usage-only chunk when asked for, then [DONE]."""
 
+    exclude = None if include_usage else {"usage"}
+
     def chunk(choices: list[CompletionChoice], usage: Usage | None = None) -> str:
         c = CompletionResponse(id=rid, created=created, model=public, choices=choices, usage=usage)
-        return sse(c.model_dump_json(exclude=None if include_usage else {"usage"}))
+        return sse(c.model_dump_json(exclude=exclude))
+
+    # a chunk of text alone, the one sent per token, from a template (the same JSON; serving.Framing)
+    text_only = Framing(lambda i, text: CompletionResponse(
+        id=rid, created=created, model=public, choices=[CompletionChoice(text=text, index=i)]), exclude).text
 
     try:
         if req.echo:
@@ -70,7 +76,9 @@ async def _events(generation: Generation, rid: str, created: int, public: str, r
                 yield chunk([CompletionChoice(text=prompt, index=i)])
         async for delta, _ in generation.deltas():
             lp = _logprobs(delta.logprobs, req.logprobs or 0) if req.logprobs is not None else None
-            if delta.text or lp:
+            if delta.text and lp is None:
+                yield text_only(delta.index, delta.text)
+            elif lp:
                 yield chunk([CompletionChoice(text=delta.text, index=delta.index, logprobs=lp)])
             if delta.finish_reason is not None:
                 yield chunk([CompletionChoice(text="", index=delta.index, finish_reason=delta.finish_reason)])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
 
@@ -423,6 +424,31 @@ class EventStream:
 
 def sse(payload: str) -> str:
     return f"data: {payload}\n\n"
+
+
+class Framing:
+    """The SSE line of a chunk carrying one choice's text and nothing else, which is what most of a stream is:
+    written from a template instead of building pydantic models and dumping them for every token. The template is
+    pydantic's own dump of one such chunk (`sample(INDEX, TEXT)`), cut at the index and the text, so a line is byte
+    for byte what `sse(sample(index, text).model_dump_json(...))` writes (tests/serve/test_stream_framing.py);
+    json.dumps without ensure_ascii escapes a string as pydantic does (quotes, backslashes, control characters;
+    other characters as UTF-8)."""
+
+    INDEX, TEXT = 987654321, "tunesmith-text-mark"
+
+    def __init__(self, sample: Callable[[int, str], Any], exclude: set[str] | None = None):
+        line = sse(sample(self.INDEX, self.TEXT).model_dump_json(exclude=exclude))
+        index, text = str(self.INDEX), json.dumps(self.TEXT)
+        self.text_first = line.index(text) < line.index(index)  # completions write text before index, chat after
+        head, rest = line.split(text if self.text_first else index, 1)
+        middle, tail = rest.split(index if self.text_first else text, 1)
+        self.head, self.middle, self.tail = head, middle, tail
+
+    def text(self, index: int, text: str) -> str:
+        quoted = json.dumps(text, ensure_ascii=False)
+        if self.text_first:
+            return f"{self.head}{quoted}{self.middle}{index}{self.tail}"
+        return f"{self.head}{index}{self.middle}{quoted}{self.tail}"
 
 
 DONE = sse("[DONE]")
