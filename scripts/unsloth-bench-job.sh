@@ -21,13 +21,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 df -h /tmp /dev/shm | tee -a $R
 CACHE=/tmp/tsbench
 [ "$(df --output=avail -B1G /dev/shm | tail -1)" -gt 45 ] && CACHE=/dev/shm/tsbench
-PEAK=$(python3 -c "
-import torch, time
-a = torch.randn(8192, 8192, device='cuda', dtype=torch.bfloat16); b = torch.randn_like(a)
-for _ in range(3): a @ b
-torch.cuda.synchronize(); t = time.perf_counter()
-for _ in range(50): a @ b
-torch.cuda.synchronize(); print(round(50 * 2 * 8192**3 / (time.perf_counter() - t) / 1e12, 1))")
+PEAK=$(python3 bench/gpu/peak_tflops.py)
 el "bf16 8192^3 matmul: $PEAK TFLOP/s; cache $CACHE"
 [ -n "$ONLY" ] || PYTHONPATH=$BENCH_UNSLOTH_PYTHONPATH timeout 150 python3 -c "
 import unsloth, transformers, trl, peft, bitsandbytes, datasets, torch

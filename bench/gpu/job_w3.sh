@@ -13,13 +13,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee -a $R
 timeout 150 python3 -m pytest -m gpu -q -p no:cacheprovider tests/train/test_offload.py tests/train/test_fast_path.py \
   -k "offload or qlora_4bit or fused" --basetemp /tmp/gt > $OUT/gpu-tests.txt 2>&1
 echo "== gpu tests rc=$? ($(( $(date +%s) - T0 )) s)" | tee -a $R; tail -6 $OUT/gpu-tests.txt | tee -a $R
-PEAK=$(python3 -c "
-import torch, time
-a = torch.randn(8192, 8192, device='cuda', dtype=torch.bfloat16); b = torch.randn_like(a)
-for _ in range(3): a @ b
-torch.cuda.synchronize(); t = time.perf_counter()
-for _ in range(50): a @ b
-torch.cuda.synchronize(); print(round(50 * 2 * 8192**3 / (time.perf_counter() - t) / 1e12, 1))")
+PEAK=$(python3 bench/gpu/peak_tflops.py)
 echo "bf16 matmul peak $PEAK TFLOP/s" | tee -a $R
 LEFT=$(( ${LIMIT:-540} - $(date +%s) + T0 ))
 timeout $LEFT python3 bench/sft.py --workload W3 --configs tunesmith trl-best --peak-tflops $PEAK \
