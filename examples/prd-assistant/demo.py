@@ -92,14 +92,14 @@ def serve_and_ask(answers_tuned: Path, port: int = 8765, model_args: list[str] |
     print(f"\n=== Serve {name} behind an OpenAI-compatible API\n$ tunesmith {shlex.join(args)}", flush=True)
     server = subprocess.Popen([TUNESMITH, *args], cwd=ROOT)
     try:
-        for _ in range(240):
+        for _ in range(960):
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
                 break
             except OSError:
                 if server.poll() is not None:
                     raise SystemExit("tunesmith deploy exited early")
-                time.sleep(1)
+                time.sleep(0.25)
         first = json.loads(answers_tuned.read_text(encoding="utf-8").splitlines()[0])
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="not-needed")
         reply = client.chat.completions.create(model=name, messages=first["messages"], max_tokens=200,
