@@ -394,9 +394,8 @@ class Generation:
 
     async def deltas(self) -> AsyncIterator[tuple[Delta, Answer]]:
         """The first stream's Deltas, each with its choice so far (streaming answers one prompt). Once paced (under
-        load, see stream_pace): a reader task takes the engine's Deltas as they come; the next chunk goes out once
-        something arrived and the pace has passed since the last one, carrying everything that arrived by then, a
-        choice's consecutive Deltas merged."""
+        load, see stream_pace): a reader task takes the engine's Deltas as they come, and after each chunk this
+        waits the pace, then hands on everything that arrived meanwhile, a choice's consecutive Deltas merged."""
         if self._first is not None:
             delta, self._first = self._first, None
             yield delta, self.add(delta)
@@ -416,22 +415,20 @@ class Generation:
 
         self._reader = reader = asyncio.ensure_future(read())
         reader.add_done_callback(lambda _: arrived.set())
-        loop = asyncio.get_running_loop()
-        sent = loop.time()
+        await asyncio.sleep(self.pace())
         while True:
-            await arrived.wait()  # an engine slower than the pace: nothing more to wait for
-            wait = 0.0 if reader.done() else sent + self.pace() - loop.time()
-            if wait > 0:  # the rest of the pace since the last chunk: what comes meanwhile joins this one
-                await asyncio.sleep(wait)
+            await arrived.wait()
             arrived.clear()
             batch = ready[:]
             ready.clear()
             for delta in merged(batch):
                 yield delta, self.add(delta)
-            sent = loop.time()
             if reader.done() and not ready:
                 reader.result()  # the engine's error, if it failed
                 return
+            wait = 0.0 if reader.done() else self.pace()
+            if wait:
+                await asyncio.sleep(wait)
 
     async def run(self) -> None:
         """Every stream to its end."""
