@@ -43,12 +43,12 @@ A_MODEL_OF = {"embedding": "an embedding model", "reranker": "a reranker", "clas
 
 
 # A streamed answer is paced under load: after each chunk it waits `active streams / CHUNKS_PER_S` seconds (none
-# below PACE_FROM_S), and what the engine handed over meanwhile goes out as one chunk (Generation.deltas). Each chunk
-# costs the event loop the route's work per Delta, its framing and a socket write, sharing the GIL with the batching
-# loop; sent per token at 64 streams on an H200, the HTTP path cost a third of the engine's speed. Paced, the server
-# sends ~CHUNKS_PER_S chunks per second in all: at 64 streams one per stream every 32 ms (several tokens each); below
-# 8 streams none is held. The first token is never held (time to first token is unchanged); the end comes at most one
-# wait later.
+# below PACE_FROM_S) before taking the next output, and the engine's outputs that queued meanwhile go out as one chunk
+# (infer/continuous.py hands over everything queued since the last look). Each chunk costs the event loop a wake-up,
+# a decode, its framing and a socket write, all sharing the GIL with the batching loop; per token at 64 streams
+# on an H200 that cost the engine a third of its speed. With the pace, the server sends at most ~CHUNKS_PER_S chunks
+# per second in all: at 64 streams one per stream every 32 ms (several tokens each), at 4 streams and fewer none is
+# held. The first token is never held, nor the last: time to first token and to the end are unchanged.
 CHUNKS_PER_S = 2000
 PACE_FROM_S = 0.004
 
@@ -381,7 +381,6 @@ class Generation:
             self.streams = [guard.wrap(s, self.n) for s in self.streams]
         self._first: Delta | None = None
         self.pace: Callable[[], float] | None = None  # Serving.stream: how long to wait after each streamed chunk
-        self._reader: asyncio.Future | None = None  # a paced stream's reader (deltas())
 
     def add(self, delta: Delta, offset: int = 0) -> Answer:
         self.slot.token()
@@ -393,41 +392,14 @@ class Generation:
             self._first = await anext(self.streams[0])
 
     async def deltas(self) -> AsyncIterator[tuple[Delta, Answer]]:
-        """The first stream's Deltas, each with its choice so far (streaming answers one prompt). Once paced (under
-        load, see stream_pace): a reader task takes the engine's Deltas as they come, and after each chunk this
-        waits the pace, then hands on everything that arrived meanwhile, a choice's consecutive Deltas merged."""
+        """The first stream's Deltas, each with its choice so far (streaming answers one prompt)."""
         if self._first is not None:
             delta, self._first = self._first, None
             yield delta, self.add(delta)
-        async for delta in self.streams[0]:  # one chunk per Delta while no pace applies
+        async for delta in self.streams[0]:
             yield delta, self.add(delta)
-            if self.pace is not None and delta.finish_reason is None and self.pace():
-                break
-        else:
-            return
-        ready: list[Delta] = []
-        arrived = asyncio.Event()
-
-        async def read() -> None:
-            async for delta in self.streams[0]:
-                ready.append(delta)
-                arrived.set()
-
-        self._reader = reader = asyncio.ensure_future(read())
-        reader.add_done_callback(lambda _: arrived.set())
-        await asyncio.sleep(self.pace())
-        while True:
-            await arrived.wait()
-            arrived.clear()
-            batch = ready[:]
-            ready.clear()
-            for delta in merged(batch):
-                yield delta, self.add(delta)
-            if reader.done() and not ready:
-                reader.result()  # the engine's error, if it failed
-                return
-            wait = 0.0 if reader.done() else self.pace()
-            if wait:
+            wait = self.pace() if self.pace is not None and delta.finish_reason is None else 0.0
+            if wait:  # the outputs that come meanwhile queue in the engine and go out as one chunk
                 await asyncio.sleep(wait)
 
     async def run(self) -> None:
@@ -448,28 +420,11 @@ class Generation:
             raise EngineError("the engine ended a choice without a finish_reason")
 
     async def close(self) -> None:
-        if self._reader is not None and not self._reader.done():  # stop reading before the stream is closed
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
         for stream in self.streams:
             await stream.aclose()
         if self.slot.state != "done":
             keys.charge(self.caller, self.answers.prompt_tokens, self.answers.completion_tokens)
         self.slot.release(self.answers.prompt_tokens, self.answers.completion_tokens)
-
-
-def merged(deltas: list[Delta]) -> list[Delta]:
-    """Consecutive Deltas of one choice as one: their text and logprobs in order, the later count and finish. A
-    guardrail's refusal (content_filter) replaces the answer's text, so it is never merged into."""
-    out: list[Delta] = []
-    for delta in deltas:
-        last = out[-1] if out else None
-        if (last is None or last.index != delta.index or last.finish_reason is not None
-                or delta.finish_reason == CONTENT_FILTER):
-            out.append(delta)
-        else:
-            out[-1] = dataclasses.replace(delta, text=last.text + delta.text, logprobs=last.logprobs + delta.logprobs)
-    return out
 
 
 # -----------------------------------------------------------------------------
