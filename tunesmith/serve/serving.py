@@ -42,26 +42,7 @@ ENCODER_ROUTES = {"embedding": "/v1/embeddings (and /v1/score)", "reranker": "/v
 A_MODEL_OF = {"embedding": "an embedding model", "reranker": "a reranker", "classification": "a classifier"}
 
 
-# A streamed answer is paced under load: after each chunk it waits `active streams / CHUNKS_PER_S` seconds (none
-# below PACE_FROM_S) before taking the next output, and the engine's outputs that queued meanwhile go out as one chunk
-# (infer/continuous.py hands over everything queued since the last look). Each chunk costs the event loop a wake-up,
-# a decode, its framing and a socket write, all sharing the GIL with the batching loop; per token at 64 streams
-# on an H200 that cost the engine a third of its speed. With the pace, the server sends at most ~CHUNKS_PER_S chunks
-# per second in all: at 64 streams one per stream every 32 ms (several tokens each), at 4 streams and fewer none is
-# held. The first token is never held, nor the last: time to first token and to the end are unchanged.
-CHUNKS_PER_S = 2000
-PACE_FROM_S = 0.004
-
-
-def stream_pace(active: int) -> float:
-    """Seconds a stream waits after a chunk when `active` requests are running (0: it takes the next at once)."""
-    pace = active / CHUNKS_PER_S
-    return pace if pace >= PACE_FROM_S else 0.0
-
-
 class Serving:
-    pace: Callable[[int], float] = staticmethod(stream_pace)  # tests set their own
-
     def __init__(self, engine: Engine, cfg: DeployConfig, metrics: Metrics | None = None,
                  encoders: dict[str, EncoderModel] | None = None):
         self.engine, self.cfg = engine, cfg
@@ -288,7 +269,6 @@ class Serving:
         """Start generating and wait for the first Delta before answering, so errors at the start still get their
         own status code (404, 500) instead of a 200 with an error inside."""
         generation = self.start([gen], public, max_tokens_param)
-        generation.pace = lambda: self.pace(self.slots.active)
         try:
             await generation.first()
         except BaseException:  # includes cancellation: free everything
@@ -380,7 +360,6 @@ class Generation:
         if guard is not None:  # the model's output policy (guardrails.py) between the engine and the answer
             self.streams = [guard.wrap(s, self.n) for s in self.streams]
         self._first: Delta | None = None
-        self.pace: Callable[[], float] | None = None  # Serving.stream: how long to wait after each streamed chunk
 
     def add(self, delta: Delta, offset: int = 0) -> Answer:
         self.slot.token()
@@ -398,9 +377,6 @@ class Generation:
             yield delta, self.add(delta)
         async for delta in self.streams[0]:
             yield delta, self.add(delta)
-            wait = self.pace() if self.pace is not None and delta.finish_reason is None else 0.0
-            if wait:  # the outputs that come meanwhile queue in the engine and go out as one chunk
-                await asyncio.sleep(wait)
 
     async def run(self) -> None:
         """Every stream to its end."""
