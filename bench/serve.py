@@ -105,21 +105,52 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str, prompt: s
     return Sample(end - start, ttft if ttft is not None else end - start, tokens)
 
 
-async def level(url: str, model: str, prompt: str, max_tokens: int, concurrency: int, rounds: int, tokenizer) -> dict:
+async def streams(url: str, model: str, prompt: str, max_tokens: int, concurrency: int, rounds: int,
+                  tokenizer) -> tuple[list[Sample], float, float, float]:
+    """`concurrency` clients of `rounds` requests each, one after another: their samples, start and end (wall clock)
+    and the CPU seconds this process spent on them."""
     limits = httpx.Limits(max_connections=concurrency + 4)
     async with httpx.AsyncClient(timeout=httpx.Timeout(3600), limits=limits) as client:
-        async def stream() -> list[Sample]:  # one client: its `rounds` requests one after another
+        async def stream() -> list[Sample]:
             return [await one_request(client, url, model, prompt, max_tokens, tokenizer) for _ in range(rounds)]
 
-        start = time.perf_counter()
+        start, cpu = time.time(), time.process_time()
         samples = [s for answers in await asyncio.gather(*[stream() for _ in range(concurrency)]) for s in answers]
-        wall = time.perf_counter() - start
+        return samples, start, time.time(), time.process_time() - cpu
+
+
+def client_part(args: tuple) -> tuple[list[Sample], float, float, float]:
+    return asyncio.run(streams(*args, CLIENT_TOKENIZER))
+
+
+CLIENT_TOKENIZER = None  # the tokenizer, inherited by forked client processes
+
+
+def level(url: str, model: str, prompt: str, max_tokens: int, concurrency: int, rounds: int, tokenizer,
+          client_procs: int = 1) -> dict:
+    """One load level. With `client_procs` > 1 the streams are split over that many forked client processes, so a
+    client that parses thousands of SSE events per second in Python is not what limits the measured rate;
+    `client_cpu` is the busiest client process's CPU time over the wall time (near 1.0: the client may limit)."""
+    global CLIENT_TOKENIZER
+    procs = max(1, min(client_procs, concurrency))
+    shares = [concurrency // procs + (i < concurrency % procs) for i in range(procs)]
+    if procs == 1:
+        parts = [asyncio.run(streams(url, model, prompt, max_tokens, concurrency, rounds, tokenizer))]
+    else:
+        import multiprocessing
+
+        CLIENT_TOKENIZER = tokenizer
+        with multiprocessing.get_context("fork").Pool(procs) as pool:
+            parts = pool.map(client_part, [(url, model, prompt, max_tokens, n, rounds) for n in shares])
+    samples = [s for part in parts for s in part[0]]
+    wall = max(p[2] for p in parts) - min(p[1] for p in parts)
     lat = sorted(s.latency for s in samples)
     ttft = sorted(s.ttft for s in samples)
     p99 = lambda xs: xs[min(len(xs) - 1, int(round(0.99 * (len(xs) - 1))))]  # noqa: E731
     return {"requests_per_s": len(samples) / wall, "output_tok_per_s": sum(s.tokens for s in samples) / wall,
             "p50_latency": statistics.median(lat), "p99_latency": p99(lat), "p50_ttft": statistics.median(ttft),
             "p99_ttft": p99(ttft), "mean_tokens": statistics.mean(s.tokens for s in samples),
+            "client_cpu": max(p[3] / (p[2] - p[1]) for p in parts),
             # per-token decode time of each answer: comparable across models whose answers stop at different lengths
             "p50_decode_ms": statistics.median([(s.latency - s.ttft) / (s.tokens - 1) * 1e3
                                                 for s in samples if s.tokens > 1] or [float("nan")])}
@@ -145,6 +176,9 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--prompt-tokens", type=int, default=212)
     parser.add_argument("--out", help="append the markdown table to this file")
+    parser.add_argument("--client-procs", type=int, default=1,
+                        help="split each level's streams over this many client processes (thousands of SSE events per "
+                             "second are more than one Python client parses)")
     parser.add_argument("--speculative", help="the tunesmith-spec server's --speculative (draft=MODEL, ngram[:N])")
     args = parser.parse_args()
 
@@ -164,15 +198,16 @@ def main() -> None:
         try:
             wait_ready(url, proc)
             served = Path(folder).name if name != "transformers" else folder
-            asyncio.run(level(url, served, prompt, 8, 1, 1, tokenizer))  # warm-up
+            level(url, served, prompt, 8, 1, 1, tokenizer)  # warm-up
             results[name] = {}
             for c in args.concurrency:
-                results[name][c] = asyncio.run(level(url, served, prompt, args.max_tokens, c, args.rounds, tokenizer))
+                results[name][c] = level(url, served, prompt, args.max_tokens, c, args.rounds, tokenizer,
+                                         args.client_procs)
                 r = results[name][c]
                 print(f"{name:12} c={c:<3} {r['output_tok_per_s']:8.1f} tok/s  {r['requests_per_s']:6.2f} req/s  "
                       f"p50/p99 latency {r['p50_latency']:.2f}/{r['p99_latency']:.2f} s  "
                       f"p50/p99 TTFT {r['p50_ttft']:.2f}/{r['p99_ttft']:.2f} s  decode {r['p50_decode_ms']:.1f} ms/token  "
-                      f"({r['mean_tokens']:.0f} tok/answer)",
+                      f"({r['mean_tokens']:.0f} tok/answer, client CPU {r['client_cpu']:.0%})",
                       flush=True)
         finally:
             if proc is not None and proc.poll() is None:

@@ -124,6 +124,7 @@ def test_startup_prints_the_url_models_and_openai_snippet(server, client, model_
     names = ["alpha", "beta", model_dir.name]
     assert f"serving at {server.url}/v1" in out and f"models: {', '.join(names)}" in out
     assert f'client = OpenAI(base_url="{server.url}/v1"' in out and 'model="alpha"' in out
+    assert "event loop: uvloop, HTTP parser: httptools" in out  # the serve extra's faster pair is what answers
     assert [m.id for m in client.models.list()] == names
 
 

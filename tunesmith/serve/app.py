@@ -63,7 +63,7 @@ def build_app(engine: Engine, cfg: DeployConfig, warmup: bool = False, encoders:
                 await engine.generate(GenerationRequest(prompt="Hello", params=SamplingParams(max_tokens=1)))
             vision = [n for n in serving.engine_names if engine.accepts_images(n)]
             print(banner(cfg, serving.public_names(), {n: m.task for n, m in serving.encoders.items()}, vision),
-                  flush=True)
+                  server_stack(), sep="\n", flush=True)
             yield
         finally:
             log.info("closing the engine")
@@ -268,6 +268,20 @@ def _versions(cfg: DeployConfig) -> dict[str, tuple[str, str | None]]:
                 raise ConfigError(f"{cfg.model_versions}: {name}.versions.{version}: {err}") from None
             out[f"{name}:{version}"] = (folder, m.base)
     return out
+
+
+def server_stack() -> str:
+    """The event loop and HTTP parser answering (called on the server's loop). uvicorn takes uvloop and httptools when
+    they are installed (the serve extra pins them) and asyncio and h11 otherwise: every streamed token crosses them
+    once per stream, and at 64 streams the pure-Python pair cost ~3-4 % of deploy's throughput and a fifth of its
+    time to first token (docs/benchmarks.md)."""
+    import asyncio
+    import importlib.util
+
+    loop = "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else "asyncio"
+    parser = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    hint = "" if (loop, parser) == ("uvloop", "httptools") else " (pip install uvloop httptools for the faster pair)"
+    return f"  event loop: {loop}, HTTP parser: {parser}{hint}"
 
 
 def banner(cfg: DeployConfig, names: list[str], encoders: dict[str, str] | None = None,
