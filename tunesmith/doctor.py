@@ -31,6 +31,7 @@ OPTIONAL = {
     "bitsandbytes": ("--tuner qlora and export --quant bnb4|bnb8", "pip install 'tunesmith[qlora]'"),
     "deepspeed": ("--deepspeed zero1..zero3", "pip install 'tunesmith[deepspeed]'"),
     "fastapi": ("tunesmith deploy", "pip install 'tunesmith[serve]'"),
+    "uvloop": ("tunesmith deploy's fast event loop (with httptools, its HTTP parser)", "pip install 'tunesmith[serve]'"),
     "galore-torch": ("--tuner galore", "pip install 'tunesmith[galore]'"),
     "opacus": ("--dp (differentially private sft)", "pip install 'tunesmith[privacy]'"),
     "liger-kernel": ("fused RMSNorm/RoPE/SwiGLU kernels on CUDA", "pip install 'tunesmith[gpu]'"),
