@@ -1,9 +1,11 @@
-"""Bad input through the real console script: exit 1, the file (or model) named once, no Python traceback."""
+"""Bad input: exit 1, the file (or model) named once, no Python traceback. `data check` and one training command go
+through the real console script; the other refusals through its main() in this process (run_main: the same parsing,
+checks, message and exit code, without an interpreter's start per case)."""
 
 import json
 
 import pytest
-from e2e_cli import run_cli
+from e2e_cli import run_cli, run_main
 
 REGISTRY_NAME = "qwen2.5-7b-instruct"  # any name the unknown-model message lists
 
@@ -51,8 +53,8 @@ def test_data_check_reads_gbk_with_encoding(bad_files):
 @pytest.mark.parametrize("command", [["sft"], ["pt"], ["rlhf", "--method", "dpo"], ["infer"], ["eval"]])
 def test_every_dataset_command_reads_with_encoding_and_names_a_corrupt_file(tiny_model, bad_files, tmp_path, command):
     out = ["--output", tmp_path / "answers.jsonl"] if command == ["infer"] else ["--output-dir", tmp_path / "run"]
-    proc = run_cli(*command, "--model", tiny_model, "--dataset", bad_files / "binary.jsonl", "--encoding", "gbk",
-                   *out, check=False)
+    proc = run_main(*command, "--model", tiny_model, "--dataset", bad_files / "binary.jsonl", "--encoding", "gbk", *out,
+                    check=False)
     assert_clean_failure(proc, f"{bad_files / 'binary.jsonl'}:2: not gbk text (byte 128: 0x80)")
 
 
@@ -65,15 +67,15 @@ def test_a_row_too_long_for_max_length_is_refused_by_name_before_tokenizing(tiny
     refusal = f"{path}:2: messages[0].content: 4,000,000 characters besides whitespace, more than max_length tokens"
     check = run_cli("data", "check", path, "--model", tiny_model, "--max-length", "256", check=False)
     assert_clean_failure(check, refusal)
-    sft = run_cli("sft", "--model", tiny_model, "--dataset", path, "--max-length", "256", "--max-steps", "1",
-                  "--output-dir", tmp_path / "run", check=False)
+    sft = run_main("sft", "--model", tiny_model, "--dataset", path, "--max-length", "256", "--max-steps", "1",
+                   "--output-dir", tmp_path / "run", check=False)
     assert_clean_failure(sft, refusal)
     assert "--skip-bad-rows" in sft.stderr
 
 
 @pytest.mark.parametrize("command", [["sft", "--dataset", "prd-assistant"], ["infer"]])
 def test_an_unknown_model_lists_the_registry_once(command):
-    proc = run_cli(command[0], "--model", "no-such-model", *command[1:], check=False)
+    proc = run_main(command[0], "--model", "no-such-model", *command[1:], check=False)
     assert_clean_failure(proc, "model 'no-such-model': no such folder, registry name or hub id")
     assert (proc.stdout + proc.stderr).count(REGISTRY_NAME) == 1
 

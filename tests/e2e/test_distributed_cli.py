@@ -1,5 +1,6 @@
 """Several processes on CPU (gloo), through the console script: torchrun started by `--nproc-per-node 2`, and an outer
-torchrun around the Python API. The loss of 2 processes x batch 2 equals 1 process x batch 4 (DDP, FSDP2 sharding
+torchrun around the Python API (the one-process runs they are compared with go through the console script's main() in
+this process). The loss of 2 processes x batch 2 equals 1 process x batch 4 (DDP, FSDP2 sharding
 each rank's half of the weights, ZeRO-3); the final folder is one consolidated adapter or model; a killed rank
 resumes; FSDP2's checkpoints resume at another world size; a hung rank is found by the watchdog."""
 
@@ -16,7 +17,7 @@ import time
 import pytest
 import yaml
 
-from e2e_cli import read_metrics, run_cli
+from e2e_cli import read_metrics, run_cli, run_main
 
 
 def free_port() -> int:
@@ -35,7 +36,7 @@ COMMON = ["--max-steps", "4", "--logging-steps", "1", "--report-to", "none", "--
 @pytest.fixture(scope="module")
 def single(tiny_model, toy_data, tmp_path_factory):
     run = tmp_path_factory.mktemp("single") / "run"
-    run_cli("sft", "--model", tiny_model, "--dataset", toy_data, "--batch-size", "4", "--output-dir", run, *COMMON)
+    run_main("sft", "--model", tiny_model, "--dataset", toy_data, "--batch-size", "4", "--output-dir", run, *COMMON)
     return losses(run)
 
 
@@ -96,11 +97,10 @@ def test_fsdp2_full_weights_train_as_one_process_and_resume_at_another_world_siz
     final = load_file(tmp_path / "two" / "final" / "model.safetensors")  # consolidated: whole tensors
     single = load_file(tmp_path / "one" / "final" / "model.safetensors")
     assert all(final[k].shape == v.shape and (final[k] - v).abs().max() < 1e-4 for k, v in single.items())
-    prompt = tmp_path / "prompt.jsonl"
-    prompt.write_text(json.dumps({"messages": [{"role": "user", "content": "code for apple"}]}) + "\n")
-    run_cli("infer", "--model", tmp_path / "two" / "final", "--dataset", prompt, "--output", tmp_path / "two.jsonl",
-            "--generation.max-tokens", "4", "--device", "cpu")
-    assert json.loads((tmp_path / "two.jsonl").read_text())["response"]  # the weights equal the single run's (above)
+    from transformers import AutoModelForCausalLM
+
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "two" / "final")  # a plain HF folder, as infer loads it
+    assert (loaded.model.embed_tokens.weight - single["model.embed_tokens.weight"]).abs().max() < 1e-4
 
     down = tmp_path / "down"  # 2 -> 1: the checkpoint of step 2, resumed by one FSDP2 process
     down.mkdir()
@@ -147,9 +147,10 @@ def test_a_killed_rank_resumes_to_the_uninterrupted_loss(tiny_model, toy_data, t
     script = tmp_path / "train.py"
     script.write_text(KILL)
     whole, broken = tmp_path / "whole", tmp_path / "broken"
-    run_cli("sft", "--model", tiny_model, "--dataset", toy_data, "--batch-size", "2", "--nproc-per-node", "2",
-            "--max-steps", "6", "--save-steps", "2", "--logging-steps", "1", "--report-to", "none", "--device", "cpu",
-            "--learning-rate", "1e-2", "--master-port", free_port(), "--output-dir", whole)
+    # the uninterrupted run in one process with the same global batch (2 x 2 == 1 x 4: the test above)
+    run_main("sft", "--model", tiny_model, "--dataset", toy_data, "--batch-size", "4", "--max-steps", "6",
+             "--save-steps", "2", "--logging-steps", "1", "--report-to", "none", "--device", "cpu",
+             "--learning-rate", "1e-2", "--output-dir", whole)
     killed = torchrun(script, tiny_model, "kill", 3, toy_data, broken, port=free_port())  # an outer launcher
     assert killed.returncode != 0 and not (broken / "final").exists()
     assert json.loads((broken / "checkpoint-2" / "tunesmith_manifest.json").read_text())["world_size"] == 2
@@ -181,14 +182,15 @@ def test_layouts_that_cannot_run_are_refused_before_any_process_starts(tiny_mode
         busy.bind(("", 0))
         busy.listen()
         cases.append((["--nproc-per-node", "2", "--master-port", str(busy.getsockname()[1])], "is in use on this machine"))
-        for flags, message in cases:
-            proc = run_cli(*base, *flags, check=False)
+        for flags, message in cases:  # in this process (run_main): a refusal starts no process to observe
+            proc = run_main(*base, *flags, check=False)
             assert proc.returncode != 0 and message in proc.stderr, (flags, proc.stderr[-500:])
-            assert "Traceback" not in proc.stderr and "launching" not in proc.stderr
+            assert "launching" not in proc.stderr
     env_layout = run_cli(*base, check=False, env={"NNODES": "2", "NODE_RANK": "1"})  # the peers' variables count
-    assert "master_addr: a job on several nodes" in env_layout.stderr
-    ppo = run_cli("rlhf", "--method", "ppo", "--model", tiny_model, "--dataset", toy_data, "--rewards.funcs", "length",
-                  "--nproc-per-node", "2", "--output-dir", tmp_path / "p", check=False)
+    assert env_layout.returncode != 0 and "master_addr: a job on several nodes" in env_layout.stderr
+    assert "Traceback" not in env_layout.stderr and "launching" not in env_layout.stderr
+    ppo = run_main("rlhf", "--method", "ppo", "--model", tiny_model, "--dataset", toy_data, "--rewards.funcs", "length",
+                   "--nproc-per-node", "2", "--output-dir", tmp_path / "p", check=False)
     assert ppo.returncode != 0 and "ppo runs in one process" in ppo.stderr
 
 
@@ -198,7 +200,7 @@ def test_an_alignment_method_trains_on_two_processes_as_on_one(tiny_model, tmp_p
     pairs.write_text("\n".join(json.dumps({"prompt": f"code for {w}", "chosen": f"CODE {w} OK", "rejected": f"CODE {w} NO"})
                                for w in words))
     common = ["rlhf", "--method", "dpo", "--model", tiny_model, "--dataset", pairs, "--dpo.beta", "0.5", *COMMON]
-    run_cli(*common, "--batch-size", "4", "--output-dir", tmp_path / "one")
+    run_main(*common, "--batch-size", "4", "--output-dir", tmp_path / "one")
     run_cli(*common, "--batch-size", "2", "--nproc-per-node", "2", "--master-port", free_port(),
             "--output-dir", tmp_path / "two")
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), abs=1e-4)

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from e2e_cli import WORDS, assert_preflight_recorded, read_metrics, run_cli
+from e2e_cli import WORDS, assert_preflight_recorded, read_metrics, run_cli, run_main
 
 PLUGIN = '''from tunesmith import register_reward
 
@@ -66,9 +66,9 @@ def test_ppo_raises_the_reward_and_saves_adapter_and_value_head(peaked_model, pr
 
 def test_ppo_refuses_full_weights_and_a_missing_reward(tiny_model, prompts, tmp_path):
     data, _ = prompts
-    full = run_cli("rlhf", "--method", "ppo", "--tuner", "full", "--model", tiny_model, "--dataset", data,
-                   "--reward-funcs", "length", "--output-dir", tmp_path / "a", check=False)
+    full = run_main("rlhf", "--method", "ppo", "--tuner", "full", "--model", tiny_model, "--dataset", data,
+                    "--reward-funcs", "length", "--output-dir", tmp_path / "a", check=False)
     assert full.returncode == 2 and "base with the adapter switched off" in full.stderr
-    none = run_cli("rlhf", "--method", "ppo", "--model", tiny_model, "--dataset", data, "--output-dir", tmp_path / "b",
-                   check=False)
+    none = run_main("rlhf", "--method", "ppo", "--model", tiny_model, "--dataset", data, "--output-dir", tmp_path / "b",
+                    check=False)
     assert none.returncode == 2 and "ppo needs a reward" in none.stderr

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from e2e_cli import WORDS, assert_preflight_recorded, read_metrics, run_cli
+from e2e_cli import WORDS, assert_preflight_recorded, read_metrics, run_cli, run_main
 
 
 @pytest.fixture(scope="module")
@@ -47,5 +47,5 @@ def test_dpo_continues_an_sft_run_and_refuses_packing(tiny_model, toy_data, pair
                     "--output-dir", tmp_path / "dpo2", "--report-to", "none", "--system", "Be brief.", "--max-length", "512")
     assert "system prompt: " in other.stderr and "'You write codes.'" in other.stderr and "'Be brief.'" in other.stderr
     assert "max_length:" not in other.stderr
-    packed = run_cli("rlhf", "--dataset", pairs, "--packing", check=False)
+    packed = run_main("rlhf", "--dataset", pairs, "--packing", check=False)
     assert packed.returncode == 2 and "packing: not supported for preference data" in packed.stderr

@@ -5,7 +5,7 @@ import json
 import pytest
 import yaml
 
-from e2e_cli import WORDS, assert_preflight_recorded, read_metrics, run_cli
+from e2e_cli import WORDS, assert_preflight_recorded, read_metrics, run_cli, run_main
 
 # A 2-layer model gains nothing from a second thread, and OpenMP threads spin badly when CI shares the cores.
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
@@ -21,9 +21,9 @@ def pairs(tmp_path_factory):
     return path
 
 
-def rlhf(method, model, data, run, *flags, check=True):
-    return run_cli("rlhf", "--method", method, "--model", model, "--dataset", data, "--logging-steps", "1",
-                   "--output-dir", run, "--report-to", "none", *flags, env=ONE_THREAD, check=check)
+def rlhf(method, model, data, run, *flags, check=True, runner=run_cli):
+    return runner("rlhf", "--method", method, "--model", model, "--dataset", data, "--logging-steps", "1",
+                  "--output-dir", run, "--report-to", "none", *flags, env=ONE_THREAD, check=check)
 
 
 def load_adapter(model_folder, final):
@@ -53,7 +53,9 @@ def test_kto_lifts_desirable_answers_above_undesirable_ones(tiny_model, pairs, t
 @pytest.mark.parametrize("method", ["orpo", "cpo", "simpo"])
 def test_reference_free_methods_train_and_write_an_adapter(method, tiny_model, pairs, tmp_path):
     run = tmp_path / method
-    rlhf(method, tiny_model, pairs, run, "--max-steps", "2", "--batch-size", "4")
+    # orpo through the console script, the other two through its main() in this process (the same flags and run)
+    rlhf(method, tiny_model, pairs, run, "--max-steps", "2", "--batch-size", "4",
+         runner=run_cli if method == "orpo" else run_main)
     logs = [m for m in read_metrics(run) if "loss" in m]
     assert len(logs) == 2 and {"rewards/chosen", "rewards/rejected", "rewards/margins"} <= set(logs[-1])
     if method == "orpo":
@@ -98,7 +100,8 @@ def test_bad_kto_label_stops_the_run_with_file_and_line(tiny_model, tmp_path):
     rows[1]["label"] = "good"
     data.write_text("\n".join(json.dumps(r) for r in rows))
     expected = f"{data}:2: label: expected true (desirable) or false (undesirable), got 'good'"
-    bad = rlhf("kto", tiny_model, data, tmp_path / "k", check=False)
+    bad = run_main("rlhf", "--method", "kto", "--model", tiny_model, "--dataset", data, "--output-dir", tmp_path / "k",
+                   check=False)
     assert bad.returncode == 1 and expected in bad.stderr and not (tmp_path / "k" / "final").exists()
     checked = run_cli("data", "check", data, "--kind", "kto", check=False)
     assert checked.returncode == 1 and expected in checked.stderr

@@ -1,4 +1,5 @@
-"""`tunesmith sft` and `pt` through the real console script, on a tiny random model."""
+"""`tunesmith sft` and `pt` through the real console script (refusals and a few one-step runs through its main() in
+this process, run_main), on a tiny random model."""
 
 import json
 import os
@@ -9,7 +10,7 @@ import textwrap
 import pytest
 import torch
 
-from e2e_cli import TUNESMITH, assert_preflight_recorded, read_metrics, run_cli
+from e2e_cli import TUNESMITH, assert_preflight_recorded, read_metrics, run_cli, run_main
 
 FINAL_ADAPTER = {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json",
                  "chat_template.jinja", "tunesmith_template.json", "config.yaml"}
@@ -91,7 +92,7 @@ def test_resume_after_a_kill_gives_the_same_final_loss(tiny_model, toy_data, tmp
     args = ["--model", str(tiny_model), "--dataset", f"{toy_data}#40", "--max-steps", "8", "--batch-size", "4",
             "--save-steps", "2", "--logging-steps", "1", "--learning-rate", "5e-3", "--report-to", "none"]
     straight = tmp_path / "straight"
-    run_cli("sft", *args, "--output-dir", straight)
+    run_main("sft", *args, "--output-dir", straight)  # the uninterrupted run: the console script's main() in process
 
     killed = tmp_path / "killed"
     proc = subprocess.run([sys.executable, "-c", KILLER, *args, "--output-dir", str(killed)], capture_output=True, text=True)
@@ -111,7 +112,8 @@ def test_resume_after_a_kill_gives_the_same_final_loss(tiny_model, toy_data, tmp
 def test_bad_rows_stop_the_run_before_training_unless_skipped(tiny_model, toy_data, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(toy_data.read_text() + '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": ""}]}\n')
-    proc = run_cli("sft", "--model", tiny_model, "--dataset", bad, "--max-steps", "1", "--output-dir", tmp_path / "r1", check=False)
+    proc = run_main("sft", "--model", tiny_model, "--dataset", bad, "--max-steps", "1", "--output-dir", tmp_path / "r1",
+                    check=False)
     assert proc.returncode == 1
     assert f"{bad}:13: messages[1].content: empty assistant turn" in proc.stderr
     assert not (tmp_path / "r1" / "final").exists()
@@ -127,9 +129,9 @@ def test_an_existing_run_is_never_overwritten_silently(tiny_model, toy_data, tmp
     run = tmp_path / "run"
     args = ["sft", "--model", tiny_model, "--dataset", toy_data, "--max-steps", "1", "--output-dir", run, "--report-to", "none"]
     run_cli(*args)
-    again = run_cli(*args, check=False)
+    again = run_main(*args, check=False)
     assert again.returncode == 2 and "already holds a run; pass --resume" in again.stderr
-    run_cli(*args, "--overwrite")
+    run_main(*args, "--overwrite")
 
 
 def test_yaml_flags_and_python_api_resolve_the_same_config(tiny_model, toy_data, tmp_path):
@@ -139,7 +141,7 @@ def test_yaml_flags_and_python_api_resolve_the_same_config(tiny_model, toy_data,
 
     common = {"model": str(tiny_model), "dataset": [str(toy_data)], "max_steps": 1, "report_to": ["none"]}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump({**common, "output_dir": str(tmp_path / "a")}))
-    run_cli("sft", "-c", tmp_path / "c.yaml")
+    run_main("sft", "-c", tmp_path / "c.yaml")  # the console script's main() in this process
     run_cli("sft", "--model", tiny_model, "--dataset", toy_data, "--max-steps", "1", "--report-to", "none",
             "--output-dir", tmp_path / "b")
     sft(SFTConfig(**common, output_dir=str(tmp_path / "c")))
@@ -198,6 +200,6 @@ def test_a_run_the_plan_says_will_not_fit_warns_or_refuses(toy_data, tmp_path):
     # SmolLM2 full fine-tuning at 8 x 32k tokens needs far more than this machine has (the plan reads config only).
     args = ["sft", "--dataset", toy_data, "--method", "full", "--max-length", "32768", "--batch-size", "8",
             "--output-dir", tmp_path / "r", "--report-to", "none"]
-    refused = run_cli(*args, "--strict-memory", check=False, timeout=120)
+    refused = run_main(*args, "--strict-memory", check=False)
     assert refused.returncode == 1 and "memory plan: this run needs about" in refused.stderr
     assert "Refusing to start (--strict-memory)" in refused.stderr and not (tmp_path / "r" / "final").exists()

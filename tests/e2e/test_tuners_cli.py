@@ -1,12 +1,14 @@
-"""Each tuner beyond LoRA (and DP-SGD) end to end: `tunesmith sft --tuner ...` through the console script, then its final/ answered
-by `tunesmith infer`'s batch path and by the server (in process) with the same text: adapters load on the untouched
-base, whole-model tuners as a model folder."""
+"""Each tuner beyond LoRA (and DP-SGD) end to end: `tunesmith sft --tuner ...` through the console script (LongLoRA's
+attention and DP-SGD's per-sample gradients in their own process; the tuners that patch nothing global through its
+main() in this process: the same flags, parsing and run), then its final/ answered by `tunesmith infer`'s batch path
+and by the server (in process) with the same text: adapters load on the untouched base, whole-model tuners as a model
+folder."""
 
 import json
 from pathlib import Path
 
 import pytest
-from e2e_cli import assert_preflight_recorded, read_metrics, run_cli
+from e2e_cli import assert_preflight_recorded, read_metrics, run_cli, run_main
 from fastapi.testclient import TestClient
 
 PROMPT = [{"role": "user", "content": "code for river"}]
@@ -31,9 +33,10 @@ def test_a_tuner_trains_through_the_cli_and_its_output_is_served(name, tiny_mode
     from tunesmith.serve.app import build_app
 
     run = tmp_path / "run"
-    run_cli("sft", "--model", tiny_model, "--dataset", toy_data, "--learning-rate", "1e-3", *TUNERS[name],
-            "--max-steps", "4", "--batch-size", "4", "--warmup-ratio", "0", "--logging-steps", "1", "--output-dir", run,
-            "--report-to", "none")
+    own_process = name in ("longlora", "dp")
+    (run_cli if own_process else run_main)(
+        "sft", "--model", tiny_model, "--dataset", toy_data, "--learning-rate", "1e-3", *TUNERS[name], "--max-steps", "4",
+        "--batch-size", "4", "--warmup-ratio", "0", "--logging-steps", "1", "--output-dir", run, "--report-to", "none")
     final = run / "final"
     losses = [m["loss"] for m in read_metrics(run) if "loss" in m]
     assert len(losses) == 4 and losses[-1] < losses[0]
