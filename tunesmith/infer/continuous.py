@@ -193,7 +193,8 @@ class BatchingLoops:
         """Our changes to transformers 5.23's batch processor, made as the loop creates it: greedy steps take the
         argmax, each step's KV read index is built with numpy (infer/read_indices.py), async batching's carry-over
         map without a Python list and only the used part of the index storages copied to the device
-        (infer/carry_over.py), and --speculative ngram verifies proposals in
+        (infer/carry_over.py), decode-only steps' batch tensors and cache checks without per-request calls
+        (infer/decode_batch.py), and --speculative ngram verifies proposals in
         the batch (refused at load with another version)."""
         if self.speculate is None and not self.fast_paths:
             return
@@ -203,7 +204,11 @@ class BatchingLoops:
             return
         counts = self.speculation.setdefault(served.name, SpeculationCounts()) if self.speculate is not None else None
 
+        from tunesmith.infer.decode_batch import install_decode_batch
+
         def install(processor: Any) -> None:
+            if self.fast_paths:  # first: the others wrap the IO method it replaces on decode-only steps
+                install_decode_batch(processor)
             greedy = GreedySteps(processor)
             greedy.install()
             if self.fast_paths:
