@@ -50,7 +50,7 @@ def batch_snapshot(io, requests) -> dict:
     requests' states."""
     q, kv = io.num_q_tokens, io.num_q_tokens + io.max_kv_read
     return {"bulk": io._bulk_input_tensor.tolist(), "write": io.write_index_storage[:, :q].tolist(),
-            "read": io.read_index_storage[:, :kv].tolist(),
+            "read": io.read_index_storage[:, :kv].tolist(), "outputs": io.output_ids.tolist(),
             "scalars": (io.num_q_tokens, io.max_kv_read, io.num_request_in_batch, io.true_read_sizes,
                         io.true_write_sizes, io.max_length_q, dict(io.max_length_k), io.total_seqlen_q,
                         dict(io.total_seqlen_k), io.use_block_table, dict(io.req_id_to_new_token_position)),
@@ -89,17 +89,53 @@ def decode_steps(monkeypatch):
     return counts
 
 
-def test_greedy_answers_equal_the_unpatched_loop_with_decode_steps_taking_the_shortcut(engines, decode_steps):
+def schedule_summary(result) -> tuple:
+    scheduled, fast_path, q, kv = result
+    futures = None if scheduled is None else [
+        (f.state.request_id, f.has_new_token, f.complete_blocks, f.query_length) for f in scheduled]
+    return futures, fast_path, q, kv
+
+
+@pytest.fixture
+def decode_schedules(monkeypatch):
+    """Each decode step the scheduler's shortcut takes, where no request needs a new block (transformers' scheduler
+    then changes no request and allocates nothing), is first scheduled by transformers' own method: both must pick
+    the same requests with the same future states and sizes. Counts the steps checked, and all shortcut steps."""
+    from tunesmith.infer import decode_batch
+
+    counts = {"checked": 0, "steps": 0}
+    schedule = decode_batch.DecodeSchedule.schedule_decode
+
+    def checked(self, candidates, cache_budget):
+        scheduler = self.scheduler
+        counts["steps"] += 1
+        tables, page = self.allocator.block_table, self.allocator.tokens_per_page
+        if all(len(tables[s.request_id]) * page > s.position_offset for s in candidates):
+            token_budget = self.cache.max_batch_tokens
+            expected = schedule_summary(type(scheduler).schedule_batch(scheduler, token_budget, cache_budget))
+            result = schedule(self, candidates, cache_budget)
+            assert schedule_summary(result) == expected
+            counts["checked"] += 1
+            return result
+        return schedule(self, candidates, cache_budget)
+
+    monkeypatch.setattr(decode_batch.DecodeSchedule, "schedule_decode", checked)
+    return counts
+
+
+def test_greedy_answers_equal_the_unpatched_loop_with_decode_steps_taking_the_shortcut(engines, decode_steps,
+                                                                                     decode_schedules):
     fast, plain = engines
     expected = answers(plain)
     assert len({a[0] for a in expected}) == len(PROMPTS)  # other prompts, other answers: equality means something
     assert [a[2] for a in expected] == MAX_TOKENS  # answers long enough to cross 16-token pages
     assert answers(fast) == expected
     assert decode_steps["steps"] >= max(MAX_TOKENS) - 2  # nearly every step was a decode-only one, taken by the patch
+    assert decode_schedules["steps"] >= max(MAX_TOKENS) - 2 and decode_schedules["checked"] > 0
 
 
-def test_requests_joining_while_others_decode_get_the_same_answers(engines, decode_steps):
+def test_requests_joining_while_others_decode_get_the_same_answers(engines, decode_steps, decode_schedules):
     fast, plain = engines
     expected = answers(plain, stagger=0.05)
     assert answers(fast, stagger=0.05) == expected
-    assert decode_steps["steps"] > 0
+    assert decode_steps["steps"] > 0 and decode_schedules["checked"] > 0

@@ -63,27 +63,30 @@ class ReadIndices:
         return prepare_batch_tensors
 
     def fill(self, io: Any) -> None:
+        """FullAttentionCacheAllocator.get_read_indices of every request, concatenated, into io's storage."""
+        import torch
+
+        request_ids = [request_id for request_id, _ in self.lengths]
         lengths = [n for _, n in self.lengths]
-        fill_read_index(self.cache, io, [request_id for request_id, _ in self.lengths], lengths)
+        for i, allocator in enumerate(self.cache.cache_allocators.values()):
+            rows = read_rows(allocator, request_ids, lengths)
+            io.read_index_storage[i, :rows.size].copy_(torch.from_numpy(rows))
+            io.true_read_sizes[i] = rows.size
 
 
-def fill_read_index(cache: Any, io: Any, request_ids: list[str], lengths: Any) -> None:
-    """FullAttentionCacheAllocator.get_read_indices of every request (its first `length` cache rows), concatenated,
-    into io's storage. Also used by infer/decode_batch.py."""
+def read_rows(allocator: Any, request_ids: list[str], lengths: Any) -> Any:
+    """The cache rows each request reads (its first `length` tokens, page after page), concatenated: a numpy array.
+    Also used by infer/decode_batch.py."""
     import numpy as np
-    import torch
 
     lengths = np.asarray(lengths, dtype=np.int64)
-    for i, allocator in enumerate(cache.cache_allocators.values()):
-        page, tables = allocator.tokens_per_page, allocator.block_table
-        pages = (lengths + page - 1) // page  # pages each request reads, the last one maybe partly
-        blocks: list[int] = []
-        for request_id, n in zip(request_ids, pages.tolist()):
-            blocks.extend(tables[request_id][:n])
-        counts = np.full(len(blocks), page, dtype=np.int64)  # rows read per page
-        counts[np.cumsum(pages) - 1] = lengths - (pages - 1) * page
-        starts = np.asarray(blocks, dtype=np.int64) * allocator.block_physical_stride
-        total = int(lengths.sum())
-        rows = np.repeat(starts - (np.cumsum(counts) - counts), counts) + np.arange(total, dtype=np.int64)
-        io.read_index_storage[i, :total].copy_(torch.from_numpy(rows))
-        io.true_read_sizes[i] = total
+    page, tables = allocator.tokens_per_page, allocator.block_table
+    pages = (lengths + page - 1) // page  # pages each request reads, the last one maybe partly
+    blocks: list[int] = []
+    for request_id, n in zip(request_ids, pages.tolist()):
+        blocks.extend(tables[request_id][:n])
+    counts = np.full(len(blocks), page, dtype=np.int64)  # rows read per page
+    counts[np.cumsum(pages) - 1] = lengths - (pages - 1) * page
+    starts = np.asarray(blocks, dtype=np.int64) * allocator.block_physical_stride
+    total = int(lengths.sum())
+    return np.repeat(starts - (np.cumsum(counts) - counts), counts) + np.arange(total, dtype=np.int64)
