@@ -1,5 +1,6 @@
-"""The batching loop's host shortcuts (infer/decode_batch.py): decode-only steps build their batch tensors in one pass
-and skip the cache allocator's calls when no new block is needed. Greedy answers equal the unpatched loop's (fast
+"""The batching loop's host shortcuts (infer/decode_batch.py): decode-only steps are scheduled and build their batch
+tensors in one pass, the cache allocator's calls are skipped when no new block is needed, and the batch update inlines
+the common token append. Greedy answers equal the unpatched loop's (fast
 paths off: the loop as transformers ships it), with 16-token pages so answers cross page boundaries (the shortcut
 falls back to transformers' allocation there), requests of other lengths finishing at other steps, and requests
 joining while others decode (prefill and decode steps alternate)."""
@@ -62,7 +63,7 @@ def batch_snapshot(io, requests) -> dict:
 def decode_steps(monkeypatch):
     """Each decode-only step the shortcut prepares is first prepared by transformers' own method (its loop over
     requests, with its own read index), then rolled back and prepared by the shortcut: both must leave the same
-    tensors and states. Counts the steps checked."""
+    tensors and states. Counts the steps checked, and the batch updates that went through DecodeUpdate."""
     from tunesmith.infer import decode_batch
 
     counts = {"steps": 0}
@@ -86,6 +87,14 @@ def decode_steps(monkeypatch):
         counts["steps"] += 1
 
     monkeypatch.setattr(decode_batch.DecodeBatch, "prepare_decode", checked)
+    update = decode_batch.DecodeUpdate.update_batch
+
+    def counted_update(self):
+        counts["updates"] += 1
+        return update(self)
+
+    counts["updates"] = 0
+    monkeypatch.setattr(decode_batch.DecodeUpdate, "update_batch", counted_update)
     return counts
 
 
@@ -131,6 +140,7 @@ def test_greedy_answers_equal_the_unpatched_loop_with_decode_steps_taking_the_sh
     assert [a[2] for a in expected] == MAX_TOKENS  # answers long enough to cross 16-token pages
     assert answers(fast) == expected
     assert decode_steps["steps"] >= max(MAX_TOKENS) - 2  # nearly every step was a decode-only one, taken by the patch
+    assert decode_steps["updates"] >= max(MAX_TOKENS)  # every step's update went through the inlined one
     assert decode_schedules["steps"] >= max(MAX_TOKENS) - 2 and decode_schedules["checked"] > 0
 
 
