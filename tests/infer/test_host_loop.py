@@ -63,13 +63,13 @@ def batch_snapshot(io, requests) -> dict:
 def decode_steps(monkeypatch):
     """Each decode-only step the shortcut prepares is first prepared by transformers' own method (its loop over
     requests, with its own read index), then rolled back and prepared by the shortcut: both must leave the same
-    tensors and states. Counts the steps checked, and the batch updates that went through DecodeUpdate."""
+    tensors and states, padded as under CUDA graphs and as the step is. Counts the steps checked, and the batch updates that went through DecodeUpdate."""
     from tunesmith.infer import decode_batch
 
     counts = {"steps": 0}
     prepare = decode_batch.DecodeBatch.prepare_decode
 
-    def checked(self, requests, logits_processors, num_q_tokens, max_kv_read, use_padding):
+    def compared(self, requests, logits_processors, num_q_tokens, max_kv_read, use_padding):
         io, cache = self.io, self.cache
         before = [(f.state.position_offset, f.state.tokens_to_process) for f in requests]
         read_indices = cache.__dict__.pop("extend_read_and_write_indices", None)  # the class's method: both indices
@@ -84,6 +84,14 @@ def decode_steps(monkeypatch):
             future.state.position_offset, future.state.tokens_to_process = offset, tokens
         prepare(self, requests, logits_processors, num_q_tokens, max_kv_read, use_padding)
         assert batch_snapshot(io, requests) == expected
+        return before
+
+    def checked(self, requests, logits_processors, num_q_tokens, max_kv_read, use_padding):
+        # first as a CUDA graph's padded shape (more query rows and cache reads than the requests fill), rolled back
+        before = compared(self, requests, logits_processors, num_q_tokens + 5, max_kv_read + 40, True)
+        for future, (offset, tokens) in zip(requests, before):
+            future.state.position_offset, future.state.tokens_to_process = offset, tokens
+        compared(self, requests, logits_processors, num_q_tokens, max_kv_read, use_padding)
         counts["steps"] += 1
 
     monkeypatch.setattr(decode_batch.DecodeBatch, "prepare_decode", checked)
