@@ -32,7 +32,7 @@ from starlette.exceptions import HTTPException
 from tunesmith.config import DeployConfig
 from tunesmith.errors import ConfigError, TunesmithError
 from tunesmith.infer.types import Engine, EngineError, GenerationRequest, SamplingParams, UnknownModelError
-from tunesmith.serve.context import RequestContext, enter, leave
+from tunesmith.serve.context import BODY_SEND, RequestContext, enter, leave
 from tunesmith.serve.errors import APIError, error_body, validation_message
 from tunesmith.serve.keys import KeyRing
 from tunesmith.serve.metrics import Metrics
@@ -141,6 +141,7 @@ class Gate:
                 await refusal(scope, receive, send_status)
             else:
                 self.drain.running += 1
+                scope[BODY_SEND] = send  # a stream's body lines skip send_status, which only reads the start
                 try:
                     await self.app(scope, self._limited(receive), send_status)
                 finally:

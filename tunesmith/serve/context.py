@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+# the scope key under which app.py's Gate leaves the send it was given: a streamed body goes there (routes.py)
+BODY_SEND = "tunesmith.body_send"
 _CURRENT: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar("tunesmith_request", default=None)
 
 

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from tunesmith.serve.chat import create_chat_completion
 from tunesmith.serve.classify import ClassificationRequest, ClassificationResponse, create_classification
 from tunesmith.serve.completion import create_completion
+from tunesmith.serve.context import BODY_SEND
 from tunesmith.serve.embeddings import EmbeddingRequest, EmbeddingResponse, create_embeddings
 from tunesmith.serve.messages import MessagesRequest, MessagesResponse, create_message
 from tunesmith.serve.openapi import answers
@@ -37,19 +38,32 @@ class Health(BaseModel):
 
 class SSEResponse(StreamingResponse):
     """Sends an EventStream and always closes it: on the last line, on error, and when the client disconnects
-    (Starlette then cancels the sending task), so the generation stops and the request's slot is freed."""
+    (Starlette then cancels the sending task), so the generation stops and the request's slot is freed.
+
+    The status line goes through every middleware; the body lines, one per token, go to the send the Gate was
+    given (app.py puts it in the scope as BODY_SEND), past Starlette's exception wrappers and the Gate's status
+    check, which look at the response's start only: four calls fewer per token on the event loop."""
 
     def __init__(self, stream: EventStream):
         super().__init__(stream, media_type="text/event-stream",
                          headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         self.stream = stream
+        self.body_send = None
 
     async def __call__(self, scope, receive, send) -> None:
+        self.body_send = scope.get(BODY_SEND)
         try:
             await super().__call__(scope, receive, send)
         finally:
             with anyio.CancelScope(shield=True):
                 await self.stream.aclose()
+
+    async def stream_response(self, send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        body = self.body_send or send
+        async for line in self.body_iterator:
+            await body({"type": "http.response.body", "body": line.encode(), "more_body": True})
+        await body({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def _serving(request: Request) -> Serving:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
 
@@ -445,10 +446,14 @@ class Framing:
         self.head, self.middle, self.tail = head, middle, tail
 
     def text(self, index: int, text: str) -> str:
-        quoted = json.dumps(text, ensure_ascii=False)
+        # most pieces hold nothing JSON escapes: quoting them by hand skips json.dumps' encoder (~2 us a token)
+        quoted = f'"{text}"' if _PLAIN_JSON.fullmatch(text) else json.dumps(text, ensure_ascii=False)
         if self.text_first:
             return f"{self.head}{quoted}{self.middle}{index}{self.tail}"
         return f"{self.head}{index}{self.middle}{quoted}{self.tail}"
 
 
 DONE = sse("[DONE]")
+# text that json.dumps(ensure_ascii=False) writes as it is: no quote, backslash or control character (U+0000-U+001F;
+# DEL and the rest pass unescaped)
+_PLAIN_JSON = re.compile(r'[^"\\\x00-\x1f]*')
