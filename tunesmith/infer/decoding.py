@@ -49,13 +49,15 @@ class Decoder:
         kept = self.kept
         self.count = len(kept) + (1 if self.ended_by == "eos" else 0)
         text = self.text()
-        cut = min((text.find(s) for s in self.stops if s in text), default=-1)
+        # without stop strings, skip their searches: two generator expressions a token on the event loop
+        cut = min((text.find(s) for s in self.stops if s in text), default=-1) if self.stops else -1
         if cut >= 0:
             self.count = self._tokens_to_stop(kept)  # up to the token that completed the stop string
             text, self.ended_by = text[:cut], "stop"
         elif self.ended_by is None and not final:
             text = text.removesuffix("\ufffd")  # half a multi-byte character: wait for the next token
-            text = text[: len(text) - self._partial_stop(text)]
+            if self.stops:
+                text = text[: len(text) - self._partial_stop(text)]
         new = text[len(self.emitted):] if text.startswith(self.emitted) else ""
         self.emitted = text if text.startswith(self.emitted) else self.emitted
         return new, self.ended_by == "stop"
