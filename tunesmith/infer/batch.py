@@ -9,7 +9,9 @@ reasoning_content), else null. The terminal chat is ui/chat.py."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -25,9 +27,31 @@ def infer(cfg: InferConfig) -> Path:
                           "`tunesmith infer` without --dataset")
     engine = engine_for(cfg)
     try:
-        return answer_dataset(engine, cfg, sampling_params(cfg))
+        with kv_heads_in_sdpa(getattr(engine, "device", None)):
+            return answer_dataset(engine, cfg, sampling_params(cfg))
     finally:
         engine.shutdown()
+
+
+# transformers reads this switch at every attention call (integrations/sdpa_attention.py, use_gqa_in_sdpa).
+GQA_SWITCH = "TRANSFORMERS_SDPA_FORCE_GQA"
+
+
+@contextlib.contextmanager
+def kv_heads_in_sdpa(device: str | None):
+    """On CPU, let SDPA read the KV heads as they are (enable_gqa) instead of transformers copying each into its query
+    heads first (repeat_kv). transformers does that only without a mask, and the continuous batch always has one: on
+    CPU the copies of a grown cache took a tenth of a decode step (tests/infer/test_sdpa_gqa.py checks the forward is
+    bitwise the same, so answers do not change). Not on CUDA, where a mask with enable_gqa falls back to the slow
+    math kernel. A value the user set is kept; the switch is restored after the dataset."""
+    if device != "cpu" or GQA_SWITCH in os.environ:
+        yield
+        return
+    os.environ[GQA_SWITCH] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop(GQA_SWITCH, None)
 
 
 def engine_for(cfg: InferConfig) -> Engine:
