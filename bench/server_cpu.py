@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+from serve import wait_ready  # bench/serve.py: poll /health until the server answers or exits
+
 HERE = Path(__file__).resolve().parent
 TICKS = os.sysconf("SC_CLK_TCK")
 # the scripted answer: ordinary English, so the tokenizer's decode does what it does on real answers
@@ -169,22 +171,6 @@ async def load(port: int, streams: int, max_tokens: int) -> tuple[int, list[str]
     return sum(n for n, _ in results), [body for _, body in results]
 
 
-def wait_ready(port: int, proc: subprocess.Popen) -> None:
-    import httpx
-
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit("the server exited while starting")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise SystemExit("the server did not answer /health in 300 s")
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--streams", type=int, default=64)
@@ -207,7 +193,7 @@ def main() -> None:
            "--step-ms", str(args.step_ms)] + (["--profile", args.profile] if args.profile else [])
     proc = subprocess.Popen(cmd)
     try:
-        wait_ready(args.port, proc)
+        wait_ready(f"http://127.0.0.1:{args.port}", proc)
         asyncio.run(load(args.port, 4, 20))  # warm-up: first-use paths, the Framing templates' imports
         if args.profile:
             os.kill(proc.pid, __import__("signal").SIGUSR1)

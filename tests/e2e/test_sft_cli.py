@@ -2,15 +2,13 @@
 this process, run_main), on a tiny random model."""
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
 
 import pytest
-import torch
 
-from e2e_cli import TUNESMITH, assert_preflight_recorded, read_metrics, run_cli, run_main
+from e2e_cli import assert_preflight_recorded, read_metrics, run_cli, run_main
 
 FINAL_ADAPTER = {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json",
                  "chat_template.jinja", "tunesmith_template.json", "config.yaml"}
@@ -117,8 +115,8 @@ def test_bad_rows_stop_the_run_before_training_unless_skipped(tiny_model, toy_da
     assert proc.returncode == 1
     assert f"{bad}:13: messages[1].content: empty assistant turn" in proc.stderr
     assert not (tmp_path / "r1" / "final").exists()
-    ok = run_cli("sft", "--model", tiny_model, "--dataset", bad, "--max-steps", "1", "--output-dir", tmp_path / "r2",
-                 "--skip-bad-rows", "--report-to", "none")
+    run_cli("sft", "--model", tiny_model, "--dataset", bad, "--max-steps", "1", "--output-dir", tmp_path / "r2",
+            "--skip-bad-rows", "--report-to", "none")
     assert (tmp_path / "r2" / "final").exists()
     import yaml
 
