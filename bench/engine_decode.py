@@ -8,7 +8,8 @@ concurrency: one warm-up round (graph capture and compilation land there, timed 
 round of N greedy requests with the same ~212-token prompt: output tokens/s, time to first token p50/max.
 This isolates the engine from HTTP; bench/serve.py measures the server end to end. Bench-only keys in a variant:
 "_fast_paths": false runs transformers' loop without our patches (infer/greedy_steps.py: greedy steps take the argmax),
-"_decode_batch": false leaves out only infer/decode_batch.py, "_attention": "varlen" | "sdpa" picks the batch's attention (varlen on CPU: the GPU path's mask-free inputs).
+"_decode_batch": false leaves out only infer/decode_batch.py, "_attention": "varlen" | "sdpa" picks the batch's
+attention (varlen on CPU: the GPU path's mask-free inputs).
 --host-timing prints the loop's ms per step in preparing the batch, the step itself and the batch update.
 
     python bench/engine_decode.py --model M --prompt copy --speculative ngram:8 --concurrency 1 8
