@@ -1,5 +1,6 @@
-"""`tunesmith infer --dataset` on CPU lets SDPA read the KV heads as they are (infer/batch.py, kv_heads_in_sdpa): the
-attention output must be bitwise what transformers' repeat_kv path gives, so greedy answers do not change."""
+"""Generation on CPU (infer, deploy, eval) lets SDPA read the KV heads as they are (infer/attention.py,
+kv_heads_in_sdpa): the attention output must be bitwise what transformers' repeat_kv path gives, so greedy answers do
+not change."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import os
 import pytest
 import torch
 
-from tunesmith.infer.batch import GQA_SWITCH, kv_heads_in_sdpa
+from tunesmith.infer.attention import GQA_SWITCH, kv_heads_in_sdpa
 
 
 def _masked_attention(query, key, value, mask):

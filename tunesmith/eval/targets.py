@@ -109,6 +109,7 @@ def answer(target: Target, samples: list[Sample], cfg: EvalConfig) -> list[Answe
 def _answer_local(target: Target, samples: list[Sample], params: SamplingParams, cfg: EvalConfig,
                   bar) -> list[Answer]:
     from tunesmith.infer import load_engine
+    from tunesmith.infer.attention import kv_heads_in_sdpa
     from tunesmith.infer.batch import row_images
 
     if target.kind == "adapters":
@@ -120,16 +121,17 @@ def _answer_local(target: Target, samples: list[Sample], params: SamplingParams,
     served = engine.model_names()[0]
     out: list[Answer] = []
     try:
-        for start in range(0, len(samples), cfg.batch_size):
-            batch = samples[start: start + cfg.batch_size]
-            images = [row_images(engine, served, s.messages, s.where) for s in batch]  # vision models' rows
-            for sample, completion in zip(batch, engine.chat([s.messages for s in batch], params, model=served,
-                                                             images=images)):
-                choice = completion.choices[0]
-                split = engine.reasoning(GenerationRequest(messages=sample.messages, model=served))
-                reasoning, text = split.whole(choice.text) if split else (None, choice.text)  # as deploy answers
-                out.append(Answer(text, choice.finish_reason, choice.completion_tokens, reasoning))
-            bar.update(len(batch))
+        with kv_heads_in_sdpa(getattr(engine, "device", None)):  # on CPU: no repeat_kv copies
+            for start in range(0, len(samples), cfg.batch_size):
+                batch = samples[start: start + cfg.batch_size]
+                images = [row_images(engine, served, s.messages, s.where) for s in batch]  # vision models' rows
+                for sample, completion in zip(batch, engine.chat([s.messages for s in batch], params, model=served,
+                                                                 images=images)):
+                    choice = completion.choices[0]
+                    split = engine.reasoning(GenerationRequest(messages=sample.messages, model=served))
+                    reasoning, text = split.whole(choice.text) if split else (None, choice.text)  # as deploy answers
+                    out.append(Answer(text, choice.finish_reason, choice.completion_tokens, reasoning))
+                bar.update(len(batch))
     finally:
         engine.shutdown()
         del engine

@@ -20,7 +20,9 @@ lose its flash kernel. The kernel has a backward, so the same call trains.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import weakref
 from functools import lru_cache
 from typing import Any
@@ -264,3 +266,26 @@ def use_varlen(model: Any) -> None:
     AttentionInterface.register(NAME, _varlen_forward)
     ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, flash_attention_mask)
     set_attention(model, NAME)
+
+
+# transformers reads this switch at every attention call (integrations/sdpa_attention.py, use_gqa_in_sdpa).
+GQA_SWITCH = "TRANSFORMERS_SDPA_FORCE_GQA"
+
+
+@contextlib.contextmanager
+def kv_heads_in_sdpa(device: str | None):
+    """On CPU, let SDPA read the KV heads as they are (enable_gqa) instead of transformers copying each into its query
+    heads first (repeat_kv). transformers does that only without a mask, and the continuous batch always has one: on
+    CPU the copies of a grown cache took a tenth of a decode step (tests/infer/test_sdpa_gqa.py checks the forward is
+    bitwise the same, so answers do not change). Not on CUDA, where a mask with enable_gqa falls back to the slow
+    math kernel. A value the user set is kept; the switch is restored at the end, so a training run later in the same
+    process keeps transformers' default (the backward is not bitwise the same). Wraps generation only: `infer`
+    (terminal chat and --dataset), `deploy` and `eval`'s local models."""
+    if device != "cpu" or GQA_SWITCH in os.environ:
+        yield
+        return
+    os.environ[GQA_SWITCH] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop(GQA_SWITCH, None)

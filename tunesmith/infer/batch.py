@@ -9,9 +9,7 @@ reasoning_content), else null. The terminal chat is ui/chat.py."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from tunesmith.config import InferConfig
 from tunesmith.data.load import load_rows
 from tunesmith.errors import ConfigError
 from tunesmith.infer import Engine, GenerationRequest, SamplingParams, load_engine
+from tunesmith.infer.attention import kv_heads_in_sdpa
 
 def infer(cfg: InferConfig) -> Path:
     """Answer cfg.dataset into cfg.output; returns the path."""
@@ -31,27 +30,6 @@ def infer(cfg: InferConfig) -> Path:
             return answer_dataset(engine, cfg, sampling_params(cfg))
     finally:
         engine.shutdown()
-
-
-# transformers reads this switch at every attention call (integrations/sdpa_attention.py, use_gqa_in_sdpa).
-GQA_SWITCH = "TRANSFORMERS_SDPA_FORCE_GQA"
-
-
-@contextlib.contextmanager
-def kv_heads_in_sdpa(device: str | None):
-    """On CPU, let SDPA read the KV heads as they are (enable_gqa) instead of transformers copying each into its query
-    heads first (repeat_kv). transformers does that only without a mask, and the continuous batch always has one: on
-    CPU the copies of a grown cache took a tenth of a decode step (tests/infer/test_sdpa_gqa.py checks the forward is
-    bitwise the same, so answers do not change). Not on CUDA, where a mask with enable_gqa falls back to the slow
-    math kernel. A value the user set is kept; the switch is restored after the dataset."""
-    if device != "cpu" or GQA_SWITCH in os.environ:
-        yield
-        return
-    os.environ[GQA_SWITCH] = "1"
-    try:
-        yield
-    finally:
-        os.environ.pop(GQA_SWITCH, None)
 
 
 def engine_for(cfg: InferConfig) -> Engine:

@@ -328,6 +328,7 @@ def run(cfg: DeployConfig) -> None:
     import uvicorn
 
     from tunesmith.infer import load_engine
+    from tunesmith.infer.attention import kv_heads_in_sdpa
 
     class DrainingServer(uvicorn.Server):
         """uvicorn stops listening at the first SIGTERM, so a load balancer's next connection is refused at TCP.
@@ -377,4 +378,5 @@ def run(cfg: DeployConfig) -> None:
     # uvicorn re-raises a signal it handled to the handler it found installed once it has shut down; with the
     # default one the process would die by the signal after a clean shutdown. This one lets run() return: exit 0.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    server.run()
+    with kv_heads_in_sdpa(getattr(engine, "device", None)):
+        server.run()

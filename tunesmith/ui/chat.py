@@ -10,6 +10,7 @@ import sys
 
 from tunesmith import api
 from tunesmith.config import InferConfig
+from tunesmith.infer.attention import kv_heads_in_sdpa
 
 HELP = 'Type a message. Line ending in \\ continues; """ starts/ends a block. /reset clears, /exit leaves.'
 
@@ -19,7 +20,8 @@ def chat(cfg: InferConfig) -> None:
     engine = api.engine(cfg)
     params, model = api.sampling_params(cfg), engine.model_names()[0]
     try:
-        converse(engine, params, model, images)
+        with kv_heads_in_sdpa(getattr(engine, "device", None)):
+            converse(engine, params, model, images)
     finally:
         engine.shutdown()
 
