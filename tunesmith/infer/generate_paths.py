@@ -51,12 +51,14 @@ async def stream_threaded(served: Served, p: SamplingParams, prompt_tokens: int,
         decoder = Decoder(served.template, p.stop)
         work = asyncio.ensure_future(asyncio.to_thread(generate, i, streamer))
         tokens: list[int] = []
+        before_stop = ""  # the text the step that reached a stop string brought ahead of it: the answer's last piece
         try:
             while (item := await queue.get()) is not None:
                 tokens += item
                 text, stopped = decoder.update(tokens)
                 if stopped:
                     streamer.cancelled = True  # a stop string: generate() ends at its next step
+                    before_stop = text
                     break
                 if text:
                     yield Delta(i, text, prompt_tokens=prompt_tokens, completion_tokens=decoder.count)
@@ -65,7 +67,7 @@ async def stream_threaded(served: Served, p: SamplingParams, prompt_tokens: int,
             except Exception as err:
                 raise EngineError(f"{what} failed: {type(err).__name__}: {err}") from err
             text, _ = decoder.update(tokens, final=True)
-            yield Delta(i, text, decoder.finish_reason(p.max_tokens), prompt_tokens=prompt_tokens,
+            yield Delta(i, before_stop + text, decoder.finish_reason(p.max_tokens), prompt_tokens=prompt_tokens,
                         completion_tokens=decoder.count)
         finally:  # the client went away: stop generating (the thread ends at its next step)
             streamer.cancelled = True
