@@ -104,6 +104,18 @@ def test_unknown_model_and_unknown_route_are_404(client):
     assert_error(client.get("/v1/nothing", headers=KEY), 404)
 
 
+def test_the_openai_sdk_retrieves_a_model_by_name_and_an_unknown_one_is_404(client):
+    import openai
+
+    sdk = openai.OpenAI(base_url="http://testserver/v1", api_key="sekret", http_client=client, max_retries=0)
+    assert sdk.models.retrieve("prd").id == "prd"
+    assert sdk.models.retrieve("base").object == "model"
+    with pytest.raises(openai.NotFoundError) as err:
+        sdk.models.retrieve("gpt-9")
+    assert err.value.body["code"] == "model_not_found" and "base, prd" in err.value.body["message"]
+    assert_error(client.get("/v1/models/prd"), 401)  # behind the key, as /v1/models is
+
+
 def test_engine_failure_is_500_json_and_the_server_keeps_serving(client):
     client.engine.fail_at = 0
     error = assert_error(client.post("/v1/chat/completions", json=GOOD, headers=KEY), 500)

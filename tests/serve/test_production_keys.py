@@ -84,6 +84,12 @@ def test_a_key_calls_only_its_models_and_lists_only_them(client):
     assert [m["id"] for m in client.get("/v1/models", headers=auth(SHA_KEY)).json()["data"]] == ["base", "prd"]
 
 
+def test_a_model_outside_the_keys_scope_is_not_found_by_name_either(client):
+    assert client.get("/v1/models/prd", headers=auth(SHA_KEY)).json()["id"] == "prd"
+    hidden = client.get("/v1/models/prd", headers=auth("sk-team-a-0001"))  # as unknown as /v1/models shows it
+    assert hidden.status_code == 404 and hidden.json()["error"]["message"].endswith("served models: base")
+
+
 def test_requests_per_minute_gives_429_then_recovers(client, clock):
     for _ in range(3):
         assert chat(client, "sk-team-a-0001").status_code == 200

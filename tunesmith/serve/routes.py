@@ -23,6 +23,7 @@ from tunesmith.serve.protocol import (
     ChatCompletionResponse,
     CompletionRequest,
     CompletionResponse,
+    ModelCard,
     ModelList,
 )
 from tunesmith.serve.rerank import RerankRequest, RerankResponse, ScoreRequest, ScoreResponse, create_rerank, create_score
@@ -93,6 +94,12 @@ async def metrics(request: Request) -> Response:
 @router.get("/v1/models", response_model=ModelList, responses=answers(503))
 async def models(request: Request) -> ModelList:
     return _serving(request).models()
+
+
+@router.get("/v1/models/{model:path}", response_model=ModelCard, responses=answers(404, 503))
+async def model(model: str, request: Request) -> ModelCard:
+    """One model's card, as /v1/models lists it (the path may hold / and :, as fine-tuned model names do)."""
+    return _serving(request).model_card(model)
 
 
 @router.post("/v1/chat/completions", response_model=None,

@@ -105,6 +105,16 @@ class Serving:
         return ModelList(data=[ModelCard(id=name, lineage=card(folders.get(self.names.get(name, name))))
                                for name in [*self.names, *versioned, *self.encoders] if keys.visible(name)])
 
+    def model_card(self, name: str) -> ModelCard:
+        """GET /v1/models/{model} (the openai SDK's models.retrieve): the card /v1/models lists under that name; a
+        model the request's key may not call is not found, as /v1/models does not list it."""
+        cards = self.models().data
+        for card in cards:
+            if card.id == name:
+                return card
+        raise APIError(404, f"The model `{name}` does not exist here; served models: "
+                       f"{', '.join(c.id for c in cards) or 'none'}", param="model", code="model_not_found")
+
     def model(self, name: str | None, user: str | None = None) -> tuple[str, str]:
         """(the name answers carry, the engine's name for it). A model with versions answers as MODEL:VERSION, the
         version picked by its traffic split (sticky per `user` or header; versions.py) or named by the request."""
