@@ -4,6 +4,10 @@ is what /openapi.json lists (openapi.py)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
+
 import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -15,6 +19,7 @@ from tunesmith.serve.classify import ClassificationRequest, ClassificationRespon
 from tunesmith.serve.completion import create_completion
 from tunesmith.serve.context import BODY_SEND
 from tunesmith.serve.embeddings import EmbeddingRequest, EmbeddingResponse, create_embeddings
+from tunesmith.serve.errors import error_body
 from tunesmith.serve.messages import MessagesRequest, MessagesResponse, create_message
 from tunesmith.serve.openapi import answers
 from tunesmith.serve.protocol import (
@@ -71,6 +76,38 @@ def _serving(request: Request) -> Serving:
     return request.app.state.serving
 
 
+def cancelled_on_disconnect(handler):
+    """Stop a generation route's work when its client goes away before the answer is ready: a whole (not streamed)
+    answer, or a stream still waiting for its first token. Starlette cancels nothing until the response is sent, so
+    the engine would generate the abandoned answer to its end, holding a slot, while a client that timed out sends
+    it again (the openai SDK retries twice). vLLM's api_server does the same (with_cancellation). Streams that
+    started are stopped by SSEResponse."""
+
+    @functools.wraps(handler)
+    async def wrapper(body, request: Request):
+        work = asyncio.ensure_future(handler(body, request))
+        gone = asyncio.ensure_future(_client_gone(request))
+        await asyncio.wait([work, gone], return_when=asyncio.FIRST_COMPLETED)
+        if work.done():
+            gone.cancel()
+            return work.result()
+        work.cancel()  # the engine's streams close, the batch drops the requests, the slot is freed
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await work
+        # nobody reads this; /metrics counts it as 499 (nginx's "client closed request")
+        return JSONResponse(error_body("the client closed the connection before the answer was ready",
+                                       code="client_closed_request"), status_code=499)
+
+    return wrapper
+
+
+async def _client_gone(request: Request) -> None:
+    """Returns once the client disconnects. FastAPI has read the body already, so the next message is the
+    disconnect."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 def _respond(result):
     if isinstance(result, EventStream):
         return SSEResponse(result)
@@ -104,12 +141,14 @@ async def model(model: str, request: Request) -> ModelCard:
 
 @router.post("/v1/chat/completions", response_model=None,
              responses=answers(400, 404, 413, 429, 500, 503, ok=ChatCompletionResponse, stream=ChatCompletionChunk))
+@cancelled_on_disconnect
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     return _respond(await create_chat_completion(_serving(request), body))
 
 
 @router.post("/v1/completions", response_model=None,
              responses=answers(400, 404, 413, 429, 500, 503, ok=CompletionResponse, stream=CompletionResponse))
+@cancelled_on_disconnect
 async def completions(body: CompletionRequest, request: Request):
     return _respond(await create_completion(_serving(request), body))
 
@@ -129,6 +168,7 @@ def _message_answers() -> dict:
 
 
 @router.post("/v1/messages", response_model=None, responses=_message_answers())
+@cancelled_on_disconnect
 async def messages(body: MessagesRequest, request: Request):
     """Anthropic's Messages API on the same models (serve/messages.py)."""
     return _respond(await create_message(_serving(request), body))
