@@ -141,6 +141,9 @@ def _response_format(req: ChatCompletionRequest) -> dict | None:
 
     fmt = {"type": req.response_format.type}
     if fmt["type"] == "json_schema":
+        if req.response_format.json_schema is None:  # pydantic would call the body itself no JSON object
+            raise APIError(400, "response_format.json_schema: required when type is json_schema ({\"name\": ..., "
+                           "\"schema\": {...}})", param="response_format")
         try:
             spec = JSONSchemaFormat.model_validate(req.response_format.json_schema)
         except ValidationError as err:
