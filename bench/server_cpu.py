@@ -3,6 +3,7 @@ no model in the way.
 
     python bench/server_cpu.py --streams 64 --max-tokens 200 --rounds 3
     python bench/server_cpu.py --profile prof.out       # cProfile of the event-loop thread over the rounds
+    python bench/server_cpu.py --stream-interval 4      # deploy --stream-interval 4: the same digest, fewer chunks
 
 On a GPU the transformers engine's batching thread needs the GIL for ~4 ms of Python per step, and every
 microsecond the event loop spends per token is taken from it (issue 24). This measures that microsecond count on
@@ -115,11 +116,13 @@ def serve(args: argparse.Namespace) -> None:
     from tunesmith.infer import load_engine
     from tunesmith.serve.app import build_app
 
-    engine = load_engine("transformers", model=args.model_dir, device="cpu", dtype="float32")
+    engine = load_engine("transformers", model=args.model_dir, device="cpu", dtype="float32",
+                         stream_interval=args.stream_interval)
     for served in engine.served.values():
         script = served.template.tokenizer.encode(SCRIPT_TEXT, add_special_tokens=False)
         served.manager = ScriptedBatch(script, args.step_ms / 1000)
-    app = build_app(engine, DeployConfig(model=args.model_dir, port=args.port, max_concurrent=1024))
+    app = build_app(engine, DeployConfig(model=args.model_dir, port=args.port, max_concurrent=1024,
+                                         stream_interval=args.stream_interval))
     profiler = None
     if args.profile:
         import cProfile
@@ -179,6 +182,7 @@ def main() -> None:
     p.add_argument("--step-ms", type=float, default=20.0, help="the scripted batching loop's step")
     p.add_argument("--port", type=int, default=8199)
     p.add_argument("--model-dir", help="a tiny model folder (made under a temp dir when left out)")
+    p.add_argument("--stream-interval", type=int, default=1, help="deploy's --stream-interval: tokens per chunk")
     p.add_argument("--profile", help="write a cProfile of the server's event-loop thread over the rounds here")
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the server subprocess
     args = p.parse_args()
@@ -190,7 +194,7 @@ def main() -> None:
 
         args.model_dir = str(make_tiny_model(Path(tempfile.mkdtemp()) / "tiny"))
     cmd = [sys.executable, __file__, "--serve", "--port", str(args.port), "--model-dir", args.model_dir,
-           "--step-ms", str(args.step_ms)] + (["--profile", args.profile] if args.profile else [])
+           "--step-ms", str(args.step_ms), "--stream-interval", str(args.stream_interval)] + (["--profile", args.profile] if args.profile else [])
     proc = subprocess.Popen(cmd)
     try:
         wait_ready(f"http://127.0.0.1:{args.port}", proc)

@@ -459,12 +459,23 @@ class DeployConfig(Section):
         "Extra variables for the chat template, e.g. {enable_thinking: false} for Qwen3; over the ones the run saved, "
         "and under a request's own chat_template_kwargs."))
     speculative: str | None = Field(None, description=SPECULATIVE_HELP)
+    stream_interval: int = Field(1, ge=1, description=(
+        "Tokens per streamed chunk: a running answer goes out with its first token, then every N tokens and at its "
+        "end, the same text in fewer chunks (as SGLang's --stream-interval); many streams then leave the batch more "
+        "CPU. 1 = every token."))
     dtype: Dtype = Field("auto", description="auto = bfloat16 on GPUs that support it, else float32.")
     device: Device = Field("auto", description="auto = cuda, then mps, then cpu.")
     command: ClassVar[str] = "deploy"
     _speculative = field_validator("speculative")(check_speculative)
     # --max-tokens, --temperature, ...; --model-config: the name the serving docs use for --model-versions
     shortcuts: ClassVar[dict[str, str]] = {**GENERATION_SHORTCUTS, "model_config": "model_versions"}
+
+    @model_validator(mode="after")
+    def _check_stream_interval(self) -> "DeployConfig":
+        if self.stream_interval > 1 and self.backend != "transformers":
+            raise ValueError("stream_interval: chunks the transformers engine's streams; the vllm backend streams "
+                             "every step its engine makes (leave it at 1 with --backend vllm)")
+        return self
 
 
 class DataCheckConfig(Section):

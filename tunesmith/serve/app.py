@@ -23,6 +23,7 @@ import signal
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -251,6 +252,16 @@ def adapter_map(items: list[str], key: str = "adapters") -> dict[str, str]:
     return out
 
 
+def engine_options(cfg: DeployConfig) -> dict[str, Any]:
+    """What the deploy config asks of the engine beyond its models: versions, speculative decoding, stream chunks."""
+    options: dict[str, Any] = {"versions": _versions(cfg)} if cfg.model_versions else {}
+    if cfg.speculative:
+        options["speculative"] = cfg.speculative
+    if cfg.stream_interval > 1:
+        options["stream_interval"] = cfg.stream_interval
+    return options
+
+
 def _versions(cfg: DeployConfig) -> dict[str, tuple[str, str | None]]:
     """--model-versions as the engine loads them: MODEL:VERSION -> (run folder, base), checked before any weights."""
     from tunesmith.config.serving import load_model_config
@@ -366,11 +377,8 @@ def run(cfg: DeployConfig) -> None:
 
         engine = NoChatEngine()  # encoders only: no chat model is loaded
     else:
-        options = {"versions": _versions(cfg)} if cfg.model_versions else {}
-        if cfg.speculative:
-            options["speculative"] = cfg.speculative
         engine = load_engine(cfg.backend, cfg.model, adapter_map(cfg.adapters) or None, cfg.device, cfg.dtype,
-                             cfg.system, chat_template_kwargs=cfg.chat_template_kwargs, **options)
+                             cfg.system, chat_template_kwargs=cfg.chat_template_kwargs, **engine_options(cfg))
     app = build_app(engine, cfg, warmup=True, encoders=encoders)
     drain = app.state.drain
     server = DrainingServer(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="info",
