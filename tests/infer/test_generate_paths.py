@@ -47,7 +47,7 @@ def test_a_stop_string_keeps_the_text_ahead_of_it(template, stop):
         steps = [ids[k:k + step] for k in range(0, len(ids), step)]
         text, deltas = answer(template, SamplingParams(max_tokens=64, stop=[stop]), steps)
         assert text == ANSWER[:ANSWER.index(stop)], (stop, step)
-        assert deltas[-1].finish_reason == "stop"
+        assert (deltas[-1].finish_reason, deltas[-1].stop) == ("stop", stop)  # which one: Anthropic's stop_sequence
 
 
 def test_without_a_stop_string_the_whole_answer_streams(template):
@@ -55,3 +55,4 @@ def test_without_a_stop_string_the_whole_answer_streams(template):
     text, deltas = answer(template, SamplingParams(max_tokens=len(ids)), [[t] for t in ids])
     assert text == ANSWER
     assert deltas[-1].finish_reason == "length" and deltas[-1].completion_tokens == len(ids)
+    assert deltas[-1].stop is None

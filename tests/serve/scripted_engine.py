@@ -62,13 +62,13 @@ class ScriptedEngine(Engine):
                     finished = step + 1 >= len(script) or step + 1 >= p.max_tokens
                     reason = ("stop" if step + 1 >= len(script) else "length") if finished else None
                     new = texts[i] + piece
-                    cut = min((new.find(s) for s in p.stop if s in new), default=-1)
+                    cut, stop = min(((new.find(s), s) for s in p.stop if s in new), default=(-1, None))
                     if cut >= 0:
                         piece, reason, finished = new[:cut][len(texts[i]):], "stop", True
                     texts[i] += piece
                     done[i] = finished
                     lp = [TokenLogprob(piece, -0.5, [(piece, -0.5), ("x", -1.5)][: p.top_logprobs])] if p.logprobs else []
-                    yield Delta(i, piece, reason, lp, prompt_tokens=prompt, completion_tokens=step + 1)
+                    yield Delta(i, piece, reason, lp, prompt_tokens=prompt, completion_tokens=step + 1, stop=stop)
                 if all(done):
                     return
         finally:

@@ -37,6 +37,19 @@ def test_same_answer_as_chat_completions_whole_and_streamed(tiny_model):
                                     messages=[{"role": "user", "content": [{"type": "text", "text": USER}]}]) as s:
             assert s.get_final_text() == reply.content[0].text
             assert s.get_final_message().stop_reason == reply.stop_reason
+        # a stop sequence inside that answer ends it there, and the batching engine says which one did
+        text = reply.content[0].text
+        stop = text[len(text) // 2:len(text) // 2 + 2]
+        for stream in (False, True):
+            body = {"model": chat["model"], "max_tokens": 8, "messages": [{"role": "user", "content": USER}],
+                    "system": SYSTEM, "stop_sequences": [stop], "extra_body": greedy}
+            if stream:
+                with client.messages.stream(**body) as s:
+                    cut = s.get_final_message()
+            else:
+                cut = client.messages.create(**body)
+            assert cut.content[0].text == text[:text.index(stop)]
+            assert (cut.stop_reason, cut.stop_sequence) == ("stop_sequence", stop)
     from tunesmith.infer import GenerationRequest
 
     turn = [{"role": "user", "content": USER}]
@@ -55,7 +68,13 @@ def test_prefill_system_blocks_and_what_is_refused():
     request = engine.requests[-1]
     assert request.assistant_prefix == "Sure:" and request.params.stop == ["there"]
     assert request.messages == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
-    assert reply.content[0].text == "Hello " and reply.stop_reason == "end_turn" and reply.id.startswith("msg_")
+    assert reply.content[0].text == "Hello " and reply.id.startswith("msg_")
+    assert (reply.stop_reason, reply.stop_sequence) == ("stop_sequence", "there")  # as Anthropic answers it
+    with client.messages.stream(model="base", max_tokens=5, messages=[{"role": "user", "content": "hi"}],
+                                stop_sequences=["there"]) as s:
+        assert (s.get_final_message().stop_reason, s.get_final_message().stop_sequence) == ("stop_sequence", "there")
+    reply = client.messages.create(model="base", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
+    assert (reply.stop_reason, reply.stop_sequence) == ("end_turn", None)  # its own end of turn
     for extra, param in [({"tools": [{"name": "x", "input_schema": {"type": "object"}}]}, "tools"),
                          ({"extra_body": {"top_k": 5}}, "top_k"),
                          ({"messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]},

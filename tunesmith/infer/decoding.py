@@ -31,6 +31,7 @@ class Decoder:
         self.tokenizer, self.stop_ids = template.tokenizer, set(template.stop_token_ids)
         self.stops = [s for s in stops if s]
         self.emitted, self.count, self.ended_by = "", 0, None
+        self.stop_string: str | None = None  # the stop string the answer was cut at
         self.decode = text_decoder(self.tokenizer)
         self.kept: list[int] = []  # the ids before the end-of-turn token
         self.seen = 0  # ids of the growing list looked at
@@ -50,10 +51,11 @@ class Decoder:
         self.count = len(kept) + (1 if self.ended_by == "eos" else 0)
         text = self.text()
         # without stop strings, skip their searches: two generator expressions a token on the event loop
-        cut = min((text.find(s) for s in self.stops if s in text), default=-1) if self.stops else -1
+        cut, stop = min(((text.find(s), s) for s in self.stops if s in text), default=(-1, None)) if self.stops \
+            else (-1, None)
         if cut >= 0:
             self.count = self._tokens_to_stop(kept)  # up to the token that completed the stop string
-            text, self.ended_by = text[:cut], "stop"
+            text, self.ended_by, self.stop_string = text[:cut], "stop", stop
         elif self.ended_by is None and not final:
             text = text.removesuffix("\ufffd")  # half a multi-byte character: wait for the next token
             if self.stops:

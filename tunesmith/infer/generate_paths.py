@@ -68,7 +68,7 @@ async def stream_threaded(served: Served, p: SamplingParams, prompt_tokens: int,
                 raise EngineError(f"{what} failed: {type(err).__name__}: {err}") from err
             text, _ = decoder.update(tokens, final=True)
             yield Delta(i, before_stop + text, decoder.finish_reason(p.max_tokens), prompt_tokens=prompt_tokens,
-                        completion_tokens=decoder.count)
+                        completion_tokens=decoder.count, stop=decoder.stop_string)
         finally:  # the client went away: stop generating (the thread ends at its next step)
             streamer.cancelled = True
             if not work.done():
@@ -116,7 +116,8 @@ async def stream_exact(served: Served, lock: threading.Lock, prompt: list[int],
         decoder = Decoder(served.template, p.stop)
         text, _ = decoder.update(tokens, final=True)
         kept = logprobs[: decoder.count] if p.logprobs or p.top_logprobs else []
-        yield Delta(i, text, decoder.finish_reason(p.max_tokens), kept, len(prompt), decoder.count)
+        yield Delta(i, text, decoder.finish_reason(p.max_tokens), kept, len(prompt), decoder.count,
+                    stop=decoder.stop_string)
 
 
 def generate_exact(served: Served, lock: threading.Lock, prompt: list[int], p: SamplingParams, choice: int):

@@ -219,8 +219,10 @@ class VLLMEngine(Engine):
                     if not (c.text or reason or logprobs):
                         continue
                     indexes = range(copies) if copies > 1 else [c.index]
+                    # vLLM's stop_reason: the stop string that ended it (a token id for a stop token)
+                    stop = c.stop_reason if reason and isinstance(c.stop_reason, str) else None
                     for i in indexes:
-                        yield Delta(i, c.text, reason, list(logprobs), len(prompt), counts[c.index])
+                        yield Delta(i, c.text, reason, list(logprobs), len(prompt), counts[c.index], stop)
         finally:  # done, failed, or the client went away (aclose/GC): cancelling pump() aborts the vLLM request
             if not task.done():
                 task.cancel()

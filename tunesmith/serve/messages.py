@@ -6,8 +6,8 @@ SDK works unchanged (base_url=http://HOST:PORT, its x-api-key header is accepted
 
 Mapping: `system` becomes the system message; a last assistant message is a prefill (the answer continues it, its
 text encoded after the prompt as training encodes an answer); `stop_sequences` are stop strings; `metadata.user_id`
-is the sticky user of a model with versions. stop_reason: end_turn (the model's end of turn or a stop sequence: the
-engines do not say which), max_tokens, or refusal (an output guardrail blocked the answer). Text blocks, and image
+is the sticky user of a model with versions. stop_reason: end_turn (the model's end of turn), stop_sequence (with the
+one that ended it in stop_sequence), max_tokens, or refusal (an output guardrail blocked the answer). Text blocks, and image
 blocks for a vision-language model (base64 or url sources, read under the server's image policy as chat's image_url
 parts are: serve/images.py); documents, tools and extended thinking, and images for a text model, are refused by name
 (400), and /openapi.json says so. Errors keep this server's
@@ -132,8 +132,12 @@ async def create_message(serving: Serving, req: MessagesRequest) -> MessagesResp
     answers = await serving.collect([gen], public, "max_tokens")
     a = answers.choices[0]
     return MessagesResponse(id=rid, model=public, content=[ContentText(text=a.text)],
-                            stop_reason=STOP_REASON.get(a.finish_reason or "stop", "end_turn"),
+                            stop_reason=_stop_reason(a.finish_reason, a.stop), stop_sequence=a.stop,
                             usage=MessageUsage(input_tokens=answers.prompt_tokens, output_tokens=a.completion_tokens))
+
+
+def _stop_reason(finish_reason: str | None, stop: str | None) -> str:
+    return "stop_sequence" if stop is not None else STOP_REASON.get(finish_reason or "stop", "end_turn")
 
 
 def _text(content: str | list, param: str) -> str:
@@ -189,14 +193,14 @@ async def _events(generation: Generation, rid: str, public: str) -> AsyncIterato
     try:
         yield _event("message_start", {"message": message})
         yield _event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
-        reason = "end_turn"
+        reason, stop = "end_turn", None
         async for delta, answer in generation.deltas():
             if delta.text:
                 yield _event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": delta.text}})
             if delta.finish_reason is not None:
-                reason = STOP_REASON.get(delta.finish_reason, "end_turn")
+                reason, stop = _stop_reason(delta.finish_reason, delta.stop), delta.stop
         yield _event("content_block_stop", {"index": 0})
-        yield _event("message_delta", {"delta": {"stop_reason": reason, "stop_sequence": None},
+        yield _event("message_delta", {"delta": {"stop_reason": reason, "stop_sequence": stop},
                                        "usage": {"output_tokens": generation.answers.completion_tokens}})
         yield _event("message_stop", {})
     except Exception as err:  # noqa: BLE001 - mid-stream the status is sent: report in the stream

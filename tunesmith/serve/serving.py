@@ -328,6 +328,7 @@ class Answer:
     finish_reason: str | None = None
     logprobs: list[TokenLogprob] = field(default_factory=list)
     completion_tokens: int = 0
+    stop: str | None = None  # the stop string that ended it, if one did
 
 
 class Answers:
@@ -345,7 +346,7 @@ class Answers:
         a.logprobs += delta.logprobs
         a.completion_tokens = delta.completion_tokens
         if delta.finish_reason is not None:
-            a.finish_reason = delta.finish_reason
+            a.finish_reason, a.stop = delta.finish_reason, delta.stop
         return a
 
     @property
