@@ -1,6 +1,8 @@
 """app.py in process (Starlette's TestClient, scripted engine): every error is OpenAI-shaped JSON with the right
 status, the API key and body limit hold, /metrics counts, and a good request still works after each bad one."""
 
+import json
+
 import pytest
 from fastapi.testclient import TestClient
 from scripted_engine import ScriptedEngine
@@ -52,6 +54,19 @@ def test_bad_requests_are_400_naming_the_parameter(client, body, param, words):
 def test_malformed_json_is_400(client):
     r = client.post("/v1/chat/completions", content=b'{"model": "base", "messages": [', headers={**KEY, "Content-Type": "application/json"})
     assert "not valid JSON" in assert_error(r, 400)["message"]
+
+
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "text/plain"])
+def test_json_sent_without_its_content_type_is_400_naming_the_header(client, content_type):
+    r = client.post("/v1/chat/completions", content=json.dumps(GOOD).encode(),  # what curl -d sends without -H
+                    headers={**KEY, "Content-Type": content_type})
+    message = assert_error(r, 400)["message"]
+    assert "Content-Type: application/json" in message and content_type in message
+    r = client.post("/v1/chat/completions", content=json.dumps(GOOD).encode(),
+                    headers={**KEY, "Content-Type": "application/json; charset=utf-8"})
+    assert r.status_code == 200
+    assert "not valid JSON" in assert_error(client.post("/v1/chat/completions", content=b"{", headers={
+        **KEY, "Content-Type": "application/json"}), 400)["message"]
 
 
 def test_api_key_is_required_on_v1_but_not_on_health(client):

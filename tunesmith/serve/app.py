@@ -208,6 +208,10 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+        content_type = request.headers.get("content-type", "")
+        if content_type and not _json_media_type(content_type):  # FastAPI then validates the raw bytes as the body
+            return _error(400, f"the body must be JSON sent with the header Content-Type: application/json; this "
+                          f"request said {content_type!r} (curl -d needs -H 'Content-Type: application/json')")
         message, param = validation_message(err.errors())
         return _error(400, message, param=param)
 
@@ -232,6 +236,12 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def unexpected(request: Request, err: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return _error(500, f"internal error: {type(err).__name__}: {err}", type="server_error")
+
+
+def _json_media_type(content_type: str) -> bool:
+    """What FastAPI reads as JSON: application/json or application/*+json, any parameters."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
 # -----------------------------------------------------------------------------
