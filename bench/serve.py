@@ -5,6 +5,7 @@
     python bench/serve.py --url http://127.0.0.1:8000 --concurrency 8      # an endpoint that is already running
     python bench/serve.py --model qwen2.5-7b-instruct --servers tunesmith tunesmith-spec \
         --speculative draft=qwen2.5-0.5b-instruct --concurrency 1 8          # speculative decoding's speed-up
+    python bench/serve.py --servers tunesmith tunesmith-chunked --stream-interval 4 --concurrency 64  # chunked streams
 
 Per server and concurrency level: requests/s, output tokens/s, p50/p99 latency and time to first token; then the
 ratios of tunesmith to each peer. Output tokens are the server's own count (`stream_options.include_usage`) where
@@ -28,7 +29,8 @@ from pathlib import Path
 import httpx
 
 HERE = Path(__file__).resolve().parent
-PORTS = {"tunesmith": 8101, "naive": 8102, "transformers": 8103, "vllm": 8104, "tunesmith-spec": 8105}
+PORTS = {"tunesmith": 8101, "naive": 8102, "transformers": 8103, "vllm": 8104, "tunesmith-spec": 8105,
+         "tunesmith-chunked": 8106}
 
 
 @dataclass
@@ -38,10 +40,12 @@ class Sample:
     tokens: int
 
 
-def launch(name: str, folder: str, model_name: str, speculative: str | None = None) -> tuple[subprocess.Popen, str]:
+def launch(name: str, folder: str, model_name: str, speculative: str | None = None,
+           stream_interval: int = 4) -> tuple[subprocess.Popen, str]:
     port = PORTS[name]
     bin_dir = Path(sys.executable).parent
-    if name in ("tunesmith", "tunesmith-spec"):  # tunesmith-spec: the same with --speculative
+    # tunesmith-spec: the same with --speculative; tunesmith-chunked: with --stream-interval
+    if name in ("tunesmith", "tunesmith-spec", "tunesmith-chunked"):
         ours = bin_dir / "tunesmith"
         cmd = [str(ours) if ours.exists() else shutil.which("tunesmith") or "tunesmith", "deploy", "--model", folder,
                "--port", str(port), "--max-concurrent", "256"]
@@ -49,6 +53,8 @@ def launch(name: str, folder: str, model_name: str, speculative: str | None = No
             if not speculative:
                 raise SystemExit("tunesmith-spec needs --speculative draft=MODEL or ngram[:N]")
             cmd += ["--speculative", speculative]
+        if name == "tunesmith-chunked":
+            cmd += ["--stream-interval", str(stream_interval)]
     elif name == "naive":
         cmd = [sys.executable, str(HERE / "naive_server.py"), folder, "--port", str(port)]
     elif name == "transformers":
@@ -180,6 +186,7 @@ def main() -> None:
                         help="split each level's streams over this many client processes (thousands of SSE events per "
                              "second are more than one Python client parses)")
     parser.add_argument("--speculative", help="the tunesmith-spec server's --speculative (draft=MODEL, ngram[:N])")
+    parser.add_argument("--stream-interval", type=int, default=4, help="the tunesmith-chunked server's --stream-interval")
     args = parser.parse_args()
 
     from transformers import AutoTokenizer
@@ -194,7 +201,7 @@ def main() -> None:
     for name, url in targets:
         proc = None
         if url is None:
-            proc, url = launch(name, folder, Path(folder).name, args.speculative)
+            proc, url = launch(name, folder, Path(folder).name, args.speculative, args.stream_interval)
         try:
             wait_ready(url, proc)
             served = Path(folder).name if name != "transformers" else folder
