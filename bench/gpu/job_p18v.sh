@@ -5,29 +5,36 @@
 #   1. 0.5B shape: the engine alone at 64 streams (bench/engine_decode.py --host-timing); deploy at 64 streams x 3 rounds;
 #      deploy against `transformers serve` with 64 requests at once (time to first token side by side);
 #   2. FULL=1 only: the gpu tests of the continuous batch's patches, then the 7B shape: engine alone and deploy at 64.
+# CHUNKED=N adds `tunesmith deploy --stream-interval N` (bench/serve.py's tunesmith-chunked) beside deploy wherever
+# deploy runs, in the same call.
 # Carry .whl .whls .gputok (bench/gpu/stage.sh). ~4 minutes, ~9 with FULL=1. Everything under $OUT, summary p18v.txt.
 set -euo pipefail
 : "${OUT:?set OUT to the results folder}"
 R=$OUT/p18v.txt
 source bench/gpu/common.sh
+OURS=(tunesmith) CHUNKS=()
+[ -n "${CHUNKED:-}" ] && OURS=(tunesmith tunesmith-chunked) CHUNKS=(--stream-interval "$CHUNKED")
 
 python3 bench/make_shape_model.py --shape qwen2.5-0.5b-instruct --tokenizer .gputok --out /tmp/m05 \
   > "$OUT/shape05.txt" 2>&1 || { tail -5 "$OUT/shape05.txt" | tee -a "$R"; exit 1; }
 step engine05 150 python3 bench/engine_decode.py --model /tmp/m05 --concurrency 64 --max-tokens 256 --host-timing \
   --out "$OUT/engine05.json"
-step deploy05 150 python3 bench/serve.py --model /tmp/m05 --servers tunesmith --concurrency 64 --rounds 3 \
-  --max-tokens 256 --prompt-tokens 212
-step ttft05 200 python3 bench/serve.py --model /tmp/m05 --servers tunesmith transformers --concurrency 64 --rounds 1 \
-  --max-tokens 256 --prompt-tokens 212
+step deploy05 300 python3 bench/serve.py --model /tmp/m05 --servers "${OURS[@]}" "${CHUNKS[@]}" \
+  --concurrency 64 --rounds 3 --max-tokens 256 --prompt-tokens 212
+step ttft05 260 python3 bench/serve.py --model /tmp/m05 --servers "${OURS[@]}" transformers "${CHUNKS[@]}" \
+  --concurrency 64 --rounds 1 --max-tokens 256 --prompt-tokens 212
 cp /tmp/bench-tunesmith.log "$OUT/deploy05.log" 2>/dev/null || true
 python3 - "$OUT" <<'PY' | tee -a "$R"
 import json, re, sys
 out = sys.argv[1]
 try:
     engine = json.load(open(f"{out}/engine05.json"))["default@64"]["tok_s"]
-    line = [x for x in open(f"{out}/deploy05.txt") if re.match(r"tunesmith +c=64", x)][-1]
-    deploy = float(re.search(r"([\d.]+) tok/s", line).group(1))
-    print(f"HTTP overhead at 64 streams: deploy {deploy:.0f} / engine {engine:.0f} tok/s -> {100 * (1 - deploy / engine):.1f} %")
+    for server in ("tunesmith", "tunesmith-chunked"):
+        lines = [x for x in open(f"{out}/deploy05.txt") if re.match(rf"{server} +c=64", x)]
+        if lines:
+            deploy = float(re.search(r"([\d.]+) tok/s", lines[-1]).group(1))
+            print(f"HTTP overhead at 64 streams, {server}: deploy {deploy:.0f} / engine {engine:.0f} tok/s -> "
+                  f"{100 * (1 - deploy / engine):.1f} %")
 except (OSError, KeyError, IndexError, AttributeError, ValueError) as err:
     print(f"HTTP overhead: not computed ({err!r})")
 PY
@@ -39,7 +46,7 @@ if [ "${FULL:-0}" = 1 ]; then
     > "$OUT/shape7.txt" 2>&1 || { tail -5 "$OUT/shape7.txt" | tee -a "$R"; exit 1; }
   step engine7 150 python3 bench/engine_decode.py --model /tmp/m7 --concurrency 64 --max-tokens 256 \
     --out "$OUT/engine7.json"
-  step deploy7 170 python3 bench/serve.py --model /tmp/m7 --servers tunesmith --concurrency 64 --rounds 2 \
-    --max-tokens 256 --prompt-tokens 212
+  step deploy7 300 python3 bench/serve.py --model /tmp/m7 --servers "${OURS[@]}" "${CHUNKS[@]}" \
+    --concurrency 64 --rounds 2 --max-tokens 256 --prompt-tokens 212
 fi
 echo "== done in $SECONDS s" | tee -a "$R"
