@@ -8,8 +8,9 @@ concurrency: one warm-up round (graph capture and compilation land there, timed 
 round of N greedy requests with the same ~212-token prompt: output tokens/s, time to first token p50/max.
 This isolates the engine from HTTP; bench/serve.py measures the server end to end. Bench-only keys in a variant:
 "_fast_paths": false runs transformers' loop without our patches (infer/greedy_steps.py: greedy steps take the argmax),
-"_decode_batch": false leaves out only infer/decode_batch.py, "_attention": "varlen" | "sdpa" picks the batch's
-attention (varlen on CPU: the GPU path's mask-free inputs).
+"_decode_batch": false leaves out only infer/decode_batch.py, "_stream_interval": N passes a request's outputs on
+every N tokens (deploy --stream-interval), "_attention": "varlen" | "sdpa" picks the batch's attention (varlen on CPU:
+the GPU path's mask-free inputs).
 --host-timing prints the loop's ms per step in preparing the batch, the step itself and the batch update.
 
     python bench/engine_decode.py --model M --prompt copy --speculative ngram:8 --concurrency 1 8
@@ -176,6 +177,8 @@ def main() -> None:
         # its reference, the GPU path's inputs without a mask)
         engine.loops.fast_paths = options.pop("_fast_paths", True)
         engine.loops.attention = options.pop("_attention", "auto")
+        # deploy --stream-interval N: a request's outputs reach its stream every N tokens (infer/continuous.py)
+        engine.loops.stream_interval = options.pop("_stream_interval", 1)
         # "_decode_batch": false leaves out only infer/decode_batch.py's shortcuts (decode-only steps' batch tensors
         # and cache checks), the other fast paths kept: its A/B on the loop thread's host time (--host-timing)
         decode_batch.install_decode_batch = (decode_batch_installer if options.pop("_decode_batch", True)
