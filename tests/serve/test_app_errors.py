@@ -69,6 +69,16 @@ def test_json_sent_without_its_content_type_is_400_naming_the_header(client, con
         **KEY, "Content-Type": "application/json"}), 400)["message"]
 
 
+def test_null_for_the_fields_openai_declares_nullable_means_their_default(client):
+    # clients that write every field of their request model send n, stream and echo as null when unset
+    chat = client.post("/v1/chat/completions", json={**GOOD, "n": None, "stream": None}, headers=KEY)
+    assert chat.status_code == 200 and len(chat.json()["choices"]) == 1  # n 1, not streamed
+    completion = client.post("/v1/completions", headers=KEY, json={
+        "model": "base", "prompt": "hi", "max_tokens": 3, "n": None, "stream": None, "echo": None})
+    assert completion.status_code == 200 and completion.json()["choices"][0]["text"] == "Hello there!"
+    assert_error(client.post("/v1/chat/completions", json={**GOOD, "n": "2"}, headers=KEY), 400, "n")
+
+
 def test_api_key_is_required_on_v1_but_not_on_health(client):
     assert assert_error(client.post("/v1/chat/completions", json=GOOD), 401)["code"] == "invalid_api_key"
     assert_error(client.get("/v1/models", headers={"Authorization": "Bearer wrong"}), 401)

@@ -14,7 +14,16 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_serializer
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_serializer,
+)
 from pydantic_core import PydanticCustomError
 
 
@@ -43,6 +52,13 @@ def documented(schema: dict[str, Any]) -> WithJsonSchema:
     """The field's schema in /openapi.json: what the server answers, narrower than what it parses (the rest is
     refused by name, so the client learns why)."""
     return WithJsonSchema(schema)
+
+
+def null_is_default(cls: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
+    """A field OpenAI's reference declares nullable with a default (n, stream, echo): null means that default, as
+    clients that write every field send it. Reused as `field_validator(...)(null_is_default)`, so the code after
+    parsing never sees None."""
+    return cls.model_fields[info.field_name].default if value is None else value
 
 
 def _or_null(schema: dict[str, Any], note: str) -> dict[str, Any]:
@@ -203,7 +219,7 @@ class ChatCompletionRequest(Strict):
     max_completion_tokens: integer(ge=1) | None = None
     max_tokens: integer(ge=1) | None = None  # deprecated by OpenAI for max_completion_tokens; both work
     metadata: dict[str, str] | None = None
-    n: integer(ge=1, le=128) = 1
+    n: integer(ge=1, le=128) | None = 1
     parallel_tool_calls: bool | None = None
     presence_penalty: Annotated[float | None, Field(ge=-2.0, le=2.0), documented(ZERO_ONLY)] = None
     response_format: Annotated[ResponseFormat | None, documented(_or_null({"anyOf": [
@@ -216,7 +232,7 @@ class ChatCompletionRequest(Strict):
     service_tier: str | None = None
     stop: str | list[str] | None = None
     store: bool | None = None
-    stream: bool = False
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     tool_choice: Annotated[Literal["none", "auto", "required"] | NamedToolChoice | None, documented(_or_null(
@@ -233,6 +249,8 @@ class ChatCompletionRequest(Strict):
     user: str | None = None
     # vLLM's extra: variables for the chat template (enable_thinking ...), over the deploy's and the run's own
     chat_template_kwargs: dict[str, Any] | None = None
+
+    _defaults = field_validator("n", "stream")(null_is_default)
 
 
 # -----------------------------------------------------------------------------
@@ -340,23 +358,25 @@ class CompletionRequest(Strict):
         "description": "Text, or several texts answered together; not token ids."})]
     best_of: Annotated[integer(ge=1) | None, documented(_or_null(
         {"const": 1}, "Only 1 (vLLM dropped best_of too): ask for n answers instead."))] = None
-    echo: bool = False
+    echo: bool | None = False
     frequency_penalty: Annotated[float | None, Field(ge=-2.0, le=2.0), documented(ZERO_ONLY)] = None
     logit_bias: Annotated[dict[str, float] | None, documented(_or_null(
         {"type": "object", "maxProperties": 0}, "Not supported by tunesmith's engines: leave it out."))] = None
     logprobs: integer(ge=0, le=5) | None = None
     max_tokens: integer(ge=1) | None = None
-    n: integer(ge=1, le=128) = 1
+    n: integer(ge=1, le=128) | None = 1
     presence_penalty: Annotated[float | None, Field(ge=-2.0, le=2.0), documented(ZERO_ONLY)] = None
     seed: integer() | None = None  # any integer: engines get it modulo 2**63
     stop: str | list[str] | None = None
-    stream: bool = False
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
     suffix: Annotated[str | None, documented(_or_null(
         {"type": "string", "maxLength": 0}, "Fill in the middle is not supported."))] = None
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     user: str | None = None
+
+    _defaults = field_validator("n", "stream", "echo")(null_is_default)
 
 
 class CompletionLogprobs(BaseModel):
