@@ -85,6 +85,17 @@ def test_prefill_system_blocks_and_what_is_refused():
         assert err.value.status_code == 400 and err.value.body["error"]["param"] == param
 
 
+def test_left_out_stop_sequences_are_the_deploys_stop_strings():
+    engine = ScriptedEngine(pieces=["Hello", " there", "!"])
+    client = sdk(build_app(engine, DeployConfig(generation={"stop": ["there"]})))  # tunesmith deploy --stop there
+    reply = client.messages.create(model="base", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
+    assert engine.requests[-1].params.stop == ["there"]  # as /v1/chat/completions uses them
+    assert (reply.content[0].text, reply.stop_reason, reply.stop_sequence) == ("Hello ", "stop_sequence", "there")
+    reply = client.messages.create(model="base", max_tokens=5, messages=[{"role": "user", "content": "hi"}],
+                                   stop_sequences=["!"])  # the request's own replace them
+    assert (reply.content[0].text, reply.stop_sequence) == ("Hello there", "!")
+
+
 def test_guardrails_refuse_as_stop_reason_refusal(tmp_path):
     policy = tmp_path / "p.yaml"
     policy.write_text('deny_keywords: [there]\nrefusal: "No."\n')

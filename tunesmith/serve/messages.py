@@ -124,7 +124,8 @@ async def create_message(serving: Serving, req: MessagesRequest) -> MessagesResp
     if req.system:
         messages.insert(0, {"role": "system", "content": _text(req.system, "system")})
     images = await serving.read_images(wanted) if wanted else None
-    params = serving.sampling(req.max_tokens, req.temperature, req.top_p, req.stop_sequences or [], None, 1, False, 0)
+    # what the request leaves out (stop_sequences, temperature, top_p, the seed) comes from the deploy's --generation.*
+    params = serving.sampling(req.max_tokens, req.temperature, req.top_p, req.stop_sequences, None, 1, False, 0)
     gen = GenerationRequest(messages=messages, model=model, params=params, assistant_prefix=prefix, images=images)
     rid = f"msg_{uuid.uuid4().hex}"
     if req.stream:
