@@ -126,6 +126,14 @@ def data_clean(cfg):
     return run(cfg)
 
 
+def bench_serve(cfg) -> dict:
+    """`tunesmith bench serve`: load-test OpenAI-compatible endpoints side by side (serve/loadtest.py); per endpoint
+    and concurrency, its throughput and latencies."""
+    from tunesmith.serve.loadtest import run
+
+    return run(cfg)
+
+
 def plan(cfg: PlanConfig) -> dict:
     """Estimate peak memory from the model's config.json (never its weights), pick settings that fit, print the plan.
     Returns it as a dict (fits, recommended settings, breakdown in GiB)."""

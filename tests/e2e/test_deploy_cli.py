@@ -298,6 +298,21 @@ def test_16_concurrent_streams_all_complete_with_their_token_counts(server, name
     assert metric(server, "tunesmith_requests_running") == 0 and metric(server, "tunesmith_requests_waiting") == 0
 
 
+def test_bench_serve_loads_the_running_server_and_reports_what_it_served(server, model_dir, tmp_path):
+    before = metric(server, "tunesmith_generated_tokens_total")
+    table = tmp_path / "bench.md"
+    out = run_cli("bench", "serve", "--url", server.url, "--api-key", KEY, "--concurrency", 1, 3, "--rounds", 1,
+                  "--max-tokens", 8, "--prompt-tokens", 40, "--model", model_dir, "--out", table).stdout
+    for streams in (1, 3):  # each level's line: the answers' length as the server counted it
+        assert f"c={streams} " in out and "(8 tok/answer" in out.split(f"c={streams} ")[1].splitlines()[0]
+    rows = [row for row in table.read_text().splitlines() if row.startswith(f"| {server.url} |")]
+    assert [row.split("|")[2].strip() for row in rows] == ["1", "3"]
+    # the warm-up request, then 1 and 3 streams of one request each, 8 tokens apiece
+    assert metric(server, "tunesmith_generated_tokens_total") - before == 8 * (1 + 1 + 3)
+    refused = run_cli("bench", "serve", "--url", server.url, "--concurrency", 1, check=False)  # no key
+    assert refused.returncode != 0 and "--api-key" in refused.stderr
+
+
 def test_client_disconnecting_mid_stream_stops_its_generation(server, name):
     before = metric(server, "tunesmith_generated_tokens_total")
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)

@@ -11,6 +11,7 @@ import sys
 from tunesmith import api
 from tunesmith.config import PlanConfig
 from tunesmith.config import DataCheckConfig, DeployConfig, DownloadConfig, ExportConfig, InferConfig, PTConfig, SFTConfig, help_text, load
+from tunesmith.config.bench import BenchServeConfig
 from tunesmith.config.data import DataCleanConfig, DataInspectConfig
 from tunesmith.config.doctor import CheckConfig, DoctorConfig
 from tunesmith.config.eval import EvalConfig
@@ -46,14 +47,21 @@ COMMANDS = {
     "web-ui": (WebUIConfig, api.web_ui, "the whole lifecycle in a browser; jobs outlive the page"),
     "check": (CheckConfig, lambda cfg: 0 if all(r.ok for r in api.check(cfg)) else 1,
               "self-checks of training on this machine: batch x accumulation, packing, resume, merge, bf16, template"),
+    "bench": (BenchServeConfig, api.bench_serve, "bench serve: load-test OpenAI-compatible endpoints side by side"),
 }
 
 
-# `tunesmith data ACTION`: one config per action (the action is the first positional)
-DATA_ACTIONS = {
-    "check": (DataCheckConfig, api.data_check, "validate every row and summarise the data"),
-    "inspect": (DataInspectConfig, api.data_inspect, "rows as training sees them: loss weights, cut, end of turn"),
-    "clean": (DataCleanConfig, api.data_clean, "IN OUT: remove duplicates, empty and garbage rows; mask personal data"),
+# `tunesmith data ACTION` and `tunesmith bench ACTION`: one config per action (the action is the first positional)
+ACTIONS = {
+    "data": {
+        "check": (DataCheckConfig, api.data_check, "validate every row and summarise the data"),
+        "inspect": (DataInspectConfig, api.data_inspect, "rows as training sees them: loss weights, cut, end of turn"),
+        "clean": (DataCleanConfig, api.data_clean,
+                  "IN OUT: remove duplicates, empty and garbage rows; mask personal data"),
+    },
+    "bench": {
+        "serve": (BenchServeConfig, api.bench_serve, "load-test OpenAI-compatible endpoints: tokens/s, latency, TTFT"),
+    },
 }
 
 
@@ -86,11 +94,11 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     cfg_cls, run, _ = COMMANDS[name]
-    if name == "data":
-        if rest[:1] in ([], ["-h"], ["--help"]) or rest[0] not in DATA_ACTIONS:
-            return _data_usage(rest)
-        cfg_cls, run, _ = DATA_ACTIONS[rest[0]]
-        name = f"data {rest[0]}"
+    if name in ACTIONS:
+        if rest[:1] in ([], ["-h"], ["--help"]) or rest[0] not in ACTIONS[name]:
+            return _actions_usage(name, rest)
+        cfg_cls, run, _ = ACTIONS[name][rest[0]]
+        name = f"{name} {rest[0]}"
     if "-h" in rest or "--help" in rest:
         print(help_text(cfg_cls, f"tunesmith {name}"))
         return 0
@@ -112,12 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     return status if isinstance(status, int) else 0  # a command may answer with its exit code (doctor, check)
 
 
-def _data_usage(rest: list[str]) -> int:
-    rows = ["usage: tunesmith data <action> FILE [--option value ...]", "", "actions:"]
-    rows += [f"  {name:8} {about}" for name, (_, _, about) in DATA_ACTIONS.items()]
-    rows += ["", "`tunesmith data <action> --help` lists every option with its default."]
+def _actions_usage(command: str, rest: list[str]) -> int:
+    rows = [f"usage: tunesmith {command} <action> {'FILE ' if command == 'data' else ''}[--option value ...]", "",
+            "actions:"]
+    rows += [f"  {name:8} {about}" for name, (_, _, about) in ACTIONS[command].items()]
+    rows += ["", f"`tunesmith {command} <action> --help` lists every option with its default."]
     if rest and rest[0] not in ("-h", "--help"):
-        print(f"error: unknown data action {rest[0]!r}\n\n" + "\n".join(rows), file=sys.stderr)
+        print(f"error: unknown {command} action {rest[0]!r}\n\n" + "\n".join(rows), file=sys.stderr)
         return 2
     print("\n".join(rows), file=sys.stderr if not rest else sys.stdout)
     return 2 if not rest else 0
