@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import re
 import signal
+import socket
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -346,6 +347,12 @@ def banner(cfg: DeployConfig, names: list[str], encoders: dict[str, str] | None 
 def run(cfg: DeployConfig) -> None:
     """Load the engine, serve until SIGTERM or Ctrl-C, drain (running requests finish, new ones get 503), then
     close the engine."""
+    with listen_socket(cfg.host, cfg.port) as listening:  # a port in use is named before any weights are read
+        serve(cfg, listening)
+
+
+def serve(cfg: DeployConfig, listening: socket.socket) -> None:
+    """run() on a bound socket."""
     import uvicorn
 
     from tunesmith.infer import load_engine
@@ -397,4 +404,19 @@ def run(cfg: DeployConfig) -> None:
     # default one the process would die by the signal after a clean shutdown. This one lets run() return: exit 0.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
     with kv_heads_in_sdpa(getattr(engine, "device", None)):
-        server.run()
+        server.run(sockets=[listening])
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before the models load (uvicorn listens on it), as uvicorn would bind it: a port
+    another server holds is refused at once, not after the weights loaded and the banner said "serving"."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise ConfigError(f"port: cannot listen on {host}:{port} ({err.strerror or err}); another server may hold it: "
+                          "stop it, or pick another --port") from None
+    sock.set_inheritable(True)
+    return sock
