@@ -149,3 +149,30 @@ def test_more_tokens_than_the_kv_cache_holds_is_400_before_joining_the_loop(engi
         complete(serving, prompt="word " * 10, max_tokens=15)
     assert err.value.status == 400 and "(20 tokens)" in err.value.message
     assert complete(serving, prompt="word " * 10, max_tokens=5).usage.completion_tokens == 5
+
+
+@pytest.mark.parametrize("body", [{"logprobs": True}, {"seed": 5, "temperature": 1.0}])
+def test_a_request_on_the_exact_path_whose_client_left_stops_its_generate_call(engine, monkeypatch, body):
+    """logprobs and seeds run generate() under the engine's lock, the batch paused meanwhile: an abandoned one ran
+    to max_tokens while every other request waited."""
+    served = engine.served[engine.default]
+    forward, steps = served.model.forward, []
+    monkeypatch.setattr(served.model, "forward", lambda *a, **kw: steps.append(1) or forward(*a, **kw))
+    serving = Serving(engine, DeployConfig())
+    assert chat(serving, max_tokens=60, **body).choices[0].finish_reason == "length"  # it would go the distance
+    steps.clear()
+
+    async def leave_early() -> None:
+        answer = asyncio.ensure_future(create_chat_completion(serving, ChatCompletionRequest(
+            messages=USER, max_tokens=60, **body)))
+        while len(steps) < 3:
+            await asyncio.sleep(0.005)
+        answer.cancel()  # what routes.py does when the client disconnects
+        with pytest.raises(asyncio.CancelledError):
+            await answer
+
+    asyncio.run(leave_early())
+    assert engine.exact_lock.acquire(timeout=60)  # generate() let go of the lock
+    engine.exact_lock.release()
+    assert len(steps) < 20 and serving.active == 0
+    assert chat(serving, max_tokens=2).choices[0].finish_reason == "length"  # and the next request is answered

@@ -109,8 +109,14 @@ def token_inputs(prompt: list[int]) -> dict[str, Any]:
 async def stream_exact(served: Served, lock: threading.Lock, prompt: list[int],
                        p: SamplingParams) -> AsyncIterator[Delta]:
     for i in range(p.n):
+        left = threading.Event()
         try:
-            tokens, logprobs = await asyncio.to_thread(generate_exact, served, lock, prompt, p, i)
+            tokens, logprobs = await asyncio.to_thread(generate_exact, served, lock, prompt, p, i, left)
+        except asyncio.CancelledError:
+            # the client left: end generate() at its next step. It holds the engine's lock and pauses the batch, so
+            # running on to max_tokens would keep every other request waiting for an answer nobody reads
+            left.set()
+            raise
         except Exception as err:  # this request's failure only: nothing else runs on this path
             raise EngineError(f"generate() failed: {type(err).__name__}: {err}") from err
         decoder = Decoder(served.template, p.stop)
@@ -120,8 +126,17 @@ async def stream_exact(served: Served, lock: threading.Lock, prompt: list[int],
                     stop=decoder.stop_string)
 
 
-def generate_exact(served: Served, lock: threading.Lock, prompt: list[int], p: SamplingParams, choice: int):
+def generate_exact(served: Served, lock: threading.Lock, prompt: list[int], p: SamplingParams, choice: int,
+                   left: threading.Event | None = None):
+    """One choice through generate() with the model's distribution at each step; `left`, once set, ends generate()
+    at its next step (the caller went away)."""
     import torch
+    from transformers import StoppingCriteriaList
+
+    left = left or threading.Event()
+
+    def caller_left(input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        return torch.full((input_ids.shape[0],), left.is_set(), dtype=torch.bool, device=input_ids.device)
 
     tok = served.template.tokenizer
     ids = torch.tensor([prompt], device=served.model.device)
@@ -131,7 +146,10 @@ def generate_exact(served: Served, lock: threading.Lock, prompt: list[int], p: S
         out = served.model.generate(
             input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=p.max_tokens, **sampling(p),
             eos_token_id=served.template.stop_token_ids, pad_token_id=tok.pad_token_id,
-            output_scores=True, output_logits=True, return_dict_in_generate=True)
+            output_scores=True, output_logits=True, return_dict_in_generate=True,
+            stopping_criteria=StoppingCriteriaList([caller_left]))
+    if left.is_set():  # nobody reads the answer
+        return [], []
     new = out.sequences[0, len(prompt):].tolist()
     logprobs = []
     for step, token in enumerate(new):
