@@ -14,7 +14,10 @@ from tunesmith.models import load as models
 
 PROBE = [{"role": "user", "content": "Write the requirements for a password reset feature."},
          {"role": "assistant", "content": "## Overview\nUsers can reset a forgotten password by email."}]
-TOLERANCE = 1e-4  # float32: the merge reorders the adapter's sums, nothing more
+# float32: the merge reorders the adapter's sums, nothing more. Rounding grows with the logits' size (SmolLM2-135M's
+# reach ~40 and its merges differ by ~1e-4 from the adapter model), so the bound is relative to the largest logit; a
+# broken merge (scaling lost, adapter not applied) moves logits by the adapter's effect, orders of magnitude more.
+RELATIVE_TOLERANCE = 1e-4
 
 
 class MergeMismatch(TunesmithError):
@@ -34,7 +37,14 @@ def merge_adapter(base_folder: Path, adapter_folder: Path, template: Any, verify
         merged = model.merge_and_unload()
         merged_logits = merged(ids).logits
     diff = (adapter_logits - merged_logits).abs().max().item()
-    if verify and diff > TOLERANCE:
-        raise MergeMismatch(f"merged logits differ from the adapter model's by {diff:.2e} (> {TOLERANCE:g}); "
-                            "nothing written")
+    bound = tolerance(adapter_logits.abs().max().item())
+    if verify and diff > bound:
+        raise MergeMismatch(f"merged logits differ from the adapter model's by {diff:.2e} (> {bound:.2e}, "
+                            f"{RELATIVE_TOLERANCE:g} x the largest logit); nothing written. --verify false writes "
+                            "the merge anyway")
     return merged, diff
+
+
+def tolerance(largest_logit: float) -> float:
+    """The largest |merged - adapter| logit difference float32 rounding explains, for logits up to `largest_logit`."""
+    return RELATIVE_TOLERANCE * max(largest_logit, 1.0)
