@@ -132,6 +132,14 @@ def test_an_existing_run_is_never_overwritten_silently(tiny_model, toy_data, tmp
     run_main(*args, "--overwrite")
 
 
+def test_a_run_without_output_dir_says_where_its_model_went(tiny_model, toy_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default run folder, runs/sft-<time>, is relative
+    proc = run_main("sft", "--model", tiny_model, "--dataset", toy_data, "--max-steps", "1", "--report-to", "none")
+    final = proc.stdout.split("saved ", 1)[1].split(" ", 1)[0]
+    assert final.startswith("runs/sft-") and (tmp_path / final / "adapter_model.safetensors").exists()
+    assert f"--adapters {final} in tunesmith infer" in proc.stdout
+
+
 def test_yaml_flags_and_python_api_resolve_the_same_config(tiny_model, toy_data, tmp_path):
     import yaml
 

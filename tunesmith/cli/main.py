@@ -117,7 +117,19 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {advice}", file=sys.stderr)
         return 1
+    if hasattr(status, "final_dir"):  # a training command's RunResult: the run folder may be a generated name
+        print(finished(status))
     return status if isinstance(status, int) else 0  # a command may answer with its exit code (doctor, check)
+
+
+def finished(result) -> str:
+    """The last line of a training command: where the model is, how the loss went, and how to use it."""
+    loss = ""
+    if result.first_loss is not None and result.last_loss is not None:
+        loss = f", loss {result.first_loss:.4f} -> {result.last_loss:.4f}"
+    skipped = f", {result.skipped_rows} bad row(s) skipped" if result.skipped_rows else ""
+    return (f"saved {result.final_dir} ({result.steps} steps{loss}{skipped}); use it with --adapters "
+            f"{result.final_dir} in tunesmith infer, eval, export or deploy")
 
 
 def _actions_usage(command: str, rest: list[str]) -> int:
