@@ -73,6 +73,30 @@ def test_bad_rows_are_reported_with_file_line_and_field(tmp_path):
     assert data.raise_if_bad(skip_bad_rows=True) == 6
 
 
+def test_alignment_rows_given_to_sft_name_the_command_that_takes_them(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [
+        {"prompt": "q", "chosen": "good", "rejected": "bad"},
+        {"conversations": [{"from": "human", "value": "q"}], "chosen": {"from": "gpt", "value": "good"},
+         "rejected": {"from": "gpt", "value": "bad"}},
+        {"prompt": "a question with no answer"},
+        {"prompt": "q", "completion": "a wrong answer", "label": False},
+        {"prompt": "q", "completion": "a right answer", "label": True},
+    ])
+    data = load_rows([str(path)], kind="sft")
+    data.refuse_undesirable_answers()
+    assert [str(p) for p in data.problems] == [
+        f"{path}:1: chosen: a preference pair (chosen/rejected) has no single answer for sft to learn; train on it "
+        "with `tunesmith rlhf --method dpo` (or orpo, simpo, cpo, rm), or check it with --kind preference",
+        f"{path}:2: chosen: a preference pair (chosen/rejected) has no single answer for sft to learn; train on it "
+        "with `tunesmith rlhf --method dpo` (or orpo, simpo, cpo, rm), or check it with --kind preference",
+        f"{path}:3: response: no assistant turn to learn from (prompts for infer? check them with --kind prompts)",
+        f"{path}:4: label: false marks an undesirable answer (KTO data), which sft would learn as a good one; train "
+        "on it with `tunesmith rlhf --method kto`, or leave the row out",
+    ]
+    assert [r.line for r in data.rows] == [5]
+    assert len(load_rows([str(path)], kind="preference").rows) == 2  # the pairs themselves are fine
+
+
 def test_sampling_with_hash_count_is_seeded(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": f"q{i}", "response": f"a{i}"} for i in range(10)])
     a = load_rows([f"{path}#4"], kind="sft", seed=1)

@@ -73,6 +73,19 @@ def test_a_row_too_long_for_max_length_is_refused_by_name_before_tokenizing(tiny
     assert "--skip-bad-rows" in sft.stderr
 
 
+def test_sft_refuses_kto_rows_labelled_false_before_training(tiny_model, tmp_path):
+    """KTO data given to sft: the rows marked undesirable would be learned as good answers."""
+    path = tmp_path / "kto.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"q{i}", "completion": f"a{i}", "label": i != 1}) + "\n"
+                            for i in range(3)))
+    refusal = f"{path}:2: label: false marks an undesirable answer (KTO data)"
+    assert_clean_failure(run_main("data", "check", path, check=False), refusal)
+    sft = run_main("sft", "--model", tiny_model, "--dataset", path, "--max-steps", "1", "--output-dir", tmp_path / "run",
+                   check=False)
+    assert_clean_failure(sft, refusal)
+    assert "rlhf --method kto" in sft.stderr and not (tmp_path / "run" / "final").exists()
+
+
 @pytest.mark.parametrize("command", [["sft", "--dataset", "prd-assistant"], ["infer"]])
 def test_an_unknown_model_lists_the_registry_once(command):
     proc = run_main(command[0], "--model", "no-such-model", *command[1:], check=False)

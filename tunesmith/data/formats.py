@@ -70,6 +70,8 @@ def normalise(row: RawRow, kind: str, problems: list[Problem]) -> Conversation |
     messages = vision.attach(messages, row.data, row.source, {"sharegpt": "conversations"}.get(fmt, "messages"), bad)
     if messages is None:
         return None
+    if kind == "sft" and _preference_pair_for_sft(row.data, messages, bad):
+        return None
     if not _check_messages(messages, kind, fmt, bad):
         return None
     extra = {k: v for k, v in row.data.items() if k not in ("messages", "conversations", "system", "tools")}
@@ -189,8 +191,18 @@ def _from_prompt_response(data: dict, bad: _Reporter) -> list[dict] | None:
     return out + [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
 
 
+def _preference_pair_for_sft(data: dict, messages: list[dict], bad: _Reporter) -> bool:
+    """A preference pair given to sft has no answer of its own (its answers are chosen/rejected): say so, rather than
+    that the row lacks an assistant turn. True when reported."""
+    if "chosen" in data and "rejected" in data and not any(m["role"] == "assistant" for m in messages):
+        bad("chosen", "a preference pair (chosen/rejected) has no single answer for sft to learn; train on it with "
+                      "`tunesmith rlhf --method dpo` (or orpo, simpo, cpo, rm), or check it with --kind preference")
+        return True
+    return False
+
+
 def _check_messages(messages: list[dict], kind: str, fmt: str, bad: _Reporter) -> bool:
-    field = "messages" if fmt == "messages" else {"sharegpt": "conversations"}.get(fmt, "output")
+    field = {"messages": "messages", "sharegpt": "conversations", "alpaca": "output"}.get(fmt, "response")
     body = [m for m in messages if m["role"] != "system"]
     if not body:
         bad(field, "no user or assistant turn")

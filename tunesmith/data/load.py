@@ -39,6 +39,19 @@ class LoadedData:
             return len(self.problems)
         raise DataError(describe_problems(self.problems) + "\nFix these rows, or pass --skip-bad-rows to leave them out.")
 
+    def refuse_undesirable_answers(self) -> None:
+        """For sft: a KTO row labelled false holds an answer to avoid, which sft would learn as a good one; it becomes
+        a problem. Other readers of chats (eval, export's calibration) take such rows as they are."""
+        kept = []
+        for row in self.rows:
+            if isinstance(row, Conversation) and row.extra.get("label") is False:
+                self.problems.append(Problem(row.source, row.line, "label", (
+                    "false marks an undesirable answer (KTO data), which sft would learn as a good one; train on it "
+                    "with `tunesmith rlhf --method kto`, or leave the row out")))
+            else:
+                kept.append(row)
+        self.rows = kept
+
 
 def describe_problems(problems: list[Problem]) -> str:
     shown = "\n".join(f"  {p}" for p in problems[:MAX_SHOWN])

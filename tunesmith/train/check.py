@@ -36,6 +36,8 @@ def check(cfg: DataCheckConfig) -> CheckReport:
     # With a tokenizer and max_length, a row too long to fit is refused before tokenizing, as training refuses it.
     limit = max_chars(template.tokenizer, cfg.max_length) if template and cfg.max_length else None
     data = load_rows(cfg.dataset, kind=cfg.kind, seed=0, encoding=cfg.encoding, max_chars=limit)
+    if cfg.kind == "sft":
+        data.refuse_undesirable_answers()  # as sft refuses them
     report = CheckReport(len(data.rows), data.formats, list(data.problems))
     if template and data.rows:
         _token_stats(cfg, template, data.rows, report)

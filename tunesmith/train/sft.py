@@ -80,10 +80,13 @@ def sft_data(cfg: SFTConfig, template: Any, vlm: VisionRun | None = None) -> Pre
     read = partial(load_rows, kind="sft", seed=cfg.seed, encoding=cfg.encoding,
                    substitutions={"name": cfg.model_name, "author": cfg.model_author}, max_chars=limit)
     data = read(cfg.dataset)
+    data.refuse_undesirable_answers()  # KTO rows labelled false
     data.rows, cleaned = clean_rows(cfg, data.rows)  # --dedupe, --redact-pii
     chosen = Continuation.select(cfg, data.rows, read)  # --continue-from: rows the earlier runs never saw (+ replay)
     data.rows = chosen.rows
     val = read(cfg.val_dataset) if cfg.val_dataset else None
+    if val is not None:
+        val.refuse_undesirable_answers()
     held: list = []
     if val is None and cfg.val_split > 0:  # rows, not samples: a conversation's per-turn samples stay on one side
         data.rows, held = split_rows(data.rows, cfg.val_split, cfg.seed)
