@@ -176,3 +176,24 @@ def test_a_request_on_the_exact_path_whose_client_left_stops_its_generate_call(e
     engine.exact_lock.release()
     assert len(steps) < 20 and serving.active == 0
     assert chat(serving, max_tokens=2).choices[0].finish_reason == "length"  # and the next request is answered
+
+
+def test_requests_cut_at_a_stop_string_or_left_early_leave_no_handler_behind(engine):
+    """transformers drops a request's result handler when it finishes; the batch cancels a request cut at a stop
+    string or whose client left, and each kept its handler (and queue) for the life of the server."""
+    serving = Serving(engine, DeployConfig())
+    text = complete(serving, prompt="The river ran", max_tokens=12).choices[0].text
+    stop = text[len(text) // 2:len(text) // 2 + 2]
+    cut = complete(serving, prompt="The river ran", max_tokens=12, stop=[stop])
+    assert cut.choices[0].text == text[:text.index(stop)] and cut.usage.completion_tokens < 12  # cancelled early
+
+    async def leave_a_stream() -> None:
+        stream = await create_completion(serving, CompletionRequest(prompt="The river ran", max_tokens=200,
+                                                                    stream=True))
+        await anext(aiter(stream))
+        await stream.aclose()
+
+    asyncio.run(leave_a_stream())
+    router = engine.served[engine.default].manager.output_router
+    assert router.result_handlers == {}
+    assert complete(serving, prompt="next", max_tokens=2).usage.completion_tokens == 2

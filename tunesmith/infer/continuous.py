@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import queue
 import threading
 import time
 import uuid
@@ -121,10 +122,11 @@ class BatchingLoops:
                 for delta in pending.values():
                     if delta.text or delta.finish_reason:
                         yield delta
-        finally:  # the client went away or an error: free the batch slots
+        finally:  # done, cut at a stop string, the client went away or an error: free the batch slots
             unwatch()
             for rid in open_ids:
                 manager.cancel_request(rid)
+            forget_requests(manager, ids)
 
     def manager(self, served: Served) -> Any:
         """The served model's batching loop, started on first use, and again when it stopped (a step failed)."""
@@ -315,6 +317,22 @@ def every_nth_output(put: Callable[[Any], None], interval: int) -> Callable[[Any
             put(out)
 
     return hand_on
+
+
+def forget_requests(manager: Any, request_ids: list[str]) -> None:
+    """Drop the result handlers of requests nobody reads any more. transformers drops a handler only when its request
+    finishes; one cancelled (cut at a stop string, its client gone) kept its handler and queue for the life of the
+    server, and a terminal chat stopped with Ctrl-C had the batching thread call its closed event loop. Outputs made
+    before a cancel lands then go to the router's shared queue, which nothing here reads: it is emptied too."""
+    router = manager.output_router
+    with router._lock:
+        for rid in request_ids:
+            router.result_handlers.pop(rid, None)
+    while True:
+        try:
+            router.output_queue.get_nowait()
+        except queue.Empty:
+            return
 
 
 LOOP_STOPPED = object()  # what a stream's watch puts in its empty queue once the loop has stopped

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Iterator
@@ -176,18 +177,28 @@ class Engine(ABC):
 
     def stream_text(self, messages: list[dict], params: SamplingParams, model: str | None = None,
                     images: list | None = None) -> Iterator[str]:
-        """Yield the text of one answer as it is generated."""
+        """Yield the text of one answer as it is generated. Stopped early (the caller breaks off, or Ctrl-C lands
+        while a step runs), the engine stops generating it."""
         loop = asyncio.new_event_loop()
         deltas = self.stream(GenerationRequest(messages=messages, model=model, params=params, images=images or None))
+        step: asyncio.Future | None = None
         try:
             while True:
+                step = asyncio.ensure_future(deltas.__anext__(), loop=loop)
                 try:
-                    delta = loop.run_until_complete(deltas.__anext__())
+                    delta = loop.run_until_complete(step)
                 except StopAsyncIteration:
                     return
                 if delta.index == 0:
                     yield delta.text
         finally:
+            if step is not None and not step.done():
+                # a KeyboardInterrupt left the loop mid-step, the generator running inside it: cancel the step, so
+                # the generator ends through its own cleanup (the batch drops the request), instead of aclose()
+                # failing on a running generator and the request generating on behind the caller's back
+                step.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    loop.run_until_complete(step)
             loop.run_until_complete(deltas.aclose())
             loop.close()
 
