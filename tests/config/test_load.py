@@ -132,3 +132,17 @@ def test_a_repeated_list_flag_collects_its_values():
     cfg = load(InferConfig, ["--image", "a,1.png", "--image", "b.png", "c.png", "--stop", "x", "--stop", "y"])
     assert cfg.image == ["a,1.png", "b.png", "c.png"]  # a file name keeps its comma
     assert cfg.generation.stop == ["x", "y"]
+
+
+def test_a_list_key_given_one_string_takes_it_as_its_items(tmp_path):
+    """LLaMA-Factory and HF Trainer YAML write `dataset: a,b` and `report_to: none`; Python users dataset="x"."""
+    from tunesmith.config import InferConfig
+
+    path = tmp_path / "sft.yaml"
+    path.write_text("dataset: data/a.jsonl, data/b.jsonl\nreport_to: none\nlora_target: q_proj,v_proj\n")
+    cfg = load(SFTConfig, ["-c", str(path)])
+    assert (cfg.dataset, cfg.report_to, cfg.lora.targets) == (["data/a.jsonl", "data/b.jsonl"], ["none"],
+                                                              ["q_proj", "v_proj"])
+    assert SFTConfig(dataset="data/a.jsonl").dataset == ["data/a.jsonl"]
+    assert SFTConfig(dataset="x", lora={"targets": "all-linear"}).lora.targets == "all-linear"
+    assert InferConfig(stop="a,b").generation.stop == ["a,b"]  # a stop string keeps its comma

@@ -61,6 +61,35 @@ class Section(BaseModel):
             node[key] = data.pop(old)
         return data
 
+    @model_validator(mode="before")
+    @classmethod
+    def _one_item_lists(cls, data: object) -> object:
+        """A list key given one string (`dataset: data.jsonl`, `report_to: none`, SFTConfig(dataset="data.jsonl"), as
+        LLaMA-Factory and HF Trainer configs write them) is that one item, or its comma-separated items where the
+        flag splits commas too (`dataset: a.jsonl,b.jsonl`)."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for name, value in data.items():
+            field = cls.model_fields.get(name)
+            if isinstance(value, str) and field is not None and _takes_list_not_text(field.annotation, value):
+                extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+                items = [value] if extra.get("commas") is False else [v.strip() for v in value.split(",")]
+                data[name] = [item for item in items if item]
+        return data
+
+
+def _takes_list_not_text(annotation: object, value: str) -> bool:
+    """A field typed as a list whose other types (str, a Literal) do not take `value` as it is."""
+    import types
+    import typing
+
+    union = isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union
+    options = typing.get_args(annotation) if union else (annotation,)
+    if not any(typing.get_origin(o) is list for o in options):
+        return False
+    return not any(o is str or (typing.get_origin(o) is Literal and value in typing.get_args(o)) for o in options)
+
 
 class LoraCfg(Section):
     rank: int = Field(16, ge=1, description="Adapter rank; adapter memory grows linearly with it.")
