@@ -107,6 +107,37 @@ def test_resume_after_a_kill_gives_the_same_final_loss(tiny_model, toy_data, tmp
     assert second[-1]["loss"] == pytest.approx(first[-1]["loss"], abs=1e-4)
 
 
+def test_a_run_stopped_by_sigterm_saves_but_does_not_exit_as_done(tiny_model, toy_data, tmp_path, monkeypatch):
+    """SIGTERM (a scheduler's preemption, kill) saves final/ and a checkpoint; the exit status and the last line say
+    the run stopped early, so `tunesmith sft ... && tunesmith export ...` does not go on with a half-trained model."""
+    import os
+    import signal
+
+    from transformers import TrainerCallback
+
+    from tunesmith import api
+    from tunesmith.cli import main as cli
+
+    class TermAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 2:
+                os.kill(os.getpid(), signal.SIGTERM)  # caught by the run's own handler (train/callbacks.py)
+
+    cfg_cls, _, about = cli.COMMANDS["sft"]
+    monkeypatch.setitem(cli.COMMANDS, "sft", (cfg_cls, lambda cfg: api.sft(cfg, callbacks=[TermAt()]), about))
+    run = tmp_path / "run"
+    args = ["sft", "--model", tiny_model, "--dataset", toy_data, "--max-steps", "8", "--batch-size", "2",
+            "--save-steps", "100", "--report-to", "none", "--output-dir", run]
+    stopped = run_main(*args, check=False)
+    assert stopped.returncode == 143, stopped.stderr[-2000:]
+    steps = int(stopped.stdout.split("stopped by SIGTERM after ", 1)[1].split(" ", 1)[0])
+    assert steps in (2, 3) and "--resume" in stopped.stdout  # the step it came in, or the next
+    assert (run / "final").is_dir() and (run / f"checkpoint-{steps}").is_dir()
+    monkeypatch.setitem(cli.COMMANDS, "sft", (cfg_cls, api.sft, about))
+    resumed = run_main(*args, "--resume")
+    assert resumed.returncode == 0 and f"saved {run}/final (8 steps" in resumed.stdout
+
+
 def test_bad_rows_stop_the_run_before_training_unless_skipped(tiny_model, toy_data, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(toy_data.read_text() + '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": ""}]}\n')

@@ -29,7 +29,7 @@ import yaml
 
 from tunesmith import lineage
 from tunesmith.errors import ConfigError
-from tunesmith.train.callbacks import MANIFEST, is_complete
+from tunesmith.train.callbacks import MANIFEST, GracefulStop, is_complete
 from tunesmith.train.launch import LAUNCHED, is_main, layout, rank, world_size
 from tunesmith.train.tuners import finish_final
 from tunesmith.versions import installed_versions
@@ -52,6 +52,7 @@ class RunResult:
     last_loss: float | None
     skipped_rows: int = 0
     metrics: dict[str, Any] = field(default_factory=dict)
+    stopped: bool = False  # SIGTERM ended it early (train/callbacks.py GracefulStop): saved, --resume continues
 
 
 @dataclass
@@ -100,8 +101,10 @@ class Run:
     def result(self, trainer: Any, final: Path, skipped: int) -> RunResult:
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         summary = next((h for h in reversed(trainer.state.log_history) if "train_loss" in h), {})
+        callbacks = getattr(getattr(trainer, "callback_handler", None), "callbacks", [])
+        stopped = any(isinstance(c, GracefulStop) and c.asked for c in callbacks)
         return RunResult(self.dir, final, trainer.state.global_step, losses[0] if losses else None,
-                         losses[-1] if losses else None, skipped, summary)
+                         losses[-1] if losses else None, skipped, summary, stopped)
 
 
 @contextlib.contextmanager
