@@ -57,3 +57,34 @@ def scope(path: str, body: bytes) -> dict:
             "method": "POST", "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
             "root_path": "", "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000),
             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
+
+
+def test_a_request_cancelled_by_the_server_stops_its_generation_too():
+    """uvicorn cancels the requests still running when a forced shutdown's grace period ends."""
+    engine = ScriptedEngine([f" w{i}" for i in range(LONG)], delay=0.001)
+    app = build_app(engine, DeployConfig())
+    raw = json.dumps({"model": "base", "prompt": "hi", "max_tokens": LONG}).encode()
+
+    async def run() -> None:
+        asked = False
+
+        async def receive() -> dict:
+            nonlocal asked
+            if not asked:
+                asked = True
+                return {"type": "http.request", "body": raw, "more_body": False}
+            await asyncio.sleep(3600)  # the client stays
+
+        async def send(message: dict) -> None:
+            pass
+
+        request = asyncio.ensure_future(app(scope("/v1/completions", raw), receive, send))
+        while engine.open_streams == 0:
+            await asyncio.sleep(0.01)
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        await asyncio.sleep(0.05)  # (asyncio.run would cancel a task left behind on its way out)
+        assert engine.open_streams == 0 and app.state.serving.active == 0
+
+    asyncio.run(run())

@@ -87,13 +87,16 @@ def cancelled_on_disconnect(handler):
     async def wrapper(body, request: Request):
         work = asyncio.ensure_future(handler(body, request))
         gone = asyncio.ensure_future(_client_gone(request))
-        await asyncio.wait([work, gone], return_when=asyncio.FIRST_COMPLETED)
-        if work.done():
+        try:
+            await asyncio.wait([work, gone], return_when=asyncio.FIRST_COMPLETED)
+        finally:  # also when this request is cancelled (a forced shutdown): nothing generates on behind it
             gone.cancel()
+            if not work.done():
+                work.cancel()  # the engine's streams close, the batch drops the requests, the slot is freed
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await work
+        if not work.cancelled():
             return work.result()
-        work.cancel()  # the engine's streams close, the batch drops the requests, the slot is freed
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await work
         # nobody reads this; /metrics counts it as 499 (nginx's "client closed request")
         return JSONResponse(error_body("the client closed the connection before the answer was ready",
                                        code="client_closed_request"), status_code=499)
