@@ -69,7 +69,7 @@ class Delta:
     logprobs: list[TokenLogprob] = field(default_factory=list)
     prompt_tokens: int = 0
     completion_tokens: int = 0  # so far, for this choice
-    stop: str | None = None  # the stop string that ended the choice (Anthropic's stop_sequence); None: end of turn, length
+    stop: str | None = None  # the stop string that ended the choice (Anthropic's stop_sequence); else None
 
 
 @dataclass
