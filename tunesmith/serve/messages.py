@@ -8,9 +8,9 @@ Mapping: `system` becomes the system message; a last assistant message is a pref
 text encoded after the prompt as training encodes an answer); `stop_sequences` are stop strings; `metadata.user_id`
 is the sticky user of a model with versions. stop_reason: end_turn (the model's end of turn), stop_sequence (with the
 one that ended it in stop_sequence), max_tokens, or refusal (an output guardrail blocked the answer). Text blocks, and
-image blocks for a vision-language model (base64 or url sources, read under the server's image policy as chat's image_url
-parts are: serve/images.py); documents, tools and extended thinking, and images for a text model, are refused by name
-(400), and /openapi.json says so. Errors keep this server's
+image blocks for a vision-language model (base64 or url sources, read under the server's image policy as chat's
+image_url parts are: serve/images.py); documents, tools and extended thinking, and images for a text model, are refused
+by name (400), and /openapi.json says so. Errors keep this server's
 one shape ({"error": {"message", "type", ...}}), which the anthropic SDK reads as well.
 """
 
