@@ -58,6 +58,8 @@ def test_reference_free_methods_train_and_write_an_adapter(method, tiny_model, p
          runner=run_cli if method == "orpo" else run_main)
     logs = [m for m in read_metrics(run) if "loss" in m]
     assert len(logs) == 2 and {"rewards/chosen", "rewards/rejected", "rewards/margins"} <= set(logs[-1])
+    # tokens/s counts both sides of each pair (the Trainer's own count finds no input_ids in pair batches: 0)
+    assert all(m["tokens_per_s"] > 0 for m in logs) and logs[-1]["num_input_tokens_seen"] > 2 * 4 * 2 * 5
     if method == "orpo":
         assert "log_odds_ratio" in logs[-1]
     else:  # SimPO is CPO without the NLL term

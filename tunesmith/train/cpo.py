@@ -6,8 +6,8 @@ Run: tunesmith rlhf --method cpo --dataset pairs.jsonl      (CPO: sigmoid loss, 
 SimPO is CPO with loss_type "simpo" and cpo_alpha 0, as TRL documents; its defaults are the SimPO paper's beta 2.0
 and gamma = 0.5 x beta (config/rlhf.py). Pairs are rendered by our Template (train/preference.py), as in DPO.
 
-Not reported: tokens/s. TRL's pair batches carry chosen_input_ids/rejected_input_ids but no input_ids, which is what
-the Trainer counts, so token counting is off rather than warning at every step.
+Tokens/s: TRL's pair batches carry chosen_input_ids/rejected_input_ids but no input_ids, which is what the Trainer
+counts; the trainer below counts both sides' tokens instead (train/preference.py count_pair_tokens).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 from trl.experimental.cpo import CPOConfig, CPOTrainer
 
 from tunesmith.config.rlhf import RLHFConfig
-from tunesmith.train.preference import load_preference_data, render_pairs, trl_pair_row
+from tunesmith.train.preference import count_pair_tokens, load_preference_data, render_pairs, trl_pair_row
 from tunesmith.train.preflight import load_template, preflight, trainable_report
 from tunesmith.train.run import RunResult, open_run
 from tunesmith.train.setup import common_args, load_trainable, run_trainer
@@ -33,7 +33,6 @@ def cpo(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> RunResult:
                         **data.record,
                         **plan.recorded(), **trainable_report(cfg, model))
         common = common_args(cfg, run.dir, device, dtype, has_eval=data.eval is not None)
-        common["include_num_input_tokens_seen"] = "no"  # TRL's pair batches have no input_ids (module docstring)
         args = CPOConfig(**common, **trl_knobs(cfg))
         trainer = run_trainer(cfg, run.dir, model, template.tokenizer, data.train, data.eval, device, dtype,
                               run.resume_from, callbacks, trainer_cls=RenderedCPOTrainer, args=args)
@@ -55,3 +54,6 @@ class RenderedCPOTrainer(CPOTrainer):
 
     def tokenize_row(self, feature, model=None):
         return trl_pair_row(feature)
+
+    def _track_num_input_tokens(self, inputs):  # its batches have no input_ids for the Trainer to count
+        count_pair_tokens(self, inputs)

@@ -5,7 +5,7 @@ paper's lambda (0.1). Run: tunesmith rlhf --method orpo --dataset pairs.jsonl
 Pairs are rendered by our Template, as in DPO. As in TRL, the NLL term covers the prompt tokens as well as the
 chosen answer (TRL's ORPOTrainer masks only padding there); the odds ratio uses the answers alone.
 
-Not reported: tokens/s (see cpo.py: TRL's pair batches have no input_ids for the Trainer to count).
+Tokens/s: counted over both sides of each pair (see cpo.py: TRL's pair batches have no input_ids for the Trainer).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
 from tunesmith.config.rlhf import RLHFConfig
-from tunesmith.train.preference import load_preference_data, render_pairs, trl_pair_row
+from tunesmith.train.preference import count_pair_tokens, load_preference_data, render_pairs, trl_pair_row
 from tunesmith.train.preflight import load_template, preflight, trainable_report
 from tunesmith.train.run import RunResult, open_run
 from tunesmith.train.setup import common_args, load_trainable, run_trainer
@@ -31,7 +31,6 @@ def orpo(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> RunResult:
                         **data.record,
                         **plan.recorded(), **trainable_report(cfg, model))
         common = common_args(cfg, run.dir, device, dtype, has_eval=data.eval is not None)
-        common["include_num_input_tokens_seen"] = "no"  # TRL's pair batches have no input_ids (see cpo.py)
         args = ORPOConfig(**common, beta=cfg.orpo.beta)
         trainer = run_trainer(cfg, run.dir, model, template.tokenizer, data.train, data.eval, device, dtype,
                               run.resume_from, callbacks, trainer_cls=RenderedORPOTrainer, args=args)
@@ -45,3 +44,6 @@ class RenderedORPOTrainer(ORPOTrainer):
 
     def tokenize_row(self, feature, model=None):
         return trl_pair_row(feature)
+
+    def _track_num_input_tokens(self, inputs):  # its batches have no input_ids for the Trainer to count
+        count_pair_tokens(self, inputs)

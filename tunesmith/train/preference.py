@@ -84,6 +84,17 @@ def answer_ids(template: Template, prompt: list[dict], answer: str, prompt_len: 
     return [i for i, label in zip(ids[prompt_len:], labels[prompt_len:]) if label != IGNORE]
 
 
+def count_pair_tokens(trainer: Any, inputs: dict[str, Any]) -> None:
+    """Trainer._track_num_input_tokens for CPO/ORPO pair batches, which carry chosen_*/rejected_* but no input_ids
+    (the Trainer's own count finds nothing, and tokens/s read 0): the tokens the model reads, prompt + answer of both
+    sides, padding left out, summed over the processes."""
+    import torch
+
+    tokens = sum(inputs[f"{side}_attention_mask"].sum() for side in ("chosen", "rejected"))
+    tokens = torch.as_tensor(tokens, device=trainer.args.device, dtype=torch.int64)
+    trainer.state.num_input_tokens_seen += trainer.accelerator.gather(tokens).sum().item()
+
+
 def trl_pair_row(feature: dict[str, list[int]]) -> dict[str, list[int]]:
     """One row in the layout CPOTrainer/ORPOTrainer build in their tokenize_row, from our rendered ids: prompt_*,
     and chosen_* / rejected_* holding prompt + answer, with labels -100 over the prompt."""
