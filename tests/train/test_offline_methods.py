@@ -88,7 +88,8 @@ def test_one_length_check_and_one_message_for_every_method():
     assert str(length_problem(row, "messages", 11, 10)) == (
         "d.jsonl:7: messages: 11 tokens > max_length 10; raise max_length or shorten the row")
     assert str(length_problem(Preference([], "", "", "p.jsonl", 2), "prompt", 8, 16, reserved=9)) == (
-        "p.jsonl:2: prompt: 8 tokens + max_completion_length 9 > max_length 16; raise max_length or shorten the row")
+        "p.jsonl:2: prompt: 8 tokens + max_completion_length 9 > max_length 16; raise max_length, lower "
+        "max_completion_length, or shorten the row")  # rl prompts: the answer's room is the user's choice too
 
 
 def test_cpo_and_orpo_rows_score_only_the_answers(template):

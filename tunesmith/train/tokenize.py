@@ -82,8 +82,9 @@ def length_problem(row: Any, field: str, tokens: int, max_length: int, reserved:
     if tokens + reserved <= max_length:
         return None
     room = f" + max_completion_length {reserved}" if reserved else ""
+    fixes = "raise max_length, lower max_completion_length," if reserved else "raise max_length"
     return Problem(row.source, row.line, field,
-                   f"{tokens} tokens{room} > max_length {max_length}; raise max_length or shorten the row")
+                   f"{tokens} tokens{room} > max_length {max_length}; {fixes} or shorten the row")
 
 
 def tokenize_pt(rows: list[Text], template: Template, max_length: int, cuts: Any = None,
