@@ -169,6 +169,8 @@ def test_a_run_without_output_dir_says_where_its_model_went(tiny_model, toy_data
     final = proc.stdout.split("saved ", 1)[1].split(" ", 1)[0]
     assert final.startswith("runs/sft-") and (tmp_path / final / "adapter_model.safetensors").exists()
     assert f"--adapters {final} in tunesmith infer" in proc.stdout
+    summary = read_metrics(tmp_path / final / "..")[-1]  # the Trainer's end-of-run record: the whole run's rate
+    assert "train_runtime" in summary and summary["tokens_per_s"] > 0
 
 
 def test_yaml_flags_and_python_api_resolve_the_same_config(tiny_model, toy_data, tmp_path):

@@ -36,7 +36,7 @@ class MetricsLog(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start = self.last_time = time.time()
-        self.last_tokens = state.num_input_tokens_seen or 0
+        self.first_tokens = self.last_tokens = state.num_input_tokens_seen or 0
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or not state.is_world_process_zero:
@@ -46,6 +46,8 @@ class MetricsLog(TrainerCallback):
         rate = (tokens - self.last_tokens) / max(now - self.last_time, 1e-9)
         self.last_time, self.last_tokens = now, tokens
         elapsed = now - self.start
+        if "train_runtime" in logs:  # the Trainer's summary, right after the last step's log: the whole run's rate
+            rate = (tokens - getattr(self, "first_tokens", 0)) / max(elapsed, 1e-9)
         done = max(state.global_step, 1)
         record = {"step": state.global_step, "total_steps": state.max_steps, "epoch": round(state.epoch or 0, 4)}
         record |= {k: (round(v, 6) if isinstance(v, float) else v) for k, v in logs.items()}
