@@ -71,6 +71,17 @@ def test_dimensions_beyond_the_model_or_without_matryoshka_training_are_refused(
     assert "/v1/classify" not in open_client.get("/openapi.json").json()["paths"]  # no classifier here
 
 
+def test_a_text_longer_than_the_model_reads_is_refused_naming_it(open_client, pool):
+    limit = pool["emb"].max_tokens
+    long = " ".join(["word"] * (limit + 10))
+    refused = error(open_client.post("/v1/embeddings", json={"input": ["short", long]}), 400)
+    assert refused["param"] == "input[1]" and refused["code"] == "context_length_exceeded"
+    assert f"maximum context length is {limit} tokens" in refused["message"]
+    assert error(open_client.post("/v1/embeddings", json={"input": long}), 400)["param"] == "input"
+    fits = " ".join(["word"] * (limit // 2))
+    assert open_client.post("/v1/embeddings", json={"input": fits}).status_code == 200
+
+
 def test_score_pairs_one_text_with_many_and_an_embedding_model_answers_cosine(open_client, pool):
     one = open_client.post("/v1/score", json={"text_1": "q", "text_2": ["a", "b", "c"]}).json()
     assert one["model"] == "rr" and len(one["data"]) == 3  # a reranker first

@@ -96,6 +96,10 @@ class EncoderModel:
 
     # -------------------------------------------------------------------------
 
+    def lengths(self, texts: list[str]) -> list[int]:
+        """Each text's tokens before any truncation (what /v1/embeddings checks against max_tokens)."""
+        return [len(ids) for ids in self.tokenizer(texts, truncation=False, verbose=False)["input_ids"]]
+
     def count_tokens(self, texts: list[str], pairs: list[str] | None = None) -> int:
         """Tokens the model reads (after truncation to its limit), for usage."""
         encoded = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_tokens)["input_ids"]

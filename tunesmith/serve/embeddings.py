@@ -6,7 +6,8 @@ As OpenAI answers it, so `client.embeddings.create(...)` of the official SDK wor
 encoding_format base64 by default and decodes little-endian float32 itself). `dimensions` cuts a Matryoshka model's
 embedding to its first N values and re-normalises it (OpenAI's text-embedding-3 and vLLM do the same); a model trained
 without Matryoshka dimensions refuses it, as vLLM does, since its prefixes mean little alone. Input is text: a string
-or a list of strings (OpenAI's token-id arrays are refused by the schema; send the text).
+or a list of strings (OpenAI's token-id arrays are refused by the schema; send the text). A text longer than the model
+reads is refused with context_length_exceeded naming it, as OpenAI and vLLM answer, rather than embedded from its start.
 """
 
 from __future__ import annotations
@@ -64,11 +65,25 @@ async def create_embeddings(serving: Serving, req: EmbeddingRequest) -> Embeddin
             raise APIError(400, f"`{encoder.name}` was not trained with Matryoshka dimensions, so a shortened "
                            "embedding means little; leave dimensions out, or train with --embedding.matryoshka-dims",
                            param="dimensions", code="model_not_supported")
+    refuse_too_long(encoder, texts, single=isinstance(req.input, str))
     vectors, tokens = await serving.run_encoder(encoder, lambda: encoder.embed(texts, dims))
     data = [Embedding(embedding=_base64(v) if req.encoding_format == "base64" else v, index=i)
             for i, v in enumerate(vectors)]
     return EmbeddingResponse(data=data, model=encoder.name, usage=EmbeddingUsage(prompt_tokens=tokens,
                                                                                  total_tokens=tokens))
+
+
+def refuse_too_long(encoder, texts: list[str], single: bool) -> None:
+    """A text longer than the model reads would be embedded from its start only, and the vector would stand for
+    less than was sent: refused naming it (400 context_length_exceeded), as OpenAI and vLLM answer."""
+    if encoder.max_tokens is None:
+        return
+    for i, length in enumerate(encoder.lengths(texts)):
+        if length > encoder.max_tokens:
+            param = "input" if single else f"input[{i}]"
+            raise APIError(400, f"This model's maximum context length is {encoder.max_tokens} tokens. However, {param} "
+                           f"has {length} tokens. Please shorten it, or split it and embed the parts.", param=param,
+                           code="context_length_exceeded")
 
 
 def _base64(vector: list[float]) -> str:
