@@ -86,6 +86,23 @@ def test_api_key_is_required_on_v1_but_not_on_health(client):
     assert [m["id"] for m in client.get("/v1/models", headers=KEY).json()["data"]] == ["base", "prd"]
 
 
+def test_browser_pages_call_only_from_the_allowed_origins_and_their_preflight_needs_no_key():
+    app = build_app(ScriptedEngine(), DeployConfig(api_key="sekret", allowed_origins=["https://app.example.com"]))
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization,content-type"}
+    with TestClient(app) as c:
+        allowed = c.options("/v1/chat/completions", headers={"Origin": "https://app.example.com", **preflight})
+        assert allowed.status_code == 200  # the browser sends no key on a preflight: it is not a 401
+        assert allowed.headers["access-control-allow-origin"] == "https://app.example.com"
+        reply = c.post("/v1/chat/completions", json=GOOD, headers={"Origin": "https://app.example.com", **KEY})
+        assert reply.status_code == 200 and reply.headers["access-control-allow-origin"] == "https://app.example.com"
+        other = c.options("/v1/chat/completions", headers={"Origin": "https://evil.example", **preflight})
+        assert "access-control-allow-origin" not in other.headers
+        assert c.post("/v1/chat/completions", json=GOOD, headers={"Origin": "https://app.example.com"}).status_code == 401
+    with TestClient(build_app(ScriptedEngine(), DeployConfig())) as c:  # by default no page of another site may call
+        closed = c.options("/v1/chat/completions", headers={"Origin": "https://app.example.com", **preflight})
+        assert "access-control-allow-origin" not in closed.headers
+
+
 def test_the_key_guards_the_schema_and_docs_and_metrics_only_when_asked(client):
     for path in ("/openapi.json", "/docs", "/redoc", "/v1/nothing"):
         assert_error(client.get(path), 401)

@@ -422,6 +422,10 @@ class DeployConfig(Section):
     api_key: str | None = Field(None, description=(
         "Require `Authorization: Bearer KEY` on every path but /health and /metrics (default: open)."))
     metrics_require_key: bool = Field(False, description="With --api-key, /metrics needs the key too (default: open).")
+    allowed_origins: list[str] = Field(default_factory=list, description=(
+        "Web pages (origins, e.g. https://app.example.com, or *) whose scripts may call the API from a browser "
+        "(CORS, as vLLM's --allowed-origins; preflights answered, any method and header). Default: none, so a page "
+        "on another site cannot use the server."))
     keys: str | None = Field(None, description=(
         "Scoped API keys file (YAML): per key the models it may call, requests and tokens per minute, expiry; "
         "401/403/429 answers, usage per key in /metrics (see tunesmith/config/serving.py)."))

@@ -83,6 +83,11 @@ def build_app(engine: Engine, cfg: DeployConfig, warmup: bool = False, encoders:
     app.openapi = lambda: document(app, cfg)
     _add_error_handlers(app)
     app.add_middleware(Gate, metrics=metrics, cfg=cfg, drain=app.state.drain, keys=KeyRing.build(cfg, metrics.registry))
+    if cfg.allowed_origins:  # outermost: a browser's preflight carries no key, so it is answered before the Gate
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=cfg.allowed_origins, allow_methods=["*"],
+                           allow_headers=["*"])
     return app
 
 
