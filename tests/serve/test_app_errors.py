@@ -79,6 +79,16 @@ def test_null_for_the_fields_openai_declares_nullable_means_their_default(client
     assert_error(client.post("/v1/chat/completions", json={**GOOD, "n": "2"}, headers=KEY), 400, "n")
 
 
+def test_openai_hints_for_its_own_caching_and_abuse_tracking_are_accepted(client):
+    # the openai SDK sends them when an application sets them; they change nothing here
+    hints = {"prompt_cache_key": "tenant-7", "safety_identifier": "user-hash-1"}
+    reply = client.post("/v1/chat/completions", json={**GOOD, **hints}, headers=KEY)
+    assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"] == \
+        client.post("/v1/chat/completions", json=GOOD, headers=KEY).json()["choices"][0]["message"]["content"]
+    assert_error(client.post("/v1/chat/completions", json={**GOOD, "prompt_cache_key": 7}, headers=KEY), 400,
+                 "prompt_cache_key")
+
+
 def test_api_key_is_required_on_v1_but_not_on_health(client):
     assert assert_error(client.post("/v1/chat/completions", json=GOOD), 401)["code"] == "invalid_api_key"
     assert_error(client.get("/v1/models", headers={"Authorization": "Bearer wrong"}), 401)

@@ -221,6 +221,9 @@ class ChatCompletionRequest(Strict):
     metadata: dict[str, str] | None = None
     n: integer(ge=1, le=128) | None = 1
     parallel_tool_calls: bool | None = None
+    # OpenAI's hints for its own caching and abuse tracking: accepted and not used (prefix caching here is automatic)
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
     presence_penalty: Annotated[float | None, Field(ge=-2.0, le=2.0), documented(ZERO_ONLY)] = None
     response_format: Annotated[ResponseFormat | None, documented(_or_null({"anyOf": [
         {"type": "object", "required": ["type"], "properties": {"type": {"enum": ["text", "json_object"]}}},
