@@ -146,3 +146,21 @@ def test_a_list_key_given_one_string_takes_it_as_its_items(tmp_path):
     assert SFTConfig(dataset="data/a.jsonl").dataset == ["data/a.jsonl"]
     assert SFTConfig(dataset="x", lora={"targets": "all-linear"}).lora.targets == "all-linear"
     assert InferConfig(stop="a,b").generation.stop == ["a,b"]  # a stop string keeps its comma
+
+
+def test_plan_reads_a_training_commands_file_and_flags(tmp_path):
+    """PRODUCT: `tunesmith plan` with the same flags (or -c sft.yaml) plans that run; it refused `dataset`."""
+    from tunesmith.config import PlanConfig
+
+    path = tmp_path / "sft.yaml"
+    path.write_text(YAML + "epochs: 1\noutput_dir: runs/x\nlora_target: [q_proj, v_proj]\n")
+    cfg = load(PlanConfig, ["-c", str(path)])
+    assert (cfg.model, cfg.tuner, cfg.lora_rank, cfg.lora_targets, cfg.max_length) == (
+        "smollm2-135m-instruct", "lora", 8, ["q_proj", "v_proj"], 512)  # no tuner in the file: sft's lora
+    flags = load(PlanConfig, ["--dataset", "d.jsonl", "--lora.rank", "4", "--learning-rate", "1e-4", "--tuner", "qlora"])
+    assert (flags.tuner, flags.lora_rank) == ("qlora", 4)
+    rlhf = load(PlanConfig, ["--method", "dpo", "--dataset", "p.jsonl"])
+    assert rlhf.tuner == "lora"
+    assert load(PlanConfig, []).tuner == "auto"  # plan alone still picks
+    with pytest.raises(ConfigError, match=r"unknown option --datset; did you mean --dataset\?"):
+        load(PlanConfig, ["--datset", "d.jsonl"])

@@ -242,7 +242,7 @@ def _normalise(cls: type[BaseModel], flat: dict[str, Any], source: str | None, l
     out: dict[str, Any] = {}
     for raw_key, value in flat.items():
         key = str(raw_key).replace("-", "_")
-        if key in ALIASES and _resolves(cls, ALIASES[key]):
+        if key in ALIASES and (_resolves(cls, ALIASES[key]) or ALIASES[key].split(".")[0] in getattr(cls, "retired", {})):
             log.info("note: %s is called %s in tunesmith", key, ALIASES[key])
             key = ALIASES[key]
         parts = key.split(".")
@@ -264,7 +264,7 @@ def _normalise(cls: type[BaseModel], flat: dict[str, Any], source: str | None, l
 
 def _check_known(cls: type[BaseModel], parts: list[str], raw_key: str, source: str | None, lines: dict[str, int],
                  prefix: str = "") -> None:
-    if len(parts) == 1 and _renamed(cls, parts[0]):
+    if _renamed(cls, parts[0]) and (len(parts) == 1 or parts[0] in getattr(cls, "retired", {})):
         return  # a key of an earlier release, or a shortcut: the config moves it when it validates
     model: type[BaseModel] | None = cls
     for depth, part in enumerate(parts):
@@ -276,6 +276,7 @@ def _check_known(cls: type[BaseModel], parts: list[str], raw_key: str, source: s
             parent = ".".join(parts[:depth])
             candidates = [f"{parent}.{k}" if parent else k for k in valid]
             valid_names = candidates + ([a for a in ALIASES if _resolves(cls, ALIASES[a])] if not prefix else [])
+            valid_names += list(getattr(model, "retired", {})) if not depth else []  # names it reads past (plan)
             nearest = difflib.get_close_matches(".".join(parts), valid_names, n=1, cutoff=0.5)
             near = prefix + nearest[0] if nearest else ""
             hint = f"; did you mean {'--' + near.replace('_', '-') if source is None else near}?" if nearest else ""

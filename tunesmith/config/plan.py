@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from typing import ClassVar, Literal
 
@@ -12,6 +13,9 @@ from pydantic import Field, model_validator
 
 from tunesmith.config.commands import DEFAULT_MODEL
 from tunesmith.config.sections import Section
+
+log = logging.getLogger("tunesmith")
+RLHF_METHODS = ("dpo", "kto", "orpo", "simpo", "cpo", "rm", "ppo", "grpo")
 
 # `--json` is the flag users know (nvidia-smi, gh, docker); as a field it shadows pydantic's deprecated v1 `.json()`
 # method, which nothing here calls.
@@ -80,6 +84,33 @@ class PlanConfig(Section):
     command: ClassVar[str] = "plan"
     positional: ClassVar[tuple[str, ...]] = ("model",)
     moved: ClassVar[dict[str, str | dict[str, str]]] = {"method": "tuner"}  # as in the training commands
+    # A training command's keys that plan has no field for: `tunesmith plan -c sft.yaml` (or the same flags as sft)
+    # plans that run. Its lora section gives the adapter's shape; the rest (data, schedule, output...) leaves memory
+    # as it is and is left aside. The loader lets these names through (config/load.py _renamed).
+    retired: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _training_keys(cls, data: object) -> object:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        lora = data.pop("lora", None)
+        for key in ("rank", "targets", "experts"):
+            if isinstance(lora, dict) and key in lora:
+                data.setdefault(f"lora_{key}", lora[key])
+        if data.get("method") in RLHF_METHODS:  # an rlhf file: the algorithm, not how the weights train
+            data.pop("method")
+        aside = sorted(k for k in data if k in cls.retired)
+        if (aside or lora is not None) and data.get("tuner", data.get("method")) is None:
+            data["tuner"] = "lora"  # what the training command trains when its file names no tuner
+        for key in aside:
+            data.pop(key)
+        for key in [k for k, v in data.items() if v is None and k in ("packing", "gradient_checkpointing", "fsdp")]:
+            data.pop(key)  # a run's config.yaml: unset means chosen for the machine, plan's auto
+        if aside:
+            log.info("note: plan leaves aside %s (they do not change the memory a step needs)", ", ".join(aside))
+        return data
 
     @model_validator(mode="before")
     @classmethod
@@ -107,3 +138,15 @@ class PlanConfig(Section):
                 raise ValueError(f"tensor_parallel: {self.tensor_parallel} does not divide the processes; pass "
                                  f"--nproc-per-node {self.tensor_parallel} (or a multiple)")
         return self
+
+
+def _training_only_keys() -> dict[str, str]:
+    """Keys of sft, pt and rlhf configs that PlanConfig has no field for, besides the lora section it reads."""
+    from tunesmith.config.commands import PTConfig, SFTConfig
+    from tunesmith.config.rlhf import RLHFConfig
+
+    names = {n for c in (SFTConfig, PTConfig, RLHFConfig) for n in c.model_fields} - set(PlanConfig.model_fields)
+    return {name: "a training key plan leaves aside" for name in sorted(names - {"lora", "method", "tuner"})}
+
+
+PlanConfig.retired = {**_training_only_keys(), "lora": "read as lora_rank, lora_targets, lora_experts"}
