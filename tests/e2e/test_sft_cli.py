@@ -173,6 +173,23 @@ def test_a_run_without_output_dir_says_where_its_model_went(tiny_model, toy_data
     assert "train_runtime" in summary and summary["tokens_per_s"] > 0
 
 
+def test_a_runs_config_yaml_reruns_it(tiny_model, toy_data, tmp_path):
+    """config.yaml holds every default and what the run resolved: -c on it gives the same run elsewhere (it stopped at
+    `_resolved` and at the sections of tuners the run did not use)."""
+    import yaml
+
+    args = ["--model", tiny_model, "--dataset", toy_data, "--max-steps", "2", "--batch-size", "4",
+            "--logging-steps", "1", "--report-to", "none"]
+    run_main("sft", *args, "--output-dir", tmp_path / "first")
+    run_main("sft", "-c", tmp_path / "first" / "config.yaml", "--output-dir", tmp_path / "again")
+    configs = [yaml.safe_load((tmp_path / name / "config.yaml").read_text()) for name in ("first", "again")]
+    for cfg in configs:
+        cfg.pop("output_dir"), cfg.pop("_resolved")
+    assert configs[0] == configs[1]
+    losses = [[m["loss"] for m in read_metrics(tmp_path / name) if "loss" in m] for name in ("first", "again")]
+    assert losses[0] == pytest.approx(losses[1], abs=1e-6) and len(losses[0]) == 2
+
+
 def test_yaml_flags_and_python_api_resolve_the_same_config(tiny_model, toy_data, tmp_path):
     import yaml
 

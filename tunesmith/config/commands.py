@@ -13,7 +13,8 @@ from tunesmith.config.eval import Metric, parse_gate
 from tunesmith.config.encoders import (DEFAULT_ENCODER, ClassificationCfg, EmbeddingCfg, RerankerCfg, Task,
                                        check_encoder_task)
 from tunesmith.config.sections import (GENERATION_SHORTCUTS, Device, Dtype, FreezeCfg, GaloreCfg, GenerationCfg,
-                                       LisaCfg, LongLoraCfg, LoraCfg, PeftCfg, PrivacyCfg, ReftCfg, Section)
+                                       LisaCfg, LongLoraCfg, LoraCfg, PeftCfg, PrivacyCfg, ReftCfg, Section,
+                                       changed)
 from tunesmith.config.speculative import SPECULATIVE_HELP, check_speculative
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -177,7 +178,7 @@ class TrainConfig(Section):
             raise ValueError(f"adapters: tuner {self.tuner} trains the weights themselves and cannot continue an "
                              "adapter; drop --adapters or use lora")
         for section, readers in TUNER_SECTIONS.items():
-            if section in self.model_fields_set and self.tuner not in readers:
+            if changed(self, section) and self.tuner not in readers:
                 raise ValueError(f"{section}: only read with --tuner {' or '.join(readers)} (tuner is {self.tuner})")
         if self.lora.init in ("pissa", "olora", "eva") and self.tuner not in LORA_TUNERS:
             raise ValueError(f"lora.init: {self.lora.init} initialises LoRA adapters; tuner is {self.tuner}")
@@ -185,7 +186,7 @@ class TrainConfig(Section):
                                         != "causal-lm"):
             raise ValueError("lora.init: eva reads the layer inputs of sft and pt batches (chat or text); use "
                              "default, gaussian, pissa or olora here")
-        if ({"eva_batches", "eva_rho"} & self.lora.model_fields_set) and self.lora.init != "eva":
+        if (changed(self.lora, "eva_batches") or changed(self.lora, "eva_rho")) and self.lora.init != "eva":
             raise ValueError("lora.eva_batches/eva_rho: only read with lora.init eva")
         if self.lora.plus_ratio and self.tuner not in LORA_TUNERS:
             raise ValueError(f"lora.plus_ratio: LoRA+ sets the learning rates of LoRA's A and B; tuner is {self.tuner}")
@@ -330,7 +331,7 @@ Run: tunesmith sft -c sft.yaml"""
     def _check_generation_eval(self) -> "SFTConfig":
         if not self.eval_dataset:
             for key in ("eval_gate", "eval_metrics", "eval_generate_rows", "eval_max_tokens"):
-                if key in self.model_fields_set:
+                if changed(self, key):
                     raise ValueError(f"{key}: sets the generation eval of --eval-dataset FILE; give that too")
             return self
         if self.task != "causal-lm":

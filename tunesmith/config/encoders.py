@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from tunesmith.config.sections import Section
+from tunesmith.config.sections import Section, changed
 
 TASKS = ("causal-lm", "embedding", "reranker", "classification")
 Task = Literal["causal-lm", "embedding", "reranker", "classification"]
@@ -74,7 +74,7 @@ def check_encoder_task(cfg: Any) -> None:
     """What an encoder task cannot do, refused by key (raised as ValueError inside the config's validator)."""
     sections = {"embedding": "embedding", "reranker": "reranker", "classification": "classification"}
     for section, task in sections.items():
-        if section in cfg.model_fields_set and cfg.task != task:
+        if changed(cfg, section) and cfg.task != task:
             raise ValueError(f"{section}: only read with --task {task} (task is {cfg.task})")
     if cfg.task == "causal-lm":
         return
@@ -88,7 +88,7 @@ def check_encoder_task(cfg: Any) -> None:
                      "adapter run is not supported yet (train on its base with both datasets)"),
         "neftune_alpha": (cfg.neftune_alpha is not None, "NEFTune is for generation; leave it out"),
         "dp": (getattr(getattr(cfg, "dp", None), "epsilon", None) is not None, "DP-SGD covers causal LMs only"),
-        "loss_on": ("loss_on" in cfg.model_fields_set, f"task {cfg.task} has no token loss mask; leave it out"),
+        "loss_on": (changed(cfg, "loss_on"), f"task {cfg.task} has no token loss mask; leave it out"),
         "lora.init": (cfg.lora.init != "default" or bool(cfg.lora.plus_ratio),
                       "encoder tasks use peft's default LoRA initialisation and one learning rate"),
     }

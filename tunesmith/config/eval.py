@@ -13,7 +13,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from tunesmith.config.sections import GENERATION_SHORTCUTS, Device, Dtype, GenerationCfg, Section
+from tunesmith.config.sections import GENERATION_SHORTCUTS, Device, Dtype, GenerationCfg, Section, changed
 
 Metric = Literal["exact_match", "bleu", "rouge", "bertscore", "format", "accuracy"]
 CHEAP_METRICS: list[str] = ["exact_match", "bleu", "rouge", "accuracy"]
@@ -147,7 +147,7 @@ class EvalConfig(Section):
         if self.task != "generation" and (self.judge_url or self.review_sample):
             raise ValueError(f"{'judge_url' if self.judge_url else 'review_sample'}: judges generated answers; task is "
                              f"{self.task}")
-        if self.task != "generation" and "metrics" in self.model_fields_set:
+        if self.task != "generation" and changed(self, "metrics"):
             raise ValueError(f"metrics: task {self.task} reports its own (recall@k, MRR, nDCG@k, or accuracy and F1); "
                              "leave --metrics out")
         if any(k < 1 for k in self.k) or not self.k:

@@ -54,6 +54,11 @@ ALIASES = {
 }
 
 
+# The key under which a run's config.yaml records what it resolved (versions, plan, counts): `-c runs/NAME/config.yaml`
+# reruns the settings and reads past it.
+RUN_RECORD = "_resolved"
+
+
 def load(cls: type[C], argv: list[str] | None = None, path: str | Path | None = None) -> C:
     """Build `cls` from an optional YAML file and CLI-style flags."""
     argv = list(argv or [])
@@ -63,6 +68,7 @@ def load(cls: type[C], argv: list[str] | None = None, path: str | Path | None = 
     config_path = config_path or (str(path) if path else None)
     if config_path:
         file_values, lines = read_yaml(config_path)
+        file_values.pop(RUN_RECORD, None)  # a run's config.yaml: what the run resolved, not settings
     flag_values = _parse_flags(cls, flags, positionals)
     values = _normalise(cls, file_values, source=config_path, lines=lines)
     _deep_update(values, _normalise(cls, flag_values, source=None, lines={}))

@@ -20,7 +20,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from tunesmith.config.commands import TrainConfig
-from tunesmith.config.sections import Section
+from tunesmith.config.sections import Section, changed
 
 DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
               "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
@@ -310,7 +310,7 @@ class RLHFConfig(TrainConfig):
             raise ValueError(f"truncation: {self.method} renders each prompt again for its rollouts, so a prompt cannot "
                              "be cut; use error or drop")
         for section, readers in self.READERS.items():
-            if section in self.model_fields_set and self.method not in readers:
+            if changed(self, section) and self.method not in readers:
                 raise ValueError(f"{section}: only read by --method {' or '.join(readers)} (method is {self.method})")
         if self.method == "kto" and self.kto.loss_type == "kto" and self.batch_size < 2:
             raise ValueError("batch_size: KTO estimates its KL term from the other rows of a batch; use batch_size >= 2")

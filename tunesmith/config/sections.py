@@ -79,6 +79,14 @@ class Section(BaseModel):
         return data
 
 
+def changed(model: BaseModel, name: str) -> bool:
+    """`name` was given, and not as its default. A run's config.yaml writes every key with its value, so reading one
+    back (tunesmith sft -c runs/NAME/config.yaml) must not look like asking for a section the command ignores."""
+    if name not in model.model_fields_set:
+        return False
+    return getattr(model, name) != type(model).model_fields[name].get_default(call_default_factory=True)
+
+
 def _takes_list_not_text(annotation: object, value: str) -> bool:
     """A field typed as a list whose other types (str, a Literal) do not take `value` as it is."""
     import types
