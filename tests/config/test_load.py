@@ -162,5 +162,8 @@ def test_plan_reads_a_training_commands_file_and_flags(tmp_path):
     rlhf = load(PlanConfig, ["--method", "dpo", "--dataset", "p.jsonl"])
     assert rlhf.tuner == "lora"
     assert load(PlanConfig, []).tuner == "auto"  # plan alone still picks
+    private = tmp_path / "dp.yaml"
+    private.write_text("dataset: d.jsonl\ndp: {epsilon: 8, delta: 1.0e-5}\n")
+    assert load(PlanConfig, ["-c", str(private)]).dp is True  # sft's dp section
     with pytest.raises(ConfigError, match=r"unknown option --datset; did you mean --dataset\?"):
         load(PlanConfig, ["--datset", "d.jsonl"])

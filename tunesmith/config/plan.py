@@ -101,6 +101,8 @@ class PlanConfig(Section):
                 data.setdefault(f"lora_{key}", lora[key])
         if data.get("method") in RLHF_METHODS:  # an rlhf file: the algorithm, not how the weights train
             data.pop("method")
+        if isinstance(data.get("dp"), dict):  # sft's dp section: private when it names an epsilon
+            data["dp"] = data["dp"].get("epsilon") is not None
         aside = sorted(k for k in data if k in cls.retired)
         if (aside or lora is not None) and data.get("tuner", data.get("method")) is None:
             data["tuner"] = "lora"  # what the training command trains when its file names no tuner
@@ -109,7 +111,8 @@ class PlanConfig(Section):
         for key in [k for k, v in data.items() if v is None and k in ("packing", "gradient_checkpointing", "fsdp")]:
             data.pop(key)  # a run's config.yaml: unset means chosen for the machine, plan's auto
         if aside:
-            log.info("note: plan leaves aside %s (they do not change the memory a step needs)", ", ".join(aside))
+            named = ", ".join(aside[:6]) + (f" and {len(aside) - 6} more" if len(aside) > 6 else "")
+            log.info("note: plan leaves aside %s (they do not change the memory a step needs)", named)
         return data
 
     @model_validator(mode="before")
