@@ -167,3 +167,12 @@ def test_plan_reads_a_training_commands_file_and_flags(tmp_path):
     assert load(PlanConfig, ["-c", str(private)]).dp is True  # sft's dp section
     with pytest.raises(ConfigError, match=r"unknown option --datset; did you mean --dataset\?"):
         load(PlanConfig, ["--datset", "d.jsonl"])
+
+
+def test_a_missing_key_says_how_to_give_it():
+    from tunesmith.config.data import DataCleanConfig
+
+    with pytest.raises(ConfigError, match=r"dataset: required: give --dataset, or dataset: in the -c file$"):
+        load(SFTConfig, [])
+    with pytest.raises(ConfigError, match=r"output: required: give it as argument 2 after the command, or --output$"):
+        load(DataCleanConfig, ["clean", "in.jsonl"])  # tunesmith data clean IN OUT without OUT

@@ -88,10 +88,20 @@ def validate(cls: type[C], values: dict[str, Any], source: str | None = None, li
             if ":" in msg and named.replace("_", "").replace(".", "").isalnum():  # a section's check naming its key
                 key, msg = f"{key}.{named}" if key else named, msg.split(":", 1)[1].strip()
             key = key or "config"
+            if e["type"] == "missing":  # pydantic says "Field required": say how to give it
+                msg = _how_to_give(cls, key)
             where = _where(source, (lines or {}).get(key) or (lines or {}).get(key.split(".")[0]))
             given = f" (got {e['input']!r})" if e["type"] != "missing" and not isinstance(e["input"], dict) else ""
             problems.append(f"{where}{key}: {msg}{given}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None
+
+
+def _how_to_give(cls: type[BaseModel], key: str) -> str:
+    flag = "--" + key.replace("_", "-")
+    order = [name for name in getattr(cls, "positional", ()) if name != "action"]  # data ACTION: the action is argv's
+    if key in order:
+        return f"required: give it as argument {order.index(key) + 1} after the command, or {flag}"
+    return f"required: give {flag}, or {key}: in the -c file"
 
 
 def read_yaml(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
