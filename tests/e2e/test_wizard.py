@@ -31,7 +31,8 @@ def test_wizard_fine_tunes_on_cpu_and_chats_with_the_result(tmp_path):
     child.expect("Which data")
     child.expect("my own file")
     child.send(DOWN + ENTER)  # self-cognition: short rows keep this test fast
-    child.expect("good rows")  # the data check ran first
+    child.expect("good rows")  # the data check ran first, with the chosen model's tokenizer
+    child.expect(r"tokens \(smollm2-135m-instruct\)")
     child.expect("How long")
     child.expect("thorough")
     child.send(ENTER)  # quick
