@@ -157,7 +157,8 @@ def test_plan_reads_a_training_commands_file_and_flags(tmp_path):
     cfg = load(PlanConfig, ["-c", str(path)])
     assert (cfg.model, cfg.tuner, cfg.lora_rank, cfg.lora_targets, cfg.max_length) == (
         "smollm2-135m-instruct", "lora", 8, ["q_proj", "v_proj"], 512)  # no tuner in the file: sft's lora
-    flags = load(PlanConfig, ["--dataset", "d.jsonl", "--lora.rank", "4", "--learning-rate", "1e-4", "--tuner", "qlora"])
+    flags = load(PlanConfig, ["--dataset", "d.jsonl", "--lora.rank", "4", "--learning-rate", "1e-4",
+                              "--tuner", "qlora"])
     assert (flags.tuner, flags.lora_rank) == ("qlora", 4)
     rlhf = load(PlanConfig, ["--method", "dpo", "--dataset", "p.jsonl"])
     assert rlhf.tuner == "lora"

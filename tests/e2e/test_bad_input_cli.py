@@ -80,8 +80,8 @@ def test_sft_refuses_kto_rows_labelled_false_before_training(tiny_model, tmp_pat
                             for i in range(3)))
     refusal = f"{path}:2: label: false marks an undesirable answer (KTO data)"
     assert_clean_failure(run_main("data", "check", path, check=False), refusal)
-    sft = run_main("sft", "--model", tiny_model, "--dataset", path, "--max-steps", "1", "--output-dir", tmp_path / "run",
-                   check=False)
+    sft = run_main("sft", "--model", tiny_model, "--dataset", path, "--max-steps", "1",
+                   "--output-dir", tmp_path / "run", check=False)
     assert_clean_failure(sft, refusal)
     assert "rlhf --method kto" in sft.stderr and not (tmp_path / "run" / "final").exists()
 

@@ -258,7 +258,8 @@ def _normalise(cls: type[BaseModel], flat: dict[str, Any], source: str | None, l
     out: dict[str, Any] = {}
     for raw_key, value in flat.items():
         key = str(raw_key).replace("-", "_")
-        if key in ALIASES and (_resolves(cls, ALIASES[key]) or ALIASES[key].split(".")[0] in getattr(cls, "retired", {})):
+        target = ALIASES.get(key, "")
+        if target and (_resolves(cls, target) or target.split(".")[0] in getattr(cls, "retired", {})):
             log.info("note: %s is called %s in tunesmith", key, ALIASES[key])
             key = ALIASES[key]
         parts = key.split(".")
