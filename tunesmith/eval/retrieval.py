@@ -59,7 +59,7 @@ def evaluate_encoders(cfg: EvalConfig) -> Any:
         size, what = len(data.queries), f"{len(data.queries)} queries over {len(data.corpus)} documents"
     out = output_dir_for(cfg)
     _save_config(cfg, out, targets, size, 0)
-    log.info("eval (%s): %d models on %s", cfg.task, len(targets), what)
+    log.info("eval (%s): %d model%s on %s", cfg.task, len(targets), "" if len(targets) == 1 else "s", what)
     (out / "answers.jsonl").write_text("", encoding="utf-8")
     first_stage = _first_stage(cfg, data) if cfg.task == "reranking" and cfg.retriever else None
 

@@ -78,8 +78,8 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         judge = open_judge(cfg, len(targets))
     out = output_dir_for(cfg)
     kinds = f"{sum(not s.is_choice for s in samples)} generation, {sum(s.is_choice for s in samples)} multiple-choice"
-    log.info("eval: %d models on %d rows (%s%s): %s", len(targets), len(samples), kinds,
-             f", {skipped} bad rows skipped" if skipped else "", ", ".join(names))
+    log.info("eval: %d model%s on %d rows (%s%s): %s", len(targets), "" if len(targets) == 1 else "s", len(samples),
+             kinds, f", {skipped} bad rows skipped" if skipped else "", ", ".join(names))
     _save_config(cfg, out, targets, len(samples), skipped)
 
     # -------------------------------------------------------------------------
