@@ -16,8 +16,10 @@ from pathlib import Path
 from tunesmith.config import InferConfig
 from tunesmith.data.load import load_rows
 from tunesmith.errors import ConfigError
-from tunesmith.infer import Engine, GenerationRequest, SamplingParams, load_engine
+from tunesmith import infer as engines
+from tunesmith.infer import Engine, GenerationRequest, SamplingParams
 from tunesmith.infer.attention import kv_heads_in_sdpa
+
 
 def infer(cfg: InferConfig) -> Path:
     """Answer cfg.dataset into cfg.output; returns the path."""
@@ -35,10 +37,12 @@ def infer(cfg: InferConfig) -> Path:
 def engine_for(cfg: InferConfig) -> Engine:
     """The Engine for an infer config: the adapter run's base (unless --model says otherwise) with its adapter."""
     adapters = {_run_name(cfg.adapters): cfg.adapters} if cfg.adapters else None
-    return load_engine(cfg.backend, cfg.model if not cfg.adapters or "model" in cfg.model_fields_set else None,
-                       adapters, cfg.device, cfg.dtype, cfg.system,
-                       chat_template_kwargs=cfg.chat_template_kwargs,
-                       **({"speculative": cfg.speculative} if cfg.speculative else {}))
+    # looked up at each call (engines.load_engine), not bound at import: a test that replaces it for a while cannot
+    # leave its stand-in behind for the rest of the process
+    return engines.load_engine(cfg.backend, cfg.model if not cfg.adapters or "model" in cfg.model_fields_set else None,
+                               adapters, cfg.device, cfg.dtype, cfg.system,
+                               chat_template_kwargs=cfg.chat_template_kwargs,
+                               **({"speculative": cfg.speculative} if cfg.speculative else {}))
 
 
 def sampling_params(cfg: InferConfig) -> SamplingParams:
