@@ -25,23 +25,17 @@ def test_a_client_that_leaves_before_its_answer_stops_the_engine_and_frees_its_s
     raw = json.dumps({**body, "model": "base", "max_tokens": LONG}).encode()
     sent: list[dict] = []
 
+    async def leave() -> dict:
+        while engine.open_streams == 0:  # the client leaves once the answer is being generated
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        return {"type": "http.disconnect"}
+
     async def run() -> None:
-        asked = False
-
-        async def receive() -> dict:
-            nonlocal asked
-            if not asked:
-                asked = True
-                return {"type": "http.request", "body": raw, "more_body": False}
-            while engine.open_streams == 0:  # the client leaves once the answer is being generated
-                await asyncio.sleep(0.01)
-            await asyncio.sleep(0.05)
-            return {"type": "http.disconnect"}
-
         async def send(message: dict) -> None:
             sent.append(message)
 
-        await asyncio.wait_for(app(scope(path, raw), receive, send), 20)
+        await asyncio.wait_for(app(scope(path, raw), client(raw, then=leave), send), 20)
 
     asyncio.run(run())
     assert engine.open_streams == 0 and app.state.serving.active == 0
@@ -50,6 +44,20 @@ def test_a_client_that_leaves_before_its_answer_stops_the_engine_and_frees_its_s
     assert 0 < generated < LONG / 2  # stopped where the client left, not at the answer's end
     assert sent[0]["status"] == 499  # counted in /metrics as the client's leaving, not as an answer
     assert metrics.requests.labels(path, "499")._value.get() == 1
+
+
+def client(body: bytes, then):
+    """An ASGI receive(): the request's body, then whatever `then` waits for and returns."""
+    asked = False
+
+    async def receive() -> dict:
+        nonlocal asked
+        if not asked:
+            asked = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await then()
+
+    return receive
 
 
 def scope(path: str, body: bytes) -> dict:
@@ -65,20 +73,15 @@ def test_a_request_cancelled_by_the_server_stops_its_generation_too():
     app = build_app(engine, DeployConfig())
     raw = json.dumps({"model": "base", "prompt": "hi", "max_tokens": LONG}).encode()
 
+    async def stay() -> dict:
+        await asyncio.sleep(3600)  # the client stays
+        return {"type": "http.disconnect"}
+
     async def run() -> None:
-        asked = False
-
-        async def receive() -> dict:
-            nonlocal asked
-            if not asked:
-                asked = True
-                return {"type": "http.request", "body": raw, "more_body": False}
-            await asyncio.sleep(3600)  # the client stays
-
         async def send(message: dict) -> None:
             pass
 
-        request = asyncio.ensure_future(app(scope("/v1/completions", raw), receive, send))
+        request = asyncio.ensure_future(app(scope("/v1/completions", raw), client(raw, then=stay), send))
         while engine.open_streams == 0:
             await asyncio.sleep(0.01)
         request.cancel()

@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if hasattr(status, "final_dir"):  # a training command's RunResult: the run folder may be a generated name
         print(finished(status))
-        if getattr(status, "stopped", False):
+        if status.stopped:
             return STOPPED_EXIT  # saved, but not the run asked for: a pipeline or scheduler must not take it as done
     return status if isinstance(status, int) else 0  # a command may answer with its exit code (doctor, check)
 
@@ -133,7 +133,7 @@ def finished(result) -> str:
     if result.first_loss is not None and result.last_loss is not None:
         loss = f", loss {result.first_loss:.4f} -> {result.last_loss:.4f}"
     skipped = f", {result.skipped_rows} bad row(s) skipped" if result.skipped_rows else ""
-    if getattr(result, "stopped", False):
+    if result.stopped:
         return (f"stopped by SIGTERM after {result.steps} steps{loss}{skipped}: saved {result.final_dir} and a "
                 f"checkpoint; run the same command with --resume to continue")
     return (f"saved {result.final_dir} ({result.steps} steps{loss}{skipped}); use it with --adapters "
