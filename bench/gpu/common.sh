@@ -8,6 +8,10 @@ step() {  # NAME SECONDS COMMAND...: run with a time limit, output to $OUT/NAME.
   echo "== $name rc=$rc ($((SECONDS - started)) s)" | tee -a "$R"
   grep -E "c= |c=64|passed|failed|Error" "$OUT/$name.txt" | grep -v "^WARNING" | tail -12 | tee -a "$R" || true
 }
+pack_out() {  # a call brings back 8 files at most: everything but the summary goes into $OUT/all.tgz
+  (cd "$OUT" && tar czf /tmp/all.tgz --exclude "$(basename "$R")" . && find . -type f ! -name "$(basename "$R")" -delete \
+    && mv /tmp/all.tgz .)
+}
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
   .whl/*.whl .whls/*.whl 2>&1 | tail -3 | tee -a "$R"
 export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false \

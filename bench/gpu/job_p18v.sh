@@ -5,6 +5,8 @@
 #   1. 0.5B shape: the engine alone at 64 streams (bench/engine_decode.py --host-timing); deploy at 64 streams x 3 rounds;
 #      deploy against `transformers serve` with 64 requests at once (time to first token side by side);
 #   2. FULL=1 only: the gpu tests of the continuous batch's patches, then the 7B shape: engine alone and deploy at 64.
+# PROFILE=1 adds, after the engine alone: the engine at 64 streams under bench/stack_sampler.py (the batching thread's
+# stacks, measured rounds only) and under torch.profiler (GPU busy share, top kernels).
 # CHUNKED=N adds `tunesmith deploy --stream-interval N` (bench/serve.py's tunesmith-chunked) beside deploy wherever
 # deploy runs, in the same call.
 # Carry .whl .whls .gputok (bench/gpu/stage.sh). ~4 minutes, ~9 with FULL=1. Everything under $OUT, summary p18v.txt.
@@ -17,8 +19,15 @@ OURS=(tunesmith) CHUNKS=()
 
 python3 bench/make_shape_model.py --shape qwen2.5-0.5b-instruct --tokenizer .gputok --out /tmp/m05 \
   > "$OUT/shape05.txt" 2>&1 || { tail -5 "$OUT/shape05.txt" | tee -a "$R"; exit 1; }
-step engine05 150 python3 bench/engine_decode.py --model /tmp/m05 --concurrency 64 --max-tokens 256 --host-timing \
-  --out "$OUT/engine05.json"
+ENGINE_VARIANTS=()
+[ -n "${CHUNKED:-}" ] && ENGINE_VARIANTS=(--variant default '{}' --variant chunked "{\"_stream_interval\": $CHUNKED}")
+step engine05 200 python3 bench/engine_decode.py --model /tmp/m05 --concurrency 64 --max-tokens 256 --host-timing \
+  "${ENGINE_VARIANTS[@]}" --out "$OUT/engine05.json"
+if [ "${PROFILE:-0}" = 1 ]; then
+  step stacks05 120 python3 bench/stack_sampler.py --out "$OUT/stacks05.txt" --when-exists /tmp/measuring \
+    bench/engine_decode.py --model /tmp/m05 --concurrency 64 --max-tokens 256 --sample-flag /tmp/measuring
+  step prof05 150 python3 bench/engine_decode.py --model /tmp/m05 --concurrency 64 --max-tokens 256 --profile
+fi
 step deploy05 300 python3 bench/serve.py --model /tmp/m05 --servers "${OURS[@]}" "${CHUNKS[@]}" \
   --concurrency 64 --rounds 3 --max-tokens 256 --prompt-tokens 212
 step ttft05 260 python3 bench/serve.py --model /tmp/m05 --servers "${OURS[@]}" transformers "${CHUNKS[@]}" \
@@ -50,3 +59,4 @@ if [ "${FULL:-0}" = 1 ]; then
     --concurrency 64 --rounds 2 --max-tokens 256 --prompt-tokens 212
 fi
 echo "== done in $SECONDS s" | tee -a "$R"
+pack_out
