@@ -44,6 +44,25 @@ def test_sft_names_a_corrupt_dataset(tiny_model, bad_files, tmp_path, name):
     assert_clean_failure(proc, f"{bad_files / name}:")
 
 
+def test_data_check_lists_each_bad_row_once_on_one_line(tmp_path):
+    """The report named every bad row, then the error listed them all again; and rich wrapped a long one at 80
+    columns, so `file:line: field` no longer stood on one line."""
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join([
+        '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}',
+        '{"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "a"}]}',
+        '{"question_from_the_old_export": "q", "answer_from_the_old_export": "a"}',
+    ]) + "\n")
+    proc = run_main("data", "check", path, check=False, env={"COLUMNS": "80"})
+    assert_clean_failure(proc, "2 bad row(s)")
+    lines = proc.stderr.splitlines()
+    for row, field in [(2, "messages[0].content: empty user turn"), (3, "columns: format not recognised")]:
+        named = [line for line in lines if f"{path}:{row}:" in line]
+        assert len(named) == 1, proc.stderr
+        assert named[0].startswith(f"{path}:{row}: {field}")
+    assert "answer_from_the_old_export" in next(line for line in lines if f"{path}:3:" in line)
+
+
 def test_data_check_reads_gbk_with_encoding(bad_files):
     proc = run_cli("data", "check", bad_files / "gbk.csv", "--encoding", "gbk", check=False)
     assert proc.returncode == 0 and "good rows" in proc.stderr and "prompt-response: 1" in proc.stderr

@@ -13,13 +13,15 @@ from typing import Any
 from tunesmith.config import DataCheckConfig
 from tunesmith.data.images import open_image
 from tunesmith.data.limits import max_chars
-from tunesmith.data.load import describe_problems, load_rows
+from tunesmith.data.load import load_rows
 from tunesmith.data.rows import Conversation, Preference, Problem, UnpairedPreference
 from tunesmith.data.vision import images_of
 from tunesmith.errors import DataError
 from tunesmith.train.tokenize import length_problem
 from tunesmith.train.vision import length_problem as vision_length_problem
 from tunesmith.train.vision import refuse_images_for_text_model
+
+MAX_LISTED = 50  # bad rows listed in full; past that, a count (a broken export can have thousands)
 
 
 @dataclass
@@ -43,7 +45,9 @@ def check(cfg: DataCheckConfig) -> CheckReport:
         _token_stats(cfg, template, data.rows, report)
     _print(cfg, report)
     if report.problems:
-        raise DataError(describe_problems(report.problems))
+        # the rows were listed just above, once; the error only counts them and says what to do
+        raise DataError(f"{len(report.problems)} bad row(s), listed above: fix them, or pass --skip-bad-rows to a "
+                        "training command to leave them out")
     return report
 
 
@@ -113,5 +117,9 @@ def _print(cfg: DataCheckConfig, report: CheckReport) -> None:
     elif not cfg.model:
         table.add_row("tokens", "pass --model NAME for token lengths")
     console.print(table)
-    for p in report.problems[:50]:
-        console.print(f"[red]{p}[/red]", highlight=False)
+    # one line per bad row, never wrapped (file:line stays greppable) nor read as markup (a field like `[0]` or a
+    # quoted value is the user's text)
+    for p in report.problems[:MAX_LISTED]:
+        console.print(str(p), style="red", markup=False, highlight=False, soft_wrap=True)
+    if len(report.problems) > MAX_LISTED:
+        console.print(f"... and {len(report.problems) - MAX_LISTED} more", style="red", highlight=False)
