@@ -229,6 +229,23 @@ def test_download_offline_fails_at_once_with_what_to_do():
     assert proc.returncode == 1 and "cannot be reached" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("name", ["foo bar/baz!", "org/name/extra", "org/-name", "org/name..v2"])
+def test_download_refuses_a_name_that_is_no_hub_id_before_any_request(name, monkeypatch):
+    """It answered 'not in the hub cache, and the hub cannot be reached' (or would have asked the hub), never that the
+    name itself could not be a repository."""
+    import tunesmith.hub
+
+    def no_request(*args, **kwargs):
+        raise AssertionError("an invalid id reached the hub code")
+
+    for function in ("hub_reachable", "cached_snapshot", "download", "download_modelscope"):
+        monkeypatch.setattr(tunesmith.hub, function, no_request)
+    proc = run_main("download", name, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "repo: not a valid hub id: expected ORG/NAME or NAME" in proc.stderr and f"(got {name!r})" in proc.stderr
+    assert "e.g. Qwen/Qwen2.5-0.5B-Instruct" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_modelscope_download_says_what_is_missing(tmp_path):
     proc = run_cli("download", "qwen/Qwen2.5-0.5B-Instruct", "--hub", "modelscope", check=False, timeout=60)
     assert proc.returncode == 2 and "pip install modelscope" in proc.stderr

@@ -5,6 +5,7 @@ YAML keys are the field names; flags are the same names with dashes (`--output-d
 
 from __future__ import annotations
 
+import re
 from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -507,3 +508,23 @@ class DownloadConfig(Section):
     hub: Literal["huggingface", "modelscope"] = Field("huggingface", description="Where to fetch from (modelscope needs its package).")
     command: ClassVar[str] = "download"
     positional: ClassVar[tuple[str, ...]] = ("repo",)
+
+    @field_validator("repo")
+    @classmethod
+    def _a_hub_id(cls, repo: str) -> str:
+        return check_hub_id(repo)
+
+
+# The hub's rule for repository ids (huggingface_hub.utils.validate_repo_id; ModelScope's ids follow it): NAME or
+# ORG/NAME, each part letters, digits, '-', '_' and '.', not starting or ending with '-' or '.', at most 96 characters.
+# Checked before any request, so a typo is named at once instead of surfacing as a network or cache error.
+HUB_ID_PART = r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?"
+HUB_ID = re.compile(rf"(?:{HUB_ID_PART}/)?{HUB_ID_PART}")
+
+
+def check_hub_id(repo: str) -> str:
+    if not HUB_ID.fullmatch(repo) or "--" in repo or ".." in repo or repo.endswith(".git"):
+        raise ValueError("not a valid hub id: expected ORG/NAME or NAME, each part letters, digits, '-', '_' or '.' "
+                         "(not first or last, no '--' or '..'), at most 96 characters, e.g. "
+                         "Qwen/Qwen2.5-0.5B-Instruct, or a registry name from `tunesmith models`")
+    return repo
