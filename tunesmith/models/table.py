@@ -39,14 +39,56 @@ def show(cfg: Any) -> list[dict[str, str]]:
         print(json.dumps({"families": rows(), "not_registered": NOT_REGISTERED}, indent=2, ensure_ascii=False))
         return rows()
     from rich.console import Console
+
+    console = Console()
+    table, left_out = fitting_table(console)
+    console.print(table)
+    if left_out:
+        console.print(f"Left out to fit {console.width} columns: {', '.join(left_out)} (sft step is proven for every "
+                      "family); a wider terminal, --family NAME or --json shows them.")
+    console.print("Not registered: " + "; ".join(f"{k} ({v})" for k, v in NOT_REGISTERED.items()))
+    return rows()
+
+
+# -----------------------------------------------------------------------------
+# Fitting the terminal
+
+# Left out in this order while the table cannot show every word whole at the terminal's width (rich would otherwise
+# fold every column mid-word, hub ids included): 'sft step' says 'yes' for every family, the architecture and the
+# example hub id are in --family NAME and --json. The family name is never left out nor broken.
+LEFT_OUT_FIRST = ("sft step", "architecture", "example")
+WHOLE = ("family", "example", "architecture")  # names: shown whole or not at all
+
+
+def fitting_table(console: Any) -> tuple[Any, list[str]]:
+    """The table with the most columns whose every word fits whole in the console's width, and the columns left out."""
+    columns = list(COLUMNS)
+    left_out: list[str] = []
+    for name in LEFT_OUT_FIRST:
+        if narrowest(columns) <= console.width:
+            break
+        columns.remove(name)
+        left_out.append(name)
+    return _table(columns), left_out
+
+
+def narrowest(columns: list[str]) -> int:
+    """Width of the table with no word broken: each column as wide as its longest word (a name: its whole text),
+    plus one space each side and a border per column, and the last border."""
+    def longest(column: str) -> int:
+        texts = [column, *(r[column] for r in rows())]
+        return max(len(word) for text in texts for word in ([text] if column in WHOLE else text.split()))
+
+    return sum(longest(c) + 3 for c in columns) + 1
+
+
+def _table(columns: list[str]) -> Any:
     from rich.table import Table
 
     table = Table(title="tunesmith model families (proven by tests/models/test_families.py)")
-    for column in COLUMNS:
-        table.add_column(column, overflow="fold")
+    for column in columns:
+        # the cells wrap between words; a word longer than its column (a narrow terminal) is folded, never cut
+        table.add_column(column, no_wrap=column in WHOLE, overflow="fold")
     for r in rows():
-        table.add_row(*(r[c] for c in COLUMNS))
-    console = Console()
-    console.print(table)
-    console.print("Not registered: " + "; ".join(f"{k} ({v})" for k, v in NOT_REGISTERED.items()))
-    return rows()
+        table.add_row(*(r[c] for c in columns))
+    return table
