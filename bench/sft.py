@@ -452,6 +452,9 @@ def run_tunesmith(args, work, config, data, tokenizer, probe, out_dir, overrides
     from tunesmith.train.speed import prepare_model
 
     shape = work["shape"] if work["shape"] != "tiny" else "qwen2.5-0.5b-instruct"  # tiny: any shape for the plan
+    # Bench-only experiment, not a config key: torch.compile of each decoder layer after the fast path is set up
+    # (the issue's lever for W1's launch-bound idle share); dynamic shapes, since packed batches vary in length.
+    compile_layers = overrides.pop("_compile_layers", False)
     cfg = SFTConfig(**{"model": shape, "dataset": ["synthetic"], "tuner": work["method"], "max_length": work["max_length"],
                        "batch_size": work["batch_size"], "max_steps": args.warmup + args.steps, "output_dir": out_dir,
                        "report_to": ["none"], "grad_accum": work.get("grad_accum", 1),
@@ -472,6 +475,10 @@ def run_tunesmith(args, work, config, data, tokenizer, probe, out_dir, overrides
         models.load_tensor_parallel = lambda _folder, dtype, n: shard(folder, dtype, n)
     model, device, dtype = load_trainable(cfg, Path(out_dir))
     speed = prepare_model(cfg, model, device, dtype)
+    if compile_layers:
+        for layer in model.get_decoder().layers:
+            layer.compile(dynamic=True)
+        speed["attention"] += " +compiled layers"
     runs.save_config(cfg, Path(out_dir), speed=speed)
     result["settings"] = (f"packing={cfg.packing}, checkpointing={cfg.gradient_checkpointing}"
                           + (f" every {cfg.checkpoint_every}" if cfg.gradient_checkpointing and cfg.checkpoint_every
