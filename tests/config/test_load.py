@@ -170,6 +170,32 @@ def test_plan_reads_a_training_commands_file_and_flags(tmp_path):
         load(PlanConfig, ["--datset", "d.jsonl"])
 
 
+def test_plan_takes_the_nested_keys_of_the_sections_it_reads_as_flags(tmp_path, capsys):
+    """`dp: {epsilon: 8}` in plan's YAML was read, but `tunesmith plan --dp.epsilon 8` was refused (unknown option),
+    and a misspelt key inside either section passed silently (planned as not private)."""
+    import json
+
+    from tunesmith.cli.main import main
+    from tunesmith.config import PlanConfig
+
+    def planned(*args) -> dict:
+        assert main(["plan", *args, "--json", "--gpu-memory", "24"]) == 0
+        return {k: v for k, v in json.loads(capsys.readouterr().out).items() if k != "hardware"}  # free RAM moves
+
+    path = tmp_path / "dp.yaml"
+    path.write_text("dp: {epsilon: 8}\n")
+    from_yaml = planned("-c", path)
+    assert any(note.startswith("dp: ") and "per-sample gradients" in note for note in from_yaml["notes"])
+    assert planned("--dp.epsilon", "8") == from_yaml != planned()
+    assert planned("--dp", "epsilon=8,delta=1e-5") == from_yaml  # sft's own spelling of the section
+    assert load(PlanConfig, ["--lora.rank", "4", "--lora.targets", "q_proj,v_proj"]).lora_targets == ["q_proj", "v_proj"]
+    for flag, near in [("--dp.epsilonn", "--dp.epsilon"), ("--lora.rnak", "--lora.rank")]:
+        with pytest.raises(ConfigError, match=rf"unknown option {flag}; did you mean {near}\?"):
+            load(PlanConfig, [flag, "8"])
+    with pytest.raises(ConfigError, match=r"dp.epsilon: Input should be greater than 0"):
+        load(PlanConfig, ["--dp.epsilon", "0"])
+
+
 def test_a_missing_key_says_how_to_give_it():
     from tunesmith.config.data import DataCleanConfig
 

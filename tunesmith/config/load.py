@@ -213,7 +213,7 @@ def _splits_commas(cls: type[BaseModel], dotted: str) -> bool:
     model: type[BaseModel] | None = cls
     *sections, name = dotted.split(".")
     for part in sections:
-        model = _section_class(model, part)
+        model = _keys_under(model, part)
     extra = model.model_fields[name].json_schema_extra if model and name in model.model_fields else None
     return not (isinstance(extra, dict) and extra.get("commas") is False)
 
@@ -263,10 +263,10 @@ def _normalise(cls: type[BaseModel], flat: dict[str, Any], source: str | None, l
             log.info("note: %s is called %s in tunesmith", key, ALIASES[key])
             key = ALIASES[key]
         parts = key.split(".")
-        if isinstance(value, dict) and _section_class(cls, parts[0]):
+        if isinstance(value, dict) and _keys_under(cls, parts[0]):
             if len(parts) > 1:  # --peft.args '{r: 4}': a mapping for a key inside the section
                 value = {".".join(parts[1:]): value}
-            nested = _normalise(_section_class(cls, parts[0]), value, source, {
+            nested = _normalise(_keys_under(cls, parts[0]), value, source, {
                 k.split(".", 1)[1]: v for k, v in lines.items() if k.startswith(parts[0] + ".")
             }, prefix=f"{prefix}{parts[0]}.")
             _deep_update(out, {parts[0]: nested})
@@ -281,25 +281,29 @@ def _normalise(cls: type[BaseModel], flat: dict[str, Any], source: str | None, l
 
 def _check_known(cls: type[BaseModel], parts: list[str], raw_key: str, source: str | None, lines: dict[str, int],
                  prefix: str = "") -> None:
-    if _renamed(cls, parts[0]) and (len(parts) == 1 or parts[0] in getattr(cls, "retired", {})):
+    read_sections = getattr(cls, "training_sections", {})
+    if (_renamed(cls, parts[0]) and (len(parts) == 1 or parts[0] in getattr(cls, "retired", {}))
+            and parts[0] not in read_sections):
         return  # a key of an earlier release, or a shortcut: the config moves it when it validates
     model: type[BaseModel] | None = cls
     for depth, part in enumerate(parts):
         if depth and model is None and _field_kind(cls, ".".join(parts[:depth])) == "dict":
             return  # a key inside a mapping field (chat_template_kwargs.enable_thinking): the mapping's own
-        fields = model.model_fields if model else {}
+        fields = {**(model.model_fields if model else {}), **(read_sections if not depth else {})}
         if part not in fields:
             valid = _all_keys(model) if model else []
             parent = ".".join(parts[:depth])
             candidates = [f"{parent}.{k}" if parent else k for k in valid]
             valid_names = candidates + ([a for a in ALIASES if _resolves(cls, ALIASES[a])] if not prefix else [])
             valid_names += list(getattr(model, "retired", {})) if not depth else []  # names it reads past (plan)
+            valid_names += [f"{name}.{k}" for name, section in read_sections.items() for k in _all_keys(section)
+                            if not depth]
             nearest = difflib.get_close_matches(".".join(parts), valid_names, n=1, cutoff=0.5)
             near = prefix + nearest[0] if nearest else ""
             hint = f"; did you mean {'--' + near.replace('_', '-') if source is None else near}?" if nearest else ""
             shown = f"--{str(raw_key).replace('_', '-')}" if source is None else str(raw_key)
             raise ConfigError(f"{_where(source, lines.get(str(raw_key)))}unknown option {shown}{hint} (see --help)")
-        model = _section_class(model, part)
+        model = _keys_under(model, part)
 
 
 def _renamed(cls: type[BaseModel], key: str) -> bool:
@@ -331,13 +335,20 @@ def _section_class(model: type[BaseModel] | None, name: str) -> type[BaseModel] 
     return ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
 
 
+def _keys_under(model: type[BaseModel] | None, name: str) -> type[BaseModel] | None:
+    """The section whose keys follow `name.` in a flag or a YAML mapping: the field's own section, or a training
+    command's section that a config reads without holding it (PlanConfig.training_sections: `plan --dp.epsilon 8` and
+    `plan --lora.rank 8` as sft takes them), so its keys are checked, suggested and typed as sft's are."""
+    return _section_class(model, name) or (getattr(model, "training_sections", {}).get(name) if model else None)
+
+
 def _field_kind(cls: type[BaseModel], dotted: str) -> str:
     if _renamed(cls, dotted) and dotted not in getattr(cls, "retired", {}):
         dotted = cls.moved_target(dotted)
     model: type[BaseModel] | None = cls
     parts = dotted.split(".")
     for part in parts[:-1]:
-        model = _section_class(model, part)
+        model = _keys_under(model, part)
     if model is None or parts[-1] not in model.model_fields:
         return "unknown"
     ann = model.model_fields[parts[-1]].annotation
@@ -370,6 +381,10 @@ def help_text(cls: type[BaseModel], prog: str) -> str:
     if getattr(cls, "shortcuts", None):
         names = ", ".join("--" + k.replace("_", "-") for k, to in cls.shortcuts.items() if to.startswith("generation."))
         rows.append(f"  {'(' + names + ')':34} accepted for the --generation.* options of the same names")
+    if getattr(cls, "training_sections", None):
+        names = ", ".join(f"--{name}.KEY" for name in cls.training_sections)
+        rows.append(f"  {'(' + names + ')':34} the training commands' sections of these names, with the keys "
+                    "`tunesmith sft --help` lists")
     for key, field in _help_fields(cls):
         default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
         rows.append(f"  {'--' + key.replace('_', '-'):34} {field.description or ''} [default: {default}]")

@@ -9,10 +9,10 @@ import logging
 import warnings
 from typing import ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from tunesmith.config.commands import DEFAULT_MODEL
-from tunesmith.config.sections import Section
+from tunesmith.config.sections import LoraCfg, PrivacyCfg, Section
 
 log = logging.getLogger("tunesmith")
 RLHF_METHODS = ("dpo", "kto", "orpo", "simpo", "cpo", "rm", "ppo", "grpo")
@@ -88,6 +88,9 @@ class PlanConfig(Section):
     # plans that run. Its lora section gives the adapter's shape; the rest (data, schedule, output...) leaves memory
     # as it is and is left aside. The loader lets these names through (config/load.py _renamed).
     retired: ClassVar[dict[str, str]] = {}
+    # The training commands' sections plan reads: their keys are flags and YAML keys here as in sft (`--dp.epsilon 8`,
+    # `--lora.rank 8`, `dp: {epsilon: 8}`), checked against sft's section (config/load.py _keys_under).
+    training_sections: ClassVar[dict[str, type[Section]]] = {"lora": LoraCfg, "dp": PrivacyCfg}
 
     @model_validator(mode="before")
     @classmethod
@@ -101,8 +104,8 @@ class PlanConfig(Section):
                 data.setdefault(f"lora_{key}", lora[key])
         if data.get("method") in RLHF_METHODS:  # an rlhf file: the algorithm, not how the weights train
             data.pop("method")
-        if isinstance(data.get("dp"), dict):  # sft's dp section: private when it names an epsilon
-            data["dp"] = data["dp"].get("epsilon") is not None
+        if isinstance(data.get("dp"), (dict, str)):  # sft's dp section (or --dp epsilon=8,...): private with an epsilon
+            data["dp"] = _private(data["dp"])
         aside = sorted(k for k in data if k in cls.retired)
         if (aside or lora is not None) and data.get("tuner", data.get("method")) is None:
             data["tuner"] = "lora"  # what the training command trains when its file names no tuner
@@ -141,6 +144,17 @@ class PlanConfig(Section):
                 raise ValueError(f"tensor_parallel: {self.tensor_parallel} does not divide the processes; pass "
                                  f"--nproc-per-node {self.tensor_parallel} (or a multiple)")
         return self
+
+
+def _private(section: dict | str) -> bool:
+    """Whether sft's dp section turns DP-SGD on, read by sft's own PrivacyCfg (so `--dp epsilon=8` and a bad value
+    mean here what they mean to sft)."""
+    try:
+        return PrivacyCfg.model_validate(section).epsilon is not None
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ValueError(f"dp{'.' + where if where else ''}: {first['msg'].removeprefix('Value error, ')}") from None
 
 
 def _training_only_keys() -> dict[str, str]:
