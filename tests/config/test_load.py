@@ -188,7 +188,8 @@ def test_plan_takes_the_nested_keys_of_the_sections_it_reads_as_flags(tmp_path, 
     assert any(note.startswith("dp: ") and "per-sample gradients" in note for note in from_yaml["notes"])
     assert planned("--dp.epsilon", "8") == from_yaml != planned()
     assert planned("--dp", "epsilon=8,delta=1e-5") == from_yaml  # sft's own spelling of the section
-    assert load(PlanConfig, ["--lora.rank", "4", "--lora.targets", "q_proj,v_proj"]).lora_targets == ["q_proj", "v_proj"]
+    lora = load(PlanConfig, ["--lora.rank", "4", "--lora.targets", "q_proj,v_proj"])
+    assert (lora.lora_rank, lora.lora_targets) == (4, ["q_proj", "v_proj"])
     for flag, near in [("--dp.epsilonn", "--dp.epsilon"), ("--lora.rnak", "--lora.rank")]:
         with pytest.raises(ConfigError, match=rf"unknown option {flag}; did you mean {near}\?"):
             load(PlanConfig, [flag, "8"])
