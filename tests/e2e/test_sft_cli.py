@@ -173,20 +173,34 @@ def test_a_run_without_output_dir_says_where_its_model_went(tiny_model, toy_data
     assert "train_runtime" in summary and summary["tokens_per_s"] > 0
 
 
-def test_a_runs_config_yaml_reruns_it(tiny_model, toy_data, tmp_path):
+def test_a_runs_config_yaml_reruns_it(tiny_model, toy_data, tmp_path, monkeypatch):
     """config.yaml holds every default and what the run resolved: -c on it gives the same run elsewhere (it stopped at
-    `_resolved` and at the sections of tuners the run did not use)."""
+    `_resolved` and at the sections of tuners the run did not use), from another directory too: the paths typed
+    relative to where the run started are written absolute (they were kept as typed, and found nothing elsewhere)."""
+    import os
+    import shutil
+
     import yaml
 
-    args = ["--model", tiny_model, "--dataset", toy_data, "--max-steps", "2", "--batch-size", "4",
-            "--logging-steps", "1", "--report-to", "none"]
-    run_main("sft", *args, "--output-dir", tmp_path / "first")
-    run_main("sft", "-c", tmp_path / "first" / "config.yaml", "--output-dir", tmp_path / "again")
-    configs = [yaml.safe_load((tmp_path / name / "config.yaml").read_text()) for name in ("first", "again")]
+    start, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    (start / "data").mkdir(parents=True), elsewhere.mkdir()
+    shutil.copy(toy_data, start / "data" / "toy.jsonl")
+    monkeypatch.chdir(start)
+    args = ["--model", os.path.relpath(tiny_model, start), "--dataset", "data/toy.jsonl#12", "--max-steps", "2",
+            "--batch-size", "4", "--logging-steps", "1", "--report-to", "none"]
+    run_main("sft", *args, "--output-dir", "runs/first")
+    recorded = yaml.safe_load((start / "runs" / "first" / "config.yaml").read_text())
+    assert recorded["dataset"] == [f"{start / 'data' / 'toy.jsonl'}#12"]
+    assert (recorded["model"], recorded["output_dir"]) == (str(tiny_model), str(start / "runs" / "first"))
+    monkeypatch.chdir(elsewhere)
+    run_main("sft", "-c", "../project/runs/first/config.yaml", "--output-dir", "again")
+    configs = [yaml.safe_load((folder / "config.yaml").read_text()) for folder in (start / "runs" / "first",
+                                                                                   elsewhere / "again")]
     for cfg in configs:
         cfg.pop("output_dir"), cfg.pop("_resolved")
     assert configs[0] == configs[1]
-    losses = [[m["loss"] for m in read_metrics(tmp_path / name) if "loss" in m] for name in ("first", "again")]
+    losses = [[m["loss"] for m in read_metrics(folder) if "loss" in m] for folder in (start / "runs" / "first",
+                                                                                      elsewhere / "again")]
     assert losses[0] == pytest.approx(losses[1], abs=1e-6) and len(losses[0]) == 2
 
 

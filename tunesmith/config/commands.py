@@ -11,6 +11,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from tunesmith.config.eval import Metric, parse_gate
+from tunesmith.config.local_paths import local_path
 from tunesmith.config.encoders import (DEFAULT_ENCODER, ClassificationCfg, EmbeddingCfg, RerankerCfg, Task,
                                        check_encoder_task)
 from tunesmith.config.sections import (GENERATION_SHORTCUTS, Device, Dtype, FreezeCfg, GaloreCfg, GenerationCfg,
@@ -41,14 +42,20 @@ TRUNCATION_HELP = (
 class TrainConfig(Section):
     """The common keys of every training command (sft, pt, rlhf)."""
 
-    model: str = Field(DEFAULT_MODEL, description="Hub id, local folder, or registry name (tunesmith models).")
-    adapters: str | None = Field(None, description="Start from this adapter folder (e.g. runs/NAME/final).")
-    dataset: list[str] = Field(..., min_length=1, description="Files, folders, registry names or hub ids; name#N samples N rows.")
-    val_dataset: list[str] = Field(default_factory=list, description="Held-out data for eval loss.")
+    # local_path(...): a relative path is written absolute in the run's config.yaml (config/local_paths.py)
+    model: str = Field(DEFAULT_MODEL, description="Hub id, local folder, or registry name (tunesmith models).",
+                       json_schema_extra=local_path())
+    adapters: str | None = Field(None, description="Start from this adapter folder (e.g. runs/NAME/final).",
+                                 json_schema_extra=local_path())
+    dataset: list[str] = Field(..., min_length=1, description=(
+        "Files, folders, registry names or hub ids; name#N samples N rows."), json_schema_extra=local_path("dataset"))
+    val_dataset: list[str] = Field(default_factory=list, description="Held-out data for eval loss.",
+                                   json_schema_extra=local_path("dataset"))
     val_split: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction of dataset held out for eval loss when val_dataset is empty.")
     continue_from: str | None = Field(None, description=(
         "Incremental retraining: start from this run's final weights (runs/NAME; adapter or full) and train only on "
-        "rows it and the runs it continued from have not seen (content hashes in each run's seen_rows.json)."))
+        "rows it and the runs it continued from have not seen (content hashes in each run's seen_rows.json)."),
+        json_schema_extra=local_path())
     replay: float = Field(0.0, ge=0.0, le=1.0, description=(
         "With continue_from: old rows mixed in against forgetting, as a share of the new rows (0.1: one old row per "
         "ten new), drawn with the seed from the dataset's seen rows, else from the earlier run's own dataset."))
@@ -110,8 +117,10 @@ class TrainConfig(Section):
     logging_steps: int = Field(5, ge=1, description="Log metrics every N steps.")
     eval_steps: int | None = Field(None, description="Evaluate every N steps (default: save_steps).")
     seed: int = Field(42, description="Seed for data order, initialisation and sampling.")
-    output_dir: str | None = Field(None, description="Run folder (default runs/<command>-<time>).")
-    resume: bool | str = Field(False, description="true = continue from the last complete checkpoint; or a checkpoint path.")
+    output_dir: str | None = Field(None, description="Run folder (default runs/<command>-<time>).",
+                                   json_schema_extra=local_path())
+    resume: bool | str = Field(False, description=(
+        "true = continue from the last complete checkpoint; or a checkpoint path."), json_schema_extra=local_path())
     overwrite: bool = Field(False, description="Start over in an output_dir that already holds a run.")
     skip_bad_rows: bool = Field(False, description="Skip rows that fail the data check (counted) instead of stopping.")
     dedupe: bool = Field(False, description=(
@@ -137,7 +146,7 @@ class TrainConfig(Section):
     master_port: int = Field(29500, ge=1, le=65535, description="Port of node 0's rendezvous (env MASTER_PORT).")
     deepspeed: str | None = Field(None, description=(
         "DeepSpeed ZeRO: zero1 | zero2 | zero3 | zero2-offload | zero3-offload, or a path.json ('auto' values are filled "
-        "from this config). Needs pip install 'tunesmith[deepspeed]'."))
+        "from this config). Needs pip install 'tunesmith[deepspeed]'."), json_schema_extra=local_path())
     fsdp: Literal["full-shard", "shard-grad-op", "hybrid-shard"] | None = Field(None, description=(
         "PyTorch FSDP2: full-shard (ZeRO-3-like), shard-grad-op (ZeRO-2-like), hybrid-shard (shard within a node, "
         "replicate across nodes)."))
@@ -305,7 +314,7 @@ Run: tunesmith sft -c sft.yaml"""
     eval_dataset: list[str] = Field(default_factory=list, description=(
         "Generation eval while training: at each eval step (eval_steps) and the last, the model answers the first "
         "eval_generate_rows rows greedily and eval_metrics scores them (tunesmith eval's metrics) into metrics.jsonl "
-        "(eval_<column>) and eval_metrics.png beside loss.png."))
+        "(eval_<column>) and eval_metrics.png beside loss.png."), json_schema_extra=local_path("dataset"))
     eval_metrics: list[Metric] = Field(default_factory=lambda: ["rouge"], description=(
         "Metrics of eval_dataset: exact_match, bleu, rouge, bertscore, format, accuracy."))
     eval_generate_rows: int = Field(8, ge=1, description="Rows of eval_dataset answered at each eval step.")

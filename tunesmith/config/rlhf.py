@@ -20,6 +20,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from tunesmith.config.commands import TrainConfig
+from tunesmith.config.local_paths import local_path
 from tunesmith.config.sections import Section, changed
 
 DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
@@ -136,8 +137,11 @@ class RewardsCfg(Section):
         "Reward functions by name: format, length, repetition, accuracy, or any @register_reward in a plugin file."))
     weights: list[float] | None = Field(None, description=(
         "One weight per reward function, in order, then the reward model's (default 1); default 1 each."))
-    plugin: list[str] = Field(default_factory=list, description="Python files whose @register_reward functions funcs can name.")
-    model: str | None = Field(None, description="Sequence-classification reward model folder (a --method rm run), scored as one more reward.")
+    plugin: list[str] = Field(default_factory=list, description=(
+        "Python files whose @register_reward functions funcs can name."), json_schema_extra=local_path())
+    model: str | None = Field(None, description=(
+        "Sequence-classification reward model folder (a --method rm run), scored as one more reward."),
+        json_schema_extra=local_path())
     format: Literal["regex", "json"] = Field("regex", description=(
         "What the format reward checks: format_pattern, or that the answer is JSON."))
     format_pattern: str | None = Field(None, description="Regular expression the whole answer must match for the format reward.")
@@ -192,7 +196,8 @@ class GRPOCfg(Section):
     use_vllm: bool = Field(False, description="Generate rollouts with vLLM (colocate mode; needs the vllm package).")
     env: str | None = Field(None, description=(
         "Multi-turn environment as path.py:ClassName: reset(row) -> observation, step(action) -> (observation, "
-        "reward, done); the dataset rows are what reset receives (train/episodes.py)."))
+        "reward, done); the dataset rows are what reset receives (train/episodes.py)."),
+        json_schema_extra=local_path("python"))
     max_turns: int = Field(5, ge=1, description="Most policy turns per episode with env (each turn is one answer).")
     max_turn_tokens: int | None = Field(None, ge=1, description=(
         "Most new tokens per turn with env (default: max_completion_length, which also bounds the episode)."))

@@ -28,6 +28,7 @@ from typing import Any, Iterator
 import yaml
 
 from tunesmith import lineage
+from tunesmith.config.local_paths import with_absolute_paths
 from tunesmith.errors import ConfigError
 from tunesmith.train.callbacks import MANIFEST, GracefulStop, is_complete
 from tunesmith.train.launch import LAUNCHED, is_main, layout, rank, world_size
@@ -271,7 +272,8 @@ def _barrier() -> None:
 
 def save_config(cfg: Any, run_dir: Path, **resolved: Any) -> None:
     """config.yaml: the validated config with every default, plus what was resolved and the library versions."""
-    data = cfg.model_dump(mode="json")
+    # relative paths written absolute: the config reruns, and later commands find its data, from any directory
+    data = with_absolute_paths(cfg, cfg.model_dump(mode="json"), Path.cwd())
     data["_resolved"] = resolved | {"versions": installed_versions(TRAINING_PACKAGES), "command": cfg.command}
     _atomic_write(run_dir / "config.yaml", yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
 
