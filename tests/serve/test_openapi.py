@@ -53,6 +53,11 @@ def test_the_request_schemas_refuse_what_the_server_refuses():
     completion = schemas["CompletionRequest"]["properties"]
     assert completion["best_of"]["anyOf"][0] == {"const": 1}
     assert {"type": "array", "minItems": 1, "items": {"type": "string"}} in completion["prompt"]["anyOf"]
+    stream_options_need_stream = {"if": {"properties": {"stream_options": {"type": "object"}},
+                                         "required": ["stream_options"]},
+                                  "then": {"properties": {"stream": {"const": True}}, "required": ["stream"]}}
+    for name in ("ChatCompletionRequest", "CompletionRequest"):
+        assert stream_options_need_stream in schemas[name]["allOf"]
 
 
 # -----------------------------------------------------------------------------

@@ -346,6 +346,21 @@ def test_what_is_not_supported_is_400_naming_the_parameter(body, param):
     assert set(err.value.body()["error"]) == {"message", "type", "param", "code"}
 
 
+@pytest.mark.parametrize("stream", [None, False])
+def test_stream_options_without_stream_is_400_naming_stream_options_as_openai_answers(stream):
+    body = {"stream_options": {"include_usage": True}, **({} if stream is None else {"stream": stream})}
+    refusals = []
+    for create, req in ((create_chat_completion, request(**body)),
+                        (create_completion, CompletionRequest(model="base", prompt="x", **body))):
+        with pytest.raises(APIError) as err:
+            asyncio.run(create(serve(), req))
+        refusals.append(err.value.body()["error"])
+    for error in refusals:
+        assert error["type"] == "invalid_request_error" and error["param"] == "stream_options"
+        assert "only allowed when stream is true" in error["message"]
+    assert chat(serve(), stream_options=None, stream=stream).choices[0].message.content == "Hello there!"
+
+
 def test_response_format_text_is_fine():
     assert chat(serve(), response_format={"type": "text"}).choices[0].message.content == "Hello there!"
 

@@ -54,6 +54,7 @@ from tunesmith.serve.serving import (
     Framing,
     Generation,
     Serving,
+    refuse_stream_options_without_stream,
     refuse_unencodable,
     sse,
 )
@@ -65,6 +66,7 @@ async def create_chat_completion(serving: Serving, req: ChatCompletionRequest) -
     refuse_unencodable(req.model_dump(exclude_none=True))
     public, model = serving.model(req.model, req.user)
     serving.refuse_unsupported(req.frequency_penalty, req.presence_penalty, req.logit_bias)
+    refuse_stream_options_without_stream(req.stream, req.stream_options)
     response_format = _response_format(req)
     forced = _forced_call(serving, req, model, public)
     if forced and response_format:

@@ -17,13 +17,23 @@ from typing import AsyncIterator
 from tunesmith.infer.types import GenerationRequest, TokenLogprob
 from tunesmith.serve.errors import APIError, stream_error
 from tunesmith.serve.protocol import CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, Usage
-from tunesmith.serve.serving import DONE, EventStream, Framing, Generation, Serving, refuse_unencodable, sse
+from tunesmith.serve.serving import (
+    DONE,
+    EventStream,
+    Framing,
+    Generation,
+    Serving,
+    refuse_stream_options_without_stream,
+    refuse_unencodable,
+    sse,
+)
 
 
 async def create_completion(serving: Serving, req: CompletionRequest) -> CompletionResponse | EventStream:
     refuse_unencodable(req.model_dump(exclude_none=True))
     public, model = serving.model(req.model, req.user)
     serving.refuse_unsupported(req.frequency_penalty, req.presence_penalty, req.logit_bias)
+    refuse_stream_options_without_stream(req.stream, req.stream_options)
     if req.suffix:
         raise APIError(400, "suffix (fill in the middle) is not supported; leave it out", param="suffix")
     if req.best_of not in (None, 1):

@@ -83,6 +83,10 @@ def _when(condition: dict[str, Any], then: dict[str, Any]) -> dict[str, Any]:
             "then": {"properties": then, "required": [k for k, v in then.items() if "const" in v]}}
 
 
+# stream_options shapes a stream only: refused without stream: true (serving.refuse_stream_options_without_stream)
+STREAM_OPTIONS_NEED_STREAM = _when({"stream_options": {"type": "object"}}, {"stream": {"const": True}})
+
+
 # -----------------------------------------------------------------------------
 # Chat completions: requests
 
@@ -207,6 +211,7 @@ class StreamOptions(Strict):
 class ChatCompletionRequest(Strict):
     model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"allOf": [
         _when({"top_logprobs": {"type": "integer", "minimum": 1}}, {"logprobs": {"const": True}}),
+        STREAM_OPTIONS_NEED_STREAM,
         {"if": {"properties": {"response_format": {"type": "object", "required": ["type"], "properties": {  # no
             "type": {"enum": ["json_object", "json_schema"]}}}}, "required": ["response_format"]},  # logprobs under
          "then": {"properties": {"logprobs": {"not": {"const": True}}}}}]})  # a grammar (chat.py refuses them)
@@ -354,6 +359,7 @@ class ChatCompletionChunk(BaseModel):
 class CompletionRequest(Strict):
     model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"allOf": [
         _when({"echo": {"const": True}}, {"logprobs": {"type": "null"}}),  # echo needs prompt logprobs: none here
+        STREAM_OPTIONS_NEED_STREAM,
         _when({"stream": {"const": True}}, {"prompt": {"anyOf": [{"type": "string"}, {"maxItems": 1}]}})]})
     model: str | None = None  # tunesmith: may be left out to use the default model
     prompt: Annotated[str | list[str] | list[int] | list[list[int]], documented({

@@ -298,6 +298,14 @@ class Serving:
         return generation.answers
 
 
+def refuse_stream_options_without_stream(stream: bool | None, stream_options: Any) -> None:
+    """stream_options only shapes a stream (the usage chunk): without stream: true it would be dropped unread, so it
+    is refused, as OpenAI refuses it."""
+    if stream_options is not None and not stream:
+        raise APIError(400, "stream_options is only allowed when stream is true; set stream: true or leave "
+                       "stream_options out", param="stream_options")
+
+
 def refuse_unencodable(value: Any, path: str = "") -> None:
     """JSON strings may hold lone UTF-16 surrogates ("\\ud800"), which are no text: no tokenizer encodes them.
     Refuse them naming the field, before anything tries."""
