@@ -151,12 +151,16 @@ def main() -> None:
                         help="time the batching loop's phases in the measured round (prepare, step, update; ms/step)")
     parser.add_argument("--speculative", metavar="ngram[:N]",
                         help="run each variant without and with prompt lookup inside the batch; print the speed-up")
+    parser.add_argument("--kernels", choices=["auto", "liger", "none"], default="auto",
+                        help="the fused layers the models load with; a variant's \"_kernels\" applies them from that "
+                             "variant on (liger's patches cannot be undone: put the variants without them first)")
     parser.add_argument("--prompt", choices=["spec", "copy"], default="spec",
                         help="spec: write product requirements (~212 tokens); copy: repeat a paragraph")
     args = parser.parse_args()
     variants = args.variant or [["default", "{}"]]
     prompt = COPY if args.prompt == "copy" else PROMPT
-    engine = TransformersEngine.load(args.model, speculative=args.speculative)
+    engine = TransformersEngine.load(args.model, speculative=args.speculative, kernels=args.kernels)
+    print(f"kernels at load: {engine.served[engine.default].kernels}", flush=True)
     spec_tokens = engine.loops.speculate
     if args.speculative:
         if not spec_tokens:
@@ -179,6 +183,11 @@ def main() -> None:
         engine.loops.attention = options.pop("_attention", "auto")
         # deploy --stream-interval N: a request's outputs reach its stream every N tokens (infer/continuous.py)
         engine.loops.stream_interval = options.pop("_stream_interval", 1)
+        if "_kernels" in options:  # liger's fused layers from this variant on (models/kernels.py)
+            kernels = options.pop("_kernels")
+            for served in engine.served.values():
+                engine.use_kernels(served, kernels)
+                print(f"{name}: kernels {served.kernels}", flush=True)
         # "_decode_batch": false leaves out only infer/decode_batch.py's shortcuts (decode-only steps' batch tensors
         # and cache checks), the other fast paths kept: its A/B on the loop thread's host time (--host-timing)
         decode_batch.install_decode_batch = (decode_batch_installer if options.pop("_decode_batch", True)

@@ -6,7 +6,7 @@ step() {  # NAME SECONDS COMMAND...: run with a time limit, output to $OUT/NAME.
   local started=$SECONDS
   timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1 || rc=$?
   echo "== $name rc=$rc ($((SECONDS - started)) s)" | tee -a "$R"
-  grep -E "c= |c=64|passed|failed|Error" "$OUT/$name.txt" | grep -v "^WARNING" | tail -12 | tee -a "$R" || true
+  grep -E "c= |c=64|passed|failed|Error|kernels" "$OUT/$name.txt" | grep -v "^WARNING" | tail -12 | tee -a "$R" || true
 }
 pack_out() {  # a call brings back 8 files at most: everything but the summary goes into $OUT/all.tgz
   (cd "$OUT" && tar czf /tmp/all.tgz --exclude "$(basename "$R")" . && find . -type f ! -name "$(basename "$R")" -delete \

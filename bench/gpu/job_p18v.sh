@@ -2,7 +2,8 @@
 # GPU job P18v: serving end to end after the host-loop and event-loop rounds, on one H200; run on three fresh machines
 # for the spread (give the machine back between calls). Random-weight shapes with SmolLM2's tokenizer
 # (bench/make_shape_model.py), ~212 prompt / 256 output tokens, greedy, streaming:
-#   1. 0.5B shape: the engine alone at 64 streams (bench/engine_decode.py --host-timing); deploy at 64 streams x 3 rounds;
+#   1. 0.5B shape: the engine alone at 64 streams (bench/engine_decode.py --host-timing), with the model's own layers
+#      and with liger's fused ones; deploy at 64 streams x 3 rounds;
 #      deploy against `transformers serve` with 64 requests at once (time to first token side by side);
 #   2. FULL=1 only: the gpu tests of the continuous batch's patches, then the 7B shape: engine alone and deploy at 64.
 # PROFILE=1 adds, after the engine alone: the engine at 64 streams under bench/stack_sampler.py (the batching thread's
@@ -19,10 +20,13 @@ OURS=(tunesmith) CHUNKS=()
 
 python3 bench/make_shape_model.py --shape qwen2.5-0.5b-instruct --tokenizer .gputok --out /tmp/m05 \
   > "$OUT/shape05.txt" 2>&1 || { tail -5 "$OUT/shape05.txt" | tee -a "$R"; exit 1; }
-ENGINE_VARIANTS=()
-[ -n "${CHUNKED:-}" ] && ENGINE_VARIANTS=(--variant default '{}' --variant chunked "{\"_stream_interval\": $CHUNKED}")
+# the engine alone with the model's own layers, then with liger's fused layers (deploy's default on CUDA), then chunked
+ENGINE_VARIANTS=(--kernels none --variant own '{}' --variant default '{"_kernels": "auto"}')
+[ -n "${CHUNKED:-}" ] && ENGINE_VARIANTS+=(--variant chunked "{\"_stream_interval\": $CHUNKED}")
 step engine05 200 python3 bench/engine_decode.py --model /tmp/m05 --concurrency 64 --max-tokens 256 --host-timing \
   "${ENGINE_VARIANTS[@]}" --out "$OUT/engine05.json"
+[ "${FULL:-0}" = 1 ] || step gpu-kernels 150 python3 -m pytest -m gpu -q -p no:cacheprovider \
+  tests/infer/test_serving_kernels.py --basetemp /tmp/gk
 if [ "${PROFILE:-0}" = 1 ]; then
   step stacks05 120 python3 bench/stack_sampler.py --out "$OUT/stacks05.txt" --when-exists /tmp/measuring \
     bench/engine_decode.py --model /tmp/m05 --concurrency 64 --max-tokens 256 --sample-flag /tmp/measuring

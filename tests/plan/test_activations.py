@@ -63,9 +63,9 @@ def measured_per_layer(cls, extra, method, dropout=0.0, checkpointing=False, att
     for layers in (2, 4):
         model, config = build(cls, extra, layers, method, dropout, checkpointing, attn, device)
         if kernels:
-            from tunesmith.train.speed import _apply_kernels
+            from tunesmith.models.kernels import apply_kernels
 
-            assert _apply_kernels(kernels, model, device).startswith("liger")
+            assert apply_kernels(kernels, model, device).startswith("liger")
         totals[layers] = saved_bytes(model, ids, device)
     shape = shape_from_config(json.loads(config.to_json_string()))
     return (totals[4] - totals[2]) / 2, shape

@@ -20,6 +20,7 @@ class Served:
     template: Template
     manager: Any = None
     processor: Any = None  # a vision-language model's processor (its images and chat template); None: text only
+    kernels: str = "none"  # the fused layers it runs (models/kernels.py apply_kernels' answer)
 
 
 def is_vision(folder: Path) -> bool:

@@ -28,6 +28,7 @@ from typing import Any
 from tunesmith.config.commands import LORA_TUNERS
 from tunesmith.errors import ConfigError, DataError, HardwareError
 from tunesmith.models import load as models
+from tunesmith.models.kernels import liger_applies
 from tunesmith.plan import hardware
 from tunesmith.plan.estimate import GIB, Estimate, estimate_training
 from tunesmith.plan.methods import Alignment, method_extra_bytes, method_setup
@@ -221,7 +222,7 @@ def _setup(cfg: Any, plan: Preflight, shape: ModelShape) -> Any:
     """The estimator's Setup for this config on this machine, per device: sharded over the processes with DeepSpeed
     or FSDP (hybrid-shard: within a node), each holding max_length / sequence_parallel tokens of a sequence."""
     varlen = speed.varlen_runs(plan.device, plan.dtype)
-    liger = speed.liger_applies(getattr(cfg, "kernels", "none"), plan.device, shape.model_type)
+    liger = liger_applies(getattr(cfg, "kernels", "none"), plan.device, shape.model_type)
     setup = training_setup(cfg, plan.device, str(plan.dtype).removeprefix("torch."), varlen, liger)
     shards = int(os.environ.get("LOCAL_WORLD_SIZE", plan.processes)) if cfg.fsdp == "hybrid-shard" else plan.processes
     tp = cfg.tensor_parallel if plan.processes > 1 else 1  # tensor parallel: FSDP2 over the ranks beyond it

@@ -9,10 +9,7 @@ measures them against TRL):
   1. padding-free packing + PyTorch's varlen flash kernel (infer/attention.py): no padding and no mask; TRL's best
      needs flex attention for that (60-80 s of compile) since SDPA would build a dense mask over the flattened batch.
   2. gradient checkpointing only when the memory plan needs it, on as few layers as fit (plan/speed.py).
-  3. liger's RMSNorm, RoPE and SwiGLU kernels: fewer launches and fewer saved activations. Not liger's fused linear
-     cross-entropy: TRL's SFTTrainer already replaces the LM head with its own chunked one (full logits are never
-     built) and scores only labelled positions, where liger's projects every position; liger's would also replace the
-     model's forward, which TRL patches itself.
+  3. liger's RMSNorm, RoPE and SwiGLU kernels (models/kernels.py): fewer launches and fewer saved activations.
   4. fused AdamW: one kernel per parameter group (already transformers' default on torch >= 2.8; set so it stays).
   5. LoRA inputs stay in the compute dtype (models/patches/peft_lora.py): peft casts each adapter's input to the adapter's float32 weight, then
      autocast casts it back to bf16 for the matmul; two full copies of the activation per adapter and pass (14 % of
@@ -29,22 +26,14 @@ memory plan's pure functions in plan/speed.py), for every training command.
 
 from __future__ import annotations
 
-import importlib.util
-import logging
 from typing import Any
 
-from tunesmith.errors import HardwareError
 from tunesmith.infer import attention
+from tunesmith.models.kernels import apply_kernels
 from tunesmith.models.patches.peft_lora import keep_adapter_inputs_in_compute_dtype, use_fused_forward
 from tunesmith.models.s2_attention import use_s2_attention
 from tunesmith.train import tuners
 from tunesmith.train.launch import deepspeed_stage, fsdp_wraps_checkpointing
-
-log = logging.getLogger("tunesmith")
-
-# liger-kernel's layer kernels; its cross-entropy kernels stay off (see the module docstring, step 3).
-LIGER_KERNELS = {"rope": True, "rms_norm": True, "swiglu": True, "cross_entropy": False,
-                 "fused_linear_cross_entropy": False}
 
 
 def varlen_runs(device: str, dtype: Any) -> bool:
@@ -74,7 +63,7 @@ def prepare_model(cfg: Any, model: Any, device: str, dtype: Any) -> dict[str, st
         attention.use_varlen(base)  # sample boundaries come from TRL's padding-free collator
         attention.prepare_training(base)
         chosen["attention"] = attention.NAME
-    chosen["kernels"] = _apply_kernels(getattr(cfg, "kernels", "none"), model, device)
+    chosen["kernels"] = apply_kernels(getattr(cfg, "kernels", "none"), model, device)
     if keep_adapter_inputs_in_compute_dtype(model, dtype):
         chosen["adapter_inputs"] = str(dtype).removeprefix("torch.")
     # ZeRO-3 gathers a weight only for its own module's forward; the fused forward reads lora_B's weight directly
@@ -83,41 +72,6 @@ def prepare_model(cfg: Any, model: Any, device: str, dtype: Any) -> dict[str, st
         chosen["lora_forward"] = "fused (addmm into the base output)"
     chosen["optim"] = {**speed_args(cfg, device), **tuners.optimizer_args(cfg)}.get("optim", "transformers default")
     return chosen
-
-
-def liger_applies(kernels: str, device: str, model_type: str) -> bool:
-    """Whether `kernels` gives this model liger's layers here (the memory plan counts what they keep for backward)."""
-    if kernels == "none" or device != "cuda" or importlib.util.find_spec("liger_kernel") is None:
-        return False
-    try:
-        from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
-    except Exception:  # noqa: BLE001 - a liger that does not import is a liger that does not apply
-        return False
-    return model_type in MODEL_TYPE_TO_APPLY_LIGER_FN
-
-
-def _apply_kernels(kernels: str, model: Any, device: str) -> str:
-    if kernels == "none":
-        return "none"
-    if device != "cuda" or importlib.util.find_spec("liger_kernel") is None:
-        if kernels == "liger":
-            raise HardwareError("kernels: liger needs a CUDA GPU and liger-kernel (pip install 'tunesmith[gpu]'); "
-                                "use kernels: auto or none")
-        return "none"
-    try:
-        from transformers.integrations.liger import apply_liger_kernel
-
-        model_type = model.config.model_type
-        if not liger_applies(kernels, device, model_type):
-            return f"none (liger has no kernels for {model_type})"
-        apply_liger_kernel(model, LIGER_KERNELS)  # unwraps peft; patches the layers in place
-    except Exception as err:  # noqa: BLE001 - an optional speed-up must not stop a run that works without it
-        if kernels == "liger":
-            raise
-        log.warning("liger kernels not applied (%s: %s); training with the model's own layers", type(err).__name__,
-                    err)
-        return "none"
-    return "liger (" + ", ".join(k for k, on in LIGER_KERNELS.items() if on) + ")"
 
 
 def speed_args(cfg: Any, device: str) -> dict[str, Any]:
