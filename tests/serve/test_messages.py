@@ -59,6 +59,31 @@ def test_same_answer_as_chat_completions_whole_and_streamed(tiny_model):
         "Sure: the audit", add_special_tokens=False)["input_ids"]  # the answer continues the prefill
 
 
+def test_count_tokens_equals_the_input_tokens_messages_reports_for_the_same_request(tiny_model):
+    engine = load_engine("transformers", model=str(tiny_model), device="cpu", dtype="float32", kv_cache_gib=0.25)
+    with TestClient(build_app(engine, DeployConfig())) as http:
+        client = anthropic.Anthropic(base_url="http://testserver", api_key="none", http_client=http, max_retries=0)
+        asked = [{"messages": [{"role": "user", "content": USER}]},
+                 {"system": SYSTEM, "messages": [{"role": "user", "content": USER}]},
+                 {"system": [{"type": "text", "text": SYSTEM}], "messages": [  # a prefill counts as prompt too
+                     {"role": "user", "content": [{"type": "text", "text": USER}]},
+                     {"role": "assistant", "content": "Sure: the audit"}]}]
+        counts = []
+        for body in asked:
+            counted = client.messages.count_tokens(model="tiny-llama", **body).input_tokens
+            reply = client.messages.create(model="tiny-llama", max_tokens=1, **body)
+            assert counted == reply.usage.input_tokens
+            counts.append(counted)
+        # the system prompt (SmolLM2's template writes its own when there is none) and the prefill are counted
+        assert counts[0] != counts[1] < counts[2]
+        with pytest.raises(anthropic.BadRequestError) as err:
+            client.messages.count_tokens(model="tiny-llama", messages=[{"role": "user", "content": USER}],
+                                         tools=[{"name": "x", "input_schema": {"type": "object"}}])
+        assert err.value.body["error"]["param"] == "tools"  # refused by name, as /v1/messages refuses it
+        with pytest.raises(anthropic.NotFoundError):
+            client.messages.count_tokens(model="nope", messages=[{"role": "user", "content": USER}])
+
+
 def test_prefill_system_blocks_and_what_is_refused():
     engine = ScriptedEngine(pieces=["Hello", " there"])
     client = sdk(build_app(engine, DeployConfig()))

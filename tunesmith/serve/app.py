@@ -45,7 +45,7 @@ from tunesmith.serve.serving import Serving
 log = logging.getLogger("tunesmith")
 GRACEFUL_SHUTDOWN_S = 60  # running requests get this long to finish after SIGTERM; then they are cancelled
 ENDPOINTS = {"/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/messages",
-             "/v1/embeddings", "/v1/rerank", "/v1/score", "/v1/classify"}
+             "/v1/messages/count_tokens", "/v1/embeddings", "/v1/rerank", "/v1/score", "/v1/classify"}
 
 
 def build_app(engine: Engine, cfg: DeployConfig, warmup: bool = False, encoders: dict | None = None) -> FastAPI:
@@ -225,8 +225,8 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, err: HTTPException) -> JSONResponse:
         if err.status_code == 404:
             return _error(404, f"no route {request.method} {request.url.path}; this server answers /v1/models, "
-                          "/v1/chat/completions, /v1/completions, /v1/messages, /v1/embeddings, /v1/rerank, /v1/score, "
-                          "/v1/classify, /health and /metrics", code="not_found")
+                          "/v1/chat/completions, /v1/completions, /v1/messages, /v1/messages/count_tokens, /v1/embeddings, "
+                          "/v1/rerank, /v1/score, /v1/classify, /health and /metrics", code="not_found")
         return _error(err.status_code, str(err.detail), headers=getattr(err, "headers", None))
 
     @app.exception_handler(UnknownModelError)

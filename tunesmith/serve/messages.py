@@ -3,6 +3,7 @@ guardrails as /v1/chat/completions, in Anthropic's request, response and stream 
 SDK works unchanged (base_url=http://HOST:PORT, its x-api-key header is accepted beside Bearer).
 
     reply = await create_message(serving, MessagesRequest(model="prd", max_tokens=200, messages=[...]))
+    count = await count_tokens(serving, CountTokensRequest(model="prd", messages=[...]))  # /v1/messages/count_tokens
 
 Mapping: `system` becomes the system message; a last assistant message is a prefill (the answer continues it, its
 text encoded after the prompt as training encodes an answer); `stop_sequences` are stop strings; `metadata.user_id`
@@ -24,7 +25,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, WithJsonSchema
 
 from tunesmith.infer.types import GenerationRequest
-from tunesmith.serve.errors import APIError, stream_error
+from tunesmith.serve.errors import APIError, engine_errors, stream_error
 from tunesmith.serve.guardrails import CONTENT_FILTER
 from tunesmith.serve.protocol import Lenient, Strict, documented, integer
 from tunesmith.serve.serving import EventStream, Generation, Serving, refuse_unencodable
@@ -32,6 +33,9 @@ from tunesmith.serve.serving import EventStream, Generation, Serving, refuse_une
 TEXT_BLOCKS = {"type": "array", "items": {"type": "object", "required": ["type", "text"], "properties": {
     "type": {"const": "text"}, "text": {"type": "string"}}}}
 REFUSED = {"type": "null", "description": "Not supported here (text blocks only): leave it out."}
+MESSAGES = {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/MessageParam"},  # the first
+            "prefixItems": [{"allOf": [{"$ref": "#/components/schemas/MessageParam"},  # one a user's, as Anthropic
+                                       {"properties": {"role": {"const": "user"}}}]}]}  # asks (items: the rest)
 STOP_REASON = {"stop": "end_turn", "length": "max_tokens", CONTENT_FILTER: "refusal"}
 
 
@@ -65,10 +69,7 @@ class Metadata(Lenient):
 
 class MessagesRequest(Strict):
     model: str | None = None  # tunesmith: may be left out to use the default model
-    messages: Annotated[list[MessageParam], Field(min_length=1), WithJsonSchema({  # the first one a user's, as
-        "type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/MessageParam"},  # Anthropic asks
-        "prefixItems": [{"allOf": [{"$ref": "#/components/schemas/MessageParam"},  # (items: the ones after it)
-                                   {"properties": {"role": {"const": "user"}}}]}]})]
+    messages: Annotated[list[MessageParam], Field(min_length=1), WithJsonSchema(MESSAGES)]
     max_tokens: integer(ge=1)
     system: Annotated[str | list[TextBlock] | None, documented({"anyOf": [{"type": "string"}, TEXT_BLOCKS,
                                                                           {"type": "null"}]})] = None
@@ -104,15 +105,56 @@ class MessagesResponse(BaseModel):
     usage: MessageUsage
 
 
+class CountTokensRequest(Strict):
+    """POST /v1/messages/count_tokens: what /v1/messages would read as its prompt (no max_tokens, no sampling)."""
+
+    model: str | None = None  # tunesmith: may be left out to use the default model
+    messages: Annotated[list[MessageParam], Field(min_length=1), WithJsonSchema(MESSAGES)]
+    system: Annotated[str | list[TextBlock] | None, documented({"anyOf": [{"type": "string"}, TEXT_BLOCKS,
+                                                                          {"type": "null"}]})] = None
+    tools: Annotated[Any, documented(REFUSED)] = None
+    tool_choice: Annotated[Any, documented(REFUSED)] = None
+    thinking: Annotated[Any, documented(REFUSED)] = None
+
+
+class TokenCount(BaseModel):
+    input_tokens: int
+
+
 async def create_message(serving: Serving, req: MessagesRequest) -> MessagesResponse | EventStream:
+    serving.limit_max_tokens(req.max_tokens, "max_tokens")
+    public, gen = await _prompt(serving, req, req.metadata.user_id if req.metadata else None, "top_k")
+    # what the request leaves out (stop_sequences, temperature, top_p, the seed) comes from the deploy's --generation.*
+    gen.params = serving.sampling(req.max_tokens, req.temperature, req.top_p, req.stop_sequences, None, 1, False, 0)
+    rid = f"msg_{uuid.uuid4().hex}"
+    if req.stream:
+        return await serving.stream(gen, public, "max_tokens", lambda generation: _events(generation, rid, public))
+    answers = await serving.collect([gen], public, "max_tokens")
+    a = answers.choices[0]
+    return MessagesResponse(id=rid, model=public, content=[ContentText(text=a.text)],
+                            stop_reason=_stop_reason(a.finish_reason, a.stop), stop_sequence=a.stop,
+                            usage=MessageUsage(input_tokens=answers.prompt_tokens, output_tokens=a.completion_tokens))
+
+
+async def count_tokens(serving: Serving, req: CountTokensRequest) -> TokenCount:
+    """The prompt's length as /v1/messages renders it (system, messages, a prefill), so it equals that route's
+    usage.input_tokens for the same request. Nothing is generated: no slot is taken, no key is charged."""
+    _, gen = await _prompt(serving, req, None)
+    with engine_errors():
+        return TokenCount(input_tokens=len(serving.engine.prompt_ids(gen)))
+
+
+async def _prompt(serving: Serving, req: MessagesRequest | CountTokensRequest, user: str | None,
+                  *refused: str) -> tuple[str, GenerationRequest]:
+    """(the model's public name, the GenerationRequest of the request's prompt): what is not served refused by name,
+    the system prompt first, a last assistant message as the prefix the answer continues, images read."""
     refuse_unencodable(req.model_dump(exclude_none=True))
-    for param in ("top_k", "tools", "tool_choice", "thinking"):
+    for param in (*refused, "tools", "tool_choice", "thinking"):
         if getattr(req, param) is not None:
             raise APIError(400, f"{param} is not supported on /v1/messages here (text in, text out); leave it out"
                            + ("; tools are served on /v1/chat/completions" if param.startswith("tool") else ""),
                            param=param)
-    public, model = serving.model(req.model, req.metadata.user_id if req.metadata else None)
-    serving.limit_max_tokens(req.max_tokens, "max_tokens")
+    public, model = serving.model(req.model, user)
     if req.messages[0].role != "user":
         raise APIError(400, "messages[0].role: the first message must be the user's", param="messages[0].role")
     vision = serving.engine.accepts_images(model)
@@ -124,17 +166,7 @@ async def create_message(serving: Serving, req: MessagesRequest) -> MessagesResp
     if req.system:
         messages.insert(0, {"role": "system", "content": _text(req.system, "system")})
     images = await serving.read_images(wanted) if wanted else None
-    # what the request leaves out (stop_sequences, temperature, top_p, the seed) comes from the deploy's --generation.*
-    params = serving.sampling(req.max_tokens, req.temperature, req.top_p, req.stop_sequences, None, 1, False, 0)
-    gen = GenerationRequest(messages=messages, model=model, params=params, assistant_prefix=prefix, images=images)
-    rid = f"msg_{uuid.uuid4().hex}"
-    if req.stream:
-        return await serving.stream(gen, public, "max_tokens", lambda generation: _events(generation, rid, public))
-    answers = await serving.collect([gen], public, "max_tokens")
-    a = answers.choices[0]
-    return MessagesResponse(id=rid, model=public, content=[ContentText(text=a.text)],
-                            stop_reason=_stop_reason(a.finish_reason, a.stop), stop_sequence=a.stop,
-                            usage=MessageUsage(input_tokens=answers.prompt_tokens, output_tokens=a.completion_tokens))
+    return public, GenerationRequest(messages=messages, model=model, assistant_prefix=prefix, images=images)
 
 
 def _stop_reason(finish_reason: str | None, stop: str | None) -> str:

@@ -20,7 +20,14 @@ from tunesmith.serve.completion import create_completion
 from tunesmith.serve.context import BODY_SEND
 from tunesmith.serve.embeddings import EmbeddingRequest, EmbeddingResponse, create_embeddings
 from tunesmith.serve.errors import error_body
-from tunesmith.serve.messages import MessagesRequest, MessagesResponse, create_message
+from tunesmith.serve.messages import (
+    CountTokensRequest,
+    MessagesRequest,
+    MessagesResponse,
+    TokenCount,
+    count_tokens,
+    create_message,
+)
 from tunesmith.serve.openapi import answers
 from tunesmith.serve.protocol import (
     ChatCompletionChunk,
@@ -175,6 +182,13 @@ def _message_answers() -> dict:
 async def messages(body: MessagesRequest, request: Request):
     """Anthropic's Messages API on the same models (serve/messages.py)."""
     return _respond(await create_message(_serving(request), body))
+
+
+@router.post("/v1/messages/count_tokens", response_model=TokenCount, responses=answers(400, 404, 413, 429, 500, 503,
+                                                                                     ok=TokenCount))
+async def messages_count_tokens(body: CountTokensRequest, request: Request):
+    """Anthropic's token count: the prompt /v1/messages would read, rendered the same way (serve/messages.py)."""
+    return _respond(await count_tokens(_serving(request), body))
 
 
 # -----------------------------------------------------------------------------
