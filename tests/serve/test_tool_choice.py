@@ -7,8 +7,8 @@
 2. Served on the real transformers engine (a tiny random Qwen2.5-family model with the real Qwen tokenizer and
    template, which never writes a call by itself): every forced answer is one call, to the named tool or one of the
    tools, whose arguments validate, whole and streamed, greedy and sampled; the server's parser reads it back.
-3. What cannot be forced is a 400 naming tool_choice: a template without tool calls, an unknown name, no tools,
-   forcing with response_format.
+3. What cannot be forced is a 400 naming tool_choice: an unknown name, no tools, forcing with response_format.
+4. Tools given to a template that cannot render them (SmolLM2's) are a 400 naming tools, unless tool_choice is "none".
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def test_forced_calls_are_one_valid_call_whole_and_streamed(client):
     validators["get_weather"].validate(json.loads("".join(c["function"].get("arguments") or "" for c in calls)))
 
 
-def test_what_cannot_be_forced_is_a_400_naming_tool_choice(client, tiny_model):
+def test_what_cannot_be_forced_is_a_400_naming_tool_choice(client):
     cases = [({"type": "function", "function": {"name": "nope"}}, {}, "'nope' is not one of the request's tools"),
              ("required", {"tools": None}, "forcing a call needs tools"),
              ("required", {"response_format": {"type": "json_object"}}, "cannot be combined")]
@@ -144,7 +144,20 @@ def test_what_cannot_be_forced_is_a_400_naming_tool_choice(client, tiny_model):
         reply = ask(client, choice, **extra)
         assert reply.status_code == 400 and fragment in reply.json()["error"]["message"], reply.text
         assert reply.json()["error"]["param"] == "tool_choice"
-    engine = load_engine("transformers", model=str(tiny_model), device="cpu", dtype="float32", kv_cache_gib=0.1)
-    with TestClient(build_app(engine, DeployConfig())) as plain:  # SmolLM2's template: no tools at all
-        reply = ask(plain, "required")
-    assert reply.status_code == 400 and "writes no tool call" in reply.json()["error"]["message"]
+
+
+def test_tools_a_template_cannot_render_are_a_400_naming_tools_and_tool_choice_none_is_answered(tiny_model):
+    """SmolLM2's ChatML template has no tools branch: tools given to it would be dropped and the model would answer
+    as if it had none. Qwen2.5's renders them (its requests are answered: the tests above)."""
+    engine = load_engine("transformers", model=str(tiny_model), device="cpu", dtype="float32", kv_cache_gib=0.25)
+    assert not engine.template_for(None).renders_tools
+    assert Template(family_tokenizer(FAMILIES["qwen2.5"])).renders_tools
+    with TestClient(build_app(engine, DeployConfig())) as plain:
+        for choice, extra in [("auto", {}), (None, {}), ("required", {}), ("auto", {"stream": True})]:
+            reply = ask(plain, choice, **extra)
+            assert reply.status_code == 400, reply.text
+            error = reply.json()["error"]
+            assert error["param"] == "tools" and error["type"] == "invalid_request_error"
+            assert "chat template of tiny-llama cannot render tools" in error["message"]
+        reply = ask(plain, "none", max_tokens=2)  # "none" renders no tools: the answer is text, as OpenAI's
+        assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["tool_calls"] is None, reply.text

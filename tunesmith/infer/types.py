@@ -12,7 +12,10 @@ import asyncio
 import contextlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Any, AsyncIterator, Iterator
+
+if TYPE_CHECKING:
+    from tunesmith.templates import Template
 
 
 class EngineError(Exception):
@@ -115,6 +118,10 @@ class Engine(ABC):
         """Whether the served model reads images (a vision-language model); requests with images to any other are
         refused by name."""
         return False
+
+    def template_for(self, model: str | None) -> Template | None:
+        """The chat template that renders the model's prompts; None for an engine that renders them its own way."""
+        return None
 
     def reasoning(self, request: GenerationRequest) -> Any:
         """A fresh templates.ReasoningSplit for one choice of this chat request (it keeps state while streaming), or

@@ -67,6 +67,8 @@ async def create_chat_completion(serving: Serving, req: ChatCompletionRequest) -
     public, model = serving.model(req.model, req.user)
     serving.refuse_unsupported(req.frequency_penalty, req.presence_penalty, req.logit_bias)
     refuse_stream_options_without_stream(req.stream, req.stream_options)
+    if req.tools and req.tool_choice != "none":  # "none" renders no tools: any template answers it
+        _refuse_tools_the_template_drops(serving, model, public)
     response_format = _response_format(req)
     forced = _forced_call(serving, req, model, public)
     if forced and response_format:
@@ -99,6 +101,17 @@ async def create_chat_completion(serving: Serving, req: ChatCompletionRequest) -
     choices = [_choice(i, a, tool_names, bool(req.logprobs), serving.engine.reasoning(gen))
                for i, a in enumerate(answers.choices)]
     return ChatCompletionResponse(id=rid, created=created, model=public, choices=choices, usage=answers.usage())
+
+
+def _refuse_tools_the_template_drops(serving: Serving, model: str | None, public: str) -> None:
+    """Tools reach the model only through its chat template; one that renders none would answer as if no tools had
+    been given, and the client would wait for calls that never come."""
+    template = serving.engine.template_for(model)
+    if template is not None and not template.renders_tools:
+        raise APIError(400, f"tools: the chat template of {public} cannot render tools (its prompt is the same with "
+                       "them or without), so the model would never see them. Serve a model whose chat template "
+                       "renders tools (Qwen2.5, Llama 3.1, Mistral...), or put such a template in the model folder's "
+                       "chat_template.jinja; or leave tools out (tool_choice \"none\" sends none)", param="tools")
 
 
 def _forced_call(serving: Serving, req: ChatCompletionRequest, model: str | None, public: str) -> dict | None:

@@ -29,7 +29,7 @@ import datetime
 import json
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -263,6 +263,16 @@ class Template:
             return []
         ids = self._encode(through[len(before):].rstrip(" \n"))
         return ids[-1:] if ids and ids[-1] in set(self.tokenizer.all_special_ids) else []
+
+    @cached_property
+    def renders_tools(self) -> bool:
+        """Whether tool definitions reach the prompt: a template without a tools branch (SmolLM2's ChatML) renders
+        the same text with them or without, and the model would never see a request's tools."""
+        msgs = self._with_system(PROBE[:1])
+        try:
+            return self._apply(msgs, True, PROBE_TOOLS) != self._apply(msgs, True, None)
+        except TemplateError:  # a template that refuses tools
+            return False
 
     def _name(self) -> str:
         return getattr(self.tokenizer, "name_or_path", "") or "this model"
