@@ -69,3 +69,23 @@ def test_end_of_turn_and_stop_strings_cut_as_before(template):
             break
     assert stopped and streamed == "alpha beta " and decoder.ended_by == "stop"
     assert tok.decode(ids[:decoder.count]).endswith("gamma")
+
+
+def test_token_bytes_spell_the_text_for_byte_level_tokenizers_and_are_unknown_for_others(template):
+    """OpenAI's logprob `bytes` (serve/chat.py): a byte-level BPE token's own bytes, also where it holds part of a
+    character (decode gives U+FFFD there); a WordPiece tokenizer has no such spelling, so its text is used instead."""
+    from transformers import AutoTokenizer
+
+    from tunesmith.infer.decoding import token_bytes
+    from tunesmith.models.encoders import packaged_folder
+
+    tokenizer = template.tokenizer
+    raw = token_bytes(tokenizer)
+    for text in TEXTS:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert b"".join(raw(i) for i in ids) == text.encode()
+    split = tokenizer("🎉", add_special_tokens=False)["input_ids"]
+    assert len(split) > 1 and all(tokenizer.decode([i]) == "\ufffd" for i in split)  # parts of one character
+    assert raw(tokenizer.eos_token_id) == tokenizer.eos_token.encode()  # added tokens are their own text
+    wordpiece = AutoTokenizer.from_pretrained(packaged_folder("all-minilm-l6-v2"))
+    assert token_bytes(wordpiece)(wordpiece.convert_tokens_to_ids("hello")) is None

@@ -121,6 +121,35 @@ def test_a_tiny_temperature_is_greedy(engine):
     assert complete(serving, prompt="The river ran", max_tokens=6, temperature=1e-30, seed=3).choices[0].text == greedy
 
 
+def answer_with(engine, text: str) -> None:
+    """Make the tiny model answer USER with `text`'s tokens, greedily. With tied embeddings it repeats its last input
+    token (the hidden state stays close to that token's embedding); an untied head whose row for each next token is
+    the previous token's embedding, scaled up, turns that echo into a chain: prompt's last token -> text's tokens."""
+    import torch
+
+    served = engine.served[engine.default]
+    prompt = served.template.render_prompt(USER)
+    chain = [prompt[-1], *served.template.tokenizer(text, add_special_tokens=False)["input_ids"]]
+    embeddings = served.model.model.embed_tokens.weight.data
+    head = embeddings.clone()
+    for token, following in zip(chain, chain[1:]):
+        head[following] = 4 * embeddings[token]
+    served.model.lm_head.weight = torch.nn.Parameter(head)
+
+
+def test_logprob_bytes_are_each_tokens_own_bytes_and_make_up_the_answers_utf8(engine):
+    """SmolLM2's byte-level BPE splits the emoji into three tokens, none a whole character: each one's text is
+    U+FFFD, its bytes are its part of the emoji's UTF-8 (as OpenAI gives them), and together they spell the answer."""
+    answer_with(engine, "\U0001F600")
+    reply = chat(Serving(engine, DeployConfig()), max_tokens=3, temperature=0, logprobs=True, top_logprobs=2)
+    choice = reply.choices[0]
+    assert choice.message.content == "\U0001F600"
+    tokens = choice.logprobs.content
+    assert len(tokens) == 3 and all(t.token == "\ufffd" for t in tokens)
+    assert b"".join(bytes(t.bytes) for t in tokens) == "\U0001F600".encode()
+    assert all(t.top_logprobs[0].token == t.token and t.top_logprobs[0].bytes == t.bytes for t in tokens)
+
+
 def test_a_prompt_longer_than_the_context_is_400_naming_both_numbers(engine, monkeypatch):
     monkeypatch.setattr(engine.served[engine.default].model.config, "max_position_embeddings", 1024)
     serving = Serving(engine, DeployConfig())

@@ -3,12 +3,14 @@
     decoder = Decoder(template, stops)      # per choice
     text, stopped = decoder.update(ids)     # the new text since the last call; stopped: a stop string was reached
     streamer = TokenStream(loop, queue)     # generate(streamer=...) in a worker thread -> ids on the caller's loop
+    raw = token_bytes(tokenizer)            # id -> the token's own bytes, for logprobs (None: only its text is known)
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import json
+from typing import Any, Callable
 
 from tunesmith.templates import Template
 
@@ -117,6 +119,49 @@ def text_decoder(tokenizer: Any) -> Any:
         backend = tokenizer.backend_tokenizer
         return lambda ids: backend.decode(ids, skip_special_tokens=True)
     return lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def token_bytes(tokenizer: Any) -> Callable[[int], bytes | None]:
+    """id -> the token's own bytes, for logprobs (OpenAI's `bytes`), or None where only its text is known.
+
+    A byte-level BPE tokenizer (GPT-2's scheme: SmolLM2, Qwen, Llama 3) spells each token's bytes as characters of
+    GPT-2's byte-to-unicode table, so a token holding part of a UTF-8 character gives that part, where decode()
+    gives U+FFFD. Added tokens (<|im_end|>) are plain text. Other tokenizers: None (their decoded text)."""
+    decoder = getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)
+    if decoder is None or not _byte_level(json.loads(decoder.__getstate__() or "null")):
+        return lambda token: None
+    table, added = _BYTE_OF_CHAR, tokenizer.added_tokens_decoder
+
+    def read(token: int) -> bytes | None:
+        if token in added:
+            return added[token].content.encode()
+        piece = tokenizer.convert_ids_to_tokens(token)
+        if piece is None or any(c not in table for c in piece):
+            return None
+        return bytes(table[c] for c in piece)
+
+    return read
+
+
+def _byte_level(decoder: dict | None) -> bool:
+    """Whether a tokenizers decoder (its JSON) maps characters back to bytes with GPT-2's table."""
+    if not decoder:
+        return False
+    if decoder.get("type") == "Sequence":
+        return any(_byte_level(d) for d in decoder.get("decoders", []))
+    return decoder.get("type") == "ByteLevel"
+
+
+def _byte_of_char() -> dict[str, int]:
+    """GPT-2's bytes_to_unicode, inverted: printable bytes stand for themselves, the other 68 for U+0100 onwards in
+    byte order (transformers 5 no longer exports the table)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
+                 *range(ord("\u00ae"), ord("\u00ff") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return {**{chr(b): b for b in printable}, **{chr(256 + k): b for k, b in enumerate(others)}}
+
+
+_BYTE_OF_CHAR = _byte_of_char()
 
 
 class TokenStream:

@@ -21,7 +21,7 @@ from typing import Any, AsyncIterator, Callable
 from tunesmith.errors import TunesmithError
 from tunesmith.infer.common import prompt_ids
 from tunesmith.infer.continuous import wait_until_idle
-from tunesmith.infer.decoding import GREEDY_BELOW, Decoder, TokenStream
+from tunesmith.infer.decoding import GREEDY_BELOW, Decoder, TokenStream, token_bytes
 from tunesmith.infer.served_models import Served
 from tunesmith.infer.types import Delta, EngineError, GenerationRequest, SamplingParams, TokenLogprob
 
@@ -151,12 +151,15 @@ def generate_exact(served: Served, lock: threading.Lock, prompt: list[int], p: S
     if left.is_set():  # nobody reads the answer
         return [], []
     new = out.sequences[0, len(prompt):].tolist()
+    raw = token_bytes(tok)
     logprobs = []
     for step, token in enumerate(new):
         dist = torch.log_softmax(out.logits[step][0].float(), dim=-1)
         top = torch.topk(dist, max(p.top_logprobs, 1))
-        tops = [(tok.decode([t]), v) for v, t in zip(top.values.tolist(), top.indices.tolist())]
-        logprobs.append(TokenLogprob(tok.decode([token]), dist[token].item(), tops[: p.top_logprobs]))
+        top_ids = top.indices.tolist()[: p.top_logprobs]
+        tops = [(tok.decode([t]), v) for v, t in zip(top.values.tolist(), top_ids)]
+        logprobs.append(TokenLogprob(tok.decode([token]), dist[token].item(), tops, raw(token),
+                                     [raw(t) for t in top_ids]))
     return new, logprobs
 
 

@@ -60,6 +60,10 @@ class TokenLogprob:
     token: str
     logprob: float
     top: list[tuple[str, float]] = field(default_factory=list)
+    # the tokens' own bytes (decoding.token_bytes): part of a UTF-8 character where `token` shows U+FFFD; None where
+    # the engine knows only the text (then its UTF-8)
+    token_bytes: bytes | None = None
+    top_bytes: list[bytes | None] = field(default_factory=list)
 
 
 @dataclass

@@ -42,6 +42,7 @@ from tunesmith.config import DEFAULT_MODEL
 from tunesmith.config.speculative import parse_speculative
 from tunesmith.errors import ConfigError, HardwareError, TunesmithError
 from tunesmith.infer.common import override_templates, pick_served, prompt_ids, reasoning_split
+from tunesmith.infer.decoding import token_bytes
 from tunesmith.infer.types import (
     Delta,
     Engine,
@@ -334,13 +335,14 @@ class VLLMEngine(Engine):
     def _logprobs(self, served: Served, c: Any, p: SamplingParams) -> list[TokenLogprob]:
         """vLLM's raw (pre-temperature) logprobs, token strings decoded as the transformers backend does."""
         decode = served.template.tokenizer.decode
+        raw = token_bytes(served.template.tokenizer)
         out = []
         for token_id, position in zip(c.token_ids, c.logprobs or []):
             # vLLM returns the top-k by rank plus the chosen token (at its own rank, which may lie outside the top-k)
             top = sorted((lp.rank, t, lp.logprob) for t, lp in position.items()
                          if lp.rank and lp.rank <= p.top_logprobs)
             out.append(TokenLogprob(decode([token_id]), position[token_id].logprob,
-                                    [(decode([t]), v) for _, t, v in top]))
+                                    [(decode([t]), v) for _, t, v in top], raw(token_id), [raw(t) for _, t, _ in top]))
         return out
 
     def _served(self, model: str | None) -> Served:

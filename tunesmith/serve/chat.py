@@ -347,6 +347,13 @@ def _loads(arguments: str) -> object:
 
 
 def _logprobs(logprobs: list[TokenLogprob]) -> list[TokenLogprobOut]:
-    return [TokenLogprobOut(token=t.token, logprob=t.logprob, bytes=list(t.token.encode()),
-                            top_logprobs=[TopLogprob(token=s, logprob=v, bytes=list(s.encode())) for s, v in t.top])
+    """bytes: the token's own bytes where the engine knows them (a byte-level tokenizer's token may hold part of a
+    character: its text is then U+FFFD, its bytes that part, as OpenAI gives them), else its text's UTF-8."""
+    return [TokenLogprobOut(token=t.token, logprob=t.logprob, bytes=_bytes(t.token, t.token_bytes),
+                            top_logprobs=[TopLogprob(token=s, logprob=v, bytes=_bytes(s, raw))
+                                          for (s, v), raw in zip(t.top, t.top_bytes or [None] * len(t.top))])
             for t in logprobs]
+
+
+def _bytes(text: str, raw: bytes | None) -> list[int]:
+    return list(text.encode() if raw is None else raw)
