@@ -183,6 +183,8 @@ def main() -> None:
         engine.loops.attention = options.pop("_attention", "auto")
         # deploy --stream-interval N: a request's outputs reach its stream every N tokens (infer/continuous.py)
         engine.loops.stream_interval = options.pop("_stream_interval", 1)
+        # "_decode_rows": false: decode-only steps' attention without the query heads packed as rows (infer/attention.py)
+        engine.loops.decode_rows = options.pop("_decode_rows", True)
         if "_kernels" in options:  # liger's fused layers from this variant on (models/kernels.py)
             kernels = options.pop("_kernels")
             for served in engine.served.values():

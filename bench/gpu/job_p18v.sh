@@ -20,8 +20,10 @@ OURS=(tunesmith) CHUNKS=()
 
 python3 bench/make_shape_model.py --shape qwen2.5-0.5b-instruct --tokenizer .gputok --out /tmp/m05 \
   > "$OUT/shape05.txt" 2>&1 || { tail -5 "$OUT/shape05.txt" | tee -a "$R"; exit 1; }
-# the engine alone with the model's own layers, then with liger's fused layers (deploy's default on CUDA), then chunked
-ENGINE_VARIANTS=(--kernels none --variant own '{}' --variant default '{"_kernels": "auto"}')
+# the engine alone with the model's own layers, then with liger's fused layers, each without and with decode steps'
+# query heads packed as rows (deploy's default on CUDA: both), then chunked
+ENGINE_VARIANTS=(--kernels none --variant own '{"_decode_rows": false}' --variant own+rows '{}'
+  --variant liger '{"_kernels": "auto", "_decode_rows": false}' --variant default '{}')
 [ -n "${CHUNKED:-}" ] && ENGINE_VARIANTS+=(--variant chunked "{\"_stream_interval\": $CHUNKED}")
 step engine05 200 python3 bench/engine_decode.py --model /tmp/m05 --concurrency 64 --max-tokens 256 --host-timing \
   "${ENGINE_VARIANTS[@]}" --out "$OUT/engine05.json"

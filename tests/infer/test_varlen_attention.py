@@ -80,3 +80,47 @@ def test_torch_varlen_kernel_equals_the_reference_on_gpu():
     got = varlen_attn(q, k, v, cu_q, cu_k, 7, 300, **attention._causal_options(None))
     want = attention.reference_varlen(q.float(), k.float(), v.float(), cu_q, cu_k, scale=None)
     assert (got.float() - want).abs().max().item() < 2e-2
+
+
+def decode_step(heads=14, kv_heads=2, dtype=torch.float32, device="cpu"):
+    """Three decoding sequences over 40, 300 and 9 keys, then two padding rows (their cumulative lengths plateau, as
+    the continuous batch pads a step for its CUDA graph)."""
+    q, k, v, cu_q, cu_k = packed([1, 1, 1, 0, 0], [40, 300, 9, 0, 0], heads=heads, kv_heads=kv_heads, dtype=dtype,
+                                 device=device)
+    q = torch.cat([q, torch.randn(2, heads, q.shape[-1], device=device, dtype=dtype)])  # the padding rows' inputs
+    return q, k, v, cu_q, cu_k
+
+
+def test_decode_rows_pack_query_heads_and_answer_as_the_causal_reference():
+    q, k, v, cu_q, cu_k = decode_step()
+    got = attention._decode_rows(q, k, v, cu_q, cu_k, max_k=300, scale=None)
+    want = attention.reference_varlen(q, k, v, cu_q, cu_k, scale=None)
+    assert got.shape == q.shape
+    assert torch.allclose(got[:3], want[:3], atol=1e-6)
+    # each query head reads its own KV head: change KV head 1 and only query heads 7-13 move
+    k2 = k.clone()
+    k2[:, 1] += 1.0
+    moved = attention._decode_rows(q, k2, v, cu_q, cu_k, max_k=300, scale=None)
+    assert torch.equal(moved[:3, :7], got[:3, :7]) and not torch.allclose(moved[:3, 7:], got[:3, 7:])
+
+
+def test_the_batch_packs_heads_on_decode_only_steps(spread_model, monkeypatch):
+    """Through the engine: decode-only steps take the packed rows (the answers above equal SDPA's with them)."""
+    calls = []
+    packed_rows = attention._decode_rows
+    monkeypatch.setattr(attention, "_decode_rows", lambda *a, **kw: calls.append(a[0].shape[0]) or packed_rows(*a, **kw))
+    answers(spread_model, "varlen")
+    assert calls and max(calls) == len(PROMPTS)  # all six sequences decoding together, one query token each
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_decode_rows_equal_the_unpacked_kernel_on_gpu():
+    from torch.nn.attention.varlen import varlen_attn
+
+    q, k, v, cu_q, cu_k = decode_step(dtype=torch.bfloat16, device="cuda")
+    got = attention._decode_rows(q, k, v, cu_q, cu_k, max_k=300, scale=None)
+    unpacked = varlen_attn(q, k, v, cu_q, cu_k, 1, 300, **attention._causal_options(None))
+    want = attention.reference_varlen(q.float(), k.float(), v.float(), cu_q, cu_k, scale=None)
+    assert (got[:3].float() - want[:3]).abs().max().item() < 2e-2
+    assert (got[:3].float() - unpacked[:3].float()).abs().max().item() < 1e-2

@@ -58,6 +58,7 @@ class BatchingLoops:
         self.speculate = speculate
         self.stream_interval = stream_interval  # deploy --stream-interval: outputs passed on (every_nth_output)
         self.fast_paths = True
+        self.decode_rows = True  # decode-only steps pack query heads as attention rows (infer/attention.py)
         self.speculation: dict[str, SpeculationCounts] = {}
         self.options = options or {}
         self.max_batch_tokens, self.kv_cache_gib = max_batch_tokens, kv_cache_gib
@@ -216,7 +217,7 @@ class BatchingLoops:
         def install(processor: Any) -> None:
             if self.fast_paths:  # first: the others wrap the IO method it replaces on decode-only steps
                 install_decode_batch(processor)
-            greedy = GreedySteps(processor)
+            greedy = GreedySteps(processor, self.decode_rows)
             greedy.install()
             if self.fast_paths:
                 install_carry_over(processor)

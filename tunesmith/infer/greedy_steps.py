@@ -18,6 +18,11 @@ step's batch tensors are prepared and read when that same step is computed, in t
 update N-1), so the graph and the eager forward always see the step's own flag. Async batching's carry-over (the
 previous step's tokens written into this step's input on the device) runs first, as in transformers' own step.
 
+The same three patches carry the step's other flag, decode-only (every sequence in it has one query token, so the
+attention packs query heads as rows: infer/attention.py `_decode_rows`): set with the batch tensors, in the graph key
+before the greedy flag, and passed to the model call as the DECODE_ONLY keyword, which transformers hands on to the
+attention function of every layer.
+
 Argmax on the model's logits (bf16 on a GPU) picks what argmax on their float32 copy picks: the conversion is exact
 and keeps the order. Ties (frequent in bf16 random weights) went to whichever tied token multinomial drew; argmax
 takes the first.
@@ -29,6 +34,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from tunesmith.infer.attention import DECODE_ONLY
 from tunesmith.infer.decoding import GREEDY_BELOW
 
 SUPPORTED = "5.23"  # transformers minor version whose continuous batching internals infer/ patches
@@ -75,9 +81,11 @@ class GreedySteps:
     """The argmax on greedy-only steps, installed on one batch processor: four patched internals (the IO's batch
     tensors and graph key, the logits processors' arguments, the model runner's forward and sampling)."""
 
-    def __init__(self, processor: Any):
+    def __init__(self, processor: Any, decode_rows: bool = True):
         self.processor = processor
+        self.decode_rows = decode_rows  # flag decode-only steps (off: bench/engine_decode.py's "_decode_rows")
         self.greedy_step = False  # the step being prepared / computed has only greedy requests with a new token
+        self.decode_step = False  # ... and every request in it has exactly one query token
 
     def install(self) -> None:
         processor = self.processor
@@ -94,6 +102,8 @@ class GreedySteps:
     def _prepare_batch_tensors(self, requests_in_batch: list[Any], *args: Any, **kwargs: Any) -> None:
         self.greedy_step = not self.processor.return_logprobs and all(
             is_greedy(future.state) for future in requests_in_batch if future.has_new_token)
+        self.decode_step = self.decode_rows and bool(requests_in_batch) and all(
+            future.query_length == 1 and future.has_new_token for future in requests_in_batch)
         self.prepare(requests_in_batch, *args, **kwargs)
 
     def _prepare_tensor_args(self, requests_in_batch: list[Any], arg_storage: Any) -> Any:
@@ -102,7 +112,7 @@ class GreedySteps:
 
     def _keyed(self, graph_key: Callable[[], tuple]) -> Callable[[], tuple]:
         def key() -> tuple:
-            return (*graph_key(), self.greedy_step)
+            return (*graph_key(), self.decode_step, self.greedy_step)
 
         return key
 
@@ -110,6 +120,7 @@ class GreedySteps:
                           output_ids: Any) -> None:
         """transformers' ModelRunner._forward_process_and_sample with the argmax of every logits row in place of the
         processors and sampling, on a greedy step."""
+        batch_data[DECODE_ONLY] = self.decode_step
         if not self.greedy_step:
             return self.sample(model, batch_data, carry_over_ids, prev_output_ids, output_ids)
         self.carry_over(batch_data["input_ids"], carry_over_ids, prev_output_ids)  # no-op when synchronous
