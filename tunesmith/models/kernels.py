@@ -53,6 +53,9 @@ def apply_kernels(kernels: str, model: Any, device: str) -> str:
         if not liger_applies(kernels, device, model_type):
             return f"none (liger has no kernels for {model_type})"
         apply_liger_kernel(model, LIGER_KERNELS)  # unwraps peft; patches the layers in place
+        # At its first call liger tries its backends for other hardware (CuTe DSL, Ascend) and warns for each one
+        # that does not import: expected on a plain CUDA machine, and two alarming lines in every log otherwise.
+        logging.getLogger("liger_kernel.backends.registry").setLevel(logging.ERROR)
     except Exception as err:  # noqa: BLE001 - an optional speed-up must not stop a run that works without it
         if kernels == "liger":
             raise
