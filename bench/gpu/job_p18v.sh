@@ -9,7 +9,7 @@
 # PROFILE=1 adds, after the engine alone: the engine at 64 streams under bench/stack_sampler.py (the batching thread's
 # stacks, measured rounds only) and under torch.profiler (GPU busy share, top kernels).
 # CHUNKED=N adds `tunesmith deploy --stream-interval N` (bench/serve.py's tunesmith-chunked) beside deploy wherever
-# deploy runs, in the same call.
+# deploy runs, in the same call. SKIP_TTFT=1 leaves out the side by side with `transformers serve`.
 # Carry .whl .whls .gputok (bench/gpu/stage.sh). ~4 minutes, ~9 with FULL=1. Everything under $OUT, summary p18v.txt.
 set -euo pipefail
 : "${OUT:?set OUT to the results folder}"
@@ -36,7 +36,7 @@ if [ "${PROFILE:-0}" = 1 ]; then
 fi
 step deploy05 300 python3 bench/serve.py --model /tmp/m05 --servers "${OURS[@]}" "${CHUNKS[@]}" \
   --concurrency 64 --rounds 3 --max-tokens 256 --prompt-tokens 212
-step ttft05 260 python3 bench/serve.py --model /tmp/m05 --servers "${OURS[@]}" transformers "${CHUNKS[@]}" \
+[ "${SKIP_TTFT:-0}" = 1 ] || step ttft05 260 python3 bench/serve.py --model /tmp/m05 --servers "${OURS[@]}" transformers "${CHUNKS[@]}" \
   --concurrency 64 --rounds 1 --max-tokens 256 --prompt-tokens 212
 cp /tmp/bench-tunesmith.log "$OUT/deploy05.log" 2>/dev/null || true
 python3 - "$OUT" <<'PY' | tee -a "$R"
