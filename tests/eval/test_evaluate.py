@@ -168,6 +168,34 @@ def test_adapters_flag_and_a_named_endpoint_model(engines, endpoint, data, run_f
     assert result.scores["toy"] == {"exact_match": 1.0}
 
 
+def test_the_evals_config_yaml_reruns_it_from_another_directory(engines, endpoint, tmp_path, monkeypatch):
+    """Relative local paths are recorded absolute (config/local_paths.py), so `eval -c OUT/config.yaml` reruns it
+    from anywhere; registry names, hub ids and endpoint URLs stay as written."""
+    from e2e.e2e_cli import run_main
+
+    url, _ = endpoint
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    (project / "data").mkdir(parents=True)
+    (project / "data" / "mixed.jsonl").write_text("\n".join(json.dumps(r) for r in ROWS) + "\n")
+    (project / "runs" / "toy" / "final").mkdir(parents=True)
+    (project / "runs" / "toy" / "final" / "adapter_config.json").write_text("{}")
+    elsewhere.mkdir()
+    monkeypatch.chdir(project)
+    run_main("eval", "--compare", "base=smollm2-135m-instruct", "tuned=runs/toy/final", "Qwen/Qwen2.5-0.5B",
+             f"served={url}", "--dataset", "data/mixed.jsonl#3", "--output-dir", "out")
+    record = yaml.safe_load((project / "out" / "config.yaml").read_text())
+    assert record["compare"] == ["base=smollm2-135m-instruct", f"tuned={project}/runs/toy/final", "Qwen/Qwen2.5-0.5B",
+                                 f"served={url}"]
+    assert (record["dataset"], record["output_dir"]) == ([f"{project}/data/mixed.jsonl#3"], f"{project}/out")
+    first = json.loads((project / "out" / "results.json").read_text())["models"]
+
+    monkeypatch.chdir(elsewhere)
+    run_main("eval", "-c", "../project/out/config.yaml", "--output-dir", "again")
+    again = json.loads((elsewhere / "again" / "results.json").read_text())["models"]
+    assert {n: m["scores"] for n, m in again.items()} == {n: m["scores"] for n, m in first.items()}
+    assert engines[4]["adapters"] == {"tuned": f"{project}/runs/toy/final"}  # read as the run's adapter again
+
+
 def test_default_folder_is_runs_eval_time_and_results_are_not_overwritten_silently(engines, data, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     first = api.evaluate(load(EvalConfig, ["--model", "m", "--dataset", str(data)]))

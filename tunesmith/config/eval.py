@@ -13,6 +13,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from tunesmith.config.local_paths import local_path
 from tunesmith.config.sections import GENERATION_SHORTCUTS, Device, Dtype, GenerationCfg, Section, changed
 
 Metric = Literal["exact_match", "bleu", "rouge", "bertscore", "format", "accuracy"]
@@ -42,17 +43,20 @@ class EvalConfig(Section):
     """Score models side by side on a dataset (each row's last assistant turn is the reference; rows with `choices` and
 `answer` are multiple choice). Run: tunesmith eval --compare base=MODEL tuned=runs/NAME/final --dataset D"""
 
+    # local_path(...): a relative path is written absolute in the eval's config.yaml (config/local_paths.py)
     model: str | None = Field(None, description=(
         "Model to evaluate (registry name, folder or hub id); with --adapters, the base they load on (default: the "
-        "run's base). Without --model, --adapters or --compare: the embedded model."))
+        "run's base). Without --model, --adapters or --compare: the embedded model."), json_schema_extra=local_path())
     adapters: str | None = Field(None, description=(
-        "Evaluate this run's adapter (runs/NAME/final); base and template come from the run."))
+        "Evaluate this run's adapter (runs/NAME/final); base and template come from the run."),
+        json_schema_extra=local_path())
     compare: list[str] = Field(default_factory=list, description=(
         "Models side by side, each NAME=SPEC (or SPEC, named after it): a model (registry name, folder, hub id), a "
         "run's final folder, or a running OpenAI-compatible endpoint http://host:port/v1 (append #MODEL to pick one "
-        "it serves; default its first)."))
+        "it serves; default its first)."), json_schema_extra=local_path("named"))
     dataset: list[str] = Field(default_factory=list, description=(
-        "Files, folders, registry names or hub ids (name#N samples N rows), in any training format."))
+        "Files, folders, registry names or hub ids (name#N samples N rows), in any training format."),
+        json_schema_extra=local_path("dataset"))
     task: Literal["generation", "retrieval", "reranking", "classification"] = Field("generation", description=(
         "generation: answers scored against references; retrieval: embedding models rank a corpus (recall@k, MRR, "
         "nDCG@k over a BEIR folder or query/positive(/negatives) rows); reranking: rerankers order each query's "
@@ -67,7 +71,8 @@ class EvalConfig(Section):
         "lm-eval: lm-evaluation-harness in this venv; evalscope: EvalScope in .venv-evalscope "
         "(bash scripts/evalscope-env.sh), as a subprocess."))
     benchmark_dir: list[str] = Field(default_factory=list, description=(
-        "Folders of task YAML files in the harness's format (their data_files read from the working directory)."))
+        "Folders of task YAML files in the harness's format (their data_files read from the working directory)."),
+        json_schema_extra=local_path())
     num_fewshot: int | None = Field(None, ge=0, description="Benchmarks: few-shot examples (default: each task's own).")
     benchmark_chat_template: bool = Field(False, description=(
         "Benchmarks: prompts as chats in each model's chat template, few-shot examples as turns (the harness's "
@@ -80,7 +85,7 @@ class EvalConfig(Section):
         "Cut-offs of recall@k and nDCG@k (retrieval, reranking); MRR is cut at the largest."))
     retriever: str | None = Field(None, description=(
         "reranking: rank the whole corpus with this embedding model first and rerank its top --candidates "
-        "(default: each query's own documents)."))
+        "(default: each query's own documents)."), json_schema_extra=local_path())
     candidates: int = Field(20, ge=1, description="reranking with --retriever: documents reranked per query.")
     limit: int | None = Field(None, description=(
         "Score only the first N rows; a negative N scores the last N (default: all)."))
@@ -89,7 +94,7 @@ class EvalConfig(Section):
         "scores multiple-choice rows. Each applies to the rows it fits (eval/metrics.py says how each is computed)."))
     bertscore_model: str | None = Field(None, description=(
         "BERTScore's model: all-minilm-l6-v2 (shipped, offline; the default), a folder, or a hub id bert-score knows "
-        "(roberta-large, bert-base-chinese, ...; from the hub cache offline)."))
+        "(roberta-large, bert-base-chinese, ...; from the hub cache offline)."), json_schema_extra=local_path())
     bertscore_idf: bool = Field(False, description="BERTScore weights tokens by inverse document frequency over the "
                                 "references.")
     judge_url: str | None = Field(None, description=(
@@ -102,7 +107,7 @@ class EvalConfig(Section):
         "Default: pairwise with two or more models, else score."))
     rubric: str | None = Field(None, description=(
         "Text file with the judging criteria, put into the judge's prompt (default: helpfulness, correctness against "
-        "the reference, clarity)."))
+        "the reference, clarity)."), json_schema_extra=local_path())
     judge_api_key: str | None = Field(None, description="Bearer key for --judge-url (default: $OPENAI_API_KEY).")
     judge_max_tokens: int = Field(512, ge=1, description="Longest judge reply (greedy, temperature 0).")
     review_sample: int | None = Field(None, ge=1, description=(
@@ -111,7 +116,8 @@ class EvalConfig(Section):
     review_seed: int = Field(42, description="Seed of the review sample and of its letter shuffle.")
     review_results: str | None = Field(None, description=(
         "A filled review.csv: folds its mean score per model into that eval's results.json and table (column "
-        "human, mean score / 10); nothing else runs. The eval's folder is the sheet's, or --output-dir."))
+        "human, mean score / 10); nothing else runs. The eval's folder is the sheet's, or --output-dir."),
+        json_schema_extra=local_path())
     generation: GenerationCfg = Field(default_factory=GenerationCfg, description="Generation settings.")
     batch_size: int = Field(32, ge=1, description=(
         "Prompts submitted together (they share the running batch), or concurrent requests to an endpoint."))
@@ -123,7 +129,8 @@ class EvalConfig(Section):
         "sent to endpoints as the request's chat_template_kwargs."))
     api_key: str | None = Field(None, description="Bearer key for endpoints (default: $OPENAI_API_KEY, else none).")
     output_dir: str | None = Field(None, description=(
-        "Folder for results.json, answers.jsonl and scores.png (default runs/eval-<time>)."))
+        "Folder for results.json, answers.jsonl and scores.png (default runs/eval-<time>)."),
+        json_schema_extra=local_path())
     overwrite: bool = Field(False, description="Write over the results already in output_dir.")
     skip_bad_rows: bool = Field(False, description=(
         "Skip rows that fail the data check (counted) instead of stopping."))

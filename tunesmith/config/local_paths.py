@@ -11,14 +11,17 @@ the rule the loaders follow (a name that exists on disk is read from disk, data/
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel
 
 # path: a file or folder; dataset: a dataset spec, whose `#N` (sample N rows) follows the path;
-# python: `file.py:Name`, a class or function in a Python file
-Kind = Literal["path", "dataset", "python"]
+# python: `file.py:Name`, a class or function in a Python file; named: `NAME=PATH` or PATH (eval's --compare)
+Kind = Literal["path", "dataset", "python", "named"]
+# The NAME of `NAME=SPEC`, as eval/targets.py targets_from reads it (anything else is a bare SPEC holding "=")
+LABEL = re.compile(r"^[A-Za-z0-9_.\-]+=")
 
 
 def local_path(kind: Kind = "path") -> dict[str, str]:
@@ -46,23 +49,26 @@ def with_absolute_paths(cfg: BaseModel, data: dict[str, Any], cwd: Path) -> dict
 def absolute(value: Any, kind: Kind, cwd: Path) -> Any:
     if not isinstance(value, str):  # resume: true
         return value
-    path, rest = _split(value, kind)
+    head, path, rest = _split(value, kind)
     if not path or path.startswith("~") or Path(path).is_absolute():
         return value
     full = cwd / path
-    if not full.exists():  # a hub id, a registry name, a preset: what the loaders read as a name
+    if not full.exists():  # a hub id, a registry name, a preset, a URL: what the loaders read as a name
         return value
-    return os.path.normpath(full) + rest
+    return head + os.path.normpath(full) + rest
 
 
-def _split(value: str, kind: Kind) -> tuple[str, str]:
-    """The path part and what follows it (`#200` of a dataset spec, `:Env` of a Python reference)."""
+def _split(value: str, kind: Kind) -> tuple[str, str, str]:
+    """What precedes the path (`base=` of a named spec), the path, and what follows it (`#200` of a dataset spec,
+    `:Env` of a Python reference)."""
     if kind == "dataset":
         name, sep, count = value.rpartition("#")  # as data/load.py _split_count reads it
         if sep and count.isdigit() and name:
-            return name, sep + count
+            return "", name, sep + count
     if kind == "python":
         file, sep, attr = value.rpartition(":")
         if sep and file.endswith(".py"):
-            return file, sep + attr
-    return value, ""
+            return "", file, sep + attr
+    if kind == "named" and (label := LABEL.match(value)) and label.end() < len(value):
+        return label.group(), value[label.end():], ""
+    return "", value, ""

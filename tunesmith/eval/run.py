@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from tunesmith.config.eval import CHEAP_METRICS, EvalConfig
+from tunesmith.config.local_paths import with_absolute_paths
 from tunesmith.errors import ConfigError
 from tunesmith.eval import metrics as M
 from tunesmith.eval import report
@@ -203,7 +204,8 @@ def _answer_row(target: Target, sample: Sample, a: Answer, scores: dict[str, flo
 
 
 def _save_config(cfg: EvalConfig, out: Path, targets: list[Target], rows: int, skipped: int) -> None:
-    data = cfg.model_dump(mode="json")
+    # relative paths written absolute: `tunesmith eval -c OUT/config.yaml` reruns it from any directory
+    data = with_absolute_paths(cfg, cfg.model_dump(mode="json"), Path.cwd())
     versions = installed_versions(("tunesmith", "torch", "transformers", "peft", "sacrebleu", "rouge-score"))
     data["_resolved"] = {"targets": [{"name": t.name, "kind": t.kind, "spec": t.spec} for t in targets], "rows": rows,
                          "skipped_rows": skipped, "versions": versions, "command": cfg.command}
