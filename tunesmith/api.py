@@ -8,12 +8,15 @@ The CLI and the web UI call exactly these functions. Heavy libraries load inside
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from tunesmith.config.eval import EvalConfig
 from tunesmith.config.rlhf import RLHFConfig
 from tunesmith.config import PlanConfig
 from tunesmith.config import DataCheckConfig, DeployConfig, DownloadConfig, ExportConfig, InferConfig, PTConfig, SFTConfig
+
+log = logging.getLogger("tunesmith")
 
 
 def sft(cfg: SFTConfig, callbacks: list[Any] | None = None):
@@ -150,6 +153,19 @@ def download(cfg: DownloadConfig) -> str:
     from tunesmith.models.registry import MODELS
 
     repo, kind = cfg.repo, cfg.kind
+    if repo in MODELS and MODELS[repo].hub_id is None:  # embedded (smollm2-135m-instruct): no hub copy to fetch
+        from tunesmith.models.embedded import prepared_folder
+
+        log.info("%s is embedded in tunesmith: nothing to download; every command takes it by name (--model %s). "
+                 "Registry: %s Its folder here:", repo, repo, MODELS[repo].description)
+        folder = str(prepared_folder(repo))  # converted once into the cache, as its first use would
+        print(folder)
+        return folder
+    if repo in REGISTRY and REGISTRY[repo].path is not None:
+        log.info("%s ships with tunesmith: nothing to download; every command takes it by name (--dataset %s). Its "
+                 "file here:", repo, repo)
+        print(REGISTRY[repo].path)
+        return str(REGISTRY[repo].path)
     if repo in MODELS and MODELS[repo].hub_id:
         repo = MODELS[repo].hub_id
     elif repo in REGISTRY and REGISTRY[repo].hub_id:

