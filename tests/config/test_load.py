@@ -197,6 +197,34 @@ def test_plan_takes_the_nested_keys_of_the_sections_it_reads_as_flags(tmp_path, 
         load(PlanConfig, ["--dp.epsilon", "0"])
 
 
+@pytest.mark.parametrize("tuner, key, small, big", [("galore", "rank", 32, 256), ("lisa", "layers", 1, 8),
+                                                     ("freeze", "trainable_layers", 1, 8), ("reft", "rank", 2, 64)])
+def test_plan_sizes_each_tuner_by_its_own_section_as_sft_does(tuner, key, small, big, tmp_path, capsys):
+    """`plan -c sft.yaml` planned galore.rank, lisa.layers, freeze.trainable_layers and reft.rank as plan's own
+    lora_rank (16) and trained_layers (2) defaults: the same plan for any size."""
+    import json
+
+    from tunesmith.cli.main import main
+
+    def planned(*args) -> dict:
+        assert main(["plan", *map(str, args), "--json", "--gpu-memory", "80"]) == 0
+        return {k: v for k, v in json.loads(capsys.readouterr().out).items() if k != "hardware"}  # free RAM moves
+
+    def from_yaml(size: int) -> dict:
+        path = tmp_path / f"{size}.yaml"
+        path.write_text(f"dataset: [d.jsonl]\ntuner: {tuner}\n{tuner}: {{{key}: {size}}}\nlora: {{rank: 16}}\n")
+        return planned("-c", path)
+
+    def trained(plan: dict) -> float:  # galore: the optimizer states live in the rank-r projection
+        estimate = plan["recommended"]["estimate"]
+        return estimate["breakdown_gib"]["optimizer"] if tuner == "galore" else estimate["trainable_params"]
+
+    assert trained(from_yaml(big)) > trained(from_yaml(small))
+    assert from_yaml(big) == planned("--tuner", tuner, f"--{tuner}.{key.replace('_', '-')}", big)
+    if key == "rank":  # the suggested command trains the planned rank
+        assert f"--{tuner}.rank {big} " in from_yaml(big)["command"]
+
+
 def test_a_missing_key_says_how_to_give_it():
     from tunesmith.config.data import DataCleanConfig
 

@@ -12,10 +12,16 @@ from typing import ClassVar, Literal
 from pydantic import Field, ValidationError, model_validator
 
 from tunesmith.config.commands import DEFAULT_MODEL
-from tunesmith.config.sections import LoraCfg, PrivacyCfg, Section
+from tunesmith.config.sections import FreezeCfg, GaloreCfg, LisaCfg, LoraCfg, PrivacyCfg, ReftCfg, Section
 
 log = logging.getLogger("tunesmith")
 RLHF_METHODS = ("dpo", "kto", "orpo", "simpo", "cpo", "rm", "ppo", "grpo")
+# The tuners whose size sft reads from their own section: tuner -> (its section, the key, plan's field for it). The
+# size counts only for the tuner planned (a run's config.yaml holds every section, filled with defaults), and with
+# that tuner an unset size is the section's default, what sft would train (galore.rank 128, reft.rank 4).
+TUNER_SIZES: dict[str, tuple[type[Section], str, str]] = {
+    "galore": (GaloreCfg, "rank", "lora_rank"), "reft": (ReftCfg, "rank", "lora_rank"),
+    "lisa": (LisaCfg, "layers", "trained_layers"), "freeze": (FreezeCfg, "trainable_layers", "trained_layers")}
 
 # `--json` is the flag users know (nvidia-smi, gh, docker); as a field it shadows pydantic's deprecated v1 `.json()`
 # method, which nothing here calls.
@@ -34,15 +40,16 @@ class PlanConfig(Section):
         "auto = full if it fits comfortably, else lora, else qlora; or name one to check it (as tunesmith sft "
         "--tuner; peft's other adapters are planned as a LoRA of the same rank; longlora as a LoRA with trainable "
         "embeddings and norms; reft as sft's default interventions, 2 per layer, on the frozen base)."))
-    trained_layers: int = Field(2, ge=1, description="lisa, freeze: decoder layers that train at a time.")
+    trained_layers: int = Field(2, ge=1, description=(
+        "lisa, freeze: decoder layers that train at a time (unset: lisa.layers or freeze.trainable_layers, as sft)."))
     dp: bool = Field(False, description="Differentially private training (sft --dp): a gradient per sample.")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="auto = bfloat16 on GPUs that support it, else float32 (as tunesmith sft picks).")
     optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "sgd"] = Field(
         "adamw", description="adamw keeps 2 states per trainable weight; the 8-bit ones store them in 1 byte each.")
     lora_rank: int = Field(16, ge=1, description=(
-        "Adapter rank (lora, qlora, dora); GaLore's projection rank; reft's intervention rank (unset there: 4, as "
-        "sft's reft.rank)."))
+        "Adapter rank (lora, qlora, dora); GaLore's projection rank; reft's intervention rank (unset there: "
+        "galore.rank or reft.rank, 128 and 4 by default, as sft)."))
     lora_targets: list[str] | Literal["all-linear"] = Field(
         "all-linear", description="Modules that get adapters: all-linear or a list such as q_proj v_proj.")
     lora_experts: bool = Field(False, description=(
@@ -89,8 +96,10 @@ class PlanConfig(Section):
     # as it is and is left aside. The loader lets these names through (config/load.py _renamed).
     retired: ClassVar[dict[str, str]] = {}
     # The training commands' sections plan reads: their keys are flags and YAML keys here as in sft (`--dp.epsilon 8`,
-    # `--lora.rank 8`, `dp: {epsilon: 8}`), checked against sft's section (config/load.py _keys_under).
-    training_sections: ClassVar[dict[str, type[Section]]] = {"lora": LoraCfg, "dp": PrivacyCfg}
+    # `--lora.rank 8`, `galore: {rank: 64}`, `dp: {epsilon: 8}`), checked against sft's section (config/load.py
+    # _keys_under).
+    training_sections: ClassVar[dict[str, type[Section]]] = {
+        "lora": LoraCfg, "dp": PrivacyCfg, **{tuner: section for tuner, (section, _, _) in TUNER_SIZES.items()}}
 
     @model_validator(mode="before")
     @classmethod
@@ -98,7 +107,17 @@ class PlanConfig(Section):
         if not isinstance(data, dict):
             return data
         data = dict(data)
+        sized = {name: data.pop(name) for name in TUNER_SIZES if name in data}
         lora = data.pop("lora", None)
+        tuner = data.get("tuner", data.get("method"))
+        if tuner in TUNER_SIZES:  # the size sft reads for this tuner, unless plan's own field is given
+            section, key, field = TUNER_SIZES[tuner]
+            read = _read(tuner, section, sized.get(tuner, {}))
+            # --lora-rank (loaded as lora.rank) was the way to plan GaLore's and ReFT's rank: kept where the tuner's
+            # own section does not name one
+            lora_rank = field == "lora_rank" and isinstance(lora, dict) and "rank" in lora
+            if key in read.model_fields_set or not lora_rank:
+                data.setdefault(field, getattr(read, key))
         for key in ("rank", "targets", "experts"):
             if isinstance(lora, dict) and key in lora:
                 data.setdefault(f"lora_{key}", lora[key])
@@ -107,7 +126,7 @@ class PlanConfig(Section):
         if isinstance(data.get("dp"), (dict, str)):  # sft's dp section (or --dp epsilon=8,...): private with an epsilon
             data["dp"] = _private(data["dp"])
         aside = sorted(k for k in data if k in cls.retired)
-        if (aside or lora is not None) and data.get("tuner", data.get("method")) is None:
+        if (aside or sized or lora is not None) and data.get("tuner", data.get("method")) is None:
             data["tuner"] = "lora"  # what the training command trains when its file names no tuner
         for key in aside:
             data.pop(key)
@@ -149,21 +168,29 @@ class PlanConfig(Section):
 def _private(section: dict | str) -> bool:
     """Whether sft's dp section turns DP-SGD on, read by sft's own PrivacyCfg (so `--dp epsilon=8` and a bad value
     mean here what they mean to sft)."""
+    return _read("dp", PrivacyCfg, section).epsilon is not None
+
+
+def _read(name: str, section: type[Section], given: object) -> Section:
+    """A training command's section read by its own class, a bad value named as sft names it (`dp.epsilon: ...`)."""
     try:
-        return PrivacyCfg.model_validate(section).epsilon is not None
+        return section.model_validate(given)
     except ValidationError as err:
         first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ValueError(f"dp{'.' + where if where else ''}: {first['msg'].removeprefix('Value error, ')}") from None
+        where = f"{name}.{'.'.join(str(p) for p in first['loc'])}" if first["loc"] else name
+        raise ValueError(f"{where}: {first['msg'].removeprefix('Value error, ')}") from None
 
 
 def _training_only_keys() -> dict[str, str]:
-    """Keys of sft, pt and rlhf configs that PlanConfig has no field for, besides the lora section it reads."""
+    """Keys of sft, pt and rlhf configs that PlanConfig has no field for, besides the sections it reads."""
     from tunesmith.config.commands import PTConfig, SFTConfig
     from tunesmith.config.rlhf import RLHFConfig
 
     names = {n for c in (SFTConfig, PTConfig, RLHFConfig) for n in c.model_fields} - set(PlanConfig.model_fields)
-    return {name: "a training key plan leaves aside" for name in sorted(names - {"lora", "method", "tuner"})}
+    read = {"lora", "method", "tuner", *TUNER_SIZES}
+    return {name: "a training key plan leaves aside" for name in sorted(names - read)}
 
 
-PlanConfig.retired = {**_training_only_keys(), "lora": "read as lora_rank, lora_targets, lora_experts"}
+PlanConfig.retired = {**_training_only_keys(), "lora": "read as lora_rank, lora_targets, lora_experts",
+                      **{tuner: f"{tuner}.{key} read as {field} when the tuner is {tuner}"
+                         for tuner, (_, key, field) in TUNER_SIZES.items()}}

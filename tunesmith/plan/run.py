@@ -44,8 +44,7 @@ def plan(cfg: PlanConfig, hardware: Hardware | None = None) -> dict[str, Any]:
     dtype = cfg.dtype
     if dtype == "auto":  # models.load.pick_dtype: bf16 where the GPU has it; float32 on CPU, MPS and older GPUs
         dtype = "bfloat16" if cfg.gpu_memory or (hw.gpus and all(g.bf16 for g in hw.gpus)) else "float32"
-    rank = 4 if cfg.tuner == "reft" and "lora_rank" not in cfg.model_fields_set else cfg.lora_rank  # sft's reft.rank
-    base = Setup(dtype=dtype, optimizer=cfg.optimizer, lora_rank=rank, lora_targets=targets,
+    base = Setup(dtype=dtype, optimizer=cfg.optimizer, lora_rank=cfg.lora_rank, lora_targets=targets,
                  seq=-(-cfg.max_length // cfg.sequence_parallel), micro_batch=cfg.batch_size, grad_accum=cfg.grad_accum,
                  attn=cfg.attn, packing=cfg.packing, zero_stage=cfg.zero_stage, world_size=shards, tensor_parallel=tp,
                  fsdp=bool(cfg.fsdp) or (tp > 1 and shards > 1),
