@@ -27,8 +27,10 @@ ENGINE_VARIANTS=(--kernels none --variant own '{"_decode_rows": false}' --varian
 [ -n "${CHUNKED:-}" ] && ENGINE_VARIANTS+=(--variant chunked "{\"_stream_interval\": $CHUNKED}")
 step engine05 200 python3 bench/engine_decode.py --model /tmp/m05 --concurrency 64 --max-tokens 256 --host-timing \
   "${ENGINE_VARIANTS[@]}" --out "$OUT/engine05.json"
+# the fused layers' test after another that loads engines with them (liger's module-wide patches)
 [ "${FULL:-0}" = 1 ] || step gpu-kernels 150 python3 -m pytest -m gpu -q -p no:cacheprovider \
-  tests/infer/test_serving_kernels.py --basetemp /tmp/gk
+  tests/infer/test_continuous_fast_paths.py tests/infer/test_serving_kernels.py tests/infer/test_varlen_attention.py \
+  -k "not bfloat16" --basetemp /tmp/gk
 if [ "${PROFILE:-0}" = 1 ]; then
   step stacks05 120 python3 bench/stack_sampler.py --out "$OUT/stacks05.txt" --when-exists /tmp/measuring \
     bench/engine_decode.py --model /tmp/m05 --concurrency 64 --max-tokens 256 --sample-flag /tmp/measuring

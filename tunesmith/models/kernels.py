@@ -52,7 +52,9 @@ def apply_kernels(kernels: str, model: Any, device: str) -> str:
         model_type = model.config.model_type
         if not liger_applies(kernels, device, model_type):
             return f"none (liger has no kernels for {model_type})"
+        classes = _layer_classes(model)
         apply_liger_kernel(model, LIGER_KERNELS)  # unwraps peft; patches the layers in place
+        _restore_layer_classes(model, classes)
         # At its first call liger tries its backends for other hardware (CuTe DSL, Ascend) and warns for each one
         # that does not import: expected on a plain CUDA machine, and two alarming lines in every log otherwise.
         logging.getLogger("liger_kernel.backends.registry").setLevel(logging.ERROR)
@@ -62,3 +64,28 @@ def apply_kernels(kernels: str, model: Any, device: str) -> str:
         log.warning("liger kernels not applied (%s: %s); running the model's own layers", type(err).__name__, err)
         return "none"
     return "liger (" + ", ".join(k for k, on in LIGER_KERNELS.items() if on) + ")"
+
+
+def _modeling_module(model: Any) -> Any:
+    import sys
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return sys.modules[type(base).__module__]
+
+
+def _layer_classes(model: Any) -> dict[str, Any]:
+    """The model file's norm and MLP classes, which liger swaps for its own module-wide besides patching the loaded
+    layers: every model of that type built later in the process would get liger's layers, `kernels: none` or not."""
+    module = _modeling_module(model)
+    return {name: value for name, value in vars(module).items()
+            if isinstance(value, type) and name.endswith(("RMSNorm", "MLP"))}
+
+
+def _restore_layer_classes(model: Any, classes: dict[str, Any]) -> None:
+    """Put the classes back: the loaded model keeps its patched layers. liger's RoPE stays module-wide (the attention
+    calls the file's own function), so a model of the same type loaded later with `kernels: none` rotates with
+    liger's kernel; its norms and MLPs are its own."""
+    module = _modeling_module(model)
+    for name, value in classes.items():
+        setattr(module, name, value)
+
