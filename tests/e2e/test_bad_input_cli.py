@@ -111,3 +111,19 @@ def test_an_unknown_model_lists_the_registry_once(command):
     assert_clean_failure(proc, "model 'no-such-model': no such folder, registry name or hub id")
     assert (proc.stdout + proc.stderr).count(REGISTRY_NAME) == 1
 
+
+
+def test_deploy_kernels_liger_is_refused_where_it_cannot_run_and_with_vllm(tiny_model):
+    """--kernels liger asks for liger's fused layers by name: on a machine without CUDA the server refuses to start,
+    naming the option and what to use instead; with --backend vllm (its own kernels) it is refused before loading."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = run_main("deploy", "--model", tiny_model, "--kernels", "liger", "--device", "cpu", "--port", port,
+                    check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "kernels: liger needs a CUDA GPU" in proc.stderr and "auto or none" in proc.stderr
+    proc = run_main("deploy", "--backend", "vllm", "--kernels", "none", check=False)
+    assert proc.returncode != 0 and "kernels:" in proc.stderr and "--backend vllm" in proc.stderr

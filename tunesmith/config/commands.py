@@ -25,6 +25,9 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 LORA_TUNERS = ("lora", "qlora", "dora")
 PEFT_TUNERS = ("adalora", "vera", "oft", "boft", "ia3", "loha", "lokr")  # peft's other methods, by name
 FULL_WEIGHT_TUNERS = ("full", "galore", "lisa", "freeze")
+Kernels = Literal["auto", "liger", "none"]
+KERNELS_HELP = ("Fused layer kernels: auto = liger's RMSNorm, RoPE and SwiGLU on CUDA when liger-kernel is installed "
+                "(pip install 'tunesmith[gpu]'); liger = the same, an error where it cannot run; none = the model's own.")
 Tuner = Literal["lora", "qlora", "dora", "adalora", "vera", "oft", "boft", "ia3", "loha", "lokr", "longlora", "full",
                 "galore", "lisa", "freeze", "reft"]
 # The section each tuner reads; setting another tuner's section is refused (it would be silently ignored).
@@ -305,9 +308,7 @@ Run: tunesmith sft -c sft.yaml"""
     )
     model_name: str = Field("Tunesmith Assistant", description="Fills {{name}} in the self-cognition dataset.")
     model_author: str = Field("the tunesmith community", description="Fills {{author}} in the self-cognition dataset.")
-    kernels: Literal["auto", "liger", "none"] = Field("auto", description=(
-        "Fused layer kernels: auto = liger's RMSNorm, RoPE and SwiGLU on CUDA when liger-kernel is installed "
-        "(pip install 'tunesmith[gpu]'); liger = the same, an error where it cannot run; none = the model's own."))
+    kernels: Kernels = Field("auto", description=KERNELS_HELP)
     dp: PrivacyCfg = Field(default_factory=PrivacyCfg, description=(
         "Differential privacy (Opacus DP-SGD), e.g. --dp epsilon=8,delta=1e-5,max_grad_norm=1.0; tuner lora, qlora "
         "or full. Needs pip install 'tunesmith[privacy]'."))
@@ -478,6 +479,8 @@ class DeployConfig(Section):
         "Tokens per streamed chunk: a running answer goes out with its first token, then every N tokens and at its "
         "end, the same text in fewer chunks (as SGLang's --stream-interval); many streams then leave the batch more "
         "CPU. 1 = every token."))
+    kernels: Kernels = Field("auto", description=KERNELS_HELP + " A decode step is a chain of tiny kernels: "
+                             "fewer of them serve faster (docs/benchmarks.md).")
     dtype: Dtype = Field("auto", description="auto = bfloat16 on GPUs that support it, else float32.")
     device: Device = Field("auto", description="auto = cuda, then mps, then cpu.")
     command: ClassVar[str] = "deploy"
@@ -486,10 +489,13 @@ class DeployConfig(Section):
     shortcuts: ClassVar[dict[str, str]] = {**GENERATION_SHORTCUTS, "model_config": "model_versions"}
 
     @model_validator(mode="after")
-    def _check_stream_interval(self) -> "DeployConfig":
+    def _check_transformers_only(self) -> "DeployConfig":
         if self.stream_interval > 1 and self.backend != "transformers":
             raise ValueError("stream_interval: chunks the transformers engine's streams; the vllm backend streams "
                              "every step its engine makes (leave it at 1 with --backend vllm)")
+        if self.kernels != "auto" and self.backend != "transformers":
+            raise ValueError("kernels: picks the transformers engine's layers; vllm runs its own kernels (leave it "
+                             "at auto with --backend vllm)")
         return self
 
 
