@@ -244,17 +244,22 @@ def test_download_offline_fails_at_once_with_what_to_do():
     assert proc.returncode == 1 and "cannot be reached" in proc.stderr and "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("name", ["foo bar/baz!", "org/name/extra", "org/-name", "org/name..v2"])
-def test_download_refuses_a_name_that_is_no_hub_id_before_any_request(name, monkeypatch):
-    """It answered 'not in the hub cache, and the hub cannot be reached' (or would have asked the hub), never that the
-    name itself could not be a repository."""
+@pytest.fixture
+def no_hub_requests(monkeypatch):
+    """The hub functions fail the test if called: what is answered here is answered without asking the hub."""
     import tunesmith.hub
 
     def no_request(*args, **kwargs):
-        raise AssertionError("an invalid id reached the hub code")
+        raise AssertionError("the hub code was called")
 
     for function in ("hub_reachable", "cached_snapshot", "download", "download_modelscope"):
         monkeypatch.setattr(tunesmith.hub, function, no_request)
+
+
+@pytest.mark.parametrize("name", ["foo bar/baz!", "org/name/extra", "org/-name", "org/name..v2"])
+def test_download_refuses_a_name_that_is_no_hub_id_before_any_request(name, no_hub_requests):
+    """It answered 'not in the hub cache, and the hub cannot be reached' (or would have asked the hub), never that the
+    name itself could not be a repository."""
     proc = run_main("download", name, check=False)
     assert proc.returncode == 2, proc.stderr
     assert "repo: not a valid hub id: expected ORG/NAME or NAME" in proc.stderr and f"(got {name!r})" in proc.stderr
@@ -262,16 +267,9 @@ def test_download_refuses_a_name_that_is_no_hub_id_before_any_request(name, monk
 
 
 @pytest.mark.parametrize("name", ["smollm2-135m-instruct", "prd-assistant"])
-def test_download_of_what_ships_with_tunesmith_says_so_and_gives_its_folder(name, monkeypatch):
+def test_download_of_what_ships_with_tunesmith_says_so_and_gives_its_folder(name, no_hub_requests):
     """The embedded model (and a shipped dataset) has no hub copy: it answered 'not a tunesmith registry name, not in
     the hub cache' offline. It says it ships with tunesmith and prints where it is, as a download prints its folder."""
-    import tunesmith.hub
-
-    def no_request(*args, **kwargs):
-        raise AssertionError("a name shipped with tunesmith reached the hub code")
-
-    for function in ("hub_reachable", "cached_snapshot", "download", "download_modelscope"):
-        monkeypatch.setattr(tunesmith.hub, function, no_request)
     proc = run_main("download", name, check=False)
     assert proc.returncode == 0, proc.stderr
     assert "nothing to download" in proc.stderr and "not a tunesmith registry name" not in proc.stderr
