@@ -127,3 +127,19 @@ def test_deploy_kernels_liger_is_refused_where_it_cannot_run_and_with_vllm(tiny_
     assert "kernels: liger needs a CUDA GPU" in proc.stderr and "auto or none" in proc.stderr
     proc = run_main("deploy", "--backend", "vllm", "--kernels", "none", check=False)
     assert proc.returncode != 0 and "kernels:" in proc.stderr and "--backend vllm" in proc.stderr
+
+
+def test_data_check_notes_tools_the_models_template_cannot_render(tiny_model, tmp_path):
+    """Rows with tools on a template without a tools branch (the tiny model has SmolLM2's ChatML) trained without the
+    tools' definitions, silently: data check says so, naming the first such row and the field."""
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather of a city",
+                                               "parameters": {"type": "object", "properties": {}}}}]
+    rows = [{"messages": [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"}]},
+            {"messages": [{"role": "user", "content": "weather in Oslo?"}, {"role": "assistant", "content": "sunny"}],
+             "tools": tools}]
+    path = tmp_path / "tools.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    proc = run_main("data", "check", path, "--model", tiny_model, check=False, env={"COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr
+    assert f"note: {path}:2: tools: 1 row(s) define tools, but the chat template of" in proc.stderr
+    assert "cannot render them" in proc.stderr

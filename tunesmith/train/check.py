@@ -17,7 +17,7 @@ from tunesmith.data.load import load_rows
 from tunesmith.data.rows import Conversation, Preference, Problem, UnpairedPreference
 from tunesmith.data.vision import images_of
 from tunesmith.errors import DataError
-from tunesmith.train.tokenize import length_problem
+from tunesmith.train.tokenize import length_problem, unrendered_tools
 from tunesmith.train.vision import length_problem as vision_length_problem
 from tunesmith.train.vision import refuse_images_for_text_model
 
@@ -31,6 +31,7 @@ class CheckReport:
     problems: list[Problem]
     token_lengths: list[int] = field(default_factory=list)
     trained_tokens: int = 0
+    notes: list[str] = field(default_factory=list)  # what is not an error but changes what training sees
 
 
 def check(cfg: DataCheckConfig) -> CheckReport:
@@ -43,6 +44,7 @@ def check(cfg: DataCheckConfig) -> CheckReport:
     report = CheckReport(len(data.rows), data.formats, list(data.problems))
     if template and data.rows:
         _token_stats(cfg, template, data.rows, report)
+        report.notes += filter(None, [unrendered_tools(data.rows, template)])
     _print(cfg, report)
     if report.problems:
         # the rows were listed just above, once; the error only counts them and says what to do
@@ -117,6 +119,8 @@ def _print(cfg: DataCheckConfig, report: CheckReport) -> None:
     elif not cfg.model:
         table.add_row("tokens", "pass --model NAME for token lengths")
     console.print(table)
+    for note in report.notes:
+        console.print(f"note: {note}", style="yellow", markup=False, highlight=False, soft_wrap=True)
     # one line per bad row, never wrapped (file:line stays greppable) nor read as markup (a field like `[0]` or a
     # quoted value is the user's text)
     for p in report.problems[:MAX_LISTED]:

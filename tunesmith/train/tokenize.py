@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -21,6 +22,7 @@ from tunesmith.data.rows import Conversation, Problem, Text
 from tunesmith.paths import cache_dir
 from tunesmith.templates import Template
 
+log = logging.getLogger("tunesmith")
 
 @dataclass
 class Prepared:
@@ -41,6 +43,8 @@ def tokenize_sft(rows: list[Conversation], template: Template, loss_on: str, max
     from tunesmith.train.truncate import Cuts
 
     cuts = cuts or Cuts("error", max_length)
+    if unseen := unrendered_tools(rows, template):
+        log.warning(unseen)
     key = _key("sft", [[r.messages, r.extra.get("tools")] for r in rows], template, loss_on)
 
     def build() -> dict[str, list]:
@@ -63,6 +67,19 @@ def tokenize_sft(rows: list[Conversation], template: Template, loss_on: str, max
 
     ds = datasets.Dataset.from_dict({"input_ids": [i for i, _ in keep], "labels": [l for _, l in keep]})
     return ds, problems
+
+
+def unrendered_tools(rows: list, template: Template) -> str | None:
+    """What to say when rows define tools that the chat template cannot render (a template without a tools branch,
+    as SmolLM2's ChatML, renders the same text with them or without): the model would train on the calls without
+    ever seeing the tools' definitions. None when no row has tools or the template renders them."""
+    with_tools = [r for r in rows if getattr(r, "extra", {}).get("tools")]
+    if not with_tools or template.renders_tools:
+        return None
+    first = with_tools[0]
+    return (f"{first.source}:{first.line}: tools: {len(with_tools)} row(s) define tools, but the chat template of "
+            f"{template._name()} cannot render them: the model trains without seeing their definitions; train a "
+            "model whose template renders tools (Qwen2.5, Llama 3.1, Mistral...) or leave the tools out")
 
 
 def render_row(row: Conversation, template: Template, loss_on: str) -> list[tuple[list[int], list[int]]]:
