@@ -10,7 +10,8 @@
 # stacks, measured rounds only) and under torch.profiler (GPU busy share, top kernels).
 # CHUNKED=N adds `tunesmith deploy --stream-interval N` (bench/serve.py's tunesmith-chunked) beside deploy wherever
 # deploy runs, in the same call. SKIP_TTFT=1 leaves out the side by side with `transformers serve`.
-# Carry .whl .whls .gputok (bench/gpu/stage.sh). ~4 minutes, ~9 with FULL=1. Everything under $OUT, summary p18v.txt.
+# Carry .whl .whls .gputok (bench/gpu/stage.sh). Measured: 323 s with CHUNKED=4 PROFILE=1, 212 s with FULL=1
+# SKIP_TTFT=1. Everything under $OUT (packed into all.tgz), summary p18v.txt.
 set -euo pipefail
 : "${OUT:?set OUT to the results folder}"
 R=$OUT/p18v.txt
