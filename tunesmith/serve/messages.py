@@ -67,21 +67,28 @@ class Metadata(Lenient):
     user_id: str | None = None
 
 
-class MessagesRequest(Strict):
+class CountTokensRequest(Strict):
+    """POST /v1/messages/count_tokens: what /v1/messages would read as its prompt (no max_tokens, no sampling)."""
+
     model: str | None = None  # tunesmith: may be left out to use the default model
     messages: Annotated[list[MessageParam], Field(min_length=1), WithJsonSchema(MESSAGES)]
-    max_tokens: integer(ge=1)
     system: Annotated[str | list[TextBlock] | None, documented({"anyOf": [{"type": "string"}, TEXT_BLOCKS,
                                                                           {"type": "null"}]})] = None
+    tools: Annotated[Any, documented(REFUSED)] = None
+    tool_choice: Annotated[Any, documented(REFUSED)] = None
+    thinking: Annotated[Any, documented(REFUSED)] = None
+
+
+class MessagesRequest(CountTokensRequest):
+    """POST /v1/messages: the prompt's fields, and how to answer it."""
+
+    max_tokens: integer(ge=1)
     metadata: Metadata | None = None
     stop_sequences: list[str] | None = None
     stream: bool = False
     temperature: float | None = Field(None, ge=0.0, le=1.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     top_k: Annotated[Any, documented(REFUSED)] = None
-    tools: Annotated[Any, documented(REFUSED)] = None
-    tool_choice: Annotated[Any, documented(REFUSED)] = None
-    thinking: Annotated[Any, documented(REFUSED)] = None
 
 
 class ContentText(BaseModel):
@@ -103,18 +110,6 @@ class MessagesResponse(BaseModel):
     stop_reason: Literal["end_turn", "max_tokens", "stop_sequence", "refusal"] | None
     stop_sequence: str | None = None
     usage: MessageUsage
-
-
-class CountTokensRequest(Strict):
-    """POST /v1/messages/count_tokens: what /v1/messages would read as its prompt (no max_tokens, no sampling)."""
-
-    model: str | None = None  # tunesmith: may be left out to use the default model
-    messages: Annotated[list[MessageParam], Field(min_length=1), WithJsonSchema(MESSAGES)]
-    system: Annotated[str | list[TextBlock] | None, documented({"anyOf": [{"type": "string"}, TEXT_BLOCKS,
-                                                                          {"type": "null"}]})] = None
-    tools: Annotated[Any, documented(REFUSED)] = None
-    tool_choice: Annotated[Any, documented(REFUSED)] = None
-    thinking: Annotated[Any, documented(REFUSED)] = None
 
 
 class TokenCount(BaseModel):
@@ -144,7 +139,7 @@ async def count_tokens(serving: Serving, req: CountTokensRequest) -> TokenCount:
         return TokenCount(input_tokens=len(serving.engine.prompt_ids(gen)))
 
 
-async def _prompt(serving: Serving, req: MessagesRequest | CountTokensRequest, user: str | None,
+async def _prompt(serving: Serving, req: CountTokensRequest, user: str | None,
                   *refused: str) -> tuple[str, GenerationRequest]:
     """(the model's public name, the GenerationRequest of the request's prompt): what is not served refused by name,
     the system prompt first, a last assistant message as the prefix the answer continues, images read."""
