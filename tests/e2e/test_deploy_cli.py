@@ -3,7 +3,8 @@
 The base is the tiny random model with its output head untied and re-drawn: with tied embeddings a random model
 greedily repeats its last input token ("\\n\\n\\n..."), which would make equality tests pass for the wrong reason.
 Two random LoRA adapters (alpha, beta) are served beside it by one server for the module; the last test stops it
-with SIGTERM. Most tests talk to alpha, the default: the transformers engine starts a continuous-batching loop per
+with SIGTERM. The server runs its engine in its own process (--engine-process true, deploy's default on a CUDA GPU):
+the other deploy tests cover the engine in the server's process (the default on CPU). Most tests talk to alpha, the default: the transformers engine starts a continuous-batching loop per
 served model, each sizing its KV cache from the machine's memory, so the tests start only that one; requests for
 beta and the base ask for logprobs, which the engine answers on its plain generate() path.
 """
@@ -94,7 +95,8 @@ def metric(server: Server, name: str) -> float:
 def server(model_dir, adapters, infer_answer, tmp_path_factory):
     with running("--model", model_dir, "--adapters", f"alpha={adapters / 'alpha' / 'final'}", adapters / "beta" / "final",
                "--api-key", KEY, "--max-body-bytes", 20_000, "--max-tokens-limit", 64, "--max-prompt-tokens", 300,
-               "--device", "cpu", "--dtype", "float32", log=tmp_path_factory.mktemp("deploy") / "deploy.log") as s:
+               "--device", "cpu", "--dtype", "float32", "--engine-process", "true",
+               log=tmp_path_factory.mktemp("deploy") / "deploy.log") as s:
         yield s
 
 
@@ -125,6 +127,7 @@ def test_startup_prints_the_url_models_and_openai_snippet(server, client, model_
     assert f"serving at {server.url}/v1" in out and f"models: {', '.join(names)}" in out
     assert f'client = OpenAI(base_url="{server.url}/v1"' in out and 'model="alpha"' in out
     assert "event loop: uvloop, HTTP parser: httptools" in out  # the serve extra's faster pair is what answers
+    assert "engine: its own process (pid " in out  # --engine-process true
     assert [m.id for m in client.models.list()] == names
 
 

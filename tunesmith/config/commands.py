@@ -481,6 +481,10 @@ class DeployConfig(Section):
         "CPU. 1 = every token."))
     kernels: Kernels = Field("auto", description=KERNELS_HELP + " A decode step is a chain of tiny kernels: "
                              "fewer of them serve faster (docs/benchmarks.md).")
+    engine_process: bool | None = Field(None, description=(
+        "Run the engine (models, batching loop, detokenizing) in its own process beside the HTTP server, as vLLM "
+        "splits its API server from its engine core: at many streams the two then stop taking turns on one Python "
+        "interpreter. Unset: on with the transformers backend on a CUDA GPU, off elsewhere."))
     dtype: Dtype = Field("auto", description="auto = bfloat16 on GPUs that support it, else float32.")
     device: Device = Field("auto", description="auto = cuda, then mps, then cpu.")
     command: ClassVar[str] = "deploy"
@@ -496,6 +500,9 @@ class DeployConfig(Section):
         if self.kernels != "auto" and self.backend != "transformers":
             raise ValueError("kernels: picks the transformers engine's layers; vllm runs its own kernels (leave it "
                              "at auto with --backend vllm)")
+        if self.engine_process and self.backend != "transformers":
+            raise ValueError("engine_process: the vllm backend runs its engine core in its own process already "
+                             "(leave engine_process unset with --backend vllm)")
         return self
 
 

@@ -65,7 +65,7 @@ def build_app(engine: Engine, cfg: DeployConfig, warmup: bool = False, encoders:
                 await engine.generate(GenerationRequest(prompt="Hello", params=SamplingParams(max_tokens=1)))
             vision = [n for n in serving.engine_names if engine.accepts_images(n)]
             print(banner(cfg, serving.public_names(), {n: m.task for n, m in serving.encoders.items()}, vision),
-                  server_stack(), sep="\n", flush=True)
+                  server_stack(), where_the_engine_runs(engine), sep="\n", flush=True)
             yield
         finally:
             log.info("closing the engine")
@@ -281,6 +281,18 @@ def engine_options(cfg: DeployConfig) -> dict[str, Any]:
     return options
 
 
+def in_own_process(cfg: DeployConfig) -> bool:
+    """--engine-process, or when unset: the transformers engine on a CUDA GPU, where a decode step's GPU work is short
+    enough that the batching loop's Python and the event loop's per-token work, sharing one interpreter, were what
+    limited deploy (docs/benchmarks.md). On a CPU the model's own work dominates and a second process only costs
+    start-up time and memory."""
+    if cfg.engine_process is not None:
+        return cfg.engine_process
+    from tunesmith.models.load import pick_device
+
+    return cfg.backend == "transformers" and pick_device(cfg.device) == "cuda"
+
+
 def _versions(cfg: DeployConfig) -> dict[str, tuple[str, str | None]]:
     """--model-versions as the engine loads them: MODEL:VERSION -> (run folder, base), checked before any weights."""
     from tunesmith.config.serving import load_model_config
@@ -313,6 +325,14 @@ def server_stack() -> str:
     parser = "httptools" if importlib.util.find_spec("httptools") else "h11"
     hint = "" if (loop, parser) == ("uvloop", "httptools") else " (pip install uvloop httptools for the faster pair)"
     return f"  event loop: {loop}, HTTP parser: {parser}{hint}"
+
+
+def where_the_engine_runs(engine: Engine) -> str:
+    from tunesmith.infer.engine_process import EngineProcess
+
+    if isinstance(engine, EngineProcess):
+        return f"  engine: its own process (pid {engine.process.pid}), beside the HTTP server's"
+    return "  engine: the HTTP server's process"
 
 
 def banner(cfg: DeployConfig, names: list[str], encoders: dict[str, str] | None = None,
@@ -365,6 +385,7 @@ def serve(cfg: DeployConfig, listening: socket.socket) -> None:
 
     from tunesmith.infer import load_engine
     from tunesmith.infer.attention import kv_heads_in_sdpa
+    from tunesmith.infer.engine_process import start_engine_process
 
     class DrainingServer(uvicorn.Server):
         """uvicorn stops listening at the first SIGTERM, so a load balancer's next connection is refused at TCP.
@@ -402,8 +423,9 @@ def serve(cfg: DeployConfig, listening: socket.socket) -> None:
 
         engine = NoChatEngine()  # encoders only: no chat model is loaded
     else:
-        engine = load_engine(cfg.backend, cfg.model, adapter_map(cfg.adapters) or None, cfg.device, cfg.dtype,
-                             cfg.system, chat_template_kwargs=cfg.chat_template_kwargs, **engine_options(cfg))
+        load = start_engine_process if in_own_process(cfg) else load_engine
+        engine = load(cfg.backend, cfg.model, adapter_map(cfg.adapters) or None, cfg.device, cfg.dtype, cfg.system,
+                      chat_template_kwargs=cfg.chat_template_kwargs, **engine_options(cfg))
     app = build_app(engine, cfg, warmup=True, encoders=encoders)
     drain = app.state.drain
     server = DrainingServer(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="info",
