@@ -8,6 +8,8 @@
 #   2. FULL=1 only: the gpu tests of the continuous batch's patches, then the 7B shape: engine alone and deploy at 64.
 # PROFILE=1 adds, after the engine alone: the engine at 64 streams under bench/stack_sampler.py (the batching thread's
 # stacks, measured rounds only) and under torch.profiler (GPU busy share, top kernels).
+# deploy runs twice where it runs: as deployed (on CUDA its engine in its own process) and as tunesmith-inproc
+# (--engine-process false: the engine in the server's process).
 # CHUNKED=N adds `tunesmith deploy --stream-interval N` (bench/serve.py's tunesmith-chunked) beside deploy wherever
 # deploy runs, in the same call. SKIP_TTFT=1 leaves out the side by side with `transformers serve`.
 # Carry .whl .whls .gputok (bench/gpu/stage.sh). Measured: 323 s with CHUNKED=4 PROFILE=1, 212 s with FULL=1
@@ -16,8 +18,9 @@ set -euo pipefail
 : "${OUT:?set OUT to the results folder}"
 R=$OUT/p18v.txt
 source bench/gpu/common.sh
-OURS=(tunesmith) CHUNKS=()
-[ -n "${CHUNKED:-}" ] && OURS=(tunesmith tunesmith-chunked) CHUNKS=(--stream-interval "$CHUNKED")
+# deploy (its engine in its own process on CUDA) and, beside it, deploy with the engine in the server's process
+OURS=(tunesmith tunesmith-inproc) CHUNKS=()
+[ -n "${CHUNKED:-}" ] && OURS+=(tunesmith-chunked) CHUNKS=(--stream-interval "$CHUNKED")
 
 python3 bench/make_shape_model.py --shape qwen2.5-0.5b-instruct --tokenizer .gputok --out /tmp/m05 \
   > "$OUT/shape05.txt" 2>&1 || { tail -5 "$OUT/shape05.txt" | tee -a "$R"; exit 1; }
@@ -37,9 +40,9 @@ if [ "${PROFILE:-0}" = 1 ]; then
     bench/engine_decode.py --model /tmp/m05 --concurrency 64 --max-tokens 256 --sample-flag /tmp/measuring
   step prof05 150 python3 bench/engine_decode.py --model /tmp/m05 --concurrency 64 --max-tokens 256 --profile
 fi
-step deploy05 300 python3 bench/serve.py --model /tmp/m05 --servers "${OURS[@]}" "${CHUNKS[@]}" \
+step deploy05 420 python3 bench/serve.py --model /tmp/m05 --servers "${OURS[@]}" "${CHUNKS[@]}" \
   --concurrency 64 --rounds 3 --max-tokens 256 --prompt-tokens 212
-[ "${SKIP_TTFT:-0}" = 1 ] || step ttft05 260 python3 bench/serve.py --model /tmp/m05 --servers "${OURS[@]}" transformers "${CHUNKS[@]}" \
+[ "${SKIP_TTFT:-0}" = 1 ] || step ttft05 260 python3 bench/serve.py --model /tmp/m05 --servers tunesmith transformers \
   --concurrency 64 --rounds 1 --max-tokens 256 --prompt-tokens 212
 cp /tmp/bench-tunesmith.log "$OUT/deploy05.log" 2>/dev/null || true
 python3 - "$OUT" <<'PY' | tee -a "$R"
@@ -47,7 +50,7 @@ import json, re, sys
 out = sys.argv[1]
 try:
     engine = json.load(open(f"{out}/engine05.json"))["default@64"]["tok_s"]
-    for server in ("tunesmith", "tunesmith-chunked"):
+    for server in ("tunesmith", "tunesmith-inproc", "tunesmith-chunked"):
         lines = [x for x in open(f"{out}/deploy05.txt") if re.match(rf"{server} +c=64", x)]
         if lines:
             deploy = float(re.search(r"([\d.]+) tok/s", lines[-1]).group(1))
@@ -64,7 +67,7 @@ if [ "${FULL:-0}" = 1 ]; then
     > "$OUT/shape7.txt" 2>&1 || { tail -5 "$OUT/shape7.txt" | tee -a "$R"; exit 1; }
   step engine7 150 python3 bench/engine_decode.py --model /tmp/m7 --concurrency 64 --max-tokens 256 \
     --out "$OUT/engine7.json"
-  step deploy7 300 python3 bench/serve.py --model /tmp/m7 --servers "${OURS[@]}" "${CHUNKS[@]}" \
+  step deploy7 420 python3 bench/serve.py --model /tmp/m7 --servers "${OURS[@]}" "${CHUNKS[@]}" \
     --concurrency 64 --rounds 2 --max-tokens 256 --prompt-tokens 212
 fi
 echo "== done in $SECONDS s" | tee -a "$R"

@@ -43,6 +43,7 @@ def test_deploy_speculative_answers_greedy_as_without_it_streamed_and_not(target
             if c.choices and c.choices[0].delta.content]
         assert "".join(chunks) == answer and len(chunks) > 1
         assert "speculative decoding: ngram:4" in server.output()  # the banner says how requests are served
+        assert "engine: the HTTP server's process" in server.output()  # --engine-process unset, no CUDA: in process
         metrics = request(server, "GET", "/metrics")[1]["text"]
 
         def counted(name: str) -> float:

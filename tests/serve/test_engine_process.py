@@ -111,3 +111,19 @@ def test_a_dead_engine_process_is_reported_and_the_server_keeps_answering(model)
         reply = client.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 4})
         assert reply.status_code == 500 and "exit code -9" in reply.json()["error"]["message"]
         assert client.get("/v1/models").status_code == 200
+
+
+def test_unset_it_is_on_for_the_transformers_engine_on_cuda_only(monkeypatch):
+    from pydantic import ValidationError
+
+    from tunesmith.models import load
+    from tunesmith.serve.app import in_own_process
+
+    monkeypatch.setattr(load, "pick_device", lambda preference: "cpu")
+    assert in_own_process(DeployConfig()) is False
+    assert in_own_process(DeployConfig(engine_process=True)) is True
+    monkeypatch.setattr(load, "pick_device", lambda preference: "cuda")
+    assert in_own_process(DeployConfig()) is True
+    assert in_own_process(DeployConfig(engine_process=False)) is False
+    with pytest.raises(ValidationError, match="engine_process: the vllm backend"):
+        DeployConfig(backend="vllm", engine_process=True)

@@ -32,7 +32,8 @@ from tunesmith.errors import ConfigError, TunesmithError
 
 log = logging.getLogger("tunesmith")
 # where --servers start, one after another
-PORTS = {"tunesmith": 8101, "transformers": 8103, "vllm": 8104, "tunesmith-spec": 8105, "tunesmith-chunked": 8106}
+PORTS = {"tunesmith": 8101, "transformers": 8103, "vllm": 8104, "tunesmith-spec": 8105, "tunesmith-chunked": 8106,
+         "tunesmith-inproc": 8107}
 SERVERS = tuple(PORTS)
 
 
@@ -50,7 +51,8 @@ class Sample:
 def launch(name: str, folder: str, model_name: str, speculative: str | None = None,
            stream_interval: int = 4) -> tuple[subprocess.Popen, str]:
     """Start one server on its port, its output in /tmp/bench-NAME.log. tunesmith-spec is tunesmith deploy with
-    --speculative, tunesmith-chunked with --stream-interval; vllm runs in VLLM_PYTHON (default .venv-vllm)."""
+    --speculative, tunesmith-chunked with --stream-interval, tunesmith-inproc with the engine in the server's process
+    (--engine-process false); vllm runs in VLLM_PYTHON (default .venv-vllm)."""
     port = PORTS[name]
     bin_dir = Path(sys.executable).parent
     if name.startswith("tunesmith"):
@@ -63,6 +65,8 @@ def launch(name: str, folder: str, model_name: str, speculative: str | None = No
             cmd += ["--speculative", speculative]
         if name == "tunesmith-chunked":
             cmd += ["--stream-interval", str(stream_interval)]
+        if name == "tunesmith-inproc":
+            cmd += ["--engine-process", "false"]
     elif name == "transformers":
         cmd = [shutil.which("transformers", path=str(bin_dir)) or "transformers", "serve", folder,
                "--continuous-batching", "--port", str(port), "--host", "127.0.0.1"]
