@@ -98,6 +98,23 @@ def test_a_client_that_leaves_frees_its_request_in_the_engines_process(apps):
     assert chat(there)["choices"][0]["message"] == chat(here)["choices"][0]["message"]  # and it keeps answering
 
 
+def test_a_model_loaded_while_serving_is_known_on_the_servers_side(apps, model):
+    here, there, engine = apps
+    engine.add_model("copy", str(model))  # what the admin API calls, in a worker thread
+    assert engine.model_names()[-1] == "copy" and engine.context_length("copy") == engine.context_length()
+
+    async def answer() -> str:
+        request = GenerationRequest(messages=USER, model="copy", params=SamplingParams(max_tokens=16, temperature=0))
+        request.prompt_ids = engine.prompt_ids(request)
+        return "".join([delta.text async for delta in engine.stream(request)])
+
+    assert asyncio.run(answer()) == chat(here)["choices"][0]["message"]["content"]
+    engine.remove_model("copy")
+    assert "copy" not in engine.model_names()
+    with pytest.raises(TunesmithError, match="is not served here"):  # raised there, its kind kept
+        engine.remove_model("copy")
+
+
 def test_a_dead_engine_process_is_reported_and_the_server_keeps_answering(model):
     from tunesmith.infer.engine_process import start_engine_process
 

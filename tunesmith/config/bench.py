@@ -10,7 +10,8 @@ from tunesmith.config.commands import DEFAULT_MODEL
 from tunesmith.config.sections import Section
 from tunesmith.config.speculative import SPECULATIVE_HELP, check_speculative
 
-Server = Literal["tunesmith", "tunesmith-chunked", "tunesmith-spec", "tunesmith-inproc", "transformers", "vllm"]
+Server = Literal["tunesmith", "tunesmith-chunked", "tunesmith-spec", "tunesmith-inproc", "tunesmith-process",
+                 "transformers", "vllm"]
 
 
 class BenchServeConfig(Section):
@@ -23,8 +24,9 @@ at each number of concurrent streams. Run: tunesmith bench serve --url http://12
         "endpoint is the one the ratios compare against."))
     servers: list[Server] = Field(default_factory=list, description=(
         "Servers to start here for --model, one after another, after the --url endpoints: tunesmith (deploy), "
-        "tunesmith-chunked (deploy --stream-interval), tunesmith-spec (deploy --speculative), tunesmith-inproc "
-        "(deploy --engine-process false: the engine in the server's process), transformers "
+        "tunesmith-chunked (deploy --stream-interval), tunesmith-spec (deploy --speculative), tunesmith-inproc / "
+        "tunesmith-process (deploy --engine-process false / true: the engine in the server's process / its own), "
+        "transformers "
         "(transformers serve --continuous-batching), vllm (in $VLLM_PYTHON, default .venv-vllm/bin/python)."))
     model: str = Field(DEFAULT_MODEL, description=(
         "The model the started servers serve; its tokenizer also writes the prompt (and counts streamed text where an "

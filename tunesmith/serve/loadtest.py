@@ -33,7 +33,7 @@ from tunesmith.errors import ConfigError, TunesmithError
 log = logging.getLogger("tunesmith")
 # where --servers start, one after another
 PORTS = {"tunesmith": 8101, "transformers": 8103, "vllm": 8104, "tunesmith-spec": 8105, "tunesmith-chunked": 8106,
-         "tunesmith-inproc": 8107}
+         "tunesmith-inproc": 8107, "tunesmith-process": 8108}
 SERVERS = tuple(PORTS)
 
 
@@ -51,8 +51,9 @@ class Sample:
 def launch(name: str, folder: str, model_name: str, speculative: str | None = None,
            stream_interval: int = 4) -> tuple[subprocess.Popen, str]:
     """Start one server on its port, its output in /tmp/bench-NAME.log. tunesmith-spec is tunesmith deploy with
-    --speculative, tunesmith-chunked with --stream-interval, tunesmith-inproc with the engine in the server's process
-    (--engine-process false); vllm runs in VLLM_PYTHON (default .venv-vllm)."""
+    --speculative, tunesmith-chunked with --stream-interval, tunesmith-inproc and tunesmith-process with the engine in
+    the server's process and in its own (--engine-process false / true; unset, deploy picks by device); vllm runs in
+    VLLM_PYTHON (default .venv-vllm)."""
     port = PORTS[name]
     bin_dir = Path(sys.executable).parent
     if name.startswith("tunesmith"):
@@ -65,8 +66,8 @@ def launch(name: str, folder: str, model_name: str, speculative: str | None = No
             cmd += ["--speculative", speculative]
         if name == "tunesmith-chunked":
             cmd += ["--stream-interval", str(stream_interval)]
-        if name == "tunesmith-inproc":
-            cmd += ["--engine-process", "false"]
+        if name in ("tunesmith-inproc", "tunesmith-process"):
+            cmd += ["--engine-process", str(name == "tunesmith-process").lower()]
     elif name == "transformers":
         cmd = [shutil.which("transformers", path=str(bin_dir)) or "transformers", "serve", folder,
                "--continuous-batching", "--port", str(port), "--host", "127.0.0.1"]
