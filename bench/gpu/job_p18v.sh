@@ -10,7 +10,8 @@
 # stacks, measured rounds only) and under torch.profiler (GPU busy share, top kernels).
 # deploy runs twice where it runs: as deployed (on CUDA its engine in its own process) and as tunesmith-inproc
 # (--engine-process false: the engine in the server's process).
-# CHUNKED=N adds `tunesmith deploy --stream-interval N` (bench/serve.py's tunesmith-chunked) beside deploy wherever
+# VARIANTS=1 runs the engine alone with the model's own layers and liger's, decode rows off and on (eighth round);
+# else only as deploy runs it. CHUNKED=N adds `tunesmith deploy --stream-interval N` (bench/serve.py's tunesmith-chunked) beside deploy wherever
 # deploy runs, in the same call. SKIP_TTFT=1 leaves out the side by side with `transformers serve`.
 # Carry .whl .whls .gputok (bench/gpu/stage.sh). Measured: 323 s with CHUNKED=4 PROFILE=1, 212 s with FULL=1
 # SKIP_TTFT=1. Everything under $OUT (packed into all.tgz), summary p18v.txt.
@@ -26,7 +27,8 @@ python3 bench/make_shape_model.py --shape qwen2.5-0.5b-instruct --tokenizer .gpu
   > "$OUT/shape05.txt" 2>&1 || { tail -5 "$OUT/shape05.txt" | tee -a "$R"; exit 1; }
 # the engine alone with the model's own layers, then with liger's fused layers, each without and with decode steps'
 # query heads packed as rows (deploy's default on CUDA: both), then chunked
-ENGINE_VARIANTS=(--kernels none --variant own '{"_decode_rows": false}' --variant own+rows '{}'
+ENGINE_VARIANTS=(--variant default '{}')
+[ "${VARIANTS:-0}" = 1 ] && ENGINE_VARIANTS=(--kernels none --variant own '{"_decode_rows": false}' --variant own+rows '{}'
   --variant liger '{"_kernels": "auto", "_decode_rows": false}' --variant default '{}')
 [ -n "${CHUNKED:-}" ] && ENGINE_VARIANTS+=(--variant chunked "{\"_stream_interval\": $CHUNKED}")
 step engine05 200 python3 bench/engine_decode.py --model /tmp/m05 --concurrency 64 --max-tokens 256 --host-timing \
