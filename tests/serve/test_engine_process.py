@@ -144,3 +144,30 @@ def test_unset_it_is_on_for_the_transformers_engine_on_cuda_only(monkeypatch):
     assert in_own_process(DeployConfig(engine_process=False)) is False
     with pytest.raises(ValidationError, match="engine_process: the vllm backend"):
         DeployConfig(backend="vllm", engine_process=True)
+
+
+def test_a_vision_model_encodes_its_prompts_with_pictures_in_the_engines_process(tmp_path):
+    """The server's side gets the VLM's template without its processor (whose class does not pickle); the prompt
+    with its picture is encoded in the engine's process, to the ids the engine in process encodes, and answered."""
+    from PIL import Image
+    from vision.tiny_vlm import make_image, make_tiny_qwen2_vl
+
+    from tunesmith.infer import load_engine
+    from tunesmith.infer.engine_process import start_engine_process
+
+    vlm = make_tiny_qwen2_vl(tmp_path / "vlm")
+    picture = Image.open(make_image(tmp_path / "red.png", (220, 30, 30), (56, 42))).convert("RGB")
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour is it?"}]}]
+
+    def request() -> GenerationRequest:
+        return GenerationRequest(messages=messages, images=[picture], params=SamplingParams(max_tokens=6))
+
+    local = load_engine("transformers", model=str(vlm), device="cpu", dtype="float32")
+    remote = start_engine_process("transformers", model=str(vlm), device="cpu", dtype="float32")
+    try:
+        assert remote.accepts_images() and remote.template_for(None).processor is None
+        assert remote.prompt_ids(request()) == local.prompt_ids(request())
+        assert asyncio.run(remote.generate(request())).choices == asyncio.run(local.generate(request())).choices
+    finally:
+        asyncio.run(remote.close())
+        asyncio.run(local.close())

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import copy
 import dataclasses
 import itertools
 import logging
@@ -66,9 +67,21 @@ class EngineFacts:
 
 def facts(engine: Engine) -> EngineFacts:
     names = engine.model_names()
-    return EngineFacts(names, {n: ModelFacts(engine.template_for(n), engine.context_length(n), engine.accepts_images(n))
-                               for n in names},
+    return EngineFacts(names, {n: ModelFacts(text_side(engine.template_for(n)), engine.context_length(n),
+                                             engine.accepts_images(n)) for n in names},
                        getattr(engine, "device", None), getattr(engine, "loads", None))
+
+
+def text_side(template: Template) -> Template:
+    """The template as the server's side uses it: a vision model's processor stays in the engine's process, which
+    encodes that model's prompts with their pictures (EngineProcess.prompt_ids); the server reads only the tokenizer
+    and the chat template (tool calls, reasoning). Its processor's class, made when the model loads, would not
+    unpickle there anyway."""
+    if getattr(template, "processor", None) is None:
+        return template
+    light = copy.copy(template)
+    light.processor = None
+    return light
 
 
 def portable(err: BaseException) -> BaseException:
