@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import copy
 import dataclasses
 import itertools
@@ -134,6 +135,7 @@ class EngineProcess(Engine):
         self.streams: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self.calls: dict[int, concurrent.futures.Future] = {}
         self.gone: str | None = None  # why the engine's process no longer answers
+        self.lock = threading.Lock()  # new streams and calls against the reader's last sweep when the process goes
         self.reader = threading.Thread(target=self._read, name="tunesmith-engine-reader", daemon=True)
         self.reader.start()
 
@@ -182,11 +184,12 @@ class EngineProcess(Engine):
     # Done there
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
-        if self.gone:
-            raise EngineError(self.gone)
         sid = next(self.ids)
         queue: asyncio.Queue = asyncio.Queue()
-        self.streams[sid] = (asyncio.get_running_loop(), queue)
+        with self.lock:
+            if self.gone:
+                raise EngineError(self.gone)
+            self.streams[sid] = (asyncio.get_running_loop(), queue)
         finished = False
         try:
             self._send(("stream", sid, dataclasses.replace(request, encoded=None)))
@@ -204,7 +207,8 @@ class EngineProcess(Engine):
         finally:
             self.streams.pop(sid, None)
             if not finished and not self.gone:  # the client left, or a stop: the engine frees the request's slots
-                self._send(("cancel", sid))
+                with contextlib.suppress(EngineError):
+                    self._send(("cancel", sid))
 
     def health(self) -> str | None:
         return self.gone or self._call("health")
@@ -239,17 +243,25 @@ class EngineProcess(Engine):
 
     def _send(self, message: tuple) -> None:
         data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-        with self.send_lock:
-            self.conn.send_bytes(data)
+        try:
+            with self.send_lock:
+                self.conn.send_bytes(data)
+        except OSError as err:  # the process went; the reader says how once it has seen it
+            raise EngineError(self.gone or f"the engine's process no longer answers ({err})") from None
 
     def _start_call(self, method: str, *args: Any) -> concurrent.futures.Future:
         future: concurrent.futures.Future = concurrent.futures.Future()
-        if self.gone:
-            future.set_exception(EngineError(self.gone))
-            return future
         cid = next(self.ids)
-        self.calls[cid] = future
-        self._send(("call", cid, method, args))
+        with self.lock:
+            if self.gone:
+                future.set_exception(EngineError(self.gone))
+                return future
+            self.calls[cid] = future
+        try:
+            self._send(("call", cid, method, args))
+        except EngineError as err:
+            self.calls.pop(cid, None)
+            future.set_exception(err)
         return future
 
     def _call(self, method: str, *args: Any) -> Any:
@@ -260,9 +272,14 @@ class EngineProcess(Engine):
         queue on its event loop, all of them in one callback per loop."""
         while True:
             try:
-                messages = pickle.loads(self.conn.recv_bytes())
+                data = self.conn.recv_bytes()
             except (EOFError, OSError):
                 break
+            try:
+                messages = pickle.loads(data)
+            except Exception:  # noqa: BLE001 - the child checked that what it sends unpickles (portable): a bug
+                log.exception("a message from the engine's process could not be read; it is dropped")
+                continue
             by_loop: dict[asyncio.AbstractEventLoop, list] = {}
             for message in messages:
                 if message[0] == "result":
@@ -285,14 +302,16 @@ class EngineProcess(Engine):
         except subprocess.TimeoutExpired:  # it closed its end but runs on: nothing more can reach it
             self.process.kill()
             code = self.process.wait()
-        self.gone = self.gone or f"the engine's process exited (exit code {code}); restart tunesmith deploy"
+        with self.lock:
+            self.gone = self.gone or f"the engine's process exited (exit code {code}); restart tunesmith deploy"
+            calls, streams = list(self.calls.values()), list(self.streams.values())
+            self.calls.clear()
         if code != 0:
             log.error("%s", self.gone)
         error = EngineError(self.gone)
-        for future in list(self.calls.values()):
+        for future in calls:
             future.set_exception(error)
-        self.calls.clear()
-        for loop, queue in list(self.streams.values()):
+        for loop, queue in streams:
             try:
                 loop.call_soon_threadsafe(queue.put_nowait, ("error", error))
             except RuntimeError:
