@@ -43,7 +43,7 @@ if [ "${PROFILE:-0}" = 1 ]; then
   step prof05 150 python3 bench/engine_decode.py --model /tmp/m05 --concurrency 64 --max-tokens 256 --profile
 fi
 step deploy05 420 python3 bench/serve.py --model /tmp/m05 --servers "${OURS[@]}" "${CHUNKS[@]}" \
-  --concurrency 64 --rounds 3 --max-tokens 256 --prompt-tokens 212
+  --concurrency 64 --rounds 3 --max-tokens 256 --prompt-tokens 212 --client-procs 4
 [ "${SKIP_TTFT:-0}" = 1 ] || step ttft05 260 python3 bench/serve.py --model /tmp/m05 --servers tunesmith transformers \
   --concurrency 64 --rounds 1 --max-tokens 256 --prompt-tokens 212
 cp /tmp/bench-tunesmith.log "$OUT/deploy05.log" 2>/dev/null || true
