@@ -100,6 +100,21 @@ def test_traffic_split_over_400_users_is_within_tolerance_and_named_in_model_hea
         assert chat(client, model="base").json()["model"] == "base"  # a plain model is untouched
 
 
+def test_counting_a_prompts_tokens_is_not_counted_as_a_request_to_a_version(tmp_path):
+    """/v1/messages/count_tokens generates nothing: the version its prompt is rendered for is not counted in
+    tunesmith_version_requests (it was, as if a request had been routed there)."""
+    _, application = app(tmp_path)
+    with TestClient(application) as client:
+        body = {"messages": [{"role": "user", "content": "hi"}]}
+        for model in ("prd", "prd:v2"):
+            reply = client.post("/v1/messages/count_tokens", headers=USER, json={"model": model, **body})
+            assert reply.status_code == 200 and reply.json()["input_tokens"] > 0, reply.text
+        assert metric(client, "tunesmith_version_requests_total", model="prd", version="v1") == 0
+        assert metric(client, "tunesmith_version_requests_total", model="prd", version="v2") == 0
+        assert chat(client, model="prd:v2").status_code == 200  # a request that generates still counts
+        assert metric(client, "tunesmith_version_requests_total", model="prd", version="v2") == 1
+
+
 def test_one_user_sees_one_version_and_a_split_change_moves_only_the_users_it_must(tmp_path):
     _, application = app(tmp_path, yaml={"traffic": "{v1: 50, v2: 50}"})
     with TestClient(application) as client:

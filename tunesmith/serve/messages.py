@@ -134,13 +134,13 @@ async def create_message(serving: Serving, req: MessagesRequest) -> MessagesResp
 async def count_tokens(serving: Serving, req: CountTokensRequest) -> TokenCount:
     """The prompt's length as /v1/messages renders it (system, messages, a prefill), so it equals that route's
     usage.input_tokens for the same request. Nothing is generated: no slot is taken, no key is charged."""
-    _, gen = await _prompt(serving, req, None)
+    _, gen = await _prompt(serving, req, None, count=False)  # not a request a version answers: not counted as one
     with engine_errors():
         return TokenCount(input_tokens=len(serving.engine.prompt_ids(gen)))
 
 
 async def _prompt(serving: Serving, req: CountTokensRequest, user: str | None,
-                  *refused: str) -> tuple[str, GenerationRequest]:
+                  *refused: str, count: bool = True) -> tuple[str, GenerationRequest]:
     """(the model's public name, the GenerationRequest of the request's prompt): what is not served refused by name,
     the system prompt first, a last assistant message as the prefix the answer continues, images read."""
     refuse_unencodable(req.model_dump(exclude_none=True))
@@ -149,7 +149,7 @@ async def _prompt(serving: Serving, req: CountTokensRequest, user: str | None,
             raise APIError(400, f"{param} is not supported on /v1/messages here (text in, text out); leave it out"
                            + ("; tools are served on /v1/chat/completions" if param.startswith("tool") else ""),
                            param=param)
-    public, model = serving.model(req.model, user)
+    public, model = serving.model(req.model, user, count)
     if req.messages[0].role != "user":
         raise APIError(400, "messages[0].role: the first message must be the user's", param="messages[0].role")
     vision = serving.engine.accepts_images(model)

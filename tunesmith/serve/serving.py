@@ -115,18 +115,19 @@ class Serving:
         raise APIError(404, f"The model `{name}` does not exist here; served models: "
                        f"{', '.join(c.id for c in cards) or 'none'}", param="model", code="model_not_found")
 
-    def model(self, name: str | None, user: str | None = None) -> tuple[str, str]:
+    def model(self, name: str | None, user: str | None = None, count: bool = True) -> tuple[str, str]:
         """(the name answers carry, the engine's name for it). A model with versions answers as MODEL:VERSION, the
-        version picked by its traffic split (sticky per `user` or header; versions.py) or named by the request."""
+        version picked by its traffic split (sticky per `user` or header; versions.py) or named by the request, and
+        counted per version in /metrics unless `count` is off (a request that generates nothing)."""
         public = self.default if name is None else name
         if public is not None:
             keys.check_model(public)  # 403 outside the request's key's scope
         if self.versions is not None and public is not None:
             ctx = current()
             if public in self.versions.models:
-                version = self.versions.pick(public, user, ctx.headers if ctx else {})
+                version = self.versions.pick(public, user, ctx.headers if ctx else {}, count)
             elif (pinned := self.versions.split(public)) is not None:
-                version = self.versions.count(*pinned)
+                version = self.versions.count(*pinned) if count else pinned[1]
                 public = pinned[0]
             else:
                 version = None

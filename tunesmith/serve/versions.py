@@ -93,7 +93,9 @@ class Versions:
     # -------------------------------------------------------------------------
     # Routing
 
-    def pick(self, name: str, user: str | None, headers: dict[str, str]) -> str:
+    def pick(self, name: str, user: str | None, headers: dict[str, str], count: bool = True) -> str:
+        """The version a request gets; counted in /metrics unless `count` is off (a request that generates nothing,
+        such as /v1/messages/count_tokens)."""
         m = self.models[name]
         key = None
         if m.sticky_by == "user":
@@ -106,8 +108,9 @@ class Versions:
         for version, share in live:
             edge += share
             if point < edge:
-                return self.count(name, version)
-        return self.count(name, live[-1][0])  # point at the top edge, or rounding of the shares
+                return self.count(name, version) if count else version
+        version = live[-1][0]  # point at the top edge, or rounding of the shares
+        return self.count(name, version) if count else version
 
     def count(self, model: str, version: str) -> str:
         self.requests.labels(model, version).inc()
