@@ -36,6 +36,7 @@ step engine05 200 python3 bench/engine_decode.py --model /tmp/m05 --concurrency 
 # the fused layers' test after another that loads engines with them (liger's module-wide patches)
 [ "${FULL:-0}" = 1 ] || step gpu-kernels 150 python3 -m pytest -m gpu -q -p no:cacheprovider \
   tests/infer/test_continuous_fast_paths.py tests/infer/test_serving_kernels.py tests/infer/test_varlen_attention.py \
+  tests/serve/test_engine_process.py \
   -k "not bfloat16" --basetemp /tmp/gk
 if [ "${PROFILE:-0}" = 1 ]; then
   step stacks05 120 python3 bench/stack_sampler.py --out "$OUT/stacks05.txt" --when-exists /tmp/measuring \

@@ -171,3 +171,29 @@ def test_a_vision_model_encodes_its_prompts_with_pictures_in_the_engines_process
     finally:
         asyncio.run(remote.close())
         asyncio.run(local.close())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_on_cuda_the_engine_process_answers_as_the_engine_in_process(model, dtype):
+    """deploy's default on a CUDA GPU: the batch (CUDA graphs, async batching, in bfloat16 the varlen kernel) runs in
+    the engine's process and answers what it answers in process."""
+    from tunesmith.infer import load_engine
+    from tunesmith.infer.engine_process import start_engine_process
+
+    def requests() -> list[GenerationRequest]:
+        return [GenerationRequest(messages=[{"role": "user", "content": f"Name {i} rivers."}],
+                                  params=SamplingParams(max_tokens=24, temperature=0)) for i in range(8)]
+
+    async def answers(engine) -> list[str]:
+        completions = await asyncio.gather(*[engine.generate(r) for r in requests()])
+        return [c.choices[0].text for c in completions]
+
+    local = load_engine("transformers", model=str(model), device="cuda", dtype=dtype)
+    expected = asyncio.run(answers(local))
+    asyncio.run(local.close())
+    remote = start_engine_process("transformers", model=str(model), device="cuda", dtype=dtype)
+    try:
+        assert remote.device == "cuda" and asyncio.run(answers(remote)) == expected
+    finally:
+        asyncio.run(remote.close())
