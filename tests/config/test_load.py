@@ -39,6 +39,39 @@ def test_peer_aliases_map_to_our_keys():
     assert (cfg.lora.rank, cfg.max_length, cfg.epochs, cfg.batch_size, cfg.model) == (4, 256, 2.0, 3, "m")
 
 
+def test_the_python_api_takes_the_peer_aliases_and_names_the_nearest_key_as_the_cli_does(caplog):
+    import logging
+
+    from pydantic import ValidationError
+
+    from tunesmith.config.rlhf import RLHFConfig
+
+    with caplog.at_level(logging.INFO, logger="tunesmith"):
+        cfg = SFTConfig(model_name_or_path="m", dataset=["d.jsonl"], lora_r=8, cutoff_len=256,
+                        per_device_train_batch_size=2, num_train_epochs=1, lora={"alpha": 16})
+    assert cfg == load(SFTConfig, ["--model", "m", "--dataset", "d.jsonl", "--lora.rank", "8", "--lora.alpha", "16",
+                                   "--max-length", "256", "--batch-size", "2", "--epochs", "1"])
+    assert "note: lora_r is called lora.rank in tunesmith" in caplog.messages
+    assert SFTConfig(dataset=["d"], base_model="b", max_seq_length=64).model == "b"
+    assert RLHFConfig(method="dpo", dataset=["d"], sequence_len=64).max_length == 64
+    with pytest.raises(ValidationError, match="lerning_rate: unknown option; did you mean learning_rate"):
+        SFTConfig(dataset=["d"], lerning_rate=1e-4)
+    with pytest.raises(ValidationError, match="rnk: unknown option; did you mean rank"):
+        SFTConfig(dataset=["d"], lora={"rnk": 8})
+
+
+@pytest.mark.parametrize("command", ["sft", "pt", "rlhf"])
+def test_the_peers_name_for_how_the_weights_train_is_our_tuner(command):
+    """LLaMA-Factory's finetuning_type and ms-swift's train_type / tuner_type say lora, freeze or full: our `tuner`
+    (in rlhf, `method` names the algorithm)."""
+    from tunesmith.cli.main import COMMANDS
+
+    cls = COMMANDS[command][0]
+    for key in ("finetuning_type", "train_type", "tuner_type"):
+        cfg = load(cls, ["--dataset", "x", f"--{key.replace('_', '-')}", "full"])
+        assert cfg.tuner == "full" and getattr(cfg, "method", "dpo") == "dpo"  # rlhf's algorithm untouched
+
+
 def test_unknown_flag_names_the_nearest_valid_one():
     with pytest.raises(ConfigError, match=r"unknown option --learning-rte; did you mean --learning-rate\?"):
         load(SFTConfig, ["--dataset", "x", "--learning-rte", "1e-4"])
@@ -232,3 +265,22 @@ def test_a_missing_key_says_how_to_give_it():
         load(SFTConfig, [])
     with pytest.raises(ConfigError, match=r"output: required: give it as argument 2 after the command, or --output$"):
         load(DataCleanConfig, ["clean", "in.jsonl"])  # tunesmith data clean IN OUT without OUT
+
+
+def test_data_check_max_length_without_a_model_is_refused_not_ignored():
+    """Rows are measured in a model's tokens: without --model, every row passed a length check it never had."""
+    from tunesmith.config import DataCheckConfig
+
+    with pytest.raises(ConfigError, match=r"max_length: rows are measured in the tokens of a model; add --model"):
+        load(DataCheckConfig, ["check", "d.jsonl", "--max-length", "64"])
+    assert load(DataCheckConfig, ["check", "d.jsonl", "--max-length", "64", "--model", "m"]).max_length == 64
+
+
+def test_a_text_options_flag_value_is_the_text_typed_not_yaml():
+    """`--output-dir 2024`, `--system yes`, `--dataset 123` are names and sentences: read as YAML they became an int,
+    a bool and an int, which the config refused ("Input should be a valid string")."""
+    cfg = load(SFTConfig, ["--dataset", "123", "--output-dir", "2024", "--system", "yes", "--model-name", "No",
+                           "--base-model", "7"])
+    assert (cfg.dataset, cfg.output_dir, cfg.system, cfg.model_name, cfg.model) == (["123"], "2024", "yes", "No", "7")
+    cfg = load(SFTConfig, ["--dataset", "d", "--adapters", "null", "--resume", "true", "--max-steps", "3"])
+    assert (cfg.adapters, cfg.resume, cfg.max_steps) == (None, True, 3)  # null unsets; other types still read

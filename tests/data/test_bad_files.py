@@ -248,3 +248,20 @@ def test_a_json_list_broken_midway_keeps_the_rows_before_and_says_where(tmp_path
     path.write_text('[{"prompt": "q", "response": "a"}] trailing', encoding="utf-8")
     assert [str(p) for p in load_rows([str(path)], kind="sft").problems] == [
         f"{path}:1: json: not valid JSON (Extra data at column 36); the rows after it were not read"]
+
+
+def test_a_json_list_named_jsonl_and_json_lines_named_json_are_read_as_what_they_hold(tmp_path):
+    """Two common slips: json.dump(rows) saved as .jsonl (on one line or indented), and JSON Lines saved as .json,
+    whose first row's lists (its messages) were read as the rows. Both read as their content says."""
+    rows = [{"messages": [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"}]},
+            {"prompt": "你好", "response": "a2"}]
+    (tmp_path / "list.jsonl").write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    (tmp_path / "indented.jsonl").write_text(json.dumps(rows, indent=2), encoding="utf-8")
+    (tmp_path / "lines.json").write_text("\ufeff" + jsonl_text(rows).replace("\n", "\r\n") + "\r\n", encoding="utf-8")
+    for name in ("list.jsonl", "indented.jsonl", "lines.json"):
+        data = load_rows([str(tmp_path / name)], kind="sft")
+        assert not data.problems, (name, data.problems)
+        assert [r.messages[-1]["content"] for r in data.rows] == ["a1", "a2"]
+    wrapper = tmp_path / "wrapper.json"  # an object holding the list, on one line: still the list's rows
+    wrapper.write_text(json.dumps({"version": 2, "data": rows}) + "\n", encoding="utf-8")
+    assert len(load_rows([str(wrapper)], kind="sft").rows) == 2

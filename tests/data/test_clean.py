@@ -97,3 +97,16 @@ def test_the_threshold_decides_what_is_near(threshold, removed):
     cleaner = Cleaner(threshold=threshold, redact_pii=False)
     assert cleaner.removal(LONG, "a:1") is None
     assert (cleaner.removal(LONG.replace("eight", "nine"), "a:2") is not None) == bool(removed)
+
+
+@pytest.mark.parametrize("name", ["clean.csv", "clean.parquet", "clean.json"])
+def test_data_clean_refuses_an_output_name_whose_format_it_does_not_write(tmp_path, name):
+    """OUT is JSON Lines: under a .csv or .parquet name, `tunesmith sft --dataset OUT` could not read it back."""
+    from tunesmith.config import load
+    from tunesmith.config.data import DataCleanConfig
+    from tunesmith.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"output: writes JSON Lines; name the file .*clean\.jsonl \(not \.{name[6:]}\)"):
+        load(DataCleanConfig, ["clean", str(planted(tmp_path)), str(tmp_path / name)])
+    assert not (tmp_path / name).exists()
+    assert load(DataCleanConfig, ["clean", "in.csv", str(tmp_path / "out.jsonl")]).output.endswith("out.jsonl")

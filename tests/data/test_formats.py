@@ -81,6 +81,8 @@ def test_alignment_rows_given_to_sft_name_the_command_that_takes_them(tmp_path):
         {"prompt": "a question with no answer"},
         {"prompt": "q", "completion": "a wrong answer", "label": False},
         {"prompt": "q", "completion": "a right answer", "label": True},
+        {"chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "good"}],
+         "rejected": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "bad"}]},
     ])
     data = load_rows([str(path)], kind="sft")
     data.refuse_undesirable_answers()
@@ -92,9 +94,11 @@ def test_alignment_rows_given_to_sft_name_the_command_that_takes_them(tmp_path):
         f"{path}:3: response: no assistant turn to learn from (prompts for infer? check them with --kind prompts)",
         f"{path}:4: label: false marks an undesirable answer (KTO data), which sft would learn as a good one; train "
         "on it with `tunesmith rlhf --method kto`, or leave the row out",
+        f"{path}:6: chosen: a preference pair (chosen/rejected) has no single answer for sft to learn; train on it "
+        "with `tunesmith rlhf --method dpo` (or orpo, simpo, cpo, rm), or check it with --kind preference",
     ]
     assert [r.line for r in data.rows] == [5]
-    assert len(load_rows([str(path)], kind="preference").rows) == 2  # the pairs themselves are fine
+    assert len(load_rows([str(path)], kind="preference").rows) == 3  # the pairs themselves are fine
 
 
 def test_sampling_with_hash_count_is_seeded(tmp_path):
@@ -120,3 +124,76 @@ def test_missing_file_and_unknown_name_say_what_is_wrong():
         load_rows(["nope.jsonl"], kind="sft")
     with pytest.raises(DataError, match="Registry names: .*prd-assistant"):
         load_rows(["no-such-dataset"], kind="sft")
+
+
+def test_tool_calls_not_in_openai_shape_are_bad_rows_not_a_crash_in_the_template(tmp_path):
+    call = {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+    rows = [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "", "tool_calls": calls},
+                          {"role": "tool", "content": "sunny"}, {"role": "assistant", "content": "It is sunny."}]}
+            for calls in ([call], [{"name": "f", "arguments": "{}"}], json.dumps([call]), "get_weather", ["get_weather"],
+                          [{"type": "function", "function": {"arguments": {}}}],
+                          [{"type": "function", "function": {"name": "f", "arguments": 3}}])]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    data = load_rows([str(path)], kind="sft")
+    assert [r.line for r in data.rows] == [1, 2, 3]
+    assert data.rows[2].messages[1]["tool_calls"] == [call]  # calls written as JSON text (some hub datasets do)
+    assert [str(p) for p in data.problems] == [
+        f"{path}:4: messages[1].tool_calls: expected a list of calls, got str",
+        f"{path}:5: messages[1].tool_calls[0]: expected an object with a function, got str",
+        f"{path}:6: messages[1].tool_calls[0].function.name: expected the called function's name",
+        f"{path}:7: messages[1].tool_calls[0].function.arguments: expected an object or a JSON string, got int",
+    ]
+
+
+def test_a_csv_cell_holding_messages_as_json_text_is_read_as_the_messages(tmp_path):
+    import csv
+
+    messages = [{"role": "system", "content": "Be brief, señor."}, {"role": "user", "content": "2+2?"},
+                {"role": "assistant", "content": "4"}]
+    tools = [{"type": "function", "function": {"name": "add", "parameters": {"type": "object", "properties": {}}}}]
+    path = tmp_path / "chats.csv"
+    with path.open("w", newline="", encoding="utf-8") as f:  # as pandas' to_csv writes a column of lists
+        writer = csv.writer(f)
+        writer.writerow(["messages", "tools"])
+        writer.writerow([json.dumps(messages, ensure_ascii=False), json.dumps(tools)])
+        writer.writerow(["not json at all", ""])
+    data = load_rows([str(path)], kind="sft")
+    assert [r.messages for r in data.rows] == [messages] and data.rows[0].extra["tools"] == tools
+    assert [str(p) for p in data.problems] == [f"{path}:3: messages: expected a list of messages, got str"]
+
+
+def test_parquet_rows_are_detected_and_checked_as_written_not_with_arrows_filled_in_nones(tmp_path):
+    """Arrow gives every row every column and every message every key (None where it had none): a `loss: false` on
+    one message made every other message's `loss: None` a bad row, and a file mixing formats lost its rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [
+        {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b", "loss": False},
+                      {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]},
+        {"instruction": "do", "input": "this", "output": "a3"},
+        {"prompt": "q4", "response": "a4", "system": "S"},
+    ]
+    path = tmp_path / "mixed.parquet"
+    pq.write_table(pa.Table.from_struct_array(pa.array(rows)), path)  # one schema: the union of every row's keys
+    data = load_rows([str(path)], kind="sft")
+    assert not data.problems
+    assert [r.messages for r in data.rows] == [
+        rows[0]["messages"], [{"role": "user", "content": "do\n\nthis"}, {"role": "assistant", "content": "a3"}],
+        [{"role": "system", "content": "S"}, {"role": "user", "content": "q4"}, {"role": "assistant", "content": "a4"}]]
+    assert data.formats == {"messages": 1, "alpaca": 1, "prompt-response": 1}
+
+
+def test_alpaca_prompts_without_output_keep_their_instruction(tmp_path):
+    """Prompts for infer and grpo in Alpaca's shape: `instruction` + `input` was read as a prompt/response row whose
+    prompt is `input` alone (the instruction silently dropped), and `instruction` alone was not recognised."""
+    path = write_jsonl(tmp_path / "p.jsonl", [{"instruction": "Translate to French", "input": "cat", "id": 1},
+                                              {"instruction": "Say hi"}, {"instruction": "Say hi", "input": ""}])
+    data = load_rows([str(path)], kind="prompts")
+    assert not data.problems
+    assert [r.messages for r in data.rows] == [[{"role": "user", "content": "Translate to French\n\ncat"}],
+                                               [{"role": "user", "content": "Say hi"}],
+                                               [{"role": "user", "content": "Say hi"}]]
+    assert data.rows[0].extra["id"] == 1  # extra columns still reach grpo's rewards
+    assert [str(p) for p in load_rows([str(path)], kind="sft").problems][0] == (
+        f"{path}:1: output: no assistant turn to learn from (prompts for infer? check them with --kind prompts)")

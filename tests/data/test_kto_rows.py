@@ -21,6 +21,8 @@ def test_kto_shapes_normalise_to_prompt_completion_label(tmp_path):
                       {"role": "assistant", "content": "good"}], "label": True},
         {"question": "q4", "completion": "bad", "label": "false"},  # CSV spelling
         {"prompt": "q5", "completion": "good", "label": 1},  # Parquet/hub spelling
+        {"prompt": "q7", "completion": "bad", "label": 0.0},  # pandas: an int column with a gap is float
+        {"prompt": "q8", "completion": "good", "label": "1.0"},  # ... and so is its to_csv
         {"prompt": "q6", "chosen": "good", "rejected": "bad"},  # a pair: KTO unpairs it later
     ]
     data = load_rows([str(_write(tmp_path, rows))], kind="kto")
@@ -32,8 +34,10 @@ def test_kto_shapes_normalise_to_prompt_completion_label(tmp_path):
         ([{"role": "system", "content": "S"}, {"role": "user", "content": "q3"}], "good", True),
         ([{"role": "user", "content": "q4"}], "bad", False),
         ([{"role": "user", "content": "q5"}], "good", True),
+        ([{"role": "user", "content": "q7"}], "bad", False),
+        ([{"role": "user", "content": "q8"}], "good", True),
     ]
-    assert isinstance(data.rows[-1], Preference) and data.formats == {"kto": 5, "preference": 1}
+    assert isinstance(data.rows[-1], Preference) and data.formats == {"kto": 7, "preference": 1}
 
 
 def test_bad_kto_rows_name_file_line_and_field(tmp_path):

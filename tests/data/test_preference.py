@@ -31,7 +31,8 @@ def test_preference_shapes_normalise_to_prompt_chosen_rejected(tmp_path):
 
 def test_bad_preference_rows_name_file_line_and_field(tmp_path):
     rows = [{"prompt": "q", "chosen": "same", "rejected": "same"}, {"prompt": "q", "chosen": "", "rejected": "x"},
-            {"chosen": "a", "rejected": "b"}, {"prompt": "q", "chosen": 3, "rejected": "b"}, {"prompt": "q"}]
+            {"chosen": "a", "rejected": "b"}, {"prompt": "q", "chosen": 3, "rejected": "b"}, {"prompt": "q"},
+            {"prompt": "q", "completion": "a", "label": True}]
     path = tmp_path / "p.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
     found = [str(p) for p in load_rows([str(path)], kind="preference").problems]
@@ -41,4 +42,24 @@ def test_bad_preference_rows_name_file_line_and_field(tmp_path):
         f"{path}:3: prompt: missing: expected prompt (or question, query, instruction)",
         f"{path}:4: chosen: expected a string, a message or a list of messages, got int",
         f"{path}:5: columns: not a preference row (prompt); expected prompt/chosen/rejected or messages + rejected_response",
+        f"{path}:6: columns: not a preference row (completion, label, prompt); expected prompt/chosen/rejected or "
+        "messages + rejected_response; a row with a label is KTO data: train it with `tunesmith rlhf --method kto`",
     ]
+
+
+def test_trls_implicit_prompt_pairs_take_the_shared_turns_as_the_prompt(tmp_path):
+    """trl-lib/ultrafeedback_binarized's shape: no prompt column, chosen and rejected are whole conversations."""
+    user = [{"role": "system", "content": "S"}, {"role": "user", "content": "Capitale de la France ?"}]
+    rows = [
+        {"chosen": user + [{"role": "assistant", "content": "Paris"}],
+         "rejected": user + [{"role": "assistant", "content": "Lyon"}], "score_chosen": 9.0},
+        {"chosen": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "good"}],
+         "rejected": [{"role": "user", "content": "b"}, {"role": "assistant", "content": "bad"}]},
+    ]
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows))
+    for kind in ("preference", "kto"):  # KTO unpairs the same pairs
+        data = load_rows([str(path)], kind=kind)
+        assert [(r.prompt, r.chosen, r.rejected) for r in data.rows] == [(user, "Paris", "Lyon")]
+        assert [str(p) for p in data.problems] == [  # two prompts: which one do the answers answer?
+            f"{path}:2: prompt: missing: expected prompt (or question, query, instruction)"]

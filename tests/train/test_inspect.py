@@ -121,3 +121,65 @@ def test_data_inspect_through_the_console_script(tiny, tmp_path):
     # DeepSpeed, when installed, announces "Setting accelerator to CPU" on stdout once imported (transformers'
     # save_pretrained imports it through accelerate, e.g. when the embedded model is converted on first use)
     assert "Setting accelerator" not in proc.stdout and proc.stdout.startswith("legend:")
+
+
+def test_data_check_refuses_a_row_with_no_trained_token_as_sft_does(tiny, tmp_path, monkeypatch):
+    from tunesmith.config import DataCheckConfig
+
+    quiet = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo", "loss": False}]}
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps(ROW, ensure_ascii=False) + "\n" + json.dumps(quiet) + "\n")
+    expected = f"{data}:2: messages: no trained tokens (every turn has loss: false)"
+    template, _ = load_template(SFTConfig(model=str(tiny), dataset=[str(data)]))
+    _, problems = tokenize_sft(load_rows([str(data)], kind="sft").rows, template, "assistant", 2048)
+    assert [str(p) for p in problems] == [expected]  # what sft refuses...
+    with pytest.raises(DataError, match="1 bad row"):  # ...data check --model refuses too
+        api.data_check(DataCheckConfig(dataset=[str(data)], model=str(tiny)))
+    shown = []  # and counts the row as bad, not good: "good rows 1, bad rows 1"
+    monkeypatch.setattr("tunesmith.train.check._print", lambda cfg, report: shown.append(report))
+    with pytest.raises(DataError):
+        api.data_check(DataCheckConfig(dataset=[str(data)], model=str(tiny)))
+    assert (shown[0].rows, len(shown[0].problems)) == (1, 1)
+
+
+def test_a_tool_call_the_template_drops_is_refused_rather_than_trained_as_an_empty_answer(tiny, tmp_path):
+    """The tiny model has SmolLM2's ChatML, which renders an assistant turn's content only: a turn that only calls a
+    tool would train `<|im_end|>` alone. Qwen2.5's template renders the call, so there it trains."""
+    from real_tokenizers import qwen_tokenizer
+
+    from tunesmith.config import DataCheckConfig
+    from tunesmith.templates import Template
+    from tunesmith.train.tokenize import renders_calls
+
+    call = {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}
+    row = {"messages": [{"role": "user", "content": "Weather in Oslo?"},
+                        {"role": "assistant", "content": "", "tool_calls": [call]},
+                        {"role": "tool", "content": "sunny"}, {"role": "assistant", "content": "It is sunny."}]}
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps(ROW, ensure_ascii=False) + "\n" + json.dumps(row) + "\n")
+    template, _ = load_template(SFTConfig(model=str(tiny), dataset=[str(data)]))
+    ds, problems = tokenize_sft(load_rows([str(data)], kind="sft").rows, template, "assistant", 2048)
+    assert [str(p) for p in problems] == [
+        f"{data}:2: messages[1].tool_calls: the chat template of {template._name()} does not render tool calls, so "
+        "this turn would train an empty answer; train a model whose template renders them (Qwen2.5, Llama 3.1, "
+        "Mistral...)"]
+    assert len(ds) == 1  # the row is left out, also with --skip-bad-rows
+    with pytest.raises(DataError, match="1 bad row"):
+        api.data_check(DataCheckConfig(dataset=[str(data)], model=str(tiny)))
+    tok = qwen_tokenizer()
+    tok.chat_template = (  # ChatML that renders the calls, as Qwen2.5's own template does
+        "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] }}"
+        "{% for c in m.get('tool_calls') or [] %}<tool_call>{{ c.function | tojson }}</tool_call>{% endfor %}"
+        "{{ '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+    assert not renders_calls(template) and renders_calls(Template(tok))
+
+
+def test_data_check_of_pretraining_text_longer_than_max_length_passes_as_pt_splits_it(tiny, tmp_path):
+    from tunesmith.config import DataCheckConfig
+
+    data = tmp_path / "t.json"  # a JSON array file, as pt reads it
+    data.write_text(json.dumps([{"text": "The quick brown fox. " * 40}, {"text": "short"}]))
+    report = api.data_check(DataCheckConfig(dataset=[str(data)], kind="pt", model=str(tiny), max_length=32))
+    assert not report.problems and report.rows == 2
+    assert report.notes == ["1 text(s) longer than max_length 32 tokens: `tunesmith pt` cuts them into max_length "
+                            "blocks (its default, --truncation split)"]

@@ -521,6 +521,14 @@ class DataCheckConfig(Section):
     command: ClassVar[str] = "data"
     positional: ClassVar[tuple[str, ...]] = ("action", "dataset")
 
+    @model_validator(mode="after")
+    def _lengths_need_a_tokenizer(self) -> "DataCheckConfig":
+        # without a model no row is measured: every row would pass a length check it never had
+        if self.max_length is not None and not self.model:
+            raise ValueError(f"max_length: rows are measured in the tokens of a model; add --model (e.g. --model "
+                             f"{DEFAULT_MODEL})")
+        return self
+
 
 class DownloadConfig(Section):
     """Fetch a model or dataset from the Hugging Face hub into its cache. Run: tunesmith download Qwen/Qwen2.5-0.5B-Instruct"""

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import PurePath
 from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from tunesmith.config.commands import DEFAULT_MODEL, TRUNCATION_HELP, Truncation
 from tunesmith.config.sections import Section
@@ -51,3 +52,12 @@ Run: tunesmith data clean IN OUT [--threshold 0.8] [--no-redact-pii]"""
     encoding: str = Field("utf-8", description="Text encoding of CSV/JSON/JSONL dataset files, e.g. gbk, utf-16.")
     command: ClassVar[str] = "data"
     positional: ClassVar[tuple[str, ...]] = ("action", "dataset", "output")
+
+    @field_validator("output")
+    @classmethod
+    def _jsonl(cls, value: str) -> str:
+        # JSON Lines is what it writes: under a .csv or .parquet name no reader (ours included) could read it back
+        suffix = PurePath(value).suffix.lower()
+        if suffix in (".json", ".csv", ".parquet"):
+            raise ValueError(f"writes JSON Lines; name the file {PurePath(value).with_suffix('.jsonl')} (not {suffix})")
+        return value

@@ -46,9 +46,9 @@ ALIASES = {
     "num_train_epochs": "epochs",
     "num_epochs": "epochs",
     "datasets": "dataset",
-    "finetuning_type": "method",
-    "train_type": "method",
-    "tuner_type": "method",
+    "finetuning_type": "tuner",  # how the weights train: `tuner` (rlhf's `method` names the algorithm)
+    "train_type": "tuner",
+    "tuner_type": "tuner",
     "resume_from_checkpoint": "resume",
     "max_new_tokens": "generation.max_tokens",
 }
@@ -194,12 +194,13 @@ def _parse_flags(cls: type[BaseModel], flags: list[str], positionals: list[str])
         elif len(args) == 1 and _field_kind(cls, key) == "dict":  # --chat-template-kwargs '{"enable_thinking": false}'
             values[key] = _mapping(args[0], name)
         elif len(args) == 1 and _field_kind(cls, key) != "list":
-            values[key] = _scalar(args[0])
+            values[key] = _text_or_null(args[0]) if _takes_text(cls, key) else _scalar(args[0])
         else:  # a list; repeated (--image a.png --image b.png) it collects, as argparse's "append" does
+            read = (lambda a: a) if _takes_text(cls, key) else _scalar
             if _splits_commas(cls, key):  # --metrics bleu,rouge = --metrics bleu rouge
-                items = [_scalar(part.strip()) for a in args for part in a.split(",") if part.strip()]
+                items = [read(part.strip()) for a in args for part in a.split(",") if part.strip()]
             else:
-                items = [_scalar(a) for a in args]
+                items = [read(a) for a in args]
             values[key] = values[key] + items if isinstance(values.get(key), list) else items
     return values
 
@@ -216,6 +217,31 @@ def _splits_commas(cls: type[BaseModel], dotted: str) -> bool:
         model = _keys_under(model, part)
     extra = model.model_fields[name].json_schema_extra if model and name in model.model_fields else None
     return not (isinstance(extra, dict) and extra.get("commas") is False)
+
+
+def _takes_text(cls: type[BaseModel], dotted: str) -> bool:
+    """A field that holds text (str, str | None, list[str]): its flag value is the text typed, never read as YAML
+    (`--output-dir 2024`, `--system yes`, `--dataset 123` are names, not a number, a bool, an int)."""
+    if dotted in ALIASES and resolves(cls, ALIASES[dotted]):
+        dotted = ALIASES[dotted]
+    if _renamed(cls, dotted) and dotted not in getattr(cls, "retired", {}):
+        dotted = cls.moved_target(dotted)
+    model: type[BaseModel] | None = cls
+    *sections, name = dotted.split(".")
+    for part in sections:
+        model = _keys_under(model, part)
+    if model is None or name not in model.model_fields:
+        return False
+    ann = model.model_fields[name].annotation
+    union = isinstance(ann, types.UnionType) or typing.get_origin(ann) is typing.Union
+    options = [a for a in (typing.get_args(ann) if union else (ann,)) if a is not type(None)]
+    return bool(options) and all(a is str or (typing.get_origin(a) is list and typing.get_args(a) == (str,))
+                                 for a in options)
+
+
+def _text_or_null(text: str) -> str | None:
+    """A text flag's value; `null` (or `~`) unsets it, as in YAML (`-c run.yaml --adapters null`)."""
+    return None if text in ("null", "Null", "NULL", "~") else text
 
 
 def _scalar(text: str) -> Any:
@@ -259,7 +285,7 @@ def _normalise(cls: type[BaseModel], flat: dict[str, Any], source: str | None, l
     for raw_key, value in flat.items():
         key = str(raw_key).replace("-", "_")
         target = ALIASES.get(key, "")
-        if target and (_resolves(cls, target) or target.split(".")[0] in getattr(cls, "retired", {})):
+        if target and (resolves(cls, target) or target.split(".")[0] in getattr(cls, "retired", {})):
             log.info("note: %s is called %s in tunesmith", key, ALIASES[key])
             key = ALIASES[key]
         parts = key.split(".")
@@ -294,7 +320,7 @@ def _check_known(cls: type[BaseModel], parts: list[str], raw_key: str, source: s
             valid = _all_keys(model) if model else []
             parent = ".".join(parts[:depth])
             candidates = [f"{parent}.{k}" if parent else k for k in valid]
-            valid_names = candidates + ([a for a in ALIASES if _resolves(cls, ALIASES[a])] if not prefix else [])
+            valid_names = candidates + ([a for a in ALIASES if resolves(cls, ALIASES[a])] if not prefix else [])
             valid_names += list(getattr(model, "retired", {})) if not depth else []  # names it reads past (plan)
             valid_names += [f"{name}.{k}" for name, section in read_sections.items() for k in _all_keys(section)
                             if not depth]
@@ -319,7 +345,7 @@ def _all_keys(model: type[BaseModel]) -> list[str]:
     return keys
 
 
-def _resolves(cls: type[BaseModel], dotted: str) -> bool:
+def resolves(cls: type[BaseModel], dotted: str) -> bool:
     model: type[BaseModel] | None = cls
     for part in dotted.split("."):
         if model is None or part not in model.model_fields:

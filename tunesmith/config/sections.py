@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import re
 from typing import ClassVar, Literal
@@ -42,13 +43,20 @@ class Section(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _move_old_keys(cls, data: object) -> object:
-        if not (cls.moved or cls.shortcuts) or not isinstance(data, dict):
+        """Old keys, shortcuts and the peers' spellings (SFTConfig(lora_r=8, cutoff_len=1024), as `-c` files and
+        flags take them: config/load.py) to their places; then an unknown key names the nearest valid one."""
+        if not isinstance(data, dict):
             return data
+        from tunesmith.config.load import ALIASES, resolves  # load.py imports no section: no cycle
+
         data = dict(data)
+        peers = {k: to for k, to in ALIASES.items() if k not in cls.model_fields and resolves(cls, to)}
         method = data.get("method", cls.model_fields["method"].default if "method" in cls.model_fields else None)
-        for old in [k for k in data if (k in cls.moved or k in cls.shortcuts) and k not in cls.model_fields]:
-            target = cls.moved_target(old, method)
-            if old in cls.moved:
+        for old in [k for k in data if (k in cls.moved or k in cls.shortcuts or k in peers) and k not in cls.model_fields]:
+            target = peers[old] if old in peers else cls.moved_target(old, method)
+            if old in peers:
+                log.info("note: %s is called %s in tunesmith", old, target)
+            elif old in cls.moved:
                 log.info("note: %s is %s in tunesmith (the old key still works)", old, target)
             *sections, key = target.split(".")
             node = data
@@ -59,6 +67,12 @@ class Section(BaseModel):
             if key in node:
                 raise ValueError(f"{old}: given twice, as {old} and as {target}; keep {target}")
             node[key] = data.pop(old)
+        if not hasattr(cls, "retired"):  # PlanConfig reads sft's keys past its own fields in validators of its own
+            for key in data:
+                if str(key) not in cls.model_fields:
+                    near = difflib.get_close_matches(str(key), [*cls.model_fields, *cls.moved, *cls.shortcuts, *peers],
+                                                     n=1, cutoff=0.5)
+                    raise ValueError(f"{key}: unknown option" + (f"; did you mean {near[0]}?" if near else ""))
         return data
 
     @model_validator(mode="before")

@@ -7,6 +7,7 @@ vision-language models) as OpenAI content parts or an `images` column with <imag
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from tunesmith.data import vision
@@ -29,8 +30,8 @@ def detect(data: dict[str, Any]) -> str | None:
         return "messages"
     if "conversations" in keys:
         return "sharegpt"
-    if "instruction" in keys and "output" in keys:
-        return "alpaca"
+    if "instruction" in keys and ("output" in keys or not any(k in keys for k in RESPONSE_KEYS)):
+        return "alpaca"  # without output: a prompt (infer, grpo), its instruction and input kept together
     if any(k in keys for k in PROMPT_KEYS) and any(k in keys for k in RESPONSE_KEYS):
         return "prompt-response"
     if any(k in keys for k in TEXT_KEYS):
@@ -47,6 +48,8 @@ def normalise(row: RawRow, kind: str, problems: list[Problem]) -> Conversation |
     if not isinstance(row.data, dict):
         return bad("row", f"expected a JSON object, got {type(row.data).__name__}")
     fmt = detect(row.data)
+    if fmt is None and kind == "sft" and _preference_pair_for_sft(row.data, [], bad):
+        return None  # chosen/rejected conversations with no prompt column (TRL's implicit prompt)
     if fmt is None:
         cols = ", ".join(sorted(row.data)) or "none"
         return bad("columns", f"format not recognised from columns ({cols}); expected messages, conversations, "
@@ -76,8 +79,8 @@ def normalise(row: RawRow, kind: str, problems: list[Problem]) -> Conversation |
         return None
     extra = {k: v for k, v in row.data.items() if k not in ("messages", "conversations", "system", "tools")}
     conv = Conversation(messages, row.source, row.line, fmt, extra)
-    if isinstance(row.data.get("tools"), list):
-        conv.extra["tools"] = row.data["tools"]
+    if isinstance(tools := _json_cell(row.data.get("tools")), list):
+        conv.extra["tools"] = tools
     return conv
 
 
@@ -90,6 +93,18 @@ class _Reporter:
         return None
 
 
+def _json_cell(value: Any) -> Any:
+    """A list written as JSON text, as a CSV cell (or a spreadsheet export) holds messages, conversations or tools:
+    the list. Any other value as it is (a string that is no JSON list of objects stays a string; its row is reported)."""
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            return value
+        return parsed if isinstance(parsed, list) and all(isinstance(item, dict) for item in parsed) else value
+    return value
+
+
 def _content(value: Any) -> str | None:
     """Strings, or OpenAI content parts [{"type": "text", "text": ...}] joined."""
     if isinstance(value, str):
@@ -100,7 +115,7 @@ def _content(value: Any) -> str | None:
 
 
 def _from_messages(data: dict, bad: _Reporter) -> list[dict] | None:
-    raw = data["messages"]
+    raw = _json_cell(data["messages"])
     if not isinstance(raw, list):
         return bad("messages", f"expected a list of messages, got {type(raw).__name__}")
     out = []
@@ -115,9 +130,11 @@ def _from_messages(data: dict, bad: _Reporter) -> list[dict] | None:
         if content is None:
             return bad(f"messages[{i}].content", f"expected a string, got {type(m.get('content')).__name__}")
         msg: dict[str, Any] = {"role": role, "content": content}
+        if m.get("tool_calls") is not None and (problem := _tool_calls_problem(_json_cell(m["tool_calls"]))):
+            return bad(f"messages[{i}].tool_calls{problem[0]}", problem[1])
         for key in ("tool_calls", "name", "tool_call_id"):
             if m.get(key) is not None:
-                msg[key] = m[key]
+                msg[key] = _json_cell(m[key]) if key == "tool_calls" else m[key]
         if "loss" in m:
             if not isinstance(m["loss"], bool):
                 return bad(f"messages[{i}].loss", f"expected true or false, got {m['loss']!r}")
@@ -126,8 +143,27 @@ def _from_messages(data: dict, bad: _Reporter) -> list[dict] | None:
     return out
 
 
+def _tool_calls_problem(calls: Any) -> tuple[str, str] | None:
+    """(where inside tool_calls, problem) for calls not in OpenAI's shape, a list of {"type": "function", "function":
+    {"name": ..., "arguments": ...}} (the bare {"name", "arguments"} is read too); the chat template would fail on
+    them mid-run. None when they are fine."""
+    if not isinstance(calls, list):
+        return "", f"expected a list of calls, got {type(calls).__name__}"
+    for j, call in enumerate(calls):
+        if not isinstance(call, dict):
+            return f"[{j}]", f"expected an object with a function, got {type(call).__name__}"
+        function, where = (call["function"], f"[{j}].function") if "function" in call else (call, f"[{j}]")
+        if not isinstance(function, dict):
+            return where, f"expected an object with name and arguments, got {type(function).__name__}"
+        if not isinstance(function.get("name"), str) or not function["name"]:
+            return f"{where}.name", "expected the called function's name"
+        if not isinstance(function.get("arguments", {}), (dict, str)):
+            return f"{where}.arguments", f"expected an object or a JSON string, got {type(function['arguments']).__name__}"
+    return None
+
+
 def _from_sharegpt(data: dict, bad: _Reporter) -> list[dict] | None:
-    raw = data["conversations"]
+    raw = _json_cell(data["conversations"])
     if not isinstance(raw, list):
         return bad("conversations", f"expected a list of turns, got {type(raw).__name__}")
     out = []
@@ -149,8 +185,9 @@ def _from_sharegpt(data: dict, bad: _Reporter) -> list[dict] | None:
 
 def _from_alpaca(data: dict, bad: _Reporter) -> list[dict] | None:
     for key in ("instruction", "input", "output", "system"):
-        if (key in ("instruction", "output") or data.get(key) is not None) and not isinstance(data.get(key), str):
-            return bad(key, f"expected a string, got {type(data[key]).__name__}")
+        given = key in ("instruction", "output") and key in data  # output may be left out (a prompt), not null
+        if (given or data.get(key) is not None) and not isinstance(data.get(key), str):
+            return bad(key, f"expected a string, got {type(data.get(key)).__name__}")
     out = []
     if data.get("system"):
         out.append({"role": "system", "content": data["system"]})
@@ -160,7 +197,9 @@ def _from_alpaca(data: dict, bad: _Reporter) -> list[dict] | None:
     for q, a in history:
         out += [{"role": "user", "content": str(q)}, {"role": "assistant", "content": str(a)}]
     prompt = data["instruction"] + (("\n\n" + data["input"]) if data.get("input") else "")
-    out += [{"role": "user", "content": prompt}, {"role": "assistant", "content": data["output"]}]
+    out.append({"role": "user", "content": prompt})
+    if "output" in data:  # no output: a prompt, for infer and grpo (sft says it has no answer to learn)
+        out.append({"role": "assistant", "content": data["output"]})
     return out
 
 

@@ -51,6 +51,7 @@ class LoadedData:
             else:
                 kept.append(row)
         self.rows = kept
+        self.problems.sort(key=_position)  # in file order, with those the rows' own checks found
 
 
 def describe_problems(problems: list[Problem]) -> str:

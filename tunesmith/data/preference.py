@@ -20,7 +20,7 @@ from tunesmith.data.rows import Preference, Problem, RawRow, UnpairedPreference
 
 PROMPT_KEYS = ("prompt", "question", "query", "instruction")
 # CSV files give strings and Parquet/hub datasets often ints, so those spellings of a label are read too.
-LABELS = {"true": True, "false": False, "1": True, "0": False}
+LABELS = {"true": True, "false": False, "1": True, "0": False, "1.0": True, "0.0": False}  # 1.0: pandas' to_csv of floats
 
 
 def normalise_preference(row: RawRow, problems: list[Problem]) -> Preference | None:
@@ -36,6 +36,15 @@ def normalise_preference(row: RawRow, problems: list[Problem]) -> Preference | N
             return bad("messages", "the last message must be the chosen assistant answer")
         chosen, prompt = msgs[-1]["content"], msgs[:-1]
         rejected = _answer(data["rejected_response"], "rejected_response", bad)
+    elif "chosen" in data and "rejected" in data and _implicit_prompt(data):
+        # TRL's implicit prompt (trl-lib/ultrafeedback_binarized): two whole conversations that differ in the answer
+        msgs = _from_messages({"messages": data["chosen"][:-1]}, bad)
+        if msgs is None:
+            return None
+        system = data.get("system")
+        prompt = ([{"role": "system", "content": system}] if isinstance(system, str) and system else []) + msgs
+        chosen = _answer(data["chosen"], "chosen", bad)
+        rejected = _answer(data["rejected"], "rejected", bad)
     elif "chosen" in data and "rejected" in data:
         prompt = _prompt(data, bad)
         if prompt is None:
@@ -44,8 +53,9 @@ def normalise_preference(row: RawRow, problems: list[Problem]) -> Preference | N
         rejected = _answer(data["rejected"], "rejected", bad)
     else:
         cols = ", ".join(sorted(data)) or "none"
+        kto = "; a row with a label is KTO data: train it with `tunesmith rlhf --method kto`" if "label" in data else ""
         return bad("columns", f"not a preference row ({cols}); expected prompt/chosen/rejected or "
-                              "messages + rejected_response")
+                              f"messages + rejected_response{kto}")
     if chosen is None or rejected is None:
         return None
     prompt = vision.attach(prompt, data, row.source, "prompt", bad)  # images: data/vision.py
@@ -101,7 +111,8 @@ def normalise_kto(row: RawRow, problems: list[Problem]) -> UnpairedPreference | 
         return bad("label", "missing: expected true (desirable) or false (undesirable)")
     label = data["label"]
     if not isinstance(label, bool):
-        label = LABELS.get(str(label).strip().lower()) if isinstance(label, (str, int)) else None
+        # pandas turns an int column with gaps into floats (1.0)
+        label = LABELS.get(str(label).strip().lower()) if isinstance(label, (str, int, float)) else None
         if label is None:
             return bad("label", f"expected true (desirable) or false (undesirable), got {data['label']!r}")
     return UnpairedPreference(prompt, completion, label, row.source, row.line)
@@ -133,6 +144,13 @@ def _prompt(data: dict, bad: _Reporter) -> list[dict] | None:
     if key == "instruction" and isinstance(data.get("input"), str) and data["input"]:
         value = value + "\n\n" + data["input"]
     return system + [{"role": "user", "content": value}]
+
+
+def _implicit_prompt(data: dict) -> bool:
+    """No prompt column, and chosen and rejected are message lists that share every turn but their last."""
+    chosen, rejected = data["chosen"], data["rejected"]
+    return (not any(k in data for k in (*PROMPT_KEYS, "conversations")) and isinstance(chosen, list)
+            and isinstance(rejected, list) and len(chosen) > 1 and chosen[:-1] == rejected[:-1])
 
 
 def _answer(value: Any, key: str, bad: _Reporter) -> str | None:

@@ -48,11 +48,42 @@ def read_path(path: Path, problems: list[Problem], encoding: str = "utf-8-sig") 
     if read is None:
         raise DataError(f"{path}: unsupported file type {suffix or '(none)'}; use {', '.join(SUFFIXES)}")
     try:
+        read = _as_written(path, suffix, encoding) or read
         yield from read(path, problems, encoding)
     except UnicodeError:  # a UnicodeDecodeError, or utf-16/utf-32 without their byte-order mark
         raise _decode_error(path, encoding) from None
     except OSError as err:  # unreadable: permissions, a device, a file that vanished
         raise DataError(f"{path}: cannot read ({err.strerror or err})") from None
+
+
+def _as_written(path: Path, suffix: str, encoding: str):
+    """The reader for what the file holds when its name says otherwise, two common slips: a JSON list saved as .jsonl,
+    and JSON Lines saved as .json (a first line that is a whole object, and another object after it). None: as named.
+    Only the first line is read to decide, and only up to 1 MiB (a longer first line: as named)."""
+    if suffix not in (".json", ".jsonl"):
+        return None
+    with path.open(encoding=encoding) as f:
+        first = f.read(1)
+        while first.isspace():
+            first = f.read(1)
+        if suffix == ".jsonl":
+            return _read_json if first == "[" else None
+        if first != "{":
+            return None
+        line = first + f.readline(1 << 20)
+        if not line.endswith("\n") or not isinstance(_loads_or_none(line), dict):
+            return None
+        after = f.read(1)
+        while after.isspace():
+            after = f.read(1)
+        return _read_jsonl if after == "{" else None
+
+
+def _loads_or_none(text: str):
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
 
 
 def _read_jsonl(path: Path, problems: list[Problem], encoding: str) -> Iterator[RawRow]:
@@ -250,10 +281,28 @@ def _read_parquet(path: Path, problems: list[Problem], encoding: str) -> Iterato
     try:
         for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
             for row in batch.to_pylist():
-                yield RawRow(str(path), f"row {index}", row)
+                yield RawRow(str(path), f"row {index}", _unfilled(row))
                 index += 1
     except pa.ArrowException as err:
         raise DataError(f"{path}: not a readable Parquet file ({err}); is it complete?") from None
+
+
+def _unfilled(row):
+    """An Arrow row as it was written: Arrow gives every row every column of its table, and every message every key
+    any message has, as None where it had none (a `loss: false` on one message puts `loss: None` on all the others; a
+    file mixing Alpaca and messages rows gives each a None `messages` or `instruction`). Those Nones are dropped, in
+    the row and in the objects of its lists (messages, turns), so formats are detected and checked per row as in JSONL."""
+    if not isinstance(row, dict):
+        return row
+    out = {}
+    for key, value in row.items():
+        if value is None:
+            continue
+        if isinstance(value, list):
+            value = [{k: v for k, v in item.items() if v is not None} if isinstance(item, dict) else item
+                     for item in value]
+        out[key] = value
+    return out
 
 
 # Files that start with these bytes are not text in any encoding: say what they are instead of suggesting one.
@@ -322,4 +371,4 @@ def read_hub(dataset_id: str, split: str = "train") -> Iterator[RawRow]:
         ds = datasets.load_dataset(dataset_id, split=split)
     except Exception as err:  # datasets raises many types; the user needs the id and the reason
         raise DataError(f"{dataset_id}: could not load hub dataset: {err}") from None
-    return (RawRow(dataset_id, f"row {i}", row) for i, row in enumerate(ds))  # rows read from Arrow as used
+    return (RawRow(dataset_id, f"row {i}", _unfilled(row)) for i, row in enumerate(ds))  # read from Arrow as used

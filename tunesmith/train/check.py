@@ -17,7 +17,7 @@ from tunesmith.data.load import load_rows
 from tunesmith.data.rows import Conversation, Preference, Problem, UnpairedPreference
 from tunesmith.data.vision import images_of
 from tunesmith.errors import DataError
-from tunesmith.train.tokenize import length_problem, unrendered_tools
+from tunesmith.train.tokenize import dropped_calls, length_problem, unrendered_tools
 from tunesmith.train.vision import length_problem as vision_length_problem
 from tunesmith.train.vision import refuse_images_for_text_model
 
@@ -37,7 +37,8 @@ class CheckReport:
 def check(cfg: DataCheckConfig) -> CheckReport:
     template = _template(cfg.model) if cfg.model else None
     # With a tokenizer and max_length, a row too long to fit is refused before tokenizing, as training refuses it.
-    limit = max_chars(template.tokenizer, cfg.max_length) if template and cfg.max_length else None
+    # pt cuts a long text into max_length blocks (its default truncation, split) instead: a note, not a problem.
+    limit = max_chars(template.tokenizer, cfg.max_length) if template and cfg.max_length and cfg.kind != "pt" else None
     data = load_rows(cfg.dataset, kind=cfg.kind, seed=0, encoding=cfg.encoding, max_chars=limit)
     if cfg.kind == "sft":
         data.refuse_undesirable_answers()  # as sft refuses them
@@ -45,6 +46,11 @@ def check(cfg: DataCheckConfig) -> CheckReport:
     if template and data.rows:
         _token_stats(cfg, template, data.rows, report)
         report.notes += filter(None, [unrendered_tools(data.rows, template)])
+        dropped, note = dropped_calls(data.rows, template)  # as sft refuses them
+        report.problems += dropped
+        report.notes += filter(None, [note])
+        # rows read fine but refused once rendered (too long, nothing trained) are bad rows, not good ones
+        report.rows -= len({(p.source, p.line) for p in report.problems[len(data.problems):]})
     _print(cfg, report)
     if report.problems:
         # the rows were listed just above, once; the error only counts them and says what to do
@@ -70,6 +76,7 @@ def _token_stats(cfg: DataCheckConfig, template: Any, rows: list, report: CheckR
 
     if not isinstance(template, VisionTemplate):
         refuse_images_for_text_model(rows, cfg.model)
+    blocks = 0  # texts longer than max_length
     for row in rows:
         if isinstance(template, VisionTemplate) and isinstance(row, Conversation):
             ids, labels = template.render_images(row.messages, [open_image(r) for r in images_of(row.messages)])
@@ -80,7 +87,11 @@ def _token_stats(cfg: DataCheckConfig, template: Any, rows: list, report: CheckR
             continue
         if isinstance(row, Conversation):
             samples = template.render_samples(row.messages, tools=row.extra.get("tools"))  # one per turn for some
-            report.trained_tokens += sum(1 for _, labels in samples for x in labels if x != -100)
+            trained = sum(1 for _, labels in samples for x in labels if x != -100)
+            if not trained:  # as sft refuses it (train/tokenize.py)
+                report.problems.append(Problem(row.source, row.line, "messages",
+                                               "no trained tokens (every turn has loss: false)"))
+            report.trained_tokens += trained
             ids = max((s[0] for s in samples), key=len, default=[])  # the longest sample decides max_length
         elif isinstance(row, (Preference, UnpairedPreference)):  # the longer answer decides the length
             answers = (row.chosen, row.rejected) if isinstance(row, Preference) else (row.completion,)
@@ -88,10 +99,16 @@ def _token_stats(cfg: DataCheckConfig, template: Any, rows: list, report: CheckR
                       key=len)
         else:
             ids = template.tokenizer(row.text, add_special_tokens=False)["input_ids"]
+            report.token_lengths.append(len(ids))
+            blocks += bool(cfg.max_length) and len(ids) > cfg.max_length
+            continue
         report.token_lengths.append(len(ids))
         too_long = cfg.max_length and length_problem(row, field_of(row), len(ids), cfg.max_length)
         if too_long:
             report.problems.append(too_long)
+    if blocks:
+        report.notes.append(f"{blocks} text(s) longer than max_length {cfg.max_length} tokens: `tunesmith pt` cuts "
+                            "them into max_length blocks (its default, --truncation split)")
 
 
 def field_of(row: Any) -> str:

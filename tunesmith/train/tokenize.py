@@ -18,7 +18,9 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
+from tunesmith.data import vision
 from tunesmith.data.rows import Conversation, Problem, Text
+from tunesmith.errors import TemplateError
 from tunesmith.paths import cache_dir
 from tunesmith.templates import Template
 
@@ -45,6 +47,9 @@ def tokenize_sft(rows: list[Conversation], template: Template, loss_on: str, max
     cuts = cuts or Cuts("error", max_length)
     if unseen := unrendered_tools(rows, template):
         log.warning(unseen)
+    problems, dropped = dropped_calls(rows, template)
+    if dropped:
+        log.warning(dropped)
     key = _key("sft", [[r.messages, r.extra.get("tools")] for r in rows], template, loss_on)
 
     def build() -> dict[str, list]:
@@ -56,9 +61,12 @@ def tokenize_sft(rows: list[Conversation], template: Template, loss_on: str, max
         return {"input_ids": ids, "labels": labels}
 
     table = _cached(key, build)
-    problems, keep = [], []
+    keep = []
+    bad = {(p.source, p.line) for p in problems}
     for n, row in enumerate(rows):
         samples = list(zip(table["input_ids"][n], table["labels"][n]))
+        if (row.source, row.line) in bad:
+            continue
         if all(label == -100 for _, l in samples for label in l):
             problems.append(Problem(row.source, row.line, "messages", "no trained tokens (every turn has loss: false)"))
             continue
@@ -80,6 +88,40 @@ def unrendered_tools(rows: list, template: Template) -> str | None:
     return (f"{first.source}:{first.line}: tools: {len(with_tools)} row(s) define tools, but the chat template of "
             f"{template._name()} cannot render them: the model trains without seeing their definitions; train a "
             "model whose template renders tools (Qwen2.5, Llama 3.1, Mistral...) or leave the tools out")
+
+
+def dropped_calls(rows: list, template: Template) -> tuple[list[Problem], str | None]:
+    """When the chat template drops tool_calls (SmolLM2's ChatML renders an assistant turn's content only): each row
+    whose call carries no text would train an empty answer, so it is a problem; rows whose calls come with text lose
+    the calls, which the returned note says. ([], None) when no row calls a tool or the template renders calls."""
+    calling = [(r, i) for r in rows for i, m in enumerate(getattr(r, "messages", []))
+               if m.get("role") == "assistant" and m.get("tool_calls") and m.get("loss", True)]  # trained turns
+    if not calling or renders_calls(template):
+        return [], None
+    silent = [(r, i) for r, i in calling if not vision.text_of(r.messages[i]["content"]).strip()]
+    problems = [Problem(r.source, r.line, f"messages[{i}].tool_calls", (
+                    f"the chat template of {template._name()} does not render tool calls, so this turn would train "
+                    "an empty answer; train a model whose template renders them (Qwen2.5, Llama 3.1, Mistral...)"))
+                for r, i in silent]
+    spoken = [(r, i) for r, i in calling if vision.text_of(r.messages[i]["content"]).strip()]
+    if not spoken:
+        return problems, None
+    first = spoken[0][0]
+    return problems, (f"{first.source}:{first.line}: tool_calls: {len(spoken)} assistant turn(s) call tools, but "
+                      f"the chat template of {template._name()} does not render tool calls: they train on their "
+                      "text only")
+
+
+def renders_calls(template: Template) -> bool:
+    """Whether an assistant turn's tool_calls reach the rendered text."""
+    from tunesmith.templates.chat import PROBE_CALL, PROBE_TOOLS
+
+    try:  # the tools' definitions may name the function too: count what the answer adds
+        prompt = template.render_text(PROBE_CALL[:-1], add_generation_prompt=True, tools=PROBE_TOOLS)
+        whole = template.render_text(PROBE_CALL, tools=PROBE_TOOLS)
+    except TemplateError:  # a template that refuses tools
+        return False
+    return whole.count("probe_tool") > prompt.count("probe_tool")
 
 
 def render_row(row: Conversation, template: Template, loss_on: str) -> list[tuple[list[int], list[int]]]:
