@@ -174,6 +174,14 @@ def test_completions_plain_and_streamed(client, name, template):
     assert reply.usage.completion_tokens == 8
     streamed = client.completions.create(model=name, prompt=prompt, max_tokens=8, temperature=0, stream=True)
     assert "".join(c.choices[0].text for c in streamed if c.choices) == reply.choices[0].text
+    # several prompts stream together, choice i of the stream = choice i of the whole answer
+    prompts = [prompt, "Once upon a time"]
+    whole = client.completions.create(model=name, prompt=prompts, max_tokens=8, temperature=0)
+    texts = {}
+    for chunk in client.completions.create(model=name, prompt=prompts, max_tokens=8, temperature=0, stream=True):
+        for choice in chunk.choices:
+            texts[choice.index] = texts.get(choice.index, "") + choice.text
+    assert texts == {c.index: c.text for c in whole.choices} and texts[0] == reply.choices[0].text
 
 
 def tokens_and_offsets(client, name) -> tuple[str, list[str], list[int]]:

@@ -243,3 +243,21 @@ def test_chat_template_kwargs_reach_local_models_and_endpoints_and_reasoning_is_
     assert result.scores["served"]["exact_match"] == 0.5  # the content is scored, not the reasoning
     rows = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
     assert {r["reasoning"] for r in rows if r["model"] == "served"} == {"Let me think."}
+
+
+def test_system_reaches_endpoints_as_local_models_get_it(engines, endpoint, tmp_path):
+    # --system goes over the trained system prompt of local models (templates insert it where a row has none); an
+    # endpoint compared beside them must be asked the same, or the table compares two different prompts
+    url, seen = endpoint
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"messages": [{"role": "user", "content": "code for apple"},
+                                             {"role": "assistant", "content": "CODE apple OK"}]}) + "\n" +
+                    json.dumps({"messages": [{"role": "system", "content": "Row's own."},
+                                             {"role": "user", "content": "code for river"},
+                                             {"role": "assistant", "content": "CODE river OK"}]}) + "\n")
+    cfg = load(EvalConfig, ["--compare", "base=some-base", f"served={url}", "--dataset", str(rows), "--output-dir",
+                            str(tmp_path / "out"), "--system", "Be brief."])
+    api.evaluate(cfg)
+    assert engines[0]["system"] == "Be brief."
+    systems = sorted(s["body"]["messages"][0]["content"] for s in seen if s["body"]["messages"][0]["role"] == "system")
+    assert systems == ["Be brief.", "Row's own."] and all(len(s["body"]["messages"]) == 2 for s in seen)

@@ -89,6 +89,23 @@ def test_openai_hints_for_its_own_caching_and_abuse_tracking_are_accepted(client
                  "prompt_cache_key")
 
 
+def test_openai_options_the_sdk_sends_are_accepted_or_refused_by_name_never_unrecognized(client):
+    # each is a keyword of the openai SDK's chat.completions.create: OpenAI knows it, so "Unrecognized request
+    # argument" would be wrong; the ones that change nothing here are served, the others named as not served
+    served = {"modalities": ["text"], "prompt_cache_retention": "24h", "prompt_cache_options": {}}
+    reply = client.post("/v1/chat/completions", json={**GOOD, **served}, headers=KEY)
+    assert reply.status_code == 200, reply.text
+    refused = {"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"},
+               "functions": [{"name": "f", "parameters": {"type": "object"}}], "function_call": "auto",
+               "prediction": {"type": "content", "content": "x"}, "reasoning_effort": "low", "verbosity": "low",
+               "web_search_options": {}}
+    for param, value in refused.items():
+        error = assert_error(client.post("/v1/chat/completions", json={**GOOD, param: value}, headers=KEY), 400,
+                             param)
+        assert "Unrecognized" not in error["message"] and param in error["message"]
+    assert client.post("/v1/chat/completions", json=GOOD, headers=KEY).status_code == 200
+
+
 def test_api_key_is_required_on_v1_but_not_on_health(client):
     assert assert_error(client.post("/v1/chat/completions", json=GOOD), 401)["code"] == "invalid_api_key"
     assert_error(client.get("/v1/models", headers={"Authorization": "Bearer wrong"}), 401)

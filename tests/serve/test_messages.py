@@ -110,6 +110,23 @@ def test_prefill_system_blocks_and_what_is_refused():
         assert err.value.status_code == 400 and err.value.body["error"]["param"] == param
 
 
+def test_anthropic_options_of_the_sdk_are_accepted_or_refused_by_name_never_unrecognized():
+    # keywords of this SDK's messages.create that Anthropic's API accepts for any model: hints that change nothing
+    # here are served; the ones asking for what is not served are named (never "Unrecognized request argument")
+    engine = ScriptedEngine(pieces=["Hello", " there"])
+    client = sdk(build_app(engine, DeployConfig()))
+    hi = {"model": "base", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    reply = client.messages.create(**hi, service_tier="auto", inference_geo="us", speed="standard",
+                                   cache_control={"type": "ephemeral"})
+    assert reply.content[0].text == "Hello there"
+    for extra, param in [({"output_config": {"format": {"type": "json_schema", "schema": {"type": "object"}}}},
+                          "output_config"), ({"container": "c-1"}, "container")]:
+        with pytest.raises(anthropic.BadRequestError) as err:
+            client.messages.create(**hi, **extra)
+        assert err.value.body["error"]["param"] == param and "Unrecognized" not in err.value.body["error"]["message"]
+    assert client.messages.count_tokens(model="base", messages=hi["messages"], cache_control={"type": "ephemeral"})
+
+
 def test_left_out_stop_sequences_are_the_deploys_stop_strings():
     engine = ScriptedEngine(pieces=["Hello", " there", "!"])
     client = sdk(build_app(engine, DeployConfig(generation={"stop": ["there"]})))  # tunesmith deploy --stop there

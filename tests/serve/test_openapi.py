@@ -50,6 +50,12 @@ def test_the_request_schemas_refuse_what_the_server_refuses():
     for name in ("presence_penalty", "frequency_penalty"):
         assert chat[name]["anyOf"][0] == {"const": 0}
     assert chat["tool_choice"]["anyOf"][0]["anyOf"][0] == {"enum": ["none", "auto", "required"]}  # + a named one
+    for name in ("audio", "functions", "function_call", "prediction", "reasoning_effort", "verbosity",
+                 "web_search_options"):  # OpenAI's, parsed to be refused by name (chat.py NOT_SERVED)
+        assert chat[name]["type"] == "null"
+    assert chat["modalities"]["anyOf"][0] == {"type": "array", "items": {"const": "text"}}
+    forced_call_needs_tools = {"properties": {"tools": {"type": "array", "minItems": 1}}, "required": ["tools"]}
+    assert forced_call_needs_tools in [rule.get("then") for rule in schemas["ChatCompletionRequest"]["allOf"]]
     completion = schemas["CompletionRequest"]["properties"]
     assert completion["best_of"]["anyOf"][0] == {"const": 1}
     assert {"type": "array", "minItems": 1, "items": {"type": "string"}} in completion["prompt"]["anyOf"]

@@ -405,6 +405,34 @@ def test_completion_stream_and_logprobs():
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 2
 
 
+def test_completion_streams_several_prompts_numbered_as_when_whole():
+    # the openai SDK's completions.create(prompt=[...], stream=True): OpenAI streams every prompt's choices, prompt
+    # p's numbered p*n ... p*n + n-1, as the whole answer numbers them
+    serving = serve(ScriptedEngine(["A", "B"]))
+    body = {"model": "base", "prompt": ["p one", "p two three"], "n": 2, "echo": True}
+    whole = asyncio.run(create_completion(serving, CompletionRequest(**body)))
+
+    async def go():
+        stream = await create_completion(serving, CompletionRequest(**body, stream=True,
+                                                                    stream_options={"include_usage": True}))
+        try:
+            return [line async for line in stream]
+        finally:
+            await stream.aclose()
+
+    lines = asyncio.run(go())
+    assert lines[-1] == "data: [DONE]\n\n"
+    chunks = [json.loads(line[6:]) for line in lines[:-1]]
+    texts, finished = {}, {}
+    for c in chunks[:-1]:
+        (choice,) = c["choices"]
+        texts[choice["index"]] = texts.get(choice["index"], "") + choice["text"]
+        if choice["finish_reason"]:
+            finished[choice["index"]] = choice["finish_reason"]
+    assert texts == {c.index: c.text for c in whole.choices} and sorted(finished) == [0, 1, 2, 3]
+    assert chunks[-1]["usage"] == whole.usage.model_dump()
+
+
 def test_completion_of_an_empty_prompt_starts_from_the_start_of_text():
     engine = ScriptedEngine(["A"])
     reply = asyncio.run(create_completion(serve(engine), CompletionRequest(prompt="", max_tokens=3)))
@@ -412,7 +440,7 @@ def test_completion_of_an_empty_prompt_starts_from_the_start_of_text():
 
 
 @pytest.mark.parametrize("body", [{"prompt": [1, 2, 3]}, {"prompt": "x", "suffix": "y"},
-                                  {"prompt": "x", "best_of": 3}, {"prompt": ["a", "b"], "stream": True},
+                                  {"prompt": "x", "best_of": 3},
                                   {"prompt": "x", "echo": True, "logprobs": 1}])
 def test_completion_refuses_what_it_cannot_do(body):
     with pytest.raises(APIError) as err:

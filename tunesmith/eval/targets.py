@@ -174,7 +174,11 @@ async def _answer_endpoint(target: Target, samples: list[Sample], params: Sampli
     async with _client(cfg) as client:
 
         async def one(sample: Sample) -> Answer:
-            body = {"model": target.served_model, "messages": _openai_messages(sample.messages),
+            messages = sample.messages
+            if cfg.system is not None and (not messages or messages[0]["role"] != "system"):
+                # as local models get --system (their template inserts it where a row has no system turn)
+                messages = [{"role": "system", "content": cfg.system}, *messages]
+            body = {"model": target.served_model, "messages": _openai_messages(messages),
                     "max_tokens": params.max_tokens,
                     "temperature": params.temperature, "top_p": params.top_p}
             if params.stop:

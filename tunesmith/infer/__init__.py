@@ -21,6 +21,10 @@ BACKENDS = {
     "transformers": ("tunesmith.infer.transformers_engine", "TransformersEngine", None),
     "vllm": ("tunesmith.infer.vllm_engine", "VLLMEngine", "vllm"),
 }
+# how to get a backend that is not installed: vLLM pins its own torch and transformers, so `pip install vllm` in
+# this venv would replace tunesmith's pinned ones; it lives in a venv of its own (scripts/vllm-env.sh)
+INSTALL = {"vllm": "build its venv once with `bash scripts/vllm-env.sh` (vLLM pins its own torch and transformers, "
+                   "so not `pip install vllm` here), then run `.venv-vllm/bin/tunesmith`"}
 
 
 class BackendUnavailable(TunesmithError):
@@ -39,8 +43,8 @@ def load_engine(backend: str = "transformers", model: str | None = None, adapter
         raise BackendUnavailable(f"backend: {backend!r} is not one of {', '.join(BACKENDS)}")
     module, cls, package = BACKENDS[backend]
     if package and importlib.util.find_spec(package) is None:
-        raise BackendUnavailable(f"backend: {backend} is not installed here; install it (pip install {package}) or "
-                                 "use --backend transformers")
+        how = INSTALL.get(backend, f"install it (pip install {package})")
+        raise BackendUnavailable(f"backend: {backend} is not installed here; {how}, or use --backend transformers")
     engine_cls = getattr(importlib.import_module(module), cls)
     if chat_template_kwargs:
         options["chat_template_kwargs"] = chat_template_kwargs

@@ -66,6 +66,7 @@ async def create_chat_completion(serving: Serving, req: ChatCompletionRequest) -
     refuse_unencodable(req.model_dump(exclude_none=True))
     public, model = serving.model(req.model, req.user)
     serving.refuse_unsupported(req.frequency_penalty, req.presence_penalty, req.logit_bias)
+    _refuse_openai_options_not_served(req)
     refuse_stream_options_without_stream(req.stream, req.stream_options)
     if req.tools and req.tool_choice != "none":  # "none" renders no tools: any template answers it
         _refuse_tools_the_template_drops(serving, model, public)
@@ -101,6 +102,30 @@ async def create_chat_completion(serving: Serving, req: ChatCompletionRequest) -
     choices = [_choice(i, a, tool_names, bool(req.logprobs), serving.engine.reasoning(gen))
                for i, a in enumerate(answers.choices)]
     return ChatCompletionResponse(id=rid, created=created, model=public, choices=choices, usage=answers.usage())
+
+
+# OpenAI options that no engine here honours, and what to do instead; an option a client sends for a model that
+# lacks it is a 400 naming it at OpenAI too, never an unrecognized argument
+NOT_SERVED = {
+    "audio": "audio: spoken answers are not served here (text only); leave it out",
+    "function_call": "function_call is OpenAI's deprecated form of tool_choice; send tool_choice instead",
+    "functions": "functions is OpenAI's deprecated form of tools; send tools instead",
+    "prediction": "prediction (predicted outputs) is not supported here; leave it out",
+    "reasoning_effort": "reasoning_effort is not supported here: a model's reasoning follows its chat template "
+                        "(chat_template_kwargs, e.g. {\"enable_thinking\": false}, turns it off where the template "
+                        "allows); leave it out",
+    "verbosity": "verbosity is not supported here; leave it out (ask for brevity in the prompt, or set max_tokens)",
+    "web_search_options": "web_search_options: web search is not supported here; leave it out",
+}
+
+
+def _refuse_openai_options_not_served(req: ChatCompletionRequest) -> None:
+    for param, why in NOT_SERVED.items():
+        if getattr(req, param) is not None:
+            raise APIError(400, why, param=param)
+    if req.modalities and "audio" in req.modalities:
+        raise APIError(400, "modalities: audio answers are not served here; ask for [\"text\"] or leave it out",
+                       param="modalities")
 
 
 def _refuse_tools_the_template_drops(serving: Serving, model: str | None, public: str) -> None:

@@ -4,7 +4,7 @@ CompletionResponse or the SSE lines of its chunks out.
     reply = await create_completion(serving, CompletionRequest(model="prd", prompt="Once upon", max_tokens=20))
 
 The prompt is tokenized as is (no chat template). Several prompts are answered together, prompt p's choices
-numbered p*n ... p*n + n-1 as OpenAI numbers them; a stream answers one prompt.
+numbered p*n ... p*n + n-1 as OpenAI numbers them, whole or streamed.
 """
 
 from __future__ import annotations
@@ -43,8 +43,6 @@ async def create_completion(serving: Serving, req: CompletionRequest) -> Complet
         raise APIError(400, "echo with logprobs needs prompt logprobs, which tunesmith's engines do not report",
                        param="echo")
     prompts = _prompts(req.prompt)
-    if req.stream and len(prompts) > 1:
-        raise APIError(400, f"streaming answers one prompt at a time; got {len(prompts)} prompts", param="prompt")
     serving.limit_max_tokens(req.max_tokens, "max_tokens")
     asked = "max_tokens" if req.max_tokens else None
     wants_logprobs = req.logprobs is not None
@@ -54,8 +52,8 @@ async def create_completion(serving: Serving, req: CompletionRequest) -> Complet
     rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return await serving.stream(gens[0], public, asked, lambda generation: _events(
-            generation, rid, created, public, req, prompts[0], include_usage))
+        return await serving.stream(gens, public, asked, lambda generation: _events(
+            generation, rid, created, public, req, prompts, include_usage))
     answers = await serving.collect(gens, public, asked)
     choices = []
     for k, a in enumerate(answers.choices):
@@ -65,9 +63,9 @@ async def create_completion(serving: Serving, req: CompletionRequest) -> Complet
     return CompletionResponse(id=rid, created=created, model=public, choices=choices, usage=answers.usage())
 
 
-async def _events(generation: Generation, rid: str, created: int, public: str, req: CompletionRequest, prompt: str,
-                  include_usage: bool) -> AsyncIterator[str]:
-    """The echoed prompt first when asked, then each choice's text as it comes, a finish chunk per choice, a
+async def _events(generation: Generation, rid: str, created: int, public: str, req: CompletionRequest,
+                  prompts: list[str], include_usage: bool) -> AsyncIterator[str]:
+    """The echoed prompts first when asked, then each choice's text as it comes, a finish chunk per choice, a
     usage-only chunk when asked for, then [DONE]."""
 
     exclude = None if include_usage else {"usage"}
@@ -82,8 +80,8 @@ async def _events(generation: Generation, rid: str, created: int, public: str, r
 
     try:
         if req.echo:
-            for i in range(req.n):
-                yield chunk([CompletionChoice(text=prompt, index=i)])
+            for i in range(len(prompts) * req.n):
+                yield chunk([CompletionChoice(text=prompts[i // req.n], index=i)])
         async for delta, _ in generation.deltas():
             lp = _logprobs(delta.logprobs, req.logprobs or 0) if req.logprobs is not None else None
             if delta.text and lp is None:

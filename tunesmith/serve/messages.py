@@ -77,6 +77,12 @@ class CountTokensRequest(Strict):
     tools: Annotated[Any, documented(REFUSED)] = None
     tool_choice: Annotated[Any, documented(REFUSED)] = None
     thinking: Annotated[Any, documented(REFUSED)] = None
+    output_config: Annotated[Any, documented(REFUSED)] = None  # structured output, effort: not served here
+    # Anthropic's hints on caching, speed and accounts: accepted and not used (prefix caching here is automatic)
+    cache_control: dict[str, Any] | None = None
+    speed: str | None = None
+    user_profile_id: str | None = None
+    workspace_id: str | None = None
 
 
 class MessagesRequest(CountTokensRequest):
@@ -89,6 +95,10 @@ class MessagesRequest(CountTokensRequest):
     temperature: float | None = Field(None, ge=0.0, le=1.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     top_k: Annotated[Any, documented(REFUSED)] = None
+    container: Annotated[Any, documented(REFUSED)] = None  # Anthropic's code-execution tools
+    diagnostics: Annotated[Any, documented(REFUSED)] = None
+    inference_geo: str | None = None  # hints, as above
+    service_tier: str | None = None
 
 
 class ContentText(BaseModel):
@@ -118,7 +128,8 @@ class TokenCount(BaseModel):
 
 async def create_message(serving: Serving, req: MessagesRequest) -> MessagesResponse | EventStream:
     serving.limit_max_tokens(req.max_tokens, "max_tokens")
-    public, gen = await _prompt(serving, req, req.metadata.user_id if req.metadata else None, "top_k")
+    public, gen = await _prompt(serving, req, req.metadata.user_id if req.metadata else None, "top_k", "container",
+                                "diagnostics")
     # what the request leaves out (stop_sequences, temperature, top_p, the seed) comes from the deploy's --generation.*
     gen.params = serving.sampling(req.max_tokens, req.temperature, req.top_p, req.stop_sequences, None, 1, False, 0)
     rid = f"msg_{uuid.uuid4().hex}"
@@ -144,7 +155,7 @@ async def _prompt(serving: Serving, req: CountTokensRequest, user: str | None,
     """(the model's public name, the GenerationRequest of the request's prompt): what is not served refused by name,
     the system prompt first, a last assistant message as the prefix the answer continues, images read."""
     refuse_unencodable(req.model_dump(exclude_none=True))
-    for param in (*refused, "tools", "tool_choice", "thinking"):
+    for param in (*refused, "tools", "tool_choice", "thinking", "output_config"):
         if getattr(req, param) is not None:
             raise APIError(400, f"{param} is not supported on /v1/messages here (text in, text out); leave it out"
                            + ("; tools are served on /v1/chat/completions" if param.startswith("tool") else ""),

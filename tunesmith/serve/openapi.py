@@ -89,6 +89,7 @@ def document(app: FastAPI, cfg: DeployConfig) -> dict[str, Any]:
                 (prop["anyOf"][0] if "anyOf" in prop else prop)["maximum"] = cfg.max_tokens_limit
     _encoder_routes(schema, getattr(app.state, "serving", None))
     _image_parts(schemas, getattr(app.state, "serving", None))
+    _tools(schemas, getattr(app.state, "serving", None))
     open_paths = OPEN_PATHS | (set() if cfg.metrics_require_key else {"/metrics"})
     secured = cfg.api_key is not None or cfg.keys is not None  # user keys (--api-key, --keys); /admin: keyed always
     if secured or getattr(cfg, "admin_key", None) is not None:
@@ -139,6 +140,20 @@ def _image_parts(schemas: dict[str, Any], serving: Any) -> None:
     for i, option in enumerate(content.get("anyOf", [])):
         if option == TEXT_PARTS:
             content["anyOf"][i] = {"type": "array", "items": {"anyOf": [TEXT_PARTS["items"], IMAGE_PART]}}
+
+
+def _tools(schemas: dict[str, Any], serving: Any) -> None:
+    """Where no served chat model's template renders tools, tools go with tool_choice "none" only (chat.py refuses
+    others by name: the model would never see them)."""
+    engine = getattr(serving, "engine", None)
+    if engine is None or not serving.engine_names:
+        return
+    templates = [engine.template_for(name) for name in serving.engine_names]
+    if any(t is None or t.renders_tools for t in templates):
+        return
+    schemas["ChatCompletionRequest"].setdefault("allOf", []).append({
+        "if": {"properties": {"tools": {"type": "array", "minItems": 1}}, "required": ["tools"]},
+        "then": {"properties": {"tool_choice": {"const": "none"}}, "required": ["tool_choice"]}})
 
 
 def _drop_unused(schema: dict[str, Any]) -> None:

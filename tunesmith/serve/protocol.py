@@ -66,6 +66,8 @@ def _or_null(schema: dict[str, Any], note: str) -> dict[str, Any]:
 
 
 ZERO_ONLY = _or_null({"const": 0}, "Not supported by tunesmith's engines: leave it out, or 0.")
+NOT_SERVED = {"type": "null", "description": "An OpenAI option tunesmith does not serve: leave it out (chat.py "
+                                             "answers 400 naming it)."}
 TEXT_PARTS = {"type": "array", "items": {"type": "object", "required": ["type", "text"],
                                          "properties": {"type": {"const": "text"}, "text": {"type": "string"}}}}
 # what a vision model's server reads besides text parts (openapi.py lists it where one is served)
@@ -212,22 +214,36 @@ class ChatCompletionRequest(Strict):
     model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"allOf": [
         _when({"top_logprobs": {"type": "integer", "minimum": 1}}, {"logprobs": {"const": True}}),
         STREAM_OPTIONS_NEED_STREAM,
+        {"if": {"properties": {"tool_choice": {"anyOf": [{"const": "required"}, {"type": "object"}]}},  # a forced
+                "required": ["tool_choice"]},  # call needs tools to call (chat.py refuses it without)
+         "then": {"properties": {"tools": {"type": "array", "minItems": 1}}, "required": ["tools"]}},
         {"if": {"properties": {"response_format": {"type": "object", "required": ["type"], "properties": {  # no
             "type": {"enum": ["json_object", "json_schema"]}}}}, "required": ["response_format"]},  # logprobs under
          "then": {"properties": {"logprobs": {"not": {"const": True}}}}}]})  # a grammar (chat.py refuses them)
     messages: list[ChatMessage] = Field(..., min_length=1)
     model: str | None = None  # tunesmith: may be left out to use the default model
+    # OpenAI's fields for what no engine here does (spoken answers, predicted outputs, web search, deprecated
+    # functions, reasoning and verbosity controls): parsed so chat.py refuses them by name, not as unrecognized
+    audio: Annotated[Any, documented(NOT_SERVED)] = None
     frequency_penalty: Annotated[float | None, Field(ge=-2.0, le=2.0), documented(ZERO_ONLY)] = None
+    function_call: Annotated[Any, documented(NOT_SERVED)] = None
+    functions: Annotated[Any, documented(NOT_SERVED)] = None
     logit_bias: Annotated[dict[str, float] | None, documented(_or_null(
         {"type": "object", "maxProperties": 0}, "Not supported by tunesmith's engines: leave it out."))] = None
     logprobs: bool | None = None
     max_completion_tokens: integer(ge=1) | None = None
     max_tokens: integer(ge=1) | None = None  # deprecated by OpenAI for max_completion_tokens; both work
     metadata: dict[str, str] | None = None
+    modalities: Annotated[list[Literal["text", "audio"]] | None, documented(_or_null(
+        {"type": "array", "items": {"const": "text"}}, "Text answers only: [\"text\"] or leave it out."))] = None
     n: integer(ge=1, le=128) | None = 1
     parallel_tool_calls: bool | None = None
+    prediction: Annotated[Any, documented(NOT_SERVED)] = None
     # OpenAI's hints for its own caching and abuse tracking: accepted and not used (prefix caching here is automatic)
     prompt_cache_key: str | None = None
+    prompt_cache_options: dict[str, Any] | None = None
+    prompt_cache_retention: str | None = None
+    reasoning_effort: Annotated[Any, documented(NOT_SERVED)] = None
     safety_identifier: str | None = None
     presence_penalty: Annotated[float | None, Field(ge=-2.0, le=2.0), documented(ZERO_ONLY)] = None
     response_format: Annotated[ResponseFormat | None, documented(_or_null({"anyOf": [
@@ -255,6 +271,8 @@ class ChatCompletionRequest(Strict):
     top_logprobs: integer(ge=0, le=20) | None = None  # needs logprobs: true
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     user: str | None = None
+    verbosity: Annotated[Any, documented(NOT_SERVED)] = None
+    web_search_options: Annotated[Any, documented(NOT_SERVED)] = None
     # vLLM's extra: variables for the chat template (enable_thinking ...), over the deploy's and the run's own
     chat_template_kwargs: dict[str, Any] | None = None
 
@@ -359,8 +377,7 @@ class ChatCompletionChunk(BaseModel):
 class CompletionRequest(Strict):
     model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"allOf": [
         _when({"echo": {"const": True}}, {"logprobs": {"type": "null"}}),  # echo needs prompt logprobs: none here
-        STREAM_OPTIONS_NEED_STREAM,
-        _when({"stream": {"const": True}}, {"prompt": {"anyOf": [{"type": "string"}, {"maxItems": 1}]}})]})
+        STREAM_OPTIONS_NEED_STREAM]})
     model: str | None = None  # tunesmith: may be left out to use the default model
     prompt: Annotated[str | list[str] | list[int] | list[list[int]], documented({
         "anyOf": [{"type": "string"}, {"type": "array", "minItems": 1, "items": {"type": "string"}}],

@@ -276,11 +276,12 @@ class Serving:
                            f"{context - length}.", param=max_tokens_param, code="context_length_exceeded")
         gen.params = dataclasses.replace(gen.params, max_tokens=context - length)
 
-    async def stream(self, gen: GenerationRequest, public: str, max_tokens_param: str | None,
+    async def stream(self, gen: GenerationRequest | list[GenerationRequest], public: str, max_tokens_param: str | None,
                      events: Callable[[Generation], AsyncIterator[str]]) -> EventStream:
         """Start generating and wait for the first Delta before answering, so errors at the start still get their
-        own status code (404, 500) instead of a 200 with an error inside."""
-        generation = self.start([gen], public, max_tokens_param)
+        own status code (404, 500) instead of a 200 with an error inside. Several requests (the prompts of one
+        completion) stream together, their choices numbered as collect() numbers them."""
+        generation = self.start(gen if isinstance(gen, list) else [gen], public, max_tokens_param)
         try:
             await generation.first()
         except BaseException:  # includes cancellation: free everything
@@ -392,12 +393,42 @@ class Generation:
             self._first = await anext(self.streams[0])
 
     async def deltas(self) -> AsyncIterator[tuple[Delta, Answer]]:
-        """The first stream's Deltas, each with its choice so far (streaming answers one prompt)."""
-        if self._first is not None:
-            delta, self._first = self._first, None
-            yield delta, self.add(delta)
-        async for delta in self.streams[0]:
-            yield delta, self.add(delta)
+        """Every stream's Deltas as they come, each with its choice so far; with several streams (prompts), prompt
+        k's deltas are renumbered k*n + index, the choice numbers of the whole answer."""
+        first, self._first = self._first, None
+        if len(self.streams) == 1:  # chat, messages, a one-prompt completion: no task per stream
+            if first is not None:
+                yield first, self.add(first)
+            async for delta in self.streams[0]:
+                yield delta, self.add(delta)
+            return
+        queue: asyncio.Queue[tuple[Delta | None, BaseException | None]] = asyncio.Queue()
+
+        async def pump(k: int, stream: AsyncIterator[Delta], held: Delta | None) -> None:
+            try:
+                if held is not None:
+                    queue.put_nowait((held, None))
+                async for delta in stream:
+                    queue.put_nowait((dataclasses.replace(delta, index=k * self.n + delta.index), None))
+                queue.put_nowait((None, None))
+            except Exception as err:  # noqa: BLE001 - raised where the deltas are read
+                queue.put_nowait((None, err))
+
+        tasks = [asyncio.ensure_future(pump(k, s, first if k == 0 else None)) for k, s in enumerate(self.streams)]
+        try:
+            running = len(tasks)
+            while running:
+                delta, err = await queue.get()
+                if err is not None:
+                    raise err
+                if delta is None:
+                    running -= 1
+                    continue
+                yield delta, self.add(delta)
+        finally:  # the client left or a stream failed: stop the others before close() closes their streams
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def run(self) -> None:
         """Every stream to its end."""
