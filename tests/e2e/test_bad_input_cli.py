@@ -129,6 +129,16 @@ def test_deploy_kernels_liger_is_refused_where_it_cannot_run_and_with_vllm(tiny_
     assert proc.returncode != 0 and "kernels:" in proc.stderr and "--backend vllm" in proc.stderr
 
 
+def test_deploy_names_a_keys_file_without_its_keys_mapping_before_loading_a_model(tmp_path):
+    # the entries written at the top level (no `keys:` above them): said by file and line, before any weights load
+    # (the model named here does not exist, so only a check made before loading can be the one that speaks)
+    keys = tmp_path / "keys.yaml"
+    keys.write_text("team-a:\n  key: sk-12345678\n  models: [prd]\n")
+    proc = run_main("deploy", "--model", tmp_path / "no-model", "--keys", keys, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert f"{keys}:1: team-a: the keys go under a top-level `keys:` mapping" in proc.stderr
+
+
 def test_data_check_notes_tools_the_models_template_cannot_render(tiny_model, tmp_path):
     """Rows with tools on a template without a tools branch (the tiny model has SmolLM2's ChatML) trained without the
     tools' definitions, silently: data check says so, naming the first such row and the field."""

@@ -305,8 +305,10 @@ def test_packing_eval_split_and_checkpointing_together(tiny_model, toy_data, tmp
 
 
 def test_a_run_the_plan_says_will_not_fit_warns_or_refuses(toy_data, tmp_path):
-    # SmolLM2 full fine-tuning at 8 x 32k tokens needs far more than this machine has (the plan reads config only).
+    # SmolLM2 full fine-tuning at 8 x 32k tokens needs far more than this machine has (packed rows fill max_length;
+    # unpacked, the plan measures the data's longest sample instead, which would fit here).
     args = ["sft", "--dataset", toy_data, "--method", "full", "--max-length", "32768", "--batch-size", "8",
+            "--packing", "true",
             "--output-dir", tmp_path / "r", "--report-to", "none"]
     refused = run_main(*args, "--strict-memory", check=False)
     assert refused.returncode == 1 and "memory plan: this run needs about" in refused.stderr

@@ -136,6 +136,7 @@ def test_anthropic_style_header_is_a_key_too(client):
     ("keys:\n  a:\n    key: sk-12345678\n    requests_per_minute: 0\n", "requests_per_minute"),
     ("keys:\n  a:\n    key: sk-12345678\n  b:\n    key: sk-12345678\n", "hold the same key"),
     ("keys:\n  a:\n    key: sk-12345678\n    modles: [x]\n", "modles"),
+    ("a:\n  key: sk-12345678\n", "a: the keys go under a top-level `keys:` mapping"),  # the entries unnested
 ])
 def test_a_bad_keys_file_names_the_file_line_and_field(tmp_path, body, words):
     path = tmp_path / "keys.yaml"

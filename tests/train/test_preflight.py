@@ -79,3 +79,15 @@ def test_cpu_offload_beyond_the_machines_ram_is_said_before_the_kernel_kills_the
                     max_length=2048, batch_size=1, strict_memory=True)
     with pytest.raises(HardwareError, match=r"CPU offload keeps about \d+ GiB in this machine's RAM but 60 GiB is free"):
         pf.preflight(cfg, "qwen2.5-7b-instruct", rows=10)
+
+
+def test_unpacked_short_data_is_planned_at_its_longest_sample_not_at_max_length(tiny, monkeypatch):
+    # a first run on a handful of short rows must not warn that it needs max_length-sized batches' memory
+    machine(monkeypatch, 64.0)
+    cfg = dict(model=str(tiny), dataset=["x"], device="cpu", max_length=2048)
+    at_max = pf.preflight(SFTConfig(**cfg), tiny, rows=4).needed_gib
+    short = pf.preflight(SFTConfig(**cfg), tiny, rows=4, longest=40).needed_gib
+    assert short < at_max / 4
+    assert pf.preflight(SFTConfig(**cfg), tiny, rows=4, longest=4096).needed_gib == at_max  # never above max_length
+    packed = pf.preflight(SFTConfig(**cfg, packing=True), tiny, rows=4, longest=40).needed_gib
+    assert packed == pf.preflight(SFTConfig(**cfg, packing=True), tiny, rows=4).needed_gib  # packed rows fill it

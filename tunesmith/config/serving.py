@@ -103,6 +103,10 @@ class KeysFile(Strict):
 
 def load_keys(path: str | Path) -> dict[str, KeyEntry]:
     values, lines = read_yaml(path)
+    if values and "keys" not in values and all(isinstance(v, dict) for v in values.values()):  # entries, unnested
+        first = next(iter(values))
+        raise ConfigError(f"{path}:{lines.get(str(first), 1)}: {first}: the keys go under a top-level `keys:` "
+                          "mapping; write `keys:` on a line of its own above them and indent them under it")
     return validate(KeysFile, values, source=str(path), lines=lines).keys
 
 

@@ -409,6 +409,10 @@ def serve(cfg: DeployConfig, listening: socket.socket) -> None:
         from tunesmith.serve.guardrails import Guards
 
         Guards.build(cfg.guardrails, CollectorRegistry())
+    if cfg.keys:  # and a keys file that does not load
+        from tunesmith.config.serving import load_keys
+
+        load_keys(cfg.keys)
     encoders = None
     if cfg.encoders:  # embedding, reranker and classifier models (infer/encoders.py), loaded before the chat engine
         from tunesmith.infer.encoders import load_encoders

@@ -53,6 +53,7 @@ class Preflight:
     have_gib: float = 0.0
     choices: dict[str, Any] = field(default_factory=dict)
     layout: dict[str, Any] = field(default_factory=dict)  # processes and the engine that spreads the run over them
+    longest: int | None = None  # the longest tokenized sample, where the command knows it before weights load
 
     def recorded(self) -> dict[str, Any]:
         """What config.yaml keeps of the pre-flight: the device, the dtype, the plan and the speed choices."""
@@ -91,7 +92,10 @@ def load_template(cfg: Any) -> tuple[Any, Path]:
     return template, folder
 
 
-def preflight(cfg: Any, base_folder: Path, rows: int) -> Preflight:
+def preflight(cfg: Any, base_folder: Path, rows: int, longest: int | None = None) -> Preflight:
+    """The device, dtype, speed choices and memory plan of a run of `rows` samples. `longest`, the longest sample in
+    tokens when the data is tokenized already: unpacked batches pad to their longest sample, not to max_length, so the
+    plan (and the checkpointing it picks) measures those instead of max_length tokens a row."""
     if rows == 0:
         raise DataError(f"{', '.join(cfg.dataset)}: no rows left to train on")
     device = models.pick_device(cfg.device)
@@ -102,7 +106,7 @@ def preflight(cfg: Any, base_folder: Path, rows: int) -> Preflight:
         import torch
 
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    plan = Preflight(device, dtype, hardware.probe(), processes=launch.world_size())
+    plan = Preflight(device, dtype, hardware.probe(), processes=launch.world_size(), longest=longest)
     plan.have_gib = plan.hardware.memory_gib()
     launch.check_engine(cfg, plan.processes)
     engine = (f"deepspeed {cfg.deepspeed}" if cfg.deepspeed else f"fsdp2 {cfg.fsdp}" if cfg.fsdp else
@@ -220,7 +224,8 @@ def estimate(cfg: Any, plan: Preflight, shape: ModelShape) -> Estimate:
 
 def _setup(cfg: Any, plan: Preflight, shape: ModelShape) -> Any:
     """The estimator's Setup for this config on this machine, per device: sharded over the processes with DeepSpeed
-    or FSDP (hybrid-shard: within a node), each holding max_length / sequence_parallel tokens of a sequence."""
+    or FSDP (hybrid-shard: within a node), each holding max_length / sequence_parallel tokens of a sequence (the
+    longest sample's tokens instead where it is known and shorter, and packing is off)."""
     varlen = speed.varlen_runs(plan.device, plan.dtype)
     liger = liger_applies(getattr(cfg, "kernels", "none"), plan.device, shape.model_type)
     setup = training_setup(cfg, plan.device, str(plan.dtype).removeprefix("torch."), varlen, liger)
@@ -230,7 +235,13 @@ def _setup(cfg: Any, plan: Preflight, shape: ModelShape) -> Any:
     return replace(setup, world_size=shards, zero_stage=launch.deepspeed_stage(cfg.deepspeed), tensor_parallel=tp,
                    fsdp=bool(cfg.fsdp) or (tp > 1 and shards > 1),
                    offload="offload" in (cfg.deepspeed or "") or cfg.fsdp_offload,
-                   seq=-(-cfg.max_length // cfg.sequence_parallel))
+                   seq=-(-_sequence_length(cfg, plan) // cfg.sequence_parallel))
+
+
+def _sequence_length(cfg: Any, plan: Preflight) -> int:
+    if plan.longest and not cfg.packing:  # packed rows fill max_length whatever the samples' lengths
+        return min(cfg.max_length, plan.longest)
+    return cfg.max_length
 
 
 def _alignment(cfg: Any) -> Alignment:

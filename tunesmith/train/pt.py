@@ -24,7 +24,7 @@ def pt(cfg: PTConfig, callbacks: list[Any] | None = None) -> RunResult:
 
         data = pt_data(cfg, template)
         train_ds, eval_ds, skipped = data.train, data.eval, data.skipped
-        plan = preflight(cfg, base_folder, rows=len(train_ds))
+        plan = preflight(cfg, base_folder, rows=len(train_ds), longest=max(map(len, train_ds["input_ids"])))
         model, device, dtype = load_trainable(cfg, base_folder)
         chosen = prepare_model(cfg, model, device, dtype)  # on a GPU: varlen attention for the packed blocks, kernels
         run.save_config(base_model_folder=str(base_folder), train_blocks=len(train_ds), skipped_rows=skipped,

@@ -43,7 +43,10 @@ def sft(cfg: SFTConfig, callbacks: list[Any] | None = None) -> RunResult:
             from tunesmith.train.eval_callback import GenerationEval
 
             watch = GenerationEval(cfg, template, run.dir)
-        plan = preflight(cfg, base_folder, rows=len(train_ds))  # speed choices, memory plan: what config.yaml records
+        # speed choices and the memory plan (what config.yaml records), for batches as long as the data's longest
+        # sample (a VLM's pictures add tokens the text's ids do not show: planned at max_length)
+        longest = max(map(len, train_ds["input_ids"])) if vlm is None else None
+        plan = preflight(cfg, base_folder, rows=len(train_ds), longest=longest)
         if vlm is None:
             model, device, dtype = load_trainable(cfg, base_folder)
             chosen = prepare_model(cfg, model, device, dtype)  # the attention and kernels this machine runs
