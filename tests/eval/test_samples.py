@@ -40,11 +40,12 @@ def test_multiple_choice_rows_get_lettered_choices_and_their_right_answer(tmp_pa
         {"question": "Sky colour?", "choices": ["green", "blue"], "answer": "blue"},
         {"messages": [{"role": "user", "content": "Largest?"}, {"role": "assistant", "content": "C"}],
          "choices": ["1", "2", "3"], "answer": 2},
+        {"question": "Which is prime?", "subject": "math", "choices": ["4", "6", "7", "8"], "answer": 2},  # cais/mmlu
     ])
     samples, _ = load_samples([str(data)])
-    assert [s.answer_index for s in samples] == [1, 1, 2] and all(s.is_choice for s in samples)
+    assert [s.answer_index for s in samples] == [1, 1, 2, 2] and all(s.is_choice for s in samples)
     assert samples[0].messages == [{"role": "user", "content": f"2 + 2 =\n\nA. 3\nB. 4\nC. 5\n\n{CHOICE_INSTRUCTION}"}]
-    assert [s.reference for s in samples] == ["4", "blue", "3"]
+    assert [s.reference for s in samples] == ["4", "blue", "3", "7"]
 
 
 def test_bad_rows_are_reported_as_file_line_field(tmp_path):
@@ -53,7 +54,7 @@ def test_bad_rows_are_reported_as_file_line_field(tmp_path):
         '{"prompt": "broken"',
         {"question": "q", "choices": ["x", "y"], "answer": "D"},
         {"messages": [{"role": "user", "content": "no answer"}]},
-        {"question": "q", "choices": ["x", "y"], "answer": 1},
+        {"question": "q", "choices": ["x", "y"], "answer": 2},  # an index past the choices
     ])
     with pytest.raises(DataError) as err:
         load_samples([str(data)])
@@ -61,7 +62,7 @@ def test_bad_rows_are_reported_as_file_line_field(tmp_path):
     assert f"{data}:2: json: not valid JSON" in text
     assert f"{data}:3: answer: 'D' is not a letter A-B" in text
     assert f"{data}:4: messages: no assistant turn" in text
-    assert f"{data}:5: answer: expected a string, got int" in text and 'a letter ("B")' in text
+    assert f"{data}:5: answer: expected a string, got int" in text and "0-based index of a choice" in text
     samples, skipped = load_samples([str(data)], skip_bad_rows=True)
     assert len(samples) == 1 and skipped == 4
 

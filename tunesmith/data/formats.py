@@ -225,9 +225,20 @@ def _from_prompt_response(data: dict, bad: _Reporter) -> list[dict] | None:
         return bad(p_key, f"expected a string, got {type(prompt).__name__}")
     if r_key is None:
         return out + [{"role": "user", "content": prompt}]
+    response = _chosen_choice(data, response)
     if not isinstance(response, str):
         return bad(r_key, f"expected a string, got {type(response).__name__}")
     return out + [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+
+
+def _chosen_choice(data: dict, answer: Any) -> Any:
+    """A multiple-choice answer given as the 0-based index of its choice (MMLU's shape on the hub: question, choices,
+    answer 2): that choice's text, which a model learns and an eval scores against. Any other answer as it is."""
+    choices = data.get("choices")
+    if isinstance(answer, int) and not isinstance(answer, bool) and isinstance(choices, list) \
+            and 0 <= answer < len(choices) and isinstance(choices[answer], (str, int, float)):
+        return str(choices[answer])
+    return answer
 
 
 def _preference_pair_for_sft(data: dict, messages: list[dict], bad: _Reporter) -> bool:

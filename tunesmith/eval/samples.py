@@ -1,10 +1,11 @@
 """Dataset rows -> what each model is asked and the answer it is scored against.
 
 Generation rows: any training format; the last assistant turn is the reference, the turns before it the prompt.
-Multiple-choice rows: `choices` (a list of texts) and `answer` (a letter "B", the right choice's text, or a 0-based
-index where the format allows a number: `messages` rows), beside `question` or `messages`:
+Multiple-choice rows: `choices` (a list of texts) and `answer` (a letter "B", the right choice's text, or its 0-based
+index, as MMLU on the hub writes it), beside `question` or `messages`:
 
     {"question": "2 + 2 =", "choices": ["3", "4", "5"], "answer": "B"}
+    {"question": "2 + 2 =", "choices": ["3", "4", "5"], "answer": 1}
 
 They are asked with lettered choices and scored by the letter the model writes (`pick_choice`): the same prompt
 works for a local model and for an endpoint, and it measures what a user of the chat model would see. Scoring the
@@ -59,8 +60,8 @@ def load_samples(specs: list[str], limit: int | None = None, skip_bad_rows: bool
     if problems and not skip_bad_rows:
         hint = ""
         if any(p.field == "answer" and "got int" in p.problem for p in problems):
-            hint = ('\nMultiple-choice answers in question/answer rows are a letter ("B") or the right choice\'s text, '
-                    "not an index.")
+            hint = ('\nMultiple-choice answers are a letter ("B"), the right choice\'s text, or the 0-based index of a '
+                    "choice in `choices`.")
         raise DataError(describe_problems(problems) + hint
                         + "\nFix these rows, or pass --skip-bad-rows to leave them out.")
     if limit is not None:
