@@ -384,12 +384,11 @@ def test_completion_maps_prompt_echo_n_and_several_prompts():
     assert several.usage.prompt_tokens == 5 and several.usage.completion_tokens == 8
 
 
-def test_completion_stream_and_logprobs():
-    serving = serve(ScriptedEngine(["A", "B"]))
+def streamed(started) -> list[dict]:
+    """The parsed chunks of the SSE stream that `started` (a create_... coroutine) answers, after checking its [DONE]."""
 
     async def go():
-        stream = await create_completion(serving, CompletionRequest(model="base", prompt="x", stream=True, logprobs=1,
-                                                                    stream_options={"include_usage": True}))
+        stream = await started
         try:
             return [line async for line in stream]
         finally:
@@ -397,7 +396,14 @@ def test_completion_stream_and_logprobs():
 
     lines = asyncio.run(go())
     assert lines[-1] == "data: [DONE]\n\n"
-    chunks = [json.loads(line[6:]) for line in lines[:-1]]
+    return [json.loads(line[6:]) for line in lines[:-1]]
+
+
+def test_completion_stream_and_logprobs():
+    serving = serve(ScriptedEngine(["A", "B"]))
+
+    chunks = streamed(create_completion(serving, CompletionRequest(model="base", prompt="x", stream=True, logprobs=1,
+                                                                   stream_options={"include_usage": True})))
     assert [c["choices"][0]["text"] for c in chunks[:-1]] == ["A", "B", ""]
     assert chunks[0]["choices"][0]["logprobs"] == {"tokens": ["A"], "token_logprobs": [-0.5],
                                                    "top_logprobs": [{"A": -0.5}], "text_offset": [0]}
@@ -412,17 +418,8 @@ def test_completion_streams_several_prompts_numbered_as_when_whole():
     body = {"model": "base", "prompt": ["p one", "p two three"], "n": 2, "echo": True}
     whole = asyncio.run(create_completion(serving, CompletionRequest(**body)))
 
-    async def go():
-        stream = await create_completion(serving, CompletionRequest(**body, stream=True,
-                                                                    stream_options={"include_usage": True}))
-        try:
-            return [line async for line in stream]
-        finally:
-            await stream.aclose()
-
-    lines = asyncio.run(go())
-    assert lines[-1] == "data: [DONE]\n\n"
-    chunks = [json.loads(line[6:]) for line in lines[:-1]]
+    chunks = streamed(create_completion(serving, CompletionRequest(**body, stream=True,
+                                                                   stream_options={"include_usage": True})))
     texts, finished = {}, {}
     for c in chunks[:-1]:
         (choice,) = c["choices"]
