@@ -197,3 +197,13 @@ def test_alpaca_prompts_without_output_keep_their_instruction(tmp_path):
     assert data.rows[0].extra["id"] == 1  # extra columns still reach grpo's rewards
     assert [str(p) for p in load_rows([str(path)], kind="sft").problems][0] == (
         f"{path}:1: output: no assistant turn to learn from (prompts for infer? check them with --kind prompts)")
+
+
+def test_openais_developer_role_is_the_system_turn_as_deploy_reads_it(tmp_path):
+    # chat logs exported from OpenAI's newer API carry "developer" where older ones carry "system"
+    row = {"messages": [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "q"},
+                        {"role": "assistant", "content": "a"}]}
+    data = load_rows([str(write_jsonl(tmp_path / "d.jsonl", [row]))], kind="sft")
+    assert not data.problems
+    assert [(m["role"], m["content"]) for m in data.rows[0].messages] == [
+        ("system", "Be brief."), ("user", "q"), ("assistant", "a")]

@@ -123,6 +123,8 @@ def _from_messages(data: dict, bad: _Reporter) -> list[dict] | None:
         if not isinstance(m, dict):
             return bad(f"messages[{i}]", f"expected an object with role and content, got {type(m).__name__}")
         role = m.get("role")
+        if role == "developer":  # OpenAI's newer name for system, as exported chat logs carry it (deploy reads it so)
+            role = "system"
         if not isinstance(role, str) or role not in ROLES:
             return bad(f"messages[{i}].role", f"unknown role {role!r}; expected one of {', '.join(sorted(ROLES))}")
         raw = m.get("content") if m.get("content") is not None else ""
