@@ -149,7 +149,6 @@ def test_a_tool_call_the_template_drops_is_refused_rather_than_trained_as_an_emp
 
     from tunesmith.config import DataCheckConfig
     from tunesmith.templates import Template
-    from tunesmith.train.tokenize import renders_calls
 
     call = {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}
     row = {"messages": [{"role": "user", "content": "Weather in Oslo?"},
@@ -171,7 +170,7 @@ def test_a_tool_call_the_template_drops_is_refused_rather_than_trained_as_an_emp
         "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] }}"
         "{% for c in m.get('tool_calls') or [] %}<tool_call>{{ c.function | tojson }}</tool_call>{% endfor %}"
         "{{ '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
-    assert not renders_calls(template) and renders_calls(Template(tok))
+    assert not template.renders_calls and Template(tok).renders_calls
 
 
 def test_data_check_of_pretraining_text_longer_than_max_length_passes_as_pt_splits_it(tiny, tmp_path):

@@ -274,6 +274,17 @@ class Template:
         except TemplateError:  # a template that refuses tools
             return False
 
+    @cached_property
+    def renders_calls(self) -> bool:
+        """Whether an assistant turn's tool_calls reach the rendered text (SmolLM2's ChatML renders its content only,
+        and a call with no text would train an empty answer)."""
+        try:  # the tools' definitions may name the function too: count what the answer adds
+            prompt = self.render_text(PROBE_CALL[:-1], add_generation_prompt=True, tools=PROBE_TOOLS)
+            whole = self.render_text(PROBE_CALL, tools=PROBE_TOOLS)
+        except TemplateError:  # a template that refuses tools
+            return False
+        return whole.count("probe_tool") > prompt.count("probe_tool")
+
     def _name(self) -> str:
         return getattr(self.tokenizer, "name_or_path", "") or "this model"
 

@@ -20,7 +20,6 @@ from typing import Any
 
 from tunesmith.data import vision
 from tunesmith.data.rows import Conversation, Problem, Text
-from tunesmith.errors import TemplateError
 from tunesmith.paths import cache_dir
 from tunesmith.templates import Template
 
@@ -96,7 +95,7 @@ def dropped_calls(rows: list, template: Template) -> tuple[list[Problem], str | 
     the calls, which the returned note says. ([], None) when no row calls a tool or the template renders calls."""
     calling = [(r, i) for r in rows for i, m in enumerate(getattr(r, "messages", []))
                if m.get("role") == "assistant" and m.get("tool_calls") and m.get("loss", True)]  # trained turns
-    if not calling or renders_calls(template):
+    if not calling or template.renders_calls:
         return [], None
     silent = [(r, i) for r, i in calling if not vision.text_of(r.messages[i]["content"]).strip()]
     problems = [Problem(r.source, r.line, f"messages[{i}].tool_calls", (
@@ -110,18 +109,6 @@ def dropped_calls(rows: list, template: Template) -> tuple[list[Problem], str | 
     return problems, (f"{first.source}:{first.line}: tool_calls: {len(spoken)} assistant turn(s) call tools, but "
                       f"the chat template of {template._name()} does not render tool calls: they train on their "
                       "text only")
-
-
-def renders_calls(template: Template) -> bool:
-    """Whether an assistant turn's tool_calls reach the rendered text."""
-    from tunesmith.templates.chat import PROBE_CALL, PROBE_TOOLS
-
-    try:  # the tools' definitions may name the function too: count what the answer adds
-        prompt = template.render_text(PROBE_CALL[:-1], add_generation_prompt=True, tools=PROBE_TOOLS)
-        whole = template.render_text(PROBE_CALL, tools=PROBE_TOOLS)
-    except TemplateError:  # a template that refuses tools
-        return False
-    return whole.count("probe_tool") > prompt.count("probe_tool")
 
 
 def render_row(row: Conversation, template: Template, loss_on: str) -> list[tuple[list[int], list[int]]]:
