@@ -106,7 +106,7 @@ async def create_chat_completion(serving: Serving, req: ChatCompletionRequest) -
 
 # OpenAI options that no engine here honours, and what to do instead; an option a client sends for a model that
 # lacks it is a 400 naming it at OpenAI too, never an unrecognized argument
-NOT_SERVED = {
+WHY_NOT_SERVED = {
     "audio": "audio: spoken answers are not served here (text only); leave it out",
     "function_call": "function_call is OpenAI's deprecated form of tool_choice; send tool_choice instead",
     "functions": "functions is OpenAI's deprecated form of tools; send tools instead",
@@ -120,7 +120,7 @@ NOT_SERVED = {
 
 
 def _refuse_openai_options_not_served(req: ChatCompletionRequest) -> None:
-    for param, why in NOT_SERVED.items():
+    for param, why in WHY_NOT_SERVED.items():
         if getattr(req, param) is not None:
             raise APIError(400, why, param=param)
     if req.modalities and "audio" in req.modalities:
