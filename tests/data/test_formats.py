@@ -207,3 +207,23 @@ def test_openais_developer_role_is_the_system_turn_as_deploy_reads_it(tmp_path):
     assert not data.problems
     assert [(m["role"], m["content"]) for m in data.rows[0].messages] == [
         ("system", "Be brief."), ("user", "q"), ("assistant", "a")]
+
+
+def test_dolly_rows_are_alpaca_with_context_as_input_and_response_as_output(tmp_path):
+    """databricks-dolly-15k's instruction/context/response/category rows were "format not recognised", and an
+    instruction + input + response row was read as prompt/response with `input` alone as the prompt."""
+    path = write_jsonl(tmp_path / "dolly.jsonl", [
+        {"instruction": "Who wrote it?", "context": "Dune was written by Frank Herbert.", "response": "Frank Herbert.",
+         "category": "closed_qa"},
+        {"instruction": "Name a fruit.", "context": "", "response": "Apple."},
+        {"instruction": "Summarise", "input": "a long text", "response": "short"},
+        {"instruction": "Answer", "context": "c", "response": ""},
+    ])
+    data = load_rows([str(path)], kind="sft")
+    assert [[(m["role"], m["content"]) for m in r.messages] for r in data.rows] == [
+        [("user", "Who wrote it?\n\nDune was written by Frank Herbert."), ("assistant", "Frank Herbert.")],
+        [("user", "Name a fruit."), ("assistant", "Apple.")],
+        [("user", "Summarise\n\na long text"), ("assistant", "short")]]
+    assert data.formats == {"alpaca": 3}
+    assert [str(p) for p in data.problems] == [
+        f"{path}:4: response: empty assistant turn (the model would learn to answer nothing)"]

@@ -1,7 +1,7 @@
 """Detect a row's format from its columns and normalise it, reporting every problem as `file:line: field: problem`.
 
 Formats: OpenAI `messages`; ShareGPT `conversations` (from/value); Alpaca `instruction`/`input`/`output`
-(+ `system`, `history`); `prompt`/`response` and the usual aliases; `text` for pretraining. Images (for
+(+ `system`, `history`; Dolly's `context`/`response` are its input/output); `prompt`/`response` and the usual aliases; `text` for pretraining. Images (for
 vision-language models) as OpenAI content parts or an `images` column with <image> placeholders: data/vision.py.
 """
 
@@ -21,6 +21,7 @@ SHAREGPT_ROLES = {
 }
 PROMPT_KEYS = ("prompt", "query", "question", "input")
 RESPONSE_KEYS = ("response", "answer", "output", "completion")
+ALPACA_INPUT_KEYS = ("input", "context")  # Dolly (databricks-dolly-15k) calls the input its context
 TEXT_KEYS = ("text", "content")
 
 
@@ -30,8 +31,8 @@ def detect(data: dict[str, Any]) -> str | None:
         return "messages"
     if "conversations" in keys:
         return "sharegpt"
-    if "instruction" in keys and ("output" in keys or not any(k in keys for k in RESPONSE_KEYS)):
-        return "alpaca"  # without output: a prompt (infer, grpo), its instruction and input kept together
+    if "instruction" in keys:
+        return "alpaca"  # without an answer: a prompt (infer, grpo), its instruction and input kept together
     if any(k in keys for k in PROMPT_KEYS) and any(k in keys for k in RESPONSE_KEYS):
         return "prompt-response"
     if any(k in keys for k in TEXT_KEYS):
@@ -75,7 +76,7 @@ def normalise(row: RawRow, kind: str, problems: list[Problem]) -> Conversation |
         return None
     if kind == "sft" and _preference_pair_for_sft(row.data, messages, bad):
         return None
-    if not _check_messages(messages, kind, fmt, bad):
+    if not _check_messages(messages, kind, fmt, bad, row.data):
         return None
     extra = {k: v for k, v in row.data.items() if k not in ("messages", "conversations", "system", "tools")}
     conv = Conversation(messages, row.source, row.line, fmt, extra)
@@ -186,8 +187,10 @@ def _from_sharegpt(data: dict, bad: _Reporter) -> list[dict] | None:
 
 
 def _from_alpaca(data: dict, bad: _Reporter) -> list[dict] | None:
-    for key in ("instruction", "input", "output", "system"):
-        given = key in ("instruction", "output") and key in data  # output may be left out (a prompt), not null
+    answer_key = _alpaca_answer_key(data)
+    input_key = next((k for k in ALPACA_INPUT_KEYS if k in data), "input")
+    for key in ("instruction", input_key, answer_key, "system"):
+        given = key in ("instruction", answer_key) and key in data  # the answer may be left out (a prompt), not null
         if (given or data.get(key) is not None) and not isinstance(data.get(key), str):
             return bad(key, f"expected a string, got {type(data.get(key)).__name__}")
     out = []
@@ -198,11 +201,16 @@ def _from_alpaca(data: dict, bad: _Reporter) -> list[dict] | None:
         return bad("history", "expected a list of [question, answer] pairs")
     for q, a in history:
         out += [{"role": "user", "content": str(q)}, {"role": "assistant", "content": str(a)}]
-    prompt = data["instruction"] + (("\n\n" + data["input"]) if data.get("input") else "")
+    prompt = data["instruction"] + (("\n\n" + data[input_key]) if data.get(input_key) else "")
     out.append({"role": "user", "content": prompt})
-    if "output" in data:  # no output: a prompt, for infer and grpo (sft says it has no answer to learn)
-        out.append({"role": "assistant", "content": data["output"]})
+    if answer_key in data:  # no answer: a prompt, for infer and grpo (sft says it has no answer to learn)
+        out.append({"role": "assistant", "content": data[answer_key]})
     return out
+
+
+def _alpaca_answer_key(data: dict) -> str:
+    """`output`, or the answer's other usual names (Dolly's `response`); `output` where none is given."""
+    return next((k for k in ("output", *RESPONSE_KEYS) if k in data), "output")
 
 
 def _from_prompt_response(data: dict, bad: _Reporter) -> list[dict] | None:
@@ -253,8 +261,8 @@ def _preference_pair_for_sft(data: dict, messages: list[dict], bad: _Reporter) -
     return False
 
 
-def _check_messages(messages: list[dict], kind: str, fmt: str, bad: _Reporter) -> bool:
-    field = {"messages": "messages", "sharegpt": "conversations", "alpaca": "output"}.get(fmt, "response")
+def _check_messages(messages: list[dict], kind: str, fmt: str, bad: _Reporter, data: dict) -> bool:
+    field = {"messages": "messages", "sharegpt": "conversations", "alpaca": _alpaca_answer_key(data)}.get(fmt, "response")
     body = [m for m in messages if m["role"] != "system"]
     if not body:
         bad(field, "no user or assistant turn")
