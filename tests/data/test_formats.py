@@ -145,6 +145,27 @@ def test_tool_calls_not_in_openai_shape_are_bad_rows_not_a_crash_in_the_template
     ]
 
 
+def test_tool_definitions_not_in_openai_shape_are_bad_rows_and_none_is_dropped_silently(tmp_path):
+    """A `tools` column that was no list (one tool as an object, or text that is no JSON list) was dropped without a
+    word, training the calls with no tools rendered; definitions without a name reached the template mid-run."""
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}}}
+    base = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+    tools_cells = ([tool], [tool["function"]], json.dumps([tool]), "", tool, "get_weather",
+                   [{"type": "function", "function": {"description": "no name"}}],
+                   [{"name": "f", "parameters": "city: str"}], ["get_weather"])
+    path = write_jsonl(tmp_path / "d.jsonl", [{**base, "tools": cell} for cell in tools_cells])
+    data = load_rows([str(path)], kind="sft")
+    assert [(r.line, r.extra.get("tools")) for r in data.rows] == [
+        (1, [tool]), (2, [tool["function"]]), (3, [tool]), (4, None)]
+    assert [str(p) for p in data.problems] == [
+        f"{path}:5: tools: expected a list of tool definitions, got dict",
+        f"{path}:6: tools: expected a list of tool definitions, got str",
+        f"{path}:7: tools[0].function.name: expected the function's name",
+        f"{path}:8: tools[0].parameters: expected a JSON schema object, got str",
+        f"{path}:9: tools[0]: expected an object with a function, got str",
+    ]
+
+
 def test_a_csv_cell_holding_messages_as_json_text_is_read_as_the_messages(tmp_path):
     import csv
 

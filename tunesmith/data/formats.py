@@ -78,9 +78,12 @@ def normalise(row: RawRow, kind: str, problems: list[Problem]) -> Conversation |
         return None
     if not _check_messages(messages, kind, fmt, bad, row.data):
         return None
+    tools = _json_cell(row.data.get("tools"))
+    if tools not in (None, "") and (problem := _tools_problem(tools)):
+        return bad(f"tools{problem[0]}", problem[1])
     extra = {k: v for k, v in row.data.items() if k not in ("messages", "conversations", "system", "tools")}
     conv = Conversation(messages, row.source, row.line, fmt, extra)
-    if isinstance(tools := _json_cell(row.data.get("tools")), list):
+    if tools:
         conv.extra["tools"] = tools
     return conv
 
@@ -162,6 +165,26 @@ def _tool_calls_problem(calls: Any) -> tuple[str, str] | None:
             return f"{where}.name", "expected the called function's name"
         if not isinstance(function.get("arguments", {}), (dict, str)):
             return f"{where}.arguments", f"expected an object or a JSON string, got {type(function['arguments']).__name__}"
+    return None
+
+
+def _tools_problem(tools: Any) -> tuple[str, str] | None:
+    """(where inside tools, problem) for tool definitions not in OpenAI's shape, a list of {"type": "function",
+    "function": {"name": ..., "description": ..., "parameters": {...}}} (the bare {"name", "parameters"} is read too, as
+    a JSON string in a CSV cell or LLaMA-Factory's `tools` column): the chat template would fail on them, or render
+    them wrongly, mid-run. None when they are fine."""
+    if not isinstance(tools, list):
+        return "", f"expected a list of tool definitions, got {type(tools).__name__}"
+    for j, tool in enumerate(tools):
+        if not isinstance(tool, dict):
+            return f"[{j}]", f"expected an object with a function, got {type(tool).__name__}"
+        function, where = (tool["function"], f"[{j}].function") if "function" in tool else (tool, f"[{j}]")
+        if not isinstance(function, dict):
+            return where, f"expected an object with name and parameters, got {type(function).__name__}"
+        if not isinstance(function.get("name"), str) or not function["name"]:
+            return f"{where}.name", "expected the function's name"
+        if not isinstance(function.get("parameters", {}), dict):
+            return f"{where}.parameters", f"expected a JSON schema object, got {type(function['parameters']).__name__}"
     return None
 
 
