@@ -70,7 +70,7 @@ def test_data_check_reports_planted_bad_rows_and_token_stats(tiny_model, toy_dat
                      f"{bad}:14: messages[0].role: unknown role 'customer'",
                      f"{bad}:15: instruction: expected a string, got int",
                      f"{bad}:16: json: not valid JSON"]:
-        assert expected in proc.stderr
+        assert expected in proc.stdout  # the report; the verdict on stderr
     assert "4 bad row(s)" in proc.stderr
     good = run_cli("data", "check", toy_data, "--model", tiny_model)
-    assert "good rows" in good.stderr and "median" in good.stderr and "messages: 12" in good.stderr
+    assert "good rows" in good.stdout and "median" in good.stdout and "messages: 12" in good.stdout

@@ -106,4 +106,4 @@ def test_bad_kto_label_stops_the_run_with_file_and_line(tiny_model, tmp_path):
                    check=False)
     assert bad.returncode == 1 and expected in bad.stderr and not (tmp_path / "k" / "final").exists()
     checked = run_cli("data", "check", data, "--kind", "kto", check=False)
-    assert checked.returncode == 1 and expected in checked.stderr
+    assert checked.returncode == 1 and expected in checked.stdout

@@ -68,7 +68,7 @@ def test_bad_image_rows_named_before_weights_load(tiny_vlms, tiny_text_model, tm
                                              {"role": "assistant", "content": "Red."}],
                                 "images": [str(pictures[0])] * 8}) + "\n")
     status = main(["data", "check", str(many), "--model", str(tiny_vlms("qwen2-vl")), "--max-length", "40"])
-    err = capsys.readouterr().err
+    err = capsys.readouterr().out  # data check's report
     assert status != 0 and f"{many}:1: images: " in err and "of them for 8 image(s)) > max_length 40" in err
 
     # a text-only model given rows with images: refused, naming the first such row

@@ -121,7 +121,7 @@ def _print(cfg: DataCheckConfig, report: CheckReport) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(stderr=True)
+    console = Console()  # the report is the command's output (`data check F > report.txt`); the verdict, stderr's
     table = Table(title=f"data check: {', '.join(cfg.dataset)}", show_header=False)
     table.add_row("good rows", str(report.rows))
     table.add_row("bad rows", f"[red]{len(report.problems)}[/red]" if report.problems else "0")
