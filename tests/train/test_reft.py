@@ -322,3 +322,22 @@ def test_plan_counts_the_interventions_the_run_trains(trained, tiny):
     planned = {t: plan(PlanConfig(model=str(tiny), tuner=t, json=True))["recommended"] for t in ("reft", "lora")}
     assert planned["reft"]["estimate"]["trainable_params"] == 2 * 2 * (2 * 64 * 4 + 4)
     assert planned["reft"]["estimate"]["total_gib"] <= planned["lora"]["estimate"]["total_gib"]
+
+
+def test_plan_places_the_interventions_where_the_reft_section_says(tiny, tmp_path):
+    """`plan --reft.layers 0 --reft.positions l1` (keys `plan --help` lists as sft's) planned sft's defaults, every
+    layer with two groups, and printed a command without them: now the plan counts what that run would train."""
+    from tunesmith.config.load import load
+    from tunesmith.config.plan import PlanConfig
+    from tunesmith.plan.run import plan
+
+    flags = ["--model", str(tiny), "--tuner", "reft", "--reft.rank", "2", "--reft.layers", "0", "--reft.positions", "l1",
+             "--json"]
+    planned = plan(load(PlanConfig, flags))
+    assert planned["recommended"]["estimate"]["trainable_params"] == 1 * 1 * (2 * 64 * 2 + 2)
+    assert " --reft.rank 2 --reft.layers 0 --reft.positions l1 " in planned["command"]
+    (tmp_path / "sft.yaml").write_text("tuner: reft\nreft: {layers: [1], positions: f1+l1, share_weights: true}\n")
+    from_file = plan(load(PlanConfig, ["-c", str(tmp_path / "sft.yaml"), "--model", str(tiny), "--json"]))
+    assert from_file["recommended"]["estimate"]["trainable_params"] == 1 * 1 * (2 * 64 * 4 + 4)
+    with pytest.raises(Exception, match="reft.positions"):
+        load(PlanConfig, ["--tuner", "reft", "--reft.positions", "middle"])

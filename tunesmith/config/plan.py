@@ -9,7 +9,7 @@ import logging
 import warnings
 from typing import ClassVar, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, model_validator
 
 from tunesmith.config.commands import DEFAULT_MODEL
 from tunesmith.config.sections import FreezeCfg, GaloreCfg, LisaCfg, LoraCfg, PrivacyCfg, ReftCfg, Section
@@ -145,6 +145,25 @@ class PlanConfig(Section):
         if isinstance(preset, str) and preset.startswith("zero") and preset[4:5].isdigit():
             data = {**data, "zero_stage": int(preset[4]), "offload": data.get("offload") or preset.endswith("-offload")}
         return data
+
+    # The reft section as sft reads it (layers, positions, share_weights place the interventions), kept whole for the
+    # estimate; the section is not a field (its keys are sft's, listed by `tunesmith sft --help`)
+    _reft: ReftCfg = PrivateAttr(default_factory=ReftCfg)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _reft_section(cls, data: object, handler) -> "PlanConfig":
+        # a wrap validator defined after the "before" ones sees the data first, before _training_keys takes the
+        # sections out of it
+        given = data.get("reft") if isinstance(data, dict) and data.get("tuner", data.get("method")) == "reft" else None
+        cfg = handler(data)
+        if given is not None:
+            cfg._reft = _read("reft", ReftCfg, given)
+        return cfg
+
+    @property
+    def reft(self) -> ReftCfg:
+        return self._reft
 
     @model_validator(mode="after")
     def _check(self) -> "PlanConfig":

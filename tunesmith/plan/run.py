@@ -16,6 +16,7 @@ from tunesmith.plan.hardware import Hardware, probe
 from tunesmith.plan.model_shape import ModelShape, load_shape
 from tunesmith.plan.recommend import FIT, recommend
 from tunesmith.plan.report import estimate_dict, print_plan, settings_dict
+from tunesmith.plan.speed import reft_counts
 
 SFT_METHODS = ("full", "lora", "qlora", "dora", "galore", "lisa", "freeze", "longlora", "reft")  # with a command line
 
@@ -50,7 +51,8 @@ def plan(cfg: PlanConfig, hardware: Hardware | None = None) -> dict[str, Any]:
                  fsdp=bool(cfg.fsdp) or (tp > 1 and shards > 1),
                  offload=cfg.offload, activation_offload=cfg.gradient_checkpointing == "offload",
                  trained_layers=cfg.trained_layers, private=cfg.dp, lora_experts=cfg.lora_experts,
-                 device=device, images=cfg.images_per_sample if shape.vision is not None else 0)
+                 device=device, images=cfg.images_per_sample if shape.vision is not None else 0,
+                 **reft_counts(cfg.reft))
     result: dict[str, Any] = {
         "model": {"name": cfg.model, "model_type": shape.model_type, "params": shape.params(), "layers": shape.layers,
                   "hidden": shape.hidden, "vocab": shape.vocab, "params_by_part": shape.breakdown()},
@@ -110,11 +112,11 @@ def _training(cfg: PlanConfig, shape: ModelShape, base: Setup, memory: float, hw
                              f"--batch-size {s.micro_batch} --grad-accum {choice.grad_accum}"
                              + (" --gradient-checkpointing" if s.checkpointing else "")
                              + (" offload" if s.checkpointing and s.activation_offload else "")
-                             + _method_flags(s)
+                             + _method_flags(s, cfg)
                              + (" --packing" if s.packing else "") + _layout_flags(cfg, s) + " --dataset DATA")
 
 
-def _method_flags(s: Setup) -> str:
+def _method_flags(s: Setup, cfg: PlanConfig) -> str:
     if s.method in ("lora", "qlora", "dora", "longlora"):
         return f" --lora.rank {s.lora_rank}" + (" --lora.experts" if s.lora_experts else "")
     if s.method == "galore":
@@ -123,8 +125,11 @@ def _method_flags(s: Setup) -> str:
         return f" --lisa.layers {s.trained_layers}"
     if s.method == "freeze":
         return f" --freeze.trainable-layers {s.trained_layers}"
-    if s.method == "reft":
-        return f" --reft.rank {s.lora_rank}"
+    if s.method == "reft":  # and where the interventions go, as given (the estimate counted them so)
+        given = {k: getattr(cfg.reft, k) for k in ("layers", "positions", "share_weights") if k in cfg.reft.model_fields_set}
+        return f" --reft.rank {s.lora_rank}" + "".join(
+            f" --reft.{k.replace('_', '-')} {','.join(map(str, v)) if isinstance(v, list) else str(v).lower()}"
+            for k, v in given.items())
     return ""
 
 

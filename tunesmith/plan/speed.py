@@ -69,16 +69,21 @@ def training_setup(cfg: Any, device: str, dtype: str, varlen: bool, liger: bool 
     trained_layers = cfg.lisa.layers if cfg.tuner == "lisa" else cfg.freeze.trainable_layers
     private = getattr(getattr(cfg, "dp", None), "epsilon", None) is not None
     reft: dict[str, int] = {}
-    if cfg.tuner == "reft":  # models/reft.py: interventions per layer by positions, on the chosen layers
-        from tunesmith.config.sections import parse_reft_positions
-
-        counts = parse_reft_positions(cfg.reft.positions)
-        rank = cfg.reft.rank
-        reft = {"reft_layers": 0 if cfg.reft.layers == "all" else len(set(cfg.reft.layers)),
-                "reft_groups": 2 if counts and all(counts) and not cfg.reft.share_weights else 1}
+    if cfg.tuner == "reft":
+        rank, reft = cfg.reft.rank, reft_counts(cfg.reft)
     return Setup(method=cfg.tuner, dtype=dtype, lora_rank=rank, trained_layers=trained_layers, private=private, **reft,
                  lora_targets=targets, lora_dropout=cfg.lora.dropout, lora_experts=cfg.lora.experts, seq=cfg.max_length,
                  micro_batch=cfg.batch_size, grad_accum=cfg.grad_accum, checkpointing=bool(cfg.gradient_checkpointing),
                  activation_offload=cfg.gradient_checkpointing == "offload", packing=packing,
                  attn="flash" if packing and varlen else "sdpa", device=device,
                  kernels="liger" if liger else "none")
+
+
+def reft_counts(reft: Any) -> dict[str, int]:
+    """Setup's reft_layers and reft_groups for a reft section (config/sections.py ReftCfg), as models/reft.py places
+    its interventions: one per chosen layer and position group (the first and last positions unshared: two)."""
+    from tunesmith.config.sections import parse_reft_positions
+
+    counts = parse_reft_positions(reft.positions)
+    return {"reft_layers": 0 if reft.layers == "all" else len(set(reft.layers)),
+            "reft_groups": 2 if counts and all(counts) and not reft.share_weights else 1}
