@@ -139,6 +139,30 @@ def test_a_run_stopped_by_sigterm_saves_but_does_not_exit_as_done(tiny_model, to
     assert resumed.returncode == 0 and f"saved {run}/final (8 steps" in resumed.stdout
 
 
+def test_resume_of_a_finished_run_trains_nothing_and_a_changed_setting_is_refused_before_anything_is_written(
+        tiny_model, toy_data, tmp_path):
+    """--resume of a run at its last step (mid-epoch) trained one more step and replaced final/; a resume with another
+    learning rate went on with the old one while config.yaml claimed the new, and another rank crashed in peft after
+    config.yaml had been rewritten with it."""
+    run = tmp_path / "run"
+    args = ["sft", "--model", tiny_model, "--dataset", toy_data, "--max-steps", "3", "--batch-size", "2",
+            "--save-steps", "3", "--logging-steps", "1", "--report-to", "none", "--output-dir", run]
+    run_main(*args)
+    config, final = (run / "config.yaml").read_text(), (run / "final" / "adapter_model.safetensors").read_bytes()
+    again = run_main(*args, "--resume")
+    assert again.returncode == 0 and f"{run} already finished at step 3" in again.stderr, again.stderr[-2000:]
+    assert not (run / "checkpoint-4").exists() and max(m["step"] for m in read_metrics(run)) == 3
+    assert (run / "final" / "adapter_model.safetensors").read_bytes() == final
+    for changed, said in [(["--learning-rate", "1e-3"], "learning_rate: 0.0002 -> 0.001"),
+                          (["--lora.rank", "8"], '"rank": 16'), (["--tuner", "full"], "tuner: lora -> full"),
+                          (["--batch-size", "4"], "batch_size x grad_accum x processes: 2 -> 4")]:
+        refused = run_main(*args, "--max-steps", "5", *changed, "--resume", check=False)
+        assert refused.returncode == 2 and said in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
+        assert (run / "config.yaml").read_text() == config
+    longer = run_main(*args, "--max-steps", "4", "--resume")  # training further is a resume
+    assert f"saved {run}/final (4 steps" in longer.stdout
+
+
 def test_bad_rows_stop_the_run_before_training_unless_skipped(tiny_model, toy_data, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(toy_data.read_text() + '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": ""}]}\n')

@@ -108,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load(cfg_cls, rest)
         status = run(cfg)
-    except TunesmithError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except TunesmithError as err:  # exit code 0: nothing to do, said why (a resume of a finished run)
+        print(f"error: {err}" if err.exit_code else str(err), file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)

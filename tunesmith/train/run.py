@@ -32,6 +32,7 @@ from tunesmith.config.local_paths import with_absolute_paths
 from tunesmith.errors import ConfigError
 from tunesmith.train.callbacks import MANIFEST, GracefulStop, is_complete
 from tunesmith.train.launch import LAUNCHED, is_main, layout, rank, world_size
+from tunesmith.train.resume_checks import check_resume
 from tunesmith.train.tuners import finish_final
 from tunesmith.versions import installed_versions
 
@@ -126,7 +127,10 @@ def open_run(cfg: Any) -> Iterator[Run]:
             _check_writable(cfg, path)
         log_file.parent.mkdir(exist_ok=True)
         with _logging_into(log_file, console=is_main()):
-            yield Run(cfg, path, checkpoint_to_resume(cfg, path, set_aside=owner))
+            checkpoint = checkpoint_to_resume(cfg, path, set_aside=owner)
+            if owner and cfg.resume:
+                check_resume(cfg, path, checkpoint)  # before config.yaml is rewritten or a step trains
+            yield Run(cfg, path, checkpoint)
 
 
 def _check_writable(cfg: Any, path: Path) -> None:
