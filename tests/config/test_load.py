@@ -284,3 +284,20 @@ def test_a_text_options_flag_value_is_the_text_typed_not_yaml():
     assert (cfg.dataset, cfg.output_dir, cfg.system, cfg.model_name, cfg.model) == (["123"], "2024", "yes", "No", "7")
     cfg = load(SFTConfig, ["--dataset", "d", "--adapters", "null", "--resume", "true", "--max-steps", "3"])
     assert (cfg.adapters, cfg.resume, cfg.max_steps) == (None, True, 3)  # null unsets; other types still read
+
+
+def test_positional_arguments_may_follow_single_valued_options():
+    """`data check --model M FILE` read FILE as a second value of --model ("got ['m', 'd.jsonl']"), and `plan --tuner
+    lora MODEL` crashed with a TypeError: an option that takes one value takes one, as argparse reads it."""
+    from tunesmith.config import DataCheckConfig, DownloadConfig, PlanConfig
+
+    check = load(DataCheckConfig, ["check", "--model", "m", "--max-length", "64", "a.jsonl", "b.jsonl"])
+    assert (check.model, check.max_length, check.dataset) == ("m", 64, ["a.jsonl", "b.jsonl"])
+    assert load(PlanConfig, ["--tuner", "lora", "qwen2.5-7b-instruct"]).model == "qwen2.5-7b-instruct"
+    assert load(PlanConfig, ["--packing", "qwen2.5-7b-instruct"]).packing is True  # a bool takes no file name
+    assert load(PlanConfig, ["--packing", "false", "m"]).packing is False
+    assert load(PlanConfig, ["--no-packing", "m"]).model == "m"
+    assert load(DownloadConfig, ["--kind", "dataset", "org/name"]).kind == "dataset"
+    assert load(PlanConfig, ["--lora-targets", "q_proj", "v_proj"]).lora_targets == ["q_proj", "v_proj"]  # lists
+    with pytest.raises(ConfigError, match="unexpected argument 'extra'"):
+        load(PlanConfig, ["--tuner", "lora", "m", "extra"])

@@ -166,14 +166,7 @@ def _split_argv(argv: list[str]) -> tuple[str | None, list[str], list[str]]:
 def _parse_flags(cls: type[BaseModel], flags: list[str], positionals: list[str]) -> dict[str, Any]:
     """`--key value`, `--key=value`, `--flag` (true), `--no-flag`, `--list a b c`, `--section.key value`."""
     values: dict[str, Any] = {}
-    order = list(getattr(cls, "positional", ()))
-    for i, value in enumerate(positionals):
-        if i < len(order) - 1 or (i == len(order) - 1 and _field_kind(cls, order[-1]) != "list"):
-            values[order[i]] = value
-        elif order and _field_kind(cls, order[-1]) == "list":
-            values.setdefault(order[-1], []).append(value)
-        else:
-            raise ConfigError(f"unexpected argument {value!r}; options are written --name value (see --help)")
+    positionals = list(positionals)
     i = 0
     while i < len(flags):
         arg = flags[i]
@@ -186,6 +179,15 @@ def _parse_flags(cls: type[BaseModel], flags: list[str], positionals: list[str])
         while not inline and i < len(flags) and not (flags[i].startswith("--") and not _is_number(flags[i])):
             args.append(flags[i])
             i += 1
+        # one value for a single-valued option: what follows is the command's positional arguments (`data check
+        # --model M FILE`, `plan --tuner lora MODEL`), as argparse reads them; a plain bool takes none but true/false
+        negated = key.startswith("no_") and _field_kind(cls, key[3:]) == "bool"  # --no-packing
+        kind = "bool" if negated else _field_kind(cls, _aliased(cls, key))
+        takes = 0 if negated or (kind == "bool" and _plain_bool(cls, _aliased(cls, key)) and args
+                                 and not isinstance(_scalar(args[0]), bool)) else 1
+        if kind in ("bool", "scalar", "dict") and not inline and len(args) > takes:
+            positionals += args[takes:]
+            args = args[:takes]
         if not args:
             if key.startswith("no_") and _field_kind(cls, key[3:]) == "bool":
                 values[key[3:]] = False
@@ -202,7 +204,39 @@ def _parse_flags(cls: type[BaseModel], flags: list[str], positionals: list[str])
             else:
                 items = [read(a) for a in args]
             values[key] = values[key] + items if isinstance(values.get(key), list) else items
+    _place_positionals(cls, positionals, values)
     return values
+
+
+def _place_positionals(cls: type[BaseModel], positionals: list[str], values: dict[str, Any]) -> None:
+    order = list(getattr(cls, "positional", ()))
+    for i, value in enumerate(positionals):
+        if i < len(order) - 1 or (i == len(order) - 1 and _field_kind(cls, order[-1]) != "list"):
+            values[order[i]] = value
+        elif order and _field_kind(cls, order[-1]) == "list":
+            values.setdefault(order[-1], []).append(value)
+        else:
+            raise ConfigError(f"unexpected argument {value!r}; options are written --name value (see --help)")
+
+
+def _aliased(cls: type[BaseModel], key: str) -> str:
+    """A peer's spelling (`cutoff_len`) as our key, where this command has it."""
+    return ALIASES[key] if key in ALIASES and resolves(cls, ALIASES[key]) else key
+
+
+def _plain_bool(cls: type[BaseModel], dotted: str) -> bool:
+    """A field that is true or false and nothing else (`--skip-bad-rows`), unlike `--gradient-checkpointing offload`
+    or plan's `--dp`, which also reads sft's dp section (`--dp epsilon=8`)."""
+    if dotted in getattr(cls, "training_sections", {}):
+        return False
+    model: type[BaseModel] | None = cls
+    *sections, name = dotted.split(".")
+    for part in sections:
+        model = _keys_under(model, part)
+    if model is None or name not in model.model_fields:
+        return False
+    return {a for a in typing.get_args(model.model_fields[name].annotation) or (model.model_fields[name].annotation,)
+            if a is not type(None)} == {bool}
 
 
 def _splits_commas(cls: type[BaseModel], dotted: str) -> bool:
