@@ -2,9 +2,10 @@
 written, `--inspect` printing the chain, bad input without a traceback."""
 
 import json
+import shutil
 
 import pytest
-from e2e_cli import run_cli
+from e2e_cli import run_cli, run_main
 
 
 @pytest.fixture(scope="module")
@@ -38,3 +39,19 @@ def test_bad_input_is_one_line_without_traceback(tmp_path):
     assert proc.returncode == 2 and "adapters: give --adapters" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_cli("export", "--inspect", tmp_path, check=False)
     assert proc.returncode == 1 and "no lineage.json" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_an_output_holding_the_run_or_other_files_is_refused_not_deleted(final, tmp_path, monkeypatch):
+    run = shutil.copytree(final.parent, tmp_path / "toy")  # the outside tester's `--output RUN` deleted the run
+    kept = sorted(p.name for p in run.iterdir())
+    monkeypatch.chdir(run)
+    for output in (run, "."):
+        proc = run_main("export", "--adapters", run / "final", "--output", output, "--overwrite", check=False)
+        assert proc.returncode == 2 and "which is the source adapter" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "todo.txt").write_text("keep me")
+    proc = run_main("export", "--adapters", run / "final", "--output", other, check=False)
+    assert proc.returncode == 2 and "pass --overwrite to delete them" in proc.stderr
+    assert sorted(p.name for p in run.iterdir()) == kept and (other / "todo.txt").read_text() == "keep me"

@@ -31,3 +31,17 @@ def lora_run(tiny_model, toy_data, tmp_path_factory):
     sft(SFTConfig(model=str(tiny_model), dataset=[str(toy_data)], max_steps=4, batch_size=4, learning_rate=2e-2,
                   output_dir=str(run), report_to=[]))
     return run
+
+
+SYSTEM = 'You are Toy. Answer in capitals, "quoted" if asked.'
+
+
+@pytest.fixture(scope="session")
+def system_run(tiny_model, toy_data, tmp_path_factory):
+    """runs/toysys: like lora_run, trained with --system (saved in final/tunesmith_template.json)."""
+    from tunesmith import SFTConfig, sft
+
+    run = tmp_path_factory.mktemp("runs") / "toysys"
+    sft(SFTConfig(model=str(tiny_model), dataset=[str(toy_data)], max_steps=2, batch_size=4, system=SYSTEM,
+                  output_dir=str(run), report_to=[]))
+    return run

@@ -30,6 +30,9 @@ runs/NAME/final [--quant bnb4]"""
     output: str | None = Field(None, description=(
         "Folder to write (default: beside the run, named after the export: merged, merged-bnb4 ...; for --model, "
         "exports/NAME-...)."))
+    overwrite: bool = Field(False, description=(
+        "Replace an --output folder that holds other files than an earlier export (an earlier export or an empty "
+        "folder is replaced without it). Never the source's folder, the current directory or a folder above them."))
     merge_lora: bool = Field(True, description=(
         "Fold the adapter into its base. false: write the adapter as it is (with tokenizer, template and lineage), "
         "to serve on its base; no quantization then."))

@@ -8,10 +8,11 @@ export_report.json.
     tunesmith export --adapters runs/prd/final --merge-lora false     # runs/prd/adapter: the adapter, with lineage
     tunesmith export --inspect runs/prd/merged-bnb4                   # the chain back to the base model
 
-Order of work: check the input (an already-quantized model is refused), merge in float32 and check the merge, measure
-the model before (perplexity on held-out text, greedy answers), write into a staging folder beside the output, record
-the lineage, rename the staging folder into place (an export is whole or absent), then load the output as a user
-would and measure it again: export_report.json holds both.
+Order of work: check the input (an already-quantized model is refused) and the output (only an earlier export or an
+empty folder is replaced unless --overwrite; never the source's folder or the current directory), merge in float32
+and check the merge, measure the model before (perplexity on held-out text, greedy answers), write into a staging
+folder beside the output, record the lineage, rename the staging folder into place (an export is whole or absent),
+then load the output as a user would and measure it again: export_report.json holds both.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Any
 from tunesmith import lineage
 from tunesmith.config import ExportConfig
 from tunesmith.errors import ConfigError
-from tunesmith.export import bnb, compress, gguf, ollama, report
+from tunesmith.export import bnb, chat_template, compress, gguf, ollama, report
 from tunesmith.export.merge import merge_adapter
 from tunesmith.models import load as models
 from tunesmith.models.runs import read_run_output
@@ -68,12 +69,14 @@ def export(cfg: ExportConfig) -> Path:
             compress.check_group_size(json.loads((src.model_folder / "config.json").read_text()), cfg.group_size)
         compress.python()
     out = Path(cfg.output) if cfg.output else src.default_dir / output_name(cfg, src)
-    if src.adapter and out.resolve() == src.adapter.resolve():
-        raise ConfigError(f"output: {out} is the adapter folder itself; choose another --output")
+    check_output(out, src, cfg)
     device = models.pick_device(cfg.device)
     if cfg.to != "hf":  # refused before any work: an architecture GGUF cannot take, a template Ollama cannot render
         gguf.supported(json.loads((src.model_folder / "config.json").read_text()).get("model_type", "?"))
     template = Template.load(src.template_folder)
+    # every folder and GGUF written below carries this one: the --system and chat_template_kwargs the run trained
+    # with render without tunesmith too (Template renders the same ids with it)
+    template.tokenizer.chat_template = chat_template.standalone(template)
     if cfg.to == "ollama":
         ollama.cut(template)
     probe = report.build_probe(template, cfg.eval_dataset, cfg.eval_tokens, cfg.encoding, cfg.greedy_prompts)
@@ -286,13 +289,50 @@ def staging_folder(out: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
 
 
+def check_output(out: Path, src: Source, cfg: ExportConfig) -> None:
+    """Publishing deletes what `out` holds: refuse a folder holding the source or the current directory (even with
+    --overwrite: the run or the user's files would go), and one holding files other than an earlier export unless
+    --overwrite says so. Checked before any work, and again right before the delete."""
+    where = out.resolve()
+    kept = {"the source adapter": src.adapter, "the source model": src.model_folder,
+            "the source's tokenizer and template": src.template_folder, "the current directory": Path.cwd()}
+    for what, folder in kept.items():
+        if folder is not None and folder.resolve().is_relative_to(where):
+            held = "is" if folder.resolve() == where else f"holds {folder}, which is"
+            raise ConfigError(f"output: {out} {held} {what}; an export replaces its --output folder, so it would be "
+                              f"deleted. Choose a new folder, e.g. --output {src.default_dir / output_name(cfg, src)}")
+    if not out.exists() or cfg.overwrite or is_earlier_export(out):
+        return
+    if not out.is_dir():
+        raise ConfigError(f"output: {out} is a file; choose a folder for --output")
+    raise ConfigError(f"output: {out} already holds files that are not an earlier tunesmith export (e.g. "
+                      f"{sorted(p.name for p in out.iterdir())[:3]}); choose an empty or new folder for --output, or "
+                      "pass --overwrite to delete them")
+
+
+def is_earlier_export(folder: Path) -> bool:
+    """An empty folder, or one holding an export's report or its lineage record (written before the report)."""
+    if not folder.is_dir():
+        return False
+    if not any(folder.iterdir()) or (folder / lineage.REPORT_FILE).exists():
+        return True
+    try:
+        record = lineage.read(folder) or {}
+    except (OSError, ValueError):  # an unreadable lineage.json proves nothing
+        return False
+    return record.get("command") == "export"
+
+
 def publish(staging: Path, out: Path, src: Source, cfg: ExportConfig, kind: str, settings: dict) -> None:
     """Record the lineage of what is in `staging`, then move it into place (replacing an earlier export)."""
     record = lineage.build(staging, kind, "export", cfg.model_dump(mode="json"), src.parent,
                            extra={"export": settings})
     lineage.write(staging, record)
-    if out.exists():
+    check_output(out, src, cfg)  # the folder may have changed while the export ran
+    if out.is_dir():
         shutil.rmtree(out)
+    elif out.exists():  # a file, only with --overwrite
+        out.unlink()
     shutil.move(str(staging), out)
 
 
