@@ -86,7 +86,7 @@ def _job_form(gr: Any, workspace, command: str, cls, main: tuple[str, ...], plan
     def describe(request: gr.Request, *raw):
         try:
             cfg, values = form.config(*raw)
-            workspace(request).check_values(values)
+            workspace(request).check_values(cls, values)
         except TunesmithError as err:
             return "", f"**cannot run:** {err}"
         text = f"# {command_line(command, values)}\n" + yaml_text(values)
@@ -153,6 +153,8 @@ def data_report(ws: Workspace, dataset: str, model: str) -> tuple[str, Any, list
     from tunesmith.data.rows import Conversation
 
     try:
+        for given in (dataset, model):  # checked whole, as a job's values are: `../bob/x.jsonl#5` is a path too
+            ws.path(given)
         spec = str(ws.path(dataset).relative_to(ws.dir)) if (ws.dir / dataset).exists() else dataset
         with contextlib.chdir(ws.dir):
             data = load_rows([spec], kind="sft", seed=0)
@@ -296,7 +298,8 @@ def _runs_tab(gr: Any, workspace) -> None:
         if what == "stop":
             jobs.stop(job)
             return gr.update()
-        return gr.update(choices=[j.id for j in jobs.jobs(ws)], value=jobs.resume(ws, job).id)
+        resumed = jobs.resume(ws, job)  # first: the list below must hold the new job it selects
+        return gr.update(choices=[j.id for j in jobs.jobs(ws)], value=resumed.id)
 
     refresh.click(listing, picked, picked)
     timer.tick(show, picked, [state, plot, tail])
@@ -316,7 +319,8 @@ def _runs_tab(gr: Any, workspace) -> None:
 # Running the server
 
 
-def run(cfg: WebUIConfig) -> None:
+def run(cfg: WebUIConfig, block: bool = True) -> Any:
+    """Serve until stopped; block=False returns the running app at once (tests talk to it, then app.close())."""
     users = read_users(cfg.auth) if cfg.auth else None
     Path(cfg.root).expanduser().mkdir(parents=True, exist_ok=True)
     app = build_app(cfg)
@@ -326,5 +330,7 @@ def run(cfg: WebUIConfig) -> None:
           f"{'users log in from ' + cfg.auth if users else 'one local user, no login'}); workspaces in {cfg.root}",
           flush=True)
     app.queue(default_concurrency_limit=4).launch(server_name=cfg.host, server_port=cfg.port, auth=auth,
-                                                  show_error=True, quiet=True, allowed_paths=[])
+                                                  show_error=True, quiet=True, allowed_paths=[],
+                                                  prevent_thread_lock=not block)
+    return app
 

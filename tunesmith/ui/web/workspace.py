@@ -16,13 +16,34 @@ import hmac
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
+from tunesmith.config.local_paths import LABEL
 from tunesmith.errors import ConfigError
 
 LOCAL = "local"
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+# The text fields of the forms that never name a file (dotted keys, as forms.py names the inputs). Every other text of
+# a form is checked as a path: continue_from, resume, deepspeed, rewards.plugin, grpo.env, export's calib_dataset,
+# deploy's keys and guardrails... A field marked local_path in the config (config/local_paths.py) must not be here.
+NOT_PATHS = frozenset({
+    # free text, where a leading "/" or a ".." is ordinary: a system prompt "/no_think", a regex, a stop string
+    "system", "rewards.format_pattern", "generation.stop", "eval_gate", "model_name", "model_author",
+    # names the code looks up, never on disk: modules, losses, schedulers, metrics, labels, encodings
+    "lora.targets", "galore.targets", "freeze.modules", "longlora.trainable", "reft.positions", "reft.layers",
+    "classification.labels", "embedding.matryoshka_dims", "lr_scheduler", "encoding", "report_to", "dpo.loss_type",
+    "kto.loss_type", "cpo.loss_type", "simpo.loss_type", "rewards.funcs", "rewards.weights", "metrics", "eval_metrics",
+    "benchmark", "k",
+    # hosts, URLs, keys and served names
+    "host", "master_addr", "judge_url", "judge_model", "judge_api_key", "api_key", "admin_key", "allowed_origins",
+    "remote_image_hosts", "push_to_hub", "served_model_name",
+    # settings handed on as they are (chat template variables, peft's own config arguments)
+    "chat_template_kwargs", "peft.args",
+})
 
 
 def read_users(path: str) -> dict[str, str]:
@@ -68,12 +89,33 @@ class Workspace:
             raise ConfigError(f"{text}: paths are relative to your workspace (no absolute paths, no ..)")
         return (self.dir / text).resolve() if not Path(text).is_absolute() else Path(text)
 
-    def check_values(self, values: dict, keys: tuple[str, ...] = ("dataset", "val_dataset", "output_dir", "adapters",
-                                                                   "model", "output", "compare")) -> None:
-        """Every path-like value of a form, checked before a job starts: relative, inside the workspace. Registry names
-        and hub ids (org/name) pass; their files live in the shared cache, read-only to jobs."""
-        for key in keys:
-            value = values.get(key)
-            for item in value if isinstance(value, list) else [value] if value else []:
-                spec = str(item).split("=", 1)[-1].split("#", 1)[0]
-                self.path(spec)
+    def check_values(self, cls: type[BaseModel], values: dict[str, Any], prefix: str = "") -> None:
+        """Every value of a form for `cls` that may name a file, checked before a job starts: relative, inside the
+        workspace. All text is taken for a path except the fields of NOT_PATHS, so a path field added to a config later
+        is checked without anyone listing it here. Registry names and hub ids (org/name) pass; their files live in the
+        shared cache, read-only to jobs."""
+        fields = cls.model_fields
+        for name, value in values.items():
+            key = f"{prefix}{name}"
+            section = fields[name].annotation if name in fields else None
+            if isinstance(section, type) and issubclass(section, BaseModel) and isinstance(value, dict):
+                self.check_values(section, value, f"{key}.")
+            elif key not in NOT_PATHS:
+                for text in _texts(value):
+                    try:
+                        self.path(text)
+                        if label := LABEL.match(text):  # NAME=PATH (compare, deploy's adapters, draft=MODEL): PATH too
+                            self.path(text[label.end():])
+                    except ConfigError as err:  # the field named: it may sit folded under Advanced
+                        raise ConfigError(f"{key}: {err}") from None
+
+
+def _texts(value: Any) -> list[str]:
+    """The strings in a form value: a text, the items of a list, the values of a mapping (resume: true has none)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list | tuple):
+        return [text for item in value for text in _texts(item)]
+    if isinstance(value, dict):
+        return [text for item in value.values() for text in _texts(item)]
+    return []
