@@ -153,19 +153,8 @@ def _tool_calls_problem(calls: Any) -> tuple[str, str] | None:
     """(where inside tool_calls, problem) for calls not in OpenAI's shape, a list of {"type": "function", "function":
     {"name": ..., "arguments": ...}} (the bare {"name", "arguments"} is read too); the chat template would fail on
     them mid-run. None when they are fine."""
-    if not isinstance(calls, list):
-        return "", f"expected a list of calls, got {type(calls).__name__}"
-    for j, call in enumerate(calls):
-        if not isinstance(call, dict):
-            return f"[{j}]", f"expected an object with a function, got {type(call).__name__}"
-        function, where = (call["function"], f"[{j}].function") if "function" in call else (call, f"[{j}]")
-        if not isinstance(function, dict):
-            return where, f"expected an object with name and arguments, got {type(function).__name__}"
-        if not isinstance(function.get("name"), str) or not function["name"]:
-            return f"{where}.name", "expected the called function's name"
-        if not isinstance(function.get("arguments", {}), (dict, str)):
-            return f"{where}.arguments", f"expected an object or a JSON string, got {type(function['arguments']).__name__}"
-    return None
+    return _functions_problem(calls, "calls", "called function's name", "arguments", (dict, str),
+                              "an object or a JSON string")
 
 
 def _tools_problem(tools: Any) -> tuple[str, str] | None:
@@ -173,18 +162,24 @@ def _tools_problem(tools: Any) -> tuple[str, str] | None:
     "function": {"name": ..., "description": ..., "parameters": {...}}} (the bare {"name", "parameters"} is read too, as
     a JSON string in a CSV cell or LLaMA-Factory's `tools` column): the chat template would fail on them, or render
     them wrongly, mid-run. None when they are fine."""
-    if not isinstance(tools, list):
-        return "", f"expected a list of tool definitions, got {type(tools).__name__}"
-    for j, tool in enumerate(tools):
-        if not isinstance(tool, dict):
-            return f"[{j}]", f"expected an object with a function, got {type(tool).__name__}"
-        function, where = (tool["function"], f"[{j}].function") if "function" in tool else (tool, f"[{j}]")
+    return _functions_problem(tools, "tool definitions", "function's name", "parameters", dict, "a JSON schema object")
+
+
+def _functions_problem(items: Any, plural: str, name: str, body: str, body_types: type | tuple[type, ...],
+                       body_expected: str) -> tuple[str, str] | None:
+    """The shape tool calls and tool definitions share: a list of {"function": {name, <body>}} or bare {name, <body>}."""
+    if not isinstance(items, list):
+        return "", f"expected a list of {plural}, got {type(items).__name__}"
+    for j, item in enumerate(items):
+        if not isinstance(item, dict):
+            return f"[{j}]", f"expected an object with a function, got {type(item).__name__}"
+        function, where = (item["function"], f"[{j}].function") if "function" in item else (item, f"[{j}]")
         if not isinstance(function, dict):
-            return where, f"expected an object with name and parameters, got {type(function).__name__}"
+            return where, f"expected an object with name and {body}, got {type(function).__name__}"
         if not isinstance(function.get("name"), str) or not function["name"]:
-            return f"{where}.name", "expected the function's name"
-        if not isinstance(function.get("parameters", {}), dict):
-            return f"{where}.parameters", f"expected a JSON schema object, got {type(function['parameters']).__name__}"
+            return f"{where}.name", f"expected the {name}"
+        if not isinstance(function.get(body, {}), body_types):
+            return f"{where}.{body}", f"expected {body_expected}, got {type(function[body]).__name__}"
     return None
 
 
