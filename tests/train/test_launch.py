@@ -109,3 +109,14 @@ def test_a_checkpoint_resumes_on_the_engine_that_wrote_it(tmp_path, monkeypatch)
         check_world_size(fsdp, plain)
     with pytest.raises(ConfigError, match="written by 2 process\\(es\\), this run has 3; DeepSpeed's"):
         check_world_size(SFTConfig(dataset=["x"], deepspeed="zero2"), plain)
+
+
+def test_a_missing_or_broken_deepspeed_file_is_named_not_a_traceback(tmp_path):
+    """`sft --deepspeed /nonexist.json` was a FileNotFoundError traceback from the stage lookup in the pre-flight."""
+    from tunesmith.errors import ConfigError
+    from tunesmith.train.launch import deepspeed_stage
+
+    with pytest.raises(ConfigError, match="deepspeed: /nonexist.json is neither a preset"):
+        deepspeed_stage("/nonexist.json")
+    (tmp_path / "ds.json").write_text('{"zero_optimization": {"stage": 3}}')
+    assert deepspeed_stage(str(tmp_path / "ds.json")) == 3 and deepspeed_stage("zero2") == 2

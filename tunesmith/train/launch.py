@@ -262,7 +262,7 @@ def deepspeed_stage(spec: str | None) -> int:
         return 0
     if spec in DEEPSPEED_PRESETS:
         return int(spec[4])
-    return int(json.loads(Path(spec).read_text(encoding="utf-8")).get("zero_optimization", {}).get("stage", 0))
+    return int(deepspeed_config(spec).get("zero_optimization", {}).get("stage", 0))  # a missing file named there
 
 
 def deepspeed_config(spec: str) -> dict:
