@@ -26,9 +26,9 @@ from tunesmith.train.launch import layout, world_size
 # reports go, max_steps and epochs to train further, the layout over processes) may change on a resume. The batch
 # counts as a whole: 2 processes of batch 2 resume 1 process of batch 4 (FSDP2 reshards its checkpoint).
 SAME_ON_RESUME = ("model", "adapters", "continue_from", "replay", "task", "tuner", "method", "lora", "galore", "lisa",
-                  "freeze", "reft", "longlora", "peft", "dp", "embedding", "reranker", "classification", "dataset", "learning_rate", "lr_scheduler", "warmup_ratio", "weight_decay",
-                  "max_length", "packing", "seed", "system", "loss_on",
-                  "dpo", "kto", "orpo", "simpo", "cpo", "ppo", "grpo", "rewards", "rollout")
+                  "freeze", "reft", "longlora", "peft", "dp", "embedding", "reranker", "classification", "dataset",
+                  "learning_rate", "lr_scheduler", "warmup_ratio", "weight_decay", "max_length", "packing", "seed",
+                  "system", "loss_on", "dpo", "kto", "orpo", "simpo", "cpo", "ppo", "grpo", "rewards", "rollout")
 
 
 class RunAlreadyFinished(TunesmithError):
@@ -61,8 +61,7 @@ def _refuse_changes(cfg: Any, run_dir: Path, saved: dict[str, Any], checkpoint: 
     changed = [(key, saved[key], now[key]) for key in SAME_ON_RESUME if key in now and key in saved
                and None not in (now[key], saved[key]) and now[key] != saved[key]]
     if checkpoint is not None:
-        processes = world_size() if world_size() > 1 else layout(cfg).world_size  # as check_world_size counts them
-        before, after = _global_batch(saved, _written_by(checkpoint)), _global_batch(now, processes)
+        before, after = _global_batch(saved, written_by(checkpoint)), _global_batch(now, processes_now(cfg))
         if None not in (before, after) and before != after:
             changed.append(("batch_size x grad_accum x processes", before, after))
     if changed:
@@ -79,9 +78,14 @@ def _global_batch(config: dict[str, Any], processes: int) -> int | None:
     return math.prod(factors) if all(isinstance(f, int) and not isinstance(f, bool) for f in factors) else None
 
 
-def _written_by(checkpoint: Path) -> int:
-    """The processes that wrote a checkpoint (its manifest), as check_world_size reads them."""
+def written_by(checkpoint: Path) -> int:
+    """The processes that wrote a checkpoint (its manifest)."""
     return json.loads((checkpoint / MANIFEST).read_text()).get("world_size", 1)
+
+
+def processes_now(cfg: Any) -> int:
+    """The processes of this run: the ranks started (an outer launcher's too), or those the launching process starts."""
+    return world_size() if world_size() > 1 else layout(cfg).world_size
 
 
 def _refuse_finished(cfg: Any, run_dir: Path, checkpoint: Path, saved: dict[str, Any]) -> None:

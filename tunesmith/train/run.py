@@ -32,7 +32,7 @@ from tunesmith.config.local_paths import with_absolute_paths
 from tunesmith.errors import ConfigError
 from tunesmith.train.callbacks import MANIFEST, GracefulStop, is_complete
 from tunesmith.train.launch import LAUNCHED, is_main, layout, rank, world_size
-from tunesmith.train.resume_checks import check_resume
+from tunesmith.train.resume_checks import check_resume, processes_now, written_by
 from tunesmith.train.tuners import finish_final
 from tunesmith.versions import installed_versions
 
@@ -236,8 +236,7 @@ def check_world_size(cfg: Any, checkpoint: Path) -> None:
     """A checkpoint resumes on the engine that wrote it. FSDP2's (torch distributed checkpoint: each rank's shards plus
     a plan of the whole tensors) resume at any world size, DCP resharding them as they load; DeepSpeed's at the same
     one."""
-    written = json.loads((checkpoint / MANIFEST).read_text()).get("world_size", 1)
-    now = world_size() if world_size() > 1 else layout(cfg).world_size  # the launching process: the ranks it starts
+    written, now = written_by(checkpoint), processes_now(cfg)
     sharded = (checkpoint / FSDP_MODEL_FOLDER).is_dir()
     if sharded and not cfg.fsdp:
         raise ConfigError(f"resume: {checkpoint} holds FSDP2 shards (torch distributed checkpoint); resume it with "
