@@ -31,7 +31,7 @@ from tunesmith import lineage
 from tunesmith.config.local_paths import with_absolute_paths
 from tunesmith.errors import ConfigError
 from tunesmith.train.callbacks import MANIFEST, GracefulStop, is_complete
-from tunesmith.train.launch import LAUNCHED, is_main, layout, rank, world_size
+from tunesmith.train.launch import LAUNCHED, is_main, rank
 from tunesmith.train.resume_checks import check_resume, processes_now, written_by
 from tunesmith.train.tuners import finish_final
 from tunesmith.versions import installed_versions
