@@ -72,3 +72,18 @@ def test_ppo_refuses_full_weights_and_a_missing_reward(tiny_model, prompts, tmp_
     none = run_main("rlhf", "--method", "ppo", "--model", tiny_model, "--dataset", data, "--output-dir", tmp_path / "b",
                     check=False)
     assert none.returncode == 2 and "ppo needs a reward" in none.stderr
+
+
+def test_ppo_continuing_a_run_holds_to_that_run_not_the_base(peaked_model, prompts, tmp_path):
+    """--adapters RUN/final (PPO after SFT): the reference is the adapter the run starts from (its first KL is 0), and final/ holds the
+    trained adapter alone, not the reference copy."""
+    data, plugin = prompts
+    common = ("rlhf", "--method", "ppo", "--model", peaked_model, "--dataset", data, "--rewards.plugin", plugin,
+              "--rewards.funcs", "even_tokens", "--rollout.max-completion-length", "6", "--batch-size", "8",
+              "--learning-rate", "5e-3", "--lr-scheduler", "constant", "--logging-steps", "1", "--report-to", "none")
+    run_main(*common, "--max-steps", "2", "--output-dir", tmp_path / "first")
+    run_main(*common, "--max-steps", "1", "--adapters", tmp_path / "first" / "final", "--output-dir", tmp_path / "second")
+    first = [m for m in read_metrics(tmp_path / "first") if "kl" in m]
+    assert first[-1]["kl"] != 0.0  # the first run moved away from the base
+    assert [m["kl"] for m in read_metrics(tmp_path / "second") if "kl" in m] == [0.0]
+    assert not (tmp_path / "second" / "final" / "ref").exists()

@@ -85,3 +85,37 @@ def test_rollout_scores_the_last_token_against_the_base_and_an_update_moves_only
         ref, _ = ppo.forward(model, head, batch.input_ids, batch.attention_mask, width, 1.0)
     assert torch.allclose(ref * batch.mask, batch.logprobs, atol=1e-5)
     assert not torch.allclose(moved * batch.mask, batch.logprobs, atol=1e-5)
+
+
+def test_continuing_an_adapter_the_reference_is_that_adapter_not_the_base(tmp_path):
+    """PPO after SFT (--adapters / --continue-from): the KL term holds the policy near the SFT model it starts from, so
+    the first rollout's KL is 0; the base model (adapter off) would count the whole SFT change as divergence."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tiny import make_tiny_model
+    from tunesmith.models.load import load_tokenizer
+    from tunesmith.templates import Template
+
+    folder = make_tiny_model(tmp_path / "tiny")
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(folder),
+                           LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear"))
+    torch.manual_seed(0)
+    with torch.no_grad():  # a trained adapter: B away from 0, so the policy is not the base
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5)
+    ppo.keep_reference_copy(model)
+    model.eval()
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(".default." in n for n in trainable)  # the copy is frozen
+    template = Template(load_tokenizer(folder))
+    prompts = [template.render_prompt([{"role": "user", "content": "code for apple"}])] * 4
+    batch, stats, _ = ppo.rollout(model, torch.nn.Linear(64, 1), template, prompts, lambda t, a: [0.0] * 4, CFG, "cpu")
+    assert stats["kl"] == 0.0
+    with model.disable_adapter():  # the base differs: the old reference would have counted a KL here
+        base, _ = ppo.forward(model, torch.nn.Linear(64, 1), batch.input_ids, batch.attention_mask, batch.prompt_len, 1.0)
+    assert not torch.allclose(base * batch.mask, batch.logprobs, atol=1e-3)
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == trainable  # back on the trained adapter
+    model.save_pretrained(tmp_path / "final", selected_adapters=["default"])
+    assert not (tmp_path / "final" / "ref").exists()

@@ -9,8 +9,9 @@ Implementation Details of RLHF with PPO", Huang et al. 2024), small enough to re
   advantage  GAE(gamma, lambda) over the answer, whitened over the batch; returns = advantages + values
   update     ppo_epochs passes over the batch in minibatches: clipped policy loss + vf_coef x clipped value loss
 Departs from TRL's former trainer: the value head shares the policy's trunk (TRL's PPOv2 used a second model
-initialised from the reward model; one model fits where GRPO fits), and the reference is the base with the adapter
-switched off (LoRA/QLoRA/DoRA only: no second copy). Dropout is off throughout, so the first epoch's ratio is 1.
+initialised from the reward model; one model fits where GRPO fits), and the reference is the policy at the start: a
+fresh adapter switched off (LoRA/QLoRA/DoRA only: no second copy of the base), or, continuing an adapter (--adapters,
+--continue-from), a frozen copy of it named "ref" (as TRL's GRPO keeps one), so the SFT model is the reference. Dropout is off throughout, so the first epoch's ratio is 1.
 One device; no checkpoint/resume and no evaluation (final/ holds the adapter and value_head.safetensors). With
 dropout off the model is in eval mode, where transformers skips gradient checkpointing.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, Callable
@@ -51,6 +53,8 @@ def ppo(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> RunResult:
 
         plan = preflight(cfg, base_folder, rows=len(train_ds))
         model, device, dtype = load_trainable(cfg, base_folder)
+        if cfg.adapters:
+            keep_reference_copy(model)
         model.eval()  # dropout off: the policy that sampled is the policy that is scored
         value_head = torch.nn.Linear(model.config.get_text_config().hidden_size, 1, device=device)
         torch.nn.init.zeros_(value_head.weight)  # values start at 0: the first advantages are the rewards themselves
@@ -98,7 +102,7 @@ def ppo(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> RunResult:
         def save_model(folder: str) -> None:
             from safetensors.torch import save_file
 
-            model.save_pretrained(folder)
+            model.save_pretrained(folder, selected_adapters=["default"])  # not the reference copy
             save_file({k: v.contiguous() for k, v in value_head.state_dict().items()}, f"{folder}/value_head.safetensors")
 
         trainer = SimpleNamespace(state=state, model=model, save_model=save_model)
@@ -210,6 +214,31 @@ def gae(rewards, values, mask, gamma: float, lam: float):
     return whiten(advantages, mask) * mask, returns
 
 
+def keep_reference_copy(model) -> None:
+    """A frozen copy of the starting adapter under the name "ref": the policy the KL term holds the run near."""
+    model.add_adapter("ref", model.peft_config["default"])
+    trained = dict(model.named_parameters())
+    for name, param in trained.items():
+        if ".ref." in name:
+            param.requires_grad_(False)
+            param.data.copy_(trained[name.replace(".ref.", ".default.")].data)
+
+
+@contextmanager
+def reference_policy(model):
+    """The model as the reference policy: the "ref" copy when the run continues an adapter, else the base with the
+    fresh adapter switched off."""
+    if "ref" not in model.peft_config:
+        with model.disable_adapter():
+            yield
+        return
+    model.set_adapter("ref")  # peft marks the active adapter trainable and the others frozen
+    try:
+        yield
+    finally:
+        model.set_adapter("default")
+
+
 def whiten(x, mask):
     mean = (x * mask).sum() / mask.sum()
     var = ((x - mean) ** 2 * mask).sum() / mask.sum()
@@ -221,7 +250,7 @@ def rollout(model, value_head, template, prompts, scores_of: Callable, cfg: RLHF
     """One batch of experience and the statistics to log."""
     input_ids, attention_mask, mask, width = sample(model, template, prompts, cfg, device)
     logprobs, values = forward(model, value_head, input_ids, attention_mask, width, cfg.rollout.temperature)
-    with model.disable_adapter():  # the reference policy: the base model
+    with reference_policy(model):
         ref_logprobs, _ = forward(model, value_head, input_ids, attention_mask, width, cfg.rollout.temperature)
     answers = [row[m.bool()].tolist() for row, m in zip(input_ids[:, width:], mask)]
     texts = template.tokenizer.batch_decode(answers, skip_special_tokens=True)
