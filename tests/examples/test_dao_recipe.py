@@ -254,7 +254,7 @@ def tiny_model(tmp_path_factory):
 
 
 def test_round_two_trains_on_only_what_round_one_never_saw_from_its_weights(tiny_model, tmp_path, monkeypatch):
-    """The recipe's three YAML files as shipped (tiny model, one step of one row): sft.yaml, then sft-round2.yaml
+    """The recipe's three YAML files as shipped (tiny model, one pass in steps of 8): sft.yaml, then sft-round2.yaml
     skips the 216 rows round 1 saw, trains the 24 accepted proposals plus 3 replayed rows, and dpo-round2.yaml
     trains the 18 pairs, each from the run before's adapter."""
     from safetensors.torch import load_file
@@ -265,15 +265,17 @@ def test_round_two_trains_on_only_what_round_one_never_saw_from_its_weights(tiny
     from tunesmith.train.continued import Continuation
 
     monkeypatch.chdir(ROOT)  # the YAML files name the recipe's data relative to the repository
-    one_step = ["--max-steps", "1", "--batch-size", "1", "--grad-accum", "1", "--report-to", "none"]
+    # one whole pass each, so every row counts as seen (a run stopped mid-epoch records none of its own)
+    one_pass = ["--epochs", "1", "--max-steps", "-1", "--batch-size", "8", "--grad-accum", "1", "--report-to", "none"]
+    cheap = ["--max-length", "48", "--truncation", "left"]  # each SFT row's last 48 tokens: a pass over 216 is quick
     a, b, c = tmp_path / "dao-sft", tmp_path / "dao-sft-r2", tmp_path / "dao-dpo-r2"
     api.sft(load(SFTConfig, ["-c", str(EXAMPLE / "sft.yaml"), "--model", str(tiny_model), "--output-dir", str(a),
-                             "--learning-rate", "1e-2", "--warmup-ratio", "0", *one_step]))
+                             "--learning-rate", "1e-2", "--warmup-ratio", "0", *one_pass, *cheap]))
     # a learning rate of ~0 in round 2: the adapters it writes are the ones it started from
     api.sft(load(SFTConfig, ["-c", str(EXAMPLE / "sft-round2.yaml"), "--continue-from", str(a), "--output-dir", str(b),
-                             "--learning-rate", "1e-12", *one_step]))
+                             "--learning-rate", "1e-12", *one_pass, *cheap]))
     api.rlhf(load(RLHFConfig, ["-c", str(EXAMPLE / "dpo-round2.yaml"), "--continue-from", str(b), "--output-dir",
-                               str(c), "--learning-rate", "1e-12", *one_step]))
+                               str(c), "--learning-rate", "1e-12", *one_pass]))
 
     def seen(run):
         return set(json.loads((run / "seen_rows.json").read_text())["rows"])

@@ -12,6 +12,8 @@ from tunesmith.config import SFTConfig
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.train.preflight import load_template
 from tunesmith.train.sft import sft_data
+from tunesmith.data.load import load_rows
+from tunesmith.train.continued import Continuation
 
 OLD = [(f"code for {w}", f"CODE {w} OK") for w in ["apple", "river", "stone", "cloud", "maple", "tiger"]]
 NEW = [(f"code for {w}", f"CODE {w} OK") for w in ["amber", "frost", "lemon", "orbit"]]
@@ -33,7 +35,7 @@ def run_a(tmp_path_factory):
     folder = tmp_path_factory.mktemp("continue")
     model = make_tiny_model(folder / "tiny")
     data = write(folder / "round1.jsonl", messages(OLD))
-    result = api.sft(SFTConfig(model=str(model), dataset=[str(data)], max_steps=1, batch_size=2, learning_rate=1e-2,
+    result = api.sft(SFTConfig(model=str(model), dataset=[str(data)], epochs=1, batch_size=len(OLD), learning_rate=1e-2,
                                warmup_ratio=0.0, output_dir=str(folder / "A"), report_to=["none"]))
     return model, result.run_dir, folder
 
@@ -99,7 +101,7 @@ def test_round_two_starts_from_round_ones_weights_and_extends_the_record(run_a, 
 
     data = write(tmp_path / "round2.jsonl", messages(OLD + NEW))
     b_dir = tmp_path / "B"
-    api.sft(config(run_a, data, max_steps=1, batch_size=2, learning_rate=1e-12, output_dir=str(b_dir),
+    api.sft(config(run_a, data, epochs=1, batch_size=len(NEW), learning_rate=1e-12, output_dir=str(b_dir),
                    report_to=["none"]))
     a_weights = load_file(run_a[1] / "final" / "adapter_model.safetensors")
     b_weights = load_file(b_dir / "final" / "adapter_model.safetensors")
@@ -119,3 +121,16 @@ def test_continue_from_takes_the_run_folder_however_it_is_spelled(run_a, monkeyp
         cfg = SFTConfig(dataset=["x"], continue_from=spelling)
         start_from(cfg)  # ./A once failed the config's own check that the adapters lie inside continue_from
         assert (cfg.continue_from, cfg.adapters) == ("A", "A/final")
+
+
+def test_a_run_stopped_mid_epoch_records_only_its_ancestors_rows(run_a, tmp_path):
+    """max_steps ended B after 2 of its 4 new rows: which ones is not known, so none of B's count as seen; a run
+    continuing from B skips A's rows and trains on all four again instead of skipping two it never saw."""
+    data = write(tmp_path / "round2.jsonl", messages(OLD + NEW))
+    b_dir = tmp_path / "B"
+    api.sft(config(run_a, data, max_steps=1, batch_size=2, output_dir=str(b_dir), report_to=["none"]))
+    record = json.loads((b_dir / "seen_rows.json").read_text())
+    assert len(record["rows"]) == len(OLD) and record["stopped_at_epoch"] == 0.5
+    chosen = Continuation.select(SFTConfig(model=str(run_a[0]), dataset=[str(data)], continue_from=str(b_dir)),
+                                 load_rows([str(data)], kind="sft").rows, lambda names: load_rows(names, kind="sft"))
+    assert len(chosen.rows) == len(NEW)

@@ -109,6 +109,24 @@ class Continuation:
         tmp.replace(path)
 
 
+def forget_untrained_rows(run: Path, epochs_done: float) -> None:
+    """A run that stopped before one whole pass (max_steps, Ctrl-C) saw an unknown part of its rows: seen_rows.json
+    keeps only its ancestors' rows, so a run continuing from it trains on this run's rows again rather than skipping
+    rows that were never trained on."""
+    path = run / SEEN_FILE
+    if round(epochs_done, 6) >= 1 or not path.exists():
+        return
+    record = json.loads(path.read_text(encoding="utf-8"))
+    parent = record.get("continued_from")
+    inherited = read_seen(Path(parent)) if parent else set()
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({**record, "rows": sorted(inherited), "stopped_at_epoch": round(epochs_done, 4)}) + "\n",
+                   encoding="utf-8")
+    tmp.replace(path)
+    log.info("%s: stopped at %.2f of an epoch, so which rows it trained on is not known; a run continuing from it "
+             "skips only the rows its ancestors saw", SEEN_FILE, epochs_done)
+
+
 def read_seen(run: Path) -> set[str]:
     path = run / SEEN_FILE
     if not path.exists():

@@ -28,6 +28,7 @@ from typing import Any, Iterator
 import yaml
 
 from tunesmith import lineage
+from tunesmith.train import continued
 from tunesmith.config.local_paths import with_absolute_paths
 from tunesmith.errors import ConfigError
 from tunesmith.train.callbacks import MANIFEST, GracefulStop, is_complete
@@ -93,6 +94,7 @@ class Run:
             finish_final(self.cfg, trainer.model, staging, self.dir)  # PiSSA/OLoRA's adapter for the base, LongLoRA merged
             template.save(staging)
             shutil.copy(self.dir / "config.yaml", staging / "config.yaml")
+            continued.forget_untrained_rows(self.dir, trainer.state.epoch or 0.0)  # max_steps stopped mid-epoch
             lineage.write_for_run(staging, self.dir, self.cfg)  # data, template and config hashes; the parent
             if final.exists():
                 shutil.rmtree(final)
