@@ -63,3 +63,52 @@ def test_trls_implicit_prompt_pairs_take_the_shared_turns_as_the_prompt(tmp_path
         assert [(r.prompt, r.chosen, r.rejected) for r in data.rows] == [(user, "Paris", "Lyon")]
         assert [str(p) for p in data.problems] == [  # two prompts: which one do the answers answer?
             f"{path}:2: prompt: missing: expected prompt (or question, query, instruction)"]
+
+
+def test_an_answer_list_that_ends_with_a_user_or_tool_turn_is_a_bad_row_not_the_answer(tmp_path):
+    """TRL's conversational pairs end with the assistant's answer; any other last turn is a malformed row."""
+    user, good = {"role": "user", "content": "q"}, {"role": "assistant", "content": "good"}
+    rows = [
+        {"chosen": [user, good, {"role": "user", "content": "thanks"}],  # implicit prompt, chosen ends with the user
+         "rejected": [user, good, {"role": "user", "content": "no"}]},
+        {"prompt": "q", "chosen": [{"role": "user", "content": "oops"}],
+         "rejected": [{"role": "assistant", "content": "bad"}]},
+        {"prompt": "q", "chosen": [good], "rejected": [{"role": "tool", "content": "{}"}]},
+        {"messages": [user, good], "rejected_response": [{"role": "user", "content": "bad"}]},
+        {"conversations": [{"from": "human", "value": "q"}], "chosen": {"from": "human", "value": "good"},
+         "rejected": {"from": "gpt", "value": "bad"}},
+        {"chosen": [user, good], "rejected": [user, {"role": "assistant", "content": "bad"}]},  # still a good row
+    ]
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    data = load_rows([str(path)], kind="preference")
+    assert [(r.line, r.chosen, r.rejected) for r in data.rows] == [(6, "good", "bad")]
+    assert [str(p) for p in data.problems] == [
+        f"{path}:1: chosen[2].role: the answer must be the assistant's turn, got role 'user'",
+        f"{path}:2: chosen[0].role: the answer must be the assistant's turn, got role 'user'",
+        f"{path}:3: rejected[0].role: the answer must be the assistant's turn, got role 'tool'",
+        f"{path}:4: rejected_response[0].role: the answer must be the assistant's turn, got role 'user'",
+        f"{path}:5: chosen.role: the answer must be the assistant's turn, got role 'human'",
+    ]
+    assert data.raise_if_bad(skip_bad_rows=True) == 5  # --skip-bad-rows leaves them out, one count a row
+    kto = tmp_path / "k.jsonl"
+    kto.write_text(json.dumps({"prompt": "q", "completion": [{"role": "user", "content": "x"}], "label": True}))
+    assert [str(p) for p in load_rows([str(kto)], kind="kto").problems] == [
+        f"{kto}:1: completion[0].role: the answer must be the assistant's turn, got role 'user'"]
+
+
+def test_implicit_prompt_needs_every_turn_but_the_answer_shared(tmp_path):
+    """TRL takes the turns chosen and rejected share as the prompt. Pairs that part before their last turn (a
+    multi-turn answer, or two different questions) have no single prompt for a string answer: reported, not guessed."""
+    u1, u2 = {"role": "user", "content": "q"}, {"role": "user", "content": "q2"}
+    a, b = {"role": "assistant", "content": "good"}, {"role": "assistant", "content": "bad"}
+    rows = [
+        {"chosen": [u1, a, u2, a], "rejected": [u1, a, u2, b]},  # shared multi-turn prefix: the prompt
+        {"chosen": [u1, a, u2, a], "rejected": [u1, b]},         # parts after the first turn
+        {"chosen": [u1, a], "rejected": [u2, b]},                # parts at once
+    ]
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    data = load_rows([str(path)], kind="preference")
+    assert [(r.prompt, r.chosen, r.rejected) for r in data.rows] == [([u1, a, u2], "good", "bad")]
+    assert [p.line for p in data.problems] == [2, 3]

@@ -43,14 +43,12 @@ def normalise_preference(row: RawRow, problems: list[Problem]) -> Preference | N
             return None
         system = data.get("system")
         prompt = ([{"role": "system", "content": system}] if isinstance(system, str) and system else []) + msgs
-        chosen = _answer(data["chosen"], "chosen", bad)
-        rejected = _answer(data["rejected"], "rejected", bad)
+        chosen, rejected = _answers(data, bad)
     elif "chosen" in data and "rejected" in data:
         prompt = _prompt(data, bad)
         if prompt is None:
             return None
-        chosen = _answer(data["chosen"], "chosen", bad)
-        rejected = _answer(data["rejected"], "rejected", bad)
+        chosen, rejected = _answers(data, bad)
     else:
         cols = ", ".join(sorted(data)) or "none"
         kto = "; a row with a label is KTO data: train it with `tunesmith rlhf --method kto`" if "label" in data else ""
@@ -153,11 +151,23 @@ def _implicit_prompt(data: dict) -> bool:
             and isinstance(rejected, list) and len(chosen) > 1 and chosen[:-1] == rejected[:-1])
 
 
+def _answers(data: dict, bad: _Reporter) -> tuple[str | None, str | None]:
+    """chosen and rejected; a bad chosen is the row's one problem (a skipped row counts once)."""
+    chosen = _answer(data["chosen"], "chosen", bad)
+    return chosen, None if chosen is None else _answer(data["rejected"], "rejected", bad)
+
+
 def _answer(value: Any, key: str, bad: _Reporter) -> str | None:
     """A string, a message list ending with the assistant's answer, or a {from/role, value/content} turn."""
+    where = key
     if isinstance(value, list) and value and isinstance(value[-1], dict):
-        value = value[-1]
+        where, value = f"{key}[{len(value) - 1}]", value[-1]
     if isinstance(value, dict):
+        # The answer is the assistant's turn: a list that ends with the user's or a tool's turn is a malformed row,
+        # reported, not trained on as if the assistant had written that turn.
+        who = value.get("role", value.get("from"))
+        if who is not None and (not isinstance(who, str) or SHAREGPT_ROLES.get(who) != "assistant"):
+            return bad(f"{where}.role", f"the answer must be the assistant's turn, got role {who!r}")
         value = value.get("content", value.get("value"))
     text = _content(value)
     if text is None:
