@@ -5,7 +5,8 @@ llmcompressor 0.14 pins transformers<=5.17 where tunesmith pins 5.23, as vLLM is
 
 This side checks the settings against the model before any work (a group size that does not divide every quantized
 layer's input width is refused with the sizes that do), renders the calibration rows with the run's own Template (so
-calibration sees the trained format; a bad row is named file:line), writes the merged model as a plain folder, and
+calibration sees the trained format: a DPO run's pairs as prompt + chosen answer, a GRPO run's prompts as prompts; a
+bad row is named file:line), writes the merged model as a plain folder, and
 hands a job file to export/compress_worker.py in .venv-quant, which quantizes, saves in the compressed-tensors format
 (vLLM and transformers load it; transformers needs the compressed-tensors package), reloads the folder and measures it.
 """
@@ -67,27 +68,67 @@ def check_group_size(config: dict, group_size: int) -> None:
     raise ConfigError(f"group_size: {group_size} does not divide {names}; {hint}")
 
 
-def calibration(template: Any, specs: list[str], samples: int, max_length: int, seed: int, encoding: str) -> list[list[int]]:
-    """`samples` rows of the datasets, each rendered whole by the run's Template (chats) or tokenized (text), at most
-    max_length tokens."""
+# The rows each training method reads (train/sft.py, pt.py, preference.py, online.py), by the name config.yaml records:
+# rlhf runs record `method`, pt runs `_resolved.command`. Calibration reads a run's data as its training did.
+RUN_KINDS = {"dpo": "preference", "orpo": "preference", "simpo": "preference", "cpo": "preference", "rm": "preference",
+             "kto": "kto", "grpo": "prompts", "ppo": "prompts"}
+# A dataset of unknown origin (--calib-dataset, or a run that recorded no method): the first of these that reads a
+# row. A pair or a KTO row has a prompt too, so prompts come after them; a chat reads as sft (a KTO row with its
+# completion, a pair as messages + rejected_response: the same text), text only as pt.
+GUESSED_KINDS = ("sft", "preference", "kto", "prompts", "pt")
+
+
+def run_kind(config: dict) -> str:
+    """The row kind a run trained on, from its config.yaml: sft, pt, preference, kto or prompts."""
+    method = config.get("method")
+    if isinstance(method, str) and method in RUN_KINDS:  # sft's `method: lora` of earlier releases is no rlhf method
+        return RUN_KINDS[method]
+    return "pt" if (config.get("_resolved") or {}).get("command") == "pt" else "sft"
+
+
+def calibration(template: Any, specs: list[str], samples: int, max_length: int, seed: int, encoding: str,
+                kind: str | None = None) -> list[list[int]]:
+    """`samples` rows of the datasets as text the model saw in training, each rendered whole by the run's Template
+    (chats) or tokenized (text), at most max_length tokens. `kind` is how the run read them (run_kind); None reads
+    them as the first of GUESSED_KINDS that reads a row. A chat is rendered whole, a preference pair as its prompt +
+    chosen answer, a KTO row as prompt + completion, a prompt-only row (grpo, ppo) as the prompt that asks for the
+    answer."""
     from tunesmith.data.load import load_rows
-    from tunesmith.data.rows import Text
 
     specs = [s if "#" in s else f"{s}#{samples}" for s in specs]  # name#N: N rows drawn with the seed
-    data = load_rows(specs, kind="sft", seed=seed, encoding=encoding)
-    if data.problems and not data.rows:
-        text = load_rows(specs, kind="pt", seed=seed, encoding=encoding)
-        data = text if not text.problems else data
+    tried = []
+    for guess in [kind] if kind else GUESSED_KINDS:
+        tried.append((guess, load_rows(specs, kind=guess, seed=seed, encoding=encoding)))
+        if tried[-1][1].rows:  # the first kind that reads a row is the data's; its problems are its bad rows
+            break
+    kind, data = tried[-1] if tried[-1][1].rows else tried[0]  # none reads a row: sft's problems say what rows lack
     data.raise_if_bad(skip_bad_rows=False)
     rows = []
-    for row in data.rows[:samples]:
-        if isinstance(row, Text):
-            ids = template.tokenizer(row.text, add_special_tokens=False)["input_ids"]
-        else:
-            ids = template.tokenizer(template.render_text(row.messages), add_special_tokens=False)["input_ids"]
+    for text in calibration_texts(template, data.rows[:samples], asks=kind == "prompts"):
+        ids = template.tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) > 1:
             rows.append(ids[:max_length])
     return rows
+
+
+def calibration_texts(template: Any, rows: list, asks: bool = False) -> list[str]:
+    """Each row as the text training rendered: a chat whole, the prompt + the chosen answer of a pair (training
+    renders prompt + answer the same way, train/preference.py answer_ids), a KTO row's prompt + completion (either
+    label: the format is what calibration needs); `asks`: prompts (grpo, ppo), each with the turn that asks for the
+    answer, as the rollouts render them."""
+    from tunesmith.data.rows import Preference, Text, UnpairedPreference
+
+    out = []
+    for row in rows:
+        if isinstance(row, Text):
+            out.append(row.text)
+        elif isinstance(row, Preference):
+            out.append(template.render_text(row.prompt + [{"role": "assistant", "content": row.chosen}]))
+        elif isinstance(row, UnpairedPreference):
+            out.append(template.render_text(row.prompt + [{"role": "assistant", "content": row.completion}]))
+        else:  # a Conversation: sft's chat, or a prompt (kind "prompts")
+            out.append(template.render_text(row.messages, add_generation_prompt=asks))
+    return out
 
 
 def run(model: Any, template: Any, staging: Path, method: str, bits: int, group_size: int,

@@ -183,7 +183,8 @@ def calibration_rows(cfg: ExportConfig, src: Source, template: Any) -> list[list
     if not specs:
         raise ConfigError(f"calib_dataset: {cfg.quant} calibrates on rows of data; give --calib-dataset FILE or a "
                           "registry name (a run's adapter uses its own training data by default)")
-    return compress.calibration(template, specs, cfg.calib_samples, calib_length(src), 42, cfg.encoding)
+    kind = None if cfg.calib_dataset else compress.run_kind(src.config)  # the run's data, read as its method read it
+    return compress.calibration(template, specs, cfg.calib_samples, calib_length(src), 42, cfg.encoding, kind=kind)
 
 
 def calib_length(src: Source) -> int:
