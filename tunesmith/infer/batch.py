@@ -10,11 +10,14 @@ reasoning_content), else null. The terminal chat is ui/chat.py."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 from tunesmith.config import InferConfig
 from tunesmith.data.load import load_rows
+from tunesmith.data.readers import SUFFIXES
+from tunesmith.data.registry import REGISTRY
 from tunesmith.errors import ConfigError
 from tunesmith import infer as engines
 from tunesmith.infer import Engine, GenerationRequest, SamplingParams
@@ -26,6 +29,7 @@ def infer(cfg: InferConfig) -> Path:
     if not cfg.dataset:
         raise ConfigError("dataset: name the prompts to answer (--dataset FILE); for a chat in the terminal run "
                           "`tunesmith infer` without --dataset")
+    output_path(cfg)  # refused before the model loads
     engine = engine_for(cfg)
     try:
         with kv_heads_in_sdpa(getattr(engine, "device", None)):
@@ -68,12 +72,36 @@ def _run_name(adapters: str) -> str:
     return folder.parent.name if folder.name == "final" else folder.name
 
 
+def output_path(cfg: InferConfig) -> Path:
+    """--output, else <first dataset>.answers.jsonl; never a file the datasets read (the answers are written from the
+    first batch on, so the prompts would be lost), whatever the path says: a symlink, a hard link, ../ or a folder."""
+    out = Path(cfg.output or Path(cfg.dataset[0]).with_suffix("").as_posix() + ".answers.jsonl").expanduser()
+    if not out.is_file():
+        return out  # a new file overwrites nothing
+    for spec in cfg.dataset:
+        name, sep, count = spec.rpartition("#")  # name#N: N rows of name (data/load.py)
+        name = name if sep and count.isdigit() and name else spec
+        path = Path(name).expanduser()
+        if not path.exists() and name in REGISTRY and REGISTRY[name].path is not None:
+            path = Path(REGISTRY[name].path)  # shipped data
+        if path.is_dir():  # every data file of a folder (data/readers.py read_path)
+            files = [f for f in path.rglob("*") if f.suffix.lower() in SUFFIXES and f.is_file()]
+        else:
+            files = [path] if path.is_file() else []  # a hub dataset has no file here
+        same = next((f for f in files if os.path.samefile(f, out)), None)
+        if same is not None:
+            given = f"--output {cfg.output}" if cfg.output else f"the default output {out}"
+            raise ConfigError(f"output: {given} is {same.resolve()}, which --dataset {spec} reads: the answers would "
+                              "overwrite the prompts; give another --output (default: <dataset>.answers.jsonl)")
+    return out
+
+
 def answer_dataset(engine: Engine, cfg: InferConfig, params: SamplingParams) -> Path:
     from tqdm.auto import tqdm
 
+    out = output_path(cfg)
     data = load_rows(cfg.dataset, kind="prompts", seed=0, encoding=cfg.encoding)
     skipped = data.raise_if_bad(cfg.skip_bad_rows)
-    out = Path(cfg.output or Path(cfg.dataset[0]).with_suffix("").as_posix() + ".answers.jsonl")
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = data.rows
     model = engine.model_names()[0]
