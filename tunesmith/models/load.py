@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
 
-from tunesmith.errors import HardwareError, ModelNotFoundError
+from tunesmith.errors import ConfigError, HardwareError, ModelNotFoundError
 from tunesmith.models.registry import MODELS, unknown_model
 
 
@@ -18,6 +19,8 @@ def resolve(model: str) -> Path:
             raise ModelNotFoundError(f"{path}: a ReFT run (interventions over its base, models/reft.py); pass it as "
                                      f"--adapters {path}")
         if not (path / "config.json").exists():
+            if (path / "adapter_config.json").exists():
+                raise ModelNotFoundError(adapter_hint(path))
             raise ModelNotFoundError(f"{path}: folder has no config.json; is it a Hugging Face model folder?")
         return path
     if model in MODELS:
@@ -32,6 +35,40 @@ def resolve(model: str) -> Path:
     from tunesmith.hub import download
 
     return Path(download(model, kind="model"))
+
+
+def adapter_hint(folder: Path) -> str:
+    """What to type instead of --model FOLDER when FOLDER is a peft adapter (a LoRA run's final/): its base is the
+    one the run recorded (models/runs.py), else adapter_config.json's base_model_name_or_path."""
+    from tunesmith.models.runs import read_run_output
+
+    kind = json.loads((folder / "adapter_config.json").read_text()).get("peft_type") or "peft"
+    kind = {"LORA": "LoRA"}.get(kind, kind)
+    try:
+        base = read_run_output(folder).base_model
+    except ModelNotFoundError:  # neither config.yaml nor adapter_config.json names it
+        base = "BASE"
+    return f"{folder} holds a {kind} adapter, not a whole model: pass --model {base} --adapters {folder}"
+
+
+def refuse_scorer(folder: Path) -> None:
+    """Refuse a folder that scores text instead of writing it: a reward model (`rlhf --method rm`'s final/) or another
+    sequence classifier. Loaded as a causal LM, transformers drops its score head with a warning and generates through
+    an LM head that was never trained (the embeddings, or random weights): infer, eval and export ran on to nonsense."""
+    config = folder / "config.json"
+    if not config.is_file():
+        return
+    record = json.loads(config.read_text())
+    arch = next((a for a in record.get("architectures") or [] if a.endswith("ForSequenceClassification")), None)
+    if arch is None:
+        return
+    labels = len(record.get("id2label") or {}) or record.get("num_labels", 2)
+    if labels == 1:  # what rm saves (num_labels=1): one score per sequence
+        raise ConfigError(f"{folder}: a reward model ({arch}): it scores answers, one number per conversation, and "
+                          f"cannot generate text. Use it as --rewards.model {folder} in tunesmith rlhf --method grpo "
+                          "or ppo")
+    raise ConfigError(f"{folder}: a sequence classifier ({arch}, {labels} labels): it labels text and cannot generate "
+                      f"any. Serve it with tunesmith deploy --encoders {folder} (/v1/classify)")
 
 
 def pick_device(preference: str = "auto") -> str:
@@ -63,6 +100,8 @@ def pick_dtype(preference: str, device: str) -> Any:
 def load_tokenizer(folder: Path) -> Any:
     from transformers import AutoTokenizer
 
+    if not Path(folder).expanduser().is_dir():  # else transformers takes the path for a hub id: "Repo id must be..."
+        raise ModelNotFoundError(f"{folder}: folder not found")
     return AutoTokenizer.from_pretrained(folder)
 
 
@@ -75,6 +114,7 @@ def load_model(folder: Path, dtype: Any, device: str, quantize_4bit: bool = Fals
 
     if reft.is_reft_run(folder):
         return reft.load_run(Path(folder), dtype, device)
+    refuse_scorer(Path(folder))
 
     from tunesmith.models.vision import is_vision_model
     from tunesmith.models.vision import quantize_skip as vision_skip
@@ -98,6 +138,7 @@ def load_tensor_parallel(folder: Path, dtype: Any, tensor_parallel: int) -> Any:
     from transformers import AutoModelForCausalLM
     from transformers.distributed import DistributedConfig
 
+    refuse_scorer(Path(folder))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     config = DistributedConfig(tp_size=tensor_parallel, fsdp_size=world // tensor_parallel)
     return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, distributed_config=config)
@@ -147,4 +188,21 @@ def lora_config(lora: Any, method: str, model: Any = None) -> Any:
 def attach_adapters(model: Any, folder: str | Path, trainable: bool) -> Any:
     from peft import PeftModel
 
+    check_adapter_folder(folder)
     return PeftModel.from_pretrained(model, str(folder), is_trainable=trainable)
+
+
+def check_adapter_folder(folder: str | Path) -> Path:
+    """`folder` as peft will read it, or the error a user can act on: peft takes a missing folder for a hub id, and
+    a full model's folder (a `--tuner full` or rm run's final/) fails on its missing adapter_config.json."""
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise ModelNotFoundError(f"adapters: {folder}: folder not found (expected runs/NAME/final of an adapter run)")
+    if not (path / "adapter_config.json").exists():
+        if (path / "config.json").exists():  # nothing to attach: it is the model itself
+            refuse_scorer(path)
+            raise ConfigError(f"adapters: {folder} holds a full model (config.json, no adapter_config.json), not an "
+                              f"adapter: pass it as --model {folder} instead")
+        raise ModelNotFoundError(f"adapters: {folder}: no adapter_config.json; not an adapter folder (expected "
+                                 "runs/NAME/final of an adapter run)")
+    return path

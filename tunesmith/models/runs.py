@@ -27,6 +27,10 @@ def read_run_output(adapters: str | Path) -> RunOutput:
     reft = (folder / "reft" / "config.json").exists()
     if not is_adapter and not reft and not (folder / "config.json").exists():
         raise ModelNotFoundError(f"{folder}: holds neither an adapter (adapter_config.json) nor a model (config.json)")
+    if not is_adapter and not reft:  # a full model: every command that reads a run generates with it, which rm's can't
+        from tunesmith.models.load import refuse_scorer
+
+        refuse_scorer(folder)
     config: dict = {}
     for candidate in (folder / "config.yaml", folder.parent / "config.yaml"):
         if candidate.exists():
