@@ -6,7 +6,7 @@ import pytest
 import torch
 import transformers as tf
 
-from tunesmith.errors import ModelNotFoundError
+from tunesmith.errors import ConfigError, ModelNotFoundError
 from tunesmith.plan.model_shape import BUILTIN, builtin_config, load_shape, read_config, shape_from_config
 
 SMALL = dict(vocab_size=1000, hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
@@ -102,8 +102,44 @@ def test_lora_count_of_qwen25_7b_shape():
 def test_phi3_fused_modules_and_unknown_targets():
     shape = shape_from_config(builtin_config("phi-3.5-mini-instruct"))
     assert set(shape.lora_modules()) == {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}
-    with pytest.raises(ValueError, match="q_proj not in a phi3 layer; use all-linear or some of: qkv_proj"):
+    with pytest.raises(ConfigError, match="lora.targets: no module q_proj in a phi3 layer; its linear modules are "
+                                          "qkv_proj, o_proj, gate_up_proj, down_proj"):
         shape.lora_modules(["q_proj"])
+
+
+@pytest.mark.parametrize("spelling", ["all", "ALL", ["all"], "all-linear", ("all-linear",)])
+def test_all_is_peft_all_linear(spelling):
+    """LLaMA-Factory's `lora_target: all` (plan's --lora-targets all, a sft file's lora section) is peft's all-linear:
+    every linear layer of the decoder layers, the output head aside; it was a ValueError traceback ("all not in a llama
+    layer")."""
+    shape = shape_from_config(builtin_config("qwen2.5-7b-instruct"))
+    assert shape.lora_modules(spelling) == shape.lora_modules("all-linear") == shape.linear_modules()
+    assert shape.lora_params(16, spelling) == shape.lora_params(16, "all-linear") == 40_370_176
+
+
+def test_unknown_targets_name_every_bad_one_and_the_models_linear_modules():
+    shape = shape_from_config(builtin_config("qwen2.5-7b-instruct"))
+    with pytest.raises(ConfigError) as err:
+        shape.lora_params(16, ["q_proj", "fc1", "attn"])
+    assert str(err.value) == ("lora.targets: no module fc1, attn in a qwen2 layer; its linear modules are q_proj, "
+                              "k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj: name some of these, or all "
+                              "(all-linear: every linear layer but the output head)")
+
+
+def test_a_bad_lora_target_stops_sfts_preflight_with_a_config_error(tmp_path):
+    """Through train/preflight.py (the memory plan counts the adapters before any weights load): `tunesmith sft
+    --lora.targets foo` printed a traceback from model_shape.py; the CLI prints a ConfigError's message instead."""
+    from tunesmith.config import SFTConfig
+    from tunesmith.train.preflight import preflight
+
+    (tmp_path / "config.json").write_text(json.dumps(builtin_config("llama-3.2-1b-instruct")))
+    with pytest.raises(ConfigError, match="lora.targets: no module foo_proj in a llama layer; its linear modules are "
+                                          "q_proj, k_proj"):
+        preflight(SFTConfig(model=str(tmp_path), dataset=["x"], device="cpu", lora={"targets": ["q_proj", "foo_proj"]}),
+                  tmp_path, rows=10)
+    plan = preflight(SFTConfig(model=str(tmp_path), dataset=["x"], device="cpu", lora={"targets": "all"}), tmp_path,
+                     rows=10)
+    assert plan.needed_gib is not None
 
 
 def test_local_folder_and_config_file(tmp_path):

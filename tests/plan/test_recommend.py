@@ -116,7 +116,8 @@ def test_plan_config_checks():
 
 
 def test_unknown_lora_target_is_a_config_error(q7_folder):
-    with pytest.raises(ConfigError, match="lora_targets: qkv_proj not in a qwen2 layer"):
+    with pytest.raises(ConfigError, match="lora.targets: no module qkv_proj in a qwen2 layer; its linear modules are "
+                                          "q_proj, k_proj"):
         plan(PlanConfig(model=q7_folder, lora_targets=["qkv_proj"]), hardware=H100)
 
 

@@ -51,7 +51,55 @@ ALIASES = {
     "tuner_type": "tuner",
     "resume_from_checkpoint": "resume",
     "max_new_tokens": "generation.max_tokens",
+    "lr_scheduler_type": "lr_scheduler",  # HF TrainingArguments, LLaMA-Factory: the same transformers names
+    "overwrite_output_dir": "overwrite",  # HF TrainingArguments: start over in an output_dir that holds a run
 }
+
+# Peers' keys that are no rename of one of ours: what to write instead, said where the key is refused. A hint that
+# names a key of ours is given only where the command has that key (the loader checks with `resolves`).
+LLAMA_FACTORY_STAGES = {"sft": "tunesmith sft", "pt": "tunesmith pt", **{m: f"tunesmith rlhf --method {m}" for m in (
+    "rm", "dpo", "kto", "orpo", "simpo", "cpo", "ppo", "grpo")}}
+PEER_HINTS: dict[str, tuple[str | None, str]] = {
+    # key: (our key the hint needs, or None; the hint, formatted with the value given)
+    "stage": (None, "LLaMA-Factory's stage is the command in tunesmith ({stage}); drop the key"),
+    "do_train": (None, "not needed: a training command always trains; drop the key"),
+    "do_eval": ("val_dataset", "eval loss while training comes from val_dataset or val_split, scores after it from "
+                               "`tunesmith eval`; drop the key"),
+    "template": ("chat_template_kwargs", "tunesmith renders with the model's own chat template (its tokenizer's, "
+                                         "saved with the run), and has no key to pick another: drop it (variables "
+                                         "for the template: chat_template_kwargs)"),
+    "max_samples": ("dataset", "N rows of a dataset are NAME#N in dataset (drawn with the seed), e.g. dataset: "
+                               "[data.jsonl#1000] (--dataset data.jsonl#1000)"),
+    "bf16": ("dtype", "{dtype}"),
+    "fp16": ("dtype", "{dtype}"),
+    "load_in_4bit": ("tuner", "a 4-bit base with LoRA adapters is tuner: qlora (--tuner qlora)"),
+    "quantization_bit": ("tuner", "a 4-bit base with LoRA adapters is tuner: qlora (--tuner qlora); 8-bit bases are "
+                                  "not trained"),
+    "adapter": ("tuner", "axolotl's adapter (lora, qlora) is tuner in tunesmith: tuner: {value} (--tuner {value}); "
+                         "adapters is a trained adapter folder to start from"),
+}
+
+
+def peer_hint(cls: type[BaseModel], key: str, value: Any = None) -> str | None:
+    """What to write instead of a peer's key (`bf16: true` -> `dtype: bfloat16`), or None where we have no hint."""
+    if key not in PEER_HINTS or key in cls.model_fields:
+        return None
+    needs, text = PEER_HINTS[key]
+    if needs and not resolves(cls, needs):
+        return None
+    if key == "adapter" and str(value) not in ("lora", "qlora", "dora"):
+        return None  # a folder: `adapters`, which the nearest-name suggestion names
+    if key in ("bf16", "fp16"):
+        named = "bfloat16" if key == "bf16" else "float16"
+        dtype = (f"{key}: true is dtype: {named} in tunesmith (--dtype {named})" if value is True else
+                 f"{key}: auto is dtype: auto in tunesmith, the default: drop it" if value == "auto" else
+                 "drop it: dtype: auto (the default) picks bfloat16 on GPUs that have it, else float32; dtype: float32 "
+                 "asks for full precision")
+        return text.format(dtype=dtype)
+    stage = (f"stage {value} = `{LLAMA_FACTORY_STAGES[str(value)]}`" if str(value) in LLAMA_FACTORY_STAGES else
+             "sft = `tunesmith sft`, pt = `tunesmith pt`, dpo = `tunesmith rlhf --method dpo`, likewise kto, orpo, "
+             "rm, ppo")
+    return text.format(stage=stage, value=value)
 
 
 # The key under which a run's config.yaml records what it resolved (versions, plan, counts): `-c runs/NAME/config.yaml`
@@ -111,8 +159,18 @@ def read_yaml(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
         raise ConfigError(f"{path}: config file not found")
     text = path.read_text(encoding="utf-8")
     try:
-        values = yaml.safe_load(text) or {}
-        node = yaml.compose(text)
+        loader = _UniqueKeyLoader(text)
+        try:
+            node = loader.get_single_node()
+            values = (loader.construct_document(node) if node is not None else None) or {}
+        finally:
+            loader.dispose()
+    except DuplicateKey as err:
+        at_lines: dict[str, int] = {}
+        _key_lines(yaml.compose(text, Loader=yaml.SafeLoader), "", at_lines)  # the key's section too: lora.rank
+        key = next((k for k, at in at_lines.items() if at == err.line and k.rsplit(".", 1)[-1] == err.key), err.key)
+        raise ConfigError(f"{path}:{err.line}: {key}: given twice in one mapping (first on line {err.first}); YAML "
+                          "would silently keep the last: keep one") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f"{mark.line + 1}:" if mark else ""
@@ -122,6 +180,35 @@ def read_yaml(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
     lines: dict[str, int] = {}
     _key_lines(node, "", lines)
     return values, lines
+
+
+class DuplicateKey(Exception):
+    """A key given twice in one YAML mapping: the key, the line of the second and of the first occurrence."""
+
+    def __init__(self, key: str, line: int, first: int):
+        super().__init__(key)
+        self.key, self.line, self.first = key, line, first
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but a key given twice in one mapping is an error instead of last-wins (the YAML spec
+    requires unique keys; `lora_rank: 8` ... `lora_rank: 64` further down would otherwise train at 64 unsaid).
+    A merge (`<<: *base`) may still be overridden by the mapping's own keys: those are not duplicates."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise DuplicateKey(str(key), line, seen[key])
+                seen[key] = line
+            except TypeError:  # an unhashable key: SafeLoader's own error says so
+                break
+        return super().construct_mapping(node, deep)
 
 
 def _key_lines(node: Any, prefix: str, out: dict[str, int]) -> None:
@@ -331,7 +418,7 @@ def _normalise(cls: type[BaseModel], flat: dict[str, Any], source: str | None, l
             }, prefix=f"{prefix}{parts[0]}.")
             _deep_update(out, {parts[0]: nested})
             continue
-        _check_known(cls, parts, raw_key, source, lines, prefix)
+        _check_known(cls, parts, raw_key, source, lines, prefix, value)
         target = out
         for part in parts[:-1]:
             target = target.setdefault(part, {})
@@ -340,7 +427,7 @@ def _normalise(cls: type[BaseModel], flat: dict[str, Any], source: str | None, l
 
 
 def _check_known(cls: type[BaseModel], parts: list[str], raw_key: str, source: str | None, lines: dict[str, int],
-                 prefix: str = "") -> None:
+                 prefix: str = "", value: Any = None) -> None:
     read_sections = getattr(cls, "training_sections", {})
     if (_renamed(cls, parts[0]) and (len(parts) == 1 or parts[0] in getattr(cls, "retired", {}))
             and parts[0] not in read_sections):
@@ -351,6 +438,10 @@ def _check_known(cls: type[BaseModel], parts: list[str], raw_key: str, source: s
             return  # a key inside a mapping field (chat_template_kwargs.enable_thinking): the mapping's own
         fields = {**(model.model_fields if model else {}), **(read_sections if not depth else {})}
         if part not in fields:
+            shown = f"--{str(raw_key).replace('_', '-')}" if source is None else str(raw_key)
+            hint = peer_hint(cls, part, value) if not depth and not prefix and len(parts) == 1 else None
+            if hint:  # a peer's key with no rename of ours (bf16, stage): what to write instead
+                raise ConfigError(f"{_where(source, lines.get(str(raw_key)))}unknown option {shown}; {hint}")
             valid = _all_keys(model) if model else []
             parent = ".".join(parts[:depth])
             candidates = [f"{parent}.{k}" if parent else k for k in valid]
@@ -361,7 +452,6 @@ def _check_known(cls: type[BaseModel], parts: list[str], raw_key: str, source: s
             nearest = difflib.get_close_matches(".".join(parts), valid_names, n=1, cutoff=0.5)
             near = prefix + nearest[0] if nearest else ""
             hint = f"; did you mean {'--' + near.replace('_', '-') if source is None else near}?" if nearest else ""
-            shown = f"--{str(raw_key).replace('_', '-')}" if source is None else str(raw_key)
             raise ConfigError(f"{_where(source, lines.get(str(raw_key)))}unknown option {shown}{hint} (see --help)")
         model = _keys_under(model, part)
 

@@ -47,7 +47,7 @@ class Section(BaseModel):
         flags take them: config/load.py) to their places; then an unknown key names the nearest valid one."""
         if not isinstance(data, dict):
             return data
-        from tunesmith.config.load import ALIASES, resolves  # load.py imports no section: no cycle
+        from tunesmith.config.load import ALIASES, peer_hint, resolves  # load.py imports no section: no cycle
 
         data = dict(data)
         peers = {k: to for k, to in ALIASES.items() if k not in cls.model_fields and resolves(cls, to)}
@@ -70,6 +70,9 @@ class Section(BaseModel):
         if not hasattr(cls, "retired"):  # PlanConfig reads sft's keys past its own fields in validators of its own
             for key in data:
                 if str(key) not in cls.model_fields:
+                    hint = peer_hint(cls, str(key), data[key])
+                    if hint:  # bf16, stage...: a peer's key that is no rename of ours
+                        raise ValueError(f"{key}: unknown option; {hint}")
                     near = difflib.get_close_matches(str(key), [*cls.model_fields, *cls.moved, *cls.shortcuts, *peers],
                                                      n=1, cutoff=0.5)
                     raise ValueError(f"{key}: unknown option" + (f"; did you mean {near[0]}?" if near else ""))
@@ -120,8 +123,9 @@ class LoraCfg(Section):
         "Dropout on the adapter input. 0 (as peft, LLaMA-Factory and Unsloth): p > 0 keeps a dropped copy of each "
         "adapter's input for backward, ~40 % more activation memory on a 7B model, and costs speed."))
     targets: list[str] | Literal["all-linear"] = Field(
-        "all-linear", description="Modules that get adapters: all-linear or a list of module names."
-    )
+        "all-linear", description=(
+            "Modules that get adapters: all-linear (or all, LLaMA-Factory's spelling): every linear layer but the "
+            "output head, as peft's all-linear; or a list of module names (q_proj, v_proj...)."))
     rslora: bool = Field(False, description="Rank-stabilised scaling alpha/sqrt(rank) (rsLoRA).")
     init: Literal["default", "gaussian", "pissa", "olora", "eva"] = Field("default", description=(
         "Adapter initialisation (peft): default (B = 0), gaussian, pissa (A and B from the weight's principal "
@@ -140,6 +144,26 @@ class LoraCfg(Section):
     train_router: bool = Field(False, description=(
         "Mixture-of-experts models: adapters on the routers too (default frozen: tuning them on little data "
         "unbalances the experts)."))
+
+    @field_validator("targets", mode="before")
+    @classmethod
+    def _all_is_all_linear(cls, value: object) -> object:
+        """`lora_target: all` (LLaMA-Factory) and `all-linear` (peft), alone or as a one-item list (`--lora.targets
+        all`), mean peft's all-linear; the memory plan and peft would look for a module named "all"."""
+        items = value if isinstance(value, list) else [value] if isinstance(value, str) else None
+        if items is None:
+            return value
+        words = [str(item).strip() for item in items]
+        every = [word for word in words if word.lower() in ALL_LINEAR]
+        if not every:
+            return value
+        if len(words) > 1:
+            raise ValueError(f"{every[0]} names every linear layer; give it alone, or list module names only")
+        return "all-linear"
+
+
+# The spellings of "every linear layer but the output head": peft's all-linear, LLaMA-Factory's all
+ALL_LINEAR = ("all", "all-linear", "all_linear")
 
 
 class GaloreCfg(Section):

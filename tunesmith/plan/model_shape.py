@@ -22,7 +22,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from tunesmith.errors import ModelNotFoundError
+from tunesmith.config.sections import ALL_LINEAR
+from tunesmith.errors import ConfigError, ModelNotFoundError
 
 # model_type -> (q/k/v biases, o bias, norms per layer, q/k norms, fused qkv and gate_up, tied by default).
 # Sources: transformers/models/<family>/modeling_<family>.py. Qwen2 hard-codes bias=True on q/k/v only; Gemma 2/3 add
@@ -250,6 +251,7 @@ class ModelShape:
     def lora_modules(self, targets: str | list[str] | tuple[str, ...] = "all-linear") -> dict[str, tuple[int, int]]:
         """Targeted modules of one layer. peft's all-linear = every nn.Linear except the output layer (lm_head)."""
         modules = self.linear_modules()
+        targets = all_linear(targets)
         if targets == "all-linear" and self.model_type in ATTENTION_ONLY_LORA:
             return self.attention_modules()
         if targets == "all-linear":
@@ -257,8 +259,10 @@ class ModelShape:
         names = [targets] if isinstance(targets, str) else list(targets)
         unknown = [n for n in names if n not in modules]
         if unknown:
-            raise ValueError(f"lora_targets: {', '.join(unknown)} not in a {self.model_type} layer; "
-                             f"use all-linear or some of: {', '.join(modules)}")
+            # a ConfigError, not a traceback: sft's preflight reaches here through the memory plan (train/preflight.py)
+            raise ConfigError(f"lora.targets: no module {', '.join(unknown)} in a {self.model_type} layer; its linear "
+                              f"modules are {', '.join(modules)}: name some of these, or all (all-linear: every "
+                              "linear layer but the output head)")
         return {n: modules[n] for n in names}
 
     def lora_params(self, rank: int, targets: str | list[str] | tuple[str, ...] = "all-linear", dora: bool = False,
@@ -271,7 +275,7 @@ class ModelShape:
         total = self.layers * per_layer
         if self.dense_layers:
             wider = self.mlp_modules(self.intermediate)
-            every = targets == "all-linear" and self.model_type not in ATTENTION_ONLY_LORA
+            every = all_linear(targets) == "all-linear" and self.model_type not in ATTENTION_ONLY_LORA
             total += self.dense_layers * sum(rank * (a + b) + (b if dora else 0) for n, (a, b) in wider.items()
                                              if every or n in modules) - self.dense_layers * sum(
                 rank * (a + b) + (b if dora else 0) for n, (a, b) in self.mlp_modules(self.shared_intermediate).items()
@@ -282,6 +286,14 @@ class ModelShape:
             twice = 2 if self.model_type in ATTENTION_ONLY_LORA else 1
             total += self.moe_layers * rank * self.experts * (twice * (h + 2 * w) + (w + h))
         return total
+
+
+def all_linear(targets: str | list[str] | tuple[str, ...]) -> str | list[str] | tuple[str, ...]:
+    """"all-linear" for every spelling of it: peft's all-linear, LLaMA-Factory's all, alone or as a one-item list (as
+    the config's LoraCfg reads them; plan's lora_targets and a sft file's lora section reach here unread)."""
+    items = [targets] if isinstance(targets, str) else list(targets)
+    return "all-linear" if len(items) == 1 and str(items[0]).strip().lower() in ALL_LINEAR \
+        else targets
 
 
 # -----------------------------------------------------------------------------
