@@ -172,3 +172,12 @@ def test_lora_adapter_given_as_model_names_its_base(base, lora_final, tmp_path):
     (run / "config.yaml").write_text(yaml.safe_dump({"model": "smollm2-135m-instruct"}))
     with pytest.raises(ModelNotFoundError, match=r"pass --model smollm2-135m-instruct --adapters"):
         models.resolve(str(run / "final"))
+
+
+def test_the_end_of_an_rm_run_points_at_rewards_model_not_adapters(rm_final, lora_final):
+    from tunesmith.cli.main import finished
+    from tunesmith.train.run import RunResult
+
+    rm_line = finished(RunResult(rm_final.parent, rm_final, 3, 0.7, 0.5))
+    assert f"--rewards.model {rm_final}" in rm_line and "--adapters" not in rm_line
+    assert f"--adapters {lora_final}" in finished(RunResult(lora_final.parent, lora_final, 3, 0.7, 0.5))

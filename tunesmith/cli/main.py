@@ -19,6 +19,7 @@ from tunesmith.config.models import ModelsConfig
 from tunesmith.config.webui import WebUIConfig
 from tunesmith.config.rlhf import RLHFConfig
 from tunesmith.errors import TunesmithError
+from tunesmith.models.load import classifier_architecture
 
 STOPPED_EXIT = 143  # 128 + SIGTERM, the status a process killed by SIGTERM reports
 
@@ -71,8 +72,21 @@ ACTIONS = {
 def usage() -> str:
     rows = ["usage: tunesmith <command> [-c config.yaml] [--option value ...]", "", "commands:"]
     rows += [f"  {name:8} {about}" for name, (_, _, about) in COMMANDS.items()]
-    rows += ["", "`tunesmith <command> --help` lists every option with its default."]
+    rows += ["", "options:", f"  {'--version':12} print tunesmith's version and exit", f"  {'-h, --help':12} this list",
+             "", "`tunesmith <command> --help` lists every option with its default."]
     return "\n".join(rows)
+
+
+def version() -> str:
+    """`tunesmith X.Y.Z`: the installed distribution's version (what pip and bug reports name)."""
+    from importlib import metadata
+
+    try:
+        return f"tunesmith {metadata.version('tunesmith')}"
+    except metadata.PackageNotFoundError:  # a source tree run without installing
+        from tunesmith import __version__
+
+        return f"tunesmith {__version__}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         return wizard()
     if argv[0] in ("-h", "--help"):
         print(usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        print(version())
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
@@ -136,6 +153,9 @@ def finished(result) -> str:
     if result.stopped:
         return (f"stopped by SIGTERM after {result.steps} steps{loss}{skipped}: saved {result.final_dir} and a "
                 f"checkpoint; run the same command with --resume to continue")
+    if classifier_architecture(result.final_dir):  # rm: it scores answers, it does not write them
+        return (f"saved {result.final_dir} ({result.steps} steps{loss}{skipped}); use it as --rewards.model "
+                f"{result.final_dir} in tunesmith rlhf --method grpo or ppo")
     return (f"saved {result.final_dir} ({result.steps} steps{loss}{skipped}); use it with --adapters "
             f"{result.final_dir} in tunesmith infer, eval, export or deploy")
 

@@ -51,17 +51,23 @@ def adapter_hint(folder: Path) -> str:
     return f"{folder} holds a {kind} adapter, not a whole model: pass --model {base} --adapters {folder}"
 
 
+def classifier_architecture(folder: Path) -> str | None:
+    """The *ForSequenceClassification architecture a model folder holds (a reward model, a classifier), else None."""
+    config = Path(folder) / "config.json"
+    if not config.is_file():
+        return None
+    architectures = json.loads(config.read_text()).get("architectures") or []
+    return next((a for a in architectures if a.endswith("ForSequenceClassification")), None)
+
+
 def refuse_scorer(folder: Path) -> None:
     """Refuse a folder that scores text instead of writing it: a reward model (`rlhf --method rm`'s final/) or another
     sequence classifier. Loaded as a causal LM, transformers drops its score head with a warning and generates through
     an LM head that was never trained (the embeddings, or random weights): infer, eval and export ran on to nonsense."""
-    config = folder / "config.json"
-    if not config.is_file():
-        return
-    record = json.loads(config.read_text())
-    arch = next((a for a in record.get("architectures") or [] if a.endswith("ForSequenceClassification")), None)
+    arch = classifier_architecture(folder)
     if arch is None:
         return
+    record = json.loads((folder / "config.json").read_text())
     labels = len(record.get("id2label") or {}) or record.get("num_labels", 2)
     if labels == 1:  # what rm saves (num_labels=1): one score per sequence
         raise ConfigError(f"{folder}: a reward model ({arch}): it scores answers, one number per conversation, and "

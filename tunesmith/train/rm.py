@@ -74,7 +74,7 @@ def load_scorer(cfg: RLHFConfig, folder, pad_token_id: int) -> tuple[Any, str, A
     from peft import PeftConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 
     if cfg.adapters:  # start from the SFT policy: its adapter folded into the base the score head sits on
-        sft = PeftConfig.from_pretrained(cfg.adapters)
+        sft = PeftConfig.from_pretrained(models.check_adapter_folder(cfg.adapters))
         sft.task_type = None  # a causal-LM adapter on a classifier: plain PeftModel, no generation wrapper
         model = PeftModel.from_pretrained(model, cfg.adapters, config=sft).merge_and_unload()
     if cfg.tuner == "qlora":
