@@ -27,9 +27,10 @@ wl() {  # NAME SECONDS-PER-CONFIG CONFIGS...
   timeout $(( each * $# + 30 )) $B --workload "$name" --configs "$@" --child-timeout "$each" > "/tmp/$name.txt" 2>&1
   el "$name rc=$?"; grep -E "^\||x tokens" "/tmp/$name.txt" | tee -a "$R"
 }
-[ "${SKIP_W1:-0}" = 1 ] || wl W1 150 tunesmith tunesmith:_compile_layers=true trl-best
-[ "${SKIP_L8:-0}" = 1 ] || wl L8 130 unsloth tunesmith:gradient_checkpointing=offload \
-  tunesmith:gradient_checkpointing=offload,batch_size=1,grad_accum=8
+[ "${SKIP_W1:-0}" = 1 ] || wl W1 150 ${W1_CONFIGS:-tunesmith tunesmith:_compile_layers=true trl-best}
+# L8_CONFIGS (space-separated) replaces the configurations beside unsloth, e.g. packing=false's same rows per step
+[ "${SKIP_L8:-0}" = 1 ] || wl L8 130 unsloth ${L8_CONFIGS:-tunesmith:gradient_checkpointing=offload \
+  tunesmith:gradient_checkpointing=offload,batch_size=1,grad_accum=8}
 mkdir -p /tmp/logs && cp /tmp/*.txt /tmp/logs/ 2>/dev/null; cp -r /tmp/res /tmp/logs/ 2>/dev/null
 tar czf "$OUT/logs.tgz" -C /tmp logs
 el "done"
