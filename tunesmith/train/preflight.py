@@ -288,6 +288,42 @@ def check_continuation(cfg: Any, template: Any) -> None:
         log.warning("chat template: differs from the one %s trained with; the prompts it learned will not match", folder)
     if earlier.get("max_length") not in (None, cfg.max_length):
         log.warning("max_length: %s trained with %d, this run uses %d", folder, earlier["max_length"], cfg.max_length)
+    follow_adapter(cfg, folder)
+
+
+# adapter_config.json's names for the lora section's keys
+ADAPTER_KEYS = {"rank": "r", "alpha": "lora_alpha", "dropout": "lora_dropout", "rslora": "use_rslora"}
+
+
+def follow_adapter(cfg: Any, folder: Path) -> None:
+    """--adapters trains that adapter further as it is: its rank, alpha, targets and kind are the adapter's. A lora
+    setting given that differs is refused by name (it would be ignored while config.yaml claimed it); the rest take
+    the adapter's values, so config.yaml and the memory plan describe the adapter that trains."""
+    path = folder / "adapter_config.json"
+    if not path.exists() or not hasattr(cfg, "lora"):  # a ReFT run, or a command without adapters
+        return
+    adapter = json.loads(path.read_text(encoding="utf-8"))
+    if adapter.get("peft_type") != "LORA":
+        return
+    kind = "dora" if adapter.get("use_dora") else "lora"
+    if "tuner" in cfg.model_fields_set and cfg.tuner in ("lora", "dora") and cfg.tuner != kind:
+        raise ConfigError(f"tuner: {cfg.tuner} given, but {folder} is a {kind} adapter, which --adapters trains further "
+                          f"as it is: drop --tuner (or train a new {cfg.tuner} adapter without --adapters)")
+    given = cfg.lora.model_fields_set if "lora" in cfg.model_fields_set else set()
+    targets = adapter.get("target_modules")
+    if "targets" in given and isinstance(targets, list) and cfg.lora.targets != "all-linear" \
+            and set(cfg.lora.targets) != set(targets):
+        raise ConfigError(f"lora.targets: {', '.join(cfg.lora.targets)} given, but the adapter in {folder} sits on "
+                          f"{', '.join(sorted(targets))}; --adapters trains it further as it is: drop lora.targets")
+    for key, name in ADAPTER_KEYS.items():
+        value = adapter.get(name)
+        if value is None or getattr(cfg.lora, key) == value:
+            continue
+        if key in given:
+            raise ConfigError(f"lora.{key}: {getattr(cfg.lora, key)} given, but the adapter in {folder} has {name} = "
+                              f"{value}; --adapters trains it further as it is: drop lora.{key} (or train a new adapter "
+                              "without --adapters)")
+        setattr(cfg.lora, key, value)
 
 
 def _recorded_template(folder: Path) -> dict:
