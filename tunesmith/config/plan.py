@@ -12,6 +12,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, PrivateAttr, ValidationError, model_validator
 
 from tunesmith.config.commands import DEFAULT_MODEL
+from tunesmith.config.deepspeed import zero_layout
 from tunesmith.config.sections import FreezeCfg, GaloreCfg, LisaCfg, LoraCfg, PrivacyCfg, ReftCfg, Section
 
 log = logging.getLogger("tunesmith")
@@ -140,10 +141,17 @@ class PlanConfig(Section):
     @model_validator(mode="before")
     @classmethod
     def _deepspeed_preset(cls, data: object) -> object:
-        # --deepspeed zero3-offload names the stage and the offload (a JSON file's stage: pass --zero-stage)
-        preset = data.get("deepspeed") if isinstance(data, dict) else None
-        if isinstance(preset, str) and preset.startswith("zero") and preset[4:5].isdigit():
-            data = {**data, "zero_stage": int(preset[4]), "offload": data.get("offload") or preset.endswith("-offload")}
+        # --deepspeed zero3-offload or a JSON file names the ZeRO stage and the offload, as sft reads them;
+        # sft's fsdp_offload is plan's offload under FSDP
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if data.pop("fsdp_offload", False) and data.get("fsdp"):
+            data["offload"] = True
+        spec = data.get("deepspeed")
+        if isinstance(spec, str) and spec:
+            stage, offloaded = zero_layout(spec)
+            data = {**data, "zero_stage": data.get("zero_stage") or stage, "offload": data.get("offload") or offloaded}
         return data
 
     # The reft section as sft reads it (layers, positions, share_weights place the interventions), kept whole for the

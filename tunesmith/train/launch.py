@@ -16,9 +16,7 @@ final/); every rank logs into logs/rank-N.log, rank 0 into train.log as a single
 
 from __future__ import annotations
 
-import importlib.resources
 import importlib.util
-import json
 import logging
 import os
 import socket
@@ -30,11 +28,11 @@ from typing import Any
 
 import yaml
 
+from tunesmith.config.deepspeed import DEEPSPEED_PRESETS, deepspeed_config
 from tunesmith.errors import ConfigError, TunesmithError
 
 log = logging.getLogger("tunesmith")
 LAUNCHED = "TUNESMITH_LAUNCHED"  # set by `launch` for its ranks: the run folder it holds locked
-DEEPSPEED_PRESETS = ("zero1", "zero2", "zero3", "zero2-offload", "zero3-offload")
 # The peers' variables for a layout, honoured when the flag is not given (LLaMA-Factory, ms-swift, torchrun's own).
 ENVIRONMENT = {"nproc_per_node": "NPROC_PER_NODE", "nnodes": "NNODES", "node_rank": "NODE_RANK",
                "master_addr": "MASTER_ADDR", "master_port": "MASTER_PORT"}
@@ -263,20 +261,6 @@ def deepspeed_stage(spec: str | None) -> int:
     if spec in DEEPSPEED_PRESETS:
         return int(spec[4])
     return int(deepspeed_config(spec).get("zero_optimization", {}).get("stage", 0))  # a missing file named there
-
-
-def deepspeed_config(spec: str) -> dict:
-    """A shipped preset (its "auto" values filled by transformers from our config) or the user's JSON file."""
-    if spec in DEEPSPEED_PRESETS:
-        text = importlib.resources.files("tunesmith.train").joinpath(f"deepspeed/{spec}.json").read_text()
-        return json.loads(text)
-    path = Path(spec).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"deepspeed: {spec} is neither a preset ({', '.join(DEEPSPEED_PRESETS)}) nor a JSON file")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
 
 
 def engine_args(cfg: Any) -> dict[str, Any]:
