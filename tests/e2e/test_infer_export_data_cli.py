@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from e2e_cli import read_metrics, run_cli
+from e2e_cli import run_cli
 
 
 @pytest.fixture(scope="module")
