@@ -35,9 +35,20 @@ def require_hub_or_cache(repo_id: str, kind: str = "model") -> None:
         return
     raise ModelNotFoundError(
         f"{kind} {repo_id!r} is not a local folder, not a tunesmith registry name, not in the hub cache, and the hub "
-        f"cannot be reached from here. Run `tunesmith download {repo_id}` on a machine with internet access (or "
+        f"cannot be reached from here. Run {download_command(repo_id, kind)} on a machine with internet access (or "
         f"copy the folder here and pass its path)."
     )
+
+
+def download_command(repo_id: str, kind: str, hub: str = "") -> str:
+    """The `tunesmith download` that fetches `repo_id`. A dataset is always asked for as one (a dataset spec, or
+    --kind dataset), but "model" is also download's default kind, which a dataset id given without --kind gets:
+    then both commands are named."""
+    flags = f" --hub {hub}" if hub else ""
+    if kind == "dataset":
+        return f"`tunesmith download --kind dataset {repo_id}{flags}`"
+    return (f"`tunesmith download {repo_id}{flags}` (a model; for a dataset: "
+            f"`tunesmith download --kind dataset {repo_id}{flags}`)")
 
 
 def download(repo_id: str, kind: str = "model") -> str:
@@ -62,8 +73,8 @@ def download_modelscope(repo_id: str, kind: str = "model") -> str:
     if not hub_reachable(host=MODELSCOPE_HOST):
         raise ModelNotFoundError(
             f"{kind} {repo_id!r}: ModelScope ({MODELSCOPE_HOST}) cannot be reached from here (or HF_HUB_OFFLINE is "
-            f"set). Run `tunesmith download {repo_id} --hub modelscope` on a machine with internet access and copy "
-            "the folder here.")
+            f"set). Run {download_command(repo_id, kind, hub='modelscope')} on a machine with internet access and "
+            "copy the folder here.")
     from modelscope import snapshot_download
 
     return snapshot_download(repo_id, repo_type=kind)

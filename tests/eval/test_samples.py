@@ -62,7 +62,7 @@ def test_bad_rows_are_reported_as_file_line_field(tmp_path):
     assert f"{data}:2: json: not valid JSON" in text
     assert f"{data}:3: answer: 'D' is not a letter A-B" in text
     assert f"{data}:4: messages: no assistant turn" in text
-    assert f"{data}:5: answer: expected a string, got int" in text and "0-based index of a choice" in text
+    assert f"{data}:5: answer: 2 is not the 0-based index of a choice: 2 choices, so 0 to 1" in text
     samples, skipped = load_samples([str(data)], skip_bad_rows=True)
     assert len(samples) == 1 and skipped == 4
 

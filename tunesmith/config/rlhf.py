@@ -178,6 +178,8 @@ class GRPOCfg(Section):
     takes the variant's value. batch_size counts completions (TRL's per_device_train_batch_size) and defaults to
     num_generations."""
 
+    shortcuts: ClassVar[dict[str, str]] = {"beta": "kl_coef"}  # TRL's GRPOConfig name: `grpo: {beta: 0.04}`
+
     variant: Literal["grpo", "dapo", "dr_grpo", "gspo", "rloo"] = Field("grpo", description=(
         "grpo (DeepSeekMath) | dapo (clip-higher, token-level loss, overlong filtering) | dr_grpo (no std scaling) | "
         "gspo (sequence-level ratio) | rloo (leave-one-out baseline, TRL's RLOOTrainer)."))
@@ -257,10 +259,11 @@ class RLHFConfig(TrainConfig):
     READERS: ClassVar[dict[str, tuple[str, ...]]] = {
         "dpo": ("dpo",), "kto": ("kto",), "orpo": ("orpo",), "cpo": ("cpo",), "simpo": ("simpo",), "grpo": ("grpo",),
         "ppo": ("ppo",), "rewards": ("grpo", "ppo"), "rollout": ("grpo", "ppo")}
-    # The flat keys of earlier releases -> where they live now; a dict picks the section by --method, and a method it
-    # lacks is an error naming the methods that read the key.
+    # The flat keys of earlier releases (and of TRL's configs) -> where they live now; a dict picks the section by
+    # --method, and a method it lacks is an error naming the methods that read the key. TRL's GRPOConfig.beta is the
+    # KL coefficient, so a flat `beta: 0.04` written for grpo is grpo.kl_coef.
     moved: ClassVar[dict[str, str | dict[str, str]]] = {
-        "beta": {m: f"{m}.beta" for m in ("dpo", "kto", "orpo", "cpo", "simpo")},
+        "beta": {**{m: f"{m}.beta" for m in ("dpo", "kto", "orpo", "cpo", "simpo")}, "grpo": "grpo.kl_coef"},
         "loss_type": {"dpo": "dpo.loss_type", "kto": "kto.loss_type", "cpo": "cpo.loss_type", "simpo": "simpo.loss_type"},
         "desirable_weight": {"kto": "kto.desirable_weight"},
         "undesirable_weight": {"kto": "kto.undesirable_weight"},
@@ -282,7 +285,7 @@ class RLHFConfig(TrainConfig):
     }
     # Flat keys whose old meaning has a different name for another method: say which.
     MISREAD: ClassVar[dict[tuple[str, str], str]] = {
-        ("beta", "grpo"): "grpo.kl_coef", ("beta", "ppo"): "ppo.kl_coef", ("loss_type", "grpo"): "grpo.loss_type",
+        ("beta", "ppo"): "ppo.kl_coef", ("loss_type", "grpo"): "grpo.loss_type",
         ("loss_type", "ppo"): "ppo.cliprange"}
 
     @classmethod

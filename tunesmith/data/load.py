@@ -10,6 +10,7 @@ tokens is a problem before a tokenizer ever sees it, so a 50 MB line costs a sec
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,9 @@ from tunesmith.data.registry import REGISTRY
 from tunesmith.data.rows import Conversation, Preference, Problem, RawRow, Text, UnpairedPreference
 from tunesmith.errors import DataError
 
+log = logging.getLogger("tunesmith")
 MAX_SHOWN = 20
+SKIP_HINT = "Fix these rows, or pass --skip-bad-rows to leave them out."
 
 
 @dataclass
@@ -31,13 +34,14 @@ class LoadedData:
     problems: list[Problem] = field(default_factory=list)
     formats: dict[str, int] = field(default_factory=dict)
 
-    def raise_if_bad(self, skip_bad_rows: bool) -> int:
-        """Stop on bad rows, or count them when the user asked to skip. Returns the number skipped."""
+    def raise_if_bad(self, skip_bad_rows: bool, fix: str = SKIP_HINT) -> int:
+        """Stop on bad rows, or count them when the user asked to skip. Returns the number skipped. `fix`: what the
+        error tells to do; a command without --skip-bad-rows (export) names its own way out."""
         if not self.problems:
             return 0
         if skip_bad_rows:
             return len(self.problems)
-        raise DataError(describe_problems(self.problems) + "\nFix these rows, or pass --skip-bad-rows to leave them out.")
+        raise DataError(describe_problems(self.problems) + "\n" + fix)
 
     def refuse_undesirable_answers(self) -> None:
         """For sft: a KTO row labelled false holds an answer to avoid, which sft would learn as a good one; it becomes
@@ -70,7 +74,7 @@ def load_rows(specs: list[str], kind: str, seed: int = 42, substitutions: dict[s
         name, count = _split_count(spec)
         raw = _read_spec(name, out.problems, codec)
         if count is not None:
-            raw = _sample(list(raw), count, seed)
+            raw = _sample(list(raw), count, seed, name)
         for row in raw:
             if substitutions:
                 row = RawRow(row.source, row.line, _substitute(row.data, substitutions))
@@ -101,7 +105,7 @@ def raw_rows(spec: str, problems: list[Problem], encoding: str = "utf-8") -> Ite
     """The records of one dataset spec as the file holds them; lines that cannot be read become problems."""
     name, count = _split_count(spec)
     raw = _read_spec(name, problems, readers.codec(encoding))
-    return _sample(list(raw), count, 42) if count is not None else raw
+    return _sample(list(raw), count, 42, name) if count is not None else raw
 
 
 def read_raw(specs: list[str], seed: int = 42, encoding: str = "utf-8") -> list[RawRow]:
@@ -112,7 +116,7 @@ def read_raw(specs: list[str], seed: int = 42, encoding: str = "utf-8") -> list[
     for spec in specs:
         name, count = _split_count(spec)
         raw = _read_spec(name, problems, codec)
-        rows += _sample(list(raw), count, seed) if count is not None else list(raw)
+        rows += _sample(list(raw), count, seed, name) if count is not None else list(raw)
     if problems:
         raise DataError(describe_problems(problems))
     if not rows:
@@ -165,8 +169,12 @@ def _read_spec(name: str, problems: list[Problem], codec: str) -> Iterable[RawRo
     raise DataError(f"{name}: not a file, folder, registry name or hub id (org/name). Registry names: {known}")
 
 
-def _sample(rows: list[RawRow], count: int, seed: int) -> list[RawRow]:
-    """N rows at random (repeat the whole set first when N exceeds it), in a seed-fixed order."""
+def _sample(rows: list[RawRow], count: int, seed: int, name: str) -> list[RawRow]:
+    """N rows at random (repeat the whole set first when N exceeds it, as README's `name#N` promises N rows), in a
+    seed-fixed order. Repeating is said once: a #N meant as "at most N" otherwise trains on copies unawares."""
+    if count > len(rows) > 0:
+        what = "file" if Path(name).expanduser().is_file() else "dataset"
+        log.info("%s#%d: the %s has %d rows; %d drawn (rows repeated)", name, count, what, len(rows), count)
     rng = random.Random(seed)
     whole, rest = divmod(count, len(rows)) if rows else (0, 0)
     return rows * whole + rng.sample(rows, rest)

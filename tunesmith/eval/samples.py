@@ -20,7 +20,7 @@ import string
 from dataclasses import dataclass, field
 from typing import Any
 
-from tunesmith.data.load import describe_problems, load_rows
+from tunesmith.data.load import describe_problems, load_rows, raw_rows
 from tunesmith.data.rows import Conversation, Problem
 from tunesmith.errors import DataError
 
@@ -56,7 +56,8 @@ def load_samples(specs: list[str], limit: int | None = None, skip_bad_rows: bool
             sample = to_sample(row, data.problems)
             if sample is not None:
                 samples.append(sample)
-    problems = sorted(data.problems, key=lambda p: (p.source, _line_number(p.line)))
+    problems = _index_out_of_range(specs, data.problems, encoding)
+    problems.sort(key=lambda p: (p.source, _line_number(p.line)))
     if problems and not skip_bad_rows:
         hint = ""
         if any(p.field == "answer" and "got int" in p.problem for p in problems):
@@ -91,14 +92,53 @@ def to_sample(conv: Conversation, problems: list[Problem]) -> Sample | None:
         problems.append(Problem(conv.source, conv.line, "choices", f"expected a list of 2 to {len(LETTERS)} texts"))
         return None
     choices = [str(c) for c in choices]
-    index = answer_index(conv.extra.get("answer", reference), choices)
+    if same := _same_choices(choices):
+        problems.append(Problem(conv.source, conv.line, "choices", same))
+        return None
+    given = conv.extra.get("answer", reference)
+    index = answer_index(given, choices)
     if index is None:
-        given = conv.extra.get("answer", reference)
-        problems.append(Problem(conv.source, conv.line, "answer", f"{given!r} is not a letter A-"
-                                f"{LETTERS[len(choices) - 1]}, a 0-based index or the text of one of the choices"))
+        problems.append(Problem(conv.source, conv.line, "answer", _not_an_answer(given, len(choices))))
         return None
     prompt[-1]["content"] = choice_prompt(prompt[-1]["content"], choices)
     return Sample(prompt, choices[index], conv.source, conv.line, choices, index)
+
+
+def _not_an_answer(given: Any, n: int) -> str:
+    if isinstance(given, int) and not isinstance(given, bool):
+        return (f"{given} is not the 0-based index of a choice: {n} choices, so 0 to {n - 1} "
+                f"(or a letter A-{LETTERS[n - 1]})")
+    return f"{given!r} is not a letter A-{LETTERS[n - 1]}, a 0-based index or the text of one of the choices"
+
+
+def _same_choices(choices: list[str]) -> str | None:
+    """Two choices a model cannot tell apart (pick_choice compares texts without case, spaces or a final period): one
+    is right and the other wrong, or the answer's text names both. None when all differ."""
+    seen: dict[str, int] = {}
+    for i, choice in enumerate(choices):
+        key = choice.strip().rstrip(".").lower()
+        if key in seen:
+            return (f"{LETTERS[seen[key]]} and {LETTERS[i]} are the same text ({choices[seen[key]]!r}), so a model "
+                    "choosing either may be scored wrong; make the choices distinct")
+        seen[key] = i
+    return None
+
+
+def _index_out_of_range(specs: list[str], problems: list[Problem], encoding: str) -> list[Problem]:
+    """The row reader turns a 0-based answer index into its choice's text (MMLU's shape); one past the choices
+    reaches here as "answer: expected a string, got int". Those rows are read again to say the range instead."""
+    suspects = {(p.source, p.line) for p in problems if p.field == "answer" and p.problem.endswith("got int")}
+    if not suspects:
+        return problems
+    found: dict[tuple[str, int | str], str] = {}
+    for spec in specs:
+        for row in raw_rows(spec, [], encoding):
+            data = row.data
+            if (row.source, row.line) in suspects and isinstance(data, dict) and "answer" in data \
+                    and isinstance(data.get("choices"), list) and data["choices"]:
+                found[(row.source, row.line)] = _not_an_answer(data["answer"], len(data["choices"]))
+    return [Problem(p.source, p.line, p.field, found[(p.source, p.line)])
+            if p.field == "answer" and (p.source, p.line) in found else p for p in problems]
 
 
 def choice_prompt(question: str, choices: list[str]) -> str:

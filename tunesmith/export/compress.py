@@ -102,7 +102,7 @@ def calibration(template: Any, specs: list[str], samples: int, max_length: int, 
         if tried[-1][1].rows:  # the first kind that reads a row is the data's; its problems are its bad rows
             break
     kind, data = tried[-1] if tried[-1][1].rows else tried[0]  # none reads a row: sft's problems say what rows lack
-    data.raise_if_bad(skip_bad_rows=False)
+    data.raise_if_bad(skip_bad_rows=False, fix="Fix these rows, or pass --calib-dataset FILE.")
     rows = []
     for text in calibration_texts(template, data.rows[:samples], asks=kind == "prompts"):
         ids = template.tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -110,7 +110,7 @@ def _dataset_ids(template: Any, specs: list[str], limit: int, encoding: str) -> 
     if data.problems and not data.rows:  # no chat at all: raw text rows?
         text = load_rows(specs, kind="pt", encoding=encoding)
         data = text if not text.problems else data
-    data.raise_if_bad(skip_bad_rows=False)
+    data.raise_if_bad(skip_bad_rows=False, fix="Fix these rows, or pass another --eval-dataset FILE.")
     ids: list[int] = []
     for row in data.rows:
         if isinstance(row, Text):
