@@ -1,9 +1,8 @@
 """A logged-in user's forms stay inside their workspace: `tunesmith web-ui --auth` served in this process, its forms
 called over HTTP as alice (gradio_client, as a script would). Every field that names a file refuses an absolute path
-or `..`; registry names, hub ids and presets pass. The Runs tab's Resume selects the job it started."""
+or `..`; registry names, hub ids and presets pass. (Resume: test_web_resume.py; uploads: test_web_uploads.py.)"""
 
 import socket
-from pathlib import Path
 
 import pytest
 from pydantic import BaseModel
@@ -12,9 +11,8 @@ from tunesmith.config import DeployConfig, ExportConfig, PTConfig, SFTConfig
 from tunesmith.config.eval import EvalConfig
 from tunesmith.config.rlhf import RLHFConfig
 from tunesmith.config.webui import WebUIConfig
-from tunesmith.ui.web import jobs
 from tunesmith.ui.web.forms import fields_of
-from tunesmith.ui.web.workspace import NOT_PATHS, Workspace
+from tunesmith.ui.web.workspace import NOT_PATHS
 
 gradio_client = pytest.importorskip("gradio_client", reason="comes with gradio (pip install 'tunesmith[webui]')")
 
@@ -120,17 +118,3 @@ def test_every_exemption_names_a_field_of_a_form():
     """A renamed field leaves no stale exemption behind (nor does a typo exempt nothing)."""
     assert NOT_PATHS <= {f.key for cls in FORMS for f in fields_of(cls)}
 
-
-def test_resume_selects_the_new_job_among_the_choices(tmp_path, monkeypatch):
-    import gradio as gr
-
-    from tunesmith.ui.web.app import build_app
-
-    monkeypatch.setattr(jobs, "tunesmith_executable", lambda: ["true"])  # the job's process ends at once
-    stopped = jobs.start(Workspace(tmp_path, "alice", isolated=True), "sft", {"dataset": ["uploads/data.jsonl"]})
-    app = build_app(WebUIConfig(auth=str(tmp_path / "users.yaml"), root=str(tmp_path)))
-    resume_job = next(f.fn for f in app.fns.values() if f.name == "resume_job")
-    update = resume_job(stopped.id, gr.Request(username="alice"))
-    assert update["value"] != stopped.id and update["value"] in update["choices"]
-    assert set(update["choices"]) == {stopped.id, update["value"]}
-    assert "resume: true" in (tmp_path / "alice" / "jobs" / f"{update['value']}.yaml").read_text()

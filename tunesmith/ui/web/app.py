@@ -24,7 +24,7 @@ from tunesmith.config.webui import WebUIConfig
 from tunesmith.errors import TunesmithError
 from tunesmith.ui.web import jobs
 from tunesmith.ui.web.forms import Form, command_line, yaml_text
-from tunesmith.ui.web.workspace import LOCAL, Workspace, password_ok, read_users
+from tunesmith.ui.web.workspace import LOCAL, UPLOADS, Workspace, password_ok, read_users
 
 log = logging.getLogger("tunesmith")
 TRAIN_MAIN = ("model", "dataset", "tuner", "output_dir", "max_steps", "epochs", "learning_rate", "batch_size",
@@ -122,8 +122,7 @@ def _plan(cfg) -> str:
 
 
 def _data_tab(gr: Any, workspace) -> None:
-    upload = gr.File(label="upload a dataset (JSONL, JSON, CSV, Parquet)", elem_id="data-upload",
-                     file_types=[".jsonl", ".json", ".csv", ".parquet"])
+    upload = _upload(gr, "dataset", "a dataset or eval data (JSONL, JSON, CSV, Parquet)", "data-upload")
     with gr.Row():
         dataset = gr.Textbox(label="dataset (a file in your workspace, or a registry name)", elem_id="data-dataset")
         model = gr.Textbox(value=DEFAULT_MODEL, label="model (for token lengths and the loss view)", elem_id="data-model")
@@ -132,20 +131,44 @@ def _data_tab(gr: Any, workspace) -> None:
     lengths = gr.Plot(label="tokens per row")
     rows = gr.HighlightedText(label="first rows as the model sees them (highlighted: what the loss trains)",
                               elem_id="data-rows", combine_adjacent=True)
+    with gr.Accordion("Other uploads: DeepSpeed config, reward plugin", open=False):
+        with gr.Row():
+            deepspeed = _upload(gr, "deepspeed", "a DeepSpeed config (JSON), for deepspeed", "data-upload-deepspeed")
+            plugin = _upload(gr, "plugin", "a reward plugin (Python), for rewards.plugin", "data-upload-plugin")
+        kept = gr.Markdown(elem_id="data-uploaded")
 
-    def uploaded(file, request: gr.Request):
+    def keep(file, kind: str, request: gr.Request) -> str | None:
         if file is None:
-            return gr.update()
-        ws = workspace(request)
-        target = ws.dir / "uploads" / Path(file).name
-        target.write_bytes(Path(file).read_bytes())
-        return str(target.relative_to(ws.dir))
+            return None
+        try:
+            return workspace(request).keep_upload(file, kind)
+        except TunesmithError as err:  # the wrong type: said in the page, the file not kept
+            raise gr.Error(str(err)) from None
 
-    upload.upload(uploaded, upload, dataset)
+    def upload_dataset(file, request: gr.Request):
+        return keep(file, "dataset", request) or gr.update()
+
+    def upload_deepspeed(file, request: gr.Request):
+        path = keep(file, "deepspeed", request)
+        return f"uploaded `{path}`: give it as `deepspeed` (Advanced, in Train and Align)" if path else gr.update()
+
+    def upload_plugin(file, request: gr.Request):
+        path = keep(file, "plugin", request)
+        return f"uploaded `{path}`: give it as `rewards.plugin` (Advanced, in Align)" if path else gr.update()
+
+    upload.upload(upload_dataset, upload, dataset)
+    deepspeed.upload(upload_deepspeed, deepspeed, kept)
+    plugin.upload(upload_plugin, plugin, kept)
+
     def report(d: str, m: str, request: gr.Request):
         return data_report(workspace(request), d, m)
 
     check.click(report, [dataset, model], [summary, lengths, rows])
+
+
+def _upload(gr: Any, kind: str, label: str, elem_id: str) -> Any:
+    """A file input for one kind of upload; its picker offers the types that kind accepts (the server checks again)."""
+    return gr.File(label=f"upload {label}", elem_id=elem_id, file_types=list(UPLOADS[kind][1]))
 
 
 def data_report(ws: Workspace, dataset: str, model: str) -> tuple[str, Any, list]:
@@ -271,6 +294,9 @@ def _runs_tab(gr: Any, workspace) -> None:
     tail = gr.Textbox(label="log", lines=12, elem_id="runs-log", autoscroll=True)
     with gr.Row():
         stop = gr.Button("Stop (checkpoint kept)", elem_id="runs-stop")
+        # only training runs that ended short of their end with a complete checkpoint (jobs.resumable)
+        to_resume = gr.Dropdown(label="run to resume (stopped or failed, with a checkpoint)", choices=[],
+                                elem_id="runs-resumable")
         resume = gr.Button("Resume", elem_id="runs-resume")
     timer = gr.Timer(2.0)
 
@@ -278,6 +304,12 @@ def _runs_tab(gr: Any, workspace) -> None:
         found = jobs.jobs(workspace(request))
         choices = [j.id for j in found]
         return gr.update(choices=choices, value=current if current in choices else (choices[0] if choices else None))
+
+    def resume_choices(current, shown_job, request: gr.Request):
+        """The runs Resume offers; the one picked stays, else the job on show once it can resume (after Stop)."""
+        choices = [j.id for j in jobs.resumable(workspace(request))]
+        value = next((c for c in (current, shown_job) if c in choices), choices[0] if choices else None)
+        return gr.update(choices=choices, value=value)
 
     def show(job_id, request: gr.Request):
         job = jobs.find(workspace(request), job_id or "")
@@ -290,28 +322,33 @@ def _runs_tab(gr: Any, workspace) -> None:
         frame = pd.DataFrame({"step": [r["step"] for r in rows], "loss": [r["loss"] for r in rows]})
         return text, frame, jobs.log_tail(job)
 
-    def act(job_id, what, request: gr.Request):
+    def show_all(job_id, current, request: gr.Request):
+        # one answer: the resume choices never lag behind a status that reads "stopped"
+        return *show(job_id, request), resume_choices(current, job_id, request)
+
+    def stop_job(job_id, request: gr.Request):
+        job = jobs.find(workspace(request), job_id or "")
+        if job is not None:
+            jobs.stop(job)
+        return gr.update()
+
+    def resume_job(job_id, request: gr.Request):
         ws = workspace(request)
         job = jobs.find(ws, job_id or "")
         if job is None:
-            return gr.update()
-        if what == "stop":
-            jobs.stop(job)
-            return gr.update()
-        resumed = jobs.resume(ws, job)  # first: the list below must hold the new job it selects
+            raise gr.Error("pick a run to resume: a stopped or failed training run with a checkpoint")
+        try:
+            resumed = jobs.resume(ws, job)  # first: the list below must hold the new job it selects
+        except TunesmithError as err:
+            raise gr.Error(str(err)) from None
         return gr.update(choices=[j.id for j in jobs.jobs(ws)], value=resumed.id)
 
     refresh.click(listing, picked, picked)
-    timer.tick(show, picked, [state, plot, tail])
-    picked.change(show, picked, [state, plot, tail])
-    def stop_job(job_id, request: gr.Request):
-        return act(job_id, "stop", request)
-
-    def resume_job(job_id, request: gr.Request):
-        return act(job_id, "resume", request)
-
+    refresh.click(resume_choices, [to_resume, picked], to_resume)
+    timer.tick(show_all, [picked, to_resume], [state, plot, tail, to_resume])
+    picked.change(show_all, [picked, to_resume], [state, plot, tail, to_resume])
     stop.click(stop_job, picked, picked)
-    resume.click(resume_job, picked, picked)
+    resume.click(resume_job, to_resume, picked)
     timer.tick(listing, picked, picked)  # new jobs appear, also after the page was closed and opened again
 
 

@@ -4,6 +4,7 @@ or restarting the UI does not stop it; the UI finds it again from files on disk.
     job = start(workspace, "sft", values)    # jobs/<id>.yaml (the config), jobs/<id>.json (the record), jobs/<id>.log
     status(job)                              # running | done | failed | stopped
     stop(job)                                # SIGTERM: training saves a checkpoint and final/, then exits
+    resumable(workspace)                     # training runs that stopped short with a complete checkpoint
     resume(workspace, job)                   # the same config with resume: true, as a new job
 """
 
@@ -23,7 +24,10 @@ from typing import Any
 
 import yaml
 
+from tunesmith.errors import ConfigError
 from tunesmith.ui.web.workspace import Workspace
+
+TRAINING = ("sft", "pt", "rlhf")  # the commands whose folder is a run with checkpoints; eval, export, deploy have none
 
 
 @dataclass
@@ -75,12 +79,18 @@ def start(workspace: Workspace, command: str, values: dict[str, Any], folder_key
 def jobs(workspace: Workspace) -> list[Job]:
     """This workspace's jobs, newest first."""
     found = []
-    for record in sorted((workspace.dir / "jobs").glob("*.json"), reverse=True):
+    for record in (workspace.dir / "jobs").glob("*.json"):
         try:
             found.append(Job(**json.loads(record.read_text(encoding="utf-8"))))
         except (ValueError, TypeError):
             continue
-    return found
+    return sorted(found, key=_stamp, reverse=True)
+
+
+def _stamp(job: Job) -> str:
+    """When the job started, to the microsecond: the end of its id (sorting whole ids would put every sft job before
+    any rlhf or pt one)."""
+    return "-".join(job.id.rsplit("-", 3)[1:])
 
 
 def find(workspace: Workspace, job_id: str) -> Job | None:
@@ -119,7 +129,48 @@ def stop(job: Job) -> None:
         child.send_signal(signal.SIGTERM)
 
 
+# -----------------------------------------------------------------------------
+# Resume: only a training run that stopped short of its end, from a complete checkpoint
+
+
+def resumable(workspace: Workspace) -> list[Job]:
+    """The training runs Resume can continue, newest first, each by the last job that wrote its folder: that job
+    ended (stopped, failed or killed), the folder holds a complete checkpoint (train/callbacks.py is_complete), and
+    the run is not finished. A graceful Stop writes final/ too, so final/ means finished unless that job was stopped."""
+    latest: dict[Path, Job] = {}
+    for job in jobs(workspace):  # newest first: the first job seen on a folder is the last to write it
+        if job.command in TRAINING:
+            latest.setdefault(_run_dir(job), job)
+    return [job for job in latest.values() if _why_not_resumable(job) is None]
+
+
+def _run_dir(job: Job) -> Path:
+    return (job.dir / job.folder).resolve()
+
+
+def _why_not_resumable(job: Job) -> str | None:
+    from tunesmith.train.callbacks import is_complete  # imports transformers: only once a run is looked at
+
+    if job.command not in TRAINING:
+        return f"job {job.id} is {job.command}, not a training run; only {'/'.join(TRAINING)} runs resume"
+    state = status(job)
+    if state == "running":
+        return f"{job.folder} is being trained now (job {job.id})"
+    if (_run_dir(job) / "final").is_dir() and state != "stopped":
+        return f"{job.folder} finished (its final/ is written); start a new run to train further"
+    if not any(is_complete(p) for p in _run_dir(job).glob("checkpoint-*") if p.is_dir()):
+        return f"{job.folder} has no complete checkpoint to resume from; start the run again instead"
+    return None
+
+
 def resume(workspace: Workspace, job: Job) -> Job:
+    """The config of the last job on this job's run folder again, with resume: true, as a new job in that folder.
+    ConfigError, saying why, for a job that is not a training run or a run that is still training, finished, or has
+    no complete checkpoint."""
+    if job.command in TRAINING:  # a later job (a resume) may have written the folder since
+        job = next((j for j in jobs(workspace) if j.command in TRAINING and _run_dir(j) == _run_dir(job)), job)
+    if why := _why_not_resumable(job):
+        raise ConfigError(f"cannot resume: {why}")
     values = yaml.safe_load(job.file(".yaml").read_text(encoding="utf-8")) or {}
     values["resume"] = True
     return start(workspace, job.command, values)

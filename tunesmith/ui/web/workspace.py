@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel
 
 from tunesmith.config.local_paths import LABEL
+from tunesmith.data.readers import SUFFIXES
 from tunesmith.errors import ConfigError
 
 LOCAL = "local"
@@ -44,6 +45,14 @@ NOT_PATHS = frozenset({
     # settings handed on as they are (chat template variables, peft's own config arguments)
     "chat_template_kwargs", "peft.args",
 })
+
+# What each upload is for -> the file types the field it feeds reads. Checked when the file arrives: gradio's
+# file_types only filters the browser's file picker, a script posts anything. Only a reward plugin may be Python.
+UPLOADS = {
+    "dataset": ("a dataset or eval data", SUFFIXES),    # what data/readers.py reads
+    "deepspeed": ("a DeepSpeed config", (".json",)),
+    "plugin": ("a reward plugin (rewards.plugin)", (".py",)),
+}
 
 
 def read_users(path: str) -> dict[str, str]:
@@ -88,6 +97,18 @@ class Workspace:
         if self.isolated and (Path(text).is_absolute() or ".." in Path(text).parts or text.startswith("~")):
             raise ConfigError(f"{text}: paths are relative to your workspace (no absolute paths, no ..)")
         return (self.dir / text).resolve() if not Path(text).is_absolute() else Path(text)
+
+    def keep_upload(self, file: str, kind: str) -> str:
+        """An uploaded file copied into uploads/ when its type is one the field it is for reads (UPLOADS), else a
+        ConfigError naming the file and the accepted types, and nothing kept. Returns the path relative to the
+        workspace, as forms take it."""
+        what, suffixes = UPLOADS[kind]
+        source = Path(file)
+        if source.suffix.lower() not in suffixes:
+            raise ConfigError(f"{source.name}: not accepted as {what}; upload a {', '.join(suffixes)} file")
+        target = self.dir / "uploads" / source.name
+        target.write_bytes(source.read_bytes())
+        return str(target.relative_to(self.dir))
 
     def check_values(self, cls: type[BaseModel], values: dict[str, Any], prefix: str = "") -> None:
         """Every value of a form for `cls` that may name a file, checked before a job starts: relative, inside the
