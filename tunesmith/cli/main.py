@@ -128,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     except TunesmithError as err:  # exit code 0: nothing to do, said why (a resume of a finished run)
         print(f"error: {err}" if err.exit_code else str(err), file=sys.stderr)
         return err.exit_code
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:  # Ctrl-C; in training, the message names the checkpoint (train/callbacks.py)
+        print(f"\n{str(err) or 'interrupted'}", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - turn known library failures into advice, re-raise the rest
         advice = _advice(err)

@@ -37,6 +37,9 @@ class MetricsLog(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         self.start = self.last_time = time.time()
         self.first_tokens = self.last_tokens = state.num_input_tokens_seen or 0
+        if state.is_world_process_zero:
+            # The Trainer has loaded the checkpoint's state by now: global_step is the step resumed from (0 otherwise)
+            drop_after(self.path, state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or not state.is_world_process_zero:
@@ -61,6 +64,33 @@ class MetricsLog(TrainerCallback):
             from tqdm.auto import tqdm
 
             tqdm.write(_line(record), file=sys.stderr)
+
+
+def drop_after(path: Path, step: int) -> int:
+    """Remove the lines of metrics.jsonl logged after `step`, and a line cut off mid-write. A resumed run trains
+    those steps again (from its checkpoint) and logs them anew; kept, each would appear twice, in loss.png too.
+    Rewritten by atomic rename; returns how many lines went."""
+    if not path.exists():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            later = json.loads(line).get("step", 0) > step
+        except (ValueError, AttributeError, TypeError):  # a line the kill cut short, or not a record
+            later = True
+        if later:
+            dropped += 1
+        else:
+            kept.append(line + "\n")
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        os.replace(tmp, path)
+        logging.getLogger("tunesmith").info("%s: dropped %d line(s) logged after step %d, which this run trains again",
+                                            path, dropped, step)
+    return dropped
 
 
 def _line(r: dict) -> str:
@@ -88,7 +118,8 @@ class ProgressBar(TrainerCallback):
         self.bar.update(state.global_step - self.bar.n)
 
     def on_train_end(self, args, state, control, **kwargs):
-        self.bar.close()
+        if hasattr(self, "bar"):  # also called when Ctrl-C came before training began (train/setup.py)
+            self.bar.close()
 
 
 class CheckpointManifest(TrainerCallback):
@@ -119,8 +150,38 @@ def is_complete(folder: Path) -> bool:
     path = folder / MANIFEST
     if not path.exists():
         return False
-    files = json.loads(path.read_text()).get("files", {})
+    try:
+        files = json.loads(path.read_text()).get("files", {})
+    except (OSError, ValueError, AttributeError):  # a manifest that is not ours
+        return False
     return all((folder / name).is_file() and (folder / name).stat().st_size == size for name, size in files.items())
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    """The run's checkpoint-N folders, oldest first (complete or not)."""
+    found = [p for p in Path(run_dir).glob("checkpoint-*") if p.is_dir() and p.name.split("-", 1)[1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during training (train/setup.py run_trainer), saying what a user needs to go on: the step reached and
+    the newest complete checkpoint, which `--resume` continues. Still a KeyboardInterrupt for whoever catches one;
+    `tunesmith` prints it and exits 130."""
+
+    def __init__(self, run_dir: Path, step: int):
+        self.run_dir, self.step = Path(run_dir), step
+        found = checkpoints(self.run_dir)
+        complete = [p for p in found if is_complete(p)]
+        self.checkpoint = complete[-1] if complete else None
+        cut = [p for p in found if p not in complete]
+        partial = f" ({', '.join(map(str, cut))} cut off while saving: --resume removes it)" if cut else ""
+        if self.checkpoint is None:
+            message = (f"interrupted at step {step}; nothing was saved (no complete checkpoint in {self.run_dir} yet)"
+                       f"{partial}: run the same command with --resume to start again from step 0")
+        else:
+            message = (f"interrupted at step {step}; the last checkpoint is {self.checkpoint}{partial}: run the same "
+                       "command with --resume to continue")
+        super().__init__(message)
 
 
 class Watchdog(TrainerCallback):
@@ -207,7 +268,8 @@ def parameter_bytes(model) -> tuple[int, int, int]:
 class GracefulStop(TrainerCallback):
     """SIGTERM (the web UI's Stop, a scheduler's preemption, `kill`) ends the run at the end of the current step with
     a checkpoint and final/, instead of losing everything since the last save; `--resume` continues from it. Ctrl-C
-    stays an immediate stop. One process only: with several, the launcher's SIGTERM means a rank failed."""
+    stays an immediate stop (Interrupted names the checkpoint to resume from). One process only: with several, the
+    launcher's SIGTERM means a rank failed."""
 
     def __init__(self):
         self.asked = False

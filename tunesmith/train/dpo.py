@@ -1,11 +1,12 @@
 """DPO on preference pairs: the policy learns to prefer `chosen` over `rejected` relative to a reference model.
 Run: tunesmith rlhf --method dpo -c examples/prd-assistant/dpo.yaml
 
-The reference, as DPO intends, is the policy at the start: for a fresh LoRA the base with the adapter switched off
-(peft: no second copy of the base); continuing an adapter run (--adapters, --continue-from), TRL keeps a frozen copy
-of that adapter, so the SFT model is the reference and rewards/margins start at 0. Prompt and answers are rendered by our Template, as in SFT, so the pairs are scored on exactly the tokens the
-served model sees; TRL's DPOTrainer does the rest (losses by dpo.loss_type, dpo.beta, metrics such as
-rewards/margins).
+The reference, as DPO intends, is the policy at the start: TRL keeps a frozen copy of the starting adapter as peft's
+second adapter "ref" (no second copy of the base): for a fresh LoRA, whose B is zero, that is the base itself;
+continuing an adapter run (--adapters, --continue-from), the SFT model, so rewards/margins start at 0. Checkpoints
+keep "ref" to resume; final/ leaves it out (train/run.py drop_reference_copy).
+Prompt and answers are rendered by our Template, as in SFT, so the pairs are scored on exactly the tokens the served
+model sees; TRL's DPOTrainer does the rest (losses by dpo.loss_type, dpo.beta, metrics such as rewards/margins).
 """
 
 from __future__ import annotations

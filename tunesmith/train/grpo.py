@@ -108,8 +108,7 @@ def grpo(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> RunResult:
 
         trainer = run_trainer(cfg, run.dir, model, processing, train_ds, eval_ds, device, dtype,
                               run.resume_from, callbacks, trainer_cls=make_trainer, args=args)
-        final = run.save_final(trainer, template)
-        _drop_reference_copy(final)
+        final = run.save_final(trainer, template)  # without the reference copy TRL keeps with --adapters
         return run.result(trainer, final, skipped)
 
 
@@ -218,12 +217,3 @@ def _stop_at_end_of_turn(model: Any, template: Template) -> None:
     eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
     config.eos_token_id = eos + [i for i in template.stop_token_ids if i not in eos]
 
-
-def _drop_reference_copy(final: Path) -> None:
-    """With a KL term on a peft model, TRL keeps a frozen copy of the starting adapter as a second adapter, "ref",
-    which peft saves into final/ref/: checkpoints need it to resume, the result does not."""
-    import shutil
-
-    ref = final / "ref"
-    if (ref / "adapter_config.json").exists():
-        shutil.rmtree(ref)

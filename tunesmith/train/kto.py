@@ -4,8 +4,8 @@ Run: tunesmith rlhf --method kto --dataset answers.jsonl   (rows: prompt, comple
 
 Preference pairs are unpaired into one desirable and one undesirable row, as TRL does. Prompt and answer are rendered
 by our Template, as in DPO. With LoRA there is no second model: TRL's KTOTrainer keeps a frozen copy of the adapter
-as it was at the start (final/ref/), so the reference is the base model, or the SFT model when continuing a run with
---adapters. Full fine-tuning loads a second copy of the weights as the reference. On a vision-language model the
+as it was at the start (peft's second adapter "ref", in checkpoints; final/ leaves it out: train/run.py), so the
+reference is the base model, or the SFT model when continuing a run with --adapters. Full fine-tuning loads a second copy of the weights as the reference. On a vision-language model the
 prompts keep their images (train/vision.py renders them and its collator adds the pixels), as in DPO.
 
 Departs from TRL: rows are shuffled once with the seed. TRL reads KTO data in order and estimates the KL baseline by

@@ -31,7 +31,7 @@ from tunesmith import lineage
 from tunesmith.train import continued
 from tunesmith.config.local_paths import with_absolute_paths
 from tunesmith.errors import ConfigError
-from tunesmith.train.callbacks import MANIFEST, GracefulStop, is_complete
+from tunesmith.train.callbacks import MANIFEST, GracefulStop, checkpoints, is_complete
 from tunesmith.train.launch import LAUNCHED, is_main, rank
 from tunesmith.train.resume_checks import check_resume, processes_now, written_by
 from tunesmith.train.tuners import finish_final
@@ -92,6 +92,7 @@ class Run:
         _barrier()
         if is_main():
             finish_final(self.cfg, trainer.model, staging, self.dir)  # PiSSA/OLoRA's adapter for the base, LongLoRA merged
+            drop_reference_copy(staging)  # before lineage.json lists final/'s files
             template.save(staging)
             shutil.copy(self.dir / "config.yaml", staging / "config.yaml")
             continued.forget_untrained_rows(self.dir, trainer.state.epoch or 0.0)  # max_steps stopped mid-epoch
@@ -109,6 +110,15 @@ class Run:
         stopped = any(isinstance(c, GracefulStop) and c.asked for c in callbacks)
         return RunResult(self.dir, final, trainer.state.global_step, losses[0] if losses else None,
                          losses[-1] if losses else None, skipped, summary, stopped)
+
+
+def drop_reference_copy(folder: Path) -> None:
+    """Continuing an adapter (--adapters, --continue-from), TRL's DPO, KTO, GRPO and RLOO trainers keep a frozen copy
+    of the starting adapter as a second peft adapter, "ref", the reference policy; peft saves it into ref/ beside the
+    trained one. Checkpoints need it to resume; the result does not (every later command loads the default adapter)."""
+    ref = folder / "ref"
+    if (ref / "adapter_config.json").exists():
+        shutil.rmtree(ref)
 
 
 @contextlib.contextmanager
@@ -212,26 +222,38 @@ def _logging_into(file: Path, console: bool = True) -> Iterator[None]:
 
 
 def checkpoint_to_resume(cfg: Any, run_dir: Path, set_aside: bool = True) -> str | None:
-    """true -> the newest complete checkpoint (partial ones from a killed run are set aside, by one process); a path
-    -> that. A checkpoint written by another number of processes than this run's is refused when its engine shards
-    the state (FSDP, DeepSpeed)."""
+    """true -> the newest complete checkpoint; a path -> that. Partial checkpoints in the run folder (a run killed
+    while saving) are removed first, by one process (set_aside). A checkpoint written by another number of processes
+    than this run's is refused when its engine shards the state (FSDP, DeepSpeed)."""
     if not cfg.resume:
         return None
+    if isinstance(cfg.resume, str) and not is_complete(Path(cfg.resume)):
+        raise ConfigError(f"resume: {cfg.resume} is not a complete checkpoint (no valid {MANIFEST})")
+    if set_aside:
+        remove_incomplete(run_dir)
     if isinstance(cfg.resume, str):
-        path = Path(cfg.resume)
-        if not is_complete(path):
-            raise ConfigError(f"resume: {path} is not a complete checkpoint (no valid {MANIFEST})")
-        return str(path)
-    steps = sorted((int(p.name.split("-")[1]), p) for p in run_dir.glob("checkpoint-*") if p.name.split("-")[1].isdigit())
-    for _, path in reversed(steps):
-        if is_complete(path):
-            check_world_size(cfg, path)
-            return str(path)
-        if set_aside:
-            log.warning("%s is incomplete (killed while saving); setting it aside", path)
-            path.rename(path.with_name(f"incomplete-{path.name}-{os.getpid()}"))
+        return cfg.resume
+    complete = [p for p in checkpoints(run_dir) if is_complete(p)]
+    if complete:
+        check_world_size(cfg, complete[-1])
+        return str(complete[-1])
     log.warning("resume: no complete checkpoint in %s; starting from step 0", run_dir)
     return None
+
+
+def remove_incomplete(run_dir: Path) -> None:
+    """Delete the checkpoint folders without a matching manifest written after the newest complete one: a save cut
+    off by a kill or Ctrl-C (the manifest is written last). They cannot be resumed, and the Trainer's
+    save_total_limit would count them. Also the incomplete-checkpoint-N-PID folders that earlier releases set aside
+    instead. An older folder without a manifest is no save of this run's that was cut off (a copied-in checkpoint):
+    it is left alone."""
+    found = checkpoints(run_dir)
+    last_complete = max((i for i, p in enumerate(found) if is_complete(p)), default=-1)
+    partial = [p for p in found[last_complete + 1:] if not is_complete(p)]
+    partial += sorted(p for p in run_dir.glob("incomplete-checkpoint-*") if p.is_dir())
+    for path in partial:
+        log.warning("%s is incomplete (killed while saving); removing it", path)
+        shutil.rmtree(path)
 
 
 def check_world_size(cfg: Any, checkpoint: Path) -> None:

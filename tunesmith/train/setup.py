@@ -91,8 +91,8 @@ def run_trainer(cfg: Any, run_dir: Path, model: Any, tokenizer: Any, train_ds: A
     from transformers.trainer_callback import PrinterCallback
     from trl import SFTTrainer
 
-    from tunesmith.train.callbacks import (CheckpointManifest, GracefulStop, LossPlot, MetricsLog, ProgressBar,
-                                           ShardReport, Watchdog)
+    from tunesmith.train.callbacks import (CheckpointManifest, GracefulStop, Interrupted, LossPlot, MetricsLog,
+                                           ProgressBar, ShardReport, Watchdog)
 
     ours = [MetricsLog(run_dir), ProgressBar(), CheckpointManifest(), LossPlot(run_dir)]
     if world_size() > 1 and cfg.watchdog_timeout:
@@ -124,5 +124,13 @@ def run_trainer(cfg: Any, run_dir: Path, model: Any, tokenizer: Any, train_ds: A
         trainer.optimizer = trainer.callback_handler.optimizer = tuners.build_optimizer(cfg, model, device)
     # With its tqdm off, the Trainer prints every log dict; MetricsLog prints one line per log instead.
     trainer.remove_callback(PrinterCallback)
-    trainer.train(resume_from_checkpoint=resume_from)
+    try:
+        trainer.train(resume_from_checkpoint=resume_from)
+    except KeyboardInterrupt:
+        # Ctrl-C: the Trainer stops where it is, without on_train_end; end what our callbacks started (the bar, the
+        # SIGTERM handler, the watchdog thread) and say which checkpoint --resume continues from
+        for callback in ours:
+            if isinstance(callback, (ProgressBar, GracefulStop, Watchdog)):
+                callback.on_train_end(trainer.args, trainer.state, trainer.control)
+        raise Interrupted(run_dir, trainer.state.global_step) from None
     return trainer
