@@ -173,7 +173,8 @@ class Interrupted(KeyboardInterrupt):
         found = checkpoints(self.run_dir)
         complete = [p for p in found if is_complete(p)]
         self.checkpoint = complete[-1] if complete else None
-        cut = [p for p in found if p not in complete]
+        cut = [p for p in found if p not in complete and (self.checkpoint is None or found.index(p) > found.index(
+            self.checkpoint))]  # the saves a kill cut off, which --resume removes (train/run.py remove_incomplete)
         partial = f" ({', '.join(map(str, cut))} cut off while saving: --resume removes it)" if cut else ""
         if self.checkpoint is None:
             message = (f"interrupted at step {step}; nothing was saved (no complete checkpoint in {self.run_dir} yet)"
