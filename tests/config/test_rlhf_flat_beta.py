@@ -28,6 +28,9 @@ def test_flat_beta_is_grpos_kl_coef_with_a_note(tmp_path, caplog):
 
 def test_trls_name_inside_the_grpo_section(tmp_path):
     assert from_yaml(tmp_path, "method: grpo\ngrpo: {beta: 0.04, num_generations: 4}\n").grpo.kl_coef == 0.04
+    assert load(RLHFConfig, ["--method", "grpo", "--dataset", "x", "--grpo.beta", "0.03"]).grpo.kl_coef == 0.03
+    with pytest.raises(ConfigError, match="unknown option --grpo.betta"):  # a section's other unknown keys still fail
+        load(RLHFConfig, ["--method", "grpo", "--dataset", "x", "--grpo.betta", "0.03"])
 
 
 def test_flat_beta_still_reads_as_each_methods_own_beta(tmp_path):

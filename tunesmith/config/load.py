@@ -437,6 +437,8 @@ def _check_known(cls: type[BaseModel], parts: list[str], raw_key: str, source: s
         if depth and model is None and _field_kind(cls, ".".join(parts[:depth])) == "dict":
             return  # a key inside a mapping field (chat_template_kwargs.enable_thinking): the mapping's own
         fields = {**(model.model_fields if model else {}), **(read_sections if not depth else {})}
+        if depth and depth == len(parts) - 1 and model is not None and _renamed(model, part):
+            return  # a section's own shortcut or old key (--grpo.beta): the section moves it when it validates
         if part not in fields:
             shown = f"--{str(raw_key).replace('_', '-')}" if source is None else str(raw_key)
             hint = peer_hint(cls, part, value) if not depth and not prefix and len(parts) == 1 else None
