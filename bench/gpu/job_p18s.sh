@@ -21,7 +21,7 @@ export PYTHONPATH=/tmp/site:/tmp/common:$PWD
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$R"
 PEAK=$(python3 bench/gpu/peak_tflops.py)
 el "bf16 8192^3 matmul: $PEAK TFLOP/s"
-B="python3 bench/sft.py --peak-tflops $PEAK --cache /dev/shm/tsbench --out /tmp/res/"
+B="python3 bench/sft.py --peak-tflops $PEAK --cache /dev/shm/tsbench --out /tmp/res/ ${SFT_FLAGS:-}"  # e.g. --profile
 wl() {  # NAME SECONDS-PER-CONFIG CONFIGS...
   local name=$1 each=$2; shift 2
   timeout $(( each * $# + 30 )) $B --workload "$name" --configs "$@" --child-timeout "$each" > "/tmp/$name.txt" 2>&1
@@ -29,7 +29,7 @@ wl() {  # NAME SECONDS-PER-CONFIG CONFIGS...
 }
 [ "${SKIP_W1:-0}" = 1 ] || wl W1 150 ${W1_CONFIGS:-tunesmith tunesmith:_compile_layers=true trl-best}
 # L8_CONFIGS (space-separated) replaces the configurations beside unsloth, e.g. packing=false's same rows per step
-[ "${SKIP_L8:-0}" = 1 ] || wl L8 130 unsloth ${L8_CONFIGS:-tunesmith:gradient_checkpointing=offload \
+[ "${SKIP_L8:-0}" = 1 ] || wl L8 ${L8_SECONDS:-130} unsloth ${L8_CONFIGS:-tunesmith:gradient_checkpointing=offload \
   tunesmith:gradient_checkpointing=offload,batch_size=1,grad_accum=8}
 mkdir -p /tmp/logs && cp /tmp/*.txt /tmp/logs/ 2>/dev/null; cp -r /tmp/res /tmp/logs/ 2>/dev/null
 tar czf "$OUT/logs.tgz" -C /tmp logs

@@ -183,6 +183,34 @@ def test_sft_trainer_trains_packed_rows_with_our_attention_as_with_a_block_mask(
     assert len(losses[True]) == 3 and losses[True] == pytest.approx(losses[False], abs=1e-4)
 
 
+def test_unpacked_batches_train_padding_free_as_padded(monkeypatch, tmp_path):
+    """packing off, batch 4, where the varlen kernel runs: TRL flattens each batch's rows into one (no pad tokens
+    computed) and the losses are those of the same rows padded through sdpa, step for step."""
+    import datasets
+
+    from tunesmith.train.setup import run_trainer
+
+    rows = samples((40, 13, 27, 60, 9, 33, 21, 50, 70, 12, 18, 44))
+    losses, shapes = {}, {}
+    for varlen in (False, True):
+        monkeypatch.setattr(speed, "varlen_runs", lambda device, dtype: varlen)
+        cfg = SFTConfig(dataset=["x"], method="full", packing=False, max_length=128, batch_size=4, max_steps=3,
+                        logging_steps=1, learning_rate=1e-3, report_to=["none"], output_dir=str(tmp_path / f"{varlen}"))
+        model = tiny_qwen()
+        chosen = speed.prepare_model(cfg, model, "cpu", torch.float32)
+        assert chosen["attention"] == (attention.NAME if varlen else "sdpa")
+        assert chosen.get("batches") == ("padding-free" if varlen else None)
+        seen = shapes[varlen] = []
+        model.register_forward_pre_hook(lambda m, a, kw: seen.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
+        trainer = run_trainer(cfg, tmp_path / f"{varlen}", model, stub_tokenizer(),
+                              datasets.Dataset.from_list(rows), None, "cpu", torch.float32, None, None)
+        losses[varlen] = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert all(rows_ == 4 for rows_, _ in shapes[False])  # padded: 4 rows per step
+    assert all(rows_ == 1 for rows_, _ in shapes[True])  # flattened: one row of the 4 samples' tokens, no padding
+    assert sum(n for _, n in shapes[True]) < sum(n * 4 for _, n in shapes[False])
+    assert len(losses[True]) == 3 and losses[True] == pytest.approx(losses[False], abs=1e-4)
+
+
 # -----------------------------------------------------------------------------
 # Choices: packing, checkpointing, kernels, TRL arguments
 
@@ -258,6 +286,24 @@ def test_trl_arguments_of_the_fast_path(tmp_path):
     assert speed.speed_args(cfg, "cuda")["optim"] == "adamw_torch_fused"
     off = trl_args(SFTConfig(dataset=["x"], report_to=["none"]), tmp_path, "cpu", torch.float32, has_eval=False)
     assert not off.packing and not off.activation_checkpointing  # unset: TRL's checkpointing default does not leak in
+    assert not off.padding_free and off.max_length == 2048  # no varlen kernel on CPU: padded batches
+
+
+def test_padding_free_is_chosen_for_unpacked_batches_where_the_varlen_kernel_runs(monkeypatch, tmp_path):
+    from tunesmith.train.setup import trl_args
+
+    monkeypatch.setattr(speed, "varlen_runs", lambda device, dtype: True)
+
+    def args(**kw):
+        cfg = SFTConfig(dataset=["x"], report_to=["none"], **{"packing": False, "batch_size": 2, **kw})
+        return trl_args(cfg, tmp_path, "cpu", torch.float32, has_eval=False)  # varlen_runs mocked: as on a GPU
+
+    unpacked = args()
+    assert unpacked.padding_free and not unpacked.packing and unpacked.max_length is None  # rows are cut already
+    assert args(packing=True).padding_free is False and args(packing=True).max_length == 2048  # packing flattens
+    assert not args(batch_size=1).padding_free  # one row has no padding
+    assert not args(dp={"epsilon": 8.0}).padding_free  # DP-SGD clips each sample's gradient: one per row
+    assert not args(tuner="longlora").padding_free  # S2-Attn groups padded rows
 
 
 def test_adapters_without_peft_input_casts_train_exactly_as_with_them():

@@ -9,7 +9,7 @@ from typing import Any
 from tunesmith.models import load as models
 from tunesmith.train import longlora, tuners
 from tunesmith.train.launch import engine_args, rank, world_size
-from tunesmith.train.speed import speed_args
+from tunesmith.train.speed import padding_free, speed_args
 
 
 def load_trainable(cfg: Any, folder: Path) -> tuple[Any, str, Any]:
@@ -79,9 +79,13 @@ def common_args(cfg: Any, run_dir: Path, device: str, dtype: Any, has_eval: bool
 def trl_args(cfg: Any, run_dir: Path, device: str, dtype: Any, has_eval: bool) -> Any:
     from trl import SFTConfig as TRLSFTConfig
 
-    # packing: TRL's best-fit-decreasing bins, fed padding-free (one flattened row plus the sample boundaries)
-    return TRLSFTConfig(**common_args(cfg, run_dir, device, dtype, has_eval), packing=bool(cfg.packing),
-                        dataset_kwargs={})
+    # packing: TRL's best-fit-decreasing bins, fed padding-free (one flattened row plus the sample boundaries);
+    # unpacked batches of several rows go padding-free too where the varlen kernel runs (train/speed.py)
+    flat = padding_free(cfg, device, dtype)
+    args = common_args(cfg, run_dir, device, dtype, has_eval)
+    if flat:  # TRL refuses max_length with unpacked padding-free rows: ours are cut to it already (train/truncate.py)
+        args["max_length"] = None
+    return TRLSFTConfig(**args, packing=bool(cfg.packing), padding_free=flat, dataset_kwargs={})
 
 
 def run_trainer(cfg: Any, run_dir: Path, model: Any, tokenizer: Any, train_ds: Any, eval_ds: Any, device: str,

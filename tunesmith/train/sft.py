@@ -52,7 +52,7 @@ def sft(cfg: SFTConfig, callbacks: list[Any] | None = None) -> RunResult:
             chosen = prepare_model(cfg, model, device, dtype)  # the attention and kernels this machine runs
         else:  # its collator packs (padding-free, positions per sample), not TRL's packing
             model, device, dtype = vlm.load_trainable(cfg, base_folder)
-            chosen = prepare_model(cfg.model_copy(update={"packing": False}), model, device, dtype)
+            chosen = prepare_model(cfg, model, device, dtype, own_collator=True)
             data.record.update(vlm.recorded())
         run.save_config(base_model_folder=str(base_folder), train_rows=len(train_ds), skipped_rows=skipped,
                         **data.record, speed=chosen, **plan.recorded(), **trainable_report(cfg, model))

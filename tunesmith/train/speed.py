@@ -1,6 +1,7 @@
 """The fast path of supervised training, chosen from the hardware; nothing here changes what a CPU run does.
 
     resolve_packing(cfg, device, dtype)          # packing unset -> on where the varlen kernel runs (preflight calls it)
+    padding_free(cfg, device, dtype)             # unpacked batches of several rows: flattened, no pad tokens computed
     applied = prepare_model(cfg, model, device, dtype)   # varlen attention for packed batches, liger kernels
     speed_args(cfg, device)                      # TRL arguments: fused AdamW, (partial) gradient checkpointing
 
@@ -8,6 +9,8 @@ Each step and the gain it is predicted to bring on an H100 (docs/benchmarks.md, 
 measures them against TRL):
   1. padding-free packing + PyTorch's varlen flash kernel (infer/attention.py): no padding and no mask; TRL's best
      needs flex attention for that (60-80 s of compile) since SDPA would build a dense mask over the flattened batch.
+     With packing off, a batch of several rows is flattened the same way (the same rows per step, no pad tokens),
+     as Unsloth does by default.
   2. gradient checkpointing only when the memory plan needs it, on as few layers as fit (plan/speed.py).
   3. liger's RMSNorm, RoPE and SwiGLU kernels (models/kernels.py): fewer launches and fewer saved activations.
   4. fused AdamW: one kernel per parameter group (already transformers' default on torch >= 2.8; set so it stays).
@@ -41,28 +44,44 @@ def varlen_runs(device: str, dtype: Any) -> bool:
     return device == "cuda" and attention.torch_varlen_available(dtype)
 
 
+def _flattens(cfg: Any, device: str, dtype: Any) -> bool:
+    """Whether this run can flatten a batch into one row of samples that do not see each other: where the varlen
+    kernel runs (elsewhere they would need a dense block mask over the flattened batch: CPU, MPS, float32)."""
+    private = getattr(getattr(cfg, "dp", None), "epsilon", None) is not None  # DP-SGD: one sample per row
+    # LongLoRA: S2-Attn folds padded rows into groups; a flattened row would need the dense mask of all its samples.
+    # Sequence parallel: Ulysses wraps sdpa (train/launch.py), not the varlen kernel flattening switches to.
+    return (varlen_runs(device, dtype) and not private and getattr(cfg, "tuner", None) != "longlora"
+            and getattr(cfg, "sequence_parallel", 1) == 1)
+
+
 def resolve_packing(cfg: Any, device: str, dtype: Any) -> None:
-    """packing left unset -> on where the varlen kernel runs; off elsewhere, where packed samples would need a
-    dense block mask over the flattened batch (CPU, MPS, float32)."""
+    """packing left unset -> on where the varlen kernel runs, off elsewhere."""
     if getattr(cfg, "packing", False) is None:
-        private = getattr(getattr(cfg, "dp", None), "epsilon", None) is not None  # DP-SGD: one sample per row
-        # LongLoRA: S2-Attn folds padded rows into groups; a packed row would need the dense mask of all its samples.
-        # Sequence parallel: Ulysses wraps sdpa (train/launch.py), not the varlen kernel packing would switch to.
-        cfg.packing = (varlen_runs(device, dtype) and not private and getattr(cfg, "tuner", None) != "longlora"
-                       and getattr(cfg, "sequence_parallel", 1) == 1)
+        cfg.packing = _flattens(cfg, device, dtype)
 
 
-def prepare_model(cfg: Any, model: Any, device: str, dtype: Any) -> dict[str, str]:
+def padding_free(cfg: Any, device: str, dtype: Any) -> bool:
+    """Unpacked batches of several rows go padding-free where the varlen kernel runs: TRL's collator flattens the
+    rows into one with positions restarting per row, so no step computes pad tokens (short rows of uneven lengths
+    padded to the longest spend most of a step on padding). The rows per step and the loss are those of padding."""
+    return not cfg.packing and cfg.batch_size > 1 and _flattens(cfg, device, dtype)
+
+
+def prepare_model(cfg: Any, model: Any, device: str, dtype: Any, own_collator: bool = False) -> dict[str, str]:
     """Switch the model to the fast kernels this machine runs; returns what was chosen, for config.yaml. Packing and
-    checkpointing are decided before, by train/preflight.py."""
+    checkpointing are decided before, by train/preflight.py. `own_collator`: the batches come from a collator of the
+    command's own (a VLM's), not TRL's, so they are neither packed nor flattened here."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     chosen = {"attention": str(base.config._attn_implementation)}
+    flat = not own_collator and (cfg.packing or padding_free(cfg, device, dtype))
     if getattr(cfg, "tuner", None) == "longlora":  # shifted sparse attention while training, full attention after
         chosen["attention"] = use_s2_attention(model, cfg.longlora.group_size_ratio)
-    elif cfg.packing and varlen_runs(device, dtype):
+    elif flat and varlen_runs(device, dtype):
         attention.use_varlen(base)  # sample boundaries come from TRL's padding-free collator
         attention.prepare_training(base)
         chosen["attention"] = attention.NAME
+        if not cfg.packing:
+            chosen["batches"] = "padding-free"
     chosen["kernels"] = apply_kernels(getattr(cfg, "kernels", "none"), model, device)
     if keep_adapter_inputs_in_compute_dtype(model, dtype):
         chosen["adapter_inputs"] = str(dtype).removeprefix("torch.")
