@@ -7,8 +7,7 @@ import re
 
 import pytest
 
-from tunesmith import InferConfig
-from tunesmith.api import infer  # `from tunesmith import infer` is the subpackage once tunesmith.infer is imported
+from tunesmith import InferConfig, infer
 from tunesmith.errors import ConfigError
 from tunesmith.infer import batch
 

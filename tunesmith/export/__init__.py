@@ -5,15 +5,7 @@ Python bind `tunesmith.export` to the package, which would hide the function (`f
 a module once anything had exported). So the package is callable as that function.
 """
 
-import sys
-import types
+from tunesmith.api_package import callable_as_api_function
 
+callable_as_api_function(__name__)
 
-class _CallablePackage(types.ModuleType):
-    def __call__(self, cfg):
-        from tunesmith.api import export
-
-        return export(cfg)
-
-
-sys.modules[__name__].__class__ = _CallablePackage

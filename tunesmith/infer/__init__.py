@@ -1,9 +1,12 @@
-"""Inference: one Engine interface (types.py) and its backends, shared by infer, deploy, eval and RL rollouts."""
+"""Inference: one Engine interface (types.py) and its backends, shared by infer, deploy, eval and RL rollouts.
+
+The package is also callable as the API function tunesmith.infer (api_package.py says why)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from tunesmith.api_package import callable_as_api_function
 from tunesmith.errors import TunesmithError
 from tunesmith.infer.types import (
     Choice,
@@ -53,3 +56,6 @@ def load_engine(backend: str = "transformers", model: str | None = None, adapter
 
 __all__ = ["BACKENDS", "BackendUnavailable", "Choice", "Completion", "Delta", "Engine", "EngineError",
            "GenerationRequest", "SamplingParams", "TokenLogprob", "UnknownModelError", "load_engine"]
+
+
+callable_as_api_function(__name__)
