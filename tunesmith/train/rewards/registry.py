@@ -13,6 +13,7 @@ import numbers
 import re
 import sys
 import traceback
+from importlib.machinery import SourceFileLoader
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,6 +30,7 @@ ROW_KEY = "tunesmith_row"  # rides in each prompt's last message: the row it cam
 NAME = re.compile(r"[A-Za-z_][\w.\-]*")
 NOT_WORD = re.compile(r"\W")
 _REGISTERED: dict[str, Callable] = {}
+_LOG: list[str] = []  # every name registered, in order: what each plugin registered (load_plugins)
 _SHOWN: dict[str, str] = {}  # plugin file, resolved -> as the user wrote it, for messages
 _EMPTY = inspect.Parameter.empty
 _NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
@@ -54,6 +56,7 @@ def register_reward(name: str) -> Callable[[Callable], Callable]:
         if old is not None and _file_of(old) != _file_of(fn):  # the same file loaded again replaces its own
             raise ConfigError(f"{where}: reward {name!r} is already registered at {_defined_at(old)}")
         _REGISTERED[name] = fn
+        _LOG.append(name)
         return fn
 
     return decorate
@@ -67,34 +70,72 @@ def known_rewards() -> list[str]:
 # Plugins
 
 
-def load_plugins(paths: list[str]) -> None:
-    """Import each plugin file (its @register_reward decorators run). Errors name the file and line."""
-    for shown in paths:
-        path = Path(shown).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"plugin: {shown}: file not found")
-        try:
-            compile(path.read_text(encoding="utf-8"), shown, "exec")
-        except SyntaxError as err:
-            raise ConfigError(f"{shown}:{err.lineno}: syntax error: {err.msg} (plugin)") from None
-        _SHOWN[str(path.resolve())] = shown
-        module_name = f"tunesmith_plugin_{NOT_WORD.sub('_', path.stem)}_{abs(hash(str(path.resolve())))}"
-        spec = importlib.util.spec_from_file_location(module_name, shown)  # as written, so errors show it so
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module  # dataclasses and pickle look a module up by name
-        try:
-            spec.loader.exec_module(module)
-        except TunesmithError:
-            del sys.modules[module_name]
-            raise
-        except Exception as err:
-            del sys.modules[module_name]
-            raise ConfigError(f"{_raised_at(err, shown)}: {type(err).__name__}: {err} (while loading plugin {shown})") from None
+def load_plugins(paths: list[str]) -> dict[str, list[str]]:
+    """Import each plugin file (its @register_reward decorators run) -> {file as given: the reward names it registered}.
+
+    Whatever the file is called (a web upload may arrive as .jsonl or .txt): its content is what matters, so Python
+    source under any name loads. Everything else is a ConfigError naming rewards.plugin, the file (and line) and what to
+    do: a missing file, a folder, text that is not Python, a file that raises while imported or registers nothing."""
+    return {shown: _load_plugin(shown) for shown in paths}
+
+
+def _load_plugin(shown: str) -> list[str]:
+    path = Path(shown).expanduser()
+    if path.is_dir():
+        raise ConfigError(f"rewards.plugin: {shown} is a folder; give the Python file in it that holds your "
+                          "@register_reward functions")
+    if not path.is_file():
+        raise ConfigError(f"rewards.plugin: {shown}: file not found; give the path of the Python file that holds your "
+                          "@register_reward functions")
+    hint = _not_python_hint(path)
+    try:
+        source = path.read_bytes()
+        code = compile(source, str(path), "exec")  # bytes: compile honours a coding cookie or BOM, as import does
+    except SyntaxError as err:
+        at = f"{shown}:{err.lineno}" if err.lineno else shown
+        raise ConfigError(f"{at}: syntax error: {err.msg} (rewards.plugin {shown} must be Python source: fix the "
+                          f"file or point rewards.plugin at your rewards .py file){hint}") from None
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"rewards.plugin: {shown}: cannot read it as Python source ({err}){hint}") from None
+    _SHOWN[str(path.resolve())] = shown
+    module_name = f"tunesmith_plugin_{NOT_WORD.sub('_', path.stem)}_{abs(hash(str(path.resolve())))}"
+    # An explicit loader, not spec_from_file_location (which finds no loader, so returns None, for a name not ending
+    # in .py). We run the code compiled above rather than loader.exec_module: one read of the file, and no __pycache__
+    # written beside it (whose name would drop the suffix: my_rewards.txt's would be my_rewards.py's).
+    spec = importlib.util.spec_from_loader(module_name, SourceFileLoader(module_name, str(path)))
+    module = importlib.util.module_from_spec(spec)
+    module.__file__ = str(path)
+    sys.modules[module_name] = module  # dataclasses and pickle look a module up by name
+    first = len(_LOG)
+    try:
+        exec(code, module.__dict__)
+    except TunesmithError:
+        del sys.modules[module_name]
+        raise
+    except (Exception, SystemExit) as err:  # SystemExit: a script that calls sys.exit() or argparse at import
+        del sys.modules[module_name]
+        raise ConfigError(f"{_raised_at(err, str(path))}: {type(err).__name__}: {err} (while loading rewards.plugin "
+                          f"{shown}: fix the plugin, or run `python {shown}` to see the whole traceback){hint}") from None
+    names = list(dict.fromkeys(_LOG[first:]))
+    if not names:
+        del sys.modules[module_name]
+        raise ConfigError(f"rewards.plugin: {shown} registers no reward; decorate each reward function "
+                          "with @register_reward(\"name\") (from tunesmith import register_reward) and list the names in "
+                          f"rewards.funcs{hint}")
+    return names
+
+
+def _not_python_hint(path: Path) -> str:
+    """For messages about a file not named .py: perhaps data or a config given to rewards.plugin by mistake."""
+    if path.suffix == ".py":
+        return ""
+    named = f"ends in {path.suffix}" if path.suffix else "has no .py suffix"
+    return f". Note: {path.name} {named}; is it your reward plugin, or data given to rewards.plugin by mistake?"
 
 
 def build_rewards(cfg: Any) -> list["RewardFn"]:
     """cfg.rewards.funcs as callables for TRL, after loading cfg.rewards.plugin. Unknown names list the known ones."""
-    load_plugins(cfg.rewards.plugin)
+    loaded = load_plugins(cfg.rewards.plugin)
     out = []
     for name in cfg.rewards.funcs:
         if cfg.rewards.funcs.count(name) > 1:
@@ -106,7 +147,8 @@ def build_rewards(cfg: Any) -> list["RewardFn"]:
         else:
             near = difflib.get_close_matches(name, known_rewards(), n=1)
             hint = f"; did you mean {near[0]}?" if near else ""
-            where = f"plugins loaded: {', '.join(cfg.rewards.plugin)}" if cfg.rewards.plugin else "no --rewards.plugin given"
+            where = ("; ".join(f"rewards.plugin {f} registers: {', '.join(names)}" for f, names in loaded.items())
+                     or "no --rewards.plugin given")
             raise ConfigError(f"rewards.funcs: unknown reward {name!r}{hint} Known: {', '.join(known_rewards())} ({where})")
     return out
 
