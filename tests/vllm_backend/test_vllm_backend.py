@@ -266,7 +266,7 @@ def test_lora_adapter_is_served_by_name_and_changes_the_answer(vllm_engine, hf_e
     assert [c.choices[0].text for c in run(mixed())] == [base, tuned, base, tuned]
 
 
-def test_unknown_options_and_unservable_adapters_fail_before_an_engine_starts(runs, tmp_path):
+def test_unknown_options_unservable_adapters_and_reward_models_fail_before_an_engine_starts(runs, tmp_path):
     with pytest.raises(ConfigError, match="did you mean 'max_model_len'"):
         load_engine("vllm", adapters={"tuned": str(runs["tuned"])}, max_model_lenght=1024)
     dora = tmp_path / "dora" / "final"
@@ -276,6 +276,13 @@ def test_unknown_options_and_unservable_adapters_fail_before_an_engine_starts(ru
     (dora / "config.yaml").write_text(yaml.safe_dump({"model": str(prepared_folder()), "method": "dora"}))
     with pytest.raises(ConfigError, match="DoRA adapter, which vLLM does not support; serve dora with --backend"):
         load_engine("vllm", adapters={"dora": str(dora)})
+
+    rm = tmp_path / "rm" / "final"  # `rlhf --method rm`'s final/: vLLM would drop its score head and generate
+    rm.mkdir(parents=True)
+    (rm / "config.json").write_text(json.dumps({"architectures": ["LlamaForSequenceClassification"],
+                                                "model_type": "llama", "id2label": {"0": "LABEL_0"}}))
+    with pytest.raises(ConfigError, match="a reward model .* --rewards.model"):
+        load_engine("vllm", model=str(rm))
 
 
 # -----------------------------------------------------------------------------

@@ -45,16 +45,25 @@ class Answer:
 
 
 def targets_from(cfg: EvalConfig) -> list[Target]:
+    """What eval asks for answers (or scores, --task retrieval ...), each checked before anything is written or loaded:
+    every later path (the transformers and vLLM engines, lm-eval's `hf` model, EvalScope's served model) takes these."""
     out: list[Target] = []
+    given: list[tuple[str, str]] = []  # (field, spec) of each local model named, for refuse_scorers
     if cfg.adapters:
         out.append(Target(run_name(cfg.adapters), "adapters", cfg.adapters, base=cfg.model))
+        given += [("adapters", cfg.adapters), *([("model", cfg.model)] if cfg.model else [])]
     elif cfg.model:
         out.append(parse_spec(cfg.model, name=None, allow_endpoint=False))
+        given.append(("model", cfg.model))
     for item in cfg.compare:
         name, sep, spec = item.partition("=")
         if not sep or not NAME.match(name) or not spec:
             name, spec = None, item  # a bare SPEC (a path may itself hold "=")
         out.append(parse_spec(spec, name))
+        if out[-1].kind != "endpoint":
+            given.append(("compare", spec))
+    if cfg.task == "generation":  # --task reranking/classification evaluates scorers: they are what it is for
+        refuse_scorers(given)
     if not out:
         out.append(Target(DEFAULT_MODEL, "model", DEFAULT_MODEL))
     seen: set[str] = set()
@@ -80,6 +89,39 @@ def parse_spec(spec: str, name: str | None, allow_endpoint: bool = True) -> Targ
     if folder.is_dir() and folder.name == "final":
         return Target(name or run_name(spec), "model", spec)  # a full fine-tune's final/: a model with its template
     return Target(name or Path(spec).name, "model", spec)
+
+
+def refuse_scorers(given: list[tuple[str, str]]) -> None:
+    """A reward model (`rlhf --method rm`'s final/) or another sequence classifier where eval needs a model that writes
+    answers: refused by the field that named it, before any output file is written or any weights load. Here, because
+    every eval path takes its models from targets_from: the transformers engine would refuse it only as it loads (after
+    the output folder is made), and vLLM, lm-eval's `hf` model and EvalScope's served model would load it as a causal
+    LM with the score head dropped and score its nonsense."""
+    from tunesmith.models.load import refuse_scorer
+
+    for field, spec in given:
+        folder = _folder_here(spec)
+        if folder is None:
+            continue
+        try:
+            refuse_scorer(folder)
+        except ConfigError as err:  # "FOLDER: a reward model ...: it scores answers ... Use it as --rewards.model ..."
+            cached = "" if folder == Path(spec).expanduser() else f"{spec}, cached at "
+            raise ConfigError(f"{field}: {cached}{err}") from None
+
+
+def _folder_here(spec: str) -> Path | None:
+    """The model folder `spec` names, if it is already on this machine: a folder, or a hub id in the hub cache (one
+    not cached is downloaded only as it loads; registry names are chat models)."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path
+    if spec.startswith((".", "/", "~")) or spec.count("/") != 1:
+        return None
+    from tunesmith.hub import cached_snapshot
+
+    cached = cached_snapshot(spec)
+    return Path(cached) if cached else None
 
 
 def run_name(folder: str) -> str:

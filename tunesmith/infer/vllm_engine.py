@@ -122,6 +122,7 @@ class VLLMEngine(Engine):
         served = [_plan(name, folder, model, backend, lora_ids) for name, folder in (adapters or {}).items()]
         if (not served and not versions) or model:
             folder = models.resolve(model or DEFAULT_MODEL)
+            models.refuse_scorer(folder)  # a reward model: vLLM would load it with the score head dropped
             served.append(Served(Path(model or DEFAULT_MODEL).name, Template.load(folder), backend(folder)))
         served += [_plan(name, folder, base or model, backend, lora_ids)
                    for name, (folder, base) in (versions or {}).items()]
