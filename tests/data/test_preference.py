@@ -112,3 +112,24 @@ def test_implicit_prompt_needs_every_turn_but_the_answer_shared(tmp_path):
     data = load_rows([str(path)], kind="preference")
     assert [(r.prompt, r.chosen, r.rejected) for r in data.rows] == [([u1, a, u2], "good", "bad")]
     assert [p.line for p in data.problems] == [2, 3]
+
+
+def test_answer_lists_beside_a_prompt_may_only_repeat_it(tmp_path):
+    """UltraFeedback's layout (a prompt, each answer the whole conversation) reads as the answer; a list whose earlier
+    turns are not the prompt's is refused rather than trained on without them."""
+    def convo(*turns):
+        return [{"role": role, "content": text} for role, text in zip(("user", "assistant") * 3, turns)]
+
+    rows = [
+        {"prompt": "q1", "chosen": convo("q1", "good"), "rejected": convo("q1", "bad")},
+        {"prompt": "q2", "system": "S", "chosen": convo("q2", "good"), "rejected": convo("q2", "bad")},
+        {"prompt": "q3", "chosen": convo("hi", "hello", "q3", "good"), "rejected": convo("q3", "bad")},
+        {"prompt": "q4", "chosen": convo("q4", "good"), "rejected": convo("other", "bad")},
+    ]
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    data = load_rows([str(path)], kind="preference")
+    assert [(r.prompt[-1]["content"], r.chosen, r.rejected) for r in data.rows] == [("q1", "good", "bad"),
+                                                                                   ("q2", "good", "bad")]
+    assert [str(p).split(": ")[0:2] for p in data.problems] == [[f"{path}:3", "chosen"], [f"{path}:4", "rejected"]]
+    assert "would be dropped" in str(data.problems[0])

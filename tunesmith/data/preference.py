@@ -46,7 +46,7 @@ def normalise_preference(row: RawRow, problems: list[Problem]) -> Preference | N
         chosen, rejected = _answers(data, bad)
     elif "chosen" in data and "rejected" in data:
         prompt = _prompt(data, bad)
-        if prompt is None:
+        if prompt is None or not all(_repeats_prompt(data[key], prompt, key, bad) for key in ("chosen", "rejected")):
             return None
         chosen, rejected = _answers(data, bad)
     else:
@@ -149,6 +149,24 @@ def _implicit_prompt(data: dict) -> bool:
     chosen, rejected = data["chosen"], data["rejected"]
     return (not any(k in data for k in (*PROMPT_KEYS, "conversations")) and isinstance(chosen, list)
             and isinstance(rejected, list) and len(chosen) > 1 and chosen[:-1] == rejected[:-1])
+
+
+def _repeats_prompt(value: Any, prompt: list[dict], key: str, bad: _Reporter) -> bool:
+    """Beside an explicit prompt, a chosen/rejected message list's turns before its answer may only repeat the prompt
+    (UltraFeedback's layout: the prompt, and each answer as the whole conversation); other turns would be dropped
+    unseen, so the row is refused."""
+    if not isinstance(value, list) or len(value) < 2:
+        return True
+    earlier = _from_messages({"messages": value[:-1]}, bad)
+    if earlier is None:
+        return False
+    said = [(m["role"], m["content"]) for m in earlier]
+    asked = [(m["role"], m["content"]) for m in prompt]
+    if said in (asked, [turn for turn in asked if turn[0] != "system"]):
+        return True
+    bad(key, f"its {len(said)} turn(s) before the answer are not the prompt's, and would be dropped: give {key} as "
+             f"the answer alone, or the whole conversation in both chosen and rejected without a prompt column")
+    return False
 
 
 def _answers(data: dict, bad: _Reporter) -> tuple[str | None, str | None]:
