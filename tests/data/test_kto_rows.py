@@ -57,3 +57,18 @@ def test_bad_kto_rows_name_file_line_and_field(tmp_path):
         "preference pair (prompt/chosen/rejected)"),
         f"{path}:7: label: expected true (desirable) or false (undesirable), got 2",
     ]
+
+
+def test_a_completion_list_beside_a_prompt_may_only_repeat_it(tmp_path):
+    def convo(*turns):
+        return [{"role": role, "content": text} for role, text in zip(("user", "assistant") * 3, turns)]
+
+    rows = [{"prompt": "q1", "completion": convo("q1", "good"), "label": True},
+            {"prompt": "q2", "completion": convo("hi", "hello", "q2", "good"), "label": False}]
+    path = tmp_path / "k.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    data = load_rows([str(path)], kind="kto")
+    assert [(r.prompt, r.completion, r.label) for r in data.rows] == [([{"role": "user", "content": "q1"}], "good", True)]
+    assert [str(p) for p in data.problems] == [
+        f"{path}:2: completion: its 3 turn(s) before the answer are not the prompt's, and would be dropped: give "
+        "completion as the answer alone, or messages + label without a prompt column"]

@@ -95,6 +95,8 @@ def normalise_kto(row: RawRow, problems: list[Problem]) -> UnpairedPreference | 
             return None
         if "completion" not in data:
             return bad("completion", "missing: expected the assistant answer that label judges")
+        if not _repeats_prompt(data["completion"], prompt, "completion", bad):
+            return None
         completion = _answer(data["completion"], "completion", bad)
         if completion is None:
             return None
@@ -164,8 +166,9 @@ def _repeats_prompt(value: Any, prompt: list[dict], key: str, bad: _Reporter) ->
     asked = [(m["role"], m["content"]) for m in prompt]
     if said in (asked, [turn for turn in asked if turn[0] != "system"]):
         return True
+    whole = "messages + label" if key == "completion" else "the whole conversation in both chosen and rejected"
     bad(key, f"its {len(said)} turn(s) before the answer are not the prompt's, and would be dropped: give {key} as "
-             f"the answer alone, or the whole conversation in both chosen and rejected without a prompt column")
+             f"the answer alone, or {whole} without a prompt column")
     return False
 
 
