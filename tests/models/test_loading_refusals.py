@@ -181,3 +181,19 @@ def test_the_end_of_an_rm_run_points_at_rewards_model_not_adapters(rm_final, lor
     rm_line = finished(RunResult(rm_final.parent, rm_final, 3, 0.7, 0.5))
     assert f"--rewards.model {rm_final}" in rm_line and "--adapters" not in rm_line
     assert f"--adapters {lora_final}" in finished(RunResult(lora_final.parent, lora_final, 3, 0.7, 0.5))
+
+
+def test_the_end_of_a_full_weights_run_points_at_model_and_quotes_paths(tmp_path, lora_final):
+    """A full fine-tune's final/ is a model itself: --adapters on it is refused, so the last line says --model; a run
+    folder with a space stays one shell word."""
+    import shlex
+
+    from tunesmith.cli.main import finished
+    from tunesmith.train.run import RunResult
+
+    full = tmp_path / "my runs" / "full" / "final"
+    full.mkdir(parents=True)
+    (full / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+    line = finished(RunResult(full.parent, full, 3, 0.7, 0.5))
+    assert "--adapters" not in line and f"--model {shlex.quote(str(full))} in tunesmith infer" in line
+    assert shlex.split(line.split("--model ", 1)[1])[0] == str(full)

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import sys
+from pathlib import Path
 
 from tunesmith import api
 from tunesmith.config import PlanConfig
@@ -153,11 +155,14 @@ def finished(result) -> str:
     if result.stopped:
         return (f"stopped by SIGTERM after {result.steps} steps{loss}{skipped}: saved {result.final_dir} and a "
                 f"checkpoint; run the same command with --resume to continue")
+    final = shlex.quote(str(result.final_dir))  # pasted into a shell: a run folder may hold spaces
     if classifier_architecture(result.final_dir):  # rm: it scores answers, it does not write them
         return (f"saved {result.final_dir} ({result.steps} steps{loss}{skipped}); use it as --rewards.model "
-                f"{result.final_dir} in tunesmith rlhf --method grpo or ppo")
-    return (f"saved {result.final_dir} ({result.steps} steps{loss}{skipped}); use it with --adapters "
-            f"{result.final_dir} in tunesmith infer, eval, export or deploy")
+                f"{final} in tunesmith rlhf --method grpo or ppo")
+    whole = (Path(result.final_dir) / "config.json").is_file() and not (
+        Path(result.final_dir) / "adapter_config.json").is_file()  # full weights (and merged runs): a model itself
+    return (f"saved {result.final_dir} ({result.steps} steps{loss}{skipped}); use it with "
+            f"{'--model' if whole else '--adapters'} {final} in tunesmith infer, eval, export or deploy")
 
 
 def _actions_usage(command: str, rest: list[str]) -> int:
