@@ -13,7 +13,9 @@ hands a job file to export/compress_worker.py in .venv-quant, which quantizes, s
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -88,27 +90,59 @@ def run_kind(config: dict) -> str:
 
 def calibration(template: Any, specs: list[str], samples: int, max_length: int, seed: int, encoding: str,
                 kind: str | None = None) -> list[list[int]]:
-    """`samples` rows of the datasets as text the model saw in training, each rendered whole by the run's Template
-    (chats) or tokenized (text), at most max_length tokens. `kind` is how the run read them (run_kind); None reads
-    them as the first of GUESSED_KINDS that reads a row. A chat is rendered whole, a preference pair as its prompt +
+    """`samples` rows of the datasets (fewer, each once, where the data holds fewer: said in one line) as text the
+    model saw in training, each rendered whole by the run's Template (chats) or tokenized (text), at most max_length
+    tokens. `kind` is how the run read them (run_kind); None reads them as the first of GUESSED_KINDS that reads a
+    row. A chat is rendered whole, a preference pair as its prompt +
     chosen answer, a KTO row as prompt + completion, a prompt-only row (grpo, ppo) as the prompt that asks for the
     answer."""
     from tunesmith.data.load import load_rows
 
     specs = [s if "#" in s else f"{s}#{samples}" for s in specs]  # name#N: N rows drawn with the seed
     tried = []
-    for guess in [kind] if kind else GUESSED_KINDS:
-        tried.append((guess, load_rows(specs, kind=guess, seed=seed, encoding=encoding)))
-        if tried[-1][1].rows:  # the first kind that reads a row is the data's; its problems are its bad rows
-            break
+    with _quiet_repeats():
+        for guess in [kind] if kind else GUESSED_KINDS:
+            tried.append((guess, load_rows(specs, kind=guess, seed=seed, encoding=encoding)))
+            if tried[-1][1].rows:  # the first kind that reads a row is the data's; its problems are its bad rows
+                break
     kind, data = tried[-1] if tried[-1][1].rows else tried[0]  # none reads a row: sft's problems say what rows lack
+    data.problems = list(dict.fromkeys(data.problems))  # a bad row drawn again is named once
     data.raise_if_bad(skip_bad_rows=False, fix="Fix these rows, or pass --calib-dataset FILE.")
     rows = []
-    for text in calibration_texts(template, data.rows[:samples], asks=kind == "prompts"):
+    for text in calibration_texts(template, distinct(data.rows)[:samples], asks=kind == "prompts"):
         ids = template.tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) > 1:
             rows.append(ids[:max_length])
+    if len(rows) < samples:
+        logging.getLogger("tunesmith").info(
+            "calibrating on %d rows (fewer than calib_samples = %d): the calibration data has no more, and a row "
+            "repeated adds nothing", len(rows), samples)
     return rows
+
+
+def distinct(rows: list) -> list:
+    """Each row once, in order. `name#N` repeats a dataset of fewer than N rows to make N (data/load.py), which
+    training wants; calibration gains nothing from a copy (the statistics GPTQ/AWQ gather are per token), only time
+    and a skew toward the repeated rows. A row is its file and line, so two equal rows of the data both count."""
+    seen, out = set(), []
+    for row in rows:
+        key = (row.source, row.line)
+        if key not in seen:
+            seen.add(key)
+            out.append(row)
+    return out
+
+
+@contextlib.contextmanager
+def _quiet_repeats():
+    """Leaves out data/load.py's "N drawn (rows repeated)": calibration uses each row once and says how many."""
+    log = logging.getLogger("tunesmith")
+    drop = lambda record: "(rows repeated)" not in record.getMessage()  # noqa: E731
+    log.addFilter(drop)
+    try:
+        yield
+    finally:
+        log.removeFilter(drop)
 
 
 def calibration_texts(template: Any, rows: list, asks: bool = False) -> list[str]:

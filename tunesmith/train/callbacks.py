@@ -166,10 +166,16 @@ def checkpoints(run_dir: Path) -> list[Path]:
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C during training (train/setup.py run_trainer), saying what a user needs to go on: the step reached and
     the newest complete checkpoint, which `--resume` continues. Still a KeyboardInterrupt for whoever catches one;
-    `tunesmith` prints it and exits 130."""
+    `tunesmith` prints it and exits 130. `restart`: why the run cannot be resumed (ppo writes no checkpoints), said
+    instead of --resume, which that recipe refuses: the same command runs again from step 0."""
 
-    def __init__(self, run_dir: Path, step: int):
+    def __init__(self, run_dir: Path, step: int, restart: str | None = None):
         self.run_dir, self.step = Path(run_dir), step
+        if restart is not None:
+            self.checkpoint = None
+            super().__init__(f"interrupted at step {step}; nothing was saved ({restart}): run the same command again "
+                             "to start from step 0")
+            return
         found = checkpoints(self.run_dir)
         complete = [p for p in found if is_complete(p)]
         self.checkpoint = complete[-1] if complete else None

@@ -12,13 +12,15 @@ Departs from TRL's former trainer: the value head shares the policy's trunk (TRL
 initialised from the reward model; one model fits where GRPO fits), and the reference is the policy at the start: a
 fresh adapter switched off (LoRA/QLoRA/DoRA only: no second copy of the base), or, continuing an adapter (--adapters,
 --continue-from), a frozen copy of it named "ref" (as TRL's GRPO keeps one), so the SFT model is the reference. Dropout is off throughout, so the first epoch's ratio is 1.
-One device; no checkpoint/resume and no evaluation (final/ holds the adapter and value_head.safetensors). With
+One device; no checkpoint/resume and no evaluation (final/ holds the adapter and value_head.safetensors): Ctrl-C names
+the step reached and says the same command starts again (train/callbacks.py Interrupted, exit 130). With
 dropout off the model is in eval mode, where transformers skips gradient checkpointing.
 """
 
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,7 +34,7 @@ from tunesmith.errors import ConfigError
 from tunesmith.templates import Template
 from tunesmith.train.preflight import load_template, preflight, trainable_report
 from tunesmith.train.run import RunResult, open_run
-from tunesmith.train.callbacks import LossPlot, MetricsLog, ProgressBar
+from tunesmith.train.callbacks import Interrupted, LossPlot, MetricsLog, ProgressBar
 from tunesmith.train.online import dry_run, prompt_datasets, require_reward
 from tunesmith.train.rewards import build_rewards
 from tunesmith.train.rewards.registry import ROW_KEY
@@ -76,28 +78,6 @@ def ppo(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> RunResult:
                                 is_world_process_zero=True, is_local_process_zero=True)
         args = SimpleNamespace(output_dir=str(run.dir), logging_steps=cfg.logging_steps)
         hooks = [MetricsLog(run.dir), ProgressBar(), LossPlot(run.dir), *(callbacks or [])]
-        _fire(hooks, "on_train_begin", args, state)
-        generator = torch.Generator().manual_seed(cfg.seed)
-        order: list[int] = []
-        started = time.time()
-        for step in range(1, steps + 1):
-            while len(order) < cfg.batch_size:  # reshuffled every pass over the prompts
-                order += torch.randperm(len(train_ds), generator=generator).tolist()
-            picked, order = order[: cfg.batch_size], order[cfg.batch_size:]
-            prompts = [train_ds[i]["prompt"] for i in picked]
-            ids = [table[p[-1][ROW_KEY]][2] for p in prompts]
-            batch, stats, _ = rollout(model, value_head, template, ids, lambda t, a: score(prompts, t, a, state),
-                                      cfg, device)
-            stats |= score.logged | ppo_update(model, value_head, optimizer, scheduler, batch, cfg)
-            state.global_step, state.epoch = step, step * cfg.batch_size / len(train_ds)
-            state.num_input_tokens_seen += int(batch.attention_mask.sum())
-            if step % cfg.logging_steps == 0 or step == 1 or step == steps:
-                logs = {"loss": stats.pop("loss"), "learning_rate": scheduler.get_last_lr()[0], **stats}
-                state.log_history.append({**logs, "step": step})
-                _fire(hooks, "on_log", args, state, logs=logs)
-            _fire(hooks, "on_step_end", args, state)
-        state.log_history.append({"train_runtime": time.time() - started, "step": steps})
-        _fire(hooks, "on_train_end", args, state)
 
         def save_model(folder: str) -> None:
             from safetensors.torch import save_file
@@ -106,7 +86,39 @@ def ppo(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> RunResult:
             save_file({k: v.contiguous() for k, v in value_head.state_dict().items()}, f"{folder}/value_head.safetensors")
 
         trainer = SimpleNamespace(state=state, model=model, save_model=save_model)
-        final = run.save_final(trainer, template)
+        try:
+            _fire(hooks, "on_train_begin", args, state)
+            generator = torch.Generator().manual_seed(cfg.seed)
+            order: list[int] = []
+            started = time.time()
+            for step in range(1, steps + 1):
+                while len(order) < cfg.batch_size:  # reshuffled every pass over the prompts
+                    order += torch.randperm(len(train_ds), generator=generator).tolist()
+                picked, order = order[: cfg.batch_size], order[cfg.batch_size:]
+                prompts = [train_ds[i]["prompt"] for i in picked]
+                ids = [table[p[-1][ROW_KEY]][2] for p in prompts]
+                batch, stats, _ = rollout(model, value_head, template, ids, lambda t, a: score(prompts, t, a, state),
+                                          cfg, device)
+                stats |= score.logged | ppo_update(model, value_head, optimizer, scheduler, batch, cfg)
+                state.global_step, state.epoch = step, step * cfg.batch_size / len(train_ds)
+                state.num_input_tokens_seen += int(batch.attention_mask.sum())
+                if step % cfg.logging_steps == 0 or step == 1 or step == steps:
+                    logs = {"loss": stats.pop("loss"), "learning_rate": scheduler.get_last_lr()[0], **stats}
+                    state.log_history.append({**logs, "step": step})
+                    _fire(hooks, "on_log", args, state, logs=logs)
+                _fire(hooks, "on_step_end", args, state)
+            state.log_history.append({"train_runtime": time.time() - started, "step": steps})
+            _fire(hooks, "on_train_end", args, state)
+            final = run.save_final(trainer, template)
+        except KeyboardInterrupt:
+            # Ctrl-C, as train/setup.py run_trainer answers it: close the bar, remove final/'s staging folder when the
+            # save was under way (final/ itself is renamed into place whole), and say where the run stood. No
+            # checkpoint to name: ppo writes none, so the run starts again.
+            for hook in hooks:
+                if isinstance(hook, ProgressBar):
+                    hook.on_train_end(args, state, None)
+            shutil.rmtree(run.dir / ".final-staging", ignore_errors=True)
+            raise Interrupted(run.dir, state.global_step, restart="ppo writes no checkpoints") from None
         return run.result(trainer, final, skipped)
 
 
