@@ -4,6 +4,7 @@ import json
 
 import pytest
 from tiny import make_tiny_model
+from export_system import SYSTEM  # a module of its own: `from conftest import` finds any conftest
 
 WORDS = ["apple", "river", "stone", "cloud", "maple", "tiger", "amber", "frost"]
 
@@ -33,7 +34,6 @@ def lora_run(tiny_model, toy_data, tmp_path_factory):
     return run
 
 
-SYSTEM = 'You are Toy. Answer in capitals, "quoted" if asked.'
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import json
 
 import gguf
 import pytest
-from conftest import SYSTEM
+from export_system import SYSTEM
 from transformers import AutoTokenizer
 
 from tunesmith import ExportConfig, export
