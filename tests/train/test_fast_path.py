@@ -294,9 +294,10 @@ def test_padding_free_is_chosen_for_unpacked_batches_where_the_varlen_kernel_run
 
     monkeypatch.setattr(speed, "varlen_runs", lambda device, dtype: True)
 
-    def args(**kw):
+    def args(own_collator=False, **kw):
         cfg = SFTConfig(dataset=["x"], report_to=["none"], **{"packing": False, "batch_size": 2, **kw})
-        return trl_args(cfg, tmp_path, "cpu", torch.float32, has_eval=False)  # varlen_runs mocked: as on a GPU
+        return trl_args(cfg, tmp_path, "cpu", torch.float32, has_eval=False,  # varlen_runs mocked: as on a GPU
+                        own_collator=own_collator)
 
     unpacked = args()
     assert unpacked.padding_free and not unpacked.packing and unpacked.max_length is None  # rows are cut already
@@ -304,6 +305,8 @@ def test_padding_free_is_chosen_for_unpacked_batches_where_the_varlen_kernel_run
     assert not args(batch_size=1).padding_free  # one row has no padding
     assert not args(dp={"epsilon": 8.0}).padding_free  # DP-SGD clips each sample's gradient: one per row
     assert not args(tuner="longlora").padding_free  # S2-Attn groups padded rows
+    vlm = args(own_collator=True)  # a VLM's collator makes its batches (train/vision.py)
+    assert not vlm.padding_free and vlm.max_length == 2048
 
 
 def test_adapters_without_peft_input_casts_train_exactly_as_with_them():

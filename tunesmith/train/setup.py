@@ -76,12 +76,14 @@ def common_args(cfg: Any, run_dir: Path, device: str, dtype: Any, has_eval: bool
     )
 
 
-def trl_args(cfg: Any, run_dir: Path, device: str, dtype: Any, has_eval: bool) -> Any:
+def trl_args(cfg: Any, run_dir: Path, device: str, dtype: Any, has_eval: bool, own_collator: bool = False) -> Any:
+    """TRL's SFTConfig for this run. `own_collator`: a VLM's collator makes the batches (train/vision.py), so TRL
+    neither packs nor flattens them."""
     from trl import SFTConfig as TRLSFTConfig
 
     # packing: TRL's best-fit-decreasing bins, fed padding-free (one flattened row plus the sample boundaries);
     # unpacked batches of several rows go padding-free too where the varlen kernel runs (train/speed.py)
-    flat = padding_free(cfg, device, dtype)
+    flat = not own_collator and padding_free(cfg, device, dtype)
     args = common_args(cfg, run_dir, device, dtype, has_eval)
     if flat:  # TRL refuses max_length with unpacked padding-free rows: ours are cut to it already (train/truncate.py)
         args["max_length"] = None

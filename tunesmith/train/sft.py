@@ -62,7 +62,8 @@ def sft(cfg: SFTConfig, callbacks: list[Any] | None = None) -> RunResult:
             if cfg.dp.epsilon is not None:
                 raise ConfigError("dp: differential privacy is not supported for vision-language models")
             extra = {"trainer_cls": vlm.trainer_cls(model, vlm.packing),
-                     "args": VisionRun.args(trl_args(cfg, run.dir, device, dtype, has_eval=eval_ds is not None))}
+                     "args": VisionRun.args(trl_args(cfg, run.dir, device, dtype, has_eval=eval_ds is not None,
+                                                      own_collator=True))}
         trainer = train(cfg, run.dir, model, template.tokenizer, train_ds, eval_ds, device, dtype, run.resume_from,
                         [*(callbacks or []), *([watch] if watch else [])], **extra)
         final = run.save_final(trainer, template)
