@@ -8,6 +8,7 @@ import pytest
 from scripted_engine import ScriptedEngine
 
 from tunesmith.config import DeployConfig
+from tunesmith.errors import ConfigError
 from tunesmith.serve.protocol import ChatCompletionRequest, CompletionRequest
 from tunesmith.serve.chat import create_chat_completion
 from tunesmith.serve.completion import create_completion
@@ -121,6 +122,31 @@ def test_served_model_name_renames_the_default_model():
     with pytest.raises(APIError) as err:
         chat(serving, model="base")
     assert err.value.status == 404
+
+
+def test_served_model_name_renames_the_base_beside_named_adapters():
+    """As vLLM's flag: with --model, the base takes the name and the adapters keep theirs (it renamed the first
+    adapter, so `banana` answered 404 and the new name answered with the adapter)."""
+    engine = ScriptedEngine(names=("banana", "smol"))  # the engines list adapters first, the base last
+    serving = serve(engine, model="models/smol", adapters=["banana=runs/banana/final"], served_model_name="base")
+    assert [m.id for m in serving.models().data] == ["banana", "base"]
+    assert chat(serving, model="banana").model == "banana" and engine.requests[-1].model == "banana"
+    assert chat(serving, model="base").model == "base" and engine.requests[-1].model == "smol"
+    # without --model the default adapter takes it, unless NAME=PATH named it already
+    assert [m.id for m in serve(ScriptedEngine(names=("tuned",)), adapters=["runs/tuned/final"],
+                                served_model_name="prd").models().data] == ["prd"]
+    with pytest.raises(ConfigError, match="the adapter you named 'banana'"):
+        serve(ScriptedEngine(names=("banana",)), adapters=["banana=runs/banana/final"], served_model_name="x")
+    with pytest.raises(ConfigError, match="'banana' already names another served model"):
+        serve(engine, model="models/smol", adapters=["banana=runs/banana/final"], served_model_name="banana")
+
+
+def test_an_adapter_named_as_the_base_is_refused_before_weights_load(tmp_path):
+    from tunesmith.infer import load_engine
+
+    with pytest.raises(ConfigError, match="'smollm2-135m-instruct' is also the name --model smollm2-135m-instruct is "
+                                          "served under"):
+        load_engine("transformers", "smollm2-135m-instruct", {"smollm2-135m-instruct": str(tmp_path / "missing")})
 
 
 def test_logprobs_are_returned_in_openais_shape():

@@ -450,7 +450,9 @@ class DeployConfig(Section):
     guardrails: list[str] = Field(default_factory=list, description=(
         "Output policies per model, NAME=policy.yaml: deny-lists, a JSON schema, a classifier hook; a violation "
         "answers the policy's refusal or a 4xx (see tunesmith/config/serving.py)."))
-    served_model_name: str | None = Field(None, description="Name the default model is served under (default: its folder or run name).")
+    served_model_name: str | None = Field(None, description=(
+        "Name --model is served under (default: its folder's name); without --model, the first adapter's (an adapter "
+        "named NAME=PATH keeps NAME)."))
     max_concurrent: int = Field(64, ge=1, description="Requests generating at once; more are answered 429 with Retry-After.")
     max_prompt_tokens: int | None = Field(None, ge=1, description="Reject longer prompts with 400 (default: no limit).")
     max_tokens_limit: int = Field(4096, ge=1, description="Largest max_tokens a request may ask for.")

@@ -1,12 +1,29 @@
-"""Pieces every backend shares: picking the served model a request names, and its prompt ids."""
+"""Pieces every backend shares: the served models' names, picking the one a request names, and its prompt ids."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, TypeVar
 
+from tunesmith.config import DEFAULT_MODEL
+from tunesmith.errors import ConfigError
 from tunesmith.infer.types import GenerationRequest, UnknownModelError
 
 S = TypeVar("S")
+
+
+def base_name(model: str | None) -> str:
+    """The name every backend serves --model under: its folder's (a registry name or hub id: its last part)."""
+    return Path(model or DEFAULT_MODEL).name
+
+
+def refuse_hidden_adapter(model: str | None, adapters: dict[str, str] | None) -> None:
+    """An adapter named as the base is served: one would hide the other (the base was loaded last, so the adapter
+    went unserved without a word). Checked before any weights load."""
+    name = base_name(model)
+    if model and name in (adapters or {}):
+        raise ConfigError(f"adapters: {name!r} is also the name --model {model} is served under, so the adapter would "
+                          f"not be served; give it another name: --adapters NAME={adapters[name]}")
 
 
 def pick_served(served: dict[str, S], default: str, model: str | None) -> S:

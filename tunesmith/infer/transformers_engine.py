@@ -37,7 +37,8 @@ from typing import Any, AsyncIterator
 from tunesmith.config import DEFAULT_MODEL
 from tunesmith.errors import TunesmithError
 from tunesmith.infer import generate_paths
-from tunesmith.infer.common import override_templates, pick_served, prompt_ids, reasoning_split
+from tunesmith.infer.common import (base_name, override_templates, pick_served, prompt_ids, reasoning_split,
+                                    refuse_hidden_adapter)
 from tunesmith.infer.continuous import BatchingLoops
 from tunesmith.infer.decoding import GREEDY_BELOW
 from tunesmith.infer.served_models import Served, is_vision, load_version, vision_served
@@ -91,6 +92,7 @@ class TransformersEngine(Engine):
         base (add_model). Without --model and --adapters only they are served, and nothing else is loaded.
         `speculative`: draft=MODEL or ngram[:N] (config/speculative.py). `kernels`: auto | liger | none, the fused
         layers text models run (use_kernels)."""
+        refuse_hidden_adapter(model, adapters)
         device = models.pick_device(device)
         torch_dtype = models.pick_dtype(dtype, device)
         served: list[Served] = []
@@ -110,10 +112,10 @@ class TransformersEngine(Engine):
         if (not served and not versions) or model:
             folder = models.resolve(model or DEFAULT_MODEL)
             if is_vision(folder):
-                served.append(vision_served(Path(model or DEFAULT_MODEL).name, folder, torch_dtype, device))
+                served.append(vision_served(base_name(model), folder, torch_dtype, device))
             else:
                 net = models.load_model(folder, dtype=torch_dtype, device=device)
-                served.append(Served(Path(model or DEFAULT_MODEL).name, net.eval(), Template.load(folder)))
+                served.append(Served(base_name(model), net.eval(), Template.load(folder)))
                 bases[str(folder.resolve())] = net  # versions over the same base share it
         versions = dict(versions or {})
         if not served:  # versions only: the first one is the engine's default (the server routes by its own)

@@ -41,7 +41,8 @@ from typing import Any, AsyncIterator, Callable, Coroutine, Iterator
 from tunesmith.config import DEFAULT_MODEL
 from tunesmith.config.speculative import parse_speculative
 from tunesmith.errors import ConfigError, HardwareError, TunesmithError
-from tunesmith.infer.common import override_templates, pick_served, prompt_ids, reasoning_split
+from tunesmith.infer.common import (base_name, override_templates, pick_served, prompt_ids, reasoning_split,
+                                    refuse_hidden_adapter)
 from tunesmith.infer.decoding import token_bytes
 from tunesmith.infer.types import (
     Delta,
@@ -105,6 +106,7 @@ class VLLMEngine(Engine):
         """`versions`: served name -> (run folder, its base or None for the one the run recorded), as the
         transformers backend takes them: LoRA versions over one base are LoRARequests on that base's engine.
         `speculative`: draft=MODEL or ngram[:N] (config/speculative.py), vLLM's speculative_config."""
+        refuse_hidden_adapter(model, adapters)
         drain_timeout = float(options.pop("drain_timeout", 30.0))
         if speculative:
             options.setdefault("speculative_config", speculative_config(speculative))
@@ -123,7 +125,7 @@ class VLLMEngine(Engine):
         if (not served and not versions) or model:
             folder = models.resolve(model or DEFAULT_MODEL)
             models.refuse_scorer(folder)  # a reward model: vLLM would load it with the score head dropped
-            served.append(Served(Path(model or DEFAULT_MODEL).name, Template.load(folder), backend(folder)))
+            served.append(Served(base_name(model), Template.load(folder), backend(folder)))
         served += [_plan(name, folder, base or model, backend, lora_ids)
                    for name, (folder, base) in (versions or {}).items()]
         override_templates([s.template for s in served], system, chat_template_kwargs)

@@ -33,6 +33,7 @@ from starlette.exceptions import HTTPException
 
 from tunesmith.config import DeployConfig
 from tunesmith.errors import ConfigError, TunesmithError
+from tunesmith.infer.common import refuse_hidden_adapter
 from tunesmith.infer.types import Engine, EngineError, GenerationRequest, SamplingParams, UnknownModelError
 from tunesmith.serve.context import BODY_SEND, RequestContext, enter, leave
 from tunesmith.serve.errors import APIError, error_body, validation_message
@@ -258,14 +259,26 @@ def adapter_map(items: list[str], key: str = "adapters") -> dict[str, str]:
     """`name=path` pairs, or bare paths named after their run folder (runs/prd/final -> prd)."""
     out: dict[str, str] = {}
     for item in items:
-        name, sep, path = item.partition("=")
-        if not sep or not re.fullmatch(r"[\w.:-]+", name):
-            folder = Path(item)
-            name, path = (folder.parent.name if folder.name == "final" else folder.name), item
+        name, path = _given_name(item) or (_folder_name(item), item)
         if name in out:
             raise ConfigError(f"{key}: two models would be served as {name!r}; name them: NAME=PATH")
         out[name] = path
     return out
+
+
+def named_adapters(items: list[str]) -> set[str]:
+    """The adapters given a name of their own (NAME=PATH), not named after their folder."""
+    return {given[0] for given in map(_given_name, items) if given}
+
+
+def _given_name(item: str) -> tuple[str, str] | None:
+    name, sep, path = item.partition("=")
+    return (name, path) if sep and re.fullmatch(r"[\w.:-]+", name) else None
+
+
+def _folder_name(item: str) -> str:
+    folder = Path(item)
+    return folder.parent.name if folder.name == "final" else folder.name
 
 
 def engine_options(cfg: DeployConfig) -> dict[str, Any]:
@@ -413,6 +426,7 @@ def serve(cfg: DeployConfig, listening: socket.socket) -> None:
         from tunesmith.config.serving import load_keys
 
         load_keys(cfg.keys)
+    refuse_hidden_adapter(cfg.model, adapter_map(cfg.adapters))  # before any weights load, in whichever process
     encoders = None
     if cfg.encoders:  # embedding, reranker and classifier models (infer/encoders.py), loaded before the chat engine
         from tunesmith.infer.encoders import load_encoders

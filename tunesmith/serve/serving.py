@@ -24,6 +24,7 @@ import anyio
 
 from tunesmith.config import DeployConfig
 from tunesmith.errors import ConfigError
+from tunesmith.infer.common import base_name
 from tunesmith.infer.types import Delta, Engine, EngineError, GenerationRequest, SamplingParams, TokenLogprob
 from tunesmith.serve import keys
 from tunesmith.serve.context import current
@@ -41,6 +42,25 @@ if TYPE_CHECKING:
 ENCODER_ROUTES = {"embedding": "/v1/embeddings (and /v1/score)", "reranker": "/v1/rerank and /v1/score",
                   "classification": "/v1/classify"}
 A_MODEL_OF = {"embedding": "an embedding model", "reranker": "a reranker", "classification": "a classifier"}
+
+
+def served_names(cfg: DeployConfig, plain: list[str]) -> dict[str, str]:
+    """Served name -> the engine's name, the engine's default first. --served-model-name renames --model's base
+    where one is given (as vLLM's flag names the base beside its LoRA modules), else the default model: the first
+    adapter, unless NAME=PATH already named it (two names for one model: refused, as a name taken by another model)."""
+    names = {name: name for name in plain}
+    new = cfg.served_model_name
+    if not new:
+        return names
+    from tunesmith.serve.app import named_adapters
+
+    target = base_name(cfg.model) if cfg.model and base_name(cfg.model) in names else plain[0]
+    if target in named_adapters(cfg.adapters):
+        raise ConfigError(f"served_model_name: the default model is the adapter you named {target!r} "
+                          f"(--adapters {target}=...); name it once: drop --served-model-name, or use its name there")
+    if new != target and new in names:
+        raise ConfigError(f"served_model_name: {new!r} already names another served model; choose another name")
+    return {(new if name == target else name): name for name in plain}
 
 
 class Serving:
@@ -62,11 +82,8 @@ class Serving:
             if missing:
                 raise ConfigError(f"{cfg.model_versions}: the engine does not serve {', '.join(missing)}")
         plain = [n for n in self.engine_names if self.versions is None or not self.versions.split(n)]
-        # served_model_name renames the default model; the engine keeps its own name for it
-        self.names: dict[str, str] = {}
-        if plain:  # none: a deploy of embedding/reranker/classifier models, or of versioned models, only
-            first = cfg.served_model_name or plain[0]
-            self.names = {first: plain[0], **{n: n for n in plain[1:] if n != first}}
+        # served name -> the engine's name (--served-model-name renames one: served_names)
+        self.names: dict[str, str] = served_names(cfg, plain) if plain else {}  # none: encoders or versions only
         clash = sorted(set(self.versions.models if self.versions else ()) & set(self.names))
         if clash:
             raise ConfigError(f"{cfg.model_versions}: {', '.join(clash)} also names an adapter or the base model; "
