@@ -50,7 +50,7 @@ def common_args(cfg: Any, run_dir: Path, device: str, dtype: Any, has_eval: bool
         gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler,
-        warmup_steps=cfg.warmup_ratio,  # a float in [0, 1) is a ratio of total steps
+        warmup_steps=cfg.warmup_ratio,  # a ratio of total steps, rounded down once they are known (warm_up_in_whole_steps)
         weight_decay=cfg.weight_decay,
         **speed_args(cfg, device),  # fused AdamW on CUDA; gradient checkpointing (on every checkpoint_every-th layer)
         bf16=dtype == torch.bfloat16,
@@ -125,6 +125,7 @@ def run_trainer(cfg: Any, run_dir: Path, model: Any, tokenizer: Any, train_ds: A
         callbacks=[*ours, *tuners.tuner_callbacks(cfg), *(callbacks or [])],
         optimizers=optimizers or (None if eva else tuners.build_optimizer(cfg, model, device), None),  # None: Trainer's
     )
+    warm_up_in_whole_steps(trainer, cfg.warmup_ratio)
     if eva:
         tuners.initialize_from_data(cfg, trainer)  # LoRA's A from the run's first batches
         trainer.optimizer = trainer.callback_handler.optimizer = tuners.build_optimizer(cfg, model, device)
@@ -140,3 +141,17 @@ def run_trainer(cfg: Any, run_dir: Path, model: Any, tokenizer: Any, train_ds: A
                 callback.on_train_end(trainer.args, trainer.state, trainer.control)
         raise Interrupted(run_dir, trainer.state.global_step) from None
     return trainer
+
+
+def warm_up_in_whole_steps(trainer: Any, ratio: float) -> None:
+    """warmup_ratio as whole steps rounded down (as ppo counts them), once the Trainer knows its step count.
+    transformers rounds up, and its warmup's first step has learning rate 0: every run under 1/ratio steps (33 at the
+    default 0.03) spent its first step at lr 0, and a 1-step run (a few new rows with --continue-from) trained
+    nothing while recording its rows as seen."""
+    create = trainer.create_scheduler
+
+    def create_scheduler(num_training_steps: int, optimizer: Any = None) -> Any:
+        trainer.args.warmup_steps = int(ratio * num_training_steps)
+        return create(num_training_steps, optimizer)
+
+    trainer.create_scheduler = create_scheduler
