@@ -160,6 +160,10 @@ def _read_spec(name: str, problems: list[Problem], codec: str) -> Iterable[RawRo
         if entry.path is not None:
             return readers.read_path(entry.path, problems)
         return readers.read_hub(entry.hub_id, entry.split)
+    local, _, split = name.rpartition(":")
+    if local and Path(local).expanduser().exists():  # a peer's weight or split syntax on a local file
+        raise DataError(f"{name}: {local} is a local file or folder, and `:{split}` would name a split of a hub "
+                        f"dataset (org/name:split); pass {local} alone (NAME#N draws N rows of it)")
     if path.suffix.lower() in readers.SUFFIXES or name.startswith((".", "/", "~")):
         raise DataError(f"{name}: file not found")
     if "/" in name and name.count("/") == 1:

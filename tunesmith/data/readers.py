@@ -34,7 +34,11 @@ def codec(encoding: str) -> str:
 
 
 def read_path(path: Path, problems: list[Problem], encoding: str = "utf-8-sig") -> Iterator[RawRow]:
-    """The rows of a file, or of every data file in a folder (hidden files and folders left out), in order."""
+    """The rows of a file, or of every data file in a folder (hidden files and folders left out), in order; a folder
+    written by datasets' save_to_disk is read as that dataset."""
+    if path.is_dir() and _saved_dataset(path):
+        yield from _read_saved(path)
+        return
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix.lower() in SUFFIXES and p.is_file()
                        and not any(part.startswith(".") for part in p.relative_to(path).parts))
@@ -358,6 +362,29 @@ def _first_undecodable(path: Path, encoding: str) -> tuple[int, int]:
                     return line, offset + i - pending + getattr(err, "start", 0)
             offset += len(chunk)
     return line, offset - len(decoder.getstate()[0])  # the file ends inside a character
+
+
+def _saved_dataset(path: Path) -> bool:
+    """A folder datasets' save_to_disk wrote: a Dataset (state.json + dataset_info.json) or a DatasetDict."""
+    return ((path / "state.json").is_file() and (path / "dataset_info.json").is_file()) or (
+        path / "dataset_dict.json").is_file()
+
+
+def _read_saved(path: Path) -> Iterator[RawRow]:
+    """The rows of a save_to_disk folder; of a DatasetDict, its train split (or its only one)."""
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as err:  # datasets raises many types; the user needs the folder and the reason
+        raise DataError(f"{path}: could not load the dataset save_to_disk wrote there: {err}") from None
+    if isinstance(ds, datasets.DatasetDict):
+        split = "train" if "train" in ds else next(iter(ds)) if len(ds) == 1 else None
+        if split is None:
+            raise DataError(f"{path}: a DatasetDict with splits {', '.join(ds)} and no train; pass the split's "
+                            f"folder, e.g. {path / next(iter(ds))}")
+        ds = ds[split]
+    return (RawRow(str(path), f"row {i}", _unfilled(row)) for i, row in enumerate(ds))
 
 
 def read_hub(dataset_id: str, split: str = "train") -> Iterator[RawRow]:
