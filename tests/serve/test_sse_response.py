@@ -74,3 +74,15 @@ def test_a_client_that_leaves_mid_stream_stops_the_engine_and_frees_its_slot():
     assert sent[0]["status"] == 200 and lines[0].startswith(b"data: {")
     assert len(lines) < 100  # it stopped, far before the 2,000 tokens
     assert engine.open_streams == 0 and app.state.serving.active == 0
+    requests = app.state.serving.metrics.requests  # the client's leaving, as a whole answer's (README: 499)
+    path = "/v1/chat/completions"
+    assert requests.labels(path, "499")._value.get() == 1 and requests.labels(path, "200")._value.get() == 0
+
+
+def test_a_stream_read_to_its_end_counts_as_200():
+    app = build_app(ScriptedEngine(), DeployConfig())
+    with TestClient(app) as http:
+        assert http.post("/v1/chat/completions", json={**BODY, "stream": True}).text.endswith("data: [DONE]\n\n")
+    requests = app.state.serving.metrics.requests
+    assert requests.labels("/v1/chat/completions", "200")._value.get() == 1
+    assert requests.labels("/v1/chat/completions", "499")._value.get() == 0

@@ -155,6 +155,7 @@ class Gate:
                 finally:
                     self.drain.running -= 1
         finally:
+            status = 499 if ctx.client_closed else status  # a stream the client left (routes.py SSEResponse)
             self.metrics.requests.labels(endpoint, str(status)).inc()
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
             if ctx.caller is not None and self.keys is not None:

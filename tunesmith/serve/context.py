@@ -25,6 +25,7 @@ class RequestContext:
     caller: Any = None  # keys.Caller: the scoped key that authenticated this request
     version: str | None = None  # the model version that answers (versions.py): sent as a response header
     on_end: list[Callable[[], None]] = field(default_factory=list)  # run once the response has been sent
+    client_closed: bool = False  # a stream the client left before its end: counted as 499, as a whole answer's
 
     def end(self) -> None:
         while self.on_end:

@@ -10,6 +10,7 @@ import functools
 
 import anyio
 from fastapi import APIRouter, Request
+from starlette.requests import ClientDisconnect
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
@@ -17,7 +18,7 @@ from pydantic import BaseModel
 from tunesmith.serve.chat import create_chat_completion
 from tunesmith.serve.classify import ClassificationRequest, ClassificationResponse, create_classification
 from tunesmith.serve.completion import create_completion
-from tunesmith.serve.context import BODY_SEND
+from tunesmith.serve.context import BODY_SEND, current
 from tunesmith.serve.embeddings import EmbeddingRequest, EmbeddingResponse, create_embeddings
 from tunesmith.serve.errors import error_body
 from tunesmith.serve.messages import (
@@ -62,11 +63,18 @@ class SSEResponse(StreamingResponse):
                          headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         self.stream = stream
         self.body_send = None
+        self.sent_all = False
 
     async def __call__(self, scope, receive, send) -> None:
         self.body_send = scope.get(BODY_SEND)
         try:
             await super().__call__(scope, receive, send)
+        except ClientDisconnect:  # ASGI >= 2.4: the send failed
+            _client_closed()
+            raise
+        else:
+            if not self.sent_all:  # Starlette cancelled the sending when the client disconnected
+                _client_closed()
         finally:
             with anyio.CancelScope(shield=True):
                 await self.stream.aclose()
@@ -77,6 +85,14 @@ class SSEResponse(StreamingResponse):
         async for line in self.body_iterator:
             await body({"type": "http.response.body", "body": line.encode(), "more_body": True})
         await body({"type": "http.response.body", "body": b"", "more_body": False})
+        self.sent_all = True
+
+
+def _client_closed() -> None:
+    """The Gate (app.py) counts this request as 499 in /metrics: its 200 was sent, but the client left the stream."""
+    ctx = current()
+    if ctx is not None:
+        ctx.client_closed = True
 
 
 def _serving(request: Request) -> Serving:
