@@ -207,6 +207,27 @@ def test_a_request_on_the_exact_path_whose_client_left_stops_its_generate_call(e
     assert chat(serving, max_tokens=2).choices[0].finish_reason == "length"  # and the next request is answered
 
 
+def test_a_seeded_answer_streams_token_by_token_as_the_exact_path_answered_it(engine):
+    """A seed reseeds generate() per request: streamed as it comes (it arrived in one chunk at the end), the same
+    tokens as the exact path's generate() gave whole."""
+    from tunesmith.infer import generate_paths
+    from tunesmith.infer.decoding import Decoder
+    from tunesmith.infer.types import GenerationRequest, SamplingParams
+
+    served = engine.served[engine.default]
+    p = SamplingParams(temperature=1.0, seed=7, max_tokens=12, n=2)
+    request = GenerationRequest(messages=USER, params=p)
+
+    async def deltas() -> list:
+        return [d async for d in engine.stream(request)]
+
+    streamed = asyncio.run(deltas())
+    for choice in range(2):
+        pieces = [d.text for d in streamed if d.index == choice and d.text]
+        tokens, _ = generate_paths.generate_exact(served, engine.exact_lock, engine.prompt_ids(request), p, choice)
+        assert len(pieces) > 2 and "".join(pieces) == Decoder(served.template, []).update(tokens, final=True)[0]
+
+
 def test_requests_cut_at_a_stop_string_or_left_early_leave_no_handler_behind(engine):
     """transformers drops a request's result handler when it finishes; the batch cancels a request cut at a stop
     string or whose client left, and each kept its handler (and queue) for the life of the server."""

@@ -1,7 +1,8 @@
 """The transformers engine's generate() paths: requests the batching loop cannot serve, answered by `generate()` one
 at a time under the engine's lock (the batching loop never steps beside them: infer/continuous.py).
 
-- exact: `logprobs` / `top_logprobs` or a `seed` report the model's own distribution and reseed per request.
+- exact: `logprobs` / `top_logprobs` report the model's own distribution (the answer comes whole); a `seed` reseeds
+  per request, streamed token by token (generate_streamed).
 - constrained: a `response_format` grammar (infer/grammar.py, llguidance) masks the logits of each step through a
   LogitsProcessor, streamed token by token. The batching loop's per-request processors take only tensor arguments
   (temperature, top_p), so a grammar cannot ride in the batch.

@@ -184,16 +184,18 @@ class TransformersEngine(Engine):
                 async for delta in generate_paths.stream_constrained(served, self.exact_lock, prompt, p, grammar):
                     yield delta
                 return
-        if p.logprobs or p.top_logprobs or (p.seed is not None and p.temperature >= GREEDY_BELOW):
+        if p.logprobs or p.top_logprobs:  # the model's own distribution per token: the answer comes whole
             async for delta in generate_paths.stream_exact(served, self.exact_lock, prompt, p):
                 yield delta
             return
         from tunesmith.models.reft import needs_whole_prompt
 
-        if needs_whole_prompt(served.model):
-            # LoReFT at prompt positions (models/reft.py) finds them in a forward over the whole prompt: generate()'s
-            # prefill, streamed token by token (the batch's prefills are chunked and ragged; --speculative's first
-            # forward would hold the draft's tokens beside the prompt, so it is not used for these models)
+        if needs_whole_prompt(served.model) or (p.seed is not None and p.temperature >= GREEDY_BELOW):
+            # generate() streamed token by token: a seed reseeds torch for this request alone, which a shared batch
+            # cannot (the same tokens as the exact path's generate(), which was one chunk at the end). LoReFT at
+            # prompt positions (models/reft.py) finds them in a forward over the whole prompt: generate()'s prefill
+            # (the batch's prefills are chunked and ragged; --speculative's first forward would hold the draft's
+            # tokens beside the prompt, so it is not used for these models)
             inputs = generate_paths.token_inputs(prompt)
 
             def generate(choice: int, streamer: Any) -> None:
