@@ -147,3 +147,21 @@ def test_version_through_the_console_script():
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, f"tunesmith {metadata.version('tunesmith')}\n", "")
     listed = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120)
     assert listed.returncode == 0 and "  --version    print tunesmith's version and exit" in listed.stdout
+
+
+# -----------------------------------------------------------------------------
+# lora alpha follows rank; warmup_steps, val_set_size
+
+
+def test_a_rank_given_without_alpha_keeps_alpha_twice_the_rank(tmp_path):
+    assert load(SFTConfig, ["-c", write(tmp_path, "lora_r: 8")]).lora.alpha == 16  # was 32: 4 x rank
+    assert load(SFTConfig, ["--dataset", "x", "--lora.rank", "64"]).lora.alpha == 128
+    assert load(SFTConfig, ["--dataset", "x", "--lora.rank", "8", "--lora.alpha", "8"]).lora.alpha == 8
+    assert load(SFTConfig, ["-c", write(tmp_path, "lora_r: 8", "lora_alpha: 64")]).lora.alpha == 64
+    assert load(SFTConfig, ["--dataset", "x"]).lora.alpha == 32  # the default rank 16
+
+
+def test_peer_warmup_and_validation_keys(tmp_path):
+    with pytest.raises(ConfigError, match=r"warmup_steps; tunesmith warms up over a share of the steps: warmup_ratio"):
+        load(SFTConfig, ["-c", write(tmp_path, "warmup_steps: 100")])
+    assert load(SFTConfig, ["-c", write(tmp_path, "val_set_size: 0.05")]).val_split == 0.05  # axolotl's name

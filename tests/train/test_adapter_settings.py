@@ -50,3 +50,19 @@ def test_the_adapters_own_values_given_again_are_fine(adapter):
     cfg = config(adapter, "--lora.rank", "4", "--lora.targets", "v_proj,q_proj", "--tuner", "lora")
     load_template(cfg)
     assert cfg.lora.rank == 4
+
+
+def test_a_rank_given_again_leaves_the_adapters_own_alpha(adapter, tmp_path):
+    """alpha follows a given rank (2 x) only until it is known: the adapter's alpha (here 8 x rank) is kept, not
+    refused as if --lora.alpha had been given."""
+    import json
+    import shutil
+
+    base, final = adapter
+    mine = tmp_path / "final"
+    shutil.copytree(final, mine)
+    record = json.loads((mine / "adapter_config.json").read_text())
+    (mine / "adapter_config.json").write_text(json.dumps({**record, "lora_alpha": 32}))
+    cfg = config((base, mine), "--lora.rank", "4")
+    load_template(cfg)
+    assert (cfg.lora.rank, cfg.lora.alpha) == (4, 32)

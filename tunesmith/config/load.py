@@ -53,6 +53,7 @@ ALIASES = {
     "max_new_tokens": "generation.max_tokens",
     "lr_scheduler_type": "lr_scheduler",  # HF TrainingArguments, LLaMA-Factory: the same transformers names
     "overwrite_output_dir": "overwrite",  # HF TrainingArguments: start over in an output_dir that holds a run
+    "val_set_size": "val_split",  # axolotl: the share of rows held out for eval loss
 }
 
 # Peers' keys that are no rename of one of ours: what to write instead, said where the key is refused. A hint that
@@ -75,6 +76,8 @@ PEER_HINTS: dict[str, tuple[str | None, str]] = {
     "load_in_4bit": ("tuner", "a 4-bit base with LoRA adapters is tuner: qlora (--tuner qlora)"),
     "quantization_bit": ("tuner", "a 4-bit base with LoRA adapters is tuner: qlora (--tuner qlora); 8-bit bases are "
                                   "not trained"),
+    "warmup_steps": ("warmup_ratio", "tunesmith warms up over a share of the steps: warmup_ratio (e.g. 0.03; 0 for "
+                                     "none), not a step count"),
     "adapter": ("tuner", "axolotl's adapter (lora, qlora) is tuner in tunesmith: tuner: {value} (--tuner {value}); "
                          "adapters is a trained adapter folder to start from"),
 }

@@ -118,7 +118,7 @@ def _takes_list_not_text(annotation: object, value: str) -> bool:
 
 class LoraCfg(Section):
     rank: int = Field(16, ge=1, description="Adapter rank; adapter memory grows linearly with it.")
-    alpha: int = Field(32, ge=1, description="Scale of the update; 2 x rank is the usual choice.")
+    alpha: int = Field(32, ge=1, description="Scale of the update; unset: 2 x rank (the usual choice, as LLaMA-Factory).")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description=(
         "Dropout on the adapter input. 0 (as peft, LLaMA-Factory and Unsloth): p > 0 keeps a dropped copy of each "
         "adapter's input for backward, ~40 % more activation memory on a 7B model, and costs speed."))
@@ -144,6 +144,15 @@ class LoraCfg(Section):
     train_router: bool = Field(False, description=(
         "Mixture-of-experts models: adapters on the routers too (default frozen: tuning them on little data "
         "unbalances the experts)."))
+
+    @model_validator(mode="after")
+    def _alpha_follows_rank(self) -> "LoraCfg":
+        """Until alpha is given, it is 2 x rank (rank 8 had alpha 32, 4 x: a larger update). Set in __dict__, not
+        assigned: alpha stays out of the fields given (--adapters refuses given settings that differ from the
+        adapter's: train/preflight.py follow_adapter), and assignment would validate again."""
+        if "alpha" not in self.model_fields_set:
+            self.__dict__["alpha"] = 2 * self.rank
+        return self
 
     @field_validator("targets", mode="before")
     @classmethod
