@@ -1,5 +1,6 @@
 """Bare `tunesmith` driven in a pseudo-terminal: fine-tune with the CPU defaults, then chat with the result."""
 
+import io
 import os
 from pathlib import Path
 
@@ -60,22 +61,25 @@ def test_wizard_fine_tunes_on_cpu_and_chats_with_the_result(tmp_path):
     assert answer, "the chat printed no answer"
 
 
-def test_wizard_evaluates_a_run_against_its_base_model(tiny_model, toy_data, tmp_path):
-    pexpect = pytest.importorskip("pexpect")
+def finished_run(tiny_model, tmp_path) -> Path:
+    """A finished run as sft leaves it (adapter, template, config.yaml naming the base); random LoRA weights."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     from tunesmith.templates import Template
 
-    # A finished run as sft leaves it (adapter, template, config.yaml naming the base); random LoRA weights suffice.
     final = tmp_path / "runs" / "toy" / "final"
     torch.manual_seed(0)
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model), lora).save_pretrained(final)
     Template.load(tiny_model).save(final)
     (final.parent / "config.yaml").write_text(f"model: {tiny_model}\n")
+    return final
 
+
+def start_evaluating(pexpect, tmp_path, toy_data):
+    """The wizard, asked to evaluate runs/toy/final on toy_data, up to the command it runs."""
     env = {**os.environ, "TERM": "xterm-256color", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": "",
            "PROMPT_TOOLKIT_NO_CPR": "1", "OMP_NUM_THREADS": "1"}
     child = pexpect.spawn(TUNESMITH, cwd=str(tmp_path), env=env, encoding="utf-8", timeout=300, dimensions=(40, 160))
@@ -91,6 +95,13 @@ def test_wizard_evaluates_a_run_against_its_base_model(tiny_model, toy_data, tmp
     child.expect("Path to")
     child.sendline(str(toy_data))
     child.expect(r"\$ tunesmith eval --compare ")  # the rest is coloured by rich: compared in command.txt below
+    return child
+
+
+def test_wizard_evaluates_a_run_against_its_base_model(tiny_model, toy_data, tmp_path):
+    pexpect = pytest.importorskip("pexpect")
+    finished_run(tiny_model, tmp_path)
+    child = start_evaluating(pexpect, tmp_path, toy_data)
     child.expect("tunesmith eval: ")  # the table's title
     child.expect("tuned")
     child.expect("Done.")
@@ -103,3 +114,18 @@ def test_wizard_evaluates_a_run_against_its_base_model(tiny_model, toy_data, tmp
     assert (out / "command.txt").read_text() == (  # max-tokens: room for the longest reference ("CODE quartz OK")
         f"tunesmith eval --compare base={tiny_model} tuned=runs/toy/final --dataset {toy_data} "
         f"--generation.max-tokens 16 --output-dir {out.relative_to(tmp_path)}\n")
+
+
+def test_ctrl_c_while_the_wizard_runs_a_command_goes_back_to_the_menu(tiny_model, toy_data, tmp_path):
+    """It printed a KeyboardInterrupt traceback and left the wizard."""
+    pexpect = pytest.importorskip("pexpect")
+    finished_run(tiny_model, tmp_path)
+    child = start_evaluating(pexpect, tmp_path, toy_data)
+    child.logfile_read = seen = io.StringIO()
+    child.sendintr()  # Ctrl-C while the models load or answer
+    child.expect("interrupted", timeout=60)
+    child.expect("What do you want to do", timeout=60)
+    child.expect("Quit")
+    child.send(UP + ENTER)
+    child.expect(pexpect.EOF)
+    assert "Traceback" not in seen.getvalue()

@@ -53,6 +53,8 @@ def wizard() -> int:
             actions[choice](hw)
         except TunesmithError as err:
             console.print(f"[red]error:[/red] {err}")
+        except KeyboardInterrupt as err:  # Ctrl-C while an action runs (a training run names its checkpoint): say
+            console.print(f"\n{str(err) or 'interrupted'}")  # so, no traceback, and back to the menu
 
 
 def describe(hw) -> str:
