@@ -30,7 +30,7 @@ import yaml
 from tunesmith import lineage
 from tunesmith.train import continued
 from tunesmith.config.local_paths import with_absolute_paths
-from tunesmith.errors import ConfigError
+from tunesmith.errors import ConfigError, TunesmithError
 from tunesmith.train.callbacks import MANIFEST, GracefulStop, checkpoints, is_complete
 from tunesmith.train.launch import LAUNCHED, is_main, rank
 from tunesmith.train.resume_checks import check_resume, processes_now, written_by
@@ -126,7 +126,8 @@ def open_run(cfg: Any) -> Iterator[Run]:
     """Lock the run folder, prepare it, log into it; on the way out (also on error) undo the logging and unlock.
     With several processes, rank 0 locks and prepares (or the launching process did: train/launch.py), and each
     other rank logs into logs/rank-N.log."""
-    if cfg.output_dir is None:
+    generated = cfg.output_dir is None
+    if generated:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         cfg.output_dir = f"runs/{cfg.command}-{stamp}"
     path = Path(cfg.output_dir)
@@ -134,15 +135,22 @@ def open_run(cfg: Any) -> Iterator[Run]:
     held_by_launcher = os.environ.get(LAUNCHED) == str(path.resolve())
     owner = is_main() and not held_by_launcher
     log_file = path / "train.log" if is_main() else path / "logs" / f"rank-{rank()}.log"
-    with _locked(path) if owner else contextlib.nullcontext():
-        if owner:
-            _check_writable(cfg, path)
-        log_file.parent.mkdir(exist_ok=True)
-        with _logging_into(log_file, console=is_main()):
-            checkpoint = checkpoint_to_resume(cfg, path, set_aside=owner)
-            if owner and cfg.resume:
-                check_resume(cfg, path, checkpoint)  # before config.yaml is rewritten or a step trains
-            yield Run(cfg, path, checkpoint)
+    try:
+        with _locked(path) if owner else contextlib.nullcontext():
+            if owner:
+                _check_writable(cfg, path)
+            log_file.parent.mkdir(exist_ok=True)
+            with _logging_into(log_file, console=is_main()):
+                checkpoint = checkpoint_to_resume(cfg, path, set_aside=owner)
+                if owner and cfg.resume:
+                    check_resume(cfg, path, checkpoint)  # before config.yaml is rewritten or a step trains
+                yield Run(cfg, path, checkpoint)
+    except TunesmithError:
+        if generated and owner and not (path / "config.yaml").exists():
+            # bad data or a model not found, said on stderr, before anything of the run was written: a folder named
+            # after the time with only train.log in it would be left per attempt
+            shutil.rmtree(path, ignore_errors=True)
+        raise
 
 
 def _check_writable(cfg: Any, path: Path) -> None:
