@@ -220,6 +220,17 @@ def test_alpaca_prompts_without_output_keep_their_instruction(tmp_path):
         f"{path}:1: output: no assistant turn to learn from (prompts for infer? check them with --kind prompts)")
 
 
+def test_a_system_prompt_alone_is_a_prompt_as_deploy_takes_it(tmp_path):
+    """infer refused what deploy (and OpenAI's API) answers; a training row still needs a turn to learn from."""
+    system_only = {"messages": [{"role": "system", "content": "You are a pirate."}]}
+    path = write_jsonl(tmp_path / "p.jsonl", [system_only, {"messages": []}])
+    data = load_rows([str(path)], kind="prompts")
+    assert [r.messages for r in data.rows] == [system_only["messages"]]
+    assert [str(p) for p in data.problems] == [f"{path}:2: messages: no user or assistant turn"]
+    assert [str(p) for p in load_rows([str(path)], kind="sft").problems][0] == (
+        f"{path}:1: messages: no user or assistant turn")
+
+
 def test_openais_developer_role_is_the_system_turn_as_deploy_reads_it(tmp_path):
     # chat logs exported from OpenAI's newer API carry "developer" where older ones carry "system"
     row = {"messages": [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "q"},

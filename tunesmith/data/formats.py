@@ -282,6 +282,8 @@ def _preference_pair_for_sft(data: dict, messages: list[dict], bad: _Reporter) -
 def _check_messages(messages: list[dict], kind: str, fmt: str, bad: _Reporter, data: dict) -> bool:
     field = {"messages": "messages", "sharegpt": "conversations", "alpaca": _alpaca_answer_key(data)}.get(fmt, "response")
     body = [m for m in messages if m["role"] != "system"]
+    if not body and kind == "prompts" and messages:  # a system prompt alone: answered, as deploy (and OpenAI's API)
+        return True                                  # answers it
     if not body:
         bad(field, "no user or assistant turn")
         return False
