@@ -165,3 +165,12 @@ def test_peer_warmup_and_validation_keys(tmp_path):
     with pytest.raises(ConfigError, match=r"warmup_steps; tunesmith warms up over a share of the steps: warmup_ratio"):
         load(SFTConfig, ["-c", write(tmp_path, "warmup_steps: 100")])
     assert load(SFTConfig, ["-c", write(tmp_path, "val_set_size: 0.05")]).val_split == 0.05  # axolotl's name
+
+
+def test_a_typo_of_a_shortcut_suggests_the_shortcut_not_a_peers_alias():
+    from tunesmith.config import InferConfig
+
+    with pytest.raises(ConfigError, match=r"--max-token; did you mean --max-tokens\?"):  # was --max-new-tokens
+        load(InferConfig, ["--max-token", "5"])
+    with pytest.raises(ConfigError, match=r"--grpo.bta; did you mean --grpo.beta\?"):  # was --grpo.env
+        load(RLHFConfig, ["--method", "grpo", "--dataset", "x", "--grpo.bta", "1"])

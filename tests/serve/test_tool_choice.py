@@ -40,6 +40,12 @@ FRAMED = ["qwen2.5", "qwen3", "llama3", "llama4", "mistral-nemo", "granite3"]
 UNFRAMED = ["mistral-small", "deepseek-v3", "gpt-oss"]  # and Qwen3.5's XML (its tokenizer takes 14 s to build)
 
 
+CALLED = [{"role": "user", "content": "Weather in Paris?"},
+          {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {
+              "name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+          {"role": "tool", "tool_call_id": "c1", "content": "18 C"}]
+
+
 def call_turn_ids(template: Template, arguments: dict, call_id: str) -> list[int]:
     """The ids training renders for an assistant turn that calls get_weather, through its end of turn."""
     conv = [{"role": "user", "content": "Weather in Paris?"},
@@ -161,3 +167,12 @@ def test_tools_a_template_cannot_render_are_a_400_naming_tools_and_tool_choice_n
             assert "chat template of tiny-llama cannot render tools" in error["message"]
         reply = ask(plain, "none", max_tokens=2)  # "none" renders no tools: the answer is text, as OpenAI's
         assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["tool_calls"] is None, reply.text
+        # an earlier call in the conversation: ChatML renders the assistant's content only, so it would vanish
+        reply = plain.post("/v1/chat/completions", json={"max_tokens": 2, "messages": CALLED})
+        assert reply.status_code == 400 and reply.json()["error"]["param"] == "messages[1].tool_calls", reply.text
+        assert "cannot render tool calls" in reply.json()["error"]["message"]
+
+
+def test_an_earlier_call_reaches_a_template_that_renders_calls(client):
+    reply = client.post("/v1/chat/completions", json={"max_tokens": 2, "messages": CALLED})
+    assert reply.status_code == 200, reply.text

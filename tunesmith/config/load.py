@@ -452,6 +452,9 @@ def _check_known(cls: type[BaseModel], parts: list[str], raw_key: str, source: s
             candidates = [f"{parent}.{k}" if parent else k for k in valid]
             valid_names = candidates + ([a for a in ALIASES if resolves(cls, ALIASES[a])] if not prefix else [])
             valid_names += list(getattr(model, "retired", {})) if not depth else []  # names it reads past (plan)
+            # its shortcuts (infer's max_tokens = generation.max_tokens), first: preferred to a peer's alias of them
+            shortcuts = getattr(model, "shortcuts", {}) if model else {}
+            valid_names = [*(f"{parent}.{k}" if parent else k for k in shortcuts), *valid_names]
             valid_names += [f"{name}.{k}" for name, section in read_sections.items() for k in _all_keys(section)
                             if not depth]
             nearest = difflib.get_close_matches(".".join(parts), valid_names, n=1, cutoff=0.5)

@@ -70,6 +70,7 @@ async def create_chat_completion(serving: Serving, req: ChatCompletionRequest) -
     refuse_stream_options_without_stream(req.stream, req.stream_options)
     if req.tools and req.tool_choice != "none":  # "none" renders no tools: any template answers it
         _refuse_tools_the_template_drops(serving, model, public)
+    _refuse_calls_the_template_drops(serving, model, public, req.messages)
     response_format = _response_format(req)
     forced = _forced_call(serving, req, model, public)
     if forced and response_format:
@@ -137,6 +138,19 @@ def _refuse_tools_the_template_drops(serving: Serving, model: str | None, public
                        "them or without), so the model would never see them. Serve a model whose chat template "
                        "renders tools (Qwen2.5, Llama 3.1, Mistral...), or put such a template in the model folder's "
                        "chat_template.jinja; or leave tools out (tool_choice \"none\" sends none)", param="tools")
+
+
+def _refuse_calls_the_template_drops(serving: Serving, model: str | None, public: str, messages: list) -> None:
+    """An earlier assistant turn's tool_calls reach the model only through its chat template; one that renders an
+    assistant turn's content alone would drop them unseen (the model answers as if it had never called)."""
+    calling = next((i for i, m in enumerate(messages) if isinstance(m, AssistantTurn) and m.tool_calls), None)
+    if calling is None:
+        return
+    template = serving.engine.template_for(model)
+    if template is not None and not template.renders_calls:
+        raise APIError(400, f"messages[{calling}].tool_calls: the chat template of {public} cannot render tool calls, "
+                       "so the model would never see this one. Serve a model whose chat template renders them "
+                       "(Qwen2.5, Llama 3.1, Mistral...), or give the call's result as text", param=f"messages[{calling}].tool_calls")
 
 
 def _forced_call(serving: Serving, req: ChatCompletionRequest, model: str | None, public: str) -> dict | None:

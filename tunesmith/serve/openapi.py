@@ -143,17 +143,25 @@ def _image_parts(schemas: dict[str, Any], serving: Any) -> None:
 
 
 def _tools(schemas: dict[str, Any], serving: Any) -> None:
-    """Where no served chat model's template renders tools, tools go with tool_choice "none" only (chat.py refuses
-    others by name: the model would never see them)."""
+    """Where no served chat model's template renders tools, tools go with tool_choice "none" only; where none renders
+    an assistant turn's calls, earlier turns carry no tool_calls (chat.py refuses both by name: the model would never
+    see them)."""
     engine = getattr(serving, "engine", None)
     if engine is None or not serving.engine_names:
         return
     templates = [engine.template_for(name) for name in serving.engine_names]
-    if any(t is None or t.renders_tools for t in templates):
+    if any(t is None for t in templates):
         return
-    schemas["ChatCompletionRequest"].setdefault("allOf", []).append({
-        "if": {"properties": {"tools": {"type": "array", "minItems": 1}}, "required": ["tools"]},
-        "then": {"properties": {"tool_choice": {"const": "none"}}, "required": ["tool_choice"]}})
+    if not any(t.renders_tools for t in templates):
+        schemas["ChatCompletionRequest"].setdefault("allOf", []).append({
+            "if": {"properties": {"tools": {"type": "array", "minItems": 1}}, "required": ["tools"]},
+            "then": {"properties": {"tool_choice": {"const": "none"}}, "required": ["tool_choice"]}})
+    turn = schemas.get("AssistantTurn")
+    if turn is not None and not any(t.renders_calls for t in templates):
+        turn["properties"]["tool_calls"] = {"anyOf": [{"type": "array", "maxItems": 0}, {"type": "null"}]}
+        turn.pop("anyOf", None)
+        turn["required"] = [*turn.get("required", []), "content"]
+        turn["properties"]["content"] = {**turn["properties"]["content"], "not": {"type": "null"}}
 
 
 def _drop_unused(schema: dict[str, Any]) -> None:
