@@ -37,8 +37,8 @@ def rows(n):
 
 
 def train(tmp_path, steps, **kw):
-    cfg = SFTConfig(dataset=["x"], method="full", max_steps=steps, batch_size=2, logging_steps=1, learning_rate=1e-3,
-                    report_to=["none"], output_dir=str(tmp_path), save_steps=1000, **kw)
+    cfg = SFTConfig(dataset=["x"], method="full", max_steps=steps, batch_size=2, learning_rate=1e-3,
+                    report_to=["none"], output_dir=str(tmp_path), save_steps=1000, **{"logging_steps": 1, **kw})
     model = tiny_model()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     trainer = run_trainer(cfg, tmp_path, model, stub_tokenizer(), datasets.Dataset.from_list(rows(2 * steps)), None,
@@ -57,3 +57,9 @@ def test_warmup_is_whole_steps_rounded_down(tmp_path):
     trainer, lrs, _ = train(tmp_path, 3, warmup_ratio=0.5, lr_scheduler="constant_with_warmup")
     assert trainer.args.warmup_steps == 1  # 1.5 -> 1 (ceil gave 2)
     assert lrs == [0.0, pytest.approx(1e-3), pytest.approx(1e-3)]
+
+
+def test_the_last_step_is_logged_whatever_logging_steps_says(tmp_path):
+    """2 steps at logging_steps 10 logged step 1 only: the run ended on 'loss a -> a', as if nothing was learnt."""
+    trainer, _, _ = train(tmp_path, 3, logging_steps=10)
+    assert [h["step"] for h in trainer.state.log_history if "loss" in h] == [1, 3]

@@ -41,6 +41,13 @@ class MetricsLog(TrainerCallback):
             # The Trainer has loaded the checkpoint's state by now: global_step is the step resumed from (0 otherwise)
             drop_after(self.path, state.global_step)
 
+    def on_step_end(self, args, state, control, **kwargs):
+        # the last step is logged whatever logging_steps says: the curve and the end-of-run line end where the run
+        # ended, not steps before (ppo's own loop, which passes no control, logs its last step itself)
+        if control is not None and state.global_step == state.max_steps:
+            control.should_log = True
+        return control
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or not state.is_world_process_zero:
             return
