@@ -137,6 +137,23 @@ def test_full_model_given_as_adapters_says_to_pass_it_as_model(base):
     assert f"--model {base} instead" in str(err.value)
 
 
+def test_a_run_folder_given_as_adapters_names_its_final_or_newest_checkpoint(tmp_path, lora_final):
+    import shutil
+
+    from tunesmith.errors import ModelNotFoundError
+    from tunesmith.models.load import check_adapter_folder
+
+    run = tmp_path / "run"
+    shutil.copytree(lora_final, run / "final")
+    with pytest.raises(ModelNotFoundError, match=f"the run's adapter is {run / 'final'}"):
+        check_adapter_folder(run)
+    cut = tmp_path / "cut"  # a run cut off before final/: its checkpoints hold the adapter
+    for step in (2, 10):
+        shutil.copytree(lora_final, cut / f"checkpoint-{step}")
+    with pytest.raises(ModelNotFoundError, match=f"no final/ .*--resume, or use its newest checkpoint {cut / 'checkpoint-10'}"):
+        check_adapter_folder(cut)
+
+
 def test_reward_model_given_as_adapters_is_refused_as_a_reward_model(base, rm_final):
     from transformers import AutoModelForCausalLM
 

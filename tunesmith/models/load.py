@@ -198,6 +198,18 @@ def attach_adapters(model: Any, folder: str | Path, trainable: bool) -> Any:
     return PeftModel.from_pretrained(model, str(folder), is_trainable=trainable)
 
 
+def _run_folder_hint(path: Path) -> str:
+    """What to pass for a run's folder given as --adapters: its final/, or, for a run cut off, its newest checkpoint."""
+    if (path / "final" / "adapter_config.json").exists():
+        return f"the run's adapter is {path / 'final'}"
+    steps = sorted((int(p.name.split("-")[1]), p) for p in path.glob("checkpoint-*")
+                   if p.name.split("-")[1].isdigit() and (p / "adapter_config.json").exists())
+    if steps:
+        return (f"the run has no final/ (cut off?): continue it with --resume, or use its newest checkpoint "
+                f"{steps[-1][1]}")
+    return "expected runs/NAME/final of an adapter run"
+
+
 def check_adapter_folder(folder: str | Path) -> Path:
     """`folder` as peft will read it, or the error a user can act on: peft takes a missing folder for a hub id, and
     a full model's folder (a `--tuner full` or rm run's final/) fails on its missing adapter_config.json."""
@@ -209,6 +221,6 @@ def check_adapter_folder(folder: str | Path) -> Path:
             refuse_scorer(path)
             raise ConfigError(f"adapters: {folder} holds a full model (config.json, no adapter_config.json), not an "
                               f"adapter: pass it as --model {folder} instead")
-        raise ModelNotFoundError(f"adapters: {folder}: no adapter_config.json; not an adapter folder (expected "
-                                 "runs/NAME/final of an adapter run)")
+        raise ModelNotFoundError(f"adapters: {folder}: no adapter_config.json; not an adapter folder "
+                                 f"({_run_folder_hint(path)})")
     return path
