@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import functools
 import threading
-from pathlib import Path
 from typing import Any, AsyncIterator
 
 from tunesmith.config import DEFAULT_MODEL
