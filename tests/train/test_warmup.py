@@ -1,4 +1,4 @@
-"""warmup_ratio counts whole steps rounded down: a short run's first step (a 1-step run's only one) trains."""
+"""warmup_ratio never takes the whole run: a 1-step run's only step trains."""
 
 import datasets
 import pytest
@@ -53,10 +53,12 @@ def test_a_one_step_run_trains_at_its_learning_rate(tmp_path):
     assert lrs == [pytest.approx(1e-3)] and moved
 
 
-def test_warmup_is_whole_steps_rounded_down(tmp_path):
+def test_warmup_counts_as_transformers_but_leaves_a_step(tmp_path):
     trainer, lrs, _ = train(tmp_path, 3, warmup_ratio=0.5, lr_scheduler="constant_with_warmup")
-    assert trainer.args.warmup_steps == 1  # 1.5 -> 1 (ceil gave 2)
-    assert lrs == [0.0, pytest.approx(1e-3), pytest.approx(1e-3)]
+    assert trainer.args.warmup_steps == 2  # ceil(1.5), as transformers counts
+    assert lrs == [0.0, pytest.approx(5e-4), pytest.approx(1e-3)]
+    trainer, lrs, _ = train(tmp_path / "all", 2, warmup_ratio=0.9, lr_scheduler="constant_with_warmup")
+    assert trainer.args.warmup_steps == 1 and lrs[-1] == pytest.approx(1e-3)  # ceil(1.8) = 2 would be the whole run
 
 
 def test_the_last_step_is_logged_whatever_logging_steps_says(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,7 @@ def common_args(cfg: Any, run_dir: Path, device: str, dtype: Any, has_eval: bool
         gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler,
-        warmup_steps=cfg.warmup_ratio,  # a ratio of total steps, rounded down once they are known (warm_up_in_whole_steps)
+        warmup_steps=cfg.warmup_ratio,  # a ratio of total steps, never all of them (warm_up_in_whole_steps)
         weight_decay=cfg.weight_decay,
         **speed_args(cfg, device),  # fused AdamW on CUDA; gradient checkpointing (on every checkpoint_every-th layer)
         bf16=dtype == torch.bfloat16,
@@ -144,14 +145,13 @@ def run_trainer(cfg: Any, run_dir: Path, model: Any, tokenizer: Any, train_ds: A
 
 
 def warm_up_in_whole_steps(trainer: Any, ratio: float) -> None:
-    """warmup_ratio as whole steps rounded down (as ppo counts them), once the Trainer knows its step count.
-    transformers rounds up, and its warmup's first step has learning rate 0: every run under 1/ratio steps (33 at the
-    default 0.03) spent its first step at lr 0, and a 1-step run (a few new rows with --continue-from) trained
+    """warmup_ratio's steps as transformers counts them (rounded up), but never the whole run, once the Trainer knows
+    its step count. Linear warmup starts at lr 0, so a 1-step run (a few new rows with --continue-from) trained
     nothing while recording its rows as seen."""
     create = trainer.create_scheduler
 
     def create_scheduler(num_training_steps: int, optimizer: Any = None) -> Any:
-        trainer.args.warmup_steps = int(ratio * num_training_steps)
+        trainer.args.warmup_steps = min(math.ceil(ratio * num_training_steps), num_training_steps - 1)
         return create(num_training_steps, optimizer)
 
     trainer.create_scheduler = create_scheduler
