@@ -51,7 +51,7 @@ def common_args(cfg: Any, run_dir: Path, device: str, dtype: Any, has_eval: bool
         gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler,
-        warmup_steps=cfg.warmup_ratio,  # a ratio of total steps, never all of them (warm_up_in_whole_steps)
+        warmup_steps=cfg.warmup_ratio,  # a ratio of total steps, never all of them (warmup_short_of_the_whole_run)
         weight_decay=cfg.weight_decay,
         **speed_args(cfg, device),  # fused AdamW on CUDA; gradient checkpointing (on every checkpoint_every-th layer)
         bf16=dtype == torch.bfloat16,
@@ -126,7 +126,7 @@ def run_trainer(cfg: Any, run_dir: Path, model: Any, tokenizer: Any, train_ds: A
         callbacks=[*ours, *tuners.tuner_callbacks(cfg), *(callbacks or [])],
         optimizers=optimizers or (None if eva else tuners.build_optimizer(cfg, model, device), None),  # None: Trainer's
     )
-    warm_up_in_whole_steps(trainer, cfg.warmup_ratio)
+    warmup_short_of_the_whole_run(trainer, cfg.warmup_ratio)
     if eva:
         tuners.initialize_from_data(cfg, trainer)  # LoRA's A from the run's first batches
         trainer.optimizer = trainer.callback_handler.optimizer = tuners.build_optimizer(cfg, model, device)
@@ -144,7 +144,7 @@ def run_trainer(cfg: Any, run_dir: Path, model: Any, tokenizer: Any, train_ds: A
     return trainer
 
 
-def warm_up_in_whole_steps(trainer: Any, ratio: float) -> None:
+def warmup_short_of_the_whole_run(trainer: Any, ratio: float) -> None:
     """warmup_ratio's steps as transformers counts them (rounded up), but never the whole run, once the Trainer knows
     its step count. Linear warmup starts at lr 0, so a 1-step run (a few new rows with --continue-from) trained
     nothing while recording its rows as seen."""
