@@ -68,6 +68,7 @@ def test_ctrl_c_says_which_checkpoint_resume_continues_from(tiny_model, toy_data
     assert (f"interrupted at step 3; the last checkpoint is {run / 'checkpoint-2'}: run the same command with "
             "--resume to continue") in stopped.stderr
     assert signal.getsignal(signal.SIGTERM) is sigterm and not (run / "final").exists()  # GracefulStop's undone
+    assert (run / "loss.png").exists()  # the curve up to step 3 (it was drawn only at a run's end)
 
     monkeypatch.setitem(cli.COMMANDS, "sft", (cfg_cls, api.sft, about))
     resumed = run_main(*args, "--save-steps", "2", "--resume")

@@ -53,6 +53,7 @@ def test_ctrl_c_names_the_step_and_that_the_run_starts_again(ppo_args, capsys, m
             "start from step 0") in err
     assert not (run / "final").exists() and not (run / ".final-staging").exists()
     assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1]
+    assert (run / "loss.png").exists()  # the curve so far (it was drawn only at a run's end)
 
     code, err = tunesmith([*args, "--max-steps", "2"], capsys, monkeypatch)  # the same command, as the message says
     assert code == 0, err

@@ -111,11 +111,11 @@ def ppo(cfg: RLHFConfig, callbacks: list[Any] | None = None) -> RunResult:
             _fire(hooks, "on_train_end", args, state)
             final = run.save_final(trainer, template)
         except KeyboardInterrupt:
-            # Ctrl-C, as train/setup.py run_trainer answers it: close the bar, remove final/'s staging folder when the
-            # save was under way (final/ itself is renamed into place whole), and say where the run stood. No
-            # checkpoint to name: ppo writes none, so the run starts again.
+            # Ctrl-C, as train/setup.py run_trainer answers it: close the bar, draw loss.png so far, remove final/'s
+            # staging folder when the save was under way (final/ itself is renamed into place whole), and say where
+            # the run stood. No checkpoint to name: ppo writes none, so the run starts again.
             for hook in hooks:
-                if isinstance(hook, ProgressBar):
+                if isinstance(hook, (ProgressBar, LossPlot)):
                     hook.on_train_end(args, state, None)
             shutil.rmtree(run.dir / ".final-staging", ignore_errors=True)
             raise Interrupted(run.dir, state.global_step, restart="ppo writes no checkpoints") from None

@@ -136,9 +136,10 @@ def run_trainer(cfg: Any, run_dir: Path, model: Any, tokenizer: Any, train_ds: A
         trainer.train(resume_from_checkpoint=resume_from)
     except KeyboardInterrupt:
         # Ctrl-C: the Trainer stops where it is, without on_train_end; end what our callbacks started (the bar, the
-        # SIGTERM handler, the watchdog thread) and say which checkpoint --resume continues from
+        # SIGTERM handler, the watchdog thread), draw loss.png up to the step reached, and say which checkpoint
+        # --resume continues from
         for callback in ours:
-            if isinstance(callback, (ProgressBar, GracefulStop, Watchdog)):
+            if isinstance(callback, (ProgressBar, GracefulStop, Watchdog, LossPlot)):
                 callback.on_train_end(trainer.args, trainer.state, trainer.control)
         raise Interrupted(run_dir, trainer.state.global_step) from None
     return trainer
