@@ -24,7 +24,7 @@ test: $(STAMP)
 	$(BIN)/tunesmith doctor --output-dir runs
 	@# two workers (pytest-xdist), a test file each at a time: the e2e tests wait on subprocesses and servers; then
 	@# the tests marked serial (terminal-driven) in one process
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not serial" tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not serial" --durations=40 tests
 	$(BIN)/python -m pytest -q -m serial tests
 
 clean:
