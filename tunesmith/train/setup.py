@@ -98,6 +98,7 @@ def run_trainer(cfg: Any, run_dir: Path, model: Any, tokenizer: Any, train_ds: A
     from transformers.trainer_callback import PrinterCallback
     from trl import SFTTrainer
 
+    from tunesmith.models.patches.trl_lm_head import labelled_positions_only
     from tunesmith.train.callbacks import (CheckpointManifest, GracefulStop, Interrupted, LossPlot, MetricsLog,
                                            ProgressBar, ShardReport, Watchdog)
 
@@ -133,7 +134,8 @@ def run_trainer(cfg: Any, run_dir: Path, model: Any, tokenizer: Any, train_ds: A
     # With its tqdm off, the Trainer prints every log dict; MetricsLog prints one line per log instead.
     trainer.remove_callback(PrinterCallback)
     try:
-        trainer.train(resume_from_checkpoint=resume_from)
+        with labelled_positions_only(device):  # CPU: TRL's LM head skips prompt and pad positions, as on CUDA
+            trainer.train(resume_from_checkpoint=resume_from)
     except KeyboardInterrupt:
         # Ctrl-C: the Trainer stops where it is, without on_train_end; end what our callbacks started (the bar, the
         # SIGTERM handler, the watchdog thread), draw loss.png up to the step reached, and say which checkpoint

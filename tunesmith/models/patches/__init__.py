@@ -5,6 +5,8 @@ no longer matches what a patch touches, or no longer needs it.
   peft_lora.py       peft's LoRA Linear: no fp32 round trip of adapter inputs under autocast; the adapter's update
                      added inside B's matmul (train/speed.py steps 5 and 7)
   attention.py       transformers' config._attn_implementation set directly for our varlen kernel (infer/attention.py)
+  trl_lm_head.py     TRL's fused LM head: only labelled positions projected on CPU/MPS too, as on CUDA
+                     (train/setup.py run_trainer)
   trl_rollouts.py    TRL's GRPOTrainer._generate_single_turn and its per-call token limit, for multi-turn episodes
                      (train/episodes.py)
   accelerate_tp.py   accelerate's ParallelismConfig check, which refuses tensor parallel on CPU processes (gloo)
@@ -12,7 +14,8 @@ no longer matches what a patch touches, or no longer needs it.
   accelerate_fsdp.py accelerate's state, which turns FSDP on for GPU-like processes only: FSDP2 on CPU processes
                      (gloo) through one ParallelismConfig object (train/launch.py, train/setup.py)
 
-Patches apply to one model or trainer object when called, never at import, and never to a class.
+Patches apply to one model or trainer object when called, never at import, and never to a class; trl_lm_head.py
+rebinds one module name only for the length of a `with` block.
 """
 
 from __future__ import annotations
