@@ -211,6 +211,31 @@ def test_unpacked_batches_train_padding_free_as_padded(monkeypatch, tmp_path):
     assert len(losses[True]) == 3 and losses[True] == pytest.approx(losses[False], abs=1e-4)
 
 
+def test_one_pass_of_8_rows_trains_as_4_accumulated_passes_of_2(monkeypatch, tmp_path):
+    """What folding gradient accumulation (train/preflight.py) relies on: padding-free batches of 8 rows in one pass
+    give the losses and weights of 2 rows x grad_accum 4, step for step (TRL divides by the step's label count)."""
+    import datasets
+
+    from tunesmith.train.setup import run_trainer
+
+    monkeypatch.setattr(speed, "varlen_runs", lambda device, dtype: True)
+    rows = samples((40, 13, 27, 60, 9, 33, 21, 50, 70, 12, 18, 44, 8, 31, 25, 16))
+    losses, weights = {}, {}
+    for batch, accumulation in ((2, 4), (8, 1)):
+        run = tmp_path / f"{batch}x{accumulation}"
+        cfg = SFTConfig(dataset=["x"], method="full", packing=False, max_length=128, batch_size=batch,
+                        grad_accum=accumulation, max_steps=2, logging_steps=1, learning_rate=1e-3,
+                        report_to=["none"], output_dir=str(run))
+        model = tiny_qwen()
+        speed.prepare_model(cfg, model, "cpu", torch.float32)
+        trainer = run_trainer(cfg, run, model, stub_tokenizer(), datasets.Dataset.from_list(rows), None, "cpu",
+                              torch.float32, None, None)
+        losses[batch] = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        weights[batch] = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert len(losses[8]) == 2 and losses[8] == pytest.approx(losses[2], abs=1e-5)
+    assert torch.allclose(weights[8], weights[2], atol=1e-5)
+
+
 # -----------------------------------------------------------------------------
 # Choices: packing, checkpointing, kernels, TRL arguments
 
@@ -262,6 +287,38 @@ def test_gpu_choices_land_in_the_config(monkeypatch, tmp_path):
     mine.gradient_checkpointing = True
     preflight.resolve_speed(mine)
     assert (mine.packing, mine.gradient_checkpointing, mine.checkpoint_every) == (False, True, None)
+
+
+def test_gradient_accumulation_is_folded_where_the_memory_plan_fits_it_with_the_same_checkpointing(monkeypatch):
+    """Unsloth's L8 setting (QLoRA 8B, 2 rows x GA 4) at its memory (offloaded checkpointing) on an H100: one pass of
+    8 rows per step, the product that --resume compares kept, recorded for config.yaml. Not where 8 rows would need
+    more recompute or memory than there is, nor on CPU, nor for preference methods."""
+    import tunesmith.models.load as models
+    import tunesmith.plan.hardware as hardware
+    from tunesmith.config.rlhf import RLHFConfig
+
+    device = {"name": "cuda", "free": 79.1}
+    monkeypatch.setattr(models, "pick_device", lambda preference="auto": device["name"])
+    monkeypatch.setattr(models, "pick_dtype", lambda preference, d: torch.bfloat16 if d == "cuda" else torch.float32)
+    monkeypatch.setattr(speed, "varlen_runs", lambda d, dtype: d == "cuda")
+    monkeypatch.setattr(hardware, "probe", lambda *a: Hardware(gpus=[GPU(0, "H100", 79.1, device["free"], True)]))
+
+    def l8(config=SFTConfig, **kw):
+        cfg = config(**{"dataset": ["x"], "model": "llama-3.1-8b-instruct", "tuner": "qlora", "packing": False,
+                        "max_length": 2048, "batch_size": 2, "grad_accum": 4, **kw})
+        return cfg, preflight.resolve_speed(cfg)
+
+    cfg, choices = l8(gradient_checkpointing="offload")
+    assert (cfg.batch_size, cfg.grad_accum, cfg.gradient_checkpointing) == (8, 1, "offload")
+    assert choices["accumulation"] == "batch_size 2 x grad_accum 4 -> 8 x 1"
+    cfg, choices = l8()  # no checkpointing needed for 2 rows; 8 rows of 2048 tokens would need it: kept
+    assert (cfg.batch_size, cfg.grad_accum, cfg.gradient_checkpointing) == (2, 4, False)
+    assert "accumulation" not in choices
+    device["free"] = 12
+    assert l8(gradient_checkpointing="offload")[0].grad_accum == 4  # 8 rows do not fit in 12 GiB
+    assert l8(config=RLHFConfig, method="dpo", gradient_checkpointing="offload")[0].grad_accum == 4
+    device["name"] = "cpu"
+    assert l8(tuner="lora", gradient_checkpointing=True)[0].grad_accum == 4
 
 
 def test_partial_checkpointing_recomputes_as_few_layers_as_fit():

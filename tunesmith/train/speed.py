@@ -44,7 +44,7 @@ def varlen_runs(device: str, dtype: Any) -> bool:
     return device == "cuda" and attention.torch_varlen_available(dtype)
 
 
-def _flattens(cfg: Any, device: str, dtype: Any) -> bool:
+def flattens(cfg: Any, device: str, dtype: Any) -> bool:
     """Whether this run can flatten a batch into one row of samples that do not see each other: where the varlen
     kernel runs (elsewhere they would need a dense block mask over the flattened batch: CPU, MPS, float32)."""
     private = getattr(getattr(cfg, "dp", None), "epsilon", None) is not None  # DP-SGD: one sample per row
@@ -57,14 +57,14 @@ def _flattens(cfg: Any, device: str, dtype: Any) -> bool:
 def resolve_packing(cfg: Any, device: str, dtype: Any) -> None:
     """packing left unset -> on where the varlen kernel runs, off elsewhere."""
     if getattr(cfg, "packing", False) is None:
-        cfg.packing = _flattens(cfg, device, dtype)
+        cfg.packing = flattens(cfg, device, dtype)
 
 
 def padding_free(cfg: Any, device: str, dtype: Any) -> bool:
     """Unpacked batches of several rows go padding-free where the varlen kernel runs: TRL's collator flattens the
     rows into one with positions restarting per row, so no step computes pad tokens (short rows of uneven lengths
     padded to the longest spend most of a step on padding). The rows per step and the loss are those of padding."""
-    return not cfg.packing and cfg.batch_size > 1 and _flattens(cfg, device, dtype)
+    return not cfg.packing and cfg.batch_size > 1 and flattens(cfg, device, dtype)
 
 
 def prepare_model(cfg: Any, model: Any, device: str, dtype: Any, own_collator: bool = False) -> dict[str, str]:
