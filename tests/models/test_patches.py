@@ -117,3 +117,27 @@ def test_grpo_trainer_still_has_the_single_turn_generator_and_reads_the_limit_wh
     assert "self.generation_config = GenerationConfig(**generation_kwargs" in init
     assert "self.generation_kwargs = generation_kwargs" in init
     assert "self.max_completion_length" in inspect.getsource(VLLMGeneration)
+
+
+# -----------------------------------------------------------------------------
+# deepspeed_cpu.py
+
+
+def test_deepspeed_comm_builds_its_shm_op_only_while_the_probe_dict_allows_it(monkeypatch):
+    pytest.importorskip("deepspeed")
+    import importlib
+
+    import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
+
+    from tunesmith.models.patches.deepspeed_cpu import SHM_OP, skip_shm_allreduce_build
+
+    ds_torch = importlib.import_module("deepspeed.comm.torch")  # the package's attribute `torch` is torch itself
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    assert builder.NAME == SHM_OP
+    built = []
+    monkeypatch.setattr(type(builder), "load", lambda self, *a, **k: built.append(self.NAME) or object())
+    monkeypatch.setitem(deepspeed.ops.__compatible_ops__, SHM_OP, True)
+    assert ds_torch.build_shm_op() is not None and built == [SHM_OP]  # what TorchBackend.__init__ calls on CPU
+    skip_shm_allreduce_build()
+    assert ds_torch.build_shm_op() is None and built == [SHM_OP]  # not built again

@@ -272,6 +272,12 @@ def engine_args(cfg: Any) -> dict[str, Any]:
         args["ddp_find_unused_parameters"] = False  # adapters: every trainable weight takes part in each step
     if cfg.deepspeed:
         args["deepspeed"] = deepspeed_config(cfg.deepspeed)
+        from tunesmith.models.load import pick_device
+
+        if pick_device(cfg.device) == "cpu":  # gloo ranks: no C++ build of an allreduce that training never calls
+            from tunesmith.models.patches.deepspeed_cpu import skip_shm_allreduce_build
+
+            skip_shm_allreduce_build()
     if cfg.fsdp:
         args["fsdp"] = True
         args["fsdp_config"] = {"version": 2, "reshard_after_forward": cfg.fsdp != "shard-grad-op",

@@ -11,6 +11,8 @@ no longer matches what a patch touches, or no longer needs it.
                      (train/episodes.py)
   accelerate_tp.py   accelerate's ParallelismConfig check, which refuses tensor parallel on CPU processes (gloo)
                      (train/launch.py)
+  deepspeed_cpu.py   DeepSpeed's comm, which compiles a C++ shared-memory allreduce on CPU ranks that only its
+                     inference uses (train/launch.py)
   accelerate_fsdp.py accelerate's state, which turns FSDP on for GPU-like processes only: FSDP2 on CPU processes
                      (gloo) through one ParallelismConfig object (train/launch.py, train/setup.py)
 
