@@ -70,6 +70,11 @@ WORKLOADS = {
     "W4": dict(shape="qwen2.5-7b-instruct", method="full", max_length=2048, batch_size=1, warmup=1, steps=3),
     # a CPU smoke test of this script: a 2-layer model, a few short steps
     "tiny": dict(shape="tiny", method="lora", max_length=256, batch_size=4, warmup=1, steps=2),
+    # the README demo's SFT on CPU (examples/prd-assistant/sft.yaml): the embedded SmolLM2-135M's shape, LoRA r16
+    # all-linear, one row at a time x GA 4, rows of its data's lengths (median ~300 tokens); compare with
+    # `trl-default:gradient_checkpointing=false` (TRL checkpoints by default, which tunesmith does not do on a CPU)
+    "demo": dict(shape="smollm2-135m-instruct", method="lora", max_length=640, batch_size=1, grad_accum=4, rank=16,
+                 alpha=32, median=300.0, sigma=0.35, warmup=1, steps=3),
     # Unsloth's published benchmark setting (Llama 3.1 8B, Alpaca, batch 2, GA 4, r32, QLoRA on all linear layers)
     "L8": dict(shape="llama-3.1-8b-instruct", method="qlora", max_length=2048, batch_size=2, grad_accum=4, rank=32,
                alpha=32, median=180.0, sigma=0.6, warmup=2, steps=8),
@@ -201,12 +206,18 @@ def print_row(r: dict, **kw) -> None:
           f"{r['peak_reserved_gib']:.1f} GiB  first step {r['first_step_s']:.1f} s  setup {r['setup_s']:.1f} s", **kw)
 
 
+def reference_label(config: str) -> str:
+    """`trl-default:gradient_checkpointing=false` -> `TRL default (gradient_checkpointing=false)`."""
+    name, _, overrides = config.partition(":")
+    return REFERENCES[name] + (f" ({overrides})" if overrides else "")
+
+
 def summarise(args: argparse.Namespace, work: dict, results: list[dict]) -> dict:
     by = {r["config"]: r for r in results if "tok_s" in r}
-    refs = [ref for ref in REFERENCES if ref in by]  # the ratio columns
+    refs = [c for c in by if c.partition(":")[0] in REFERENCES]  # the ratio columns: each peer row, with overrides
     ratios = {}
     for mine in [c for c in by if c.partition(":")[0] == "tunesmith"]:  # every tunesmith row against each reference
-        for ref in (ref for ref in REFERENCES if ref in by):
+        for ref in refs:
             ratios[f"{mine}/{ref}"] = {"tok_s": round(by[mine]["tok_s"] / by[ref]["tok_s"], 2),
                                        "peak_alloc": round(by[mine]["peak_alloc_gib"] / by[ref]["peak_alloc_gib"], 2)}
     env = next((r.get("env") for r in results if r.get("env") and r["config"].partition(":")[0] != "unsloth"),
@@ -219,7 +230,7 @@ def summarise(args: argparse.Namespace, work: dict, results: list[dict]) -> dict
              f"{next((r['n_params'] for r in results if 'n_params' in r), 0) / 1e9:.3f}B, against "
              f"{args.peak_tflops:g} TFLOP/s; MFU+attn adds causal attention FLOPs.",
              f"Command: `python bench/sft.py {' '.join(sys.argv[1:])}`", "",
-             "| config | real tok/s | " + " | ".join(f"vs {REFERENCES[ref]}" for ref in refs) + " | MFU | MFU+attn | "
+             "| config | real tok/s | " + " | ".join(f"vs {reference_label(ref)}" for ref in refs) + " | MFU | MFU+attn | "
              "peak alloc / reserved GiB | first step s | setup s | settings |",
              "|---|---|" + "---|" * len(refs) + "---|---|---|---|---|---|"]
     for r in results:
@@ -320,10 +331,15 @@ def parse_overrides(text: str) -> dict:
 def model_config(shape: str):
     from transformers import AutoConfig
 
-    from tunesmith.plan.model_shape import builtin_config
+    from tunesmith.plan.model_shape import BUILTIN, builtin_config
 
-    values = dict(TINY if shape == "tiny" else builtin_config(shape))
-    config = AutoConfig.for_model(values.pop("model_type"), **values)
+    if shape in BUILTIN or shape == "tiny":
+        values = dict(TINY if shape == "tiny" else builtin_config(shape))
+        config = AutoConfig.for_model(values.pop("model_type"), **values)
+    else:  # the embedded model: its own config.json, on disk
+        from tunesmith.models.load import resolve
+
+        config = AutoConfig.from_pretrained(resolve(shape))
     config.pad_token_id, config.eos_token_id, config.bos_token_id = PAD, EOS, None
     return config
 
