@@ -51,6 +51,24 @@ def test_sft_names_a_corrupt_dataset(tiny_model, bad_files, tmp_path, name):
     assert_clean_failure(proc, f"{bad_files / name}:")
 
 
+def test_data_check_without_kind_checks_the_rows_as_what_they_are(tmp_path):
+    """`data check pairs.jsonl` read DPO pairs as sft rows and listed each as bad; it now checks them as preference
+    data and says so. Each kind of row is found; --kind still decides."""
+    rows = {"preference": {"prompt": "q", "chosen": "good", "rejected": "bad"},
+            "kto": {"prompt": "q", "completion": "a", "label": True},
+            "sft": {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]},
+            "prompts": {"messages": [{"role": "user", "content": "q"}]},
+            "pt": {"text": "a plain text"},
+            "classification": {"text": "a plain text", "label": "spam"}}
+    for kind, row in rows.items():
+        path = tmp_path / f"{kind}.jsonl"
+        path.write_text(json.dumps(row) + "\n" + json.dumps(row) + "\n")
+        proc = run_main("data", "check", path)
+        assert f"checked as {kind} data" in proc.stdout, (kind, proc.stdout)
+    forced = run_main("data", "check", tmp_path / "preference.jsonl", "--kind", "sft", check=False)
+    assert forced.returncode == 1 and "check it with --kind preference" in forced.stdout
+
+
 def test_data_check_lists_each_bad_row_once_on_one_line(tmp_path):
     """The report named every bad row, then the error listed them all again; and rich wrapped a long one at 80
     columns, so `file:line: field` no longer stood on one line."""
@@ -105,7 +123,8 @@ def test_sft_refuses_kto_rows_labelled_false_before_training(tiny_model, tmp_pat
     path.write_text("".join(json.dumps({"prompt": f"q{i}", "completion": f"a{i}", "label": i != 1}) + "\n"
                             for i in range(3)))
     refusal = f"{path}:2: label: false marks an undesirable answer (KTO data)"
-    assert_bad_rows_reported(run_main("data", "check", path, check=False), refusal)
+    assert_bad_rows_reported(run_main("data", "check", path, "--kind", "sft", check=False), refusal)
+    assert "checked as kto data" in run_main("data", "check", path).stdout  # what the rows are, without --kind
     sft = run_main("sft", "--model", tiny_model, "--dataset", path, "--max-steps", "1",
                    "--output-dir", tmp_path / "run", check=False)
     assert_clean_failure(sft, refusal)

@@ -515,10 +515,11 @@ class DataCheckConfig(Section):
     dataset: list[str] = Field(..., min_length=1, description="Files, folders, registry names or hub ids.")
     model: str | None = Field(None, description="Tokenize with this model for token length stats.")
     max_length: int | None = Field(None, description="Report rows longer than this many tokens (needs --model).")
-    kind: Literal["sft", "pt", "prompts", "preference", "kto", "embedding", "reranker", "classification"] = Field(
-        "sft", description="What the data is for: sft, pt (raw text), prompts (for infer), preference (for rlhf), "
-                           "kto (prompt/completion/label rows, or pairs), embedding (query/positive/negatives), "
-                           "reranker (query/document/label), classification (text/label).")
+    kind: Literal["sft", "pt", "prompts", "preference", "kto", "embedding", "reranker", "classification"] | None = Field(
+        None, description="What the data is for: sft, pt (raw text), prompts (for infer), preference (for rlhf), "
+                          "kto (prompt/completion/label rows, or pairs), embedding (query/positive/negatives), "
+                          "reranker (query/document/label), classification (text/label). Default: the kind most "
+                          "rows read as (sft first on a tie), said in the report.")
     encoding: str = Field("utf-8", description="Text encoding of CSV/JSON/JSONL dataset files, e.g. gbk, utf-16 (a utf-8 BOM is read).")
     command: ClassVar[str] = "data"
     positional: ClassVar[tuple[str, ...]] = ("action", "dataset")

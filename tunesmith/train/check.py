@@ -13,7 +13,7 @@ from typing import Any
 from tunesmith.config import DataCheckConfig
 from tunesmith.data.images import open_image
 from tunesmith.data.limits import max_chars
-from tunesmith.data.load import load_rows
+from tunesmith.data.load import load_rows, normalise_row, raw_rows
 from tunesmith.data.rows import Conversation, Preference, Problem, UnpairedPreference
 from tunesmith.data.vision import images_of
 from tunesmith.errors import DataError
@@ -34,7 +34,16 @@ class CheckReport:
     notes: list[str] = field(default_factory=list)  # what is not an error but changes what training sees
 
 
+# What `data check` tries when --kind is not given, most specific first: each row counts for the first kind it reads
+# as (a preference pair also reads as kto rows, a conversation as prompts, a text+label row as pt)
+KINDS = ("preference", "kto", "sft", "embedding", "reranker", "classification", "pt", "prompts")
+SAMPLE = 200  # rows read under each kind to detect it
+
+
 def check(cfg: DataCheckConfig) -> CheckReport:
+    detected = cfg.kind is None
+    if detected:
+        cfg.kind = detect_kind(cfg.dataset, cfg.encoding)
     template = _template(cfg.model) if cfg.model else None
     # With a tokenizer and max_length, a row too long to fit is refused before tokenizing, as training refuses it.
     # pt cuts a long text into max_length blocks (its default truncation, split) instead: a note, not a problem.
@@ -43,6 +52,8 @@ def check(cfg: DataCheckConfig) -> CheckReport:
     if cfg.kind == "sft":
         data.refuse_undesirable_answers()  # as sft refuses them
     report = CheckReport(len(data.rows), data.formats, list(data.problems))
+    if detected:
+        report.notes.append(f"checked as {cfg.kind} data (what most rows read as; --kind to choose)")
     if template and data.rows:
         _token_stats(cfg, template, data.rows, report)
         report.notes += filter(None, [unrendered_tools(data.rows, template)])
@@ -57,6 +68,28 @@ def check(cfg: DataCheckConfig) -> CheckReport:
         raise DataError(f"{len(report.problems)} bad row(s), listed above: fix them, or pass --skip-bad-rows to a "
                         "training command to leave them out")
     return report
+
+
+def detect_kind(specs: list[str], encoding: str = "utf-8") -> str:
+    """The kind most of the first SAMPLE rows of each dataset read as, each row counted for the first of KINDS it reads
+    as without a problem, through the readers training uses (sft when no row reads as any)."""
+    problems: list[Problem] = []
+    rows = [row for spec in specs for _, row in zip(range(SAMPLE), raw_rows(spec, problems, encoding))]
+    counts = dict.fromkeys(KINDS, 0)
+    for row in rows:
+        kind = next((kind for kind in KINDS if _reads_as(row, kind)), None)
+        if kind:
+            counts[kind] += 1
+    best = max(KINDS, key=lambda kind: counts[kind])  # max keeps the first of equals
+    return best if counts[best] else "sft"
+
+
+def _reads_as(row: Any, kind: str) -> bool:
+    found: list[Problem] = []
+    try:
+        return normalise_row(row, kind, found) is not None and not found
+    except DataError:
+        return False
 
 
 def _template(model: str) -> Any:

@@ -102,7 +102,7 @@ def fine_tune(hw) -> None:
     dataset = questionary.path("Path to a JSONL/JSON/CSV/Parquet file:").ask() if data == "my own file" else data.split()[0]
     # stops here, naming file:line, when rows are bad; with the chosen model's tokenizer it also shows the rows'
     # token lengths and what share of them trains
-    api.data_check(load(DataCheckConfig, ["check", dataset, "--model", model]))
+    api.data_check(load(DataCheckConfig, ["check", dataset, "--model", model, "--kind", "sft"]))
     duration = questionary.select("How long?", choices=list(DURATIONS)).ask()
     if duration is None:
         return
