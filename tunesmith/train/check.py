@@ -37,7 +37,7 @@ class CheckReport:
 # What `data check` tries when --kind is not given, most specific first: each row counts for the first kind it reads
 # as (a preference pair also reads as kto rows, a conversation as prompts, a text+label row as pt)
 KINDS = ("preference", "kto", "sft", "embedding", "reranker", "classification", "pt", "prompts")
-SAMPLE = 200  # rows read under each kind to detect it
+SAMPLE = 200  # rows of each dataset read to find their kind
 
 
 def check(cfg: DataCheckConfig) -> CheckReport:
