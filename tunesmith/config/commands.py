@@ -519,7 +519,7 @@ class DataCheckConfig(Section):
         None, description="What the data is for: sft, pt (raw text), prompts (for infer), preference (for rlhf), "
                           "kto (prompt/completion/label rows, or pairs), embedding (query/positive/negatives), "
                           "reranker (query/document/label), classification (text/label). Default: the kind most "
-                          "rows read as (sft first on a tie), said in the report.")
+                          "rows read as, said in the report.")
     encoding: str = Field("utf-8", description="Text encoding of CSV/JSON/JSONL dataset files, e.g. gbk, utf-16 (a utf-8 BOM is read).")
     command: ClassVar[str] = "data"
     positional: ClassVar[tuple[str, ...]] = ("action", "dataset")
