@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+SERIAL := tests/e2e/test_wizard.py
 
 .PHONY: demo test install clean
 
@@ -23,9 +24,10 @@ test: $(STAMP)
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 || true
 	$(BIN)/tunesmith doctor --output-dir runs
 	@# two workers (pytest-xdist), a test file each at a time: the e2e tests wait on subprocesses and servers; then
-	@# the tests marked serial (terminal-driven) in one process
+	@# the tests marked serial (terminal-driven) in one process, collected from their own files only (collecting
+	@# the whole suite again costs a process ~50 s; tests/test_serial_files.py keeps SERIAL complete)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not serial" --durations=40 tests
-	$(BIN)/python -m pytest -q -m serial tests
+	$(BIN)/python -m pytest -q -m serial $(SERIAL)
 
 clean:
 	rm -rf $(VENV) runs
