@@ -59,14 +59,20 @@ async def one(engine, max_tokens: int, prompt: str = PROMPT) -> tuple[float, flo
     return (first or end) - start, end - start, tokens
 
 
-async def round_of(engine, concurrency: int, max_tokens: int, prompt: str = PROMPT) -> dict:
+async def round_of(engine, concurrency: int, max_tokens: int, prompt: str = PROMPT, rounds: int = 1) -> dict:
+    """`concurrency` streams of `rounds` requests each, one after another (as bench/serve.py's clients send them)."""
+    async def stream() -> list[tuple[float, float, int]]:
+        return [await one(engine, max_tokens, prompt) for _ in range(rounds)]
+
     start = time.perf_counter()
-    results = await asyncio.gather(*[one(engine, max_tokens, prompt) for _ in range(concurrency)])
+    results = [r for answers in await asyncio.gather(*[stream() for _ in range(concurrency)]) for r in answers]
     wall = time.perf_counter() - start
     ttfts = sorted(r[0] for r in results)
     tokens = sum(r[2] for r in results)
     return {"tok_s": tokens / wall, "wall_s": wall, "tokens": tokens, "ms_token": 1000 * wall * concurrency / tokens,
-            "ttft_p50": statistics.median(ttfts), "ttft_max": ttfts[-1]}
+            "ttft_p50": statistics.median(ttfts), "ttft_max": ttfts[-1],
+            # as bench/serve.py's p50 decode: each answer's time after its first token, per later token
+            "decode_ms_p50": 1000 * statistics.median((r[1] - r[0]) / max(r[2] - 1, 1) for r in results)}
 
 
 def profiled(measure, label: str) -> dict:
@@ -147,6 +153,9 @@ def main() -> None:
                         help="create PATH during measured rounds (bench/stack_sampler.py --when-exists PATH)")
     parser.add_argument("--profile", action="store_true",
                         help="run the measured round under torch.profiler: GPU busy share and the top kernels/ops")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="requests per stream in the measured round, one after another (bench/serve.py --rounds: "
+                             "the same arrivals as deploy's load, for its HTTP overhead)")
     parser.add_argument("--host-timing", action="store_true",
                         help="time the batching loop's phases in the measured round (prepare, step, update; ms/step)")
     parser.add_argument("--speculative", metavar="ngram[:N]",
@@ -207,14 +216,16 @@ def main() -> None:
             if timing:
                 timing.wrap(engine.served[engine.default].manager)
             if args.profile:
-                result = profiled(lambda c=c: asyncio.run(round_of(engine, c, args.max_tokens, prompt)), f"{name}@{c}")
+                result = profiled(lambda c=c: asyncio.run(round_of(engine, c, args.max_tokens, prompt, args.rounds)),
+                                  f"{name}@{c}")
             else:
-                result = asyncio.run(round_of(engine, c, args.max_tokens, prompt))
+                result = asyncio.run(round_of(engine, c, args.max_tokens, prompt, args.rounds))
             if args.sample_flag:
                 os.remove(args.sample_flag)
             result["warmup_s"] = warm
             table[f"{name}@{c}"] = result
             print(f"{name:12} c={c:3}  {result['tok_s']:8.1f} tok/s  {result['ms_token']:7.1f} ms/token  "
+                  f"decode p50 {result['decode_ms_p50']:.1f} ms/token  "
                   f"ttft p50 {result['ttft_p50']:.3f}s max {result['ttft_max']:.3f}s  "
                   f"({result['tokens']} tokens, warm-up {warm:.1f}s)", flush=True)
             if timing:

@@ -3,7 +3,7 @@
 # for the spread (give the machine back between calls). Random-weight shapes with SmolLM2's tokenizer
 # (bench/make_shape_model.py), ~212 prompt / 256 output tokens, greedy, streaming:
 #   1. 0.5B shape: the engine alone at 64 streams (bench/engine_decode.py --host-timing), with the model's own layers
-#      and with liger's fused ones; deploy at 64 streams x 3 rounds;
+#      and with liger's fused ones, and at 64 streams x 3 requests each (deploy's load); deploy at 64 streams x 3 rounds;
 #      deploy against `transformers serve` with 64 requests at once (time to first token side by side);
 #   2. FULL=1 only: the gpu tests of the continuous batch's patches, then the 7B shape: engine alone and deploy at 64.
 # PROFILE=1 adds, after the engine alone: the engine at 64 streams under bench/stack_sampler.py (the batching thread's
@@ -33,6 +33,10 @@ ENGINE_VARIANTS=(--variant default '{}')
 [ -n "${CHUNKED:-}" ] && ENGINE_VARIANTS+=(--variant chunked "{\"_stream_interval\": $CHUNKED}")
 step engine05 200 python3 bench/engine_decode.py --model /tmp/m05 --concurrency 64 --max-tokens 256 --host-timing \
   "${ENGINE_VARIANTS[@]}" --out "$OUT/engine05.json"
+# the engine alone with the load deploy gets below: 64 streams of 3 requests each, one after another (their later
+# prefills land in running batches), so the HTTP overhead compares like with like (the line above: one round)
+step engine05r3 200 python3 bench/engine_decode.py --model /tmp/m05 --concurrency 64 --max-tokens 256 --rounds 3 \
+  --out "$OUT/engine05r3.json"
 # the fused layers' test after another that loads engines with them (liger's module-wide patches)
 [ "${FULL:-0}" = 1 ] || step gpu-kernels 150 python3 -m pytest -m gpu -q -p no:cacheprovider \
   tests/infer/test_continuous_fast_paths.py tests/infer/test_serving_kernels.py tests/infer/test_varlen_attention.py \
@@ -52,13 +56,14 @@ python3 - "$OUT" <<'PY' | tee -a "$R"
 import json, re, sys
 out = sys.argv[1]
 try:
-    engine = json.load(open(f"{out}/engine05.json"))["default@64"]["tok_s"]
-    for server in ("tunesmith", "tunesmith-inproc", "tunesmith-chunked"):
-        lines = [x for x in open(f"{out}/deploy05.txt") if re.match(rf"{server} +c=64", x)]
-        if lines:
-            deploy = float(re.search(r"([\d.]+) tok/s", lines[-1]).group(1))
-            print(f"HTTP overhead at 64 streams, {server}: deploy {deploy:.0f} / engine {engine:.0f} tok/s -> "
-                  f"{100 * (1 - deploy / engine):.1f} %")
+    for rounds, name in ((1, "engine05.json"), (3, "engine05r3.json")):
+        engine = json.load(open(f"{out}/{name}"))["default@64"]["tok_s"]
+        for server in ("tunesmith", "tunesmith-inproc", "tunesmith-chunked"):
+            lines = [x for x in open(f"{out}/deploy05.txt") if re.match(rf"{server} +c=64", x)]
+            if lines:
+                deploy = float(re.search(r"([\d.]+) tok/s", lines[-1]).group(1))
+                print(f"HTTP overhead at 64 streams, {server}: deploy {deploy:.0f} / engine ({rounds} round(s) per "
+                      f"stream) {engine:.0f} tok/s -> {100 * (1 - deploy / engine):.1f} %")
 except (OSError, KeyError, IndexError, AttributeError, ValueError) as err:
     print(f"HTTP overhead: not computed ({err!r})")
 PY
