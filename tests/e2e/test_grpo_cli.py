@@ -1,5 +1,5 @@
-"""`tunesmith rlhf --method grpo` through the console script on the tiny random model, plus the prompt ids TRL
-generates from (in process)."""
+"""`tunesmith rlhf --method grpo` through the console script on the tiny random model (a yaml-configured run and
+refusals through its main() in this process, run_main), plus the prompt ids TRL generates from (in process)."""
 
 import json
 import textwrap
@@ -7,7 +7,7 @@ import textwrap
 import pytest
 import yaml
 
-from e2e_cli import WORDS, assert_preflight_recorded, read_metrics, run_cli
+from e2e_cli import WORDS, assert_preflight_recorded, read_metrics, run_cli, run_main
 
 # On 2 shared cores a second OpenMP thread mostly spins waiting for the first: the tiny model's matmuls run several
 # times faster on one thread.
@@ -29,6 +29,27 @@ def names_word(completions, solution):
 '''
 
 
+@pytest.fixture
+def fresh_rewards(monkeypatch):
+    """Plugins register their rewards in one registry per process: a run in this process starts from the built-ins
+    alone, as a new `tunesmith` process does, and leaves nothing registered (nor its plugin module) to later tests.
+    Calling it starts from the built-ins again."""
+    import sys
+
+    from tunesmith.train.rewards import registry
+
+    def fresh():
+        for name in ("_REGISTERED", "_LOG", "_SHOWN"):
+            monkeypatch.setattr(registry, name, type(getattr(registry, name))())
+
+    fresh()
+    before = set(sys.modules)
+    yield fresh
+    for name in set(sys.modules) - before:
+        if name.startswith("tunesmith_plugin_"):
+            del sys.modules[name]
+
+
 @pytest.fixture(scope="module")
 def prompts(tmp_path_factory):
     """'code for X' prompts (what the toy SFT data answers with 'CODE X OK'), X also in a `solution` column."""
@@ -41,8 +62,9 @@ def prompts(tmp_path_factory):
 def test_grpo_raises_the_mean_reward_of_a_plugin_reward(tiny_model, toy_data, prompts, tmp_path):
     # A random model almost never emits a given token, so every completion scores the same and GRPO has no signal:
     # a short full SFT on the toy data first gives a policy that sometimes says "OK" (reward ~0.4), as RL after SFT.
+    # It only prepares the policy: in process. The GRPO run is the one through the console script.
     sft = tmp_path / "sft"
-    run_cli("sft", "--model", tiny_model, "--method", "full", "--dataset", f"{toy_data}#96", "--max-steps", "24",
+    run_main("sft", "--model", tiny_model, "--method", "full", "--dataset", f"{toy_data}#96", "--max-steps", "24",
             "--batch-size", "4", "--learning-rate", "1e-2", "--output-dir", sft, "--report-to", "none", env=ONE_THREAD)
     run = tmp_path / "grpo"
     run_cli("rlhf", "--method", "grpo", "--model", sft / "final", "--tuner", "full", "--dataset", prompts / "prompts.jsonl#96",
@@ -59,7 +81,7 @@ def test_grpo_raises_the_mean_reward_of_a_plugin_reward(tiny_model, toy_data, pr
     assert_preflight_recorded(run)  # the reference copy of full weights and the rollouts are in its plan
 
 
-def test_builtin_and_plugin_rewards_weighted_from_a_yaml_config(tiny_model, prompts, tmp_path):
+def test_builtin_and_plugin_rewards_weighted_from_a_yaml_config(tiny_model, prompts, tmp_path, fresh_rewards):
     config = tmp_path / "grpo.yaml"
     config.write_text(textwrap.dedent(f"""\
         method: grpo
@@ -76,7 +98,7 @@ def test_builtin_and_plugin_rewards_weighted_from_a_yaml_config(tiny_model, prom
         report_to: [none]
         output_dir: {tmp_path / "run"}
         """))
-    run_cli("rlhf", "-c", config, env=ONE_THREAD)
+    run_main("rlhf", "-c", config, env=ONE_THREAD)
     logs = [m for m in read_metrics(tmp_path / "run") if "reward" in m]
     means = [logs[0][f"rewards/{name}/mean"] for name in ("names_word", "length", "repetition")]
     assert logs[0]["reward"] == pytest.approx(2.0 * means[0] + 0.5 * means[1] + 1.0 * means[2], abs=1e-4)
@@ -87,7 +109,7 @@ def test_builtin_and_plugin_rewards_weighted_from_a_yaml_config(tiny_model, prom
     assert {"adapter_model.safetensors", "tunesmith_template.json"} <= final and "ref" not in final
 
 
-def test_broken_plugins_fail_before_any_weights_load(tiny_model, prompts, tmp_path):
+def test_broken_plugins_fail_before_any_weights_load(tiny_model, prompts, tmp_path, monkeypatch, fresh_rewards):
     (tmp_path / "syntax.py").write_text("from tunesmith import register_reward\n\n@register_reward('x')\n"
                                         "def x(completions)\n    return []\n")
     (tmp_path / "short.py").write_text("from tunesmith import register_reward\n\n@register_reward('short')\n"
@@ -99,13 +121,15 @@ def test_broken_plugins_fail_before_any_weights_load(tiny_model, prompts, tmp_pa
              (["--plugin", "short.py", "--reward-funcs", "shrot"],
               "error: rewards.funcs: unknown reward 'shrot'; did you mean short? "
               "Known: accuracy, format, length, repetition, short")]
+    monkeypatch.chdir(tmp_path)  # the plugins as typed, relative
     for i, (flags, expected) in enumerate(cases):
-        proc = run_cli(*common, *flags, "--output-dir", tmp_path / f"run{i}", cwd=tmp_path, env=ONE_THREAD, check=False)
+        fresh_rewards()  # each case a new process: what an earlier one registered is not known
+        proc = run_main(*common, *flags, "--output-dir", tmp_path / f"run{i}", env=ONE_THREAD, check=False)
         assert proc.returncode == 2 and expected in proc.stderr, proc.stderr[-2000:]
         assert not (tmp_path / f"run{i}" / "config.yaml").exists()  # written only once weights are loaded
 
 
-def test_the_prompt_ids_trl_generates_from_are_render_prompts(tiny_model, tmp_path, monkeypatch):
+def test_the_prompt_ids_trl_generates_from_are_render_prompts(tiny_model, tmp_path, monkeypatch, fresh_rewards):
     """What the rollouts see is what `infer` and `deploy` send: Template.render_prompt of the row, system prompt and
     earlier turns included; and reward functions get the row's own conversation and columns."""
     from trl import GRPOTrainer

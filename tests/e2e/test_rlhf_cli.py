@@ -1,4 +1,5 @@
-"""`tunesmith rlhf` through the console script on a tiny random model."""
+"""`tunesmith rlhf` through the console script on a tiny random model (runs judged by their run folder and messages,
+and refusals, through its main() in this process: run_main)."""
 
 import json
 
@@ -32,18 +33,18 @@ def test_dpo_raises_the_chosen_rejected_margin_and_writes_an_adapter(tiny_model,
 
 def test_dpo_continues_an_sft_run_and_refuses_packing(tiny_model, toy_data, pairs, tmp_path):
     """Continuing a run: its base, its system prompt (inherited when unset), and what differs said before training."""
-    sft = tmp_path / "sft"
-    run_cli("sft", "--model", tiny_model, "--dataset", toy_data, "--max-steps", "2", "--output-dir", sft,
+    sft = tmp_path / "sft"  # the runs here are judged by their folders and messages: in process
+    run_main("sft", "--model", tiny_model, "--dataset", toy_data, "--max-steps", "2", "--output-dir", sft,
             "--report-to", "none", "--system", "You write codes.", "--max-length", "512")
     run = tmp_path / "dpo"
-    proc = run_cli("rlhf", "--method", "dpo", "--adapters", sft / "final", "--dataset", pairs, "--max-steps", "2",
+    proc = run_main("rlhf", "--method", "dpo", "--adapters", sft / "final", "--dataset", pairs, "--max-steps", "2",
                    "--output-dir", run, "--report-to", "none")
     import yaml
 
     assert yaml.safe_load((run / "config.yaml").read_text())["_resolved"]["base_model_folder"] == str(tiny_model)
     assert json.loads((run / "final" / "tunesmith_template.json").read_text())["default_system"] == "You write codes."
     assert f"max_length: {sft / 'final'} trained with 512, this run uses 2048" in proc.stderr
-    other = run_cli("rlhf", "--method", "dpo", "--adapters", sft / "final", "--dataset", pairs, "--max-steps", "1",
+    other = run_main("rlhf", "--method", "dpo", "--adapters", sft / "final", "--dataset", pairs, "--max-steps", "1",
                     "--output-dir", tmp_path / "dpo2", "--report-to", "none", "--system", "Be brief.", "--max-length", "512")
     assert "system prompt: " in other.stderr and "'You write codes.'" in other.stderr and "'Be brief.'" in other.stderr
     assert "max_length:" not in other.stderr

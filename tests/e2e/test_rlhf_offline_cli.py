@@ -1,4 +1,5 @@
-"""`tunesmith rlhf --method kto | orpo | cpo | simpo | rm` through the console script on a tiny random model."""
+"""`tunesmith rlhf --method kto | orpo | cpo | simpo | rm` through the console script on a tiny random model: orpo in
+a new process, the other runs (judged by their run folder) through its main() in this process (run_main)."""
 
 import json
 
@@ -21,7 +22,7 @@ def pairs(tmp_path_factory):
     return path
 
 
-def rlhf(method, model, data, run, *flags, check=True, runner=run_cli):
+def rlhf(method, model, data, run, *flags, check=True, runner=run_main):
     return runner("rlhf", "--method", method, "--model", model, "--dataset", data, "--logging-steps", "1",
                   "--output-dir", run, "--report-to", "none", *flags, env=ONE_THREAD, check=check)
 
@@ -105,5 +106,5 @@ def test_bad_kto_label_stops_the_run_with_file_and_line(tiny_model, tmp_path):
     bad = run_main("rlhf", "--method", "kto", "--model", tiny_model, "--dataset", data, "--output-dir", tmp_path / "k",
                    check=False)
     assert bad.returncode == 1 and expected in bad.stderr and not (tmp_path / "k" / "final").exists()
-    checked = run_cli("data", "check", data, "--kind", "kto", check=False)
+    checked = run_main("data", "check", data, "--kind", "kto", check=False)
     assert checked.returncode == 1 and expected in checked.stdout
