@@ -3,7 +3,7 @@
 import importlib.metadata
 import json
 
-from e2e_cli import run_cli
+from e2e_cli import run_cli, run_main
 
 from tunesmith.config.doctor import DoctorConfig
 from tunesmith.doctor import doctor
@@ -17,7 +17,8 @@ def test_a_healthy_environment_passes_and_an_unwritable_output_folder_fails(tmp_
     assert names["transformers"]["ok"] and names["transformers"]["found"] == importlib.metadata.version("transformers")
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    bad = run_cli("doctor", "--json", "--output-dir", blocker / "runs", check=False)
+    # the console script is proven above; the planted problem needs no second interpreter
+    bad = run_main("doctor", "--json", "--output-dir", blocker / "runs", check=False)
     assert bad.returncode == 1
     output = {c["name"]: c for c in json.loads(bad.stdout)["checks"]}["output folder"]
     assert not output["ok"] and "not writable" in output["found"] and "--output-dir" in output["fix"]

@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from e2e_cli import TUNESMITH, run_cli
+from e2e_cli import TUNESMITH, run_cli, run_main
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # on a busy 2-core machine, 2 torch threads per process thrash (~5x slower)
 
@@ -22,9 +22,9 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # on a busy 2-core machine, 2 torch threa
 @pytest.fixture(scope="module")
 def tuned_run(tiny_model, toy_data, tmp_path_factory):
     run = tmp_path_factory.mktemp("runs") / "toy-lora"
-    run_cli("sft", "--model", tiny_model, "--dataset", f"{toy_data}#48", "--max-steps", "24", "--batch-size", "4",
-            "--learning-rate", "3e-2", "--max-length", "64", "--save-steps", "1000", "--output-dir", run,
-            "--report-to", "none", env=ONE_THREAD)
+    run_main("sft", "--model", tiny_model, "--dataset", f"{toy_data}#48", "--max-steps", "24", "--batch-size", "4",
+             "--learning-rate", "3e-2", "--max-length", "64", "--save-steps", "1000", "--output-dir", run,
+             "--report-to", "none")
     return run / "final"
 
 
@@ -49,8 +49,9 @@ def test_eval_compares_base_and_tuned_in_one_table_and_one_chart(tiny_model, tun
     mine.write_text("".join(json.dumps({"messages": a["messages"] + [{"role": "assistant", "content": a["answer"]}]}) + "\n"
                             for a in answers if a["model"] == "tuned" and a["answer"].strip()))
     with deployed(tuned_run, tmp_path / "deploy.log") as url:
-        again = run_cli("eval", "--compare", f"local={tuned_run}", f"served={url}", "--dataset", mine,
-                        "--generation.max-tokens", "8", "--output-dir", tmp_path / "again", env=ONE_THREAD)
+        # in this process: the console script is proven above, and the server is a process of its own
+        again = run_main("eval", "--compare", f"local={tuned_run}", f"served={url}", "--dataset", mine,
+                         "--generation.max-tokens", "8", "--output-dir", tmp_path / "again")
     models = json.loads((tmp_path / "again" / "results.json").read_text())["models"]
     perfect = {"exact_match": 1.0, "bleu": 1.0, "rouge1": 1.0, "rouge2": 1.0, "rougeL": 1.0}
     assert models["local"]["scores"] == pytest.approx(perfect), again.stdout
@@ -93,8 +94,8 @@ class deployed:
 def test_a_bad_row_stops_eval_with_file_line_before_any_model_loads(toy_data, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(toy_data.read_text() + json.dumps({"question": "2 + 2 =", "choices": ["3", "4"], "answer": "E"}) + "\n")
-    proc = run_cli("eval", "--model", "not-loaded/because-data-fails-first", "--dataset", bad, "--output-dir",
-                   tmp_path / "out", check=False, timeout=120)
+    proc = run_main("eval", "--model", "not-loaded/because-data-fails-first", "--dataset", bad, "--output-dir",
+                    tmp_path / "out", check=False)
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert f"{bad}:13: answer: 'E' is not a letter A-B" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()

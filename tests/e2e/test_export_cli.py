@@ -28,16 +28,16 @@ def test_export_merges_quantizes_reports_and_inspects(final, tmp_path):
     assert f"{report['perplexity_before']:.3f} -> {report['perplexity_after']:.3f}" in proc.stderr
     assert json.loads((out / "config.json").read_text())["quantization_config"]["load_in_4bit"] is True
 
-    shown = run_cli("export", "--inspect", out).stdout
+    shown = run_main("export", "--inspect", out).stdout  # reads files only: the console script is proven above
     assert shown.splitlines()[1] == "  files: match the record"
     assert "quantized by `tunesmith export`" in shown and "<- adapter by `tunesmith sft`" in shown
     assert "export: quant=bnb4" in shown
 
 
 def test_bad_input_is_one_line_without_traceback(tmp_path):
-    proc = run_cli("export", check=False)
+    proc = run_main("export", check=False)
     assert proc.returncode == 2 and "adapters: give --adapters" in proc.stderr and "Traceback" not in proc.stderr
-    proc = run_cli("export", "--inspect", tmp_path, check=False)
+    proc = run_main("export", "--inspect", tmp_path, check=False)
     assert proc.returncode == 1 and "no lineage.json" in proc.stderr and "Traceback" not in proc.stderr
 
 

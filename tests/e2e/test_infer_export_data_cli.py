@@ -1,25 +1,26 @@
-"""`tunesmith infer`, `export` and `data check` through the real console script."""
+"""`tunesmith infer`, `export` and `data check` through the console script: the terminal chat and the refused data
+through a new interpreter, the rest through its main() in this process (the same parsing and messages)."""
 
 import json
 
 import pytest
 import torch
 
-from e2e_cli import run_cli
+from e2e_cli import run_cli, run_main
 
 
 @pytest.fixture(scope="module")
 def trained_run(tiny_model, toy_data, tmp_path_factory):
     run = tmp_path_factory.mktemp("runs") / "toy"
-    run_cli("sft", "--model", tiny_model, "--dataset", f"{toy_data}#48", "--max-steps", "12", "--batch-size", "4",
-            "--learning-rate", "5e-3", "--output-dir", run, "--report-to", "none")
+    run_main("sft", "--model", tiny_model, "--dataset", f"{toy_data}#48", "--max-steps", "12", "--batch-size", "4",
+             "--learning-rate", "5e-3", "--output-dir", run, "--report-to", "none")
     return run
 
 
 def test_infer_batch_answers_every_row_with_the_runs_base_model(trained_run, toy_data, tmp_path):
     out = tmp_path / "answers.jsonl"
-    proc = run_cli("infer", "--adapters", trained_run / "final", "--dataset", toy_data, "--output", out,
-                   "--batch-size", "5", "--generation.max-tokens", "6")
+    proc = run_main("infer", "--adapters", trained_run / "final", "--dataset", toy_data, "--output", out,
+                    "--batch-size", "5", "--generation.max-tokens", "6")
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 12 and f"wrote 12 answers to {out}" in proc.stderr
     assert all(isinstance(r["response"], str) and r["completion_tokens"] <= 6 for r in rows)
@@ -27,6 +28,7 @@ def test_infer_batch_answers_every_row_with_the_runs_base_model(trained_run, toy
 
 
 def test_infer_chat_reads_turns_and_reset_from_stdin(tiny_model):
+    # infer's run through the console script: the chat reads the process's own stdin
     proc = run_cli("infer", "--model", tiny_model, "--max-tokens", "3", "--temperature", "0",  # OpenAI's names
                    stdin="hello\nfirst line\\\nsecond line\n/reset\n/exit\nnever read\n")
     assert proc.returncode == 0 and "(conversation cleared)" in proc.stderr
@@ -35,7 +37,7 @@ def test_infer_chat_reads_turns_and_reset_from_stdin(tiny_model):
 
 def test_export_merge_writes_a_plain_model_whose_logits_equal_the_adapters(trained_run, tiny_model, tmp_path):
     out = tmp_path / "merged"
-    proc = run_cli("export", "--adapters", trained_run / "final", "--merge-lora", "--output", out)
+    proc = run_main("export", "--adapters", trained_run / "final", "--merge-lora", "--output", out)
     assert "max |logit difference|" in proc.stderr
     assert not (out / "adapter_config.json").exists() and (out / "model.safetensors").exists()
 
@@ -72,5 +74,5 @@ def test_data_check_reports_planted_bad_rows_and_token_stats(tiny_model, toy_dat
                      f"{bad}:16: json: not valid JSON"]:
         assert expected in proc.stdout  # the report; the verdict on stderr
     assert "4 bad row(s)" in proc.stderr
-    good = run_cli("data", "check", toy_data, "--model", tiny_model)
+    good = run_main("data", "check", toy_data, "--model", tiny_model)  # the console script is proven just above
     assert "good rows" in good.stdout and "median" in good.stdout and "messages: 12" in good.stdout

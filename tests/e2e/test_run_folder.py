@@ -2,7 +2,7 @@
 
 import logging
 
-from e2e_cli import run_cli
+from e2e_cli import run_main
 
 from tunesmith import SFTConfig
 from tunesmith.train.run import LOCK, open_run
@@ -36,9 +36,11 @@ def test_two_runs_in_one_process_each_log_only_their_own_lines(tiny_model, toy_d
 
 def test_a_second_run_on_a_folder_in_use_stops_at_once(tiny_model, toy_data, tmp_path):
     out = tmp_path / "busy"
+    # In this process: flock conflicts between two opens of the file even in one process, so the refusal is the one
+    # another process would get.
     with open_run(SFTConfig(dataset=["x"], output_dir=str(out))):
-        proc = run_cli("sft", "--model", tiny_model, "--dataset", toy_data, "--max-steps", "1", "--output-dir", out,
-                       "--report-to", "none", check=False)
+        proc = run_main("sft", "--model", tiny_model, "--dataset", toy_data, "--max-steps", "1", "--output-dir", out,
+                        "--report-to", "none", check=False)
     assert proc.returncode == 2
     assert f"{out} is in use by another tunesmith run (pid " in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -50,7 +52,7 @@ def test_a_stale_lock_from_a_killed_run_is_named_and_taken_over(tiny_model, toy_
     out = tmp_path / "stale"
     out.mkdir()
     (out / LOCK).write_text("pid 999999, started 2026-12-01T10:00:00")  # what a SIGKILLed run leaves behind
-    proc = run_cli("sft", "--model", tiny_model, "--dataset", toy_data, "--max-steps", "1", "--output-dir", out,
-                   "--report-to", "none")
+    proc = run_main("sft", "--model", tiny_model, "--dataset", toy_data, "--max-steps", "1", "--output-dir", out,
+                    "--report-to", "none")
     assert "stale lock" in proc.stderr and "pid 999999" in proc.stderr
     assert (out / "final").is_dir()
