@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from e2e_cli import Server, request, run_cli, running
+from e2e_cli import Server, request, run_cli, run_main, running
 
 KEY = "test-key"
 MAX_TOKENS = 12
@@ -75,11 +75,12 @@ def template(adapters):
 
 @pytest.fixture(scope="module")
 def infer_answer(adapters, tmp_path_factory):
-    """`tunesmith infer` with the alpha adapter on CHAT, run before the server starts (each engine process sizes its
-    KV cache from the machine's memory, so two at once can run out of it)."""
+    """`tunesmith infer` with the alpha adapter on CHAT, run before the server starts (each engine sizes its KV cache
+    from the machine's memory, so two at once can run out of it); in this process (run_main): the server is the
+    process under test here, infer's own process is tested in test_infer_export_data_cli.py."""
     folder = tmp_path_factory.mktemp("infer")
     (folder / "prompts.jsonl").write_text(json.dumps({"messages": CHAT}) + "\n")
-    run_cli("infer", "--adapters", adapters / "alpha" / "final", "--dataset", folder / "prompts.jsonl", "--output",
+    run_main("infer", "--adapters", adapters / "alpha" / "final", "--dataset", folder / "prompts.jsonl", "--output",
             folder / "answers.jsonl", "--generation.max-tokens", MAX_TOKENS, "--generation.temperature", 0,
             "--device", "cpu", "--dtype", "float32")
     return json.loads((folder / "answers.jsonl").read_text().splitlines()[0])
@@ -320,7 +321,7 @@ def test_bench_serve_loads_the_running_server_and_reports_what_it_served(server,
     assert [row.split("|")[2].strip() for row in rows] == ["1", "3"]
     # the warm-up request, then 1 and 3 streams of one request each, 8 tokens apiece
     assert metric(server, "tunesmith_generated_tokens_total") - before == 8 * (1 + 1 + 3)
-    refused = run_cli("bench", "serve", "--url", server.url, "--concurrency", 1, check=False)  # no key
+    refused = run_main("bench", "serve", "--url", server.url, "--concurrency", 1, check=False)  # no key: refused
     assert refused.returncode != 0 and "--api-key" in refused.stderr
 
 
