@@ -85,7 +85,7 @@ def test_fsdp2_full_weights_train_as_one_process_and_resume_at_another_world_siz
             "--save-steps", "2", "--logging-steps", "1", "--report-to", "none", "--device", "cpu",
             "--learning-rate", "1e-3"]
     two = ["--batch-size", "2", "--nproc-per-node", "2"]
-    run_cli(*args, "--batch-size", "4", "--output-dir", tmp_path / "one")
+    run_main(*args, "--batch-size", "4", "--output-dir", tmp_path / "one")  # the one-process reference
     run_cli(*args, *two, "--fsdp", "full-shard", "--master-port", free_port(), "--output-dir", tmp_path / "two")
     whole = losses(tmp_path / "two")
     assert whole == pytest.approx(losses(tmp_path / "one"), abs=1e-4) and len(whole) == 6
