@@ -98,8 +98,10 @@ def test_the_embedded_smollm2_round_trips_through_q8_0(tmp_path, monkeypatch):
     reader = gguf.GGUFReader
     monkeypatch.setattr(gguf, "GGUFReader", functools.cache(lambda path, *a, **k: reader(path, *a, **k)))
 
+    # greedy_prompts=0: the report's greedy answers (2 x 16 steps of 30 layers) are asserted nowhere here; the argmax
+    # agreement below measures the same thing on the file read back
     out = export(ExportConfig(model="smollm2-135m-instruct", to="gguf", gguf_type="q8_0", eval_tokens=128,
-                              greedy_prompts=1, output=str(tmp_path / "smol")))
+                              greedy_prompts=0, output=str(tmp_path / "smol")))
     name = "smollm2-135m-instruct-q8_0.gguf"
     template = Template.load(out)
     ids = template.render_prompt([{"role": "user", "content": "What is the capital of France?"}])

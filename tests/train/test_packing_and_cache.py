@@ -32,8 +32,9 @@ def test_packed_samples_do_not_attend_to_each_other(tmp_path):
 def test_tokenization_is_cached_by_content(tmp_path, monkeypatch):
     from real_tokenizers import smollm2_tokenizer
 
-    monkeypatch.setenv("TUNESMITH_CACHE", str(tmp_path / "cache"))
+    # the tokenizer first: from the shared cache, else the embedded model's one-time conversion runs in tmp_path again
     template = Template(smollm2_tokenizer())
+    monkeypatch.setenv("TUNESMITH_CACHE", str(tmp_path / "cache"))
     rows = [Conversation([{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]) for i in range(3)]
     calls = []
     real_render = template.render

@@ -2,8 +2,10 @@
 scale is added, the epsilon recorded is what Opacus' accountant gives for the steps taken, a resumed run keeps
 spending the same budget, and settings DP-SGD cannot honour are refused."""
 
+import functools
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -28,9 +30,20 @@ def toy(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module", autouse=True)
+def noise_search_once():
+    """Opacus' search for the noise that spends a budget (seconds of its accountant per try, on CPU) is a pure function
+    of (epsilon, delta, sample rate, steps, accountant): runs of the same plan here search it once."""
+    from opacus.accountants import utils
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(utils, "get_noise_multiplier", functools.cache(utils.get_noise_multiplier))
+        yield
+
+
 def private_run(tiny, toy, out, callbacks=(), **keys):
-    cfg = SFTConfig(model=str(tiny), dataset=[str(toy)], batch_size=4, report_to=["none"], logging_steps=1,
-                    output_dir=str(out), learning_rate=1e-3, **{"max_steps": 4, "dp": {"epsilon": 8}, **keys})
+    cfg = SFTConfig(model=str(tiny), dataset=[str(toy)], batch_size=4, report_to=["none"], output_dir=str(out),
+                    learning_rate=1e-3, **{"max_steps": 4, "logging_steps": 1, "dp": {"epsilon": 8}, **keys})
     return api.sft(cfg, callbacks=list(callbacks))
 
 
@@ -53,7 +66,9 @@ class ClipProbe(TrainerCallback):
 def test_each_sample_gradient_is_clipped_and_noise_is_added(tiny, toy, tmp_path):
     clip = 0.01  # far below these gradients' norms: every sample is clipped
     probe = ClipProbe()
-    result = private_run(tiny, toy, tmp_path / "run", [probe], dp={"epsilon": 8, "max_grad_norm": clip})
+    # one log line: each costs the accountant's epsilon (seconds), and the clipping does not need them
+    result = private_run(tiny, toy, tmp_path / "run", [probe], dp={"epsilon": 8, "max_grad_norm": clip},
+                         logging_steps=4)
     privacy = yaml.safe_load((result.run_dir / "config.yaml").read_text())["_resolved"]["privacy"]
     sigma, expected_batch = privacy["dp_noise_multiplier"], 4
     assert len(probe.before) == len(probe.after) == 4
@@ -93,17 +108,17 @@ def test_epsilon_recorded_is_opacus_accountant_for_the_steps_taken(tiny, toy, tm
 
 
 def test_a_resumed_run_keeps_spending_the_same_budget(tiny, toy, tmp_path):
-    whole = private_run(tiny, toy, tmp_path / "whole", max_steps=6, save_steps=3)
+    # the plan of the first test (4 steps at epsilon 8): its noise search is shared; one log line per run
+    plan = dict(max_steps=4, save_steps=2, logging_steps=4)
+    whole = private_run(tiny, toy, tmp_path / "whole", **plan)
     spent = yaml.safe_load((whole.run_dir / "config.yaml").read_text())["_resolved"]["privacy"]["dp_epsilon"]
-    history = json.loads((whole.run_dir / "checkpoint-3" / ACCOUNTANT_FILE).read_text())
-    assert sum(h[2] for h in history) == 3  # the steps taken before the checkpoint
+    history = json.loads((whole.run_dir / "checkpoint-2" / ACCOUNTANT_FILE).read_text())
+    assert sum(h[2] for h in history) == 2  # the steps taken before the checkpoint
 
-    cut = private_run(tiny, toy, tmp_path / "cut", max_steps=6, save_steps=3)
-    import shutil
-
-    shutil.rmtree(cut.run_dir / "checkpoint-6")
-    shutil.rmtree(cut.final_dir)
-    resumed = private_run(tiny, toy, tmp_path / "cut", max_steps=6, save_steps=3, resume=True)
+    # the same run, cut after its checkpoint-2 (an identical second run would only repeat it)
+    shutil.rmtree(whole.run_dir / "checkpoint-4")
+    shutil.rmtree(whole.final_dir)
+    resumed = private_run(tiny, toy, tmp_path / "whole", **plan, resume=True)
     again = yaml.safe_load((resumed.run_dir / "config.yaml").read_text())["_resolved"]["privacy"]["dp_epsilon"]
     assert again == pytest.approx(spent, rel=1e-9)
 
