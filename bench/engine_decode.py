@@ -165,9 +165,14 @@ def main() -> None:
                              "variant on (liger's patches cannot be undone: put the variants without them first)")
     parser.add_argument("--prompt", choices=["spec", "copy"], default="spec",
                         help="spec: write product requirements (~212 tokens); copy: repeat a paragraph")
+    parser.add_argument("--engine-process", action="store_true",
+                        help="the engine in its own process as deploy runs it on CUDA (infer/engine_process.py), "
+                             "streams read across the pipe: deploy without HTTP; default settings only, no variants")
     args = parser.parse_args()
     variants = args.variant or [["default", "{}"]]
     prompt = COPY if args.prompt == "copy" else PROMPT
+    if args.engine_process:
+        return across_the_pipe(args, prompt)
     engine = TransformersEngine.load(args.model, speculative=args.speculative, kernels=args.kernels)
     print(f"kernels at load: {engine.served[engine.default].kernels}", flush=True)
     spec_tokens = engine.loops.speculate
@@ -256,6 +261,26 @@ def main() -> None:
                         plain = table[f"{other}@{c}"]
                         print(f"speed-up {name} over {other} c={c}: {spec['tok_s'] / plain['tok_s']:.2f}x tok/s "
                               f"({plain['ms_token']:.1f} -> {spec['ms_token']:.1f} ms/token)", flush=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(table, f, indent=1)
+
+
+def across_the_pipe(args, prompt: str) -> None:
+    """--engine-process: the measured rounds of the default variant, read through EngineProcess."""
+    from tunesmith.infer.engine_process import start_engine_process
+
+    engine = start_engine_process("transformers", args.model, kernels=args.kernels)
+    table = {}
+    for c in args.concurrency:
+        started = time.perf_counter()
+        asyncio.run(round_of(engine, c, args.max_tokens, prompt))
+        warm = time.perf_counter() - started
+        result = table[f"process@{c}"] = asyncio.run(round_of(engine, c, args.max_tokens, prompt, args.rounds))
+        print(f"{'process':12} c={c:3}  {result['tok_s']:8.1f} tok/s  {result['ms_token']:7.1f} ms/token  "
+              f"decode p50 {result['decode_ms_p50']:.1f} ms/token  ttft p50 {result['ttft_p50']:.3f}s "
+              f"max {result['ttft_max']:.3f}s  ({result['tokens']} tokens, warm-up {warm:.1f}s)", flush=True)
+    asyncio.run(engine.close())
     if args.out:
         with open(args.out, "w") as f:
             json.dump(table, f, indent=1)
