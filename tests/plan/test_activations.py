@@ -189,8 +189,7 @@ class LiveBytes(TorchDispatchMode):
 
 
 def peak_of_training(cfg: dict, method: str, checkpointing: bool, seq: int) -> int:
-    """Peak live bytes of a step as the trainer takes the second and later ones: bf16 weights, autocast, peft adapters,
-    AdamW with its states."""
+    """Peak live bytes of a training step (peak_of_a_step) of bf16 weights with peft adapters, as the trainer runs them."""
     from peft import LoraConfig, get_peft_model
 
     from tunesmith.train.speed import keep_adapter_inputs_in_compute_dtype
@@ -206,9 +205,15 @@ def peak_of_training(cfg: dict, method: str, checkpointing: bool, seq: int) -> i
     if checkpointing:
         model.enable_input_require_grads()
     model.train()
+    ids = torch.randint(0, cfg["vocab_size"], (1, seq), generator=torch.Generator().manual_seed(0))
+    return peak_of_a_step(model, ids)
+
+
+def peak_of_a_step(model, ids) -> int:
+    """Peak live bytes of a training step as the trainer takes the second and later ones: autocast to bf16, backward,
+    AdamW with its states."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5)
-    ids = torch.randint(0, cfg["vocab_size"], (1, seq), generator=torch.Generator().manual_seed(0))
     with LiveBytes(model) as live:
         # AdamW creates its states in the first step: a step on zero gradients, then the measured one (two full
         # steps peak at the same byte, in the second)
