@@ -23,3 +23,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def ctrl_c_raises():
+    """Python's Ctrl-C handler (KeyboardInterrupt) for a test that sends itself SIGINT, as a terminal's process has it:
+    a process started with SIGINT ignored (a background job of a non-interactive shell, as CI may start the suite)
+    keeps it ignored, and the signal never arrives."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)

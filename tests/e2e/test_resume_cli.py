@@ -36,7 +36,8 @@ def test_a_resume_logs_each_step_once_and_removes_the_checkpoint_cut_off_while_s
     assert (run / "checkpoint-6" / "tunesmith_manifest.json").exists() and (run / "loss.png").exists()
 
 
-def test_ctrl_c_says_which_checkpoint_resume_continues_from(tiny_model, toy_data, tmp_path, monkeypatch):
+def test_ctrl_c_says_which_checkpoint_resume_continues_from(tiny_model, toy_data, tmp_path, monkeypatch,
+                                                          ctrl_c_raises):
     """Ctrl-C printed "interrupted" and nothing else: not where the run stood, nor that --resume continues it."""
     from transformers import TrainerCallback
 

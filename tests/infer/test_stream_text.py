@@ -34,7 +34,7 @@ class SlowEngine(Engine):
 
 
 @pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals reach the main thread")
-def test_ctrl_c_during_a_step_interrupts_and_ends_the_engines_stream():
+def test_ctrl_c_during_a_step_interrupts_and_ends_the_engines_stream(ctrl_c_raises):
     engine = SlowEngine()
     pieces = engine.stream_text([{"role": "user", "content": "hi"}], SamplingParams())
     assert next(pieces) == "Once"
