@@ -81,8 +81,8 @@ def infer_answer(adapters, tmp_path_factory):
     folder = tmp_path_factory.mktemp("infer")
     (folder / "prompts.jsonl").write_text(json.dumps({"messages": CHAT}) + "\n")
     run_main("infer", "--adapters", adapters / "alpha" / "final", "--dataset", folder / "prompts.jsonl", "--output",
-            folder / "answers.jsonl", "--generation.max-tokens", MAX_TOKENS, "--generation.temperature", 0,
-            "--device", "cpu", "--dtype", "float32")
+             folder / "answers.jsonl", "--generation.max-tokens", MAX_TOKENS, "--generation.temperature", 0,
+             "--device", "cpu", "--dtype", "float32")
     return json.loads((folder / "answers.jsonl").read_text().splitlines()[0])
 
 

@@ -65,7 +65,7 @@ def test_grpo_raises_the_mean_reward_of_a_plugin_reward(tiny_model, toy_data, pr
     # It only prepares the policy: in process. The GRPO run is the one through the console script.
     sft = tmp_path / "sft"
     run_main("sft", "--model", tiny_model, "--method", "full", "--dataset", f"{toy_data}#96", "--max-steps", "24",
-            "--batch-size", "4", "--learning-rate", "1e-2", "--output-dir", sft, "--report-to", "none", env=ONE_THREAD)
+             "--batch-size", "4", "--learning-rate", "1e-2", "--output-dir", sft, "--report-to", "none", env=ONE_THREAD)
     run = tmp_path / "grpo"
     run_cli("rlhf", "--method", "grpo", "--model", sft / "final", "--tuner", "full", "--dataset", prompts / "prompts.jsonl#96",
             "--plugin", prompts / "rewards.py", "--reward-funcs", "says_ok", "--max-steps", "16", "--batch-size", "16",

@@ -35,17 +35,18 @@ def test_dpo_continues_an_sft_run_and_refuses_packing(tiny_model, toy_data, pair
     """Continuing a run: its base, its system prompt (inherited when unset), and what differs said before training."""
     sft = tmp_path / "sft"  # the runs here are judged by their folders and messages: in process
     run_main("sft", "--model", tiny_model, "--dataset", toy_data, "--max-steps", "2", "--output-dir", sft,
-            "--report-to", "none", "--system", "You write codes.", "--max-length", "512")
+             "--report-to", "none", "--system", "You write codes.", "--max-length", "512")
     run = tmp_path / "dpo"
     proc = run_main("rlhf", "--method", "dpo", "--adapters", sft / "final", "--dataset", pairs, "--max-steps", "2",
-                   "--output-dir", run, "--report-to", "none")
+                    "--output-dir", run, "--report-to", "none")
     import yaml
 
     assert yaml.safe_load((run / "config.yaml").read_text())["_resolved"]["base_model_folder"] == str(tiny_model)
     assert json.loads((run / "final" / "tunesmith_template.json").read_text())["default_system"] == "You write codes."
     assert f"max_length: {sft / 'final'} trained with 512, this run uses 2048" in proc.stderr
     other = run_main("rlhf", "--method", "dpo", "--adapters", sft / "final", "--dataset", pairs, "--max-steps", "1",
-                    "--output-dir", tmp_path / "dpo2", "--report-to", "none", "--system", "Be brief.", "--max-length", "512")
+                     "--output-dir", tmp_path / "dpo2", "--report-to", "none", "--system", "Be brief.",
+                     "--max-length", "512")
     assert "system prompt: " in other.stderr and "'You write codes.'" in other.stderr and "'Be brief.'" in other.stderr
     assert "max_length:" not in other.stderr
     packed = run_main("rlhf", "--dataset", pairs, "--packing", check=False)

@@ -20,7 +20,7 @@ def test_sft_lora_writes_the_run_folder_and_loss_goes_down(tiny_model, toy_data,
     run = tmp_path / "runs" / "lora"
     # in process: what is checked is the run folder (a real `tunesmith sft` process: the resume after a kill below)
     run_main("sft", "--model", tiny_model, "--dataset", f"{toy_data}#48", "--max-steps", "24", "--batch-size", "4",
-            "--learning-rate", "3e-2", "--save-steps", "12", "--logging-steps", "2", "--output-dir", run)
+             "--learning-rate", "3e-2", "--save-steps", "12", "--logging-steps", "2", "--output-dir", run)
     assert {"config.yaml", "metrics.jsonl", "loss.png", "train.log", "final", "checkpoint-12", "checkpoint-24", "tb"} <= {
         p.name for p in run.iterdir()}
     assert FINAL_ADAPTER <= {p.name for p in (run / "final").iterdir()}
@@ -178,7 +178,7 @@ def test_bad_rows_stop_the_run_before_training_unless_skipped(tiny_model, toy_da
     assert f"{bad}:13: messages[1].content: empty assistant turn" in proc.stderr
     assert not (tmp_path / "r1" / "final").exists()
     run_main("sft", "--model", tiny_model, "--dataset", bad, "--max-steps", "1", "--output-dir", tmp_path / "r2",
-            "--skip-bad-rows", "--report-to", "none")
+             "--skip-bad-rows", "--report-to", "none")
     assert (tmp_path / "r2" / "final").exists()
     import yaml
 
@@ -244,7 +244,7 @@ def test_yaml_flags_and_python_api_resolve_the_same_config(tiny_model, toy_data,
     (tmp_path / "c.yaml").write_text(yaml.safe_dump({**common, "output_dir": str(tmp_path / "a")}))
     run_main("sft", "-c", tmp_path / "c.yaml")  # the console script's main() in this process: the same parsing
     run_main("sft", "--model", tiny_model, "--dataset", toy_data, "--max-steps", "1", "--report-to", "none",
-            "--output-dir", tmp_path / "b")
+             "--output-dir", tmp_path / "b")
     sft(SFTConfig(**common, output_dir=str(tmp_path / "c")))
     resolved = []
     for name in "abc":
@@ -328,8 +328,8 @@ def test_modelscope_download_says_what_is_missing(tmp_path):
 def test_packing_eval_split_and_checkpointing_together(tiny_model, toy_data, tmp_path):
     run = tmp_path / "packed"
     run_main("sft", "--model", tiny_model, "--dataset", f"{toy_data}#48", "--packing", "--max-length", "128",
-            "--val-split", "0.25", "--gradient-checkpointing", "--max-steps", "4", "--eval-steps", "2",
-            "--batch-size", "2", "--logging-steps", "1", "--output-dir", run, "--report-to", "none")
+             "--val-split", "0.25", "--gradient-checkpointing", "--max-steps", "4", "--eval-steps", "2",
+             "--batch-size", "2", "--logging-steps", "1", "--output-dir", run, "--report-to", "none")
     metrics = read_metrics(run)
     assert any("eval_loss" in m for m in metrics)
     assert (run / "final" / "adapter_model.safetensors").exists()
