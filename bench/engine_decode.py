@@ -9,8 +9,9 @@ round of N greedy requests with the same ~212-token prompt: output tokens/s, tim
 This isolates the engine from HTTP; bench/serve.py measures the server end to end. Bench-only keys in a variant:
 "_fast_paths": false runs transformers' loop without our patches (infer/greedy_steps.py: greedy steps take the argmax),
 "_decode_batch": false leaves out only infer/decode_batch.py, "_stream_interval": N passes a request's outputs on
-every N tokens (deploy --stream-interval), "_attention": "varlen" | "sdpa" picks the batch's attention (varlen on CPU:
-the GPU path's mask-free inputs).
+every N tokens (deploy --stream-interval), "_admit_ms": N gathers arrivals at a busy batch for N ms (deploy
+--admit-window-ms; with --rounds R --arrival-spread-ms S each stream's later requests arrive spread, as over HTTP),
+"_attention": "varlen" | "sdpa" picks the batch's attention (varlen on CPU: the GPU path's mask-free inputs).
 --host-timing prints the loop's ms per step in preparing the batch, the step itself and the batch update.
 
     python bench/engine_decode.py --model M --prompt copy --speculative ngram:8 --concurrency 1 8
@@ -28,6 +29,7 @@ import asyncio
 import gc
 import json
 import os
+import random
 import statistics
 import time
 
@@ -59,10 +61,20 @@ async def one(engine, max_tokens: int, prompt: str = PROMPT) -> tuple[float, flo
     return (first or end) - start, end - start, tokens
 
 
-async def round_of(engine, concurrency: int, max_tokens: int, prompt: str = PROMPT, rounds: int = 1) -> dict:
-    """`concurrency` streams of `rounds` requests each, one after another (as bench/serve.py's clients send them)."""
+async def round_of(engine, concurrency: int, max_tokens: int, prompt: str = PROMPT, rounds: int = 1,
+                   spread_ms: float = 0.0) -> dict:
+    """`concurrency` streams of `rounds` requests each, one after another (as bench/serve.py's clients send them).
+    `spread_ms`: each later request of a stream waits a uniform 0..spread_ms first, as HTTP spreads the arrivals (each
+    client reads its answer's end, sends again, the server parses and renders)."""
+    pause = random.Random(0)
+
     async def stream() -> list[tuple[float, float, int]]:
-        return [await one(engine, max_tokens, prompt) for _ in range(rounds)]
+        answers = []
+        for i in range(rounds):
+            if i and spread_ms:
+                await asyncio.sleep(pause.uniform(0, spread_ms) / 1000)
+            answers.append(await one(engine, max_tokens, prompt))
+        return answers
 
     start = time.perf_counter()
     results = [r for answers in await asyncio.gather(*[stream() for _ in range(concurrency)]) for r in answers]
@@ -156,6 +168,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1,
                         help="requests per stream in the measured round, one after another (bench/serve.py --rounds: "
                              "the same arrivals as deploy's load, for its HTTP overhead)")
+    parser.add_argument("--arrival-spread-ms", type=float, default=0.0,
+                        help="with --rounds: each stream's later requests wait a uniform 0..N ms first (HTTP's spread "
+                             "of arrivals, which deploy --admit-window-ms gathers)")
     parser.add_argument("--host-timing", action="store_true",
                         help="time the batching loop's phases in the measured round (prepare, step, update; ms/step)")
     parser.add_argument("--speculative", metavar="ngram[:N]",
@@ -197,6 +212,9 @@ def main() -> None:
         engine.loops.attention = options.pop("_attention", "auto")
         # deploy --stream-interval N: a request's outputs reach its stream every N tokens (infer/continuous.py)
         engine.loops.stream_interval = options.pop("_stream_interval", 1)
+        # deploy --admit-window-ms N: arrivals at a busy batch wait up to N ms to join it together (infer/admission.py)
+        engine.loops.admit_window_s = options.pop("_admit_ms", 0.0) / 1000
+        engine.loops.admissions.clear()
         # "_decode_rows": false: decode-only steps' attention without the query heads packed as rows (infer/attention.py)
         engine.loops.decode_rows = options.pop("_decode_rows", True)
         if "_kernels" in options:  # liger's fused layers from this variant on (models/kernels.py)
@@ -221,10 +239,11 @@ def main() -> None:
             if timing:
                 timing.wrap(engine.served[engine.default].manager)
             if args.profile:
-                result = profiled(lambda c=c: asyncio.run(round_of(engine, c, args.max_tokens, prompt, args.rounds)),
+                result = profiled(lambda c=c: asyncio.run(round_of(engine, c, args.max_tokens, prompt, args.rounds,
+                                                                   args.arrival_spread_ms)),
                                   f"{name}@{c}")
             else:
-                result = asyncio.run(round_of(engine, c, args.max_tokens, prompt, args.rounds))
+                result = asyncio.run(round_of(engine, c, args.max_tokens, prompt, args.rounds, args.arrival_spread_ms))
             if args.sample_flag:
                 os.remove(args.sample_flag)
             result["warmup_s"] = warm

@@ -481,6 +481,10 @@ class DeployConfig(Section):
         "Tokens per streamed chunk: a running answer goes out with its first token, then every N tokens and at its "
         "end, the same text in fewer chunks (as SGLang's --stream-interval); many streams then leave the batch more "
         "CPU. 1 = every token."))
+    admit_window_ms: float = Field(0.0, ge=0, le=1000, description=(
+        "Requests arriving while the batch decodes wait up to this long to join it together: their prefills then "
+        "share a step or two instead of each breaking into a decode step of its own. A request arriving at an idle "
+        "batch joins at once. 0 = each joins as it comes."))
     kernels: Kernels = Field("auto", description=KERNELS_HELP + " A decode step is a chain of tiny kernels: "
                              "fewer of them serve faster (docs/benchmarks.md).")
     engine_process: bool | None = Field(None, description=(
@@ -499,6 +503,9 @@ class DeployConfig(Section):
         if self.stream_interval > 1 and self.backend != "transformers":
             raise ValueError("stream_interval: chunks the transformers engine's streams; the vllm backend streams "
                              "every step its engine makes (leave it at 1 with --backend vllm)")
+        if self.admit_window_ms and self.backend != "transformers":
+            raise ValueError("admit_window_ms: paces joins to the transformers engine's batch; vllm schedules its "
+                             "own (leave it at 0 with --backend vllm)")
         if self.kernels != "auto" and self.backend != "transformers":
             raise ValueError("kernels: picks the transformers engine's layers; vllm runs its own kernels (leave it "
                              "at auto with --backend vllm)")

@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from tunesmith.errors import TunesmithError
+from tunesmith.infer.admission import Admission
 from tunesmith.infer.carry_over import install_carry_over, install_used_index_copies
 from tunesmith.infer.decoding import GREEDY_BELOW, GREEDY_TEMPERATURE, Decoder
 from tunesmith.infer.greedy_steps import (
@@ -49,14 +50,17 @@ class BatchingLoops:
     cache on CPU (like vLLM's VLLM_CPU_KVCACHE_SPACE). `speculate`: --speculative ngram:N's N, verified inside the
     batch (infer/speculative_batch.py; None: off), counted per served model in `speculation`. `fast_paths`: the
     argmax on greedy steps (infer/greedy_steps.py), the numpy read index (infer/read_indices.py) and carry-over map
-    (infer/carry_over.py); off only in bench/engine_decode.py, to measure what they gain."""
+    (infer/carry_over.py); off only in bench/engine_decode.py, to measure what they gain. `admit_window_s`: deploy
+    --admit-window-ms, how long requests arriving at a busy batch wait to join it together (infer/admission.py)."""
 
     def __init__(self, served: dict[str, Served], lock: threading.Lock, options: dict[str, Any] | None = None,
                  max_batch_tokens: int | None = None, kv_cache_gib: float = 1.0, attention: str = "auto",
-                 speculate: int | None = None, stream_interval: int = 1):
+                 speculate: int | None = None, stream_interval: int = 1, admit_window_s: float = 0.0):
         self.served, self.lock = served, lock
         self.speculate = speculate
         self.stream_interval = stream_interval  # deploy --stream-interval: outputs passed on (every_nth_output)
+        self.admit_window_s = admit_window_s
+        self.admissions: dict[str, Admission] = {}  # served name -> its batch's gate
         self.fast_paths = True
         self.decode_rows = True  # decode-only steps pack query heads as attention rows (infer/attention.py)
         self.speculation: dict[str, SpeculationCounts] = {}
@@ -86,6 +90,8 @@ class BatchingLoops:
         open_ids = set(ids)
         unwatch = watch_loop(queue, manager)
         try:
+            admission = self.admissions.setdefault(served.name, Admission(self.admit_window_s))
+            await admission.wait(busy=has_requests(manager))
             # Requests join the batch under the generate() paths' lock: generate() never runs beside a batching step.
             if not self.lock.acquire(blocking=False):
                 await asyncio.to_thread(self.lock.acquire)
@@ -275,6 +281,12 @@ def skip_released_requests(cache: Any) -> None:
 def running(manager: Any) -> bool:
     """The loop's thread runs and takes requests (a failed step asks it to stop before it fails its requests)."""
     return manager.is_running() and manager.background_thread_status.can_accept_new_requests() is None
+
+
+def has_requests(manager: Any) -> bool:
+    """The batch holds requests (decoding or waiting for their prefill)."""
+    processor = getattr(manager, "batch_processor", None)
+    return processor is not None and processor.has_pending_requests()
 
 
 def fatal_error(manager: Any) -> BaseException | None:

@@ -52,7 +52,7 @@ from tunesmith.templates import Template
 class TransformersEngine(Engine):
     def __init__(self, served: list[Served], max_batch_tokens: int | None = None, kv_cache_gib: float = 1.0,
                  attention: str = "auto", batching: dict[str, Any] | None = None, assistant: Assistant | None = None,
-                 stream_interval: int = 1):
+                 stream_interval: int = 1, admit_window_ms: float = 0.0):
         self.served = {s.name: s for s in served}
         self.default = served[0].name
         self.assistant = assistant  # --speculative: a draft through assisted generate() (speculative.py), or ngram
@@ -66,7 +66,8 @@ class TransformersEngine(Engine):
 
             check_version()
         self.loops = BatchingLoops(self.served, self.exact_lock, batching, max_batch_tokens, kv_cache_gib, attention,
-                                   speculate=in_batch, stream_interval=stream_interval)
+                                   speculate=in_batch, stream_interval=stream_interval,
+                                   admit_window_s=admit_window_ms / 1000)
         self.bases: dict[str, Any] = {}  # base folder -> its model in memory, shared by the versions over it
         self.loads = 0  # models read from disk (bases, whole models): a version over a loaded base adds none
         self.device, self.dtype = "cpu", None  # set by load(): where versions loaded later go

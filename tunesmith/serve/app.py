@@ -284,12 +284,14 @@ def _folder_name(item: str) -> str:
 
 def engine_options(cfg: DeployConfig) -> dict[str, Any]:
     """What the deploy config asks of the engine beyond its models: versions, speculative decoding, stream chunks,
-    the layers' kernels."""
+    the admission window, the layers' kernels."""
     options: dict[str, Any] = {"versions": _versions(cfg)} if cfg.model_versions else {}
     if cfg.speculative:
         options["speculative"] = cfg.speculative
     if cfg.stream_interval > 1:
         options["stream_interval"] = cfg.stream_interval
+    if cfg.admit_window_ms:
+        options["admit_window_ms"] = cfg.admit_window_ms
     if cfg.kernels != "auto":
         options["kernels"] = cfg.kernels
     return options
