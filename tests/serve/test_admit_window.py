@@ -56,6 +56,7 @@ def engine(tmp_path_factory):
 
     model = untie_head(make_tiny_model(tmp_path_factory.mktemp("admit") / "tiny-untied"))
     engine = load_engine("transformers", model=str(model), device="cpu", dtype="float32")
+    assert engine.loops.admit_window_s == 0  # unset: a window on CUDA only, where it was measured to pay
     yield engine
     asyncio.run(engine.close())
 
@@ -99,6 +100,7 @@ def test_requests_joining_a_decoding_batch_in_the_window_answer_as_without_it(en
 
 def test_deploy_hands_the_window_to_the_transformers_engine_and_refuses_it_for_vllm():
     assert engine_options(DeployConfig(admit_window_ms=8)) == {"admit_window_ms": 8}
-    assert engine_options(DeployConfig()) == {}
+    assert engine_options(DeployConfig(admit_window_ms=0)) == {"admit_window_ms": 0}  # off, also on CUDA
+    assert engine_options(DeployConfig()) == {}  # the engine picks by device
     with pytest.raises(ValidationError, match="admit_window_ms: .*vllm"):
         DeployConfig(backend="vllm", admit_window_ms=8)

@@ -49,10 +49,15 @@ from tunesmith.models.runs import read_run_output
 from tunesmith.templates import Template
 
 
+# deploy's default --admit-window-ms on a CUDA GPU: 0.5B shape, 64 streams x 3-6 requests on one H100, windows of 4-12 ms
+# against none, alternated in one server at a time over three calls: 14,192 against 13,323 tok/s (docs/benchmarks.md)
+ADMIT_WINDOW_MS_CUDA = 4.0
+
+
 class TransformersEngine(Engine):
     def __init__(self, served: list[Served], max_batch_tokens: int | None = None, kv_cache_gib: float = 1.0,
                  attention: str = "auto", batching: dict[str, Any] | None = None, assistant: Assistant | None = None,
-                 stream_interval: int = 1, admit_window_ms: float = 0.0):
+                 stream_interval: int = 1, admit_window_ms: float | None = None):
         self.served = {s.name: s for s in served}
         self.default = served[0].name
         self.assistant = assistant  # --speculative: a draft through assisted generate() (speculative.py), or ngram
@@ -67,7 +72,7 @@ class TransformersEngine(Engine):
             check_version()
         self.loops = BatchingLoops(self.served, self.exact_lock, batching, max_batch_tokens, kv_cache_gib, attention,
                                    speculate=in_batch, stream_interval=stream_interval,
-                                   admit_window_s=admit_window_ms / 1000)
+                                   admit_window_s=(admit_window_ms or 0.0) / 1000)
         self.bases: dict[str, Any] = {}  # base folder -> its model in memory, shared by the versions over it
         self.loads = 0  # models read from disk (bases, whole models): a version over a loaded base adds none
         self.device, self.dtype = "cpu", None  # set by load(): where versions loaded later go
@@ -127,6 +132,8 @@ class TransformersEngine(Engine):
         override_templates([s.template for s in served], system, chat_template_kwargs)
         if speculative:
             options["assistant"] = load_assistant(speculative, device, torch_dtype, served)
+        if options.get("admit_window_ms") is None:  # --admit-window-ms unset (deploy): where it was measured to pay
+            options["admit_window_ms"] = ADMIT_WINDOW_MS_CUDA if device.startswith("cuda") else 0.0
         engine = cls(served, **options)
         engine.bases.update(bases)
         engine.loads = loads

@@ -290,7 +290,7 @@ def engine_options(cfg: DeployConfig) -> dict[str, Any]:
         options["speculative"] = cfg.speculative
     if cfg.stream_interval > 1:
         options["stream_interval"] = cfg.stream_interval
-    if cfg.admit_window_ms:
+    if cfg.admit_window_ms is not None:
         options["admit_window_ms"] = cfg.admit_window_ms
     if cfg.kernels != "auto":
         options["kernels"] = cfg.kernels
