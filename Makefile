@@ -23,6 +23,9 @@ test: $(STAMP)
 	@# or apt the test is skipped and says why
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 || true
 	$(BIN)/tunesmith doctor --output-dir runs
+	@# the package's bytecode once: with PYTHONDONTWRITEBYTECODE set (as on these machines) every process the tests
+	@# start compiled its ~80 imported modules anew (~1-2 s each)
+	$(BIN)/python -m compileall -q tunesmith > /dev/null
 	@# two workers (pytest-xdist), a test file each at a time: the e2e tests wait on subprocesses and servers; then
 	@# the tests marked serial (terminal-driven) in one process, collected from their own files only (collecting
 	@# the whole suite again costs a process ~50 s; tests/test_serial_files.py keeps SERIAL complete)
