@@ -2,7 +2,7 @@
 single process's losses on the same batches. --tensor-parallel 2 shards every layer's linears (transformers' DTensor
 plan) and saves one plain model; --sequence-parallel 2 (DeepSpeed's Ulysses) hands each rank half of every sequence.
 What the processes see is recorded by a forward pre-hook that a sitecustomize.py on PYTHONPATH installs in each of
-them (it only writes shapes down)."""
+them (it only writes shapes down); the one-process reference runs in this process, the same hook installed around it."""
 
 import os
 import socket
@@ -16,11 +16,12 @@ from tiny import make_tiny_model
 
 HOOK = textwrap.dedent("""
     import os
-    if os.environ.get("SEQ_LOG"):
+
+    def record_shapes(log_dir, rank):
+        \"\"\"Per forward: the embedding's input length, gate_proj's local weight shape. Returns the handle.\"\"\"
         import torch
 
         def _record(module, args):
-            rank = os.environ.get("RANK", "single")
             if isinstance(module, torch.nn.Embedding) and torch.is_tensor(args[0]):
                 line = f"tokens {args[0].shape[-1]}"
             elif isinstance(module, torch.nn.Linear) and module.weight.shape == (128, 64):  # gate_proj: 128 x 64
@@ -28,10 +29,13 @@ HOOK = textwrap.dedent("""
                 line = f"gate_proj {type(module.weight).__name__} {tuple(local.shape)}"
             else:
                 return
-            with open(os.path.join(os.environ["SEQ_LOG"], f"rank-{rank}.txt"), "a") as f:
+            with open(os.path.join(log_dir, f"rank-{rank}.txt"), "a") as f:
                 f.write(line + "\\n")
 
-        torch.nn.modules.module.register_module_forward_pre_hook(_record)
+        return torch.nn.modules.module.register_module_forward_pre_hook(_record)
+
+    if os.environ.get("SEQ_LOG"):
+        record_shapes(os.environ["SEQ_LOG"], os.environ.get("RANK", "single"))
 """)
 COMMON = ["--tuner", "full", "--batch-size", "2", "--max-steps", "3", "--logging-steps", "1", "--report-to", "none",
           "--device", "cpu", "--learning-rate", "1e-2"]
@@ -72,9 +76,17 @@ def traced(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def single(tp_model, toy_data, traced, tmp_path_factory):
-    env, logs = traced("single-log")
+    """The one-process reference, in this process (run_main) with the same hook installed for its length: what it
+    records is the ranks' reference, not the thing tested (a process of its own costs ~15 CPU-seconds of imports)."""
+    _, logs = traced("single-log")
     run = tmp_path_factory.mktemp("single") / "run"
-    run_cli("sft", "--model", tp_model, "--dataset", toy_data, "--output-dir", run, *COMMON, env=env)
+    hook = {}
+    exec(HOOK, hook)  # the sitecustomize's own code, its function only (SEQ_LOG is not set here)
+    handle = hook["record_shapes"](str(logs), "single")
+    try:
+        run_main("sft", "--model", tp_model, "--dataset", toy_data, "--output-dir", run, *COMMON)
+    finally:
+        handle.remove()
     return run, logs
 
 
