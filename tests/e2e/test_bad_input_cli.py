@@ -35,7 +35,7 @@ def assert_bad_rows_reported(proc, row):
 
 @pytest.mark.parametrize("name", ["binary.jsonl", "gbk.csv", "number.json", "truncated.parquet"])
 def test_data_check_names_a_corrupt_file(bad_files, name):
-    proc = run_cli("data", "check", bad_files / name, check=False)
+    proc = run_main("data", "check", bad_files / name, check=False)
     assert_clean_failure(proc, f"{bad_files / name}")
 
 
@@ -44,10 +44,10 @@ def test_data_check_points_at_the_line_and_byte_and_suggests_encoding(bad_files)
     assert_clean_failure(proc, f"{bad_files / 'gbk.csv'}:2: not utf-8 text (byte 16: 0xc4); pass --encoding")
 
 
-@pytest.mark.parametrize("name", ["binary.jsonl", "gbk.csv"])
-def test_sft_names_a_corrupt_dataset(tiny_model, bad_files, tmp_path, name):
-    proc = run_cli("sft", "--model", tiny_model, "--dataset", bad_files / name, "--max-steps", "1",
-                   "--output-dir", tmp_path / "run", check=False)
+@pytest.mark.parametrize("name, run", [("binary.jsonl", run_main), ("gbk.csv", run_cli)])  # one through the script
+def test_sft_names_a_corrupt_dataset(tiny_model, bad_files, tmp_path, name, run):
+    proc = run("sft", "--model", tiny_model, "--dataset", bad_files / name, "--max-steps", "1",
+               "--output-dir", tmp_path / "run", check=False)
     assert_clean_failure(proc, f"{bad_files / name}:")
 
 
@@ -89,7 +89,7 @@ def test_data_check_lists_each_bad_row_once_on_one_line(tmp_path):
 
 
 def test_data_check_reads_gbk_with_encoding(bad_files):
-    proc = run_cli("data", "check", bad_files / "gbk.csv", "--encoding", "gbk", check=False)
+    proc = run_main("data", "check", bad_files / "gbk.csv", "--encoding", "gbk", check=False)
     assert proc.returncode == 0 and "good rows" in proc.stdout and "prompt-response: 1" in proc.stdout
 
 
@@ -109,7 +109,7 @@ def test_a_row_too_long_for_max_length_is_refused_by_name_before_tokenizing(tiny
     short_chat = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]}
     path.write_text(json.dumps(short_chat) + "\n" + json.dumps(long_chat) + "\n")
     refusal = f"{path}:2: messages[0].content: 4,000,000 characters besides whitespace, more than max_length tokens"
-    check = run_cli("data", "check", path, "--model", tiny_model, "--max-length", "256", check=False)
+    check = run_main("data", "check", path, "--model", tiny_model, "--max-length", "256", check=False)
     assert_bad_rows_reported(check, refusal)
     sft = run_main("sft", "--model", tiny_model, "--dataset", path, "--max-length", "256", "--max-steps", "1",
                    "--output-dir", tmp_path / "run", check=False)
