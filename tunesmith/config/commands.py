@@ -484,7 +484,7 @@ class DeployConfig(Section):
     admit_window_ms: float | None = Field(None, ge=0, le=1000, description=(
         "Requests arriving while the batch decodes wait up to this long to join it together, so a burst of arrivals "
         "(each stream's next request, spread by HTTP) enters the batch at once instead of one by one. A request "
-        "arriving at an idle batch joins at once. 0 = each joins as it comes. Unset: 4 on a CUDA GPU (+7 % tokens/s "
+        "arriving at an idle batch joins at once. 0 = each joins as it comes. Unset: 4 on a CUDA GPU (+6.5 % tokens/s "
         "at 64 streams, docs/benchmarks.md), 0 elsewhere."))
     kernels: Kernels = Field("auto", description=KERNELS_HELP + " A decode step is a chain of tiny kernels: "
                              "fewer of them serve faster (docs/benchmarks.md).")
